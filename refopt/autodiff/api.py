@@ -1,0 +1,150 @@
+"""User-facing transformations: grad, value_and_grad, vjp, jvp, hvp, jacobian, hessian.
+
+All of them differentiate a function ``f(x, *args, **kwargs)`` with respect to its first argument
+``x``, which may be an array or a tree (nested lists/tuples/dicts) of arrays; the other arguments are
+passed through as constants. Every transformation opens its own trace, so they compose:
+``grad(lambda x: vdot(grad(f)(x), v))`` is a Hessian-vector product.
+"""
+from __future__ import annotations
+
+from .. import tree as T
+from ..backend import xp
+from . import primitives as P
+from .core import Box, Node, backward, getval, new_trace_id
+
+__all__ = ["vjp", "jvp", "grad", "value_and_grad", "hvp", "hvp_operator", "jacobian", "hessian",
+           "DENSE_MAX_SIZE"]
+
+# A dense n×n matrix of float64 with n = 8192 takes 512 MiB; refuse more unless asked.
+DENSE_MAX_SIZE = 8192
+
+
+def _zeros_like_leaf(x):
+    return xp.zeros(P.shape_of(x), dtype=getval(x).dtype)
+
+
+def vjp(f, x, *args, **kwargs):
+    """Return ``(f(x), vjp_fn)``; ``vjp_fn(ct)`` is ``J(x)ᵀ ct`` as a tree like ``x``.
+
+    The recorded graph is kept, so ``vjp_fn`` may be called many times (each call is one reverse
+    sweep). Output leaves that do not depend on ``x`` get no cotangent.
+    """
+    trace = new_trace_id()
+    xs, xdef = T.flatten(x)
+    boxes = [Box(leaf, trace, node=Node(None, leaf, (), {}, [])) for leaf in xs]
+    out = f(T.unflatten(xdef, boxes), *args, **kwargs)
+    outs, outdef = T.flatten(out)
+    value = T.unflatten(outdef, [o.value if isinstance(o, Box) and o.trace == trace else o for o in outs])
+
+    def vjp_fn(ct):
+        cts, ctdef = T.flatten(ct)
+        if len(cts) != len(outs):
+            raise ValueError("cotangent tree does not match the output tree")
+        seeds = [(o.node, c) for o, c in zip(outs, cts) if isinstance(o, Box) and o.trace == trace]
+        grads = backward(seeds) if seeds else {}
+        return T.unflatten(xdef, [grads.get(b.node, None) if b.node in grads else _zeros_like_leaf(leaf)
+                                  for b, leaf in zip(boxes, xs)])
+
+    return value, vjp_fn
+
+
+def jvp(f, x, v, *args, **kwargs):
+    """Return ``(f(x), J(x) v)`` by forward mode: one pass carrying tangents alongside values."""
+    trace = new_trace_id()
+    xs, xdef = T.flatten(x)
+    vs, vdef = T.flatten(v)
+    if len(vs) != len(xs):
+        raise ValueError("tangent tree does not match the input tree")
+    for xi, vi in zip(xs, vs):
+        if P.shape_of(xi) != P.shape_of(vi):
+            raise ValueError(f"tangent leaf of shape {P.shape_of(vi)} for an input of shape {P.shape_of(xi)}")
+    boxes = [Box(leaf, trace, tangent=t) for leaf, t in zip(xs, vs)]
+    out = f(T.unflatten(xdef, boxes), *args, **kwargs)
+    outs, outdef = T.flatten(out)
+    vals, tans = [], []
+    for o in outs:
+        if isinstance(o, Box) and o.trace == trace:
+            vals.append(o.value)
+            tans.append(o.tangent)
+        else:
+            vals.append(o)
+            tans.append(_zeros_like_leaf(o))
+    return T.unflatten(outdef, vals), T.unflatten(outdef, tans)
+
+
+def _check_scalar(value):
+    if P.shape_of(value) not in ((), (1,)):
+        raise ValueError(f"grad needs a scalar-valued function, got output of shape {P.shape_of(value)}")
+
+
+def value_and_grad(f):
+    """``x -> (f(x), ∇f(x))`` for a scalar-valued ``f``."""
+    def vg(x, *args, **kwargs):
+        value, back = vjp(f, x, *args, **kwargs)
+        _check_scalar(value)
+        one = xp.ones(P.shape_of(value), dtype=getval(value).dtype) if hasattr(getval(value), "dtype") else 1.0
+        return value, back(one)
+    return vg
+
+
+def grad(f):
+    """``x -> ∇f(x)`` for a scalar-valued ``f``."""
+    vg = value_and_grad(f)
+    return lambda x, *args, **kwargs: vg(x, *args, **kwargs)[1]
+
+
+def hvp(f, x, v, *args, **kwargs):
+    """Hessian-vector product ∇²f(x) v, by forward-over-reverse: the directional derivative of ∇f."""
+    return jvp(grad(f), x, v, *args, **kwargs)[1]
+
+
+def hvp_operator(f, x, *args, **kwargs):
+    """Record ∇f(x) once and return ``(∇f(x), v -> ∇²f(x) v)`` (reverse-over-reverse).
+
+    The gradient's own computation is recorded as a graph; each product is one reverse sweep of that
+    graph with cotangent ``v`` (the Hessian is symmetric, so ``vᵀ∇²f = (∇²f v)ᵀ``). This is the cheap
+    way to take many products at one point, as conjugate gradient does.
+    """
+    g, back = vjp(grad(f), x, *args, **kwargs)
+    return g, back
+
+
+def _flat_size(tree):
+    return sum(int(getattr(getval(leaf), "size", 1)) for leaf in T.leaves(tree))
+
+
+def _unit_tree(like, i):
+    flat = xp.zeros(_flat_size(like), dtype=getval(T.leaves(like)[0]).dtype)
+    flat[i] = 1.0
+    return T.unravel(flat, T.tree_map(getval, like))
+
+
+def _check_dense(n, max_size, what):
+    limit = DENSE_MAX_SIZE if max_size is None else max_size
+    if n > limit:
+        raise ValueError(f"{what}: x has {n} entries; a dense {n}×{n} matrix exceeds max_size={limit} "
+                         f"(use hvp / hvp_operator with conjugate gradient instead, or raise max_size)")
+
+
+def hessian(f, x, *args, max_size=None, **kwargs):
+    """Dense Hessian of a scalar ``f`` as an (n, n) array over the flattened (row-major) input.
+
+    Built column by column from Hessian-vector products on the recorded gradient, so it is exactly
+    what the matrix-free products compute. Refuses inputs with more than ``max_size`` entries.
+    """
+    n = _flat_size(x)
+    _check_dense(n, max_size, "hessian")
+    _, hv = hvp_operator(f, x, *args, **kwargs)
+    cols = [T.ravel(hv(_unit_tree(x, i))) for i in range(n)]
+    return xp.stack(cols, axis=1)
+
+
+def jacobian(f, x, *args, max_size=None, **kwargs):
+    """Dense Jacobian (m, n) of the flattened output with respect to the flattened input."""
+    n = _flat_size(x)
+    _check_dense(n, max_size, "jacobian")
+    out, back = vjp(f, x, *args, **kwargs)
+    m = _flat_size(out)
+    _check_dense(m, max_size, "jacobian")
+    rows = [T.ravel(back(_unit_tree(out, i))) for i in range(m)]
+    return xp.stack(rows, axis=0) if rows else xp.zeros((0, n))

@@ -1,0 +1,207 @@
+"""The tracer: boxes, primitives, and the reverse and forward passes.
+
+How it works (the scheme of HIPS autograd, reduced to what refopt needs):
+
+* Differentiating opens a *trace* with a fresh integer id. Inputs are wrapped in a ``Box`` carrying
+  that id; reverse traces give each box a ``Node`` of the recorded graph, forward traces give it a
+  tangent.
+* A ``Primitive`` called with boxed arguments unwraps the arguments of the highest trace, calls itself
+  again on the unwrapped values (which may still be boxes of lower, enclosing traces), and wraps the
+  result: a new graph node (reverse) or the tangent from the primitive's jvp rules (forward).
+* Every derivative rule is written with primitives. The backward pass of an inner trace, run on values
+  that are boxes of an outer trace, is therefore itself recorded by the outer trace: derivatives nest
+  to any order, and the Hessian-vector product is one line (``grad`` of ``<grad f, v>``, or ``jvp`` of
+  ``grad f``).
+
+Rule signatures: ``vjp(g, ans, *args, **kwargs)`` returns the cotangent for one argument;
+``jvp(t, ans, *args, **kwargs)`` returns the tangent contribution of one argument. ``args`` are the
+values one trace down (possibly boxes of enclosing traces), ``ans`` likewise.
+"""
+from __future__ import annotations
+
+import itertools
+
+__all__ = ["Box", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
+           "defvjp", "defjvp"]
+
+_trace_ids = itertools.count(1)
+
+
+def new_trace_id() -> int:
+    """A fresh trace id; ids grow, so a nested (inner) trace always has the larger id."""
+    return next(_trace_ids)
+
+
+class Node:
+    """A vertex of a reverse-mode graph: the primitive, its output, its inputs, and traced parents."""
+
+    __slots__ = ("prim", "ans", "args", "kwargs", "parents")
+
+    def __init__(self, prim, ans, args, kwargs, parents):
+        self.prim = prim
+        self.ans = ans
+        self.args = args
+        self.kwargs = kwargs
+        self.parents = parents  # list of (argnum, Node)
+
+
+class Box:
+    """A value being differentiated in trace ``trace``: reverse (``node`` set) or forward (``tangent``)."""
+
+    __slots__ = ("value", "trace", "node", "tangent")
+    # Make NumPy defer to Box's reflected operators: ndarray + Box calls Box.__radd__.
+    __array_ufunc__ = None
+    __array_priority__ = 1000.0
+
+    def __init__(self, value, trace, node=None, tangent=None):
+        self.value = value
+        self.trace = trace
+        self.node = node
+        self.tangent = tangent
+
+    # Array-like attributes (read through nested boxes).
+    shape = property(lambda self: self.value.shape if hasattr(self.value, "shape") else ())
+    ndim = property(lambda self: len(self.shape))
+    dtype = property(lambda self: self.value.dtype)
+    size = property(lambda self: self.value.size)
+
+    def __len__(self):
+        return len(self.value)
+
+    def __repr__(self):
+        kind = "reverse" if self.node is not None else "forward"
+        return f"Box({kind}, trace={self.trace}, value={self.value!r})"
+
+    def __float__(self):
+        return float(getval(self))
+
+    def __bool__(self):
+        raise TypeError("the truth value of a traced array is undefined; branch on getval(x) instead")
+
+
+def getval(x):
+    """The raw array inside any number of boxes."""
+    while isinstance(x, Box):
+        x = x.value
+    return x
+
+
+class Primitive:
+    """A differentiable operation with a vjp and a jvp rule per differentiable argument."""
+
+    def __init__(self, name: str, impl):
+        self.name = name
+        self.impl = impl
+        self.vjps: dict[int, object] = {}
+        self.jvps: dict[int, object] = {}
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args, **kwargs):
+        top = 0
+        for a in args:
+            if isinstance(a, Box) and a.trace > top:
+                top = a.trace
+        if top == 0:
+            return self.impl(*args, **kwargs)
+        vals = list(args)
+        traced = []
+        for i, a in enumerate(args):
+            if isinstance(a, Box) and a.trace == top:
+                vals[i] = a.value
+                traced.append(i)
+        ans = self(*vals, **kwargs)
+        first = args[traced[0]]
+        if first.node is not None:  # reverse trace: record a node
+            parents = []
+            for i in traced:
+                if i not in self.vjps:
+                    raise NotImplementedError(f"no vjp rule for argument {i} of {self.name}")
+                parents.append((i, args[i].node))
+            return Box(ans, top, node=Node(self, ans, vals, kwargs, parents))
+        tangent = None  # forward trace: push tangents through the jvp rules
+        for i in traced:
+            rule = self.jvps.get(i)
+            if rule is None:
+                raise NotImplementedError(f"no jvp rule for argument {i} of {self.name}")
+            t = rule(args[i].tangent, ans, *vals, **kwargs)
+            tangent = t if tangent is None else _add(tangent, t)
+        return Box(ans, top, tangent=tangent)
+
+
+class NonDifferentiable(Primitive):
+    """An operation whose output is piecewise constant (masks, one-hots): boxes are stripped."""
+
+    def __call__(self, *args, **kwargs):
+        return self.impl(*[getval(a) for a in args], **{k: getval(v) for k, v in kwargs.items()})
+
+
+def defvjp(prim: Primitive, *rules) -> None:
+    """Register vjp rules for arguments 0, 1, ... (``None`` for a non-differentiable argument)."""
+    for i, rule in enumerate(rules):
+        if rule is not None:
+            prim.vjps[i] = rule
+
+
+def defjvp(prim: Primitive, *rules) -> None:
+    """Register jvp rules for arguments 0, 1, ... (``None`` for a non-differentiable argument)."""
+    for i, rule in enumerate(rules):
+        if rule is not None:
+            prim.jvps[i] = rule
+
+
+_add = None  # set by primitives.py (the add primitive), used to sum cotangents and tangents
+
+
+def set_add(add_primitive) -> None:
+    global _add
+    _add = add_primitive
+
+
+class _Root:
+    """A virtual node whose parents are the outputs being seeded, so several outputs share one pass."""
+
+    __slots__ = ("parents",)
+
+    def __init__(self, nodes):
+        self.parents = [(None, n) for n in nodes]
+
+
+def backward(seeds):
+    """Reverse pass. ``seeds`` is a list of (Node, cotangent); returns {Node: accumulated cotangent}.
+
+    Nodes are visited in reverse topological order, so each node's cotangent is complete before it is
+    pushed to its parents. The graph is left intact: the same recording can be swept many times
+    (this is what makes a recorded gradient a reusable Hessian-vector operator).
+    """
+    root = _Root([n for n, _ in seeds])
+    child_counts: dict[object, int] = {}
+    stack = [root]
+    while stack:  # count, for each node, how many recorded children reach it
+        node = stack.pop()
+        for _, parent in node.parents:
+            if parent in child_counts:
+                child_counts[parent] += 1
+            else:
+                child_counts[parent] = 1
+                stack.append(parent)
+    outgrads: dict[object, object] = {}
+    for n, g in seeds:
+        outgrads[n] = g if n not in outgrads else _add(outgrads[n], g)
+        child_counts[n] -= 1
+    ready = [n for n in {id(n): n for n, _ in seeds}.values() if child_counts[n] == 0]
+    done: dict[object, object] = {}
+    while ready:
+        node = ready.pop()
+        g = outgrads.pop(node)
+        done[node] = g
+        prim = node.prim if isinstance(node, Node) else None
+        for argnum, parent in node.parents:
+            if prim is not None:
+                pg = prim.vjps[argnum](g, node.ans, *node.args, **node.kwargs)
+                outgrads[parent] = pg if parent not in outgrads else _add(outgrads[parent], pg)
+            child_counts[parent] -= 1
+            if child_counts[parent] == 0:
+                ready.append(parent)
+    return done

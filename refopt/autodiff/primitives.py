@@ -1,0 +1,377 @@
+"""The differentiable primitives and their derivative rules.
+
+Each primitive sits next to its rules, and every rule is written with primitives, so it can itself be
+differentiated. Conventions at non-differentiable points (documented in CONTRIBUTING.md):
+
+* ``relu'(0) = 0`` (the subgradient PyTorch and JAX use as well);
+* ``maximum(x, y)`` sends the whole cotangent to ``x`` on ties (``x >= y``), none to ``y``;
+* ``abs'(0) = 0`` (``sign(0) = 0``);
+* masks, one-hots, comparisons and label indices are piecewise constant: their derivative is zero,
+  and so the second derivative of relu is zero everywhere.
+"""
+from __future__ import annotations
+
+from ..backend import xp
+from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, getval, set_add
+
+__all__ = [
+    "add", "subtract", "multiply", "divide", "negative", "power", "matmul", "transpose", "reshape",
+    "broadcast_to", "sum", "mean", "exp", "log", "tanh", "sigmoid", "relu", "softplus", "sqrt", "sin",
+    "cos", "absolute", "maximum", "where", "take_labels", "logsumexp", "log_softmax", "softmax", "dot",
+    "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square",
+]
+
+
+def shape_of(x) -> tuple:
+    """The shape of an array, a box, or a Python scalar (``()``)."""
+    return getattr(getval(x), "shape", ())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shape primitives (needed by the rules of the others).
+reshape = Primitive("reshape", lambda x, shape: xp.reshape(x, shape))
+defvjp(reshape, lambda g, ans, x, shape: reshape(g, shape_of(x)))
+defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
+
+
+def _sum_impl(x, axis=None, keepdims=False):
+    return xp.sum(x, axis=axis, keepdims=keepdims)
+
+
+sum = Primitive("sum", _sum_impl)  # noqa: A001 - mirrors numpy.sum
+
+
+def _keepdims_shape(xshape, axis):
+    if axis is None:
+        return (1,) * len(xshape)
+    axes = (axis,) if isinstance(axis, int) else axis
+    axes = {a % len(xshape) for a in axes}
+    return tuple(1 if i in axes else d for i, d in enumerate(xshape))
+
+
+def _sum_vjp(g, ans, x, axis=None, keepdims=False):
+    xshape = shape_of(x)
+    if not keepdims:
+        g = reshape(g, _keepdims_shape(xshape, axis))
+    return broadcast_to(g, xshape)
+
+
+defvjp(sum, _sum_vjp)
+defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
+
+broadcast_to = Primitive("broadcast_to", lambda x, shape: xp.broadcast_to(x, shape))
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape``: the adjoint of NumPy broadcasting."""
+    gshape = shape_of(g)
+    if gshape == tuple(shape):
+        return g
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and gshape[lead + i] != 1)
+    if axes:
+        g = sum(g, axis=axes, keepdims=True)
+    return reshape(g, tuple(shape))
+
+
+defvjp(broadcast_to, lambda g, ans, x, shape: unbroadcast(g, shape_of(x)))
+defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
+
+
+def _transpose_impl(x, axes=None):
+    return xp.transpose(x, axes)
+
+
+transpose = Primitive("transpose", _transpose_impl)
+
+
+def _inverse_axes(axes, ndim):
+    if axes is None:
+        return None
+    inv = [0] * ndim
+    for i, a in enumerate(axes):
+        inv[a % ndim] = i
+    return tuple(inv)
+
+
+defvjp(transpose, lambda g, ans, x, axes=None: transpose(g, _inverse_axes(axes, len(shape_of(x)))))
+defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
+
+# ---------------------------------------------------------------------------------------------------
+# Broadcasting arithmetic.
+add = Primitive("add", lambda x, y: xp.add(x, y))
+set_add(add)
+defvjp(add, lambda g, ans, x, y: unbroadcast(g, shape_of(x)), lambda g, ans, x, y: unbroadcast(g, shape_of(y)))
+defjvp(add, lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t,
+       lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t)
+
+subtract = Primitive("subtract", lambda x, y: xp.subtract(x, y))
+negative = Primitive("negative", lambda x: xp.negative(x))
+defvjp(negative, lambda g, ans, x: negative(g))
+defjvp(negative, lambda t, ans, x: negative(t))
+defvjp(subtract, lambda g, ans, x, y: unbroadcast(g, shape_of(x)),
+       lambda g, ans, x, y: unbroadcast(negative(g), shape_of(y)))
+defjvp(subtract, lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t,
+       lambda t, ans, x, y: broadcast_to(negative(t), shape_of(ans)) if shape_of(t) != shape_of(ans)
+       else negative(t))
+
+multiply = Primitive("multiply", lambda x, y: xp.multiply(x, y))
+defvjp(multiply, lambda g, ans, x, y: unbroadcast(multiply(g, y), shape_of(x)),
+       lambda g, ans, x, y: unbroadcast(multiply(g, x), shape_of(y)))
+defjvp(multiply, lambda t, ans, x, y: _fit(multiply(t, y), ans), lambda t, ans, x, y: _fit(multiply(x, t), ans))
+
+
+def _fit(t, ans):
+    """A tangent broadcast up to the output's shape (a scalar times a constant array, say)."""
+    return t if shape_of(t) == shape_of(ans) else broadcast_to(t, shape_of(ans))
+
+
+divide = Primitive("divide", lambda x, y: xp.divide(x, y))
+defvjp(divide, lambda g, ans, x, y: unbroadcast(divide(g, y), shape_of(x)),
+       lambda g, ans, x, y: unbroadcast(negative(multiply(g, divide(ans, y))), shape_of(y)))
+defjvp(divide, lambda t, ans, x, y: _fit(divide(t, y), ans),
+       lambda t, ans, x, y: _fit(negative(multiply(t, divide(ans, y))), ans))
+
+
+def _power_impl(x, c):
+    return xp.power(x, c)
+
+
+power = Primitive("power", _power_impl)  # x ** c with a constant exponent c
+defvjp(power, lambda g, ans, x, c: multiply(g, multiply(c, power(x, c - 1))))
+defjvp(power, lambda t, ans, x, c: multiply(t, multiply(c, power(x, c - 1))))
+
+
+def square(x):
+    """x * x (a composite, so its derivative is the product rule's)."""
+    return multiply(x, x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matrix product (1-D and 2-D operands, and stacks of matrices with matching batch axes).
+matmul = Primitive("matmul", lambda a, b: xp.matmul(a, b))
+
+
+def _swap(x):
+    nd = len(shape_of(x))
+    axes = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    return transpose(x, axes)
+
+
+def _matmul_vjp_a(g, ans, a, b):
+    na, nb = len(shape_of(a)), len(shape_of(b))
+    if na == 1 and nb == 1:
+        return multiply(g, b)
+    if na == 1:
+        return matmul(b, g)
+    if nb == 1:
+        return multiply(reshape(g, shape_of(g) + (1,)), b)
+    return unbroadcast(matmul(g, _swap(b)), shape_of(a))
+
+
+def _matmul_vjp_b(g, ans, a, b):
+    na, nb = len(shape_of(a)), len(shape_of(b))
+    if na == 1 and nb == 1:
+        return multiply(g, a)
+    if na == 1:
+        return multiply(reshape(a, shape_of(a) + (1,)), g)
+    if nb == 1:
+        return matmul(g, a)
+    return unbroadcast(matmul(_swap(a), g), shape_of(b))
+
+
+defvjp(matmul, _matmul_vjp_a, _matmul_vjp_b)
+defjvp(matmul, lambda t, ans, a, b: matmul(t, b), lambda t, ans, a, b: matmul(a, t))
+
+
+def dot(x, y):
+    """<x, y> summed over every axis."""
+    return sum(multiply(x, y))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Elementwise functions.
+exp = Primitive("exp", lambda x: xp.exp(x))
+defvjp(exp, lambda g, ans, x: multiply(g, ans))
+defjvp(exp, lambda t, ans, x: multiply(t, ans))
+
+log = Primitive("log", lambda x: xp.log(x))
+defvjp(log, lambda g, ans, x: divide(g, x))
+defjvp(log, lambda t, ans, x: divide(t, x))
+
+tanh = Primitive("tanh", lambda x: xp.tanh(x))
+defvjp(tanh, lambda g, ans, x: multiply(g, subtract(1.0, multiply(ans, ans))))
+defjvp(tanh, lambda t, ans, x: multiply(t, subtract(1.0, multiply(ans, ans))))
+
+
+def _sigmoid_impl(x):
+    # 0.5 (1 + tanh(x/2)) is exact and never overflows, unlike 1 / (1 + exp(-x)).
+    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+
+
+sigmoid = Primitive("sigmoid", _sigmoid_impl)
+defvjp(sigmoid, lambda g, ans, x: multiply(g, multiply(ans, subtract(1.0, ans))))
+defjvp(sigmoid, lambda t, ans, x: multiply(t, multiply(ans, subtract(1.0, ans))))
+
+
+def _softplus_impl(x):
+    return xp.logaddexp(0.0, x)  # log(1 + e^x) without overflow
+
+
+softplus = Primitive("softplus", _softplus_impl)
+defvjp(softplus, lambda g, ans, x: multiply(g, sigmoid(x)))
+defjvp(softplus, lambda t, ans, x: multiply(t, sigmoid(x)))
+
+greater = NonDifferentiable("greater", lambda x, y: xp.greater(x, y))
+greater_equal = NonDifferentiable("greater_equal", lambda x, y: xp.greater_equal(x, y))
+sign = NonDifferentiable("sign", lambda x: xp.sign(x))
+
+
+def _mask(cond, like):
+    return xp.asarray(cond, dtype=getval(like).dtype)
+
+
+relu = Primitive("relu", lambda x: xp.maximum(x, 0.0))
+defvjp(relu, lambda g, ans, x: multiply(g, _mask(greater(x, 0.0), x)))
+defjvp(relu, lambda t, ans, x: multiply(t, _mask(greater(x, 0.0), x)))
+
+sqrt = Primitive("sqrt", lambda x: xp.sqrt(x))
+defvjp(sqrt, lambda g, ans, x: divide(g, multiply(2.0, ans)))
+defjvp(sqrt, lambda t, ans, x: divide(t, multiply(2.0, ans)))
+
+sin = Primitive("sin", lambda x: xp.sin(x))
+cos = Primitive("cos", lambda x: xp.cos(x))
+defvjp(sin, lambda g, ans, x: multiply(g, cos(x)))
+defjvp(sin, lambda t, ans, x: multiply(t, cos(x)))
+defvjp(cos, lambda g, ans, x: negative(multiply(g, sin(x))))
+defjvp(cos, lambda t, ans, x: negative(multiply(t, sin(x))))
+
+absolute = Primitive("absolute", lambda x: xp.abs(x))
+defvjp(absolute, lambda g, ans, x: multiply(g, sign(x)))
+defjvp(absolute, lambda t, ans, x: multiply(t, sign(x)))
+
+maximum = Primitive("maximum", lambda x, y: xp.maximum(x, y))
+
+
+defvjp(maximum, lambda g, ans, x, y: unbroadcast(multiply(g, _mask(greater_equal(x, y), ans)), shape_of(x)),
+       lambda g, ans, x, y: unbroadcast(multiply(g, _mask(xp.logical_not(greater_equal(x, y)), ans)), shape_of(y)))
+defjvp(maximum, lambda t, ans, x, y: multiply(t, _mask(greater_equal(x, y), ans)),
+       lambda t, ans, x, y: multiply(t, _mask(xp.logical_not(greater_equal(x, y)), ans)))
+
+
+def _where_impl(cond, x, y):
+    return xp.where(cond, x, y)
+
+
+where = Primitive("where", _where_impl)  # cond is a constant mask
+defvjp(where, None, lambda g, ans, c, x, y: unbroadcast(multiply(g, _mask(c, ans)), shape_of(x)),
+       lambda g, ans, c, x, y: unbroadcast(multiply(g, _mask(xp.logical_not(getval(c)), ans)), shape_of(y)))
+defjvp(where, None, lambda t, ans, c, x, y: _fit(multiply(t, _mask(c, ans)), ans),
+       lambda t, ans, c, x, y: _fit(multiply(t, _mask(xp.logical_not(getval(c)), ans)), ans))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classification helpers.
+def _onehot_impl(labels, num_classes, dtype):
+    out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(labels.shape[0]), labels] = 1.0
+    return out
+
+
+onehot = NonDifferentiable("onehot", _onehot_impl)
+
+
+def _take_labels_impl(x, labels):
+    return x[xp.arange(x.shape[0]), labels]
+
+
+take_labels = Primitive("take_labels", _take_labels_impl)  # x[b, labels[b]] for x of shape (B, C)
+defvjp(take_labels, lambda g, ans, x, labels: multiply(
+    reshape(g, (shape_of(g)[0], 1)), onehot(labels, shape_of(x)[1], getval(x).dtype)))
+defjvp(take_labels, lambda t, ans, x, labels: take_labels(t, labels))
+
+
+def _logsumexp_impl(x, axis=-1, keepdims=False):
+    m = xp.max(x, axis=axis, keepdims=True)
+    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else xp.squeeze(out, axis=axis)
+
+
+logsumexp = Primitive("logsumexp", _logsumexp_impl)
+
+
+def _lse_softmax(ans, x, axis, keepdims):
+    lse = ans if keepdims else reshape(ans, _keepdims_shape(shape_of(x), axis))
+    return exp(subtract(x, lse))
+
+
+def _lse_vjp(g, ans, x, axis=-1, keepdims=False):
+    if not keepdims:
+        g = reshape(g, _keepdims_shape(shape_of(x), axis))
+    return multiply(g, _lse_softmax(ans, x, axis, keepdims))
+
+
+defvjp(logsumexp, _lse_vjp)
+defjvp(logsumexp, lambda t, ans, x, axis=-1, keepdims=False: sum(
+    multiply(t, _lse_softmax(ans, x, axis, keepdims)), axis=axis, keepdims=keepdims))
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x): log-probabilities of a softmax."""
+    return subtract(x, logsumexp(x, axis=axis, keepdims=True))
+
+
+def softmax(x, axis=-1):
+    """exp(log_softmax(x)), stable for large logits."""
+    return exp(log_softmax(x, axis=axis))
+
+
+def mean(x, axis=None, keepdims=False):
+    """Arithmetic mean over ``axis`` (a composite of sum and divide)."""
+    shape = shape_of(x)
+    if axis is None:
+        count = 1
+        for d in shape:
+            count *= d
+    else:
+        axes = (axis,) if isinstance(axis, int) else axis
+        count = 1
+        for a in axes:
+            count *= shape[a]
+    return divide(sum(x, axis=axis, keepdims=keepdims), float(count))
+
+
+def _stop_gradient_impl(x):
+    return x
+
+
+stop_gradient = NonDifferentiable("stop_gradient", _stop_gradient_impl)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Operators on boxes, so traced code reads like NumPy code.
+def _install_operators():
+    def rev(f):
+        return lambda self, other: f(other, self)
+
+    Box.__add__ = lambda s, o: add(s, o)
+    Box.__radd__ = rev(add)
+    Box.__sub__ = lambda s, o: subtract(s, o)
+    Box.__rsub__ = rev(subtract)
+    Box.__mul__ = lambda s, o: multiply(s, o)
+    Box.__rmul__ = rev(multiply)
+    Box.__truediv__ = lambda s, o: divide(s, o)
+    Box.__rtruediv__ = rev(divide)
+    Box.__matmul__ = lambda s, o: matmul(s, o)
+    Box.__rmatmul__ = rev(matmul)
+    Box.__neg__ = lambda s: negative(s)
+    Box.__pow__ = lambda s, c: power(s, c)
+    Box.__gt__ = lambda s, o: greater(s, o)
+    Box.__lt__ = lambda s, o: greater(o, s)
+    Box.T = property(lambda s: transpose(s))
+    Box.reshape = lambda s, *shape: reshape(s, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple)
+                                            else tuple(shape))
+    Box.sum = lambda s, axis=None, keepdims=False: sum(s, axis=axis, keepdims=keepdims)
+
+
+_install_operators()

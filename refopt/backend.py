@@ -1,0 +1,157 @@
+"""The array backend: NumPy (CPU) or CuPy (GPU), the default dtype, and host-side seeded randomness.
+
+This is the only module of refopt that imports an array library for array math. Every other module
+reaches the active array module through ``xp`` (a thin proxy that forwards to NumPy or CuPy), so the
+same code runs on either.
+
+Choosing the backend
+--------------------
+* ``set_backend("numpy" | "cupy")`` at run time, or the environment variable ``REFOPT_BACKEND``
+  (read once, at import). Asking for CuPy when it is not installed, or when no GPU is visible, raises
+  a ``RuntimeError`` that says which of the two is missing.
+* ``set_default_dtype("float64" | "float32")`` or ``REFOPT_DTYPE``; float64 is the default because
+  refopt is a reference and its tests compare against closed forms to ~1e-10.
+
+Randomness
+----------
+Random numbers are always drawn on the host with NumPy's ``Generator`` (PCG64) from an explicit seed
+and then moved to the device with ``asarray``. A CPU run and a GPU run with the same seed therefore
+see bit-identical draws, and a verifier can reproduce them with plain NumPy.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as _np
+
+__all__ = [
+    "xp", "set_backend", "backend_name", "set_default_dtype", "default_dtype", "as_array",
+    "to_host", "to_device", "rng", "normal", "uniform", "rademacher", "is_floating", "SUPPORTED_DTYPES",
+]
+
+SUPPORTED_DTYPES = ("float64", "float32")
+
+_state: dict[str, Any] = {"module": _np, "name": "numpy", "dtype": _np.float64}
+
+
+def _load_cupy():
+    try:
+        import cupy  # noqa: PLC0415  (optional dependency, imported on demand)
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError(
+            "backend 'cupy' requested but CuPy is not installed; install the extra: "
+            "pip install 'refopt[cuda]' (or set REFOPT_BACKEND=numpy)") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError(f"backend 'cupy' requested but no CUDA device is usable: {exc}") from exc
+    if count < 1:  # pragma: no cover
+        raise RuntimeError("backend 'cupy' requested but no GPU is present")
+    return cupy
+
+
+def set_backend(name: str) -> None:
+    """Select the array library: ``"numpy"`` (CPU) or ``"cupy"`` (GPU)."""
+    if name == "numpy":
+        _state.update(module=_np, name="numpy")
+    elif name == "cupy":
+        _state.update(module=_load_cupy(), name="cupy")
+    else:
+        raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
+
+
+def backend_name() -> str:
+    """The active backend's name."""
+    return _state["name"]
+
+
+def set_default_dtype(dtype: str | Any) -> None:
+    """Set the floating dtype used for parameters and random draws (float64 or float32)."""
+    name = _np.dtype(dtype).name
+    if name not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {name!r}")
+    _state["dtype"] = _np.dtype(name).type
+
+
+def default_dtype():
+    """The default floating dtype (a NumPy scalar type; CuPy accepts the same)."""
+    return _state["dtype"]
+
+
+class _ArrayModule:
+    """Forwards attribute access to the active array module (``xp.exp`` is NumPy's or CuPy's)."""
+
+    def __getattr__(self, item):
+        return getattr(_state["module"], item)
+
+    def __repr__(self):
+        return f"<refopt array module: {_state['name']}>"
+
+
+xp = _ArrayModule()
+
+
+def is_floating(dtype) -> bool:
+    """True for the dtypes refopt computes in (float32, float64)."""
+    return _np.dtype(dtype).name in SUPPORTED_DTYPES
+
+
+def as_array(x, dtype=None):
+    """Move ``x`` to the active backend as an array of ``dtype`` (default: keep float, else default)."""
+    mod = _state["module"]
+    if dtype is None and not (hasattr(x, "dtype") and is_floating(x.dtype)):
+        dtype = _state["dtype"]
+    return mod.asarray(x, dtype=dtype)
+
+
+def to_host(x):
+    """A NumPy copy of a backend array (identity on the NumPy backend)."""
+    if _state["name"] == "cupy" and hasattr(x, "get"):
+        return x.get()
+    return _np.asarray(x)
+
+
+def to_device(x):
+    """A backend array from a host (NumPy) array."""
+    return _state["module"].asarray(x)
+
+
+def rng(seed) -> _np.random.Generator:
+    """A host-side NumPy Generator; ``seed`` is an int, a SeedSequence or an existing Generator."""
+    if isinstance(seed, _np.random.Generator):
+        return seed
+    if seed is None:
+        raise ValueError("seed must be given explicitly (an int or a numpy Generator); refopt has no "
+                         "hidden global random state")
+    return _np.random.default_rng(seed)
+
+
+def normal(seed, shape, dtype=None):
+    """Standard normal draws made on the host from ``seed`` and moved to the device."""
+    host = rng(seed).standard_normal(shape)
+    return as_array(host, dtype or _state["dtype"])
+
+
+def uniform(seed, shape, low=0.0, high=1.0, dtype=None):
+    """Uniform draws on [low, high) made on the host and moved to the device."""
+    host = rng(seed).uniform(low, high, size=shape)
+    return as_array(host, dtype or _state["dtype"])
+
+
+def rademacher(seed, shape, dtype=None):
+    """Rademacher (±1 with probability ½ each) draws made on the host and moved to the device."""
+    host = rng(seed).integers(0, 2, size=shape) * 2 - 1
+    return as_array(host, dtype or _state["dtype"])
+
+
+def _from_environment() -> None:
+    name = os.environ.get("REFOPT_BACKEND")
+    if name:
+        set_backend(name)
+    dtype = os.environ.get("REFOPT_DTYPE")
+    if dtype:
+        set_default_dtype(dtype)
+
+
+_from_environment()

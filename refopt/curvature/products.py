@@ -1,0 +1,83 @@
+"""Curvature-vector products of a network loss L(θ) = scale · Σ_i ℓ_i(f(x_i; θ), y_i).
+
+J is the Jacobian of the stacked outputs z = f(X; θ) (batch × C) with respect to θ; H_i is the loss's
+output Hessian for example i (see ``refopt.nn.losses``). With ``scale`` = 1/B (mean) or 1 (sum):
+
+* Hessian:            H v  = ∇_θ ⟨∇_θ L, v⟩                     (forward-over-reverse autodiff)
+* Gauss-Newton (GGN): G v  = Jᵀ (scale · H_ℓ (J v))             (jvp, output Hessian, vjp)
+* true Fisher:        F v  = Jᵀ (scale · E_y[r rᵀ] (J v))       (exact expectation over labels)
+* Monte-Carlo Fisher: F̂ v = Jᵀ (scale · (1/k) Σ_j r̂_j r̂_jᵀ (J v)), r̂_j = ∂ℓ/∂z at labels ŷ_j ∼ p(·|z)
+* empirical Fisher:   F_e v = Jᵀ (scale · r rᵀ (J v)),          r at the data labels
+
+where r = ∂ℓ_i/∂z_i. For the three likelihoods refopt ships, E_y[r rᵀ] = H_ℓ, so F = G; the
+empirical Fisher is a different matrix in general. Every random product takes a ``seed`` or the
+labels themselves (``labels``, shape (k, …)), so another implementation can be checked on the same draws.
+"""
+from __future__ import annotations
+
+from .. import autodiff as ad
+from ..backend import xp
+
+__all__ = ["network_jvp", "network_vjp", "hvp", "ggn_vp", "fisher_vp", "output_space_product", "FISHER_KINDS"]
+
+FISHER_KINDS = ("true", "mc", "empirical")
+
+
+def network_jvp(model, params, X, v):
+    """(z, J v): outputs and their directional derivative along the parameter tangent ``v``."""
+    return ad.jvp(lambda p: model.apply(p, X), params, v)
+
+
+def network_vjp(model, params, X):
+    """(z, u ↦ Jᵀ u): outputs and the pullback of an output cotangent (recorded once, reusable)."""
+    return ad.vjp(lambda p: model.apply(p, X), params)
+
+
+def hvp(model, loss, params, X, y, v):
+    """Hessian-vector product of the reduced loss."""
+    return ad.hvp(lambda p: loss(model.apply(p, X), y), params, v)
+
+
+def output_space_product(loss, z, y, u, kind="ggn", labels=None):
+    """M_i u_i per example for the output-space matrix of ``kind`` (unscaled).
+
+    ``kind``: "ggn" (H_i), "true" (E_y[r rᵀ] from the predictive distribution), "mc" (mean of r̂ r̂ᵀ
+    over the k sampled ``labels``), "empirical" (r rᵀ at the data labels ``y``).
+    """
+    if kind == "ggn":
+        return loss.output_hessian_vp(z, y, u)
+    if kind == "true":
+        return xp.einsum("bij,bj->bi", loss.output_fisher(z), u)
+    if kind == "empirical":
+        r = loss.output_grad(z, y)
+        return r * xp.sum(r * u, axis=1, keepdims=True)
+    if kind == "mc":
+        if labels is None:
+            raise ValueError("the Monte-Carlo Fisher needs sampled labels (or a seed to draw them)")
+        out = xp.zeros_like(u)
+        for yk in labels:
+            r = loss.output_grad(z, yk)
+            out = out + r * xp.sum(r * u, axis=1, keepdims=True)
+        return out / len(labels)
+    raise ValueError(f"kind must be 'ggn' or one of {FISHER_KINDS}, got {kind!r}")
+
+
+def ggn_vp(model, loss, params, X, y, v):
+    """Gauss-Newton-vector product Jᵀ (scale · H_ℓ (J v))."""
+    z, Jv = network_jvp(model, params, X, v)
+    _, pullback = network_vjp(model, params, X)
+    return pullback(loss.scale(X.shape[0]) * loss.output_hessian_vp(z, y, Jv))
+
+
+def fisher_vp(model, loss, params, X, y, v, kind="true", samples=1, seed=None, labels=None):
+    """Fisher-vector product of the given ``kind`` (see module docs); "mc" uses ``labels`` if given,
+    else ``samples`` draws from ``seed``."""
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"kind must be one of {FISHER_KINDS}, got {kind!r}")
+    z, Jv = network_jvp(model, params, X, v)
+    if kind == "mc" and labels is None:
+        if seed is None:
+            raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
+        labels = loss.sample(z, seed, samples)
+    _, pullback = network_vjp(model, params, X)
+    return pullback(loss.scale(X.shape[0]) * output_space_product(loss, z, y, Jv, kind, labels))

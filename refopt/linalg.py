@@ -1,0 +1,103 @@
+"""Small linear-algebra kernels shared by the optimizers.
+
+* ``cg``: conjugate gradient on a symmetric operator given as a product, over trees or vectors, with
+  Tikhonov damping (M + λI) and a report of negative curvature (Nocedal & Wright, Algorithm 5.2).
+* ``sym_matrix_power``: A^p for symmetric positive semi-definite A by eigendecomposition, with ε
+  either added to A before the root (``eps_mode="add"``: (A + εI)^p) or used as a floor on the
+  eigenvalues (``eps_mode="floor"``: Q max(Λ, ε)^p Qᵀ).
+* ``damped_solve``: (A + λI)⁻¹ b by Cholesky, raising a clear error when A + λI is not positive definite.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from . import tree as T
+from .backend import xp
+
+__all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize"]
+
+
+class CGResult(NamedTuple):
+    x: object               # the approximate solution (tree or array, like b)
+    iterations: int
+    residual_norm: float
+    status: str             # "converged", "max_iterations", "negative_curvature"
+
+
+def cg(matvec: Callable, b, x0=None, damping: float = 0.0, tol: float = 1e-10, atol: float = 0.0,
+       maxiter: int | None = None) -> CGResult:
+    """Solve (M + λI) x = b for symmetric M given as ``matvec``; stops when ‖r‖ ≤ max(tol‖b‖, atol).
+
+    On a direction p with pᵀ(M + λI)p ≤ 0 it stops and returns the current iterate with status
+    "negative_curvature" (the caller decides what that means; for a positive definite M it does not
+    happen).
+    """
+    if damping < 0:
+        raise ValueError(f"damping must be non-negative, got {damping}")
+
+    def A(v):
+        Mv = matvec(v)
+        return T.axpy(damping, v, Mv) if damping else Mv
+
+    x = T.zeros_like(b) if x0 is None else x0
+    r = T.sub(b, A(x)) if x0 is not None else b
+    p = r
+    rr = float(T.vdot(r, r))
+    bnorm = float(T.vdot(b, b)) ** 0.5
+    threshold = max(tol * bnorm, atol)
+    n = T.size(b)
+    maxiter = n if maxiter is None else maxiter
+    it = 0
+    status = "max_iterations"
+    while it < maxiter:
+        if rr ** 0.5 <= threshold:
+            status = "converged"
+            break
+        Ap = A(p)
+        pAp = float(T.vdot(p, Ap))
+        if pAp <= 0:
+            status = "negative_curvature"
+            break
+        alpha = rr / pAp
+        x = T.axpy(alpha, p, x)
+        r = T.axpy(-alpha, Ap, r)
+        rr_new = float(T.vdot(r, r))
+        p = T.axpy(rr_new / rr, p, r)
+        rr = rr_new
+        it += 1
+    else:
+        if rr ** 0.5 <= threshold:
+            status = "converged"
+    return CGResult(x, it, rr ** 0.5, status)
+
+
+def symmetrize(A):
+    return 0.5 * (A + A.T)
+
+
+def sym_matrix_power(A, p: float, eps: float = 0.0, eps_mode: str = "add"):
+    """A^p for symmetric PSD ``A`` via A = QΛQᵀ; see the module docs for ``eps_mode``."""
+    if eps_mode not in ("add", "floor"):
+        raise ValueError(f"eps_mode must be 'add' or 'floor', got {eps_mode!r}")
+    lam, Q = xp.linalg.eigh(symmetrize(A))
+    if eps_mode == "add":
+        lam = lam + eps
+    else:
+        lam = xp.maximum(lam, eps)
+    lam = xp.maximum(lam, 0.0)  # roundoff can make a PSD matrix's smallest eigenvalue slightly negative
+    if p < 0 and bool(xp.any(lam <= 0)):
+        raise ValueError("sym_matrix_power: a negative power of a singular matrix; use eps > 0")
+    return (Q * lam ** p) @ Q.T
+
+
+def damped_solve(A, b, damping: float = 0.0):
+    """(A + λI)⁻¹ b by Cholesky; ValueError if A + λI is not positive definite."""
+    if damping < 0:
+        raise ValueError(f"damping must be non-negative, got {damping}")
+    M = A + damping * xp.eye(A.shape[0], dtype=A.dtype) if damping else A
+    try:
+        L = xp.linalg.cholesky(M)
+    except Exception as exc:  # numpy.linalg.LinAlgError or cupy's equivalent
+        raise ValueError(f"damped_solve: A + {damping}·I is not positive definite ({exc})") from exc
+    z = xp.linalg.solve(L, b)
+    return xp.linalg.solve(L.T, z)

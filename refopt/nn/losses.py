@@ -1,0 +1,248 @@
+"""Losses as negative log-likelihoods of the network output z (one row per example).
+
+Every loss is ℓ_i = −log p(y_i | z_i) (up to an additive constant), reduced over the batch by
+``reduction``: "mean" gives L = (1/B) Σ ℓ_i, "sum" gives L = Σ ℓ_i. ``scale(B)`` is that factor
+(1/B or 1); curvature matrices of L carry it too: GGN = scale · Σ_i J_iᵀ H_i J_i.
+
+Each loss knows, per example and in output space:
+* ``output_hessian_vp(z, y, u)``: H_i u_i with H_i = ∂²ℓ_i/∂z_i² (for the GGN); ``output_hessian`` dense;
+* ``output_fisher(z)``: E_{y∼p(·|z_i)}[r rᵀ] with r = ∂ℓ_i/∂z_i, computed from the predictive
+  distribution itself (enumerating classes, or the Gaussian's moments), independently of the Hessian.
+  For these three likelihoods (natural parameters) it equals H_i: the true Fisher is the GGN;
+* ``sample(z, seed, k)``: k label draws from the predictive distribution, on the host, by a documented
+  scheme so another implementation can reproduce them (see each class).
+
++---------------------------+-------------------------------------+----------------------------------+
+| loss                      | ℓ_i                                 | H_i                              |
++===========================+=====================================+==================================+
+| SoftmaxCrossEntropy       | logsumexp(z_i) − z_i[y_i]           | diag(p_i) − p_i p_iᵀ, p=softmax  |
+| Gaussian(variance σ²)     | ‖z_i − y_i‖² / (2σ²)                | I / σ²                           |
+| Bernoulli (sigmoid CE)    | Σ_c softplus(z_ic) − y_ic z_ic      | diag(p_i (1 − p_i)), p=sigmoid   |
++---------------------------+-------------------------------------+----------------------------------+
+The Gaussian omits the constant (C/2) log(2πσ²), which no derivative sees.
+"""
+from __future__ import annotations
+
+from .. import autodiff as ad
+from ..autodiff.core import getval
+from ..backend import as_array, rng, xp
+
+__all__ = ["Loss", "SoftmaxCrossEntropy", "Gaussian", "Bernoulli", "LOSSES", "make_loss"]
+
+_REDUCTIONS = ("mean", "sum")
+
+
+class Loss:
+    """Base class: a reduced negative log-likelihood of network outputs z of shape (batch, C)."""
+
+    name = "loss"
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+    def scale(self, batch_size: int) -> float:
+        """The reduction's factor: 1/B for "mean", 1 for "sum"."""
+        return 1.0 / batch_size if self.reduction == "mean" else 1.0
+
+    # --- to implement -------------------------------------------------------------------------
+    def per_example(self, z, y):
+        """ℓ_i for every example, shape (batch,): differentiable in z."""
+        raise NotImplementedError
+
+    def check_targets(self, z, y):
+        """Raise ValueError/TypeError when the targets do not fit the outputs."""
+        raise NotImplementedError
+
+    def output_hessian_vp(self, z, y, u):
+        """H_i u_i for every example (unreduced), shape (batch, C)."""
+        raise NotImplementedError
+
+    def output_fisher(self, z):
+        """E_{y∼p(·|z_i)}[r_i r_iᵀ], shape (batch, C, C), from the predictive distribution."""
+        raise NotImplementedError
+
+    def sample(self, z, seed, k: int = 1):
+        """k label draws per example from p(·|z), stacked on a leading axis of length k."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------
+    def check_outputs(self, z):
+        zv = getval(z)
+        if getattr(zv, "ndim", 0) != 2:
+            raise ValueError(f"z: expected network outputs of shape (batch, C), got {ad.shape_of(z)}")
+        if not bool(xp.all(xp.isfinite(zv))):
+            raise ValueError("z: the network outputs given to the loss contain NaN or Inf")
+
+    def __call__(self, z, y, check: bool = True):
+        """The reduced loss L (a scalar, differentiable in z).
+
+        ``check=False`` skips the input checks: the oracle validates targets once, and lets
+        non-finite outputs at trial points through as a non-finite loss for line searches to handle.
+        """
+        if check:
+            self.check_outputs(z)
+            self.check_targets(z, y)
+        total = ad.sum(self.per_example(z, y))
+        return ad.divide(total, float(ad.shape_of(z)[0])) if self.reduction == "mean" else total
+
+    def output_grad(self, z, y):
+        """r_i = ∂ℓ_i/∂z_i per example (unreduced), shape (batch, C), by the autodiff."""
+        self.check_outputs(z)
+        self.check_targets(z, y)
+        return ad.grad(lambda zz: ad.sum(self.per_example(zz, y)))(z)
+
+    def output_hessian(self, z, y=None):
+        """Dense H_i per example, shape (batch, C, C), assembled from ``output_hessian_vp``."""
+        B, C = ad.shape_of(z)
+        eye = xp.eye(C, dtype=getval(z).dtype)
+        cols = [self.output_hessian_vp(z, y, xp.broadcast_to(eye[c], (B, C))) for c in range(C)]
+        return xp.stack(cols, axis=2)
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Categorical NLL with integer labels y ∈ {0, …, C−1}.
+
+    Sampling: for each draw and example a uniform u ∈ [0, 1) (host PCG64 from ``seed``) and the label
+    is the smallest c with u < Σ_{c'≤c} p_c' (inverse CDF).
+    """
+
+    name = "softmax_cross_entropy"
+
+    def check_targets(self, z, y):
+        yv = getval(y)
+        B, C = ad.shape_of(z)
+        if not hasattr(yv, "dtype") or yv.dtype.kind not in "iu":
+            raise TypeError(f"y: expected integer class labels, got {getattr(yv, 'dtype', type(yv))}")
+        if yv.shape != (B,):
+            raise ValueError(f"y: expected shape ({B},) to match z of shape {(B, C)}, got {tuple(yv.shape)}")
+        if B and (int(yv.min()) < 0 or int(yv.max()) >= C):
+            raise ValueError(f"y: labels must lie in [0, {C - 1}], got range [{int(yv.min())}, {int(yv.max())}]")
+
+    def per_example(self, z, y):
+        return ad.subtract(ad.logsumexp(z, axis=1), ad.take_labels(z, y))
+
+    def probabilities(self, z):
+        return ad.softmax(getval(z), axis=1)
+
+    def output_hessian_vp(self, z, y, u):
+        p = self.probabilities(z)
+        return p * u - p * xp.sum(p * u, axis=1, keepdims=True)
+
+    def output_fisher(self, z):
+        p = self.probabilities(z)
+        B, C = p.shape
+        eye = xp.eye(C, dtype=p.dtype)
+        r = p[:, None, :] - eye[None, :, :]          # r for label c: p − e_c, shape (B, c, C)
+        return xp.einsum("bc,bci,bcj->bij", p, r, r)  # Σ_c p_c r_c r_cᵀ
+
+    def sample(self, z, seed, k: int = 1):
+        p = self.probabilities(z)
+        cdf = xp.cumsum(p, axis=1)
+        u = as_array(rng(seed).random((k, p.shape[0])), p.dtype)
+        labels = xp.sum(cdf[None, :, :] <= u[:, :, None], axis=2)
+        return xp.minimum(labels, p.shape[1] - 1).astype(xp.int64)
+
+
+class Gaussian(Loss):
+    """Gaussian NLL with fixed variance σ²: ℓ_i = ‖z_i − y_i‖² / (2σ²) (targets real, shape (B, C)).
+
+    Sampling: y = z + σ ε with ε standard normal drawn on the host from ``seed``.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, reduction: str = "mean", variance: float = 1.0):
+        super().__init__(reduction)
+        if not variance > 0:
+            raise ValueError(f"variance must be positive, got {variance}")
+        self.variance = float(variance)
+
+    def __repr__(self):
+        return f"Gaussian(reduction={self.reduction!r}, variance={self.variance})"
+
+    def check_targets(self, z, y):
+        yv = getval(y)
+        if not hasattr(yv, "dtype") or yv.dtype.kind != "f":
+            raise TypeError(f"y: expected real targets, got {getattr(yv, 'dtype', type(yv))}")
+        if tuple(yv.shape) != ad.shape_of(z):
+            raise ValueError(f"y: expected shape {ad.shape_of(z)} (same as z, no broadcasting), "
+                             f"got {tuple(yv.shape)}")
+        if not bool(xp.all(xp.isfinite(yv))):
+            raise ValueError("y: targets contain NaN or Inf")
+
+    def per_example(self, z, y):
+        d = ad.subtract(z, y)
+        return ad.divide(ad.sum(ad.multiply(d, d), axis=1), 2.0 * self.variance)
+
+    def output_hessian_vp(self, z, y, u):
+        return u / self.variance
+
+    def output_fisher(self, z):
+        B, C = ad.shape_of(z)
+        # E[r rᵀ] with r = (z − y)/σ², y − z ∼ N(0, σ² I): σ² I / σ⁴.
+        return xp.broadcast_to(xp.eye(C, dtype=getval(z).dtype) / self.variance, (B, C, C)).copy()
+
+    def sample(self, z, seed, k: int = 1):
+        zv = getval(z)
+        eps = as_array(rng(seed).standard_normal((k,) + tuple(zv.shape)), zv.dtype)
+        return zv[None] + (self.variance ** 0.5) * eps
+
+
+class Bernoulli(Loss):
+    """Independent Bernoulli NLL on logits (sigmoid cross-entropy); targets in {0, 1}, shape (B, C).
+
+    Sampling: y = 1[u < sigmoid(z)] with u uniform on [0, 1) drawn on the host from ``seed``.
+    """
+
+    name = "bernoulli"
+
+    def check_targets(self, z, y):
+        yv = getval(y)
+        if not hasattr(yv, "dtype") or yv.dtype.kind not in "fiub":
+            raise TypeError(f"y: expected 0/1 targets, got {getattr(yv, 'dtype', type(yv))}")
+        if tuple(yv.shape) != ad.shape_of(z):
+            raise ValueError(f"y: expected shape {ad.shape_of(z)} (same as z), got {tuple(yv.shape)}")
+        if not bool(xp.all((yv == 0) | (yv == 1))):
+            raise ValueError("y: Bernoulli targets must be 0 or 1")
+
+    def per_example(self, z, y):
+        yf = xp.asarray(getval(y), dtype=getval(z).dtype)
+        return ad.sum(ad.subtract(ad.softplus(z), ad.multiply(yf, z)), axis=1)
+
+    def probabilities(self, z):
+        return ad.sigmoid(getval(z))
+
+    def output_hessian_vp(self, z, y, u):
+        p = self.probabilities(z)
+        return p * (1.0 - p) * u
+
+    def output_fisher(self, z):
+        # r = p − y with independent coordinates: E[r_c r_d] = 0 for c ≠ d and p(1−p) on the diagonal,
+        # computed by enumerating y_c ∈ {0, 1}: p (p − 1)² + (1 − p) p² = p (1 − p).
+        p = self.probabilities(z)
+        var = p * (p - 1.0) ** 2 + (1.0 - p) * p ** 2
+        B, C = p.shape
+        out = xp.zeros((B, C, C), dtype=p.dtype)
+        idx = xp.arange(C)
+        out[:, idx, idx] = var
+        return out
+
+    def sample(self, z, seed, k: int = 1):
+        p = self.probabilities(z)
+        u = as_array(rng(seed).random((k,) + tuple(p.shape)), p.dtype)
+        return (u < p[None]).astype(p.dtype)
+
+
+LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "gaussian": Gaussian, "bernoulli": Bernoulli}
+
+
+def make_loss(name: str, **kwargs) -> Loss:
+    """A loss by name (``LOSSES`` lists them)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    return LOSSES[name](**kwargs)

@@ -1,0 +1,152 @@
+"""Multilayer perceptrons of dense layers, and the per-layer statistics K-FAC needs.
+
+Layer l computes  s_l = a_{l-1} @ W_l + b_l,  a_l = φ_l(s_l),  with W_l of shape (fan_in, fan_out),
+a_0 = X (batch, d_in) and the network output z = s_L (no activation on the last layer unless one is
+asked for; the losses take logits / means). Parameters are a list of dicts ``{"W": W_l, "b": b_l}``,
+which flatten (``refopt.tree``) to [vec(W_1), b_1, vec(W_2), b_2, ...] with row-major vec.
+
+Per-layer statistics. ``layer_statistics`` returns, for every layer and every example, the layer's
+input a_{l-1} and g_l = ∂L/∂s_l, the gradient of the *reduced* loss L with respect to the
+pre-activation. They come from the autodiff, not a second backprop: the forward pass adds a zero
+perturbation e_l to each s_l and g_l = ∂L/∂e_l at e = 0. Then ∇W_l = a_{l-1}ᵀ g_l and ∇b_l = Σ_b g_l
+exactly; with mean reduction a single example's own gradient is B·g_l (the 1/B of the mean is inside
+g_l), with sum reduction it is g_l.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+from .. import autodiff as ad
+from ..backend import as_array, default_dtype, is_floating, rng
+from ..autodiff.core import getval
+
+__all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics"]
+
+
+def _identity(x):
+    return x
+
+
+ACTIVATIONS = {"tanh": ad.tanh, "relu": ad.relu, "sigmoid": ad.sigmoid, "softplus": ad.softplus,
+               "identity": _identity}
+
+_INITS = ("glorot", "he", "lecun", "normal")
+
+
+class MLP:
+    """Dense network with layer sizes ``sizes = [d_in, h_1, ..., d_out]``.
+
+    ``activation`` is the hidden activation (one name, or one per hidden layer);
+    ``output_activation`` defaults to identity (losses take logits). ``init``: "glorot"
+    (uniform ±sqrt(6/(fan_in+fan_out)), the default), "he" (normal, std sqrt(2/fan_in)), "lecun"
+    (normal, std sqrt(1/fan_in)) or "normal" (std ``init_scale``); biases start at zero.
+    """
+
+    def __init__(self, sizes: Sequence[int], activation="tanh", output_activation="identity",
+                 init: str = "glorot", init_scale: float = 0.01):
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes must list at least two positive layer widths, got {sizes}")
+        hidden = len(sizes) - 2
+        acts = [activation] * hidden if isinstance(activation, str) else list(activation)
+        if len(acts) != hidden:
+            raise ValueError(f"activation: expected {hidden} names (one per hidden layer), got {len(acts)}")
+        for a in acts + [output_activation]:
+            if a not in ACTIVATIONS:
+                raise ValueError(f"unknown activation {a!r}; choose from {sorted(ACTIVATIONS)}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        self.sizes = sizes
+        self.activations = acts + [output_activation]
+        self.init_name = init
+        self.init_scale = float(init_scale)
+
+    def __repr__(self):
+        return f"MLP({self.sizes}, activations={self.activations})"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def num_params(self) -> int:
+        return sum((i + 1) * o for i, o in zip(self.sizes[:-1], self.sizes[1:]))
+
+    def init(self, seed, dtype=None) -> list[dict]:
+        """Seeded initial parameters (drawn on the host, so identical on every backend)."""
+        gen = rng(seed)
+        dtype = dtype or default_dtype()
+        if not is_floating(dtype):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        params = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            if self.init_name == "glorot":
+                lim = math.sqrt(6.0 / (fan_in + fan_out))
+                W = gen.uniform(-lim, lim, size=(fan_in, fan_out))
+            elif self.init_name == "he":
+                W = gen.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
+            elif self.init_name == "lecun":
+                W = gen.standard_normal((fan_in, fan_out)) * math.sqrt(1.0 / fan_in)
+            else:
+                W = gen.standard_normal((fan_in, fan_out)) * self.init_scale
+            params.append({"W": as_array(W, dtype), "b": as_array([0.0] * fan_out, dtype)})
+        return params
+
+    def check(self, params, X) -> None:
+        """Raise ValueError/TypeError when ``params`` or ``X`` do not fit this network."""
+        if not isinstance(params, (list, tuple)) or len(params) != self.num_layers:
+            raise ValueError(f"params: expected a list of {self.num_layers} layer dicts with keys 'W' and 'b'")
+        for l, (p, fan_in, fan_out) in enumerate(zip(params, self.sizes[:-1], self.sizes[1:])):
+            if not isinstance(p, dict) or set(p) != {"W", "b"}:
+                raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
+            if ad.shape_of(p["W"]) != (fan_in, fan_out) or ad.shape_of(p["b"]) != (fan_out,):
+                raise ValueError(f"params[{l}]: expected W of shape {(fan_in, fan_out)} and b of shape "
+                                 f"{(fan_out,)}, got {ad.shape_of(p['W'])} and {ad.shape_of(p['b'])}")
+        Xv = getval(X)
+        if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
+            raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
+        if Xv.ndim != 2 or Xv.shape[1] != self.sizes[0]:
+            raise ValueError(f"X: expected shape (batch, {self.sizes[0]}), got {tuple(Xv.shape)}")
+
+    def apply(self, params, X, perturbations=None, record_inputs=None):
+        """Network output z (batch, d_out). ``perturbations[l]`` is added to s_l (see module docs);
+        ``record_inputs``, a list, receives each layer's input a_{l-1}."""
+        self.check(params, X)
+        a = X
+        for l, (p, act) in enumerate(zip(params, self.activations)):
+            if record_inputs is not None:
+                record_inputs.append(a)
+            s = ad.add(ad.matmul(a, p["W"]), p["b"])
+            if perturbations is not None:
+                s = ad.add(s, perturbations[l])
+            a = ACTIVATIONS[act](s)
+        return a
+
+    __call__ = apply
+
+
+class LayerStats(NamedTuple):
+    """Per-layer statistics at one point: loss value, gradient, a_{l-1} and g_l = ∂L/∂s_l per example."""
+
+    loss: float
+    grad: list
+    inputs: list        # a_{l-1}, shape (batch, fan_in), no trailing 1
+    output_grads: list  # g_l, shape (batch, fan_out), gradient of the reduced loss
+
+
+def layer_statistics(model: MLP, loss, params, X, targets) -> LayerStats:
+    """Loss, gradient and the per-layer (a_{l-1}, g_l) in one forward and one reverse pass."""
+    from ..backend import xp  # noqa: PLC0415 (tiny import, keeps the header readable)
+
+    B = X.shape[0]
+    zeros = [xp.zeros((B, n), dtype=getval(params[0]["W"]).dtype) for n in model.sizes[1:]]
+    inputs: list = []
+
+    def f(pe):
+        p, e = pe
+        inputs.clear()
+        return loss(model.apply(p, X, perturbations=e, record_inputs=inputs), targets)
+
+    value, (g_params, g_s) = ad.value_and_grad(f)((params, zeros))
+    return LayerStats(float(value), g_params, [getval(a) for a in inputs], list(g_s))

@@ -1,0 +1,55 @@
+"""Optimizers, one file per algorithm family, all with the ``init`` / ``update`` pair of ``base``.
+
+``OPTIMIZERS`` maps each name to ``(module, class)``; modules are imported on first use, so a name is
+cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import Optimizer
+
+__all__ = ["Optimizer", "OPTIMIZERS", "make_optimizer", "optimizer_class"]
+
+OPTIMIZERS: dict[str, tuple[str, str]] = {
+    # first order baselines
+    "sgd": ("sgd", "SGD"),
+    # Newton family and quasi-Newton (issue: Newton, Gauss-Newton, Hessian-free, quasi-Newton)
+    "newton": ("newton", "Newton"),
+    "gauss_newton": ("newton", "GaussNewton"),
+    "newton_cg": ("newton_cg", "NewtonCG"),
+    "trust_ncg": ("newton_cg", "TrustRegionNewtonCG"),
+    "sr1": ("quasi_newton", "SR1"),
+    "sherman_morrison": ("quasi_newton", "ShermanMorrison"),
+    "bfgs": ("quasi_newton", "BFGS"),
+    "dfp": ("quasi_newton", "DFP"),
+    "lbfgs": ("lbfgs", "LBFGS"),
+    # Fisher family
+    "natural_gradient": ("natural_gradient", "NaturalGradient"),
+    "kfac": ("kfac", "KFAC"),
+    "kfac_tridiag": ("kfac_tridiag", "KFACTridiag"),
+    "ekfac": ("ekfac", "EKFAC"),
+    "kbfgs": ("kbfgs", "KBFGS"),
+    # adaptive / diagonal preconditioners
+    "adagrad": ("adagrad", "Adagrad"),
+    "adagrad_full": ("adagrad", "FullMatrixAdagrad"),
+    "adam": ("adam", "Adam"),
+    "adamw": ("adam", "AdamW"),
+    "shampoo": ("shampoo", "Shampoo"),
+    "adahessian": ("adahessian", "AdaHessian"),
+    "sophia_g": ("sophia", "SophiaG"),
+    "sophia_h": ("sophia", "SophiaH"),
+}
+
+
+def optimizer_class(name: str):
+    """The optimizer class registered under ``name``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(OPTIMIZERS))}")
+    module, cls = OPTIMIZERS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def make_optimizer(name: str, **hyperparameters) -> Optimizer:
+    """Build the optimizer ``name`` with the given hyperparameters (validated by its constructor)."""
+    return optimizer_class(name)(**hyperparameters)

@@ -1,0 +1,56 @@
+"""Gradient descent, with optional heavy-ball or Nesterov momentum and weight decay.
+
+    g_t = ∇L(θ_t) + λ θ_t                      (L2 weight decay, if weight_decay > 0)
+    v_t = μ v_{t−1} + g_t                       (momentum buffer; v_0 = 0, so v_1 = g_1)
+    d_t = g_t + μ v_t  (nesterov)   or   v_t    (heavy ball)   or   g_t   (μ = 0)
+    θ_{t+1} = θ_t − η d_t
+
+Conventions: the buffer accumulates the raw gradient with no (1 − μ) damping, as torch.optim.SGD does
+with dampening=0; ``nesterov`` uses torch's formulation (look-ahead on the gradient, not on θ).
+Source: Polyak 1964 (heavy ball), Nesterov 1983, Sutskever et al. 2013.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import tree as T
+from .base import Optimizer, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
+
+__all__ = ["SGD", "SGDState"]
+
+
+class SGDState(NamedTuple):
+    step: int
+    velocity: object  # v_t, a tree like params (zeros when momentum is 0)
+
+
+class SGD(Optimizer):
+    """θ ← θ − η d (see module docs)."""
+
+    name = "sgd"
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        self.lr = check_positive("lr", lr)
+        self.momentum = check_unit_interval("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+
+    def init(self, params) -> SGDState:
+        return SGDState(0, T.zeros_like(params))
+
+    def update(self, params, state, oracle):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        if self.weight_decay:
+            g = T.axpy(self.weight_decay, params, g)
+        v = state.velocity
+        if self.momentum:
+            v = T.axpy(self.momentum, v, g)
+            d = T.axpy(self.momentum, v, g) if self.nesterov else v
+        else:
+            d = g
+        new = T.axpy(-self.lr, d, params)
+        return new, SGDState(state.step + 1, v), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))

@@ -1,0 +1,235 @@
+"""Oracles: what optimizers may ask of a problem, with every request counted.
+
+``Oracle`` binds an MLP, a loss and a batch (X, y); ``FunctionOracle`` wraps a function of a vector
+(the classical test problems), with analytic derivatives when the problem has them and refopt's
+autodiff otherwise. Both give values, gradients, Hessian-vector products and dense Hessians, and keep
+``counts`` (nfev, ngev, nhvp, ...). The network oracle adds Gauss-Newton and Fisher products, Jacobian
+products, per-layer statistics for K-FAC, label sampling and the diagonal estimators.
+
+A mini-batch run makes one oracle per batch with ``with_batch``; all of them share one ``Counts``.
+Trial points of a line search are ordinary calls: a non-finite loss there is returned as ``inf`` /
+``nan``, never raised, so the line search can backtrack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from . import autodiff as ad
+from . import curvature as C
+from . import tree as T
+from .backend import as_array, is_floating, xp
+from .nn.mlp import layer_statistics
+
+__all__ = ["Counts", "Oracle", "FunctionOracle"]
+
+
+@dataclass
+class Counts:
+    """How many of each request an oracle has served."""
+
+    nfev: int = 0   # loss values (a value_and_grad counts one nfev and one ngev)
+    ngev: int = 0   # gradients
+    nhvp: int = 0   # Hessian-vector products
+    nggnvp: int = 0  # Gauss-Newton-vector products
+    nfvp: int = 0   # Fisher-vector products
+    njvp: int = 0   # network Jacobian-vector products
+    nvjp: int = 0   # network vector-Jacobian products
+    nstats: int = 0  # per-layer statistics passes
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _finite_float(value) -> float:
+    return float(ad.getval(value))
+
+
+class Oracle:
+    """Model + loss + batch. ``X`` (B, d_in) float; ``y`` as the loss expects."""
+
+    def __init__(self, model, loss, X, y, counts: Counts | None = None):
+        X = as_array(X) if not (hasattr(X, "dtype") and is_floating(X.dtype)) else X
+        if X.ndim != 2 or X.shape[1] != model.sizes[0]:
+            raise ValueError(f"X: expected shape (batch, {model.sizes[0]}), got {tuple(X.shape)}")
+        if X.shape[0] < 1:
+            raise ValueError("X: the batch is empty")
+        if not bool(xp.all(xp.isfinite(X))):
+            raise ValueError("X: inputs contain NaN or Inf")
+        zero = xp.zeros((X.shape[0], model.sizes[-1]), dtype=X.dtype)
+        loss.check_targets(zero, y)
+        self.model, self.loss, self.X, self.y = model, loss, X, y
+        self.counts = counts if counts is not None else Counts()
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.X.shape[0])
+
+    def with_batch(self, X, y) -> "Oracle":
+        """The same model and loss on another batch, sharing this oracle's counts."""
+        return Oracle(self.model, self.loss, X, y, counts=self.counts)
+
+    # --- values and gradients -------------------------------------------------------------
+    def _objective(self, params, y=None):
+        return self.loss(self.model.apply(params, self.X), self.y if y is None else y, check=False)
+
+    def outputs(self, params):
+        """Network outputs z = f(X; θ)."""
+        return self.model.apply(params, self.X)
+
+    def value(self, params) -> float:
+        self.counts.nfev += 1
+        return _finite_float(self._objective(params))
+
+    def value_and_grad(self, params):
+        self.counts.nfev += 1
+        self.counts.ngev += 1
+        value, g = ad.value_and_grad(self._objective)(params)
+        return _finite_float(value), g
+
+    def grad(self, params):
+        return self.value_and_grad(params)[1]
+
+    def grad_at_labels(self, params, labels):
+        """Gradient of the reduced loss with the data labels replaced by ``labels``."""
+        self.counts.ngev += 1
+        return ad.grad(lambda p: self._objective(p, labels))(params)
+
+    # --- curvature products ---------------------------------------------------------------
+    def hvp(self, params, v):
+        self.counts.nhvp += 1
+        return ad.hvp(self._objective, params, v)
+
+    def hvp_operator(self, params):
+        """(∇L, v ↦ ∇²L v) with the gradient recorded once; each product is one reverse sweep."""
+        self.counts.ngev += 1
+        g, hv = ad.hvp_operator(self._objective, params)
+
+        def product(v):
+            self.counts.nhvp += 1
+            return hv(v)
+        return g, product
+
+    def jvp(self, params, v):
+        """J v (batch, C)."""
+        self.counts.njvp += 1
+        return C.network_jvp(self.model, params, self.X, v)[1]
+
+    def vjp(self, params, u):
+        """Jᵀ u for an output cotangent u (batch, C)."""
+        self.counts.nvjp += 1
+        return C.network_vjp(self.model, params, self.X)[1](u)
+
+    def ggn_vp(self, params, v):
+        self.counts.nggnvp += 1
+        return C.ggn_vp(self.model, self.loss, params, self.X, self.y, v)
+
+    def curvature_operator(self, params, kind="ggn", samples=1, seed=None, labels=None):
+        """v ↦ M v for M the GGN (``kind="ggn"``) or a Fisher ("true", "mc", "empirical") at ``params``.
+
+        The output pullback (and, for "mc", the sampled labels) are fixed once, so repeated products,
+        as in conjugate gradient, all use the same matrix and skip the recording.
+        """
+        z, pullback = C.network_vjp(self.model, params, self.X)
+        if kind == "mc" and labels is None:
+            if seed is None:
+                raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
+            labels = self.loss.sample(z, seed, samples)
+        scale = self.loss.scale(self.batch_size)
+
+        def product(v):
+            if kind == "ggn":
+                self.counts.nggnvp += 1
+            else:
+                self.counts.nfvp += 1
+            Jv = C.network_jvp(self.model, params, self.X, v)[1]
+            return pullback(scale * C.output_space_product(self.loss, z, self.y, Jv, kind, labels))
+        return product
+
+    def fisher_vp(self, params, v, kind="true", samples=1, seed=None, labels=None):
+        self.counts.nfvp += 1
+        return C.fisher_vp(self.model, self.loss, params, self.X, self.y, v, kind, samples, seed, labels)
+
+    # --- statistics and estimators --------------------------------------------------------
+    def layer_stats(self, params, targets=None):
+        """Loss, gradient, and per-layer (a_{l-1}, g_l) at the data labels or at ``targets``."""
+        self.counts.nstats += 1
+        return layer_statistics(self.model, self.loss, params, self.X, self.y if targets is None else targets)
+
+    def sample_labels(self, params, seed, k=1):
+        """k label sets drawn from the model's predictive distribution at ``params``."""
+        return self.loss.sample(self.outputs(params), seed, k)
+
+    def hutchinson_diag(self, params, seed=None, probes=None, k=1, distribution="rademacher"):
+        if probes is None:
+            if seed is None:
+                raise ValueError("hutchinson_diag needs seed= or probes=")
+            probes = C.draw_probes(params, seed, k, distribution)
+        self.counts.ngev += 1
+        self.counts.nhvp += len(probes)
+        return C.hutchinson_diagonal(self._objective, params, probes)
+
+    def gnb_diag(self, params, seed=None, labels=None, k=1):
+        if labels is None:
+            if seed is None:
+                raise ValueError("gnb_diag needs seed= or labels=")
+            labels = self.sample_labels(params, seed, k)
+        self.counts.ngev += len(labels)
+        return C.gnb_diagonal(self.model, self.loss, params, self.X, labels)
+
+    # --- dense matrices (small models) -----------------------------------------------------
+    def dense_hessian(self, params, max_size=None):
+        return ad.hessian(self._objective, params, max_size=max_size)
+
+    def dense_ggn(self, params, max_size=None):
+        return C.dense_from_product(self.curvature_operator(params, "ggn"), params, max_size,
+                                    "dense GGN", "ggn_vp with conjugate gradient")
+
+    def dense_fisher(self, params, kind="true", max_size=None, **kw):
+        return C.dense_from_product(self.curvature_operator(params, kind, **kw), params, max_size,
+                                    f"dense {kind} Fisher", "fisher_vp with conjugate gradient")
+
+
+class FunctionOracle:
+    """A scalar function of a vector (or tree), with optional analytic derivatives.
+
+    ``f`` must be written with refopt's primitives if ``grad``/``hess`` are not given (then the
+    autodiff supplies them). ``hess(x)`` returns the dense Hessian; ``hvp(x, v)`` a product.
+    """
+
+    def __init__(self, f, grad=None, hess=None, hvp=None, counts: Counts | None = None):
+        self.f, self._grad, self._hess, self._hvp = f, grad, hess, hvp
+        self.counts = counts if counts is not None else Counts()
+
+    def value(self, x) -> float:
+        self.counts.nfev += 1
+        return _finite_float(self.f(x))
+
+    def value_and_grad(self, x):
+        self.counts.nfev += 1
+        self.counts.ngev += 1
+        if self._grad is not None:
+            return _finite_float(self.f(x)), self._grad(x)
+        value, g = ad.value_and_grad(self.f)(x)
+        return _finite_float(value), g
+
+    def grad(self, x):
+        self.counts.ngev += 1
+        return self._grad(x) if self._grad is not None else ad.grad(self.f)(x)
+
+    def hvp(self, x, v):
+        self.counts.nhvp += 1
+        if self._hvp is not None:
+            return self._hvp(x, v)
+        if self._hess is not None:
+            return self._hess(x) @ v
+        return ad.hvp(self.f, x, v)
+
+    def hvp_operator(self, x):
+        g = self.grad(x)
+        return g, lambda v: self.hvp(x, v)
+
+    def dense_hessian(self, x, max_size=None):
+        if self._hess is not None:
+            C.check_dense_size(T.size(x), max_size, "dense Hessian", "hvp with conjugate gradient")
+            return self._hess(x)
+        return ad.hessian(self.f, x, max_size=max_size)

@@ -1,0 +1,140 @@
+"""Parameter trees: nested lists, tuples and dicts whose leaves are arrays.
+
+Order and flattening convention (relied on by every dense matrix in refopt): leaves are visited
+depth-first, lists and tuples in order, dicts in *sorted key* order; each leaf is flattened row-major
+(C order). So an MLP's parameters ``[{"W": W1, "b": b1}, {"W": W2, "b": b2}]`` flatten to
+``[vec(W1), b1, vec(W2), b2]`` with vec row-major.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .autodiff import primitives as P
+from .backend import as_array, xp
+
+__all__ = ["flatten", "unflatten", "leaves", "tree_map", "tree_map2", "vdot", "add", "sub", "scale", "axpy",
+           "zeros_like", "ravel", "unravel", "size", "norm", "all_finite", "same_structure", "copy"]
+
+
+def flatten(tree) -> tuple[list, Any]:
+    """(leaves, treedef); ``unflatten(treedef, leaves)`` rebuilds the tree."""
+    out: list = []
+
+    def visit(t):
+        if isinstance(t, dict):
+            keys = sorted(t)
+            return ("dict", keys, [visit(t[k]) for k in keys])
+        if isinstance(t, (list, tuple)):
+            return (type(t), None, [visit(c) for c in t])
+        out.append(t)
+        return None
+
+    return out, visit(tree)
+
+
+def unflatten(treedef, leaf_list):
+    it = iter(leaf_list)
+
+    def build(d):
+        if d is None:
+            return next(it)
+        kind, keys, children = d
+        if kind == "dict":
+            return {k: build(c) for k, c in zip(keys, children)}
+        return kind(build(c) for c in children)
+
+    return build(treedef)
+
+
+def leaves(tree) -> list:
+    return flatten(tree)[0]
+
+
+def tree_map(f: Callable, tree):
+    """Apply ``f`` to every leaf."""
+    ls, d = flatten(tree)
+    return unflatten(d, [f(x) for x in ls])
+
+
+def tree_map2(f: Callable, a, b):
+    """Apply ``f`` leafwise to two trees of the same structure."""
+    la, da = flatten(a)
+    lb, db = flatten(b)
+    if da != db:
+        raise ValueError("the two trees have different structures")
+    return unflatten(da, [f(x, y) for x, y in zip(la, lb)])
+
+
+def same_structure(a, b) -> bool:
+    la, da = flatten(a)
+    lb, db = flatten(b)
+    return da == db and all(P.shape_of(x) == P.shape_of(y) for x, y in zip(la, lb))
+
+
+def vdot(a, b):
+    """Sum over leaves of <a_i, b_i> (differentiable: works on traced trees)."""
+    total = 0.0
+    for x, y in zip(leaves(a), leaves(b)):
+        total = P.add(total, P.dot(x, y))
+    return total
+
+
+def add(a, b):
+    return tree_map2(lambda x, y: x + y, a, b)
+
+
+def sub(a, b):
+    return tree_map2(lambda x, y: x - y, a, b)
+
+
+def scale(c, a):
+    return tree_map(lambda x: c * x, a)
+
+
+def axpy(alpha, x, y):
+    """alpha * x + y, leafwise."""
+    return tree_map2(lambda u, v: alpha * u + v, x, y)
+
+
+def zeros_like(tree):
+    return tree_map(lambda x: xp.zeros_like(x), tree)
+
+
+def copy(tree):
+    return tree_map(lambda x: x.copy(), tree)
+
+
+def size(tree) -> int:
+    n = 0
+    for x in leaves(tree):
+        n += int(x.size)
+    return n
+
+
+def ravel(tree):
+    """All leaves concatenated into one flat vector (row-major within each leaf)."""
+    ls = leaves(tree)
+    if not ls:
+        return as_array([])
+    return xp.concatenate([xp.reshape(x, (-1,)) for x in ls])
+
+
+def unravel(vector, like):
+    """The inverse of ``ravel``: cut a flat vector into a tree shaped like ``like``."""
+    ls, d = flatten(like)
+    total = sum(int(x.size) for x in ls)
+    if vector.shape != (total,):
+        raise ValueError(f"vector has shape {tuple(vector.shape)}, expected ({total},) to match the tree")
+    out, start = [], 0
+    for x in ls:
+        out.append(xp.reshape(vector[start:start + x.size], x.shape))
+        start += x.size
+    return unflatten(d, out)
+
+
+def norm(tree) -> float:
+    return float(xp.sqrt(sum(float(xp.vdot(x.ravel(), x.ravel())) for x in leaves(tree))))
+
+
+def all_finite(tree) -> bool:
+    return all(bool(xp.all(xp.isfinite(x))) for x in leaves(tree))
