@@ -5,8 +5,12 @@ Profiles: "ci" (the default: few examples, no deadline) and "thorough" (select w
 """
 import os
 
-import numpy as np
-import pytest
+# One BLAS thread: the tests use small matrices, and multi-threaded OpenBLAS slows down badly when the
+# two CI cores are shared.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True,

@@ -169,10 +169,11 @@ class _Root:
 
 
 def backward(seeds):
-    """Reverse pass. ``seeds`` is a list of (Node, cotangent); returns {Node: accumulated cotangent}.
+    """Reverse pass. ``seeds`` is a list of (Node, cotangent); returns {input Node: accumulated cotangent}.
 
     Nodes are visited in reverse topological order, so each node's cotangent is complete before it is
-    pushed to its parents. The graph is left intact: the same recording can be swept many times
+    pushed to its parents. Only the cotangents of input nodes (``prim is None``) are returned; the
+    others are dropped as soon as they have been pushed on, which keeps the peak memory of a sweep low. The graph is left intact: the same recording can be swept many times
     (this is what makes a recorded gradient a reusable Hessian-vector operator).
     """
     root = _Root([n for n, _ in seeds])
@@ -195,8 +196,9 @@ def backward(seeds):
     while ready:
         node = ready.pop()
         g = outgrads.pop(node)
-        done[node] = g
         prim = node.prim if isinstance(node, Node) else None
+        if prim is None:  # keep only the inputs' cotangents, so intermediate ones are freed early
+            done[node] = g
         for argnum, parent in node.parents:
             if prim is not None:
                 pg = prim.vjps[argnum](g, node.ans, *node.args, **node.kwargs)

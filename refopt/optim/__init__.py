@@ -47,7 +47,10 @@ def optimizer_class(name: str):
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(OPTIMIZERS))}")
     module, cls = OPTIMIZERS[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    except (ImportError, AttributeError) as exc:  # a registered name whose module is not there
+        raise ValueError(f"optimizer {name!r} is registered but not available: {exc}") from exc
 
 
 def make_optimizer(name: str, **hyperparameters) -> Optimizer:

@@ -28,6 +28,7 @@ class SGD(Optimizer):
     """θ ← θ − η d (see module docs)."""
 
     name = "sgd"
+    switches = {"nesterov": (False, True)}  # the convention switches (searched by refopt.verify)
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         self.lr = check_positive("lr", lr)

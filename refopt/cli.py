@@ -1,0 +1,182 @@
+"""The ``refopt`` command: ``train``, ``compare``, ``verify`` and ``list``.
+
+Errors in what the user typed (unknown names, hyperparameters of the wrong type or range, unreadable
+or mismatched files) print one line ``refopt: error: ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+__all__ = ["main", "parse_hyperparameters"]
+
+
+def parse_value(text: str):
+    """'0.1' → 0.1, '3' → 3, 'true' → True, 'none' → None, '[1,2]' → [1, 2], anything else: the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_hyperparameters(items) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"hyperparameter {item!r}: expected NAME=VALUE")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    """(report(record), close()): a tqdm bar when tqdm is installed (created at the first step, so an
+    invalid configuration fails before any bar is drawn), else a line every tenth of the run."""
+    if not enabled:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 (optional, from the 'scripts' extra)
+    except ImportError:
+        def report(rec):
+            if rec["step"] % max(1, total // 10) == 0 or rec["step"] == total:
+                print(f"step {rec['step']:5d}  loss {rec['loss']:.6g}", file=sys.stderr)
+        return report, lambda: None
+    bar = []
+
+    def report(rec):
+        if not bar:
+            bar.append(tqdm(total=total, initial=rec["step"] - 1, unit="step", file=sys.stderr, leave=False))
+        bar[0].update(1)
+        bar[0].set_postfix(loss=f"{rec['loss']:.4g}")
+
+    def close():
+        if bar:
+            bar[0].close()
+    return report, close
+
+
+def cmd_train(args) -> int:
+    from .runner import Interrupted, RunConfig, run  # noqa: PLC0415
+
+    config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
+                       args.seed, args.target_loss, args.max_seconds, args.eval_every)
+    report, close = _progress(args.steps, not args.no_progress)
+    try:
+        result = run(config, resume=args.resume, log_path=args.log, checkpoint_path=args.checkpoint,
+                     checkpoint_every=args.checkpoint_every, progress=report)
+    except Interrupted as exc:
+        print(f"refopt: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        close()
+    last = result.history[-1] if result.history else {}
+    print(f"{config.optimizer} on {config.problem}: {result.status} after {len(result.history)} steps; "
+          f"final training loss {result.final_loss:.6g}; grad norm {last.get('grad_norm', math.nan):.3g}; "
+          f"nfev {last.get('nfev', 0)}, ngev {last.get('ngev', 0)}, nhvp {last.get('nhvp', 0)}; "
+          f"{last.get('elapsed', 0.0):.2f} s" + (f"; {result.message}" if result.message else ""))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import DEFAULT_OPTIMIZERS, compare, format_table, plot_comparison  # noqa: PLC0415
+
+    names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_OPTIMIZERS)
+    overrides = json.loads(args.hp_json) if args.hp_json else {}
+    results = compare(names, problem=args.problem, steps=args.steps, max_seconds=args.max_seconds,
+                      target_loss=args.target_loss, seed=args.seed, overrides=overrides, batch_size=args.batch_size,
+                      verbose=not args.quiet)
+    print(format_table(results, args.target_loss))
+    if args.plot:
+        path = plot_comparison(results, args.plot)
+        if path:
+            print(f"plot written to {path}")
+    if args.csv:
+        from .compare import write_csv  # noqa: PLC0415
+        write_csv(results, args.csv)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .optim import OPTIMIZERS  # noqa: PLC0415
+    from .problems.registry import problem_names  # noqa: PLC0415
+    from .verify.profiles import PROFILES  # noqa: PLC0415
+
+    print("optimizers: " + ", ".join(sorted(OPTIMIZERS)))
+    print("problems:   " + ", ".join(problem_names()))
+    print("profiles:   " + ", ".join(sorted(PROFILES)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refopt", description="Reference second-order optimizers: train, compare, verify.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run one optimizer on one problem")
+    t.add_argument("optimizer", help="optimizer name (see `refopt list`)")
+    t.add_argument("hp", nargs="*", metavar="NAME=VALUE", help="hyperparameters, e.g. lr=0.1 momentum=0.9")
+    t.add_argument("--problem", default="digits_mlp")
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: full batch)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--target-loss", type=float, default=None)
+    t.add_argument("--max-seconds", type=float, default=None)
+    t.add_argument("--eval-every", type=int, default=1, help="full-batch training loss every N steps")
+    t.add_argument("--log", default=None, help="write a JSON-lines log here")
+    t.add_argument("--checkpoint", default=None, help="checkpoint file (.npz)")
+    t.add_argument("--checkpoint-every", type=int, default=None)
+    t.add_argument("--resume", default=None, help="resume from this checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compare", help="every optimizer (or a chosen set) on one problem, same budget")
+    c.add_argument("--problem", default="digits_mlp")
+    c.add_argument("--optimizers", default=None, help="comma-separated names (default: the standard set)")
+    c.add_argument("--steps", type=int, default=200)
+    c.add_argument("--max-seconds", type=float, default=3.0, help="wall-clock budget per optimizer")
+    c.add_argument("--target-loss", type=float, default=0.05)
+    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--hp-json", default=None, help='per-optimizer overrides, e.g. \'{"adam": {"lr": 0.01}}\'')
+    c.add_argument("--plot", default="refopt-compare.png", help="plot file ('' for none)")
+    c.add_argument("--csv", default=None)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("verify", help="golden traces and checks of other implementations")
+    from .verify.cli import add_verify_commands  # noqa: PLC0415
+    add_verify_commands(v)
+
+    ls = sub.add_parser("list", help="list optimizers, problems and convention profiles")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"refopt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Kronecker factors of an MLP's Fisher blocks: the statistics K-FAC and its relatives are built on.
+
+Convention (s = a W, row-major vec). A dense layer computes s_l = a_{l-1} W_l + b_l with W_l of shape
+(fan_in, fan_out). Weight and bias are treated together as W̄_l = [W_l; b_l] (the bias is the LAST row,
+shape (fan_in + 1, fan_out)) and the input gets a trailing one, ā = [a, 1]. Flattened row-major,
+vec(W̄_l) = [vec(W_l), b_l], which is exactly how ``refopt.tree`` flattens the layer's dict {"W", "b"};
+so a layer's block of any dense curvature matrix refopt builds is indexed by vec(W̄_l).
+
+One example's gradient of its loss ℓ_i with respect to W̄_l is the outer product ā_i Dg_iᵀ with
+Dg_i = ∂ℓ_i/∂s_l, and row-major vec(u vᵀ) = u ⊗ v, so
+
+    F_ll = scale · Σ_i E_y[(ā_i ⊗ Dg_i)(ā_i ⊗ Dg_i)ᵀ] = scale · Σ_i (ā_i ā_iᵀ) ⊗ E_y[Dg_i Dg_iᵀ]
+         ≈ A_l ⊗ G_l                                   (K-FAC: expectation of a product ≈ product)
+
+    A_l = (1/B) Σ_i ā_i ā_iᵀ                          (B = batch size)
+    G_l = (B · scale) · (1/B) Σ_i E_y[Dg_i Dg_iᵀ]      (scale = 1/B for "mean", 1 for "sum")
+
+Scaling of G with the reduction: for reduction="mean" G is the plain average of the per-example
+outer products E[Dg Dgᵀ]; for reduction="sum" it is B times that, so that in both cases A ⊗ G
+approximates the Fisher of the *reduced* loss L that the optimizer sees. In terms of the MLP's layer
+statistics g_i = ∂L/∂s_l (gradient of the reduced loss, g_i = scale · Dg_i) this is
+G_l = (1/scale) Σ_i g_i g_iᵀ. Kronecker-vector products follow the row-major rule
+
+    (A ⊗ G) vec(V) = vec(A V Gᵀ)  =  vec(A V G) for symmetric G,
+
+so the layer's K-FAC natural gradient is A⁻¹ ∇W̄ G⁻¹ (not G⁻¹ ∇W A⁻¹, which is the s = W a form used
+by libraries with W of shape (fan_out, fan_in) and column-major vec).
+
+What G estimates (``fisher``; names as ``refopt.curvature.FISHER_KINDS``):
+* "mc" (default): labels ŷ ∼ p(·|x) sampled from the model, k label sets, averaged (Monte-Carlo true
+  Fisher); one extra backward sweep per label set.
+* "empirical": the data labels (the gradient's own backward pass; no extra sweep). A different matrix.
+* "true": the exact expectation over labels, E_y[Dg Dgᵀ] = J_iᵀ F_out,i J_i with F_out,i the loss's
+  output-space Fisher. We factor F_out,i = L_i L_iᵀ (softmax: enumerate classes, column c is
+  √p_c (p − e_c); otherwise a symmetric eigen-square-root of ``loss.output_fisher``) and backpropagate
+  each column: C extra sweeps.
+
+All three are expressed the same way: a list of "probes" p, each a list over layers of (B, fan_out)
+arrays g_{p,l} in the scaling of the reduced loss, such that G_l = (1/scale) Σ_p g_{p,l}ᵀ g_{p,l}
+(an MC probe carries the factor 1/√k). The cross-layer factors of the block-tridiagonal variant and
+the eigenbasis statistics of EKFAC are read from the same probes.
+
+Source: Martens & Grosse 2015, sections 2-3 (Kronecker factorisation, eq. (1) and section 3.1), and
+section 5 for the label sampling.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+from .. import autodiff as ad
+from ..autodiff.core import getval
+from ..backend import xp
+
+__all__ = [
+    "FISHER_ESTIMATES", "FACTOR_INITS", "augment", "layer_matrix", "layer_tree", "input_factor", "grad_factor",
+    "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
+    "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
+    "kfac_statistics", "factor_weight", "all_finite_arrays",
+]
+
+FISHER_ESTIMATES = ("mc", "empirical", "true")
+FACTOR_INITS = ("mean", "debiased", "identity")
+
+
+# --- the layer as a matrix ------------------------------------------------------------------------
+def augment(a):
+    """ā = [a, 1]: the layer input with a trailing one for the bias, shape (B, fan_in + 1)."""
+    return xp.concatenate([a, xp.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)
+
+
+def layer_matrix(layer: dict):
+    """W̄ = [W; b] of shape (fan_in + 1, fan_out); row-major vec(W̄) is the layer's flattened params."""
+    return xp.concatenate([layer["W"], layer["b"][None, :]], axis=0)
+
+
+def layer_tree(Wbar) -> dict:
+    """The inverse of ``layer_matrix``: {"W": W̄[:-1], "b": W̄[-1]}."""
+    return {"W": Wbar[:-1], "b": Wbar[-1]}
+
+
+# --- factors ---------------------------------------------------------------------------------------
+def input_factor(a):
+    """A = (1/B) Σ_i ā_i ā_iᵀ from the layer inputs a (B, fan_in)."""
+    abar = augment(a)
+    return abar.T @ abar / abar.shape[0]
+
+
+def cross_input_factor(a_prev, a_next):
+    """A_{l,l+1} = (1/B) Σ_i ā_{l-1,i} ā_{l,i}ᵀ: inputs of layer l against inputs of layer l+1."""
+    return augment(a_prev).T @ augment(a_next) / a_prev.shape[0]
+
+
+def grad_factor(probes: Sequence, scale: float):
+    """G = (1/scale) Σ_p g_pᵀ g_p from one layer's probe gradients g_p (B, fan_out) (module docs)."""
+    G = None
+    for g in probes:
+        term = g.T @ g
+        G = term if G is None else G + term
+    return G / scale
+
+
+def cross_grad_factor(probes_l: Sequence, probes_next: Sequence, scale: float):
+    """G_{l,l+1} = (1/scale) Σ_p g_{p,l}ᵀ g_{p,l+1}, shape (fan_out_l, fan_out_{l+1})."""
+    G = None
+    for g, h in zip(probes_l, probes_next):
+        term = g.T @ h
+        G = term if G is None else G + term
+    return G / scale
+
+
+def factor_weight(k: int, decay: float, init: str) -> float:
+    """ε_k in F ← ε_k F + (1 − ε_k) F̂ for the k-th estimate F̂ (k = 1, 2, ...) of a running average.
+
+    * "mean" (Martens & Grosse 2015, section 5): ε_k = min(1 − 1/k, decay): the first estimate is
+      taken as is, then a plain mean of the estimates so far until the weight reaches ``decay``.
+    * "debiased" (zero start with bias correction, as kfac-jax's weighted moving average):
+      F_k = (Σ_j decay^{k−j} (1 − decay) F̂_j) / (1 − decay^k), i.e. ε_k = decay (1 − decay^{k−1}) / (1 − decay^k).
+    * "identity" (start from F_0 = I, as several PyTorch K-FACs do): ε_k = decay for every k.
+    """
+    if init == "mean":
+        return min(1.0 - 1.0 / k, decay)
+    if init == "debiased":
+        return decay * (1.0 - decay ** (k - 1)) / (1.0 - decay ** k) if decay > 0 else 0.0
+    if init == "identity":
+        return decay
+    raise ValueError(f"init must be one of {FACTOR_INITS}, got {init!r}")
+
+
+def pi_correction(A, G) -> float:
+    """π = sqrt((tr A / dim A) / (tr G / dim G)), the trace-norm choice of Martens & Grosse 2015, section 6.3.
+
+    Damping A + πγI and G + (γ/π)I keeps the damped product unchanged when A → cA and G → G/c.
+    A factor with zero (or non-finite) trace gives π = 1 (nothing to balance against).
+    """
+    ta = float(xp.trace(A)) / A.shape[0]
+    tg = float(xp.trace(G)) / G.shape[0]
+    if not (ta > 0 and tg > 0 and math.isfinite(ta) and math.isfinite(tg)):
+        return 1.0
+    return math.sqrt(ta / tg)
+
+
+def all_finite_arrays(arrays) -> bool:
+    return all(bool(xp.all(xp.isfinite(x))) for x in arrays)
+
+
+# --- dense constructions (tests, small models) -------------------------------------------------------
+def kron_matvec(A, G, V):
+    """(A ⊗ G) vec(V) as a matrix: A V Gᵀ (row-major vec)."""
+    return A @ V @ G.T
+
+
+def dense_kron(A, G):
+    """A ⊗ G as a dense matrix (row-major: entry ((i,k),(j,l)) is A_ij G_kl)."""
+    return xp.kron(A, G)
+
+
+def block_diagonal(blocks: Sequence):
+    """The dense block-diagonal matrix with the given square blocks."""
+    n = sum(b.shape[0] for b in blocks)
+    out = xp.zeros((n, n), dtype=blocks[0].dtype)
+    i = 0
+    for b in blocks:
+        k = b.shape[0]
+        out[i:i + k, i:i + k] = b
+        i += k
+    return out
+
+
+# --- statistics from one forward and a few backward sweeps ------------------------------------------
+def output_fisher_factor(loss, z):
+    """L (B, C, K) with L_i L_iᵀ = E_y[r rᵀ] (the output-space Fisher of example i).
+
+    Softmax cross-entropy enumerates the classes (column c = √p_c (p − e_c), K = C); other losses
+    take a symmetric square root of ``loss.output_fisher(z)`` by eigendecomposition.
+    """
+    from ..nn.losses import SoftmaxCrossEntropy  # noqa: PLC0415 (avoid an import cycle at load time)
+
+    if isinstance(loss, SoftmaxCrossEntropy):
+        p = loss.probabilities(z)
+        eye = xp.eye(p.shape[1], dtype=p.dtype)
+        r = p[:, None, :] - eye[None, :, :]                  # (B, c, C): residual for label c
+        return xp.swapaxes(xp.sqrt(p)[:, :, None] * r, 1, 2)  # (B, C, c)
+    F = loss.output_fisher(z)
+    lam, Q = xp.linalg.eigh(F)
+    return Q * xp.sqrt(xp.maximum(lam, 0.0))[:, None, :]
+
+
+class LayerCapture(NamedTuple):
+    """One recorded forward pass: outputs z, layer inputs a_{l-1}, and u ↦ [∂⟨u, z⟩/∂s_l]_l."""
+
+    z: object
+    inputs: list
+    pullback: object
+
+
+def capture_layers(model, params, X) -> LayerCapture:
+    """Forward pass recording only the pre-activation perturbations, so each backward sweep costs the
+    input-gradient matmuls and no weight gradients (those are formed as āᵀ g where needed)."""
+    dtype = getval(params[0]["W"]).dtype
+    zeros = [xp.zeros((X.shape[0], n), dtype=dtype) for n in model.sizes[1:]]
+    inputs: list = []
+    z, pullback = ad.vjp(lambda e: model.apply(params, X, perturbations=e, record_inputs=inputs), zeros)
+    return LayerCapture(z, [getval(a) for a in inputs], pullback)
+
+
+class KFACStatistics(NamedTuple):
+    """What one statistics pass returns (see module docs for the probes)."""
+
+    loss: float
+    grad: list            # ∇L as a params tree (exact: ∇W = aᵀ g, ∇b = Σ_i g)
+    inputs: list          # a_{l-1} (B, fan_in) per layer, without the trailing one
+    output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels
+    probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
+    scale: float          # the reduction's factor (1/B or 1)
+
+
+def _reduced_output_grad(loss, z, y):
+    """(L, ∂L/∂z) of the reduced loss without input checks (non-finite values pass through)."""
+    value, dz = ad.value_and_grad(lambda zz: loss(zz, y, check=False))(z)
+    return float(getval(value)), dz
+
+
+def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1, seed=None,
+                    labels=None) -> KFACStatistics:
+    """Loss, gradient, layer inputs and G-probes from one forward pass and 1 + (extra) backward sweeps.
+
+    ``fisher`` chooses the probes ("mc", "empirical", "true" or None for none). For "mc" the labels
+    are ``labels`` (shape (k, ...) as ``loss.sample`` returns) if given, else ``loss.sample(z, seed,
+    samples)``: injecting the labels that the seed would draw reproduces the seeded result exactly.
+    Counts one statistics pass, one value and gradient, and one network vjp per extra sweep.
+    """
+    if fisher is not None and fisher not in FISHER_ESTIMATES:
+        raise ValueError(f"fisher must be one of {FISHER_ESTIMATES}, got {fisher!r}")
+    model, loss, X, y = oracle.model, oracle.loss, oracle.X, oracle.y
+    counts = oracle.counts
+    counts.nstats += 1
+    counts.nfev += 1
+    counts.ngev += 1
+    cap = capture_layers(model, params, X)
+    scale = loss.scale(X.shape[0])
+    value, dz = _reduced_output_grad(loss, cap.z, y)
+    g = cap.pullback(dz)
+    grad = [{"W": a.T @ gl, "b": xp.sum(gl, axis=0)} for a, gl in zip(cap.inputs, g)]
+    probes = None
+    finite = math.isfinite(value) and all_finite_arrays(g)
+    if fisher == "empirical":
+        probes = [g]
+    elif fisher == "mc" and finite:
+        if labels is None:
+            if seed is None:
+                raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
+            labels = loss.sample(cap.z, seed, samples)
+        w = 1.0 / math.sqrt(len(labels))
+        probes = []
+        for yk in labels:
+            counts.nvjp += 1
+            probes.append([w * gl for gl in cap.pullback(_reduced_output_grad(loss, cap.z, yk)[1])])
+    elif fisher == "true" and finite:
+        Lf = output_fisher_factor(loss, cap.z)
+        probes = []
+        for k in range(Lf.shape[2]):
+            counts.nvjp += 1
+            probes.append(cap.pullback(scale * Lf[:, :, k]))
+    elif fisher is not None:
+        probes = [g]  # non-finite pass: the caller sees non-finite statistics and skips the update
+    return KFACStatistics(value, grad, cap.inputs, g, probes, scale)

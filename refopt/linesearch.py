@@ -1,0 +1,229 @@
+"""Line searches on a one-dimensional function φ(α) = f(x + α p).
+
+Every search takes a callback ``phi(alpha) -> (φ(α), φ'(α))`` (φ' may be ``None`` where the search
+does not need it), the values φ(0) and φ'(0) < 0 at the start, and returns a ``LineSearchResult``
+with the accepted step, φ and φ' there, the number of callback evaluations and a status. A search
+never raises on a well-posed problem, however hard: failure is a status, and the step it returns is
+then the best point found that satisfies the sufficient-decrease condition, or α = 0 (stay put) when
+there is none — so a search never returns φ(α) > φ(0), even with a wrong derivative. A non-finite
+φ or φ' at a trial point means "too far": the search backtracks. Invalid *arguments* (c1 ≥ c2, a
+non-positive step) are programming errors and raise ``ValueError``.
+
+Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
+
+    sufficient decrease (Armijo, N&W 3.4):  φ(α) ≤ φ(0) + c₁ α φ'(0)
+    strong Wolfe curvature (N&W 3.7b):      |φ'(α)| ≤ c₂ |φ'(0)|,        0 < c₁ < c₂ < 1
+
+* ``armijo``: backtracking, N&W Algorithm 3.1: α ← ρ α until sufficient decrease. Switch
+  ``interpolation``: "none" (the algorithm as printed, the default) or "quadratic" (the minimiser of
+  the quadratic through φ(0), φ'(0), φ(α), N&W eq. 3.58, safeguarded to [0.1 α, 0.5 α]).
+* ``strong_wolfe``: bracketing (N&W Algorithm 3.5) then ``zoom`` (Algorithm 3.6). Trial steps inside
+  a bracket come from the cubic interpolating φ and φ' at both ends (N&W eq. 3.59), falling back to the
+  quadratic through φ(lo), φ'(lo), φ(hi) and then to bisection whenever the interpolant's minimiser is
+  not finite or lies within 10 % of an end of the bracket. While bracketing, the next trial is the
+  cubic's extrapolation clipped to [α + 1.1(α − α_prev), α + 4(α − α_prev)] (the extrapolation
+  safeguards of Moré & Thuente 1994), never beyond ``alpha_max``.
+* ``fixed_step``: a unit (or given) step, backtracking only on non-finite values: what "no line
+  search" means for Newton-type methods.
+
+Statuses: "converged"; "not_descent" (φ'(0) ≥ 0 or not finite: nothing is evaluated, α = 0);
+"max_evaluations"; "step_too_small" (α fell below ``min_step``); "interval_collapsed" (the bracket
+shrank to rounding level). Only "converged" means the conditions hold at the returned step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional
+
+__all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "cubic_minimizer",
+           "quadratic_minimizer", "LINE_SEARCHES"]
+
+Phi = Callable[[float], tuple]
+
+
+class LineSearchResult(NamedTuple):
+    alpha: float            # the accepted step (0.0 when the search found nothing acceptable)
+    phi: float              # φ(alpha)
+    dphi: Optional[float]   # φ'(alpha), None when it was not evaluated
+    nfev: int               # calls of the callback
+    status: str             # see the module docs
+    message: str = ""
+
+    @property
+    def success(self) -> bool:
+        return self.status == "converged"
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _check_common(phi0: float, dphi0, alpha0: float, max_evals: int) -> None:
+    if not (isinstance(alpha0, (int, float)) and math.isfinite(alpha0) and alpha0 > 0):
+        raise ValueError(f"alpha0 must be a positive finite number, got {alpha0!r}")
+    if not isinstance(max_evals, int) or max_evals < 1:
+        raise ValueError(f"max_evals must be an integer ≥ 1, got {max_evals!r}")
+    if not math.isfinite(phi0):
+        raise ValueError(f"phi0 must be finite (the search starts from a valid point), got {phi0!r}")
+
+
+def _not_descent(phi0, dphi0) -> LineSearchResult:
+    return LineSearchResult(0.0, phi0, dphi0, 0, "not_descent",
+                            f"φ'(0) = {dphi0!r} is not negative: p is not a descent direction")
+
+
+def quadratic_minimizer(a: float, fa: float, da: float, b: float, fb: float) -> float:
+    """Minimiser of the quadratic with value fa and slope da at a and value fb at b (N&W eq. 3.58)."""
+    d = b - a
+    denom = 2.0 * (fb - fa - da * d)
+    if denom <= 0 or not math.isfinite(denom):
+        return math.nan
+    return a - da * d * d / denom
+
+
+def cubic_minimizer(a: float, fa: float, da: float, b: float, fb: float, db: float) -> float:
+    """Minimiser of the cubic matching value and slope at a and b (N&W eq. 3.59); NaN if none."""
+    if a == b:
+        return math.nan
+    d1 = da + db - 3.0 * (fa - fb) / (a - b)
+    disc = d1 * d1 - da * db
+    if not math.isfinite(disc) or disc < 0:
+        return math.nan
+    d2 = math.copysign(math.sqrt(disc), b - a)
+    denom = db - da + 2.0 * d2
+    if denom == 0 or not math.isfinite(denom):
+        return math.nan
+    return b - (b - a) * (db + d2 - d1) / denom
+
+
+def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, rho: float = 0.5,
+           interpolation: str = "none", max_evals: int = 30, min_step: float = 1e-20) -> LineSearchResult:
+    """Backtracking until φ(α) ≤ φ(0) + c₁ α φ'(0) (N&W Algorithm 3.1); see the module docs."""
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    if not 0 < c1 < 1:
+        raise ValueError(f"c1 must lie in (0, 1), got {c1!r}")
+    if not 0 < rho < 1:
+        raise ValueError(f"rho must lie in (0, 1), got {rho!r}")
+    if interpolation not in ("none", "quadratic"):
+        raise ValueError(f"interpolation must be 'none' or 'quadratic', got {interpolation!r}")
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+    alpha, nfev = float(alpha0), 0
+    while nfev < max_evals:
+        if alpha < min_step:
+            return LineSearchResult(0.0, phi0, dphi0, nfev, "step_too_small",
+                                    f"no sufficient decrease for steps down to {min_step:g}")
+        f, d = phi(alpha)
+        nfev += 1
+        usable = _finite(f) and (d is None or _finite(d))
+        if usable and f <= phi0 + c1 * alpha * dphi0:
+            return LineSearchResult(alpha, f, d, nfev, "converged")
+        new = math.nan
+        if usable and interpolation == "quadratic":
+            new = quadratic_minimizer(0.0, phi0, dphi0, alpha, f)
+            if _finite(new):
+                new = min(max(new, 0.1 * alpha), 0.5 * alpha)  # safeguard: shrink by 2 to 10
+        alpha = new if _finite(new) else rho * alpha
+    return LineSearchResult(0.0, phi0, dphi0, nfev, "max_evaluations",
+                            f"no sufficient decrease within {max_evals} evaluations")
+
+
+def fixed_step(phi: Phi, phi0: float, dphi0: Optional[float] = None, alpha0: float = 1.0, rho: float = 0.5,
+               max_evals: int = 30) -> LineSearchResult:
+    """Take α = alpha0 whatever φ(α) is, backtracking by ``rho`` only while φ or φ' is not finite."""
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    alpha = float(alpha0)
+    for nfev in range(1, max_evals + 1):
+        f, d = phi(alpha)
+        if _finite(f) and (d is None or _finite(d)):
+            return LineSearchResult(alpha, f, d, nfev, "converged")
+        alpha *= rho
+    return LineSearchResult(0.0, phi0, dphi0, max_evals, "max_evaluations",
+                            f"no finite value within {max_evals} backtracking steps")
+
+
+def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
+                 alpha_max: float = 1e10, max_evals: int = 30) -> LineSearchResult:
+    """A step satisfying the strong Wolfe conditions, N&W Algorithms 3.5 and 3.6 (see the module docs)."""
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    if not 0 < c1 < c2 < 1:
+        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+    if not alpha_max >= alpha0:
+        raise ValueError(f"alpha_max ({alpha_max!r}) must be at least alpha0 ({alpha0!r})")
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+
+    nfev = 0
+
+    def armijo_ok(a, f):
+        return f <= phi0 + c1 * a * dphi0
+
+    def curvature_ok(d):
+        return abs(d) <= -c2 * dphi0
+
+    def zoom(lo, f_lo, d_lo, hi, f_hi, d_hi):
+        """N&W Algorithm 3.6. Invariants: lo satisfies sufficient decrease with the lowest φ seen;
+        (hi − lo) φ'(lo) < 0, so a Wolfe point lies between them."""
+        nonlocal nfev
+        while nfev < max_evals:
+            left, right = min(lo, hi), max(lo, hi)
+            width = right - left
+            if width <= 1e-14 * max(1.0, right):
+                return LineSearchResult(lo, f_lo, d_lo, nfev, "interval_collapsed",
+                                        f"the bracket shrank to [{left:.17g}, {right:.17g}]")
+            a = math.nan
+            if _finite(f_hi, d_hi):
+                a = cubic_minimizer(lo, f_lo, d_lo, hi, f_hi, d_hi)
+            if not (_finite(a) and left + 0.1 * width <= a <= right - 0.1 * width) and _finite(f_hi):
+                a = quadratic_minimizer(lo, f_lo, d_lo, hi, f_hi)
+            if not (_finite(a) and left + 0.1 * width <= a <= right - 0.1 * width):
+                a = 0.5 * (lo + hi)
+            f, d = phi(a)
+            nfev += 1
+            if not _finite(f, d) or not armijo_ok(a, f) or f >= f_lo:
+                hi, f_hi, d_hi = a, f, d
+            else:
+                if curvature_ok(d):
+                    return LineSearchResult(a, f, d, nfev, "converged")
+                if d * (hi - lo) >= 0:
+                    hi, f_hi, d_hi = lo, f_lo, d_lo
+                lo, f_lo, d_lo = a, f, d
+        return LineSearchResult(lo, f_lo, d_lo, nfev, "max_evaluations",
+                                f"zoom found no strong Wolfe point within {max_evals} evaluations")
+
+    a_prev, f_prev, d_prev = 0.0, phi0, dphi0
+    a = float(alpha0)
+    first = True
+    while nfev < max_evals:
+        f, d = phi(a)
+        nfev += 1
+        if not _finite(f, d) or not armijo_ok(a, f) or (not first and f >= f_prev):
+            return _fallback(zoom(a_prev, f_prev, d_prev, a, f, d), phi0, dphi0)
+        if curvature_ok(d):
+            return LineSearchResult(a, f, d, nfev, "converged")
+        if d >= 0:
+            return _fallback(zoom(a, f, d, a_prev, f_prev, d_prev), phi0, dphi0)
+        if a >= alpha_max:
+            return LineSearchResult(a, f, d, nfev, "max_step", f"reached alpha_max={alpha_max:g} still descending")
+        # φ still decreases steeply at a: extrapolate (cubic, clipped as in Moré & Thuente 1994).
+        lo_bound, hi_bound = a + 1.1 * (a - a_prev), a + 4.0 * (a - a_prev)
+        guess = cubic_minimizer(a_prev, f_prev, d_prev, a, f, d)
+        nxt = min(max(guess, lo_bound), hi_bound) if _finite(guess) and guess > a else hi_bound
+        a_prev, f_prev, d_prev = a, f, d
+        a = min(nxt, alpha_max)
+        first = False
+    return _fallback(LineSearchResult(a_prev, f_prev, d_prev, nfev, "max_evaluations",
+                                      f"bracketing found no strong Wolfe point within {max_evals} evaluations"),
+                     phi0, dphi0)
+
+
+def _fallback(result: LineSearchResult, phi0: float, dphi0: float) -> LineSearchResult:
+    """A failed search keeps its best sufficient-decrease point, or stays at α = 0."""
+    if result.status == "converged":
+        return result
+    if result.alpha > 0 and _finite(result.phi) and result.phi < phi0:
+        return result
+    return LineSearchResult(0.0, phi0, dphi0, result.nfev, result.status, result.message)
+
+
+LINE_SEARCHES = ("strong_wolfe", "armijo", "none")

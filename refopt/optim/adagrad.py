@@ -1,0 +1,161 @@
+"""Adagrad, diagonal and full-matrix (Duchi, Hazan & Singer 2011, JMLR 12, "Adaptive subgradient methods").
+
+Diagonal (``Adagrad``), per coordinate, with g_t = ∇L(θ_t) (+ λθ_t for L2 weight decay):
+
+    G_t = G_{t−1} + g_t ⊙ g_t                      G_0 = initial_accumulator · 1
+    θ_{t+1} = θ_t − η g_t / (δ + √G_t)             (eps_mode="outside", the paper's H_t = δI + diag(G_t)^{1/2})
+    θ_{t+1} = θ_t − η g_t / √(G_t + δ)             (eps_mode="inside")
+
+Full matrix (``FullMatrixAdagrad``), on the flattened parameter vector (or one block per leaf):
+
+    S_t = S_{t−1} + g_t g_tᵀ                        S_0 = initial_accumulator · I
+    θ_{t+1} = θ_t − η (δI + S_t^{1/2})⁻¹ g_t        (eps_mode="outside", the paper's H_t = δI + G_t^{1/2})
+    θ_{t+1} = θ_t − η (S_t + δI)^{−1/2} g_t         (eps_mode="inside"; = Shampoo of order 1)
+
+The root is taken by the eigendecomposition S = QΛQᵀ every step (O(n³): guarded by ``max_size``).
+
+Switches (paper's choice first):
+* ``eps_mode``: "outside" (δ added to the root: Duchi et al., PyTorch, optax) or "inside" (δ added
+  under the root: the form that makes full-matrix Adagrad equal Shampoo on a vector).
+* ``initial_accumulator``: G_0 (0 in the paper and PyTorch; TensorFlow/Keras use 0.1).
+* ``weight_decay_mode``: "l2" (λθ added to the gradient before it is accumulated: PyTorch) or
+  "decoupled" (θ ← θ − ηλθ after the step, outside the preconditioner).
+* ``blocks`` (full matrix only): "global" (one n×n matrix over all parameters: the paper) or
+  "leaf" (one matrix per parameter leaf: block-diagonal, what a network usually needs).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import tree as T
+from ..autodiff.api import DENSE_MAX_SIZE
+from ..backend import xp
+from ..linalg import symmetrize
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse,
+                   step_info)
+
+__all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState"]
+
+EPS_MODES = ("outside", "inside")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def _check_leaves(params) -> None:
+    for leaf in T.leaves(params):
+        if leaf.size == 0:
+            raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode "
+                             "(nothing to optimise)")
+
+
+class AdagradState(NamedTuple):
+    step: int
+    accumulator: object  # G_t = G_0 + Σ g ⊙ g, a tree like params
+
+
+class Adagrad(Optimizer):
+    """Diagonal Adagrad: θ ← θ − η g / (δ + √G) (see module docs)."""
+
+    name = "adagrad"
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
+                 eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2"):
+        self.lr = check_positive("lr", lr)
+        self.eps = check_positive("eps", eps)
+        self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
+        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+
+    def init(self, params) -> AdagradState:
+        _check_leaves(params)
+        return AdagradState(0, T.tree_map(lambda x: xp.full_like(x, self.initial_accumulator), params))
+
+    def update(self, params, state, oracle):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        if self.weight_decay and self.weight_decay_mode == "l2":
+            g = T.axpy(self.weight_decay, params, g)
+        G = T.tree_map2(lambda a, b: a + b * b, state.accumulator, g)
+        if not T.all_finite(G):
+            return refuse(params, state, loss, "accumulator overflowed: step refused", g)
+        if self.eps_mode == "outside":
+            d = T.tree_map2(lambda gi, Gi: gi / (xp.sqrt(Gi) + self.eps), g, G)
+        else:
+            d = T.tree_map2(lambda gi, Gi: gi / xp.sqrt(Gi + self.eps), g, G)
+        new = _apply_step(params, d, self.lr, self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0)
+        return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))
+
+
+def _apply_step(params, d, lr: float, decoupled_decay: float):
+    """θ − η d, and − ηλθ for decoupled weight decay (λ = ``decoupled_decay``)."""
+    if decoupled_decay:
+        return T.tree_map2(lambda x, di: x - lr * (di + decoupled_decay * x), params, d)
+    return T.axpy(-lr, d, params)
+
+
+class FullMatrixAdagradState(NamedTuple):
+    step: int
+    S: tuple  # S_t = S_0 + Σ g gᵀ, one (n_b, n_b) matrix per block
+
+
+class FullMatrixAdagrad(Optimizer):
+    """Full-matrix Adagrad: θ ← θ − η (δI + S^{1/2})⁻¹ g (see module docs)."""
+
+    name = "adagrad_full"
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
+                 eps_mode: str = "outside", blocks: str = "global", weight_decay: float = 0.0,
+                 weight_decay_mode: str = "l2", max_size: int = DENSE_MAX_SIZE):
+        self.lr = check_positive("lr", lr)
+        self.eps = check_positive("eps", eps)
+        self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
+        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+        self.blocks = check_choice("blocks", blocks, ("global", "leaf"))
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        self.max_size = check_int("max_size", max_size)
+
+    def _vectors(self, tree) -> list:
+        """The blocks of a tree as flat vectors (row-major, tree order)."""
+        if self.blocks == "global":
+            return [T.ravel(tree)]
+        return [xp.reshape(leaf, (-1,)) for leaf in T.leaves(tree)]
+
+    def _from_vectors(self, vectors, like):
+        if self.blocks == "global":
+            return T.unravel(vectors[0], like)
+        leaves, treedef = T.flatten(like)
+        return T.unflatten(treedef, [xp.reshape(v, leaf.shape) for v, leaf in zip(vectors, leaves)])
+
+    def init(self, params) -> FullMatrixAdagradState:
+        _check_leaves(params)
+        S = []
+        for v in self._vectors(params):
+            if v.size > self.max_size:
+                raise ValueError(f"FullMatrixAdagrad: a block of n={v.size} parameters needs an n×n matrix; "
+                                 f"this exceeds max_size={self.max_size} (use blocks='leaf', Shampoo or Adagrad)")
+            S.append(self.initial_accumulator * xp.eye(v.size, dtype=v.dtype))
+        return FullMatrixAdagradState(0, tuple(S))
+
+    def _precondition(self, S, g):
+        """(δI + S^{1/2})⁻¹ g ("outside") or (S + δI)^{−1/2} g ("inside") by S = QΛQᵀ."""
+        lam, Q = xp.linalg.eigh(symmetrize(S))
+        lam = xp.maximum(lam, 0.0)  # S is PSD; roundoff may push its smallest eigenvalues below zero
+        scale = 1.0 / (xp.sqrt(lam) + self.eps) if self.eps_mode == "outside" else (lam + self.eps) ** -0.5
+        return Q @ (scale * (Q.T @ g))
+
+    def update(self, params, state, oracle):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        if self.weight_decay and self.weight_decay_mode == "l2":
+            g = T.axpy(self.weight_decay, params, g)
+        gs = self._vectors(g)
+        S = tuple(Sb + xp.outer(gb, gb) for Sb, gb in zip(state.S, gs))
+        if not all(bool(xp.all(xp.isfinite(Sb))) for Sb in S):
+            return refuse(params, state, loss, "accumulator overflowed: step refused", g)
+        d = self._from_vectors([self._precondition(Sb, gb) for Sb, gb in zip(S, gs)], params)
+        new = _apply_step(params, d, self.lr, self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0)
+        return new, FullMatrixAdagradState(state.step + 1, S), step_info(loss, g, lr=self.lr,
+                                                                          step_norm=self.lr * T.norm(d))

@@ -1,0 +1,173 @@
+"""AdaHessian (Yao, Gholami, Shen, Mustafa, Keutzer & Mahoney 2021, AAAI; arXiv 2006.00719, Algorithm 1).
+
+Each step t = 1, 2, … at θ_t, with g_t = ∇L(θ_t) and k_p Rademacher probes z_j:
+
+    D_t   = (1/k_p) Σ_j z_j ⊙ (H z_j)                       Hutchinson diagonal, H = ∇²L(θ_t)
+    D_t^s = spatial average of D_t over blocks of b entries  (their Eq. 10; b = 1: no averaging)
+    m_t   = β₁ m_{t−1} + (1 − β₁) g_t
+    v_t   = β₂ v_{t−1} + (1 − β₂) D_t^s ⊙ D_t^s             (Hessian "second moment", their Eq. 11)
+    θ_{t+1} = θ_t − η (m_t / (1 − β₁ᵗ)) / ((v_t / (1 − β₂ᵗ))^{k/2} + ε)
+
+k is the Hessian power (1 in the paper; 0 gives momentum SGD with step η/(1+ε)).
+
+Spatial averaging (``spatial_block`` b, ``spatial_axis`` a): for every leaf of order ≥ 2, consecutive
+runs of b entries along axis a are replaced by their mean (a last, shorter run is averaged over its
+own length); b = −1 averages the whole axis. For a dense weight W of shape (fan_in, fan_out), axis 0
+averages over the inputs that feed one output unit: PyTorch's ``dim=1`` of ``nn.Linear.weight``,
+which is what the official code does for matrices by default (b = −1). Leaves of order ≤ 1 (biases)
+are never averaged.
+
+Switches (the paper's Algorithm 1 first):
+* ``spatial_block`` 1 (Eq. 10 with b = 1, the layer-wise setting for dense layers) | b | −1 (official
+  code's matrix default, with ``spatial_axis=0``); ``spatial_axis`` 0.
+* ``absolute``: False (Eq. 10 averages D as it is) | True (the official code averages |z ⊙ Hz|;
+  identical when b = 1, since only D² enters).
+* ``bias_correction``: True (Algorithm 1) | False.
+* ``eps_mode``: "outside" ((v̂)^{k/2} + ε: Algorithm 1 and the official code) | "inside" ((v̂ + ε)^{k/2}).
+* ``probe_distribution``: "rademacher" (the paper) | "gaussian"; ``probes`` k_p per step (1).
+* ``weight_decay_mode``: "decoupled" (θ ← θ − ηλθ, the official code; the paper's Algorithm 1 has no
+  decay) | "l2" (½λ‖θ‖² added to the loss: g ← g + λθ and D ← D + λ).
+
+Randomness: the probes of the step that starts at ``state.step = s`` are
+``draw_probes(params, numpy.random.default_rng([seed, s]), probes, probe_distribution)`` (refopt's
+``curvature.draw_probes`` layout: for each probe, for each leaf in tree order, one array of the leaf's
+shape), or a list of probe trees passed as ``update(..., draws=[z_1, …])``. A refused step keeps the
+state, so a retry sees the same draws.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import rng, xp
+from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
+
+__all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes"]
+
+
+def step_generator(seed: int, step: int):
+    """The host Generator of the draws of the step that starts at ``state.step = step``."""
+    return rng([int(seed), int(step)])
+
+
+def check_probes(probes, params) -> list:
+    """Validate injected probes: a non-empty list of trees shaped like ``params``."""
+    if not isinstance(probes, (list, tuple)) or len(probes) == 0:
+        raise ValueError("draws: expected a non-empty list of probe trees shaped like the parameters")
+    for z in probes:
+        if not T.same_structure(z, params):
+            raise ValueError("draws: every probe must be a tree with the parameters' structure and shapes")
+    return list(probes)
+
+
+def hutchinson_estimate(hv, probes):
+    """(1/k) Σ_j z_j ⊙ (H z_j) from a Hessian-vector product ``hv``."""
+    total = None
+    for z in probes:
+        d = T.tree_map2(lambda a, b: a * b, z, hv(z))
+        total = d if total is None else T.add(total, d)
+    return T.scale(1.0 / len(probes), total) if len(probes) > 1 else total
+
+
+def spatial_average(D, block: int, axis: int):
+    """Replace consecutive runs of ``block`` entries along ``axis`` by their mean (see module docs)."""
+    if D.ndim < 2 or block == 1:
+        return D
+    X = xp.moveaxis(D, axis, -1)
+    n = X.shape[-1]
+    if block == -1 or block >= n:
+        out = xp.broadcast_to(xp.mean(X, axis=-1, keepdims=True), X.shape)
+    else:
+        full = (n // block) * block
+        head = xp.reshape(X[..., :full], X.shape[:-1] + (n // block, block))
+        head = xp.broadcast_to(xp.mean(head, axis=-1, keepdims=True), head.shape)
+        parts = [xp.reshape(head, X.shape[:-1] + (full,))]
+        if full < n:
+            tail = X[..., full:]
+            parts.append(xp.broadcast_to(xp.mean(tail, axis=-1, keepdims=True), tail.shape))
+        out = xp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+    return xp.ascontiguousarray(xp.moveaxis(out, -1, axis))
+
+
+class AdaHessianState(NamedTuple):
+    step: int
+    m: object  # first moment of the gradient, a tree like params
+    v: object  # moving average of D^s ⊙ D^s, a tree like params
+    seed: int  # base seed of the probes (see module docs)
+
+
+class AdaHessian(Optimizer):
+    """θ ← θ − η m̂ / (v̂^{k/2} + ε) with v from Hutchinson diagonals (see module docs)."""
+
+    name = "adahessian"
+
+    def __init__(self, lr: float = 0.15, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-4,
+                 hessian_power: float = 1.0, spatial_block: int = 1, spatial_axis: int = 0,
+                 absolute: bool = False, bias_correction: bool = True, eps_mode: str = "outside",
+                 probe_distribution: str = "rademacher", probes: int = 1, weight_decay: float = 0.0,
+                 weight_decay_mode: str = "decoupled", seed: int = 0):
+        self.lr = check_positive("lr", lr)
+        self.beta1 = check_unit_interval("beta1", beta1)
+        self.beta2 = check_unit_interval("beta2", beta2)
+        self.eps = check_positive("eps", eps)
+        self.hessian_power = check_nonnegative("hessian_power", hessian_power)
+        if spatial_block != -1:
+            check_int("spatial_block", spatial_block)
+        self.spatial_block = spatial_block
+        self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0)
+        self.absolute = bool(absolute)
+        self.bias_correction = bool(bias_correction)
+        self.eps_mode = check_choice("eps_mode", eps_mode, ("outside", "inside"))
+        self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
+        self.probes = check_int("probes", probes)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("decoupled", "l2"))
+        self.seed = check_int("seed", seed, minimum=0)
+
+    def init(self, params) -> AdaHessianState:
+        for leaf in T.leaves(params):
+            if leaf.size == 0:
+                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
+            if leaf.ndim >= 2 and self.spatial_block != 1 and self.spatial_axis >= leaf.ndim:
+                raise ValueError(f"spatial_axis={self.spatial_axis} does not exist for a leaf of shape "
+                                 f"{tuple(leaf.shape)}")
+        return AdaHessianState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
+
+    def update(self, params, state, oracle, draws=None):
+        if draws is None:
+            probes = draw_probes(params, step_generator(state.seed, state.step), self.probes,
+                                 self.probe_distribution)
+        else:
+            probes = check_probes(draws, params)
+        loss = oracle.value(params)
+        g, hv = oracle.hvp_operator(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        D = hutchinson_estimate(hv, probes)
+        if not T.all_finite(D):
+            return refuse(params, state, loss, "non-finite Hessian-diagonal estimate: step refused", g)
+        if self.absolute:
+            D = T.tree_map(xp.abs, D)
+        D = T.tree_map(lambda d: spatial_average(d, self.spatial_block, self.spatial_axis), D)
+        lam = self.weight_decay
+        if lam and self.weight_decay_mode == "l2":
+            g = T.axpy(lam, params, g)
+            D = T.tree_map(lambda d: d + lam, D)
+        t = state.step + 1
+        b1, b2, k = self.beta1, self.beta2, self.hessian_power
+        c1 = 1.0 - b1 ** t if self.bias_correction else 1.0
+        c2 = 1.0 - b2 ** t if self.bias_correction else 1.0
+        m = T.tree_map2(lambda mi, gi: b1 * mi + (1.0 - b1) * gi, state.m, g)
+        v = T.tree_map2(lambda vi, di: b2 * vi + (1.0 - b2) * di * di, state.v, D)
+        if self.eps_mode == "outside":
+            d = T.tree_map2(lambda mi, vi: (mi / c1) / ((vi / c2) ** (k / 2) + self.eps), m, v)
+        else:
+            d = T.tree_map2(lambda mi, vi: (mi / c1) / (vi / c2 + self.eps) ** (k / 2), m, v)
+        if lam and self.weight_decay_mode == "decoupled":
+            new = T.tree_map2(lambda x, di: x - self.lr * (di + lam * x), params, d)
+        else:
+            new = T.axpy(-self.lr, d, params)
+        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), probes=len(probes))
+        return new, AdaHessianState(t, m, v, state.seed), info

@@ -1,0 +1,131 @@
+"""Adam (Kingma & Ba 2014, Algorithm 1) and AdamW (Loshchilov & Hutter 2019, Algorithm 2).
+
+With g_t = ∇L(θ_t) (+ λθ_t for Adam's L2 weight decay), t = 1, 2, …:
+
+    m_t = β₁ m_{t−1} + (1 − β₁) g_t                  m_0 = 0
+    v_t = β₂ v_{t−1} + (1 − β₂) g_t ⊙ g_t            v_0 = 0
+    m̂_t = m_t / (1 − β₁ᵗ),  v̂_t = v_t / (1 − β₂ᵗ)     (bias correction)
+    θ_{t+1} = θ_t − α m̂_t / (√v̂_t + ε)               (eps_mode="outside", Algorithm 1)
+
+AdamW decouples the decay from the adaptive step (L&H Algorithm 2, line 12, schedule multiplier η_t = 1):
+
+    θ_{t+1} = θ_t − (α m̂_t / (√v̂_t + ε) + λ θ_t)      (lr_scaled_decay=False, the paper)
+    θ_{t+1} = θ_t − α (m̂_t / (√v̂_t + ε) + λ θ_t)      (lr_scaled_decay=True: PyTorch, optax, Keras)
+
+so its decay does not depend on the gradient's scale, while Adam's L2 term λθ passes through the
+normalisation by √v̂ (a large gradient drowns it).
+
+Switches (paper's choice first):
+* ``bias_correction``: True (Algorithm 1) or False (m and v used as they are).
+* ``eps_mode``: "outside" (√v̂ + ε: Algorithm 1, PyTorch, optax), "inside" (√(v̂ + ε)), or "hat" (the
+  "ε̂" form at the end of Kingma & Ba §2 used by TensorFlow 1 / Keras: α_t = α√(1−β₂ᵗ)/(1−β₁ᵗ) and
+  θ ← θ − α_t m_t / (√v_t + ε), i.e. ε is not bias-corrected).
+* Adam's ``weight_decay`` is L2 (added to g_t, PyTorch's Adam); AdamW's is decoupled, see above.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import xp
+from .base import (Optimizer, check_choice, check_nonnegative, check_positive, check_unit_interval, refuse,
+                   step_info)
+
+__all__ = ["Adam", "AdamW", "AdamState"]
+
+EPS_MODES = ("outside", "inside", "hat")
+
+
+class AdamState(NamedTuple):
+    step: int
+    m: object  # first moment m_t, a tree like params
+    v: object  # second moment v_t (of the raw gradient), a tree like params
+
+
+class Adam(Optimizer):
+    """θ ← θ − α m̂ / (√v̂ + ε) (see module docs)."""
+
+    name = "adam"
+    _decoupled = False
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0, bias_correction: bool = True, eps_mode: str = "outside"):
+        self.lr = check_positive("lr", lr)
+        self.beta1 = check_unit_interval("beta1", beta1)
+        self.beta2 = check_unit_interval("beta2", beta2)
+        self.eps = check_positive("eps", eps)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.bias_correction = bool(bias_correction)
+        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+
+    def init(self, params) -> AdamState:
+        for leaf in T.leaves(params):
+            if leaf.size == 0:
+                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
+        return AdamState(0, T.zeros_like(params), T.zeros_like(params))
+
+    def _decay(self) -> float:
+        """The coefficient c of the decoupled decay θ ← θ − cθ (0 for Adam)."""
+        return 0.0
+
+    def update(self, params, state, oracle):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        if self.weight_decay and not self._decoupled:
+            g = T.axpy(self.weight_decay, params, g)
+        t = state.step + 1
+        b1, b2, eps = self.beta1, self.beta2, self.eps
+        c1 = 1.0 - b1 ** t if self.bias_correction else 1.0
+        c2 = 1.0 - b2 ** t if self.bias_correction else 1.0
+        # m̂/(√v̂ + ε) = (√c2/c1) · m/(√v + ε√c2): the constants are folded into one scalar and ε so that
+        # the step costs as few passes over the parameters as possible (the ratio to SGD is a target).
+        if self.eps_mode == "outside":
+            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, eps * math.sqrt(c2), 0.0
+        elif self.eps_mode == "hat":
+            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, eps, 0.0
+        else:  # √(v/c2 + ε) = √(v + ε c2)/√c2
+            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, 0.0, eps * c2
+        decay = self._decay()
+
+        ps, treedef = T.flatten(params)
+        new_p, new_m, new_v = [], [], []
+        sq = 0.0
+        for x, gi, mi, vi in zip(ps, T.leaves(g), T.leaves(state.m), T.leaves(state.v)):
+            m = b1 * mi
+            m += (1.0 - b1) * gi
+            v = gi * gi
+            v *= 1.0 - b2
+            v += b2 * vi
+            denom = v + inside if inside else v
+            denom = xp.sqrt(denom)
+            if denom_eps:
+                denom += denom_eps
+            d = m / denom
+            d *= step_scale
+            if decay:
+                d += decay * x
+            sq += float(xp.vdot(d.ravel(), d.ravel()))
+            new_p.append(x - d)
+            new_m.append(m)
+            new_v.append(v)
+        info = step_info(loss, g, lr=self.lr, step_norm=math.sqrt(sq))
+        return (T.unflatten(treedef, new_p),
+                AdamState(t, T.unflatten(treedef, new_m), T.unflatten(treedef, new_v)), info)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay θ ← θ − λθ (or − αλθ with ``lr_scaled_decay``); see module docs."""
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 1e-4, bias_correction: bool = True, eps_mode: str = "outside",
+                 lr_scaled_decay: bool = False):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, bias_correction, eps_mode)
+        self.lr_scaled_decay = bool(lr_scaled_decay)
+
+    def _decay(self) -> float:
+        return self.weight_decay * (self.lr if self.lr_scaled_decay else 1.0)

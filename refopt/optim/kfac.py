@@ -1,0 +1,263 @@
+"""K-FAC: Kronecker-factored approximate curvature, block-diagonal (Martens & Grosse 2015).
+
+Each dense layer's Fisher block is approximated by A ⊗ G (``refopt.curvature.kronecker``: ā = [a, 1],
+W̄ = [W; b], s = a W, row-major vec, (A ⊗ G) vec(V) = vec(A V G)), blocks of different layers are
+taken as zero, and the step is
+
+    Â ← ε_k Â + (1 − ε_k) A_t,   Ĝ ← ε_k Ĝ + (1 − ε_k) G_t       every T₁ steps (running averages)
+    V_l = (Â_l ⊗ Ĝ_l + damping)⁻¹ vec(∇W̄_l)                       preconditioners refreshed every T₂ steps
+    ν   = min(1, sqrt(c / (η² Σ_l ⟨V_l, ∇W̄_l⟩)))                   KL clip (Ba, Grosse & Martens 2017, sec. 5)
+    m   ← μ m + ν V                                                 momentum on the natural gradient
+    θ   ← θ − η m − η ω θ                                           weight decay ω in parameter space
+
+Damping schemes (``damping_scheme``, λ = ``damping``, γ = √λ):
+* "pi" (default; Martens & Grosse 2015, section 6.3, factored Tikhonov with the trace-norm π):
+  (Â + πγ I) ⊗ (Ĝ + γ/π I), π = sqrt((tr Â/dim Â)/(tr Ĝ/dim Ĝ)); unchanged when Â → cÂ, Ĝ → Ĝ/c.
+* "tikhonov" (per-factor Tikhonov, π = 1): (Â + γI) ⊗ (Ĝ + γI); NOT invariant to that rescaling.
+* "eigen" (exact damping, their Appendix B / George et al. 2018): (Â ⊗ Ĝ + λI)⁻¹ through the
+  eigenbases, Q_A [(Q_Aᵀ V Q_G) / (d_A d_Gᵀ + λ)] Q_Gᵀ. Needs ``inverse="eig"``.
+
+Inverses (``inverse``): "eig" (default) eigendecomposes the undamped Â and Ĝ at each refresh and
+applies the damping when preconditioning, so a change of λ takes effect at once; "inverse" forms the
+damped inverses (Â + πγI)⁻¹ and (Ĝ + γ/πI)⁻¹ explicitly at each refresh (cheaper per step: 2 matmuls
+instead of 4), with the λ of that moment. Eigenvalues are clipped at 0 (roundoff).
+
+Running averages (``decay`` = ε, ``factor_init``; see ``kronecker.factor_weight``): "mean" (default,
+Martens & Grosse section 5: ε_k = min(1 − 1/k, ε), so the first estimate initialises the factors),
+"debiased" (zero start, bias-corrected), "identity" (start from I, ε_k = ε).
+
+Schedule. Step t (t = 0, 1, ...) re-estimates the factors when t % T₁ == 0 (``factor_interval``) and
+refreshes the preconditioner, after the factor update of that step, when t % T₂ == 0
+(``inverse_interval``); step 0 does both. The statistics come from one forward pass and the gradient's
+backward sweep plus one sweep per sampled label set (``fisher="mc"``, ``samples`` sets; "empirical"
+reuses the data-label sweep, "true" takes one sweep per output dimension). Labels of step t are
+``loss.sample(z, [seed, t], samples)``; ``update(..., draws=labels)`` injects them instead.
+
+Levenberg–Marquardt (``adapt_damping``; Martens & Grosse section 6.5): every ``damping_interval``
+steps, ρ = (L(θ⁺) − L(θ)) / (∇Lᵀδ + ½ δᵀFδ) with F the exact Fisher of the batch (one Fisher-vector
+product and one loss value); λ ← ω λ if ρ > 3/4, λ ← λ/ω if ρ < 1/4, ω = (19/20)^interval.
+(Martens & Grosse call this period T₁ and the inverse period T₂; here T₁ is the factor period, the
+convention of most libraries.)
+
+Weight decay (``weight_decay_mode``): "decoupled" (default; in parameter space, outside the
+preconditioner, as the source article says) or "l2" (ω θ added to the gradient before preconditioning).
+
+Bad statistics: non-finite factor estimates skip the factor update and keep the old factors (info
+says so); with no factors yet (first estimate, except ``factor_init="identity"``) the step is refused.
+A non-finite loss or gradient refuses the step. Not implemented from the paper: the re-scaling and
+momentum chosen by the exact quadratic model (section 7) — the KL clip replaces it, as in Ba et al.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import xp
+from ..curvature import kronecker as K
+from ..linalg import symmetrize
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
+
+__all__ = ["KFAC", "KFACState", "KroneckerInverse", "kronecker_precondition", "DAMPING_SCHEMES",
+           "INVERSE_METHODS", "WEIGHT_DECAY_MODES"]
+
+DAMPING_SCHEMES = ("pi", "tikhonov", "eigen")
+INVERSE_METHODS = ("eig", "inverse")
+WEIGHT_DECAY_MODES = ("decoupled", "l2")
+
+
+class KFACState(NamedTuple):
+    step: int              # t: updates taken so far
+    factor_updates: int    # k: estimates folded into the running factors
+    factors: dict          # name -> tuple over layers ("A", "G"; the tridiagonal variant adds cross factors)
+    preconditioner: tuple  # per layer, from the last refresh; () before the first
+    velocity: object       # m: momentum buffer on the natural gradient (a tree like params)
+    damping: float         # λ (changed only by the Levenberg–Marquardt rule)
+
+
+class KroneckerInverse(NamedTuple):
+    """One layer's refreshed preconditioner: eigenpairs of the undamped factors, or damped inverses."""
+
+    QA: object
+    dA: object
+    QG: object
+    dG: object
+    A_inv: object
+    G_inv: object
+    pi: float
+
+
+def eigh_psd(M):
+    """(eigenvalues clipped at 0, eigenvectors) of a symmetric positive semi-definite matrix."""
+    lam, Q = xp.linalg.eigh(symmetrize(M))
+    return xp.maximum(lam, 0.0), Q
+
+
+def damped_factors(A, G, damping: float, scheme: str):
+    """(γ_A, γ_G, π): the additive damping of each factor for the "pi" and "tikhonov" schemes."""
+    gamma = math.sqrt(damping)
+    pi = K.pi_correction(A, G) if scheme == "pi" else 1.0
+    return pi * gamma, gamma / pi, pi
+
+
+def kronecker_precondition(V, inv: KroneckerInverse, damping: float, scheme: str):
+    """(damped Â ⊗ Ĝ)⁻¹ vec(V) for one layer, V of shape (fan_in + 1, fan_out)."""
+    if inv.A_inv is not None:
+        return inv.A_inv @ V @ inv.G_inv
+    Vt = inv.QA.T @ V @ inv.QG
+    if scheme == "eigen":
+        D = inv.dA[:, None] * inv.dG[None, :] + damping
+    else:
+        gamma = math.sqrt(damping)
+        D = (inv.dA + inv.pi * gamma)[:, None] * (inv.dG + gamma / inv.pi)[None, :]
+    return inv.QA @ (Vt / D) @ inv.QG.T
+
+
+def _check_params(params) -> None:
+    if not isinstance(params, (list, tuple)) or not params or not all(
+            isinstance(p, dict) and set(p) == {"W", "b"} for p in params):
+        raise ValueError("params: K-FAC needs MLP parameters, a list of {'W', 'b'} layer dicts")
+
+
+class KFAC(Optimizer):
+    """Block-diagonal K-FAC (see module docs for every switch)."""
+
+    name = "kfac"
+    _schemes = DAMPING_SCHEMES
+
+    def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
+                 factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
+                 inverse: str = "eig", damping_scheme: str = "pi", kl_clip: float | None = 1e-3,
+                 weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
+                 samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5):
+        self.lr = check_positive("lr", lr)
+        self.damping = check_positive("damping", damping)
+        self.momentum = check_unit_interval("momentum", momentum)
+        self.decay = check_unit_interval("decay", decay)
+        self.factor_init = check_choice("factor_init", factor_init, K.FACTOR_INITS)
+        self.factor_interval = check_int("factor_interval", factor_interval)
+        self.inverse_interval = check_int("inverse_interval", inverse_interval)
+        self.inverse = check_choice("inverse", inverse, INVERSE_METHODS)
+        self.damping_scheme = check_choice("damping_scheme", damping_scheme, self._schemes)
+        if self.damping_scheme == "eigen" and self.inverse != "eig":
+            raise ValueError("damping_scheme='eigen' needs inverse='eig' (the eigenbases give (A⊗G + λI)⁻¹)")
+        self.kl_clip = None if kl_clip is None else check_positive("kl_clip", kl_clip)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        self.fisher = check_choice("fisher", fisher, K.FISHER_ESTIMATES)
+        self.samples = check_int("samples", samples)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.adapt_damping = bool(adapt_damping)
+        self.damping_interval = check_int("damping_interval", damping_interval)
+
+    # --- pieces a variant overrides ------------------------------------------------------------
+    def _initial_factors(self, params) -> dict:
+        """Identity factors (used as such only by factor_init="identity"; otherwise overwritten)."""
+        dtype = params[0]["W"].dtype
+        return {"A": tuple(xp.eye(p["W"].shape[0] + 1, dtype=dtype) for p in params),
+                "G": tuple(xp.eye(p["W"].shape[1], dtype=dtype) for p in params)}
+
+    def _estimate_factors(self, stats: K.KFACStatistics) -> dict:
+        """This batch's A_l and G_l."""
+        n = len(stats.inputs)
+        return {"A": [K.input_factor(a) for a in stats.inputs],
+                "G": [K.grad_factor([p[l] for p in stats.probes], stats.scale) for l in range(n)]}
+
+    def _refresh(self, factors: dict, damping: float) -> tuple:
+        """Eigenpairs (or damped inverses) of every layer's factors."""
+        out = []
+        for A, G in zip(factors["A"], factors["G"]):
+            if self.inverse == "eig":
+                dA, QA = eigh_psd(A)
+                dG, QG = eigh_psd(G)
+                pi = K.pi_correction(A, G) if self.damping_scheme == "pi" else 1.0
+                out.append(KroneckerInverse(QA, dA, QG, dG, None, None, pi))
+            else:
+                gA, gG, pi = damped_factors(A, G, damping, self.damping_scheme)
+                A_inv = xp.linalg.inv(symmetrize(A) + gA * xp.eye(A.shape[0], dtype=A.dtype))
+                G_inv = xp.linalg.inv(symmetrize(G) + gG * xp.eye(G.shape[0], dtype=G.dtype))
+                out.append(KroneckerInverse(None, None, None, None, A_inv, G_inv, pi))
+        return tuple(out)
+
+    def _update_preconditioner(self, preconditioner, factors, stats, damping, refresh, factors_updated):
+        return self._refresh(factors, damping) if refresh else preconditioner
+
+    def _precondition(self, grads_bar: list, preconditioner, damping: float) -> list:
+        return [kronecker_precondition(V, inv, damping, self.damping_scheme)
+                for V, inv in zip(grads_bar, preconditioner)]
+
+    # --- the shared interface --------------------------------------------------------------------
+    def init(self, params) -> KFACState:
+        _check_params(params)
+        return KFACState(0, 0, self._initial_factors(params), (), T.zeros_like(params), self.damping)
+
+    def step_seed(self, step: int):
+        """The seed of step ``step``'s label draws: ``loss.sample(z, [seed, step], samples)``."""
+        return [self.seed, step]
+
+    def update(self, params, state: KFACState, oracle, draws=None):
+        t = state.step
+        refresh_factors = t % self.factor_interval == 0
+        refresh = t % self.inverse_interval == 0 or not state.preconditioner
+        fisher = self.fisher if refresh_factors else None
+        stats = K.kfac_statistics(oracle, params, fisher, self.samples, seed=self.step_seed(t),
+                                  labels=draws if fisher == "mc" else None)
+        loss, grad = stats.loss, stats.grad
+        if not (math.isfinite(loss) and T.all_finite(grad)):
+            return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
+        messages = []
+        factors, k = state.factors, state.factor_updates
+        factors_updated = False
+        if refresh_factors:
+            estimate = self._estimate_factors(stats)
+            if all(K.all_finite_arrays(v) for v in estimate.values()):
+                eps = K.factor_weight(k + 1, self.decay, self.factor_init)
+                factors = {name: tuple(eps * old + (1.0 - eps) * new for old, new in zip(factors[name], estimate[name]))
+                           for name in factors}
+                k += 1
+                factors_updated = True
+            elif k == 0 and self.factor_init != "identity":
+                return refuse(params, state, loss, "non-finite factor statistics and no earlier factors to keep: "
+                              "step refused", grad)
+            else:
+                messages.append("non-finite factor statistics: factor update skipped, old factors kept")
+        damping = state.damping
+        precond = self._update_preconditioner(state.preconditioner, factors, stats, damping, refresh, factors_updated)
+
+        gbar = [K.layer_matrix(g) for g in grad]
+        if self.weight_decay and self.weight_decay_mode == "l2":
+            gbar = [gb + self.weight_decay * K.layer_matrix(p) for gb, p in zip(gbar, params)]
+        V = self._precondition(gbar, precond, damping)
+        vg = sum(float(xp.vdot(v, gb)) for v, gb in zip(V, gbar))
+        nu = 1.0
+        if self.kl_clip is not None and vg > 0:
+            nu = min(1.0, math.sqrt(self.kl_clip / (self.lr ** 2 * vg)))
+        natural = [K.layer_tree(nu * v) for v in V]
+        velocity = T.axpy(self.momentum, state.velocity, natural) if self.momentum else natural
+        delta = T.scale(-self.lr, velocity)
+        if self.weight_decay and self.weight_decay_mode == "decoupled":
+            delta = T.axpy(-self.lr * self.weight_decay, params, delta)
+        new = T.add(params, delta)
+
+        extra = {}
+        if self.adapt_damping and (t + 1) % self.damping_interval == 0:
+            damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
+        new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
+        info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
+                         factors_updated=factors_updated, preconditioner_refreshed=refresh, **extra)
+        info["message"] = "; ".join(messages)
+        return new, new_state, info
+
+    def _levenberg_marquardt(self, oracle, params, new, delta, loss, grad, damping):
+        """(new λ, ρ) by the reduction ratio of the exact-Fisher quadratic model (module docs)."""
+        new_loss = oracle.value(new)
+        Fd = oracle.fisher_vp(params, delta, kind="true")
+        model = float(T.vdot(grad, delta)) + 0.5 * float(T.vdot(delta, Fd))
+        rho = (new_loss - loss) / model if (model < 0 and math.isfinite(new_loss)) else -math.inf
+        omega = (19.0 / 20.0) ** self.damping_interval
+        if rho > 0.75:
+            damping = damping * omega
+        elif rho < 0.25:
+            damping = damping / omega
+        return damping, rho

@@ -1,0 +1,262 @@
+"""Shampoo for parameters of any order (Gupta, Koren & Singer 2018, Algorithms 1 and 2).
+
+For a parameter leaf whose gradient G_t is an order-k tensor of shape (n_1, …, n_k), one statistic per
+mode, with G_(i) the mode-i unfolding (n_i × Π_{j≠i} n_j):
+
+    H_i ← H_i + G_(i) G_(i)ᵀ                  (statistics="sum", the paper; H_i(0) = initial_accumulator·I)
+    H_i ← β₂ H_i + (1 − β₂) G_(i) G_(i)ᵀ       (statistics="ema")
+    R_i = (H_i + εI)^p,  p = −1/(2k)           (eps_mode="add"; "floor": Q max(Λ, ε)^p Qᵀ), by eigh
+    P(G) = G ×₁ R_1 ×₂ R_2 ⋯ ×_k R_k           (mode-i product: R_i applied to every mode-i fibre)
+    θ ← θ − η P(G)
+
+For a matrix this is W ← W − η L^{−1/4} G R^{−1/4} (Algorithm 1 with L = H_1, R = H_2), i.e.
+vec(P(G)) = ((L+εI)^{−1/4} ⊗ (R+εI)^{−1/4}) vec(G) with row-major vec; for a vector (k = 1) it is
+full-matrix Adagrad with ε inside the root, (Σ g gᵀ + εI)^{−1/2} g. The paper starts from H_i = εI
+and takes (H_i)^{−1/(2k)}: with sum statistics that is exactly initial_accumulator=0, eps_mode="add".
+
+Options (defaults: the paper's Shampoo):
+* ``statistics`` "sum" | "ema" (with ``beta2``); ``initial_accumulator`` H_i(0) = c·I.
+* ``eps_mode`` "add" (ε added before the root, the paper) | "floor" (eigenvalues floored at ε).
+* ``exponent`` p overrides −1/(2k) for every statistic (e.g. −1/k = −0.5 for matrices, as some
+  implementations do); k is the order after merging.
+* ``precondition_interval`` T and ``start_step`` s: statistics are updated every step; roots are
+  recomputed at steps t = s, s + T, s + 2T, … (t counts steps from 1) and reused, stale, in between;
+  before step s the step is the grafting direction (the raw gradient without grafting).
+* ``grafting`` "none" (paper) | "sgd" | "adagrad": per leaf, the Shampoo direction is rescaled to the
+  norm of the SGD direction G or of the diagonal Adagrad direction G / (√A + graft_eps), A = Σ G⊙G
+  (Agarwal et al. 2020 "layer-wise grafting"; Anil et al. 2020).
+* ``merge_dims`` m: adjacent modes are merged while their product stays ≤ m (Anil et al. 2020), so
+  a (3, 3, 64, 64) kernel with m = 64·9 becomes (9, 4096)… and the exponent uses the merged order.
+* ``block_size`` b: after merging, every mode longer than b is cut into chunks of ≤ b; each block of
+  the resulting grid gets its own statistics and roots (Anil et al. 2020, "blocking").
+* ``vector_diagonal``: order-1 leaves (biases) get a full n×n statistic (False, the paper's order-1
+  Shampoo) or a diagonal one, H ← H + g⊙g, P(g) = (H + ε)^p ⊙ g (True).
+* ``momentum`` μ with ``precondition`` "gradient" (m ← μm + P(G), the usual implementation) or
+  "momentum" (m ← μm + G and the step is P(m)); statistics always come from the raw G.
+* ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ).
+
+Bad input: a leaf of order 0 or with a zero-length mode raises ValueError in ``init``; a non-finite
+gradient (or overflowing statistics) refuses the step.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import xp
+from ..linalg import sym_matrix_power
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
+
+__all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices"]
+
+
+class ShampooState(NamedTuple):
+    step: int
+    stats: tuple     # per leaf, per block: a tuple of the mode statistics H_i (or one vector H, diagonal leaf)
+    roots: tuple     # the same layout: R_i = H_i^p as last recomputed (None before the first recomputation)
+    graft: object    # Adagrad grafting accumulator A (tree like params) or None
+    momentum: object  # momentum buffer (tree like params) or None
+
+
+def merge_dims(shape: tuple, limit: int | None) -> tuple:
+    """Merge adjacent modes while their product stays ≤ ``limit`` (None: keep the shape)."""
+    if limit is None or len(shape) <= 1:
+        return tuple(shape)
+    out = [shape[0]]
+    for n in shape[1:]:
+        if out[-1] * n <= limit:
+            out[-1] *= n
+        else:
+            out.append(n)
+    return tuple(out)
+
+
+def block_slices(shape: tuple, block_size: int | None) -> list[tuple]:
+    """The grid of blocks (tuples of slices) that cuts every mode into chunks of ≤ ``block_size``."""
+    if block_size is None:
+        return [tuple(slice(0, n) for n in shape)]
+    chunks = [[slice(s, min(s + block_size, n)) for s in range(0, n, block_size)] for n in shape]
+    return list(itertools.product(*chunks))
+
+
+def _mode_statistic(G, i: int):
+    """G_(i) G_(i)ᵀ for the mode-i unfolding of G."""
+    if G.ndim == 1:
+        return xp.outer(G, G)
+    if G.ndim == 2:
+        return G @ G.T if i == 0 else G.T @ G
+    others = [j for j in range(G.ndim) if j != i]
+    return xp.tensordot(G, G, axes=(others, others))
+
+
+def _mode_products(G, roots):
+    """G ×₁ R_1 ×₂ R_2 ⋯ ×_k R_k (each R_i symmetric)."""
+    if G.ndim == 1:
+        return roots[0] @ G
+    if G.ndim == 2:
+        return roots[0] @ G @ roots[1]
+    for i, R in enumerate(roots):
+        G = xp.moveaxis(xp.tensordot(R, G, axes=([1], [i])), 0, i)
+    return G
+
+
+class Shampoo(Optimizer):
+    """θ ← θ − η G ×₁ H₁^{−1/(2k)} ⋯ ×_k H_k^{−1/(2k)} per leaf (see module docs)."""
+
+    name = "shampoo"
+
+    def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
+                 initial_accumulator: float = 0.0, eps_mode: str = "add", exponent: float | None = None,
+                 precondition_interval: int = 1, start_step: int = 1, grafting: str = "none",
+                 graft_eps: float = 1e-10, merge_dims: int | None = None, block_size: int | None = None,
+                 vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
+                 weight_decay: float = 0.0, weight_decay_mode: str = "l2"):
+        self.lr = check_positive("lr", lr)
+        self.eps = check_positive("eps", eps)
+        self.statistics = check_choice("statistics", statistics, ("sum", "ema"))
+        self.beta2 = check_unit_interval("beta2", beta2)
+        self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
+        self.eps_mode = check_choice("eps_mode", eps_mode, ("add", "floor"))
+        if exponent is not None and (isinstance(exponent, bool) or not isinstance(exponent, (int, float))
+                                     or not math.isfinite(exponent) or exponent >= 0):
+            raise ValueError(f"exponent must be a negative number (or None for −1/(2k)), got {exponent!r}")
+        self.exponent = None if exponent is None else float(exponent)
+        self.precondition_interval = check_int("precondition_interval", precondition_interval)
+        self.start_step = check_int("start_step", start_step)
+        self.grafting = check_choice("grafting", grafting, ("none", "sgd", "adagrad"))
+        self.graft_eps = check_positive("graft_eps", graft_eps)
+        self.merge_dims = None if merge_dims is None else check_int("merge_dims", merge_dims)
+        self.block_size = None if block_size is None else check_int("block_size", block_size)
+        self.vector_diagonal = bool(vector_diagonal)
+        self.momentum = check_unit_interval("momentum", momentum)
+        self.precondition = check_choice("precondition", precondition, ("gradient", "momentum"))
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("l2", "decoupled"))
+
+    # --- layout of one leaf -------------------------------------------------------------------
+    def _layout(self, shape: tuple):
+        """(merged shape, blocks, diagonal?) for a leaf of ``shape``."""
+        if len(shape) == 0:
+            raise ValueError("Shampoo: a parameter of order 0 (a scalar) has no modes to precondition; "
+                             "give it shape (1,)")
+        if any(n == 0 for n in shape):
+            raise ValueError(f"Shampoo: a parameter of shape {tuple(shape)} has a zero-length mode")
+        if len(shape) == 1 and self.vector_diagonal:
+            return tuple(shape), [(slice(0, shape[0]),)], True
+        merged = merge_dims(tuple(shape), self.merge_dims)
+        return merged, block_slices(merged, self.block_size), False
+
+    def _power(self, order: int) -> float:
+        return self.exponent if self.exponent is not None else -1.0 / (2 * order)
+
+    def init(self, params) -> ShampooState:
+        stats = []
+        for leaf in T.leaves(params):
+            merged, blocks, diagonal = self._layout(tuple(leaf.shape))
+            c = self.initial_accumulator
+            if diagonal:
+                stats.append(((xp.full(leaf.shape, c, dtype=leaf.dtype),),))
+                continue
+            per_block = []
+            for sl in blocks:
+                sizes = [s.stop - s.start for s in sl]
+                per_block.append(tuple(c * xp.eye(n, dtype=leaf.dtype) for n in sizes))
+            stats.append(tuple(per_block))
+        graft = T.zeros_like(params) if self.grafting == "adagrad" else None
+        mom = T.zeros_like(params) if self.momentum else None
+        return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft, mom)
+
+    # --- one step -----------------------------------------------------------------------------
+    def _accumulate(self, H, S):
+        if self.statistics == "sum":
+            return H + S
+        return self.beta2 * H + (1.0 - self.beta2) * S
+
+    def _leaf_statistics(self, G, stats_leaf):
+        merged, blocks, diagonal = self._layout(tuple(G.shape))
+        if diagonal:
+            return ((self._accumulate(stats_leaf[0][0], G * G),),)
+        Gm = xp.reshape(G, merged)
+        out = []
+        for sl, Hs in zip(blocks, stats_leaf):
+            Gb = Gm[sl] if len(blocks) > 1 else Gm
+            out.append(tuple(self._accumulate(H, _mode_statistic(Gb, i)) for i, H in enumerate(Hs)))
+        return tuple(out)
+
+    def _leaf_roots(self, shape, stats_leaf):
+        merged, _, diagonal = self._layout(tuple(shape))
+        p = self._power(len(merged))
+        if diagonal:
+            H = stats_leaf[0][0]
+            lam = H + self.eps if self.eps_mode == "add" else xp.maximum(H, self.eps)
+            return ((lam ** p,),)
+        return tuple(tuple(sym_matrix_power(H, p, self.eps, self.eps_mode) for H in Hs) for Hs in stats_leaf)
+
+    def _leaf_precondition(self, G, roots_leaf):
+        merged, blocks, diagonal = self._layout(tuple(G.shape))
+        if diagonal:
+            return roots_leaf[0][0] * G
+        Gm = xp.reshape(G, merged)
+        if len(blocks) == 1:
+            return xp.reshape(_mode_products(Gm, roots_leaf[0]), G.shape)
+        out = xp.empty_like(Gm)
+        for sl, Rs in zip(blocks, roots_leaf):
+            out[sl] = _mode_products(Gm[sl], Rs)
+        return xp.reshape(out, G.shape)
+
+    def update(self, params, state, oracle):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        if self.weight_decay and self.weight_decay_mode == "l2":
+            g = T.axpy(self.weight_decay, params, g)
+        t = state.step + 1
+        ps, treedef = T.flatten(params)
+        gs = T.leaves(g)
+        stats = tuple(self._leaf_statistics(G, S) for G, S in zip(gs, state.stats))
+        if not all(bool(xp.all(xp.isfinite(H))) for s in stats for Hs in s for H in Hs):
+            return refuse(params, state, loss, "statistics overflowed: step refused", g)
+        active = t >= self.start_step
+        refresh = active and (t - self.start_step) % self.precondition_interval == 0
+        roots = state.roots
+        if refresh:
+            roots = tuple(self._leaf_roots(G.shape, S) for G, S in zip(gs, stats))
+            if not all(bool(xp.all(xp.isfinite(R))) for r in roots for Rs in r for R in Rs):
+                return refuse(params, state, loss, "non-finite preconditioner root: step refused", g)
+
+        graft = state.graft
+        if graft is not None:
+            graft = T.tree_map2(lambda A, G: A + G * G, graft, g)
+        mom = state.momentum
+        if mom is not None and self.precondition == "momentum":
+            mom = T.axpy(self.momentum, mom, g)  # m ← μm + G, then precondition m
+            sources = T.leaves(mom)
+        else:
+            sources = gs
+        graft_leaves = T.leaves(graft) if graft is not None else [None] * len(gs)
+
+        directions = []
+        for D, R, A in zip(sources, roots, graft_leaves):
+            graft_dir = D / (xp.sqrt(A) + self.graft_eps) if A is not None else D
+            if not active:
+                directions.append(graft_dir)
+                continue
+            P = self._leaf_precondition(D, R)
+            if self.grafting != "none":
+                pn = float(xp.linalg.norm(P.ravel()))
+                P = P * (float(xp.linalg.norm(graft_dir.ravel())) / pn) if pn > 0 else P
+            directions.append(P)
+        d = T.unflatten(treedef, directions)
+        if mom is not None and self.precondition == "gradient":
+            mom = T.axpy(self.momentum, mom, d)  # m ← μm + P(G)
+            d = mom
+        if self.weight_decay and self.weight_decay_mode == "decoupled":
+            new = T.tree_map2(lambda x, di: x - self.lr * (di + self.weight_decay * x), params, d)
+        else:
+            new = T.axpy(-self.lr, d, params)
+        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
+                         preconditioned=active)
+        return new, ShampooState(t, stats, roots, graft, mom), info

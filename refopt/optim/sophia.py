@@ -1,0 +1,225 @@
+"""Sophia (Liu, Li, Hall, Liang & Ma 2023, arXiv 2305.14342, Algorithm 3): clipped diagonal Newton.
+
+Steps t = 1, 2, … with g_t = ∇L(θ_t) on the data labels; ĥ an estimate of diag(∇²L) or diag(GGN):
+
+    m_t = β₁ m_{t−1} + (1 − β₁) g_t
+    h_t = β₂ h_{t−k} + (1 − β₂) ĥ_t    if t mod k = 1 (estimate at θ_t, before the update); else h_t = h_{t−1}
+    θ_t ← θ_t − η λ θ_t                                        (decoupled weight decay)
+    θ_{t+1} = θ_t − η clip(m_t / max(γ h_t, ε), 1)              clip(z, 1) = max(min(z, 1), −1)
+
+so no coordinate moves by more than η per step (besides the decay), and where the clip is inactive
+and h is the exact diagonal the step is the diagonal Newton step −η m / (γ h).
+
+Estimators (from the core, ``refopt.curvature``):
+* ``SophiaG``: Gauss-Newton-Bartlett (the paper's Algorithm 2): labels ŷ_b ∼ p_θ(·|x_b) sampled from
+  the model, ĝ = ∇ of the reduced loss at those labels, ĥ = ĝ ⊙ ĝ / scale (= B·ĝ⊙ĝ for mean
+  reduction), unbiased for diag(GGN). Needs a network ``Oracle``.
+* ``SophiaH``: Hutchinson (the paper's Algorithm 1), ĥ = (1/k_p) Σ_j z_j ⊙ (H z_j). Works on any oracle
+  with ``hvp_operator`` (also ``FunctionOracle``).
+
+``parametrization="official"`` reproduces the authors' code instead:
+* SophiaG: ``sophia.py`` of github.com/Liuhong99/Sophia (commit 195a786) with its README's training
+  loop: h ← β₂h + (1 − β₂) ĝ⊙ĝ (ĝ of the *mean* loss, no factor B), ratio = min(|m| / (ρ·bs·h + 1e-15), 1),
+  θ ← θ(1 − ηλ) − η sign(m)·ratio, no bias correction; the refresh runs after the step of every
+  0-based iteration with iter % k == k − 1 (our t % k == 0), at the updated parameters θ_{t+1} on the
+  same batch. ``gamma`` plays ρ, ``bs`` defaults to the oracle's batch size B (the official training
+  script passes the number of tokens per step); ``eps`` defaults to 1e-15.
+* SophiaH: the SophiaH class of the same repository (commit 01af183): h ← β₂h + (1 − β₂) ĥ,
+  ratio = min(|m| / (ρ·max(h, 0) + 1e-12), 1), θ ← θ(1 − ηλ) − (η / (1 − β₁ᵗ)) sign(m)·ratio, with
+  the same refresh protocol.
+With B·(ĝ⊙ĝ) = ĥ the two parametrizations of SophiaG differ only in max(γh, ε) versus ρBh + ε and in
+the refresh phase (``test_sophia.py`` checks this).
+
+Switches (the paper first):
+* ``parametrization`` "paper" | "official" (above).
+* ``refresh`` (which step, before or after the update): "before" (t mod k = 1, estimate at θ_t, used
+  by this step's update: Algorithm 3) | "after" (t mod k = 0, estimate at θ_{t+1}, first used by the
+  next step: the official loop). None picks the parametrization's own.
+* ``bias_correction`` (paper mode): False (Algorithm 3) | True (m̂ = m / (1 − β₁ᵗ) inside the clip).
+* ``probe_distribution`` (SophiaH): "rademacher" | "gaussian"; ``probes`` / ``samples`` per refresh.
+* The momentum m (not the raw gradient) is preconditioned, as in every Sophia implementation; the
+  weight decay is always decoupled.
+
+Randomness: the draws of the refresh made during the step that starts at ``state.step = s`` come
+from ``numpy.random.default_rng([seed, s])``: SophiaG's labels are
+``oracle.sample_labels(θ_refresh, that Generator, samples)`` (shape (samples, B) for class labels),
+SophiaH's probes are ``draw_probes(params, that Generator, probes, probe_distribution)``. Either can be
+injected with ``update(..., draws=...)`` (labels array, or list of probe trees); draws are ignored on
+steps that do not refresh (``info["refreshed"]`` says which).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import xp
+from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
+from .adahessian import check_probes, hutchinson_estimate, step_generator
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
+
+__all__ = ["SophiaG", "SophiaH", "SophiaState"]
+
+PARAMETRIZATIONS = ("paper", "official")
+
+
+class SophiaState(NamedTuple):
+    step: int
+    m: object  # EMA of gradients, a tree like params
+    h: object  # EMA of the diagonal estimates (refreshed every k steps), a tree like params
+    seed: int  # base seed of the estimator's draws (see module docs)
+
+
+class _Sophia(Optimizer):
+    """The update shared by SophiaG and SophiaH; subclasses supply ``_estimate``."""
+
+    def __init__(self, lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
+                 bias_correction, seed):
+        self.lr = check_positive("lr", lr)
+        self.beta1 = check_unit_interval("beta1", beta1)
+        self.beta2 = check_unit_interval("beta2", beta2)
+        self.gamma = check_positive("gamma", gamma)
+        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        self.eps = check_positive("eps", eps) if eps is not None else None
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.k = check_int("k", k)
+        self.refresh = check_choice("refresh", refresh, ("before", "after")) if refresh is not None else None
+        self.bias_correction = bool(bias_correction)
+        if self.bias_correction and self.parametrization == "official":
+            raise ValueError("bias_correction applies to parametrization='paper'; the official code fixes it")
+        self.seed = check_int("seed", seed, minimum=0)
+
+    # --- conventions ----------------------------------------------------------------------------
+    def _refresh_mode(self) -> str:
+        if self.refresh is not None:
+            return self.refresh
+        return "before" if self.parametrization == "paper" else "after"
+
+    def _refreshes(self, t: int) -> bool:
+        if self._refresh_mode() == "before":
+            return (t - 1) % self.k == 0
+        return t % self.k == 0
+
+    def _estimate(self, params, oracle, generator, draws):
+        """ĥ at ``params`` in the h units of the parametrization."""
+        raise NotImplementedError
+
+    def _ratio(self, m, h, t, oracle):
+        """(step size, clip(m/denominator, 1)) for one leaf."""
+        raise NotImplementedError
+
+    # --- interface -----------------------------------------------------------------------------
+    def init(self, params) -> SophiaState:
+        for leaf in T.leaves(params):
+            if leaf.size == 0:
+                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
+        return SophiaState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
+
+    def _refreshed_h(self, h, params, oracle, state, draws):
+        hhat = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
+        if not T.all_finite(hhat):
+            return None
+        b2 = self.beta2
+        return T.tree_map2(lambda hi, ei: b2 * hi + (1.0 - b2) * ei, h, hhat)
+
+    def update(self, params, state, oracle, draws=None):
+        loss, g = oracle.value_and_grad(params)
+        if not T.all_finite(g):
+            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        t = state.step + 1
+        refresh = self._refreshes(t)
+        b1 = self.beta1
+        m = T.tree_map2(lambda mi, gi: b1 * mi + (1.0 - b1) * gi, state.m, g)
+        h = state.h
+        if refresh and self._refresh_mode() == "before":
+            h = self._refreshed_h(h, params, oracle, state, draws)
+            if h is None:
+                return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
+        lr, lam = self.lr, self.weight_decay
+        new, clipped = [], 0
+        ps, treedef = T.flatten(params)
+        sq = 0.0
+        for x, mi, hi in zip(ps, T.leaves(m), T.leaves(h)):
+            step_size, ratio = self._ratio(mi, hi, t, oracle)
+            clipped += int(xp.sum(xp.abs(ratio) >= 1.0))
+            sq += float(xp.vdot(ratio.ravel(), ratio.ravel())) * step_size ** 2
+            new.append(x * (1.0 - lr * lam) - step_size * ratio if lam else x - step_size * ratio)
+        new = T.unflatten(treedef, new)
+        if refresh and self._refresh_mode() == "after":
+            h = self._refreshed_h(h, new, oracle, state, draws)
+            if h is None:
+                return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
+        info = step_info(loss, g, lr=lr, step_norm=sq ** 0.5, refreshed=refresh,
+                         clipped_fraction=clipped / max(T.size(params), 1))
+        return new, SophiaState(t, m, h, state.seed), info
+
+
+class SophiaG(_Sophia):
+    """Sophia with the Gauss-Newton-Bartlett estimator on labels sampled from the model (see module docs)."""
+
+    name = "sophia_g"
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
+                 eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
+                 refresh: str | None = None, bias_correction: bool = False, samples: int = 1,
+                 bs: int | None = None, seed: int = 0):
+        super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
+                         bias_correction, seed)
+        self.samples = check_int("samples", samples)
+        self.bs = None if bs is None else check_int("bs", bs)
+
+    def _estimate(self, params, oracle, generator, draws):
+        if not hasattr(oracle, "gnb_diag"):
+            raise TypeError("SophiaG needs a network Oracle (labels are sampled from the model); "
+                            "use SophiaH for a FunctionOracle")
+        labels = draws if draws is not None else oracle.sample_labels(params, generator, self.samples)
+        hhat = oracle.gnb_diag(params, labels=labels)  # ĝ⊙ĝ / scale
+        if self.parametrization == "official":  # the official h holds ĝ⊙ĝ of the mean loss
+            scale = oracle.loss.scale(oracle.batch_size)
+            hhat = T.scale(scale, hhat)
+        return hhat
+
+    def _ratio(self, m, h, t, oracle):
+        if self.parametrization == "official":
+            eps = 1e-15 if self.eps is None else self.eps
+            bs = self.bs if self.bs is not None else oracle.batch_size
+            return self.lr, xp.clip(m / (self.gamma * bs * h + eps), -1.0, 1.0)
+        return _paper_ratio(self, m, h, t)
+
+
+class SophiaH(_Sophia):
+    """Sophia with Hutchinson's diagonal estimator (see module docs)."""
+
+    name = "sophia_h"
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
+                 eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
+                 refresh: str | None = None, bias_correction: bool = False, probes: int = 1,
+                 probe_distribution: str = "rademacher", seed: int = 0):
+        super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
+                         bias_correction, seed)
+        self.probes = check_int("probes", probes)
+        self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
+
+    def _estimate(self, params, oracle, generator, draws):
+        if draws is None:
+            probes = draw_probes(params, generator, self.probes, self.probe_distribution)
+        else:
+            probes = check_probes(draws, params)
+        _, hv = oracle.hvp_operator(params)
+        return hutchinson_estimate(hv, probes)
+
+    def _ratio(self, m, h, t, oracle):
+        if self.parametrization == "official":
+            eps = 1e-12 if self.eps is None else self.eps
+            step_size = self.lr / (1.0 - self.beta1 ** t)
+            return step_size, xp.clip(m / (self.gamma * xp.maximum(h, 0.0) + eps), -1.0, 1.0)
+        return _paper_ratio(self, m, h, t)
+
+
+def _paper_ratio(opt: _Sophia, m, h, t: int):
+    """(η, clip(m / max(γh, ε), 1)), with m̂ = m / (1 − β₁ᵗ) when bias_correction is on."""
+    eps = 1e-12 if opt.eps is None else opt.eps
+    if opt.bias_correction:
+        m = m / (1.0 - opt.beta1 ** t)
+    return opt.lr, xp.clip(m / xp.maximum(opt.gamma * h, eps), -1.0, 1.0)

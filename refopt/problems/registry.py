@@ -1,0 +1,130 @@
+"""Named problems for the command line and the comparison: networks on data sets, and test functions.
+
+A problem gives initial parameters from a seed and oracles: the full-batch one, and one per mini-batch
+(network problems only). ``PROBLEMS`` maps names to factories; ``make_problem(name)`` builds one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..backend import xp
+from ..nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy
+from ..oracle import Counts, FunctionOracle, Oracle
+from .datasets import digits, synthetic_classification
+
+__all__ = ["NetworkProblem", "FunctionProblem", "PROBLEMS", "make_problem", "problem_names"]
+
+
+class NetworkProblem:
+    """An MLP, a loss and a data set."""
+
+    kind = "network"
+
+    def __init__(self, name: str, model: MLP, loss, X, y, description: str = ""):
+        self.name, self.model, self.loss, self.X, self.y = name, model, loss, X, y
+        self.description = description
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.X.shape[0])
+
+    def init_params(self, seed: int):
+        return self.model.init(seed)
+
+    def oracle(self, counts: Counts | None = None) -> Oracle:
+        return Oracle(self.model, self.loss, self.X, self.y, counts=counts)
+
+    def batch_oracle(self, indices, counts: Counts | None = None) -> Oracle:
+        idx = xp.asarray(indices)
+        return Oracle(self.model, self.loss, self.X[idx], self.y[idx], counts=counts)
+
+
+class FunctionProblem:
+    """A test function of a vector with known minimiser (see ``refopt.problems.functions``)."""
+
+    kind = "function"
+
+    def __init__(self, name: str, make: Callable, description: str = ""):
+        self.name, self._make, self.description = name, make, description
+        self._fn = None
+
+    @property
+    def fn(self):
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn
+
+    num_examples = 0
+
+    def init_params(self, seed: int):
+        return xp.asarray(self.fn.x0, dtype=float).copy()
+
+    def oracle(self, counts: Counts | None = None) -> FunctionOracle:
+        fn = self.fn
+        return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, counts=counts)
+
+    def batch_oracle(self, indices, counts=None):
+        raise ValueError(f"problem {self.name!r} is a function of a vector: it has no mini-batches")
+
+
+def _digits_mlp():
+    d = digits()
+    return NetworkProblem("digits_mlp", MLP([64, 32, 10], "tanh"), SoftmaxCrossEntropy("mean"), d.X, d.y,
+                          "scikit-learn digits (1797×64, 10 classes), MLP 64-32-10 tanh, softmax cross-entropy")
+
+
+def _digits_logistic():
+    d = digits()
+    return NetworkProblem("digits_logistic", MLP([64, 10]), SoftmaxCrossEntropy("mean"), d.X, d.y,
+                          "softmax (multinomial logistic) regression on the digits")
+
+
+def _digits_autoencoder():
+    d = digits()
+    return NetworkProblem("digits_autoencoder", MLP([64, 32, 8, 32, 64], "tanh"), Gaussian("mean"), d.X, d.X,
+                          "deep autoencoder 64-32-8-32-64 (tanh) on the digits, Gaussian (squared-error) loss")
+
+
+def _synthetic_mlp():
+    d = synthetic_classification(n=512, d=16, classes=4, seed=0)
+    return NetworkProblem("synthetic_mlp", MLP([16, 32, 4], "tanh"), SoftmaxCrossEntropy("mean"), d.X, d.y,
+                          "seeded Gaussian blobs (512×16, 4 classes), MLP 16-32-4 tanh")
+
+
+def _logistic():
+    d = synthetic_classification(n=256, d=8, classes=2, seed=1)
+    y = (d.y[:, None] == 1).astype(d.X.dtype)
+    return NetworkProblem("logistic", MLP([8, 1]), Bernoulli("mean"), d.X, y,
+                          "binary logistic regression on seeded data (256×8)")
+
+
+PROBLEMS: dict[str, Callable] = {
+    "digits_mlp": _digits_mlp,
+    "digits_logistic": _digits_logistic,
+    "digits_autoencoder": _digits_autoencoder,
+    "synthetic_mlp": _synthetic_mlp,
+    "logistic": _logistic,
+}
+
+
+def _function_problems() -> dict:
+    try:
+        from . import functions  # noqa: PLC0415 (test functions live in their own module)
+    except ImportError:
+        return {}
+    registry = getattr(functions, "FUNCTIONS", {})
+    return {name: (lambda n=name: FunctionProblem(n, registry[n])) for name in registry}
+
+
+def problem_names() -> list[str]:
+    return sorted(PROBLEMS) + sorted(_function_problems())
+
+
+def make_problem(name: str):
+    """Build the problem ``name`` (``problem_names()`` lists them)."""
+    if name in PROBLEMS:
+        return PROBLEMS[name]()
+    functions = _function_problems()
+    if name in functions:
+        return functions[name]()
+    raise ValueError(f"unknown problem {name!r}; choose from {', '.join(problem_names())}")

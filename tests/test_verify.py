@@ -1,0 +1,109 @@
+"""Golden traces: export/load round trip, divergence reports, convention search, bad files."""
+import json
+
+import numpy as np
+import pytest
+
+from refopt import tree as T
+from refopt.verify import check_trace, compare_traces, export_trace, load_trace, make_trace, search_conventions
+
+
+def _rewrite(path, out, **changes):
+    with np.load(path) as data:
+        files = dict(data)
+    for k, v in changes.items():
+        if v is None:
+            files.pop(k)
+        else:
+            files[k] = v
+    np.savez(out, **files)
+    return out
+
+
+def test_export_load_round_trip_and_self_check(tmp_path):
+    trace = make_trace("sgd", {"lr": 0.1, "momentum": 0.9}, "tiny_mlp", steps=4)
+    path = tmp_path / "t.npz"
+    export_trace(trace, str(path))
+    loaded = load_trace(str(path))
+    assert loaded.steps == 4 and loaded.meta["param_names"] == ["0.W", "0.b", "1.W", "1.b"]
+    for a, b in zip(trace.params, loaded.params):
+        assert all(np.array_equal(x, y) for x, y in zip(T.leaves(a), T.leaves(b)))
+    divergence, _ = check_trace(str(path), rtol=0, atol=0)
+    assert divergence is None
+
+
+def test_layout_is_plain_numpy(tmp_path):
+    """A JAX or PyTorch user reads the trace with np.load alone."""
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=3), str(path))
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        assert data["params/0.W"].shape == (4, 4, 3)  # (T+1, fan_in, fan_out)
+        assert data["grad/0.b"].shape == (3, 3)
+        assert data["loss"].shape == (3,)
+        # step 1 of plain gradient descent, recomputed from the stored arrays
+        np.testing.assert_allclose(data["params/0.W"][1], data["params/0.W"][0] - 0.1 * data["grad/0.W"][0])
+    assert meta["optimizer"] == "sgd" and meta["problem"]["loss"] == "gaussian"
+
+
+def test_divergence_names_step_and_parameter(tmp_path):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    with np.load(path) as data:
+        W = data["params/1.b"].copy()
+    W[3, 2] += 1e-3  # perturb step 3, parameter 1.b, entry 2
+    bad = _rewrite(path, tmp_path / "bad.npz", **{"params/1.b": W})
+    divergence, _ = check_trace(str(bad))
+    assert (divergence.step, divergence.parameter, divergence.index) == (3, "1.b", (2,))
+    # within a loose tolerance, it matches
+    assert check_trace(str(bad), rtol=0, atol=1e-2)[0] is None
+
+
+def test_search_finds_planted_convention(tmp_path):
+    """A trace made with nesterov=True but labelled nesterov=False: the search names the switch."""
+    trace = make_trace("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}, "tiny_mlp", steps=3)
+    trace.meta["hyperparameters"]["nesterov"] = False
+    path = tmp_path / "planted.npz"
+    export_trace(trace, str(path))
+    divergence, _ = check_trace(str(path))
+    assert divergence is not None and divergence.step == 1
+    assert search_conventions(str(path)) == [{"nesterov": True}]
+
+
+def test_compare_identical_traces():
+    a = make_trace("sgd", {"lr": 0.1}, "tiny_logistic", steps=2)
+    assert compare_traces(a, a, 0, 0) is None
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"params/0.W": None}, "missing array 'params/0.W'"),
+    ({"meta": None}, "missing array 'meta'"),
+    ({"problem/X": None}, "problem/X"),
+    ({"params/0.b": np.zeros((5, 7))}, "shape"),
+    ({"params/1.b": np.full((5, 3), np.nan)}, "NaN"),
+    ({"meta": np.array("{not json")}, "not JSON"),
+])
+def test_bad_trace_files(tmp_path, change, message):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    bad = _rewrite(path, tmp_path / "bad.npz", **change)
+    with pytest.raises(ValueError, match=message):
+        load_trace(str(bad))
+
+
+def test_unknown_trace_problem():
+    with pytest.raises(ValueError, match="tiny_mlp"):
+        make_trace("sgd", {}, "no_such_problem")
+
+
+def test_export_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves neither a partial file nor a temporary one."""
+    import refopt.verify.trace as tr
+    path = tmp_path / "t.npz"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(tr.np, "savez", boom)
+    with pytest.raises(RuntimeError):
+        export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=1), str(path))
+    assert list(tmp_path.iterdir()) == []
