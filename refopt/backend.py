@@ -68,7 +68,10 @@ def backend_name() -> str:
 
 def set_default_dtype(dtype: str | Any) -> None:
     """Set the floating dtype used for parameters and random draws (float64 or float32)."""
-    name = _np.dtype(dtype).name
+    try:
+        name = _np.dtype(dtype).name
+    except TypeError as exc:
+        raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}") from exc
     if name not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {name!r}")
     _state["dtype"] = _np.dtype(name).type

@@ -71,6 +71,11 @@ def cg(matvec: Callable, b, x0=None, damping: float = 0.0, tol: float = 1e-10, a
     return CGResult(x, it, rr ** 0.5, status)
 
 
+def _check_square(A) -> None:
+    if getattr(A, "ndim", 0) != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A: expected a square matrix, got shape {tuple(getattr(A, 'shape', ()))}")
+
+
 def symmetrize(A):
     return 0.5 * (A + A.T)
 
@@ -79,6 +84,9 @@ def sym_matrix_power(A, p: float, eps: float = 0.0, eps_mode: str = "add"):
     """A^p for symmetric PSD ``A`` via A = QΛQᵀ; see the module docs for ``eps_mode``."""
     if eps_mode not in ("add", "floor"):
         raise ValueError(f"eps_mode must be 'add' or 'floor', got {eps_mode!r}")
+    _check_square(A)
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
     lam, Q = xp.linalg.eigh(symmetrize(A))
     if eps_mode == "add":
         lam = lam + eps
@@ -94,6 +102,10 @@ def damped_solve(A, b, damping: float = 0.0):
     """(A + λI)⁻¹ b by Cholesky; ValueError if A + λI is not positive definite."""
     if damping < 0:
         raise ValueError(f"damping must be non-negative, got {damping}")
+    _check_square(A)
+    if b.shape[:1] != A.shape[:1]:
+        raise ValueError(f"b: expected {A.shape[0]} rows to match A of shape {tuple(A.shape)}, got shape "
+                         f"{tuple(b.shape)}")
     M = A + damping * xp.eye(A.shape[0], dtype=A.dtype) if damping else A
     try:
         L = xp.linalg.cholesky(M)

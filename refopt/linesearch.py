@@ -19,8 +19,9 @@ Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
   the quadratic through φ(0), φ'(0), φ(α), N&W eq. 3.58, safeguarded to [0.1 α, 0.5 α]).
 * ``strong_wolfe``: bracketing (N&W Algorithm 3.5) then ``zoom`` (Algorithm 3.6). Trial steps inside
   a bracket come from the cubic interpolating φ and φ' at both ends (N&W eq. 3.59), falling back to the
-  quadratic through φ(lo), φ'(lo), φ(hi) and then to bisection whenever the interpolant's minimiser is
-  not finite or lies within 10 % of an end of the bracket. While bracketing, the next trial is the
+  quadratic through φ(lo), φ'(lo), φ(hi) and then to bisection when the interpolant has no finite
+  minimiser (e.g. φ(hi) is not finite), and clipped to the middle 80 % of the bracket so that the
+  bracket shrinks by at least 10 % per trial. While bracketing, the next trial is the
   cubic's extrapolation clipped to [α + 1.1(α − α_prev), α + 4(α − α_prev)] (the extrapolation
   safeguards of Moré & Thuente 1994), never beyond ``alpha_max``.
 * ``fixed_step``: a unit (or given) step, backtracking only on non-finite values: what "no line
@@ -174,10 +175,12 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
             a = math.nan
             if _finite(f_hi, d_hi):
                 a = cubic_minimizer(lo, f_lo, d_lo, hi, f_hi, d_hi)
-            if not (_finite(a) and left + 0.1 * width <= a <= right - 0.1 * width) and _finite(f_hi):
+            if not _finite(a) and _finite(f_hi):
                 a = quadratic_minimizer(lo, f_lo, d_lo, hi, f_hi)
-            if not (_finite(a) and left + 0.1 * width <= a <= right - 0.1 * width):
+            if not _finite(a):
                 a = 0.5 * (lo + hi)
+            # safeguard: at least 10 % of the bracket away from either end, so it shrinks every time
+            a = min(max(a, left + 0.1 * width), right - 0.1 * width)
             f, d = phi(a)
             nfev += 1
             if not _finite(f, d) or not armijo_ok(a, f) or f >= f_lo:

@@ -48,7 +48,10 @@ class Oracle:
     """Model + loss + batch. ``X`` (B, d_in) float; ``y`` as the loss expects."""
 
     def __init__(self, model, loss, X, y, counts: Counts | None = None):
-        X = as_array(X) if not (hasattr(X, "dtype") and is_floating(X.dtype)) else X
+        if not hasattr(X, "dtype"):
+            X = as_array(X)  # nested lists: the default float dtype
+        if not is_floating(X.dtype):  # int or float16 data would be silently promoted or lose precision
+            raise TypeError(f"X: expected a float32 or float64 array, got dtype {X.dtype}")
         if X.ndim != 2 or X.shape[1] != model.sizes[0]:
             raise ValueError(f"X: expected shape (batch, {model.sizes[0]}), got {tuple(X.shape)}")
         if X.shape[0] < 1:
@@ -91,6 +94,7 @@ class Oracle:
 
     def grad_at_labels(self, params, labels):
         """Gradient of the reduced loss with the data labels replaced by ``labels``."""
+        self.loss.check_targets(xp.zeros((self.batch_size, self.model.sizes[-1]), dtype=self.X.dtype), labels)
         self.counts.ngev += 1
         return ad.grad(lambda p: self._objective(p, labels))(params)
 
@@ -108,6 +112,23 @@ class Oracle:
             self.counts.nhvp += 1
             return hv(v)
         return g, product
+
+    def value_and_hvp_operator(self, params):
+        """(L, ∇L, v ↦ ∇²L v) from one recording: ``hvp_operator`` that also returns the loss, which
+        saves the extra forward pass of a separate ``value`` (AdaHessian needs all three every step)."""
+        self.counts.nfev += 1
+        self.counts.ngev += 1
+        seen = {}
+
+        def gradient(p):
+            seen["value"], g = ad.value_and_grad(self._objective)(p)
+            return g
+        g, hv = ad.vjp(gradient, params)
+
+        def product(v):
+            self.counts.nhvp += 1
+            return hv(v)
+        return _finite_float(seen["value"]), g, product
 
     def jvp(self, params, v):
         """J v (batch, C)."""
@@ -159,11 +180,16 @@ class Oracle:
         """k label sets drawn from the model's predictive distribution at ``params``."""
         return self.loss.sample(self.outputs(params), seed, k)
 
+    def draw_probes(self, params, seed, k=1, distribution="rademacher"):
+        """k Hutchinson probe trees from ``seed`` (``curvature.draw_probes``). Every probe an optimizer or
+        ``hutchinson_diag`` draws goes through here, so a subclass can record or replay them."""
+        return C.draw_probes(params, seed, k, distribution)
+
     def hutchinson_diag(self, params, seed=None, probes=None, k=1, distribution="rademacher"):
         if probes is None:
             if seed is None:
                 raise ValueError("hutchinson_diag needs seed= or probes=")
-            probes = C.draw_probes(params, seed, k, distribution)
+            probes = self.draw_probes(params, seed, k, distribution)
         self.counts.ngev += 1
         self.counts.nhvp += len(probes)
         return C.hutchinson_diagonal(self._objective, params, probes)
@@ -227,6 +253,15 @@ class FunctionOracle:
     def hvp_operator(self, x):
         g = self.grad(x)
         return g, lambda v: self.hvp(x, v)
+
+    def value_and_hvp_operator(self, x):
+        """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``."""
+        value, g = self.value_and_grad(x)
+        return value, g, lambda v: self.hvp(x, v)
+
+    def draw_probes(self, x, seed, k=1, distribution="rademacher"):
+        """k probe trees shaped like ``x`` (``curvature.draw_probes``), as ``Oracle.draw_probes``."""
+        return C.draw_probes(x, seed, k, distribution)
 
     def dense_hessian(self, x, max_size=None):
         if self._hess is not None:

@@ -71,29 +71,52 @@ def same_structure(a, b) -> bool:
     return da == db and all(P.shape_of(x) == P.shape_of(y) for x, y in zip(la, lb))
 
 
+def _same_shapes(la, lb, what):
+    """Leafwise arithmetic between trees never broadcasts: that would silently change the math."""
+    if len(la) != len(lb):
+        raise ValueError(f"{what}: the trees have {len(la)} and {len(lb)} leaves")
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if P.shape_of(x) != P.shape_of(y):
+            raise ValueError(f"{what}: leaf {i} has shapes {P.shape_of(x)} and {P.shape_of(y)}")
+
+
 def vdot(a, b):
     """Sum over leaves of <a_i, b_i> (differentiable: works on traced trees)."""
+    la, lb = leaves(a), leaves(b)
+    _same_shapes(la, lb, "vdot")
     total = 0.0
-    for x, y in zip(leaves(a), leaves(b)):
+    for x, y in zip(la, lb):
         total = P.add(total, P.dot(x, y))
     return total
 
 
+def _leafwise(f, a, b, what):
+    la, da = flatten(a)
+    lb, db = flatten(b)
+    if da != db:
+        raise ValueError(f"{what}: the two trees have different structures")
+    _same_shapes(la, lb, what)
+    return unflatten(da, [f(x, y) for x, y in zip(la, lb)])
+
+
 def add(a, b):
-    return tree_map2(lambda x, y: x + y, a, b)
+    """a + b, leafwise (same structure and shapes)."""
+    return _leafwise(lambda x, y: x + y, a, b, "add")
 
 
 def sub(a, b):
-    return tree_map2(lambda x, y: x - y, a, b)
+    """a − b, leafwise (same structure and shapes)."""
+    return _leafwise(lambda x, y: x - y, a, b, "sub")
 
 
 def scale(c, a):
+    """c · a for a scalar c."""
     return tree_map(lambda x: c * x, a)
 
 
 def axpy(alpha, x, y):
-    """alpha * x + y, leafwise."""
-    return tree_map2(lambda u, v: alpha * u + v, x, y)
+    """alpha * x + y, leafwise (same structure and shapes; alpha a scalar)."""
+    return _leafwise(lambda u, v: alpha * u + v, x, y, "axpy")
 
 
 def zeros_like(tree):

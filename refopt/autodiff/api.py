@@ -23,53 +23,73 @@ def _zeros_like_leaf(x):
     return xp.zeros(P.shape_of(x), dtype=getval(x).dtype)
 
 
-def vjp(f, x, *args, **kwargs):
+def vjp(f, x, *args, has_aux: bool = False, **kwargs):
     """Return ``(f(x), vjp_fn)``; ``vjp_fn(ct)`` is ``J(x)ᵀ ct`` as a tree like ``x``.
 
     The recorded graph is kept, so ``vjp_fn`` may be called many times (each call is one reverse
-    sweep). Output leaves that do not depend on ``x`` get no cotangent.
+    sweep). Output leaves that do not depend on ``x`` get no cotangent. With ``has_aux=True``, ``f``
+    returns ``(out, aux)``: ``aux`` is computed in the same pass but not differentiated, and the result
+    is ``(out, vjp_fn, aux)``.
     """
     trace = new_trace_id()
     xs, xdef = T.flatten(x)
     boxes = [Box(leaf, trace, node=Node(None, leaf, (), {}, [])) for leaf in xs]
     out = f(T.unflatten(xdef, boxes), *args, **kwargs)
+    if has_aux:
+        out, aux = out
     outs, outdef = T.flatten(out)
-    value = T.unflatten(outdef, [o.value if isinstance(o, Box) and o.trace == trace else o for o in outs])
+    value = T.unflatten(outdef, [_strip(o, trace) for o in outs])
 
     def vjp_fn(ct):
         cts, ctdef = T.flatten(ct)
         if len(cts) != len(outs):
-            raise ValueError("cotangent tree does not match the output tree")
+            raise ValueError(f"cotangent: a tree of {len(cts)} leaves for an output of {len(outs)} leaves")
+        for o, c in zip(outs, cts):  # a broadcastable cotangent would silently give a wrong product
+            if P.shape_of(c) != P.shape_of(o):
+                raise ValueError(f"cotangent: leaf of shape {P.shape_of(c)} for an output of shape "
+                                 f"{P.shape_of(o)}")
         seeds = [(o.node, c) for o, c in zip(outs, cts) if isinstance(o, Box) and o.trace == trace]
         grads = backward(seeds) if seeds else {}
-        return T.unflatten(xdef, [grads.get(b.node, None) if b.node in grads else _zeros_like_leaf(leaf)
+        return T.unflatten(xdef, [grads[b.node] if b.node in grads else _zeros_like_leaf(leaf)
                                   for b, leaf in zip(boxes, xs)])
 
+    if has_aux:
+        return value, vjp_fn, T.tree_map(lambda a: _strip(a, trace), aux)
     return value, vjp_fn
+
+
+def _strip(o, trace):
+    """The value of ``o`` in trace ``trace`` (boxes of enclosing traces are kept)."""
+    return o.value if isinstance(o, Box) and o.trace == trace else o
 
 
 def jvp(f, x, v, *args, **kwargs):
     """Return ``(f(x), J(x) v)`` by forward mode: one pass carrying tangents alongside values."""
+    return _forward(f, x, v, args, kwargs, need_value=True)
+
+
+def _forward(f, x, v, args, kwargs, need_value):
     trace = new_trace_id()
     xs, xdef = T.flatten(x)
     vs, vdef = T.flatten(v)
     if len(vs) != len(xs):
-        raise ValueError("tangent tree does not match the input tree")
+        raise ValueError(f"v: a tangent tree of {len(vs)} leaves for an input of {len(xs)} leaves")
     for xi, vi in zip(xs, vs):
         if P.shape_of(xi) != P.shape_of(vi):
-            raise ValueError(f"tangent leaf of shape {P.shape_of(vi)} for an input of shape {P.shape_of(xi)}")
+            raise ValueError(f"v: tangent leaf of shape {P.shape_of(vi)} for an input of shape {P.shape_of(xi)}")
     boxes = [Box(leaf, trace, tangent=t) for leaf, t in zip(xs, vs)]
     out = f(T.unflatten(xdef, boxes), *args, **kwargs)
     outs, outdef = T.flatten(out)
     vals, tans = [], []
     for o in outs:
         if isinstance(o, Box) and o.trace == trace:
-            vals.append(o.value)
+            # Reading .value of a LazyBox computes it; a caller that only wants tangents skips that.
+            vals.append(o.value if need_value else None)
             tans.append(o.tangent)
         else:
             vals.append(o)
             tans.append(_zeros_like_leaf(o))
-    return T.unflatten(outdef, vals), T.unflatten(outdef, tans)
+    return (T.unflatten(outdef, vals) if need_value else None), T.unflatten(outdef, tans)
 
 
 def _check_scalar(value):
@@ -94,8 +114,12 @@ def grad(f):
 
 
 def hvp(f, x, v, *args, **kwargs):
-    """Hessian-vector product ∇²f(x) v, by forward-over-reverse: the directional derivative of ∇f."""
-    return jvp(grad(f), x, v, *args, **kwargs)[1]
+    """Hessian-vector product ∇²f(x) v, by forward-over-reverse: the directional derivative of ∇f.
+
+    Only the tangent is returned, so the primal gradient's last products (one matmul per weight) are
+    never computed (they are ``LazyBox`` values nobody reads).
+    """
+    return _forward(grad(f), x, v, args, kwargs, need_value=False)[1]
 
 
 def hvp_operator(f, x, *args, **kwargs):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 
-__all__ = ["Box", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
+__all__ = ["Box", "LazyBox", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
            "defvjp", "defjvp"]
 
 _trace_ids = itertools.count(1)
@@ -87,11 +87,18 @@ def getval(x):
 
 
 class Primitive:
-    """A differentiable operation with a vjp and a jvp rule per differentiable argument."""
+    """A differentiable operation with a vjp and a jvp rule per differentiable argument.
 
-    def __init__(self, name: str, impl):
+    ``lazy_shape``, if given, maps the primitive's arguments to its output shape and declares that no
+    jvp rule reads ``ans``. A forward trace then defers the primal value (a ``LazyBox``) and computes
+    it only when something reads it. In a forward-over-reverse Hessian-vector product the primal of
+    each parameter's gradient (a matmul per layer) is never read, so it is never computed.
+    """
+
+    def __init__(self, name: str, impl, lazy_shape=None):
         self.name = name
         self.impl = impl
+        self.lazy_shape = lazy_shape
         self.vjps: dict[int, object] = {}
         self.jvps: dict[int, object] = {}
 
@@ -111,23 +118,57 @@ class Primitive:
             if isinstance(a, Box) and a.trace == top:
                 vals[i] = a.value
                 traced.append(i)
-        ans = self(*vals, **kwargs)
         first = args[traced[0]]
         if first.node is not None:  # reverse trace: record a node
+            ans = self(*vals, **kwargs)
             parents = []
             for i in traced:
                 if i not in self.vjps:
                     raise NotImplementedError(f"no vjp rule for argument {i} of {self.name}")
                 parents.append((i, args[i].node))
             return Box(ans, top, node=Node(self, ans, vals, kwargs, parents))
-        tangent = None  # forward trace: push tangents through the jvp rules
+        # forward trace: push tangents through the jvp rules
+        ans = None if self.lazy_shape is not None else self(*vals, **kwargs)
+        tangent = None
         for i in traced:
             rule = self.jvps.get(i)
             if rule is None:
                 raise NotImplementedError(f"no jvp rule for argument {i} of {self.name}")
             t = rule(args[i].tangent, ans, *vals, **kwargs)
             tangent = t if tangent is None else _add(tangent, t)
+        if self.lazy_shape is not None:
+            return LazyBox(top, tangent, self, vals, kwargs, self.lazy_shape(*vals, **kwargs))
         return Box(ans, top, tangent=tangent)
+
+
+_box_value = Box.value  # the slot descriptor that stores a Box's value
+
+
+class LazyBox(Box):
+    """A forward-trace box whose primal value is computed on first read (see ``Primitive``).
+
+    Its shape is known without computing the value, so shape checks in rules do not force it.
+    """
+
+    __slots__ = ("pending", "known_shape")
+
+    def __init__(self, trace, tangent, prim, vals, kwargs, shape):
+        _box_value.__set__(self, None)
+        self.trace = trace
+        self.node = None
+        self.tangent = tangent
+        self.pending = (prim, vals, kwargs)
+        self.known_shape = shape
+
+    @property
+    def value(self):
+        if self.pending is not None:
+            prim, vals, kwargs = self.pending
+            _box_value.__set__(self, prim(*vals, **kwargs))
+            self.pending = None
+        return _box_value.__get__(self)
+
+    shape = property(lambda self: self.known_shape)
 
 
 class NonDifferentiable(Primitive):

@@ -24,7 +24,9 @@ __all__ = [
 
 def shape_of(x) -> tuple:
     """The shape of an array, a box, or a Python scalar (``()``)."""
-    return getattr(getval(x), "shape", ())
+    if isinstance(x, Box):
+        return x.shape  # a LazyBox knows its shape before its value
+    return getattr(x, "shape", ())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,7 +151,22 @@ def square(x):
 
 # ---------------------------------------------------------------------------------------------------
 # Matrix product (1-D and 2-D operands, and stacks of matrices with matching batch axes).
-matmul = Primitive("matmul", lambda a, b: xp.matmul(a, b))
+def _matmul_shape(a, b):
+    sa, sb = tuple(shape_of(a)), tuple(shape_of(b))
+    if len(sa) == 1 and len(sb) == 1:
+        return ()
+    if len(sa) == 1:
+        return sb[:-2] + sb[-1:]
+    if len(sb) == 1:
+        return sa[:-1]
+    ba, bb = sa[:-2], sb[:-2]
+    n = max(len(ba), len(bb))
+    ba, bb = (1,) * (n - len(ba)) + ba, (1,) * (n - len(bb)) + bb
+    return tuple(y if x == 1 else x for x, y in zip(ba, bb)) + (sa[-2], sb[-1])
+
+
+# Its jvp rules never read ans, so forward mode may defer the primal product (see core.Primitive).
+matmul = Primitive("matmul", lambda a, b: xp.matmul(a, b), lazy_shape=_matmul_shape)
 
 
 def _swap(x):

@@ -1,8 +1,9 @@
 """Curvature: Hessian, Gauss-Newton and Fisher products, dense matrices, diagonal estimators."""
 from .dense import check_dense_size, dense_from_product
 from .estimators import PROBE_DISTRIBUTIONS, draw_probes, gnb_diagonal, hutchinson_diagonal
-from .products import FISHER_KINDS, fisher_vp, ggn_vp, hvp, network_jvp, network_vjp, output_space_product
+from .products import (FISHER_KINDS, fisher_vp, ggn_vp, hvp, linearize, network_jvp, network_vjp,
+                       output_space_product)
 
-__all__ = ["hvp", "ggn_vp", "fisher_vp", "network_jvp", "network_vjp", "output_space_product", "FISHER_KINDS",
-           "draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS", "dense_from_product",
-           "check_dense_size"]
+__all__ = ["hvp", "ggn_vp", "fisher_vp", "network_jvp", "network_vjp", "linearize", "output_space_product",
+           "FISHER_KINDS", "draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS",
+           "dense_from_product", "check_dense_size"]

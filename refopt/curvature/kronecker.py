@@ -221,13 +221,27 @@ def _reduced_output_grad(loss, z, y):
     return float(getval(value)), dz
 
 
+def _sample_labels(oracle, params, z, seed, samples):
+    """``oracle.sample_labels(params, seed, samples)``, without its forward pass when it is the plain one.
+
+    Labels from the recorded outputs z are bit-identical to the oracle's (same z, same draw); an oracle
+    that instruments its draws (refopt.verify records and replays them) is asked itself.
+    """
+    from ..oracle import Oracle  # noqa: PLC0415 (the oracle imports this package)
+
+    if type(oracle).sample_labels is Oracle.sample_labels:
+        return oracle.loss.sample(z, seed, samples)
+    return oracle.sample_labels(params, seed, samples)
+
+
 def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1, seed=None,
                     labels=None) -> KFACStatistics:
     """Loss, gradient, layer inputs and G-probes from one forward pass and 1 + (extra) backward sweeps.
 
     ``fisher`` chooses the probes ("mc", "empirical", "true" or None for none). For "mc" the labels
-    are ``labels`` (shape (k, ...) as ``loss.sample`` returns) if given, else ``loss.sample(z, seed,
-    samples)``: injecting the labels that the seed would draw reproduces the seeded result exactly.
+    are ``labels`` (shape (k, ...) as ``loss.sample`` returns) if given, else
+    ``oracle.sample_labels(params, seed, samples)``: injecting the labels that the seed would draw
+    reproduces the seeded result exactly.
     Counts one statistics pass, one value and gradient, and one network vjp per extra sweep.
     """
     if fisher is not None and fisher not in FISHER_ESTIMATES:
@@ -250,7 +264,7 @@ def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1,
         if labels is None:
             if seed is None:
                 raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
-            labels = loss.sample(cap.z, seed, samples)
+            labels = _sample_labels(oracle, params, cap.z, seed, samples)
         w = 1.0 / math.sqrt(len(labels))
         probes = []
         for yk in labels:

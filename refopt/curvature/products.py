@@ -18,7 +18,8 @@ from __future__ import annotations
 from .. import autodiff as ad
 from ..backend import xp
 
-__all__ = ["network_jvp", "network_vjp", "hvp", "ggn_vp", "fisher_vp", "output_space_product", "FISHER_KINDS"]
+__all__ = ["network_jvp", "network_vjp", "linearize", "hvp", "ggn_vp", "fisher_vp", "output_space_product",
+           "FISHER_KINDS"]
 
 FISHER_KINDS = ("true", "mc", "empirical")
 
@@ -33,6 +34,19 @@ def network_vjp(model, params, X):
     return ad.vjp(lambda p: model.apply(p, X), params)
 
 
+def linearize(model, params, X, v):
+    """(z, J v, u ↦ Jᵀ u) from one forward pass that carries the tangent and records the graph.
+
+    Cheaper than ``network_jvp`` followed by ``network_vjp``, which would run the forward pass twice.
+    """
+    def forward(p):
+        z, Jv = ad.jvp(lambda q: model.apply(q, X), p, v)
+        return z, Jv
+
+    z, pullback, Jv = ad.vjp(forward, params, has_aux=True)
+    return z, Jv, pullback
+
+
 def hvp(model, loss, params, X, y, v):
     """Hessian-vector product of the reduced loss."""
     return ad.hvp(lambda p: loss(model.apply(p, X), y), params, v)
@@ -44,6 +58,7 @@ def output_space_product(loss, z, y, u, kind="ggn", labels=None):
     ``kind``: "ggn" (H_i), "true" (E_y[r rᵀ] from the predictive distribution), "mc" (mean of r̂ r̂ᵀ
     over the k sampled ``labels``), "empirical" (r rᵀ at the data labels ``y``).
     """
+    loss._check_direction(z, u)
     if kind == "ggn":
         return loss.output_hessian_vp(z, y, u)
     if kind == "true":
@@ -54,18 +69,22 @@ def output_space_product(loss, z, y, u, kind="ggn", labels=None):
     if kind == "mc":
         if labels is None:
             raise ValueError("the Monte-Carlo Fisher needs sampled labels (or a seed to draw them)")
-        out = xp.zeros_like(u)
-        for yk in labels:
-            r = loss.output_grad(z, yk)
-            out = out + r * xp.sum(r * u, axis=1, keepdims=True)
-        return out / len(labels)
+        labels = xp.asarray(labels)
+        B, C = ad.shape_of(z)
+        if labels.ndim < 1 or labels.shape[1:2] != (B,):
+            raise ValueError(f"labels: expected k label sets for a batch of {B} (shape (k, {B}, ...)), "
+                             f"got shape {tuple(labels.shape)}")
+        k = labels.shape[0]
+        # All k label sets in one pass: the batch repeated k times, r̂ of shape (k, B, C).
+        zk = xp.reshape(xp.broadcast_to(ad.getval(z), (k, B, C)), (k * B, C))
+        r = xp.reshape(loss.output_grad(zk, xp.reshape(labels, (k * B,) + labels.shape[2:])), (k, B, C))
+        return xp.mean(r * xp.sum(r * u[None], axis=2, keepdims=True), axis=0)
     raise ValueError(f"kind must be 'ggn' or one of {FISHER_KINDS}, got {kind!r}")
 
 
 def ggn_vp(model, loss, params, X, y, v):
     """Gauss-Newton-vector product Jᵀ (scale · H_ℓ (J v))."""
-    z, Jv = network_jvp(model, params, X, v)
-    _, pullback = network_vjp(model, params, X)
+    z, Jv, pullback = linearize(model, params, X, v)
     return pullback(loss.scale(X.shape[0]) * loss.output_hessian_vp(z, y, Jv))
 
 
@@ -74,10 +93,9 @@ def fisher_vp(model, loss, params, X, y, v, kind="true", samples=1, seed=None, l
     else ``samples`` draws from ``seed``."""
     if kind not in FISHER_KINDS:
         raise ValueError(f"kind must be one of {FISHER_KINDS}, got {kind!r}")
-    z, Jv = network_jvp(model, params, X, v)
+    z, Jv, pullback = linearize(model, params, X, v)
     if kind == "mc" and labels is None:
         if seed is None:
             raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
         labels = loss.sample(z, seed, samples)
-    _, pullback = network_vjp(model, params, X)
     return pullback(loss.scale(X.shape[0]) * output_space_product(loss, z, y, Jv, kind, labels))

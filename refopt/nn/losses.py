@@ -90,6 +90,12 @@ class Loss:
         total = ad.sum(self.per_example(z, y))
         return ad.divide(total, float(ad.shape_of(z)[0])) if self.reduction == "mean" else total
 
+    @staticmethod
+    def _check_direction(z, u):
+        """An output-space direction must have z's shape: broadcasting one would change the product."""
+        if ad.shape_of(u) != ad.shape_of(z):
+            raise ValueError(f"u: expected shape {ad.shape_of(z)} (same as z), got {ad.shape_of(u)}")
+
     def output_grad(self, z, y):
         """r_i = ∂ℓ_i/∂z_i per example (unreduced), shape (batch, C), by the autodiff."""
         self.check_outputs(z)
@@ -130,6 +136,7 @@ class SoftmaxCrossEntropy(Loss):
         return ad.softmax(getval(z), axis=1)
 
     def output_hessian_vp(self, z, y, u):
+        self._check_direction(z, u)
         p = self.probabilities(z)
         return p * u - p * xp.sum(p * u, axis=1, keepdims=True)
 
@@ -176,10 +183,13 @@ class Gaussian(Loss):
             raise ValueError("y: targets contain NaN or Inf")
 
     def per_example(self, z, y):
+        if not isinstance(y, ad.Box):  # targets in z's dtype, so a float32 model stays float32
+            y = xp.asarray(y, dtype=getval(z).dtype)
         d = ad.subtract(z, y)
         return ad.divide(ad.sum(ad.multiply(d, d), axis=1), 2.0 * self.variance)
 
     def output_hessian_vp(self, z, y, u):
+        self._check_direction(z, u)
         return u / self.variance
 
     def output_fisher(self, z):
@@ -218,6 +228,7 @@ class Bernoulli(Loss):
         return ad.sigmoid(getval(z))
 
     def output_hessian_vp(self, z, y, u):
+        self._check_direction(z, u)
         p = self.probabilities(z)
         return p * (1.0 - p) * u
 

@@ -103,9 +103,17 @@ class MLP:
             if ad.shape_of(p["W"]) != (fan_in, fan_out) or ad.shape_of(p["b"]) != (fan_out,):
                 raise ValueError(f"params[{l}]: expected W of shape {(fan_in, fan_out)} and b of shape "
                                  f"{(fan_out,)}, got {ad.shape_of(p['W'])} and {ad.shape_of(p['b'])}")
+        dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
+        if len(dtypes) != 1 or not is_floating(next(iter(dtypes))):
+            raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
+                            f"{sorted(str(d) for d in dtypes)}")
+        dtype = dtypes.pop()
         Xv = getval(X)
         if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
             raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
+        if Xv.dtype != dtype:  # mixing would silently promote a float32 model to float64
+            raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
+                            f"(e.g. as_array(X, dtype))")
         if Xv.ndim != 2 or Xv.shape[1] != self.sizes[0]:
             raise ValueError(f"X: expected shape (batch, {self.sizes[0]}), got {tuple(Xv.shape)}")
 

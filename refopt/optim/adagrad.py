@@ -13,6 +13,9 @@ Full matrix (``FullMatrixAdagrad``), on the flattened parameter vector (or one b
     θ_{t+1} = θ_t − η (S_t + δI)^{−1/2} g_t         (eps_mode="inside"; = Shampoo of order 1)
 
 The root is taken by the eigendecomposition S = QΛQᵀ every step (O(n³): guarded by ``max_size``).
+S has rank ≤ t, and eigh returns its zero eigenvalues as roundoff of size ~1e-16‖S‖; "outside"
+divides by √λ + δ, so δ must dominate √(1e-16‖S‖): the full-matrix default is δ = 1e-6 (the diagonal
+one, 1e-10, is PyTorch's), else roundoff directions are amplified by up to 1/δ.
 
 Switches (paper's choice first):
 * ``eps_mode``: "outside" (δ added to the root: Duchi et al., PyTorch, optax) or "inside" (δ added
@@ -56,6 +59,8 @@ class Adagrad(Optimizer):
     """Diagonal Adagrad: θ ← θ − η g / (δ + √G) (see module docs)."""
 
     name = "adagrad"
+    # the convention switches (searched by refopt.verify); 0.1 is TensorFlow's initial accumulator
+    switches = {"eps_mode": EPS_MODES, "initial_accumulator": (0.0, 0.1), "weight_decay_mode": WEIGHT_DECAY_MODES}
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2"):
@@ -103,8 +108,10 @@ class FullMatrixAdagrad(Optimizer):
     """Full-matrix Adagrad: θ ← θ − η (δI + S^{1/2})⁻¹ g (see module docs)."""
 
     name = "adagrad_full"
+    switches = {"eps_mode": EPS_MODES, "initial_accumulator": (0.0, 0.1), "weight_decay_mode": WEIGHT_DECAY_MODES,
+                "blocks": ("global", "leaf")}
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
+    def __init__(self, lr: float = 0.01, eps: float = 1e-6, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", blocks: str = "global", weight_decay: float = 0.0,
                  weight_decay_mode: str = "l2", max_size: int = DENSE_MAX_SIZE):
         self.lr = check_positive("lr", lr)

@@ -44,12 +44,21 @@ from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 
-__all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes"]
+__all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
+           "spatial_average"]
 
 
 def step_generator(seed: int, step: int):
     """The host Generator of the draws of the step that starts at ``state.step = step``."""
     return rng([int(seed), int(step)])
+
+
+def oracle_probes(oracle, params, generator, k: int, distribution: str) -> list:
+    """k probes from ``generator``, drawn through the oracle's ``draw_probes`` hook when it has one
+    (so a recording oracle sees them), else by ``curvature.draw_probes``: the same draws either way."""
+    if hasattr(oracle, "draw_probes"):
+        return oracle.draw_probes(params, generator, k, distribution)
+    return draw_probes(params, generator, k, distribution)
 
 
 def check_probes(probes, params) -> list:
@@ -102,6 +111,10 @@ class AdaHessian(Optimizer):
     """θ ← θ − η m̂ / (v̂^{k/2} + ε) with v from Hutchinson diagonals (see module docs)."""
 
     name = "adahessian"
+    # the convention switches (searched by refopt.verify); spatial_block −1 is the official code's matrix default
+    switches = {"spatial_block": (1, -1), "absolute": (False, True), "bias_correction": (True, False),
+                "eps_mode": ("outside", "inside"), "probe_distribution": PROBE_DISTRIBUTIONS,
+                "weight_decay_mode": ("decoupled", "l2")}
 
     def __init__(self, lr: float = 0.15, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-4,
                  hessian_power: float = 1.0, spatial_block: int = 1, spatial_axis: int = 0,
@@ -137,12 +150,15 @@ class AdaHessian(Optimizer):
 
     def update(self, params, state, oracle, draws=None):
         if draws is None:
-            probes = draw_probes(params, step_generator(state.seed, state.step), self.probes,
-                                 self.probe_distribution)
+            probes = oracle_probes(oracle, params, step_generator(state.seed, state.step), self.probes,
+                                   self.probe_distribution)
         else:
             probes = check_probes(draws, params)
-        loss = oracle.value(params)
-        g, hv = oracle.hvp_operator(params)
+        if hasattr(oracle, "value_and_hvp_operator"):  # loss, gradient and products from one recording
+            loss, g, hv = oracle.value_and_hvp_operator(params)
+        else:
+            loss = oracle.value(params)
+            g, hv = oracle.hvp_operator(params)
         if not T.all_finite(g):
             return refuse(params, state, loss, "non-finite gradient: step refused", g)
         D = hutchinson_estimate(hv, probes)

@@ -47,6 +47,7 @@ class Adam(Optimizer):
     """θ ← θ − α m̂ / (√v̂ + ε) (see module docs)."""
 
     name = "adam"
+    switches = {"bias_correction": (True, False), "eps_mode": EPS_MODES}  # searched by refopt.verify
     _decoupled = False
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -119,6 +120,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay θ ← θ − λθ (or − αλθ with ``lr_scaled_decay``); see module docs."""
 
     name = "adamw"
+    switches = {"bias_correction": (True, False), "eps_mode": EPS_MODES, "lr_scaled_decay": (False, True)}
     _decoupled = True
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,

@@ -107,6 +107,10 @@ class Shampoo(Optimizer):
     """θ ← θ − η G ×₁ H₁^{−1/(2k)} ⋯ ×_k H_k^{−1/(2k)} per leaf (see module docs)."""
 
     name = "shampoo"
+    # the convention switches (searched by refopt.verify)
+    switches = {"statistics": ("sum", "ema"), "eps_mode": ("add", "floor"), "grafting": ("none", "sgd", "adagrad"),
+                "vector_diagonal": (False, True), "precondition": ("gradient", "momentum"),
+                "weight_decay_mode": ("l2", "decoupled")}
 
     def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
                  initial_accumulator: float = 0.0, eps_mode: str = "add", exponent: float | None = None,

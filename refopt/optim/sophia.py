@@ -53,8 +53,8 @@ from typing import NamedTuple
 
 from .. import tree as T
 from ..backend import xp
-from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
-from .adahessian import check_probes, hutchinson_estimate, step_generator
+from ..curvature import PROBE_DISTRIBUTIONS
+from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 
@@ -158,6 +158,8 @@ class SophiaG(_Sophia):
     """Sophia with the Gauss-Newton-Bartlett estimator on labels sampled from the model (see module docs)."""
 
     name = "sophia_g"
+    # the convention switches (searched by refopt.verify; invalid combinations are skipped)
+    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None, "before", "after"), "bias_correction": (False, True)}
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
@@ -191,6 +193,8 @@ class SophiaH(_Sophia):
     """Sophia with Hutchinson's diagonal estimator (see module docs)."""
 
     name = "sophia_h"
+    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None, "before", "after"), "bias_correction": (False, True),
+                "probe_distribution": PROBE_DISTRIBUTIONS}
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
@@ -202,10 +206,14 @@ class SophiaH(_Sophia):
         self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
 
     def _estimate(self, params, oracle, generator, draws):
-        if draws is None:
-            probes = draw_probes(params, generator, self.probes, self.probe_distribution)
-        else:
-            probes = check_probes(draws, params)
+        probes = None if draws is None else check_probes(draws, params)
+        if hasattr(oracle, "hutchinson_diag"):  # a network oracle (it records the probes it draws)
+            if probes is None:
+                return oracle.hutchinson_diag(params, seed=generator, k=self.probes,
+                                              distribution=self.probe_distribution)
+            return oracle.hutchinson_diag(params, probes=probes)
+        if probes is None:
+            probes = oracle_probes(oracle, params, generator, self.probes, self.probe_distribution)
         _, hv = oracle.hvp_operator(params)
         return hutchinson_estimate(hv, probes)
 

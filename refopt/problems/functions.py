@@ -11,7 +11,7 @@ with the hand-written derivatives.
 | problem              | n         | x0                           | x* (f*)                      | source |
 +======================+===========+==============================+==============================+========+
 | quadratic            | any       | 0                            | A⁻¹b (−½ bᵀA⁻¹b)             | —      |
-| rosenbrock (chained) | ≥ 2       | (−1.2, 1, 1, …, 1)           | 1 (0)                        | [R60]  |
+| rosenbrock (chained) | ≥ 2       | (−1.2, 1, −1.2, 1, …)        | 1 (0)                        | [R60]  |
 | extended_rosenbrock  | even      | (−1.2, 1, −1.2, 1, …)        | 1 (0)                        | MGH 21 |
 | beale                | 2         | (1, 1)                       | (3, 0.5) (0)                 | MGH 5  |
 | powell_singular      | ×4        | (3, −1, 0, 1, …)             | 0 (0), singular Hessian at x*| MGH 13/22 |
@@ -143,8 +143,9 @@ def rosenbrock(n: int = 2) -> Problem:
         return out
 
     x0 = xp.ones(n, dtype=as_array(0.0).dtype)
-    x0[0] = -1.2
-    return Problem("rosenbrock", n, value, gradient, hessian, hessp, x0, xp.ones_like(x0), 0.0)
+    x0[0::2] = -1.2
+    return Problem("rosenbrock", n, value, gradient, hessian, hessp, x0, xp.ones_like(x0), 0.0,
+                   notes="for n ≥ 4 there is also a local minimum near (−1, 1, …, 1) (Shang & Qiu 2006)")
 
 
 def extended_rosenbrock(n: int = 100) -> Problem:

@@ -1,0 +1,201 @@
+"""``minimize``: run one of refopt's Newton-family optimizers on a function of a vector.
+
+    result = minimize(fun, x0, method="bfgs", jac=grad, hess=hess, gtol=1e-5)
+
+The same optimizer classes that train networks do the work (``refopt.optim``: newton, newton_cg, trust_ncg,
+sr1, sherman_morrison, bfgs, dfp, lbfgs); the driver wraps ``fun`` in a ``FunctionOracle`` and loops
+
+    loss, g = opt.evaluate(x, state, oracle)      # reuses the line search's last evaluation: no extra cost
+    stop?  (‖g‖ ≤ gtol, budgets)                   # checked *before* stepping
+    x, state, info = opt.step(x, state, oracle, loss, g)
+    stop?  (‖Δx‖ ≤ xtol · max(1, ‖x‖), a failed step)
+
+Stopping rules and statuses (``result.status``; ``result.success`` is True for the first three):
+
+    "zero_gradient"       g(x0) = 0: x0 is returned at once, no step is taken
+    "gtol"                ‖g‖ ≤ gtol (norm ``gnorm``: ∞ by default, as scipy's BFGS and L-BFGS-B)
+    "xtol"                the last step was shorter than xtol · max(1, ‖x‖_∞) (∞-norm)
+    "max_iterations"      ``maxiter`` steps taken (default 200·n)
+    "max_evaluations"     ``max_nfev`` function evaluations used (checked between iterations)
+    "step_failed"         the optimizer could not take a step (line search failure, rejected
+                          trust-region trials that shrank the radius to rounding level, ...)
+    "precision"           the line search failed and f decreased by no more than 10 ε |f|: the
+                          values no longer resolve the progress (scipy's "precision loss")
+    "nonfinite"           f or g is not finite at x0
+
+A direction that is not a descent direction is reset to steepest descent by the optimizer; the result
+counts those resets (``result.resets``) and its message says so. Counts are the oracle's: ``nfev``
+(function values), ``ngev`` (gradients), ``nhvp`` (Hessian-vector products), plus ``nhev`` (dense Hessians
+built by ``newton``). Trust-region trials that are rejected count as iterations (as in scipy).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from . import tree as T
+from .backend import as_array, xp
+from .oracle import FunctionOracle
+from .optim import OPTIMIZERS, Optimizer, make_optimizer
+
+__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS"]
+
+_EPS = 2.220446049250313e-16
+
+FUNCTION_METHODS = ("newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison", "bfgs", "dfp", "lbfgs")
+
+
+@dataclass
+class MinimizeResult:
+    x: Any
+    f: float
+    grad: Any
+    grad_norm: float
+    nit: int
+    nfev: int
+    ngev: int
+    nhvp: int
+    status: str
+    success: bool
+    message: str
+    nhev: int = 0
+    resets: int = 0
+    history: list = field(default_factory=list)   # f at every iterate, x0 first
+
+    @property
+    def fun(self) -> float:
+        """scipy's name for ``f``."""
+        return self.f
+
+    def __repr__(self):
+        return (f"MinimizeResult(status={self.status!r}, success={self.success}, f={self.f:.10g}, "
+                f"grad_norm={self.grad_norm:.3g}, nit={self.nit}, nfev={self.nfev}, ngev={self.ngev}, "
+                f"nhvp={self.nhvp}, message={self.message!r})")
+
+
+def _norm(v, kind) -> float:
+    flat = T.ravel(v)
+    if flat.size == 0:
+        return 0.0
+    return float(xp.max(xp.abs(flat))) if kind == "inf" else float(xp.linalg.norm(flat))
+
+
+def _oracle(fun, jac, hess, hessp) -> FunctionOracle:
+    if isinstance(fun, FunctionOracle):
+        return fun
+    if hasattr(fun, "oracle") and callable(fun.oracle):   # a refopt.problems Problem
+        return fun.oracle()
+    if not callable(fun):
+        raise TypeError(f"fun must be callable, a Problem or a FunctionOracle, got {type(fun).__name__}")
+    if jac is not None and not callable(jac):
+        raise TypeError("jac must be a callable returning the gradient (or None: refopt's autodiff)")
+    return FunctionOracle(fun, grad=jac, hess=hess, hvp=hessp)
+
+
+def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] = "bfgs", jac: Optional[Callable] = None,
+             hess: Optional[Callable] = None, hessp: Optional[Callable] = None, gtol: float = 1e-5,
+             xtol: float = 0.0, maxiter: Optional[int] = None, max_nfev: Optional[int] = None, gnorm: str = "inf",
+             options: Optional[dict] = None, callback: Optional[Callable] = None) -> MinimizeResult:
+    """Minimise ``fun`` from ``x0`` with ``method`` (a name from ``FUNCTION_METHODS`` or an optimizer).
+
+    ``fun`` is f(x) -> float (with ``jac``/``hess``/``hessp`` for analytic derivatives, else it must be
+    written with refopt's autodiff primitives), a ``Problem`` from ``refopt.problems.functions`` (then
+    ``x0`` defaults to its start), or a ``FunctionOracle``. ``options`` are the optimizer's
+    hyperparameters. ``callback(x, info)`` is called after every step; returning True stops the run.
+    """
+    if not (isinstance(gtol, (int, float)) and gtol >= 0):
+        raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
+    if not (isinstance(xtol, (int, float)) and xtol >= 0):
+        raise ValueError(f"xtol must be a non-negative number, got {xtol!r}")
+    if gnorm not in ("inf", "2"):
+        raise ValueError(f"gnorm must be 'inf' or '2', got {gnorm!r}")
+    if x0 is None:
+        if not hasattr(fun, "x0"):
+            raise ValueError("x0 is required unless fun is a Problem with a start point")
+        x0 = fun.x0
+    if isinstance(method, Optimizer):
+        opt = method
+        if options:
+            raise ValueError("options= applies to a method name; configure the optimizer instance instead")
+    else:
+        if method not in FUNCTION_METHODS:
+            known = ", ".join(FUNCTION_METHODS)
+            extra = " (it needs a network oracle)" if method in OPTIMIZERS else ""
+            raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; choose from {known}")
+        opt = make_optimizer(method, **(options or {}))
+    if not hasattr(opt, "evaluate") or not hasattr(opt, "step"):
+        raise ValueError(f"{type(opt).__name__} does not implement evaluate/step; minimize runs the Newton family")
+
+    oracle = _oracle(fun, jac, hess, hessp)
+    start = oracle.counts.as_dict()
+    x = as_array(x0).copy() if not isinstance(x0, (list, tuple, dict)) else x0
+    n = T.size(x)
+    maxiter = 200 * n if maxiter is None else maxiter
+    state = opt.init(x)
+    nit, nhev, resets, history = 0, 0, 0, []
+    status, message = "max_iterations", f"reached maxiter={maxiter}"
+
+    def counts():
+        now = oracle.counts.as_dict()
+        return {k: now[k] - start[k] for k in now}
+
+    loss, g = opt.evaluate(x, state, oracle)
+    while True:
+        history.append(float(loss))
+        if not (math.isfinite(loss) and T.all_finite(g)):
+            status = "nonfinite"
+            message = "f or its gradient is not finite at x0" if nit == 0 else "f or its gradient became non-finite"
+            break
+        gn = _norm(g, gnorm)
+        if gn == 0.0 and nit == 0:
+            status, message = "zero_gradient", "the gradient is zero at x0"
+            break
+        if gn <= gtol:
+            status, message = "gtol", f"gradient norm {gn:.3g} ≤ gtol={gtol:g}"
+            break
+        if nit >= maxiter:
+            status, message = "max_iterations", f"reached maxiter={maxiter}"
+            break
+        if max_nfev is not None and counts()["nfev"] >= max_nfev:
+            status, message = "max_evaluations", f"used {counts()['nfev']} ≥ max_nfev={max_nfev} evaluations"
+            break
+        x_new, state, info = opt.step(x, state, oracle, loss, g)
+        nit += 1
+        nhev += int(info.get("nhev", 0))
+        resets += bool(info.get("reset", False))
+        stop = callback(x_new, info) if callback is not None else False
+        if info.get("skipped"):
+            status, message = "step_failed", info.get("message", "step refused")
+            break
+        if not info.get("accepted", True):
+            radius = info.get("radius")
+            if radius is None or not radius > max(xtol, 1e-15 * max(1.0, _norm(x, "inf"))):
+                status, message = "step_failed", info.get("message", "no step")
+                break
+            loss, g = opt.evaluate(x, state, oracle)
+            continue
+        step = _norm(T.sub(x_new, x), "inf")
+        x, previous = x_new, loss
+        loss, g = opt.evaluate(x, state, oracle)
+        search = info.get("line_search", "converged")
+        if search != "converged" and previous - loss <= 10 * _EPS * max(1.0, abs(previous)):
+            history.append(float(loss))
+            status = "precision"
+            message = (f"the line search failed ({search}) and f changed only at rounding level: no further "
+                       "progress is possible at this precision")
+            break
+        if xtol and step <= xtol * max(1.0, _norm(x, "inf")):
+            history.append(float(loss))
+            status, message = "xtol", f"step {step:.3g} ≤ xtol·max(1, ‖x‖∞)"
+            break
+        if stop:
+            history.append(float(loss))
+            status, message = "callback", "stopped by the callback"
+            break
+    c = counts()
+    if resets:
+        message += f"; {resets} non-descent direction(s) reset to steepest descent"
+    gn = _norm(g, gnorm) if T.all_finite(g) else math.nan
+    return MinimizeResult(x, float(loss), g, gn, nit, c["nfev"], c["ngev"], c["nhvp"] + c["nggnvp"], status,
+                          status in ("zero_gradient", "gtol", "xtol"), message, nhev, resets, history)

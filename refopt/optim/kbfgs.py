@@ -1,0 +1,223 @@
+"""K-BFGS and K-BFGS(L): Kronecker-factored BFGS for MLPs (Goldfarb, Ren & Bahamou 2020, Algorithms 1-4).
+
+The Hessian block of layer l is approximated by Â_l ⊗ G_l (s = a W, W̄ = [W; b], row-major vec; see
+``refopt.curvature.kronecker``), and the layer's step is
+
+    P_l = H_a,l  M̄_l  H_g,l,        θ ← θ − η P − (decoupled weight decay, if chosen)
+
+with M̄_l the (momentum-averaged) gradient of W̄_l and two inverse approximations:
+
+* H_a ≈ (Â + √λ I)⁻¹, Â a running average of (1/B) Σ ā āᵀ. After each step H_a takes one BFGS update
+  with the "Hessian-action" pair s_a = H_a ā̄, y_a = (Â + √λ I) s_a (ā̄ the batch mean of ā), which
+  tracks the changing Â at O(d²) instead of a fresh O(d³) inverse. H_a is the exact inverse at step 0
+  and, if ``inverse_interval`` is set, every that many steps.
+* H_g ≈ G⁻¹ for the pre-activation curvature, by BFGS (K-BFGS, ``variant="bfgs"``) or L-BFGS with
+  ``memory`` pairs and H₀ = I (K-BFGS(L), ``variant="lbfgs"``) on secant pairs from a second forward and
+  backward pass at the new point θ⁺ on the same batch (data labels: a Hessian, not a Fisher, estimate):
+
+      s_g = mean_i s_l,i(θ⁺) − mean_i s_l,i(θ)       (pre-activation means; mean s = mean(ā) W̄)
+      y_g = Σ_i (g_l,i(θ⁺) − g_l,i(θ))               (g = ∂L/∂s_l of the reduced loss: the mean per-example
+                                                      gradient change for reduction="mean", as in the paper,
+                                                      and B times it for "sum", matching G's scaling)
+      (s̄, ȳ) ← β (s̄, ȳ) + (1 − β)(s_g, y_g)        running averages of the pair (``secant_decay`` β)
+
+  and double damping (DD) before the update, which makes s̃ᵀỹ ≥ μ₂ s̃ᵀs̃ > 0 so H_g stays positive
+  definite:
+      Powell on H:   θ₁ = (1 − μ₁) yᵀHy / (yᵀHy − sᵀy) if sᵀy < μ₁ yᵀHy else 1;   s̃ = θ₁ s + (1 − θ₁) H y
+      LM on H⁻¹:     θ₂ = (1 − μ₂) s̃ᵀs̃ / (s̃ᵀs̃ − s̃ᵀy) if s̃ᵀy < μ₂ s̃ᵀs̃ else 1;  ỹ = θ₂ y + (1 − θ₂) s̃
+  with μ₁ = ``powell`` (0.2) and μ₂ = √λ. The BFGS inverse update is
+  H⁺ = (I − ρ s̃ỹᵀ) H (I − ρ ỹs̃ᵀ) + ρ s̃s̃ᵀ, ρ = 1/(s̃ᵀỹ), so H⁺ ỹ = s̃ (the secant condition).
+
+Gradient momentum (the paper's): M ← ρ M + (1 − ρ) ∇L, from M = 0 with no bias correction (as the
+authors' code). Defaults follow the authors' code: lr 0.3, λ 0.3, ρ = 0.9, A decay 0.9, β = 0.9 (they
+use β = 0 for full-batch training), memory 100, H₀ = I. Order within a step: A is updated before
+the direction (as the first step needs it); H_g and H_a are updated after the step, so step t's
+direction uses curvature from the pairs of steps < t. The authors initialise A with a pass over the
+training set; here the first batch's estimate initialises it (``factor_init="mean"``).
+Bad statistics: a non-finite loss or gradient refuses the step; a non-finite A estimate keeps the old
+A; a non-finite second pass skips the H_g and H_a updates; info says which.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .. import tree as T
+from ..backend import xp
+from ..curvature import kronecker as K
+from ..linalg import symmetrize
+from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
+from .kfac import WEIGHT_DECAY_MODES, _check_params
+
+__all__ = ["KBFGS", "KBFGSState", "double_damping", "bfgs_inverse_update", "lbfgs_apply", "VARIANTS"]
+
+VARIANTS = ("bfgs", "lbfgs")
+
+
+class KBFGSState(NamedTuple):
+    step: int
+    factor_updates: int   # estimates folded into Â
+    A: tuple              # Â_l
+    H_a: tuple            # ≈ (Â_l + √λ I)⁻¹
+    H_g: tuple            # ≈ G_l⁻¹ (dense, variant "bfgs"); () for "lbfgs"
+    memory: tuple         # variant "lbfgs": per layer (S, Y), damped pairs as rows, oldest first; () for "bfgs"
+    secant_s: tuple       # s̄_l, running average of the pre-activation secant step
+    secant_y: tuple       # ȳ_l
+    grad_momentum: object  # M, a tree like params
+
+
+def double_damping(s, y, Hy, mu1: float, mu2: float):
+    """(s̃, ỹ, θ₁, θ₂): Powell damping on H then Levenberg–Marquardt damping on H⁻¹ (module docs)."""
+    sy, yHy = float(xp.dot(s, y)), float(xp.dot(y, Hy))
+    theta1 = (1.0 - mu1) * yHy / (yHy - sy) if sy < mu1 * yHy else 1.0
+    s_t = theta1 * s + (1.0 - theta1) * Hy
+    ss, sy_t = float(xp.dot(s_t, s_t)), float(xp.dot(s_t, y))
+    theta2 = (1.0 - mu2) * ss / (ss - sy_t) if sy_t < mu2 * ss else 1.0
+    return s_t, theta2 * y + (1.0 - theta2) * s_t, theta1, theta2
+
+
+def bfgs_inverse_update(H, s, y):
+    """H⁺ = (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ (ρ = 1/sᵀy); H unchanged unless sᵀy > 0 and finite."""
+    sy = float(xp.dot(s, y))
+    if not (sy > 0 and math.isfinite(sy)):
+        return H
+    rho = 1.0 / sy
+    Hy = H @ y
+    H_new = H - rho * (xp.outer(s, Hy) + xp.outer(Hy, s)) + (rho * rho * float(xp.dot(y, Hy)) + rho) * xp.outer(s, s)
+    return symmetrize(H_new)
+
+
+def lbfgs_apply(V, S, Y, gamma0: float = 1.0):
+    """V H for the L-BFGS inverse H of the pairs (rows of S, Y, oldest first) from H₀ = γ₀ I.
+
+    ``V`` is a vector or a matrix whose rows are each multiplied (H is symmetric): the two-loop
+    recursion (Nocedal & Wright, Algorithm 7.4) run on all rows at once.
+    """
+    q = V[None, :] if V.ndim == 1 else V
+    m = S.shape[0]
+    rho = [1.0 / float(xp.dot(S[j], Y[j])) for j in range(m)]
+    alpha = [None] * m
+    for j in reversed(range(m)):
+        alpha[j] = rho[j] * (q @ S[j])
+        q = q - alpha[j][:, None] * Y[j][None, :]
+    r = gamma0 * q
+    for j in range(m):
+        beta = rho[j] * (r @ Y[j])
+        r = r + (alpha[j] - beta)[:, None] * S[j][None, :]
+    return r[0] if V.ndim == 1 else r
+
+
+class KBFGS(Optimizer):
+    """K-BFGS / K-BFGS(L) (see module docs)."""
+
+    name = "kbfgs"
+    switches = {"variant": VARIANTS, "factor_init": K.FACTOR_INITS, "weight_decay_mode": WEIGHT_DECAY_MODES}
+
+    def __init__(self, lr: float = 0.3, damping: float = 0.3, momentum: float = 0.9, decay: float = 0.9,
+                 factor_init: str = "mean", variant: str = "bfgs", memory: int = 100, secant_decay: float = 0.9,
+                 powell: float = 0.2, inverse_interval: int | None = None, weight_decay: float = 0.0,
+                 weight_decay_mode: str = "l2"):
+        self.lr = check_positive("lr", lr)
+        self.damping = check_positive("damping", damping)
+        self.momentum = check_unit_interval("momentum", momentum)
+        self.decay = check_unit_interval("decay", decay)
+        self.factor_init = check_choice("factor_init", factor_init, K.FACTOR_INITS)
+        self.variant = check_choice("variant", variant, VARIANTS)
+        self.memory = check_int("memory", memory)
+        self.secant_decay = check_unit_interval("secant_decay", secant_decay)
+        self.powell = check_unit_interval("powell", powell)
+        self.inverse_interval = None if inverse_interval is None else check_int("inverse_interval", inverse_interval)
+        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+
+    def init(self, params) -> KBFGSState:
+        _check_params(params)
+        dtype = params[0]["W"].dtype
+        ins = [p["W"].shape[0] + 1 for p in params]
+        outs = [p["W"].shape[1] for p in params]
+        eye = lambda n: xp.eye(n, dtype=dtype)  # noqa: E731
+        H_g = tuple(eye(n) for n in outs) if self.variant == "bfgs" else ()
+        memory = tuple((xp.zeros((0, n), dtype=dtype), xp.zeros((0, n), dtype=dtype)) for n in outs) \
+            if self.variant == "lbfgs" else ()
+        zeros = tuple(xp.zeros(n, dtype=dtype) for n in outs)
+        return KBFGSState(0, 0, tuple(eye(n) for n in ins), tuple(eye(n) for n in ins), H_g, memory, zeros, zeros,
+                          T.zeros_like(params))
+
+    # --- H_g as an operator -----------------------------------------------------------------------
+    def _apply_Hg(self, state: KBFGSState, l: int, V):
+        if self.variant == "bfgs":
+            return V @ state.H_g[l]
+        S, Y = state.memory[l]
+        return lbfgs_apply(V, S, Y) if S.shape[0] else V
+
+    def update(self, params, state: KBFGSState, oracle):
+        t = state.step
+        stats = K.kfac_statistics(oracle, params, None)
+        loss, grad = stats.loss, stats.grad
+        if not (math.isfinite(loss) and T.all_finite(grad)):
+            return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
+        messages = []
+        g = grad
+        if self.weight_decay and self.weight_decay_mode == "l2":
+            g = T.axpy(self.weight_decay, params, g)
+        M = T.axpy(1.0 - self.momentum, g, T.scale(self.momentum, state.grad_momentum)) if self.momentum else g
+
+        # Â before the direction; H_a exactly inverted at step 0 (and every inverse_interval steps).
+        A, k = state.A, state.factor_updates
+        estimate = [K.input_factor(a) for a in stats.inputs]
+        if K.all_finite_arrays(estimate):
+            eps = K.factor_weight(k + 1, self.decay, self.factor_init)
+            A = tuple(eps * old + (1.0 - eps) * new for old, new in zip(A, estimate))
+            k += 1
+        else:
+            messages.append("non-finite A statistics: A update skipped, old A kept")
+        gamma = math.sqrt(self.damping)
+        A_lm = [a + gamma * xp.eye(a.shape[0], dtype=a.dtype) for a in A]
+        H_a = state.H_a
+        if t == 0 or (self.inverse_interval is not None and t % self.inverse_interval == 0):
+            H_a = tuple(xp.linalg.inv(symmetrize(a)) for a in A_lm)
+
+        P = [self._apply_Hg(state, l, H_a[l] @ K.layer_matrix(m)) for l, m in enumerate(M)]
+        delta = T.scale(-self.lr, [K.layer_tree(p) for p in P])
+        if self.weight_decay and self.weight_decay_mode == "decoupled":
+            delta = T.axpy(-self.lr * self.weight_decay, params, delta)
+        new = T.add(params, delta)
+
+        # Second pass at θ⁺ on the same batch: secant pairs for H_g, then the Hessian-action update of H_a.
+        new_state = state._replace(step=t + 1, factor_updates=k, A=A, H_a=H_a, grad_momentum=M)
+        stats_new = K.kfac_statistics(oracle, new, None)
+        if math.isfinite(stats_new.loss) and K.all_finite_arrays(stats_new.output_grads):
+            new_state, damped = self._curvature_updates(new_state, params, new, stats, stats_new, A_lm)
+        else:
+            messages.append("non-finite second pass: H_g and H_a updates skipped")
+            damped = 0
+        info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damped_pairs=damped)
+        info["message"] = "; ".join(messages)
+        return new, new_state, info
+
+    def _curvature_updates(self, state: KBFGSState, params, new, stats, stats_new, A_lm):
+        beta = self.secant_decay
+        mu2 = math.sqrt(self.damping)
+        H_g, memory, s_bar, y_bar, H_a = list(state.H_g), list(state.memory), [], [], []
+        damped = 0
+        for l in range(len(params)):
+            abar_old = xp.mean(K.augment(stats.inputs[l]), axis=0)
+            abar_new = xp.mean(K.augment(stats_new.inputs[l]), axis=0)
+            s = abar_new @ K.layer_matrix(new[l]) - abar_old @ K.layer_matrix(params[l])
+            y = xp.sum(stats_new.output_grads[l], axis=0) - xp.sum(stats.output_grads[l], axis=0)
+            s = beta * state.secant_s[l] + (1.0 - beta) * s
+            y = beta * state.secant_y[l] + (1.0 - beta) * y
+            s_bar.append(s)
+            y_bar.append(y)
+            s_t, y_t, th1, th2 = double_damping(s, y, self._apply_Hg(state, l, y), self.powell, mu2)
+            damped += int(th1 < 1.0 or th2 < 1.0)
+            if self.variant == "bfgs":
+                H_g[l] = bfgs_inverse_update(H_g[l], s_t, y_t)
+            elif float(xp.dot(s_t, y_t)) > 0:
+                S, Y = memory[l]
+                memory[l] = (xp.concatenate([S, s_t[None]])[-self.memory:], xp.concatenate([Y, y_t[None]])[-self.memory:])
+            s_a = state.H_a[l] @ abar_old
+            H_a.append(bfgs_inverse_update(state.H_a[l], s_a, A_lm[l] @ s_a))
+        return state._replace(H_a=tuple(H_a), H_g=tuple(H_g), memory=tuple(memory), secant_s=tuple(s_bar),
+                              secant_y=tuple(y_bar)), damped

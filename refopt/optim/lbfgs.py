@@ -1,0 +1,148 @@
+"""Limited-memory BFGS by the two-loop recursion.
+
+    p = −H_k g,   H_k = BFGS updates (N&W 6.17) of H_k⁰ with the last m pairs (s_i, y_i),
+    H_k⁰ = γ_k D,  γ_k = s_{k−1}ᵀ y_{k−1} / y_{k−1}ᵀ D y_{k−1}                       (N&W eq. 7.20)
+
+computed without forming H (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 7.4, the
+two-loop recursion; Algorithm 7.5 is the method; Nocedal 1980, Liu & Nocedal 1989). Cost O(mn) per step.
+
+Switches (defaults first):
+
+* ``memory`` m ≥ 1: pairs kept (default 10, as L-BFGS-B and scipy).
+* ``initial_scaling``: "every" (N&W 7.20, γ_k from the newest pair at every step), "once" (γ from the
+  first accepted pair, then frozen: this is dense BFGS with ``initial_scaling="once"``), "none" (γ = 1).
+* ``initial_matrix``: D, a positive scalar or a positive vector (a diagonal H⁰); default 1.
+* ``curvature_skip`` ε: a pair with sᵀy ≤ ε yᵀy is not stored (L-BFGS-B's rule, ε = 2.2·10⁻¹⁶); the
+  history is then left exactly as it was.
+* ``damping``: None or "powell": Powell's damped y (N&W 18.14–18.15) using Bs = −α g, exact for the
+  matrix that produced p = −Hg (on a step reset to −g, Bs is unknown and the skip rule applies instead).
+* ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo" or "none"; the first step
+  starts at α₀ = min(1, 1/‖p‖), later ones at α₀ = 1 (N&W §7.2).
+
+With ``memory`` ≥ the number of steps, ``initial_scaling="once"`` or "none" and the same D, the iterates
+are those of dense ``BFGS`` (tested). Mini-batches: as in ``quasi_newton``, each pair is formed on one
+batch from the line search's accepted trial point (oLBFGS, Schraudolph, Yu & Günter 2007).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional
+
+from .. import tree as T
+from ..backend import as_array, xp
+from ..linesearch import LINE_SEARCHES
+from .base import check_choice, check_int, check_nonnegative, check_positive, step_info
+from .newton import INITIAL_STEPS, RESET_MESSAGE, DescentMethod, Evaluation, batch_key, initial_step, search_along
+from .quasi_newton import INITIAL_SCALINGS, powell_damping
+
+__all__ = ["LBFGS", "LBFGSState", "two_loop"]
+
+
+class LBFGSState(NamedTuple):
+    step: int
+    s: tuple          # the last m steps s_i = θ_{i+1} − θ_i (flat vectors), oldest first
+    y: tuple          # the matching gradient differences y_i
+    rho: tuple        # ρ_i = 1 / (y_iᵀ s_i)
+    gamma: float      # the scale γ of H⁰ = γ D (NaN until a pair has set it, for "once"/"every")
+    prev_loss: float  # L at the previous iterate (for the interpolated initial step), NaN at first
+    point: Optional[Evaluation]
+
+
+def two_loop(g, s, y, rho, gamma: float = 1.0, D=None):
+    """H g by N&W Algorithm 7.4, H the BFGS matrix of the pairs (oldest first) from H⁰ = γ D."""
+    q = g
+    a = [0.0] * len(s)
+    for i in range(len(s) - 1, -1, -1):
+        a[i] = rho[i] * float(xp.vdot(s[i], q))
+        q = q - a[i] * y[i]
+    r = gamma * (q if D is None else D * q)
+    for i in range(len(s)):
+        b = rho[i] * float(xp.vdot(y[i], r))
+        r = r + (a[i] - b) * s[i]
+    return r
+
+
+class LBFGS(DescentMethod):
+    """L-BFGS with a line search (see the module docs)."""
+
+    name = "lbfgs"
+
+    def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,
+                 curvature_skip: float = 2.2e-16, damping: Optional[str] = None, line_search: str = "strong_wolfe",
+                 c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30, initial_step: str = "unit"):
+        self.memory = check_int("memory", memory)
+        self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
+        if initial_matrix is not None:
+            if isinstance(initial_matrix, (int, float)):
+                initial_matrix = check_positive("initial_matrix", initial_matrix)
+            else:
+                initial_matrix = as_array(initial_matrix)
+                if initial_matrix.ndim != 1 or not bool(xp.all(xp.isfinite(initial_matrix))) or \
+                        not bool(xp.all(initial_matrix > 0)):
+                    raise ValueError("initial_matrix must be a positive scalar or a vector of positive numbers "
+                                     "(a diagonal H⁰); a full matrix is not positive-definite-diagonal")
+        self.initial_matrix = initial_matrix
+        self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
+        self.damping = check_choice("damping", damping, (None, "powell"))
+        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
+        self.c1 = check_positive("c1", c1)
+        self.c2 = check_positive("c2", c2)
+        if not self.c1 < self.c2 < 1:
+            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+        self.max_evals = check_int("max_evals", max_evals)
+        self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
+
+    def init(self, params) -> LBFGSState:
+        D = self.initial_matrix
+        if D is not None and not isinstance(D, float) and D.shape != (T.size(params),):
+            raise ValueError(f"initial_matrix has shape {tuple(D.shape)}, the parameters have n={T.size(params)}")
+        return LBFGSState(0, (), (), (), math.nan, math.nan, None)
+
+    def _D(self):
+        return None if self.initial_matrix is None else self.initial_matrix
+
+    def _gamma(self, state) -> float:
+        return 1.0 if self.initial_scaling == "none" or not math.isfinite(state.gamma) else state.gamma
+
+    def inverse_hessian_product(self, state: LBFGSState, v):
+        """H_k v for a flat vector v, with the state's pairs and initial matrix."""
+        return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self._D())
+
+    def step(self, params, state, oracle, loss, g):
+        key = batch_key(oracle)
+        x, gf = T.ravel(params), T.ravel(g)
+        p, reset = self.descent_or_reset(gf, -self.inverse_hessian_product(state, gf))
+        alpha0 = initial_step(self.initial_step, gf, p, loss, state.prev_loss, not state.s)
+        out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
+                           self.max_evals, key)
+        message = RESET_MESSAGE if reset else ""
+        if out.point is None:
+            info = step_info(loss, g, step_norm=0.0, alpha=0.0, nfev=out.result.nfev, new_loss=loss, reset=reset,
+                             accepted=False, line_search=out.result.status, pair_skipped=True)
+            info["message"] = (message + "; " if message else "") + f"line search failed ({out.result.status}): no step"
+            return params, state._replace(step=state.step + 1), info
+        s = out.alpha * p
+        y = T.ravel(out.point.grad) - gf
+        theta = 1.0
+        if self.damping == "powell" and not reset:
+            # Bs for the B = H⁻¹ that produced p = −Hg; scaled consistently with H⁰ = γD.
+            y, theta = powell_damping(s, y, -out.alpha * gf)
+        sy, yy = float(xp.vdot(s, y)), float(xp.vdot(y, y))
+        skipped = not (sy > self.curvature_skip * yy and math.isfinite(sy))
+        if skipped:
+            S, Y, R, gamma = state.s, state.y, state.rho, state.gamma
+        else:
+            keep = self.memory - 1
+            S = (state.s[-keep:] if keep else ()) + (s,)
+            Y = (state.y[-keep:] if keep else ()) + (y,)
+            R = (state.rho[-keep:] if keep else ()) + (1.0 / sy,)
+            gamma = state.gamma
+            if self.initial_scaling == "every" or (self.initial_scaling == "once" and not math.isfinite(gamma)):
+                D = self._D()
+                gamma = sy / float(xp.vdot(y, y if D is None else D * y))
+        new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, out.point)
+        info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
+                         nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
+                         line_search=out.result.status, pair_skipped=skipped, sy=sy, theta=theta, memory_used=len(S))
+        info["message"] = message
+        return out.point.params, new_state, info

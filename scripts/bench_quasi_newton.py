@@ -1,0 +1,201 @@
+"""Benchmark: refopt's Newton-family methods against scipy.optimize.minimize, and L-BFGS cost per step.
+
+    python scripts/bench_quasi_newton.py            # full run (about a minute on one core)
+    python scripts/bench_quasi_newton.py --quick    # fewer problems and sizes
+    python scripts/bench_quasi_newton.py --json out.json
+
+Part 1 runs every method on the classical test problems of ``refopt.problems.functions`` from their
+standard starting points and prints iterations, evaluations and the final error, side by side with
+scipy's BFGS, L-BFGS-B, Newton-CG and trust-ncg. Stopping rules are made the same where scipy allows it:
+‖g‖∞ ≤ 1e-5 for BFGS / L-BFGS (L-BFGS-B with ftol=0, so that it too stops on the gradient),
+‖g‖₂ ≤ 1e-5 for trust-ncg; scipy's Newton-CG stops only on its step size (xtol=1e-5, its default), ours
+on ‖g‖∞ ≤ 1e-5. A run "reaches" the minimum when f − f* ≤ 1e-7·max(1, |f*|).
+
+Targets checked (issue 3): BFGS and L-BFGS reach the minimum wherever scipy's do, with at most 1.25×
+scipy's function evaluations; Newton-CG reaches it on problems where scipy's Newton-CG stalls.
+
+Part 2 times L-BFGS steps (memory 10, strong Wolfe) on the separable extended Rosenbrock function for
+n = 10³ … 10⁶ and fits the slope of log(time per step) against log n (1 = linear).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from refopt.minimize import minimize  # noqa: E402
+from refopt.optim.lbfgs import LBFGS  # noqa: E402
+from refopt.problems.functions import (beale, dixon_price, extended_rosenbrock, powell_singular, quadratic,  # noqa: E402
+                                       rosenbrock, trid, wood)
+
+PAIRS = [("bfgs", "BFGS"), ("lbfgs", "L-BFGS-B"), ("newton_cg", "Newton-CG"), ("trust_ncg", "trust-ncg")]
+EXTRA = ["newton", "sr1", "sherman_morrison", "dfp"]
+
+
+def problems(quick: bool):
+    out = [rosenbrock(), beale(), wood(), powell_singular(), trid(10), dixon_price(10), quadratic(20, 1e3, seed=0),
+           rosenbrock(20), extended_rosenbrock(100)]
+    if not quick:
+        out += [powell_singular(20), quadratic(50, 1e4, seed=1), rosenbrock(50), dixon_price(30),
+                extended_rosenbrock(1000)]
+    return out
+
+
+def reached(f, p) -> bool:
+    return bool(np.isfinite(f) and f - p.f_star <= 1e-7 * max(1.0, abs(p.f_star)))
+
+
+def run_ours(p, method):
+    gnorm = "2" if method == "trust_ncg" else "inf"
+    t = time.perf_counter()
+    r = minimize(p, method=method, gtol=1e-5, gnorm=gnorm, maxiter=20000)
+    return dict(nit=r.nit, nfev=r.nfev, ngev=r.ngev, nhvp=r.nhvp, f=r.f, err=r.f - p.f_star, reached=reached(r.f, p),
+                status=r.status, time=time.perf_counter() - t)
+
+
+def run_scipy(p, method):
+    import scipy.optimize as so  # noqa: PLC0415 (optional)
+    x0 = np.asarray(p.x0, dtype=float)
+    kw = dict(jac=p.grad)
+    options = {"maxiter": 20000}
+    if method == "BFGS":
+        options.update(gtol=1e-5)
+    elif method == "L-BFGS-B":
+        options.update(gtol=1e-5, ftol=0.0, maxfun=100000)
+    elif method == "Newton-CG":
+        kw["hessp"] = p.hvp
+    elif method == "trust-ncg":
+        kw["hessp"] = p.hvp
+        options.update(gtol=1e-5)
+    t = time.perf_counter()
+    r = so.minimize(p.f, x0, method=method, options=options, **kw)
+    return dict(nit=int(r.nit), nfev=int(r.nfev), ngev=int(getattr(r, "njev", 0) or 0),
+                nhvp=int(getattr(r, "nhev", 0) or 0), f=float(r.fun), err=float(r.fun) - p.f_star,
+                reached=reached(float(r.fun), p), status=str(r.message)[:40], time=time.perf_counter() - t)
+
+
+def comparison(quick: bool):
+    try:
+        import scipy  # noqa: F401,PLC0415
+        have_scipy = True
+    except ImportError:
+        have_scipy = False
+        print("scipy is not installed: only refopt's numbers are shown")
+    rows = []
+    header = f"{'problem':22s} {'method':17s} {'reached':>7s} {'nit':>6s} {'nfev':>6s} {'ngev':>6s} {'nhvp':>6s} " \
+             f"{'f - f*':>9s} {'time[s]':>8s}  status"
+    print(header)
+    print("-" * len(header))
+    for p in problems(quick):
+        label = f"{p.name}(n={p.n})"
+        for ours, theirs in PAIRS:
+            entries = [("refopt " + ours, run_ours(p, ours))]
+            if have_scipy:
+                entries.append(("scipy " + theirs, run_scipy(p, theirs)))
+            for name, r in entries:
+                rows.append(dict(problem=label, method=name, **r))
+                print(f"{label:22s} {name:17s} {str(r['reached']):>7s} {r['nit']:6d} {r['nfev']:6d} {r['ngev']:6d} "
+                      f"{r['nhvp']:6d} {r['err']:9.1e} {r['time']:8.3f}  {r['status']}")
+        for ours in EXTRA:
+            if ours == "newton" and p.n > 200:
+                continue
+            r = run_ours(p, ours)
+            rows.append(dict(problem=label, method="refopt " + ours, **r))
+            print(f"{label:22s} {'refopt ' + ours:17s} {str(r['reached']):>7s} {r['nit']:6d} {r['nfev']:6d} "
+                  f"{r['ngev']:6d} {r['nhvp']:6d} {r['err']:9.1e} {r['time']:8.3f}  {r['status']}")
+        print()
+    return rows, have_scipy
+
+
+def check_targets(rows):
+    by = {(r["problem"], r["method"]): r for r in rows}
+    problems_seen = sorted({r["problem"] for r in rows}, key=[r["problem"] for r in rows].index)
+    verdicts = []
+    print("Targets")
+    for ours, theirs in [("bfgs", "BFGS"), ("lbfgs", "L-BFGS-B")]:
+        for prob in problems_seen:
+            a, b = by[(prob, "refopt " + ours)], by.get((prob, "scipy " + theirs))
+            if b is None or not b["reached"]:
+                note = "scipy did not reach it" + ("; refopt did" if a["reached"] else "")
+                print(f"  {ours:6s} {prob:22s} (no target: {note})")
+                continue
+            ratio = a["nfev"] / b["nfev"]
+            ok = a["reached"] and ratio <= 1.25
+            verdicts.append(ok)
+            print(f"  {ours:6s} {prob:22s} nfev {a['nfev']:5d} vs {b['nfev']:5d}  ratio {ratio:5.2f}  "
+                  f"{'met' if ok else 'MISSED'}")
+    for prob in problems_seen:
+        a, b = by[(prob, "refopt newton_cg")], by.get((prob, "scipy Newton-CG"))
+        if b is not None and not b["reached"]:
+            ok = a["reached"]
+            verdicts.append(ok)
+            print(f"  newton_cg {prob:22s} scipy's Newton-CG stalls (f - f* = {b['err']:.1e}); refopt: "
+                  f"f - f* = {a['err']:.1e} in {a['nit']} iterations  {'met' if ok else 'MISSED'}")
+    print(f"  {sum(verdicts)} of {len(verdicts)} targets met")
+    return verdicts
+
+
+def lbfgs_scaling(sizes, steps: int = 12, warmup: int = 3):
+    """Seconds per L-BFGS step (history full after 10 steps) on extended Rosenbrock, for each n."""
+    print(f"\nL-BFGS (memory 10) on extended Rosenbrock: seconds per step over {steps} steps after {warmup} warm-up")
+    out = []
+    for n in sizes:
+        p = extended_rosenbrock(n)
+        o = p.oracle()
+        opt = LBFGS(memory=10)
+        x, state = p.x0, opt.init(p.x0)
+        for _ in range(warmup + 10 - steps if steps < 10 else warmup):
+            x, state, _ = opt.update(x, state, o)
+        evals = o.counts.nfev
+        t = time.perf_counter()
+        for _ in range(steps):
+            x, state, info = opt.update(x, state, o)
+        dt = (time.perf_counter() - t) / steps
+        per_eval = (o.counts.nfev - evals) / steps
+        g = p.grad(x)
+        t = time.perf_counter()
+        for _ in range(3):
+            opt.inverse_hessian_product(state, g)
+        two_loop = (time.perf_counter() - t) / 3
+        out.append(dict(n=n, seconds_per_step=dt, two_loop_seconds=two_loop, evals_per_step=per_eval,
+                        memory_used=len(state.s)))
+        print(f"  n = {n:>8d}: {dt * 1e3:9.3f} ms/step ({per_eval:.2f} evaluations/step, m = {len(state.s)}), "
+              f"two-loop {two_loop * 1e3:8.3f} ms, {dt / n * 1e9:7.2f} ns per step per parameter")
+    ns = np.array([r["n"] for r in out], dtype=float)
+    ts = np.array([r["two_loop_seconds"] for r in out])
+    ss = np.array([r["seconds_per_step"] for r in out])
+    big = ns >= 1e4   # below that, fixed Python overheads dominate
+    slope_step = float(np.polyfit(np.log(ns[big]), np.log(ss[big]), 1)[0]) if big.sum() >= 2 else math.nan
+    slope_loop = float(np.polyfit(np.log(ns[big]), np.log(ts[big]), 1)[0]) if big.sum() >= 2 else math.nan
+    print(f"  log-log slope for n ≥ 1e4: per step {slope_step:.2f}, two-loop {slope_loop:.2f} (1.00 = linear)")
+    return out, slope_step, slope_loop
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer problems and sizes")
+    ap.add_argument("--json", help="write all numbers to this file")
+    ap.add_argument("--max-n", type=float, default=1e6, help="largest n for the L-BFGS timing (default 1e6)")
+    args = ap.parse_args(argv)
+    rows, have_scipy = comparison(args.quick)
+    verdicts = check_targets(rows) if have_scipy else []
+    sizes = [n for n in (10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6) if n <= args.max_n]
+    if args.quick:
+        sizes = [n for n in sizes if n <= 10 ** 5]
+    scaling, slope_step, slope_loop = lbfgs_scaling(sizes)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(comparison=rows, targets_met=sum(verdicts), targets=len(verdicts), lbfgs_scaling=scaling,
+                           slope_per_step=slope_step, slope_two_loop=slope_loop), fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

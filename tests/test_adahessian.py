@@ -1,0 +1,219 @@
+"""AdaHessian: exact diagonal from all Rademacher probes, Algorithm 1 transcribed, spatial averaging, draws."""
+import itertools
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refopt import autodiff as ad
+from refopt import tree as T
+from refopt.curvature import draw_probes
+from refopt.nn import MLP, Gaussian
+from refopt.optim import optimizer_class
+from refopt.optim.adahessian import AdaHessian, spatial_average
+from refopt.oracle import FunctionOracle, Oracle
+
+
+def all_rademacher(like):
+    n = T.size(like)
+    return [T.unravel(np.array(s, dtype=float), like) for s in itertools.product([-1.0, 1.0], repeat=n)]
+
+
+def quadratic_oracle(A, b, shape):
+    """f(W) = ½ vec(W)ᵀ A vec(W) + bᵀ vec(W) for W of ``shape`` (analytic gradient and Hv)."""
+    return FunctionOracle(lambda W: 0.5 * float(W.ravel() @ A @ W.ravel()) + float(b @ W.ravel()),
+                          grad=lambda W: (A @ W.ravel() + b).reshape(shape),
+                          hvp=lambda W, V: (A @ V.ravel()).reshape(shape))
+
+
+def reference_spatial_average(D, block, axis):
+    if D.ndim < 2 or block == 1:
+        return D
+    X = np.moveaxis(D, axis, -1).copy()
+    n = X.shape[-1]
+    b = n if block == -1 else block
+    for start in range(0, n, b):
+        X[..., start:start + b] = X[..., start:start + b].mean(axis=-1, keepdims=True)
+    return np.moveaxis(X, -1, axis)
+
+
+def adahessian_reference(x0, A, b, probes, lr, b1, b2, eps, k=1.0, block=1, axis=0, absolute=False,
+                         bias_correction=True, eps_mode="outside", wd=0.0, wd_mode="decoupled"):
+    """Yao et al. Algorithm 1 transcribed, with the switches; ``probes[t]`` are the step-t probes."""
+    x = np.array(x0, float)
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    for t, zs in enumerate(probes, start=1):
+        g = (A @ x.ravel() + b).reshape(x.shape)
+        D = np.mean([z * (A @ z.ravel()).reshape(x.shape) for z in zs], axis=0)
+        if absolute:
+            D = np.abs(D)
+        D = reference_spatial_average(D, block, axis)
+        if wd_mode == "l2":
+            g, D = g + wd * x, D + wd
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * D * D
+        c1, c2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+        denom = np.sqrt(v / c2) ** k + eps if eps_mode == "outside" else (v / c2 + eps) ** (k / 2)
+        x = x - lr * (m / c1) / denom - (lr * wd * x if wd_mode == "decoupled" else 0.0)
+    return x
+
+
+# --- construction and bad input --------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(beta1=1.0), dict(beta2=-0.1), dict(eps=0.0), dict(hessian_power=-1.0),
+                                dict(spatial_block=0), dict(spatial_block=-2), dict(spatial_axis=-1),
+                                dict(eps_mode="sqrt"), dict(probe_distribution="uniform"), dict(probes=0),
+                                dict(weight_decay=-0.1), dict(weight_decay_mode="adamw"), dict(seed=-1)])
+def test_bad_hyperparameters_raise(kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        AdaHessian(**kw)
+
+
+def test_bad_params_and_draws():
+    with pytest.raises(ValueError, match="zero-length"):
+        AdaHessian().init([np.zeros((2, 0))])
+    with pytest.raises(ValueError, match="spatial_axis"):
+        AdaHessian(spatial_block=2, spatial_axis=2).init([np.zeros((2, 2))])
+    orc = quadratic_oracle(np.eye(2), np.zeros(2), (2,))
+    opt = AdaHessian()
+    x0 = np.ones(2)
+    with pytest.raises(ValueError, match="draws"):
+        opt.update(x0, opt.init(x0), orc, draws=[np.ones(3)])
+    with pytest.raises(ValueError, match="draws"):
+        opt.update(x0, opt.init(x0), orc, draws=[])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_gradient_is_refused(bad):
+    f = FunctionOracle(lambda x: float(np.sum(x)), grad=lambda x: np.array([1.0, bad]), hvp=lambda x, v: v)
+    opt = AdaHessian()
+    x0 = np.ones(2)
+    s0 = opt.init(x0)
+    x1, s1, info = opt.update(x0, s0, f)
+    assert info["skipped"] and "non-finite gradient" in info["message"] and x1 is x0 and s1 is s0
+
+
+def test_non_finite_hessian_estimate_is_refused():
+    f = FunctionOracle(lambda x: 0.0, grad=lambda x: x, hvp=lambda x, v: v * np.nan)
+    opt = AdaHessian()
+    x0 = np.ones(2)
+    s0 = opt.init(x0)
+    x1, s1, info = opt.update(x0, s0, f)
+    assert info["skipped"] and "Hessian" in info["message"] and x1 is x0 and s1 is s0
+
+
+def test_zero_gradient_and_zero_hessian_stay_finite():
+    f = FunctionOracle(lambda x: 0.0, grad=lambda x: np.zeros_like(x), hvp=lambda x, v: np.zeros_like(v))
+    opt = AdaHessian()
+    x, s = np.ones(3), opt.init(np.ones(3))
+    for _ in range(2):
+        x, s, info = opt.update(x, s, f)
+    np.testing.assert_array_equal(x, np.ones(3))
+    assert not info["skipped"]
+
+
+# --- exactness with all 2ⁿ probes ---------------------------------------------------------------------
+def test_all_rademacher_probes_give_the_exact_diagonal_on_a_function():
+    A = np.array([[0.5, -0.3, 0.2, 0.0], [0.1, 0.4, -0.2, 0.3], [-0.2, 0.1, 0.3, 0.5]])
+    f = FunctionOracle(lambda x: ad.sum(ad.exp(ad.matmul(A, x))) + 0.25 * ad.sum(x * x) ** 2)
+    x0 = np.array([0.3, -0.5, 1.0, 0.2])
+    H = autograd.hessian(lambda x: anp.sum(anp.exp(A @ x)) + 0.25 * anp.sum(x * x) ** 2)(x0)
+    assert np.max(np.abs(H - np.diag(np.diag(H)))) > 0.1  # far from diagonal
+    g = autograd.grad(lambda x: anp.sum(anp.exp(A @ x)) + 0.25 * anp.sum(x * x) ** 2)(x0)
+    opt = AdaHessian(lr=0.1, beta1=0.0, beta2=0.0, eps=1e-3)
+    x1, s1, info = opt.update(x0, opt.init(x0), f, draws=all_rademacher(x0))
+    np.testing.assert_allclose(s1.v, np.diag(H) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(x1, x0 - 0.1 * g / (np.abs(np.diag(H)) + 1e-3), rtol=1e-12)
+    assert info["probes"] == 16
+
+
+def test_all_rademacher_probes_give_the_exact_diagonal_on_an_mlp():
+    rng = np.random.default_rng(5)
+    model = MLP([1, 2, 1])
+    orc = Oracle(model, Gaussian(), rng.standard_normal((6, 1)), rng.standard_normal((6, 1)))
+    p = model.init(1)
+    Hdiag = T.unravel(np.diag(orc.dense_hessian(p)), p)
+    opt = AdaHessian(beta2=0.0)
+    _, s1, _ = opt.update(p, opt.init(p), orc, draws=all_rademacher(p))
+    for v, h in zip(T.leaves(s1.v), T.leaves(Hdiag)):
+        np.testing.assert_allclose(v, h ** 2, rtol=1e-10, atol=1e-14)
+
+
+# --- Algorithm 1 and every switch, two steps ------------------------------------------------------------
+RNG = np.random.default_rng(11)
+_M = RNG.standard_normal((8, 8))
+A8 = _M @ _M.T / 8 + 0.2 * np.eye(8) - 0.6 * np.diag(RNG.random(8))  # symmetric, mildly indefinite diagonal
+B8 = RNG.standard_normal(8)
+W0 = RNG.standard_normal((2, 4))
+
+
+def probe_sequence(k, distribution="rademacher", seed=0):
+    return [draw_probes(W0, np.random.default_rng([seed, t]), k, distribution) for t in range(2)]
+
+
+CASES = [dict(), dict(hessian_power=0.5), dict(bias_correction=False), dict(eps_mode="inside"),
+         dict(spatial_block=2), dict(spatial_block=-1, spatial_axis=0), dict(spatial_block=3, spatial_axis=1),
+         dict(spatial_block=2, absolute=True), dict(weight_decay=0.1), dict(weight_decay=0.1, weight_decay_mode="l2"),
+         dict(probes=3, probe_distribution="gaussian")]
+
+
+@pytest.mark.parametrize("kw", CASES)
+def test_two_steps_every_switch(kw):
+    orc = quadratic_oracle(A8, B8, W0.shape)
+    opt = AdaHessian(lr=0.2, beta1=0.8, beta2=0.7, eps=0.05, **kw)
+    probes = probe_sequence(opt.probes, opt.probe_distribution)
+    x, s = W0, opt.init(W0)
+    for zs in probes:
+        x, s, _ = opt.update(x, s, orc, draws=zs)
+    ref = adahessian_reference(W0, A8, B8, probes, 0.2, 0.8, 0.7, 0.05, k=opt.hessian_power,
+                               block=opt.spatial_block, axis=opt.spatial_axis, absolute=opt.absolute,
+                               bias_correction=opt.bias_correction, eps_mode=opt.eps_mode, wd=opt.weight_decay,
+                               wd_mode=opt.weight_decay_mode)
+    np.testing.assert_allclose(x, ref, rtol=1e-12)
+    if kw:  # the switch matters
+        x_default, s = W0, AdaHessian(lr=0.2, beta1=0.8, beta2=0.7, eps=0.05).init(W0)
+        for zs in probe_sequence(1):
+            x_default, s, _ = AdaHessian(lr=0.2, beta1=0.8, beta2=0.7, eps=0.05).update(x_default, s, orc, draws=zs)
+        assert np.max(np.abs(x_default - x)) > 1e-4
+
+
+def test_seeded_draws_equal_injected_draws():
+    orc = quadratic_oracle(A8, B8, W0.shape)
+    opt = AdaHessian(lr=0.2, seed=7, probes=2)
+    x, s = W0, opt.init(W0)
+    y, r = W0, opt.init(W0)
+    for t in range(3):
+        x, s, _ = opt.update(x, s, orc)
+        y, r, _ = opt.update(y, r, orc, draws=draw_probes(W0, np.random.default_rng([7, t]), 2, "rademacher"))
+        np.testing.assert_array_equal(x, y)
+    assert s.seed == 7 and s.step == 3
+
+
+@given(st.integers(1, 3), st.integers(1, 7), st.integers(-1, 8).filter(lambda b: b != 0), st.integers(0, 1))
+def test_spatial_average_matches_a_loop(rows, cols, block, axis):
+    D = np.arange(rows * cols, dtype=float).reshape(rows, cols) ** 1.5
+    np.testing.assert_allclose(spatial_average(D, block, axis), reference_spatial_average(D, block, axis), rtol=1e-14)
+
+
+def test_spatial_average_leaves_vectors_alone_and_preserves_block_means():
+    v = np.array([1.0, 5.0, 2.0])
+    np.testing.assert_array_equal(spatial_average(v, 2, 0), v)
+    D = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
+    np.testing.assert_array_equal(spatial_average(D, 2, 1), [[1.5, 1.5, 4.5, 4.5], [0.0, 0.0, 4.0, 4.0]])
+    np.testing.assert_array_equal(spatial_average(D, -1, 0), [[0.5, 1.0, 3.5, 5.0]] * 2)
+
+
+def test_mlp_descent_and_registry():
+    assert optimizer_class("adahessian") is AdaHessian
+    rng = np.random.default_rng(0)
+    model = MLP([3, 4, 2])
+    orc = Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2)))
+    opt = AdaHessian(lr=0.1)
+    p = model.init(0)
+    s = opt.init(p)
+    first = orc.value(p)
+    for _ in range(5):
+        p, s, info = opt.update(p, s, orc)
+    assert orc.value(p) < first and orc.counts.nhvp == 5

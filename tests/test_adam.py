@@ -1,0 +1,188 @@
+"""Adam and AdamW against Kingma & Ba's Algorithm 1 and Loshchilov & Hutter's Algorithm 2."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from refopt.nn import MLP, Gaussian
+from refopt.optim import optimizer_class
+from refopt.optim.adam import Adam, AdamW
+from refopt.oracle import FunctionOracle, Oracle
+
+
+class ScriptedOracle:
+    """Returns the given gradients one after another (the loss is 0), whatever the params."""
+
+    def __init__(self, grads):
+        self.grads = list(grads)
+        self.calls = 0
+
+    def value_and_grad(self, params):
+        g = self.grads[self.calls]
+        self.calls += 1
+        return 0.0, g
+
+
+def quadratic(a, c, scale=1.0):
+    a, c = np.asarray(a, float), np.asarray(c, float)
+    return FunctionOracle(lambda x: scale * (0.5 * float(np.sum(a * x * x)) + float(c @ x)),
+                          grad=lambda x: scale * (a * x + c))
+
+
+def run(opt, x0, oracle, steps):
+    x, s = x0, opt.init(x0)
+    for _ in range(steps):
+        x, s, info = opt.update(x, s, oracle)
+    return x, s, info
+
+
+# --- construction --------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1e-3), dict(beta1=1.0), dict(beta1=-0.1), dict(beta2=1.0),
+                                dict(beta2=1.5), dict(eps=0.0), dict(eps=-1.0), dict(weight_decay=-0.1),
+                                dict(eps_mode="sqrt")])
+def test_bad_hyperparameters_raise(cls, kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        cls(**kw)
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_zero_length_leaf_raises_at_init(cls):
+    with pytest.raises(ValueError, match="zero-length"):
+        cls().init({"a": np.zeros(2), "b": np.zeros((0,))})
+
+
+# --- the first step --------------------------------------------------------------------------------
+@given(hnp.arrays(np.float64, st.integers(1, 6),
+                  elements=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-6)),
+       st.sampled_from(["outside", "inside", "hat"]), st.floats(0.0, 0.99), st.floats(0.0, 0.9999))
+def test_first_bias_corrected_step_has_magnitude_lr(g, eps_mode, b1, b2):
+    x0 = np.zeros_like(g)
+    x1, _, _ = run(Adam(lr=0.01, beta1=b1, beta2=b2, eps=1e-300, eps_mode=eps_mode), x0, ScriptedOracle([g]), 1)
+    np.testing.assert_allclose(x1, -0.01 * np.sign(g), rtol=1e-12)
+
+
+def test_first_step_without_bias_correction_is_scaled():
+    g = np.array([2.0, -0.5])
+    x1, _, _ = run(Adam(lr=0.01, eps=1e-300, bias_correction=False), np.zeros(2), ScriptedOracle([g]), 1)
+    np.testing.assert_allclose(x1, -0.01 * 0.1 / np.sqrt(0.001) * np.sign(g), rtol=1e-12)
+
+
+# --- two steps by hand, and a reference transcription for every switch -----------------------------------
+def test_two_steps_by_hand():
+    # f = ½‖x‖², x0 = (1, −2), α = 0.1, β = (0.9, 0.999): x1 = x0 − α sign(x0) = (0.9, −1.9);
+    # m2 = 0.09 g1 + 0.1 g2 = (0.18, −0.37), v2 = 0.000999 g1² + 0.001 g2² = (0.001809, 0.007606),
+    # m̂ = m2 / 0.19, v̂ = v2 / 0.001999.
+    orc = quadratic([1.0, 1.0], [0.0, 0.0])
+    x2, s2, _ = run(Adam(lr=0.1, eps=1e-300), np.array([1.0, -2.0]), orc, 2)
+    mhat = np.array([0.18, -0.37]) / 0.19
+    vhat = np.array([0.001809, 0.007606]) / 0.001999
+    np.testing.assert_allclose(x2, np.array([0.9, -1.9]) - 0.1 * mhat / np.sqrt(vhat), rtol=1e-12)
+    np.testing.assert_allclose(s2.m, [0.18, -0.37], rtol=1e-13)
+    np.testing.assert_allclose(s2.v, [0.001809, 0.007606], rtol=1e-12)
+
+
+def adam_reference(x0, grad, steps, lr, b1, b2, eps, wd=0.0, decoupled=False, lr_scaled=False,
+                   bias_correction=True, eps_mode="outside"):
+    """Kingma & Ba Algorithm 1 / Loshchilov & Hutter Algorithm 2, transcribed line by line."""
+    x = np.array(x0, float)
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    for t in range(1, steps + 1):
+        g = grad(x)
+        if not decoupled:
+            g = g + wd * x
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        if eps_mode == "hat":
+            at = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            d = at * m / (np.sqrt(v) + eps)
+        else:
+            mh, vh = (m / (1 - b1 ** t), v / (1 - b2 ** t)) if bias_correction else (m, v)
+            d = lr * (mh / (np.sqrt(vh) + eps) if eps_mode == "outside" else mh / np.sqrt(vh + eps))
+        x = x - d - ((lr if lr_scaled else 1.0) * wd * x if decoupled else 0.0)
+    return x
+
+
+CASES = [(Adam, dict()), (Adam, dict(bias_correction=False)), (Adam, dict(eps_mode="inside")),
+         (Adam, dict(eps_mode="hat")), (Adam, dict(weight_decay=0.2)),
+         (AdamW, dict()), (AdamW, dict(weight_decay=0.05)), (AdamW, dict(weight_decay=0.05, lr_scaled_decay=True))]
+
+
+@pytest.mark.parametrize("cls,kw", CASES)
+def test_two_steps_every_switch(cls, kw):
+    a, c, x0 = np.array([2.0, 0.5, 1.0]), np.array([0.3, -1.0, 0.0]), np.array([1.0, -2.0, 0.5])
+    # a large ε makes every ε convention visible
+    opt = cls(lr=0.1, beta1=0.8, beta2=0.9, eps=0.3, **kw)
+    x, _, _ = run(opt, x0, quadratic(a, c), 2)
+    ref = adam_reference(x0, lambda x: a * x + c, 2, 0.1, 0.8, 0.9, 0.3, wd=opt.weight_decay,
+                         decoupled=cls is AdamW, lr_scaled=kw.get("lr_scaled_decay", False),
+                         bias_correction=kw.get("bias_correction", True), eps_mode=kw.get("eps_mode", "outside"))
+    np.testing.assert_allclose(x, ref, rtol=1e-13)
+    if kw:  # the switch matters
+        x_default, _, _ = run(cls(lr=0.1, beta1=0.8, beta2=0.9, eps=0.3), x0, quadratic(a, c), 2)
+        assert np.max(np.abs(x_default - x)) > 1e-4
+
+
+# --- AdamW ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lr_scaled", [False, True])
+def test_adamw_decay_is_independent_of_gradient_scale(lr_scaled):
+    # at x0 the gradient (−0.5, 0.5, −0.5) opposes the decay λθ, so the scale decides who wins under L2
+    a, c, x0 = np.array([2.0, 0.5, 1.0]), np.array([-2.5, 1.5, -1.0]), np.array([1.0, -2.0, 0.5])
+    runs = [run(AdamW(lr=0.05, eps=1e-300, weight_decay=0.1, lr_scaled_decay=lr_scaled), x0,
+                quadratic(a, c, scale), 3)[0] for scale in (1.0, 1e3, 1e-3)]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-12)
+    np.testing.assert_allclose(runs[2], runs[0], rtol=1e-12)
+    # L2 decay goes through the normalisation and depends on the scale
+    l2 = [run(Adam(lr=0.05, eps=1e-300, weight_decay=0.1), x0, quadratic(a, c, scale), 3)[0] for scale in (1.0, 1e-3)]
+    assert np.max(np.abs(l2[1] - l2[0])) > 0.1
+
+
+def test_adamw_decay_alone():
+    x0 = np.array([1.0, -4.0])
+    x1, _, _ = run(AdamW(lr=0.1, weight_decay=0.01), x0, ScriptedOracle([np.zeros(2)]), 1)
+    np.testing.assert_allclose(x1, 0.99 * x0, rtol=1e-15)
+    x1, _, _ = run(AdamW(lr=0.1, weight_decay=0.01, lr_scaled_decay=True), x0, ScriptedOracle([np.zeros(2)]), 1)
+    np.testing.assert_allclose(x1, 0.999 * x0, rtol=1e-15)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_gradient_is_refused(cls, bad):
+    opt = cls()
+    x1, s1, _ = run(opt, np.array([1.0, 2.0]), ScriptedOracle([np.array([0.5, 1.0])]), 1)
+    x2, s2, info = opt.update(x1, s1, ScriptedOracle([np.array([1.0, bad])]))
+    assert info["skipped"] and "non-finite gradient" in info["message"]
+    assert x2 is x1 and s2 is s1
+
+
+def test_zero_gradient_does_not_move():
+    x, s, info = run(Adam(), np.array([1.0, 2.0]), ScriptedOracle([np.zeros(2)] * 2), 2)
+    np.testing.assert_array_equal(x, [1.0, 2.0])
+    assert not info["skipped"] and np.all(np.isfinite(s.v))
+
+
+def test_update_is_pure_and_works_on_trees_and_scalars():
+    p = {"w": np.array([[1.0, 2.0]]), "s": np.array(3.0)}
+    g = {"w": np.array([[0.5, -0.5]]), "s": np.array(1.0)}
+    opt = Adam(lr=0.1)
+    s0 = opt.init(p)
+    p1, s1, _ = opt.update(p, s0, ScriptedOracle([g]))
+    np.testing.assert_array_equal(p["w"], [[1.0, 2.0]])  # unchanged input
+    np.testing.assert_array_equal(s0.m["w"], 0.0)
+    np.testing.assert_allclose(p1["s"], 2.9, rtol=1e-6)
+
+
+def test_registry_and_mlp_descent():
+    assert optimizer_class("adam") is Adam and optimizer_class("adamw") is AdamW
+    rng = np.random.default_rng(0)
+    model = MLP([3, 4, 2])
+    orc = Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2)))
+    for opt in (Adam(lr=0.05), AdamW(lr=0.05)):
+        p = model.init(0)
+        s = opt.init(p)
+        first = orc.value(p)
+        for _ in range(5):
+            p, s, info = opt.update(p, s, orc)
+        assert orc.value(p) < first

@@ -1,0 +1,274 @@
+"""Every primitive's first and second derivatives, in every mode, against finite differences.
+
+For each primitive (and each broadcasting pattern it supports) and random inputs drawn by hypothesis:
+
+* forward mode: J v from ``jvp`` equals the central difference (f(x + h v) − f(x − h v)) / 2h;
+* reverse mode: Jᵀ u from ``vjp`` satisfies ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ and equals the central-difference
+  gradient of ⟨u, f(x)⟩;
+* second order, s(x) = ⟨u, f(x)⟩: forward-over-reverse (``hvp``), reverse-over-reverse
+  (``hvp_operator``), reverse-over-forward (grad of ⟨u, J w⟩) and forward-over-forward (w₂ᵀ ∇²s w)
+  all agree with central differences of the exact gradient.
+
+The conventions at kinks (relu'(0) = 0, maximum's ties go to the first argument, |·|'(0) = 0) are
+checked at the kinks themselves, where finite differences do not apply.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refopt import autodiff as ad
+from refopt import tree as T
+
+H = 1e-5          # central-difference step: truncation error ~ H² f''' ≈ 1e-10
+RTOL = 1e-6       # a wrong rule is off by O(1); FD noise is ~1e-9 at these scales
+
+
+def _close(a, b, what):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert a.shape == b.shape, f"{what}: shapes {a.shape} vs {b.shape}"
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = 1.0 + float(np.max(np.abs(b))) if b.size else 1.0
+    assert err <= RTOL * scale, f"{what}: max error {err:.3e} (scale {scale:.3e})"
+
+
+def _like(tree, gen):
+    """A random tree of the same shapes."""
+    return T.tree_map(lambda a: gen.standard_normal(np.shape(a)), tree)
+
+
+def _shift(x, h, v):
+    return T.tree_map2(lambda a, b: a + h * b, x, v)
+
+
+def _fd(fn, x, v):
+    return (np.asarray(fn(_shift(x, H, v))) - np.asarray(fn(_shift(x, -H, v)))) / (2 * H)
+
+
+def _fd_grad(s, x):
+    """Central-difference gradient of a scalar function of a tree, as a flat vector."""
+    flat = T.ravel(x)
+    out = np.zeros_like(flat)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = 1.0
+        out[i] = float(_fd(s, x, T.unravel(e, x)))
+    return out
+
+
+def check_all_modes(fn, x, seed):
+    """Run every first- and second-order check on ``fn`` (a function of the tree ``x``)."""
+    gen = np.random.default_rng(seed)
+    y = fn(x)
+    v, w, w2 = _like(x, gen), _like(x, gen), _like(x, gen)
+    u = gen.standard_normal(np.shape(y))
+
+    value, Jv = ad.jvp(fn, x, v)
+    _close(value, y, "jvp value")
+    _close(Jv, _fd(fn, x, v), "jvp vs finite differences")
+
+    value, back = ad.vjp(fn, x)
+    _close(value, y, "vjp value")
+    JTu = back(u)
+    assert T.same_structure(JTu, x)
+    assert abs(float(np.sum(u * Jv)) - float(T.vdot(JTu, v))) <= RTOL * (1 + abs(float(np.sum(u * Jv))))
+
+    def s(z):
+        return ad.sum(ad.multiply(fn(z), u))
+
+    _close(T.ravel(JTu), _fd_grad(s, x), "vjp vs finite-difference gradient")
+
+    fd_hv = (T.ravel(ad.grad(s)(_shift(x, H, w))) - T.ravel(ad.grad(s)(_shift(x, -H, w)))) / (2 * H)
+    _close(T.ravel(ad.hvp(s, x, w)), fd_hv, "forward-over-reverse hvp")
+    _close(T.ravel(ad.hvp_operator(s, x)[1](w)), fd_hv, "reverse-over-reverse hvp")
+    rev_fwd = ad.grad(lambda z: ad.sum(ad.multiply(ad.jvp(fn, z, w)[1], u)))(x)
+    _close(T.ravel(rev_fwd), fd_hv, "reverse-over-forward hvp")
+    fwd_fwd = ad.jvp(lambda z: ad.sum(ad.multiply(ad.jvp(fn, z, w)[1], u)), x, w2)[1]
+    _close(fwd_fwd, np.dot(T.ravel(w2), fd_hv), "forward-over-forward w2ᵀ H w")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cases: (name, function of a tuple of arrays, input shapes, input domain).
+# Domains keep finite differences valid: "pos" = [0.5, 2], "away" = |x| in [0.3, 2] (off the kinks).
+
+def _gen_inputs(shapes, domain, gen):
+    out = []
+    for shp in shapes:
+        if domain == "pos":
+            a = gen.uniform(0.5, 2.0, size=shp)
+        elif domain == "away":
+            a = gen.uniform(0.3, 2.0, size=shp) * gen.choice([-1.0, 1.0], size=shp)
+        else:
+            a = gen.standard_normal(shp)
+        out.append(np.asarray(a, dtype=np.float64))
+    return tuple(out)
+
+
+BROADCAST_PAIRS = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 4), (1, 4)), ((3, 1), (1, 4)), ((3, 4), ()),
+                   ((), (2, 3)), ((2, 1, 3), (4, 1))]
+
+UNARY = {
+    "negative": (ad.negative, "any"), "exp": (ad.exp, "any"), "log": (ad.log, "pos"), "tanh": (ad.tanh, "any"),
+    "sigmoid": (ad.sigmoid, "any"), "relu": (ad.relu, "away"), "softplus": (ad.softplus, "any"),
+    "sqrt": (ad.sqrt, "pos"), "sin": (ad.sin, "any"), "cos": (ad.cos, "any"), "absolute": (ad.absolute, "away"),
+    "square": (ad.square, "any"), "power_3": (lambda x: ad.power(x, 3), "any"),
+    "power_frac": (lambda x: ad.power(x, -1.5), "pos"), "operator_pow": (lambda x: x ** 2.0, "any"),
+    "mean_all": (ad.mean, "any"), "sum_all": (ad.sum, "any"),
+    "log_softmax": (ad.log_softmax, "any"), "softmax": (ad.softmax, "any"),
+    "logsumexp": (lambda x: ad.logsumexp(x, axis=-1), "any"),
+}
+
+BINARY = {
+    "add": (ad.add, "any"), "subtract": (ad.subtract, "any"), "multiply": (ad.multiply, "any"),
+    "divide": (ad.divide, "away"), "maximum": (ad.maximum, "any"), "dot": (ad.dot, "any"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@settings(max_examples=6)
+@given(shape=st.sampled_from([(3,), (2, 3), (2, 1, 4)]), seed=st.integers(0, 2 ** 31))
+def test_unary(name, shape, seed):
+    fn, domain = UNARY[name]
+    (x,) = _gen_inputs([shape], domain, np.random.default_rng(seed))
+    check_all_modes(fn, x, seed)
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@settings(max_examples=6)
+@given(shapes=st.sampled_from(BROADCAST_PAIRS), seed=st.integers(0, 2 ** 31))
+def test_binary_broadcasting(name, shapes, seed):
+    fn, domain = BINARY[name]
+    gen = np.random.default_rng(seed)
+    xy = _gen_inputs(shapes, domain, gen)
+    if name == "maximum":  # x on the integers, y on the half-integers: never within 0.3 of a tie
+        x, y = xy
+        xy = (np.round(2 * x) + gen.uniform(-0.1, 0.1, x.shape),
+              np.round(2 * y) + 0.5 + gen.uniform(-0.1, 0.1, y.shape))
+    check_all_modes(lambda p: fn(p[0], p[1]), xy, seed)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3), (3, 4)), ((3,), (3, 4)), ((2, 3), (3,)), ((3,), (3,)),
+                                    ((2, 2, 3), (2, 3, 4)), ((1, 2, 3), (3, 3, 2)), ((2, 3), (4, 3, 2))])
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2 ** 31))
+def test_matmul_shapes(shapes, seed):
+    xy = _gen_inputs(shapes, "any", np.random.default_rng(seed))
+    check_all_modes(lambda p: ad.matmul(p[0], p[1]), xy, seed)
+    check_all_modes(lambda p: p[0] @ p[1], xy, seed)  # the operator goes through the same primitive
+
+
+STRUCTURAL = {
+    "transpose_2d": ((3, 4), lambda x: ad.transpose(x)),
+    "transpose_axes": ((2, 3, 4), lambda x: ad.transpose(x, (2, 0, 1))),
+    "transpose_neg_axes": ((2, 3, 4), lambda x: ad.transpose(x, (-1, 0, 1))),
+    "box_T": ((3, 4), lambda x: x.T),
+    "reshape": ((2, 6), lambda x: ad.reshape(x, (3, 4))),
+    "reshape_method": ((2, 6), lambda x: x.reshape(4, 3)),
+    "broadcast_to_lead": ((3,), lambda x: ad.broadcast_to(x, (2, 3))),
+    "broadcast_to_inner": ((2, 1), lambda x: ad.broadcast_to(x, (2, 3))),
+    "sum_axis0": ((3, 4), lambda x: ad.sum(x, axis=0)),
+    "sum_axis_neg_keep": ((3, 4), lambda x: ad.sum(x, axis=-1, keepdims=True)),
+    "sum_axes_tuple": ((2, 3, 4), lambda x: ad.sum(x, axis=(0, 2))),
+    "sum_all_keepdims": ((2, 3), lambda x: ad.sum(x, keepdims=True)),
+    "mean_axis1": ((3, 4), lambda x: ad.mean(x, axis=1)),
+    "mean_axes_keep": ((2, 3, 4), lambda x: ad.mean(x, axis=(1, 2), keepdims=True)),
+    "logsumexp_axis0": ((3, 4), lambda x: ad.logsumexp(x, axis=0)),
+    "logsumexp_keep": ((3, 4), lambda x: ad.logsumexp(x, axis=1, keepdims=True)),
+    "log_softmax_axis0": ((3, 4), lambda x: ad.log_softmax(x, axis=0)),
+    "take_labels": ((4, 3), lambda x: ad.take_labels(x, np.array([2, 0, 1, 2]))),
+    "where": ((3, 4), lambda x: ad.where(np.arange(12).reshape(3, 4) % 3 == 0, ad.exp(x), ad.sin(x))),
+    "where_broadcast": ((4,), lambda x: ad.where(np.array([[True], [False]]), x, ad.multiply(x, x))),
+    "scalar_constants": ((3,), lambda x: 2.0 - 1.5 / (1.0 + x * x) + 3.0 * x),
+    "sum_method": ((3, 4), lambda x: x.sum(axis=1)),
+    "composite_mlp_layer": ((2, 3), lambda x: ad.tanh(x @ np.ones((3, 2)) * 0.3 + 0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2 ** 31))
+def test_structural_and_composite(name, seed):
+    shape, fn = STRUCTURAL[name]
+    (x,) = _gen_inputs([shape], "any", np.random.default_rng(seed))
+    check_all_modes(fn, x, seed)
+
+
+def test_where_gradient_routes_to_the_chosen_branch():
+    cond = np.array([True, False, True])
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])
+    gx, gy = ad.grad(lambda p: ad.sum(ad.where(cond, p[0], p[1])))((x, y))
+    np.testing.assert_array_equal(gx, [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(gy, [0.0, 1.0, 0.0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kinks: the documented conventions, in reverse and forward mode, and their (zero) second derivatives.
+
+def test_relu_derivative_at_zero_is_zero():
+    x = np.array([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: ad.sum(ad.relu(z)))(x), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(ad.jvp(ad.relu, x, np.ones(3))[1], [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(ad.hvp(lambda z: ad.sum(ad.relu(z)), x, np.ones(3)), np.zeros(3))
+    # relu(x)² has second derivative 2·1[x > 0]: the mask is piecewise constant.
+    np.testing.assert_array_equal(ad.hvp(lambda z: ad.sum(ad.square(ad.relu(z))), x, np.ones(3)), [0, 0, 2.0])
+
+
+def test_maximum_ties_go_to_the_first_argument():
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0])
+    gx, gy = ad.grad(lambda p: ad.sum(ad.maximum(p[0], p[1])))((x, y))
+    np.testing.assert_array_equal(gx, [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(gy, [0.0, 1.0, 0.0])
+    _, t = ad.jvp(lambda p: ad.maximum(p[0], p[1]), (x, y), (np.full(3, 10.0), np.full(3, 100.0)))
+    np.testing.assert_array_equal(t, [10.0, 100.0, 10.0])
+    # Broadcast against a scalar: the scalar collects the cotangent of every entry it wins (ties excluded).
+    g0 = ad.grad(lambda p: ad.sum(ad.maximum(p[0], p[1])))((np.array([-1.0, 0.0, 1.0]), np.array(0.0)))
+    np.testing.assert_array_equal(g0[0], [0.0, 1.0, 1.0])
+    assert float(g0[1]) == 1.0
+
+
+def test_absolute_derivative_at_zero_is_zero():
+    x = np.array([-2.0, 0.0, 3.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: ad.sum(ad.absolute(z)))(x), [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(ad.jvp(ad.absolute, x, np.ones(3))[1], [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(ad.hvp(lambda z: ad.sum(ad.absolute(z)), x, np.ones(3)), np.zeros(3))
+
+
+def test_non_differentiable_helpers_have_zero_derivative():
+    x = np.array([0.5, -0.5])
+    # greater / onehot / stop_gradient outputs are constants for every trace: d(sg(x)·x)/dx = sg(x).
+    g = ad.grad(lambda z: ad.sum(ad.multiply(ad.stop_gradient(z), z)))(x)
+    np.testing.assert_array_equal(g, x)
+    np.testing.assert_array_equal(ad.jvp(lambda z: ad.multiply(ad.stop_gradient(z), z), x, np.ones(2))[1], x)
+    np.testing.assert_array_equal(ad.hvp(lambda z: ad.sum(ad.multiply(ad.stop_gradient(z), z)), x, np.ones(2)),
+                                  [0.0, 0.0])
+    mask = ad.greater(ad.tanh(x), 0.0)
+    assert mask.dtype == bool and not isinstance(mask, ad.Box)
+    oh = ad.onehot(np.array([1, 0]), 3, np.float64)
+    np.testing.assert_array_equal(oh, [[0, 1, 0], [1, 0, 0]])
+
+
+def test_sigmoid_and_softplus_are_stable_at_extremes():
+    x = np.array([-800.0, -30.0, 0.0, 30.0, 800.0])
+    s = ad.sigmoid(x)
+    assert np.all(np.isfinite(s)) and s[0] == 0.0 and s[-1] == 1.0 and s[2] == 0.5
+    sp = ad.softplus(x)
+    assert np.all(np.isfinite(sp)) and sp[-1] == 800.0
+    g = ad.grad(lambda z: ad.sum(ad.softplus(z)))(x)
+    np.testing.assert_allclose(g, s)
+    lse = ad.logsumexp(np.array([[1000.0, 1000.0]]), axis=1)
+    np.testing.assert_allclose(lse, [1000.0 + np.log(2.0)])
+
+
+def test_primitive_without_a_rule_says_so():
+    prim = ad.Primitive("only_forward", lambda x: 2 * x)
+    with pytest.raises(NotImplementedError, match="vjp rule"):
+        ad.grad(lambda z: ad.sum(prim(z)))(np.ones(2))
+    with pytest.raises(NotImplementedError, match="jvp rule"):
+        ad.jvp(prim, np.ones(2), np.ones(2))
+
+
+def test_branching_on_a_traced_value_is_an_error():
+    with pytest.raises(TypeError, match="getval"):
+        ad.grad(lambda z: ad.sum(z) if ad.sum(z) else ad.sum(z))(np.ones(2))

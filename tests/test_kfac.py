@@ -1,0 +1,290 @@
+"""Block-diagonal K-FAC: dense solves for every damping scheme, invariances, schedule, clip, momentum,
+weight decay, Levenberg–Marquardt, label draws and bad inputs."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refopt import tree as T
+from refopt.curvature import kronecker as K
+from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
+from refopt.optim import optimizer_class
+from refopt.optim.kfac import KFAC, damped_factors, kronecker_inverse, kronecker_precondition
+from refopt.optim.sgd import SGD
+from refopt.oracle import Oracle
+
+SCHEMES = [("pi", "inverse"), ("tikhonov", "inverse"), ("pi", "eig"), ("tikhonov", "eig"), ("eigen", "eig")]
+
+
+def problem(sizes=(3, 4, 3), batch=5, seed=0, loss="softmax", X=None):
+    g = np.random.default_rng(seed)
+    model = MLP(list(sizes))
+    params = model.init(seed + 1)
+    X = g.standard_normal((batch, sizes[0])) if X is None else X
+    if loss == "softmax":
+        return model, params, Oracle(model, SoftmaxCrossEntropy(), X, g.integers(0, sizes[-1], X.shape[0]))
+    return model, params, Oracle(model, Gaussian(), X, g.standard_normal((X.shape[0], sizes[-1])))
+
+
+def plain(**kw):
+    """K-FAC reduced to its preconditioner: one fresh estimate, no clip, no momentum, unit step."""
+    base = dict(lr=1.0, momentum=0.0, decay=0.0, kl_clip=None, inverse_interval=1, fisher="true")
+    base.update(kw)
+    return KFAC(**base)
+
+
+def batch_factors(oracle, params, fisher="true", labels=None):
+    stats = K.kfac_statistics(oracle, params, fisher, labels=labels)
+    n = len(params)
+    return ([K.input_factor(a) for a in stats.inputs],
+            [K.grad_factor([p[l] for p in stats.probes], stats.scale) for l in range(n)], stats)
+
+
+def dense_matrix(A, G, damping, scheme):
+    if scheme == "eigen":
+        return np.kron(A, G) + damping * np.eye(A.shape[0] * G.shape[0])
+    gA, gG, _ = damped_factors(A, G, damping, scheme)
+    return np.kron(A + gA * np.eye(len(A)), G + gG * np.eye(len(G)))
+
+
+@given(sizes=st.lists(st.integers(1, 4), min_size=2, max_size=4), batch=st.integers(1, 6),
+       scheme=st.sampled_from(SCHEMES), damping=st.sampled_from([1e-3, 0.1, 2.0]), seed=st.integers(0, 1000))
+def test_step_is_the_dense_block_diagonal_solve(sizes, batch, scheme, damping, seed):
+    model, params, oracle = problem(sizes, batch, seed)
+    opt = plain(damping=damping, damping_scheme=scheme[0], inverse=scheme[1])
+    new, _, info = opt.update(params, opt.init(params), oracle)
+    A, G, stats = batch_factors(oracle, params)
+    M = K.block_diagonal([dense_matrix(a, g, damping, scheme[0]) for a, g in zip(A, G)])
+    expected = np.linalg.solve(M, T.ravel(stats.grad))
+    assert np.allclose(T.ravel(T.sub(params, new)), expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    assert info["factors_updated"] and info["preconditioner_refreshed"] and not info["skipped"]
+
+
+@pytest.mark.parametrize("method", ["inverse", "eig"])
+def test_pi_and_eigen_damping_are_invariant_to_factor_rescaling_and_tikhonov_is_not(rng, method):
+    a, g = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    A, G, V = a.T @ a / 6, 0.01 * g.T @ g / 6, rng.standard_normal((4, 3))
+    c, lam = 50.0, 1e-2
+    for scheme in ("pi", "eigen", "tikhonov"):
+        if scheme == "eigen" and method == "inverse":
+            continue
+        x = kronecker_precondition(V, kronecker_inverse(A, G, lam, scheme, method), lam, scheme)
+        y = kronecker_precondition(V, kronecker_inverse(c * A, G / c, lam, scheme, method), lam, scheme)
+        if scheme == "tikhonov":
+            assert np.linalg.norm(x - y) > 0.1 * np.linalg.norm(x)
+        else:
+            assert np.allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def test_batch_of_one_rank_one_factors_stay_invertible():
+    model, params, oracle = problem((3, 4, 2), batch=1, seed=2)
+    A, G, stats = batch_factors(oracle, params)
+    assert all(np.linalg.matrix_rank(a) == 1 for a in A)
+    for scheme, method in SCHEMES:
+        opt = plain(damping=1e-3, damping_scheme=scheme, inverse=method)
+        new, _, info = opt.update(params, opt.init(params), oracle)
+        M = K.block_diagonal([dense_matrix(a, g, 1e-3, scheme) for a, g in zip(A, G)])
+        assert T.all_finite(new)
+        assert np.allclose(T.ravel(T.sub(params, new)), np.linalg.solve(M, T.ravel(stats.grad)), rtol=1e-7)
+
+
+def test_layer_with_all_zero_inputs():
+    """a = 0 for every example: A is rank one (only the bias entry), ∇W = 0, and the damped factor keeps
+    the weight rows decoupled from the bias row, so W does not move while b does."""
+    model, params, oracle = problem((3, 4, 2), batch=4, seed=3, X=np.zeros((4, 3)))
+    opt = KFAC(fisher="true")
+    new, _, info = opt.update(params, opt.init(params), oracle)
+    assert not info["skipped"] and T.all_finite(new)
+    assert np.array_equal(new[0]["W"], params[0]["W"])
+    assert not np.allclose(new[0]["b"], params[0]["b"])
+
+
+@pytest.mark.parametrize("init", ["mean", "debiased", "identity"])
+def test_running_averages_follow_the_stated_weights(init):
+    model, params, oracle = problem(seed=4)
+    opt = KFAC(decay=0.7, factor_init=init, seed=5)
+    state = opt.init(params)
+    A_run, G_run = None, None
+    for t in range(4):
+        labels = oracle.loss.sample(oracle.outputs(params), opt.step_seed(t), 1)
+        A, G, _ = batch_factors(oracle, params, "mc", labels=labels)
+        w = K.factor_weight(t + 1, 0.7, init)
+        if A_run is None:
+            A_run, G_run = list(state.factors["A"]), list(state.factors["G"])
+        A_run = [w * x + (1 - w) * y for x, y in zip(A_run, A)]
+        G_run = [w * x + (1 - w) * y for x, y in zip(G_run, G)]
+        params, state, info = opt.update(params, state, oracle)
+    for x, y in zip(state.factors["A"] + state.factors["G"], A_run + G_run):
+        assert np.allclose(x, y, atol=1e-13)
+    assert state.factor_updates == 4
+
+
+def test_factor_and_inverse_refresh_schedule():
+    model, params, oracle = problem(seed=6)
+    opt = KFAC(factor_interval=2, inverse_interval=3)
+    state = opt.init(params)
+    for t in range(7):
+        old = state
+        params, state, info = opt.update(params, state, oracle)
+        assert info["factors_updated"] == (t % 2 == 0)
+        assert info["preconditioner_refreshed"] == (t % 3 == 0)
+        if t % 2:
+            assert all(x is y for x, y in zip(state.factors["A"], old.factors["A"]))
+        if t % 3:
+            assert state.preconditioner is old.preconditioner
+    assert state.factor_updates == 4 and state.step == 7
+    assert oracle.counts.nvjp == 4  # one sampled-label sweep per factor refresh, none otherwise
+
+
+def test_kl_clip_bounds_the_quadratic_kl():
+    model, params, oracle = problem(seed=7)
+    c, lr = 1e-4, 0.5
+    opt = KFAC(lr=lr, kl_clip=c, momentum=0.0, fisher="true")
+    new, _, info = opt.update(params, opt.init(params), oracle)
+    loose = KFAC(lr=lr, kl_clip=None, momentum=0.0, fisher="true")
+    free, _, _ = loose.update(params, loose.init(params), oracle)
+    v = T.scale(-1 / lr, T.sub(free, params))              # the unclipped natural gradient V
+    vg = float(T.vdot(v, oracle.grad(params)))
+    nu = math.sqrt(c / (lr ** 2 * vg))
+    assert info["kl_nu"] == pytest.approx(nu, rel=1e-12) and nu < 1
+    assert np.allclose(T.ravel(T.sub(new, params)), -lr * nu * T.ravel(v), atol=1e-15)
+    assert lr ** 2 * nu ** 2 * vg == pytest.approx(c, rel=1e-12)
+    big = KFAC(lr=lr, kl_clip=1e6, momentum=0.0, fisher="true")
+    assert big.update(params, big.init(params), oracle)[2]["kl_nu"] == 1.0
+
+
+def test_momentum_is_applied_to_the_natural_gradient():
+    model, params, oracle = problem(seed=8)
+    mu = 0.8
+    opt, flat = KFAC(momentum=mu, fisher="true"), KFAC(momentum=0.0, fisher="true")
+    p1, s1, _ = opt.update(params, opt.init(params), oracle)
+    p2, s2, _ = opt.update(p1, s1, oracle)
+    _, s2_flat, _ = flat.update(p1, s1, oracle)          # same state: ν₂V₂ alone
+    assert np.allclose(T.ravel(s2.velocity), mu * T.ravel(s1.velocity) + T.ravel(s2_flat.velocity), atol=1e-14)
+    assert np.allclose(T.ravel(T.sub(p2, p1)), -opt.lr * T.ravel(s2.velocity), atol=1e-15)
+
+
+def test_weight_decay_decoupled_and_l2():
+    model, params, oracle = problem(seed=9)
+    wd, lr = 0.3, 0.5
+    kw = dict(lr=lr, momentum=0.0, kl_clip=None, fisher="true", decay=0.0)
+    base = KFAC(**kw).update(params, KFAC(**kw).init(params), oracle)[0]
+    dec = KFAC(weight_decay=wd, **kw)
+    new = dec.update(params, dec.init(params), oracle)[0]
+    assert np.allclose(T.ravel(new), T.ravel(base) - lr * wd * T.ravel(params), atol=1e-14)
+    l2 = KFAC(weight_decay=wd, weight_decay_mode="l2", **kw)
+    new = l2.update(params, l2.init(params), oracle)[0]
+    A, G, stats = batch_factors(oracle, params)
+    M = K.block_diagonal([dense_matrix(a, g, 1e-3, "pi") for a, g in zip(A, G)])
+    expected = np.linalg.solve(M, T.ravel(stats.grad) + wd * T.ravel(params))
+    assert np.allclose(T.ravel(T.sub(params, new)), lr * expected, rtol=1e-8)
+
+
+def test_levenberg_marquardt_adapts_the_damping():
+    model, params, oracle = problem(seed=10)
+    omega = 19 / 20
+    for lr, direction in ((1e-3, "down"), (3.5, "up")):
+        opt = KFAC(lr=lr, damping=0.1, momentum=0.0, kl_clip=None, fisher="true", adapt_damping=True,
+                   damping_interval=1)
+        new, state, info = opt.update(params, opt.init(params), oracle)
+        delta = T.ravel(T.sub(new, params))
+        F = oracle.dense_fisher(params, "true")
+        g = T.ravel(oracle.grad(params))
+        model_change = g @ delta + 0.5 * delta @ F @ delta
+        rho = (oracle.value(new) - oracle.value(params)) / model_change
+        assert model_change < 0 and info["rho"] == pytest.approx(rho, rel=1e-8)
+        if direction == "down":
+            assert rho > 0.75 and state.damping == pytest.approx(0.1 * omega)
+        else:
+            assert rho < 0.25 and state.damping == pytest.approx(0.1 / omega)
+    # A step the quadratic model itself predicts to increase the loss counts as a failure (ρ = −∞).
+    opt = KFAC(lr=8.0, damping=0.1, momentum=0.0, kl_clip=None, fisher="true", adapt_damping=True, damping_interval=1)
+    _, state, info = opt.update(params, opt.init(params), oracle)
+    assert info["rho"] == -math.inf and state.damping == pytest.approx(0.1 / omega)
+    opt = KFAC(adapt_damping=True, damping_interval=3)
+    state = opt.init(params)
+    for t in range(3):
+        params, state, info = opt.update(params, state, oracle)
+        assert ("rho" in info) == (t == 2)
+
+
+def test_seeded_draws_equal_injected_draws():
+    model, params, oracle = problem(seed=11)
+    opt = KFAC(samples=2, seed=4)
+    state = opt.init(params)
+    a, sa, _ = opt.update(params, state, oracle)
+    labels = oracle.loss.sample(oracle.outputs(params), opt.step_seed(0), 2)
+    b, sb, _ = opt.update(params, state, oracle, draws=labels)
+    assert np.array_equal(T.ravel(a), T.ravel(b))
+    assert all(np.array_equal(x, y) for x, y in zip(sa.factors["G"], sb.factors["G"]))
+
+
+def test_non_finite_statistics_skip_the_factor_update():
+    """Gaussian loss with injected NaN labels: the first step has no factors to fall back on and is
+    refused; later such a step keeps the old factors, says so, and still steps with them."""
+    model, params, oracle = problem(seed=12, loss="gaussian")
+    opt = KFAC()
+    state = opt.init(params)
+    nan_labels = np.full((1,) + oracle.y.shape, np.nan)
+    new, new_state, info = opt.update(params, state, oracle, draws=nan_labels)
+    assert info["skipped"] and new is params and new_state is state and "non-finite factor" in info["message"]
+    params, state, info = opt.update(params, state, oracle)
+    assert not info["skipped"] and info["message"] == ""
+    new, new_state, info = opt.update(params, state, oracle, draws=nan_labels)
+    assert not info["skipped"] and not info["factors_updated"] and "old factors kept" in info["message"]
+    assert all(x is y for x, y in zip(new_state.factors["G"], state.factors["G"]))
+    assert new_state.factor_updates == state.factor_updates and T.all_finite(new)
+    assert not np.allclose(T.ravel(new), T.ravel(params))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_gradient_refuses_the_step():
+    model, params, oracle = problem(seed=13)
+    bad = T.copy(params)
+    bad[1]["b"][0] = np.inf
+    opt = KFAC()
+    state = opt.init(bad)
+    new, new_state, info = opt.update(bad, state, oracle)
+    assert info["skipped"] and new is bad and new_state is state
+
+
+def test_kfac_beats_tuned_sgd_on_badly_scaled_inputs():
+    X = np.random.default_rng(14).standard_normal((32, 4)) * np.array([1.0, 10.0, 0.1, 3.0])
+    model, params, oracle = problem((4, 8, 3), seed=14, X=X)
+
+    def final_loss(opt):
+        p, s = params, opt.init(params)
+        for _ in range(30):
+            p, s, _ = opt.update(p, s, oracle)
+        return oracle.value(p)
+
+    kfac = final_loss(KFAC(lr=0.5, damping=1e-3, kl_clip=0.1, momentum=0.5, fisher="true"))
+    sgd = min(final_loss(SGD(lr=lr, momentum=0.9)) for lr in (0.1, 0.3, 1.0))
+    assert kfac < 0.6 * sgd
+
+
+@pytest.mark.parametrize("kwargs", [dict(damping=0.0), dict(damping=-1e-3), dict(decay=1.0), dict(decay=-0.1),
+                                    dict(momentum=1.0), dict(lr=0.0), dict(kl_clip=0.0), dict(factor_interval=0),
+                                    dict(inverse_interval=0), dict(damping_scheme="levenberg"),
+                                    dict(inverse="cholesky"), dict(factor_init="zeros"), dict(fisher="exact"),
+                                    dict(weight_decay=-1.0), dict(weight_decay_mode="adamw"), dict(samples=0)])
+def test_bad_hyperparameters_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        KFAC(**kwargs)
+
+
+def test_eigen_damping_needs_eigendecompositions():
+    with pytest.raises(ValueError, match="eigen"):
+        KFAC(damping_scheme="eigen", inverse="inverse")
+    KFAC(damping_scheme="eigen", inverse="eig")
+
+
+def test_init_rejects_non_mlp_params():
+    with pytest.raises(ValueError, match="params"):
+        KFAC().init({"w": np.zeros(3)})
+
+
+def test_registry_names():
+    for name in ("kfac", "kfac_tridiag", "ekfac", "kbfgs", "natural_gradient"):
+        assert optimizer_class(name).name == name

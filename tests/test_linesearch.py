@@ -1,0 +1,210 @@
+"""Line searches: the conditions hold at every returned step, failures are statuses, counts are exact."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refopt.linesearch import armijo, cubic_minimizer, fixed_step, quadratic_minimizer, strong_wolfe
+from refopt.problems.functions import beale, extended_rosenbrock, powell_singular, rosenbrock, wood
+
+
+class Counted:
+    """φ with a call counter and a log of what it returned."""
+
+    def __init__(self, phi):
+        self.phi, self.calls, self.log = phi, 0, {}
+
+    def __call__(self, a):
+        self.calls += 1
+        out = self.phi(a)
+        self.log[a] = out
+        return out
+
+
+# --- Moré & Thuente (1994), §5: the standard hard one-dimensional test functions ------------------
+def mt1(a, b=2.0):
+    return -a / (a * a + b), (a * a - b) / (a * a + b) ** 2
+
+
+def mt2(a, b=0.004):
+    return (a + b) ** 5 - 2 * (a + b) ** 4, 5 * (a + b) ** 4 - 8 * (a + b) ** 3
+
+
+def mt3(a, b=0.01, l=39):
+    if a <= 1 - b:
+        f0, d0 = 1 - a, -1.0
+    elif a >= 1 + b:
+        f0, d0 = a - 1, 1.0
+    else:
+        f0, d0 = (a - 1) ** 2 / (2 * b) + b / 2, (a - 1) / b
+    return (f0 + 2 * (1 - b) / (l * math.pi) * math.sin(l * math.pi * a / 2),
+            d0 + (1 - b) * math.cos(l * math.pi * a / 2))
+
+
+def yanai(b1, b2):
+    def gamma(b):
+        return math.sqrt(1 + b * b) - b
+
+    def phi(a):
+        u, w = math.sqrt((1 - a) ** 2 + b2 ** 2), math.sqrt(a * a + b1 * b1)
+        return gamma(b1) * u + gamma(b2) * w, -gamma(b1) * (1 - a) / u + gamma(b2) * a / w
+    return phi
+
+
+MT_CASES = [(mt1, 1e-3, 0.1), (mt2, 1e-3, 0.1), (mt3, 1e-3, 0.1), (yanai(1e-3, 1e-3), 1e-4, 1e-3),
+            (yanai(1e-2, 1e-3), 1e-4, 1e-3), (yanai(1e-3, 1e-2), 1e-4, 1e-3)]
+
+
+def assert_strong_wolfe(res, phi0, dphi0, c1, c2):
+    assert res.phi <= phi0 + c1 * res.alpha * dphi0
+    assert abs(res.dphi) <= c2 * abs(dphi0)
+
+
+@pytest.mark.parametrize("case", range(len(MT_CASES)))
+@pytest.mark.parametrize("alpha0", [1e-3, 1e-1, 10.0, 1e3])
+def test_strong_wolfe_on_more_thuente_functions(case, alpha0):
+    fn, c1, c2 = MT_CASES[case]
+    phi = Counted(fn)
+    phi0, dphi0 = fn(0.0)
+    res = strong_wolfe(phi, phi0, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=30)
+    assert res.nfev == phi.calls <= 30
+    assert res.phi <= phi0                                   # never worse than the start
+    if res.status == "converged":
+        assert_strong_wolfe(res, phi0, dphi0, c1, c2)
+        assert phi.log[res.alpha] == (res.phi, res.dphi)     # the reported values are the callback's
+    else:
+        # mt2 asks |α − α*| ≲ 3e-9 where φ is flat to rounding: failure is allowed, as a status
+        assert case == 1 and res.status in ("interval_collapsed", "max_evaluations")
+
+
+@pytest.mark.parametrize("make", [rosenbrock, beale, wood, powell_singular, lambda: extended_rosenbrock(6)])
+@given(seed=st.integers(0, 10 ** 6), c2=st.sampled_from([0.1, 0.5, 0.9]), log_a0=st.floats(-3, 2),
+       direction=st.sampled_from(["gradient", "random", "newton"]))
+def test_strong_wolfe_holds_along_problem_directions(make, seed, c2, log_a0, direction):
+    p = make()
+    rng = np.random.default_rng(seed)
+    x = np.asarray(p.x0) + rng.standard_normal(p.n)
+    g = p.grad(x)
+    d = {"gradient": -g, "random": rng.standard_normal(p.n)}.get(direction)
+    if direction == "newton":
+        d = np.linalg.solve(p.hess(x) + (abs(np.linalg.eigvalsh(p.hess(x)).min()) + 1) * np.eye(p.n), -g)
+    if g @ d > 0:
+        d = -d
+
+    def phi(a):
+        return p.f(x + a * d), float(p.grad(x + a * d) @ d)
+
+    counted = Counted(phi)
+    c1 = 1e-4
+    res = strong_wolfe(counted, p.f(x), float(g @ d), alpha0=10.0 ** log_a0, c1=c1, c2=c2)
+    assert res.nfev == counted.calls
+    assert res.status == "converged"
+    assert_strong_wolfe(res, p.f(x), float(g @ d), c1, c2)
+
+
+@given(seed=st.integers(0, 10 ** 6), lie=st.sampled_from(["negated", "scaled", "random", "zero"]),
+       search=st.sampled_from(["wolfe", "armijo"]))
+def test_a_wrong_gradient_never_returns_a_higher_value(seed, lie, search):
+    """The derivative the search is told is wrong; the returned φ is still ≤ φ(0)."""
+    p = rosenbrock()
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, 2)
+    d = rng.standard_normal(2)
+
+    def wrong(a):
+        true = float(p.grad(x + a * d) @ d)
+        return {"negated": -true, "scaled": 1e3 * true, "random": rng.standard_normal(), "zero": 0.0}[lie]
+
+    def phi(a):
+        return p.f(x + a * d), wrong(a)
+
+    phi0, dphi0 = p.f(x), -abs(wrong(0.0)) - 1.0   # claims descent whatever the truth
+    if search == "wolfe":
+        res = strong_wolfe(phi, phi0, dphi0, max_evals=20)
+    else:
+        res = armijo(phi, phi0, dphi0, max_evals=20)
+    assert res.phi <= phi0
+    assert p.f(x + res.alpha * d) == res.phi
+    assert res.nfev <= 20
+
+
+def test_non_finite_trial_values_backtrack():
+    def phi(a):   # a quadratic with minimum at 0.2 that overflows beyond 0.3
+        return (math.nan, math.nan) if a > 0.3 else ((a - 0.2) ** 2, 2 * (a - 0.2))
+    phi0, dphi0 = phi(0.0)
+    res = strong_wolfe(phi, phi0, dphi0, alpha0=1.0)
+    assert res.status == "converged" and res.alpha <= 0.3
+    assert_strong_wolfe(res, phi0, dphi0, 1e-4, 0.9)
+    res = armijo(phi, phi0, dphi0, alpha0=1.0)
+    assert res.status == "converged" and res.alpha <= 0.3 and res.phi <= phi0 + 1e-4 * res.alpha * dphi0
+    assert math.isfinite(res.phi)
+    inf_derivative = lambda a: (a * a - a, math.inf if a > 0.3 else 2 * a - 1)  # noqa: E731
+    res = fixed_step(inf_derivative, 0.0, -1.0, alpha0=1.0)
+    assert res.alpha == 0.25 and res.nfev == 3      # 1 → 0.5 → 0.25, backtracking only on non-finite values
+
+
+def test_armijo_is_nocedal_wright_algorithm_3_1():
+    """Plain backtracking: the first α₀ρᵏ with sufficient decrease, exactly."""
+    phi = Counted(lambda a: ((a - 0.01) ** 2, None))
+    res = armijo(phi, 1e-4, -0.02, alpha0=1.0, rho=0.5, c1=1e-4)
+    k = next(k for k in range(60) if (0.5 ** k - 0.01) ** 2 <= 1e-4 - 1e-4 * 0.5 ** k * 0.02)
+    assert res.alpha == 0.5 ** k and res.nfev == k + 1 == phi.calls and res.status == "converged"
+    res_q = armijo(phi, 1e-4, -0.02, alpha0=1.0, interpolation="quadratic")
+    assert res_q.status == "converged" and res_q.nfev < res.nfev    # interpolation needs fewer trials here
+
+
+def test_interpolation_formulas_are_exact():
+    # a quadratic: its minimiser from value, slope at 0 and a value elsewhere
+    q = lambda a: 3 * (a - 0.7) ** 2 + 1  # noqa: E731
+    assert quadratic_minimizer(0.0, q(0), -4.2, 2.0, q(2.0)) == pytest.approx(0.7, rel=1e-14)
+    # a cubic with c'(a) = 3(a − 2)(a − 5): local maximum at 2, local minimum at 5; two (value, slope)
+    # pairs determine it, so eq. 3.59 recovers the minimiser from any two points
+    c = lambda a: a ** 3 - 10.5 * a ** 2 + 30 * a  # noqa: E731
+    dc = lambda a: 3 * a ** 2 - 21 * a + 30  # noqa: E731
+    for lo, hi in [(0.0, 3.0), (6.0, 1.0), (4.5, 8.0)]:
+        assert cubic_minimizer(lo, c(lo), dc(lo), hi, c(hi), dc(hi)) == pytest.approx(5.0, rel=1e-12)
+    assert math.isnan(cubic_minimizer(1.0, 0.0, 1.0, 1.0, 0.0, 1.0))
+
+
+def test_not_a_descent_direction_is_a_status_not_an_error():
+    phi = Counted(lambda a: (a, 1.0))
+    for search in (strong_wolfe, armijo):
+        res = search(phi, 0.0, 1.0)
+        assert res.status == "not_descent" and res.alpha == 0.0 and res.nfev == 0 and not res.success
+    assert phi.calls == 0
+    res = strong_wolfe(phi, 0.0, math.nan)
+    assert res.status == "not_descent"
+
+
+def test_budget_and_hopeless_problems_end_in_a_status():
+    increasing = Counted(lambda a: (a, 1.0))          # claims φ'(0) < 0, but φ only increases
+    res = strong_wolfe(increasing, 0.0, -1.0, max_evals=7)
+    assert res.alpha == 0.0 and res.phi == 0.0 and res.nfev == 7 == increasing.calls
+    assert res.status in ("max_evaluations", "interval_collapsed")
+    res = armijo(lambda a: (a, None), 0.0, -1.0, max_evals=5)
+    assert res.status == "max_evaluations" and res.alpha == 0.0 and res.nfev == 5
+    res = armijo(lambda a: (a, None), 0.0, -1.0, max_evals=100, min_step=1e-3)
+    assert res.status == "step_too_small" and res.alpha == 0.0
+    unbounded = lambda a: (-a, -1.0)  # noqa: E731
+    res = strong_wolfe(unbounded, 0.0, -1.0, alpha_max=100.0)
+    assert res.status == "max_step" and res.alpha == 100.0 and res.phi == -100.0
+
+
+def test_invalid_arguments_raise():
+    phi = lambda a: (a * a - a, 2 * a - 1)  # noqa: E731
+    with pytest.raises(ValueError, match="c1 < c2"):
+        strong_wolfe(phi, 0.0, -1.0, c1=0.9, c2=0.5)
+    with pytest.raises(ValueError, match="c1 < c2"):
+        strong_wolfe(phi, 0.0, -1.0, c1=0.5, c2=0.5)
+    with pytest.raises(ValueError, match="alpha0"):
+        strong_wolfe(phi, 0.0, -1.0, alpha0=0.0)
+    with pytest.raises(ValueError, match="max_evals"):
+        armijo(phi, 0.0, -1.0, max_evals=0)
+    with pytest.raises(ValueError, match="rho"):
+        armijo(phi, 0.0, -1.0, rho=1.0)
+    with pytest.raises(ValueError, match="interpolation"):
+        armijo(phi, 0.0, -1.0, interpolation="cubic")
+    with pytest.raises(ValueError, match="phi0"):
+        armijo(phi, math.nan, -1.0)

@@ -1,0 +1,141 @@
+"""The ``minimize`` driver: every method reaches known minima; stopping rules, statuses, counts, bad input."""
+import math
+
+import numpy as np
+import pytest
+
+from refopt import autodiff as ad
+from refopt.minimize import FUNCTION_METHODS, minimize
+from refopt.optim import optimizer_class
+from refopt.optim.lbfgs import LBFGS
+from refopt.oracle import FunctionOracle
+from refopt.problems.functions import beale, dixon_price, powell_singular, quadratic, rosenbrock, trid, wood
+
+FAST = {"newton", "newton_cg", "trust_ncg", "bfgs", "lbfgs"}
+
+
+@pytest.mark.parametrize("method", FUNCTION_METHODS)
+@pytest.mark.parametrize("make", [rosenbrock, beale, lambda: trid(6), lambda: dixon_price(5), lambda: quadratic(8, 1e3)])
+def test_every_method_reaches_the_known_minimum(method, make):
+    p = make()
+    r = minimize(p, method=method, gtol=1e-6, maxiter=3000)
+    assert r.success and r.status == "gtol", r
+    assert r.f - p.f_star <= 1e-9 * max(1.0, abs(p.f_star))
+    if p.name != "dixon_price":                      # its minimisers differ only in signs
+        assert np.linalg.norm(r.x - p.x_star) <= 1e-4 * max(1.0, np.linalg.norm(p.x_star))
+    assert r.grad_norm <= 1e-6 and r.grad_norm == np.abs(p.grad(r.x)).max()
+    assert r.history[0] == p.f(p.x0) and r.history[-1] == r.f and len(r.history) == r.nit + 1
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
+def test_counts_are_the_function_calls(method):
+    calls = {"f": 0, "g": 0, "hvp": 0}
+    p = wood()
+
+    def f(x):
+        calls["f"] += 1
+        return p.f(x)
+
+    def g(x):
+        calls["g"] += 1
+        return p.grad(x)
+
+    def hessp(x, v):
+        calls["hvp"] += 1
+        return p.hvp(x, v)
+
+    r = minimize(f, p.x0, method=method, jac=g, hess=p.hess, hessp=hessp)
+    assert r.success
+    assert (r.nfev, r.ngev, r.nhvp) == (calls["f"], calls["g"], calls["hvp"])
+    if method in ("bfgs", "lbfgs"):
+        assert r.nfev == r.ngev and r.nhvp == 0   # one evaluation per point: the accepted trial is reused
+    if method == "newton":
+        assert r.nhev == r.nit
+
+
+def test_zero_gradient_at_x0_returns_at_once():
+    p = rosenbrock()
+    for method in FUNCTION_METHODS:
+        r = minimize(p, np.ones(2), method=method)
+        assert r.status == "zero_gradient" and r.success and r.nit == 0 and (r.nfev, r.ngev) == (1, 1)
+        np.testing.assert_array_equal(r.x, np.ones(2))
+    opt = LBFGS()                                          # the optimizer interface: no step, says why
+    x, state, info = opt.update(np.ones(2), opt.init(np.ones(2)), p.oracle())
+    assert info["message"].startswith("zero gradient") and info["step_norm"] == 0.0 and not info["skipped"]
+
+
+def test_stopping_rules():
+    p = rosenbrock()
+    r = minimize(p, method="bfgs", maxiter=5)
+    assert r.status == "max_iterations" and r.nit == 5 and not r.success
+    r = minimize(p, method="bfgs", max_nfev=10)
+    assert r.status == "max_evaluations" and r.nfev >= 10 and not r.success
+    assert r.nfev < 10 + 30                                # overrun by at most one line search
+    r = minimize(p, method="bfgs", xtol=1e-3)
+    assert r.status == "xtol" and r.success
+    r2 = minimize(p, method="bfgs", gtol=1e-4, gnorm="2")
+    assert r2.status == "gtol" and np.linalg.norm(p.grad(r2.x)) <= 1e-4 and r2.grad_norm == np.linalg.norm(r2.grad)
+    stops = []
+    r = minimize(p, method="lbfgs", callback=lambda x, info: stops.append(info["loss"]) or len(stops) == 3)
+    assert r.status == "callback" and r.nit == 3
+
+
+def test_a_non_descent_direction_is_reset_and_reported():
+    r = minimize(beale(), method="sr1")
+    assert r.resets > 0 and "steepest descent" in r.message and r.success
+
+
+def test_a_wrong_gradient_never_increases_f():
+    for name, wrong in [("negated", lambda x: -rosenbrock().grad(x)),
+                        ("garbage", lambda x: np.array([1.0, -1.0]) * (1 + x @ x))]:
+        p = rosenbrock()
+        for method in ("bfgs", "lbfgs", "sr1", "dfp"):
+            r = minimize(p.f, p.x0, method=method, jac=wrong, maxiter=50)
+            assert r.f <= p.f(p.x0), (name, method)
+            assert r.status in ("step_failed", "max_iterations", "precision", "gtol"), r
+
+
+def test_non_finite_start_and_non_finite_regions():
+    r = minimize(lambda x: float("nan"), np.zeros(2), jac=lambda x: np.zeros(2))
+    assert r.status == "nonfinite" and not r.success and r.nit == 0
+    # f is +inf left of 0.5 (a barrier): the methods backtrack and never accept it
+    f = lambda x: math.inf if x[0] < 0.5 else float((x[0] - 0.7) ** 2 + (x[1] + 1) ** 2)  # noqa: E731
+    g = lambda x: np.array([2 * (x[0] - 0.7), 2 * (x[1] + 1)])  # noqa: E731
+    for method in ("bfgs", "lbfgs", "newton", "newton_cg"):
+        r = minimize(f, np.array([3.0, 2.0]), method=method, jac=g, hess=lambda x: 2 * np.eye(2))
+        assert r.success and abs(r.x[0] - 0.7) < 1e-6 and all(math.isfinite(v) for v in r.history)
+
+
+def test_autodiff_when_no_derivatives_are_given():
+    def f(x):                                     # written with refopt's primitives
+        return ad.sum(ad.square(x - 3.0)) + ad.sum(ad.exp(0.1 * x))
+    r = minimize(f, np.zeros(3), method="newton_cg")
+    expected = minimize(f, np.zeros(3), method="bfgs", gtol=1e-9).x
+    assert r.success and np.allclose(r.x, expected, atol=1e-5)
+
+
+def test_powell_singular_where_newton_is_only_linear():
+    r = minimize(powell_singular(), method="newton", gtol=1e-9)
+    assert r.success and r.f < 1e-12
+
+
+def test_bad_arguments():
+    p = rosenbrock()
+    with pytest.raises(ValueError, match="not available for functions"):
+        minimize(p, method="gauss_newton")
+    with pytest.raises(ValueError, match="not available"):
+        minimize(p, method="adam")
+    with pytest.raises(ValueError, match="gtol"):
+        minimize(p, gtol=-1.0)
+    with pytest.raises(ValueError, match="x0"):
+        minimize(lambda x: 0.0)
+    with pytest.raises(ValueError, match="memory"):
+        minimize(p, method="lbfgs", options={"memory": 0})
+    with pytest.raises(TypeError):
+        minimize(3.0, np.zeros(2))
+    r = minimize(p, method=optimizer_class("lbfgs")(memory=3))     # an optimizer instance works too
+    assert r.success
+    oracle = FunctionOracle(p.f, grad=p.grad)
+    oracle.value_and_grad(p.x0)                                    # counts from before the run are excluded
+    r = minimize(oracle, p.x0, method="bfgs")
+    assert r.nfev == oracle.counts.nfev - 1

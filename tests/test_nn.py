@@ -1,0 +1,352 @@
+"""MLPs, losses as negative log-likelihoods, per-layer statistics, and their input checks."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refopt import autodiff as ad
+from refopt import tree as T
+from refopt.nn import LOSSES, MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy, layer_statistics, make_loss
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+seeds = st.integers(0, 2 ** 31)
+
+NP_ACT = {"tanh": np.tanh, "relu": lambda s: np.maximum(s, 0.0), "identity": lambda s: s,
+          "sigmoid": lambda s: 1.0 / (1.0 + np.exp(-s)), "softplus": lambda s: np.log1p(np.exp(s))}
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def make_problem(kind, reduction, B, C, gen, dtype=np.float64):
+    """(loss, z, y) for a loss kind with random outputs and matching targets."""
+    z = gen.standard_normal((B, C)).astype(dtype)
+    if kind == "softmax":
+        return SoftmaxCrossEntropy(reduction), z, gen.integers(0, C, B)
+    if kind == "gaussian":
+        return Gaussian(reduction, variance=float(gen.uniform(0.3, 3.0))), z, gen.standard_normal((B, C)).astype(dtype)
+    return Bernoulli(reduction), z, gen.integers(0, 2, (B, C)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MLP.
+
+@pytest.mark.parametrize("act", sorted(NP_ACT))
+def test_forward_pass_matches_numpy(act):
+    gen = np.random.default_rng(0)
+    model = MLP([3, 5, 4, 2], activation=act)
+    params = model.init(1)
+    X = gen.standard_normal((6, 3))
+    a = X
+    for l, p in enumerate(params):
+        s = a @ p["W"] + p["b"]
+        a = NP_ACT[act](s) if l < 2 else s
+    np.testing.assert_allclose(model.apply(params, X), a, **TOL)
+    np.testing.assert_allclose(model(params, X), a, **TOL)
+
+
+def test_per_layer_activations_and_output_activation():
+    model = MLP([2, 3, 3, 1], activation=["relu", "tanh"], output_activation="sigmoid")
+    assert model.activations == ["relu", "tanh", "sigmoid"]
+    params = model.init(0)
+    X = np.random.default_rng(0).standard_normal((4, 2))
+    out = model.apply(params, X)
+    expected = _sigmoid(np.tanh(np.maximum(X @ params[0]["W"] + params[0]["b"], 0) @ params[1]["W"]
+                                + params[1]["b"]) @ params[2]["W"] + params[2]["b"])
+    np.testing.assert_allclose(out, expected, **TOL)
+
+
+def test_initialisation_is_seeded_and_follows_each_scheme():
+    sizes = [200, 300, 10]
+    a, b = MLP(sizes).init(5), MLP(sizes).init(5)
+    assert all(np.array_equal(x, y) for x, y in zip(T.leaves(a), T.leaves(b)))
+    assert not np.array_equal(MLP(sizes).init(6)[0]["W"], a[0]["W"])
+    lim = np.sqrt(6 / 500)
+    assert np.abs(a[0]["W"]).max() <= lim and np.abs(a[0]["W"]).max() > 0.95 * lim  # glorot uniform
+    assert all(np.all(p["b"] == 0) for p in a)
+    he = MLP(sizes, init="he").init(0)[0]["W"]
+    assert abs(he.std() / np.sqrt(2 / 200) - 1) < 0.02
+    lecun = MLP(sizes, init="lecun").init(0)[0]["W"]
+    assert abs(lecun.std() / np.sqrt(1 / 200) - 1) < 0.02
+    normal = MLP(sizes, init="normal", init_scale=0.3).init(0)[0]["W"]
+    assert abs(normal.std() / 0.3 - 1) < 0.02
+    assert MLP([3, 4, 2]).num_params == 3 * 4 + 4 + 4 * 2 + 2 == T.size(MLP([3, 4, 2]).init(0))
+    # The documented scheme: one host Generator, layer by layer, W then nothing for b (zeros).
+    g = np.random.default_rng(5)
+    np.testing.assert_array_equal(a[0]["W"], g.uniform(-lim, lim, (200, 300)))
+    lim2 = np.sqrt(6 / 310)
+    np.testing.assert_array_equal(a[1]["W"], g.uniform(-lim2, lim2, (300, 10)))
+
+
+def test_float32_model_end_to_end():
+    model = MLP([3, 4, 2])
+    params = model.init(0, dtype=np.float32)
+    X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1])
+    f = lambda p: SoftmaxCrossEntropy()(model.apply(p, X), y)  # noqa: E731
+    value, g = ad.value_and_grad(f)(params)
+    assert value.dtype == np.float32 and all(leaf.dtype == np.float32 for leaf in T.leaves(g))
+    hv = ad.hvp(f, params, T.tree_map(np.ones_like, params))
+    assert all(leaf.dtype == np.float32 for leaf in T.leaves(hv))
+    g64 = ad.grad(lambda p: SoftmaxCrossEntropy()(model.apply(p, X.astype(float)), y))(
+        T.tree_map(lambda a: a.astype(float), params))
+    np.testing.assert_allclose(T.ravel(g), T.ravel(g64), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sizes=[3]), "sizes"), (dict(sizes=[3, 0, 2]), "sizes"), (dict(sizes=[3, 4, 2], activation="gelu"), "gelu"),
+    (dict(sizes=[3, 4, 2], activation=["tanh", "relu"]), "activation"), (dict(sizes=[3, 2], init="xavier"), "init"),
+    (dict(sizes=[3, 2], output_activation="softmax"), "softmax")])
+def test_invalid_networks_are_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MLP(**kwargs)
+
+
+def test_bad_inputs_to_the_network_name_the_argument():
+    model = MLP([3, 4, 2])
+    params = model.init(0)
+    X = np.zeros((5, 3))
+    with pytest.raises(ValueError, match=r"X: expected shape \(batch, 3\)"):
+        model.apply(params, np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="X: expected shape"):
+        model.apply(params, np.zeros(3))
+    with pytest.raises(TypeError, match="X: expected a float32 or float64"):
+        model.apply(params, np.zeros((5, 3), dtype=np.int64))
+    with pytest.raises(TypeError, match="X: expected a float32 or float64"):
+        model.apply(params, np.zeros((5, 3), dtype=np.float16))
+    with pytest.raises(TypeError, match="X: dtype float32 differs"):
+        model.apply(params, X.astype(np.float32))
+    bad = [dict(p) for p in params]
+    bad[1]["W"] = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"params\[1\]: expected W of shape \(4, 2\)"):
+        model.apply(bad, X)
+    bad = [dict(p) for p in params]
+    bad[0]["b"] = np.zeros((1, 4))  # would broadcast silently
+    with pytest.raises(ValueError, match=r"params\[0\]"):
+        model.apply(bad, X)
+    with pytest.raises(ValueError, match="params"):
+        model.apply(params[:1], X)
+    with pytest.raises(ValueError, match=r"params\[0\]: expected a dict"):
+        model.apply([{"W": params[0]["W"]}, params[1]], X)
+    half = [{"W": p["W"].astype(np.float16), "b": p["b"].astype(np.float16)} for p in params]
+    with pytest.raises(TypeError, match="params"):
+        model.apply(half, X.astype(np.float16))
+    mixed = [{"W": params[0]["W"].astype(np.float32), "b": params[0]["b"]}, params[1]]
+    with pytest.raises(TypeError, match="params"):
+        model.apply(mixed, X)
+    with pytest.raises(TypeError, match="dtype"):
+        model.init(0, dtype=np.float16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses.
+
+@settings(max_examples=10)
+@given(kind=st.sampled_from(["softmax", "gaussian", "bernoulli"]), B=st.integers(1, 5), C=st.integers(2, 4),
+       seed=seeds)
+def test_losses_closed_forms(kind, B, C, seed):
+    gen = np.random.default_rng(seed)
+    loss_sum, z, y = make_problem(kind, "sum", B, C, gen)
+    loss_mean = type(loss_sum)("mean", **({"variance": loss_sum.variance} if kind == "gaussian" else {}))
+    if kind == "softmax":
+        p = _softmax(z)
+        per = -np.log(p[np.arange(B), y])
+        r = p - np.eye(C)[y]
+        Hs = [np.diag(pi) - np.outer(pi, pi) for pi in p]
+    elif kind == "gaussian":
+        s2 = loss_sum.variance
+        per = ((z - y) ** 2).sum(1) / (2 * s2)
+        r = (z - y) / s2
+        Hs = [np.eye(C) / s2] * B
+    else:
+        p = _sigmoid(z)
+        per = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
+        r = p - y
+        Hs = [np.diag(pi * (1 - pi)) for pi in p]
+    np.testing.assert_allclose(loss_sum.per_example(z, y), per, rtol=1e-10)
+    np.testing.assert_allclose(loss_sum(z, y), per.sum(), rtol=1e-10)
+    np.testing.assert_allclose(loss_mean(z, y), per.mean(), rtol=1e-10)
+    assert loss_mean.scale(B) == 1.0 / B and loss_sum.scale(B) == 1.0
+    np.testing.assert_allclose(loss_sum.output_grad(z, y), r, **TOL)
+    np.testing.assert_allclose(loss_mean.output_grad(z, y), r, **TOL)  # per example, unreduced
+    np.testing.assert_allclose(loss_sum.output_hessian(z, y), np.stack(Hs), **TOL)
+    u = gen.standard_normal((B, C))
+    np.testing.assert_allclose(loss_sum.output_hessian_vp(z, y, u), np.einsum("bij,bj->bi", np.stack(Hs), u), **TOL)
+    # The output Hessian is the autodiff's Hessian of ℓ_i with respect to z_i.
+    for i in range(B):
+        Hi = ad.hessian(lambda zi: ad.sum(loss_sum.per_example(ad.reshape(zi, (1, C)), y[i:i + 1])), z[i])
+        np.testing.assert_allclose(Hi, Hs[i], **TOL)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "bernoulli"])
+def test_output_fisher_by_enumerating_every_label(kind):
+    """E_y[r rᵀ] from enumeration over all labels (every class; every 0/1 vector) equals output_fisher,
+    which equals the output Hessian: the true Fisher is the GGN for these likelihoods."""
+    gen = np.random.default_rng(0)
+    B, C = 3, 3
+    loss, z, _ = make_problem(kind, "mean", B, C, gen)
+    expect = np.zeros((B, C, C))
+    for i in range(B):
+        zi = z[i:i + 1]
+        if kind == "softmax":
+            p = _softmax(zi)[0]
+            draws = [(np.array([c]), p[c]) for c in range(C)]
+        else:
+            p = _sigmoid(zi)[0]
+            draws = [(np.array([bits], dtype=float), np.prod(np.where(np.array(bits) == 1, p, 1 - p)))
+                     for bits in itertools.product([0, 1], repeat=C)]
+        for yv, prob in draws:
+            r = loss.output_grad(zi, yv)[0]
+            expect[i] += prob * np.outer(r, r)
+    np.testing.assert_allclose(loss.output_fisher(z), expect, **TOL)
+    np.testing.assert_allclose(loss.output_hessian(z), expect, **TOL)
+
+
+def test_gaussian_output_fisher_matches_sampling():
+    """E[r rᵀ] = I/σ² under y ∼ N(z, σ² I), checked on 200 000 seeded draws within 5 standard errors."""
+    loss = Gaussian(variance=0.5)
+    z = np.array([[0.3, -1.0]])
+    ys = loss.sample(z, 0, 200_000)[:, 0, :]
+    r = (z - ys) / loss.variance
+    est = np.einsum("ki,kj->ij", r, r) / len(r)
+    # each entry of r rᵀ has variance ≤ 2/σ⁴ (Gaussian fourth moments): SE ≈ sqrt(2/n)/σ²
+    se = np.sqrt(2 / len(r)) / loss.variance
+    np.testing.assert_allclose(est, loss.output_fisher(z)[0], atol=5 * se)
+    np.testing.assert_allclose(loss.output_fisher(z)[0], np.eye(2) / 0.5, **TOL)
+
+
+def test_sampling_follows_the_documented_schemes():
+    gen = np.random.default_rng(0)
+    z = gen.standard_normal((4, 3))
+    k = 5
+    ce = SoftmaxCrossEntropy()
+    u = np.random.default_rng(11).random((k, 4))
+    cdf = np.cumsum(_softmax(z), axis=1)
+    expected = np.array([[int(np.argmax(u[j, b] < cdf[b])) for b in range(4)] for j in range(k)])
+    labels = ce.sample(z, 11, k)
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.int64 and labels.shape == (k, 4)
+    np.testing.assert_array_equal(ce.sample(z, 11, k), labels)  # same seed, same draws
+    be = Bernoulli()
+    ub = np.random.default_rng(12).random((k, 4, 3))
+    np.testing.assert_array_equal(be.sample(z, 12, k), (ub < _sigmoid(z)).astype(float))
+    ga = Gaussian(variance=2.0)
+    eps = np.random.default_rng(13).standard_normal((k, 4, 3))
+    np.testing.assert_allclose(ga.sample(z, 13, k), z[None] + np.sqrt(2.0) * eps, **TOL)
+
+
+def test_sampled_label_frequencies_match_the_model():
+    z = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    labels = SoftmaxCrossEntropy().sample(z, 0, 40_000)
+    p = _softmax(z)
+    for b in range(2):
+        freq = np.bincount(labels[:, b], minlength=3) / labels.shape[0]
+        assert np.all(np.abs(freq - p[b]) < 5 * np.sqrt(p[b] * (1 - p[b]) / labels.shape[0]))
+    bern = Bernoulli().sample(z, 1, 40_000).mean(axis=0)
+    assert np.all(np.abs(bern - _sigmoid(z)) < 5 * np.sqrt(0.25 / 40_000))
+
+
+def test_loss_registry():
+    assert set(LOSSES) == {"softmax_cross_entropy", "gaussian", "bernoulli"}
+    assert isinstance(make_loss("gaussian", variance=2.0), Gaussian) and make_loss("gaussian", variance=2.0).variance == 2
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("hinge")
+
+
+def test_loss_constructor_errors():
+    with pytest.raises(ValueError, match="reduction"):
+        SoftmaxCrossEntropy("none")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="variance"):
+            Gaussian(variance=bad)
+
+
+def test_bad_targets_and_outputs_name_the_argument():
+    z = np.zeros((4, 3))
+    ce = SoftmaxCrossEntropy()
+    with pytest.raises(TypeError, match="y: expected integer class labels"):
+        ce(z, np.array([0.0, 1.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 2\]"):
+        ce(z, np.array([0, 1, 3, 1]))
+    with pytest.raises(ValueError, match=r"y: labels must lie"):
+        ce(z, np.array([0, -1, 2, 1]))
+    with pytest.raises(ValueError, match=r"y: expected shape \(4,\)"):
+        ce(z, np.array([[0], [1], [2], [1]]))
+    ga = Gaussian()
+    with pytest.raises(ValueError, match=r"y: expected shape \(4, 3\)"):
+        ga(z, np.zeros(3))  # would broadcast over the batch
+    with pytest.raises(ValueError, match=r"y: expected shape \(4, 3\)"):
+        ga(z, np.zeros((4, 1)))
+    with pytest.raises(TypeError, match="y: expected real targets"):
+        ga(z, np.zeros((4, 3), dtype=int))
+    with pytest.raises(ValueError, match="y: targets contain NaN"):
+        ga(z, np.full((4, 3), np.nan))
+    be = Bernoulli()
+    with pytest.raises(ValueError, match="y: Bernoulli targets must be 0 or 1"):
+        be(z, np.full((4, 3), 0.5))
+    with pytest.raises(ValueError, match=r"y: expected shape \(4, 3\)"):
+        be(z, np.zeros((4, 1)))
+    for loss, y in ((ce, np.zeros(4, dtype=int)), (ga, np.zeros((4, 3))), (be, np.zeros((4, 3)))):
+        with pytest.raises(ValueError, match="z: the network outputs .* NaN or Inf"):
+            loss(np.full((4, 3), np.inf), y)
+        with pytest.raises(ValueError, match="z: expected network outputs of shape"):
+            loss(np.zeros(3), y)
+        with pytest.raises(ValueError, match="u: expected shape"):
+            loss.output_hessian_vp(z, y, np.ones(3))
+    # check=False lets a non-finite output through (a line search's trial point) as a non-finite loss
+    assert not np.isfinite(ga(np.full((4, 3), np.inf), np.zeros((4, 3)), check=False))
+
+
+def test_gaussian_targets_take_the_outputs_dtype():
+    z = np.ones((2, 2), dtype=np.float32)
+    value = Gaussian()(z, np.zeros((2, 2)))
+    assert value.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-layer statistics.
+
+@settings(max_examples=10)
+@given(kind=st.sampled_from(["softmax", "gaussian", "bernoulli"]), reduction=st.sampled_from(["mean", "sum"]),
+       depth=st.integers(1, 3), B=st.integers(1, 4), act=st.sampled_from(["tanh", "relu", "softplus"]), seed=seeds)
+def test_layer_statistics_reproduce_the_gradient(kind, reduction, depth, B, act, seed):
+    """∇W_l = Σ_i a_{l−1,i} g_{l,i}ᵀ and ∇b_l = Σ_i g_{l,i}; example i's own gradient is g_{l,i}/scale."""
+    gen = np.random.default_rng(seed)
+    sizes = [int(gen.integers(1, 4)) for _ in range(depth)] + [3]
+    model = MLP(sizes, activation=act, init="normal", init_scale=0.7)
+    params = model.init(seed)
+    loss, _, y = make_problem(kind, reduction, B, 3, gen)
+    X = gen.standard_normal((B, sizes[0]))
+    stats = layer_statistics(model, loss, params, X, y)
+    value, grad = ad.value_and_grad(lambda p: loss(model.apply(p, X), y))(params)
+    np.testing.assert_allclose(stats.loss, value, **TOL)
+    np.testing.assert_allclose(T.ravel(stats.grad), T.ravel(grad), **TOL)
+    assert len(stats.inputs) == len(stats.output_grads) == model.num_layers
+    a = X
+    for l, p in enumerate(params):
+        assert stats.inputs[l].shape == (B, sizes[l]) and stats.output_grads[l].shape == (B, sizes[l + 1])
+        np.testing.assert_allclose(stats.inputs[l], a, **TOL)
+        np.testing.assert_allclose(stats.inputs[l].T @ stats.output_grads[l], grad[l]["W"], **TOL)
+        np.testing.assert_allclose(stats.output_grads[l].sum(0), grad[l]["b"], **TOL)
+        # With the bias as the last row of [W; b] and a trailing 1 on a: [a, 1]ᵀ g = [∇W; ∇b].
+        abar = np.hstack([stats.inputs[l], np.ones((B, 1))])
+        np.testing.assert_allclose(abar.T @ stats.output_grads[l], np.vstack([grad[l]["W"], grad[l]["b"]]), **TOL)
+        a = NP_ACT[act](a @ p["W"] + p["b"]) if l < len(params) - 1 else None
+    # Per example: g_l / scale is the gradient of ℓ_i alone (B·g_l for mean, g_l for sum).
+    i = int(gen.integers(0, B))
+    sl = slice(i, i + 1)
+    gi = ad.grad(lambda p: ad.sum(loss.per_example(model.apply(p, X[sl]), y[sl])))(params)
+    scale = loss.scale(B)
+    for l in range(model.num_layers):
+        own = np.outer(stats.inputs[l][i], stats.output_grads[l][i]) / scale
+        np.testing.assert_allclose(own, gi[l]["W"], **TOL)

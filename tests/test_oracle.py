@@ -1,0 +1,192 @@
+"""Oracles: what they compute, what they count, how they treat trial points and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refopt import autodiff as ad
+from refopt import tree as T
+from refopt.nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy
+from refopt.oracle import Counts, FunctionOracle, Oracle
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def make(loss=None, B=5, dtype=np.float64, sizes=(3, 4, 2)):
+    gen = np.random.default_rng(0)
+    model = MLP(list(sizes))
+    loss = loss or SoftmaxCrossEntropy()
+    X = gen.standard_normal((B, sizes[0])).astype(dtype)
+    if isinstance(loss, SoftmaxCrossEntropy):
+        y = gen.integers(0, sizes[-1], B)
+    elif isinstance(loss, Gaussian):
+        y = gen.standard_normal((B, sizes[-1])).astype(dtype)
+    else:
+        y = gen.integers(0, 2, (B, sizes[-1])).astype(dtype)
+    return Oracle(model, loss, X, y), model.init(1, dtype=dtype), gen
+
+
+def test_values_gradients_and_products_agree_with_the_autodiff():
+    oracle, params, gen = make()
+    v = T.tree_map(lambda a: gen.standard_normal(a.shape), params)
+
+    def f(p):
+        return oracle.loss(oracle.model.apply(p, oracle.X), oracle.y)
+
+    value, g = ad.value_and_grad(f)(params)
+    assert oracle.value(params) == pytest.approx(float(value), rel=1e-14)
+    val2, g2 = oracle.value_and_grad(params)
+    assert val2 == pytest.approx(float(value), rel=1e-14)
+    np.testing.assert_allclose(T.ravel(g2), T.ravel(g), **TOL)
+    np.testing.assert_allclose(T.ravel(oracle.grad(params)), T.ravel(g), **TOL)
+    Hv = T.ravel(ad.hvp(f, params, v))
+    np.testing.assert_allclose(T.ravel(oracle.hvp(params, v)), Hv, **TOL)
+    g3, prod = oracle.hvp_operator(params)
+    np.testing.assert_allclose(T.ravel(g3), T.ravel(g), **TOL)
+    np.testing.assert_allclose(T.ravel(prod(v)), Hv, **TOL)
+    np.testing.assert_allclose(oracle.dense_hessian(params) @ T.ravel(v), Hv, **TOL)
+    stats = oracle.layer_stats(params)
+    np.testing.assert_allclose(T.ravel(stats.grad), T.ravel(g), **TOL)
+    labels = np.zeros(oracle.batch_size, dtype=int)
+    np.testing.assert_allclose(T.ravel(oracle.grad_at_labels(params, labels)),
+                               T.ravel(ad.grad(lambda p: oracle.loss(oracle.model.apply(p, oracle.X), labels))(params)),
+                               **TOL)
+    np.testing.assert_allclose(T.ravel(oracle.layer_stats(params, targets=labels).grad),
+                               T.ravel(oracle.grad_at_labels(params, labels)), **TOL)
+
+
+def test_every_request_is_counted_and_batches_share_the_counts():
+    oracle, params, gen = make()
+    v = T.tree_map(np.ones_like, params)
+    oracle.value(params)
+    oracle.value_and_grad(params)
+    oracle.grad(params)
+    oracle.hvp(params, v)
+    _, prod = oracle.hvp_operator(params)
+    prod(v)
+    prod(v)
+    oracle.ggn_vp(params, v)
+    oracle.fisher_vp(params, v)
+    op = oracle.curvature_operator(params, "ggn")
+    op(v)
+    oracle.curvature_operator(params, "empirical")(v)
+    oracle.jvp(params, v)
+    oracle.vjp(params, np.ones((oracle.batch_size, 2)))
+    oracle.layer_stats(params)
+    oracle.grad_at_labels(params, oracle.y)
+    oracle.hutchinson_diag(params, seed=0, k=3)
+    oracle.gnb_diag(params, seed=0, k=2)
+    expected = dict(nfev=3, ngev=2 + 1 + 1 + 1 + 2, nhvp=1 + 2 + 3, nggnvp=2, nfvp=2, njvp=1, nvjp=1, nstats=1)
+    assert oracle.counts.as_dict() == expected
+    other = oracle.with_batch(oracle.X[:2], oracle.y[:2])
+    other.value(params)
+    assert other.counts is oracle.counts and oracle.counts.nfev == 4
+    assert other.batch_size == 2
+    assert Counts().as_dict() == dict.fromkeys(expected, 0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow at the trial point is the point
+def test_trial_points_return_non_finite_values_instead_of_raising():
+    oracle, params, _ = make(Gaussian())
+    huge = T.tree_map(lambda a: np.full_like(a, 1e200), params)
+    assert not np.isfinite(oracle.value(huge))
+    value, g = oracle.value_and_grad(huge)
+    assert not np.isfinite(value)
+    nan = T.tree_map(lambda a: np.full_like(a, np.nan), params)
+    assert np.isnan(oracle.value(nan))
+    assert not T.all_finite(oracle.grad(nan))
+
+
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), Gaussian(variance=0.5), Bernoulli("sum")],
+                         ids=["softmax", "gaussian", "bernoulli"])
+def test_float32_end_to_end(loss):
+    oracle, params, gen = make(loss, dtype=np.float32)
+    v = T.tree_map(lambda a: gen.standard_normal(a.shape).astype(np.float32), params)
+    results = [oracle.grad(params), oracle.hvp(params, v), oracle.hvp_operator(params)[1](v), oracle.ggn_vp(params, v),
+               oracle.fisher_vp(params, v, "true"), oracle.fisher_vp(params, v, "mc", seed=0, samples=2),
+               oracle.fisher_vp(params, v, "empirical"), oracle.curvature_operator(params)(v),
+               oracle.layer_stats(params).grad, oracle.hutchinson_diag(params, seed=0), oracle.gnb_diag(params, seed=0)]
+    for r in results:
+        assert all(leaf.dtype == np.float32 for leaf in T.leaves(r)), r
+    stats = oracle.layer_stats(params)
+    assert all(a.dtype == np.float32 for a in stats.inputs + stats.output_grads)
+    assert oracle.dense_ggn(params).dtype == np.float32
+    assert oracle.jvp(params, v).dtype == np.float32
+    # and the float32 numbers are the float64 ones, rounded
+    o64 = Oracle(oracle.model, loss, oracle.X.astype(np.float64),
+                 oracle.y if oracle.y.dtype.kind in "iu" else oracle.y.astype(np.float64))
+    p64 = T.tree_map(lambda a: a.astype(np.float64), params)
+    v64 = T.tree_map(lambda a: a.astype(np.float64), v)
+    np.testing.assert_allclose(T.ravel(oracle.ggn_vp(params, v)), T.ravel(o64.ggn_vp(p64, v64)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(T.ravel(oracle.hvp(params, v)), T.ravel(o64.hvp(p64, v64)), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_batches_name_the_argument():
+    model, loss = MLP([3, 2]), SoftmaxCrossEntropy()
+    y = np.zeros(4, dtype=int)
+    with pytest.raises(ValueError, match=r"X: expected shape \(batch, 3\)"):
+        Oracle(model, loss, np.zeros((4, 2)), y)
+    with pytest.raises(ValueError, match="X: the batch is empty"):
+        Oracle(model, loss, np.zeros((0, 3)), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="X: inputs contain NaN"):
+        Oracle(model, loss, np.full((4, 3), np.nan), y)
+    with pytest.raises(TypeError, match="X: expected a float32 or float64"):
+        Oracle(model, loss, np.zeros((4, 3), dtype=np.int64), y)
+    with pytest.raises(TypeError, match="X: expected a float32 or float64"):
+        Oracle(model, loss, np.zeros((4, 3), dtype=np.float16), y)
+    with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 1\]"):
+        Oracle(model, loss, np.zeros((4, 3)), np.array([0, 1, 2, 0]))
+    with pytest.raises(TypeError, match="y: expected integer"):
+        Oracle(model, loss, np.zeros((4, 3)), np.zeros(4))
+    with pytest.raises(ValueError, match=r"y: expected shape \(4,\)"):
+        Oracle(model, loss, np.zeros((4, 3)), np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match=r"y: expected shape \(4, 2\)"):
+        Oracle(model, Gaussian(), np.zeros((4, 3)), np.zeros((1, 2)))
+    ok = Oracle(model, loss, [[0.0, 1.0, 2.0]] * 4, y)  # nested lists are converted
+    assert ok.X.dtype == np.float64
+    with pytest.raises(ValueError, match="y: labels must lie"):
+        ok.grad_at_labels(model.init(0), np.array([0, 5, 0, 0]))
+    with pytest.raises(TypeError, match="X: dtype float64 differs"):
+        ok.value(model.init(0, dtype=np.float32))
+    with pytest.raises(ValueError, match="v: tangent"):
+        ok.hvp(model.init(0), [{"W": np.ones((3, 1)), "b": np.ones(2)}])
+    with pytest.raises(ValueError, match="cotangent"):
+        ok.hvp_operator(model.init(0))[1]([{"W": np.ones(2), "b": np.ones(2)}])
+
+
+def test_function_oracle_uses_analytic_derivatives_or_the_autodiff():
+    A = np.array([[3.0, 1.0], [1.0, 2.0]])
+    b = np.array([1.0, -1.0])
+
+    def f(x):
+        return 0.5 * ad.dot(x, A @ x) - ad.dot(b, x) + ad.sum(ad.exp(x)) * 0.0
+
+    calls = {"grad": 0, "hess": 0}
+
+    def grad(x):
+        calls["grad"] += 1
+        return A @ x - b
+
+    def hess(x):
+        calls["hess"] += 1
+        return A
+
+    x, v = np.array([0.5, -0.2]), np.array([1.0, 2.0])
+    auto, exact = FunctionOracle(f), FunctionOracle(f, grad=grad, hess=hess)
+    for o in (auto, exact):
+        value, g = o.value_and_grad(x)
+        assert value == pytest.approx(0.5 * x @ A @ x - b @ x)
+        np.testing.assert_allclose(g, A @ x - b, **TOL)
+        np.testing.assert_allclose(o.grad(x), A @ x - b, **TOL)
+        np.testing.assert_allclose(o.hvp(x, v), A @ v, **TOL)
+        np.testing.assert_allclose(o.hvp_operator(x)[1](v), A @ v, **TOL)
+        np.testing.assert_allclose(o.dense_hessian(x), A, **TOL)
+        assert o.counts.nfev == 1 and o.counts.ngev == 3 and o.counts.nhvp == 2
+    assert calls == {"grad": 3, "hess": 3}
+    assert FunctionOracle(f, hvp=lambda x, v: A @ v).hvp(x, v).tolist() == (A @ v).tolist()
+    with pytest.raises(ValueError, match="hvp"):
+        exact.dense_hessian(x, max_size=1)
+    with pytest.raises(ValueError, match="hvp"):
+        auto.dense_hessian(x, max_size=1)
+    with np.errstate(invalid="ignore"):
+        assert not np.isfinite(FunctionOracle(lambda z: ad.log(ad.sum(z))).value(np.array([-1.0, 0.0])))

@@ -1,0 +1,297 @@
+"""Shampoo against dense Kronecker products, full-matrix Adagrad, and transcriptions of each switch."""
+from functools import reduce
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from refopt.nn import MLP, SoftmaxCrossEntropy
+from refopt.optim import optimizer_class
+from refopt.optim.adagrad import Adagrad, FullMatrixAdagrad
+from refopt.optim.shampoo import Shampoo, block_slices, merge_dims
+from refopt.oracle import FunctionOracle, Oracle
+
+
+class ScriptedOracle:
+    """Returns the given gradients one after another (the loss is 0), whatever the params."""
+
+    def __init__(self, grads):
+        self.grads = list(grads)
+        self.calls = 0
+
+    def value_and_grad(self, params):
+        g = self.grads[self.calls]
+        self.calls += 1
+        return 0.0, g
+
+
+def run(opt, x0, grads):
+    x, s, info = x0, opt.init(x0), None
+    orc = ScriptedOracle(grads)
+    for _ in range(len(grads)):
+        x, s, info = opt.update(x, s, orc)
+    return x, s, info
+
+
+def psd_power(M, p, eps=0.0, mode="add"):
+    """M^p for symmetric PSD M by the SVD (independent of the optimizer's eigh)."""
+    U, sig, _ = np.linalg.svd(M)
+    lam = sig + eps if mode == "add" else np.maximum(sig, eps)
+    return (U * lam ** p) @ U.T
+
+
+def unfold(G, i):
+    return np.moveaxis(G, i, 0).reshape(G.shape[i], -1)
+
+
+def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0):
+    """vec(P(G_last)) = (R_1 ⊗ … ⊗ R_k) vec(G_last), R_i = (H_i + εI)^p from the unfoldings, densely."""
+    G = grads[-1]
+    k = G.ndim
+    p = -1.0 / (2 * k) if p is None else p
+    roots = []
+    for i in range(k):
+        H = c0 * np.eye(G.shape[i])
+        for Gt in grads:
+            S = unfold(Gt, i) @ unfold(Gt, i).T
+            H = H + S if beta2 is None else beta2 * H + (1 - beta2) * S
+        roots.append(psd_power(H, p, eps, mode))
+    return (reduce(np.kron, roots) @ G.ravel()).reshape(G.shape)
+
+
+# --- construction and bad input --------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(eps=0.0), dict(eps=-1.0), dict(beta2=1.0), dict(beta2=-0.5),
+                                dict(statistics="max"), dict(eps_mode="clip"), dict(exponent=0.25),
+                                dict(exponent=0.0), dict(precondition_interval=0), dict(start_step=0),
+                                dict(grafting="adam"), dict(graft_eps=0.0), dict(merge_dims=0),
+                                dict(block_size=0), dict(momentum=1.0), dict(precondition="both"),
+                                dict(initial_accumulator=-1.0), dict(weight_decay=-1.0),
+                                dict(weight_decay_mode="adamw")])
+def test_bad_hyperparameters_raise(kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        Shampoo(**kw)
+
+
+def test_order_zero_and_zero_length_leaves_raise_at_init():
+    with pytest.raises(ValueError, match="order 0"):
+        Shampoo().init([np.zeros((2, 2)), np.array(1.0)])
+    with pytest.raises(ValueError, match="zero-length"):
+        Shampoo().init([np.zeros((2, 0, 3))])
+    with pytest.raises(ValueError, match="zero-length"):
+        Shampoo(vector_diagonal=True).init(np.zeros(0))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(eps_mode="floor"), dict(vector_diagonal=True), dict(block_size=2)])
+def test_zero_gradients_keep_roots_finite(kw):
+    p0 = [np.ones((3, 2)), np.ones(3)]
+    x, s, info = run(Shampoo(**kw), p0, [[np.zeros((3, 2)), np.zeros(3)]] * 2)
+    assert not info["skipped"]
+    for leaf in s.roots:
+        for Rs in leaf:
+            for R in Rs:
+                assert np.all(np.isfinite(R))
+    np.testing.assert_array_equal(x[0], p0[0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_gradient_is_refused(bad):
+    opt = Shampoo()
+    x1, s1, _ = run(opt, [np.ones((2, 2))], [[np.eye(2)]])
+    G = np.eye(2)
+    G[0, 1] = bad
+    x2, s2, info = opt.update(x1, s1, ScriptedOracle([[G]]))
+    assert info["skipped"] and "non-finite gradient" in info["message"]
+    assert x2 is x1 and s2 is s1
+
+
+# --- identities of the theory ----------------------------------------------------------------------
+@given(st.integers(1, 5), st.integers(1, 4), st.data())
+def test_vector_shampoo_equals_full_matrix_adagrad(n, steps, data):
+    grads = [data.draw(hnp.arrays(np.float64, n, elements=st.floats(-3, 3))) for _ in range(steps)]
+    x0 = np.linspace(-1, 1, n)
+    xs, _, _ = run(Shampoo(lr=0.3, eps=1e-3, initial_accumulator=0.5), x0, grads)
+    xa, _, _ = run(FullMatrixAdagrad(lr=0.3, eps=1e-3, initial_accumulator=0.5, eps_mode="inside"), x0, grads)
+    np.testing.assert_allclose(xs, xa, rtol=1e-10, atol=1e-12)
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.data())
+def test_matrix_shampoo_equals_dense_kronecker_formula(m, n, data):
+    G1 = data.draw(hnp.arrays(np.float64, (m, n), elements=st.floats(-2, 2)))
+    G2 = data.draw(hnp.arrays(np.float64, (m, n), elements=st.floats(-2, 2)))
+    eps, lr = 0.01, 0.5
+    x0 = np.zeros((m, n))
+    x1, s1, _ = run(Shampoo(lr=lr, eps=eps), x0, [G1])
+    x2, _, _ = Shampoo(lr=lr, eps=eps).update(x1, s1, ScriptedOracle([G2]))
+    # (L^{1/4} ⊗ R^{1/4})⁻¹ vec(G), built densely and inverted
+    L = G1 @ G1.T + G2 @ G2.T + eps * np.eye(m)
+    R = G1.T @ G1 + G2.T @ G2 + eps * np.eye(n)
+    K = np.kron(psd_power(L, 0.25), psd_power(R, 0.25))
+    expected = np.linalg.solve(K, G2.ravel()).reshape(m, n)
+    np.testing.assert_allclose((x1 - x2) / lr, expected, rtol=1e-8, atol=1e-10)
+
+
+@given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)), st.data())
+def test_order3_mode_products_equal_dense_kronecker(shape, data):
+    grads = [data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-2, 2))) for _ in range(2)]
+    x, _, _ = run(Shampoo(lr=1.0, eps=0.05), np.zeros(shape), grads)
+    x1, _, _ = run(Shampoo(lr=1.0, eps=0.05), np.zeros(shape), grads[:1])
+    np.testing.assert_allclose(x1 - x, dense_direction(grads, 0.05), rtol=1e-9, atol=1e-11)
+
+
+def test_first_step_of_a_rank_one_matrix_gradient_by_hand():
+    # G = u vᵀ with ‖u‖ = ‖v‖ = 1, σ = 2: L = 4uuᵀ, R = 4vvᵀ; with ε → 0 in the range,
+    # L^{-1/4} G R^{-1/4} = 4^{-1/4} u · 2 · 4^{-1/4} vᵀ = u vᵀ (the step normalises the singular value).
+    u, v = np.array([0.6, 0.8]), np.array([1.0, 0.0, 0.0])
+    G = 2.0 * np.outer(u, v)
+    x, _, _ = run(Shampoo(lr=1.0, eps=1e-12), np.zeros((2, 3)), [G])
+    np.testing.assert_allclose(-x, np.outer(u, v), atol=1e-6)
+
+
+# --- every switch against a transcription -----------------------------------------------------------
+SHAPE = (3, 2)
+GRADS = [np.array([[1.0, -0.5], [0.3, 2.0], [-1.0, 0.2]]), np.array([[0.2, 1.0], [-0.7, 0.4], [1.5, -0.3]]),
+         np.array([[-0.4, 0.1], [0.9, -1.2], [0.6, 0.8]])]
+X0 = np.array([[0.5, -1.0], [1.0, 0.25], [-0.5, 2.0]])
+
+
+def two_steps(**kw):
+    opt = Shampoo(lr=0.5, eps=0.1, **kw)
+    x, s, _ = run(opt, X0.copy(), GRADS[:2])
+    return x
+
+
+def test_two_steps_default():
+    d1 = dense_direction(GRADS[:1], 0.1)
+    d2 = dense_direction(GRADS[:2], 0.1)
+    np.testing.assert_allclose(two_steps(), X0 - 0.5 * d1 - 0.5 * d2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kw,ref", [
+    (dict(statistics="ema", beta2=0.7), dict(beta2=0.7)),
+    (dict(eps_mode="floor"), dict(mode="floor")),
+    (dict(exponent=-0.5), dict(p=-0.5)),
+    (dict(initial_accumulator=0.3), dict(c0=0.3)),
+])
+def test_two_steps_statistics_and_root_switches(kw, ref):
+    d1 = dense_direction(GRADS[:1], 0.1, **ref)
+    d2 = dense_direction(GRADS[:2], 0.1, **ref)
+    x = two_steps(**kw)
+    np.testing.assert_allclose(x, X0 - 0.5 * d1 - 0.5 * d2, rtol=1e-12)
+    assert np.max(np.abs(x - two_steps())) > 1e-3  # the switch matters
+
+
+def test_stale_roots_between_recomputations():
+    # T = 2: roots at t = 1 and 3; step 2 applies the step-1 roots to G2
+    x = run(Shampoo(lr=0.5, eps=0.1, precondition_interval=2), X0.copy(), GRADS)[0]
+    H = [unfold(GRADS[0], i) @ unfold(GRADS[0], i).T for i in range(2)]
+    stale = psd_power(H[0], -0.25, 0.1) @ GRADS[1] @ psd_power(H[1], -0.25, 0.1)
+    expected = X0 - 0.5 * (dense_direction(GRADS[:1], 0.1) + stale + dense_direction(GRADS, 0.1))
+    np.testing.assert_allclose(x, expected, rtol=1e-12)
+
+
+def test_start_step_uses_the_graft_direction_before():
+    x, s, info = run(Shampoo(lr=0.5, eps=0.1, start_step=2), X0.copy(), GRADS[:1])
+    np.testing.assert_allclose(x, X0 - 0.5 * GRADS[0], rtol=1e-14)
+    assert not info["preconditioned"] and s.roots[0] is None
+    x2, _, info2 = Shampoo(lr=0.5, eps=0.1, start_step=2).update(x, s, ScriptedOracle(GRADS[1:2]))
+    np.testing.assert_allclose(x2, x - 0.5 * dense_direction(GRADS[:2], 0.1), rtol=1e-12)
+    assert info2["preconditioned"] and info2["refreshed"]
+    # with Adagrad grafting the early steps are Adagrad steps
+    xa, _, _ = run(Shampoo(lr=0.5, eps=0.1, start_step=3, grafting="adagrad", graft_eps=1e-3), X0.copy(), GRADS[:2])
+    xd, _, _ = run(Adagrad(lr=0.5, eps=1e-3), X0.copy(), GRADS[:2])
+    np.testing.assert_allclose(xa, xd, rtol=1e-13)
+
+
+@pytest.mark.parametrize("grafting", ["sgd", "adagrad"])
+def test_grafting_takes_the_norm_of_the_graft(grafting):
+    opt = Shampoo(lr=1.0, eps=0.1, grafting=grafting, graft_eps=1e-3)
+    x1, s1, _ = run(opt, np.zeros(SHAPE), GRADS[:1])
+    x2, _, _ = opt.update(x1, s1, ScriptedOracle(GRADS[1:2]))
+    d2 = x1 - x2
+    P = dense_direction(GRADS[:2], 0.1)
+    A = GRADS[0] ** 2 + GRADS[1] ** 2
+    graft = GRADS[1] if grafting == "sgd" else GRADS[1] / (np.sqrt(A) + 1e-3)
+    np.testing.assert_allclose(d2, P * np.linalg.norm(graft) / np.linalg.norm(P), rtol=1e-12)
+
+
+def test_merge_dims_reshapes_before_preconditioning():
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal((2, 3, 4)) for _ in range(2)]
+    assert merge_dims((2, 3, 4), 6) == (6, 4) and merge_dims((2, 3, 4), 5) == (2, 3, 4)
+    x, _, _ = run(Shampoo(lr=0.5, eps=0.1, merge_dims=6), np.zeros((2, 3, 4)), grads)
+    xm, _, _ = run(Shampoo(lr=0.5, eps=0.1), np.zeros((6, 4)), [g.reshape(6, 4) for g in grads])
+    np.testing.assert_allclose(x.reshape(6, 4), xm, rtol=1e-12)  # exponent −1/4 of the merged order 2
+
+
+def test_blocks_are_preconditioned_independently():
+    rng = np.random.default_rng(4)
+    grads = [rng.standard_normal((4, 5)) for _ in range(2)]
+    assert len(block_slices((4, 5), 3)) == 4
+    x, _, _ = run(Shampoo(lr=0.5, eps=0.1, block_size=3), np.zeros((4, 5)), grads)
+    for rows in (slice(0, 3), slice(3, 4)):
+        for cols in (slice(0, 3), slice(3, 5)):
+            xb, _, _ = run(Shampoo(lr=0.5, eps=0.1), np.zeros((4, 5))[rows, cols], [g[rows, cols] for g in grads])
+            np.testing.assert_allclose(x[rows, cols], xb, rtol=1e-12)
+
+
+def test_vector_diagonal_is_adagrad_with_eps_inside():
+    grads = [np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.3, -1.0])]
+    x, _, _ = run(Shampoo(lr=0.5, eps=0.01, vector_diagonal=True), np.zeros(3), grads)
+    xa, _, _ = run(Adagrad(lr=0.5, eps=0.01, eps_mode="inside"), np.zeros(3), grads)
+    np.testing.assert_allclose(x, xa, rtol=1e-13)
+    xf, _, _ = run(Shampoo(lr=0.5, eps=0.01), np.zeros(3), grads)
+    assert np.max(np.abs(xf - x)) > 1e-3
+
+
+@pytest.mark.parametrize("precondition", ["gradient", "momentum"])
+def test_momentum_two_steps(precondition):
+    mu = 0.5
+    x = run(Shampoo(lr=0.5, eps=0.1, momentum=mu, precondition=precondition), X0.copy(), GRADS[:2])[0]
+    d1 = dense_direction(GRADS[:1], 0.1)
+    if precondition == "gradient":  # m1 = P1(G1), m2 = μ m1 + P2(G2)
+        step2 = mu * d1 + dense_direction(GRADS[:2], 0.1)
+    else:  # m2 = μ G1 + G2, preconditioned with the step-2 statistics (of the raw gradients)
+        H = [sum(unfold(G, i) @ unfold(G, i).T for G in GRADS[:2]) for i in range(2)]
+        step2 = psd_power(H[0], -0.25, 0.1) @ (mu * GRADS[0] + GRADS[1]) @ psd_power(H[1], -0.25, 0.1)
+    np.testing.assert_allclose(x, X0 - 0.5 * d1 - 0.5 * step2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_weight_decay_two_steps(mode):
+    lam, lr = 0.2, 0.5
+    x = run(Shampoo(lr=lr, eps=0.1, weight_decay=lam, weight_decay_mode=mode), X0.copy(), GRADS[:2])[0]
+    if mode == "l2":
+        g1 = GRADS[0] + lam * X0
+        x1 = X0 - lr * dense_direction([g1], 0.1)
+        g2 = GRADS[1] + lam * x1
+        expected = x1 - lr * dense_direction([g1, g2], 0.1)
+    else:
+        x1 = X0 - lr * (dense_direction(GRADS[:1], 0.1) + lam * X0)
+        expected = x1 - lr * (dense_direction(GRADS[:2], 0.1) + lam * x1)
+    np.testing.assert_allclose(x, expected, rtol=1e-12)
+
+
+# --- networks and vectors ------------------------------------------------------------------------
+def test_mlp_biases_full_matrix_and_descent():
+    assert optimizer_class("shampoo") is Shampoo
+    rng = np.random.default_rng(0)
+    model = MLP([3, 4, 2])
+    orc = Oracle(model, SoftmaxCrossEntropy(), rng.standard_normal((16, 3)), rng.integers(0, 2, 16))
+    opt = Shampoo(lr=0.1, precondition_interval=2, grafting="adagrad")
+    p = model.init(0)
+    s = opt.init(p)
+    assert [R.shape for R in s.stats[1][0]] == [(4, 4)]          # bias b_1: one 4×4 statistic
+    assert [R.shape for R in s.stats[0][0]] == [(3, 3), (4, 4)]  # W_1 (3, 4): L and R
+    first = orc.value(p)
+    for _ in range(4):
+        p, s, info = opt.update(p, s, orc)
+    assert orc.value(p) < first
+
+
+def test_function_oracle_vector():
+    f = FunctionOracle(lambda x: 0.5 * float(x @ x), grad=lambda x: x)
+    x, s = np.array([1.0, -2.0]), Shampoo(lr=0.5).init(np.array([1.0, -2.0]))
+    x, s, info = Shampoo(lr=0.5).update(x, s, f)
+    assert info["loss"] == 2.5 and np.all(np.abs(x) < [1.0, 2.0])

@@ -1,0 +1,340 @@
+"""Sophia-G and Sophia-H: Algorithm 3 and the official code transcribed, clipping bound, Newton limit, draws."""
+import itertools
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from refopt import tree as T
+from refopt.curvature import draw_probes
+from refopt.nn import MLP, SoftmaxCrossEntropy
+from refopt.optim import optimizer_class
+from refopt.optim.sophia import SophiaG, SophiaH
+from refopt.oracle import FunctionOracle, Oracle
+
+
+def quadratic_oracle(A, b):
+    return FunctionOracle(lambda x: 0.5 * float(x @ A @ x) + float(b @ x), grad=lambda x: A @ x + b,
+                          hvp=lambda x, v: A @ v)
+
+
+def all_rademacher(n):
+    return [np.array(s, dtype=float) for s in itertools.product([-1.0, 1.0], repeat=n)]
+
+
+# --- a tiny classifier, and its loss in HIPS autograd (independent of refopt's autodiff) ---------------------
+RNG = np.random.default_rng(2)
+MODEL = MLP([3, 4, 3])
+X = RNG.standard_normal((8, 3))
+Y = RNG.integers(0, 3, 8)
+
+
+def np_loss(params, labels):
+    a = X
+    for i, p in enumerate(params):
+        s = anp.dot(a, p["W"]) + p["b"]
+        a = anp.tanh(s) if i < len(params) - 1 else s
+    lse = anp.log(anp.sum(anp.exp(a - anp.max(a, axis=1, keepdims=True)), axis=1)) + anp.max(a, axis=1)
+    return anp.mean(lse - a[np.arange(len(labels)), labels])
+
+
+np_grad = autograd.grad(np_loss)
+
+
+def oracle():
+    return Oracle(MODEL, SoftmaxCrossEntropy(), X, Y)
+
+
+LABELS = [RNG.integers(0, 3, (1, 8)) for _ in range(8)]  # injected "sampled" labels, one set per step
+
+
+# --- construction and bad input --------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [SophiaG, SophiaH])
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(beta1=1.0), dict(beta2=1.0), dict(beta2=-0.1), dict(gamma=0.0),
+                                dict(gamma=-1.0), dict(eps=0.0), dict(weight_decay=-1.0), dict(k=0),
+                                dict(parametrization="optax"), dict(refresh="during"), dict(seed=-3)])
+def test_bad_hyperparameters_raise(cls, kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        cls(**kw)
+
+
+def test_more_bad_hyperparameters_and_params():
+    with pytest.raises(ValueError, match="bias_correction"):
+        SophiaG(parametrization="official", bias_correction=True)
+    with pytest.raises(ValueError, match="samples"):
+        SophiaG(samples=0)
+    with pytest.raises(ValueError, match="probes"):
+        SophiaH(probes=0)
+    with pytest.raises(ValueError, match="probe_distribution"):
+        SophiaH(probe_distribution="sphere")
+    with pytest.raises(ValueError, match="zero-length"):
+        SophiaH().init([np.zeros(0)])
+
+
+def test_sophia_g_needs_a_network_oracle():
+    opt = SophiaG()
+    x = np.ones(2)
+    with pytest.raises(TypeError, match="SophiaH"):
+        opt.update(x, opt.init(x), quadratic_oracle(np.eye(2), np.zeros(2)))
+
+
+@pytest.mark.parametrize("cls", [SophiaG, SophiaH])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_gradient_is_refused(cls, bad):
+    f = FunctionOracle(lambda x: 0.0, grad=lambda x: np.array([1.0, bad]), hvp=lambda x, v: v)
+    opt = cls(k=1)
+    p = np.ones(2)
+    s0 = opt.init(p)
+    p1, s1, info = opt.update(p, s0, f)
+    assert info["skipped"] and "non-finite gradient" in info["message"] and p1 is p and s1 is s0
+
+
+def test_non_finite_curvature_estimate_is_refused():
+    f = FunctionOracle(lambda x: 0.0, grad=lambda x: x, hvp=lambda x, v: v * np.inf)
+    opt = SophiaH(k=1)
+    x0 = np.ones(2)
+    s0 = opt.init(x0)
+    x1, s1, info = opt.update(x0, s0, f)
+    assert info["skipped"] and "curvature" in info["message"] and x1 is x0 and s1 is s0
+
+
+def test_zero_gradient_and_weight_decay_alone():
+    f = FunctionOracle(lambda x: 0.0, grad=lambda x: np.zeros_like(x), hvp=lambda x, v: np.zeros_like(v))
+    x0 = np.array([1.0, -3.0])
+    for wd, expected in ((0.0, x0), (0.5, x0 * (1 - 0.1 * 0.5))):
+        opt = SophiaH(lr=0.1, k=1, weight_decay=wd)
+        x1, s1, info = opt.update(x0, opt.init(x0), f)
+        np.testing.assert_allclose(x1, expected, rtol=1e-15)
+        assert not info["skipped"] and np.all(np.isfinite(s1.h))
+
+
+# --- the clip and the Newton limit -------------------------------------------------------------------
+@given(hnp.arrays(np.float64, (3, 3), elements=st.floats(-3, 3)), hnp.arrays(np.float64, 3, elements=st.floats(-5, 5)),
+       st.floats(1e-3, 1.0), st.sampled_from(["paper", "official"]), st.floats(0.0, 0.99))
+def test_no_coordinate_moves_more_than_lr(M, x0, gamma, parametrization, b1):
+    A = M + M.T  # symmetric, possibly indefinite: Hutchinson estimates may be negative
+    orc = quadratic_oracle(A, np.array([1.0, -2.0, 0.5]))
+    lr = 0.05
+    opt = SophiaH(lr=lr, gamma=gamma, k=1, beta1=b1, parametrization=parametrization, seed=3)
+    x, s = x0, opt.init(x0)
+    for t in range(1, 5):
+        x_new, s, info = opt.update(x, s, orc)
+        bound = lr if parametrization == "paper" else lr / (1 - b1 ** t)  # official Sophia-H: bias-corrected η
+        assert np.max(np.abs(x_new - x)) <= bound * (1 + 1e-12)
+        x = x_new
+
+
+def test_sophia_g_moves_each_coordinate_at_most_lr_on_a_network():
+    orc = oracle()
+    p = MODEL.init(0)
+    for param in ("paper", "official"):
+        opt = SophiaG(lr=0.01, k=2, parametrization=param)
+        q, s = p, opt.init(p)
+        for t in range(4):
+            q_new, s, info = opt.update(q, s, orc)
+            assert max(np.max(np.abs(a - b)) for a, b in zip(T.leaves(q_new), T.leaves(q))) <= 0.01 * (1 + 1e-12)
+            q = q_new
+        assert 0.0 <= info["clipped_fraction"] <= 1.0
+
+
+def test_exact_diagonal_without_clipping_is_a_diagonal_newton_step():
+    # separable: every Rademacher probe gives the exact diagonal, and one step of size 1 solves it
+    a, c = np.array([2.0, 0.5, 4.0]), np.array([0.3, -0.2, 0.1])
+    orc = quadratic_oracle(np.diag(a), -a * c)  # f = ½ Σ a_i (x_i − c_i)² + const
+    opt = SophiaH(lr=1.0, beta1=0.0, beta2=0.0, gamma=1.0, k=1)
+    x0 = np.array([0.0, 0.5, -0.4])
+    x1, _, info = opt.update(x0, opt.init(x0), orc)
+    np.testing.assert_allclose(x1, c, rtol=1e-14)
+    assert info["clipped_fraction"] == 0.0
+    # coupled: all 2ⁿ probes give diag(A) exactly; the step is −η g / (γ diag A)
+    A = np.array([[2.0, 0.7, -0.3], [0.7, 1.5, 0.2], [-0.3, 0.2, 3.0]])
+    b = np.array([0.1, -0.2, 0.3])
+    opt = SophiaH(lr=0.5, beta1=0.0, beta2=0.0, gamma=2.0, k=1)
+    x1, _, _ = opt.update(x0, opt.init(x0), quadratic_oracle(A, b), draws=all_rademacher(3))
+    np.testing.assert_allclose(x1, x0 - 0.5 * (A @ x0 + b) / (2.0 * np.diag(A)), rtol=1e-14)
+
+
+# --- Algorithm 3 transcribed, every switch, on a quadratic with Hutchinson -----------------------------------
+A3 = np.array([[1.5, 0.4, -0.2], [0.4, 0.3, 0.5], [-0.2, 0.5, -0.4]])  # indefinite: some ĥ < 0
+B3 = np.array([0.2, -0.6, 0.4])
+X3 = np.array([0.5, -0.2, 0.1])
+
+
+def paper_reference(probes, steps, lr, b1, b2, gamma, eps, wd, k, refresh="before", bias_correction=False):
+    x, m, h = X3.copy(), np.zeros(3), np.zeros(3)
+    for t in range(1, steps + 1):
+        g = A3 @ x + B3
+        m = b1 * m + (1 - b1) * g
+        if refresh == "before" and t % k == 1 % k:
+            h = b2 * h + (1 - b2) * np.mean([z * (A3 @ z) for z in probes[t - 1]], axis=0)
+        x = x - lr * wd * x
+        mm = m / (1 - b1 ** t) if bias_correction else m
+        x = x - lr * np.clip(mm / np.maximum(gamma * h, eps), -1, 1)
+        if refresh == "after" and t % k == 0:
+            h = b2 * h + (1 - b2) * np.mean([z * (A3 @ z) for z in probes[t - 1]], axis=0)
+    return x
+
+
+def official_h_reference(probes, steps, lr, b1, b2, rho, wd, k):
+    """The SophiaH class of Liuhong99/Sophia (commit 01af183) with the README's loop."""
+    x, m, h = X3.copy(), np.zeros(3), np.zeros(3)
+    for it in range(steps):
+        g = A3 @ x + B3
+        x = x * (1 - lr * wd)
+        m = b1 * m + (1 - b1) * g
+        ratio = np.minimum(np.abs(m) / (rho * np.maximum(h, 0) + 1e-12), 1)
+        x = x + (-lr / (1 - b1 ** (it + 1))) * np.sign(m) * ratio
+        if it % k == k - 1:
+            h = b2 * h + (1 - b2) * np.mean([z * (A3 @ z) for z in probes[it]], axis=0)
+    return x
+
+
+H_CASES = [dict(), dict(k=2), dict(refresh="after", k=2), dict(bias_correction=True), dict(weight_decay=0.3),
+           dict(probes=2, probe_distribution="gaussian"), dict(eps=0.5)]
+
+
+@pytest.mark.parametrize("kw", H_CASES)
+def test_sophia_h_paper_steps_every_switch(kw):
+    base = dict(lr=0.1, beta1=0.6, beta2=0.5, gamma=0.8, k=1)
+    opt = SophiaH(**{**base, **kw})
+    probes = [draw_probes(X3, np.random.default_rng([0, t]), opt.probes, opt.probe_distribution) for t in range(4)]
+    x, s = X3, opt.init(X3)
+    for zs in probes:
+        x, s, _ = opt.update(x, s, quadratic_oracle(A3, B3), draws=zs)
+    ref = paper_reference(probes, 4, 0.1, 0.6, 0.5, 0.8, opt.eps or 1e-12, opt.weight_decay, opt.k,
+                          opt._refresh_mode(), opt.bias_correction)
+    np.testing.assert_allclose(x, ref, rtol=1e-13)
+    if kw:  # the switch matters
+        x_default, s = X3, SophiaH(**base).init(X3)
+        for t in range(4):
+            zs = draw_probes(X3, np.random.default_rng([0, t]), 1, "rademacher")
+            x_default, s, _ = SophiaH(**base).update(x_default, s, quadratic_oracle(A3, B3), draws=zs)
+        assert np.max(np.abs(x_default - x)) > 1e-4
+
+
+@pytest.mark.parametrize("k,wd", [(1, 0.0), (2, 0.2), (3, 0.0)])
+def test_sophia_h_official_matches_the_official_code(k, wd):
+    opt = SophiaH(lr=0.1, beta1=0.6, beta2=0.5, gamma=0.8, k=k, weight_decay=wd, parametrization="official")
+    probes = [draw_probes(X3, np.random.default_rng([0, t]), 1, "rademacher") for t in range(6)]
+    x, s = X3, opt.init(X3)
+    for zs in probes:
+        x, s, _ = opt.update(x, s, quadratic_oracle(A3, B3), draws=zs)
+    np.testing.assert_allclose(x, official_h_reference(probes, 6, 0.1, 0.6, 0.5, 0.8, wd, k), rtol=1e-13)
+
+
+# --- Sophia-G: the official code, GNB scaling, paper ↔ official --------------------------------------------
+def official_g_reference(p0, steps, lr, b1, b2, rho, wd, k, bs):
+    """sophia.py of Liuhong99/Sophia (commit 195a786) driven by its README's loop, with HIPS autograd."""
+    x = [dict(layer) for layer in p0]
+    m = [{key: np.zeros_like(v) for key, v in layer.items()} for layer in p0]
+    h = [{key: np.zeros_like(v) for key, v in layer.items()} for layer in p0]
+    for it in range(steps):
+        g = np_grad(x, Y)
+        for xl, ml, hl, gl in zip(x, m, h, g):
+            for key in xl:
+                xl[key] = xl[key] * (1 - lr * wd)
+                ml[key] = b1 * ml[key] + (1 - b1) * gl[key]
+                ratio = np.minimum(np.abs(ml[key]) / (rho * bs * hl[key] + 1e-15), 1)
+                xl[key] = xl[key] + (-lr) * np.sign(ml[key]) * ratio
+        if it % k == k - 1:
+            gs = np_grad(x, LABELS[it][0])  # gradient of the mean loss at the sampled labels, at the new θ
+            for hl, gl in zip(h, gs):
+                for key in hl:
+                    hl[key] = b2 * hl[key] + (1 - b2) * gl[key] * gl[key]
+    return x
+
+
+def run_g(opt, steps):
+    orc, p = oracle(), MODEL.init(0)
+    s = opt.init(p)
+    for t in range(steps):
+        p, s, info = opt.update(p, s, orc, draws=LABELS[t])
+    return p, s
+
+
+@pytest.mark.parametrize("k,wd,bs", [(1, 0.0, None), (2, 0.1, None), (3, 0.0, 20)])
+def test_sophia_g_official_matches_the_official_code(k, wd, bs):
+    # γ = 2 keeps about half of the coordinates out of the clip, so the denominator is exercised
+    opt = SophiaG(lr=0.02, beta1=0.9, beta2=0.8, gamma=2.0, k=k, weight_decay=wd, parametrization="official", bs=bs)
+    p, _ = run_g(opt, 6)
+    ref = official_g_reference(MODEL.init(0), 6, 0.02, 0.9, 0.8, 2.0, wd, k, 8 if bs is None else bs)
+    for a, b in zip(T.leaves(p), T.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_sophia_g_paper_h_is_batch_size_times_squared_sampled_gradient():
+    p0 = MODEL.init(0)
+    _, s = run_g(SophiaG(beta2=0.0, k=1), 1)  # refreshed before the step, at θ_1 = p0
+    ghat = np_grad(p0, LABELS[0][0])
+    for h, gl in zip(T.leaves(s.h), T.leaves(ghat)):
+        np.testing.assert_allclose(h, 8 * gl * gl, rtol=1e-10, atol=1e-16)
+    p1, s = run_g(SophiaG(beta2=0.0, k=1, parametrization="official"), 1)  # after the step, at θ_2, no factor B
+    ghat = np_grad(p1, LABELS[0][0])
+    for h, gl in zip(T.leaves(s.h), T.leaves(ghat)):
+        np.testing.assert_allclose(h, gl * gl, rtol=1e-10, atol=1e-16)
+
+
+def test_paper_and_official_sophia_g_differ_only_in_eps_and_phase():
+    paper, _ = run_g(SophiaG(lr=0.02, gamma=2.0, k=2, refresh="after", eps=1e-300), 6)
+    official, _ = run_g(SophiaG(lr=0.02, gamma=2.0, k=2, parametrization="official", eps=1e-300), 6)
+    before, _ = run_g(SophiaG(lr=0.02, gamma=2.0, k=2, eps=1e-300), 6)
+    for a, b, c in zip(T.leaves(paper), T.leaves(official), T.leaves(before)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    assert max(np.max(np.abs(a - c)) for a, c in zip(T.leaves(paper), T.leaves(before))) > 1e-4
+
+
+# --- refresh schedule and randomness ------------------------------------------------------------------
+@pytest.mark.parametrize("refresh,expected", [("before", [1, 4, 7]), ("after", [3, 6])])
+def test_refresh_steps(refresh, expected):
+    opt = SophiaH(k=3, refresh=refresh)
+    orc = quadratic_oracle(A3, B3)
+    x, s = X3, opt.init(X3)
+    refreshed = []
+    for t in range(1, 8):
+        h_before = s.h
+        x, s, info = opt.update(x, s, orc)
+        assert info["refreshed"] == (not np.array_equal(h_before, s.h))
+        if info["refreshed"]:
+            refreshed.append(t)
+    assert refreshed == expected
+    assert orc.counts.nhvp == len(expected)
+
+
+def test_seeded_draws_equal_injected_draws():
+    orc, p0 = oracle(), MODEL.init(0)
+    opt = SophiaG(lr=0.01, k=2, seed=5, parametrization="official")
+    p, s = p0, opt.init(p0)
+    q, r = p0, opt.init(p0)
+    for t in range(4):
+        p_new, s, info = opt.update(p, s, orc)
+        if info["refreshed"]:  # official: labels sampled at the updated parameters
+            labels = orc.sample_labels(p_new, np.random.default_rng([5, t]), 1)
+        else:
+            labels = None
+        q, r, _ = opt.update(q, r, orc, draws=labels)
+        p = p_new
+        for a, b in zip(T.leaves(p), T.leaves(q)):
+            np.testing.assert_array_equal(a, b)
+    opt = SophiaH(k=1, seed=9, probes=2)
+    x, s = X3, opt.init(X3)
+    y, r = X3, opt.init(X3)
+    for t in range(3):
+        x, s, _ = opt.update(x, s, quadratic_oracle(A3, B3))
+        y, r, _ = opt.update(y, r, quadratic_oracle(A3, B3),
+                             draws=draw_probes(X3, np.random.default_rng([9, t]), 2, "rademacher"))
+        np.testing.assert_array_equal(x, y)
+
+
+def test_registry_and_mlp_descent():
+    assert optimizer_class("sophia_g") is SophiaG and optimizer_class("sophia_h") is SophiaH
+    for opt in (SophiaG(lr=0.05, k=2), SophiaH(lr=0.05, k=2)):
+        orc, p = oracle(), MODEL.init(0)
+        s = opt.init(p)
+        first = orc.value(p)
+        for _ in range(5):
+            p, s, _ = opt.update(p, s, orc)
+        assert orc.value(p) < first
