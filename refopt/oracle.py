@@ -181,8 +181,9 @@ class Oracle:
         return self.loss.sample(self.outputs(params), seed, k)
 
     def draw_probes(self, params, seed, k=1, distribution="rademacher"):
-        """k Hutchinson probe trees from ``seed`` (``curvature.draw_probes``). Every probe an optimizer or
-        ``hutchinson_diag`` draws goes through here, so a subclass can record or replay them."""
+        """k Hutchinson probe trees from ``seed`` (``curvature.draw_probes``): the one place where
+        ``hutchinson_diag`` and the optimizers that draw probes (AdaHessian, Sophia-H) draw them, so a
+        subclass can change or record the draws in one method."""
         return C.draw_probes(params, seed, k, distribution)
 
     def hutchinson_diag(self, params, seed=None, probes=None, k=1, distribution="rademacher"):

@@ -13,7 +13,10 @@ Then a tiny MLP (10-32-32-3, batch 32) where graph overhead dominates: refopt's 
 autograd's. Targets (issue 2): gradient ≤ 1.15× hand-written; HVP ≤ 2.5× refopt's gradient; GGN-vp ≤
 2.5× refopt's gradient; tiny-MLP gradient no slower than autograd.
 
-Run:  python scripts/bench_autodiff.py [--quick] [--repeats N]
+Run:  python scripts/bench_autodiff.py [--quick] [--repeats N] [--threads N]
+
+The functions are timed round-robin, so load changes hit all of them alike; on a busy machine,
+``--threads 1`` (or OPENBLAS_NUM_THREADS=1) keeps BLAS threads from fighting and the ratios stable.
 """
 from __future__ import annotations
 
@@ -107,8 +110,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, ~10 s)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS threads (needs threadpoolctl); 1 gives stable ratios on a shared machine")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 15)
+    if args.threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
+        except ImportError:
+            parser.error("--threads needs threadpoolctl (pip install threadpoolctl), or set OPENBLAS_NUM_THREADS")
+        threadpool_limits(args.threads)
 
     sizes, batch = [256, 512, 512, 10], 512
     model, params, X, y, v = problem(sizes, batch)

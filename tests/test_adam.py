@@ -186,3 +186,10 @@ def test_registry_and_mlp_descent():
         for _ in range(5):
             p, s, info = opt.update(p, s, orc)
         assert orc.value(p) < first
+
+
+def test_switches_are_declared_with_the_defaults():
+    import inspect
+    for cls in (Adam, AdamW):
+        sig = inspect.signature(cls.__init__).parameters
+        assert all(sig[k].default in v for k, v in cls.switches.items())

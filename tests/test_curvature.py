@@ -151,7 +151,7 @@ def test_hutchinson_with_gaussian_probes_is_unbiased():
 @pytest.mark.parametrize("kind", ["softmax", "bernoulli"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gnb_expectation_over_every_label_draw_is_diag_ggn(kind, reduction):
-    """Σ over all label vectors ŷ of P(ŷ) · ĝ(ŷ) ⊙ ĝ(ŷ) / scale = diag(GGN) (Sophia's estimator is unbiased)."""
+    """Σ over all label vectors ŷ of P(ŷ) ĝ(ŷ) ⊙ ĝ(ŷ) / scale = diag(GGN): Sophia's estimator is unbiased."""
     B = 2
     oracle, params, _ = problem(kind, reduction, sizes=(2, 3, 3), B=B)
     z = oracle.outputs(params)

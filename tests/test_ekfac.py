@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from refopt import tree as T
 from refopt.curvature import kronecker as K
 from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
-from refopt.optim.ekfac import EKFAC
+from refopt.optim.ekfac import EKFAC, eigenbasis_scaling
 from refopt.optim.kfac import KFAC
 from refopt.oracle import Oracle
 
@@ -93,7 +93,6 @@ def test_scaling_running_average_restarts_at_each_basis_refresh():
     params, state, _ = opt.update(params, state, oracle)
     s1 = state.preconditioner[0].s
     stats = K.kfac_statistics(oracle, params, "true")
-    from refopt.optim.ekfac import eigenbasis_scaling
     ec = state.preconditioner[0]
     s_hat = eigenbasis_scaling(stats.inputs[0], [p[0] for p in stats.probes], ec.QA, ec.QG, stats.scale)
     _, state, _ = opt.update(params, state, oracle)

@@ -258,7 +258,8 @@ def test_sampled_label_frequencies_match_the_model():
 
 def test_loss_registry():
     assert set(LOSSES) == {"softmax_cross_entropy", "gaussian", "bernoulli"}
-    assert isinstance(make_loss("gaussian", variance=2.0), Gaussian) and make_loss("gaussian", variance=2.0).variance == 2
+    made = make_loss("gaussian", variance=2.0)
+    assert isinstance(made, Gaussian) and made.variance == 2.0
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("hinge")
 

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from refopt import tree as T
 from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.optim import optimizer_class
 from refopt.optim.adagrad import Adagrad, FullMatrixAdagrad
@@ -295,3 +296,36 @@ def test_function_oracle_vector():
     x, s = np.array([1.0, -2.0]), Shampoo(lr=0.5).init(np.array([1.0, -2.0]))
     x, s, info = Shampoo(lr=0.5).update(x, s, f)
     assert info["loss"] == 2.5 and np.all(np.abs(x) < [1.0, 2.0])
+
+
+def test_state_survives_a_checkpoint_round_trip():
+    from refopt.serialize import decode, encode
+    opt = Shampoo(start_step=2, grafting="adagrad", momentum=0.5, block_size=2)
+    p0 = [np.ones((3, 2)), np.ones(3)]
+    _, s, _ = run(opt, p0, [[np.eye(3, 2), np.arange(3.0)]])  # roots still None (start_step=2)
+    arrays = []
+    back = decode(encode(s, arrays), arrays)
+    assert type(back) is type(s) and back.roots == (None, None) and back.step == 1
+    for a, b in zip(T.leaves(back.stats), T.leaves(s.stats)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_switches_are_declared_with_the_defaults():
+    import inspect
+    sig = inspect.signature(Shampoo.__init__).parameters
+    assert all(sig[k].default in v for k, v in Shampoo.switches.items())
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(statistics="ema"), dict(vector_diagonal=True, momentum=0.5),
+                                dict(block_size=2, grafting="adagrad", precondition="momentum", momentum=0.3)])
+def test_update_does_not_modify_params_or_state(kw):
+    import copy
+    opt = Shampoo(**kw)
+    p0 = [np.ones((3, 2)), np.arange(3.0)]
+    _, s1, _ = run(opt, p0, [[np.eye(3, 2), np.ones(3)]])
+    p_before, s_before = copy.deepcopy(p0), copy.deepcopy(s1)
+    opt.update(p0, s1, ScriptedOracle([[np.full((3, 2), 0.5), np.array([1.0, -1.0, 2.0])]]))
+    for a, b in zip(T.leaves(p0), T.leaves(p_before)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(T.leaves([x for x in s1 if x is not None]), T.leaves([x for x in s_before if x is not None])):
+        np.testing.assert_array_equal(a, b)

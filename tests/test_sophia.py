@@ -248,6 +248,35 @@ def official_g_reference(p0, steps, lr, b1, b2, rho, wd, k, bs):
     return x
 
 
+def paper_g_reference(p0, steps, lr, b1, b2, gamma, eps, wd, k):
+    """Algorithm 3 with the GNB estimator (ĥ = B·ĝ⊙ĝ at θ_t on t mod k = 1), with HIPS autograd."""
+    x = [dict(layer) for layer in p0]
+    m = [{key: np.zeros_like(v) for key, v in layer.items()} for layer in p0]
+    h = [{key: np.zeros_like(v) for key, v in layer.items()} for layer in p0]
+    for t in range(1, steps + 1):
+        g = np_grad(x, Y)
+        if t % k == 1 % k:
+            gs = np_grad(x, LABELS[t - 1][0])
+            for hl, gl in zip(h, gs):
+                for key in hl:
+                    hl[key] = b2 * hl[key] + (1 - b2) * 8 * gl[key] * gl[key]
+        for xl, ml, hl, gl in zip(x, m, h, g):
+            for key in xl:
+                ml[key] = b1 * ml[key] + (1 - b1) * gl[key]
+                xl[key] = xl[key] - lr * wd * xl[key]
+                xl[key] = xl[key] - lr * np.clip(ml[key] / np.maximum(gamma * hl[key], eps), -1, 1)
+    return x
+
+
+@pytest.mark.parametrize("k,wd", [(1, 0.0), (2, 0.3)])
+def test_sophia_g_paper_matches_algorithm_3(k, wd):
+    opt = SophiaG(lr=0.02, beta1=0.9, beta2=0.8, gamma=2.0, k=k, weight_decay=wd)
+    p, _ = run_g(opt, 4)
+    ref = paper_g_reference(MODEL.init(0), 4, 0.02, 0.9, 0.8, 2.0, 1e-12, wd, k)
+    for a, b in zip(T.leaves(p), T.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
 def run_g(opt, steps):
     orc, p = oracle(), MODEL.init(0)
     s = opt.init(p)
@@ -338,3 +367,48 @@ def test_registry_and_mlp_descent():
         for _ in range(5):
             p, s, _ = opt.update(p, s, orc)
         assert orc.value(p) < first
+
+
+def test_sophia_h_seeded_draws_on_a_network_go_through_hutchinson_diag():
+    orc, p0 = oracle(), MODEL.init(0)
+    opt = SophiaH(lr=0.01, k=1, seed=4, probes=2)
+    p, s = p0, opt.init(p0)
+    q, r = p0, opt.init(p0)
+    for t in range(2):
+        probes = draw_probes(p, np.random.default_rng([4, t]), 2, "rademacher")
+        p, s, _ = opt.update(p, s, orc)
+        q, r, _ = opt.update(q, r, orc, draws=probes)
+        for a, b in zip(T.leaves(p), T.leaves(q)):
+            np.testing.assert_array_equal(a, b)
+    assert orc.counts.nhvp == 8  # 2 probes × 2 refreshes × 2 runs
+
+
+@pytest.mark.parametrize("cls,kw", [(SophiaG, {}), (SophiaG, {"parametrization": "official"}), (SophiaH, {}),
+                                    (SophiaH, {"refresh": "after", "probes": 2})])
+def test_reported_draws_replay_the_run(cls, kw):
+    orc, p0 = oracle(), MODEL.init(0)
+    opt = cls(lr=0.01, k=2, seed=6, **kw)
+    p, s = p0, opt.init(p0)
+    q, r = p0, opt.init(p0)
+    for t in range(4):
+        p, s, info = opt.update(p, s, orc)
+        assert (info["draws"] is not None) == info["refreshed"]
+        if cls is SophiaG and info["draws"] is not None:
+            assert info["draws"].shape == (1, 8)
+        q, r, _ = opt.update(q, r, orc, draws=info["draws"])
+        for a, b in zip(T.leaves(p), T.leaves(q)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_trace_of_sophia_replays_on_its_draws():
+    from refopt.verify.trace import check_trace, make_trace
+    for name in ("sophia_g", "sophia_h"):
+        divergence, _ = check_trace(make_trace(name, {"k": 2}, steps=3))
+        assert divergence is None
+
+
+def test_switches_are_declared_with_the_defaults():
+    import inspect
+    for cls in (SophiaG, SophiaH):
+        sig = inspect.signature(cls.__init__).parameters
+        assert all(sig[k].default in v for k, v in cls.switches.items())

@@ -210,12 +210,13 @@ class _Root:
 
 
 def backward(seeds):
-    """Reverse pass. ``seeds`` is a list of (Node, cotangent); returns {input Node: accumulated cotangent}.
+    """Reverse pass. ``seeds`` is a list of (Node, cotangent); returns {input Node: its cotangent}.
 
     Nodes are visited in reverse topological order, so each node's cotangent is complete before it is
-    pushed to its parents. Only the cotangents of input nodes (``prim is None``) are returned; the
-    others are dropped as soon as they have been pushed on, which keeps the peak memory of a sweep low. The graph is left intact: the same recording can be swept many times
-    (this is what makes a recorded gradient a reusable Hessian-vector operator).
+    pushed to its parents. Only the cotangents of input nodes (``prim is None``) are kept; the others
+    are dropped as soon as they have been pushed on, which keeps a sweep's peak memory low. The graph
+    is left intact: the same recording can be swept many times (this is what makes a recorded
+    gradient a reusable Hessian-vector operator).
     """
     root = _Root([n for n, _ in seeds])
     child_counts: dict[object, int] = {}

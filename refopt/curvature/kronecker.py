@@ -213,6 +213,7 @@ class KFACStatistics(NamedTuple):
     output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels
     probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
     scale: float          # the reduction's factor (1/B or 1)
+    labels: object = None  # the sampled label sets behind "mc" probes (k, ...), else None
 
 
 def _reduced_output_grad(loss, z, y):
@@ -278,4 +279,4 @@ def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1,
             probes.append(cap.pullback(scale * Lf[:, :, k]))
     elif fisher is not None:
         probes = [g]  # non-finite pass: the caller sees non-finite statistics and skips the update
-    return KFACStatistics(value, grad, cap.inputs, g, probes, scale)
+    return KFACStatistics(value, grad, cap.inputs, g, probes, scale, labels if fisher == "mc" else None)

@@ -31,8 +31,12 @@ Switches (the paper's Algorithm 1 first):
 Randomness: the probes of the step that starts at ``state.step = s`` are
 ``draw_probes(params, numpy.random.default_rng([seed, s]), probes, probe_distribution)`` (refopt's
 ``curvature.draw_probes`` layout: for each probe, for each leaf in tree order, one array of the leaf's
-shape), or a list of probe trees passed as ``update(..., draws=[z_1, …])``. A refused step keeps the
-state, so a retry sees the same draws.
+shape), drawn through the oracle's ``draw_probes``, or a list of probe trees passed as
+``update(..., draws=[z_1, …])``. ``info["draws"]`` reports the probes used, in that same form, so a run
+can be replayed on its own draws. A refused step keeps the state, so a retry sees the same draws.
+
+Cost: the loss, the gradient and the products come from one recording of the gradient
+(``Oracle.value_and_hvp_operator``), then one reverse sweep per probe: about 3 gradients per step.
 """
 from __future__ import annotations
 
@@ -54,8 +58,8 @@ def step_generator(seed: int, step: int):
 
 
 def oracle_probes(oracle, params, generator, k: int, distribution: str) -> list:
-    """k probes from ``generator``, drawn through the oracle's ``draw_probes`` hook when it has one
-    (so a recording oracle sees them), else by ``curvature.draw_probes``: the same draws either way."""
+    """k probes from ``generator``, through the oracle's ``draw_probes`` when it has one (a subclass
+    may override it), else by ``curvature.draw_probes``: the same draws either way."""
     if hasattr(oracle, "draw_probes"):
         return oracle.draw_probes(params, generator, k, distribution)
     return draw_probes(params, generator, k, distribution)
@@ -126,8 +130,9 @@ class AdaHessian(Optimizer):
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
         self.hessian_power = check_nonnegative("hessian_power", hessian_power)
-        if spatial_block != -1:
-            check_int("spatial_block", spatial_block)
+        if spatial_block != -1 and (not isinstance(spatial_block, int) or isinstance(spatial_block, bool)
+                                    or spatial_block < 1):
+            raise ValueError(f"spatial_block must be an integer ≥ 1, or −1 for a whole axis, got {spatial_block!r}")
         self.spatial_block = spatial_block
         self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0)
         self.absolute = bool(absolute)
@@ -185,5 +190,5 @@ class AdaHessian(Optimizer):
             new = T.tree_map2(lambda x, di: x - self.lr * (di + lam * x), params, d)
         else:
             new = T.axpy(-self.lr, d, params)
-        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), probes=len(probes))
+        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), draws=probes)
         return new, AdaHessianState(t, m, v, state.seed), info

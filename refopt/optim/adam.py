@@ -72,10 +72,14 @@ class Adam(Optimizer):
 
     def update(self, params, state, oracle):
         loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
+        # One pass gives both the reported norm and the check: a NaN or Inf anywhere makes it non-finite
+        # (all_finite then tells an overflow of the squares from a truly non-finite gradient).
+        grad_norm = T.norm(g)
+        if not math.isfinite(grad_norm) and not T.all_finite(g):
             return refuse(params, state, loss, "non-finite gradient: step refused", g)
         if self.weight_decay and not self._decoupled:
             g = T.axpy(self.weight_decay, params, g)
+            grad_norm = T.norm(g)
         t = state.step + 1
         b1, b2, eps = self.beta1, self.beta2, self.eps
         c1 = 1.0 - b1 ** t if self.bias_correction else 1.0
@@ -94,24 +98,31 @@ class Adam(Optimizer):
         new_p, new_m, new_v = [], [], []
         sq = 0.0
         for x, gi, mi, vi in zip(ps, T.leaves(g), T.leaves(state.m), T.leaves(state.v)):
-            m = b1 * mi
-            m += (1.0 - b1) * gi
-            v = gi * gi
+            # Three fresh arrays per leaf (m, v and the new θ, which doubles as the scratch for the step d)
+            # and no temporaries: the step is memory-bound, so every array and every pass counts.
+            m = xp.multiply(mi, b1, out=xp.empty_like(mi))
+            d = xp.multiply(gi, 1.0 - b1, out=xp.empty_like(x))
+            m += d
+            v = xp.multiply(gi, gi, out=xp.empty_like(gi))
             v *= 1.0 - b2
-            v += b2 * vi
-            denom = v + inside if inside else v
-            denom = xp.sqrt(denom)
+            xp.multiply(vi, b2, out=d)
+            v += d
+            if inside:
+                xp.add(v, inside, out=d)
+                xp.sqrt(d, out=d)
+            else:
+                xp.sqrt(v, out=d)
             if denom_eps:
-                denom += denom_eps
-            d = m / denom
+                d += denom_eps
+            xp.divide(m, d, out=d)
             d *= step_scale
             if decay:
                 d += decay * x
             sq += float(xp.vdot(d.ravel(), d.ravel()))
-            new_p.append(x - d)
+            new_p.append(xp.subtract(x, d, out=d))  # θ − d, written over d
             new_m.append(m)
             new_v.append(v)
-        info = step_info(loss, g, lr=self.lr, step_norm=math.sqrt(sq))
+        info = step_info(loss, (), lr=self.lr, step_norm=math.sqrt(sq), grad_norm=grad_norm)  # norm known
         return (T.unflatten(treedef, new_p),
                 AdamState(t, T.unflatten(treedef, new_m), T.unflatten(treedef, new_v)), info)
 

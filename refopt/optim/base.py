@@ -17,7 +17,9 @@ never modifies ``params`` or ``state`` in place. ``info`` is a dict with at leas
 
 and, where they make sense, step_norm, lr, and method-specific entries (damping, cg_iterations, ...).
 Randomness (probes, sampled labels) comes from a seed held in the state or from draws injected with
-the ``draws`` argument of ``update`` where the optimizer supports it.
+the ``draws`` argument of ``update``. An optimizer that draws reports what it drew as ``info["draws"]``
+(the very object ``update(..., draws=)`` accepts: a labels array or a list of probe trees; None on steps
+without draws), so a trace can record a run and replay it elsewhere on the same draws.
 """
 from __future__ import annotations
 

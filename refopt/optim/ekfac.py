@@ -7,12 +7,12 @@ Kronecker-structured eigenvalues. EKFAC keeps the basis and re-estimates the dia
     s = (1/scale) Σ_p (ã²)ᵀ (g̃_p²),  ã = ā Q_A,  g̃_p = g_p Q_G
                                                  this batch's diagonal of the layer's Fisher block in the
                                                  basis Q_A ⊗ Q_G: s_(j,k) = E[((Q_A ⊗ Q_G)ᵀ(ā ⊗ Dg))²_(j,k)]
-    ŝ ← ε_k ŝ + (1 − ε_k) s                      every T₁ steps (eq. 9 of the paper: a running average)
+    ŝ ← ε_k ŝ + (1 − ε_k) s                      every T₁ steps (a running average of the re-estimates)
     V = Q_A [(Q_Aᵀ ∇W̄ Q_G) / (ŝ + λ)] Q_Gᵀ        then KL clip, momentum, weight decay exactly as ``KFAC``
 
 (row-major vec and s = a W as in ``refopt.curvature.kronecker``; squares are elementwise; the probes
 g_p are K-FAC's: Monte-Carlo labels by default). ŝ is the Frobenius-closest diagonal to the Fisher
-block in that basis, so ‖F − Q diag(ŝ) Qᵀ‖_F ≤ ‖F − Â ⊗ Ĝ‖_F on the batch it was estimated on.
+block in that basis, so ‖F − Q diag(s) Qᵀ‖_F ≤ ‖F − Â ⊗ Ĝ‖_F for the batch Fisher F that s estimates.
 
 Convention: ŝ lives in the current eigenbasis, so at every basis refresh it restarts from K-FAC's own
 eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k, ``scale_decay``), k
@@ -29,7 +29,7 @@ from ..curvature import kronecker as K
 from .base import check_unit_interval
 from .kfac import KFAC, eigh_psd
 
-__all__ = ["EKFAC", "EigenCorrection"]
+__all__ = ["EKFAC", "EigenCorrection", "eigenbasis_scaling"]
 
 
 class EigenCorrection(NamedTuple):

@@ -216,7 +216,8 @@ class KBFGS(Optimizer):
                 H_g[l] = bfgs_inverse_update(H_g[l], s_t, y_t)
             elif float(xp.dot(s_t, y_t)) > 0:
                 S, Y = memory[l]
-                memory[l] = (xp.concatenate([S, s_t[None]])[-self.memory:], xp.concatenate([Y, y_t[None]])[-self.memory:])
+                memory[l] = (xp.concatenate([S, s_t[None]])[-self.memory:],
+                             xp.concatenate([Y, y_t[None]])[-self.memory:])
             s_a = state.H_a[l] @ abar_old
             H_a.append(bfgs_inverse_update(state.H_a[l], s_a, A_lm[l] @ s_a))
         return state._replace(H_a=tuple(H_a), H_g=tuple(H_g), memory=tuple(memory), secant_s=tuple(s_bar),

@@ -6,7 +6,7 @@ taken as zero, and the step is
 
     Â ← ε_k Â + (1 − ε_k) A_t,   Ĝ ← ε_k Ĝ + (1 − ε_k) G_t       every T₁ steps (running averages)
     V_l = (Â_l ⊗ Ĝ_l + damping)⁻¹ vec(∇W̄_l)                       preconditioners refreshed every T₂ steps
-    ν   = min(1, sqrt(c / (η² Σ_l ⟨V_l, ∇W̄_l⟩)))                   KL clip (Ba, Grosse & Martens 2017, sec. 5)
+    ν   = min(1, sqrt(c / (η² Σ_l ⟨V_l, ∇W̄_l⟩)))                   KL clip (Ba, Grosse & Martens 2017)
     m   ← μ m + ν V                                                 momentum on the natural gradient
     θ   ← θ − η m − η ω θ                                           weight decay ω in parameter space
 
@@ -32,13 +32,14 @@ refreshes the preconditioner, after the factor update of that step, when t % T�
 (``inverse_interval``); step 0 does both. The statistics come from one forward pass and the gradient's
 backward sweep plus one sweep per sampled label set (``fisher="mc"``, ``samples`` sets; "empirical"
 reuses the data-label sweep, "true" takes one sweep per output dimension). Labels of step t are
-``loss.sample(z, [seed, t], samples)``; ``update(..., draws=labels)`` injects them instead.
+``loss.sample(z, [seed, t], samples)``; ``update(..., draws=labels)`` injects them instead, and
+``info["draws"]`` reports the labels used (None on steps without draws).
 
 Levenberg–Marquardt (``adapt_damping``; Martens & Grosse section 6.5): every ``damping_interval``
 steps, ρ = (L(θ⁺) − L(θ)) / (∇Lᵀδ + ½ δᵀFδ) with F the exact Fisher of the batch (one Fisher-vector
-product and one loss value); λ ← ω λ if ρ > 3/4, λ ← λ/ω if ρ < 1/4, ω = (19/20)^interval.
-(Martens & Grosse call this period T₁ and the inverse period T₂; here T₁ is the factor period, the
-convention of most libraries.)
+product and one loss value); λ ← ω λ if ρ > 3/4, λ ← λ/ω if ρ < 1/4, ω = (19/20)^interval; a step the
+quadratic model itself predicts to go uphill counts as ρ = −∞. (The paper numbers its periods
+differently; here T₁ is the factor period and T₂ the inverse period, as in most libraries.)
 
 Weight decay (``weight_decay_mode``): "decoupled" (default; in parameter space, outside the
 preconditioner, as the source article says) or "l2" (ω θ added to the gradient before preconditioning).
@@ -254,7 +255,8 @@ class KFAC(Optimizer):
             damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
         new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
         info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
-                         factors_updated=factors_updated, preconditioner_refreshed=refresh, **extra)
+                         factors_updated=factors_updated, preconditioner_refreshed=refresh, draws=stats.labels,
+                         **extra)
         info["message"] = "; ".join(messages)
         return new, new_state, info
 

@@ -12,7 +12,8 @@ metric, KL(p_θ ‖ p_{θ+δ}) ≈ ε (source article section 4; Amari 1998). Wi
 gᵀx = xᵀ(F + λI)x of the CG iterate from x₀ = 0 keeps ½δᵀ(F + λI)δ = ε up to roundoff.
 
 Switches (defaults first): ``fisher`` "true" | "mc" (``samples`` label sets per step, drawn as
-``loss.sample(z, [seed, step], samples)`` or injected with ``update(..., draws=labels)``) |
+``loss.sample(z, [seed, step], samples)`` or injected with ``update(..., draws=labels)``; reported
+as ``info["draws"]``) |
 "empirical"; ``solver`` "auto" (dense while the model has at most ``dense_max_size`` parameters, else
 CG) | "dense" | "cg" (``cg_tol`` relative residual, ``cg_maxiter``); ``step_rule`` "fixed" | "kl"
 (``kl_epsilon`` = ε). ``damping`` λ > 0 is required: the Fisher of a network is singular whenever it
@@ -27,7 +28,7 @@ from .. import tree as T
 from ..linalg import cg, damped_solve
 from .base import Optimizer, check_choice, check_int, check_positive, refuse, step_info
 
-__all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_direction"]
+__all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_direction", "SOLVERS", "STEP_RULES", "FISHERS"]
 
 SOLVERS = ("auto", "dense", "cg")
 STEP_RULES = ("fixed", "kl")
@@ -58,7 +59,7 @@ class NaturalGradient(Optimizer):
 
     def __init__(self, lr: float = 1.0, damping: float = 1e-3, fisher: str = "true", solver: str = "auto",
                  step_rule: str = "fixed", kl_epsilon: float = 1e-3, samples: int = 1, seed: int = 0,
-                 cg_tol: float = 1e-8, cg_maxiter: int = 100, dense_max_size: int = 2000):
+                 cg_tol: float = 1e-8, cg_maxiter: int = 100, dense_max_size: int = 500):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
         self.fisher = check_choice("fisher", fisher, FISHERS)
@@ -100,7 +101,8 @@ class NaturalGradient(Optimizer):
             eta = self.lr
         new = T.axpy(-eta, x, params)
         info = step_info(loss, g, lr=eta, step_norm=eta * T.norm(x), natural_norm_sq=gx,
-                         kl_estimate=0.5 * eta ** 2 * gx, solver=solver, cg_iterations=iterations, cg_status=status)
+                         kl_estimate=0.5 * eta ** 2 * gx, solver=solver, cg_iterations=iterations, cg_status=status,
+                         draws=labels)
         if gx <= 0:
             info["message"] = "zero natural gradient: no step"
         return new, NaturalGradientState(state.step + 1), info

@@ -175,14 +175,18 @@ class Shampoo(Optimizer):
 
     # --- one step -----------------------------------------------------------------------------
     def _accumulate(self, H, S):
+        """The new statistic from the old H and this step's S (S is a fresh array: updated in place)."""
         if self.statistics == "sum":
-            return H + S
-        return self.beta2 * H + (1.0 - self.beta2) * S
+            S += H
+            return S
+        S *= 1.0 - self.beta2
+        S += self.beta2 * H
+        return S
 
     def _leaf_statistics(self, G, stats_leaf):
         merged, blocks, diagonal = self._layout(tuple(G.shape))
         if diagonal:
-            return ((self._accumulate(stats_leaf[0][0], G * G),),)
+            return ((self._accumulate(stats_leaf[0][0], G * G),),)  # G * G is a fresh array
         Gm = xp.reshape(G, merged)
         out = []
         for sl, Hs in zip(blocks, stats_leaf):
@@ -218,10 +222,12 @@ class Shampoo(Optimizer):
         if self.weight_decay and self.weight_decay_mode == "l2":
             g = T.axpy(self.weight_decay, params, g)
         t = state.step + 1
-        ps, treedef = T.flatten(params)
+        treedef = T.flatten(params)[1]
         gs = T.leaves(g)
         stats = tuple(self._leaf_statistics(G, S) for G, S in zip(gs, state.stats))
-        if not all(bool(xp.all(xp.isfinite(H))) for s in stats for Hs in s for H in Hs):
+        # |H_ij| ≤ √(H_ii H_jj) for these PSD sums, so an overflow shows on the diagonal (cheaper to scan)
+        if not all(bool(xp.all(xp.isfinite(xp.diagonal(H) if H.ndim == 2 else H))) for s in stats for Hs in s
+                   for H in Hs):
             return refuse(params, state, loss, "statistics overflowed: step refused", g)
         active = t >= self.start_step
         refresh = active and (t - self.start_step) % self.precondition_interval == 0

@@ -7,8 +7,9 @@ Steps t = 1, 2, … with g_t = ∇L(θ_t) on the data labels; ĥ an estimate of 
     θ_t ← θ_t − η λ θ_t                                        (decoupled weight decay)
     θ_{t+1} = θ_t − η clip(m_t / max(γ h_t, ε), 1)              clip(z, 1) = max(min(z, 1), −1)
 
-so no coordinate moves by more than η per step (besides the decay), and where the clip is inactive
-and h is the exact diagonal the step is the diagonal Newton step −η m / (γ h).
+so no coordinate moves by more than η per step (besides the decay; the official Sophia-H below moves
+up to η / (1 − β₁ᵗ)), and where the clip is inactive and h is the exact diagonal the step is the
+diagonal Newton step −η m / (γ h).
 
 Estimators (from the core, ``refopt.curvature``):
 * ``SophiaG``: Gauss-Newton-Bartlett (the paper's Algorithm 2): labels ŷ_b ∼ p_θ(·|x_b) sampled from
@@ -45,7 +46,8 @@ from ``numpy.random.default_rng([seed, s])``: SophiaG's labels are
 ``oracle.sample_labels(θ_refresh, that Generator, samples)`` (shape (samples, B) for class labels),
 SophiaH's probes are ``draw_probes(params, that Generator, probes, probe_distribution)``. Either can be
 injected with ``update(..., draws=...)`` (labels array, or list of probe trees); draws are ignored on
-steps that do not refresh (``info["refreshed"]`` says which).
+steps that do not refresh (``info["refreshed"]`` says which). ``info["draws"]`` reports the draws a
+step used, in the form ``draws=`` accepts (None on steps without a refresh), so a run can be replayed.
 """
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ class _Sophia(Optimizer):
         return t % self.k == 0
 
     def _estimate(self, params, oracle, generator, draws):
-        """ĥ at ``params`` in the h units of the parametrization."""
+        """(ĥ at ``params`` in the h units of the parametrization, the draws it used)."""
         raise NotImplementedError
 
     def _ratio(self, m, h, t, oracle):
@@ -116,11 +118,12 @@ class _Sophia(Optimizer):
         return SophiaState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
     def _refreshed_h(self, h, params, oracle, state, draws):
-        hhat = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
+        """(β₂h + (1 − β₂)ĥ or None when ĥ is not finite, the draws used)."""
+        hhat, used = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
         if not T.all_finite(hhat):
-            return None
+            return None, used
         b2 = self.beta2
-        return T.tree_map2(lambda hi, ei: b2 * hi + (1.0 - b2) * ei, h, hhat)
+        return T.tree_map2(lambda hi, ei: b2 * hi + (1.0 - b2) * ei, h, hhat), used
 
     def update(self, params, state, oracle, draws=None):
         loss, g = oracle.value_and_grad(params)
@@ -130,9 +133,9 @@ class _Sophia(Optimizer):
         refresh = self._refreshes(t)
         b1 = self.beta1
         m = T.tree_map2(lambda mi, gi: b1 * mi + (1.0 - b1) * gi, state.m, g)
-        h = state.h
+        h, used = state.h, None
         if refresh and self._refresh_mode() == "before":
-            h = self._refreshed_h(h, params, oracle, state, draws)
+            h, used = self._refreshed_h(h, params, oracle, state, draws)
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
         lr, lam = self.lr, self.weight_decay
@@ -146,11 +149,11 @@ class _Sophia(Optimizer):
             new.append(x * (1.0 - lr * lam) - step_size * ratio if lam else x - step_size * ratio)
         new = T.unflatten(treedef, new)
         if refresh and self._refresh_mode() == "after":
-            h = self._refreshed_h(h, new, oracle, state, draws)
+            h, used = self._refreshed_h(h, new, oracle, state, draws)
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
         info = step_info(loss, g, lr=lr, step_norm=sq ** 0.5, refreshed=refresh,
-                         clipped_fraction=clipped / max(T.size(params), 1))
+                         clipped_fraction=clipped / max(T.size(params), 1), draws=used)
         return new, SophiaState(t, m, h, state.seed), info
 
 
@@ -179,7 +182,7 @@ class SophiaG(_Sophia):
         if self.parametrization == "official":  # the official h holds ĝ⊙ĝ of the mean loss
             scale = oracle.loss.scale(oracle.batch_size)
             hhat = T.scale(scale, hhat)
-        return hhat
+        return hhat, labels
 
     def _ratio(self, m, h, t, oracle):
         if self.parametrization == "official":
@@ -206,16 +209,14 @@ class SophiaH(_Sophia):
         self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
 
     def _estimate(self, params, oracle, generator, draws):
-        probes = None if draws is None else check_probes(draws, params)
-        if hasattr(oracle, "hutchinson_diag"):  # a network oracle (it records the probes it draws)
-            if probes is None:
-                return oracle.hutchinson_diag(params, seed=generator, k=self.probes,
-                                              distribution=self.probe_distribution)
-            return oracle.hutchinson_diag(params, probes=probes)
-        if probes is None:
+        if draws is None:
             probes = oracle_probes(oracle, params, generator, self.probes, self.probe_distribution)
+        else:
+            probes = check_probes(draws, params)
+        if hasattr(oracle, "hutchinson_diag"):  # a network oracle: the core estimator
+            return oracle.hutchinson_diag(params, probes=probes), probes
         _, hv = oracle.hvp_operator(params)
-        return hutchinson_estimate(hv, probes)
+        return hutchinson_estimate(hv, probes), probes
 
     def _ratio(self, m, h, t, oracle):
         if self.parametrization == "official":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import as_array, rng, xp
+from ..backend import as_array, default_dtype, rng, xp
 
 __all__ = ["Dataset", "synthetic_classification", "synthetic_regression", "digits", "DATASETS", "load_dataset"]
 
@@ -32,17 +32,17 @@ def synthetic_classification(n: int = 512, d: int = 16, classes: int = 4, seed: 
     centres = g.standard_normal((classes, d)) * 2.0
     y = g.integers(0, classes, size=n)
     X = centres[y] + noise * g.standard_normal((n, d))
-    return Dataset(as_array(_standardise(X)), xp.asarray(y.astype("int64")), classes, "synthetic")
+    return Dataset(as_array(_standardise(X), default_dtype()), xp.asarray(y.astype("int64")), classes, "synthetic")
 
 
 def synthetic_regression(n: int = 256, d: int = 8, outputs: int = 2, seed: int = 0, noise: float = 0.1):
     """y = tanh(X W₁) W₂ + noise, a smooth target an MLP can fit."""
     g = rng(seed)
-    X = g.standard_normal((n, d))
-    W1 = g.standard_normal((d, 16)) / d ** 0.5
-    W2 = g.standard_normal((16, outputs)) / 4.0
-    Y = __import__("numpy").tanh(X @ W1) @ W2 + noise * g.standard_normal((n, outputs))
-    return Dataset(as_array(X), as_array(Y), 0, "synthetic_regression")
+    X = as_array(g.standard_normal((n, d)), default_dtype())
+    W1 = as_array(g.standard_normal((d, 16)) / d ** 0.5, default_dtype())
+    W2 = as_array(g.standard_normal((16, outputs)) / 4.0, default_dtype())
+    Y = xp.tanh(X @ W1) @ W2 + noise * as_array(g.standard_normal((n, outputs)), default_dtype())
+    return Dataset(X, Y, 0, "synthetic_regression")
 
 
 def digits():
@@ -53,7 +53,7 @@ def digits():
         raise RuntimeError("the digits data set needs scikit-learn: pip install 'refopt[scripts]'") from exc
     data = load_digits()
     X = _standardise(data.data.astype("float64"))
-    return Dataset(as_array(X), xp.asarray(data.target.astype("int64")), 10, "digits")
+    return Dataset(as_array(X, default_dtype()), xp.asarray(data.target.astype("int64")), 10, "digits")
 
 
 DATASETS = {"digits": digits, "synthetic": synthetic_classification, "synthetic_regression": synthetic_regression}

@@ -15,9 +15,9 @@ key                       content
 ``params/<name>``         shape (T+1, *leaf shape): parameters before step 1 (index 0) and after each step
 ``loss``                  (T,) loss at the incoming parameters of each step (optional in theirs)
 ``grad/<name>``           (T, *leaf shape) gradient at the incoming parameters (optional in theirs)
-``draws/<t>/<i>/<kind>``  the i-th random draw made during step t (1-based): kind "labels" (k, B[, C])
-                          sampled from the model's predictive distribution, or "probes/<name>" (a probe
-                          leaf, one key per leaf) for Hutchinson probes; absent for deterministic methods
+``draws/<t>/labels``      labels the optimizer sampled from the model during step t (1-based), shape
+                          (k, B) for classes or (k, B, C); absent on steps without draws
+``draws/<t>/probes/<j>/<name>``  leaf ``name`` of the j-th Hutchinson probe drawn during step t
 ========================  ==========================================================================
 
 ``meta.problem`` is ``{"type": "mlp", "sizes": [...], "activations": [...], "loss": "...",
@@ -40,7 +40,6 @@ import numpy as np
 from .. import __version__
 from .. import tree as T
 from ..backend import as_array, rng, to_host, xp
-from ..curvature import draw_probes
 from ..nn import MLP, make_loss
 from ..oracle import Oracle
 from ..optim import make_optimizer, optimizer_class
@@ -95,42 +94,6 @@ def param_names(params) -> list[str]:
     return names
 
 
-class _RecordingOracle(Oracle):
-    """An oracle that records the random draws it makes, or replays draws it is given."""
-
-    def __init__(self, *args, replay=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.draws: list[tuple[str, Any]] = []
-        self._replay = list(replay) if replay is not None else None
-
-    def _next(self, kind):
-        if self._replay is None:
-            return None
-        if not self._replay:
-            raise ValueError(f"the trace has fewer draws than the optimizer asks for (a '{kind}' draw)")
-        k, value = self._replay.pop(0)
-        if k != kind:
-            raise ValueError(f"the trace's next draw is '{k}', the optimizer asks for '{kind}'")
-        return value
-
-    def sample_labels(self, params, seed, k=1):
-        labels = self._next("labels")
-        if labels is None:
-            labels = super().sample_labels(params, seed, k)
-        self.draws.append(("labels", labels))
-        return labels
-
-    def hutchinson_diag(self, params, seed=None, probes=None, k=1, distribution="rademacher"):
-        if probes is None:
-            probes = self._next("probes")
-            if probes is None:
-                if seed is None:
-                    raise ValueError("hutchinson_diag needs seed= or probes=")
-                probes = draw_probes(params, seed, k, distribution)
-        self.draws.append(("probes", probes))
-        return super().hutchinson_diag(params, probes=probes)
-
-
 @dataclass
 class Trace:
     meta: dict
@@ -139,7 +102,7 @@ class Trace:
     params: list          # T+1 parameter trees
     loss: list            # T floats (may be empty)
     grads: list           # T trees (may be empty)
-    draws: list           # T lists of (kind, value)
+    draws: list           # T entries: None, a labels array, or a list of probe trees
 
     @property
     def steps(self) -> int:
@@ -165,19 +128,24 @@ def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str
 
 
 def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profile, replay_draws, problem_name=None):
+    """Run the optimizer, recording its draws (``info["draws"]``) or injecting ``replay_draws``."""
     model, loss = _build(spec)
     opt = make_optimizer(optimizer, **hyperparameters)
     params = model.init(seed) if params0 is None else params0
     state = opt.init(params)
+    oracle = Oracle(model, loss, X, y)
     out_params, losses, grads, draws = [params], [], [], []
     for t in range(steps):
-        oracle = _RecordingOracle(model, loss, X, y, replay=None if replay_draws is None else replay_draws[t])
         value, g = Oracle(model, loss, X, y).value_and_grad(params)
-        params, state, info = opt.update(params, state, oracle)
+        injected = None if replay_draws is None else replay_draws[t]
+        if injected is not None:
+            params, state, info = opt.update(params, state, oracle, draws=injected)
+        else:
+            params, state, info = opt.update(params, state, oracle)
         out_params.append(params)
         losses.append(value)
         grads.append(g)
-        draws.append(oracle.draws)
+        draws.append(injected if injected is not None else info.get("draws"))
     meta = {"format": TRACE_FORMAT, "version": __version__, "optimizer": optimizer,
             "hyperparameters": hyperparameters, "profile": profile,
             "problem": {k: v for k, v in spec.items() if k != "batch"} | {"name": problem_name},
@@ -198,13 +166,14 @@ def export_trace(trace: Trace, path: str) -> None:
     if trace.grads:
         arrays.update({f"grad/{n}": a for n, a in _leafdict(names, trace.grads).items()})
     for t, step_draws in enumerate(trace.draws, start=1):
-        for i, (kind, value) in enumerate(step_draws):
-            if kind == "labels":
-                arrays[f"draws/{t}/{i}/labels"] = to_host(value)
-            else:
-                for j, probe in enumerate(value):
-                    for n, leaf in zip(names, T.leaves(probe)):
-                        arrays[f"draws/{t}/{i}/probes/{j}/{n}"] = to_host(leaf)
+        if step_draws is None:
+            continue
+        if isinstance(step_draws, (list, tuple)):  # Hutchinson probes: a list of trees
+            for j, probe in enumerate(step_draws):
+                for n, leaf in zip(names, T.leaves(probe)):
+                    arrays[f"draws/{t}/probes/{j}/{n}"] = to_host(leaf)
+        else:
+            arrays[f"draws/{t}/labels"] = to_host(step_draws)
     import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
     folder = os.path.dirname(os.path.abspath(path))
@@ -283,23 +252,16 @@ def load_trace(path: str) -> Trace:
         grads = [_tree_from_names(names, [as_array(files[f"grad/{n}"][t]) for n in names]) for t in range(steps)]
     draws = []
     for t in range(1, steps + 1):
-        step_draws = []
-        for i in itertools.count():
-            prefix = f"draws/{t}/{i}/"
-            keys = [k for k in files if k.startswith(prefix)]
-            if not keys:
+        if f"draws/{t}/labels" in files:
+            draws.append(xp.asarray(files[f"draws/{t}/labels"]))
+            continue
+        probes = []
+        for j in itertools.count():
+            keys = [f"draws/{t}/probes/{j}/{n}" for n in names]
+            if not all(k in files for k in keys):
                 break
-            if prefix + "labels" in files:
-                step_draws.append(("labels", xp.asarray(files[prefix + "labels"])))
-            else:
-                probes = []
-                for j in itertools.count():
-                    pk = [f"{prefix}probes/{j}/{n}" for n in names]
-                    if not all(k in files for k in pk):
-                        break
-                    probes.append(_tree_from_names(names, [as_array(files[k]) for k in pk]))
-                step_draws.append(("probes", probes))
-        draws.append(step_draws)
+            probes.append(_tree_from_names(names, [as_array(files[k]) for k in keys]))
+        draws.append(probes or None)
     loss = list(files["loss"]) if "loss" in files else []
     return Trace(meta, as_array(X), xp.asarray(files["problem/y"]), params, loss, grads, draws)
 
@@ -334,7 +296,7 @@ def compare_traces(ours: Trace, theirs: Trace, rtol: float = 1e-7, atol: float =
 def _rerun(theirs: Trace, hyperparameters: dict) -> Trace:
     m = theirs.meta
     return _replay(m["optimizer"], hyperparameters, m["problem"], theirs.X, theirs.y, theirs.params[0], theirs.steps,
-                   m.get("seed", 0), m.get("profile"), theirs.draws if any(theirs.draws) else None,
+                   m.get("seed", 0), m.get("profile"), theirs.draws if any(d is not None for d in theirs.draws) else None,
                    problem_name=m["problem"].get("name"))
 
 
