@@ -129,7 +129,8 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
 
     oracle = _oracle(fun, jac, hess, hessp)
     start = oracle.counts.as_dict()
-    x = as_array(x0).copy() if not isinstance(x0, (list, tuple, dict)) else x0
+    is_tree = isinstance(x0, dict) or (isinstance(x0, (list, tuple)) and any(hasattr(v, "shape") for v in x0))
+    x = T.copy(x0) if is_tree else as_array(x0).copy()
     n = T.size(x)
     maxiter = 200 * n if maxiter is None else maxiter
     state = opt.init(x)
