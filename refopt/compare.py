@@ -119,14 +119,16 @@ def plot_comparison(entries, path: str):
         print("refopt: matplotlib is not installed; no plot written (pip install 'refopt[scripts]')", file=sys.stderr)
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for e in entries:
+    colors = plt.get_cmap("tab20").colors
+    for i, e in enumerate(entries):
         pts = [(r["step"], r["elapsed"], r["train_loss"]) for r in e.history
                if r.get("train_loss") is not None and math.isfinite(r["train_loss"])]
         if not pts:
             continue
         steps, secs, loss = zip(*pts)
-        axes[0].semilogy(steps, loss, label=e.name)
-        axes[1].semilogy(secs, loss, label=e.name)
+        style = {"label": e.name, "color": colors[(2 * i) % 20 + (i // 10) % 2], "linestyle": ("-", "--", ":")[i % 3]}
+        axes[0].semilogy(steps, loss, **style)
+        axes[1].semilogy(secs, loss, **style)
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("seconds")
     for ax in axes:

@@ -122,7 +122,8 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         if method not in FUNCTION_METHODS:
             known = ", ".join(FUNCTION_METHODS)
             extra = " (it needs a network oracle)" if method in OPTIMIZERS else ""
-            raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; choose from {known}")
+            raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; "
+                             f"choose from {known}")
         opt = make_optimizer(method, **(options or {}))
     if not hasattr(opt, "evaluate") or not hasattr(opt, "step"):
         raise ValueError(f"{type(opt).__name__} does not implement evaluate/step; minimize runs the Newton family")

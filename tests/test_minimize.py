@@ -15,7 +15,8 @@ FAST = {"newton", "newton_cg", "trust_ncg", "bfgs", "lbfgs"}
 
 
 @pytest.mark.parametrize("method", FUNCTION_METHODS)
-@pytest.mark.parametrize("make", [rosenbrock, beale, lambda: trid(6), lambda: dixon_price(5), lambda: quadratic(8, 1e3)])
+@pytest.mark.parametrize("make", [rosenbrock, beale, lambda: trid(6), lambda: dixon_price(5),
+                                  lambda: quadratic(8, 1e3)])
 def test_every_method_reaches_the_known_minimum(method, make):
     p = make()
     r = minimize(p, method=method, gtol=1e-6, maxiter=3000)

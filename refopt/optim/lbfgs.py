@@ -17,7 +17,8 @@ Switches (defaults first):
 * ``damping``: None or "powell": Powell's damped y (N&W 18.14–18.15) using Bs = −α g, exact for the
   matrix that produced p = −Hg (on a step reset to −g, Bs is unknown and the skip rule applies instead).
 * ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo" or "none"; the first step
-  starts at α₀ = min(1, 1/‖p‖), later ones at α₀ = 1 (N&W §7.2).
+  starts at α₀ = min(1, 1/‖p‖), later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
+  L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
 
 With ``memory`` ≥ the number of steps, ``initial_scaling="once"`` or "none" and the same D, the iterates
 are those of dense ``BFGS`` (tested). Mini-batches: as in ``quasi_newton``, each pair is formed on one
@@ -26,7 +27,7 @@ batch from the line search's accepted trial point (oLBFGS, Schraudolph, Yu & Gü
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import as_array, xp

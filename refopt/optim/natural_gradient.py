@@ -14,10 +14,12 @@ gᵀx = xᵀ(F + λI)x of the CG iterate from x₀ = 0 keeps ½δᵀ(F + λI)δ 
 Switches (defaults first): ``fisher`` "true" | "mc" (``samples`` label sets per step, drawn as
 ``loss.sample(z, [seed, step], samples)`` or injected with ``update(..., draws=labels)``; reported
 as ``info["draws"]``) |
-"empirical"; ``solver`` "auto" (dense while the model has at most ``dense_max_size`` parameters, else
-CG) | "dense" | "cg" (``cg_tol`` relative residual, ``cg_maxiter``); ``step_rule`` "fixed" | "kl"
-(``kl_epsilon`` = ε). ``damping`` λ > 0 is required: the Fisher of a network is singular whenever it
-has more parameters than the batch has outputs.
+"empirical"; ``solver`` "auto" (dense while the model has at most ``dense_max_size`` = 500 parameters,
+else CG; the dense Fisher costs n products) | "dense" | "cg" (``cg_tol`` relative residual,
+``cg_maxiter``; the defaults 1e-3 and 20 truncate CG, as Hessian-free practice does: an exact solve
+with little damping follows the Fisher's tiny eigenvalues into huge steps); ``step_rule`` "fixed"
+(``lr`` = 0.5) | "kl" (``kl_epsilon`` = ε). ``damping`` λ > 0 (default 1e-2) is required: the Fisher
+of a network is singular whenever it has more parameters than the batch has outputs.
 """
 from __future__ import annotations
 
@@ -57,9 +59,9 @@ class NaturalGradient(Optimizer):
     name = "natural_gradient"
     switches = {"fisher": FISHERS, "step_rule": STEP_RULES}
 
-    def __init__(self, lr: float = 1.0, damping: float = 1e-3, fisher: str = "true", solver: str = "auto",
+    def __init__(self, lr: float = 0.5, damping: float = 1e-2, fisher: str = "true", solver: str = "auto",
                  step_rule: str = "fixed", kl_epsilon: float = 1e-3, samples: int = 1, seed: int = 0,
-                 cg_tol: float = 1e-8, cg_maxiter: int = 100, dense_max_size: int = 500):
+                 cg_tol: float = 1e-3, cg_maxiter: int = 20, dense_max_size: int = 500):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
         self.fisher = check_choice("fisher", fisher, FISHERS)

@@ -111,10 +111,6 @@ def _same_params(a, b) -> bool:
     return len(la) == len(lb) and all(x.shape == y.shape and bool(xp.array_equal(x, y)) for x, y in zip(la, lb))
 
 
-def _finite_float(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 class SearchOutcome(NamedTuple):
     """What a search along p from θ found; ``point`` is the accepted trial (None when α = 0)."""
 

@@ -35,7 +35,7 @@ from ..curvature.dense import check_dense_size
 from ..oracle import FunctionOracle
 
 __all__ = ["Problem", "quadratic", "rosenbrock", "extended_rosenbrock", "beale", "powell_singular", "wood",
-           "trid", "dixon_price", "PROBLEMS", "make_problem"]
+           "trid", "dixon_price", "PROBLEMS", "FUNCTIONS", "make_problem"]
 
 
 @dataclass(frozen=True)
@@ -390,6 +390,9 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "quadratic": quadratic, "rosenbrock": rosenbrock, "extended_rosenbrock": extended_rosenbrock, "beale": beale,
     "powell_singular": powell_singular, "wood": wood, "trid": trid, "dixon_price": dixon_price,
 }
+
+
+FUNCTIONS = PROBLEMS  # the name ``refopt.problems.registry`` looks up (zero-argument calls give the defaults)
 
 
 def make_problem(name: str, **kwargs) -> Problem:

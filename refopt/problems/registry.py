@@ -61,7 +61,7 @@ class FunctionProblem:
 
     def oracle(self, counts: Counts | None = None) -> FunctionOracle:
         fn = self.fn
-        return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, counts=counts)
+        return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, hvp=fn.hvp, counts=counts)
 
     def batch_oracle(self, indices, counts=None):
         raise ValueError(f"problem {self.name!r} is a function of a vector: it has no mini-batches")
