@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
     from .runner import Interrupted, RunConfig, run  # noqa: PLC0415
 
     config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
-                       args.seed, args.target_loss, args.max_seconds, args.eval_every)
+                       args.seed, args.target_loss, args.max_seconds, args.eval_every, args.gtol)
     report, close = _progress(args.steps, not args.no_progress)
     try:
         result = run(config, resume=args.resume, log_path=args.log, checkpoint_path=args.checkpoint,
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-loss", type=float, default=None)
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--eval-every", type=int, default=1, help="full-batch training loss every N steps")
+    t.add_argument("--gtol", type=float, default=0.0, help="stop once the gradient norm is at most this")
     t.add_argument("--log", default=None, help="write a JSON-lines log here")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (.npz)")
     t.add_argument("--checkpoint-every", type=int, default=None)

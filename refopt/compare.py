@@ -19,13 +19,13 @@ __all__ = ["DEFAULT_OPTIMIZERS", "compare", "format_table", "plot_comparison", "
 # The standard set with hyperparameters chosen for the default problem (digits MLP, full batch) by a small
 # grid search (scripts/tune_compare.py): what each family looks like with a reasonable setting.
 DEFAULT_OPTIMIZERS: dict[str, dict] = {
-    "sgd": {"lr": 0.5, "momentum": 0.9},
-    "adam": {"lr": 0.01},
-    "adagrad": {"lr": 0.1},
-    "shampoo": {"lr": 0.1},
-    "adahessian": {"lr": 0.1},
-    "sophia_g": {"lr": 0.05},
-    "sophia_h": {"lr": 0.05},
+    "sgd": {"lr": 3.0, "momentum": 0.9},
+    "adam": {"lr": 0.1},
+    "adagrad": {"lr": 1.0},
+    "shampoo": {"lr": 3.0},
+    "adahessian": {"lr": 0.3},
+    "sophia_g": {"lr": 0.03},
+    "sophia_h": {"lr": 0.03},
     "lbfgs": {},
     "bfgs": {},
     "newton_cg": {},

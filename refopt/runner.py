@@ -40,6 +40,7 @@ class RunConfig:
     target_loss: float | None = None
     max_seconds: float | None = None
     eval_every: int = 1
+    gtol: float = 0.0      # stop ("converged") once the gradient norm at a step's start is ≤ gtol
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed by this configuration."""
@@ -53,7 +54,7 @@ class RunResult:
     params: object
     state: object
     history: list
-    status: str           # "completed", "target_reached", "time_limit", "diverged", "interrupted"
+    status: str           # "completed", "converged", "target_reached", "time_limit", "diverged"
     message: str = ""
 
     @property
@@ -152,6 +153,10 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             tl = rec["train_loss"]
             if tl is not None and not math.isfinite(tl):
                 status, message = "diverged", f"training loss became {tl} at step {step}"
+                break
+            gn = rec.get("grad_norm")
+            if gn is not None and gn <= config.gtol:
+                status = "converged"
                 break
             if config.target_loss is not None and tl is not None and tl <= config.target_loss:
                 status = "target_reached"

@@ -102,3 +102,14 @@ def test_divergence_is_reported():
     prob = NetworkProblem("lsq", MLP([3, 1]), Gaussian(), g.standard_normal((10, 3)), g.standard_normal((10, 1)))
     res = run(RunConfig("sgd", {"lr": 1e100}, "lsq", steps=20), problem=prob)
     assert res.status == "diverged" and "loss" in res.message
+
+
+def test_function_problem_converges_and_stops():
+    res = run(RunConfig("lbfgs", {}, "rosenbrock", steps=500, gtol=1e-10))
+    assert res.status == "converged" and len(res.history) < 500
+    np.testing.assert_allclose(T.ravel(res.params), np.ones(2), atol=1e-8)
+
+
+def test_function_problem_has_no_minibatches():
+    with pytest.raises(ValueError, match="mini-batches"):
+        run(RunConfig("lbfgs", {}, "rosenbrock", steps=5, batch_size=2))

@@ -1,10 +1,18 @@
 """Convention profiles: refopt settings that reproduce the published behaviour of other libraries.
 
-A profile names a refopt optimizer and the hyperparameters (convention switches) that make it follow
-a library's update rule, with a note on what that library does differently from the paper. Each
-profile is tested against a hand-computed two-step case of its library (tests/test_profiles.py).
-The conventions table in docs/verify.md is generated from ``PROFILES`` (``python -m
-refopt.verify.profiles`` prints it).
+A profile names a refopt optimizer and the hyperparameters (convention switches and the library's
+defaults) that make it follow a library's update rule, says in one sentence what that library does
+differently from the paper (``differs``), where that behaviour is written (``source``: repository and
+file), and what of it refopt's switches cannot express (``gaps``, empty when nothing). Every profile is
+tested against an independent NumPy transcription of the library's update, two steps on a tiny
+problem (``tests/test_profiles.py``); the torch and optax ones also against the real libraries
+(``scripts/verify_with_torch.py``, ``scripts/verify_with_optax.py``). ``conventions_table()`` is the
+table of docs/verify.md (``python -m refopt.verify.profiles`` prints it).
+
+Names: the library's public name; a variant of one library gets ``+variant`` (no spaces or shell
+metacharacters, so a name can be passed to ``refopt verify export --profile NAME`` as it is).
+Hyperparameters a library leaves to the user (learning rates of kfac-jax, Shampoo's ``block_size``,
+...) are set to the value its documentation recommends, or left at refopt's default when it has none.
 """
 from __future__ import annotations
 
@@ -18,21 +26,256 @@ class Profile:
     library: str                 # e.g. "torch.optim.Adam"
     optimizer: str               # refopt optimizer name
     hyperparameters: dict = field(default_factory=dict)
-    differs: str = ""            # what the library does differently from the paper
-    source: str = ""             # where the behaviour is documented
+    differs: str = ""            # what the library does differently from the paper (one sentence)
+    source: str = ""             # repository and file where the behaviour is written
+    gaps: str = ""               # what refopt cannot express (missing switches); "" when nothing
 
 
 PROFILES: dict[str, Profile] = {}
 
 
 def _add(p: Profile) -> None:
+    if p.library in PROFILES:
+        raise ValueError(f"duplicate profile {p.library!r}")
     PROFILES[p.library] = p
 
 
+# --- first-order baselines ----------------------------------------------------------------------------
 _add(Profile("torch.optim.SGD", "sgd", {"lr": 0.1, "momentum": 0.9},
              "momentum buffer v ← μv + g without dampening (the paper's heavy ball uses v ← μv − ηg; equal for "
              "a constant η); Nesterov as a look-ahead on the gradient",
-             "torch/optim/sgd.py (dampening=0)"))
+             "pytorch/pytorch torch/optim/sgd.py (_single_tensor_sgd, dampening=0)",
+             "dampening > 0, maximize"))
+_add(Profile("optax.sgd", "sgd", {"lr": 0.1, "momentum": 0.9},
+             "the same trace t ← g + μt, update −ηt, as torch.optim.SGD (no dampening)",
+             "google-deepmind/optax optax/_src/alias.py (sgd), optax/_src/transform.py (trace)",
+             "accumulator_dtype casts"))
+
+# --- Adam, AdamW, Adagrad -----------------------------------------------------------------------------
+_add(Profile("torch.optim.Adam", "adam",
+             {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+              "bias_correction": True, "eps_mode": "outside"},
+             "Kingma & Ba's Algorithm 1 (ε outside √v̂, both moments bias-corrected), plus an optional L2 term "
+             "λθ added to the gradient before the moments (the paper has no decay)",
+             "pytorch/pytorch torch/optim/adam.py (_single_tensor_adam)",
+             "amsgrad=True, maximize, decoupled_weight_decay=True (use torch.optim.AdamW)"))
+_add(Profile("torch.optim.AdamW", "adamw",
+             {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2,
+              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True},
+             "the decoupled decay is multiplied by the learning rate, θ ← θ(1 − αλ), where Loshchilov & Hutter's "
+             "Algorithm 2 uses the schedule multiplier η_t (1 here): θ ← θ − η_t λθ",
+             "pytorch/pytorch torch/optim/adamw.py (decoupled_weight_decay=True), torch/optim/adam.py",
+             "amsgrad=True, maximize"))
+_add(Profile("optax.adam", "adam",
+             {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "bias_correction": True,
+              "eps_mode": "outside"},
+             "Algorithm 1 with an extra eps_root inside the root, m̂ / (√(v̂ + eps_root) + ε), eps_root = 0 by "
+             "default",
+             "google-deepmind/optax optax/_src/alias.py (adam), optax/_src/transform.py (scale_by_adam)",
+             "eps_root > 0 together with eps > 0 (refopt has ε either inside or outside), nesterov=True (NAdam)"))
+_add(Profile("optax.adamw", "adamw",
+             {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-4,
+              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True},
+             "add_decayed_weights before the learning-rate scaling, so the decay is θ ← θ − αλθ (the paper: "
+             "θ − η_t λθ)",
+             "google-deepmind/optax optax/_src/alias.py (adamw), optax/transforms/_adding.py",
+             "mask (decay on a subset of leaves), eps_root > 0, nesterov=True"))
+_add(Profile("torch.optim.Adagrad", "adagrad",
+             {"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "eps_mode": "outside", "weight_decay": 0.0,
+              "weight_decay_mode": "l2"},
+             "Duchi et al.'s diagonal rule with δ = 1e-10 outside the root, plus an optional learning-rate decay "
+             "η/(1 + (t − 1)·lr_decay) and L2 term λθ in the gradient",
+             "pytorch/pytorch torch/optim/adagrad.py (_single_tensor_adagrad)",
+             "lr_decay > 0, maximize, sparse gradients"))
+_add(Profile("optax.adagrad", "adagrad",
+             {"lr": 1e-2, "eps": 1e-7, "initial_accumulator": 0.1, "eps_mode": "inside"},
+             "ε inside the root, g/√(G + ε), and an accumulator started at G₀ = 0.1 (the paper: δ + √G, G₀ = 0); "
+             "coordinates whose G is 0 get no step",
+             "google-deepmind/optax optax/_src/alias.py (adagrad), optax/_src/transform.py (scale_by_rss)",
+             ""))
+
+# --- quasi-Newton -------------------------------------------------------------------------------------
+_LBFGS_TORCH_GAPS = (
+    "the first step is min(1, 1/‖g‖₁)·lr, refopt's min(1, 1/‖g‖₂) (equal when ‖g₀‖₁ ≤ 1; missing switch "
+    "initial_step='torch'); lr ≠ 1 (refopt's lbfgs has no step scale); the absolute skip rule yᵀs > 1e-10 "
+    "(refopt: sᵀy > ε·yᵀy); one refopt step is one torch iteration, so use max_iter=1; tolerance_grad/"
+    "tolerance_change early exits")
+_add(Profile("torch.optim.LBFGS", "lbfgs",
+             {"memory": 100, "initial_scaling": "every", "line_search": "none", "initial_step": "unit"},
+             "a fixed step lr (no line search) from H⁰ = (sᵀy/yᵀy)I of the newest pair, a first step scaled by "
+             "min(1, 1/‖g‖₁), pairs with yᵀs ≤ 1e-10 skipped, and up to max_iter=20 iterations per step() call",
+             "pytorch/pytorch torch/optim/lbfgs.py (LBFGS.step)",
+             _LBFGS_TORCH_GAPS))
+_add(Profile("torch.optim.LBFGS+strong_wolfe", "lbfgs",
+             {"memory": 100, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
+              "initial_step": "unit"},
+             "line_search_fn='strong_wolfe': the minFunc-derived strong-Wolfe search (c₁ = 1e-4, c₂ = 0.9, cubic "
+             "interpolation) started at lr, or at min(1, 1/‖g‖₁)·lr on the first iteration",
+             "pytorch/pytorch torch/optim/lbfgs.py (_strong_wolfe, _cubic_interpolate)",
+             _LBFGS_TORCH_GAPS + "; when the first trial fails the strong Wolfe conditions the two searches "
+             "choose different trial points (torch's minFunc port vs N&W Algorithms 3.5-3.6)"))
+_add(Profile("optax.lbfgs", "lbfgs",
+             {"memory": 10, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
+              "initial_step": "unit", "curvature_skip": 0.0},
+             "the first direction is −min(1, 1/‖g‖)·g (a capped scale γ₀ the paper leaves open), then γ_k = sᵀy/yᵀy, "
+             "a zoom line search started at step 1, and no pair is ever skipped",
+             "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs), "
+             "optax/_src/linesearch.py (scale_by_zoom_linesearch)",
+             "pairs with sᵀy ≤ 0 are kept by optax (refopt skips them even with curvature_skip=0); optax's zoom "
+             "search also accepts approximate-Wolfe points (Hager-Zhang, approx_dec_rtol) and picks other trial "
+             "points than refopt's when the unit step fails"))
+_add(Profile("optax.lbfgs+no_linesearch", "lbfgs",
+             {"memory": 10, "initial_scaling": "every", "line_search": "none", "initial_step": "unit",
+              "curvature_skip": 0.0},
+             "lbfgs(linesearch=None): a unit step along the L-BFGS direction, the first one −min(1, 1/‖g‖)·g",
+             "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs)",
+             "pairs with sᵀy ≤ 0 are kept by optax (refopt skips them)"))
+_add(Profile("scipy.optimize.fmin_bfgs", "bfgs",
+             {"form": "inverse", "initial_scaling": "none", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
+              "initial_step": "interpolate", "curvature_skip": 0.0},
+             "minimize(method='BFGS'): the inverse update (N&W 6.17) from H₀ = I with no initial scaling (N&W "
+             "6.20 scales H₀ before the first update), a MINPACK strong-Wolfe search first tried at "
+             "min(1, 1.01/‖g‖) and then at N&W eq. 3.60's interpolated step",
+             "scipy/scipy scipy/optimize/_optimize.py (_minimize_bfgs), scipy/optimize/_linesearch.py "
+             "(line_search_wolfe1)",
+             "the first trial step is min(1, 1.01/‖g₀‖), refopt's min(1, 1/‖g₀‖) (equal when ‖g₀‖ ≤ 1; missing "
+             "switch); MINPACK's dcsrch picks other trial points than refopt's zoom when the first trial fails; "
+             "sᵀy = 0 gives ρ = 1000 in scipy (refopt skips the pair)"))
+
+# --- diagonal second-order: Sophia, AdaHessian ----------------------------------------------------------
+_add(Profile("optax.contrib.sophia", "sophia_h",
+             {"lr": 1e-3, "beta1": 0.965, "beta2": 0.99, "gamma": 0.01, "eps": 1e-8, "weight_decay": 1e-4,
+              "k": 1, "parametrization": "paper", "refresh": "after", "bias_correction": True, "probes": 1,
+              "probe_distribution": "rademacher"},
+             "the bias-corrected momentum m̂ is clipped, clip(m̂ / max(γh, ε), 1), and the Hutchinson estimate "
+             "made at θ_t on steps t ≡ 1 (mod update_interval) is first used at step t + 1 (the paper's "
+             "Algorithm 3 uses it at once), so the first step is a sign step",
+             "google-deepmind/optax optax/contrib/_sophia.py (scale_by_sophia, hutchinson_estimator_diag_hessian)",
+             "optax's lagged refresh has no refopt switch (missing: refresh='lagged'); refresh='after' with k=1 "
+             "estimates at θ_{t+1} instead of θ_t, so the profile is exact only for update_interval=1 and a "
+             "constant Hessian (a quadratic loss); optax's default update_interval=10 cannot be expressed"))
+_add(Profile("Liuhong99/Sophia.SophiaG", "sophia_g",
+             {"lr": 1e-4, "beta1": 0.965, "beta2": 0.99, "gamma": 0.04, "weight_decay": 1e-1, "k": 10,
+              "parametrization": "official", "samples": 1},
+             "h is an EMA of ĝ⊙ĝ (ĝ: gradient of the mean loss at sampled labels) refreshed after the step on "
+             "iterations iter % k == k − 1, and the step is θ(1 − ηλ) − η·sign(m)·min(abs(m)/(ρ·bs·h + 1e-15), 1) "
+             "with no bias correction (the paper: clip(m/max(γh, ε), 1), h refreshed before the step)",
+             "Liuhong99/Sophia sophia.py (SophiaG, commit 195a786), train_sophiag.py (refresh loop), "
+             "config/train_gpt2_small_sophiag.py (interval=10)",
+             "bs is the training script's total_bs (step()'s default is 5120; refopt's default is the batch "
+             "size, pass bs=...); the official loop refreshes h on the next batch (refopt: the same batch)"))
+_add(Profile("Liuhong99/Sophia.SophiaH", "sophia_h",
+             {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "gamma": 10.0, "weight_decay": 1e-2, "k": 10,
+              "parametrization": "official", "probes": 1, "probe_distribution": "rademacher"},
+             "the step size η/(1 − β₁ᵗ) multiplies sign(m)·min(abs(m)/(γ·max(h, 0) + 1e-12), 1), so a coordinate "
+             "may move by more than η early on, and h is refreshed after the step",
+             "Liuhong99/Sophia sophia.py (SophiaH, commit 01af183)",
+             "the repository ships no SophiaH training loop: refopt assumes SophiaG's refresh protocol "
+             "(after the step, iter % k == k − 1) and that p.grad holds z⊙Hz when update_hessian() runs"))
+_add(Profile("amirgholami/adahessian", "adahessian",
+             {"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "hessian_power": 1.0, "spatial_block": -1,
+              "spatial_axis": 0, "absolute": True, "bias_correction": True, "eps_mode": "outside",
+              "weight_decay": 0.0, "weight_decay_mode": "decoupled", "probes": 1,
+              "probe_distribution": "rademacher"},
+             "abs(Hz) (not z⊙Hz) is averaged over each output unit's inputs (a row of torch's (out, in) weight, "
+             "spatial_average_block_size=-1), biases are not averaged, and a decoupled decay θ − ηλθ is added",
+             "amirgholami/adahessian instruction/adahessian.py (get_trace, step)",
+             "instruction/adahessian.py's step() refers to undefined names (gradsH, hut_trace): refopt follows its "
+             "get_trace() averaging with the update rule of image_classification/optim_adahessian.py; "
+             "block sizes other than -1 that do not divide fan_in (torch's view(-1, b) then crosses rows)"))
+_add(Profile("amirgholami/adahessian+image_classification", "adahessian",
+             {"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "hessian_power": 1.0, "spatial_block": 1,
+              "absolute": True, "bias_correction": True, "eps_mode": "outside", "weight_decay": 0.0,
+              "weight_decay_mode": "decoupled", "probes": 1, "probe_distribution": "rademacher"},
+             "dense weights and biases are not averaged (Eq. 10 with b = 1; convolution kernels are averaged over "
+             "the kernel window) and a decoupled decay θ − ηλθ is added (the paper has none)",
+             "amirgholami/adahessian image_classification/optim_adahessian.py (Adahessian)",
+             "the averaging of 4-D convolution kernels (refopt's networks are dense)"))
+
+# --- Shampoo --------------------------------------------------------------------------------------------
+_add(Profile("google-research/scalable_shampoo", "shampoo",
+             {"statistics": "ema", "beta2": 0.999, "initial_accumulator": 1e-6, "eps": 1e-6, "eps_mode": "add",
+              "merge_dims": 4096, "block_size": 128, "grafting": "sgd", "start_step": 6,
+              "precondition_interval": 1, "momentum": 0.9, "precondition": "gradient",
+              "vector_diagonal": False, "weight_decay_mode": "l2"},
+             "statistics are an EMA (β₂ = 0.999) started at ε·I, the ridge is ε·λ_max, roots come from a coupled "
+             "Newton iteration, the step is grafted to the SGD step's norm, the first start_preconditioning_step=5 "
+             "steps are graft steps, and Nesterov momentum β₁ = 0.9 follows",
+             "google-research/google-research scalable_shampoo/optax/distributed_shampoo.py (distributed_shampoo, "
+             "_compute_stats, _transform_grad, matrix_inverse_pth_root, merge_small_dims)",
+             "relative_matrix_epsilon=True (ridge ε·λ_max; missing switch eps_mode='relative': use "
+             "relative_matrix_epsilon=False); nesterov=True (missing switch; exact with beta1=0); separate momentum "
+             "buffers for the graft and Shampoo phases; weight decay added after grafting; the coupled-Newton root "
+             "matches eigh only to its error_tolerance 1e-6; the refresh phase of preconditioning_compute_steps > 1 "
+             "counts from step 0, refopt's from start_step"))
+_add(Profile("facebookresearch/distributed_shampoo", "shampoo",
+             {"lr": 1e-2, "statistics": "sum", "eps": 1e-12, "eps_mode": "add", "initial_accumulator": 0.0,
+              "merge_dims": 1024, "block_size": 1024, "grafting": "none", "start_step": 1,
+              "precondition_interval": 1, "momentum": 0.0, "precondition": "gradient", "vector_diagonal": False},
+             "statistics summed (β₂ = 1) or an EMA divided by 1 − β₂ᵗ, ε added after the eigenvalues are shifted to "
+             "be ≥ 0, roots by eigh, the gradient first filtered by a bias-corrected EMA (β₁ = 0.9) and optionally "
+             "grafted to an Adagrad/RMSProp/Adam step's norm",
+             "facebookresearch/optimizers distributed_shampoo/distributed_shampoo.py (DistributedShampoo, "
+             "_per_group_step_impl), distributed_shampoo/preconditioner/matrix_functions.py "
+             "(_matrix_inverse_root_eigen)",
+             "betas[0] > 0 (the default 0.9: EMA-filtered, bias-corrected gradient; missing switch; exact with "
+             "betas=(0, β₂)); bias correction of an EMA with β₂ < 1; per-order inv_root_override lists and "
+             "exponent_multiplier; Nesterov; decoupled decay added before the momentum; float32 factor matrices by "
+             "default; the initial inverse factors used before start_preconditioning_step without grafting"))
+
+# --- K-FAC ---------------------------------------------------------------------------------------------
+_add(Profile("google-deepmind/kfac-jax", "kfac",
+             {"factor_init": "debiased", "decay": 0.95, "damping_scheme": "pi", "inverse": "inverse",
+              "factor_interval": 1, "inverse_interval": 5, "fisher": "mc", "samples": 1, "kl_clip": None,
+              "momentum": 0.0, "weight_decay": 0.0},
+             "factors start at zero with a normalised (bias-corrected) moving average, π-adjusted damping uses "
+             "the factors' average traces, and the learning rate and momentum may come from the exact quadratic "
+             "model after 10 burn-in curvature updates",
+             "google-deepmind/kfac-jax kfac_jax/_src/curvature_blocks/kronecker_factored.py "
+             "(DenseTwoKroneckerFactored), kfac_jax/_src/utils/math.py (pi_adjusted_kronecker_factors), "
+             "kfac_jax/_src/optimizer.py (Optimizer: curvature_ema, inverse_update_period, norm_constraint)",
+             "num_burnin_steps (default 10; use 0); use_adaptive_learning_rate/momentum (M&G §7, not in refopt); "
+             "use_adaptive_damping's rule (×0.9^5 every 5 steps) differs from refopt's (19/20)^interval; l2_reg "
+             "enters both the gradient and the damping"))
+_add(Profile("gpauloski/kfac-pytorch", "kfac",
+             {"lr": 0.1, "damping": 1e-3, "decay": 0.95, "factor_init": "identity", "damping_scheme": "eigen",
+              "inverse": "eig", "factor_interval": 1, "inverse_interval": 1, "fisher": "empirical",
+              "kl_clip": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+             "factors start at the identity with a constant-weight average (α = 0.95), G comes from the gradients "
+             "the user's loss backpropagates (empirical Fisher), damping is exact in the eigenbasis (dG dAᵀ + λ), "
+             "and the step ν·V is handed to the user's torch.optim.SGD (momentum 0.9 in the examples)",
+             "gpauloski/kfac-pytorch kfac/layers/base.py (update_a_factor), kfac/layers/modules.py "
+             "(LinearModuleHelper), kfac/layers/utils.py (get_cov, append_bias_ones), kfac/layers/eigen.py, "
+             "kfac/layers/inverse.py, kfac/base_preconditioner.py (_compute_grad_scale), kfac/preconditioner.py",
+             "G = (1/B) Σ g gᵀ of the reduced loss's output gradients, i.e. refopt's G × scale/B (B² smaller for a "
+             "mean loss) — missing switch for G's normalisation, so the profile is exact only for a batch of one; "
+             "compute_method='inverse' (+λ on each factor) is damping_scheme='tikhonov' with damping=λ²; SGD's "
+             "weight decay is added after preconditioning inside the momentum; eigendecompositions in float32"))
+_add(Profile("f-dangel/curvlinops", "kfac",
+             {"lr": 1.0, "momentum": 0.0, "decay": 0.0, "factor_init": "mean", "kl_clip": None,
+              "factor_interval": 1, "inverse_interval": 1, "fisher": "mc", "samples": 1,
+              "damping_scheme": "tikhonov", "inverse": "inverse"},
+             "KFACLinearOperator is one pass over the data (no running average) with weight and bias in separate "
+             "blocks by default, and its inverse(damping=δ) adds δ to each factor (π-heuristic and exact damping "
+             "optional)",
+             "f-dangel/curvlinops curvlinops/kfac.py (KFACLinearOperator), curvlinops/computers/kfac_hooks.py, "
+             "curvlinops/computers/kfac_math.py (compute_loss_correction), curvlinops/kronecker.py (inverse)",
+             "separate_weight_and_bias=True, the default (refopt always couples [W; b]; missing switch — use "
+             "separate_weight_and_bias=False); inverse(damping=δ) is refopt's damping=δ² (the 'tikhonov' γ is √λ); "
+             "min_damping floor of the π heuristic; the step (lr, momentum) is the user's"))
+_add(Profile("tensorflow/kfac", "kfac",
+             {"factor_init": "debiased", "decay": 0.95, "damping_scheme": "pi", "inverse": "inverse",
+              "factor_interval": 1, "inverse_interval": 10, "fisher": "mc", "samples": 1, "kl_clip": None,
+              "momentum": 0.9, "weight_decay": 0.0},
+             "covariances start at zero and are zero-debiased (INIT_COVARIANCES_AT_ZERO, ZERO_DEBIAS), damping is "
+             "π-adjusted per factor with the trace norm, inverses are recomputed every invert_every=10 steps, and "
+             "the optional norm_constraint bounds η²·⟨F̂⁻¹g, g⟩ like the KL clip",
+             "tensorflow/kfac kfac/python/ops/fisher_factors.py (INIT_COVARIANCES_AT_ZERO, ZERO_DEBIAS, "
+             "compute_cov, append_homog), kfac/python/ops/fisher_blocks.py (compute_pi_tracenorm), "
+             "kfac/python/ops/optimizer.py (KfacOptimizer), kfac/python/ops/kfac_utils/"
+             "periodic_inv_cov_update_kfac_opt.py (invert_every=10)",
+             "momentum_type='adam' or 'qmodel'; the tf.contrib.kfac constants (identity start, no debias: "
+             "factor_init='identity'); losses registered with coeff ≠ 1"))
 
 
 def get_profile(name: str) -> Profile:
@@ -42,11 +285,13 @@ def get_profile(name: str) -> Profile:
 
 
 def conventions_table() -> str:
-    """A Markdown table: library, refopt optimizer and settings, what differs from the paper."""
-    rows = ["| library | refopt | settings | differs from the paper |", "|---|---|---|---|"]
+    """A Markdown table: library, refopt optimizer and settings, what differs from the paper, what
+    refopt cannot express."""
+    rows = ["| library | refopt | settings | differs from the paper | not expressible in refopt |",
+            "|---|---|---|---|---|"]
     for p in PROFILES.values():
         settings = ", ".join(f"{k}={v!r}" for k, v in p.hyperparameters.items())
-        rows.append(f"| {p.library} | `{p.optimizer}` | {settings} | {p.differs} |")
+        rows.append(f"| {p.library} | `{p.optimizer}` | {settings} | {p.differs} | {p.gaps or '—'} |")
     return "\n".join(rows)
 
 
