@@ -135,7 +135,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
                 oracle = problem.batch_oracle(_batch_indices(problem.num_examples, config.batch_size,
                                                              config.seed, step), counts=counts)
             new_params, new_state, info = opt.update(params, state, oracle)
-            rec = {"step": step + 1, **{k: _plain(v) for k, v in info.items()}}
+            # The log keeps scalars; the step's random draws (info["draws"]) belong in a trace, not a log.
+            rec = {"step": step + 1, **{k: _plain(v) for k, v in info.items() if k != "draws"}}
             last = step + 1 == config.steps
             rec["train_loss"] = full.value(new_params) if ((step + 1) % config.eval_every == 0 or last) else None
             rec.update(counts.as_dict())
