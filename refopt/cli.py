@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--optimizers", default=None, help="comma-separated names (default: the standard set)")
     c.add_argument("--steps", type=int, default=200)
     c.add_argument("--max-seconds", type=float, default=3.0, help="wall-clock budget per optimizer")
-    c.add_argument("--target-loss", type=float, default=0.05)
+    c.add_argument("--target-loss", type=float, default=1e-3)
     c.add_argument("--batch-size", type=int, default=None)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--hp-json", default=None, help='per-optimizer overrides, e.g. \'{"adam": {"lr": 0.01}}\'')

@@ -30,10 +30,10 @@ DEFAULT_OPTIMIZERS: dict[str, dict] = {
     "bfgs": {},
     "newton_cg": {},
     "natural_gradient": {},
-    "kfac": {},
-    "kfac_tridiag": {},
-    "ekfac": {},
-    "kbfgs": {},
+    "kfac": {"lr": 1.0},
+    "kfac_tridiag": {"lr": 1.0},
+    "ekfac": {"lr": 1.0},
+    "kbfgs": {"lr": 1.0},
 }
 
 

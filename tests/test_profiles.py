@@ -1,0 +1,1003 @@
+"""Every convention profile reproduces a hand-computed two-step case of its library.
+
+Each ``lib_*`` function below is an independent plain-NumPy transcription of a library's update rule,
+written from that library's source (named in its docstring and in the profile's ``source``), not from
+refopt's code. Two steps on a tiny problem are compared with refopt run under the profile at a tight
+tolerance. Where a profile has a documented gap (``Profile.gaps``), a test shows the gap is real and
+that it is the only difference (the transcription with the gap removed matches refopt).
+
+Problems: a quartic f(x) = ½xᵀHx − cᵀx + (α/4)Σx⁴ with closed-form gradient and Hessian, on the
+tree [{"W": (4, 3), "b": (3,)}] (W first, then b, row-major: refopt's tree order), and a 3-4-3 tanh
+network with a softmax cross-entropy (mean) for the K-FAC and Sophia-G cases.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from refopt.nn import MLP, make_loss
+from refopt.optim import make_optimizer
+from refopt.oracle import FunctionOracle, Oracle
+from refopt.verify.profiles import PROFILES, Profile, conventions_table, get_profile
+
+RTOL = 1e-12
+
+
+# --- problems -------------------------------------------------------------------------------------------
+class Quartic:
+    """f(x) = ½ xᵀHx − cᵀx + (α/4) Σ x⁴ with H SPD (eigenvalues in [0.5, 1.5]); c is chosen so that
+    ∇f(x0) = r with ‖r‖₁ = grad0_l1 (small gradients keep unit steps inside the Wolfe conditions)."""
+
+    def __init__(self, n=15, seed=0, alpha=0.1, grad0_l1=0.8):
+        g = np.random.default_rng(seed)
+        Q, _ = np.linalg.qr(g.standard_normal((n, n)))
+        self.H = (Q * g.uniform(0.5, 1.5, n)) @ Q.T
+        self.H = 0.5 * (self.H + self.H.T)
+        self.alpha = alpha
+        self.x0 = 0.5 * g.standard_normal(n)
+        r = g.standard_normal(n)
+        r *= grad0_l1 / np.abs(r).sum()
+        self.c = self.H @ self.x0 + alpha * self.x0 ** 3 - r
+
+    def f(self, x):
+        return float(0.5 * x @ self.H @ x - self.c @ x + 0.25 * self.alpha * np.sum(x ** 4))
+
+    def grad(self, x):
+        return self.H @ x - self.c + self.alpha * x ** 3
+
+    def hvp(self, x, v):
+        return self.H @ v + 3.0 * self.alpha * x ** 2 * v
+
+
+def to_tree(x):
+    return [{"W": np.array(x[:12]).reshape(4, 3), "b": np.array(x[12:15])}]
+
+
+def to_flat(p):
+    return np.concatenate([np.ravel(p[0]["W"]), np.ravel(p[0]["b"])])
+
+
+def tree_oracle(prob):
+    return FunctionOracle(lambda p: prob.f(to_flat(p)), grad=lambda p: to_tree(prob.grad(to_flat(p))),
+                          hvp=lambda p, v: to_tree(prob.hvp(to_flat(p), to_flat(v))))
+
+
+def vector_oracle(prob):
+    return FunctionOracle(prob.f, grad=prob.grad)
+
+
+def rademacher_probes(seed, steps, n=15):
+    g = np.random.default_rng(seed)
+    return [g.choice([-1.0, 1.0], size=n) for _ in range(steps)]
+
+
+def run(profile, oracle, params, steps=2, draws=None, **overrides):
+    """Flat parameter vectors [θ₀, θ₁, …] of refopt under ``profile`` (+ overrides)."""
+    prof = get_profile(profile)
+    opt = make_optimizer(prof.optimizer, **{**prof.hyperparameters, **overrides})
+    state = opt.init(params)
+    out = [params]
+    for t in range(steps):
+        if draws is None:
+            params, state, info = opt.update(params, state, oracle)
+        else:
+            params, state, info = opt.update(params, state, oracle, draws=draws[t])
+        assert not info["skipped"], info["message"]
+        out.append(params)
+    return out
+
+
+def flat_all(seq):
+    return np.stack([to_flat(p) if isinstance(p, list) and isinstance(p[0], dict) and "W" in p[0] and len(p) == 1
+                     else np.asarray(p) for p in seq])
+
+
+def assert_same(ours, theirs, rtol=RTOL):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape
+    scale = max(np.max(np.abs(theirs)), 1e-300)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=rtol * scale)
+
+
+def assert_differ(ours, theirs, rtol=1e-6):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert np.max(np.abs(ours - theirs)) > rtol * np.max(np.abs(theirs)), "expected a difference"
+
+
+# --- first-order transcriptions ------------------------------------------------------------------------
+def lib_torch_sgd(prob, x, lr, momentum, steps=2, weight_decay=0.0):
+    """torch/optim/sgd.py _single_tensor_sgd, dampening=0, nesterov=False."""
+    out, buf = [x], None
+    for _ in range(steps):
+        d = prob.grad(x) + weight_decay * x
+        if momentum:
+            buf = d.copy() if buf is None else momentum * buf + d  # buf.mul_(momentum).add_(d_p, alpha=1-0)
+            d = buf
+        x = x - lr * d
+        out.append(x)
+    return out
+
+
+def lib_optax_sgd(prob, x, lr, momentum, steps=2):
+    """optax/_src/alias.py sgd = trace(decay=momentum) then scale_by_learning_rate."""
+    out, trace = [x], np.zeros_like(x)
+    for _ in range(steps):
+        trace = prob.grad(x) + momentum * trace  # transform.trace: f(g) + decay * t
+        x = x - lr * trace
+        out.append(x)
+    return out
+
+
+def lib_torch_adam(prob, x, lr, b1, b2, eps, weight_decay=0.0, decoupled=False, steps=2):
+    """torch/optim/adam.py _single_tensor_adam (capturable=False): lerp, addcmul, addcdiv."""
+    out, m, v = [x], np.zeros_like(x), np.zeros_like(x)
+    for step in range(1, steps + 1):
+        g = prob.grad(x)
+        if weight_decay:
+            if decoupled:
+                x = x * (1 - lr * weight_decay)   # param.mul_(1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * x          # grad.add(param, alpha=weight_decay)
+        m = m + (g - m) * (1 - b1)                # exp_avg.lerp_(grad, 1 - beta1)
+        v = v * b2 + (1 - b2) * g * g
+        bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+        denom = np.sqrt(v) / math.sqrt(bc2) + eps
+        x = x - (lr / bc1) * m / denom
+        out.append(x)
+    return out
+
+
+def lib_optax_adam(prob, x, lr, b1, b2, eps, eps_root=0.0, weight_decay=0.0, steps=2):
+    """optax scale_by_adam (+ add_decayed_weights for adamw) then scale_by_learning_rate."""
+    out, mu, nu = [x], np.zeros_like(x), np.zeros_like(x)
+    for count in range(1, steps + 1):
+        g = prob.grad(x)
+        mu = (1 - b1) * g + b1 * mu               # update_moment(order 1)
+        nu = (1 - b2) * g ** 2 + b2 * nu          # update_moment_per_elem_norm(order 2)
+        mu_hat, nu_hat = mu / (1 - b1 ** count), nu / (1 - b2 ** count)
+        u = mu_hat / (np.sqrt(nu_hat + eps_root) + eps)
+        u = u + weight_decay * x                  # add_decayed_weights
+        x = x - lr * u
+        out.append(x)
+    return out
+
+
+def lib_torch_adagrad(prob, x, lr, eps, weight_decay=0.0, lr_decay=0.0, initial=0.0, steps=2):
+    """torch/optim/adagrad.py _single_tensor_adagrad (dense)."""
+    out, state_sum = [x], np.full_like(x, initial)
+    for step in range(1, steps + 1):
+        g = prob.grad(x) + weight_decay * x
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum = state_sum + g * g
+        x = x - clr * g / (np.sqrt(state_sum) + eps)
+        out.append(x)
+    return out
+
+
+def lib_optax_adagrad(prob, x, lr, eps, initial, steps=2):
+    """optax scale_by_rss: where(G > 0, rsqrt(G + eps), 0) · g, then −lr."""
+    out, sos = [x], np.full_like(x, initial)
+    for _ in range(steps):
+        g = prob.grad(x)
+        sos = g * g + sos
+        inv = np.where(sos > 0, 1.0 / np.sqrt(sos + eps), 0.0)
+        x = x - lr * inv * g
+        out.append(x)
+    return out
+
+
+# --- quasi-Newton transcriptions ------------------------------------------------------------------------
+def _strong_wolfe_holds(prob, x, d, t, c1=1e-4, c2=0.9):
+    g0d = prob.grad(x) @ d
+    return prob.f(x + t * d) <= prob.f(x) + c1 * t * g0d and abs(prob.grad(x + t * d) @ d) <= -c2 * g0d
+
+
+def lib_torch_lbfgs(prob, x, lr=1.0, history_size=100, line_search_fn=None, steps=2):
+    """torch/optim/lbfgs.py LBFGS.step with max_iter=1 per call (one iteration per step).
+
+    With line_search_fn='strong_wolfe', torch's _strong_wolfe returns its first trial t when the
+    strong Wolfe conditions hold there; the transcription asserts that they do (else torch's cubic
+    search would pick another point, which it does not model)."""
+    out = [x]
+    n_iter, d, t = 0, None, None
+    old_dirs, old_stps, ro, H_diag, prev_g = [], [], [], 1.0, None
+    for _ in range(steps):
+        g = prob.grad(x)
+        assert np.max(np.abs(g)) > 1e-7                      # tolerance_grad
+        n_iter += 1
+        if n_iter == 1:
+            d = -g
+            old_dirs, old_stps, ro, H_diag = [], [], [], 1.0
+        else:
+            y = g - prev_g
+            s = d * t
+            ys = y @ s
+            if ys > 1e-10:
+                if len(old_dirs) == history_size:
+                    old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
+                old_dirs.append(y), old_stps.append(s), ro.append(1.0 / ys)
+                H_diag = ys / (y @ y)
+            q = -g
+            al = [0.0] * len(old_dirs)
+            for i in range(len(old_dirs) - 1, -1, -1):
+                al[i] = (old_stps[i] @ q) * ro[i]
+                q = q - al[i] * old_dirs[i]
+            r = q * H_diag
+            for i in range(len(old_dirs)):
+                be_i = (old_dirs[i] @ r) * ro[i]
+                r = r + old_stps[i] * (al[i] - be_i)
+            d = r
+        prev_g = g
+        t = min(1.0, 1.0 / np.abs(g).sum()) * lr if n_iter == 1 else lr
+        assert g @ d < -1e-9                                  # tolerance_change
+        if line_search_fn == "strong_wolfe":
+            assert _strong_wolfe_holds(prob, x, d, t), "torch's search would not stop at its first trial"
+        x = x + t * d
+        out.append(x)
+    return out
+
+
+def lib_optax_lbfgs(prob, x, memory_size=10, linesearch=True, steps=2):
+    """optax lbfgs = scale_by_lbfgs(scale_init_precond=True) + scale(-1) + zoom linesearch
+    (initial_guess_strategy='one'): the zoom search returns stepsize 1 when it satisfies the
+    sufficient decrease and curvature conditions, which the transcription asserts."""
+    n, m = x.size, memory_size
+    dp_mem, du_mem, w_mem = np.zeros((m, n)), np.zeros((m, n)), np.zeros(m)
+    prev_params, prev_updates = np.zeros(n), np.zeros(n)
+    out = [x]
+    for count in range(steps):
+        g = prob.grad(x)
+        memory_idx, prev_idx = count % m, (count - 1) % m
+        dp, du = x - prev_params, g - prev_updates
+        vd = du @ dp
+        weight = 0.0 if vd == 0.0 else 1.0 / vd
+        if count == 0:
+            dp, du, weight = np.zeros(n), np.zeros(n), 0.0
+        dp_mem[prev_idx], du_mem[prev_idx], w_mem[prev_idx] = dp, du, weight
+        den = du @ du
+        gamma = (du @ dp) / den if den > 0 else 1.0
+        if count == 0:
+            gamma = min(1.0, 1.0 / np.linalg.norm(g))
+        indices = [(memory_idx + i) % m for i in range(m)]
+        vec, alphas = g.copy(), {}
+        for idx in reversed(indices):                          # right_product, reverse scan
+            alphas[idx] = w_mem[idx] * (dp_mem[idx] @ vec)
+            vec = vec - alphas[idx] * du_mem[idx]
+        vec = gamma * vec
+        for idx in indices:                                    # left_product
+            beta = w_mem[idx] * (du_mem[idx] @ vec)
+            vec = vec + (alphas[idx] - beta) * dp_mem[idx]
+        prev_params, prev_updates = x, g
+        update = -vec                                          # transform.scale(-1.0)
+        if linesearch:
+            assert _strong_wolfe_holds(prob, x, update, 1.0), "the zoom search would not accept stepsize 1"
+        x = x + update
+        out.append(x)
+    return out
+
+
+def lib_scipy_bfgs(prob, x, steps=2, c1=1e-4, c2=0.9):
+    """scipy/optimize/_optimize.py _minimize_bfgs: H₀ = I, old_old_fval = f + ‖g‖/2, and
+    line_search_wolfe1's first trial alpha1 = min(1, 1.01·2(φ0 − φ_old)/φ'(0)) (1 if negative);
+    MINPACK's dcsrch stops there when the strong Wolfe conditions hold (asserted)."""
+    n = x.size
+    Hk = np.eye(n)
+    old_fval, gfk = prob.f(x), prob.grad(x)
+    old_old_fval = old_fval + np.linalg.norm(gfk) / 2
+    out = [x]
+    for _ in range(steps):
+        pk = -Hk @ gfk
+        derphi0 = gfk @ pk
+        alpha1 = min(1.0, 1.01 * 2 * (old_fval - old_old_fval) / derphi0)
+        if alpha1 < 0:
+            alpha1 = 1.0
+        assert _strong_wolfe_holds(prob, x, pk, alpha1, c1, c2), "dcsrch would not stop at its first trial"
+        sk = alpha1 * pk
+        xkp1 = x + sk
+        gfkp1 = prob.grad(xkp1)
+        yk = gfkp1 - gfk
+        old_old_fval, old_fval = old_fval, prob.f(xkp1)
+        x, gfk = xkp1, gfkp1
+        rhok_inv = yk @ sk
+        rhok = 1000.0 if rhok_inv == 0.0 else 1.0 / rhok_inv
+        A1 = np.eye(n) - sk[:, None] * yk[None, :] * rhok
+        A2 = np.eye(n) - yk[:, None] * sk[None, :] * rhok
+        Hk = A1 @ Hk @ A2 + rhok * sk[:, None] * sk[None, :]
+        out.append(x)
+    return out
+
+
+# --- Sophia, AdaHessian -----------------------------------------------------------------------------------
+def lib_optax_sophia(prob, x, probes, lr, b1, b2, eps, gamma, weight_decay, update_interval=1, steps=2,
+                     estimate_at="current"):
+    """optax/contrib/_sophia.py scale_by_sophia + add_decayed_weights + scale_by_learning_rate, with the
+    default Hutchinson estimator (z ⊙ Hz). The update uses the old ν; the estimate is made at the
+    current θ on count % update_interval == 0. ``estimate_at="updated"`` moves the estimate to θ_{t+1}
+    (not optax: the variant refopt's refresh='after' computes, to show that is the only difference)."""
+    out, mu, nu = [x], np.zeros_like(x), np.zeros_like(x)
+    for count in range(steps):
+        g = prob.grad(x)
+        count_inc = count + 1
+        mu = (1 - b1) * g + b1 * mu
+        mu_hat = mu / (1 - b1 ** count_inc)
+        u = np.clip(mu_hat / np.maximum(gamma * nu, eps), -1.0, 1.0)
+        x_new = x - lr * (u + weight_decay * x)
+        if count % update_interval == 0:
+            at = x if estimate_at == "current" else x_new
+            z = probes[count]
+            nu = (1 - b2) * (z * prob.hvp(at, z)) + b2 * nu
+        x = x_new
+        out.append(x)
+    return out
+
+
+def lib_sophia_h_official(prob, x, probes, lr, b1, b2, gamma, weight_decay, k, steps=2):
+    """Liuhong99/Sophia sophia.py SophiaH (commit 01af183) with update_hessian() called after step()
+    on iterations iter % k == k − 1 with p.grad = z ⊙ Hz at the updated parameters."""
+    out, m, h = [x], np.zeros_like(x), np.zeros_like(x)
+    for it in range(steps):
+        g = prob.grad(x)
+        step = it + 1
+        x = x * (1 - lr * weight_decay)                         # param.mul_(1 - lr * weight_decay)
+        m = m * b1 + (1 - b1) * g
+        step_size_neg = -lr / (1 - b1 ** step)
+        ratio = np.minimum(np.abs(m) / (gamma * np.maximum(h, 0.0) + 1e-12), 1.0)
+        x = x + step_size_neg * np.sign(m) * ratio
+        if it % k == k - 1:
+            z = probes[it]
+            h = h * b2 + (1 - b2) * (z * prob.hvp(x, z))
+        out.append(x)
+    return out
+
+
+def lib_adahessian(prob, x, probes, lr, b1, b2, eps, weight_decay=0.0, hessian_power=1.0, average_rows=False,
+                   steps=2):
+    """amirgholami/adahessian: get_trace() gives |Hz| (z Rademacher; |hv·z| = |hv|), averaged over dim 1
+    of a 2-D torch weight (out, in) in instruction/adahessian.py (``average_rows``), not averaged in
+    image_classification/optim_adahessian.py; the update is the latter's step()."""
+    out, m, v = [x], np.zeros_like(x), np.zeros_like(x)
+    for it in range(steps):
+        g = prob.grad(x)
+        hv = np.abs(prob.hvp(x, probes[it]))
+        if average_rows:  # W (in, out) in refopt's layout is torch's weight (out, in) transposed
+            W_torch = hv[:12].reshape(4, 3).T                    # (out, in)
+            W_torch = np.broadcast_to(W_torch.mean(axis=1, keepdims=True), W_torch.shape)
+            hv = np.concatenate([W_torch.T.ravel(), hv[12:]])    # biases (1-D): no averaging
+        step = it + 1
+        m = m * b1 + (1 - b1) * g
+        v = v * b2 + (1 - b2) * hv * hv
+        bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+        denom = (np.sqrt(v) ** hessian_power) / math.sqrt(bc2) ** hessian_power + eps
+        x = x - lr * (m / bc1 / denom + weight_decay * x)
+        out.append(x)
+    return out
+
+
+# --- Shampoo ----------------------------------------------------------------------------------------------
+def _mode_stat(G, i):
+    others = [j for j in range(G.ndim) if j != i]
+    return np.tensordot(G, G, axes=(others, others))
+
+
+def _mode_apply(G, mats):
+    for i, P in enumerate(mats):
+        G = np.moveaxis(np.tensordot(P, G, axes=([1], [i])), 0, i)
+    return G
+
+
+def _eig_power(M, p, eps, shift_psd=False):
+    lam, Q = np.linalg.eigh(M)
+    if shift_psd:                                                 # Meta: L -= min(λ_min, 0)
+        lam = lam - min(lam.min(), 0.0)
+    return (Q * (lam + eps) ** p) @ Q.T
+
+
+def _google_merge(shape, max_dim):
+    """scalable_shampoo merge_small_dims."""
+    if shape and all(d == 1 for d in shape):
+        return [1]
+    out, product = [], 1
+    for d in shape:
+        if product * d <= max_dim:
+            product *= d
+        else:
+            if product > 1:
+                out.append(product)
+            product = d
+    if product > 1:
+        out.append(product)
+    return out
+
+
+def lib_google_shampoo(prob, x, lr, beta2, matrix_epsilon, start_preconditioning_step, merge=True, steps=2):
+    """google-research scalable_shampoo/optax/distributed_shampoo.py with beta1=0 (so Nesterov and the
+    two momentum buffers drop out), graft_type=SGD, relative_matrix_epsilon=False, and the inverse
+    p-th root computed exactly (the library's coupled Newton iteration approximates it)."""
+    leaves = lambda v: [to_tree(v)[0]["W"], to_tree(v)[0]["b"]]  # noqa: E731
+    shapes = [(4, 3), (3,)]
+    merged = [_google_merge(list(s), 4096) if merge else list(s) for s in shapes]
+    stats = [[matrix_epsilon * np.eye(d) for d in ms] for ms in merged]
+    out = [x]
+    for count in range(steps):
+        grads = leaves(prob.grad(x))
+        updates = []
+        for G, ms, S in zip(grads, merged, stats):
+            Gm = G.reshape(ms)
+            for i in range(len(ms)):                              # _compute_stats: w1 = β2, w2 = 1 − β2
+                S[i] = beta2 * S[i] + (1 - beta2) * _mode_stat(Gm, i)
+            exponent = 2 * len(ms)                                # exponent_for_preconditioner
+            P = [_eig_power(Si, -1.0 / exponent, matrix_epsilon) for Si in S]
+            precond = _mode_apply(Gm, P).reshape(G.shape)
+            grafting = G                                          # GraftingType.SGD
+            shampoo = precond * (np.linalg.norm(grafting) / (np.linalg.norm(precond) + 1e-16))
+            run_shampoo = count >= start_preconditioning_step
+            updates.append(-lr * (shampoo if run_shampoo else grafting))
+        x = x + np.concatenate([u.ravel() for u in updates])
+        out.append(x)
+    return out
+
+
+def lib_meta_shampoo(prob, x, lr, epsilon, momentum=0.0, grafting_epsilon=None, merge=True,
+                     inv_root_override=0, steps=2):
+    """facebookresearch/optimizers distributed_shampoo with betas=(0, 1.0) (no gradient filtering,
+    summed factor matrices), precondition_frequency=1, start_preconditioning_step=1, eigh roots with
+    the PSD shift, optional AdaGrad grafting (grafting_beta2=1) and momentum (dampening 0)."""
+    leaves = lambda v: [to_tree(v)[0]["W"], to_tree(v)[0]["b"]]  # noqa: E731
+    shapes = [(4, 3), (3,)]
+    merged = [[int(np.prod(s))] if (merge and len(s) > 1 and np.prod(s) <= 1024) else list(s) for s in shapes]
+    factors = [[np.zeros((d, d)) for d in ms] for ms in merged]
+    graft = [np.zeros(s) for s in shapes]
+    mom = [np.zeros(s) for s in shapes]
+    out = [x]
+    for step in range(1, steps + 1):
+        grads = leaves(prob.grad(x))
+        updates = []
+        for j, (G, ms, F) in enumerate(zip(grads, merged, factors)):
+            Gm = G.reshape(ms)
+            for i in range(len(ms)):
+                F[i] = F[i] + _mode_stat(Gm, i)                   # β2 = 1: L ← L + G Gᵀ
+            root = (inv_root_override or 2 * len(ms))
+            X = [_eig_power(Fi, -1.0 / root, epsilon, shift_psd=True) for Fi in F]
+            P = _mode_apply(Gm, X).reshape(G.shape)
+            if grafting_epsilon is not None:                      # AdaGradGraftingConfig
+                graft[j] = graft[j] + G * G
+                gdir = G / (np.sqrt(graft[j]) + grafting_epsilon)
+                P = P * (np.linalg.norm(gdir) / (np.linalg.norm(P) + 1e-16))
+            if momentum:
+                mom[j] = momentum * mom[j] + P
+                P = mom[j]
+            updates.append(-lr * P)
+        x = x + np.concatenate([u.ravel() for u in updates])
+        out.append(x)
+    return out
+
+
+# --- the network problem (K-FAC, Sophia-G) ------------------------------------------------------------
+def net_problem(B, seed=3, sizes=(3, 4, 3)):
+    g = np.random.default_rng(seed)
+    X = g.standard_normal((B, sizes[0]))
+    y = g.integers(0, sizes[-1], size=B)
+    model = MLP(list(sizes), activation="tanh")
+    params = model.init(seed)
+    oracle = Oracle(model, make_loss("softmax_cross_entropy", reduction="mean"), X, y)
+    labels = [g.integers(0, sizes[-1], size=(1, B)) for _ in range(3)]  # injected "sampled" labels
+    return X, y, params, oracle, labels
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _forward(Ws, X):
+    """Inputs of each layer and the output z of s = a W + b with tanh between layers."""
+    acts, a = [], X
+    for l, (W, b) in enumerate(Ws):
+        acts.append(a)
+        s = a @ W + b
+        a = np.tanh(s) if l < len(Ws) - 1 else s
+    return acts, a
+
+
+def _backprop(Ws, acts, dz):
+    """∂(Σ ⟨dz, z⟩)/∂s_l for every layer (rows are examples)."""
+    out, g = [None] * len(Ws), dz
+    for l in range(len(Ws) - 1, -1, -1):
+        out[l] = g
+        if l > 0:
+            g = (g @ Ws[l][0].T) * (1.0 - acts[l] ** 2)
+    return out
+
+
+def _abar(a):
+    return np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+
+
+def _onehot(y, C):
+    return np.eye(C)[y]
+
+
+def _net_leaves(params):
+    return [(p["W"].copy(), p["b"].copy()) for p in params]
+
+
+def _net_flat(Ws):
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in Ws])
+
+
+def _mean_ce_grad(Ws, X, y):
+    """(∇W̄ per layer, acts, P) of the mean cross-entropy at labels y; W̄ = [W; b] (in+1, out)."""
+    B, C = X.shape[0], Ws[-1][0].shape[1]
+    acts, z = _forward(Ws, X)
+    P = _softmax(z)
+    gs = _backprop(Ws, acts, (P - _onehot(y, C)) / B)
+    return [_abar(a).T @ gl for a, gl in zip(acts, gs)], acts, P
+
+
+def _apply(Ws, deltas):
+    return [(W + D[:-1], b + D[-1]) for (W, b), D in zip(Ws, deltas)]
+
+
+def lib_kfac_jax(Ws, X, y, labels, lr, momentum, damping, ema, inverse_update_period, steps=2, pi="kfac_jax",
+                 momentum_style="kfac_jax"):
+    """kfac-jax DenseTwoKroneckerFactored (x with a trailing one, A = xᵀx/B, G = dyᵀdy/B with dy the
+    per-example tangents of the sampled loss, "fisher_gradients"), WeightedMovingAverage factors
+    (value = raw/weight), pi_adjusted_kronecker_inverse refreshed every inverse_update_period steps,
+    fixed learning rate and momentum: v ← μv − η·F̂⁻¹g, θ ← θ + v.
+
+    ``pi="tracenorm"``, ``momentum_style="tf"`` give tensorflow/kfac's compute_pi_adjusted_damping
+    (A + π√λ, G + √λ/π) and its "regular" momentum (v ← μv + F̂⁻¹g, θ ← θ − ηv)."""
+    L, B, C = len(Ws), X.shape[0], Ws[-1][0].shape[1]
+    raw = {"A": [0.0] * L, "G": [0.0] * L}
+    weight, velocity, inv, out = 0.0, None, None, [_net_flat(Ws)]
+    for t in range(steps):
+        grad, acts, P = _mean_ce_grad(Ws, X, y)
+        dys = _backprop(Ws, acts, P - _onehot(labels[t][0], C))   # sum of per-example sampled losses
+        weight = ema * weight + 1.0                                 # ema_old, ema_new (cancels in the value)
+        for l in range(L):
+            x = _abar(acts[l])
+            raw["A"][l] = ema * raw["A"][l] + 1.0 * (x.T @ x / B)
+            raw["G"][l] = ema * raw["G"][l] + 1.0 * (dys[l].T @ dys[l] / B)
+        if t % inverse_update_period == 0:
+            inv = []
+            for l in range(L):
+                A, G = raw["A"][l] / weight, raw["G"][l] / weight
+                if pi == "kfac_jax":                                # utils/math.py pi_adjusted_kronecker_factors
+                    norms = np.array([np.trace(A) / A.shape[0], np.trace(G) / G.shape[0]])
+                    c_k = np.exp(np.mean(np.log(norms)))
+                    d_k = damping ** 0.5 / c_k
+                    Ah = (A / norms[0] + d_k * np.eye(A.shape[0])) * c_k
+                    Gh = (G / norms[1] + d_k * np.eye(G.shape[0])) * c_k
+                else:                                               # fisher_blocks.py compute_pi_tracenorm
+                    pi_t = math.sqrt((np.trace(A) * G.shape[0]) / (np.trace(G) * A.shape[0]))
+                    Ah = A + damping ** 0.5 * pi_t * np.eye(A.shape[0])
+                    Gh = G + damping ** 0.5 / pi_t * np.eye(G.shape[0])
+                inv.append((np.linalg.inv(Ah), np.linalg.inv(Gh)))
+        pg = [Ai @ gr @ Gi for (Ai, Gi), gr in zip(inv, grad)]
+        if momentum_style == "kfac_jax":
+            velocity = [-lr * p if velocity is None else momentum * v - lr * p for v, p in zip(velocity or pg, pg)]
+            Ws = _apply(Ws, velocity)
+        else:
+            velocity = [p if velocity is None else momentum * v + p for v, p in zip(velocity or pg, pg)]
+            Ws = _apply(Ws, [-lr * v for v in velocity])
+        out.append(_net_flat(Ws))
+    return out
+
+
+def lib_kfac_pytorch(Ws, X, y, lr, damping, factor_decay, kl_clip, momentum, steps=2, g_rescale=1.0):
+    """gpauloski/kfac-pytorch (torch layout): A = get_cov([a, 1]), G = get_cov(grad_output) of the loss
+    the user backpropagates, factors started at the identity and averaged with α = factor_decay,
+    KFACEigenLayer (eigenvalues clamped at 0, v = QG[(QGᵀ grad QA)/(dG dAᵀ + λ)]QAᵀ), the KL clip of
+    _compute_grad_scale, then torch.optim.SGD(momentum). ``g_rescale`` multiplies each new G (not
+    the library: B for a mean loss turns its G into refopt's, the documented gap)."""
+    L, B, C = len(Ws), X.shape[0], Ws[-1][0].shape[1]
+    A_f, G_f, buf, out = [None] * L, [None] * L, None, [_net_flat(Ws)]
+
+    def get_cov(a):
+        cov = a.T @ (a / a.shape[0])
+        return (cov + cov.T) / 2.0
+
+    for _ in range(steps):
+        acts, z = _forward(Ws, X)
+        P = _softmax(z)
+        grad_out = _backprop(Ws, acts, (P - _onehot(y, C)) / B)   # dL/ds of the mean loss
+        vs, grads = [], []
+        for l in range(L):
+            a_new, g_new = get_cov(_abar(acts[l])), g_rescale * get_cov(grad_out[l])
+            A_f[l] = np.eye(a_new.shape[0]) if A_f[l] is None else A_f[l]
+            G_f[l] = np.eye(g_new.shape[0]) if G_f[l] is None else G_f[l]
+            A_f[l] = factor_decay * A_f[l] + (1 - factor_decay) * a_new
+            G_f[l] = factor_decay * G_f[l] + (1 - factor_decay) * g_new
+            dA, QA = np.linalg.eigh(A_f[l])
+            dG, QG = np.linalg.eigh(G_f[l])
+            dA, dG = np.maximum(dA, 0.0), np.maximum(dG, 0.0)
+            grad_t = (_abar(acts[l]).T @ grad_out[l]).T          # torch layout (out, in + 1)
+            v1 = QG.T @ grad_t @ QA
+            v2 = v1 / (np.outer(dG, dA) + damping)
+            vs.append(QG @ v2 @ QA.T)
+            grads.append(grad_t)
+        vg_sum = sum(float(np.sum(v * g * lr ** 2)) for v, g in zip(vs, grads))
+        nu = min(1.0, math.sqrt(kl_clip / abs(vg_sum)))
+        d_p = [nu * v for v in vs]
+        buf = d_p if buf is None else [momentum * b + d for b, d in zip(buf, d_p)]
+        Ws = _apply(Ws, [-lr * bb.T for bb in buf])
+        out.append(_net_flat(Ws))
+    return out
+
+
+def lib_curvlinops(Ws, X, y, labels, damping, lr, steps=2):
+    """f-dangel/curvlinops KFACLinearOperator(fisher_type='mc', mc_samples=1,
+    separate_weight_and_bias=False) rebuilt at every step, then KFACLinearOperator.inverse(damping)
+    (δ added to each factor) applied to the gradient: θ ← θ − η·K⁻¹g."""
+    L, B, C = len(Ws), X.shape[0], Ws[-1][0].shape[1]
+    out = [_net_flat(Ws)]
+    for t in range(steps):
+        grad, acts, P = _mean_ce_grad(Ws, X, y)
+        grad_outputs = (P - _onehot(labels[t][0], C)) / math.sqrt(1) * (1.0 / B)  # mc weight, mean scale
+        gs = _backprop(Ws, acts, grad_outputs)
+        N = B
+        correction = B ** 2 / N                                    # compute_loss_correction("mean", n_data=N)
+        deltas = []
+        for l in range(L):
+            ggT = gs[l].T @ gs[l] * correction
+            aaT = _abar(acts[l]).T @ _abar(acts[l]) / N
+            Ginv = np.linalg.inv(ggT + damping * np.eye(ggT.shape[0]))
+            Ainv = np.linalg.inv(aaT + damping * np.eye(aaT.shape[0]))
+            v_torch = Ginv @ grad[l].T @ Ainv.T                    # (G⊗A)⁻¹ on the (out, in+1) gradient
+            deltas.append(-lr * v_torch.T)
+        Ws = _apply(Ws, deltas)
+        out.append(_net_flat(Ws))
+    return out
+
+
+def lib_sophia_g_official(Ws, X, y, labels, lr, b1, b2, rho, weight_decay, k, bs, steps=2):
+    """Liuhong99/Sophia sophia.py SophiaG (commit 195a786) with train_sophiag.py's loop: step(bs=bs),
+    then on iter % k == k − 1 a backward pass of the mean loss at labels sampled from the model at the
+    updated parameters, and update_hessian(): h ← β₂h + (1 − β₂) ĝ⊙ĝ."""
+    L = len(Ws)
+    m = [np.zeros((W.shape[0] + 1, W.shape[1])) for W, _ in Ws]
+    h = [np.zeros_like(mm) for mm in m]
+    out = [_net_flat(Ws)]
+    for it in range(steps):
+        grad, _, _ = _mean_ce_grad(Ws, X, y)
+        deltas = []
+        for l in range(L):
+            W, b = Ws[l]
+            Wbar = np.vstack([W, b])
+            m[l] = m[l] * b1 + (1 - b1) * grad[l]
+            decayed = Wbar * (1 - lr * weight_decay)
+            ratio = np.minimum(np.abs(m[l]) / (rho * bs * h[l] + 1e-15), 1.0)
+            deltas.append(decayed - lr * np.sign(m[l]) * ratio - Wbar)
+        Ws = _apply(Ws, deltas)
+        if it % k == k - 1:
+            ghat, _, _ = _mean_ce_grad(Ws, X, labels[it][0])
+            h = [hh * b2 + (1 - b2) * gg * gg for hh, gg in zip(h, ghat)]
+        out.append(_net_flat(Ws))
+    return out
+
+
+# --- the cases: one per profile ------------------------------------------------------------------------
+def _quartic_case(profile, lib, steps=2, draws=None, **overrides):
+    prob = Quartic()
+    ours = flat_all(run(profile, tree_oracle(prob), to_tree(prob.x0), steps, draws, **overrides))
+    theirs = np.stack(lib(prob, prob.x0.copy()))
+    return ours, theirs
+
+
+def _probe_draws(probes):
+    return [[to_tree(z)] for z in probes]
+
+
+def case_torch_sgd():
+    ours, theirs = _quartic_case("torch.optim.SGD", lambda p, x: lib_torch_sgd(p, x, 0.1, 0.9))
+    assert_same(ours, theirs)
+
+
+def case_optax_sgd():
+    ours, theirs = _quartic_case("optax.sgd", lambda p, x: lib_optax_sgd(p, x, 0.1, 0.9))
+    assert_same(ours, theirs)
+
+
+def case_torch_adam():
+    for wd in (0.0, 0.3):
+        ours, theirs = _quartic_case("torch.optim.Adam",
+                                     lambda p, x: lib_torch_adam(p, x, 0.05, 0.9, 0.999, 1e-8, wd),
+                                     lr=0.05, weight_decay=wd)
+        assert_same(ours, theirs)
+
+
+def case_torch_adamw():
+    ours, theirs = _quartic_case("torch.optim.AdamW",
+                                 lambda p, x: lib_torch_adam(p, x, 0.05, 0.9, 0.999, 1e-8, 0.3, decoupled=True),
+                                 lr=0.05, weight_decay=0.3)
+    assert_same(ours, theirs)
+
+
+def case_optax_adam():
+    ours, theirs = _quartic_case("optax.adam", lambda p, x: lib_optax_adam(p, x, 0.05, 0.9, 0.999, 1e-8),
+                                 lr=0.05)
+    assert_same(ours, theirs)
+
+
+def case_optax_adamw():
+    ours, theirs = _quartic_case("optax.adamw",
+                                 lambda p, x: lib_optax_adam(p, x, 0.05, 0.9, 0.999, 1e-8, weight_decay=0.3),
+                                 lr=0.05, weight_decay=0.3)
+    assert_same(ours, theirs)
+
+
+def case_torch_adagrad():
+    for wd in (0.0, 0.2):
+        ours, theirs = _quartic_case("torch.optim.Adagrad",
+                                     lambda p, x: lib_torch_adagrad(p, x, 0.1, 1e-10, weight_decay=wd),
+                                     lr=0.1, weight_decay=wd)
+        assert_same(ours, theirs)
+
+
+def case_optax_adagrad():
+    ours, theirs = _quartic_case("optax.adagrad", lambda p, x: lib_optax_adagrad(p, x, 0.1, 1e-7, 0.1), lr=0.1)
+    assert_same(ours, theirs)
+
+
+def _vector_case(profile, lib, prob=None, steps=2, **overrides):
+    prob = prob or Quartic()
+    ours = np.stack(run(profile, vector_oracle(prob), prob.x0.copy(), steps, **overrides))
+    return ours, np.stack(lib(prob, prob.x0.copy()))
+
+
+def case_torch_lbfgs():
+    ours, theirs = _vector_case("torch.optim.LBFGS", lambda p, x: lib_torch_lbfgs(p, x, steps=3), steps=3)
+    assert_same(ours, theirs)
+
+
+def case_torch_lbfgs_strong_wolfe():
+    ours, theirs = _vector_case("torch.optim.LBFGS+strong_wolfe",
+                                lambda p, x: lib_torch_lbfgs(p, x, line_search_fn="strong_wolfe", steps=3), steps=3)
+    assert_same(ours, theirs)
+
+
+def case_optax_lbfgs():
+    ours, theirs = _vector_case("optax.lbfgs", lambda p, x: lib_optax_lbfgs(p, x, steps=3), steps=3)
+    assert_same(ours, theirs)
+
+
+def case_optax_lbfgs_no_linesearch():
+    ours, theirs = _vector_case("optax.lbfgs+no_linesearch",
+                                lambda p, x: lib_optax_lbfgs(p, x, linesearch=False, steps=3), steps=3)
+    assert_same(ours, theirs)
+
+
+def case_scipy_bfgs():
+    ours, theirs = _vector_case("scipy.optimize.fmin_bfgs", lambda p, x: lib_scipy_bfgs(p, x, steps=3), steps=3)
+    assert_same(ours, theirs)
+
+
+def case_optax_sophia():
+    # gamma = 1 leaves part of the coordinates unclipped (with 0.01 every step is a sign step and h is untested)
+    probes = rademacher_probes(5, 3)
+    quadratic = Quartic(alpha=0.0)
+    kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=3)
+    ours = flat_all(run("optax.contrib.sophia", tree_oracle(quadratic), to_tree(quadratic.x0), 3,
+                        _probe_draws(probes), lr=0.05, gamma=1.0))
+    assert_same(ours, np.stack(lib_optax_sophia(quadratic, quadratic.x0.copy(), probes, **kw)))
+
+
+def case_sophia_g_official():
+    X, y, params, oracle, labels = net_problem(B=5)
+    # k=10: no refresh within three steps (h = 0: sign steps); k=1: refresh every step. ρ = 100 leaves part
+    # of the coordinates unclipped (with ρ = 0.04 every step of this tiny problem is a sign step).
+    for k in (1, 10):
+        ours = np.stack([_net_flat(_net_leaves(p)) for p in
+                         run("Liuhong99/Sophia.SophiaG", oracle, params, 3, labels, lr=0.05, k=k, gamma=100.0)])
+        theirs = np.stack(lib_sophia_g_official(_net_leaves(params), X, y, labels, lr=0.05, b1=0.965, b2=0.99,
+                                                rho=100.0, weight_decay=0.1, k=k, bs=5, steps=3))
+        assert_same(ours, theirs)
+
+
+def case_sophia_h_official():
+    probes = rademacher_probes(6, 2)
+    for k in (1, 10):
+        ours, theirs = _quartic_case(
+            "Liuhong99/Sophia.SophiaH",
+            lambda p, x: lib_sophia_h_official(p, x, probes, lr=0.05, b1=0.9, b2=0.99, gamma=10.0,
+                                               weight_decay=1e-2, k=k),
+            draws=_probe_draws(probes), lr=0.05, k=k)
+        assert_same(ours, theirs)
+
+
+def case_adahessian_instruction():
+    probes = rademacher_probes(7, 2)
+    for wd in (0.0, 0.05):
+        ours, theirs = _quartic_case(
+            "amirgholami/adahessian",
+            lambda p, x: lib_adahessian(p, x, probes, 0.15, 0.9, 0.999, 1e-4, weight_decay=wd, average_rows=True),
+            draws=_probe_draws(probes), weight_decay=wd)
+        assert_same(ours, theirs)
+
+
+def case_adahessian_image_classification():
+    probes = rademacher_probes(8, 2)
+    ours, theirs = _quartic_case(
+        "amirgholami/adahessian+image_classification",
+        lambda p, x: lib_adahessian(p, x, probes, 0.15, 0.9, 0.999, 1e-4, weight_decay=0.05),
+        draws=_probe_draws(probes), weight_decay=0.05)
+    assert_same(ours, theirs)
+
+
+def case_google_shampoo():
+    # beta1 = 0 ↔ momentum 0; start_preconditioning_step s ↔ start_step s + 1; matrix_epsilon is both the
+    # initial statistic and the ridge (relative_matrix_epsilon=False)
+    for merge, start in ((True, 1), (False, 1), (False, 0)):
+        ours, theirs = _quartic_case(
+            "google-research/scalable_shampoo",
+            lambda p, x: lib_google_shampoo(p, x, 0.1, 0.999, 1e-4, start, merge=merge),
+            lr=0.1, momentum=0.0, eps=1e-4, initial_accumulator=1e-4, start_step=start + 1,
+            merge_dims=4096 if merge else None)
+        assert_same(ours, theirs)
+
+
+def case_meta_shampoo():
+    cases = [dict(merge=True), dict(merge=False), dict(merge=False, grafting_epsilon=1e-3, momentum=0.5),
+             dict(merge=False, inv_root_override=2)]
+    for c in cases:
+        overrides = dict(lr=0.1, eps=1e-4, merge_dims=1024 if c["merge"] else None)
+        if "grafting_epsilon" in c:
+            overrides.update(grafting="adagrad", graft_eps=c["grafting_epsilon"], momentum=c["momentum"])
+        if "inv_root_override" in c:
+            overrides.update(exponent=-1.0 / c["inv_root_override"])
+        ours, theirs = _quartic_case("facebookresearch/distributed_shampoo",
+                                     lambda p, x: lib_meta_shampoo(p, x, 0.1, 1e-4, **c), **overrides)
+        assert_same(ours, theirs)
+
+
+def _net_run(profile, B, **overrides):
+    X, y, params, oracle, labels = net_problem(B)
+    prof = get_profile(profile)
+    draws = labels if {**prof.hyperparameters, **overrides}.get("fisher") == "mc" else None
+    ours = np.stack([_net_flat(_net_leaves(p)) for p in run(profile, oracle, params, 2, draws, **overrides)])
+    return ours, X, y, _net_leaves(params), labels
+
+
+def case_kfac_jax():
+    for period, momentum in ((5, 0.0), (1, 0.9)):
+        ours, X, y, Ws, labels = _net_run("google-deepmind/kfac-jax", 5, lr=0.3, damping=1e-2,
+                                          inverse_interval=period, momentum=momentum)
+        theirs = lib_kfac_jax(Ws, X, y, labels, lr=0.3, momentum=momentum, damping=1e-2, ema=0.95,
+                              inverse_update_period=period)
+        assert_same(ours, np.stack(theirs))
+
+
+def case_tensorflow_kfac():
+    ours, X, y, Ws, labels = _net_run("tensorflow/kfac", 5, lr=0.3, damping=1e-2)
+    theirs = lib_kfac_jax(Ws, X, y, labels, lr=0.3, momentum=0.9, damping=1e-2, ema=0.95,
+                          inverse_update_period=10, pi="tracenorm", momentum_style="tf")
+    assert_same(ours, np.stack(theirs))
+
+
+def case_kfac_pytorch():
+    ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", 1)   # exact for a batch of one (see gaps)
+    theirs = lib_kfac_pytorch(Ws, X, y, lr=0.1, damping=1e-3, factor_decay=0.95, kl_clip=1e-3, momentum=0.9)
+    assert_same(ours, np.stack(theirs))
+
+
+def case_curvlinops():
+    ours, X, y, Ws, labels = _net_run("f-dangel/curvlinops", 5, lr=0.5, damping=1e-2 ** 2)
+    theirs = lib_curvlinops(Ws, X, y, labels, damping=1e-2, lr=0.5)
+    assert_same(ours, np.stack(theirs))
+
+
+CASES = {
+    "torch.optim.SGD": case_torch_sgd,
+    "optax.sgd": case_optax_sgd,
+    "torch.optim.Adam": case_torch_adam,
+    "torch.optim.AdamW": case_torch_adamw,
+    "optax.adam": case_optax_adam,
+    "optax.adamw": case_optax_adamw,
+    "torch.optim.Adagrad": case_torch_adagrad,
+    "optax.adagrad": case_optax_adagrad,
+    "torch.optim.LBFGS": case_torch_lbfgs,
+    "torch.optim.LBFGS+strong_wolfe": case_torch_lbfgs_strong_wolfe,
+    "optax.lbfgs": case_optax_lbfgs,
+    "optax.lbfgs+no_linesearch": case_optax_lbfgs_no_linesearch,
+    "scipy.optimize.fmin_bfgs": case_scipy_bfgs,
+    "optax.contrib.sophia": case_optax_sophia,
+    "Liuhong99/Sophia.SophiaG": case_sophia_g_official,
+    "Liuhong99/Sophia.SophiaH": case_sophia_h_official,
+    "amirgholami/adahessian": case_adahessian_instruction,
+    "amirgholami/adahessian+image_classification": case_adahessian_image_classification,
+    "google-research/scalable_shampoo": case_google_shampoo,
+    "facebookresearch/distributed_shampoo": case_meta_shampoo,
+    "google-deepmind/kfac-jax": case_kfac_jax,
+    "gpauloski/kfac-pytorch": case_kfac_pytorch,
+    "f-dangel/curvlinops": case_curvlinops,
+    "tensorflow/kfac": case_tensorflow_kfac,
+}
+
+
+def test_every_profile_has_a_two_step_case():
+    assert set(CASES) == set(PROFILES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_profile_reproduces_its_library(name):
+    CASES[name]()
+
+
+# --- the documented gaps are real, and are the only difference -----------------------------------------------
+def test_torch_lbfgs_first_step_uses_the_l1_norm():
+    """With ‖g₀‖₂ < 1 < ‖g₀‖₁ torch scales the first step by 1/‖g₀‖₁ and refopt does not (gap)."""
+    prob = Quartic(grad0_l1=2.0)
+    assert np.linalg.norm(prob.grad(prob.x0)) < 1.0
+    ours = np.stack(run("torch.optim.LBFGS", vector_oracle(prob), prob.x0.copy(), 1))
+    theirs = np.stack(lib_torch_lbfgs(prob, prob.x0.copy(), steps=1))
+    assert_differ(ours, theirs)
+    np.testing.assert_allclose(theirs[1] - theirs[0], (ours[1] - ours[0]) / 2.0, rtol=1e-12)
+
+
+def test_scipy_bfgs_against_scipy_itself():
+    """scipy is a dependency: its own minimize(method='BFGS') gives the profile's iterates."""
+    from scipy.optimize import minimize
+    prob = Quartic()
+    xs = []
+    minimize(prob.f, prob.x0.copy(), jac=prob.grad, method="BFGS", options={"maxiter": 3, "gtol": 0.0},
+             callback=lambda intermediate_result: xs.append(intermediate_result.x.copy()))
+    ours = np.stack(run("scipy.optimize.fmin_bfgs", vector_oracle(prob), prob.x0.copy(), 3))
+    assert_same(ours[1:], np.stack(xs[:3]), rtol=1e-10)
+
+
+def test_optax_sophia_lag_is_the_only_difference():
+    """On a non-constant Hessian optax estimates at θ_t, refopt's refresh='after' at θ_{t+1}: the profile
+    differs from optax, and equals optax's rule with the estimate moved to θ_{t+1}."""
+    prob = Quartic(alpha=0.5)
+    probes = rademacher_probes(9, 3)
+    kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=3)
+    ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3, _probe_draws(probes),
+                        lr=0.05, gamma=1.0))
+    assert_differ(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, **kw)))
+    assert_same(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, estimate_at="updated", **kw)))
+
+
+def test_kfac_pytorch_g_normalisation_is_the_only_difference():
+    """For B > 1 kfac-pytorch's G is refopt's G × scale/B (= 1/B² here): the profile differs, and the
+    library's rule with each new G multiplied by B² reproduces refopt."""
+    ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", 5)
+    kw = dict(lr=0.1, damping=1e-3, factor_decay=0.95, kl_clip=1e-3, momentum=0.9)
+    assert_differ(ours, np.stack(lib_kfac_pytorch(Ws, X, y, **kw)))
+    assert_same(ours, np.stack(lib_kfac_pytorch(Ws, X, y, g_rescale=25.0, **kw)))
+
+
+def test_google_shampoo_relative_epsilon_is_not_expressible():
+    """relative_matrix_epsilon=True adds ε·λ_max: not refopt's absolute ε (the documented gap)."""
+    prob = Quartic()
+    x = prob.x0.copy()
+    G = to_tree(prob.grad(x))[0]["W"]
+    S = 1e-4 * np.eye(12) + (1 - 0.999) * np.outer(G.ravel(), G.ravel())
+    lam_max = np.linalg.eigvalsh(S).max()
+    relative = _eig_power(S, -0.5, 1e-4 * lam_max) @ G.ravel()
+    absolute = _eig_power(S, -0.5, 1e-4) @ G.ravel()
+    assert_differ(relative, absolute, rtol=1e-3)
+
+
+# --- the table ------------------------------------------------------------------------------------------
+def test_conventions_table_lists_every_profile():
+    table = conventions_table()
+    lines = table.splitlines()
+    assert lines[0].startswith("| library | refopt |") and len(lines) == 2 + len(PROFILES)
+    for name, p in PROFILES.items():
+        row = [line for line in lines if line.startswith(f"| {name} |")]
+        assert len(row) == 1, name
+        assert row[0].count("|") == 6, f"{name}: a cell contains '|'"
+        assert f"`{p.optimizer}`" in row[0]
+
+
+def test_profiles_are_complete_and_valid():
+    for name, p in PROFILES.items():
+        assert isinstance(p, Profile) and p.library == name
+        assert p.differs and p.source and "/" in p.source, name   # source names a repository and a file
+        assert " " not in name and "|" not in name
+        make_optimizer(p.optimizer, **p.hyperparameters)         # valid refopt settings
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError, match="torch.optim.Adam"):
+        get_profile("torch.optim.Adamax")
