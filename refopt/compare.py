@@ -118,7 +118,7 @@ def plot_comparison(entries, path: str):
     except ImportError:
         print("refopt: matplotlib is not installed; no plot written (pip install 'refopt[scripts]')", file=sys.stderr)
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     colors = plt.get_cmap("tab20").colors
     for i, e in enumerate(entries):
         pts = [(r["step"], r["elapsed"], r["train_loss"]) for r in e.history
@@ -134,8 +134,9 @@ def plot_comparison(entries, path: str):
     for ax in axes:
         ax.set_ylabel("training loss")
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

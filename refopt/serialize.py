@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import as_array, to_host
 
-__all__ = ["encode", "decode", "write_npz_atomic", "read_npz"]
+__all__ = ["encode", "decode", "savez_atomic", "write_npz_atomic", "read_npz"]
 
 
 def encode(obj, arrays: list):
@@ -81,6 +81,21 @@ def decode(skel, arrays, device: bool = True):
     raise ValueError(f"unreadable entry in a saved file: {skel!r}")
 
 
+def savez_atomic(path: str, **arrays) -> None:
+    """``numpy.savez`` to a temporary file in the target folder, renamed into place when complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_npz_atomic(path: str, meta: dict, **named) -> None:
     """Write ``meta`` (as JSON) and named objects (encoded) to ``path`` atomically."""
     arrays: list = []
@@ -88,17 +103,7 @@ def write_npz_atomic(path: str, meta: dict, **named) -> None:
     payload = {f"a{i}": a for i, a in enumerate(arrays)}
     payload["meta"] = np.array(json.dumps(meta))
     payload["skeleton"] = np.array(json.dumps(skeleton))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    savez_atomic(path, **payload)
 
 
 def read_npz(path: str, device: bool = True) -> tuple[dict, dict]:

@@ -113,3 +113,22 @@ def test_function_problem_converges_and_stops():
 def test_function_problem_has_no_minibatches():
     with pytest.raises(ValueError, match="mini-batches"):
         run(RunConfig("lbfgs", {}, "rosenbrock", steps=5, batch_size=2))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Checkpoints are written to a temporary file and renamed: a failed write leaves the last good one."""
+    import refopt.serialize as S
+    ckpt = tmp_path / "c.npz"
+    cfg = RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=2)
+    run(cfg, checkpoint_path=str(ckpt), checkpoint_every=1)
+    before = ckpt.read_bytes()
+    real = S.np.savez
+
+    def fail_midway(fh, **arrays):
+        real(fh, **{k: v for k, v in list(arrays.items())[:1]})  # some bytes reach the disk ...
+        raise OSError("disk full")                                 # ... then the write fails
+    monkeypatch.setattr(S.np, "savez", fail_midway)
+    with pytest.raises(OSError):
+        run(RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=4), checkpoint_path=str(ckpt), checkpoint_every=1)
+    assert ckpt.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]

@@ -43,7 +43,7 @@ from ..backend import as_array, rng, to_host, xp
 from ..nn import MLP, make_loss
 from ..oracle import Oracle
 from ..optim import make_optimizer, optimizer_class
-from ..serialize import write_npz_atomic
+from ..serialize import savez_atomic
 
 __all__ = ["TRACE_FORMAT", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names"]
@@ -174,19 +174,7 @@ def export_trace(trace: Trace, path: str) -> None:
                     arrays[f"draws/{t}/probes/{j}/{n}"] = to_host(leaf)
         else:
             arrays[f"draws/{t}/labels"] = to_host(step_draws)
-    import os  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(trace.meta)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    savez_atomic(path, meta=np.array(json.dumps(trace.meta)), **arrays)
 
 
 def _tree_from_names(names, values):
