@@ -13,6 +13,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings
 
+# The shared checks in tests/_helpers.py report their values on failure like asserts in the tests themselves.
+pytest.register_assert_rewrite("_helpers")
+
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("thorough", max_examples=200, deadline=None,

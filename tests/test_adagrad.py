@@ -9,31 +9,8 @@ from refopt.optim import optimizer_class
 from refopt.optim.adagrad import Adagrad, FullMatrixAdagrad
 from refopt.oracle import FunctionOracle, Oracle
 
-
-class ScriptedOracle:
-    """Returns the given gradients one after another (the loss is 0), whatever the params."""
-
-    def __init__(self, grads):
-        self.grads = list(grads)
-        self.calls = 0
-
-    def value_and_grad(self, params):
-        g = self.grads[self.calls]
-        self.calls += 1
-        return 0.0, g
-
-
-def quadratic(a, c):
-    """f(x) = ½ Σ a_i x_i² + c·x, gradient a⊙x + c."""
-    a, c = np.asarray(a, float), np.asarray(c, float)
-    return FunctionOracle(lambda x: 0.5 * float(np.sum(a * x * x)) + float(c @ x), grad=lambda x: a * x + c)
-
-
-def run(opt, x0, oracle, steps):
-    x, s = x0, opt.init(x0)
-    for _ in range(steps):
-        x, s, info = opt.update(x, s, oracle)
-    return x, s, info
+from _helpers import (ScriptedOracle, assert_descends, assert_refused, assert_switches_declared_with_defaults,
+                      quadratic, run)
 
 
 # --- construction --------------------------------------------------------------------------------
@@ -181,9 +158,7 @@ def test_zero_gradient_keeps_everything_finite(cls):
 def test_non_finite_gradient_is_refused(cls, bad):
     opt = cls()
     x1, s1, _ = run(opt, np.array([1.0, 2.0]), ScriptedOracle([np.array([0.5, 1.0])]), 1)
-    x2, s2, info = opt.update(x1, s1, ScriptedOracle([np.array([bad, 1.0])]))
-    assert info["skipped"] and "non-finite gradient" in info["message"]
-    assert x2 is x1 and s2 is s1
+    assert_refused(opt, x1, s1, ScriptedOracle([np.array([bad, 1.0])]), "non-finite gradient")
 
 
 def test_registry_and_mlp_descent():
@@ -192,16 +167,8 @@ def test_registry_and_mlp_descent():
     model = MLP([3, 4, 2])
     orc = Oracle(model, SoftmaxCrossEntropy(), rng.standard_normal((16, 3)), rng.integers(0, 2, 16))
     for opt in (Adagrad(lr=0.1), FullMatrixAdagrad(lr=0.1, blocks="leaf")):
-        p = model.init(0)
-        s = opt.init(p)
-        first = orc.value(p)
-        for _ in range(5):
-            p, s, info = opt.update(p, s, orc)
-        assert orc.value(p) < first
+        assert_descends(opt, orc, model.init(0))
 
 
 def test_switches_are_declared_with_the_defaults():
-    import inspect
-    for cls in (Adagrad, FullMatrixAdagrad):
-        sig = inspect.signature(cls.__init__).parameters
-        assert all(sig[k].default in v for k, v in cls.switches.items())
+    assert_switches_declared_with_defaults(Adagrad, FullMatrixAdagrad)

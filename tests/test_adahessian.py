@@ -16,6 +16,8 @@ from refopt.optim import optimizer_class
 from refopt.optim.adahessian import AdaHessian, spatial_average
 from refopt.oracle import FunctionOracle, Oracle
 
+from _helpers import assert_refused, assert_switches_declared_with_defaults
+
 
 def all_rademacher(like):
     n = T.size(like)
@@ -90,18 +92,14 @@ def test_non_finite_gradient_is_refused(bad):
     f = FunctionOracle(lambda x: float(np.sum(x)), grad=lambda x: np.array([1.0, bad]), hvp=lambda x, v: v)
     opt = AdaHessian()
     x0 = np.ones(2)
-    s0 = opt.init(x0)
-    x1, s1, info = opt.update(x0, s0, f)
-    assert info["skipped"] and "non-finite gradient" in info["message"] and x1 is x0 and s1 is s0
+    assert_refused(opt, x0, opt.init(x0), f, "non-finite gradient")
 
 
 def test_non_finite_hessian_estimate_is_refused():
     f = FunctionOracle(lambda x: 0.0, grad=lambda x: x, hvp=lambda x, v: v * np.nan)
     opt = AdaHessian()
     x0 = np.ones(2)
-    s0 = opt.init(x0)
-    x1, s1, info = opt.update(x0, s0, f)
-    assert info["skipped"] and "Hessian" in info["message"] and x1 is x0 and s1 is s0
+    assert_refused(opt, x0, opt.init(x0), f, "Hessian")
 
 
 def test_zero_gradient_and_zero_hessian_stay_finite():
@@ -261,6 +259,4 @@ def test_seeded_draws_equal_injected_draws_on_a_network():
 
 
 def test_switches_are_declared_with_the_defaults():
-    import inspect
-    sig = inspect.signature(AdaHessian.__init__).parameters
-    assert all(sig[k].default in v for k, v in AdaHessian.switches.items())
+    assert_switches_declared_with_defaults(AdaHessian)

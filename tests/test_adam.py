@@ -8,33 +8,10 @@ from hypothesis.extra import numpy as hnp
 from refopt.nn import MLP, Gaussian
 from refopt.optim import optimizer_class
 from refopt.optim.adam import Adam, AdamW
-from refopt.oracle import FunctionOracle, Oracle
+from refopt.oracle import Oracle
 
-
-class ScriptedOracle:
-    """Returns the given gradients one after another (the loss is 0), whatever the params."""
-
-    def __init__(self, grads):
-        self.grads = list(grads)
-        self.calls = 0
-
-    def value_and_grad(self, params):
-        g = self.grads[self.calls]
-        self.calls += 1
-        return 0.0, g
-
-
-def quadratic(a, c, scale=1.0):
-    a, c = np.asarray(a, float), np.asarray(c, float)
-    return FunctionOracle(lambda x: scale * (0.5 * float(np.sum(a * x * x)) + float(c @ x)),
-                          grad=lambda x: scale * (a * x + c))
-
-
-def run(opt, x0, oracle, steps):
-    x, s = x0, opt.init(x0)
-    for _ in range(steps):
-        x, s, info = opt.update(x, s, oracle)
-    return x, s, info
+from _helpers import (ScriptedOracle, assert_descends, assert_refused, assert_switches_declared_with_defaults,
+                      quadratic, run)
 
 
 # --- construction --------------------------------------------------------------------------------
@@ -152,9 +129,7 @@ def test_adamw_decay_alone():
 def test_non_finite_gradient_is_refused(cls, bad):
     opt = cls()
     x1, s1, _ = run(opt, np.array([1.0, 2.0]), ScriptedOracle([np.array([0.5, 1.0])]), 1)
-    x2, s2, info = opt.update(x1, s1, ScriptedOracle([np.array([1.0, bad])]))
-    assert info["skipped"] and "non-finite gradient" in info["message"]
-    assert x2 is x1 and s2 is s1
+    assert_refused(opt, x1, s1, ScriptedOracle([np.array([1.0, bad])]), "non-finite gradient")
 
 
 def test_zero_gradient_does_not_move():
@@ -180,16 +155,8 @@ def test_registry_and_mlp_descent():
     model = MLP([3, 4, 2])
     orc = Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2)))
     for opt in (Adam(lr=0.05), AdamW(lr=0.05)):
-        p = model.init(0)
-        s = opt.init(p)
-        first = orc.value(p)
-        for _ in range(5):
-            p, s, info = opt.update(p, s, orc)
-        assert orc.value(p) < first
+        assert_descends(opt, orc, model.init(0))
 
 
 def test_switches_are_declared_with_the_defaults():
-    import inspect
-    for cls in (Adam, AdamW):
-        sig = inspect.signature(cls.__init__).parameters
-        assert all(sig[k].default in v for k, v in cls.switches.items())
+    assert_switches_declared_with_defaults(Adam, AdamW)

@@ -5,20 +5,15 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
 from refopt.optim.ekfac import EKFAC, eigenbasis_scaling
 from refopt.optim.kfac import KFAC
-from refopt.oracle import Oracle
+
+from _helpers import mlp_problem
 
 
 def problem(sizes=(3, 4, 3), batch=5, seed=0, loss="softmax"):
-    g = np.random.default_rng(seed)
-    model = MLP(list(sizes))
-    params = model.init(seed + 1)
-    X = g.standard_normal((batch, sizes[0]))
-    if loss == "softmax":
-        return params, Oracle(model, SoftmaxCrossEntropy(), X, g.integers(0, sizes[-1], batch))
-    return params, Oracle(model, Gaussian(), X, g.standard_normal((batch, sizes[-1])))
+    _, params, oracle = mlp_problem(sizes, batch, seed, loss)
+    return params, oracle
 
 
 def offsets(params):

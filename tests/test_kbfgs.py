@@ -8,17 +8,14 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.optim.kbfgs import KBFGS, bfgs_inverse_update, double_damping, lbfgs_apply
-from refopt.oracle import Oracle
+
+from _helpers import mlp_problem
 
 
 def problem(sizes=(4, 5, 3), batch=8, seed=0, X=None):
-    g = np.random.default_rng(seed)
-    model = MLP(list(sizes))
-    params = model.init(seed + 1)
-    X = g.standard_normal((batch, sizes[0])) if X is None else X
-    return params, Oracle(model, SoftmaxCrossEntropy(), X, g.integers(0, sizes[-1], X.shape[0]))
+    _, params, oracle = mlp_problem(sizes, batch, seed, X=X)
+    return params, oracle
 
 
 def random_pd(g, n):

@@ -8,23 +8,17 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
 from refopt.optim import optimizer_class
 from refopt.optim.kfac import KFAC, damped_factors, kronecker_inverse, kronecker_precondition
 from refopt.optim.sgd import SGD
-from refopt.oracle import Oracle
+
+from _helpers import mlp_problem
 
 SCHEMES = [("pi", "inverse"), ("tikhonov", "inverse"), ("pi", "eig"), ("tikhonov", "eig"), ("eigen", "eig")]
 
 
 def problem(sizes=(3, 4, 3), batch=5, seed=0, loss="softmax", X=None):
-    g = np.random.default_rng(seed)
-    model = MLP(list(sizes))
-    params = model.init(seed + 1)
-    X = g.standard_normal((batch, sizes[0])) if X is None else X
-    if loss == "softmax":
-        return model, params, Oracle(model, SoftmaxCrossEntropy(), X, g.integers(0, sizes[-1], X.shape[0]))
-    return model, params, Oracle(model, Gaussian(), X, g.standard_normal((X.shape[0], sizes[-1])))
+    return mlp_problem(sizes, batch, seed, loss, X)
 
 
 def plain(**kw):

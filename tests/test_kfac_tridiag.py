@@ -5,18 +5,15 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.optim.kfac import KFAC, damped_factors
 from refopt.optim.kfac_tridiag import KFACTridiag, generalized_eigh, tridiagonal_blocks, tridiagonal_precondition
-from refopt.oracle import Oracle
+
+from _helpers import mlp_problem
 
 
 def problem(sizes=(3, 4, 3, 2), batch=5, seed=0, X=None):
-    g = np.random.default_rng(seed)
-    model = MLP(list(sizes))
-    params = model.init(seed + 1)
-    X = g.standard_normal((batch, sizes[0])) if X is None else X
-    return params, Oracle(model, SoftmaxCrossEntropy(), X, g.integers(0, sizes[-1], X.shape[0]))
+    _, params, oracle = mlp_problem(sizes, batch, seed, X=X)
+    return params, oracle
 
 
 def all_factors(oracle, params):

@@ -88,8 +88,8 @@ def run(profile, oracle, params, steps=2, draws=None, **overrides):
 
 
 def flat_all(seq):
-    return np.stack([to_flat(p) if isinstance(p, list) and isinstance(p[0], dict) and "W" in p[0] and len(p) == 1
-                     else np.asarray(p) for p in seq])
+    """Stack a sequence of parameter trees [{"W", "b"}] (or flat vectors) as rows."""
+    return np.stack([to_flat(p) if isinstance(p, list) else np.asarray(p) for p in seq])
 
 
 def assert_same(ours, theirs, rtol=RTOL):

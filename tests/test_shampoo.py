@@ -14,18 +14,7 @@ from refopt.optim.adagrad import Adagrad, FullMatrixAdagrad
 from refopt.optim.shampoo import Shampoo, block_slices, merge_dims
 from refopt.oracle import FunctionOracle, Oracle
 
-
-class ScriptedOracle:
-    """Returns the given gradients one after another (the loss is 0), whatever the params."""
-
-    def __init__(self, grads):
-        self.grads = list(grads)
-        self.calls = 0
-
-    def value_and_grad(self, params):
-        g = self.grads[self.calls]
-        self.calls += 1
-        return 0.0, g
+from _helpers import ScriptedOracle, assert_refused, assert_switches_declared_with_defaults
 
 
 def run(opt, x0, grads):
@@ -102,9 +91,7 @@ def test_non_finite_gradient_is_refused(bad):
     x1, s1, _ = run(opt, [np.ones((2, 2))], [[np.eye(2)]])
     G = np.eye(2)
     G[0, 1] = bad
-    x2, s2, info = opt.update(x1, s1, ScriptedOracle([[G]]))
-    assert info["skipped"] and "non-finite gradient" in info["message"]
-    assert x2 is x1 and s2 is s1
+    assert_refused(opt, x1, s1, ScriptedOracle([[G]]), "non-finite gradient")
 
 
 # --- identities of the theory ----------------------------------------------------------------------
@@ -311,9 +298,7 @@ def test_state_survives_a_checkpoint_round_trip():
 
 
 def test_switches_are_declared_with_the_defaults():
-    import inspect
-    sig = inspect.signature(Shampoo.__init__).parameters
-    assert all(sig[k].default in v for k, v in Shampoo.switches.items())
+    assert_switches_declared_with_defaults(Shampoo)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(statistics="ema"), dict(vector_diagonal=True, momentum=0.5),

@@ -16,6 +16,8 @@ from refopt.optim import optimizer_class
 from refopt.optim.sophia import SophiaG, SophiaH
 from refopt.oracle import FunctionOracle, Oracle
 
+from _helpers import assert_descends, assert_refused, assert_switches_declared_with_defaults
+
 
 def quadratic_oracle(A, b):
     return FunctionOracle(lambda x: 0.5 * float(x @ A @ x) + float(b @ x), grad=lambda x: A @ x + b,
@@ -88,18 +90,14 @@ def test_non_finite_gradient_is_refused(cls, bad):
     f = FunctionOracle(lambda x: 0.0, grad=lambda x: np.array([1.0, bad]), hvp=lambda x, v: v)
     opt = cls(k=1)
     p = np.ones(2)
-    s0 = opt.init(p)
-    p1, s1, info = opt.update(p, s0, f)
-    assert info["skipped"] and "non-finite gradient" in info["message"] and p1 is p and s1 is s0
+    assert_refused(opt, p, opt.init(p), f, "non-finite gradient")
 
 
 def test_non_finite_curvature_estimate_is_refused():
     f = FunctionOracle(lambda x: 0.0, grad=lambda x: x, hvp=lambda x, v: v * np.inf)
     opt = SophiaH(k=1)
     x0 = np.ones(2)
-    s0 = opt.init(x0)
-    x1, s1, info = opt.update(x0, s0, f)
-    assert info["skipped"] and "curvature" in info["message"] and x1 is x0 and s1 is s0
+    assert_refused(opt, x0, opt.init(x0), f, "curvature")
 
 
 def test_zero_gradient_and_weight_decay_alone():
@@ -361,12 +359,7 @@ def test_seeded_draws_equal_injected_draws():
 def test_registry_and_mlp_descent():
     assert optimizer_class("sophia_g") is SophiaG and optimizer_class("sophia_h") is SophiaH
     for opt in (SophiaG(lr=0.05, k=2), SophiaH(lr=0.05, k=2)):
-        orc, p = oracle(), MODEL.init(0)
-        s = opt.init(p)
-        first = orc.value(p)
-        for _ in range(5):
-            p, s, _ = opt.update(p, s, orc)
-        assert orc.value(p) < first
+        assert_descends(opt, oracle(), MODEL.init(0))
 
 
 def test_sophia_h_seeded_draws_on_a_network_go_through_hutchinson_diag():
@@ -408,7 +401,4 @@ def test_a_trace_of_sophia_replays_on_its_draws():
 
 
 def test_switches_are_declared_with_the_defaults():
-    import inspect
-    for cls in (SophiaG, SophiaH):
-        sig = inspect.signature(cls.__init__).parameters
-        assert all(sig[k].default in v for k, v in cls.switches.items())
+    assert_switches_declared_with_defaults(SophiaG, SophiaH)

@@ -50,6 +50,24 @@ def _check_leaves(params) -> None:
                              "(nothing to optimise)")
 
 
+# The weight decay of Adagrad and Shampoo (``weight_decay`` λ, ``weight_decay_mode`` "l2" or "decoupled").
+def gradient_with_decay(params, oracle, weight_decay: float, mode: str):
+    """(L(θ), g) with g = ∇L(θ), plus λθ for "l2" weight decay; g is None when ∇L(θ) is not finite."""
+    loss, g = oracle.value_and_grad(params)
+    if not T.all_finite(g):
+        return loss, None
+    if weight_decay and mode == "l2":
+        g = T.axpy(weight_decay, params, g)
+    return loss, g
+
+
+def apply_step(params, d, lr: float, weight_decay: float, mode: str):
+    """θ − η d, and − ηλθ for "decoupled" weight decay."""
+    if weight_decay and mode == "decoupled":
+        return T.tree_map2(lambda x, di: x - lr * (di + weight_decay * x), params, d)
+    return T.axpy(-lr, d, params)
+
+
 class AdagradState(NamedTuple):
     step: int
     accumulator: object  # G_t = G_0 + Σ g ⊙ g, a tree like params
@@ -76,11 +94,9 @@ class Adagrad(Optimizer):
         return AdagradState(0, T.tree_map(lambda x: xp.full_like(x, self.initial_accumulator), params))
 
     def update(self, params, state, oracle):
-        loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
-        if self.weight_decay and self.weight_decay_mode == "l2":
-            g = T.axpy(self.weight_decay, params, g)
+        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        if g is None:
+            return refuse(params, state, loss, "non-finite gradient: step refused")
         G = T.tree_map2(lambda a, b: a + b * b, state.accumulator, g)
         if not T.all_finite(G):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
@@ -88,15 +104,8 @@ class Adagrad(Optimizer):
             d = T.tree_map2(lambda gi, Gi: gi / (xp.sqrt(Gi) + self.eps), g, G)
         else:
             d = T.tree_map2(lambda gi, Gi: gi / xp.sqrt(Gi + self.eps), g, G)
-        new = _apply_step(params, d, self.lr, self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0)
+        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
         return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))
-
-
-def _apply_step(params, d, lr: float, decoupled_decay: float):
-    """θ − η d, and − ηλθ for decoupled weight decay (λ = ``decoupled_decay``)."""
-    if decoupled_decay:
-        return T.tree_map2(lambda x, di: x - lr * (di + decoupled_decay * x), params, d)
-    return T.axpy(-lr, d, params)
 
 
 class FullMatrixAdagradState(NamedTuple):
@@ -153,16 +162,14 @@ class FullMatrixAdagrad(Optimizer):
         return Q @ (scale * (Q.T @ g))
 
     def update(self, params, state, oracle):
-        loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
-        if self.weight_decay and self.weight_decay_mode == "l2":
-            g = T.axpy(self.weight_decay, params, g)
+        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        if g is None:
+            return refuse(params, state, loss, "non-finite gradient: step refused")
         gs = self._vectors(g)
         S = tuple(Sb + xp.outer(gb, gb) for Sb, gb in zip(state.S, gs))
         if not all(bool(xp.all(xp.isfinite(Sb))) for Sb in S):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
         d = self._from_vectors([self._precondition(Sb, gb) for Sb, gb in zip(S, gs)], params)
-        new = _apply_step(params, d, self.lr, self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0)
+        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
         return new, FullMatrixAdagradState(state.step + 1, S), step_info(loss, g, lr=self.lr,
                                                                           step_norm=self.lr * T.norm(d))

@@ -31,9 +31,8 @@ from typing import NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import as_array, xp
-from ..linesearch import LINE_SEARCHES
-from .base import check_choice, check_int, check_nonnegative, check_positive, step_info
-from .newton import INITIAL_STEPS, RESET_MESSAGE, DescentMethod, Evaluation, batch_key, initial_step, search_along
+from .base import check_choice, check_int, check_nonnegative, check_positive
+from .newton import INITIAL_STEPS, DescentMethod, Evaluation
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
 __all__ = ["LBFGS", "LBFGSState", "two_loop"]
@@ -85,12 +84,7 @@ class LBFGS(DescentMethod):
         self.initial_matrix = initial_matrix
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
         self.damping = check_choice("damping", damping, (None, "powell"))
-        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
-        self.c1 = check_positive("c1", c1)
-        self.c2 = check_positive("c2", c2)
-        if not self.c1 < self.c2 < 1:
-            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
-        self.max_evals = check_int("max_evals", max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals)
         self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
 
     def init(self, params) -> LBFGSState:
@@ -110,24 +104,15 @@ class LBFGS(DescentMethod):
         return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self._D())
 
     def step(self, params, state, oracle, loss, g):
-        key = batch_key(oracle)
-        x, gf = T.ravel(params), T.ravel(g)
-        p, reset = self.descent_or_reset(gf, -self.inverse_hessian_product(state, gf))
-        alpha0 = initial_step(self.initial_step, gf, p, loss, state.prev_loss, not state.s)
-        out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
-                           self.max_evals, key)
-        message = RESET_MESSAGE if reset else ""
-        if out.point is None:
-            info = step_info(loss, g, step_norm=0.0, alpha=0.0, nfev=out.result.nfev, new_loss=loss, reset=reset,
-                             accepted=False, line_search=out.result.status, pair_skipped=True)
-            info["message"] = (message + "; " if message else "") + f"line search failed ({out.result.status}): no step"
-            return params, state._replace(step=state.step + 1), info
-        s = out.alpha * p
-        y = T.ravel(out.point.grad) - gf
+        return self.secant_step(params, state, oracle, loss, g, lambda gf: -self.inverse_hessian_product(state, gf),
+                                not state.s, self._absorb)
+
+    def _absorb(self, state: LBFGSState, loss, point, s, y, Bs):
+        """The state after the accepted step s (see ``DescentMethod.secant_step``), and the pair's details."""
         theta = 1.0
-        if self.damping == "powell" and not reset:
+        if self.damping == "powell" and Bs is not None:
             # Bs for the B = H⁻¹ that produced p = −Hg; scaled consistently with H⁰ = γD.
-            y, theta = powell_damping(s, y, -out.alpha * gf)
+            y, theta = powell_damping(s, y, Bs)
         sy, yy = float(xp.vdot(s, y)), float(xp.vdot(y, y))
         skipped = not (sy > self.curvature_skip * yy and math.isfinite(sy))
         if skipped:
@@ -141,9 +126,5 @@ class LBFGS(DescentMethod):
             if self.initial_scaling == "every" or (self.initial_scaling == "once" and not math.isfinite(gamma)):
                 D = self._D()
                 gamma = sy / float(xp.vdot(y, y if D is None else D * y))
-        new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, out.point)
-        info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
-                         nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
-                         line_search=out.result.status, pair_skipped=skipped, sy=sy, theta=theta, memory_used=len(S))
-        info["message"] = message
-        return out.point.params, new_state, info
+        new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, point)
+        return new_state, dict(pair_skipped=skipped, sy=sy, theta=theta, memory_used=len(S))

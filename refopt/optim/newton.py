@@ -48,7 +48,7 @@ import hashlib
 import itertools
 import math
 import weakref
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import to_host, xp
@@ -162,6 +162,23 @@ class DescentMethod(Optimizer):
     dense: bool = False
     max_size: Optional[int] = None
 
+    def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int) -> None:
+        """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``."""
+        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
+        self.c1 = check_positive("c1", c1)
+        self.c2 = check_positive("c2", c2)
+        if not self.c1 < self.c2 < 1:
+            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+        self.max_evals = check_int("max_evals", max_evals)
+
+    def set_damping_factors(self, damping_increase: float, damping_decrease: float) -> None:
+        """Validate and store the Levenberg–Marquardt factors, damping_decrease < 1 < damping_increase."""
+        self.damping_increase = check_positive("damping_increase", damping_increase)
+        self.damping_decrease = check_positive("damping_decrease", damping_decrease)
+        if not self.damping_decrease < 1 < self.damping_increase:
+            raise ValueError("need damping_decrease < 1 < damping_increase, got "
+                             f"{damping_decrease!r} and {damping_increase!r}")
+
     def check_size(self, params) -> None:
         if self.dense:
             check_dense_size(T.size(params), self.max_size, f"{type(self).__name__}: the dense n×n matrix",
@@ -196,8 +213,45 @@ class DescentMethod(Optimizer):
             return p, False
         return -g, True
 
+    def secant_step(self, params, state, oracle, loss, g, direction: Callable, first: bool, absorb: Callable):
+        """The step the line-search secant methods (dense quasi-Newton, L-BFGS) share.
+
+        p = ``direction(g)`` on the flat gradient (−g where it does not descend) is searched with
+        ``self.line_search`` from α₀ = ``initial_step(self.initial_step, …)`` (``first``: no pair yet). A
+        failed search takes no step and changes only the state's step count. Otherwise
+        ``absorb(state, loss, point, s, y, Bs)`` returns the new state and the method's info entries, with
+        s = αp, y = ∇L_B(θ⁺) − ∇L_B(θ) from the accepted trial ``point`` on the same batch, and Bs = −αg
+        (exact for the B = H⁻¹ that gave p = −Hg; None after a reset to −g).
+        """
+        key = batch_key(oracle)
+        x, gf = T.ravel(params), T.ravel(g)
+        p, reset = self.descent_or_reset(gf, direction(gf))
+        alpha0 = initial_step(self.initial_step, gf, p, loss, state.prev_loss, first)
+        out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
+                           self.max_evals, key)
+        if out.point is None:
+            info = step_info(loss, g, step_norm=0.0, alpha=0.0, nfev=out.result.nfev, new_loss=loss, reset=reset,
+                             accepted=False, line_search=out.result.status, pair_skipped=True)
+            info["message"] = failed_search_message(reset, out.result.status)
+            return params, state._replace(step=state.step + 1), info
+        s = out.alpha * p
+        y = T.ravel(out.point.grad) - gf
+        new_state, extra = absorb(state, loss, out.point, s, y, None if reset else -out.alpha * gf)
+        info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
+                         nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
+                         line_search=out.result.status, **extra)
+        info["message"] = RESET_MESSAGE if reset else ""
+        return out.point.params, new_state, info
+
 
 RESET_MESSAGE = "not a descent direction: reset to steepest descent"
+
+
+def failed_search_message(reset: bool, status: str) -> str:
+    """info["message"] of a step whose line search found no acceptable point."""
+    return (RESET_MESSAGE + "; " if reset else "") + f"line search failed ({status}): no step"
+
+
 INITIAL_STEPS = ("interpolate", "unit")
 
 
@@ -253,17 +307,8 @@ class Newton(DescentMethod):
         self.modification = check_choice("modification", modification, MODIFICATIONS)
         if line_search is None:
             line_search = "armijo" if modification.startswith("eigenvalue") else "none"
-        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
-        self.c1 = check_positive("c1", c1)
-        self.c2 = check_positive("c2", c2)
-        if not self.c1 < self.c2 < 1:
-            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
-        self.max_evals = check_int("max_evals", max_evals)
-        self.damping_increase = check_positive("damping_increase", damping_increase)
-        self.damping_decrease = check_positive("damping_decrease", damping_decrease)
-        if not self.damping_decrease < 1 < self.damping_increase:
-            raise ValueError("need damping_decrease < 1 < damping_increase, got "
-                             f"{damping_decrease!r} and {damping_increase!r}")
+        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_damping_factors(damping_increase, damping_decrease)
         self.min_damping = check_positive("min_damping", min_damping)
         self.eta = check_nonnegative("eta", eta)
         if self.eta >= 0.25:
@@ -385,17 +430,15 @@ class Newton(DescentMethod):
             rho = (loss - out.point.loss) / pred if out.point is not None and pred > 0 else -math.inf
             new_lam = self._lm_update(lam, rho)
             extra = dict(extra, rho=rho)
-        message = RESET_MESSAGE if reset else ""
         if out.point is None:
-            message = (message + "; " if message else "") + f"line search failed ({out.result.status}): no step"
             info = step_info(loss, g, step_norm=0.0, alpha=0.0, damping=lam, nfev=out.result.nfev, new_loss=loss,
                              reset=reset, accepted=False, line_search=out.result.status, **extra)
-            info["message"] = message
+            info["message"] = failed_search_message(reset, out.result.status)
             return params, NewtonState(state.step + 1, new_lam, state.point), info
         info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha, damping=lam,
                          nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
                          line_search=out.result.status, **extra)
-        info["message"] = message
+        info["message"] = RESET_MESSAGE if reset else ""
         return out.point.params, NewtonState(state.step + 1, new_lam, out.point), info
 
 

@@ -43,10 +43,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import xp
-from ..linesearch import LINE_SEARCHES
 from ..oracle import FunctionOracle
 from .base import check_choice, check_int, check_nonnegative, check_positive, refuse, step_info
-from .newton import RESET_MESSAGE, DescentMethod, Evaluation, batch_key, search_along
+from .newton import RESET_MESSAGE, DescentMethod, Evaluation, batch_key, failed_search_message, search_along
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
            "TruncatedCGResult", "SteihaugResult", "CURVATURES"]
@@ -217,16 +216,8 @@ class NewtonCG(DescentMethod):
         self.warm_start = check_nonnegative("warm_start", warm_start)
         if self.warm_start >= 1:
             raise ValueError(f"warm_start (the decay ζ) must lie in [0, 1), got {warm_start!r}")
-        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
-        self.c1 = check_positive("c1", c1)
-        self.c2 = check_positive("c2", c2)
-        if not self.c1 < self.c2 < 1:
-            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
-        self.max_evals = check_int("max_evals", max_evals)
-        self.damping_increase = check_positive("damping_increase", damping_increase)
-        self.damping_decrease = check_positive("damping_decrease", damping_decrease)
-        if not self.damping_decrease < 1 < self.damping_increase:
-            raise ValueError("need damping_decrease < 1 < damping_increase")
+        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_damping_factors(damping_increase, damping_decrease)
         self.min_damping = check_positive("min_damping", min_damping)
 
     @classmethod
@@ -271,17 +262,16 @@ class NewtonCG(DescentMethod):
                 new_lam = max(lam * self.damping_increase, self.min_damping)
             elif rho > 0.75:
                 new_lam = lam * self.damping_decrease
-        message = RESET_MESSAGE if reset else ""
         previous = cg.p if not reset else None
         extra = dict(cg_iterations=cg.iterations, cg_status=cg.status, damping=lam, rho=rho, reset=reset,
                      nfev=out.result.nfev, line_search=out.result.status)
         if out.point is None:
             info = step_info(loss, g, step_norm=0.0, alpha=0.0, new_loss=loss, accepted=False, **extra)
-            info["message"] = (message + "; " if message else "") + f"line search failed ({out.result.status}): no step"
+            info["message"] = failed_search_message(reset, out.result.status)
             return params, NewtonCGState(state.step + 1, new_lam, previous, state.point), info
         info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
                          new_loss=out.point.loss, accepted=True, **extra)
-        info["message"] = message
+        info["message"] = RESET_MESSAGE if reset else ""
         return out.point.params, NewtonCGState(state.step + 1, new_lam, previous, out.point), info
 
 

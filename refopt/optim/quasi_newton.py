@@ -55,9 +55,8 @@ from typing import Any, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import as_array, xp
-from ..linesearch import LINE_SEARCHES
-from .base import check_choice, check_int, check_nonnegative, check_positive, step_info
-from .newton import INITIAL_STEPS, RESET_MESSAGE, DescentMethod, Evaluation, batch_key, initial_step, search_along
+from .base import check_choice, check_int, check_nonnegative
+from .newton import INITIAL_STEPS, DescentMethod, Evaluation
 
 __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_update", "sr1_update",
            "sr1_inverse_update", "powell_damping", "scaling_factor", "QuasiNewtonState", "SR1", "ShermanMorrison",
@@ -182,12 +181,7 @@ class _QuasiNewton(DescentMethod):
         if self.rule == "sr1" and self.initial_scaling != "none":
             raise ValueError("initial_scaling must be 'none' for SR1: with H ← (sᵀy / yᵀHy) H the SR1 denominator "
                              "yᵀ(s − Hy) is exactly 0, so every update would be skipped (B would be singular)")
-        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
-        self.c1 = check_positive("c1", c1)
-        self.c2 = check_positive("c2", c2)
-        if not self.c1 < self.c2 < 1:
-            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
-        self.max_evals = check_int("max_evals", max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals)
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
         self.damping = check_choice("damping", damping, (None, "powell"))
         if self.damping and self.rule != "bfgs":
@@ -264,29 +258,15 @@ class _QuasiNewton(DescentMethod):
 
     def step(self, params, state, oracle, loss, g):
         self.check_size(params)
-        key = batch_key(oracle)
-        x, gf = T.ravel(params), T.ravel(g)
-        p, reset = self.descent_or_reset(gf, self.direction(state.matrix, gf))
-        alpha0 = initial_step(self.initial_step, gf, p, loss, state.prev_loss, state.updates == 0)
-        out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
-                           self.max_evals, key)
-        message = RESET_MESSAGE if reset else ""
-        if out.point is None:
-            info = step_info(loss, g, step_norm=0.0, alpha=0.0, nfev=out.result.nfev, new_loss=loss, reset=reset,
-                             accepted=False, line_search=out.result.status, pair_skipped=True)
-            info["message"] = (message + "; " if message else "") + f"line search failed ({out.result.status}): no step"
-            return params, state._replace(step=state.step + 1), info
-        s = out.alpha * p
-        y = T.ravel(out.point.grad) - gf
-        Bs = -out.alpha * gf if (self.form == "inverse" and not reset) else None
-        M, scaled, details = self.update_matrix(state, s, y, Bs)
+        return self.secant_step(params, state, oracle, loss, g, lambda gf: self.direction(state.matrix, gf),
+                                state.updates == 0, self._absorb)
+
+    def _absorb(self, state: QuasiNewtonState, loss, point, s, y, Bs):
+        """The state after the accepted step s (see ``DescentMethod.secant_step``), and the pair's details."""
+        M, scaled, details = self.update_matrix(state, s, y, Bs if self.form == "inverse" else None)
         new_state = QuasiNewtonState(state.step + 1, M, scaled, state.updates + (not details["pair_skipped"]),
-                                     loss, out.point)
-        info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
-                         nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
-                         line_search=out.result.status, **details)
-        info["message"] = message
-        return out.point.params, new_state, info
+                                     loss, point)
+        return new_state, details
 
 
 class BFGS(_QuasiNewton):

@@ -49,6 +49,7 @@ from ..backend import xp
 from ..linalg import sym_matrix_power
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
+from .adagrad import apply_step, gradient_with_decay
 
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices"]
 
@@ -216,11 +217,9 @@ class Shampoo(Optimizer):
         return xp.reshape(out, G.shape)
 
     def update(self, params, state, oracle):
-        loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
-        if self.weight_decay and self.weight_decay_mode == "l2":
-            g = T.axpy(self.weight_decay, params, g)
+        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        if g is None:
+            return refuse(params, state, loss, "non-finite gradient: step refused")
         t = state.step + 1
         treedef = T.flatten(params)[1]
         gs = T.leaves(g)
@@ -263,10 +262,7 @@ class Shampoo(Optimizer):
         if mom is not None and self.precondition == "gradient":
             mom = T.axpy(self.momentum, mom, d)  # m ← μm + P(G)
             d = mom
-        if self.weight_decay and self.weight_decay_mode == "decoupled":
-            new = T.tree_map2(lambda x, di: x - self.lr * (di + self.weight_decay * x), params, d)
-        else:
-            new = T.axpy(-self.lr, d, params)
+        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
                          preconditioned=active)
         return new, ShampooState(t, stats, roots, graft, mom), info

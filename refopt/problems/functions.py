@@ -85,6 +85,24 @@ def _check_n(name, n, minimum=1, multiple=1):
         raise ValueError(f"{name}: n must be an integer ≥ {minimum}{extra}, got {n!r}")
 
 
+def _tridiagonal(diag_and_off):
+    """(hessian, hessp) for a tridiagonal Hessian given by ``diag_and_off(x) -> (d, off)``, its diagonal d
+    and its off-diagonal off[i] = H[i, i+1] = H[i+1, i]."""
+
+    def hessian(x):
+        d, off = diag_and_off(x)
+        return xp.diag(d) + xp.diag(off, 1) + xp.diag(off, -1)
+
+    def hessp(x, v):
+        d, off = diag_and_off(x)
+        out = d * v
+        out[:-1] += off * v[1:]
+        out[1:] += off * v[:-1]
+        return out
+
+    return hessian, hessp
+
+
 # --- quadratic --------------------------------------------------------------------------------
 def quadratic(n: int = 10, condition: float = 100.0, seed: int = 0) -> Problem:
     """f = ½ xᵀAx − bᵀx, A SPD with eigenvalues log-spaced in [1, condition]; x* drawn N(0, I)."""
@@ -131,16 +149,7 @@ def rosenbrock(n: int = 2) -> Problem:
         d[1:] += 200.0
         return d, -400.0 * a  # off[i] = H[i, i+1]
 
-    def hessian(x):
-        d, off = diag_and_off(x)
-        return xp.diag(d) + xp.diag(off, 1) + xp.diag(off, -1)
-
-    def hessp(x, v):
-        d, off = diag_and_off(x)
-        out = d * v
-        out[:-1] += off * v[1:]
-        out[1:] += off * v[:-1]
-        return out
+    hessian, hessp = _tridiagonal(diag_and_off)
 
     x0 = xp.ones(n, dtype=as_array(0.0).dtype)
     x0[0::2] = -1.2
@@ -370,16 +379,7 @@ def dixon_price(n: int = 10) -> Problem:
         d[:-1] += 2.0 * c
         return d, -8.0 * c * x[1:]  # off[i] = H[i, i+1]
 
-    def hessian(x):
-        d, off = diag_and_off(x)
-        return xp.diag(d) + xp.diag(off, 1) + xp.diag(off, -1)
-
-    def hessp(x, v):
-        d, off = diag_and_off(x)
-        out = d * v
-        out[:-1] += off * v[1:]
-        out[1:] += off * v[:-1]
-        return out
+    hessian, hessp = _tridiagonal(diag_and_off)
 
     x_star = as_array([2.0 ** (-(2.0 ** i - 2.0) / 2.0 ** i) for i in range(1, n + 1)])
     return Problem("dixon_price", n, value, gradient, hessian, hessp, xp.ones(n, dtype=x_star.dtype), x_star, 0.0,

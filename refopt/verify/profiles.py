@@ -236,7 +236,8 @@ _add(Profile("google-deepmind/kfac-jax", "kfac",
              "kfac_jax/_src/optimizer.py (Optimizer: curvature_ema, inverse_update_period, norm_constraint)",
              "num_burnin_steps (default 10; use 0); use_adaptive_learning_rate/momentum (M&G §7, not in refopt); "
              "use_adaptive_damping's rule (×0.9^5 every 5 steps) differs from refopt's (19/20)^interval; l2_reg "
-             "enters both the gradient and the damping"))
+             "is added to the damping (identity_weight = l2_reg + damping) while the user adds the L2 term to the "
+             "loss"))
 _add(Profile("gpauloski/kfac-pytorch", "kfac",
              {"lr": 0.1, "damping": 1e-3, "decay": 0.95, "factor_init": "identity", "damping_scheme": "eigen",
               "inverse": "eig", "factor_interval": 1, "inverse_interval": 1, "fisher": "empirical",
