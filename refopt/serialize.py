@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import as_array, to_host
 
-__all__ = ["encode", "decode", "savez_atomic", "write_npz_atomic", "read_npz"]
+__all__ = ["encode", "decode", "savez_atomic", "write_npz_atomic", "load_npz", "read_npz"]
 
 
 def encode(obj, arrays: list):
@@ -106,15 +106,20 @@ def write_npz_atomic(path: str, meta: dict, **named) -> None:
     savez_atomic(path, **payload)
 
 
-def read_npz(path: str, device: bool = True) -> tuple[dict, dict]:
-    """(meta, objects) from a file written by ``write_npz_atomic``; ValueError if it is not one."""
+def load_npz(path: str) -> dict:
+    """All arrays of an ``.npz`` file (no pickles); ValueError if it cannot be read as one."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            files = dict(data)
+            return dict(data)
     except FileNotFoundError:
         raise
     except Exception as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def read_npz(path: str, device: bool = True) -> tuple[dict, dict]:
+    """(meta, objects) from a file written by ``write_npz_atomic``; ValueError if it is not one."""
+    files = load_npz(path)
     if "meta" not in files or "skeleton" not in files:
         raise ValueError(f"{path}: not a refopt file (no 'meta'/'skeleton' entries)")
     meta = json.loads(str(files["meta"]))

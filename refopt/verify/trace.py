@@ -43,7 +43,7 @@ from ..backend import as_array, rng, to_host, xp
 from ..nn import MLP, make_loss
 from ..oracle import Oracle
 from ..optim import make_optimizer, optimizer_class
-from ..serialize import savez_atomic
+from ..serialize import load_npz, savez_atomic
 
 __all__ = ["TRACE_FORMAT", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names"]
@@ -187,13 +187,7 @@ def _tree_from_names(names, values):
 
 def load_trace(path: str) -> Trace:
     """Read and validate a trace; ValueError names what is missing, misshapen or not finite."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            files = dict(data)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    files = load_npz(path)
     if "meta" not in files:
         raise ValueError(f"{path}: missing array 'meta'")
     try:
