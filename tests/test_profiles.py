@@ -438,31 +438,41 @@ def lib_google_shampoo(prob, x, lr, beta2, matrix_epsilon, start_preconditioning
 
 
 def lib_meta_shampoo(prob, x, lr, epsilon, momentum=0.0, grafting_epsilon=None, merge=True,
-                     inv_root_override=0, steps=2):
+                     inv_root_override=0, precondition_frequency=1, start_preconditioning_step=1, steps=2):
     """facebookresearch/optimizers distributed_shampoo with betas=(0, 1.0) (no gradient filtering,
-    summed factor matrices), precondition_frequency=1, start_preconditioning_step=1, eigh roots with
-    the PSD shift, optional AdaGrad grafting (grafting_beta2=1) and momentum (dampening 0)."""
+    summed factor matrices), eigh roots with the PSD shift, optional AdaGrad grafting (grafting_beta2=1)
+    and momentum (dampening 0). Roots are recomputed when step % precondition_frequency == 0 and
+    step > start, or step == start (DistributedShampoo.step); before the start the grafting method steps."""
     leaves = lambda v: [to_tree(v)[0]["W"], to_tree(v)[0]["b"]]  # noqa: E731
     shapes = [(4, 3), (3,)]
     merged = [[int(np.prod(s))] if (merge and len(s) > 1 and np.prod(s) <= 1024) else list(s) for s in shapes]
     factors = [[np.zeros((d, d)) for d in ms] for ms in merged]
     graft = [np.zeros(s) for s in shapes]
     mom = [np.zeros(s) for s in shapes]
+    inverse = [None, None]
     out = [x]
     for step in range(1, steps + 1):
         grads = leaves(prob.grad(x))
+        compute_root_inverse = (step % precondition_frequency == 0 and step > start_preconditioning_step
+                                or step == start_preconditioning_step)
+        use_grafting_method = step < start_preconditioning_step and grafting_epsilon is not None
         updates = []
         for j, (G, ms, F) in enumerate(zip(grads, merged, factors)):
             Gm = G.reshape(ms)
             for i in range(len(ms)):
                 F[i] = F[i] + _mode_stat(Gm, i)                   # β2 = 1: L ← L + G Gᵀ
-            root = (inv_root_override or 2 * len(ms))
-            X = [_eig_power(Fi, -1.0 / root, epsilon, shift_psd=True) for Fi in F]
-            P = _mode_apply(Gm, X).reshape(G.shape)
-            if grafting_epsilon is not None:                      # AdaGradGraftingConfig
+            if grafting_epsilon is not None:                      # AdaGradGraftingConfig: V ← V + G²
                 graft[j] = graft[j] + G * G
                 gdir = G / (np.sqrt(graft[j]) + grafting_epsilon)
-                P = P * (np.linalg.norm(gdir) / (np.linalg.norm(P) + 1e-16))
+            if compute_root_inverse:
+                root = (inv_root_override or 2 * len(ms))
+                inverse[j] = [_eig_power(Fi, -1.0 / root, epsilon, shift_psd=True) for Fi in F]
+            if use_grafting_method:
+                P = gdir
+            else:
+                P = _mode_apply(Gm, inverse[j]).reshape(G.shape)
+                if grafting_epsilon is not None:
+                    P = P * (np.linalg.norm(gdir) / (np.linalg.norm(P) + 1e-16))
             if momentum:
                 mom[j] = momentum * mom[j] + P
                 P = mom[j]
@@ -838,15 +848,20 @@ def case_google_shampoo():
 
 def case_meta_shampoo():
     cases = [dict(merge=True), dict(merge=False), dict(merge=False, grafting_epsilon=1e-3, momentum=0.5),
-             dict(merge=False, inv_root_override=2)]
+             dict(merge=False, inv_root_override=2),
+             dict(merge=False, grafting_epsilon=1e-3, precondition_frequency=2, start_preconditioning_step=2)]
     for c in cases:
         overrides = dict(lr=0.1, eps=1e-4, merge_dims=1024 if c["merge"] else None)
         if "grafting_epsilon" in c:
-            overrides.update(grafting="adagrad", graft_eps=c["grafting_epsilon"], momentum=c["momentum"])
+            overrides.update(grafting="adagrad", graft_eps=c["grafting_epsilon"], momentum=c.get("momentum", 0.0))
         if "inv_root_override" in c:
             overrides.update(exponent=-1.0 / c["inv_root_override"])
+        if "precondition_frequency" in c:   # roots at steps 2, 4, …; step 1 is an AdaGrad step; step 3 reuses
+            overrides.update(precondition_interval=c["precondition_frequency"],
+                             start_step=c["start_preconditioning_step"])
         ours, theirs = _quartic_case("facebookresearch/distributed_shampoo",
-                                     lambda p, x: lib_meta_shampoo(p, x, 0.1, 1e-4, **c), **overrides)
+                                     lambda p, x: lib_meta_shampoo(p, x, 0.1, 1e-4, steps=3, **c), steps=3,
+                                     **overrides)
         assert_same(ours, theirs)
 
 
@@ -935,8 +950,9 @@ def test_torch_lbfgs_first_step_uses_the_l1_norm():
 
 
 def test_scipy_bfgs_against_scipy_itself():
-    """scipy is a dependency: its own minimize(method='BFGS') gives the profile's iterates."""
-    from scipy.optimize import minimize
+    """scipy's own minimize(method='BFGS') gives the profile's iterates (skipped without scipy, which is
+    only an optional dependency of refopt)."""
+    minimize = pytest.importorskip("scipy.optimize").minimize
     prob = Quartic()
     xs = []
     minimize(prob.f, prob.x0.copy(), jac=prob.grad, method="BFGS", options={"maxiter": 3, "gtol": 0.0},
@@ -986,8 +1002,8 @@ def test_conventions_table_lists_every_profile():
     for name, p in PROFILES.items():
         row = [line for line in lines if line.startswith(f"| {name} |")]
         assert len(row) == 1, name
-        assert row[0].count("|") == 6, f"{name}: a cell contains '|'"
-        assert f"`{p.optimizer}`" in row[0]
+        assert row[0].count("|") == 7, f"{name}: a cell contains '|'"
+        assert f"`{p.optimizer}`" in row[0] and p.source in row[0]
 
 
 def test_profiles_are_complete_and_valid():

@@ -48,7 +48,7 @@ _add(Profile("torch.optim.SGD", "sgd", {"lr": 0.1, "momentum": 0.9},
              "dampening > 0, maximize"))
 _add(Profile("optax.sgd", "sgd", {"lr": 0.1, "momentum": 0.9},
              "the same trace t ← g + μt, update −ηt, as torch.optim.SGD (no dampening)",
-             "google-deepmind/optax optax/_src/alias.py (sgd), optax/_src/transform.py (trace)",
+             "google-deepmind/optax optax/_src/alias.py (sgd), optax/transforms/_accumulation.py (trace)",
              "accumulator_dtype casts"))
 
 # --- Adam, AdamW, Adagrad -----------------------------------------------------------------------------
@@ -287,12 +287,12 @@ def get_profile(name: str) -> Profile:
 
 def conventions_table() -> str:
     """A Markdown table: library, refopt optimizer and settings, what differs from the paper, what
-    refopt cannot express."""
-    rows = ["| library | refopt | settings | differs from the paper | not expressible in refopt |",
-            "|---|---|---|---|---|"]
+    refopt cannot express, and where the library's behaviour is written."""
+    rows = ["| library | refopt | settings | differs from the paper | not expressible in refopt | source |",
+            "|---|---|---|---|---|---|"]
     for p in PROFILES.values():
         settings = ", ".join(f"{k}={v!r}" for k, v in p.hyperparameters.items())
-        rows.append(f"| {p.library} | `{p.optimizer}` | {settings} | {p.differs} | {p.gaps or '—'} |")
+        rows.append(f"| {p.library} | `{p.optimizer}` | {settings} | {p.differs} | {p.gaps or '—'} | {p.source} |")
     return "\n".join(rows)
 
 
