@@ -107,3 +107,19 @@ def test_export_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=1), str(path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("optimizer,hp,planted", [
+    ("adam", {"lr": 0.05, "eps": 0.1}, {"eps_mode": "inside"}),
+    ("adagrad", {"lr": 0.1}, {"initial_accumulator": 0.1}),
+    ("sophia_g", {"lr": 0.05, "k": 2, "gamma": 50.0}, {"parametrization": "official"}),
+])
+def test_search_finds_planted_switch_of_randomised_and_adaptive_methods(tmp_path, optimizer, hp, planted):
+    """A trace produced with one switch flipped (and labelled with the default) is traced back to it,
+    with the random draws (Sophia-G's sampled labels) replayed from the trace."""
+    trace = make_trace(optimizer, {**hp, **planted}, "tiny_mlp", steps=4)
+    trace.meta["hyperparameters"] = dict(hp)
+    path = tmp_path / "planted.npz"
+    export_trace(trace, str(path))
+    assert check_trace(str(path))[0] is not None
+    assert planted in search_conventions(str(path))
