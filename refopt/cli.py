@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: a missing optional package
         print(f"refopt: error: {exc}", file=sys.stderr)
         return 2
 

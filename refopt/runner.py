@@ -107,8 +107,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     """Run ``config``; see the module docs. ``progress`` is a callable(record) or None."""
     from .problems.registry import make_problem  # noqa: PLC0415 (the registry imports data sets)
 
+    opt = optimizer or make_optimizer(config.optimizer, **config.hyperparameters)  # names first: cheap to check
     problem = problem or make_problem(config.problem)
-    opt = optimizer or make_optimizer(config.optimizer, **config.hyperparameters)
     if config.batch_size is not None and problem.kind != "network":
         raise ValueError("batch_size: only network problems have mini-batches")
     if config.batch_size is not None and not 1 <= config.batch_size <= problem.num_examples:

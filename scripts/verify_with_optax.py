@@ -9,7 +9,8 @@ optax.contrib.sophia, the Rademacher probes optax drew, recomputed from its PRNG
 Hutchinson estimator does) into a trace, and checks that trace with ``refopt.verify.check_trace`` (the
 check ``refopt verify check`` runs on a file). It prints, per profile, setting and problem, "matches"
 or the first divergence. Each profile runs with its library defaults and with exaggerated settings
-(larger lr, ε, decay, γ) that make a wrong convention show above the tolerance.
+(larger lr, ε, decay, γ; for L-BFGS memory 2, so that the history wraps around within the run) that make
+a wrong convention show above the tolerance.
 
 Divergences that the profile's documented gaps explain are marked "expected" (exit status 0); any
 other divergence makes the exit status 1. Without optax/jax installed the script prints a message and
@@ -50,8 +51,9 @@ SETUPS = {
     "optax.adagrad": (lambda hp: optax.adagrad(hp["lr"], initial_accumulator_value=hp["initial_accumulator"],
                                                eps=hp["eps"]),
                       {"lr": 0.3, "eps": 1e-2, "initial_accumulator": 0.5}),
-    "optax.lbfgs": (lambda hp: optax.lbfgs(memory_size=hp["memory"]), None),
-    "optax.lbfgs+no_linesearch": (lambda hp: optax.lbfgs(memory_size=hp["memory"], linesearch=None), None),
+    "optax.lbfgs": (lambda hp: optax.lbfgs(memory_size=hp["memory"]), {"memory": 2}),
+    "optax.lbfgs+no_linesearch": (lambda hp: optax.lbfgs(memory_size=hp["memory"], linesearch=None),
+                                  {"memory": 2}),
     "optax.contrib.sophia": (lambda hp: optax.contrib.sophia(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"],
                                                              weight_decay=hp["weight_decay"], gamma=hp["gamma"],
                                                              update_interval=hp["k"]),
@@ -150,8 +152,8 @@ def expected_gap(profile: str, trace: Trace, divergence) -> str | None:
         params, state = trace.params[0], opt.init(trace.params[0])
         for _ in range(divergence.step):
             params, state, info = opt.update(params, state, oracle)
-            if info.get("pair_skipped"):
-                return "a pair with sᵀy ≤ 0 was skipped by refopt and kept by optax (gap)"
+            if info.get("reset"):
+                return "after a pair with sᵀy < 0 refopt reset a non-descent direction to −g (gap)"
         if info["nfev"] > 1:
             return (f"the unit step failed the strong Wolfe conditions at step {divergence.step} (gap: optax's "
                     "zoom search picks other trial points)")

@@ -95,3 +95,13 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "kfac" in out and "digits_mlp" in out
+
+
+def test_missing_optional_package_is_one_line(monkeypatch, capsys):
+    """The digits need scikit-learn (a 'scripts' extra): without it, one line and exit 2."""
+    import sys
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["train", "sgd", "--problem", "digits_mlp", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scikit-learn" in err[0]

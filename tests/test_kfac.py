@@ -262,7 +262,9 @@ def test_kfac_beats_tuned_sgd_on_badly_scaled_inputs():
                                     dict(momentum=1.0), dict(lr=0.0), dict(kl_clip=0.0), dict(factor_interval=0),
                                     dict(inverse_interval=0), dict(damping_scheme="levenberg"),
                                     dict(inverse="cholesky"), dict(factor_init="zeros"), dict(fisher="exact"),
-                                    dict(weight_decay=-1.0), dict(weight_decay_mode="adamw"), dict(samples=0)])
+                                    dict(weight_decay=-1.0), dict(weight_decay_mode="adamw"), dict(samples=0),
+                                    dict(output_grad_scale="batch"), dict(bias_block="split"),
+                                    dict(bias_block="separate", damping_scheme="pi")])
 def test_bad_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         KFAC(**kwargs)
@@ -326,3 +328,70 @@ def test_reported_draws_replay_the_step(name):
         params, state = new, new_state
     expected_none = [False, False, False] if name == "natural_gradient" else [False, True, False]
     assert [d is None for d in reported] == expected_none
+
+
+# --- library conventions: G's scaling and separate weight/bias blocks (two steps against dense solves) ------
+def _layer_block(a, g_probes, scale, damping, scheme, bias_block, output_grad_scale):
+    """The damped dense curvature block of one layer, indexed by vec([W; b]) (row-major)."""
+    G = K.grad_factor(g_probes, scale, output_grad_scale)
+    if bias_block == "joint":
+        return dense_matrix(K.input_factor(a), G, damping, scheme)
+    A = a.T @ a / a.shape[0]
+    eye_g = np.eye(len(G))
+    if scheme == "eigen":
+        W = np.kron(A, G) + damping * np.eye(len(A) * len(G))
+        bias = G + damping * eye_g
+    else:                                   # tikhonov: γ = √λ on every factor, the bias's only factor too
+        gamma = math.sqrt(damping)
+        W = np.kron(A + gamma * np.eye(len(A)), G + gamma * eye_g)
+        bias = G + gamma * eye_g
+    return K.block_diagonal([W, bias])
+
+
+@pytest.mark.parametrize("loss", ["softmax", "gaussian_sum"])
+@pytest.mark.parametrize("bias_block,output_grad_scale,scheme", [
+    ("joint", "reduced_loss", "pi"), ("joint", "reduced_loss", "eigen"), ("separate", "per_example", "tikhonov"),
+    ("separate", "per_example", "eigen"), ("separate", "reduced_loss", "tikhonov")])
+def test_two_steps_are_dense_solves_with_the_switches(loss, bias_block, output_grad_scale, scheme):
+    """Each of two steps (fresh factors: decay 0) is the dense block solve of its batch's factors, with
+    G = "per_example" or × scale/B ("reduced_loss") and [W; b] in one block or in W and b blocks."""
+    if loss == "gaussian_sum":
+        from refopt.nn import MLP, make_loss  # noqa: PLC0415
+        from refopt.oracle import Oracle  # noqa: PLC0415
+        g = np.random.default_rng(1)
+        model = MLP([3, 4, 2], activation="tanh")
+        params = model.init(1)
+        oracle = Oracle(model, make_loss("gaussian", reduction="sum"), g.standard_normal((6, 3)),
+                        g.standard_normal((6, 2)))
+    else:
+        model, params, oracle = problem((3, 4, 3), 5, 2)
+    damping = 0.05
+    opt = plain(damping=damping, damping_scheme=scheme, inverse="eig" if scheme == "eigen" else "inverse",
+                bias_block=bias_block, output_grad_scale=output_grad_scale)
+    state = opt.init(params)
+    for _ in range(2):
+        stats = K.kfac_statistics(oracle, params, "true")
+        blocks = [_layer_block(stats.inputs[l], [p[l] for p in stats.probes], stats.scale, damping, scheme,
+                               bias_block, output_grad_scale) for l in range(len(params))]
+        expected = np.linalg.solve(K.block_diagonal(blocks), T.ravel(stats.grad))
+        new, state, info = opt.update(params, state, oracle)
+        np.testing.assert_allclose(T.ravel(T.sub(params, new)), expected, rtol=1e-9,
+                                   atol=1e-12 * np.abs(expected).max())
+        params = new
+
+
+def test_reduced_loss_g_is_scale_over_batch_times_per_example():
+    model, params, oracle = problem((3, 4, 3), 5, 3)
+    stats = K.kfac_statistics(oracle, params, "empirical")
+    probes = [p[0] for p in stats.probes]
+    g = stats.output_grads[0]
+    np.testing.assert_allclose(K.grad_factor(probes, stats.scale, "reduced_loss"), g.T @ g / 5, rtol=1e-14)
+    np.testing.assert_allclose(K.grad_factor(probes, stats.scale, "reduced_loss"),
+                               K.grad_factor(probes, stats.scale) * stats.scale / 5, rtol=1e-14)
+    with pytest.raises(ValueError, match="output_grad_scale"):
+        K.grad_factor(probes, stats.scale, "batch")
+
+
+def test_switches_are_declared_with_the_defaults():
+    from _helpers import assert_switches_declared_with_defaults  # noqa: PLC0415
+    assert_switches_declared_with_defaults(KFAC)

@@ -166,5 +166,115 @@ def test_invalid_hyperparameters_raise_at_construction():
         LBFGS(curvature_skip=-1e-3)
     with pytest.raises(ValueError, match="initial_step"):
         LBFGS(initial_step="big")
+    for bad in (0.0, -0.5, float("nan"), True):
+        with pytest.raises(ValueError, match="lr"):
+            LBFGS(lr=bad)
+    with pytest.raises(ValueError, match="first_step"):
+        LBFGS(first_step="l1")
+    with pytest.raises(ValueError, match="curvature_skip_rule"):
+        LBFGS(curvature_skip_rule="sometimes")
+    with pytest.raises(ValueError, match="descent_check"):
+        LBFGS(descent_check=None)
     with pytest.raises(ValueError, match="initial_matrix has shape"):
         LBFGS(initial_matrix=np.ones(3)).init(np.zeros(2))
+
+
+# --- the library conventions: first step, lr, skip rules, descent check (closed forms of two steps) -----------
+def quadratic(A, b):
+    return FunctionOracle(lambda x: float(0.5 * x @ A @ x - b @ x), grad=lambda x: A @ x - b)
+
+
+def test_switches_are_declared_with_the_defaults():
+    from _helpers import assert_switches_declared_with_defaults  # noqa: PLC0415
+    assert_switches_declared_with_defaults(LBFGS)
+
+
+@pytest.mark.parametrize("first_step", ["unit_length", "gradient_l1", "interpolate"])
+@pytest.mark.parametrize("lr", [1.0, 0.3])
+def test_first_step_and_lr_two_steps_in_closed_form(first_step, lr):
+    """x₁ = x₀ − η α₀ g₀ with α₀ = min(1, 1/‖g₀‖₂), min(1, 1/‖g₀‖₁) or min(1, 1.01/‖g₀‖₂); then
+    x₂ = x₁ − η H₁ g₁, H₁ the BFGS update of (sᵀy/yᵀy) I with the pair (s, y = A s)."""
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((4, 4))
+    A, b, x0 = M @ M.T + np.eye(4), rng.standard_normal(4), rng.standard_normal(4)
+    g0 = A @ x0 - b
+    assert np.abs(g0).sum() > 1.01 * np.linalg.norm(g0) > 1.01   # the three rules give three different α₀
+    opt = LBFGS(line_search="none", first_step=first_step, lr=lr)
+    o = quadratic(A, b)
+    x1, state, info = opt.update(x0, opt.init(x0), o)
+    alpha0 = {"unit_length": 1 / np.linalg.norm(g0), "gradient_l1": 1 / np.abs(g0).sum(),
+              "interpolate": 1.01 / np.linalg.norm(g0)}[first_step]
+    np.testing.assert_allclose(x1, x0 - lr * alpha0 * g0, rtol=1e-14, atol=1e-15)
+    s, g1 = x1 - x0, A @ x1 - b
+    y = g1 - g0
+    H1 = dense_bfgs((s @ y) / (y @ y) * np.eye(4), [(s, y)])
+    x2, _, info = opt.update(x1, state, o)
+    np.testing.assert_allclose(x2, x1 - lr * H1 @ g1, rtol=1e-12, atol=1e-14)
+    assert info["alpha"] == lr
+
+
+def test_bfgs_first_step_interpolate_is_scipys_first_trial():
+    """Dense BFGS from H₀ = I: α₀ = min(1, 1.01/‖g₀‖) (scipy: old_old_fval = f + ‖g‖/2), then N&W 3.60."""
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((3, 3))
+    A, b, x0 = M @ M.T + np.eye(3), rng.standard_normal(3), 2 * rng.standard_normal(3)
+    f = lambda x: float(0.5 * x @ A @ x - b @ x)  # noqa: E731
+    g0 = A @ x0 - b
+    assert np.linalg.norm(g0) > 1.01
+    opt = BFGS(line_search="none", first_step="interpolate")
+    o = quadratic(A, b)
+    x1, state, _ = opt.update(x0, opt.init(x0), o)
+    np.testing.assert_allclose(x1, x0 - 1.01 / np.linalg.norm(g0) * g0, rtol=1e-14)
+    s, g1 = x1 - x0, A @ x1 - b
+    p1 = -bfgs_inverse_update(np.eye(3), s, g1 - g0) @ g1
+    alpha1 = min(1.0, 1.01 * 2 * (f(x1) - f(x0)) / (g1 @ p1))
+    x2, _, info = opt.update(x1, state, o)
+    assert info["alpha"] == pytest.approx(alpha1, rel=1e-12)
+    np.testing.assert_allclose(x2, x1 + alpha1 * p1, rtol=1e-12)
+    with pytest.raises(ValueError, match="first_step"):
+        BFGS(first_step="scipy")
+
+
+def test_absolute_skip_rule_against_the_relative_one():
+    """After one step s, y = A s: with ε = 2 sᵀy the absolute rule (sᵀy ≤ ε) skips the pair while the
+    relative one (sᵀy ≤ ε yᵀy, here yᵀy < ½) keeps it; the skipped run's second step is −η g₁ (γ = 1)."""
+    A, b, x0 = np.diag([0.1, 0.2, 0.3]), np.zeros(3), np.array([1.0, -2.0, 0.5])
+    o = quadratic(A, b)
+    g0 = A @ x0
+    s = -min(1.0, 1.0 / np.abs(g0).sum()) * g0
+    y = A @ s
+    eps = 2 * (s @ y)
+    assert y @ y < 0.5
+    runs = {}
+    for rule in ("absolute", "relative"):
+        opt = LBFGS(line_search="none", first_step="gradient_l1", curvature_skip=eps, curvature_skip_rule=rule)
+        x1, state, info = opt.update(x0, opt.init(x0), o)
+        np.testing.assert_allclose(x1, x0 + s, rtol=1e-14)
+        assert info["pair_skipped"] == (rule == "absolute") and len(state.s) == (rule == "relative")
+        runs[rule] = opt.update(x1, state, o)[0]
+    x1, g1 = x0 + s, A @ (x0 + s)
+    np.testing.assert_allclose(runs["absolute"], x1 - g1, rtol=1e-14)
+    H1 = dense_bfgs((s @ y) / (y @ y) * np.eye(3), [(s, y)])
+    np.testing.assert_allclose(runs["relative"], x1 - H1 @ g1, rtol=1e-12)
+
+
+@pytest.mark.parametrize("descent_check", ["reset", "none"])
+def test_never_skip_keeps_a_negative_curvature_pair(descent_check):
+    """f = −½‖x‖²: s = −α g₀, y = −s, sᵀy < 0. 'never' stores it (ρ = 1/sᵀy, γ = sᵀy/yᵀy = −1); the
+    direction −H₁g₁ then ascends: 'reset' replaces it by −g₁, 'none' takes it (optax)."""
+    o = FunctionOracle(lambda x: float(-0.5 * x @ x), grad=lambda x: -x)
+    x0 = np.array([0.3, -0.4])
+    opt = LBFGS(line_search="none", curvature_skip_rule="never", descent_check=descent_check)
+    x1, state, info = opt.update(x0, opt.init(x0), o)
+    s, y = x1 - x0, -(x1 - x0)
+    np.testing.assert_allclose(x1, 2 * x0, rtol=1e-14)            # α₀ = min(1, 1/‖g₀‖) = 1
+    assert not info["pair_skipped"] and state.rho[0] == pytest.approx(1 / (s @ y), rel=1e-14)
+    assert state.gamma == pytest.approx(-1.0, rel=1e-14)
+    g1 = -x1
+    p = -dense_bfgs(-np.eye(2), [(s, y)]) @ g1
+    assert g1 @ p > 0
+    x2, _, info = opt.update(x1, state, o)
+    np.testing.assert_allclose(x2, x1 + (-g1 if descent_check == "reset" else p), rtol=1e-12)
+    assert info["reset"] == (descent_check == "reset")
+    skipped = LBFGS(line_search="none", curvature_skip=0.0).update(x0, opt.init(x0), o)[1]
+    assert skipped.s == ()                                  # the default rule skips it

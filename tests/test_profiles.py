@@ -25,13 +25,14 @@ RTOL = 1e-12
 
 # --- problems -------------------------------------------------------------------------------------------
 class Quartic:
-    """f(x) = ½ xᵀHx − cᵀx + (α/4) Σ x⁴ with H SPD (eigenvalues in [0.5, 1.5]); c is chosen so that
+    """f(x) = ½ xᵀHx − cᵀx + (α/4) Σ x⁴ with H SPD (eigenvalues in [0.5, 1.5] unless ``eigenvalues``
+    says otherwise: a negative lower end makes f nonconvex); c is chosen so that
     ∇f(x0) = r with ‖r‖₁ = grad0_l1 (small gradients keep unit steps inside the Wolfe conditions)."""
 
-    def __init__(self, n=15, seed=0, alpha=0.1, grad0_l1=0.8):
+    def __init__(self, n=15, seed=0, alpha=0.1, grad0_l1=0.8, eigenvalues=(0.5, 1.5)):
         g = np.random.default_rng(seed)
         Q, _ = np.linalg.qr(g.standard_normal((n, n)))
-        self.H = (Q * g.uniform(0.5, 1.5, n)) @ Q.T
+        self.H = (Q * g.uniform(*eigenvalues, n)) @ Q.T
         self.H = 0.5 * (self.H + self.H.T)
         self.alpha = alpha
         self.x0 = 0.5 * g.standard_normal(n)
@@ -635,10 +636,12 @@ def lib_kfac_pytorch(Ws, X, y, lr, damping, factor_decay, kl_clip, momentum, ste
     return out
 
 
-def lib_curvlinops(Ws, X, y, labels, damping, lr, steps=2):
-    """f-dangel/curvlinops KFACLinearOperator(fisher_type='mc', mc_samples=1,
-    separate_weight_and_bias=False) rebuilt at every step, then KFACLinearOperator.inverse(damping)
-    (δ added to each factor) applied to the gradient: θ ← θ − η·K⁻¹g."""
+def lib_curvlinops(Ws, X, y, labels, damping, lr, steps=2, separate_weight_and_bias=True):
+    """f-dangel/curvlinops KFACLinearOperator(fisher_type='mc', mc_samples=1, separate_weight_and_bias)
+    rebuilt at every step, then KFACLinearOperator.inverse(damping) (δ added to each factor) applied to
+    the gradient: θ ← θ − η·K⁻¹g. With separate_weight_and_bias=True (the default) the weight group's
+    input covariance has no bias pad and the bias group is the one-factor product of the gradient
+    covariance alone (kfac_hooks.py: the forward hook is installed only for groups with a weight)."""
     L, B, C = len(Ws), X.shape[0], Ws[-1][0].shape[1]
     out = [_net_flat(Ws)]
     for t in range(steps):
@@ -650,10 +653,17 @@ def lib_curvlinops(Ws, X, y, labels, damping, lr, steps=2):
         deltas = []
         for l in range(L):
             ggT = gs[l].T @ gs[l] * correction
-            aaT = _abar(acts[l]).T @ _abar(acts[l]) / N
             Ginv = np.linalg.inv(ggT + damping * np.eye(ggT.shape[0]))
-            Ainv = np.linalg.inv(aaT + damping * np.eye(aaT.shape[0]))
-            v_torch = Ginv @ grad[l].T @ Ainv.T                    # (G⊗A)⁻¹ on the (out, in+1) gradient
+            if separate_weight_and_bias:
+                aaT = acts[l].T @ acts[l] / N
+                Ainv = np.linalg.inv(aaT + damping * np.eye(aaT.shape[0]))
+                v_weight = Ginv @ grad[l][:-1].T @ Ainv.T          # (out, in)
+                v_bias = Ginv @ grad[l][-1]                        # (out,)
+                v_torch = np.concatenate([v_weight, v_bias[:, None]], axis=1)
+            else:
+                aaT = _abar(acts[l]).T @ _abar(acts[l]) / N
+                Ainv = np.linalg.inv(aaT + damping * np.eye(aaT.shape[0]))
+                v_torch = Ginv @ grad[l].T @ Ainv.T                # (G⊗A)⁻¹ on the (out, in+1) gradient
             deltas.append(-lr * v_torch.T)
         Ws = _apply(Ws, deltas)
         out.append(_net_flat(Ws))
@@ -756,14 +766,20 @@ def _vector_case(profile, lib, prob=None, steps=2, **overrides):
 
 
 def case_torch_lbfgs():
-    ours, theirs = _vector_case("torch.optim.LBFGS", lambda p, x: lib_torch_lbfgs(p, x, steps=3), steps=3)
-    assert_same(ours, theirs)
+    # ‖g₀‖₁ = 2 > 1 > ‖g₀‖₂ (torch's ℓ1 first step differs from a unit-length one) and lr ≠ 1
+    for lr in (1.0, 0.6):
+        ours, theirs = _vector_case("torch.optim.LBFGS", lambda p, x: lib_torch_lbfgs(p, x, lr=lr, steps=3),
+                                    Quartic(grad0_l1=2.0), steps=3, lr=lr)
+        assert_same(ours, theirs)
 
 
 def case_torch_lbfgs_strong_wolfe():
-    ours, theirs = _vector_case("torch.optim.LBFGS+strong_wolfe",
-                                lambda p, x: lib_torch_lbfgs(p, x, line_search_fn="strong_wolfe", steps=3), steps=3)
-    assert_same(ours, theirs)
+    for lr in (1.0, 0.8):
+        ours, theirs = _vector_case(
+            "torch.optim.LBFGS+strong_wolfe",
+            lambda p, x: lib_torch_lbfgs(p, x, lr=lr, line_search_fn="strong_wolfe", steps=3),
+            Quartic(grad0_l1=2.0), steps=3, lr=lr)
+        assert_same(ours, theirs)
 
 
 def case_optax_lbfgs():
@@ -775,11 +791,19 @@ def case_optax_lbfgs_no_linesearch():
     ours, theirs = _vector_case("optax.lbfgs+no_linesearch",
                                 lambda p, x: lib_optax_lbfgs(p, x, linesearch=False, steps=3), steps=3)
     assert_same(ours, theirs)
+    # nonconvex: the first pair has sᵀy < 0; optax keeps it and follows the direction it gives
+    prob = Quartic(seed=4, alpha=0.5, grad0_l1=3.0, eigenvalues=(-1.0, 1.5))
+    ours, theirs = _vector_case("optax.lbfgs+no_linesearch",
+                                lambda p, x: lib_optax_lbfgs(p, x, linesearch=False, steps=4), prob, steps=4)
+    assert (theirs[1] - theirs[0]) @ (prob.grad(theirs[1]) - prob.grad(theirs[0])) < 0
+    assert_same(ours, theirs)
 
 
 def case_scipy_bfgs():
-    ours, theirs = _vector_case("scipy.optimize.fmin_bfgs", lambda p, x: lib_scipy_bfgs(p, x, steps=3), steps=3)
-    assert_same(ours, theirs)
+    for grad0_l1 in (0.8, 8.0):   # ‖g₀‖ < 1 (first trial 1) and > 1 (first trial 1.01/‖g₀‖)
+        ours, theirs = _vector_case("scipy.optimize.fmin_bfgs", lambda p, x: lib_scipy_bfgs(p, x, steps=3),
+                                    Quartic(grad0_l1=grad0_l1), steps=3)
+        assert_same(ours, theirs)
 
 
 def case_optax_sophia():
@@ -890,15 +914,19 @@ def case_tensorflow_kfac():
 
 
 def case_kfac_pytorch():
-    ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", 1)   # exact for a batch of one (see gaps)
-    theirs = lib_kfac_pytorch(Ws, X, y, lr=0.1, damping=1e-3, factor_decay=0.95, kl_clip=1e-3, momentum=0.9)
-    assert_same(ours, np.stack(theirs))
+    # B = 5: G = (1/B) Σ g gᵀ of the mean loss's output gradients; kl_clip 1 leaves part of the steps unclipped
+    for B, kl_clip in ((1, 1e-3), (5, 1e-3), (5, 1.0)):
+        ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", B, kl_clip=kl_clip)
+        theirs = lib_kfac_pytorch(Ws, X, y, lr=0.1, damping=1e-3, factor_decay=0.95, kl_clip=kl_clip, momentum=0.9)
+        assert_same(ours, np.stack(theirs))
 
 
 def case_curvlinops():
-    ours, X, y, Ws, labels = _net_run("f-dangel/curvlinops", 5, lr=0.5, damping=1e-2 ** 2)
-    theirs = lib_curvlinops(Ws, X, y, labels, damping=1e-2, lr=0.5)
-    assert_same(ours, np.stack(theirs))
+    for separate in (True, False):
+        ours, X, y, Ws, labels = _net_run("f-dangel/curvlinops", 5, lr=0.5, damping=1e-2 ** 2,
+                                          bias_block="separate" if separate else "joint")
+        theirs = lib_curvlinops(Ws, X, y, labels, damping=1e-2, lr=0.5, separate_weight_and_bias=separate)
+        assert_same(ours, np.stack(theirs))
 
 
 CASES = {
@@ -939,26 +967,50 @@ def test_profile_reproduces_its_library(name):
 
 
 # --- the documented gaps are real, and are the only difference -----------------------------------------------
+def test_optax_lbfgs_keeps_negative_curvature_pairs():
+    """With sᵀy < 0 in the first pair, refopt's default skip-and-reset differs from optax; the profile's
+    curvature_skip_rule='never' and descent_check='none' are both needed."""
+    prob = Quartic(seed=4, alpha=0.5, grad0_l1=3.0, eigenvalues=(-1.0, 1.5))
+    theirs = np.stack(lib_optax_lbfgs(prob, prob.x0.copy(), linesearch=False, steps=4))
+    for flip in (dict(curvature_skip_rule="relative"), dict(descent_check="reset")):
+        ours = np.stack(run("optax.lbfgs+no_linesearch", vector_oracle(prob), prob.x0.copy(), 4, **flip))
+        assert_differ(ours, theirs)
+
+
+
 def test_torch_lbfgs_first_step_uses_the_l1_norm():
-    """With ‖g₀‖₂ < 1 < ‖g₀‖₁ torch scales the first step by 1/‖g₀‖₁ and refopt does not (gap)."""
+    """With ‖g₀‖₂ < 1 < ‖g₀‖₁ torch scales the first step by 1/‖g₀‖₁: the profile does, and refopt's default
+    first step (unit length) would not."""
     prob = Quartic(grad0_l1=2.0)
     assert np.linalg.norm(prob.grad(prob.x0)) < 1.0
     ours = np.stack(run("torch.optim.LBFGS", vector_oracle(prob), prob.x0.copy(), 1))
+    default = np.stack(run("torch.optim.LBFGS", vector_oracle(prob), prob.x0.copy(), 1, first_step="unit_length"))
     theirs = np.stack(lib_torch_lbfgs(prob, prob.x0.copy(), steps=1))
-    assert_differ(ours, theirs)
-    np.testing.assert_allclose(theirs[1] - theirs[0], (ours[1] - ours[0]) / 2.0, rtol=1e-12)
+    assert_same(ours, theirs)
+    np.testing.assert_allclose(theirs[1] - theirs[0], (default[1] - default[0]) / 2.0, rtol=1e-12)
+
+
+def test_scipy_bfgs_first_trial_is_1_01_over_the_gradient_norm():
+    """From ‖g₀‖ > 1 scipy's first trial is 1.01/‖g₀‖ (the profile), not the unit-length 1/‖g₀‖."""
+    prob = Quartic(grad0_l1=8.0)
+    g0 = prob.grad(prob.x0)
+    assert np.linalg.norm(g0) > 1.0
+    ours = np.stack(run("scipy.optimize.fmin_bfgs", vector_oracle(prob), prob.x0.copy(), 3))
+    assert_same(ours, np.stack(lib_scipy_bfgs(prob, prob.x0.copy(), steps=3)))
+    np.testing.assert_allclose(ours[1] - ours[0], -1.01 / np.linalg.norm(g0) * g0, rtol=1e-12)
 
 
 def test_scipy_bfgs_against_scipy_itself():
     """scipy's own minimize(method='BFGS') gives the profile's iterates (skipped without scipy, which is
     only an optional dependency of refopt)."""
     minimize = pytest.importorskip("scipy.optimize").minimize
-    prob = Quartic()
-    xs = []
-    minimize(prob.f, prob.x0.copy(), jac=prob.grad, method="BFGS", options={"maxiter": 3, "gtol": 0.0},
-             callback=lambda intermediate_result: xs.append(intermediate_result.x.copy()))
-    ours = np.stack(run("scipy.optimize.fmin_bfgs", vector_oracle(prob), prob.x0.copy(), 3))
-    assert_same(ours[1:], np.stack(xs[:3]), rtol=1e-10)
+    for grad0_l1 in (0.8, 8.0):
+        prob = Quartic(grad0_l1=grad0_l1)
+        xs = []
+        minimize(prob.f, prob.x0.copy(), jac=prob.grad, method="BFGS", options={"maxiter": 3, "gtol": 0.0},
+                 callback=lambda intermediate_result: xs.append(intermediate_result.x.copy()))
+        ours = np.stack(run("scipy.optimize.fmin_bfgs", vector_oracle(prob), prob.x0.copy(), 3))
+        assert_same(ours[1:], np.stack(xs[:3]), rtol=1e-10)
 
 
 def test_optax_sophia_lag_is_the_only_difference():
@@ -973,13 +1025,19 @@ def test_optax_sophia_lag_is_the_only_difference():
     assert_same(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, estimate_at="updated", **kw)))
 
 
-def test_kfac_pytorch_g_normalisation_is_the_only_difference():
-    """For B > 1 kfac-pytorch's G is refopt's G × scale/B (= 1/B² here): the profile differs, and the
-    library's rule with each new G multiplied by B² reproduces refopt."""
-    ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", 5)
+def test_kfac_pytorch_g_normalisation_is_reduced_loss():
+    """For B > 1 kfac-pytorch's G is refopt's per-example G × scale/B (= 1/B² here): the default
+    output_grad_scale differs from the library, and equals the library's rule with each new G × B²."""
+    ours, X, y, Ws, _ = _net_run("gpauloski/kfac-pytorch", 5, output_grad_scale="per_example")
     kw = dict(lr=0.1, damping=1e-3, factor_decay=0.95, kl_clip=1e-3, momentum=0.9)
     assert_differ(ours, np.stack(lib_kfac_pytorch(Ws, X, y, **kw)))
     assert_same(ours, np.stack(lib_kfac_pytorch(Ws, X, y, g_rescale=25.0, **kw)))
+
+
+def test_curvlinops_separate_blocks_differ_from_joint():
+    """curvlinops' default separate weight/bias blocks are not the joint [W; b] block."""
+    ours, X, y, Ws, labels = _net_run("f-dangel/curvlinops", 5, lr=0.5, damping=1e-2 ** 2, bias_block="joint")
+    assert_differ(ours, np.stack(lib_curvlinops(Ws, X, y, labels, damping=1e-2, lr=0.5)))
 
 
 def test_google_shampoo_relative_epsilon_is_not_expressible():

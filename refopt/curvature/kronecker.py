@@ -56,10 +56,11 @@ __all__ = [
     "FISHER_ESTIMATES", "FACTOR_INITS", "augment", "layer_matrix", "layer_tree", "input_factor", "grad_factor",
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
-    "kfac_statistics", "factor_weight", "all_finite_arrays",
+    "kfac_statistics", "factor_weight", "all_finite_arrays", "OUTPUT_GRAD_SCALES",
 ]
 
 FISHER_ESTIMATES = ("mc", "empirical", "true")
+OUTPUT_GRAD_SCALES = ("per_example", "reduced_loss")
 FACTOR_INITS = ("mean", "debiased", "identity")
 
 
@@ -91,13 +92,23 @@ def cross_input_factor(a_prev, a_next):
     return augment(a_prev).T @ augment(a_next) / a_prev.shape[0]
 
 
-def grad_factor(probes: Sequence, scale: float):
-    """G = (1/scale) Σ_p g_pᵀ g_p from one layer's probe gradients g_p (B, fan_out) (module docs)."""
+def grad_factor(probes: Sequence, scale: float, output_grad_scale: str = "per_example"):
+    """G from one layer's probe gradients g_p (B, fan_out) of the reduced loss (module docs):
+
+    * "per_example" (Martens & Grosse): G = (1/scale) Σ_p g_pᵀ g_p, i.e. the batch average of the
+      per-example outer products E[Dg Dgᵀ] (times B for a sum loss), so A ⊗ G approximates the Fisher
+      of the reduced loss;
+    * "reduced_loss": G = (1/B) Σ_p g_pᵀ g_p, the average outer product of the rows of the reduced
+      loss's backpropagated gradient (gpauloski/kfac-pytorch's get_cov(grad_output)): "per_example"
+      × scale/B, i.e. 1/B² of it for a mean loss and 1/B for a sum.
+    """
+    if output_grad_scale not in OUTPUT_GRAD_SCALES:
+        raise ValueError(f"output_grad_scale must be one of {OUTPUT_GRAD_SCALES}, got {output_grad_scale!r}")
     G = None
     for g in probes:
         term = g.T @ g
         G = term if G is None else G + term
-    return G / scale
+    return G / (scale if output_grad_scale == "per_example" else probes[0].shape[0])
 
 
 def cross_grad_factor(probes_l: Sequence, probes_next: Sequence, scale: float):

@@ -44,6 +44,20 @@ differently; here T₁ is the factor period and T₂ the inverse period, as in m
 Weight decay (``weight_decay_mode``): "decoupled" (default; in parameter space, outside the
 preconditioner, as the source article says) or "l2" (ω θ added to the gradient before preconditioning).
 
+Scaling of G (``output_grad_scale``, ``kronecker.grad_factor``): "per_example" (default, Martens &
+Grosse: G averages the outer products of the per-example output gradients ∂ℓ_i/∂s, so A ⊗ G
+approximates the Fisher of the reduced loss) or "reduced_loss" (G averages the outer products of the
+rows of the reduced loss's backpropagated gradient ∂L/∂s_i: gpauloski/kfac-pytorch; that G is the
+default's × scale/B, B² times smaller for a mean loss, which changes the step unless the damping is
+scaled with it).
+
+Weight and bias (``bias_block``): "joint" (default, Martens & Grosse: one block for W̄ = [W; b] with
+ā = [a, 1]) or "separate" (f-dangel/curvlinops' default separate_weight_and_bias=True: a block
+A ⊗ G for W with A = (1/B) Σ a aᵀ, and a block G for b — the bias's Fisher block needs no
+Kronecker approximation). The one-factor bias block is damped as its G factor is in the weight block:
+(G + γI)⁻¹ for "tikhonov", (G + λI)⁻¹ for "eigen" (exact); "separate" does not support "pi" (π balances
+two factors; curvlinops' heuristic damping also needs two).
+
 Bad statistics: non-finite factor estimates skip the factor update and keep the old factors (info
 says so); with no factors yet (first estimate, except ``factor_init="identity"``) the step is refused.
 A non-finite loss or gradient refuses the step. Not implemented from the paper: the re-scaling and
@@ -62,11 +76,12 @@ from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_
                    refuse, step_info)
 
 __all__ = ["KFAC", "KFACState", "KroneckerInverse", "kronecker_inverse", "kronecker_precondition", "damped_factors",
-           "eigh_psd", "DAMPING_SCHEMES", "INVERSE_METHODS", "WEIGHT_DECAY_MODES"]
+           "eigh_psd", "DAMPING_SCHEMES", "INVERSE_METHODS", "WEIGHT_DECAY_MODES", "BIAS_BLOCKS", "bias_precondition"]
 
 DAMPING_SCHEMES = ("pi", "tikhonov", "eigen")
 INVERSE_METHODS = ("eig", "inverse")
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
+BIAS_BLOCKS = ("joint", "separate")
 
 
 class KFACState(NamedTuple):
@@ -131,6 +146,15 @@ def kronecker_precondition(V, inv: KroneckerInverse, damping: float, scheme: str
     return inv.QA @ (Vt / D) @ inv.QG.T
 
 
+def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str):
+    """The separate bias block's (damped G)⁻¹ applied to the bias rows Vb (1, fan_out), from the weight
+    block's refreshed G: (G + γI)⁻¹ ("tikhonov", γ = √λ) or (G + λI)⁻¹ ("eigen")."""
+    if inv.G_inv is not None:          # "tikhonov" with method "inverse": G_inv = (G + γI)⁻¹ (π = 1)
+        return Vb @ inv.G_inv
+    d = inv.dG + (damping if scheme == "eigen" else math.sqrt(damping))
+    return ((Vb @ inv.QG) / d) @ inv.QG.T
+
+
 def _check_params(params) -> None:
     if not isinstance(params, (list, tuple)) or not params or not all(
             isinstance(p, dict) and set(p) == {"W", "b"} for p in params):
@@ -145,13 +169,15 @@ class KFAC(Optimizer):
     # The convention switches (searched by refopt.verify); "inverse" changes only roundoff except that
     # the "eigen" damping needs "eig".
     switches = {"damping_scheme": DAMPING_SCHEMES, "inverse": INVERSE_METHODS, "factor_init": K.FACTOR_INITS,
-                "fisher": K.FISHER_ESTIMATES, "weight_decay_mode": WEIGHT_DECAY_MODES}
+                "fisher": K.FISHER_ESTIMATES, "weight_decay_mode": WEIGHT_DECAY_MODES,
+                "output_grad_scale": K.OUTPUT_GRAD_SCALES, "bias_block": BIAS_BLOCKS}
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
                  inverse: str = "inverse", damping_scheme: str = "pi", kl_clip: float | None = 1e-3,
                  weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
-                 samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5):
+                 samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5,
+                 output_grad_scale: str = "per_example", bias_block: str = "joint"):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
@@ -171,19 +197,29 @@ class KFAC(Optimizer):
         self.seed = check_int("seed", seed, minimum=0)
         self.adapt_damping = bool(adapt_damping)
         self.damping_interval = check_int("damping_interval", damping_interval)
+        self.output_grad_scale = check_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)
+        self.bias_block = check_choice("bias_block", bias_block, BIAS_BLOCKS)
+        if self.bias_block == "separate" and self.damping_scheme == "pi":
+            raise ValueError("bias_block='separate' needs damping_scheme='tikhonov' or 'eigen': the π of 'pi' "
+                             "balances two factors and the bias block has one")
 
     # --- pieces a variant overrides ------------------------------------------------------------
     def _initial_factors(self, params) -> dict:
         """Identity factors (used as such only by factor_init="identity"; otherwise overwritten)."""
         dtype = params[0]["W"].dtype
-        return {"A": tuple(xp.eye(p["W"].shape[0] + 1, dtype=dtype) for p in params),
+        extra = 0 if self.bias_block == "separate" else 1
+        return {"A": tuple(xp.eye(p["W"].shape[0] + extra, dtype=dtype) for p in params),
                 "G": tuple(xp.eye(p["W"].shape[1], dtype=dtype) for p in params)}
 
     def _estimate_factors(self, stats: K.KFACStatistics) -> dict:
         """This batch's A_l and G_l."""
         n = len(stats.inputs)
-        return {"A": [K.input_factor(a) for a in stats.inputs],
-                "G": [K.grad_factor([p[l] for p in stats.probes], stats.scale) for l in range(n)]}
+        if self.bias_block == "separate":
+            A = [a.T @ a / a.shape[0] for a in stats.inputs]
+        else:
+            A = [K.input_factor(a) for a in stats.inputs]
+        return {"A": A, "G": [K.grad_factor([p[l] for p in stats.probes], stats.scale, self.output_grad_scale)
+                              for l in range(n)]}
 
     def _refresh(self, factors: dict, damping: float) -> tuple:
         """Eigenpairs (or damped inverses) of every layer's factors."""
@@ -194,6 +230,10 @@ class KFAC(Optimizer):
         return self._refresh(factors, damping) if refresh else preconditioner
 
     def _precondition(self, grads_bar: list, preconditioner, damping: float) -> list:
+        if self.bias_block == "separate":
+            return [xp.concatenate([kronecker_precondition(V[:-1], inv, damping, self.damping_scheme),
+                                    bias_precondition(V[-1:], inv, damping, self.damping_scheme)], axis=0)
+                    for V, inv in zip(grads_bar, preconditioner)]
         return [kronecker_precondition(V, inv, damping, self.damping_scheme)
                 for V, inv in zip(grads_bar, preconditioner)]
 

@@ -12,13 +12,29 @@ Switches (defaults first):
 * ``initial_scaling``: "every" (N&W 7.20, γ_k from the newest pair at every step), "once" (γ from the
   first accepted pair, then frozen: this is dense BFGS with ``initial_scaling="once"``), "none" (γ = 1).
 * ``initial_matrix``: D, a positive scalar or a positive vector (a diagonal H⁰); default 1.
-* ``curvature_skip`` ε: a pair with sᵀy ≤ ε yᵀy is not stored (L-BFGS-B's rule, ε = 2.2·10⁻¹⁶); the
-  history is then left exactly as it was.
+* ``curvature_skip`` ε and ``curvature_skip_rule``: "relative" (default) skips a pair with sᵀy ≤ ε yᵀy
+  (L-BFGS-B's rule, ε = 2.2·10⁻¹⁶), "absolute" one with sᵀy ≤ ε (torch.optim.LBFGS: ε = 10⁻¹⁰), "never"
+  stores every pair with a finite sᵀy, with ρ = 1/sᵀy (0 when sᵀy = 0) and γ from it (optax's
+  scale_by_lbfgs, which never skips; γ = 1 when y = 0). A skipped pair leaves the history exactly as it
+  was. With "never" H may be indefinite (see ``descent_check``).
+* ``descent_check``: "reset" (default) replaces a direction with gᵀp ≥ 0 by −g (``info["reset"]``);
+  "none" keeps it (optax's scale_by_lbfgs, which checks nothing): with ``line_search="none"`` the step
+  is taken uphill, a line search reports "not_descent" and no step is taken.
 * ``damping``: None or "powell": Powell's damped y (N&W 18.14–18.15) using Bs = −α g, exact for the
   matrix that produced p = −Hg (on a step reset to −g, Bs is unknown and the skip rule applies instead).
 * ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo" or "none"; the first step
-  starts at α₀ = min(1, 1/‖p‖), later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
+  starts at α₀ from ``first_step``, later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
   L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
+* ``first_step``: "unit_length" (default: α₀ = min(1, 1/‖p‖₂), a step of length at most 1, used while
+  no pair has been stored), "gradient_l1" (α₀ = min(1, 1/‖g₀‖₁) on the run's first step only:
+  torch.optim.LBFGS) or "interpolate" (scipy's first BFGS trial min(1, 1.01‖g₀‖/(−g₀ᵀp))).
+* ``lr`` η > 0 (default 1): multiplies every α₀ — with ``line_search="none"`` the step is η·α₀ p, as
+  torch.optim.LBFGS(lr=η); with a search, η is its first trial (torch's strong-Wolfe start).
+
+One ``update`` is one L-BFGS iteration. torch.optim.LBFGS runs up to ``max_iter`` (default 20)
+iterations per ``step()`` call (with state, including the iteration count, kept across calls), so its
+parameters after j calls are refopt's after j·max_iter updates, as long as none of torch's early exits
+(tolerance_grad, tolerance_change, max_eval) fires.
 
 With ``memory`` ≥ the number of steps, ``initial_scaling="once"`` or "none" and the same D, the iterates
 are those of dense ``BFGS`` (tested). Mini-batches: as in ``quasi_newton``, each pair is formed on one
@@ -32,10 +48,12 @@ from typing import NamedTuple, Optional
 from .. import tree as T
 from ..backend import as_array, xp
 from .base import check_choice, check_int, check_nonnegative, check_positive
-from .newton import INITIAL_STEPS, DescentMethod, Evaluation
+from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
-__all__ = ["LBFGS", "LBFGSState", "two_loop"]
+__all__ = ["LBFGS", "LBFGSState", "two_loop", "CURVATURE_SKIP_RULES"]
+
+CURVATURE_SKIP_RULES = ("relative", "absolute", "never")
 
 
 class LBFGSState(NamedTuple):
@@ -66,10 +84,16 @@ class LBFGS(DescentMethod):
     """L-BFGS with a line search (see the module docs)."""
 
     name = "lbfgs"
+    # the convention switches (searched by refopt.verify)
+    switches = {"initial_scaling": INITIAL_SCALINGS, "initial_step": ("unit", "interpolate"),
+                "first_step": FIRST_STEPS, "curvature_skip_rule": CURVATURE_SKIP_RULES,
+                "descent_check": ("reset", "none")}
 
     def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, line_search: str = "strong_wolfe",
-                 c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30, initial_step: str = "unit"):
+                 c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30, initial_step: str = "unit",
+                 lr: float = 1.0, first_step: str = "unit_length", curvature_skip_rule: str = "relative",
+                 descent_check: str = "reset"):
         self.memory = check_int("memory", memory)
         self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
         if initial_matrix is not None:
@@ -86,6 +110,10 @@ class LBFGS(DescentMethod):
         self.damping = check_choice("damping", damping, (None, "powell"))
         self.set_line_search(line_search, c1, c2, max_evals)
         self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
+        self.lr = check_positive("lr", lr)
+        self.first_step = check_choice("first_step", first_step, FIRST_STEPS)
+        self.curvature_skip_rule = check_choice("curvature_skip_rule", curvature_skip_rule, CURVATURE_SKIP_RULES)
+        self.descent_check = check_choice("descent_check", descent_check, ("reset", "none"))
 
     def init(self, params) -> LBFGSState:
         D = self.initial_matrix
@@ -114,17 +142,19 @@ class LBFGS(DescentMethod):
             # Bs for the B = H⁻¹ that produced p = −Hg; scaled consistently with H⁰ = γD.
             y, theta = powell_damping(s, y, Bs)
         sy, yy = float(xp.vdot(s, y)), float(xp.vdot(y, y))
-        skipped = not (sy > self.curvature_skip * yy and math.isfinite(sy))
+        threshold = {"relative": self.curvature_skip * yy, "absolute": self.curvature_skip, "never": -math.inf}
+        skipped = not (sy > threshold[self.curvature_skip_rule] and math.isfinite(sy) and math.isfinite(yy))
         if skipped:
             S, Y, R, gamma = state.s, state.y, state.rho, state.gamma
         else:
             keep = self.memory - 1
             S = (state.s[-keep:] if keep else ()) + (s,)
             Y = (state.y[-keep:] if keep else ()) + (y,)
-            R = (state.rho[-keep:] if keep else ()) + (1.0 / sy,)
+            R = (state.rho[-keep:] if keep else ()) + (1.0 / sy if sy != 0 else 0.0,)
             gamma = state.gamma
             if self.initial_scaling == "every" or (self.initial_scaling == "once" and not math.isfinite(gamma)):
                 D = self._D()
-                gamma = sy / float(xp.vdot(y, y if D is None else D * y))
+                yDy = float(xp.vdot(y, y if D is None else D * y))
+                gamma = sy / yDy if yDy > 0 else math.nan   # NaN: γ = 1 (only reachable with "never")
         new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, point)
         return new_state, dict(pair_skipped=skipped, sy=sy, theta=theta, memory_used=len(S))

@@ -57,7 +57,8 @@ from ..linesearch import LINE_SEARCHES, LineSearchResult, armijo, fixed_step, st
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info)
 
 __all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "DescentMethod", "Evaluation",
-           "SearchOutcome", "batch_key", "search_along", "MODIFICATIONS", "initial_step", "INITIAL_STEPS"]
+           "SearchOutcome", "batch_key", "search_along", "MODIFICATIONS", "initial_step", "INITIAL_STEPS",
+           "FIRST_STEPS"]
 
 MODIFICATIONS = ("levenberg_marquardt", "eigenvalue", "eigenvalue_abs", "error")
 _DENSE_ALTERNATIVE = "the matrix-free 'newton_cg' (Hessian-free, products only) or 'lbfgs'"
@@ -161,6 +162,9 @@ class DescentMethod(Optimizer):
 
     dense: bool = False
     max_size: Optional[int] = None
+    first_step: str = "unit_length"   # α₀ of the first step (see ``initial_step``); the secant methods set it
+    lr: float = 1.0                   # multiplies every α₀ (L-BFGS's ``lr``)
+    descent_check: str = "reset"      # "reset": a non-descent direction becomes −g; "none": L-BFGS may keep it
 
     def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int) -> None:
         """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``."""
@@ -217,7 +221,8 @@ class DescentMethod(Optimizer):
         """The step the line-search secant methods (dense quasi-Newton, L-BFGS) share.
 
         p = ``direction(g)`` on the flat gradient (−g where it does not descend) is searched with
-        ``self.line_search`` from α₀ = ``initial_step(self.initial_step, …)`` (``first``: no pair yet). A
+        ``self.line_search`` from α₀ = ``self.lr · initial_step(self.initial_step, …)`` (``first``: no pair
+        yet; for a ``first_step`` other than "unit_length", the libraries' rule: the run's first step). A
         failed search takes no step and changes only the state's step count. Otherwise
         ``absorb(state, loss, point, s, y, Bs)`` returns the new state and the method's info entries, with
         s = αp, y = ∇L_B(θ⁺) − ∇L_B(θ) from the accepted trial ``point`` on the same batch, and Bs = −αg
@@ -225,8 +230,13 @@ class DescentMethod(Optimizer):
         """
         key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
-        p, reset = self.descent_or_reset(gf, direction(gf))
-        alpha0 = initial_step(self.initial_step, gf, p, loss, state.prev_loss, first)
+        if self.descent_check == "none":
+            p, reset = direction(gf), False
+        else:
+            p, reset = self.descent_or_reset(gf, direction(gf))
+        if self.first_step != "unit_length":
+            first = state.step == 0
+        alpha0 = self.lr * initial_step(self.initial_step, gf, p, loss, state.prev_loss, first, self.first_step)
         out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
                            self.max_evals, key)
         if out.point is None:
@@ -253,17 +263,28 @@ def failed_search_message(reset: bool, status: str) -> str:
 
 
 INITIAL_STEPS = ("interpolate", "unit")
+FIRST_STEPS = ("unit_length", "gradient_l1", "interpolate")
 
 
-def initial_step(rule: str, g, p, loss: float, prev_loss: float, first: bool) -> float:
+def initial_step(rule: str, g, p, loss: float, prev_loss: float, first: bool,
+                 first_rule: str = "unit_length") -> float:
     """The first trial step α₀ of a line search along p.
 
-    The first step of a run (no curvature information yet) is α₀ = min(1, 1/‖p‖), a unit-length step.
+    The first step of a run (``first``: no curvature information yet) follows ``first_rule``:
+    "unit_length" α₀ = min(1, 1/‖p‖₂), a step of length at most 1 (L-BFGS-B); "gradient_l1"
+    α₀ = min(1, 1/‖g‖₁) (torch.optim.LBFGS); "interpolate" N&W eq. 3.60 below with the previous value
+    taken as L_{k−1} = L_k + ‖g‖₂/2, i.e. α₀ = min(1, 1.01·‖g‖₂/(−gᵀp)) = min(1, 1.01/‖g‖₂) for p = −g
+    (scipy's _minimize_bfgs: old_old_fval = f + ‖g‖/2).
     After that, "unit" gives α₀ = 1 and "interpolate" gives N&W eq. 3.60 with their safeguard,
     α₀ = min(1, 1.01 · 2 (L_k − L_{k−1}) / φ'(0)) (as scipy's BFGS does), falling back to 1.
     """
     if first:
-        return min(1.0, 1.0 / float(xp.linalg.norm(p)))
+        if first_rule == "gradient_l1":
+            return min(1.0, 1.0 / float(xp.sum(xp.abs(g))))
+        if first_rule == "interpolate":
+            rule, prev_loss = "interpolate", loss + 0.5 * float(xp.linalg.norm(g))
+        else:
+            return min(1.0, 1.0 / float(xp.linalg.norm(p)))
     if rule == "interpolate" and math.isfinite(prev_loss):
         a = 1.01 * 2.0 * (loss - prev_loss) / float(xp.vdot(g, p))
         if math.isfinite(a) and a > 0:

@@ -42,6 +42,10 @@ Safeguards and switches (defaults first):
   later steps at ``initial_step``: "interpolate" (default, N&W eq. 3.60 with α₀ ← min(1, 1.01 α₀), as
   scipy's BFGS) or "unit" (α₀ = 1). An SR1 matrix may be indefinite, so its direction may not descend:
   it is then replaced by −g and ``info["reset"]`` says so.
+* ``first_step``: α₀ of the run's first step: "unit_length" (default, min(1, 1/‖p‖), also used while no
+  pair has been accepted), "interpolate" (scipy's _minimize_bfgs: eq. 3.60 with L₋₁ = L₀ + ‖g₀‖/2, i.e.
+  min(1, 1.01‖g₀‖/(−g₀ᵀp)) = min(1, 1.01/‖g₀‖) from H₀ = I) or "gradient_l1" (min(1, 1/‖g₀‖₁),
+  torch.optim.LBFGS's rule); the last two apply to the first step only, as in those libraries.
 
 Mini-batches: the pair is formed on one batch (oBFGS, Schraudolph, Yu & Günter 2007): y = ∇L_B(θ⁺) −
 ∇L_B(θ), where ∇L_B(θ⁺) is the gradient the line search evaluated at the accepted trial point on the
@@ -56,7 +60,7 @@ from typing import Any, NamedTuple, Optional
 from .. import tree as T
 from ..backend import as_array, xp
 from .base import check_choice, check_int, check_nonnegative
-from .newton import INITIAL_STEPS, DescentMethod, Evaluation
+from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 
 __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_update", "sr1_update",
            "sr1_inverse_update", "powell_damping", "scaling_factor", "QuasiNewtonState", "SR1", "ShermanMorrison",
@@ -174,7 +178,7 @@ class _QuasiNewton(DescentMethod):
     def __init__(self, form: Optional[str] = None, initial_matrix=None, initial_scaling: str = "none",
                  line_search: str = "strong_wolfe", c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30,
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, sr1_skip: float = 1e-8,
-                 initial_step: str = "interpolate", max_size: Optional[int] = None):
+                 initial_step: str = "interpolate", max_size: Optional[int] = None, first_step: str = "unit_length"):
         self.form = check_choice("form", form or self.forms[0], self.forms)
         self.initial_matrix = check_initial_matrix(initial_matrix)
         self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
@@ -188,6 +192,7 @@ class _QuasiNewton(DescentMethod):
             raise ValueError("damping='powell' is defined for BFGS only")
         self.sr1_skip = check_nonnegative("sr1_skip", sr1_skip)
         self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
+        self.first_step = check_choice("first_step", first_step, FIRST_STEPS)
         self.max_size = None if max_size is None else check_int("max_size", max_size)
 
     def init(self, params) -> QuasiNewtonState:

@@ -95,51 +95,55 @@ _add(Profile("optax.adagrad", "adagrad",
              ""))
 
 # --- quasi-Newton -------------------------------------------------------------------------------------
+_LBFGS_TORCH_DOC = (
+    "; one refopt update is one torch iteration: torch's step() runs max_iter=20 iterations, so its parameters "
+    "after j calls are refopt's after 20j updates")
 _LBFGS_TORCH_GAPS = (
-    "the first step is min(1, 1/‖g‖₁)·lr, refopt's min(1, 1/‖g‖₂) (equal when ‖g₀‖₁ ≤ 1; missing switch "
-    "initial_step='torch'); lr ≠ 1 (refopt's lbfgs has no step scale); the absolute skip rule yᵀs > 1e-10 "
-    "(refopt: sᵀy > ε·yᵀy); one refopt step is one torch iteration, so use max_iter=1; tolerance_grad/"
-    "tolerance_change early exits")
+    "tolerance_grad/tolerance_change/max_eval early exits; torch stops where the direction does not descend "
+    "(gᵀd > −tolerance_change), refopt resets it to −g")
 _add(Profile("torch.optim.LBFGS", "lbfgs",
-             {"memory": 100, "initial_scaling": "every", "line_search": "none", "initial_step": "unit"},
+             {"memory": 100, "initial_scaling": "every", "line_search": "none", "initial_step": "unit",
+              "first_step": "gradient_l1", "lr": 1.0, "curvature_skip": 1e-10, "curvature_skip_rule": "absolute"},
              "a fixed step lr (no line search) from H⁰ = (sᵀy/yᵀy)I of the newest pair, a first step scaled by "
-             "min(1, 1/‖g‖₁), pairs with yᵀs ≤ 1e-10 skipped, and up to max_iter=20 iterations per step() call",
+             "min(1, 1/‖g‖₁), pairs with yᵀs ≤ 1e-10 skipped, and up to max_iter=20 iterations per step() call"
+             + _LBFGS_TORCH_DOC,
              "pytorch/pytorch torch/optim/lbfgs.py (LBFGS.step)",
              _LBFGS_TORCH_GAPS))
 _add(Profile("torch.optim.LBFGS+strong_wolfe", "lbfgs",
              {"memory": 100, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "unit"},
+              "initial_step": "unit", "first_step": "gradient_l1", "lr": 1.0, "curvature_skip": 1e-10,
+              "curvature_skip_rule": "absolute"},
              "line_search_fn='strong_wolfe': the minFunc-derived strong-Wolfe search (c₁ = 1e-4, c₂ = 0.9, cubic "
-             "interpolation) started at lr, or at min(1, 1/‖g‖₁)·lr on the first iteration",
+             "interpolation) started at lr, or at min(1, 1/‖g‖₁)·lr on the first iteration" + _LBFGS_TORCH_DOC,
              "pytorch/pytorch torch/optim/lbfgs.py (_strong_wolfe, _cubic_interpolate)",
              _LBFGS_TORCH_GAPS + "; when the first trial fails the strong Wolfe conditions the two searches "
              "choose different trial points (torch's minFunc port vs N&W Algorithms 3.5-3.6)"))
 _add(Profile("optax.lbfgs", "lbfgs",
              {"memory": 10, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "unit", "curvature_skip": 0.0},
+              "initial_step": "unit", "first_step": "unit_length", "curvature_skip_rule": "never"},
              "the first direction is −min(1, 1/‖g‖)·g (a capped scale γ₀ the paper leaves open), then γ_k = sᵀy/yᵀy, "
              "a zoom line search started at step 1, and no pair is ever skipped",
              "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs), "
              "optax/_src/linesearch.py (scale_by_zoom_linesearch)",
-             "pairs with sᵀy ≤ 0 are kept by optax (refopt skips them even with curvature_skip=0); optax's zoom "
-             "search also accepts approximate-Wolfe points (Hager-Zhang, approx_dec_rtol) and picks other trial "
-             "points than refopt's when the unit step fails"))
+             "optax's zoom search also accepts approximate-Wolfe points (Hager-Zhang, approx_dec_rtol) and picks "
+             "other trial points than refopt's when the unit step fails; after a pair with sᵀy < 0 a direction "
+             "that does not descend is followed by optax, reset to −g by refopt"))
 _add(Profile("optax.lbfgs+no_linesearch", "lbfgs",
              {"memory": 10, "initial_scaling": "every", "line_search": "none", "initial_step": "unit",
-              "curvature_skip": 0.0},
-             "lbfgs(linesearch=None): a unit step along the L-BFGS direction, the first one −min(1, 1/‖g‖)·g",
+              "first_step": "unit_length", "curvature_skip_rule": "never", "descent_check": "none"},
+             "lbfgs(linesearch=None): a unit step along the L-BFGS direction, the first one −min(1, 1/‖g‖)·g; no "
+             "pair is ever skipped and the direction is not checked for descent",
              "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs)",
-             "pairs with sᵀy ≤ 0 are kept by optax (refopt skips them)"))
+             ""))
 _add(Profile("scipy.optimize.fmin_bfgs", "bfgs",
              {"form": "inverse", "initial_scaling": "none", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "interpolate", "curvature_skip": 0.0},
+              "initial_step": "interpolate", "first_step": "interpolate", "curvature_skip": 0.0},
              "minimize(method='BFGS'): the inverse update (N&W 6.17) from H₀ = I with no initial scaling (N&W "
              "6.20 scales H₀ before the first update), a MINPACK strong-Wolfe search first tried at "
              "min(1, 1.01/‖g‖) and then at N&W eq. 3.60's interpolated step",
              "scipy/scipy scipy/optimize/_optimize.py (_minimize_bfgs), scipy/optimize/_linesearch.py "
              "(line_search_wolfe1)",
-             "the first trial step is min(1, 1.01/‖g₀‖), refopt's min(1, 1/‖g₀‖) (equal when ‖g₀‖ ≤ 1; missing "
-             "switch); MINPACK's dcsrch picks other trial points than refopt's zoom when the first trial fails; "
+             "MINPACK's dcsrch picks other trial points than refopt's zoom when the first trial fails; "
              "sᵀy = 0 gives ρ = 1000 in scipy (refopt skips the pair)"))
 
 # --- diagonal second-order: Sophia, AdaHessian ----------------------------------------------------------
@@ -241,28 +245,27 @@ _add(Profile("google-deepmind/kfac-jax", "kfac",
 _add(Profile("gpauloski/kfac-pytorch", "kfac",
              {"lr": 0.1, "damping": 1e-3, "decay": 0.95, "factor_init": "identity", "damping_scheme": "eigen",
               "inverse": "eig", "factor_interval": 1, "inverse_interval": 1, "fisher": "empirical",
-              "kl_clip": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
-             "factors start at the identity with a constant-weight average (α = 0.95), G comes from the gradients "
-             "the user's loss backpropagates (empirical Fisher), damping is exact in the eigenbasis (dG dAᵀ + λ), "
-             "and the step ν·V is handed to the user's torch.optim.SGD (momentum 0.9 in the examples)",
+              "kl_clip": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "output_grad_scale": "reduced_loss"},
+             "factors start at the identity with a constant-weight average (α = 0.95), G = (1/B) Σ g gᵀ of the "
+             "output gradients the user's reduced loss backpropagates (empirical Fisher, B² smaller than the "
+             "per-example G for a mean loss), damping is exact in the eigenbasis (dG dAᵀ + λ), and the step ν·V "
+             "is handed to the user's torch.optim.SGD (momentum 0.9 in the examples)",
              "gpauloski/kfac-pytorch kfac/layers/base.py (update_a_factor), kfac/layers/modules.py "
              "(LinearModuleHelper), kfac/layers/utils.py (get_cov, append_bias_ones), kfac/layers/eigen.py, "
              "kfac/layers/inverse.py, kfac/base_preconditioner.py (_compute_grad_scale), kfac/preconditioner.py",
-             "G = (1/B) Σ g gᵀ of the reduced loss's output gradients, i.e. refopt's G × scale/B (B² smaller for a "
-             "mean loss) — missing switch for G's normalisation, so the profile is exact only for a batch of one; "
              "compute_method='inverse' (+λ on each factor) is damping_scheme='tikhonov' with damping=λ²; SGD's "
              "weight decay is added after preconditioning inside the momentum; eigendecompositions in float32"))
 _add(Profile("f-dangel/curvlinops", "kfac",
              {"lr": 1.0, "momentum": 0.0, "decay": 0.0, "factor_init": "mean", "kl_clip": None,
               "factor_interval": 1, "inverse_interval": 1, "fisher": "mc", "samples": 1,
-              "damping_scheme": "tikhonov", "inverse": "inverse"},
+              "damping_scheme": "tikhonov", "inverse": "inverse", "bias_block": "separate"},
              "KFACLinearOperator is one pass over the data (no running average) with weight and bias in separate "
              "blocks by default, and its inverse(damping=δ) adds δ to each factor (π-heuristic and exact damping "
              "optional)",
              "f-dangel/curvlinops curvlinops/kfac.py (KFACLinearOperator), curvlinops/computers/kfac_hooks.py, "
              "curvlinops/computers/kfac_math.py (compute_loss_correction), curvlinops/kronecker.py (inverse)",
-             "separate_weight_and_bias=True, the default (refopt always couples [W; b]; missing switch — use "
-             "separate_weight_and_bias=False); inverse(damping=δ) is refopt's damping=δ² (the 'tikhonov' γ is √λ); "
+             "separate_weight_and_bias=False is bias_block='joint'; inverse(damping=δ) is refopt's damping=δ² (the "
+             "'tikhonov' γ is √λ); "
              "min_damping floor of the π heuristic; the step (lr, momentum) is the user's"))
 _add(Profile("tensorflow/kfac", "kfac",
              {"factor_init": "debiased", "decay": 0.95, "damping_scheme": "pi", "inverse": "inverse",
