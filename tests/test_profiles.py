@@ -807,13 +807,15 @@ def case_scipy_bfgs():
 
 
 def case_optax_sophia():
-    # gamma = 1 leaves part of the coordinates unclipped (with 0.01 every step is a sign step and h is untested)
-    probes = rademacher_probes(5, 3)
-    quadratic = Quartic(alpha=0.0)
-    kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=3)
-    ours = flat_all(run("optax.contrib.sophia", tree_oracle(quadratic), to_tree(quadratic.x0), 3,
-                        _probe_draws(probes), lr=0.05, gamma=1.0))
-    assert_same(ours, np.stack(lib_optax_sophia(quadratic, quadratic.x0.copy(), probes, **kw)))
+    # a non-constant Hessian (α = 0.5), update_interval 1, 2 and optax's default 10; gamma = 1 leaves part of
+    # the coordinates unclipped (with 0.01 every step is a sign step and h is untested)
+    prob = Quartic(alpha=0.5)
+    probes = rademacher_probes(5, 4)
+    kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=4)
+    for k in (1, 2, 10):
+        ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 4, _probe_draws(probes),
+                            lr=0.05, gamma=1.0, k=k))
+        assert_same(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, update_interval=k, **kw)))
 
 
 def case_sophia_g_official():
@@ -1013,15 +1015,19 @@ def test_scipy_bfgs_against_scipy_itself():
         assert_same(ours[1:], np.stack(xs[:3]), rtol=1e-10)
 
 
-def test_optax_sophia_lag_is_the_only_difference():
-    """On a non-constant Hessian optax estimates at θ_t, refopt's refresh='after' at θ_{t+1}: the profile
-    differs from optax, and equals optax's rule with the estimate moved to θ_{t+1}."""
+def test_optax_sophia_lag_is_needed():
+    """On a non-constant Hessian optax estimates at θ_t and first uses the estimate at step t + 1: refresh
+    'after' (estimate at θ_{t+1}) and 'before' (used at once) both differ from it."""
     prob = Quartic(alpha=0.5)
     probes = rademacher_probes(9, 3)
     kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=3)
+    theirs = np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, **kw))
+    for refresh in ("after", "before"):
+        ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3, _probe_draws(probes),
+                            lr=0.05, gamma=1.0, k=1, refresh=refresh))
+        assert_differ(ours, theirs)
     ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3, _probe_draws(probes),
-                        lr=0.05, gamma=1.0))
-    assert_differ(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, **kw)))
+                        lr=0.05, gamma=1.0, k=1, refresh="after"))
     assert_same(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, estimate_at="updated", **kw)))
 
 

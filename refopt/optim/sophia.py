@@ -35,7 +35,9 @@ Switches (the paper first):
 * ``parametrization`` "paper" | "official" (above).
 * ``refresh`` (which step, before or after the update): "before" (t mod k = 1, estimate at θ_t, used
   by this step's update: Algorithm 3) | "after" (t mod k = 0, estimate at θ_{t+1}, first used by the
-  next step: the official loop). None picks the parametrization's own.
+  next step: the official loop) | "lagged" (t mod k = 1, estimate at θ_t, first used by step t + 1:
+  optax.contrib.sophia, which updates ν after computing the step from the old one, on count % k == 0).
+  None picks the parametrization's own ("before" for "paper", "after" for "official").
 * ``bias_correction`` (paper mode): False (Algorithm 3) | True (m̂ = m / (1 − β₁ᵗ) inside the clip).
 * ``probe_distribution`` (SophiaH): "rademacher" | "gaussian"; ``probes`` / ``samples`` per refresh.
 * The momentum m (not the raw gradient) is preconditioned, as in every Sophia implementation; the
@@ -63,6 +65,7 @@ from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
 PARAMETRIZATIONS = ("paper", "official")
+REFRESHES = ("before", "after", "lagged")
 
 
 class SophiaState(NamedTuple):
@@ -85,7 +88,7 @@ class _Sophia(Optimizer):
         self.eps = check_positive("eps", eps) if eps is not None else None
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.k = check_int("k", k)
-        self.refresh = check_choice("refresh", refresh, ("before", "after")) if refresh is not None else None
+        self.refresh = check_choice("refresh", refresh, REFRESHES) if refresh is not None else None
         self.bias_correction = bool(bias_correction)
         if self.bias_correction and self.parametrization == "official":
             raise ValueError("bias_correction applies to parametrization='paper'; the official code fixes it")
@@ -98,7 +101,7 @@ class _Sophia(Optimizer):
         return "before" if self.parametrization == "paper" else "after"
 
     def _refreshes(self, t: int) -> bool:
-        if self._refresh_mode() == "before":
+        if self._refresh_mode() in ("before", "lagged"):
             return (t - 1) % self.k == 0
         return t % self.k == 0
 
@@ -148,8 +151,10 @@ class _Sophia(Optimizer):
             sq += float(xp.vdot(ratio.ravel(), ratio.ravel())) * step_size ** 2
             new.append(x * (1.0 - lr * lam) - step_size * ratio if lam else x - step_size * ratio)
         new = T.unflatten(treedef, new)
-        if refresh and self._refresh_mode() == "after":
-            h, used = self._refreshed_h(h, new, oracle, state, draws)
+        if refresh and self._refresh_mode() in ("after", "lagged"):
+            # "after": at θ_{t+1}; "lagged": at θ_t (optax), both first used by step t + 1
+            at = new if self._refresh_mode() == "after" else params
+            h, used = self._refreshed_h(h, at, oracle, state, draws)
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
         info = step_info(loss, g, lr=lr, step_norm=sq ** 0.5, refreshed=refresh,
@@ -162,7 +167,7 @@ class SophiaG(_Sophia):
 
     name = "sophia_g"
     # the convention switches (searched by refopt.verify; invalid combinations are skipped)
-    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None, "before", "after"), "bias_correction": (False, True)}
+    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None,) + REFRESHES, "bias_correction": (False, True)}
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
@@ -196,7 +201,7 @@ class SophiaH(_Sophia):
     """Sophia with Hutchinson's diagonal estimator (see module docs)."""
 
     name = "sophia_h"
-    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None, "before", "after"), "bias_correction": (False, True),
+    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None,) + REFRESHES, "bias_correction": (False, True),
                 "probe_distribution": PROBE_DISTRIBUTIONS}
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,

@@ -149,15 +149,15 @@ _add(Profile("scipy.optimize.fmin_bfgs", "bfgs",
 # --- diagonal second-order: Sophia, AdaHessian ----------------------------------------------------------
 _add(Profile("optax.contrib.sophia", "sophia_h",
              {"lr": 1e-3, "beta1": 0.965, "beta2": 0.99, "gamma": 0.01, "eps": 1e-8, "weight_decay": 1e-4,
-              "k": 1, "parametrization": "paper", "refresh": "after", "bias_correction": True, "probes": 1,
+              "k": 10, "parametrization": "paper", "refresh": "lagged", "bias_correction": True, "probes": 1,
               "probe_distribution": "rademacher"},
              "the bias-corrected momentum m̂ is clipped, clip(m̂ / max(γh, ε), 1), and the Hutchinson estimate "
              "made at θ_t on steps t ≡ 1 (mod update_interval) is first used at step t + 1 (the paper's "
              "Algorithm 3 uses it at once), so the first step is a sign step",
              "google-deepmind/optax optax/contrib/_sophia.py (scale_by_sophia, hutchinson_estimator_diag_hessian)",
-             "optax's lagged refresh has no refopt switch (missing: refresh='lagged'); refresh='after' with k=1 "
-             "estimates at θ_{t+1} instead of θ_t, so the profile is exact only for update_interval=1 and a "
-             "constant Hessian (a quadratic loss); optax's default update_interval=10 cannot be expressed"))
+             "weight_decay_mask; hessian_diagonal_fn other than the Hutchinson default; clip_threshold ≠ 1 "
+             "(refopt clips at 1); optax draws float32 Rademacher signs from its own PRNG key (replay them "
+             "with draws=)"))
 _add(Profile("Liuhong99/Sophia.SophiaG", "sophia_g",
              {"lr": 1e-4, "beta1": 0.965, "beta2": 0.99, "gamma": 0.04, "weight_decay": 1e-1, "k": 10,
               "parametrization": "official", "samples": 1},
