@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 
 from .runner import RunConfig, run
+from .serialize import atomic_path
 
 __all__ = ["DEFAULT_OPTIMIZERS", "compare", "format_table", "plot_comparison", "write_csv"]
 
@@ -137,13 +139,14 @@ def plot_comparison(entries, path: str):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
     return path
 
 
 def write_csv(entries, path: str) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["optimizer", "step", "train_loss", "loss", "grad_norm", "elapsed", "nfev", "ngev", "nhvp"])
         for e in entries:

@@ -5,11 +5,13 @@ JSON skeleton plus a list of arrays; ``decode`` inverts it. Floats go through ``
 through NumPy's binary format, so a round trip is bit-exact. NamedTuple classes are recorded by module
 and name and re-imported on load (only from the ``refopt`` package: a file cannot name other code).
 
-``write_npz_atomic`` writes to a temporary file in the target folder and renames it into place, so an
-interrupted write never leaves a half-written file under the final name.
+``write_npz_atomic`` (and ``atomic_path`` for any other file) writes to a temporary file in the target
+folder and renames it into place, so an interrupted write never leaves a half-written file under the
+final name.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -19,7 +21,7 @@ import numpy as np
 
 from .backend import as_array, to_host
 
-__all__ = ["encode", "decode", "savez_atomic", "write_npz_atomic", "load_npz", "read_npz"]
+__all__ = ["encode", "decode", "atomic_path", "savez_atomic", "write_npz_atomic", "load_npz", "read_npz"]
 
 
 def encode(obj, arrays: list):
@@ -81,19 +83,30 @@ def decode(skel, arrays, device: bool = True):
     raise ValueError(f"unreadable entry in a saved file: {skel!r}")
 
 
-def savez_atomic(path: str, **arrays) -> None:
-    """``numpy.savez`` to a temporary file in the target folder, renamed into place when complete."""
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path in ``path``'s folder; on success it is renamed to ``path``, on failure removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def savez_atomic(path: str, **arrays) -> None:
+    """``numpy.savez`` to a temporary file in the target folder, renamed into place when complete."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def write_npz_atomic(path: str, meta: dict, **named) -> None:

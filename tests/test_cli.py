@@ -41,6 +41,7 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     (["train", "sgd", "lr=abc", "--problem", "synthetic_mlp"], "lr must be"),
     (["train", "sgd", "momentum=1.5", "--problem", "synthetic_mlp"], "momentum"),
     (["train", "sgd", "lr"], "NAME=VALUE"),
+    (["train", "sgd", "learning_rate=0.1", "--problem", "synthetic_mlp"], "unknown hyperparameter(s) learning_rate"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--resume", "/nonexistent/ck.npz"], "No such file"),
     (["compare", "--optimizers", "sgd,bogus", "--problem", "synthetic_mlp"], "unknown optimizer"),
 ])

@@ -172,7 +172,7 @@ def paper_reference(probes, steps, lr, b1, b2, gamma, eps, wd, k, refresh="befor
         x = x - lr * wd * x
         mm = m / (1 - b1 ** t) if bias_correction else m
         x = x - lr * np.clip(mm / np.maximum(gamma * h, eps), -1, 1)
-        if refresh == "after" and t % k == 0:
+        if refresh == "after" and t % k == 0 or refresh == "lagged" and t % k == 1 % k:
             h = b2 * h + (1 - b2) * np.mean([z * (A3 @ z) for z in probes[t - 1]], axis=0)
     return x
 
@@ -191,7 +191,8 @@ def official_h_reference(probes, steps, lr, b1, b2, rho, wd, k):
     return x
 
 
-H_CASES = [dict(), dict(k=2), dict(refresh="after", k=2), dict(bias_correction=True), dict(weight_decay=0.3),
+H_CASES = [dict(), dict(k=2), dict(refresh="after", k=2), dict(refresh="lagged", k=2), dict(refresh="lagged"),
+           dict(bias_correction=True), dict(weight_decay=0.3),
            dict(probes=2, probe_distribution="gaussian"), dict(eps=0.5)]
 
 
@@ -314,8 +315,31 @@ def test_paper_and_official_sophia_g_differ_only_in_eps_and_phase():
     assert max(np.max(np.abs(a - c)) for a, c in zip(T.leaves(paper), T.leaves(before))) > 1e-4
 
 
+def test_lagged_refresh_estimates_at_the_incoming_point_two_steps():
+    """refresh='lagged' (optax): step 1 uses h = 0 (a sign step) and then estimates ĥ = z ⊙ ∇²f(θ₁) z at the
+    incoming θ₁; step 2 uses it. On f = ½xᵀAx + bᵀx + ¼Σx⁴ (∇²f = A + 3 diag(x²)) in closed form."""
+    hess = lambda x: A3 + 3 * np.diag(x ** 2)  # noqa: E731
+    orc = FunctionOracle(lambda x: 0.5 * float(x @ A3 @ x) + float(B3 @ x) + 0.25 * float(np.sum(x ** 4)),
+                         grad=lambda x: A3 @ x + B3 + x ** 3, hvp=lambda x, v: hess(x) @ v)
+    lr, b1, b2, gamma, eps = 0.1, 0.6, 0.5, 4.0, 1e-12
+    z1, z2 = np.array([1.0, -1.0, 1.0]), np.array([-1.0, -1.0, 1.0])
+    opt = SophiaH(lr=lr, beta1=b1, beta2=b2, gamma=gamma, eps=eps, k=1, refresh="lagged", bias_correction=True)
+    x1, s, info = opt.update(X3, opt.init(X3), orc, draws=[z1])
+    g1 = A3 @ X3 + B3 + X3 ** 3
+    m1 = (1 - b1) * g1
+    np.testing.assert_allclose(x1, X3 - lr * np.sign(m1), rtol=1e-15)
+    h1 = (1 - b2) * z1 * (hess(X3) @ z1)                     # at θ₁ = X3, not at x1
+    np.testing.assert_allclose(s.h, h1, rtol=1e-15)
+    x2, s, _ = opt.update(x1, s, orc, draws=[z2])
+    m2 = b1 * m1 + (1 - b1) * (A3 @ x1 + B3 + x1 ** 3)
+    expected = x1 - lr * np.clip(m2 / (1 - b1 ** 2) / np.maximum(gamma * h1, eps), -1, 1)
+    np.testing.assert_allclose(x2, expected, rtol=1e-14)
+    np.testing.assert_allclose(s.h, b2 * h1 + (1 - b2) * z2 * (hess(x1) @ z2), rtol=1e-14)
+    assert np.any(np.abs(np.clip(m2 / (1 - b1 ** 2) / np.maximum(gamma * h1, eps), -1, 1)) < 1)  # h is used
+
+
 # --- refresh schedule and randomness ------------------------------------------------------------------
-@pytest.mark.parametrize("refresh,expected", [("before", [1, 4, 7]), ("after", [3, 6])])
+@pytest.mark.parametrize("refresh,expected", [("before", [1, 4, 7]), ("after", [3, 6]), ("lagged", [1, 4, 7])])
 def test_refresh_steps(refresh, expected):
     opt = SophiaH(k=3, refresh=refresh)
     orc = quadratic_oracle(A3, B3)

@@ -6,6 +6,7 @@ cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .base import Optimizer
 
@@ -54,5 +55,13 @@ def optimizer_class(name: str):
 
 
 def make_optimizer(name: str, **hyperparameters) -> Optimizer:
-    """Build the optimizer ``name`` with the given hyperparameters (validated by its constructor)."""
-    return optimizer_class(name)(**hyperparameters)
+    """Build the optimizer ``name`` with the given hyperparameters (validated by its constructor).
+
+    An unknown hyperparameter name is a ValueError that lists the valid ones.
+    """
+    cls = optimizer_class(name)
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(hyperparameters) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(valid)}")
+    return cls(**hyperparameters)
