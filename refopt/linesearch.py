@@ -26,6 +26,14 @@ Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
   safeguards of Moré & Thuente 1994), never beyond ``alpha_max``.
 * ``fixed_step``: a unit (or given) step, backtracking only on non-finite values: what "no line
   search" means for Newton-type methods.
+* ``minfunc_wolfe``: the strong-Wolfe search of Mark Schmidt's minFunc as Torch7's lswolfe.lua and
+  torch.optim.LBFGS (``_strong_wolfe``) have it, transcribed so that it picks the same trial points:
+  bracketing extrapolates by the cubic of the last two points clipped to [α + 0.01(α − α_prev), 10α];
+  the zoom takes the bracket's cubic minimiser (the midpoint when it has none), moved to 10 % of the
+  bracket from its nearer end when it falls that close twice in a row or outside; it stops when the
+  bracket is shorter than ``tolerance_change`` / max|p| (``direction_scale`` = max|p|) and returns the
+  bracket's lower point, which then need not satisfy the conditions (status "interval_collapsed").
+  Quirks kept: a rise f(α) ≥ f(α_prev) ends the bracketing only from its third trial on.
 
 Statuses: "converged"; "not_descent" (φ'(0) ≥ 0 or not finite: nothing is evaluated, α = 0);
 "max_evaluations"; "step_too_small" (α fell below ``min_step``); "interval_collapsed" (the bracket
@@ -36,7 +44,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple, Optional
 
-__all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "cubic_minimizer",
+__all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "cubic_minimizer",
            "quadratic_minimizer", "LINE_SEARCHES"]
 
 Phi = Callable[[float], tuple]
@@ -227,6 +235,89 @@ def _fallback(result: LineSearchResult, phi0: float, dphi0: float) -> LineSearch
     if result.alpha > 0 and _finite(result.phi) and result.phi < phi0:
         return result
     return LineSearchResult(0.0, phi0, dphi0, result.nfev, result.status, result.message)
+
+
+def _minfunc_cubic(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float, bounds=None) -> float:
+    """minFunc's polyinterp for two points with values and slopes, clipped to ``bounds`` (default the
+    interval); the interval's midpoint when the cubic has no real minimiser."""
+    lo, hi = bounds if bounds is not None else ((x1, x2) if x1 <= x2 else (x2, x1))
+    d1 = g1 + g2 - 3.0 * (f1 - f2) / (x1 - x2)
+    disc = d1 * d1 - g1 * g2
+    if disc >= 0:
+        d2 = math.sqrt(disc)
+        if x1 <= x2:
+            m = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2))
+        else:
+            m = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2.0 * d2))
+        return min(max(m, lo), hi)
+    return (lo + hi) / 2.0
+
+
+def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
+                  max_evals: int = 26, tolerance_change: float = 1e-9, direction_scale: float = 1.0
+                  ) -> LineSearchResult:
+    """minFunc's strong-Wolfe search as torch.optim.LBFGS runs it (see the module docs); ``max_evals`` is
+    torch's max_ls + 1 (the first trial is not counted by torch's max_ls = 25)."""
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    if not 0 < c1 < c2 < 1:
+        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+    max_ls = max_evals - 1
+    t = float(alpha0)
+    f_new, d_new = phi(t)
+    nfev = 1
+    t_prev, f_prev, d_prev = 0.0, phi0, dphi0
+    done, ls_iter = False, 0
+    bracket = bracket_f = bracket_d = None
+    while ls_iter < max_ls:
+        if f_new > phi0 + c1 * t * dphi0 or (ls_iter > 1 and f_new >= f_prev):
+            bracket, bracket_f, bracket_d = [t_prev, t], [f_prev, f_new], [d_prev, d_new]
+            break
+        if abs(d_new) <= -c2 * dphi0:
+            bracket, bracket_f, bracket_d, done = [t], [f_new], [d_new], True
+            break
+        if d_new >= 0:
+            bracket, bracket_f, bracket_d = [t_prev, t], [f_prev, f_new], [d_prev, d_new]
+            break
+        tmp = t
+        t = _minfunc_cubic(t_prev, f_prev, d_prev, t, f_new, d_new, bounds=(t + 0.01 * (t - t_prev), t * 10))
+        t_prev, f_prev, d_prev = tmp, f_new, d_new
+        f_new, d_new = phi(t)
+        nfev += 1
+        ls_iter += 1
+    if ls_iter == max_ls:
+        bracket, bracket_f, bracket_d = [0.0, t], [phi0, f_new], [dphi0, d_new]
+    low, high = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
+    insufficient = False
+    status = "converged" if done else "max_evaluations"
+    while not done and ls_iter < max_ls:
+        if abs(bracket[1] - bracket[0]) * direction_scale < tolerance_change:
+            status = "interval_collapsed"
+            break
+        t = _minfunc_cubic(bracket[0], bracket_f[0], bracket_d[0], bracket[1], bracket_f[1], bracket_d[1])
+        eps = 0.1 * (max(bracket) - min(bracket))
+        if min(max(bracket) - t, t - min(bracket)) < eps:
+            if insufficient or t >= max(bracket) or t <= min(bracket):
+                t = max(bracket) - eps if abs(t - max(bracket)) < abs(t - min(bracket)) else min(bracket) + eps
+                insufficient = False
+            else:
+                insufficient = True
+        else:
+            insufficient = False
+        f_new, d_new = phi(t)
+        nfev += 1
+        ls_iter += 1
+        if f_new > phi0 + c1 * t * dphi0 or f_new >= bracket_f[low]:
+            bracket[high], bracket_f[high], bracket_d[high] = t, f_new, d_new
+            low, high = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
+        else:
+            if abs(d_new) <= -c2 * dphi0:
+                done, status = True, "converged"
+            elif d_new * (bracket[high] - bracket[low]) >= 0:
+                bracket[high], bracket_f[high], bracket_d[high] = bracket[low], bracket_f[low], bracket_d[low]
+            bracket[low], bracket_f[low], bracket_d[low] = t, f_new, d_new
+    return LineSearchResult(bracket[low], bracket_f[low], bracket_d[low], nfev, status)
 
 
 LINE_SEARCHES = ("strong_wolfe", "armijo", "none")

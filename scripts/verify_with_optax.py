@@ -9,8 +9,9 @@ optax.contrib.sophia, the Rademacher probes optax drew, recomputed from its PRNG
 Hutchinson estimator does) into a trace, and checks that trace with ``refopt.verify.check_trace`` (the
 check ``refopt verify check`` runs on a file). It prints, per profile, setting and problem, "matches"
 or the first divergence. Each profile runs with its library defaults and with exaggerated settings
-(larger lr, ε, decay, γ; for Sophia update_interval 2, so that the Hessian EMA is refreshed within the
-run; for L-BFGS memory 2, so that the history wraps around) that make a wrong convention show above the
+(larger lr, ε, decay, γ, eps_root > 0 for Adam; for Sophia update_interval 2, so that the Hessian EMA
+is refreshed within the run; for L-BFGS memory 2, so that the history wraps around) that make a wrong
+convention show above the
 tolerance.
 
 Divergences that the profile's documented gaps explain are marked "expected" (exit status 0); any
@@ -44,11 +45,12 @@ from refopt.verify.profiles import get_profile  # noqa: E402
 SETUPS = {
     "optax.sgd": (lambda hp: optax.sgd(hp["lr"], momentum=hp.get("momentum") or None),
                   {"lr": 0.3, "momentum": 0.9}),
-    "optax.adam": (lambda hp: optax.adam(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"]),
-                   {"lr": 0.05, "eps": 1e-3}),
+    "optax.adam": (lambda hp: optax.adam(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"],
+                                         eps_root=hp.get("eps_root", 0.0)),
+                   {"lr": 0.05, "eps": 1e-3, "eps_root": 1e-3}),
     "optax.adamw": (lambda hp: optax.adamw(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"],
-                                           weight_decay=hp["weight_decay"]),
-                    {"lr": 0.05, "eps": 1e-3, "weight_decay": 0.5}),
+                                           eps_root=hp.get("eps_root", 0.0), weight_decay=hp["weight_decay"]),
+                    {"lr": 0.05, "eps": 1e-3, "eps_root": 1e-3, "weight_decay": 0.5}),
     "optax.adagrad": (lambda hp: optax.adagrad(hp["lr"], initial_accumulator_value=hp["initial_accumulator"],
                                                eps=hp["eps"]),
                       {"lr": 0.3, "eps": 1e-2, "initial_accumulator": 0.5}),

@@ -23,6 +23,12 @@ def test_bad_hyperparameters_raise(cls, kw):
         cls(**kw)
 
 
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), "0.1"])
+def test_bad_lr_decay_raises(bad):
+    with pytest.raises(ValueError, match="lr_decay"):
+        Adagrad(lr_decay=bad)
+
+
 def test_full_matrix_bad_blocks_and_size_guard():
     with pytest.raises(ValueError, match="blocks"):
         FullMatrixAdagrad(blocks="layer")
@@ -56,25 +62,28 @@ def test_diagonal_two_steps_by_hand():
     assert s2.step == 2
 
 
-def adagrad_reference(x0, grad, steps, lr, eps, G0=0.0, inside=False, wd=0.0, decoupled=False):
+def adagrad_reference(x0, grad, steps, lr, eps, G0=0.0, inside=False, wd=0.0, decoupled=False, lr_decay=0.0):
     x, G = np.array(x0, float), np.full(len(x0), G0)
-    for _ in range(steps):
+    for t in range(1, steps + 1):
+        clr = lr / (1 + (t - 1) * lr_decay)                     # torch's clr
         g = grad(x) + (0.0 if decoupled else wd * x)
         G = G + g * g
         d = g / np.sqrt(G + eps) if inside else g / (np.sqrt(G) + eps)
-        x = x - lr * d - (lr * wd * x if decoupled else 0.0)
+        x = x - clr * d - (clr * wd * x if decoupled else 0.0)
     return x
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(eps_mode="inside"), dict(initial_accumulator=0.1),
-                                dict(weight_decay=0.3), dict(weight_decay=0.3, weight_decay_mode="decoupled")])
+                                dict(weight_decay=0.3), dict(weight_decay=0.3, weight_decay_mode="decoupled"),
+                                dict(lr_decay=0.5),
+                                dict(lr_decay=2.0, weight_decay=0.3, weight_decay_mode="decoupled")])
 def test_diagonal_two_steps_every_switch(kw):
     a, c, x0 = np.array([2.0, 0.5, 1.0]), np.array([0.3, -1.0, 0.0]), np.array([1.0, -2.0, 0.5])
     opt = Adagrad(lr=0.3, eps=0.05, **kw)
     x, _, _ = run(opt, x0, quadratic(a, c), 2)
     ref = adagrad_reference(x0, lambda x: a * x + c, 2, 0.3, 0.05, kw.get("initial_accumulator", 0.0),
                             kw.get("eps_mode") == "inside", kw.get("weight_decay", 0.0),
-                            kw.get("weight_decay_mode") == "decoupled")
+                            kw.get("weight_decay_mode") == "decoupled", kw.get("lr_decay", 0.0))
     np.testing.assert_allclose(x, ref, rtol=1e-13)
     # and the switch matters: the default gives something else
     if kw:

@@ -18,7 +18,8 @@ from _helpers import (ScriptedOracle, assert_descends, assert_refused, assert_sw
 @pytest.mark.parametrize("cls", [Adam, AdamW])
 @pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1e-3), dict(beta1=1.0), dict(beta1=-0.1), dict(beta2=1.0),
                                 dict(beta2=1.5), dict(eps=0.0), dict(eps=-1.0), dict(weight_decay=-0.1),
-                                dict(eps_mode="sqrt")])
+                                dict(eps_mode="sqrt"), dict(eps_root=-1e-8), dict(amsgrad=True),
+                                dict(amsgrad="max"), dict(eps_root=1e-8, eps_mode="inside")])
 def test_bad_hyperparameters_raise(cls, kw):
     with pytest.raises(ValueError, match=list(kw)[0]):
         cls(**kw)
@@ -99,6 +100,60 @@ def test_two_steps_every_switch(cls, kw):
     if kw:  # the switch matters
         x_default, _, _ = run(cls(lr=0.1, beta1=0.8, beta2=0.9, eps=0.3), x0, quadratic(a, c), 2)
         assert np.max(np.abs(x_default - x)) > 1e-4
+
+
+# --- AMSGrad and eps_root (torch.optim.Adam(amsgrad=True), optax.amsgrad / scale_by_adam(eps_root)) --------
+AMS_GRADS = [np.array([2.0, -1.0, 0.5]), np.array([0.1, -3.0, 0.05]), np.array([0.5, 0.2, -0.1])]
+
+
+def ams_reference(grads, lr, b1, b2, eps, amsgrad="none", eps_root=0.0):
+    """torch's _single_tensor_adam with amsgrad (max of the raw v, then ÷ √(1 − β₂ᵗ)) and optax's
+    scale_by_amsgrad (max of the bias-corrected v̂, then √(· + eps_root) + ε); "none": scale_by_adam."""
+    x, m, v, vmax = np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh, c2 = m / (1 - b1 ** t), 1 - b2 ** t
+        if amsgrad == "max_v":
+            vmax = np.maximum(vmax, v)
+            den = np.sqrt(vmax) / np.sqrt(c2) + eps
+        elif amsgrad == "max_v_hat":
+            vmax = np.maximum(vmax, v / c2)
+            den = np.sqrt(vmax + eps_root) + eps
+        else:
+            den = np.sqrt(v / c2 + eps_root) + eps
+        x = x - lr * mh / den
+    return x
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+@pytest.mark.parametrize("kw", [dict(amsgrad="max_v"), dict(amsgrad="max_v_hat"), dict(eps_root=0.5),
+                                dict(amsgrad="max_v_hat", eps_root=0.5)])
+def test_amsgrad_and_eps_root_three_steps(cls, kw):
+    """Three steps with gradients that shrink (so the maximum differs from v) in closed form; the two AMSGrad
+    conventions differ from each other and from plain Adam."""
+    lr, b1, b2, eps = 0.1, 0.5, 0.6, 0.05
+    extra = dict(weight_decay=0.0) if cls is AdamW else {}
+    x, s, _ = run(cls(lr=lr, beta1=b1, beta2=b2, eps=eps, **extra, **kw), np.zeros(3), ScriptedOracle(AMS_GRADS), 3)
+    np.testing.assert_allclose(x, ams_reference(AMS_GRADS, lr, b1, b2, eps, **kw), rtol=1e-13)
+    assert (s.v_max is None) == ("amsgrad" not in kw)
+    others = [dict(), dict(amsgrad="max_v"), dict(amsgrad="max_v_hat")]
+    for other in others:
+        if other.get("amsgrad") != kw.get("amsgrad") or "eps_root" in kw:
+            assert np.max(np.abs(x - ams_reference(AMS_GRADS, lr, b1, b2, eps, **other))) > 1e-4
+
+
+def test_amsgrad_without_bias_correction_is_reddi_algorithm_2():
+    """With bias_correction=False both conventions are v̂_t = max(v̂_{t−1}, v_t), θ ← θ − α m / (√v̂ + ε)."""
+    x_ref, m, v, vh = np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3)
+    for g in AMS_GRADS:
+        m = 0.5 * m + 0.5 * g
+        v = 0.6 * v + 0.4 * g * g
+        vh = np.maximum(vh, v)
+        x_ref = x_ref - 0.1 * m / (np.sqrt(vh) + 0.05)
+    for mode in ("max_v", "max_v_hat"):
+        opt = Adam(lr=0.1, beta1=0.5, beta2=0.6, eps=0.05, bias_correction=False, amsgrad=mode)
+        np.testing.assert_allclose(run(opt, np.zeros(3), ScriptedOracle(AMS_GRADS), 3)[0], x_ref, rtol=1e-13)
 
 
 # --- AdamW ----------------------------------------------------------------------------------------

@@ -175,6 +175,9 @@ def test_invalid_hyperparameters_raise_at_construction():
         LBFGS(curvature_skip_rule="sometimes")
     with pytest.raises(ValueError, match="descent_check"):
         LBFGS(descent_check=None)
+    assert LBFGS(line_search="minfunc").line_search == "minfunc"      # torch's search: L-BFGS only
+    with pytest.raises(ValueError, match="line_search"):
+        BFGS(line_search="minfunc")
     with pytest.raises(ValueError, match="initial_matrix has shape"):
         LBFGS(initial_matrix=np.ones(3)).init(np.zeros(2))
 

@@ -208,3 +208,70 @@ def test_invalid_arguments_raise():
         armijo(phi, 0.0, -1.0, interpolation="cubic")
     with pytest.raises(ValueError, match="phi0"):
         armijo(phi, math.nan, -1.0)
+
+
+# --- minFunc's search (torch.optim.LBFGS(line_search_fn="strong_wolfe")) -----------------------------
+def quad_phi(a, b):
+    """φ(α) = ½ a α² + b α (b < 0): minimiser α* = −b/a, where φ' = 0."""
+    return Counted(lambda t: (0.5 * a * t * t + b * t, a * t + b))
+
+
+def test_minfunc_wolfe_closed_forms_on_a_quadratic():
+    from refopt.linesearch import minfunc_wolfe
+    a, b = 2.0, -3.0                                         # α* = 1.5, φ'(0) = −3
+    # a first trial inside the strong Wolfe set is taken as it is, one evaluation
+    phi = quad_phi(a, b)
+    res = minfunc_wolfe(phi, 0.0, b, alpha0=1.4)
+    assert (res.alpha, res.nfev, res.status) == (1.4, 1, "converged")
+    # too long (no sufficient decrease at 4): the cubic through (0, 4) of quadratic data is the quadratic,
+    # so the zoom's first trial is α* exactly
+    phi = quad_phi(a, b)
+    res = minfunc_wolfe(phi, 0.0, b, alpha0=4.0)
+    assert res.alpha == pytest.approx(1.5, rel=1e-14) and res.nfev == 2 and res.status == "converged"
+    # too short (c₂ = 0.1): extrapolation to the cubic's minimiser, here α* ≤ 10·α₀
+    phi = quad_phi(a, b)
+    res = minfunc_wolfe(phi, 0.0, b, alpha0=0.2, c2=0.1)
+    assert res.alpha == pytest.approx(1.5, rel=1e-14) and res.nfev == 2
+    # much too short: the extrapolation is clipped at 10·α₀
+    phi = quad_phi(a, b)
+    res = minfunc_wolfe(phi, 0.0, b, alpha0=0.01, c2=0.1)
+    assert list(phi.log)[:2] == [0.01, pytest.approx(0.1, rel=1e-15)]
+    # a budget of one evaluation (torch's max_iter=1 default): the first trial if it lowers φ, else 0
+    res = minfunc_wolfe(quad_phi(a, b), 0.0, b, alpha0=0.01, max_evals=1)
+    assert (res.alpha, res.nfev) == (0.01, 1)
+    res = minfunc_wolfe(quad_phi(a, b), 0.0, b, alpha0=10.0, max_evals=1)
+    assert (res.alpha, res.nfev) == (0.0, 1)
+    with pytest.raises(ValueError, match="c1"):
+        minfunc_wolfe(quad_phi(a, b), 0.0, b, c1=0.9, c2=0.1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("t0", [1e-3, 0.05, 1.0, 30.0])
+@pytest.mark.parametrize("max_evals", [1, 3, 25])
+def test_minfunc_wolfe_picks_torchs_points(seed, t0, max_evals):
+    """The same step and evaluation count as torch.optim.lbfgs._strong_wolfe (skipped without torch) on a
+    nonconvex quartic along −g, from short, unit and long first trials, with small and large budgets."""
+    torch = pytest.importorskip("torch")
+    from torch.optim.lbfgs import _strong_wolfe  # noqa: PLC0415
+    from refopt.linesearch import minfunc_wolfe  # noqa: PLC0415
+    g = np.random.default_rng(seed)
+    n = 6
+    M = g.standard_normal((n, n))
+    A = M @ M.T - 1.5 * np.eye(n)                             # indefinite: the quartic term bounds it
+    c = g.standard_normal(n)
+    f = lambda x: float(0.5 * x @ A @ x - c @ x + 0.25 * np.sum(x ** 4))  # noqa: E731
+    grad = lambda x: A @ x - c + x ** 3  # noqa: E731
+    x0 = g.standard_normal(n)
+    d = -grad(x0)
+
+    def obj(x, t, dd):
+        xn = (x + t * dd).numpy()
+        return f(xn), torch.tensor(grad(xn), dtype=torch.float64)
+
+    _, _, t_torch, evals = _strong_wolfe(obj, torch.tensor(x0, dtype=torch.float64), t0,
+                                         torch.tensor(d, dtype=torch.float64), f(x0),
+                                         torch.tensor(grad(x0), dtype=torch.float64), float(grad(x0) @ d),
+                                         max_ls=max_evals - 1)
+    res = minfunc_wolfe(lambda t: (f(x0 + t * d), float(grad(x0 + t * d) @ d)), f(x0), float(grad(x0) @ d),
+                        alpha0=t0, max_evals=max_evals, direction_scale=float(np.abs(d).max()))
+    assert res.alpha == pytest.approx(float(t_torch), rel=1e-12, abs=1e-300) and res.nfev == evals

@@ -36,8 +36,9 @@ def unfold(G, i):
     return np.moveaxis(G, i, 0).reshape(G.shape[i], -1)
 
 
-def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0):
-    """vec(P(G_last)) = (R_1 ⊗ … ⊗ R_k) vec(G_last), R_i = (H_i + εI)^p from the unfoldings, densely."""
+def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0, debias=False):
+    """vec(P(G_last)) = (R_1 ⊗ … ⊗ R_k) vec(G_last), R_i = (H_i + εI)^p from the unfoldings, densely
+    (mode "relative": H_i + ε·max(λ_max, 1e-6)·I; ``debias``: H_i / (1 − β₂ᵗ))."""
     G = grads[-1]
     k = G.ndim
     p = -1.0 / (2 * k) if p is None else p
@@ -47,7 +48,12 @@ def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0):
         for Gt in grads:
             S = unfold(Gt, i) @ unfold(Gt, i).T
             H = H + S if beta2 is None else beta2 * H + (1 - beta2) * S
-        roots.append(psd_power(H, p, eps, mode))
+        if debias:
+            H = H / (1 - beta2 ** len(grads))
+        if mode == "relative":
+            roots.append(psd_power(H, p, eps * max(np.linalg.svd(H, compute_uv=False).max(), 1e-6)))
+        else:
+            roots.append(psd_power(H, p, eps, mode))
     return (reduce(np.kron, roots) @ G.ravel()).reshape(G.shape)
 
 
@@ -58,7 +64,9 @@ def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0):
                                 dict(grafting="adam"), dict(graft_eps=0.0), dict(merge_dims=0),
                                 dict(block_size=0), dict(momentum=1.0), dict(precondition="both"),
                                 dict(initial_accumulator=-1.0), dict(weight_decay=-1.0),
-                                dict(weight_decay_mode="adamw")])
+                                dict(weight_decay_mode="adamw"), dict(nesterov=1), dict(nesterov=True),
+                                dict(statistics="debiased"), dict(filter_beta=1.0), dict(filter_beta=-0.1),
+                                dict(filter_beta=0.9, momentum=0.5, precondition="momentum")])
 def test_bad_hyperparameters_raise(kw):
     with pytest.raises(ValueError, match=list(kw)[0]):
         Shampoo(**kw)
@@ -161,6 +169,8 @@ def test_two_steps_default():
     (dict(eps_mode="floor"), dict(mode="floor")),
     (dict(exponent=-0.5), dict(p=-0.5)),
     (dict(initial_accumulator=0.3), dict(c0=0.3)),
+    (dict(eps_mode="relative"), dict(mode="relative")),
+    (dict(statistics="ema_debiased", beta2=0.7), dict(beta2=0.7, debias=True)),
 ])
 def test_two_steps_statistics_and_root_switches(kw, ref):
     d1 = dense_direction(GRADS[:1], 0.1, **ref)
@@ -168,6 +178,60 @@ def test_two_steps_statistics_and_root_switches(kw, ref):
     x = two_steps(**kw)
     np.testing.assert_allclose(x, X0 - 0.5 * d1 - 0.5 * d2, rtol=1e-12)
     assert np.max(np.abs(x - two_steps())) > 1e-3  # the switch matters
+
+
+def test_relative_eps_floors_lambda_max_and_debiasing_undoes_the_ema_start():
+    """eps_mode="relative" on a tiny statistic uses ε·10⁻⁶ (λ_max floored); on a vector leaf with
+    vector_diagonal it is ε·max(H). With ema_debiased the first roots are those of G Gᵀ itself."""
+    G = 1e-5 * GRADS[0]
+    x = run(Shampoo(lr=1.0, eps=0.1, eps_mode="relative"), np.zeros(SHAPE), [G])[0]
+    np.testing.assert_allclose(-x, dense_direction([G], 0.1 * 1e-6), rtol=1e-10)
+    g = np.array([1.0, -2.0, 0.5])
+    x = run(Shampoo(lr=1.0, eps=0.1, eps_mode="relative", vector_diagonal=True), np.zeros(3), [g])[0]
+    np.testing.assert_allclose(-x, g / np.sqrt(g * g + 0.1 * 4.0), rtol=1e-14)
+    x = run(Shampoo(lr=1.0, eps=0.1, statistics="ema_debiased", beta2=0.9), np.zeros(SHAPE), GRADS[:1])[0]
+    np.testing.assert_allclose(-x, dense_direction(GRADS[:1], 0.1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("precondition", ["gradient", "momentum"])
+def test_nesterov_two_steps(precondition):
+    """'gradient': m ← μm + P(G), step P(G) + μm; 'momentum': m ← μm + G, step P(G + μm)."""
+    mu, lr = 0.5, 0.5
+    x = run(Shampoo(lr=lr, eps=0.1, momentum=mu, nesterov=True, precondition=precondition), X0.copy(),
+            GRADS[:2])[0]
+    if precondition == "gradient":
+        p1, p2 = dense_direction(GRADS[:1], 0.1), dense_direction(GRADS[:2], 0.1)
+        m1 = p1
+        m2 = mu * m1 + p2
+        expected = X0 - lr * (p1 + mu * m1) - lr * (p2 + mu * m2)
+    else:
+        m1 = GRADS[0]
+        m2 = mu * m1 + GRADS[1]
+        # P with the statistics of the raw gradients applied to G + μm
+        d1 = _apply_roots(GRADS[:1], GRADS[0] + mu * m1)
+        d2 = _apply_roots(GRADS[:2], GRADS[1] + mu * m2)
+        expected = X0 - lr * d1 - lr * d2
+    np.testing.assert_allclose(x, expected, rtol=1e-12)
+    plain = run(Shampoo(lr=lr, eps=0.1, momentum=mu, precondition=precondition), X0.copy(), GRADS[:2])[0]
+    assert np.max(np.abs(plain - x)) > 1e-3
+
+
+def test_filter_beta_two_steps():
+    """filter_beta β: step 1 preconditions G₁ ((1 − β)G₁ / (1 − β)), step 2 the bias-corrected EMA
+    (β(1 − β)G₁ + (1 − β)G₂) / (1 − β²) with the statistics of the raw G₁, G₂."""
+    b = 0.6
+    x, s, _ = run(Shampoo(lr=0.5, eps=0.1, filter_beta=b), X0.copy(), GRADS[:2])
+    g2 = (b * (1 - b) * GRADS[0] + (1 - b) * GRADS[1]) / (1 - b ** 2)
+    expected = X0 - 0.5 * dense_direction(GRADS[:1], 0.1) - 0.5 * _apply_roots(GRADS[:2], g2)
+    np.testing.assert_allclose(x, expected, rtol=1e-12)
+    np.testing.assert_allclose(s.filtered, b * (1 - b) * GRADS[0] + (1 - b) * GRADS[1], rtol=1e-14)
+    assert np.max(np.abs(x - two_steps())) > 1e-3
+
+
+def _apply_roots(grads, D, eps=0.1):
+    """(R_1 ⊗ R_2) vec(D) with the roots of the statistics of ``grads`` (sum, ε added)."""
+    roots = [psd_power(sum(unfold(G, i) @ unfold(G, i).T for G in grads), -0.25, eps) for i in range(2)]
+    return roots[0] @ D @ roots[1]
 
 
 def test_stale_roots_between_recomputations():

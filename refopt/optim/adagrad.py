@@ -23,6 +23,8 @@ Switches (paper's choice first):
 * ``initial_accumulator``: G_0 (0 in the paper and PyTorch; TensorFlow/Keras use 0.1).
 * ``weight_decay_mode``: "l2" (λθ added to the gradient before it is accumulated: PyTorch) or
   "decoupled" (θ ← θ − ηλθ after the step, outside the preconditioner).
+* ``lr_decay`` κ ≥ 0 (diagonal only; default 0, the paper's constant η): step t uses
+  η_t = η / (1 + (t − 1) κ), torch.optim.Adagrad(lr_decay=κ) (also in the decoupled decay's ηλθ).
 * ``blocks`` (full matrix only): "global" (one n×n matrix over all parameters: the paper) or
   "leaf" (one matrix per parameter leaf: block-diagonal, what a network usually needs).
 """
@@ -81,8 +83,10 @@ class Adagrad(Optimizer):
     switches = {"eps_mode": EPS_MODES, "initial_accumulator": (0.0, 0.1), "weight_decay_mode": WEIGHT_DECAY_MODES}
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
-                 eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2"):
+                 eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2",
+                 lr_decay: float = 0.0):
         self.lr = check_positive("lr", lr)
+        self.lr_decay = check_nonnegative("lr_decay", lr_decay)
         self.eps = check_positive("eps", eps)
         self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
         self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
@@ -104,8 +108,9 @@ class Adagrad(Optimizer):
             d = T.tree_map2(lambda gi, Gi: gi / (xp.sqrt(Gi) + self.eps), g, G)
         else:
             d = T.tree_map2(lambda gi, Gi: gi / xp.sqrt(Gi + self.eps), g, G)
-        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
-        return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))
+        lr = self.lr / (1.0 + state.step * self.lr_decay) if self.lr_decay else self.lr   # η_t, t = step + 1
+        new = apply_step(params, d, lr, self.weight_decay, self.weight_decay_mode)
+        return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))
 
 
 class FullMatrixAdagradState(NamedTuple):

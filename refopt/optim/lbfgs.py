@@ -22,7 +22,9 @@ Switches (defaults first):
   is taken uphill, a line search reports "not_descent" and no step is taken.
 * ``damping``: None or "powell": Powell's damped y (N&W 18.14–18.15) using Bs = −α g, exact for the
   matrix that produced p = −Hg (on a step reset to −g, Bs is unknown and the skip rule applies instead).
-* ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo" or "none"; the first step
+* ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9; N&W Algorithms 3.5-3.6), "armijo",
+  "none", or "minfunc" (``linesearch.minfunc_wolfe``: minFunc's strong-Wolfe search as
+  torch.optim.LBFGS(line_search_fn="strong_wolfe") runs it, max_evals = torch's max_ls + 1); the first step
   starts at α₀ from ``first_step``, later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
   L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
 * ``first_step``: "unit_length" (default: α₀ = min(1, 1/‖p‖₂), a step of length at most 1, used while
@@ -48,6 +50,7 @@ from typing import NamedTuple, Optional
 from .. import tree as T
 from ..backend import as_array, xp
 from .base import check_choice, check_int, check_nonnegative, check_positive
+from ..linesearch import LINE_SEARCHES
 from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
@@ -84,6 +87,7 @@ class LBFGS(DescentMethod):
     """L-BFGS with a line search (see the module docs)."""
 
     name = "lbfgs"
+    line_searches = LINE_SEARCHES + ("minfunc",)
     # the convention switches (searched by refopt.verify)
     switches = {"initial_scaling": INITIAL_SCALINGS, "initial_step": ("unit", "interpolate"),
                 "first_step": FIRST_STEPS, "curvature_skip_rule": CURVATURE_SKIP_RULES,

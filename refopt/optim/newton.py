@@ -53,7 +53,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import tree as T
 from ..backend import to_host, xp
 from ..curvature.dense import check_dense_size
-from ..linesearch import LINE_SEARCHES, LineSearchResult, armijo, fixed_step, strong_wolfe
+from ..linesearch import LINE_SEARCHES, LineSearchResult, armijo, fixed_step, minfunc_wolfe, strong_wolfe
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info)
 
 __all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "DescentMethod", "Evaluation",
@@ -142,6 +142,9 @@ def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0
     dphi0 = float(xp.vdot(g, p))
     if method == "strong_wolfe":
         res = strong_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals)
+    elif method == "minfunc":
+        res = minfunc_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals,
+                            direction_scale=float(xp.max(xp.abs(p))))
     elif method == "armijo":
         res = armijo(phi, loss, dphi0, alpha0=alpha0, c1=c1, max_evals=max_evals)
     else:
@@ -165,10 +168,11 @@ class DescentMethod(Optimizer):
     first_step: str = "unit_length"   # α₀ of the first step (see ``initial_step``); the secant methods set it
     lr: float = 1.0                   # multiplies every α₀ (L-BFGS's ``lr``)
     descent_check: str = "reset"      # "reset": a non-descent direction becomes −g; "none": L-BFGS may keep it
+    line_searches: tuple = LINE_SEARCHES  # the ``line_search`` choices (L-BFGS adds "minfunc")
 
     def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int) -> None:
         """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``."""
-        self.line_search = check_choice("line_search", line_search, LINE_SEARCHES)
+        self.line_search = check_choice("line_search", line_search, self.line_searches)
         self.c1 = check_positive("c1", c1)
         self.c2 = check_positive("c2", c2)
         if not self.c1 < self.c2 < 1:

@@ -41,6 +41,10 @@ Options (defaults: the paper's Shampoo):
   "momentum" (m ← μm + G and the step is P(m)); statistics always come from the raw G.
   ``nesterov`` (default False): the step is P(G) + μm ("gradient", google-research scalable_shampoo's
   nesterov=True with moving_average_for_momentum=False) or P(G + μm) ("momentum"), with the new m.
+* ``filter_beta`` β₁ ∈ [0, 1) (default 0: off, the paper): the gradient is filtered before it is
+  preconditioned, G̃ ← β₁G̃ + (1 − β₁)G and P(G̃ / (1 − β₁ᵗ)) (also the graft direction's input), while
+  the statistics and the grafting accumulator keep the raw G (facebookresearch/distributed_shampoo's
+  betas[0] with use_bias_correction=True, its default 0.9); the momentum μ then acts on P.
 * ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ).
 
 Bad input: a leaf of order 0 or with a zero-length mode raises ValueError in ``init``; a non-finite
@@ -72,6 +76,7 @@ class ShampooState(NamedTuple):
     roots: tuple     # the same layout: R_i = H_i^p as last recomputed (None before the first recomputation)
     graft: object    # Adagrad grafting accumulator A (tree like params) or None
     momentum: object  # momentum buffer (tree like params) or None
+    filtered: object = None  # EMA G̃ of the gradients for ``filter_beta`` > 0 (tree like params), else None
 
 
 def merge_dims(shape: tuple, limit: int | None) -> tuple:
@@ -130,7 +135,8 @@ class Shampoo(Optimizer):
                  precondition_interval: int = 1, start_step: int = 1, grafting: str = "none",
                  graft_eps: float = 1e-10, merge_dims: int | None = None, block_size: int | None = None,
                  vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
-                 weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False):
+                 weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False,
+                 filter_beta: float = 0.0):
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
         self.statistics = check_choice("statistics", statistics, STATISTICS)
@@ -157,6 +163,10 @@ class Shampoo(Optimizer):
         if nesterov and not self.momentum:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = nesterov
+        self.filter_beta = check_unit_interval("filter_beta", filter_beta)
+        if self.filter_beta and self.momentum and self.precondition == "momentum":
+            raise ValueError("filter_beta > 0 preconditions the filtered gradient: it needs precondition='gradient' "
+                             "when momentum > 0")
 
     # --- layout of one leaf -------------------------------------------------------------------
     def _layout(self, shape: tuple):
@@ -189,7 +199,8 @@ class Shampoo(Optimizer):
             stats.append(tuple(per_block))
         graft = T.zeros_like(params) if self.grafting == "adagrad" else None
         mom = T.zeros_like(params) if self.momentum else None
-        return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft, mom)
+        filtered = T.zeros_like(params) if self.filter_beta else None
+        return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft, mom, filtered)
 
     # --- one step -----------------------------------------------------------------------------
     def _accumulate(self, H, S):
@@ -277,6 +288,11 @@ class Shampoo(Optimizer):
             sources = T.leaves(T.axpy(self.momentum, mom, g) if self.nesterov else mom)
         else:
             sources = gs
+        filtered = state.filtered
+        if filtered is not None:   # G̃ ← β₁G̃ + (1 − β₁)G; precondition G̃ / (1 − β₁ᵗ) (statistics keep the raw G)
+            b1 = self.filter_beta
+            filtered = T.tree_map2(lambda f, gi: b1 * f + (1.0 - b1) * gi, filtered, g)
+            sources = [f / (1.0 - b1 ** t) for f in T.leaves(filtered)]
         graft_leaves = T.leaves(graft) if graft is not None else [None] * len(gs)
 
         directions = []
@@ -297,4 +313,4 @@ class Shampoo(Optimizer):
         new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
                          preconditioned=active)
-        return new, ShampooState(t, stats, roots, graft, mom), info
+        return new, ShampooState(t, stats, roots, graft, mom, filtered), info

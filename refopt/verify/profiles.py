@@ -54,39 +54,40 @@ _add(Profile("optax.sgd", "sgd", {"lr": 0.1, "momentum": 0.9},
 # --- Adam, AdamW, Adagrad -----------------------------------------------------------------------------
 _add(Profile("torch.optim.Adam", "adam",
              {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
-              "bias_correction": True, "eps_mode": "outside"},
+              "bias_correction": True, "eps_mode": "outside", "amsgrad": "none"},
              "Kingma & Ba's Algorithm 1 (ε outside √v̂, both moments bias-corrected), plus an optional L2 term "
-             "λθ added to the gradient before the moments (the paper has no decay)",
+             "λθ added to the gradient before the moments (the paper has no decay); amsgrad=True keeps the "
+             "maximum of the raw v and bias-corrects it (amsgrad='max_v')",
              "pytorch/pytorch torch/optim/adam.py (_single_tensor_adam)",
-             "amsgrad=True, maximize, decoupled_weight_decay=True (use torch.optim.AdamW)"))
+             "maximize, decoupled_weight_decay=True (use torch.optim.AdamW)"))
 _add(Profile("torch.optim.AdamW", "adamw",
              {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2,
-              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True},
+              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True, "amsgrad": "none"},
              "the decoupled decay is multiplied by the learning rate, θ ← θ(1 − αλ), where Loshchilov & Hutter's "
              "Algorithm 2 uses the schedule multiplier η_t (1 here): θ ← θ − η_t λθ",
              "pytorch/pytorch torch/optim/adamw.py (decoupled_weight_decay=True), torch/optim/adam.py",
-             "amsgrad=True, maximize"))
+             "maximize"))
 _add(Profile("optax.adam", "adam",
              {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "bias_correction": True,
-              "eps_mode": "outside"},
+              "eps_mode": "outside", "eps_root": 0.0},
              "Algorithm 1 with an extra eps_root inside the root, m̂ / (√(v̂ + eps_root) + ε), eps_root = 0 by "
              "default",
              "google-deepmind/optax optax/_src/alias.py (adam), optax/_src/transform.py (scale_by_adam)",
-             "eps_root > 0 together with eps > 0 (refopt has ε either inside or outside), nesterov=True (NAdam)"))
+             "nesterov=True (NAdam)"))
 _add(Profile("optax.adamw", "adamw",
              {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-4,
-              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True},
+              "bias_correction": True, "eps_mode": "outside", "lr_scaled_decay": True, "eps_root": 0.0},
              "add_decayed_weights before the learning-rate scaling, so the decay is θ ← θ − αλθ (the paper: "
              "θ − η_t λθ)",
              "google-deepmind/optax optax/_src/alias.py (adamw), optax/transforms/_adding.py",
-             "mask (decay on a subset of leaves), eps_root > 0, nesterov=True"))
+             "mask (decay on a subset of leaves), nesterov=True"))
 _add(Profile("torch.optim.Adagrad", "adagrad",
              {"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "eps_mode": "outside", "weight_decay": 0.0,
-              "weight_decay_mode": "l2"},
+              "weight_decay_mode": "l2", "lr_decay": 0.0},
              "Duchi et al.'s diagonal rule with δ = 1e-10 outside the root, plus an optional learning-rate decay "
              "η/(1 + (t − 1)·lr_decay) and L2 term λθ in the gradient",
              "pytorch/pytorch torch/optim/adagrad.py (_single_tensor_adagrad)",
-             "lr_decay > 0, maximize, sparse gradients"))
+             "maximize, sparse gradients"))
 _add(Profile("optax.adagrad", "adagrad",
              {"lr": 1e-2, "eps": 1e-7, "initial_accumulator": 0.1, "eps_mode": "inside"},
              "ε inside the root, g/√(G + ε), and an accumulator started at G₀ = 0.1 (the paper: δ + √G, G₀ = 0); "
@@ -110,14 +111,17 @@ _add(Profile("torch.optim.LBFGS", "lbfgs",
              "pytorch/pytorch torch/optim/lbfgs.py (LBFGS.step)",
              _LBFGS_TORCH_GAPS))
 _add(Profile("torch.optim.LBFGS+strong_wolfe", "lbfgs",
-             {"memory": 100, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "unit", "first_step": "gradient_l1", "lr": 1.0, "curvature_skip": 1e-10,
-              "curvature_skip_rule": "absolute"},
-             "line_search_fn='strong_wolfe': the minFunc-derived strong-Wolfe search (c₁ = 1e-4, c₂ = 0.9, cubic "
-             "interpolation) started at lr, or at min(1, 1/‖g‖₁)·lr on the first iteration" + _LBFGS_TORCH_DOC,
+             {"memory": 100, "initial_scaling": "every", "line_search": "minfunc", "c1": 1e-4, "c2": 0.9,
+              "max_evals": 25, "initial_step": "unit", "first_step": "gradient_l1", "lr": 1.0,
+              "curvature_skip": 1e-10, "curvature_skip_rule": "absolute"},
+             "line_search_fn='strong_wolfe': minFunc's strong-Wolfe search (c₁ = 1e-4, c₂ = 0.9, cubic "
+             "interpolation; refopt's line_search='minfunc') started at lr, or at min(1, 1/‖g‖₁)·lr on the first "
+             "iteration, with max_ls = max_eval − (evaluations so far in this step() call), max_eval = "
+             "max_iter·5/4 = 25 by default" + _LBFGS_TORCH_DOC,
              "pytorch/pytorch torch/optim/lbfgs.py (_strong_wolfe, _cubic_interpolate)",
-             _LBFGS_TORCH_GAPS + "; when the first trial fails the strong Wolfe conditions the two searches "
-             "choose different trial points (torch's minFunc port vs N&W Algorithms 3.5-3.6)"))
+             _LBFGS_TORCH_GAPS + "; torch's search budget shrinks within a step() call while refopt's "
+             "max_evals is per update (exact while the budget does not bind; a torch run with max_iter=1 "
+             "has max_eval=1 by default: use max_evals=max_eval)"))
 _add(Profile("optax.lbfgs", "lbfgs",
              {"memory": 10, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
               "initial_step": "unit", "first_step": "unit_length", "curvature_skip_rule": "never"},
@@ -198,34 +202,37 @@ _add(Profile("amirgholami/adahessian+image_classification", "adahessian",
 
 # --- Shampoo --------------------------------------------------------------------------------------------
 _add(Profile("google-research/scalable_shampoo", "shampoo",
-             {"statistics": "ema", "beta2": 0.999, "initial_accumulator": 1e-6, "eps": 1e-6, "eps_mode": "add",
-              "merge_dims": 4096, "block_size": 128, "grafting": "sgd", "start_step": 6,
-              "precondition_interval": 1, "momentum": 0.9, "precondition": "gradient",
+             {"statistics": "ema", "beta2": 0.999, "initial_accumulator": 1e-6, "eps": 1e-6,
+              "eps_mode": "relative", "merge_dims": 4096, "block_size": 128, "grafting": "sgd", "start_step": 6,
+              "precondition_interval": 1, "momentum": 0.9, "nesterov": True, "precondition": "gradient",
               "vector_diagonal": False, "weight_decay_mode": "l2"},
              "statistics are an EMA (β₂ = 0.999) started at ε·I, the ridge is ε·λ_max, roots come from a coupled "
              "Newton iteration, the step is grafted to the SGD step's norm, the first start_preconditioning_step=5 "
              "steps are graft steps, and Nesterov momentum β₁ = 0.9 follows",
              "google-research/google-research scalable_shampoo/optax/distributed_shampoo.py (distributed_shampoo, "
              "_compute_stats, _transform_grad, matrix_inverse_pth_root, merge_small_dims)",
-             "relative_matrix_epsilon=True (ridge ε·λ_max; missing switch eps_mode='relative': use "
-             "relative_matrix_epsilon=False); nesterov=True (missing switch; exact with beta1=0); separate momentum "
-             "buffers for the graft and Shampoo phases; weight decay added after grafting; the coupled-Newton root "
-             "matches eigh only to its error_tolerance 1e-6; the refresh phase of preconditioning_compute_steps > 1 "
-             "counts from step 0, refopt's from start_step"))
+             "separate momentum buffers for the graft and Shampoo phases (refopt has one: exact with beta1 > 0 "
+             "only when start_preconditioning_step ≤ 1, i.e. start_step ≤ 2 — the first statistics are εI + cGGᵀ, "
+             "so P(G₁) ∥ G₁ — or with beta1=0); weight decay added after "
+             "grafting; the coupled-Newton root matches eigh only to its error_tolerance 1e-6, and λ_max of the "
+             "relative ε comes from a power iteration (tolerance 1e-6); the refresh phase of "
+             "preconditioning_compute_steps > 1 counts from step 0, refopt's from start_step; "
+             "moving_average_for_momentum=True"))
 _add(Profile("facebookresearch/distributed_shampoo", "shampoo",
              {"lr": 1e-2, "statistics": "sum", "eps": 1e-12, "eps_mode": "add", "initial_accumulator": 0.0,
               "merge_dims": 1024, "block_size": 1024, "grafting": "none", "start_step": 1,
-              "precondition_interval": 1, "momentum": 0.0, "precondition": "gradient", "vector_diagonal": False},
+              "precondition_interval": 1, "momentum": 0.0, "precondition": "gradient", "vector_diagonal": False,
+              "filter_beta": 0.9},
              "statistics summed (β₂ = 1) or an EMA divided by 1 − β₂ᵗ, ε added after the eigenvalues are shifted to "
              "be ≥ 0, roots by eigh, the gradient first filtered by a bias-corrected EMA (β₁ = 0.9) and optionally "
              "grafted to an Adagrad/RMSProp/Adam step's norm",
              "facebookresearch/optimizers distributed_shampoo/distributed_shampoo.py (DistributedShampoo, "
              "_per_group_step_impl), distributed_shampoo/preconditioner/matrix_functions.py "
              "(_matrix_inverse_root_eigen)",
-             "betas[0] > 0 (the default 0.9: EMA-filtered, bias-corrected gradient; missing switch; exact with "
-             "betas=(0, β₂)); bias correction of an EMA with β₂ < 1; per-order inv_root_override lists and "
-             "exponent_multiplier; Nesterov; decoupled decay added before the momentum; float32 factor matrices by "
-             "default; the initial inverse factors used before start_preconditioning_step without grafting"))
+             "betas[1] < 1 is statistics='ema_debiased', betas[0] is filter_beta; beta3 ≠ betas[0] and "
+             "use_bias_correction=False; per-order inv_root_override lists and exponent_multiplier; decoupled decay "
+             "added before the momentum; dampening > 0; float32 factor matrices by default; the initial inverse "
+             "factors used before start_preconditioning_step without grafting"))
 
 # --- K-FAC ---------------------------------------------------------------------------------------------
 _add(Profile("google-deepmind/kfac-jax", "kfac",
