@@ -123,3 +123,19 @@ def test_search_finds_planted_switch_of_randomised_and_adaptive_methods(tmp_path
     export_trace(trace, str(path))
     assert check_trace(str(path))[0] is not None
     assert planted in search_conventions(str(path))
+
+
+def test_every_optimizer_declares_its_switches():
+    """Each registered optimizer lists its discrete convention switches (what --search tries); each is a
+    constructor argument whose default is one of the listed values."""
+    import inspect
+
+    from refopt.optim import OPTIMIZERS, optimizer_class
+    for name in OPTIMIZERS:
+        cls = optimizer_class(name)
+        switches = getattr(cls, "switches", None)
+        assert switches, f"{name} declares no switches"
+        params = inspect.signature(cls.__init__).parameters
+        for key, values in switches.items():
+            assert key in params, (name, key)
+            assert params[key].default in values, (name, key, params[key].default, values)

@@ -201,6 +201,8 @@ class NewtonCG(DescentMethod):
     """Truncated-CG Newton with a line search (N&W Alg. 7.1); Hessian-free with ``hessian_free()``."""
 
     name = "newton_cg"
+    switches = {"curvature": CURVATURES, "forcing": ("sqrt", "linear"), "adapt_damping": (False, True),
+                "line_search": ("armijo", "strong_wolfe", "none")}
 
     def __init__(self, curvature: str = "hessian", damping: float = 0.0, adapt_damping: bool = False,
                  forcing="sqrt", cg_maxiter: Optional[int] = None, progress_tol: Optional[float] = None,
@@ -286,6 +288,7 @@ class TrustRegionNewtonCG(DescentMethod):
     """Trust-region Newton-CG with CG–Steihaug (N&W Algorithms 4.1 and 7.2; see the module docs)."""
 
     name = "trust_ncg"
+    switches = {"curvature": CURVATURES, "forcing": ("sqrt", "linear")}
 
     def __init__(self, curvature: str = "hessian", initial_radius: float = 1.0, max_radius: float = 1000.0,
                  eta: float = 0.15, forcing="sqrt", cg_maxiter: Optional[int] = None):

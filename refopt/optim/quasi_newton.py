@@ -279,6 +279,8 @@ class BFGS(_QuasiNewton):
 
     name = "bfgs"
     rule = "bfgs"
+    switches = {"form": ("inverse", "direct"), "initial_scaling": ("none", "once", "every"), "damping": (None, "powell"),
+                "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
 
 
 class DFP(_QuasiNewton):
@@ -286,6 +288,8 @@ class DFP(_QuasiNewton):
 
     name = "dfp"
     rule = "dfp"
+    switches = {"form": ("inverse", "direct"), "initial_scaling": ("none", "once", "every"),
+                "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
 
 
 class SR1(_QuasiNewton):
@@ -294,6 +298,7 @@ class SR1(_QuasiNewton):
     name = "sr1"
     rule = "sr1"
     forms = ("direct", "inverse")
+    switches = {"form": forms, "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
 
 
 class ShermanMorrison(_QuasiNewton):
@@ -302,3 +307,4 @@ class ShermanMorrison(_QuasiNewton):
     name = "sherman_morrison"
     rule = "sr1"
     forms = ("inverse", "direct")
+    switches = {"form": forms, "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
