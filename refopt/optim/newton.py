@@ -320,7 +320,7 @@ class Newton(DescentMethod):
     """Newton's method, (∇²L + λI) p = −g by Cholesky (see the module docs for the switches)."""
 
     name = "newton"
-    switches = {"modification": MODIFICATIONS, "line_search": LINE_SEARCHES}  # searched by refopt.verify
+    switches = {"modification": MODIFICATIONS, "line_search": (None,) + LINE_SEARCHES}  # None: by modification
     dense = True
     curvature = "hessian"
 
