@@ -7,7 +7,7 @@ file), and what of it refopt's switches cannot express (``gaps``, empty when not
 tested against an independent NumPy transcription of the library's update, two steps on a tiny
 problem (``tests/test_profiles.py``); the torch and optax ones also against the real libraries
 (``scripts/verify_with_torch.py``, ``scripts/verify_with_optax.py``). ``conventions_table()`` is the
-table of docs/verify.md (``python -m refopt.verify.profiles`` prints it).
+table of docs/verify.md (``refopt verify profiles`` prints it).
 
 Names: the library's public name; a variant of one library gets ``+variant`` (no spaces or shell
 metacharacters, so a name can be passed to ``refopt verify export --profile NAME`` as it is).
@@ -305,6 +305,3 @@ def conventions_table() -> str:
         rows.append(f"| {p.library} | `{p.optimizer}` | {settings} | {p.differs} | {p.gaps or '—'} | {p.source} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    print(conventions_table())
