@@ -37,6 +37,7 @@ def parse_value(text: str):
 
 
 def parse_hyperparameters(items) -> dict:
+    """{name: value} from ``NAME=VALUE`` strings, values read by ``parse_value``; ValueError if malformed."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -73,6 +74,7 @@ def _progress(total: int, enabled: bool):
 
 
 def cmd_train(args) -> int:
+    """``refopt train``: run one optimizer on one problem and print a summary; returns 0, or 130 after Ctrl-C."""
     from .runner import Interrupted, RunConfig, run  # noqa: PLC0415
 
     config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
@@ -95,6 +97,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """``refopt compare``: run the optimizers on one problem, print the table, plot and CSV if asked; returns 0."""
     from .compare import DEFAULT_OPTIMIZERS, compare, format_table, plot_comparison  # noqa: PLC0415
 
     names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_OPTIMIZERS)
@@ -114,6 +117,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """``refopt list``: print the names of the optimizers, problems and convention profiles; returns 0."""
     from .optim import OPTIMIZERS  # noqa: PLC0415
     from .problems.registry import problem_names  # noqa: PLC0415
     from .verify.profiles import PROFILES  # noqa: PLC0415
@@ -125,6 +129,7 @@ def cmd_list(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``refopt`` command and its subcommands."""
     p = argparse.ArgumentParser(prog="refopt", description="Reference second-order optimizers: train, compare, verify.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``refopt`` on ``argv`` (None: sys.argv[1:]); returns the exit status, 2 after a one-line input error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

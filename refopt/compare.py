@@ -40,12 +40,15 @@ DEFAULT_OPTIMIZERS: dict[str, dict] = {
 
 
 class ComparisonEntry:
+    """One optimizer's comparison result: name, hyperparameters, ``RunResult`` (None on failure), error, seconds."""
+
     def __init__(self, name, hyperparameters, result=None, error=None, seconds=0.0):
         self.name, self.hyperparameters, self.result, self.error, self.seconds = (
             name, hyperparameters, result, error, seconds)
 
     @property
     def history(self):
+        """The run's log records ([] when the run failed)."""
         return self.result.history if self.result else []
 
     def to_target(self, target):
@@ -88,6 +91,7 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
 
 
 def format_table(entries, target_loss=None) -> str:
+    """The comparison as a text table: final loss, steps, steps and seconds to ``target_loss``, counts, failures."""
     head = f"{'optimizer':18s} {'final loss':>11s} {'steps':>6s} {'to target':>10s} {'s to target':>11s} " \
            f"{'nfev':>6s} {'ngev':>6s} {'nhvp':>6s} {'other':>6s} {'seconds':>8s}  failure"
     lines = [head, "-" * len(head)]
@@ -146,6 +150,7 @@ def plot_comparison(entries, path: str):
 
 
 def write_csv(entries, path: str) -> None:
+    """Write each entry's log, one CSV row per step (losses, gradient norm, time, counts), to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["optimizer", "step", "train_loss", "loss", "grad_norm", "elapsed", "nfev", "ngev", "nhvp"])

@@ -18,6 +18,8 @@ __all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize"]
 
 
 class CGResult(NamedTuple):
+    """What ``cg`` returns: the approximate solution, iterations, final residual norm and stopping status."""
+
     x: object               # the approximate solution (tree or array, like b)
     iterations: int
     residual_norm: float
@@ -77,6 +79,7 @@ def _check_square(A) -> None:
 
 
 def symmetrize(A):
+    """½(A + Aᵀ), the symmetric part of a square matrix A."""
     return 0.5 * (A + A.T)
 
 

@@ -51,6 +51,8 @@ Phi = Callable[[float], tuple]
 
 
 class LineSearchResult(NamedTuple):
+    """What a line search returns: the step α, φ(α) and φ'(α), callback evaluations, status and message."""
+
     alpha: float            # the accepted step (0.0 when the search found nothing acceptable)
     phi: float              # φ(alpha)
     dphi: Optional[float]   # φ'(alpha), None when it was not evaluated
@@ -60,6 +62,7 @@ class LineSearchResult(NamedTuple):
 
     @property
     def success(self) -> bool:
+        """Whether the search converged: the conditions hold at ``alpha``."""
         return self.status == "converged"
 
 

@@ -48,6 +48,8 @@ FUNCTION_METHODS = ("newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison
 
 @dataclass
 class MinimizeResult:
+    """What ``minimize`` returns: the final x, f and gradient, the counts, the status (module docs) and f's history."""
+
     x: Any
     f: float
     grad: Any

@@ -37,6 +37,7 @@ class Counts:
     nstats: int = 0  # per-layer statistics passes
 
     def as_dict(self) -> dict:
+        """The counts as {name: count}."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -65,6 +66,7 @@ class Oracle:
 
     @property
     def batch_size(self) -> int:
+        """B, the number of examples in the batch."""
         return int(self.X.shape[0])
 
     def with_batch(self, X, y) -> "Oracle":
@@ -80,16 +82,19 @@ class Oracle:
         return self.model.apply(params, self.X)
 
     def value(self, params) -> float:
+        """The reduced loss L(θ) on the batch as a float (one nfev)."""
         self.counts.nfev += 1
         return _finite_float(self._objective(params))
 
     def value_and_grad(self, params):
+        """(L(θ), ∇L(θ)) from one reverse pass (one nfev and one ngev)."""
         self.counts.nfev += 1
         self.counts.ngev += 1
         value, g = ad.value_and_grad(self._objective)(params)
         return _finite_float(value), g
 
     def grad(self, params):
+        """∇L(θ), through ``value_and_grad`` (counted as such)."""
         return self.value_and_grad(params)[1]
 
     def grad_at_labels(self, params, labels):
@@ -100,6 +105,7 @@ class Oracle:
 
     # --- curvature products ---------------------------------------------------------------
     def hvp(self, params, v):
+        """∇²L(θ) v by forward-over-reverse autodiff (one nhvp)."""
         self.counts.nhvp += 1
         return ad.hvp(self._objective, params, v)
 
@@ -141,6 +147,7 @@ class Oracle:
         return C.network_vjp(self.model, params, self.X)[1](u)
 
     def ggn_vp(self, params, v):
+        """The Gauss-Newton-vector product Jᵀ (scale · H_ℓ (J v)) on the batch (one nggnvp)."""
         self.counts.nggnvp += 1
         return C.ggn_vp(self.model, self.loss, params, self.X, self.y, v)
 
@@ -167,6 +174,7 @@ class Oracle:
         return product
 
     def fisher_vp(self, params, v, kind="true", samples=1, seed=None, labels=None):
+        """F v for the Fisher ``kind`` "true", "mc" or "empirical" (``curvature.fisher_vp``; one nfvp)."""
         self.counts.nfvp += 1
         return C.fisher_vp(self.model, self.loss, params, self.X, self.y, v, kind, samples, seed, labels)
 
@@ -187,6 +195,7 @@ class Oracle:
         return C.draw_probes(params, seed, k, distribution)
 
     def hutchinson_diag(self, params, seed=None, probes=None, k=1, distribution="rademacher"):
+        """Hutchinson estimate of diag(∇²L): (1/k) Σ_j z_j ⊙ (∇²L z_j) over ``probes``, or k drawn from ``seed``."""
         if probes is None:
             if seed is None:
                 raise ValueError("hutchinson_diag needs seed= or probes=")
@@ -196,6 +205,7 @@ class Oracle:
         return C.hutchinson_diagonal(self._objective, params, probes)
 
     def gnb_diag(self, params, seed=None, labels=None, k=1):
+        """Gauss-Newton-Bartlett estimate ĝ ⊙ ĝ / scale of diag(GGN) at ``labels``, or k label sets from ``seed``."""
         if labels is None:
             if seed is None:
                 raise ValueError("gnb_diag needs seed= or labels=")
@@ -205,13 +215,16 @@ class Oracle:
 
     # --- dense matrices (small models) -----------------------------------------------------
     def dense_hessian(self, params, max_size=None):
+        """The dense n×n ∇²L(θ) in ``tree.ravel`` order; ValueError beyond ``max_size``."""
         return ad.hessian(self._objective, params, max_size=max_size)
 
     def dense_ggn(self, params, max_size=None):
+        """The dense n×n GGN, from n GGN-vector products; ValueError beyond ``max_size``."""
         return C.dense_from_product(self.curvature_operator(params, "ggn"), params, max_size,
                                     "dense GGN", "ggn_vp with conjugate gradient")
 
     def dense_fisher(self, params, kind="true", max_size=None, **kw):
+        """The dense n×n Fisher of ``kind``, from n Fisher-vector products; ValueError beyond ``max_size``."""
         return C.dense_from_product(self.curvature_operator(params, kind, **kw), params, max_size,
                                     f"dense {kind} Fisher", "fisher_vp with conjugate gradient")
 
@@ -228,10 +241,12 @@ class FunctionOracle:
         self.counts = counts if counts is not None else Counts()
 
     def value(self, x) -> float:
+        """f(x) as a float (one nfev)."""
         self.counts.nfev += 1
         return _finite_float(self.f(x))
 
     def value_and_grad(self, x):
+        """(f(x), ∇f(x)), the analytic gradient if given, else by autodiff (one nfev and one ngev)."""
         self.counts.nfev += 1
         self.counts.ngev += 1
         if self._grad is not None:
@@ -240,10 +255,12 @@ class FunctionOracle:
         return _finite_float(value), g
 
     def grad(self, x):
+        """∇f(x), analytic if given, else by autodiff (one ngev)."""
         self.counts.ngev += 1
         return self._grad(x) if self._grad is not None else ad.grad(self.f)(x)
 
     def hvp(self, x, v):
+        """∇²f(x) v from the analytic hvp, else the analytic Hessian, else autodiff (one nhvp)."""
         self.counts.nhvp += 1
         if self._hvp is not None:
             return self._hvp(x, v)
@@ -252,6 +269,7 @@ class FunctionOracle:
         return ad.hvp(self.f, x, v)
 
     def hvp_operator(self, x):
+        """(∇f(x), v ↦ ∇²f(x) v), each product a call of ``hvp``."""
         g = self.grad(x)
         return g, lambda v: self.hvp(x, v)
 
@@ -265,6 +283,7 @@ class FunctionOracle:
         return C.draw_probes(x, seed, k, distribution)
 
     def dense_hessian(self, x, max_size=None):
+        """The dense Hessian, analytic if given, else by autodiff; ValueError beyond ``max_size``."""
         if self._hess is not None:
             C.check_dense_size(T.size(x), max_size, "dense Hessian", "hvp with conjugate gradient")
             return self._hess(x)

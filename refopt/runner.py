@@ -31,6 +31,8 @@ CHECKPOINT_FORMAT = "refopt-checkpoint/1"
 
 @dataclass
 class RunConfig:
+    """What to run: optimizer and hyperparameters, problem, steps, batch size, seed, stopping rules, eval interval."""
+
     optimizer: str
     hyperparameters: dict = field(default_factory=dict)
     problem: str = "digits_mlp"
@@ -50,6 +52,8 @@ class RunConfig:
 
 @dataclass
 class RunResult:
+    """What ``run`` returns: the config, final params and state, the log records, the status and a message."""
+
     config: RunConfig
     params: object
     state: object
@@ -59,6 +63,7 @@ class RunResult:
 
     @property
     def final_loss(self) -> float:
+        """The last full-batch training loss in the history (NaN when none was recorded)."""
         for rec in reversed(self.history):
             if rec.get("train_loss") is not None:
                 return rec["train_loss"]
@@ -81,6 +86,7 @@ class Interrupted(Exception):
 
 
 def save_checkpoint(path: str, config: RunConfig, step: int, params, state, history, counts: Counts) -> None:
+    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity) to ``path``."""
     meta = {"format": CHECKPOINT_FORMAT, "version": __version__, "step": step, **config.identity(),
             "counts": counts.as_dict()}
     write_npz_atomic(path, meta, params=params, state=state, history=history)

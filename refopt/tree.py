@@ -33,6 +33,7 @@ def flatten(tree) -> tuple[list, Any]:
 
 
 def unflatten(treedef, leaf_list):
+    """The tree described by ``treedef`` (from ``flatten``) with ``leaf_list`` as its leaves, in order."""
     it = iter(leaf_list)
 
     def build(d):
@@ -47,6 +48,7 @@ def unflatten(treedef, leaf_list):
 
 
 def leaves(tree) -> list:
+    """The leaves of ``tree`` in flattening order (see the module docs)."""
     return flatten(tree)[0]
 
 
@@ -66,6 +68,7 @@ def tree_map2(f: Callable, a, b):
 
 
 def same_structure(a, b) -> bool:
+    """Whether ``a`` and ``b`` have the same structure and the same leaf shapes."""
     la, da = flatten(a)
     lb, db = flatten(b)
     return da == db and all(P.shape_of(x) == P.shape_of(y) for x, y in zip(la, lb))
@@ -120,14 +123,17 @@ def axpy(alpha, x, y):
 
 
 def zeros_like(tree):
+    """A tree of zeros shaped like ``tree``."""
     return tree_map(lambda x: xp.zeros_like(x), tree)
 
 
 def copy(tree):
+    """A copy of ``tree`` with every leaf copied."""
     return tree_map(lambda x: x.copy(), tree)
 
 
 def size(tree) -> int:
+    """The total number of entries over all leaves."""
     n = 0
     for x in leaves(tree):
         n += int(x.size)
@@ -156,8 +162,10 @@ def unravel(vector, like):
 
 
 def norm(tree) -> float:
+    """The Euclidean norm over all leaves, ‖ravel(tree)‖₂, as a float."""
     return float(xp.sqrt(sum(float(xp.vdot(x.ravel(), x.ravel())) for x in leaves(tree))))
 
 
 def all_finite(tree) -> bool:
+    """Whether every entry of every leaf is finite."""
     return all(bool(xp.all(xp.isfinite(x))) for x in leaves(tree))

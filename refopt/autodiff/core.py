@@ -162,6 +162,7 @@ class LazyBox(Box):
 
     @property
     def value(self):
+        """The primal value, computed from the deferred primitive call on first read and then kept."""
         if self.pending is not None:
             prim, vals, kwargs = self.pending
             _box_value.__set__(self, prim(*vals, **kwargs))
@@ -196,6 +197,7 @@ _add = None  # set by primitives.py (the add primitive), used to sum cotangents 
 
 
 def set_add(add_primitive) -> None:
+    """Install the add primitive that sums cotangents and tangents (primitives.py calls this once)."""
     global _add
     _add = add_primitive
 

@@ -14,6 +14,7 @@ __all__ = ["dense_from_product", "check_dense_size"]
 
 
 def check_dense_size(n: int, max_size: int | None, what: str, alternative: str) -> None:
+    """ValueError naming ``alternative`` when a dense n×n ``what`` exceeds ``max_size`` (None: DENSE_MAX_SIZE)."""
     limit = DENSE_MAX_SIZE if max_size is None else max_size
     if n > limit:
         gib = n * n * 8 / 2 ** 30

@@ -152,6 +152,7 @@ def pi_correction(A, G) -> float:
 
 
 def all_finite_arrays(arrays) -> bool:
+    """Whether every array in ``arrays`` is entirely finite."""
     return all(bool(xp.all(xp.isfinite(x))) for x in arrays)
 
 

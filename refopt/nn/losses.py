@@ -72,6 +72,7 @@ class Loss:
 
     # --- shared ------------------------------------------------------------------------------
     def check_outputs(self, z):
+        """Raise ValueError unless z is a finite array of shape (batch, C)."""
         zv = getval(z)
         if getattr(zv, "ndim", 0) != 2:
             raise ValueError(f"z: expected network outputs of shape (batch, C), got {ad.shape_of(z)}")
@@ -120,6 +121,7 @@ class SoftmaxCrossEntropy(Loss):
     name = "softmax_cross_entropy"
 
     def check_targets(self, z, y):
+        """Require integer labels of shape (B,) in [0, C − 1]: TypeError for another dtype, else ValueError."""
         yv = getval(y)
         B, C = ad.shape_of(z)
         if not hasattr(yv, "dtype") or yv.dtype.kind not in "iu":
@@ -130,17 +132,21 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"y: labels must lie in [0, {C - 1}], got range [{int(yv.min())}, {int(yv.max())}]")
 
     def per_example(self, z, y):
+        """ℓ_i = logsumexp(z_i) − z_i[y_i], shape (batch,)."""
         return ad.subtract(ad.logsumexp(z, axis=1), ad.take_labels(z, y))
 
     def probabilities(self, z):
+        """p_i = softmax(z_i) of the raw (untraced) outputs, shape (batch, C)."""
         return ad.softmax(getval(z), axis=1)
 
     def output_hessian_vp(self, z, y, u):
+        """H_i u_i = p_i ⊙ u_i − p_i (p_iᵀ u_i), p = softmax(z); y is not used."""
         self._check_direction(z, u)
         p = self.probabilities(z)
         return p * u - p * xp.sum(p * u, axis=1, keepdims=True)
 
     def output_fisher(self, z):
+        """Σ_c p_ic (p_i − e_c)(p_i − e_c)ᵀ, enumerating the C labels; shape (batch, C, C)."""
         p = self.probabilities(z)
         B, C = p.shape
         eye = xp.eye(C, dtype=p.dtype)
@@ -148,6 +154,7 @@ class SoftmaxCrossEntropy(Loss):
         return xp.einsum("bc,bci,bcj->bij", p, r, r)  # Σ_c p_c r_c r_cᵀ
 
     def sample(self, z, seed, k: int = 1):
+        """k label sets, int64 of shape (k, batch), by the inverse CDF of softmax(z) (see the class docs)."""
         p = self.probabilities(z)
         cdf = xp.cumsum(p, axis=1)
         u = as_array(rng(seed).random((k, p.shape[0])), p.dtype)
@@ -173,6 +180,7 @@ class Gaussian(Loss):
         return f"Gaussian(reduction={self.reduction!r}, variance={self.variance})"
 
     def check_targets(self, z, y):
+        """Require finite real targets of exactly z's shape: TypeError for a non-float dtype, else ValueError."""
         yv = getval(y)
         if not hasattr(yv, "dtype") or yv.dtype.kind != "f":
             raise TypeError(f"y: expected real targets, got {getattr(yv, 'dtype', type(yv))}")
@@ -183,21 +191,25 @@ class Gaussian(Loss):
             raise ValueError("y: targets contain NaN or Inf")
 
     def per_example(self, z, y):
+        """ℓ_i = ‖z_i − y_i‖² / (2σ²), shape (batch,); untraced y is cast to z's dtype."""
         if not isinstance(y, ad.Box):  # targets in z's dtype, so a float32 model stays float32
             y = xp.asarray(y, dtype=getval(z).dtype)
         d = ad.subtract(z, y)
         return ad.divide(ad.sum(ad.multiply(d, d), axis=1), 2.0 * self.variance)
 
     def output_hessian_vp(self, z, y, u):
+        """H_i u_i = u_i / σ² (y is not used)."""
         self._check_direction(z, u)
         return u / self.variance
 
     def output_fisher(self, z):
+        """I / σ² for every example (E[r rᵀ], r = (z − y)/σ², y ∼ N(z, σ²I)); shape (batch, C, C)."""
         B, C = ad.shape_of(z)
         # E[r rᵀ] with r = (z − y)/σ², y − z ∼ N(0, σ² I): σ² I / σ⁴.
         return xp.broadcast_to(xp.eye(C, dtype=getval(z).dtype) / self.variance, (B, C, C)).copy()
 
     def sample(self, z, seed, k: int = 1):
+        """k target sets y = z + σ ε, shape (k, batch, C), ε standard normal from ``seed``."""
         zv = getval(z)
         eps = as_array(rng(seed).standard_normal((k,) + tuple(zv.shape)), zv.dtype)
         return zv[None] + (self.variance ** 0.5) * eps
@@ -212,6 +224,7 @@ class Bernoulli(Loss):
     name = "bernoulli"
 
     def check_targets(self, z, y):
+        """Require 0/1 targets of exactly z's shape with a float, int or bool dtype (else ValueError / TypeError)."""
         yv = getval(y)
         if not hasattr(yv, "dtype") or yv.dtype.kind not in "fiub":
             raise TypeError(f"y: expected 0/1 targets, got {getattr(yv, 'dtype', type(yv))}")
@@ -221,18 +234,22 @@ class Bernoulli(Loss):
             raise ValueError("y: Bernoulli targets must be 0 or 1")
 
     def per_example(self, z, y):
+        """ℓ_i = Σ_c softplus(z_ic) − y_ic z_ic, shape (batch,)."""
         yf = xp.asarray(getval(y), dtype=getval(z).dtype)
         return ad.sum(ad.subtract(ad.softplus(z), ad.multiply(yf, z)), axis=1)
 
     def probabilities(self, z):
+        """p = sigmoid(z) of the raw (untraced) outputs, shape (batch, C)."""
         return ad.sigmoid(getval(z))
 
     def output_hessian_vp(self, z, y, u):
+        """H_i u_i = p_i (1 − p_i) ⊙ u_i, p = sigmoid(z); y is not used."""
         self._check_direction(z, u)
         p = self.probabilities(z)
         return p * (1.0 - p) * u
 
     def output_fisher(self, z):
+        """diag(p_i (1 − p_i)) per example, by enumerating y_c ∈ {0, 1}; shape (batch, C, C)."""
         # r = p − y with independent coordinates: E[r_c r_d] = 0 for c ≠ d and p(1−p) on the diagonal,
         # computed by enumerating y_c ∈ {0, 1}: p (p − 1)² + (1 − p) p² = p (1 − p).
         p = self.probabilities(z)
@@ -244,6 +261,7 @@ class Bernoulli(Loss):
         return out
 
     def sample(self, z, seed, k: int = 1):
+        """k target sets y = 1[u < sigmoid(z)], shape (k, batch, C) in z's dtype (see the class docs)."""
         p = self.probabilities(z)
         u = as_array(rng(seed).random((k,) + tuple(p.shape)), p.dtype)
         return (u < p[None]).astype(p.dtype)

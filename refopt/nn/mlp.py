@@ -67,10 +67,12 @@ class MLP:
 
     @property
     def num_layers(self) -> int:
+        """L, the number of dense layers (len(sizes) − 1)."""
         return len(self.sizes) - 1
 
     @property
     def num_params(self) -> int:
+        """The number of parameters, Σ_l (fan_in_l + 1) · fan_out_l (weights and biases)."""
         return sum((i + 1) * o for i, o in zip(self.sizes[:-1], self.sizes[1:]))
 
     def init(self, seed, dtype=None) -> list[dict]:

@@ -71,6 +71,8 @@ def apply_step(params, d, lr: float, weight_decay: float, mode: str):
 
 
 class AdagradState(NamedTuple):
+    """Diagonal Adagrad's state: the step count and the accumulator G_t."""
+
     step: int
     accumulator: object  # G_t = G_0 + Σ g ⊙ g, a tree like params
 
@@ -94,10 +96,12 @@ class Adagrad(Optimizer):
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
 
     def init(self, params) -> AdagradState:
+        """G_0 = initial_accumulator · 1 and step 0; refuses a leaf of size zero."""
         _check_leaves(params)
         return AdagradState(0, T.tree_map(lambda x: xp.full_like(x, self.initial_accumulator), params))
 
     def update(self, params, state, oracle):
+        """One diagonal Adagrad step, G ← G + g ⊙ g and θ ← θ − η_t g / (δ + √G) by default; see the module docs."""
         loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
         if g is None:
             return refuse(params, state, loss, "non-finite gradient: step refused")
@@ -114,6 +118,8 @@ class Adagrad(Optimizer):
 
 
 class FullMatrixAdagradState(NamedTuple):
+    """Full-matrix Adagrad's state: the step count and the accumulated S_t of each block."""
+
     step: int
     S: tuple  # S_t = S_0 + Σ g gᵀ, one (n_b, n_b) matrix per block
 
@@ -150,6 +156,7 @@ class FullMatrixAdagrad(Optimizer):
         return T.unflatten(treedef, [xp.reshape(v, leaf.shape) for v, leaf in zip(vectors, leaves)])
 
     def init(self, params) -> FullMatrixAdagradState:
+        """S_0 = initial_accumulator · I per block and step 0; refuses empty leaves and blocks over ``max_size``."""
         _check_leaves(params)
         S = []
         for v in self._vectors(params):
@@ -167,6 +174,7 @@ class FullMatrixAdagrad(Optimizer):
         return Q @ (scale * (Q.T @ g))
 
     def update(self, params, state, oracle):
+        """One step S ← S + g gᵀ per block, θ ← θ − η (δI + S^{1/2})⁻¹ g by default (eigh); see the module docs."""
         loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
         if g is None:
             return refuse(params, state, loss, "non-finite gradient: step refused")

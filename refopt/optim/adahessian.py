@@ -105,6 +105,8 @@ def spatial_average(D, block: int, axis: int):
 
 
 class AdaHessianState(NamedTuple):
+    """AdaHessian's state: the step count, the moments m and v, and the probes' base seed."""
+
     step: int
     m: object  # first moment of the gradient, a tree like params
     v: object  # moving average of D^s ⊙ D^s, a tree like params
@@ -145,6 +147,7 @@ class AdaHessian(Optimizer):
         self.seed = check_int("seed", seed, minimum=0)
 
     def init(self, params) -> AdaHessianState:
+        """Zero moments m, v, step 0 and the probe seed; refuses empty leaves and a missing ``spatial_axis``."""
         for leaf in T.leaves(params):
             if leaf.size == 0:
                 raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
@@ -154,6 +157,7 @@ class AdaHessian(Optimizer):
         return AdaHessianState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
     def update(self, params, state, oracle, draws=None):
+        """One AdaHessian step: Hutchinson diagonal from drawn (or injected) probes, spatial average, moments, step."""
         if draws is None:
             probes = oracle_probes(oracle, params, step_generator(state.seed, state.step), self.probes,
                                    self.probe_distribution)

@@ -46,6 +46,8 @@ AMSGRAD_MODES = ("none", "max_v", "max_v_hat")
 
 
 class AdamState(NamedTuple):
+    """Adam's state: the step count, the moments m and v, and AMSGrad's running maximum (None without)."""
+
     step: int
     m: object  # first moment m_t, a tree like params
     v: object  # second moment v_t (of the raw gradient), a tree like params
@@ -77,6 +79,7 @@ class Adam(Optimizer):
         self.amsgrad = check_choice("amsgrad", amsgrad, AMSGRAD_MODES)
 
     def init(self, params) -> AdamState:
+        """Zero moments m, v (and v_max for AMSGrad) and step 0; refuses a leaf of size zero."""
         for leaf in T.leaves(params):
             if leaf.size == 0:
                 raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
@@ -88,6 +91,7 @@ class Adam(Optimizer):
         return 0.0
 
     def update(self, params, state, oracle):
+        """One Adam (or AdamW) step; see the module docs for the equations and switches."""
         loss, g = oracle.value_and_grad(params)
         # One pass gives both the reported norm and the check: a NaN or Inf anywhere makes it non-finite
         # (all_finite then tells an overflow of the squares from a truly non-finite gradient).

@@ -38,9 +38,11 @@ class Optimizer:
     name: ClassVar[str] = "optimizer"
 
     def init(self, params) -> Any:
+        """The initial state for ``params``: a NamedTuple of arrays and numbers."""
         raise NotImplementedError
 
     def update(self, params, state, oracle):
+        """One step from ``params``: returns (new params, new state, info); see the module docs."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
@@ -53,12 +55,14 @@ class Optimizer:
 
 
 def check_positive(name: str, value) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a positive finite number (not a bool)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 
 def check_nonnegative(name: str, value) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a non-negative finite number (not a bool)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
     return float(value)
@@ -72,12 +76,14 @@ def check_unit_interval(name: str, value) -> float:
 
 
 def check_choice(name: str, value, choices) -> str:
+    """``value`` itself; ValueError naming ``name`` unless it is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` itself; ValueError naming ``name`` unless it is an integer (not a bool) ≥ ``minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return value

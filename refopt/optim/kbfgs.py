@@ -56,6 +56,8 @@ VARIANTS = ("bfgs", "lbfgs")
 
 
 class KBFGSState(NamedTuple):
+    """K-BFGS's state: counts, Â_l, the inverses H_a and H_g (or L-BFGS pairs), averaged secant pairs, momentum M."""
+
     step: int
     factor_updates: int   # estimates folded into Â
     A: tuple              # Â_l
@@ -132,6 +134,7 @@ class KBFGS(Optimizer):
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
 
     def init(self, params) -> KBFGSState:
+        """Identity Â, H_a, H_g (or empty L-BFGS memories), zero secant pairs and momentum, step 0; needs MLP params."""
         _check_params(params)
         dtype = params[0]["W"].dtype
         ins = [p["W"].shape[0] + 1 for p in params]
@@ -152,6 +155,7 @@ class KBFGS(Optimizer):
         return lbfgs_apply(V, S, Y) if S.shape[0] else V
 
     def update(self, params, state: KBFGSState, oracle):
+        """One K-BFGS step: Â update, P_l = H_a M̄_l H_g, then a second pass at θ⁺ to update H_g and H_a."""
         t = state.step
         stats = K.kfac_statistics(oracle, params, None)
         loss, grad = stats.loss, stats.grad

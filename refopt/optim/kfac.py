@@ -85,6 +85,8 @@ BIAS_BLOCKS = ("joint", "separate")
 
 
 class KFACState(NamedTuple):
+    """K-FAC's state: step and factor-update counts, running factors, preconditioner, momentum and λ."""
+
     step: int              # t: updates taken so far
     factor_updates: int    # k: estimates folded into the running factors
     factors: dict          # name -> tuple over layers ("A", "G"; the tridiagonal variant adds cross factors)
@@ -239,6 +241,7 @@ class KFAC(Optimizer):
 
     # --- the shared interface --------------------------------------------------------------------
     def init(self, params) -> KFACState:
+        """Identity factors, no preconditioner yet, zero momentum, λ = ``damping`` and step 0; needs MLP layer dicts."""
         _check_params(params)
         return KFACState(0, 0, self._initial_factors(params), (), T.zeros_like(params), self.damping)
 
@@ -247,6 +250,7 @@ class KFAC(Optimizer):
         return [self.seed, step]
 
     def update(self, params, state: KFACState, oracle, draws=None):
+        """One K-FAC step: factors and preconditioner refreshed on schedule, KL-clipped step with momentum."""
         t = state.step
         refresh_factors = t % self.factor_interval == 0
         refresh = t % self.inverse_interval == 0 or not state.preconditioner

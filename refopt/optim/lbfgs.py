@@ -60,6 +60,8 @@ CURVATURE_SKIP_RULES = ("relative", "absolute", "never")
 
 
 class LBFGSState(NamedTuple):
+    """L-BFGS's state: the step count, the last m pairs (s_i, y_i, ρ_i), γ, the previous loss and the cached point."""
+
     step: int
     s: tuple          # the last m steps s_i = θ_{i+1} − θ_i (flat vectors), oldest first
     y: tuple          # the matching gradient differences y_i
@@ -120,6 +122,7 @@ class LBFGS(DescentMethod):
         self.descent_check = check_choice("descent_check", descent_check, ("reset", "none"))
 
     def init(self, params) -> LBFGSState:
+        """No pairs, γ and previous loss NaN, step 0; checks a vector ``initial_matrix`` against n."""
         D = self.initial_matrix
         if D is not None and not isinstance(D, float) and D.shape != (T.size(params),):
             raise ValueError(f"initial_matrix has shape {tuple(D.shape)}, the parameters have n={T.size(params)}")
@@ -136,6 +139,7 @@ class LBFGS(DescentMethod):
         return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self._D())
 
     def step(self, params, state, oracle, loss, g):
+        """One L-BFGS iteration: p = −H_k g by the two-loop recursion, a line search, the pair stored or skipped."""
         return self.secant_step(params, state, oracle, loss, g, lambda gf: -self.inverse_hessian_product(state, gf),
                                 not state.s, self._absorb)
 

@@ -38,6 +38,8 @@ FISHERS = ("true", "mc", "empirical")
 
 
 class NaturalGradientState(NamedTuple):
+    """The natural gradient's state: only the step count (it seeds the Monte-Carlo labels)."""
+
     step: int
 
 
@@ -75,6 +77,7 @@ class NaturalGradient(Optimizer):
         self.dense_max_size = check_int("dense_max_size", dense_max_size)
 
     def init(self, params) -> NaturalGradientState:
+        """Step 0; the method keeps no curvature between steps."""
         return NaturalGradientState(0)
 
     def step_seed(self, step: int):
@@ -82,6 +85,7 @@ class NaturalGradient(Optimizer):
         return [self.seed, step]
 
     def update(self, params, state: NaturalGradientState, oracle, draws=None):
+        """One step θ ← θ − η (F + λI)⁻¹ g (dense or CG solve, fixed or KL step); ``draws``: the "mc" labels."""
         loss, g = oracle.value_and_grad(params)
         if not (math.isfinite(loss) and T.all_finite(g)):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", g)

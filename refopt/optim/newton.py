@@ -188,6 +188,7 @@ class DescentMethod(Optimizer):
                              f"{damping_decrease!r} and {damping_increase!r}")
 
     def check_size(self, params) -> None:
+        """For a dense method, ValueError when the model has more than ``max_size`` parameters."""
         if self.dense:
             check_dense_size(T.size(params), self.max_size, f"{type(self).__name__}: the dense n×n matrix",
                              _DENSE_ALTERNATIVE)
@@ -201,6 +202,7 @@ class DescentMethod(Optimizer):
         return oracle.value_and_grad(params)
 
     def update(self, params, state, oracle):
+        """``evaluate`` then ``step``; refuses a non-finite loss or gradient and takes no step at a zero gradient."""
         loss, g = self.evaluate(params, state, oracle)
         if not (math.isfinite(loss) and T.all_finite(g)):
             return refuse(params, state, loss, "non-finite loss or gradient at the current point: step refused", g)
@@ -211,6 +213,7 @@ class DescentMethod(Optimizer):
         return self.step(params, state, oracle, loss, g)
 
     def step(self, params, state, oracle, loss, g):
+        """The method's step from a point with known, finite loss and gradient g: (params, state, info)."""
         raise NotImplementedError
 
     @staticmethod
@@ -298,6 +301,8 @@ def initial_step(rule: str, g, p, loss: float, prev_loss: float, first: bool,
 
 # --- Newton and Gauss-Newton -----------------------------------------------------------------
 class NewtonState(NamedTuple):
+    """Newton's state: the step count, the damping λ and the cached accepted trial point."""
+
     step: int
     damping: float            # λ, adapted in Levenberg–Marquardt mode
     point: Optional[Evaluation]  # loss and gradient at the current params (accepted trial), if known
@@ -344,6 +349,7 @@ class Newton(DescentMethod):
         self.max_size = None if max_size is None else check_int("max_size", max_size)
 
     def init(self, params) -> NewtonState:
+        """Step 0, λ = ``damping``, no cached point; refuses a model too large for a dense matrix."""
         self.check_size(params)
         return NewtonState(0, self.damping, None)
 
@@ -388,6 +394,7 @@ class Newton(DescentMethod):
 
     # the step --------------------------------------------------------------------------------
     def step(self, params, state, oracle, loss, g):
+        """One Newton step: dense curvature matrix, its modification, a line search or Levenberg–Marquardt trials."""
         self.check_size(params)
         key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
@@ -475,6 +482,7 @@ class GaussNewton(Newton):
     curvature = "GGN"
 
     def curvature_matrix(self, oracle, params):
+        """The dense n×n GGN G = Jᵀ H_ℓ J at ``params``; ValueError for an oracle that has none."""
         if not hasattr(oracle, "dense_ggn"):
             raise ValueError("GaussNewton needs a network Oracle (model + likelihood loss) to form the Gauss-Newton "
                              f"matrix; {type(oracle).__name__} has none. For a plain function use 'newton'.")

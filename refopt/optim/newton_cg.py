@@ -55,6 +55,8 @@ CURVATURES = ("hessian", "ggn")
 
 # --- the inner solvers ------------------------------------------------------------------------
 class TruncatedCGResult(NamedTuple):
+    """What ``truncated_cg`` returns: the step, iterations, stopping status, pᵀAp and residual norm."""
+
     p: Any                  # the step (flat vector)
     iterations: int         # products with A used by the iterations (a warm start adds one more)
     status: str             # "converged", "negative_curvature", "progress", "max_iterations"
@@ -106,6 +108,8 @@ def truncated_cg(A: Callable, g, tol: float, maxiter: int, x0=None, progress_tol
 
 
 class SteihaugResult(NamedTuple):
+    """What ``steihaug_cg`` returns: the step, iterations, stopping status, model decrease, whether ‖p‖ = Δ."""
+
     p: Any
     iterations: int
     status: str        # "converged", "negative_curvature", "boundary", "max_iterations"
@@ -191,6 +195,8 @@ def curvature_product(oracle, params, kind: str):
 
 # --- line-search Newton-CG / Hessian-free -------------------------------------------------------
 class NewtonCGState(NamedTuple):
+    """Newton-CG's state: the step count, λ, the last CG solution (for warm starts) and the cached point."""
+
     step: int
     damping: float           # λ
     previous: Any            # the last CG solution (flat), for warm starts; None at first
@@ -231,9 +237,11 @@ class NewtonCG(DescentMethod):
         return cls(**config)
 
     def init(self, params) -> NewtonCGState:
+        """Step 0, λ = ``damping``, no previous CG solution and no cached point."""
         return NewtonCGState(0, self.damping, None, None)
 
     def step(self, params, state, oracle, loss, g):
+        """One Newton-CG step: truncated CG on (M + λI) p = −g, a line search, then λ's update if ``adapt_damping``."""
         key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
         M = curvature_product(oracle, params, self.curvature)
@@ -279,6 +287,8 @@ class NewtonCG(DescentMethod):
 
 # --- trust-region Newton-CG -----------------------------------------------------------------------
 class TrustRegionState(NamedTuple):
+    """Trust-region Newton-CG's state: the step count, the radius Δ and the cached point."""
+
     step: int
     radius: float            # Δ
     point: Optional[Evaluation]
@@ -304,9 +314,11 @@ class TrustRegionNewtonCG(DescentMethod):
         self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter)
 
     def init(self, params) -> TrustRegionState:
+        """Step 0, Δ = ``initial_radius`` and no cached point."""
         return TrustRegionState(0, self.initial_radius, None)
 
     def step(self, params, state, oracle, loss, g):
+        """One trust-region trial: CG–Steihaug step, ratio ρ, new Δ; θ moves only when ρ > η."""
         key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
         B = curvature_product(oracle, params, self.curvature)

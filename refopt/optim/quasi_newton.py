@@ -160,6 +160,8 @@ def check_initial_matrix(H0, name: str = "initial_matrix"):
 
 # --- the optimizers -----------------------------------------------------------------------------
 class QuasiNewtonState(NamedTuple):
+    """Dense quasi-Newton state: step count, B or H, the "once" flag, accepted pairs, previous loss, cached point."""
+
     step: int
     matrix: Any               # B (form "direct") or H (form "inverse"), n×n over tree.ravel order
     scaled: bool              # whether the "once" scaling has been applied
@@ -196,6 +198,7 @@ class _QuasiNewton(DescentMethod):
         self.max_size = None if max_size is None else check_int("max_size", max_size)
 
     def init(self, params) -> QuasiNewtonState:
+        """M = H₀ (inverse form) or H₀⁻¹ (direct form), I by default, and step 0; refuses n over ``max_size``."""
         self.check_size(params)
         n = T.size(params)
         dtype = T.leaves(params)[0].dtype
@@ -212,6 +215,7 @@ class _QuasiNewton(DescentMethod):
         return QuasiNewtonState(0, M, False, 0, math.nan, None)
 
     def direction(self, M, g):
+        """p = −H g (inverse form) or the solution of B p = −g (direct form; NaNs when the solve fails)."""
         if self.form == "inverse":
             return -(M @ g)
         try:
@@ -262,6 +266,7 @@ class _QuasiNewton(DescentMethod):
         return M_new, scaled or math.isfinite(gamma), details
 
     def step(self, params, state, oracle, loss, g):
+        """One quasi-Newton iteration: search along the matrix's direction, then update the matrix with the pair."""
         self.check_size(params)
         return self.secant_step(params, state, oracle, loss, g, lambda gf: self.direction(state.matrix, gf),
                                 state.updates == 0, self._absorb)

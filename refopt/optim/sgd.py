@@ -20,6 +20,8 @@ __all__ = ["SGD", "SGDState"]
 
 
 class SGDState(NamedTuple):
+    """SGD's state: the step count and the momentum buffer v."""
+
     step: int
     velocity: object  # v_t, a tree like params (zeros when momentum is 0)
 
@@ -39,9 +41,11 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
 
     def init(self, params) -> SGDState:
+        """Zero velocity and step 0."""
         return SGDState(0, T.zeros_like(params))
 
     def update(self, params, state, oracle):
+        """One SGD step with optional weight decay and heavy-ball or Nesterov momentum; see the module docs."""
         loss, g = oracle.value_and_grad(params)
         if not T.all_finite(g):
             return refuse(params, state, loss, "non-finite gradient: step refused", g)

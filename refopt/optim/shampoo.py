@@ -71,6 +71,8 @@ RELATIVE_EPS_FLOOR = 1e-6   # λ_max floor of eps_mode="relative" (scalable_sham
 
 
 class ShampooState(NamedTuple):
+    """Shampoo's state: step count, statistics H_i and roots R_i per leaf and block, graft, momentum, filtered G."""
+
     step: int
     stats: tuple     # per leaf, per block: a tuple of the mode statistics H_i (or one vector H, diagonal leaf)
     roots: tuple     # the same layout: R_i = H_i^p as last recomputed (None before the first recomputation)
@@ -185,6 +187,7 @@ class Shampoo(Optimizer):
         return self.exponent if self.exponent is not None else -1.0 / (2 * order)
 
     def init(self, params) -> ShampooState:
+        """H_i = initial_accumulator · I per mode and block, no roots yet, the buffers the switches need; step 0."""
         stats = []
         for leaf in T.leaves(params):
             merged, blocks, diagonal = self._layout(tuple(leaf.shape))
@@ -260,6 +263,7 @@ class Shampoo(Optimizer):
         return xp.reshape(out, G.shape)
 
     def update(self, params, state, oracle):
+        """One Shampoo step: statistics, roots recomputed on schedule, P(G) with grafting and momentum (module docs)."""
         loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
         if g is None:
             return refuse(params, state, loss, "non-finite gradient: step refused")

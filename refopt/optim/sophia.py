@@ -69,6 +69,8 @@ REFRESHES = ("before", "after", "lagged")
 
 
 class SophiaState(NamedTuple):
+    """Sophia's state: the step count, the EMAs m and h, and the base seed of the estimator's draws."""
+
     step: int
     m: object  # EMA of gradients, a tree like params
     h: object  # EMA of the diagonal estimates (refreshed every k steps), a tree like params
@@ -115,6 +117,7 @@ class _Sophia(Optimizer):
 
     # --- interface -----------------------------------------------------------------------------
     def init(self, params) -> SophiaState:
+        """Zero m and h, step 0 and the draw seed; refuses a leaf of size zero."""
         for leaf in T.leaves(params):
             if leaf.size == 0:
                 raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
@@ -129,6 +132,7 @@ class _Sophia(Optimizer):
         return T.tree_map2(lambda hi, ei: b2 * hi + (1.0 - b2) * ei, h, hhat), used
 
     def update(self, params, state, oracle, draws=None):
+        """One Sophia step: m, h refreshed every k steps (``refresh``), clipped step; ``draws`` injects the draws."""
         loss, g = oracle.value_and_grad(params)
         if not T.all_finite(g):
             return refuse(params, state, loss, "non-finite gradient: step refused", g)

@@ -13,6 +13,8 @@ __all__ = ["Dataset", "synthetic_classification", "synthetic_regression", "digit
 
 
 class Dataset(NamedTuple):
+    """A data set: inputs X, targets y, the number of classes (0 for regression) and its name."""
+
     X: object
     y: object
     num_classes: int  # 0 for regression
@@ -60,6 +62,7 @@ DATASETS = {"digits": digits, "synthetic": synthetic_classification, "synthetic_
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:
+    """The data set ``name`` (``DATASETS`` lists them) built with ``kwargs``; ValueError for an unknown name."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
     return DATASETS[name](**kwargs)

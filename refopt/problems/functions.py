@@ -55,16 +55,20 @@ class Problem:
     params: dict = field(default_factory=dict)
 
     def f(self, x) -> float:
+        """f(x) as a float, from the formula ``value`` on the active backend."""
         return float(self.value(x, xp))
 
     def grad(self, x):
+        """The analytic gradient ∇f(x)."""
         return self.gradient(x)
 
     def hess(self, x, max_size: Optional[int] = None):
+        """The analytic dense Hessian ∇²f(x); ValueError when n exceeds ``max_size``."""
         check_dense_size(self.n, max_size, f"{self.name} dense Hessian", "hvp (Hessian-vector products)")
         return self.hessian_fn(x)
 
     def hvp(self, x, v):
+        """The analytic Hessian-vector product ∇²f(x) v."""
         return self.hessp(x, v)
 
     def oracle(self) -> FunctionOracle:

@@ -26,15 +26,19 @@ class NetworkProblem:
 
     @property
     def num_examples(self) -> int:
+        """The number of examples in the data set."""
         return int(self.X.shape[0])
 
     def init_params(self, seed: int):
+        """The MLP's seeded initial parameters."""
         return self.model.init(seed)
 
     def oracle(self, counts: Counts | None = None) -> Oracle:
+        """The full-batch ``Oracle``, sharing ``counts`` when given."""
         return Oracle(self.model, self.loss, self.X, self.y, counts=counts)
 
     def batch_oracle(self, indices, counts: Counts | None = None) -> Oracle:
+        """The ``Oracle`` of the examples at ``indices``, sharing ``counts`` when given."""
         idx = xp.asarray(indices)
         return Oracle(self.model, self.loss, self.X[idx], self.y[idx], counts=counts)
 
@@ -50,6 +54,7 @@ class FunctionProblem:
 
     @property
     def fn(self):
+        """The test function's ``Problem``, built on first use."""
         if self._fn is None:
             self._fn = self._make()
         return self._fn
@@ -57,13 +62,16 @@ class FunctionProblem:
     num_examples = 0
 
     def init_params(self, seed: int):
+        """A float copy of the standard start point x0 (the seed is not used)."""
         return xp.asarray(self.fn.x0, dtype=float).copy()
 
     def oracle(self, counts: Counts | None = None) -> FunctionOracle:
+        """A ``FunctionOracle`` with the analytic derivatives, sharing ``counts`` when given."""
         fn = self.fn
         return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, hvp=fn.hvp, counts=counts)
 
     def batch_oracle(self, indices, counts=None):
+        """Always a ValueError: a function of a vector has no mini-batches."""
         raise ValueError(f"problem {self.name!r} is a function of a vector: it has no mini-batches")
 
 
@@ -117,6 +125,7 @@ def _function_problems() -> dict:
 
 
 def problem_names() -> list[str]:
+    """The names ``make_problem`` accepts: the network problems, then the test functions, each sorted."""
     return sorted(PROBLEMS) + sorted(_function_problems())
 
 

@@ -61,6 +61,7 @@ def _profiles(args) -> int:
 
 
 def add_verify_commands(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export``, ``check`` and ``profiles`` subcommands of ``refopt verify`` to ``parser``."""
     sub = parser.add_subparsers(dest="verify_command", required=True)
     e = sub.add_parser("export", help="write golden traces (.npz)")
     e.add_argument("--optimizer", default=None)

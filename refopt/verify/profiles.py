@@ -23,6 +23,8 @@ __all__ = ["Profile", "PROFILES", "get_profile", "conventions_table"]
 
 @dataclass(frozen=True)
 class Profile:
+    """How to make a refopt optimizer follow a library: the settings, what differs from the paper, source, gaps."""
+
     library: str                 # e.g. "torch.optim.Adam"
     optimizer: str               # refopt optimizer name
     hyperparameters: dict = field(default_factory=dict)
@@ -290,6 +292,7 @@ _add(Profile("tensorflow/kfac", "kfac",
 
 
 def get_profile(name: str) -> Profile:
+    """The profile of the library ``name`` (``PROFILES`` lists them); ValueError for an unknown name."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(sorted(PROFILES))}")
     return PROFILES[name]

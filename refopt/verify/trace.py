@@ -96,6 +96,8 @@ def param_names(params) -> list[str]:
 
 @dataclass
 class Trace:
+    """A recorded run: meta, the problem's data, T+1 parameter trees, and each step's loss, gradient and draws."""
+
     meta: dict
     X: Any
     y: Any
@@ -106,6 +108,7 @@ class Trace:
 
     @property
     def steps(self) -> int:
+        """T, the number of steps recorded."""
         return len(self.params) - 1
 
 
@@ -250,6 +253,8 @@ def load_trace(path: str) -> Trace:
 
 @dataclass
 class Divergence:
+    """Where two traces first differ: the step, parameter name and index, and the two values."""
+
     step: int          # first step (1-based) whose parameters differ
     parameter: str     # parameter name, e.g. "0.W"
     index: tuple       # index of the largest violation within that parameter
@@ -324,6 +329,7 @@ def _default(cls, name):
 
 
 def describe_match(match: dict) -> str:
+    """One line for a match of ``search_conventions``: the switches that differ, or that none do."""
     if not match:
         return "matches refopt with the stated hyperparameters"
     return "matches refopt with " + ", ".join(f"{k}={v!r}" for k, v in match.items())
