@@ -23,7 +23,6 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 try:
@@ -38,8 +37,8 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from refopt.verify import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace  # noqa: E402
-from refopt.verify.profiles import get_profile  # noqa: E402
+from refopt.verify import Trace  # noqa: E402
+from refopt.verify.external import check_profiles  # noqa: E402
 
 # profile -> (optax transformation from refopt hyperparameters, overrides of the "exaggerated" setting)
 SETUPS = {
@@ -127,16 +126,6 @@ def run_optax(profile: str, trace: Trace) -> Trace:
     return Trace(meta, trace.X, trace.y, seq, [], [], draws)
 
 
-def max_relative_difference(ours: Trace, theirs: Trace) -> float:
-    worst = 0.0
-    for a, b in zip(ours.params, theirs.params):
-        for la, lb in zip(a, b):
-            for key in ("W", "b"):
-                x, y = np.asarray(la[key]), np.asarray(lb[key])
-                worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(x)), 1e-300)))
-    return worst
-
-
 def expected_gap(profile: str, trace: Trace, divergence) -> str | None:
     """Why a divergence is expected from the profile's documented gaps, or None."""
     spec = trace.meta["problem"]
@@ -168,27 +157,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"optax {optax.__version__}, jax {jax.__version__} (x64); rule |optax − refopt| ≤ {args.atol:g} + "
           f"{args.rtol:g}·|refopt|, {args.steps} steps")
-    unexpected = 0
-    for profile, (_, exaggerated) in SETUPS.items():
-        prof = get_profile(profile)
-        settings = [("defaults", {})] + ([("exaggerated", exaggerated)] if exaggerated else [])
-        for label, overrides in settings:
-            for problem in TRACE_PROBLEMS:
-                ours = make_trace(prof.optimizer, overrides, problem, args.steps, args.seed, profile)
-                theirs = run_optax(profile, ours)
-                divergence, replay = check_trace(theirs, args.rtol, args.atol)
-                head = f"{profile:27s} {label:11s} {problem:16s}"
-                if divergence is None:
-                    print(f"{head} matches (max relative difference {max_relative_difference(replay, theirs):.1e})")
-                else:
-                    reason = expected_gap(profile, ours, divergence)
-                    tag = f"expected: {reason}" if reason else "UNEXPECTED"
-                    unexpected += reason is None
-                    print(f"{head} diverges at {divergence} [{tag}]")
-                if args.out:
-                    os.makedirs(args.out, exist_ok=True)
-                    name = f"{profile}@{label}@{problem}.npz".replace("/", "_")
-                    export_trace(theirs, os.path.join(args.out, name))
+    unexpected = check_profiles("optax", SETUPS, run_optax, expected_gap, args.steps, args.seed, args.rtol, args.atol,
+                                args.out, width=27)
     print("all optax profiles behave as documented" if unexpected == 0 else f"{unexpected} unexpected divergence(s)")
     return 0 if unexpected == 0 else 1
 

@@ -25,7 +25,6 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 try:
@@ -36,7 +35,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 import numpy as np
 
-from refopt.verify import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace
+from refopt.verify import TRACE_PROBLEMS, Trace, make_trace
+from refopt.verify.external import check_profiles
 from refopt.verify.profiles import get_profile
 
 torch.set_default_dtype(torch.float64)
@@ -132,16 +132,6 @@ def run_torch(profile: str, trace: Trace, max_iter: int = 1) -> Trace:
     return Trace(meta, trace.X, trace.y, seq, [], [], [None] * trace.steps)
 
 
-def max_relative_difference(ours: Trace, theirs: Trace) -> float:
-    worst = 0.0
-    for a, b in zip(ours.params, theirs.params):
-        for la, lb in zip(a, b):
-            for key in ("W", "b"):
-                x, y = np.asarray(la[key]), np.asarray(lb[key])
-                worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(x)), 1e-300)))
-    return worst
-
-
 def expected_gap(profile: str, trace: Trace, divergence) -> str | None:
     """Why a divergence is expected from the profile's documented gaps, or None. Every torch profile is
     now exact on these problems (the remaining gaps, e.g. torch's early exits and its per-call search
@@ -201,27 +191,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}; rule |torch − refopt| ≤ {args.atol:g} + {args.rtol:g}·|refopt|, "
           f"{args.steps} steps")
-    unexpected = 0
-    for profile, (_, exaggerated) in SETUPS.items():
-        prof = get_profile(profile)
-        settings = [("defaults", {})] + ([("exaggerated", exaggerated)] if exaggerated else [])
-        for label, overrides in settings:
-            for problem in TRACE_PROBLEMS:
-                ours = make_trace(prof.optimizer, overrides, problem, args.steps, args.seed, profile)
-                theirs = run_torch(profile, ours)
-                divergence, replay = check_trace(theirs, args.rtol, args.atol)
-                head = f"{profile:32s} {label:11s} {problem:16s}"
-                if divergence is None:
-                    print(f"{head} matches (max relative difference {max_relative_difference(replay, theirs):.1e})")
-                else:
-                    reason = expected_gap(profile, ours, divergence)
-                    tag = f"expected: {reason}" if reason else "UNEXPECTED"
-                    unexpected += reason is None
-                    print(f"{head} diverges at {divergence} [{tag}]")
-                if args.out:
-                    os.makedirs(args.out, exist_ok=True)
-                    name = f"{profile}@{label}@{problem}.npz".replace("/", "_")
-                    export_trace(theirs, os.path.join(args.out, name))
+    unexpected = check_profiles("torch", SETUPS, run_torch, expected_gap, args.steps, args.seed, args.rtol, args.atol,
+                                args.out, width=32)
     for profile in ("torch.optim.LBFGS", "torch.optim.LBFGS+strong_wolfe"):
         for problem in TRACE_PROBLEMS:   # torch's default max_iter=20: one step() call is 20 refopt updates
             # 40 iterations compound roundoff (to 1e-10 relative here): the check_trace default rule 1e-7

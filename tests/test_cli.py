@@ -106,3 +106,18 @@ def test_missing_optional_package_is_one_line(monkeypatch, capsys):
     assert main(["train", "sgd", "--problem", "digits_mlp", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scikit-learn" in err[0]
+
+
+@pytest.mark.parametrize("script,hidden", [("verify_with_torch.py", ["torch"]),
+                                           ("verify_with_optax.py", ["jax", "jax.numpy", "optax"])])
+def test_verify_scripts_skip_cleanly_without_their_library(script, hidden):
+    """The example scripts exit 0 with a message when the library they check is not installed."""
+    import pathlib
+    import subprocess
+    import sys
+    path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / script
+    block = "; ".join(f"sys.modules[{m!r}] = None" for m in hidden)
+    code = f"import runpy, sys; {block}; sys.argv = [{str(path)!r}]; runpy.run_path({str(path)!r}, run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "skip" in (proc.stdout + proc.stderr).lower()

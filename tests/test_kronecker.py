@@ -208,8 +208,11 @@ def test_factor_weight_schemes():
             F = w * F + (1 - w) * e
         return F
 
-    # "mean": a plain mean while 1 − 1/k ≤ decay (k ≤ 5), then an exponential average.
-    F = estimates[0]
+    # "mean": a plain mean while 1 − 1/k ≤ decay (k ≤ 5), then an exponential average; the start is ignored.
+    F = np.mean(estimates[:5], axis=0)
+    for e in estimates[5:]:
+        F = decay * F + (1 - decay) * e
+    assert np.allclose(run("mean", np.full((2, 2), 1e6)), F, atol=1e-12)
     for k in range(2, 6):
         assert K.factor_weight(k, decay, "mean") == pytest.approx(1 - 1 / k)
     assert K.factor_weight(1, decay, "mean") == 0 and K.factor_weight(9, decay, "mean") == decay

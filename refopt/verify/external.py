@@ -1,0 +1,57 @@
+"""Checking a real library against refopt's profiles, for the ``scripts/verify_with_*.py`` examples.
+
+A script supplies ``run_library(profile, trace) -> Trace`` (the library run from the trace's initial
+parameters on the trace's problem, its parameters written into a copy of the trace) and
+``expected_gap(profile, trace, divergence) -> str | None`` (a reason when a divergence is one of the
+profile's documented gaps). ``check_profiles`` runs every profile on every trace problem, with the
+library's defaults and with exaggerated settings, and prints one line per case.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .. import tree as T
+from ..backend import to_host
+from .profiles import get_profile
+from .trace import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace
+
+__all__ = ["max_relative_difference", "check_profiles"]
+
+
+def max_relative_difference(ours: Trace, theirs: Trace) -> float:
+    """max over steps and leaves of ‖ours − theirs‖∞ / ‖ours‖∞."""
+    worst = 0.0
+    for a, b in zip(ours.params, theirs.params):
+        for x, y in zip(T.leaves(a), T.leaves(b)):
+            x, y = to_host(x), to_host(y)
+            worst = max(worst, float(abs(x - y).max() / max(abs(x).max(), 1e-300)))
+    return worst
+
+
+def check_profiles(library: str, setups: dict, run_library: Callable, expected_gap: Callable, steps: int = 5,
+                   seed: int = 0, rtol: float = 1e-10, atol: float = 1e-12, out: str | None = None,
+                   width: int = 32) -> int:
+    """Print "matches" or the first divergence per (profile, setting, problem); return the number of
+    divergences that are not documented gaps. ``setups`` maps profile → (anything, exaggerated overrides)."""
+    unexpected = 0
+    for profile, (_, exaggerated) in setups.items():
+        prof = get_profile(profile)
+        settings = [("defaults", {})] + ([("exaggerated", exaggerated)] if exaggerated else [])
+        for label, overrides in settings:
+            for problem in TRACE_PROBLEMS:
+                ours = make_trace(prof.optimizer, overrides, problem, steps, seed, profile)
+                theirs = run_library(profile, ours)
+                divergence, replay = check_trace(theirs, rtol, atol)
+                head = f"{profile:{width}s} {label:11s} {problem:16s}"
+                if divergence is None:
+                    print(f"{head} matches (max relative difference {max_relative_difference(replay, theirs):.1e})")
+                else:
+                    reason = expected_gap(profile, ours, divergence)
+                    unexpected += reason is None
+                    print(f"{head} diverges at {divergence} [{f'expected: {reason}' if reason else 'UNEXPECTED'}]")
+                if out:
+                    os.makedirs(out, exist_ok=True)
+                    name = f"{profile}@{label}@{problem}.npz".replace("/", "_")
+                    export_trace(theirs, os.path.join(out, name))
+    return unexpected
