@@ -22,7 +22,6 @@ exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 try:
@@ -38,7 +37,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 from refopt.verify import Trace  # noqa: E402
-from refopt.verify.external import check_profiles  # noqa: E402
+from refopt.verify.external import check_profiles, parse_arguments  # noqa: E402
 
 # profile -> (optax transformation from refopt hyperparameters, overrides of the "exaggerated" setting)
 SETUPS = {
@@ -148,13 +147,7 @@ def expected_gap(profile: str, trace: Trace, divergence) -> str | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rtol", type=float, default=1e-10)
-    ap.add_argument("--atol", type=float, default=1e-12)
-    ap.add_argument("--out", default=None, help="folder for optax's traces (.npz)")
-    args = ap.parse_args(argv)
+    args = parse_arguments(__doc__.split("\n\n")[0], "optax", argv)
     print(f"optax {optax.__version__}, jax {jax.__version__} (x64); rule |optax − refopt| ≤ {args.atol:g} + "
           f"{args.rtol:g}·|refopt|, {args.steps} steps")
     unexpected = check_profiles("optax", SETUPS, run_optax, expected_gap, args.steps, args.seed, args.rtol, args.atol,

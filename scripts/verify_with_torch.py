@@ -24,7 +24,6 @@ exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 try:
@@ -36,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 import numpy as np
 
 from refopt.verify import TRACE_PROBLEMS, Trace, make_trace
-from refopt.verify.external import check_profiles
+from refopt.verify.external import check_profiles, parse_arguments
 from refopt.verify.profiles import get_profile
 
 torch.set_default_dtype(torch.float64)
@@ -182,13 +181,7 @@ def check_max_iter(profile: str, problem: str, seed: int, max_iter: int, rtol: f
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rtol", type=float, default=1e-10)
-    ap.add_argument("--atol", type=float, default=1e-12)
-    ap.add_argument("--out", default=None, help="folder for torch's traces (.npz)")
-    args = ap.parse_args(argv)
+    args = parse_arguments(__doc__.split("\n\n")[0], "torch", argv)
     print(f"torch {torch.__version__}; rule |torch − refopt| ≤ {args.atol:g} + {args.rtol:g}·|refopt|, "
           f"{args.steps} steps")
     unexpected = check_profiles("torch", SETUPS, run_torch, expected_gap, args.steps, args.seed, args.rtol, args.atol,

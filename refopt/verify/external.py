@@ -8,6 +8,7 @@ library's defaults and with exaggerated settings, and prints one line per case.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Callable
 
@@ -16,7 +17,18 @@ from ..backend import to_host
 from .profiles import get_profile
 from .trace import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace
 
-__all__ = ["max_relative_difference", "check_profiles"]
+__all__ = ["max_relative_difference", "check_profiles", "parse_arguments"]
+
+
+def parse_arguments(description: str, library: str, argv=None) -> argparse.Namespace:
+    """The scripts' common options: --steps, --seed, --rtol, --atol, --out."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rtol", type=float, default=1e-10)
+    ap.add_argument("--atol", type=float, default=1e-12)
+    ap.add_argument("--out", default=None, help=f"folder for {library}'s traces (.npz)")
+    return ap.parse_args(argv)
 
 
 def max_relative_difference(ours: Trace, theirs: Trace) -> float:
