@@ -2,7 +2,8 @@
 
 One step = one ``update`` call of the optimizer on the oracle of the current batch (full batch when
 ``batch_size`` is None). Mini-batch order is a pure function of (seed, epoch): epoch e visits the
-examples in the order ``rng((seed, e)).permutation(n)``, so a run resumed at step t sees exactly the
+examples in the order ``rng((seed, e)).permutation(n)``, cut into ⌊n / batch_size⌋ batches (the
+remainder of the permutation is left out of that epoch), so a run resumed at step t sees exactly the
 batches an uninterrupted run would. With the optimizer's own randomness kept in its state, a resumed
 run is bit-identical to an uninterrupted one.
 
@@ -43,6 +44,16 @@ class RunConfig:
     eval_every: int = 1
     gtol: float = 0.0      # stop ("converged") once the gradient norm at a step's start is ≤ gtol
 
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"eval_every must be a positive integer, got {self.eval_every!r}")
+        if not self.gtol >= 0:
+            raise ValueError(f"gtol must be non-negative, got {self.gtol!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed by this configuration."""
         return {"optimizer": self.optimizer, "hyperparameters": self.hyperparameters, "problem": self.problem,
@@ -79,8 +90,8 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int):
 class Interrupted(Exception):
     """Raised by ``run`` after it saved a checkpoint on Ctrl-C."""
 
-    def __init__(self, path: str | None, step: int):
-        super().__init__(f"interrupted at step {step}" + (f"; checkpoint written to {path}" if path else ""))
+    def __init__(self, path: str, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint written to {path}")
         self.path, self.step = path, step
 
 
@@ -114,10 +125,17 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
 
     opt = optimizer or make_optimizer(config.optimizer, **config.hyperparameters)  # names first: cheap to check
     problem = problem or make_problem(config.problem)
+    if opt.needs_network and problem.kind != "network":
+        raise ValueError(f"optimizer {config.optimizer!r} needs a network problem (per-layer statistics, output-space "
+                         f"curvature or labels sampled from the model); {config.problem!r} is a function of a vector")
     if config.batch_size is not None and problem.kind != "network":
         raise ValueError("batch_size: only network problems have mini-batches")
     if config.batch_size is not None and not 1 <= config.batch_size <= problem.num_examples:
         raise ValueError(f"batch_size must lie in [1, {problem.num_examples}], got {config.batch_size}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if checkpoint_every and not checkpoint_path:
+        raise ValueError("checkpoint_every needs a checkpoint path (--checkpoint PATH)")
     counts = Counts()
     if resume:
         start, params, state, history, counts = load_checkpoint(resume, config)
@@ -132,10 +150,11 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     status, message = "completed", ""
     step = start
+    whole = problem.oracle(counts=counts) if config.batch_size is None else None  # validated once, reused
     try:
         while step < config.steps:
-            if config.batch_size is None:
-                oracle = problem.oracle(counts=counts)
+            if whole is not None:
+                oracle = whole
             else:
                 oracle = problem.batch_oracle(_batch_indices(problem.num_examples, config.batch_size,
                                                              config.seed, step), counts=counts)
