@@ -102,6 +102,8 @@ def cmd_compare(args) -> int:
 
     names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_OPTIMIZERS)
     overrides = json.loads(args.hp_json) if args.hp_json else {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise ValueError('--hp-json must map optimizer names to hyperparameter objects, e.g. {"adam": {"lr": 0.01}}')
     results = compare(names, problem=args.problem, steps=args.steps, max_seconds=args.max_seconds,
                       target_loss=args.target_loss, seed=args.seed, overrides=overrides, batch_size=args.batch_size,
                       verbose=not args.quiet)

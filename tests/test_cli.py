@@ -44,6 +44,11 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     (["train", "sgd", "learning_rate=0.1", "--problem", "synthetic_mlp"], "unknown hyperparameter(s) learning_rate"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--resume", "/nonexistent/ck.npz"], "No such file"),
     (["compare", "--optimizers", "sgd,bogus", "--problem", "synthetic_mlp"], "unknown optimizer"),
+    (["compare", "--optimizers", "sgd", "--hp-json", "[1]"], "--hp-json must map"),
+    (["compare", "--optimizers", "sgd", "--hp-json", "{not json"], "Expecting property name"),
+    (["train", "sgd", "--problem", "synthetic_mlp", "--eval-every", "0"], "eval_every must be"),
+    (["train", "sgd", "--problem", "synthetic_mlp", "--steps", "0"], "steps must be"),
+    (["train", "sgd", "--problem", "synthetic_mlp", "--checkpoint-every", "5"], "needs a checkpoint path"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
