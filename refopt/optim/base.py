@@ -28,14 +28,17 @@ from typing import Any, ClassVar
 
 from .. import tree as T
 
-__all__ = ["Optimizer", "check_positive", "check_nonnegative", "check_unit_interval", "check_choice",
-           "check_int", "step_info", "refuse"]
+__all__ = ["Optimizer", "check_positive", "check_nonnegative", "check_unit_interval", "check_bool",
+           "check_choice", "check_int", "step_info", "refuse"]
 
 
 class Optimizer:
     """Base class: subclasses set ``name`` and implement ``init`` and ``update``."""
 
     name: ClassVar[str] = "optimizer"
+    # True for methods that need a network Oracle (per-layer statistics, the GGN or Fisher, labels sampled
+    # from the model) and cannot run on a FunctionOracle; the runner refuses such a pairing up front.
+    needs_network: ClassVar[bool] = False
 
     def init(self, params) -> Any:
         """The initial state for ``params``: a NamedTuple of arrays and numbers."""
@@ -73,6 +76,13 @@ def check_unit_interval(name: str, value) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Switches that are on or off: True or False only (a string such as "no" is not silently truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_choice(name: str, value, choices) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import tree as T
-from .base import Optimizer, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
+from .base import Optimizer, check_bool, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 
 __all__ = ["SGD", "SGDState"]
 
@@ -35,7 +35,7 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         self.lr = check_positive("lr", lr)
         self.momentum = check_unit_interval("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
