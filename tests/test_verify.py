@@ -91,9 +91,11 @@ def test_bad_trace_files(tmp_path, change, message):
         load_trace(str(bad))
 
 
-def test_unknown_trace_problem():
+def test_unknown_trace_problem_and_bad_steps():
     with pytest.raises(ValueError, match="tiny_mlp"):
         make_trace("sgd", {}, "no_such_problem")
+    with pytest.raises(ValueError, match="steps"):
+        make_trace("sgd", {}, "tiny_mlp", steps=0)
 
 
 def test_export_is_atomic(tmp_path, monkeypatch):
@@ -141,3 +143,16 @@ def test_every_optimizer_declares_its_switches():
             assert key in params, (name, key)
             default = params[key].default
             assert default is None or default in values, (name, key, default, values)
+
+
+def test_search_cap_tries_the_closest_settings_first(tmp_path):
+    """With a cap, the settings with fewest changed switches are tried first, and the cap is announced."""
+    trace = make_trace("adam", {"lr": 0.05, "eps": 0.1, "eps_mode": "inside"}, "tiny_mlp", steps=3)
+    trace.meta["hyperparameters"] = {"lr": 0.05, "eps": 0.1}
+    from refopt.optim import optimizer_class
+    # 1 + (number of single flips) settings reach every one-switch change; the planted one is among them.
+    singles = 1 + sum(len(v) - 1 for v in optimizer_class("adam").switches.values())
+    with pytest.warns(UserWarning, match="closest"):
+        assert search_conventions(trace, max_combinations=singles) == [{"eps_mode": "inside"}]
+    with pytest.warns(UserWarning, match="closest"):
+        assert search_conventions(trace, max_combinations=1) == []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,8 @@ def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str
         if prof.optimizer != optimizer:
             raise ValueError(f"profile {profile!r} is for optimizer {prof.optimizer!r}, not {optimizer!r}")
         hyperparameters = {**prof.hyperparameters, **hyperparameters}
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if problem not in TRACE_PROBLEMS:
         raise ValueError(f"unknown trace problem {problem!r}; choose from {sorted(TRACE_PROBLEMS)}")
     spec = TRACE_PROBLEMS[problem]
@@ -137,9 +140,10 @@ def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profil
     params = model.init(seed) if params0 is None else params0
     state = opt.init(params)
     oracle = Oracle(model, loss, X, y)
+    recorder = Oracle(model, loss, X, y)  # the trace's loss and gradient, kept out of the optimizer's counts
     out_params, losses, grads, draws = [params], [], [], []
     for t in range(steps):
-        value, g = Oracle(model, loss, X, y).value_and_grad(params)
+        value, g = recorder.value_and_grad(params)
         injected = None if replay_draws is None else replay_draws[t]
         if injected is not None:
             params, state, info = opt.update(params, state, oracle, draws=injected)
@@ -297,7 +301,9 @@ def check_trace(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10):
 
 def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10, max_combinations: int = 512):
     """Try every combination of the optimizer's convention switches; return the settings that reproduce
-    ``theirs``, each as a dict of the switches that differ from the trace's stated hyperparameters.
+    ``theirs``, each as a dict of the switches that differ from the trace's stated hyperparameters, the
+    settings with fewest changed switches first. Beyond ``max_combinations`` settings only the closest
+    ones are tried (with a warning).
 
     The switches come from the optimizer class's ``switches`` attribute ({name: allowed values}).
     """
@@ -309,7 +315,14 @@ def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e
     if not switches:
         raise ValueError(f"optimizer {theirs.meta['optimizer']!r} declares no convention switches to search")
     names = sorted(switches)
-    combos = list(itertools.product(*[switches[n] for n in names]))[:max_combinations]
+    stated = [base.get(n, _default(cls, n)) for n in names]
+    combos = list(itertools.product(*[switches[n] for n in names]))
+    # Fewest changed switches first, so a cap on the number of runs drops only the most far-fetched settings.
+    combos.sort(key=lambda c: sum(v != s for v, s in zip(c, stated)))
+    if len(combos) > max_combinations:
+        warnings.warn(f"{len(combos)} combinations of switches; trying the {max_combinations} closest to the stated "
+                      "hyperparameters (raise max_combinations for all)", stacklevel=2)
+        combos = combos[:max_combinations]
     matches = []
     for combo in combos:
         hp = {**base, **dict(zip(names, combo))}
@@ -318,7 +331,7 @@ def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e
         except (ValueError, NotImplementedError):
             continue
         if compare_traces(ours, theirs, rtol, atol) is None:
-            matches.append({n: v for n, v in zip(names, combo) if base.get(n, _default(cls, n)) != v})
+            matches.append({n: v for n, v, st in zip(names, combo, stated) if st != v})
     return matches
 
 
