@@ -62,8 +62,8 @@ class FunctionProblem:
     num_examples = 0
 
     def init_params(self, seed: int):
-        """A float copy of the standard start point x0 (the seed is not used)."""
-        return xp.asarray(self.fn.x0, dtype=float).copy()
+        """A copy of the standard start point x0 (the seed is not used)."""
+        return self.fn.x0.copy()
 
     def oracle(self, counts: Counts | None = None) -> FunctionOracle:
         """A ``FunctionOracle`` with the analytic derivatives, sharing ``counts`` when given."""
