@@ -79,7 +79,7 @@ def decode(skel, arrays, device: bool = True):
         a = arrays[skel["array"]]
         if not device:
             return a
-        return as_array(a, a.dtype) if a.dtype.kind == "f" else as_array(a, a.dtype)
+        return as_array(a, a.dtype)
     raise ValueError(f"unreadable entry in a saved file: {skel!r}")
 
 

@@ -23,7 +23,7 @@ def _export(args) -> int:
             try:
                 export_trace(make_trace(name, {}, args.problem, args.steps, args.seed, profile), path)
                 print(f"wrote {path}")
-            except (ValueError, NotImplementedError, ImportError, AttributeError) as exc:
+            except (ValueError, NotImplementedError) as exc:
                 print(f"skipped {label}: {exc}")
         return 0
     if not args.optimizer:
