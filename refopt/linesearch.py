@@ -33,11 +33,13 @@ Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
   bracket from its nearer end when it falls that close twice in a row or outside; it stops when the
   bracket is shorter than ``tolerance_change`` / max|p| (``direction_scale`` = max|p|) and returns the
   bracket's lower point, which then need not satisfy the conditions (status "interval_collapsed").
-  Quirks kept: a rise f(α) ≥ f(α_prev) ends the bracketing only from its third trial on.
+  Quirks kept: a rise f(α) ≥ f(α_prev) ends the bracketing only from its third trial on. One change:
+  a non-finite φ or φ' is taken as φ = +∞ (torch's search would extrapolate into the non-finite region).
 
 Statuses: "converged"; "not_descent" (φ'(0) ≥ 0 or not finite: nothing is evaluated, α = 0);
 "max_evaluations"; "step_too_small" (α fell below ``min_step``); "interval_collapsed" (the bracket
-shrank to rounding level). Only "converged" means the conditions hold at the returned step.
+shrank to rounding level); "max_step" (``strong_wolfe`` reached ``alpha_max`` with φ still decreasing;
+that step satisfies sufficient decrease). Only "converged" means the conditions hold at the returned step.
 """
 from __future__ import annotations
 
@@ -267,8 +269,14 @@ def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: 
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
     max_ls = max_evals - 1
+
+    def evaluate(t):
+        # torch's search has no notion of a non-finite trial; refopt's contract: it is "too far" (φ = +∞)
+        f, d = phi(t)
+        return (f, d) if _finite(f, d) else (math.inf, math.nan)
+
     t = float(alpha0)
-    f_new, d_new = phi(t)
+    f_new, d_new = evaluate(t)
     nfev = 1
     t_prev, f_prev, d_prev = 0.0, phi0, dphi0
     done, ls_iter = False, 0
@@ -286,7 +294,7 @@ def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: 
         tmp = t
         t = _minfunc_cubic(t_prev, f_prev, d_prev, t, f_new, d_new, bounds=(t + 0.01 * (t - t_prev), t * 10))
         t_prev, f_prev, d_prev = tmp, f_new, d_new
-        f_new, d_new = phi(t)
+        f_new, d_new = evaluate(t)
         nfev += 1
         ls_iter += 1
     if ls_iter == max_ls:
@@ -308,7 +316,7 @@ def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: 
                 insufficient = True
         else:
             insufficient = False
-        f_new, d_new = phi(t)
+        f_new, d_new = evaluate(t)
         nfev += 1
         ls_iter += 1
         if f_new > phi0 + c1 * t * dphi0 or f_new >= bracket_f[low]:

@@ -140,6 +140,10 @@ def test_non_finite_trial_values_backtrack():
     res = armijo(phi, phi0, dphi0, alpha0=1.0)
     assert res.status == "converged" and res.alpha <= 0.3 and res.phi <= phi0 + 1e-4 * res.alpha * dphi0
     assert math.isfinite(res.phi)
+    from refopt.linesearch import minfunc_wolfe  # noqa: PLC0415
+    res = minfunc_wolfe(phi, phi0, dphi0, alpha0=1.0)     # torch's search would extrapolate into the NaNs
+    assert res.status == "converged" and res.alpha <= 0.3
+    assert_strong_wolfe(res, phi0, dphi0, 1e-4, 0.9)
     inf_derivative = lambda a: (a * a - a, math.inf if a > 0.3 else 2 * a - 1)  # noqa: E731
     res = fixed_step(inf_derivative, 0.0, -1.0, alpha0=1.0)
     assert res.alpha == 0.25 and res.nfev == 3      # 1 → 0.5 → 0.25, backtracking only on non-finite values
