@@ -21,7 +21,8 @@ Stopping rules and statuses (``result.status``; ``result.success`` is True for t
                           trust-region trials that shrank the radius to rounding level, ...)
     "precision"           the line search failed and f decreased by no more than 10 ε |f|: the
                           values no longer resolve the progress (scipy's "precision loss")
-    "nonfinite"           f or g is not finite at x0
+    "nonfinite"           f or g is not finite (at x0, or at an accepted point)
+    "callback"            ``callback(x, info)`` returned True
 
 A direction that is not a descent direction is reset to steepest descent by the optimizer; the result
 counts those resets (``result.resets``) and its message says so. Counts are the oracle's: ``nfev``
@@ -176,6 +177,10 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
             radius = info.get("radius")
             if radius is None or not radius > max(xtol, 1e-15 * max(1.0, _norm(x, "inf"))):
                 status, message = "step_failed", info.get("message", "no step")
+                break
+            if stop:
+                history.append(float(loss))
+                status, message = "callback", "stopped by the callback"
                 break
             loss, g = opt.evaluate(x, state, oracle)
             continue

@@ -79,6 +79,14 @@ def test_stopping_rules():
     stops = []
     r = minimize(p, method="lbfgs", callback=lambda x, info: stops.append(info["loss"]) or len(stops) == 3)
     assert r.status == "callback" and r.nit == 3
+    # also on a rejected trust-region trial (f = √(1 + x²) from x = 2 with Δ₀ = 100: the first trial overshoots)
+    sqrt = FunctionOracle(lambda x: float(np.sqrt(1 + x[0] ** 2)), grad=lambda x: x / np.sqrt(1 + x ** 2),
+                          hvp=lambda x, v: v * (1 + x[0] ** 2) ** -1.5)
+    infos = []
+    r = minimize(sqrt, np.array([2.0]), method="trust_ncg", options={"initial_radius": 100.0},
+                 callback=lambda x, info: infos.append(info) or True)
+    assert not infos[0]["accepted"] and r.status == "callback" and r.nit == 1 and len(r.history) == 2
+    np.testing.assert_array_equal(r.x, [2.0])
 
 
 def test_a_non_descent_direction_is_reset_and_reported():
