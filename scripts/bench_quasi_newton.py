@@ -21,6 +21,7 @@ n = 10³ … 10⁶ and fits the slope of log(time per step) against log n (1 = l
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -89,11 +90,8 @@ def run_scipy(p, method):
 
 
 def comparison(quick: bool):
-    try:
-        import scipy  # noqa: F401,PLC0415
-        have_scipy = True
-    except ImportError:
-        have_scipy = False
+    have_scipy = importlib.util.find_spec("scipy") is not None
+    if not have_scipy:
         print("scipy is not installed: only refopt's numbers are shown")
     rows = []
     header = f"{'problem':22s} {'method':17s} {'reached':>7s} {'nit':>6s} {'nfev':>6s} {'ngev':>6s} {'nhvp':>6s} " \

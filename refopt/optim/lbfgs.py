@@ -49,8 +49,8 @@ from typing import NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import as_array, xp
-from .base import check_choice, check_int, check_nonnegative, check_positive
 from ..linesearch import LINE_SEARCHES
+from .base import check_choice, check_int, check_nonnegative, check_positive
 from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
@@ -128,15 +128,12 @@ class LBFGS(DescentMethod):
             raise ValueError(f"initial_matrix has shape {tuple(D.shape)}, the parameters have n={T.size(params)}")
         return LBFGSState(0, (), (), (), math.nan, math.nan, None)
 
-    def _D(self):
-        return None if self.initial_matrix is None else self.initial_matrix
-
     def _gamma(self, state) -> float:
         return 1.0 if self.initial_scaling == "none" or not math.isfinite(state.gamma) else state.gamma
 
     def inverse_hessian_product(self, state: LBFGSState, v):
         """H_k v for a flat vector v, with the state's pairs and initial matrix."""
-        return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self._D())
+        return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self.initial_matrix)
 
     def step(self, params, state, oracle, loss, g):
         """One L-BFGS iteration: p = −H_k g by the two-loop recursion, a line search, the pair stored or skipped."""
@@ -161,7 +158,7 @@ class LBFGS(DescentMethod):
             R = (state.rho[-keep:] if keep else ()) + (1.0 / sy if sy != 0 else 0.0,)
             gamma = state.gamma
             if self.initial_scaling == "every" or (self.initial_scaling == "once" and not math.isfinite(gamma)):
-                D = self._D()
+                D = self.initial_matrix
                 yDy = float(xp.vdot(y, y if D is None else D * y))
                 gamma = sy / yDy if yDy > 0 else math.nan   # NaN: γ = 1 (only reachable with "never")
         new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, point)

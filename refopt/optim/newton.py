@@ -53,6 +53,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import tree as T
 from ..backend import to_host, xp
 from ..curvature.dense import check_dense_size
+from ..linalg import symmetrize
 from ..linesearch import LINE_SEARCHES, LineSearchResult, armijo, fixed_step, minfunc_wolfe, strong_wolfe
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info)
 
@@ -186,6 +187,15 @@ class DescentMethod(Optimizer):
         if not self.damping_decrease < 1 < self.damping_increase:
             raise ValueError("need damping_decrease < 1 < damping_increase, got "
                              f"{damping_decrease!r} and {damping_increase!r}")
+
+    def ratio_damping(self, lam: float, rho: float) -> float:
+        """λ after a step with reduction ratio ρ (Moré 1978; Martens 2010, §4.1): ρ < ¼ → max(λ·increase,
+        ``min_damping``), ρ > ¾ → λ·decrease, else λ. Needs ``set_damping_factors`` and ``min_damping``."""
+        if rho < 0.25:
+            return max(lam * self.damping_increase, self.min_damping)
+        if rho > 0.75:
+            return lam * self.damping_decrease
+        return lam
 
     def check_size(self, params) -> None:
         """For a dense method, ValueError when the model has more than ``max_size`` parameters."""
@@ -377,7 +387,7 @@ class Newton(DescentMethod):
         return None, lam
 
     def _eigen_direction(self, M, g, lam):
-        evals, Q = xp.linalg.eigh(0.5 * (M + M.T))
+        evals, Q = xp.linalg.eigh(symmetrize(M))
         scale = float(xp.max(xp.abs(evals))) if evals.size else 0.0
         delta = self.eigenvalue_floor * scale if scale > 0 else self.eigenvalue_floor
         lam_mod = xp.abs(evals) if self.modification == "eigenvalue_abs" else evals
@@ -385,12 +395,9 @@ class Newton(DescentMethod):
         return -(Q @ ((Q.T @ g) / lam_mod))
 
     def _lm_update(self, lam, rho):
-        if rho < 0.25:
-            return max(lam * self.damping_increase, self.min_damping)
-        if rho > 0.75:
-            lam *= self.damping_decrease
-            return lam if lam >= self.min_damping else 0.0
-        return lam
+        """``ratio_damping``, except that a decrease below ``min_damping`` gives 0 (pure Newton)."""
+        new = self.ratio_damping(lam, rho)
+        return 0.0 if rho > 0.75 and new < self.min_damping else new
 
     # the step --------------------------------------------------------------------------------
     def step(self, params, state, oracle, loss, g):

@@ -268,10 +268,7 @@ class NewtonCG(DescentMethod):
             a = out.alpha
             q = a * float(xp.vdot(gf, p)) + 0.5 * a * a * pMp
             rho = (out.point.loss - loss) / q if out.point is not None and q < 0 else -math.inf
-            if rho < 0.25:
-                new_lam = max(lam * self.damping_increase, self.min_damping)
-            elif rho > 0.75:
-                new_lam = lam * self.damping_decrease
+            new_lam = self.ratio_damping(lam, rho)
         previous = cg.p if not reset else None
         extra = dict(cg_iterations=cg.iterations, cg_status=cg.status, damping=lam, rho=rho, reset=reset,
                      nfev=out.result.nfev, line_search=out.result.status)

@@ -59,6 +59,7 @@ from typing import Any, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import as_array, xp
+from ..linalg import symmetrize
 from .base import check_choice, check_int, check_nonnegative
 from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 
@@ -210,8 +211,7 @@ class _QuasiNewton(DescentMethod):
                                  f"have n={n} entries")
             M = self.initial_matrix.astype(dtype)
             if self.form == "direct":
-                M = xp.linalg.inv(M)
-                M = 0.5 * (M + M.T)
+                M = symmetrize(xp.linalg.inv(M))
         return QuasiNewtonState(0, M, False, 0, math.nan, None)
 
     def direction(self, M, g):

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from ..backend import as_array, rng, xp
 from ..curvature.dense import check_dense_size
+from ..linalg import symmetrize
 from ..oracle import FunctionOracle
 
 __all__ = ["Problem", "quadratic", "rosenbrock", "extended_rosenbrock", "beale", "powell_singular", "wood",
@@ -116,8 +117,7 @@ def quadratic(n: int = 10, condition: float = 100.0, seed: int = 0) -> Problem:
     g = rng(seed)
     Q, _ = xp.linalg.qr(as_array(g.standard_normal((n, n))))
     lam = float(condition) ** (xp.arange(n, dtype=Q.dtype) / max(n - 1, 1))
-    A = (Q * lam) @ Q.T
-    A = 0.5 * (A + A.T)
+    A = symmetrize((Q * lam) @ Q.T)
     x_star = as_array(g.standard_normal(n))
     b = A @ x_star
 
