@@ -240,12 +240,12 @@ def test_truncated_cg_exits():
     B = -np.eye(n)
     res = truncated_cg(lambda v: B @ v, g, tol=1e-12, maxiter=50)
     assert res.status == "negative_curvature" and np.array_equal(res.p, -g)
-    # negative curvature later: the current iterate, still a descent direction
-    A2, op2 = spd_operator(rng, n, negative=1)
-    res = truncated_cg(op2, g, tol=1e-12, maxiter=50)
-    assert res.status in ("negative_curvature", "converged")
-    if res.status == "negative_curvature":
-        assert g @ res.p < 0
+    # negative curvature at the second direction: the first iterate −(gᵀg / gᵀAg) g, a descent direction
+    A2, g2 = np.diag([1.0, -1.0]), np.array([1.0, 0.1])
+    res = truncated_cg(lambda v: A2 @ v, g2, tol=1e-12, maxiter=50)
+    assert res.status == "negative_curvature" and res.iterations == 1
+    np.testing.assert_allclose(res.p, -(g2 @ g2) / (g2 @ A2 @ g2) * g2, rtol=1e-14)
+    assert g2 @ res.p < 0 and res.pAp == pytest.approx(res.p @ A2 @ res.p, rel=1e-14)
     # Martens' relative-progress stop: on an ill-conditioned system, long before convergence
     Q, _ = np.linalg.qr(rng.standard_normal((60, 60)))
     A3 = (Q * np.geomspace(1e-4, 1.0, 60)) @ Q.T
@@ -312,3 +312,86 @@ def test_hessian_free_preset_and_minibatches():
             assert not info["skipped"]
     assert state.previous is not None and state.damping != 1.0
     assert full.value(params) < start
+
+
+# --- the convention switches of Newton-CG and the trust region, in closed form ---------------------------
+def test_switches_are_declared_with_the_defaults():
+    from _helpers import assert_switches_declared_with_defaults  # noqa: PLC0415
+    assert_switches_declared_with_defaults(Newton, GaussNewton, NewtonCG, TrustRegionNewtonCG)
+
+
+def quadratic_oracle(A, b):
+    return FunctionOracle(lambda x: float(0.5 * x @ A @ x - b @ x), grad=lambda x: A @ x - b,
+                          hvp=lambda x, v: A @ v)
+
+
+@pytest.mark.parametrize("forcing", ["sqrt", "linear", 0.3])
+def test_newton_cg_forcing_term_is_the_cg_tolerance(forcing):
+    """CG stops at ‖r‖ ≤ η‖g‖, η = min(½, √‖g‖), min(½, ‖g‖) or the constant (N&W eq. 7.3)."""
+    p = quadratic(30, 1e4, 2)
+    A = p.params["A"]
+    x = np.asarray(p.x_star) + 1e-6 * np.random.default_rng(0).standard_normal(30)
+    g = p.grad(x)
+    gn = np.linalg.norm(g)                                  # ≈ 0.012: the three rules give different η
+    etas = {"sqrt": min(0.5, np.sqrt(gn)), "linear": min(0.5, gn), 0.3: 0.3}
+    counts = {f: truncated_cg(lambda v: A @ v, g, e * gn, 30).iterations for f, e in etas.items()}
+    assert len(set(counts.values())) == 3                   # so the iteration count identifies the rule
+    _, _, info = one_step(NewtonCG(forcing=forcing, line_search="none"), x, p.oracle())
+    assert info["cg_iterations"] == counts[forcing]
+
+
+def test_newton_cg_adapted_damping_follows_the_ratio_rule():
+    # an exact quadratic model: ρ = 1 > 3/4, so λ ← (2/3) λ
+    p = quadratic(4, 10.0, 1)
+    opt = NewtonCG(damping=1.0, adapt_damping=True, forcing=1e-13, line_search="none")
+    _, state, info = one_step(opt, p.x0, p.oracle())
+    assert info["rho"] == pytest.approx(1.0, rel=1e-10) and state.damping == pytest.approx(2.0 / 3.0, rel=1e-15)
+    # f = √(1 + x²) from 0.9: the model overestimates the decrease (0 < ρ < ¼), λ = 0 is raised to min_damping
+    _, state, info = one_step(NewtonCG(adapt_damping=True, line_search="none"), np.array([0.9]), sqrt_oracle())
+    assert 0 < info["rho"] < 0.25 and state.damping == 1e-8
+    # without adapt_damping λ stays
+    _, state, _ = one_step(NewtonCG(damping=1.0, forcing=1e-13, line_search="none"), p.x0, p.oracle())
+    assert state.damping == 1.0
+
+
+def test_newton_cg_warm_start_begins_cg_at_zeta_times_the_last_solution():
+    """With one CG iteration the step is closed-form: z = z₀ + α d, z₀ = ζ p_{k−1}, r₀ = A z₀ + g,
+    d = −r₀, α = r₀ᵀr₀ / dᵀAd; ζ = 0 starts from 0 (the first step: −(gᵀg / gᵀAg) g)."""
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((5, 5))
+    A, b, x0 = M @ M.T + np.eye(5), rng.standard_normal(5), rng.standard_normal(5)
+    o = quadratic_oracle(A, b)
+
+    def cg_one(g, z0):
+        r = A @ z0 + g
+        return z0 - (r @ r) / (r @ A @ r) * r
+
+    for zeta in (0.5, 0.0):
+        opt = NewtonCG(warm_start=zeta, cg_maxiter=1, forcing=0.0, line_search="none")
+        x1, state, _ = one_step(opt, x0, o)
+        p1 = cg_one(A @ x0 - b, np.zeros(5))
+        np.testing.assert_allclose(x1, x0 + p1, rtol=1e-12)
+        np.testing.assert_allclose(state.previous, p1, rtol=1e-14)
+        x2, _, info = opt.update(x1, state, o)
+        g1 = A @ x1 - b
+        p2 = cg_one(g1, zeta * p1)
+        assert g1 @ p2 < 0 and not info["reset"]
+        np.testing.assert_allclose(x2, x1 + p2, rtol=1e-12)
+
+
+def test_trust_region_on_the_gauss_newton_matrix():
+    """curvature="ggn": with a radius beyond the GGN step, CG–Steihaug returns p = −G⁻¹g and ρ is the
+    actual over the GGN model's predicted decrease (here the Hessian is indefinite, so "hessian" differs)."""
+    model, oracle, params = small_network("regression")
+    G, g = oracle.dense_ggn(params), T.ravel(oracle.grad(params))
+    assert np.linalg.eigvalsh(oracle.dense_hessian(params)).min() < 0
+    p = -np.linalg.solve(G, g)
+    loss = oracle.value(params)
+    rho = (loss - oracle.value(T.unravel(T.ravel(params) + p, params))) / -(g @ p + 0.5 * p @ G @ p)
+    results = {}
+    for curvature in ("ggn", "hessian"):
+        opt = TrustRegionNewtonCG(curvature=curvature, initial_radius=2 * np.linalg.norm(p), forcing=1e-13,
+                                  cg_maxiter=500)
+        _, _, results[curvature] = one_step(opt, params, oracle)
+    assert results["ggn"]["cg_status"] == "converged" and results["ggn"]["rho"] == pytest.approx(rho, rel=1e-8)
+    assert results["hessian"]["rho"] != pytest.approx(rho, rel=1e-3)

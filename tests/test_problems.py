@@ -56,19 +56,19 @@ def test_known_minimum(name, k):
 
 def test_classical_values():
     """Values from Moré, Garbow & Hillstrom (1981) and the defining formulas."""
-    assert rosenbrock().f(np.array([-1.2, 1.0])) == pytest.approx(24.2)
-    assert extended_rosenbrock(10).f(extended_rosenbrock(10).x0) == pytest.approx(5 * 24.2)
-    assert powell_singular().f(powell_singular().x0) == pytest.approx(215.0)
-    assert powell_singular(12).f(powell_singular(12).x0) == pytest.approx(3 * 215.0)
-    assert wood().f(wood().x0) == pytest.approx(19192.0)
-    assert beale().f(beale().x0) == pytest.approx(14.203125)
-    assert dixon_price(3).f(np.array([1.0, 1.0, 1.0])) == pytest.approx(0 + 2 * 1 + 3 * 1)
+    assert rosenbrock().f(np.array([-1.2, 1.0])) == pytest.approx(24.2, rel=1e-14)
+    assert extended_rosenbrock(10).f(extended_rosenbrock(10).x0) == pytest.approx(5 * 24.2, rel=1e-14)
+    assert powell_singular().f(powell_singular().x0) == pytest.approx(215.0, rel=1e-14)
+    assert powell_singular(12).f(powell_singular(12).x0) == pytest.approx(3 * 215.0, rel=1e-14)
+    assert wood().f(wood().x0) == pytest.approx(19192.0, rel=1e-14)
+    assert beale().f(beale().x0) == pytest.approx(14.203125, rel=1e-14)
+    assert dixon_price(3).f(np.array([1.0, 1.0, 1.0])) == pytest.approx(0 + 2 * 1 + 3 * 1, rel=1e-14)
     # Trid: x*_i = i(n + 1 − i), f* = −n(n + 4)(n − 1)/6 (Jamil & Yang 2013); check against a solve.
     for n in (2, 6, 10):
         p = trid(n)
         x = np.linalg.solve(p.hess(p.x0), -p.grad(np.zeros(n)))
         np.testing.assert_allclose(x, p.x_star, rtol=1e-12)
-        assert p.f(x) == pytest.approx(-n * (n + 4) * (n - 1) / 6)
+        assert p.f(x) == pytest.approx(-n * (n + 4) * (n - 1) / 6, rel=1e-12)
     # Rosenbrock's Hessian at the minimum (classical): [[802, −400], [−400, 200]].
     np.testing.assert_allclose(rosenbrock().hess(np.ones(2)), [[802.0, -400.0], [-400.0, 200.0]])
     # Powell's singular function has a singular Hessian at x* = 0.

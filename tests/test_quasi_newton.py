@@ -1,4 +1,5 @@
 """Quasi-Newton rules and optimizers: secant equations, symmetry, definiteness, dualities, quadratic termination."""
+import copy
 import math
 
 import numpy as np
@@ -193,8 +194,9 @@ def test_powell_damping(n, seed):
     assert 0 <= theta < 1 and s @ r == pytest.approx(0.2 * sBs, rel=1e-10)   # N&W (18.16)
     B1 = bfgs_update(B, s, r)
     assert rel(B1 @ s, r) < 1e-10 and np.linalg.eigvalsh(B1).min() > 0
-    y_good = B @ s
-    assert powell_damping(s, y_good, B @ s) == (y_good, 1.0) or powell_damping(s, y_good, B @ s)[1] == 1.0
+    y_good = B @ s                                         # sᵀy = sᵀBs ≥ 0.2 sᵀBs: y is kept as it is
+    r_good, theta_good = powell_damping(s, y_good, B @ s)
+    assert r_good is y_good and theta_good == 1.0
 
 
 # --- the optimizers ------------------------------------------------------------------------------
@@ -236,6 +238,22 @@ def test_scaling_once_is_nocedal_wright_6_20():
     assert info["scale"] == pytest.approx(gamma, rel=1e-14) and state.scaled
 
 
+@pytest.mark.parametrize("scaling", ["once", "every"])
+def test_scaling_every_rescales_before_each_update(scaling):
+    """"every": H_k ← γ_k H_k, γ_k = sᵀy / yᵀH_k y, before every update (Oren & Luenberger); "once" only
+    before the first (N&W 6.20)."""
+    p = rosenbrock()
+    xs, states = run(BFGS(initial_scaling=scaling), p, 3)
+    H = np.eye(2)
+    for k in range(3):
+        s, y = xs[k + 1] - xs[k], p.grad(xs[k + 1]) - p.grad(xs[k])
+        if k == 0 or scaling == "every":
+            H = (s @ y) / (y @ H @ y) * H
+        H = bfgs_inverse_update(H, s, y)
+        np.testing.assert_allclose(states[k + 1].matrix, H, rtol=1e-10)
+    assert states[3].updates == 3
+
+
 def test_sr1_reset_to_steepest_descent_is_reported():
     p = beale()
     o = p.oracle()
@@ -273,14 +291,55 @@ def test_non_finite_trial_points_are_backtracked_and_never_stored():
         assert x[0] <= 0.5 and f(x) < f(np.array([0.0, 1.0]))
 
 
-def test_a_refused_step_leaves_params_and_state_unchanged():
-    opt = BFGS()
-    o = rosenbrock().oracle()
-    x = np.array([np.nan, 1.0])
-    state = opt.init(np.zeros(2))
-    x1, state1, info = opt.update(x, state, o)
+def assert_same(a, b):
+    """Equal states, field by field (arrays bit for bit, NaN equal to NaN)."""
+    if isinstance(a, tuple):
+        assert type(a) is type(b) and len(a) == len(b)
+        for u, v in zip(a, b):
+            assert_same(u, v)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b)
+    else:
+        assert a == b
+
+
+def run_a_while(name):
+    """(optimizer, params, state) after three steps on Rosenbrock: a state with history in it."""
+    opt = optimizer_class(name)()
+    p = rosenbrock()
+    x, state = p.x0, opt.init(p.x0)
+    for _ in range(3):
+        x, state, _ = opt.update(x, state, p.oracle())
+    return opt, x, state
+
+
+@pytest.mark.parametrize("name", ["bfgs", "dfp", "sr1", "sherman_morrison", "lbfgs", "newton", "newton_cg",
+                                  "trust_ncg"])
+def test_a_refused_step_leaves_params_and_state_unchanged(name):
+    opt, x, state = run_a_while(name)
+    before = copy.deepcopy(state)
+    bad = np.array([np.nan, 1.0])
+    x1, state1, info = opt.update(bad, state, rosenbrock().oracle())
     assert info["skipped"] and "non-finite" in info["message"]
-    assert x1 is x and state1 is state
+    assert x1 is bad
+    assert_same(state1, before)
+    assert_same(state, before)                   # nor was the incoming state modified in place
+
+
+@pytest.mark.parametrize("name", ["bfgs", "dfp", "sr1", "sherman_morrison", "lbfgs"])
+def test_a_failed_line_search_takes_no_step_and_changes_only_the_step_count(name):
+    """A lying gradient (−∇f of f = ½‖x‖²) makes every direction truly uphill: the search fails."""
+    opt, x, state = run_a_while(name)
+    before = copy.deepcopy(state)
+    liar = FunctionOracle(lambda z: float(0.5 * z @ z), grad=lambda z: -z)
+    x1, state1, info = opt.update(x, state, liar)
+    assert not info["accepted"] and info["line_search"] != "converged" and "line search failed" in info["message"]
+    np.testing.assert_array_equal(x1, x)
+    assert state1.step == before.step + 1
+    assert_same(state1._replace(step=before.step), before)
+    assert_same(state, before)
 
 
 def test_invalid_hyperparameters_raise_at_construction():
