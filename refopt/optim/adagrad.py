@@ -18,9 +18,9 @@ divides by √λ + δ, so δ must dominate √(1e-16‖S‖): the full-matrix de
 one, 1e-10, is PyTorch's), else roundoff directions are amplified by up to 1/δ.
 
 Switches (paper's choice first):
-* ``eps_mode``: "outside" (δ added to the root: Duchi et al., PyTorch, optax) or "inside" (δ added
-  under the root: the form that makes full-matrix Adagrad equal Shampoo on a vector).
-* ``initial_accumulator``: G_0 (0 in the paper and PyTorch; TensorFlow/Keras use 0.1).
+* ``eps_mode``: "outside" (δ added to the root: Duchi et al., PyTorch) or "inside" (δ added under the
+  root: optax's scale_by_rss, Keras; the form that makes full-matrix Adagrad equal Shampoo on a vector).
+* ``initial_accumulator``: G_0 (0 in the paper and PyTorch; optax, TensorFlow/Keras use 0.1).
 * ``weight_decay_mode``: "l2" (λθ added to the gradient before it is accumulated: PyTorch) or
   "decoupled" (θ ← θ − ηλθ after the step, outside the preconditioner).
 * ``lr_decay`` κ ≥ 0 (diagonal only; default 0, the paper's constant η): step t uses
@@ -39,13 +39,15 @@ from ..linalg import symmetrize
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse,
                    step_info)
 
-__all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState"]
+__all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState", "check_nonempty_leaves",
+           "gradient_with_decay", "apply_step"]
 
 EPS_MODES = ("outside", "inside")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
-def _check_leaves(params) -> None:
+def check_nonempty_leaves(params) -> None:
+    """ValueError when a leaf of ``params`` has no entries (a zero-length mode); shared by the adaptive family."""
     for leaf in T.leaves(params):
         if leaf.size == 0:
             raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode "
@@ -97,7 +99,7 @@ class Adagrad(Optimizer):
 
     def init(self, params) -> AdagradState:
         """G_0 = initial_accumulator · 1 and step 0; refuses a leaf of size zero."""
-        _check_leaves(params)
+        check_nonempty_leaves(params)
         return AdagradState(0, T.tree_map(lambda x: xp.full_like(x, self.initial_accumulator), params))
 
     def update(self, params, state, oracle):
@@ -157,7 +159,7 @@ class FullMatrixAdagrad(Optimizer):
 
     def init(self, params) -> FullMatrixAdagradState:
         """S_0 = initial_accumulator · I per block and step 0; refuses empty leaves and blocks over ``max_size``."""
-        _check_leaves(params)
+        check_nonempty_leaves(params)
         S = []
         for v in self._vectors(params):
             if v.size > self.max_size:

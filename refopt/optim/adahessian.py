@@ -45,6 +45,7 @@ from typing import NamedTuple
 from .. import tree as T
 from ..backend import rng, xp
 from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
+from .adagrad import apply_step, check_nonempty_leaves
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 
@@ -148,9 +149,8 @@ class AdaHessian(Optimizer):
 
     def init(self, params) -> AdaHessianState:
         """Zero moments m, v, step 0 and the probe seed; refuses empty leaves and a missing ``spatial_axis``."""
+        check_nonempty_leaves(params)
         for leaf in T.leaves(params):
-            if leaf.size == 0:
-                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
             if leaf.ndim >= 2 and self.spatial_block != 1 and self.spatial_axis >= leaf.ndim:
                 raise ValueError(f"spatial_axis={self.spatial_axis} does not exist for a leaf of shape "
                                  f"{tuple(leaf.shape)}")
@@ -190,9 +190,6 @@ class AdaHessian(Optimizer):
             d = T.tree_map2(lambda mi, vi: (mi / c1) / ((vi / c2) ** (k / 2) + self.eps), m, v)
         else:
             d = T.tree_map2(lambda mi, vi: (mi / c1) / (vi / c2 + self.eps) ** (k / 2), m, v)
-        if lam and self.weight_decay_mode == "decoupled":
-            new = T.tree_map2(lambda x, di: x - self.lr * (di + lam * x), params, d)
-        else:
-            new = T.axpy(-self.lr, d, params)
+        new = apply_step(params, d, self.lr, lam, self.weight_decay_mode)   # θ − η d (− ηλθ if decoupled)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), draws=probes)
         return new, AdaHessianState(t, m, v, state.seed), info

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from .. import tree as T
 from ..backend import xp
+from .adagrad import check_nonempty_leaves
 from .base import (Optimizer, check_choice, check_nonnegative, check_positive, check_unit_interval, refuse,
                    step_info)
 
@@ -80,9 +81,7 @@ class Adam(Optimizer):
 
     def init(self, params) -> AdamState:
         """Zero moments m, v (and v_max for AMSGrad) and step 0; refuses a leaf of size zero."""
-        for leaf in T.leaves(params):
-            if leaf.size == 0:
-                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
+        check_nonempty_leaves(params)
         v_max = T.zeros_like(params) if self.amsgrad != "none" else None
         return AdamState(0, T.zeros_like(params), T.zeros_like(params), v_max)
 
@@ -107,12 +106,13 @@ class Adam(Optimizer):
         c2 = 1.0 - b2 ** t if self.bias_correction else 1.0
         # m̂/(√v̂ + ε) = (√c2/c1) · m/(√v + ε√c2): the constants are folded into one scalar and ε so that
         # the step costs as few passes over the parameters as possible (the ratio to SGD is a target).
+        step_scale = self.lr * math.sqrt(c2) / c1
         if self.eps_mode == "outside":   # √(v̂ + r) + ε = (√(v + r c2) + ε√c2)/√c2
-            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, eps * math.sqrt(c2), self.eps_root * c2
+            denom_eps, inside = eps * math.sqrt(c2), self.eps_root * c2
         elif self.eps_mode == "hat":
-            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, eps, 0.0
+            denom_eps, inside = eps, 0.0
         else:  # √(v/c2 + ε) = √(v + ε c2)/√c2
-            step_scale, denom_eps, inside = self.lr * math.sqrt(c2) / c1, 0.0, eps * c2
+            denom_eps, inside = 0.0, eps * c2
         decay = self._decay()
 
         ps, treedef = T.flatten(params)
@@ -134,12 +134,11 @@ class Adam(Optimizer):
             if amsgrad:
                 if self.amsgrad == "max_v":
                     u = xp.maximum(vmi, v)
+                    new_max.append(u)
                 else:                    # max of v̂ = v/c2, kept in v̂ units; denominator in v units
                     u_hat = xp.maximum(vmi, v / c2)
                     new_max.append(u_hat)
                     u = u_hat * c2
-                if self.amsgrad == "max_v":
-                    new_max.append(u)
             if inside:
                 xp.add(u, inside, out=d)
                 xp.sqrt(d, out=d)

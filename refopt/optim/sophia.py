@@ -58,6 +58,7 @@ from typing import NamedTuple
 from .. import tree as T
 from ..backend import xp
 from ..curvature import PROBE_DISTRIBUTIONS
+from .adagrad import check_nonempty_leaves
 from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
@@ -112,15 +113,17 @@ class _Sophia(Optimizer):
         raise NotImplementedError
 
     def _ratio(self, m, h, t, oracle):
-        """(step size, clip(m/denominator, 1)) for one leaf."""
-        raise NotImplementedError
+        """(step size, clip(m/denominator, 1)) for one leaf: here the paper's (η, clip(m / max(γh, ε), 1)), with
+        m̂ = m / (1 − β₁ᵗ) when bias_correction is on; the subclasses handle parametrization="official"."""
+        eps = 1e-12 if self.eps is None else self.eps
+        if self.bias_correction:
+            m = m / (1.0 - self.beta1 ** t)
+        return self.lr, xp.clip(m / xp.maximum(self.gamma * h, eps), -1.0, 1.0)
 
     # --- interface -----------------------------------------------------------------------------
     def init(self, params) -> SophiaState:
         """Zero m and h, step 0 and the draw seed; refuses a leaf of size zero."""
-        for leaf in T.leaves(params):
-            if leaf.size == 0:
-                raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode")
+        check_nonempty_leaves(params)
         return SophiaState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
     def _refreshed_h(self, h, params, oracle, state, draws):
@@ -198,7 +201,7 @@ class SophiaG(_Sophia):
             eps = 1e-15 if self.eps is None else self.eps
             bs = self.bs if self.bs is not None else oracle.batch_size
             return self.lr, xp.clip(m / (self.gamma * bs * h + eps), -1.0, 1.0)
-        return _paper_ratio(self, m, h, t)
+        return super()._ratio(m, h, t, oracle)
 
 
 class SophiaH(_Sophia):
@@ -232,12 +235,4 @@ class SophiaH(_Sophia):
             eps = 1e-12 if self.eps is None else self.eps
             step_size = self.lr / (1.0 - self.beta1 ** t)
             return step_size, xp.clip(m / (self.gamma * xp.maximum(h, 0.0) + eps), -1.0, 1.0)
-        return _paper_ratio(self, m, h, t)
-
-
-def _paper_ratio(opt: _Sophia, m, h, t: int):
-    """(η, clip(m / max(γh, ε), 1)), with m̂ = m / (1 − β₁ᵗ) when bias_correction is on."""
-    eps = 1e-12 if opt.eps is None else opt.eps
-    if opt.bias_correction:
-        m = m / (1.0 - opt.beta1 ** t)
-    return opt.lr, xp.clip(m / xp.maximum(opt.gamma * h, eps), -1.0, 1.0)
+        return super()._ratio(m, h, t, oracle)
