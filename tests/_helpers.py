@@ -1,10 +1,13 @@
 """Helpers shared by several test files: scripted and tiny oracles, a run loop, and the checks that every
 optimizer's tests make the same way. ``conftest.py`` registers this module for pytest's assertion rewriting,
 so a failing check reports its values like an ``assert`` written in the test itself."""
+import copy
 import inspect
+import itertools
 
 import numpy as np
 
+from refopt import tree as T
 from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
 from refopt.oracle import FunctionOracle, Oracle
 
@@ -41,6 +44,13 @@ def mlp_problem(sizes, batch, seed, loss="softmax", X=None):
     return model, params, Oracle(model, Gaussian(), X, g.standard_normal((X.shape[0], sizes[-1])))
 
 
+def all_rademacher(like) -> list:
+    """All 2ⁿ Rademacher probe trees shaped like ``like`` (n = its size): averaging z ⊙ Hz over them gives
+    diag(H) exactly."""
+    n = T.size(like)
+    return [T.unravel(np.array(s, dtype=float), like) for s in itertools.product([-1.0, 1.0], repeat=n)]
+
+
 def run(opt, x0, oracle, steps):
     """``steps`` updates from ``opt.init(x0)``: the last (params, state, info)."""
     x, s, info = x0, opt.init(x0), None
@@ -49,12 +59,34 @@ def run(opt, x0, oracle, steps):
     return x, s, info
 
 
-def assert_refused(opt, params, state, oracle, fragment):
-    """One update from (params, state) is refused: info says so, its message contains ``fragment``, and the
-    very same params and state objects come back."""
-    new, new_state, info = opt.update(params, state, oracle)
+def assert_same_values(a, b):
+    """Two nested params/states (NamedTuples, lists, tuples, dicts of arrays and numbers) are equal entry by
+    entry (NaNs in the same places count as equal)."""
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_values(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_values(x, y)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
+
+
+def assert_refused(opt, params, state, oracle, fragment, **kwargs):
+    """One update from (params, state) is refused: info says so, its message contains ``fragment``, the
+    very same params and state objects come back, and their values equal a copy taken before the update
+    (nothing was modified in place)."""
+    params_before, state_before = copy.deepcopy(params), copy.deepcopy(state)
+    new, new_state, info = opt.update(params, state, oracle, **kwargs)
     assert info["skipped"] and fragment in info["message"]
     assert new is params and new_state is state
+    assert_same_values(params, params_before)
+    assert_same_values(state, state_before)
 
 
 def assert_descends(opt, oracle, params, steps=5):

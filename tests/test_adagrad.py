@@ -170,6 +170,15 @@ def test_non_finite_gradient_is_refused(cls, bad):
     assert_refused(opt, x1, s1, ScriptedOracle([np.array([bad, 1.0])]), "non-finite gradient")
 
 
+@pytest.mark.parametrize("cls", [Adagrad, FullMatrixAdagrad])
+def test_overflowing_accumulator_is_refused(cls):
+    # a finite gradient whose square overflows: G (or S) would hold inf
+    opt = cls()
+    x1, s1, _ = run(opt, np.array([1.0, 2.0]), ScriptedOracle([np.array([0.5, 1.0])]), 1)
+    with np.errstate(over="ignore"):
+        assert_refused(opt, x1, s1, ScriptedOracle([np.array([1e200, 1.0])]), "accumulator overflowed")
+
+
 def test_registry_and_mlp_descent():
     assert optimizer_class("adagrad") is Adagrad and optimizer_class("adagrad_full") is FullMatrixAdagrad
     rng = np.random.default_rng(0)

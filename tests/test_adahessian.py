@@ -1,6 +1,4 @@
 """AdaHessian: exact diagonal from all Rademacher probes, Algorithm 1 transcribed, spatial averaging, draws."""
-import itertools
-
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -16,12 +14,7 @@ from refopt.optim import optimizer_class
 from refopt.optim.adahessian import AdaHessian, spatial_average
 from refopt.oracle import FunctionOracle, Oracle
 
-from _helpers import assert_refused, assert_switches_declared_with_defaults
-
-
-def all_rademacher(like):
-    n = T.size(like)
-    return [T.unravel(np.array(s, dtype=float), like) for s in itertools.product([-1.0, 1.0], repeat=n)]
+from _helpers import all_rademacher, assert_refused, assert_switches_declared_with_defaults
 
 
 def quadratic_oracle(A, b, shape):
@@ -177,15 +170,25 @@ def test_two_steps_every_switch(kw):
         assert np.max(np.abs(x_default - x)) > 1e-4
 
 
-def test_seeded_draws_equal_injected_draws():
-    orc = quadratic_oracle(A8, B8, W0.shape)
+def _network_problem():
+    rng = np.random.default_rng(0)
+    model = MLP([3, 4, 2])
+    return Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2))), model.init(0)
+
+
+@pytest.mark.parametrize("problem", ["function", "network"])
+def test_seeded_draws_equal_injected_draws(problem):
+    """The probes of the step from state.step = t are draw_probes(params, default_rng([seed, t]), …), whether
+    the oracle (FunctionOracle or network Oracle) draws them or they are injected."""
+    orc, p0 = (quadratic_oracle(A8, B8, W0.shape), W0) if problem == "function" else _network_problem()
     opt = AdaHessian(lr=0.2, seed=7, probes=2)
-    x, s = W0, opt.init(W0)
-    y, r = W0, opt.init(W0)
+    x, s = p0, opt.init(p0)
+    y, r = p0, opt.init(p0)
     for t in range(3):
         x, s, _ = opt.update(x, s, orc)
-        y, r, _ = opt.update(y, r, orc, draws=draw_probes(W0, np.random.default_rng([7, t]), 2, "rademacher"))
-        np.testing.assert_array_equal(x, y)
+        y, r, _ = opt.update(y, r, orc, draws=draw_probes(p0, np.random.default_rng([7, t]), 2, "rademacher"))
+        for a, b in zip(T.leaves(x), T.leaves(y)):
+            np.testing.assert_array_equal(a, b)
     assert s.seed == 7 and s.step == 3
 
 
@@ -205,11 +208,8 @@ def test_spatial_average_leaves_vectors_alone_and_preserves_block_means():
 
 def test_mlp_descent_and_registry():
     assert optimizer_class("adahessian") is AdaHessian
-    rng = np.random.default_rng(0)
-    model = MLP([3, 4, 2])
-    orc = Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2)))
+    orc, p = _network_problem()
     opt = AdaHessian(lr=0.1)
-    p = model.init(0)
     s = opt.init(p)
     first = orc.value(p)
     for _ in range(5):
@@ -241,21 +241,6 @@ def test_reported_draws_replay_the_run():
         assert len(info["draws"]) == 2 and T.same_structure(info["draws"][0], W0)
         y, r, _ = opt.update(y, r, orc, draws=info["draws"])
         np.testing.assert_array_equal(x, y)
-
-
-def test_seeded_draws_equal_injected_draws_on_a_network():
-    rng = np.random.default_rng(0)
-    model = MLP([3, 4, 2])
-    orc = Oracle(model, Gaussian(), rng.standard_normal((16, 3)), rng.standard_normal((16, 2)))
-    p0 = model.init(0)
-    opt = AdaHessian(lr=0.1, seed=3)
-    p, s = p0, opt.init(p0)
-    q, r = p0, opt.init(p0)
-    for t in range(2):
-        p, s, _ = opt.update(p, s, orc)
-        q, r, _ = opt.update(q, r, orc, draws=draw_probes(p0, np.random.default_rng([3, t]), 1, "rademacher"))
-        for a, b in zip(T.leaves(p), T.leaves(q)):
-            np.testing.assert_array_equal(a, b)
 
 
 def test_switches_are_declared_with_the_defaults():

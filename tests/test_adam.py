@@ -201,7 +201,9 @@ def test_update_is_pure_and_works_on_trees_and_scalars():
     p1, s1, _ = opt.update(p, s0, ScriptedOracle([g]))
     np.testing.assert_array_equal(p["w"], [[1.0, 2.0]])  # unchanged input
     np.testing.assert_array_equal(s0.m["w"], 0.0)
-    np.testing.assert_allclose(p1["s"], 2.9, rtol=1e-6)
+    # first bias-corrected step: α g / (|g| + ε) per coordinate
+    np.testing.assert_allclose(p1["s"], 3.0 - 0.1 / (1.0 + 1e-8), rtol=1e-15)
+    np.testing.assert_allclose(p1["w"], [[1.0 - 0.1 * 0.5 / (0.5 + 1e-8), 2.0 + 0.1 * 0.5 / (0.5 + 1e-8)]], rtol=1e-15)
 
 
 def test_registry_and_mlp_descent():

@@ -15,14 +15,12 @@ from refopt.optim.shampoo import Shampoo, block_slices, merge_dims
 from refopt.oracle import FunctionOracle, Oracle
 
 from _helpers import ScriptedOracle, assert_refused, assert_switches_declared_with_defaults
+from _helpers import run as run_oracle
 
 
 def run(opt, x0, grads):
-    x, s, info = x0, opt.init(x0), None
-    orc = ScriptedOracle(grads)
-    for _ in range(len(grads)):
-        x, s, info = opt.update(x, s, orc)
-    return x, s, info
+    """One update per gradient in ``grads``: the last (params, state, info)."""
+    return run_oracle(opt, x0, ScriptedOracle(grads), len(grads))
 
 
 def psd_power(M, p, eps=0.0, mode="add"):
@@ -102,6 +100,23 @@ def test_non_finite_gradient_is_refused(bad):
     assert_refused(opt, x1, s1, ScriptedOracle([[G]]), "non-finite gradient")
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(vector_diagonal=True), dict(block_size=1)])
+def test_overflowing_statistics_are_refused(kw):
+    opt = Shampoo(momentum=0.5, grafting="adagrad", **kw)
+    p = [np.ones((2, 2)), np.ones(2)]
+    x1, s1, _ = run(opt, p, [[np.eye(2), np.ones(2)]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert_refused(opt, x1, s1, ScriptedOracle([[np.eye(2), np.array([1e200, 1.0])]]), "statistics overflowed")
+
+
+def test_non_finite_root_is_refused():
+    # (H + εI)^p with ε = 1e-4 and an exponent override p = −100 on a zero statistic is 10⁴⁰⁰ = inf
+    opt = Shampoo(exponent=-100.0)
+    p = [np.ones((2, 2))]
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert_refused(opt, p, opt.init(p), ScriptedOracle([[np.zeros((2, 2))]]), "non-finite preconditioner root")
+
+
 # --- identities of the theory ----------------------------------------------------------------------
 @given(st.integers(1, 5), st.integers(1, 4), st.data())
 def test_vector_shampoo_equals_full_matrix_adagrad(n, steps, data):
@@ -142,7 +157,7 @@ def test_first_step_of_a_rank_one_matrix_gradient_by_hand():
     u, v = np.array([0.6, 0.8]), np.array([1.0, 0.0, 0.0])
     G = 2.0 * np.outer(u, v)
     x, _, _ = run(Shampoo(lr=1.0, eps=1e-12), np.zeros((2, 3)), [G])
-    np.testing.assert_allclose(-x, np.outer(u, v), atol=1e-6)
+    np.testing.assert_allclose(-x, np.outer(u, v), rtol=1e-12, atol=1e-12)
 
 
 # --- every switch against a transcription -----------------------------------------------------------
@@ -297,6 +312,28 @@ def test_vector_diagonal_is_adagrad_with_eps_inside():
     assert np.max(np.abs(xf - x)) > 1e-3
 
 
+@pytest.mark.parametrize("kw", [dict(eps_mode="floor"), dict(eps_mode="relative"),
+                                dict(statistics="ema_debiased", beta2=0.6), dict(exponent=-0.25)])
+def test_vector_diagonal_root_switches_two_steps(kw):
+    """A diagonal statistic H (vector_diagonal) takes the same switches elementwise: H + ε, max(H, ε),
+    H + ε·max(max H, 1e-6), H / (1 − β₂ᵗ), and the exponent override."""
+    grads = [np.array([1.0, -0.02, 0.5]), np.array([0.3, 0.01, -1.0])]
+    eps, lr = 0.01, 0.5
+    x, H = np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        if "beta2" in kw:
+            H = kw["beta2"] * H + (1 - kw["beta2"]) * g * g
+            lam = H / (1 - kw["beta2"] ** t) + eps
+        else:
+            H = H + g * g
+            lam = {"floor": np.maximum(H, eps), "relative": H + eps * max(H.max(), 1e-6)}.get(kw.get("eps_mode"),
+                                                                                                H + eps)
+        x = x - lr * lam ** kw.get("exponent", -0.5) * g
+    ours = run(Shampoo(lr=lr, eps=eps, vector_diagonal=True, **kw), np.zeros(3), grads)[0]
+    np.testing.assert_allclose(ours, x, rtol=1e-14)
+    assert np.max(np.abs(ours - run(Shampoo(lr=lr, eps=eps, vector_diagonal=True), np.zeros(3), grads)[0])) > 1e-4
+
+
 @pytest.mark.parametrize("precondition", ["gradient", "momentum"])
 def test_momentum_two_steps(precondition):
     mu = 0.5
@@ -343,10 +380,12 @@ def test_mlp_biases_full_matrix_and_descent():
 
 
 def test_function_oracle_vector():
+    # g = x0, H = g gᵀ: (H + εI)^{−1/2} g = g / √(‖g‖² + ε) (g is an eigenvector, eigenvalue ‖g‖² = 5)
     f = FunctionOracle(lambda x: 0.5 * float(x @ x), grad=lambda x: x)
-    x, s = np.array([1.0, -2.0]), Shampoo(lr=0.5).init(np.array([1.0, -2.0]))
-    x, s, info = Shampoo(lr=0.5).update(x, s, f)
-    assert info["loss"] == 2.5 and np.all(np.abs(x) < [1.0, 2.0])
+    x0 = np.array([1.0, -2.0])
+    x, s, info = Shampoo(lr=0.5).update(x0, Shampoo(lr=0.5).init(x0), f)
+    assert info["loss"] == 2.5
+    np.testing.assert_allclose(x, x0 - 0.5 * x0 / np.sqrt(5.0 + 1e-4), rtol=1e-12)
 
 
 def test_state_survives_a_checkpoint_round_trip():

@@ -1,6 +1,4 @@
 """Sophia-G and Sophia-H: Algorithm 3 and the official code transcribed, clipping bound, Newton limit, draws."""
-import itertools
-
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -16,16 +14,12 @@ from refopt.optim import optimizer_class
 from refopt.optim.sophia import SophiaG, SophiaH
 from refopt.oracle import FunctionOracle, Oracle
 
-from _helpers import assert_descends, assert_refused, assert_switches_declared_with_defaults
+from _helpers import all_rademacher, assert_descends, assert_refused, assert_switches_declared_with_defaults
 
 
 def quadratic_oracle(A, b):
     return FunctionOracle(lambda x: 0.5 * float(x @ A @ x) + float(b @ x), grad=lambda x: A @ x + b,
                           hvp=lambda x, v: A @ v)
-
-
-def all_rademacher(n):
-    return [np.array(s, dtype=float) for s in itertools.product([-1.0, 1.0], repeat=n)]
 
 
 # --- a tiny classifier, and its loss in HIPS autograd (independent of refopt's autodiff) ---------------------
@@ -93,9 +87,11 @@ def test_non_finite_gradient_is_refused(cls, bad):
     assert_refused(opt, p, opt.init(p), f, "non-finite gradient")
 
 
-def test_non_finite_curvature_estimate_is_refused():
+@pytest.mark.parametrize("refresh", ["before", "after", "lagged"])
+def test_non_finite_curvature_estimate_is_refused(refresh):
+    # "after" and "lagged" estimate once the step is computed: the refusal must still discard that step
     f = FunctionOracle(lambda x: 0.0, grad=lambda x: x, hvp=lambda x, v: v * np.inf)
-    opt = SophiaH(k=1)
+    opt = SophiaH(k=1, refresh=refresh, weight_decay=0.1)
     x0 = np.ones(2)
     assert_refused(opt, x0, opt.init(x0), f, "curvature")
 
@@ -152,7 +148,7 @@ def test_exact_diagonal_without_clipping_is_a_diagonal_newton_step():
     A = np.array([[2.0, 0.7, -0.3], [0.7, 1.5, 0.2], [-0.3, 0.2, 3.0]])
     b = np.array([0.1, -0.2, 0.3])
     opt = SophiaH(lr=0.5, beta1=0.0, beta2=0.0, gamma=2.0, k=1)
-    x1, _, _ = opt.update(x0, opt.init(x0), quadratic_oracle(A, b), draws=all_rademacher(3))
+    x1, _, _ = opt.update(x0, opt.init(x0), quadratic_oracle(A, b), draws=all_rademacher(x0))
     np.testing.assert_allclose(x1, x0 - 0.5 * (A @ x0 + b) / (2.0 * np.diag(A)), rtol=1e-14)
 
 
@@ -304,6 +300,19 @@ def test_sophia_g_paper_h_is_batch_size_times_squared_sampled_gradient():
     ghat = np_grad(p1, LABELS[0][0])
     for h, gl in zip(T.leaves(s.h), T.leaves(ghat)):
         np.testing.assert_allclose(h, gl * gl, rtol=1e-10, atol=1e-16)
+
+
+def test_sophia_g_samples_average_the_gnb_estimates():
+    """samples=2: ĥ is the mean of B·ĝ_j⊙ĝ_j over the two label sets (seeded draws have shape (2, B))."""
+    p0 = MODEL.init(0)
+    labels = np.concatenate([LABELS[0], LABELS[1]])
+    opt = SophiaG(beta2=0.0, k=1, samples=2)
+    _, s, _ = opt.update(p0, opt.init(p0), oracle(), draws=labels)
+    g1, g2 = np_grad(p0, LABELS[0][0]), np_grad(p0, LABELS[1][0])
+    for h, a, b in zip(T.leaves(s.h), T.leaves(g1), T.leaves(g2)):
+        np.testing.assert_allclose(h, 8 * (a * a + b * b) / 2, rtol=1e-10, atol=1e-16)
+    _, _, info = opt.update(p0, opt.init(p0), oracle())
+    assert info["draws"].shape == (2, 8)
 
 
 def test_paper_and_official_sophia_g_differ_only_in_eps_and_phase():
