@@ -730,8 +730,11 @@ def lib_sophia_g_official(Ws, X, y, labels, lr, b1, b2, rho, weight_decay, k, bs
 
 
 # --- the cases: one per profile ------------------------------------------------------------------------
-def _quartic_case(profile, lib, steps=2, draws=None, **overrides):
-    prob = Quartic()
+def _quartic_case(profile, lib, steps=2, probes=None, prob=None, **overrides):
+    """(refopt's, the library's) parameter sequences on ``prob`` (default ``Quartic()``); ``probes`` (one flat
+    vector per step, which ``lib`` takes from its closure) are injected into refopt as its draws."""
+    prob = prob or Quartic()
+    draws = None if probes is None else _probe_draws(probes)
     ours = flat_all(run(profile, tree_oracle(prob), to_tree(prob.x0), steps, draws, **overrides))
     theirs = np.stack(lib(prob, prob.x0.copy()))
     return ours, theirs
@@ -875,33 +878,38 @@ def case_sophia_g_official():
 
 
 def case_sophia_h_official():
-    probes = rademacher_probes(6, 2)
+    # k = 10: no refresh within three steps (h = 0: sign steps); k = 1: h refreshed after every step. The
+    # nonconvex quartic makes some z⊙Hz negative, so the official max(h, 0) is exercised (4 coordinates at
+    # steps 2 and 3), and γ = 10 leaves most coordinates unclipped from step 2 on.
+    prob = Quartic(eigenvalues=(-1.0, 1.5))
+    probes = rademacher_probes(6, 3)
     for k in (1, 10):
         ours, theirs = _quartic_case(
             "Liuhong99/Sophia.SophiaH",
             lambda p, x: lib_sophia_h_official(p, x, probes, lr=0.05, b1=0.9, b2=0.99, gamma=10.0,
-                                               weight_decay=1e-2, k=k),
-            draws=_probe_draws(probes), lr=0.05, k=k)
+                                               weight_decay=1e-2, k=k, steps=3),
+            steps=3, probes=probes, prob=prob, lr=0.05, k=k)
+        assert_same(ours, theirs)
+
+
+def _adahessian_case(profile, seed, average_rows, weight_decays):
+    """The two official AdaHessian codes differ only in the averaging of a weight's |Hz| (``average_rows``)."""
+    probes = rademacher_probes(seed, 2)
+    for wd in weight_decays:
+        ours, theirs = _quartic_case(
+            profile,
+            lambda p, x: lib_adahessian(p, x, probes, 0.15, 0.9, 0.999, 1e-4, weight_decay=wd,
+                                        average_rows=average_rows),
+            probes=probes, weight_decay=wd)
         assert_same(ours, theirs)
 
 
 def case_adahessian_instruction():
-    probes = rademacher_probes(7, 2)
-    for wd in (0.0, 0.05):
-        ours, theirs = _quartic_case(
-            "amirgholami/adahessian",
-            lambda p, x: lib_adahessian(p, x, probes, 0.15, 0.9, 0.999, 1e-4, weight_decay=wd, average_rows=True),
-            draws=_probe_draws(probes), weight_decay=wd)
-        assert_same(ours, theirs)
+    _adahessian_case("amirgholami/adahessian", 7, average_rows=True, weight_decays=(0.0, 0.05))
 
 
 def case_adahessian_image_classification():
-    probes = rademacher_probes(8, 2)
-    ours, theirs = _quartic_case(
-        "amirgholami/adahessian+image_classification",
-        lambda p, x: lib_adahessian(p, x, probes, 0.15, 0.9, 0.999, 1e-4, weight_decay=0.05),
-        draws=_probe_draws(probes), weight_decay=0.05)
-    assert_same(ours, theirs)
+    _adahessian_case("amirgholami/adahessian+image_classification", 8, average_rows=False, weight_decays=(0.05,))
 
 
 def case_google_shampoo():
@@ -1037,7 +1045,6 @@ def test_optax_lbfgs_keeps_negative_curvature_pairs():
         assert_differ(ours, theirs)
 
 
-
 def test_torch_lbfgs_first_step_uses_the_l1_norm():
     """With ‖g₀‖₂ < 1 < ‖g₀‖₁ torch scales the first step by 1/‖g₀‖₁: the profile does, and refopt's default
     first step (unit length) would not."""
@@ -1080,13 +1087,13 @@ def test_optax_sophia_lag_is_needed():
     probes = rademacher_probes(9, 3)
     kw = dict(lr=0.05, b1=0.965, b2=0.99, eps=1e-8, gamma=1.0, weight_decay=1e-4, steps=3)
     theirs = np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, **kw))
-    for refresh in ("after", "before"):
-        ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3, _probe_draws(probes),
-                            lr=0.05, gamma=1.0, k=1, refresh=refresh))
-        assert_differ(ours, theirs)
-    ours = flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3, _probe_draws(probes),
-                        lr=0.05, gamma=1.0, k=1, refresh="after"))
-    assert_same(ours, np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, estimate_at="updated", **kw)))
+    ours = {refresh: flat_all(run("optax.contrib.sophia", tree_oracle(prob), to_tree(prob.x0), 3,
+                                  _probe_draws(probes), lr=0.05, gamma=1.0, k=1, refresh=refresh))
+            for refresh in ("after", "before")}
+    for refresh in ours:
+        assert_differ(ours[refresh], theirs)
+    # and the estimate's point is the only difference of "after"
+    assert_same(ours["after"], np.stack(lib_optax_sophia(prob, prob.x0.copy(), probes, estimate_at="updated", **kw)))
 
 
 def test_kfac_pytorch_g_normalisation_is_reduced_loss():
