@@ -41,7 +41,8 @@ class Counts:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _finite_float(value) -> float:
+def _as_float(value) -> float:
+    """A loss value as a Python float; non-finite values pass through (trial points of line searches)."""
     return float(ad.getval(value))
 
 
@@ -59,10 +60,14 @@ class Oracle:
             raise ValueError("X: the batch is empty")
         if not bool(xp.all(xp.isfinite(X))):
             raise ValueError("X: inputs contain NaN or Inf")
-        zero = xp.zeros((X.shape[0], model.sizes[-1]), dtype=X.dtype)
-        loss.check_targets(zero, y)
-        self.model, self.loss, self.X, self.y = model, loss, X, y
+        self.model, self.loss, self.X = model, loss, X
+        self._check_targets(y)
+        self.y = y
         self.counts = counts if counts is not None else Counts()
+
+    def _check_targets(self, y) -> None:
+        """The loss's target checks against outputs of this batch's shape (no forward pass needed)."""
+        self.loss.check_targets(xp.zeros((self.X.shape[0], self.model.sizes[-1]), dtype=self.X.dtype), y)
 
     @property
     def batch_size(self) -> int:
@@ -84,14 +89,14 @@ class Oracle:
     def value(self, params) -> float:
         """The reduced loss L(θ) on the batch as a float (one nfev)."""
         self.counts.nfev += 1
-        return _finite_float(self._objective(params))
+        return _as_float(self._objective(params))
 
     def value_and_grad(self, params):
         """(L(θ), ∇L(θ)) from one reverse pass (one nfev and one ngev)."""
         self.counts.nfev += 1
         self.counts.ngev += 1
         value, g = ad.value_and_grad(self._objective)(params)
-        return _finite_float(value), g
+        return _as_float(value), g
 
     def grad(self, params):
         """∇L(θ), through ``value_and_grad`` (counted as such)."""
@@ -99,7 +104,7 @@ class Oracle:
 
     def grad_at_labels(self, params, labels):
         """Gradient of the reduced loss with the data labels replaced by ``labels``."""
-        self.loss.check_targets(xp.zeros((self.batch_size, self.model.sizes[-1]), dtype=self.X.dtype), labels)
+        self._check_targets(labels)
         self.counts.ngev += 1
         return ad.grad(lambda p: self._objective(p, labels))(params)
 
@@ -134,7 +139,7 @@ class Oracle:
         def product(v):
             self.counts.nhvp += 1
             return hv(v)
-        return _finite_float(seen["value"]), g, product
+        return _as_float(seen["value"]), g, product
 
     def jvp(self, params, v):
         """J v (batch, C)."""
@@ -154,8 +159,9 @@ class Oracle:
     def curvature_operator(self, params, kind="ggn", samples=1, seed=None, labels=None):
         """v ↦ M v for M the GGN (``kind="ggn"``) or a Fisher ("true", "mc", "empirical") at ``params``.
 
-        The output pullback (and, for "mc", the sampled labels) are fixed once, so repeated products,
-        as in conjugate gradient, all use the same matrix and skip the recording.
+        The output pullback and the output-space matrix (for "mc", from labels sampled once) are fixed
+        here, so repeated products, as in conjugate gradient, all use the same matrix and each costs
+        one jvp and one sweep of the recorded pullback.
         """
         z, pullback = C.network_vjp(self.model, params, self.X)
         if kind == "mc" and labels is None:
@@ -163,6 +169,7 @@ class Oracle:
                 raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
             labels = self.loss.sample(z, seed, samples)
         scale = self.loss.scale(self.batch_size)
+        output_product = C.output_space_operator(self.loss, z, self.y, kind, labels)
 
         def product(v):
             if kind == "ggn":
@@ -170,7 +177,7 @@ class Oracle:
             else:
                 self.counts.nfvp += 1
             Jv = C.network_jvp(self.model, params, self.X, v)[1]
-            return pullback(scale * C.output_space_product(self.loss, z, self.y, Jv, kind, labels))
+            return pullback(scale * output_product(Jv))
         return product
 
     def fisher_vp(self, params, v, kind="true", samples=1, seed=None, labels=None):
@@ -243,16 +250,16 @@ class FunctionOracle:
     def value(self, x) -> float:
         """f(x) as a float (one nfev)."""
         self.counts.nfev += 1
-        return _finite_float(self.f(x))
+        return _as_float(self.f(x))
 
     def value_and_grad(self, x):
         """(f(x), ∇f(x)), the analytic gradient if given, else by autodiff (one nfev and one ngev)."""
         self.counts.nfev += 1
         self.counts.ngev += 1
         if self._grad is not None:
-            return _finite_float(self.f(x)), self._grad(x)
+            return _as_float(self.f(x)), self._grad(x)
         value, g = ad.value_and_grad(self.f)(x)
-        return _finite_float(value), g
+        return _as_float(value), g
 
     def grad(self, x):
         """∇f(x), analytic if given, else by autodiff (one ngev)."""

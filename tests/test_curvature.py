@@ -88,13 +88,18 @@ def test_network_jacobian_products_and_linearize():
     np.testing.assert_allclose(T.ravel(oracle.vjp(params, u)), J.T @ u.ravel(), **TOL)
 
 
-def test_hessian_equals_ggn_plus_residual_term_and_differs_in_general():
-    """For a linear model the Hessian is the GGN; with a hidden layer it is not (a case)."""
-    oracle, params, _ = problem("softmax", sizes=(3, 3))
+@pytest.mark.parametrize("kind", KINDS)
+def test_hessian_equals_ggn_plus_residual_term_and_differs_in_general(kind):
+    """∇²L = GGN + ∇²_θ ⟨scale · r, f(X; θ)⟩ with r = ∂ℓ/∂z held fixed (the Gauss-Newton split);
+    for a linear model the residual vanishes, with a hidden layer it does not (a case)."""
+    oracle, params, _ = problem(kind, sizes=(3, 3))
     np.testing.assert_allclose(oracle.dense_hessian(params), oracle.dense_ggn(params), **TOL)
-    oracle, params, _ = problem("softmax")
+    oracle, params, _ = problem(kind)
     Hm, G = oracle.dense_hessian(params), oracle.dense_ggn(params)
-    assert np.linalg.norm(Hm - G) > 1e-2 * np.linalg.norm(G)
+    w = oracle.loss.scale(oracle.batch_size) * oracle.loss.output_grad(oracle.outputs(params), oracle.y)
+    residual = ad.hessian(lambda p: ad.dot(w, oracle.model.apply(p, oracle.X)), params)
+    np.testing.assert_allclose(Hm, G + residual, **TOL)
+    assert np.linalg.norm(residual) > 1e-2 * np.linalg.norm(G)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -174,6 +179,10 @@ def test_gnb_expectation_over_every_label_draw_is_diag_ggn(kind, reduction):
     avg = np.mean([T.ravel(oracle.gnb_diag(params, labels=ys[None])) for ys, _ in draws[:3]], axis=0)
     direct = C.gnb_diagonal(oracle.model, oracle.loss, params, oracle.X, labels)
     np.testing.assert_allclose(T.ravel(direct), avg, **TOL)
+    # ĝ is the ordinary gradient of the reduced loss at the sampled labels (its own reverse pass here).
+    g_hat = T.ravel(oracle.grad_at_labels(params, labels[1]))
+    np.testing.assert_allclose(T.ravel(oracle.gnb_diag(params, labels=labels[1:2])),
+                               g_hat * g_hat / oracle.loss.scale(B), **TOL)
 
 
 def test_injected_draws_reproduce_seeded_ones():
@@ -237,6 +246,38 @@ def test_estimator_argument_errors():
         oracle.fisher_vp(params, v, "mc", labels=np.full((2, 4), 7))
     with pytest.raises(ValueError, match="y: labels must lie"):
         oracle.gnb_diag(params, labels=np.full((1, 4), 7))
+    with pytest.raises(ValueError, match="kind"):  # refused when the operator is made, not at its first use
+        oracle.curvature_operator(params, "exact")
+    # k = 0 label sets or probes would average over nothing (NaN or a ZeroDivisionError): refused.
+    none = np.zeros((0, 4), dtype=int)
+    with pytest.raises(ValueError, match="at least one label set"):
+        oracle.fisher_vp(params, v, "mc", labels=none)
+    with pytest.raises(ValueError, match="at least one label set"):
+        oracle.fisher_vp(params, v, "mc", samples=0, seed=0)
+    with pytest.raises(ValueError, match="at least one label set"):
+        oracle.curvature_operator(params, "mc", labels=none)
+    with pytest.raises(ValueError, match="at least one label set"):
+        oracle.gnb_diag(params, labels=none)
+    with pytest.raises(ValueError, match="probes: expected at least one"):
+        oracle.hutchinson_diag(params, probes=[])
+
+
+def test_curvature_operator_computes_the_output_space_matrix_once(monkeypatch):
+    """r, E[r rᵀ] and the sampled r̂ do not depend on v: CG's many products must not recompute them."""
+    oracle, params, gen = problem("softmax")
+    calls = {"output_grad": 0, "output_fisher": 0}
+    for name in calls:
+        method = getattr(oracle.loss, name)
+        monkeypatch.setattr(oracle.loss, name,
+                            lambda *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(*a))
+    vs = [T.unravel(gen.standard_normal(T.size(params)), params) for _ in range(3)]
+    for kind, counted in (("true", "output_fisher"), ("empirical", "output_grad"), ("mc", "output_grad")):
+        op = oracle.curvature_operator(params, kind, seed=0, samples=2)
+        before = dict(calls)
+        for v in vs:
+            np.testing.assert_allclose(T.ravel(op(v)), T.ravel(oracle.fisher_vp(params, v, kind, seed=0, samples=2)),
+                                       **TOL)
+        assert calls[counted] - before[counted] == len(vs)  # once per fisher_vp call, never per op(v)
 
 
 def test_dense_matrices_refuse_large_models_and_name_the_alternative():

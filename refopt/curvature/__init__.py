@@ -2,8 +2,9 @@
 from .dense import check_dense_size, dense_from_product
 from .estimators import PROBE_DISTRIBUTIONS, draw_probes, gnb_diagonal, hutchinson_diagonal
 from .products import (FISHER_KINDS, fisher_vp, ggn_vp, hvp, linearize, network_jvp, network_vjp,
-                       output_space_product)
+                       output_space_operator, output_space_product, sampled_output_grads)
 
 __all__ = ["hvp", "ggn_vp", "fisher_vp", "network_jvp", "network_vjp", "linearize", "output_space_product",
+           "output_space_operator", "sampled_output_grads",
            "FISHER_KINDS", "draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS",
            "dense_from_product", "check_dense_size"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .. import autodiff as ad
 from .. import tree as T
 from ..backend import normal, rademacher, rng
+from .products import network_vjp, sampled_output_grads
 
 __all__ = ["draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS"]
 
@@ -36,6 +37,8 @@ def draw_probes(like, seed, k=1, distribution="rademacher"):
 
 def hutchinson_diagonal(f, x, probes):
     """(1/k) Σ_j z_j ⊙ (∇²f(x) z_j) for the given probe trees; the gradient is recorded once."""
+    if len(probes) < 1:
+        raise ValueError("probes: expected at least one probe tree")
     _, hv = ad.hvp_operator(f, x)
     total = None
     for z in probes:
@@ -47,12 +50,14 @@ def hutchinson_diagonal(f, x, probes):
 def gnb_diagonal(model, loss, params, X, labels):
     """Gauss-Newton-Bartlett estimate ĝ ⊙ ĝ / scale from one set of sampled ``labels``.
 
-    With several label sets (a leading axis of length k), the k estimates are averaged.
+    With several label sets (a leading axis of length k), the k estimates are averaged. One forward
+    pass is recorded for all of them: ĝ_j = Jᵀ (scale · r̂_j), one pullback per label set.
     """
     scale = loss.scale(X.shape[0])
+    z, pullback = network_vjp(model, params, X)
     total = None
-    for yk in labels:
-        g = ad.grad(lambda p: loss(model.apply(p, X), yk))(params)
+    for r in sampled_output_grads(loss, z, labels):
+        g = pullback(scale * r)
         h = T.tree_map(lambda a: a * a / scale, g)
         total = h if total is None else T.add(total, h)
     return T.scale(1.0 / len(labels), total)

@@ -19,7 +19,7 @@ from .. import autodiff as ad
 from ..backend import xp
 
 __all__ = ["network_jvp", "network_vjp", "linearize", "hvp", "ggn_vp", "fisher_vp", "output_space_product",
-           "FISHER_KINDS"]
+           "output_space_operator", "sampled_output_grads", "FISHER_KINDS"]
 
 FISHER_KINDS = ("true", "mc", "empirical")
 
@@ -39,11 +39,7 @@ def linearize(model, params, X, v):
 
     Cheaper than ``network_jvp`` followed by ``network_vjp``, which would run the forward pass twice.
     """
-    def forward(p):
-        z, Jv = ad.jvp(lambda q: model.apply(q, X), p, v)
-        return z, Jv
-
-    z, pullback, Jv = ad.vjp(forward, params, has_aux=True)
+    z, pullback, Jv = ad.vjp(lambda p: ad.jvp(lambda q: model.apply(q, X), p, v), params, has_aux=True)
     return z, Jv, pullback
 
 
@@ -52,34 +48,58 @@ def hvp(model, loss, params, X, y, v):
     return ad.hvp(lambda p: loss(model.apply(p, X), y), params, v)
 
 
-def output_space_product(loss, z, y, u, kind="ggn", labels=None):
-    """M_i u_i per example for the output-space matrix of ``kind`` (unscaled).
+def output_space_operator(loss, z, y, kind="ggn", labels=None):
+    """u ↦ M_i u_i per example for the output-space matrix of ``kind`` (unscaled) at outputs ``z``.
 
     ``kind``: "ggn" (H_i), "true" (E_y[r rᵀ] from the predictive distribution), "mc" (mean of r̂ r̂ᵀ
-    over the k sampled ``labels``), "empirical" (r rᵀ at the data labels ``y``).
+    over the k sampled ``labels``), "empirical" (r rᵀ at the data labels ``y``). What does not depend
+    on u (E_y[r rᵀ], r, the k r̂) is computed here once, so repeated products (CG) only apply it.
     """
-    loss._check_direction(z, u)
     if kind == "ggn":
-        return loss.output_hessian_vp(z, y, u)
+        return lambda u: loss.output_hessian_vp(z, y, u)
     if kind == "true":
-        return xp.einsum("bij,bj->bi", loss.output_fisher(z), u)
+        fisher = loss.output_fisher(z)
+
+        def true_product(u):
+            loss._check_direction(z, u)
+            return xp.einsum("bij,bj->bi", fisher, u)
+        return true_product
     if kind == "empirical":
-        r = loss.output_grad(z, y)
-        return r * xp.sum(r * u, axis=1, keepdims=True)
-    if kind == "mc":
+        r = loss.output_grad(z, y)[None]  # one label set: the data's
+    elif kind == "mc":
         if labels is None:
             raise ValueError("the Monte-Carlo Fisher needs sampled labels (or a seed to draw them)")
-        labels = xp.asarray(labels)
-        B, C = ad.shape_of(z)
-        if labels.ndim < 1 or labels.shape[1:2] != (B,):
-            raise ValueError(f"labels: expected k label sets for a batch of {B} (shape (k, {B}, ...)), "
-                             f"got shape {tuple(labels.shape)}")
-        k = labels.shape[0]
-        # All k label sets in one pass: the batch repeated k times, r̂ of shape (k, B, C).
-        zk = xp.reshape(xp.broadcast_to(ad.getval(z), (k, B, C)), (k * B, C))
-        r = xp.reshape(loss.output_grad(zk, xp.reshape(labels, (k * B,) + labels.shape[2:])), (k, B, C))
+        r = sampled_output_grads(loss, z, labels)  # (k, B, C)
+    else:
+        raise ValueError(f"kind must be 'ggn' or one of {FISHER_KINDS}, got {kind!r}")
+
+    def outer_product(u):  # (1/k) Σ_j r̂_j (r̂_jᵀ u) per example
+        loss._check_direction(z, u)
         return xp.mean(r * xp.sum(r * u[None], axis=2, keepdims=True), axis=0)
-    raise ValueError(f"kind must be 'ggn' or one of {FISHER_KINDS}, got {kind!r}")
+    return outer_product
+
+
+def output_space_product(loss, z, y, u, kind="ggn", labels=None):
+    """M_i u_i per example for the output-space matrix of ``kind`` (``output_space_operator`` applied once)."""
+    return output_space_operator(loss, z, y, kind, labels)(u)
+
+
+def sampled_output_grads(loss, z, labels):
+    """r̂_j = ∂ℓ/∂z at each of the k label sets ``labels`` (shape (k, B, …)), as a (k, B, C) array.
+
+    All k sets in one pass: the batch repeated k times. Shared by the Monte-Carlo Fisher and the
+    Gauss-Newton-Bartlett estimator.
+    """
+    labels = xp.asarray(labels)
+    B, C = ad.shape_of(z)
+    if labels.ndim < 1 or labels.shape[1:2] != (B,):
+        raise ValueError(f"labels: expected k label sets for a batch of {B} (shape (k, {B}, ...)), "
+                         f"got shape {tuple(labels.shape)}")
+    k = labels.shape[0]
+    if k < 1:
+        raise ValueError("labels: expected at least one label set (k ≥ 1), got k = 0")
+    zk = xp.reshape(xp.broadcast_to(ad.getval(z), (k, B, C)), (k * B, C))
+    return xp.reshape(loss.output_grad(zk, xp.reshape(labels, (k * B,) + labels.shape[2:])), (k, B, C))
 
 
 def ggn_vp(model, loss, params, X, y, v):
