@@ -223,8 +223,10 @@ def test_grad_of_a_non_scalar_function_is_an_error():
 def test_dense_matrices_refuse_large_inputs_and_name_the_alternative():
     with pytest.raises(ValueError, match="hvp"):
         ad.hessian(lambda z: ad.sum(z), np.ones(20), max_size=10)
-    with pytest.raises(ValueError, match="max_size"):
+    with pytest.raises(ValueError, match=r"jacobian \(input\).*max_size"):
         ad.jacobian(lambda z: z, np.ones(20), max_size=10)
+    with pytest.raises(ValueError, match=r"jacobian \(output\).*max_size"):  # few inputs, many outputs
+        ad.jacobian(lambda z: ad.multiply(ad.sum(z), np.ones(20)), np.ones(2), max_size=10)
     with pytest.raises(ValueError, match="max_size"):
         ad.hessian(lambda z: ad.sum(z), np.ones(ad.DENSE_MAX_SIZE + 1))
     assert ad.hessian(lambda z: ad.sum(ad.square(z)), np.ones(20), max_size=20).shape == (20, 20)

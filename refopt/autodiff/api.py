@@ -13,7 +13,7 @@ from . import primitives as P
 from .core import Box, Node, backward, getval, new_trace_id
 
 __all__ = ["vjp", "jvp", "grad", "value_and_grad", "hvp", "hvp_operator", "jacobian", "hessian",
-           "DENSE_MAX_SIZE"]
+           "DENSE_MAX_SIZE", "check_dense_size"]
 
 # A dense n×n matrix of float64 with n = 8192 takes 512 MiB; refuse more unless asked.
 DENSE_MAX_SIZE = 8192
@@ -129,8 +129,7 @@ def hvp_operator(f, x, *args, **kwargs):
     graph with cotangent ``v`` (the Hessian is symmetric, so ``vᵀ∇²f = (∇²f v)ᵀ``). This is the cheap
     way to take many products at one point, as conjugate gradient does.
     """
-    g, back = vjp(grad(f), x, *args, **kwargs)
-    return g, back
+    return vjp(grad(f), x, *args, **kwargs)
 
 
 def _flat_size(tree):
@@ -143,11 +142,13 @@ def _unit_tree(like, i):
     return T.unravel(flat, T.tree_map(getval, like))
 
 
-def _check_dense(n, max_size, what):
+def check_dense_size(n: int, max_size: int | None, what: str, alternative: str) -> None:
+    """ValueError naming ``alternative`` when a dense n×n ``what`` exceeds ``max_size`` (None: DENSE_MAX_SIZE)."""
     limit = DENSE_MAX_SIZE if max_size is None else max_size
     if n > limit:
-        raise ValueError(f"{what}: x has {n} entries; a dense {n}×{n} matrix exceeds max_size={limit} "
-                         f"(use hvp / hvp_operator with conjugate gradient instead, or raise max_size)")
+        gib = n * n * 8 / 2 ** 30
+        raise ValueError(f"{what}: n={n}; a dense n×n matrix ({gib:.1f} GiB in float64) "
+                         f"exceeds max_size={limit}. Use {alternative} instead, or raise max_size.")
 
 
 def hessian(f, x, *args, max_size=None, **kwargs):
@@ -157,7 +158,7 @@ def hessian(f, x, *args, max_size=None, **kwargs):
     what the matrix-free products compute. Refuses inputs with more than ``max_size`` entries.
     """
     n = _flat_size(x)
-    _check_dense(n, max_size, "hessian")
+    check_dense_size(n, max_size, "hessian", "hvp / hvp_operator with conjugate gradient")
     _, hv = hvp_operator(f, x, *args, **kwargs)
     cols = [T.ravel(hv(_unit_tree(x, i))) for i in range(n)]
     return xp.stack(cols, axis=1)
@@ -166,9 +167,9 @@ def hessian(f, x, *args, max_size=None, **kwargs):
 def jacobian(f, x, *args, max_size=None, **kwargs):
     """Dense Jacobian (m, n) of the flattened output with respect to the flattened input."""
     n = _flat_size(x)
-    _check_dense(n, max_size, "jacobian")
+    check_dense_size(n, max_size, "jacobian (input)", "jvp / vjp")
     out, back = vjp(f, x, *args, **kwargs)
     m = _flat_size(out)
-    _check_dense(m, max_size, "jacobian")
+    check_dense_size(m, max_size, "jacobian (output)", "jvp / vjp")
     rows = [T.ravel(back(_unit_tree(out, i))) for i in range(m)]
     return xp.stack(rows, axis=0) if rows else xp.zeros((0, n))

@@ -7,19 +7,10 @@ the matrix-free alternative.
 from __future__ import annotations
 
 from .. import tree as T
-from ..autodiff.api import DENSE_MAX_SIZE
+from ..autodiff.api import check_dense_size  # the one size check, shared with ad.hessian
 from ..backend import xp
 
 __all__ = ["dense_from_product", "check_dense_size"]
-
-
-def check_dense_size(n: int, max_size: int | None, what: str, alternative: str) -> None:
-    """ValueError naming ``alternative`` when a dense n×n ``what`` exceeds ``max_size`` (None: DENSE_MAX_SIZE)."""
-    limit = DENSE_MAX_SIZE if max_size is None else max_size
-    if n > limit:
-        gib = n * n * 8 / 2 ** 30
-        raise ValueError(f"{what}: the model has n={n} parameters; a dense n×n matrix ({gib:.1f} GiB in "
-                         f"float64) exceeds max_size={limit}. Use {alternative} instead.")
 
 
 def dense_from_product(product, like, max_size=None, what="dense matrix", alternative="the matrix-free product"):
