@@ -11,6 +11,8 @@ differentiated. Conventions at non-differentiable points (documented in CONTRIBU
 """
 from __future__ import annotations
 
+import math
+
 from ..backend import xp
 from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, getval, set_add
 
@@ -101,11 +103,15 @@ defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
 
 # ---------------------------------------------------------------------------------------------------
 # Broadcasting arithmetic.
+def _fit(t, ans):
+    """A tangent broadcast up to the output's shape (a scalar times a constant array, say)."""
+    return t if shape_of(t) == shape_of(ans) else broadcast_to(t, shape_of(ans))
+
+
 add = Primitive("add", lambda x, y: xp.add(x, y))
 set_add(add)
 defvjp(add, lambda g, ans, x, y: unbroadcast(g, shape_of(x)), lambda g, ans, x, y: unbroadcast(g, shape_of(y)))
-defjvp(add, lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t,
-       lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t)
+defjvp(add, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(t, ans))
 
 subtract = Primitive("subtract", lambda x, y: xp.subtract(x, y))
 negative = Primitive("negative", lambda x: xp.negative(x))
@@ -113,19 +119,12 @@ defvjp(negative, lambda g, ans, x: negative(g))
 defjvp(negative, lambda t, ans, x: negative(t))
 defvjp(subtract, lambda g, ans, x, y: unbroadcast(g, shape_of(x)),
        lambda g, ans, x, y: unbroadcast(negative(g), shape_of(y)))
-defjvp(subtract, lambda t, ans, x, y: broadcast_to(t, shape_of(ans)) if shape_of(t) != shape_of(ans) else t,
-       lambda t, ans, x, y: broadcast_to(negative(t), shape_of(ans)) if shape_of(t) != shape_of(ans)
-       else negative(t))
+defjvp(subtract, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(negative(t), ans))
 
 multiply = Primitive("multiply", lambda x, y: xp.multiply(x, y))
 defvjp(multiply, lambda g, ans, x, y: unbroadcast(multiply(g, y), shape_of(x)),
        lambda g, ans, x, y: unbroadcast(multiply(g, x), shape_of(y)))
 defjvp(multiply, lambda t, ans, x, y: _fit(multiply(t, y), ans), lambda t, ans, x, y: _fit(multiply(x, t), ans))
-
-
-def _fit(t, ans):
-    """A tangent broadcast up to the output's shape (a scalar times a constant array, say)."""
-    return t if shape_of(t) == shape_of(ans) else broadcast_to(t, shape_of(ans))
 
 
 divide = Primitive("divide", lambda x, y: xp.divide(x, y))
@@ -346,16 +345,8 @@ def softmax(x, axis=-1):
 def mean(x, axis=None, keepdims=False):
     """Arithmetic mean over ``axis`` (a composite of sum and divide)."""
     shape = shape_of(x)
-    if axis is None:
-        count = 1
-        for d in shape:
-            count *= d
-    else:
-        axes = (axis,) if isinstance(axis, int) else axis
-        count = 1
-        for a in axes:
-            count *= shape[a]
-    return divide(sum(x, axis=axis, keepdims=keepdims), float(count))
+    axes = range(len(shape)) if axis is None else ((axis,) if isinstance(axis, int) else axis)
+    return divide(sum(x, axis=axis, keepdims=keepdims), float(math.prod(shape[a] for a in axes)))
 
 
 def _stop_gradient_impl(x):

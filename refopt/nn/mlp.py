@@ -18,7 +18,7 @@ import math
 from typing import NamedTuple, Sequence
 
 from .. import autodiff as ad
-from ..backend import as_array, default_dtype, is_floating, rng
+from ..backend import as_array, default_dtype, is_floating, rng, xp
 from ..autodiff.core import getval
 
 __all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics"]
@@ -147,8 +147,6 @@ class LayerStats(NamedTuple):
 
 def layer_statistics(model: MLP, loss, params, X, targets) -> LayerStats:
     """Loss, gradient and the per-layer (a_{l-1}, g_l) in one forward and one reverse pass."""
-    from ..backend import xp  # noqa: PLC0415 (tiny import, keeps the header readable)
-
     B = X.shape[0]
     zeros = [xp.zeros((B, n), dtype=getval(params[0]["W"]).dtype) for n in model.sizes[1:]]
     inputs: list = []
