@@ -28,42 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refopt import tree as T  # noqa: E402
 from refopt.nn import MLP, SoftmaxCrossEntropy  # noqa: E402
 from refopt.optim import make_optimizer  # noqa: E402
 from refopt.oracle import Oracle  # noqa: E402
 from refopt.problems.datasets import synthetic_classification  # noqa: E402
 from refopt.problems.registry import make_problem  # noqa: E402
-
-try:  # another engineer's Adam; a 10-line stand-in otherwise
-    from refopt.optim.adam import Adam  # noqa: E402, F401
-    ADAM = "adam"
-except ImportError:  # pragma: no cover
-    ADAM = None
-
-
-class _LocalAdam:
-    """Adam (Kingma & Ba 2014, Algorithm 1) on the flattened parameters; used only if refopt.optim.adam is missing."""
-
-    def __init__(self, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
-
-    def init(self, params):
-        return (0, 0.0 * T.ravel(params), 0.0 * T.ravel(params))
-
-    def update(self, params, state, oracle):
-        t, m, v = state
-        loss, g = oracle.value_and_grad(params)
-        g = T.ravel(g)
-        m, v = self.b1 * m + (1 - self.b1) * g, self.b2 * v + (1 - self.b2) * g * g
-        step = (m / (1 - self.b1 ** (t + 1))) / ((v / (1 - self.b2 ** (t + 1))) ** 0.5 + self.eps)
-        return T.unravel(T.ravel(params) - self.lr * step, params), (t + 1, m, v), {"loss": loss}
-
-
-def build(name, hp):
-    if name == "adam" and ADAM is None:  # pragma: no cover
-        return _LocalAdam(**hp)
-    return make_optimizer(name, **hp)
 
 
 # --- part 1: per-step cost ------------------------------------------------------------------------
@@ -85,7 +54,7 @@ def bench_cost(rounds: int, steps: int = 10) -> list[dict]:
     oracle = Oracle(model, SoftmaxCrossEntropy(), data.X, data.y)
     runs = []
     for label, name, hp in COST_OPTIMIZERS:
-        opt = build(name, hp)
+        opt = make_optimizer(name, **hp)
         params = model.init(0)
         state = opt.init(params)
         params, state, _ = opt.update(params, state, oracle)  # warm up (the first refresh is not amortised)
@@ -107,7 +76,7 @@ def bench_cost(rounds: int, steps: int = 10) -> list[dict]:
 
 # --- parts 2 and 3: iterations and seconds to a target -----------------------------------------------
 def run_to_targets(problem, name, hp, targets, max_iters, max_seconds):
-    opt = build(name, hp)
+    opt = make_optimizer(name, **hp)
     params = problem.init_params(0)
     state = opt.init(params)
     oracle = problem.oracle()

@@ -49,6 +49,7 @@ import math
 from typing import NamedTuple, Sequence
 
 from .. import autodiff as ad
+from .. import tree as T
 from ..autodiff.core import getval
 from ..backend import xp
 
@@ -56,7 +57,7 @@ __all__ = [
     "FISHER_ESTIMATES", "FACTOR_INITS", "augment", "layer_matrix", "layer_tree", "input_factor", "grad_factor",
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
-    "kfac_statistics", "factor_weight", "all_finite_arrays", "OUTPUT_GRAD_SCALES",
+    "kfac_statistics", "factor_weight", "OUTPUT_GRAD_SCALES",
 ]
 
 FISHER_ESTIMATES = ("mc", "empirical", "true")
@@ -104,20 +105,13 @@ def grad_factor(probes: Sequence, scale: float, output_grad_scale: str = "per_ex
     """
     if output_grad_scale not in OUTPUT_GRAD_SCALES:
         raise ValueError(f"output_grad_scale must be one of {OUTPUT_GRAD_SCALES}, got {output_grad_scale!r}")
-    G = None
-    for g in probes:
-        term = g.T @ g
-        G = term if G is None else G + term
+    G = sum(g.T @ g for g in probes)
     return G / (scale if output_grad_scale == "per_example" else probes[0].shape[0])
 
 
 def cross_grad_factor(probes_l: Sequence, probes_next: Sequence, scale: float):
     """G_{l,l+1} = (1/scale) Σ_p g_{p,l}ᵀ g_{p,l+1}, shape (fan_out_l, fan_out_{l+1})."""
-    G = None
-    for g, h in zip(probes_l, probes_next):
-        term = g.T @ h
-        G = term if G is None else G + term
-    return G / scale
+    return sum(g.T @ h for g, h in zip(probes_l, probes_next)) / scale
 
 
 def factor_weight(k: int, decay: float, init: str) -> float:
@@ -149,11 +143,6 @@ def pi_correction(A, G) -> float:
     if not (ta > 0 and tg > 0 and math.isfinite(ta) and math.isfinite(tg)):
         return 1.0
     return math.sqrt(ta / tg)
-
-
-def all_finite_arrays(arrays) -> bool:
-    """Whether every array in ``arrays`` is entirely finite."""
-    return all(bool(xp.all(xp.isfinite(x))) for x in arrays)
 
 
 # --- dense constructions (tests, small models) -------------------------------------------------------
@@ -220,7 +209,7 @@ class KFACStatistics(NamedTuple):
     """What one statistics pass returns (see module docs for the probes)."""
 
     loss: float
-    grad: list            # ∇L as a params tree (exact: ∇W = aᵀ g, ∇b = Σ_i g)
+    grad: list | None     # ∇L as a params tree (exact: ∇W = aᵀ g, ∇b = Σ_i g); None if not asked for
     inputs: list          # a_{l-1} (B, fan_in) per layer, without the trailing one
     output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels
     probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
@@ -248,13 +237,14 @@ def _sample_labels(oracle, params, z, seed, samples):
 
 
 def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1, seed=None,
-                    labels=None) -> KFACStatistics:
+                    labels=None, gradient: bool = True) -> KFACStatistics:
     """Loss, gradient, layer inputs and G-probes from one forward pass and 1 + (extra) backward sweeps.
 
     ``fisher`` chooses the probes ("mc", "empirical", "true" or None for none). For "mc" the labels
     are ``labels`` (shape (k, ...) as ``loss.sample`` returns) if given, else
     ``oracle.sample_labels(params, seed, samples)``: injecting the labels that the seed would draw
-    reproduces the seeded result exactly.
+    reproduces the seeded result exactly. ``gradient=False`` skips forming ∇W = aᵀ g (``grad`` is None)
+    for a caller that needs only the layer statistics.
     Counts one statistics pass, one value and gradient, and one network vjp per extra sweep.
     """
     if fisher is not None and fisher not in FISHER_ESTIMATES:
@@ -268,9 +258,9 @@ def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1,
     scale = loss.scale(X.shape[0])
     value, dz = _reduced_output_grad(loss, cap.z, y)
     g = cap.pullback(dz)
-    grad = [{"W": a.T @ gl, "b": xp.sum(gl, axis=0)} for a, gl in zip(cap.inputs, g)]
+    grad = [{"W": a.T @ gl, "b": xp.sum(gl, axis=0)} for a, gl in zip(cap.inputs, g)] if gradient else None
     probes = None
-    finite = math.isfinite(value) and all_finite_arrays(g)
+    finite = math.isfinite(value) and T.all_finite(g)
     if fisher == "empirical":
         probes = [g]
     elif fisher == "mc" and finite:

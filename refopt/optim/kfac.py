@@ -260,12 +260,12 @@ class KFAC(Optimizer):
         loss, grad = stats.loss, stats.grad
         if not (math.isfinite(loss) and T.all_finite(grad)):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
-        messages = []
+        message = ""
         factors, k = state.factors, state.factor_updates
         factors_updated = False
         if refresh_factors:
             estimate = self._estimate_factors(stats)
-            if all(K.all_finite_arrays(v) for v in estimate.values()):
+            if T.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init)
                 factors = {name: tuple(eps * old + (1.0 - eps) * new for old, new in zip(factors[name], estimate[name]))
                            for name in factors}
@@ -275,7 +275,7 @@ class KFAC(Optimizer):
                 return refuse(params, state, loss, "non-finite factor statistics and no earlier factors to keep: "
                               "step refused", grad)
             else:
-                messages.append("non-finite factor statistics: factor update skipped, old factors kept")
+                message = "non-finite factor statistics: factor update skipped, old factors kept"
         damping = state.damping
         precond = self._update_preconditioner(state.preconditioner, factors, stats, damping, refresh, factors_updated)
 
@@ -301,7 +301,7 @@ class KFAC(Optimizer):
         info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
                          factors_updated=factors_updated, preconditioner_refreshed=refresh, draws=stats.labels,
                          **extra)
-        info["message"] = "; ".join(messages)
+        info["message"] = message
         return new, new_state, info
 
     def _levenberg_marquardt(self, oracle, params, new, delta, loss, grad, damping):

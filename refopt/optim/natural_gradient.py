@@ -27,6 +27,7 @@ import math
 from typing import NamedTuple
 
 from .. import tree as T
+from ..curvature import FISHER_KINDS
 from ..linalg import cg, damped_solve
 from .base import Optimizer, check_choice, check_int, check_positive, refuse, step_info
 
@@ -34,7 +35,7 @@ __all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_directio
 
 SOLVERS = ("auto", "dense", "cg")
 STEP_RULES = ("fixed", "kl")
-FISHERS = ("true", "mc", "empirical")
+FISHERS = FISHER_KINDS  # "true" (the default) | "mc" | "empirical"
 
 
 class NaturalGradientState(NamedTuple):
