@@ -15,9 +15,9 @@ g_p are K-FAC's: Monte-Carlo labels by default). ŝ is the Frobenius-closest dia
 block in that basis, so ‖F − Q diag(s) Qᵀ‖_F ≤ ‖F − Â ⊗ Ĝ‖_F for the batch Fisher F that s estimates.
 
 Convention: ŝ lives in the current eigenbasis, so at every basis refresh it restarts from K-FAC's own
-eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k, ``scale_decay``), k
-counting estimates since the refresh, so the first re-estimate replaces the restart value). Damping
-is added to ŝ (the paper's ε), the exact-damping analogue of K-FAC's "eigen" scheme. Every other switch
+eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k, ``scale_decay``; default
+None = ``decay``), k counting estimates since the refresh, so the first re-estimate replaces the
+restart value). Damping is added to ŝ (the paper's ε), the exact-damping analogue of K-FAC's "eigen" scheme. Every other switch
 (factor running averages, T₁/T₂, KL clip, momentum, weight decay, label draws, Levenberg–Marquardt,
 bad-statistics handling) is ``KFAC``'s.
 """

@@ -34,6 +34,9 @@ use β = 0 for full-batch training), memory 100, H₀ = I. Order within a step: 
 the direction (as the first step needs it); H_g and H_a are updated after the step, so step t's
 direction uses curvature from the pairs of steps < t. The authors initialise A with a pass over the
 training set; here the first batch's estimate initialises it (``factor_init="mean"``).
+Switches (defaults first): ``variant`` "bfgs" | "lbfgs"; ``factor_init`` "mean" | "debiased" | "identity"
+(A's running average, ``kronecker.factor_weight``); ``weight_decay_mode`` "l2" (ω θ added to the
+gradient before the momentum) | "decoupled" (θ ← θ − η P − η ω θ); ``inverse_interval`` None.
 Bad statistics: a non-finite loss or gradient refuses the step; a non-finite A estimate keeps the old
 A; a non-finite second pass skips the H_g and H_a updates; info says which.
 """
@@ -170,7 +173,7 @@ class KBFGS(Optimizer):
         # Â before the direction; H_a exactly inverted at step 0 (and every inverse_interval steps).
         A, k = state.A, state.factor_updates
         estimate = [K.input_factor(a) for a in stats.inputs]
-        if K.all_finite_arrays(estimate):
+        if T.all_finite(estimate):
             eps = K.factor_weight(k + 1, self.decay, self.factor_init)
             A = tuple(eps * old + (1.0 - eps) * new for old, new in zip(A, estimate))
             k += 1
@@ -190,8 +193,8 @@ class KBFGS(Optimizer):
 
         # Second pass at θ⁺ on the same batch: secant pairs for H_g, then the Hessian-action update of H_a.
         new_state = state._replace(step=t + 1, factor_updates=k, A=A, H_a=H_a, grad_momentum=M)
-        stats_new = K.kfac_statistics(oracle, new, None)
-        if math.isfinite(stats_new.loss) and K.all_finite_arrays(stats_new.output_grads):
+        stats_new = K.kfac_statistics(oracle, new, None, gradient=False)   # only a and g at θ⁺ are needed
+        if math.isfinite(stats_new.loss) and T.all_finite(stats_new.output_grads):
             new_state, damped = self._curvature_updates(new_state, params, new, stats, stats_new, A_lm)
         else:
             messages.append("non-finite second pass: H_g and H_a updates skipped")
