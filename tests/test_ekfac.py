@@ -1,4 +1,6 @@
 """EKFAC: the re-estimated diagonal is the Fisher's diagonal in the Kronecker eigenbasis."""
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -100,12 +102,16 @@ def test_non_finite_statistics_keep_the_old_scaling():
     state = opt.init(params)
     params, state, _ = opt.update(params, state, oracle)
     nan_labels = np.full((1,) + oracle.y.shape, np.nan)
+    kept = pickle.dumps((state.factors, state.factor_updates, state.preconditioner))
     new, new_state, info = opt.update(params, state, oracle, draws=nan_labels)
-    assert "old factors kept" in info["message"] and T.all_finite(new)
-    assert new_state.preconditioner[0].count == state.preconditioner[0].count
+    assert "old factors kept" in info["message"] and not info["skipped"] and T.all_finite(new)
+    # Neither the factors nor ŝ (nor its count) take the non-finite estimate.
+    assert pickle.dumps((new_state.factors, new_state.factor_updates, new_state.preconditioner)) == kept
+    assert not np.allclose(T.ravel(new), T.ravel(params))
 
 
-@pytest.mark.parametrize("kwargs", [dict(damping=0.0), dict(decay=1.0), dict(scale_decay=1.0), dict(scale_decay=-0.5),
+@pytest.mark.parametrize("kwargs", [dict(damping=0.0), dict(damping=-1e-3), dict(decay=1.0), dict(decay=-0.1),
+                                    dict(scale_decay=1.0), dict(scale_decay=-0.5),
                                     dict(inverse_interval=0)])
 def test_bad_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

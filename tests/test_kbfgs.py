@@ -1,6 +1,7 @@
 """K-BFGS: double damping, the BFGS inverse update and its secant condition, positive definiteness,
 L-BFGS with enough memory = BFGS, and the optimizer's first step in closed form."""
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -156,14 +157,54 @@ def test_batch_of_one_and_zero_inputs():
         assert all(np.linalg.eigvalsh(H).min() > 0 for H in state.H_g + state.H_a)
 
 
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_weight_decay_modes_in_the_first_step(mode):
+    """"l2" (default, the authors' code): ω θ joins the gradient before momentum and preconditioning;
+    "decoupled": θ ← θ − η P − η ω θ with P from the plain gradient."""
+    params, oracle = problem(seed=8)
+    lam, rho, lr, wd = 0.3, 0.9, 0.5, 0.2
+    opt = KBFGS(lr=lr, damping=lam, momentum=rho, weight_decay=wd, weight_decay_mode=mode)
+    new = opt.update(params, opt.init(params), oracle)[0]
+    stats = K.kfac_statistics(oracle, params, None)
+    for l, (p, a, g) in enumerate(zip(params, stats.inputs, stats.grad)):
+        A = K.input_factor(a)
+        Wbar, grad = K.layer_matrix(p), K.layer_matrix(g)
+        if mode == "l2":
+            grad = grad + wd * Wbar
+        P = np.linalg.solve(A + math.sqrt(lam) * np.eye(len(A)), grad)
+        expected = Wbar - lr * (1 - rho) * P - (lr * wd * Wbar if mode == "decoupled" else 0)
+        np.testing.assert_allclose(K.layer_matrix(new[l]), expected, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_gradient_refuses_the_step():
     params, oracle = problem(seed=6)
-    params[0]["W"][0, 0] = np.nan
     opt = KBFGS()
     state = opt.init(params)
+    for _ in range(2):    # mid-run: A, H_a, H_g, secant pairs and momentum all set
+        params, state, _ = opt.update(params, state, oracle)
+    params = T.copy(params)
+    params[0]["W"][0, 0] = np.nan
+    before = pickle.dumps((params, state))
     new, new_state, info = opt.update(params, state, oracle)
-    assert info["skipped"] and new is params and new_state is state
+    assert info["skipped"] and new is params and new_state is state and "non-finite" in info["message"]
+    assert pickle.dumps((new, new_state)) == before
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_second_pass_skips_the_curvature_updates():
+    """A step so long that the loss at θ⁺ overflows: the step is taken (the gradient at θ was finite), A and
+    the momentum are updated, but H_g and the secant pairs keep their values, and info says so. (H_a is
+    the exact inverse after step 0, which its Hessian-action update would keep anyway.)"""
+    _, params, oracle = mlp_problem((4, 5, 3), 8, 0, loss="gaussian")
+    opt = KBFGS(lr=1e200)
+    state = opt.init(params)
+    new, new_state, info = opt.update(params, state, oracle)
+    assert not info["skipped"] and "non-finite second pass" in info["message"]
+    assert not np.isfinite(oracle.value(new))
+    assert pickle.dumps((new_state.H_g, new_state.secant_s, new_state.secant_y)) == \
+        pickle.dumps((state.H_g, state.secant_s, state.secant_y))
+    assert new_state.step == 1 and new_state.factor_updates == 1
 
 
 def test_kbfgs_trains():

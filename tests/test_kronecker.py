@@ -133,6 +133,9 @@ def test_gradient_from_statistics_is_the_autodiff_gradient(loss_name):
     loss, g = oracle.value_and_grad(params)
     assert stats.loss == pytest.approx(loss, rel=1e-14)
     assert np.allclose(T.ravel(stats.grad), T.ravel(g), atol=1e-14)
+    lean = K.kfac_statistics(oracle, params, None, gradient=False)    # the same pass without ∇W = aᵀ g
+    assert lean.grad is None and lean.loss == stats.loss
+    assert all(np.array_equal(x, y) for x, y in zip(lean.inputs + lean.output_grads, stats.inputs + stats.output_grads))
 
 
 def test_G_scaling_follows_the_reduction():

@@ -29,9 +29,11 @@ def fisher_from_jacobian(model, loss, params, X):
     return loss.scale(B) * np.einsum("bci,bcd,bdj->ij", J, Fout, J)
 
 
-@given(seed=st.integers(0, 500), damping=st.sampled_from([1e-3, 1e-1]), reduction=st.sampled_from(["mean", "sum"]))
-def test_dense_step_is_the_damped_fisher_solve(seed, damping, reduction):
-    model, params, oracle = softmax_problem(seed=seed, reduction=reduction)
+@given(seed=st.integers(0, 500), damping=st.sampled_from([1e-3, 1e-1]), reduction=st.sampled_from(["mean", "sum"]),
+       batch=st.sampled_from([1, 5]))
+def test_dense_step_is_the_damped_fisher_solve(seed, damping, reduction, batch):
+    """Also for a batch of one, where F has rank C − 1 and only the damping makes the solve possible."""
+    model, params, oracle = softmax_problem(batch=batch, seed=seed, reduction=reduction)
     F = fisher_from_jacobian(model, oracle.loss, params, oracle.X)
     g = T.ravel(oracle.grad(params))
     expected = np.linalg.solve(F + damping * np.eye(len(g)), g)
@@ -40,6 +42,28 @@ def test_dense_step_is_the_damped_fisher_solve(seed, damping, reduction):
     assert np.allclose(T.ravel(T.sub(params, new)), 0.5 * expected, rtol=1e-9, atol=1e-12)
     assert info["natural_norm_sq"] == pytest.approx(g @ expected, rel=1e-9)
     assert state.step == 1 and info["solver"] == "dense"
+
+
+def empirical_fisher(model, loss, params, X, y):
+    """F = scale Σ_i ∇ℓ_i ∇ℓ_iᵀ from the Jacobian of the per-example losses ℓ_i(y_i) (reverse mode)."""
+    J = ad.jacobian(lambda p: loss.per_example(model.apply(p, X), y), params)   # (B, n)
+    return loss.scale(X.shape[0]) * J.T @ J
+
+
+def test_empirical_and_one_sample_mc_steps_are_their_dense_solves():
+    """fisher="empirical" solves with the data labels' outer products; fisher="mc" with one injected label
+    set ŷ solves with the empirical Fisher at ŷ (an MC probe carries 1/√k, here 1)."""
+    model, params, oracle = softmax_problem(seed=4)
+    lam = 1e-2
+    g = T.ravel(oracle.grad(params))
+    labels = oracle.loss.sample(oracle.outputs(params), [6, 0], 1)
+    for fisher, y, draws in (("empirical", oracle.y, None), ("mc", labels[0], labels)):
+        F = empirical_fisher(model, oracle.loss, params, oracle.X, y)
+        expected = np.linalg.solve(F + lam * np.eye(len(g)), g)
+        opt = NaturalGradient(lr=1.0, damping=lam, fisher=fisher, solver="dense")
+        new, _, _ = opt.update(params, opt.init(params), oracle, draws=draws)
+        np.testing.assert_allclose(T.ravel(T.sub(params, new)), expected, rtol=1e-9, atol=1e-12)
+    assert not np.array_equal(labels[0], oracle.y)   # the two cases really use different labels
 
 
 def test_cg_agrees_with_the_dense_solve():
