@@ -156,3 +156,26 @@ def test_search_cap_tries_the_closest_settings_first(tmp_path):
         assert search_conventions(trace, max_combinations=singles) == [{"eps_mode": "inside"}]
     with pytest.warns(UserWarning, match="closest"):
         assert search_conventions(trace, max_combinations=1) == []
+
+
+def test_on_off_switches_refuse_non_booleans():
+    """Every constructor argument whose default is True or False refuses a string such as "no"."""
+    import inspect
+
+    from refopt.optim import OPTIMIZERS, optimizer_class
+    checked = 0
+    for name in OPTIMIZERS:
+        cls = optimizer_class(name)
+        for key, p in inspect.signature(cls.__init__).parameters.items():
+            if isinstance(p.default, bool):
+                with pytest.raises(ValueError, match=key):
+                    cls(**{key: "no"})
+                checked += 1
+    assert checked >= 8
+
+
+def test_network_only_optimizers_are_refused_on_test_functions():
+    from refopt.runner import RunConfig, run
+    for name in ("kfac", "sophia_g", "gauss_newton", "natural_gradient", "kbfgs", "ekfac", "kfac_tridiag"):
+        with pytest.raises(ValueError, match="needs a network problem"):
+            run(RunConfig(name, {}, "rosenbrock", steps=1))

@@ -46,8 +46,8 @@ from .. import tree as T
 from ..backend import rng, xp
 from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
 from .adagrad import apply_step, check_nonempty_leaves
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-                   refuse, step_info)
+from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
            "spatial_average"]
@@ -138,8 +138,8 @@ class AdaHessian(Optimizer):
             raise ValueError(f"spatial_block must be an integer ≥ 1, or −1 for a whole axis, got {spatial_block!r}")
         self.spatial_block = spatial_block
         self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0)
-        self.absolute = bool(absolute)
-        self.bias_correction = bool(bias_correction)
+        self.absolute = check_bool("absolute", absolute)
+        self.bias_correction = check_bool("bias_correction", bias_correction)
         self.eps_mode = check_choice("eps_mode", eps_mode, ("outside", "inside"))
         self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
         self.probes = check_int("probes", probes)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 from .. import tree as T
 from ..backend import xp
 from .adagrad import check_nonempty_leaves
-from .base import (Optimizer, check_choice, check_nonnegative, check_positive, check_unit_interval, refuse,
+from .base import (Optimizer, check_bool, check_choice, check_nonnegative, check_positive, check_unit_interval, refuse,
                    step_info)
 
 __all__ = ["Adam", "AdamW", "AdamState", "EPS_MODES", "AMSGRAD_MODES"]
@@ -71,7 +71,7 @@ class Adam(Optimizer):
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.bias_correction = bool(bias_correction)
+        self.bias_correction = check_bool("bias_correction", bias_correction)
         self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
         self.eps_root = check_nonnegative("eps_root", eps_root)
         if self.eps_root and self.eps_mode != "outside":
@@ -172,7 +172,7 @@ class AdamW(Adam):
                  weight_decay: float = 1e-4, bias_correction: bool = True, eps_mode: str = "outside",
                  lr_scaled_decay: bool = False, eps_root: float = 0.0, amsgrad: str = "none"):
         super().__init__(lr, beta1, beta2, eps, weight_decay, bias_correction, eps_mode, eps_root, amsgrad)
-        self.lr_scaled_decay = bool(lr_scaled_decay)
+        self.lr_scaled_decay = check_bool("lr_scaled_decay", lr_scaled_decay)
 
     def _decay(self) -> float:
         return self.weight_decay * (self.lr if self.lr_scaled_decay else 1.0)

@@ -117,6 +117,7 @@ class KBFGS(Optimizer):
     """K-BFGS / K-BFGS(L) (see module docs)."""
 
     name = "kbfgs"
+    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
     switches = {"variant": VARIANTS, "factor_init": K.FACTOR_INITS, "weight_decay_mode": WEIGHT_DECAY_MODES}
 
     def __init__(self, lr: float = 0.3, damping: float = 0.3, momentum: float = 0.9, decay: float = 0.9,

@@ -72,8 +72,8 @@ from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..linalg import symmetrize
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-                   refuse, step_info)
+from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
 
 __all__ = ["KFAC", "KFACState", "KroneckerInverse", "kronecker_inverse", "kronecker_precondition", "damped_factors",
            "eigh_psd", "DAMPING_SCHEMES", "INVERSE_METHODS", "WEIGHT_DECAY_MODES", "BIAS_BLOCKS", "bias_precondition"]
@@ -167,6 +167,7 @@ class KFAC(Optimizer):
     """Block-diagonal K-FAC (see module docs for every switch)."""
 
     name = "kfac"
+    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
     _schemes = DAMPING_SCHEMES
     # The convention switches (searched by refopt.verify); "inverse" changes only roundoff except that
     # the "eigen" damping needs "eig".
@@ -197,7 +198,7 @@ class KFAC(Optimizer):
         self.fisher = check_choice("fisher", fisher, K.FISHER_ESTIMATES)
         self.samples = check_int("samples", samples)
         self.seed = check_int("seed", seed, minimum=0)
-        self.adapt_damping = bool(adapt_damping)
+        self.adapt_damping = check_bool("adapt_damping", adapt_damping)
         self.damping_interval = check_int("damping_interval", damping_interval)
         self.output_grad_scale = check_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)
         self.bias_block = check_choice("bias_block", bias_block, BIAS_BLOCKS)

@@ -60,6 +60,7 @@ class NaturalGradient(Optimizer):
     """θ ← θ − η (F + λI)⁻¹ g (see module docs)."""
 
     name = "natural_gradient"
+    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
     switches = {"fisher": FISHERS, "step_rule": STEP_RULES}
 
     def __init__(self, lr: float = 0.5, damping: float = 1e-2, fisher: str = "true", solver: str = "auto",

@@ -486,6 +486,7 @@ class GaussNewton(Newton):
     """Gauss-Newton / Levenberg–Marquardt: (G + λI) p = −g with G = Jᵀ H_ℓ J (see the module docs)."""
 
     name = "gauss_newton"
+    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
     curvature = "GGN"
 
     def curvature_matrix(self, oracle, params):

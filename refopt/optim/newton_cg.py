@@ -44,7 +44,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import tree as T
 from ..backend import xp
 from ..oracle import FunctionOracle
-from .base import check_choice, check_int, check_nonnegative, check_positive, refuse, step_info
+from .base import check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info
 from .newton import RESET_MESSAGE, DescentMethod, Evaluation, batch_key, failed_search_message, search_along
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
@@ -217,7 +217,7 @@ class NewtonCG(DescentMethod):
                  min_damping: float = 1e-8):
         self.curvature = check_choice("curvature", curvature, CURVATURES)
         self.damping = check_nonnegative("damping", damping)
-        self.adapt_damping = bool(adapt_damping)
+        self.adapt_damping = check_bool("adapt_damping", adapt_damping)
         self.forcing = _check_forcing(forcing)
         self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter)
         self.progress_tol = None if progress_tol is None else check_positive("progress_tol", progress_tol)

@@ -59,8 +59,8 @@ from typing import NamedTuple
 from .. import tree as T
 from ..backend import xp
 from ..linalg import sym_matrix_power, symmetrize
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-                   refuse, step_info)
+from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
 from .adagrad import apply_step, gradient_with_decay
 
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices", "STATISTICS", "EPS_MODES"]
@@ -155,7 +155,7 @@ class Shampoo(Optimizer):
         self.graft_eps = check_positive("graft_eps", graft_eps)
         self.merge_dims = None if merge_dims is None else check_int("merge_dims", merge_dims)
         self.block_size = None if block_size is None else check_int("block_size", block_size)
-        self.vector_diagonal = bool(vector_diagonal)
+        self.vector_diagonal = check_bool("vector_diagonal", vector_diagonal)
         self.momentum = check_unit_interval("momentum", momentum)
         self.precondition = check_choice("precondition", precondition, ("gradient", "momentum"))
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)

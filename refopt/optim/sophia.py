@@ -60,8 +60,8 @@ from ..backend import xp
 from ..curvature import PROBE_DISTRIBUTIONS
 from .adagrad import check_nonempty_leaves
 from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-                   refuse, step_info)
+from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
@@ -92,7 +92,7 @@ class _Sophia(Optimizer):
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.k = check_int("k", k)
         self.refresh = check_choice("refresh", refresh, REFRESHES) if refresh is not None else None
-        self.bias_correction = bool(bias_correction)
+        self.bias_correction = check_bool("bias_correction", bias_correction)
         if self.bias_correction and self.parametrization == "official":
             raise ValueError("bias_correction applies to parametrization='paper'; the official code fixes it")
         self.seed = check_int("seed", seed, minimum=0)
@@ -173,6 +173,7 @@ class SophiaG(_Sophia):
     """Sophia with the Gauss-Newton-Bartlett estimator on labels sampled from the model (see module docs)."""
 
     name = "sophia_g"
+    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
     # the convention switches (searched by refopt.verify; invalid combinations are skipped)
     switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None,) + REFRESHES, "bias_correction": (False, True)}
 
