@@ -11,6 +11,15 @@ Choosing the backend
   a ``RuntimeError`` that says which of the two is missing.
 * ``set_default_dtype("float64" | "float32")`` or ``REFOPT_DTYPE``; float64 is the default because
   refopt is a reference and its tests compare against closed forms to ~1e-10.
+* ``_use_array_module(module, "cupy")`` (private, for tests) installs a CuPy stand-in: the suite runs
+  refopt on ``tests/fake_cupy.py``, which refuses implicit device-to-host conversion and host operands
+  as CuPy does, so host–device leaks fail without a GPU.
+
+Host and device
+---------------
+Arrays are reached only through ``xp``, ``as_array`` / ``to_device`` (host → device) and ``to_host``
+(device → host). CuPy refuses ``numpy.asarray`` of a device array and NumPy arrays as operands of device
+operations; ``float(x)`` / ``bool(x)`` of a size-1 device array are allowed but synchronise.
 
 Randomness
 ----------
@@ -61,6 +70,16 @@ def set_backend(name: str) -> None:
         raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
 
 
+def _use_array_module(module, name: str = "cupy") -> None:
+    """Use ``module`` as the array library under ``name`` (for tests: a CuPy stand-in without a GPU).
+
+    ``backend_name()`` then returns ``name`` and, for "cupy", ``to_host`` copies with ``.get()``.
+    ``set_backend("numpy")`` goes back."""
+    if name not in ("numpy", "cupy"):
+        raise ValueError(f"name must be 'numpy' or 'cupy', got {name!r}")
+    _state.update(module=module, name=name)
+
+
 def backend_name() -> str:
     """The active backend's name."""
     return _state["name"]
@@ -109,7 +128,8 @@ def as_array(x, dtype=None):
 
 
 def to_host(x):
-    """A NumPy copy of a backend array (identity on the NumPy backend)."""
+    """A NumPy copy of a backend array (identity on the NumPy backend). On CuPy, device arrays are copied
+    with ``.get()`` (CuPy refuses ``numpy.asarray``); host values pass through ``numpy.asarray``."""
     if _state["name"] == "cupy" and hasattr(x, "get"):
         return x.get()
     return _np.asarray(x)
@@ -149,12 +169,25 @@ def rademacher(seed, shape, dtype=None):
 
 
 def _from_environment() -> None:
+    """Apply REFOPT_BACKEND and REFOPT_DTYPE (read once, at import).
+
+    A bad value fails the import loudly (no silent fallback to NumPy or float64: a run that asked for the
+    GPU or float32 must not quietly compute something else), with one line that names the variable:
+    RuntimeError when CuPy or the GPU is missing, ValueError for an unknown backend or dtype. The
+    ``refopt`` command reports it as ``refopt: error: ...`` and exits with status 2.
+    """
     name = os.environ.get("REFOPT_BACKEND")
     if name:
-        set_backend(name)
+        try:
+            set_backend(name)
+        except (RuntimeError, ValueError) as exc:
+            raise type(exc)(f"REFOPT_BACKEND={name!r}: {exc}") from None
     dtype = os.environ.get("REFOPT_DTYPE")
     if dtype:
-        set_default_dtype(dtype)
+        try:
+            set_default_dtype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"REFOPT_DTYPE={dtype!r}: {exc}") from None
 
 
 _from_environment()

@@ -1,16 +1,19 @@
 """The ``refopt`` command: ``train``, ``compare``, ``verify`` and ``list``.
 
-Errors in what the user typed (unknown names, hyperparameters of the wrong type or range, unreadable
-or mismatched files) print one line ``refopt: error: ...`` and exit with status 2.
+Errors in what the user typed (unknown names, hyperparameters of the wrong type or range, non-finite
+stopping rules, unreadable or mismatched files, output paths that cannot be written, a bad
+REFOPT_BACKEND or REFOPT_DTYPE) print one line ``refopt: error: ...`` and exit with status 2. Output
+paths (--log, --checkpoint, --csv, --plot, verify export --out) are checked before any training starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 
-__all__ = ["main", "parse_hyperparameters"]
+__all__ = ["main", "parse_hyperparameters", "check_output_path"]
 
 
 def parse_value(text: str):
@@ -47,6 +50,33 @@ def parse_hyperparameters(items) -> dict:
     return out
 
 
+def check_output_path(path: str, option: str, directory: bool = False) -> None:
+    """ValueError naming ``option`` unless ``path`` can be written: a file path (or, with ``directory``, a
+    folder to create or reuse) whose parent is an existing, writable directory. Checked before a run so
+    that a typo fails at once rather than after the first step (or the whole run)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{option}: expected a path, got {path!r}")
+    if directory:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{option} {path}: exists and is not a directory")
+        if os.path.isdir(path):
+            if not os.access(path, os.W_OK):
+                raise ValueError(f"{option} {path}: directory is not writable")
+            return
+    elif os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory; expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path}: {parent} is not an existing directory")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path}: not writable")
+
+
+def _check_input_file(path: str, option: str) -> None:
+    if not os.path.isfile(path):
+        raise ValueError(f"{option} {path}: " + ("is a directory" if os.path.isdir(path) else "No such file"))
+
+
 def _progress(total: int, enabled: bool):
     """(report(record), close()): a tqdm bar when tqdm is installed (created at the first step, so an
     invalid configuration fails before any bar is drawn), else a line every tenth of the run."""
@@ -79,6 +109,11 @@ def cmd_train(args) -> int:
 
     config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
                        args.seed, args.target_loss, args.max_seconds, args.eval_every, args.gtol)
+    for path, option in ((args.log, "--log"), (args.checkpoint, "--checkpoint")):
+        if path is not None:
+            check_output_path(path, option)
+    if args.resume is not None:
+        _check_input_file(args.resume, "--resume")
     report, close = _progress(args.steps, not args.no_progress)
     try:
         result = run(config, resume=args.resume, log_path=args.log, checkpoint_path=args.checkpoint,
@@ -101,6 +136,9 @@ def cmd_compare(args) -> int:
     from .compare import DEFAULT_OPTIMIZERS, compare, format_table, plot_comparison  # noqa: PLC0415
 
     names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_OPTIMIZERS)
+    for path, option in ((args.csv, "--csv"), (args.plot, "--plot")):
+        if path:  # --plot '' means no plot
+            check_output_path(path, option)
     overrides = json.loads(args.hp_json) if args.hp_json else {}
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise ValueError('--hp-json must map optimizer names to hyperparameter objects, e.g. {"adam": {"lr": 0.01}}')
@@ -176,15 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(exc: BaseException) -> int:
+    """Print ``exc`` as the one line ``refopt: error: ...`` on stderr; returns 2."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    print("refopt: error: " + " ".join(text.split()), file=sys.stderr)
+    return 2
+
+
+# What main reports as a one-line error: bad input (ValueError, TypeError), files and paths (OSError:
+# missing, a directory, no permission, disk full), a missing optional package or GPU (RuntimeError).
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
 def main(argv=None) -> int:
     """Run ``refopt`` on ``argv`` (None: sys.argv[1:]); returns the exit status, 2 after a one-line input error."""
-    parser = build_parser()
+    try:  # building the parser imports the array backend, which applies REFOPT_BACKEND / REFOPT_DTYPE
+        parser = build_parser()
+    except _USER_ERRORS as exc:
+        return _error(exc)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: a missing optional package
-        print(f"refopt: error: {exc}", file=sys.stderr)
-        return 2
+    except _USER_ERRORS as exc:
+        return _error(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from .optim.base import as_real, show_value
 from .runner import RunConfig, run
 from .serialize import atomic_path
 
@@ -69,13 +70,17 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
         raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}; choose from {', '.join(sorted(OPTIMIZERS))}")
-    prob = make_problem(problem)
+    if target_loss is not None and not math.isfinite(as_real(target_loss) if as_real(target_loss) is not None
+                                                      else math.nan):
+        raise ValueError(f"target_loss must be a finite number, got {show_value(target_loss)}")
     overrides = overrides or {}
+    # every configuration is validated (steps, budget, seed, hyperparameters) before anything runs
+    configs = [RunConfig(name, {**DEFAULT_OPTIMIZERS.get(name, {}), **overrides.get(name, {})}, problem, steps,
+                         batch_size, seed, None, max_seconds) for name in names]
+    prob = make_problem(problem)
     entries = []
-    for name in names:
-        hp = dict(DEFAULT_OPTIMIZERS.get(name, {}))
-        hp.update(overrides.get(name, {}))
-        config = RunConfig(name, hp, problem, steps, batch_size, seed, None, max_seconds)
+    for name, config in zip(names, configs):
+        hp = config.hyperparameters
         t0 = time.perf_counter()
         try:
             result = run(config, problem=prob)

@@ -6,6 +6,9 @@
   either added to A before the root (``eps_mode="add"``: (A + εI)^p) or used as a floor on the
   eigenvalues (``eps_mode="floor"``: Q max(Λ, ε)^p Qᵀ).
 * ``damped_solve``: (A + λI)⁻¹ b by Cholesky, raising a clear error when A + λI is not positive definite.
+* ``cholesky``: the Cholesky factor, or None when the matrix is not (numerically) positive definite, on
+  NumPy (which raises) and CuPy alike (cuSOLVER reports failure only in a status CuPy ignores by default,
+  and returns a finite partial factor with a non-positive pivot).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Callable, NamedTuple
 from . import tree as T
 from .backend import xp
 
-__all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize"]
+__all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize", "cholesky"]
 
 
 class CGResult(NamedTuple):
@@ -101,6 +104,20 @@ def sym_matrix_power(A, p: float, eps: float = 0.0, eps_mode: str = "add"):
     return (Q * lam ** p) @ Q.T
 
 
+def cholesky(M):
+    """Lower-triangular L with L Lᵀ = M, or None when M is not numerically positive definite.
+
+    NumPy raises LinAlgError; CuPy (cuSOLVER potrf, default "ignore" error mode) returns the lower
+    triangle of a partial factorisation instead, finite and with the failing pivot (≤ 0, or NaN) on the
+    diagonal. A factor is accepted only if it is finite with a positive diagonal, which catches both."""
+    try:
+        L = xp.linalg.cholesky(M)
+    except Exception:  # numpy.linalg.LinAlgError
+        return None
+    ok = xp.all(xp.isfinite(L)) & xp.all(xp.diagonal(L) > 0)
+    return L if bool(ok) else None  # one synchronisation on a GPU
+
+
 def damped_solve(A, b, damping: float = 0.0):
     """(A + λI)⁻¹ b by Cholesky; ValueError if A + λI is not positive definite."""
     if damping < 0:
@@ -110,9 +127,8 @@ def damped_solve(A, b, damping: float = 0.0):
         raise ValueError(f"b: expected {A.shape[0]} rows to match A of shape {tuple(A.shape)}, got shape "
                          f"{tuple(b.shape)}")
     M = A + damping * xp.eye(A.shape[0], dtype=A.dtype) if damping else A
-    try:
-        L = xp.linalg.cholesky(M)
-    except Exception as exc:  # numpy.linalg.LinAlgError or cupy's equivalent
-        raise ValueError(f"damped_solve: A + {damping}·I is not positive definite ({exc})") from exc
+    L = cholesky(M)
+    if L is None:
+        raise ValueError(f"damped_solve: A + {damping}·I is not positive definite (Cholesky failed)")
     z = xp.linalg.solve(L, b)
     return xp.linalg.solve(L.T, z)

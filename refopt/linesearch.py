@@ -4,26 +4,51 @@ Every search takes a callback ``phi(alpha) -> (φ(α), φ'(α))`` (φ' may be ``
 does not need it), the values φ(0) and φ'(0) < 0 at the start, and returns a ``LineSearchResult``
 with the accepted step, φ and φ' there, the number of callback evaluations and a status. A search
 never raises on a well-posed problem, however hard: failure is a status, and the step it returns is
-then the best point found that satisfies the sufficient-decrease condition, or α = 0 (stay put) when
-there is none — so a search never returns φ(α) > φ(0), even with a wrong derivative. A non-finite
+then the best point found with φ(α) < φ(0), or α = 0 (stay put) when there is none. A non-finite
 φ or φ' at a trial point means "too far": the search backtracks. Invalid *arguments* (c1 ≥ c2, a
 non-positive step) are programming errors and raise ``ValueError``.
 
-Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
+Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1; Hager & Zhang, "A new
+conjugate gradient method with guaranteed descent and an efficient line search", SIAM J. Optim. 16, 2005,
+§4, and CG_DESCENT, ACM TOMS 32, 2006):
 
     sufficient decrease (Armijo, N&W 3.4):  φ(α) ≤ φ(0) + c₁ α φ'(0)
     strong Wolfe curvature (N&W 3.7b):      |φ'(α)| ≤ c₂ |φ'(0)|,        0 < c₁ < c₂ < 1
+    approximate Wolfe (H&Z 4.1):            (2c₁ − 1) φ'(0) ≥ φ'(α) ≥ c₂ φ'(0),  used where |φ(α) − φ(0)| ≤ ε_k
+
+Why the approximate conditions: near a minimiser the decrease a step can make, about ½ α |φ'(0)|, falls to
+the rounding error of f, and the values can no longer tell a good step from a bad one, while the slopes
+still can (on a quadratic the approximate Wolfe upper bound *is* sufficient decrease, written with
+slopes: φ(α) − φ(0) = ½ α (φ'(0) + φ'(α))). ε_k is H&Z's "estimate of the error in f": by default
+ε_k = ``ROUNDING_FACTOR`` · eps · max(|φ(0)|, 1) = 100 · eps · max(|φ(0)|, 1), eps the unit roundoff
+(2⁻⁵² for float64; the Newton family passes its parameters' dtype's). H&Z take ε_k = 10⁻⁶ |f|, far above
+rounding; here the switch only decides where the values are within rounding, so a search whose values
+resolve the progress takes exactly the steps N&W's algorithms take. The factor 100 covers the error of a
+sum of many terms (tens of units of roundoff of the terms; e.g. four units of f ≈ −326 in a dot product);
+the floor max(·, 1) is L-BFGS-B's (its factr test) and ``minimize``'s: a loss near 0 is computed from
+terms of order 1 (a cross-entropy of 10⁻¹⁶ is logsumexp(z) − z_y, rounded at eps·|z|), so its error is
+not eps·|f|. Narrower than H&Z, who use the approximate conditions wherever φ(α) ≤ φ(0) + ε_k; as in
+their update rules, in that regime the slope alone decides which end of a bracket a trial replaces.
+
+Guarantee: every returned step has φ(α) ≤ φ(0) + ε_k, and φ(α) ≤ φ(0) unless it was accepted by the
+approximate conditions (``result.approximate``); so a search never returns a measurably higher value,
+even with a wrong derivative.
 
 * ``armijo``: backtracking, N&W Algorithm 3.1: α ← ρ α until sufficient decrease. Switch
   ``interpolation``: "none" (the algorithm as printed, the default) or "quadratic" (the minimiser of
-  the quadratic through φ(0), φ'(0), φ(α), N&W eq. 3.58, safeguarded to [0.1 α, 0.5 α]).
+  the quadratic through φ(0), φ'(0), φ(α), N&W eq. 3.58, safeguarded to [0.1 α, 0.5 α]). No approximate
+  conditions (it reads values only), but its failures at rounding level are "precision".
 * ``strong_wolfe``: bracketing (N&W Algorithm 3.5) then ``zoom`` (Algorithm 3.6). Trial steps inside
   a bracket come from the cubic interpolating φ and φ' at both ends (N&W eq. 3.59), falling back to the
   quadratic through φ(lo), φ'(lo), φ(hi) and then to bisection when the interpolant has no finite
   minimiser (e.g. φ(hi) is not finite), and clipped to the middle 80 % of the bracket so that the
   bracket shrinks by at least 10 % per trial. While bracketing, the next trial is the
   cubic's extrapolation clipped to [α + 1.1(α − α_prev), α + 4(α − α_prev)] (the extrapolation
-  safeguards of Moré & Thuente 1994), never beyond ``alpha_max``.
+  safeguards of Moré & Thuente 1994), never beyond ``alpha_max``. Switch ``approximate`` (default True;
+  scipy's and torch's searches have none): at a trial with |φ(α) − φ(0)| ≤ ``epsilon_k`` (None: the
+  default above) a step satisfying the approximate Wolfe conditions is accepted, and otherwise φ'(α)
+  decides (bracketing: φ' ≥ 0 brackets, φ' < 0 extrapolates; zoom: the trial replaces the end its slope
+  points away from). With ``approximate=False`` it is N&W's search, failures at rounding level aside.
 * ``fixed_step``: a unit (or given) step, backtracking only on non-finite values: what "no line
   search" means for Newton-type methods.
 * ``minfunc_wolfe``: the strong-Wolfe search of Mark Schmidt's minFunc as Torch7's lswolfe.lua and
@@ -35,11 +60,18 @@ Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1):
   bracket's lower point, which then need not satisfy the conditions (status "interval_collapsed").
   Quirks kept: a rise f(α) ≥ f(α_prev) ends the bracketing only from its third trial on. One change:
   a non-finite φ or φ' is taken as φ = +∞ (torch's search would extrapolate into the non-finite region).
+  No approximate conditions and no "precision" status (it must pick torch's points and report torch's
+  outcome); drivers classify its failures with ``precision_status`` (``optim.newton.search_along`` does).
 
-Statuses: "converged"; "not_descent" (φ'(0) ≥ 0 or not finite: nothing is evaluated, α = 0);
-"max_evaluations"; "step_too_small" (α fell below ``min_step``); "interval_collapsed" (the bracket
-shrank to rounding level); "max_step" (``strong_wolfe`` reached ``alpha_max`` with φ still decreasing;
-that step satisfies sufficient decrease). Only "converged" means the conditions hold at the returned step.
+Statuses: "converged" (the strong Wolfe conditions hold at the returned step, or the approximate ones
+with φ(α) within ε_k of φ(0): ``result.approximate``; Armijo: sufficient decrease); "not_descent" (φ'(0)
+≥ 0 or not finite: nothing is evaluated, α = 0); "precision" (the search failed and no decrease is
+measurable at the rounding level of f: its last trial value is within ε_k of φ(0) and none lies below
+φ(0) − ε_k; the step returned is the best one with φ(α) < φ(0), a decrease within rounding, or α = 0;
+scipy's "precision loss"); "max_evaluations"; "step_too_small" (α fell below ``min_step``);
+"interval_collapsed" (the bracket shrank to rounding level of α); "max_step" (``strong_wolfe`` reached
+``alpha_max`` with φ still decreasing; that step satisfies sufficient decrease). Only "converged" means
+the conditions hold at the returned step.
 """
 from __future__ import annotations
 
@@ -47,9 +79,13 @@ import math
 from typing import Callable, NamedTuple, Optional
 
 __all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "cubic_minimizer",
-           "quadratic_minimizer", "LINE_SEARCHES"]
+           "quadratic_minimizer", "LINE_SEARCHES", "rounding_error", "at_rounding_level", "precision_status",
+           "ROUNDING_FACTOR", "FLOAT64_EPS"]
 
 Phi = Callable[[float], tuple]
+
+FLOAT64_EPS = 2.220446049250313e-16   # unit roundoff 2⁻⁵² of float64, the default dtype's
+ROUNDING_FACTOR = 100                 # ε_k = 100 · eps · max(|φ(0)|, 1) (module docs: why)
 
 
 class LineSearchResult(NamedTuple):
@@ -61,6 +97,7 @@ class LineSearchResult(NamedTuple):
     nfev: int               # calls of the callback
     status: str             # see the module docs
     message: str = ""
+    approximate: bool = False  # accepted by the approximate Wolfe conditions (φ(α) may exceed φ(0) by ≤ ε_k)
 
     @property
     def success(self) -> bool:
@@ -111,9 +148,12 @@ def cubic_minimizer(a: float, fa: float, da: float, b: float, fb: float, db: flo
 
 
 def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, rho: float = 0.5,
-           interpolation: str = "none", max_evals: int = 30, min_step: float = 1e-20) -> LineSearchResult:
-    """Backtracking until φ(α) ≤ φ(0) + c₁ α φ'(0) (N&W Algorithm 3.1); see the module docs."""
+           interpolation: str = "none", max_evals: int = 30, min_step: float = 1e-20,
+           epsilon_k: Optional[float] = None) -> LineSearchResult:
+    """Backtracking until φ(α) ≤ φ(0) + c₁ α φ'(0) (N&W Algorithm 3.1); a failure among values within
+    ``epsilon_k`` of φ(0) is reported as "precision" (see the module docs)."""
     _check_common(phi0, dphi0, alpha0, max_evals)
+    eps_k = _check_epsilon_k(epsilon_k, phi0)
     if not 0 < c1 < 1:
         raise ValueError(f"c1 must lie in (0, 1), got {c1!r}")
     if not 0 < rho < 1:
@@ -122,14 +162,16 @@ def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
         raise ValueError(f"interpolation must be 'none' or 'quadratic', got {interpolation!r}")
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
-    alpha, nfev = float(alpha0), 0
+    alpha, nfev, values = float(alpha0), 0, []
     while nfev < max_evals:
         if alpha < min_step:
-            return LineSearchResult(0.0, phi0, dphi0, nfev, "step_too_small",
-                                    f"no sufficient decrease for steps down to {min_step:g}")
+            return precision_status(LineSearchResult(0.0, phi0, dphi0, nfev, "step_too_small",
+                                                     f"no sufficient decrease for steps down to {min_step:g}"),
+                                    phi0, values, eps_k)
         f, d = phi(alpha)
         nfev += 1
         usable = _finite(f) and (d is None or _finite(d))
+        values.append(f if usable else math.nan)
         if usable and f <= phi0 + c1 * alpha * dphi0:
             return LineSearchResult(alpha, f, d, nfev, "converged")
         new = math.nan
@@ -138,8 +180,9 @@ def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
             if _finite(new):
                 new = min(max(new, 0.1 * alpha), 0.5 * alpha)  # safeguard: shrink by 2 to 10
         alpha = new if _finite(new) else rho * alpha
-    return LineSearchResult(0.0, phi0, dphi0, nfev, "max_evaluations",
-                            f"no sufficient decrease within {max_evals} evaluations")
+    return precision_status(LineSearchResult(0.0, phi0, dphi0, nfev, "max_evaluations",
+                                             f"no sufficient decrease within {max_evals} evaluations"),
+                            phi0, values, eps_k)
 
 
 def fixed_step(phi: Phi, phi0: float, dphi0: Optional[float] = None, alpha0: float = 1.0, rho: float = 0.5,
@@ -157,17 +200,30 @@ def fixed_step(phi: Phi, phi0: float, dphi0: Optional[float] = None, alpha0: flo
 
 
 def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
-                 alpha_max: float = 1e10, max_evals: int = 30) -> LineSearchResult:
-    """A step satisfying the strong Wolfe conditions, N&W Algorithms 3.5 and 3.6 (see the module docs)."""
+                 alpha_max: float = 1e10, max_evals: int = 30, approximate: bool = True,
+                 epsilon_k: Optional[float] = None) -> LineSearchResult:
+    """A step satisfying the strong Wolfe conditions (N&W Algorithms 3.5 and 3.6) or, where φ(α) is within
+    ``epsilon_k`` of φ(0), Hager & Zhang's approximate Wolfe conditions (``approximate``); see the module docs."""
     _check_common(phi0, dphi0, alpha0, max_evals)
     if not 0 < c1 < c2 < 1:
         raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
     if not alpha_max >= alpha0:
         raise ValueError(f"alpha_max ({alpha_max!r}) must be at least alpha0 ({alpha0!r})")
+    if not isinstance(approximate, bool):
+        raise TypeError(f"approximate must be True or False, got {approximate!r}")
+    eps_k = _check_epsilon_k(epsilon_k, phi0)
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
 
     nfev = 0
+    values: list = []       # φ at every trial, in order (for the "precision" classification)
+
+    def evaluate(a):
+        nonlocal nfev
+        f, d = phi(a)
+        nfev += 1
+        values.append(f if _finite(f, d) else math.nan)
+        return f, d
 
     def armijo_ok(a, f):
         return f <= phi0 + c1 * a * dphi0
@@ -175,16 +231,30 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
     def curvature_ok(d):
         return abs(d) <= -c2 * dphi0
 
+    def rounding_regime(f, d):
+        # φ(α) − φ(0) is within the error of f: values cannot order the trials, slopes decide (H&Z §4)
+        return approximate and _finite(f, d) and abs(f - phi0) <= eps_k
+
+    def approximate_ok(d):
+        # H&Z (2005) eq. 4.1 (δ = c₁, σ = c₂): (2δ − 1) φ'(0) ≥ φ'(α) ≥ σ φ'(0)
+        return c2 * dphi0 <= d <= (2.0 * c1 - 1.0) * dphi0
+
+    def accept_approximate(a, f, d):
+        return LineSearchResult(a, f, d, nfev, "converged", "approximate Wolfe conditions (Hager & Zhang 2005): "
+                                f"φ(α) − φ(0) = {f - phi0:.3g} is within ε_k = {eps_k:.3g}", True)
+
+    def finish(result):
+        return precision_status(_fallback(result, phi0, dphi0), phi0, values, eps_k)
+
     def zoom(lo, f_lo, d_lo, hi, f_hi, d_hi):
-        """N&W Algorithm 3.6. Invariants: lo satisfies sufficient decrease with the lowest φ seen;
-        (hi − lo) φ'(lo) < 0, so a Wolfe point lies between them."""
-        nonlocal nfev
+        """N&W Algorithm 3.6. Invariants: (hi − lo) φ'(lo) < 0, so a Wolfe point lies between them; lo
+        satisfies sufficient decrease with the lowest φ seen, or (rounding regime) φ(lo) is within ε_k of φ(0)."""
         while nfev < max_evals:
             left, right = min(lo, hi), max(lo, hi)
             width = right - left
             if width <= 1e-14 * max(1.0, right):
-                return LineSearchResult(lo, f_lo, d_lo, nfev, "interval_collapsed",
-                                        f"the bracket shrank to [{left:.17g}, {right:.17g}]")
+                return finish(LineSearchResult(lo, f_lo, d_lo, nfev, "interval_collapsed",
+                                               f"the bracket shrank to [{left:.17g}, {right:.17g}]"))
             a = math.nan
             if _finite(f_hi, d_hi):
                 a = cubic_minimizer(lo, f_lo, d_lo, hi, f_hi, d_hi)
@@ -194,9 +264,18 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
                 a = 0.5 * (lo + hi)
             # safeguard: at least 10 % of the bracket away from either end, so it shrinks every time
             a = min(max(a, left + 0.1 * width), right - 0.1 * width)
-            f, d = phi(a)
-            nfev += 1
-            if not _finite(f, d) or not armijo_ok(a, f) or f >= f_lo:
+            f, d = evaluate(a)
+            if rounding_regime(f, d):
+                if armijo_ok(a, f) and f < f_lo and curvature_ok(d):
+                    return LineSearchResult(a, f, d, nfev, "converged")
+                if approximate_ok(d):
+                    return accept_approximate(a, f, d)
+                # H&Z's update (U2–U3 with ε_k): keep the end whose slope points at a
+                if d * (hi - lo) >= 0:
+                    hi, f_hi, d_hi = a, f, d
+                else:
+                    lo, f_lo, d_lo = a, f, d
+            elif not _finite(f, d) or not armijo_ok(a, f) or f >= f_lo:
                 hi, f_hi, d_hi = a, f, d
             else:
                 if curvature_ok(d):
@@ -204,22 +283,30 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
                 if d * (hi - lo) >= 0:
                     hi, f_hi, d_hi = lo, f_lo, d_lo
                 lo, f_lo, d_lo = a, f, d
-        return LineSearchResult(lo, f_lo, d_lo, nfev, "max_evaluations",
-                                f"zoom found no strong Wolfe point within {max_evals} evaluations")
+        return finish(LineSearchResult(lo, f_lo, d_lo, nfev, "max_evaluations",
+                                       f"zoom found no strong Wolfe point within {max_evals} evaluations"))
 
     a_prev, f_prev, d_prev = 0.0, phi0, dphi0
     a = float(alpha0)
     first = True
     while nfev < max_evals:
-        f, d = phi(a)
-        nfev += 1
-        if not _finite(f, d) or not armijo_ok(a, f) or (not first and f >= f_prev):
-            return _fallback(zoom(a_prev, f_prev, d_prev, a, f, d), phi0, dphi0)
-        if curvature_ok(d):
+        f, d = evaluate(a)
+        rising = not _finite(f, d) or not armijo_ok(a, f) or (not first and f >= f_prev)
+        if not rising and curvature_ok(d):
             return LineSearchResult(a, f, d, nfev, "converged")
-        if d >= 0:
-            return _fallback(zoom(a, f, d, a_prev, f_prev, d_prev), phi0, dphi0)
+        if rounding_regime(f, d):
+            if approximate_ok(d):
+                return accept_approximate(a, f, d)
+            if d >= 0:
+                return zoom(a_prev, f_prev, d_prev, a, f, d)
+            # still descending steeply by the slope, whatever the values say: extrapolate
+        elif rising:
+            return zoom(a_prev, f_prev, d_prev, a, f, d)
+        elif d >= 0:
+            return zoom(a, f, d, a_prev, f_prev, d_prev)
         if a >= alpha_max:
+            if not armijo_ok(a, f):
+                return finish(LineSearchResult(a, f, d, nfev, "max_step", f"reached alpha_max={alpha_max:g}"))
             return LineSearchResult(a, f, d, nfev, "max_step", f"reached alpha_max={alpha_max:g} still descending")
         # φ still decreases steeply at a: extrapolate (cubic, clipped as in Moré & Thuente 1994).
         lo_bound, hi_bound = a + 1.1 * (a - a_prev), a + 4.0 * (a - a_prev)
@@ -228,9 +315,8 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
         a_prev, f_prev, d_prev = a, f, d
         a = min(nxt, alpha_max)
         first = False
-    return _fallback(LineSearchResult(a_prev, f_prev, d_prev, nfev, "max_evaluations",
-                                      f"bracketing found no strong Wolfe point within {max_evals} evaluations"),
-                     phi0, dphi0)
+    return finish(LineSearchResult(a_prev, f_prev, d_prev, nfev, "max_evaluations",
+                                   f"bracketing found no strong Wolfe point within {max_evals} evaluations"))
 
 
 def _fallback(result: LineSearchResult, phi0: float, dphi0: float) -> LineSearchResult:
@@ -240,6 +326,43 @@ def _fallback(result: LineSearchResult, phi0: float, dphi0: float) -> LineSearch
     if result.alpha > 0 and _finite(result.phi) and result.phi < phi0:
         return result
     return LineSearchResult(0.0, phi0, dphi0, result.nfev, result.status, result.message)
+
+
+def rounding_error(phi0: float, eps: float = FLOAT64_EPS) -> float:
+    """The default ε_k: ``ROUNDING_FACTOR`` · eps · max(|φ(0)|, 1), an estimate of the error of f's values
+    (``eps`` the unit roundoff of the dtype f is computed in; see the module docs)."""
+    return ROUNDING_FACTOR * eps * max(abs(phi0), 1.0)
+
+
+def _check_epsilon_k(epsilon_k, phi0: float) -> float:
+    if epsilon_k is None:
+        return rounding_error(phi0)
+    if isinstance(epsilon_k, bool) or not isinstance(epsilon_k, (int, float)) or not math.isfinite(epsilon_k) \
+            or epsilon_k < 0:
+        raise ValueError(f"epsilon_k must be a non-negative finite number or None, got {epsilon_k!r}")
+    return float(epsilon_k)
+
+
+def at_rounding_level(phi0: float, values, epsilon_k: float) -> bool:
+    """Whether trial values ``values`` (in the order evaluated; non-finite ones as NaN) show no decrease
+    measurable at the rounding level of f: the last is finite and within ``epsilon_k`` of φ(0), and none
+    lies below φ(0) − ``epsilon_k``."""
+    values = [float(v) for v in values]
+    if not values or not _finite(values[-1]) or abs(values[-1] - phi0) > epsilon_k:
+        return False
+    return all(not v < phi0 - epsilon_k for v in values if _finite(v))
+
+
+def precision_status(result: LineSearchResult, phi0: float, values, epsilon_k: float) -> LineSearchResult:
+    """``result`` with status "precision" when it is a failure (not "converged" or "not_descent") whose
+    trial values ``values`` are at rounding level (``at_rounding_level``); else ``result`` itself."""
+    if result.status in ("converged", "not_descent", "precision"):
+        return result
+    if not at_rounding_level(phi0, values, epsilon_k):
+        return result
+    return result._replace(status="precision",
+                           message=f"no decrease is measurable at the rounding level of f (ε_k = {epsilon_k:.3g}; "
+                                   f"the search ended with {result.status}: {result.message})")
 
 
 def _minfunc_cubic(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float, bounds=None) -> float:

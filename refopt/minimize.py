@@ -19,8 +19,11 @@ Stopping rules and statuses (``result.status``; ``result.success`` is True for t
     "max_evaluations"     ``max_nfev`` function evaluations used (checked between iterations)
     "step_failed"         the optimizer could not take a step (line search failure, rejected
                           trust-region trials that shrank the radius to rounding level, ...)
-    "precision"           the line search failed and f decreased by no more than 10 ε |f|: the
-                          values no longer resolve the progress (scipy's "precision loss")
+    "precision"           no measurable progress (scipy's status 2, "precision loss"; success False):
+                          the line search says "precision" (no decrease measurable at the rounding
+                          level of f), or it failed and f decreased by no more than ε_k =
+                          100 ε max(|f|, 1) (``linesearch.rounding_error``), or for ``PRECISION_PATIENCE``
+                          (10) iterates f stayed within ε_k and ‖g‖ did not halve (``StallMonitor``)
     "nonfinite"           f or g is not finite (at x0, or at an accepted point)
     "callback"            ``callback(x, info)`` returned True
 
@@ -37,12 +40,14 @@ from typing import Any, Callable, Optional, Union
 
 from . import tree as T
 from .backend import as_array, xp
+from .linesearch import rounding_error
 from .oracle import FunctionOracle
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
-__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS"]
+__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "StallMonitor", "PRECISION_PATIENCE", "dtype_eps"]
 
 _EPS = 2.220446049250313e-16
+PRECISION_PATIENCE = 10   # iterations without measurable progress before a "precision" stop
 
 FUNCTION_METHODS = ("newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison", "bfgs", "dfp", "lbfgs")
 
@@ -75,6 +80,43 @@ class MinimizeResult:
         return (f"MinimizeResult(status={self.status!r}, success={self.success}, f={self.f:.10g}, "
                 f"grad_norm={self.grad_norm:.3g}, nit={self.nit}, nfev={self.nfev}, ngev={self.ngev}, "
                 f"nhvp={self.nhvp}, message={self.message!r})")
+
+
+def dtype_eps(params) -> float:
+    """The unit roundoff of the (first leaf of the) parameters' floating dtype."""
+    leaves = T.leaves(params)
+    return float(xp.finfo(leaves[0].dtype).eps) if leaves else _EPS
+
+
+class StallMonitor:
+    """Detects a run that no longer makes measurable progress (the "precision" stop of ``minimize`` and
+    ``runner.run``): ``observe(f, ‖g‖)`` at every iterate returns True once, for ``patience`` iterates in
+    a row, f has stayed within its rounding error ε_k = ``linesearch.rounding_error(f_ref, eps)`` of f_ref
+    and ‖g‖ has stayed above ½ g_ref, where (f_ref, g_ref) are f and ‖g‖ at the last iterate that made
+    progress. A run whose slopes still drive ‖g‖ down while f is flat to rounding (approximate-Wolfe steps
+    near a minimiser) is not stopped; one whose values and gradients are both noise is."""
+
+    def __init__(self, eps: float = _EPS, patience: int = PRECISION_PATIENCE):
+        self.eps, self.patience = eps, patience
+        self.f_ref = self.g_ref = math.nan
+        self.since = 0
+
+    def observe(self, f: float, gnorm: float) -> bool:
+        """Record the iterate (f, ‖g‖); True when the run has stalled (see the class docs)."""
+        f, gnorm = float(f), float(gnorm)
+        if not (math.isfinite(f) and math.isfinite(gnorm) and math.isfinite(self.f_ref)) \
+                or abs(f - self.f_ref) > rounding_error(self.f_ref, self.eps) or gnorm <= 0.5 * self.g_ref:
+            self.f_ref, self.g_ref, self.since = f, gnorm, 0
+            return False
+        self.since += 1
+        return self.since >= self.patience
+
+    @property
+    def message(self) -> str:
+        """Why the run stopped, for the result's message."""
+        return (f"no measurable progress in {self.since} iterations: f stayed within its rounding error "
+                f"{rounding_error(self.f_ref, self.eps):.2g} of {self.f_ref:.10g} and the gradient norm did not "
+                f"halve (from {self.g_ref:.3g}); converged as far as this precision resolves")
 
 
 def _norm(v, kind) -> float:
@@ -145,6 +187,7 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         now = oracle.counts.as_dict()
         return {k: now[k] - start[k] for k in now}
 
+    monitor = StallMonitor(dtype_eps(x))
     loss, g = opt.evaluate(x, state, oracle)
     while True:
         history.append(float(loss))
@@ -165,6 +208,9 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         if max_nfev is not None and counts()["nfev"] >= max_nfev:
             status, message = "max_evaluations", f"used {counts()['nfev']} ≥ max_nfev={max_nfev} evaluations"
             break
+        if monitor.observe(loss, gn):
+            status, message = "precision", monitor.message
+            break
         x_new, state, info = opt.step(x, state, oracle, loss, g)
         nit += 1
         nhev += int(info.get("nhev", 0))
@@ -172,6 +218,9 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         stop = callback(x_new, info) if callback is not None else False
         if info.get("skipped"):
             status, message = "step_failed", info.get("message", "step refused")
+            break
+        if not info.get("accepted", True) and info.get("line_search") == "precision":
+            status, message = "precision", info.get("message", "no decrease is measurable at the rounding level")
             break
         if not info.get("accepted", True):
             radius = info.get("radius")
@@ -188,7 +237,8 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         x, previous = x_new, loss
         loss, g = opt.evaluate(x, state, oracle)
         search = info.get("line_search", "converged")
-        if search != "converged" and previous - loss <= 10 * _EPS * max(1.0, abs(previous)):
+        if search == "precision" or (search != "converged"
+                                     and previous - loss <= rounding_error(previous, monitor.eps)):
             history.append(float(loss))
             status = "precision"
             message = (f"the line search failed ({search}) and f changed only at rounding level: no further "

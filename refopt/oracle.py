@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from . import autodiff as ad
 from . import curvature as C
 from . import tree as T
-from .backend import as_array, is_floating, xp
+from .backend import as_array, is_floating, to_device, xp
 from .nn.mlp import layer_statistics
 
 __all__ = ["Counts", "Oracle", "FunctionOracle"]
@@ -58,9 +58,12 @@ class Oracle:
             raise ValueError(f"X: expected shape (batch, {model.sizes[0]}), got {tuple(X.shape)}")
         if X.shape[0] < 1:
             raise ValueError("X: the batch is empty")
+        X = to_device(X)  # host data moves to the device once here, not on every product (CuPy refuses mixing)
         if not bool(xp.all(xp.isfinite(X))):
             raise ValueError("X: inputs contain NaN or Inf")
         self.model, self.loss, self.X = model, loss, X
+        if hasattr(y, "dtype") and ad.getval(y) is y:
+            y = to_device(y)
         self._check_targets(y)
         self.y = y
         self.counts = counts if counts is not None else Counts()

@@ -5,11 +5,19 @@ One step = one ``update`` call of the optimizer on the oracle of the current bat
 examples in the order ``rng((seed, e)).permutation(n)``, cut into ⌊n / batch_size⌋ batches (the
 remainder of the permutation is left out of that epoch), so a run resumed at step t sees exactly the
 batches an uninterrupted run would. With the optimizer's own randomness kept in its state, a resumed
-run is bit-identical to an uninterrupted one.
+run is bit-identical to an uninterrupted one. A checkpoint records the dtype it was written in and is
+resumed only under that default dtype; ``load_checkpoint`` checks its meta before decoding anything and
+its params and state against a fresh run's (structure, shapes, dtype), refusing in one ValueError line.
 
 Each record of the log holds: step, loss (at the incoming parameters, on the step's batch), train_loss
 (full-batch loss, every ``eval_every`` steps and at the end), grad_norm, step_norm, lr, skipped,
 message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds.
+
+A full-batch run stops with status "precision" (converged as far as the dtype resolves the loss) when a
+step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, the loss stay
+within its rounding error and the gradient norm not halve; the message says which. A resumed run replays
+its history through the monitor, so it stops where an uninterrupted one does. Mini-batch runs do not
+apply this rule (each step sees another batch).
 """
 from __future__ import annotations
 
@@ -19,10 +27,13 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
-from .backend import rng
+from .backend import default_dtype, rng
 from .oracle import Counts
-from .optim import make_optimizer
-from .serialize import read_npz, write_npz_atomic
+from .minimize import StallMonitor, dtype_eps
+from .optim import make_optimizer, optimizer_class
+from .optim.base import (MAX_DIMENSION, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
+                         show_value)
+from .serialize import MAX_INT, read_npz, write_npz_atomic
 
 __all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "load_checkpoint"]
 
@@ -45,14 +56,27 @@ class RunConfig:
     gtol: float = 0.0      # stop ("converged") once the gradient norm at a step's start is ≤ gtol
 
     def __post_init__(self):
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ValueError(f"eval_every must be a positive integer, got {self.eval_every!r}")
-        if not self.gtol >= 0:
-            raise ValueError(f"gtol must be non-negative, got {self.gtol!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+        """Validate every field (ValueError naming it): names are strings, counts are integers within the
+        bounds of optim.base (steps and eval_every ≤ 10⁹, seed ≤ 2⁶³ − 1), and the stopping rules are
+        finite (a NaN target loss or time budget would never stop a run, or stop it at once)."""
+        for name in ("optimizer", "problem"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a name (a string), got {show_value(getattr(self, name))}")
+        if not isinstance(self.hyperparameters, dict) or not all(isinstance(k, str) for k in self.hyperparameters):
+            raise ValueError(f"hyperparameters must be a dict of name → value, got {show_value(self.hyperparameters)}")
+        self.steps = check_int("steps", self.steps)
+        self.eval_every = check_int("eval_every", self.eval_every)
+        self.seed = check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if self.batch_size is not None:
+            self.batch_size = check_int("batch_size", self.batch_size, maximum=MAX_DIMENSION)
+        self.gtol = check_nonnegative("gtol", self.gtol)
+        if self.max_seconds is not None:
+            self.max_seconds = check_positive("max_seconds", self.max_seconds)
+        if self.target_loss is not None:
+            x = as_real(self.target_loss)
+            if x is None or not math.isfinite(x):
+                raise ValueError(f"target_loss must be a finite number, got {show_value(self.target_loss)}")
+            self.target_loss = x
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed by this configuration."""
@@ -68,7 +92,7 @@ class RunResult:
     params: object
     state: object
     history: list
-    status: str           # "completed", "converged", "target_reached", "time_limit", "diverged"
+    status: str           # "completed", "converged", "precision", "target_reached", "time_limit", "diverged"
     message: str = ""
 
     @property
@@ -96,25 +120,139 @@ class Interrupted(Exception):
 
 
 def save_checkpoint(path: str, config: RunConfig, step: int, params, state, history, counts: Counts) -> None:
-    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity) to ``path``."""
+    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity, dtype)."""
     meta = {"format": CHECKPOINT_FORMAT, "version": __version__, "step": step, **config.identity(),
-            "counts": counts.as_dict()}
+            "counts": counts.as_dict(), "dtype": default_dtype().__name__}
     write_npz_atomic(path, meta, params=params, state=state, history=history)
 
 
-def load_checkpoint(path: str, config: RunConfig):
-    """(step, params, state, history, counts) from ``path``, refusing one that ``config`` cannot resume."""
-    meta, objs = read_npz(path)
+def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
+    """Refuse (ValueError) a checkpoint whose meta ``config`` cannot resume; runs before anything is decoded."""
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a refopt checkpoint (format {meta.get('format')!r})")
+        raise ValueError(f"{path}: not a refopt checkpoint (format {_short(meta.get('format'))})")
     if meta.get("version") != __version__:
-        raise ValueError(f"{path}: written by refopt {meta.get('version')}, this is {__version__}; "
+        raise ValueError(f"{path}: written by refopt {_short(meta.get('version'))}, this is {__version__}; "
                          "checkpoints are not carried across versions")
     want = json.loads(json.dumps(config.identity()))
     for key, value in want.items():
         if meta.get(key) != value:
-            raise ValueError(f"{path}: checkpoint has {key}={meta.get(key)!r}, this run has {key}={value!r}")
-    return meta["step"], objs["params"], objs["state"], objs["history"], Counts(**meta["counts"])
+            raise ValueError(f"{path}: checkpoint has {key}={_short(meta.get(key))}, this run has {key}={value!r}")
+    dtype = default_dtype().__name__
+    if "dtype" in meta and meta["dtype"] != dtype:  # files of 0.1.0 before the dtype was recorded: arrays checked below
+        raise ValueError(f"{path}: checkpoint is {_short(meta['dtype'])}, this run's dtype is {dtype} "
+                         f"(set REFOPT_DTYPE={_short(meta['dtype'])} to resume it)")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INT:
+        raise ValueError(f"{path}: meta step must be a non-negative integer, got {_short(step)}")
+    counts = meta.get("counts")
+    names = set(Counts().as_dict())
+    if not isinstance(counts, dict) or set(counts) != names:
+        raise ValueError(f"{path}: meta counts must be an object with the keys {sorted(names)}, got {_short(counts)}")
+    for k, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_INT:
+            raise ValueError(f"{path}: meta counts[{k!r}] must be a non-negative integer, got {_short(v)}")
+
+
+def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
+    """Refuse ``obj`` unless it has ``like``'s structure: same classes and dict keys, arrays of ``like``'s shapes,
+    every floating array of ``dtype``. Unless ``strict``, lists and tuples of another length than ``like``'s
+    (memories that grow) and leaves where ``like`` holds None or a number are only checked for their dtype."""
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        if obj.dtype.kind == "f" and obj.dtype != dtype:
+            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype.__name__}")
+    if hasattr(like, "shape") and hasattr(like, "dtype"):
+        if not (hasattr(obj, "shape") and hasattr(obj, "dtype")) or tuple(obj.shape) != tuple(like.shape):
+            got = tuple(obj.shape) if hasattr(obj, "shape") else type(obj).__name__
+            raise ValueError(f"{path}: {what} should be an array of shape {tuple(like.shape)}, got {got}")
+        if obj.dtype.kind != like.dtype.kind:
+            raise ValueError(f"{path}: {what} has dtype {obj.dtype}, expected {like.dtype}")
+        return
+    if isinstance(like, tuple) and hasattr(like, "_fields"):
+        if type(obj) is not type(like):
+            raise ValueError(f"{path}: {what} is a {type(obj).__name__}, this run needs a {type(like).__name__}")
+        for f in like._fields:
+            _check_like(path, f"{what}.{f}", getattr(obj, f), getattr(like, f), dtype, strict)
+        return
+    if isinstance(like, dict):
+        if not isinstance(obj, dict) or set(obj) != set(like):
+            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"{path}: {what} should be a dict with keys {sorted(like)}, got {got}")
+        for k in like:
+            _check_like(path, f"{what}[{k!r}]", obj[k], like[k], dtype, strict)
+        return
+    if isinstance(like, (list, tuple)):
+        if type(obj) is not type(like):
+            raise ValueError(f"{path}: {what} should be a {type(like).__name__}, got {type(obj).__name__}")
+        if strict and len(obj) != len(like):
+            raise ValueError(f"{path}: {what} should be a {type(like).__name__} of {len(like)}, got {len(obj)}")
+        if len(obj) == len(like):
+            for i, (o, l) in enumerate(zip(obj, like)):
+                _check_like(path, f"{what}[{i}]", o, l, dtype, strict)
+            return
+    _check_dtype(path, what, obj, dtype)
+
+
+def _check_dtype(path: str, what: str, obj, dtype) -> None:
+    """Every floating array inside ``obj`` has ``dtype``."""
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        if obj.dtype.kind == "f" and obj.dtype != dtype:
+            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype.__name__}")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_dtype(path, f"{what}[{k!r}]", v, dtype)
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        for f in obj._fields:
+            _check_dtype(path, f"{what}.{f}", getattr(obj, f), dtype)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_dtype(path, f"{what}[{i}]", v, dtype)
+
+
+def _check_history(path: str, history, step: int) -> None:
+    if not isinstance(history, list) or len(history) != step:
+        got = len(history) if isinstance(history, list) else type(history).__name__
+        raise ValueError(f"{path}: history must be a list of {step} records (one per step), got {got}")
+    for i, rec in enumerate(history):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: history[{i}] must be a record (dict), got {type(rec).__name__}")
+    if history:
+        elapsed = history[-1].get("elapsed")
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) \
+                or elapsed < 0:
+            raise ValueError(f"{path}: history[-1]['elapsed'] must be a non-negative number, got {_short(elapsed)}")
+
+
+def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=None):
+    """(step, params, state, history, counts) from ``path``, refusing one that ``config`` cannot resume.
+
+    The meta (format, version, the config's identity, dtype, step, counts) is checked before anything is
+    decoded; state classes come only from the registry of ``refopt.serialize`` (the optimizer's module is
+    imported first, from refopt's own table). ``params_like`` / ``state_like`` (a fresh run's initial
+    params and state) fix the structure, shapes and dtype the checkpoint must have. Every refusal is a
+    one-line ValueError.
+    """
+    optimizer_class(config.optimizer)  # imports the module whose state classes the file may name
+    meta, objs = read_npz(path, check_meta=lambda m: _check_meta(path, m, config))
+    if set(objs) != {"params", "state", "history"}:
+        raise ValueError(f"{path}: a checkpoint holds params, state and history, this one {sorted(objs)}")
+    dtype = default_dtype()
+    params, state, history = objs["params"], objs["state"], objs["history"]
+    step = meta["step"]
+    _check_history(path, history, step)
+    if params_like is not None:
+        _check_like(path, "params", params, params_like, dtype, strict=True)
+    else:
+        _check_dtype(path, "params", params, dtype)
+    if state_like is not None:
+        _check_like(path, "state", state, state_like, dtype)
+    else:
+        _check_dtype(path, "state", state, dtype)
+    return step, params, state, history, Counts(**meta["counts"])
+
+
+def _short(obj, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def run(config: RunConfig, problem=None, resume: str | None = None, log_path: str | None = None,
@@ -137,8 +275,9 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     if checkpoint_every and not checkpoint_path:
         raise ValueError("checkpoint_every needs a checkpoint path (--checkpoint PATH)")
     counts = Counts()
-    if resume:
-        start, params, state, history, counts = load_checkpoint(resume, config)
+    if resume:  # the fresh run's params and state fix what the checkpoint must look like
+        like = problem.init_params(config.seed)
+        start, params, state, history, counts = load_checkpoint(resume, config, like, opt.init(like))
     else:
         start, params, history = 0, problem.init_params(config.seed), []
         state = opt.init(params)
@@ -151,8 +290,16 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     status, message = "completed", ""
     step = start
     whole = problem.oracle(counts=counts) if config.batch_size is None else None  # validated once, reused
+    # Full batch: the "precision" stop (module docs); replaying the history makes a resumed run stop where
+    # an uninterrupted one does.
+    monitor = StallMonitor(dtype_eps(params)) if whole is not None else None
+    reason = None
+    for rec in history if monitor is not None else ():
+        reason = _precision_stop(rec, monitor)
+    if reason:
+        status, message = "precision", reason
     try:
-        while step < config.steps:
+        while step < config.steps and status == "completed":
             if whole is not None:
                 oracle = whole
             else:
@@ -183,6 +330,10 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             if gn is not None and gn <= config.gtol:
                 status = "converged"
                 break
+            reason = _precision_stop(rec, monitor) if monitor is not None else None
+            if reason:
+                status, message = "precision", reason
+                break
             if config.target_loss is not None and tl is not None and tl <= config.target_loss:
                 status = "target_reached"
                 break
@@ -199,6 +350,18 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     if checkpoint_path and checkpoint_every:
         save_checkpoint(checkpoint_path, config, step, params, state, history, counts)
     return RunResult(config, params, state, history, status, message)
+
+
+def _precision_stop(rec: dict, monitor) -> str | None:
+    """Why a full-batch run must stop at record ``rec`` for precision, or None: its line search found no
+    decrease measurable at the rounding level of f, or ``monitor`` (a ``minimize.StallMonitor``) saw no
+    measurable progress in its patience of steps."""
+    if rec.get("line_search") == "precision":
+        return f"step {rec.get('step')}: {rec.get('message') or 'line search: precision'}"
+    loss, gn = rec.get("loss"), rec.get("grad_norm")
+    if isinstance(loss, (int, float)) and isinstance(gn, (int, float)) and monitor.observe(loss, gn):
+        return f"step {rec.get('step')}: {monitor.message}"
+    return None
 
 
 def _plain(v):

@@ -1,9 +1,26 @@
-"""Saving nested optimizer states and parameters to ``.npz``, exactly and atomically.
+"""Saving nested optimizer states and parameters to ``.npz``, exactly and atomically; reading them back
+without trusting the file.
 
 ``encode(obj)`` turns a nest of NamedTuples, dicts, lists, tuples, arrays and Python scalars into a
 JSON skeleton plus a list of arrays; ``decode`` inverts it. Floats go through ``repr`` in JSON and arrays
-through NumPy's binary format, so a round trip is bit-exact. NamedTuple classes are recorded by module
-and name and re-imported on load (only from the ``refopt`` package: a file cannot name other code).
+through NumPy's binary format, so a round trip is bit-exact.
+
+**Loading never runs code.** A NamedTuple is saved by its class name only (``{"namedtuple": "AdamState",
+"fields": {...}}``) and rebuilt from an explicit registry of refopt's state classes, filled by the
+``@register_state`` decorator on each class: the file chooses a key of that registry, never a module, an
+attribute or a callable. Its fields must be exactly the class's fields. (Files written before the
+registry named ``"refopt.optim.adam:AdamState"``; only the final name is used, looked up the same way.)
+The registry holds the classes of the modules imported so far: import the optimizer first
+(``runner.load_checkpoint`` does).
+
+**Loading checks before it builds.** ``load_npz`` reads every member's header first and refuses pickled
+objects, members that are not arrays and more than ``MAX_NPZ_BYTES`` of array data in all, before it
+reads any data. ``read_npz`` then requires exactly the entries ``meta``, ``skeleton``, ``a0`` … ``a{n-1}``,
+parses the two JSON strings (a nesting too deep for the parser is refused, not a RecursionError),
+validates the whole skeleton (known node kinds only, nesting ≤ ``MAX_DEPTH``, integers within
+±``MAX_INT``, array indices in range, registered classes with their exact fields, arrays of bool,
+integer or float32/float64 dtype) and only then builds the objects. Every refusal is one ValueError line
+that names the file and where in it the problem lies.
 
 ``write_npz_atomic`` (and ``atomic_path`` for any other file) writes to a temporary file in the target
 folder and renames it into place, so an interrupted write never leaves a half-written file under the
@@ -12,30 +29,80 @@ final name.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
+import math
 import os
+import re
 import tempfile
 
 import numpy as np
 
 from .backend import as_array, to_host
 
-__all__ = ["encode", "decode", "atomic_path", "savez_atomic", "write_npz_atomic", "load_npz", "read_npz"]
+__all__ = ["encode", "decode", "register_state", "state_class", "state_classes", "atomic_path", "savez_atomic",
+           "write_npz_atomic", "load_npz", "read_npz", "MAX_NPZ_BYTES", "MAX_DEPTH", "MAX_INT"]
+
+MAX_NPZ_BYTES = 2 ** 31     # array data a loader reads from one file (2 GiB), checked from the headers
+MAX_DEPTH = 64              # nesting of a skeleton (refopt's states nest about 6 deep)
+MAX_INT = 2 ** 63 - 1       # |int| saved or loaded: step counters and seeds fit in int64
+
+_STATES: dict[str, type] = {}
+_ARRAY_KINDS = "biuf"       # bool, signed and unsigned integers, floats (float32/float64 only)
+_OLD_NAME = re.compile(r"refopt(\.[A-Za-z_]\w*)*:([A-Za-z_]\w*\.)*([A-Za-z_]\w*)")
+
+
+def register_state(cls):
+    """Class decorator: allow the NamedTuple ``cls`` to be saved and rebuilt by ``decode`` (by its name)."""
+    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+        raise TypeError(f"register_state: expected a NamedTuple class, got {cls!r}")
+    old = _STATES.get(cls.__name__)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"register_state: the name {cls.__name__!r} is taken by {old.__module__}.{old.__qualname__}")
+    _STATES[cls.__name__] = cls
+    return cls
+
+
+def state_classes() -> dict:
+    """{name: class} of the registered state classes (those of the modules imported so far)."""
+    return dict(_STATES)
+
+
+def state_class(name) -> type:
+    """The registered state class saved as ``name`` (a plain class name, or the old "refopt.module:Name")."""
+    if not isinstance(name, str):
+        raise ValueError(f"a state class is named by a string, got {_short(name)}")
+    key = name
+    if not name.isidentifier():
+        m = _OLD_NAME.fullmatch(name)
+        if m is None:
+            raise ValueError(f"unknown state class {_short(name)}: states are named by a registered class name")
+        key = m.group(3)
+    if key.startswith("_") or key not in _STATES:
+        raise ValueError(f"unknown state class {_short(name)}; registered: {', '.join(sorted(_STATES)) or 'none'}")
+    return _STATES[key]
+
+
+def _short(obj, limit: int = 80) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def encode(obj, arrays: list):
     """JSON-able skeleton of ``obj``; array leaves are appended to ``arrays`` and referenced by index."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, (bool, np.bool_)):
+        if abs(int(obj)) > MAX_INT:
+            raise ValueError(f"cannot save the integer {_short(int(obj))}: beyond ±(2⁶³ − 1)")
         return {"int": int(obj)}
     if isinstance(obj, (float, np.floating)):
         return {"float": repr(float(obj))}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         cls = type(obj)
-        return {"namedtuple": f"{cls.__module__}:{cls.__qualname__}",
-                "fields": {f: encode(getattr(obj, f), arrays) for f in obj._fields}}
+        if _STATES.get(cls.__name__) is not cls:
+            raise TypeError(f"cannot save a {cls.__module__}.{cls.__qualname__}: not a registered state class "
+                            "(decorate it with refopt.serialize.register_state)")
+        return {"namedtuple": cls.__name__, "fields": {f: encode(getattr(obj, f), arrays) for f in obj._fields}}
     if isinstance(obj, dict):
         if not all(isinstance(k, str) for k in obj):
             raise TypeError("only dicts with string keys can be saved")
@@ -48,39 +115,90 @@ def encode(obj, arrays: list):
     raise TypeError(f"cannot save an object of type {type(obj).__name__}")
 
 
-def _import_namedtuple(path: str):
-    module, _, name = path.partition(":")
-    if not (module == "refopt" or module.startswith("refopt.")):
-        raise ValueError(f"refusing to import {module!r}: saved states may only name refopt classes")
-    obj = importlib.import_module(module)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _check_int(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: expected an integer, got {_short(value)}")
+    if abs(value) > MAX_INT:
+        raise ValueError(f"{where}: integer beyond ±(2⁶³ − 1)")
 
 
-def decode(skel, arrays, device: bool = True):
-    """Inverse of ``encode``; arrays are moved to the active backend when ``device``."""
+def _validate(skel, n_arrays: int, where: str, depth: int = 0) -> None:
+    """Raise ValueError (naming ``where``) unless ``skel`` is a well-formed skeleton; builds nothing."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if skel is None or isinstance(skel, (bool, str)):
+        return
+    if not isinstance(skel, dict) or len(skel) not in (1, 2):
+        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+    keys = set(skel)
+    if keys == {"namedtuple", "fields"}:
+        cls = state_class(skel["namedtuple"])
+        fields = skel["fields"]
+        if not isinstance(fields, dict):
+            raise ValueError(f"{where}: the fields of {cls.__name__} must be an object, got {_short(fields)}")
+        missing, unknown = set(cls._fields) - set(fields), set(fields) - set(cls._fields)
+        if missing or unknown:
+            raise ValueError(f"{where}: {cls.__name__} has fields {list(cls._fields)}; missing {sorted(missing)}, "
+                             f"unknown {sorted(map(str, unknown))}")
+        for f, v in fields.items():
+            _validate(v, n_arrays, f"{where}.{f}", depth + 1)
+        return
+    if len(keys) != 1:
+        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+    (kind, value), = skel.items()
+    if kind == "int":
+        _check_int(value, where)
+    elif kind == "float":
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: a float is saved as its repr string, got {_short(value)}")
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(f"{where}: not a float: {_short(value)}") from None
+    elif kind == "array":
+        _check_int(value, where)
+        if not 0 <= value < n_arrays:
+            raise ValueError(f"{where}: array index {value} out of range (the file has {n_arrays} arrays)")
+    elif kind == "dict":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{where}: a dict must be an object with string keys, got {_short(value)}")
+        for k, v in value.items():
+            _validate(v, n_arrays, f"{where}[{k!r}]", depth + 1)
+    elif kind in ("list", "tuple"):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: a {kind} must be a JSON array, got {_short(value)}")
+        for i, v in enumerate(value):
+            _validate(v, n_arrays, f"{where}[{i}]", depth + 1)
+    else:
+        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+
+
+def _build(skel, arrays, device: bool):
     if skel is None or isinstance(skel, (bool, str)):
         return skel
-    if "int" in skel:
-        return int(skel["int"])
-    if "float" in skel:
-        return float(skel["float"])
     if "namedtuple" in skel:
-        cls = _import_namedtuple(skel["namedtuple"])
-        return cls(**{f: decode(v, arrays, device) for f, v in skel["fields"].items()})
-    if "dict" in skel:
-        return {k: decode(v, arrays, device) for k, v in skel["dict"].items()}
-    if "list" in skel:
-        return [decode(v, arrays, device) for v in skel["list"]]
-    if "tuple" in skel:
-        return tuple(decode(v, arrays, device) for v in skel["tuple"])
-    if "array" in skel:
-        a = arrays[skel["array"]]
-        if not device:
-            return a
-        return as_array(a, a.dtype)
-    raise ValueError(f"unreadable entry in a saved file: {skel!r}")
+        cls = state_class(skel["namedtuple"])
+        return cls(**{f: _build(v, arrays, device) for f, v in skel["fields"].items()})
+    (kind, value), = skel.items()
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "dict":
+        return {k: _build(v, arrays, device) for k, v in value.items()}
+    if kind == "list":
+        return [_build(v, arrays, device) for v in value]
+    if kind == "tuple":
+        return tuple(_build(v, arrays, device) for v in value)
+    a = arrays[value]
+    return as_array(a, a.dtype) if device else a
+
+
+def decode(skel, arrays, device: bool = True, where: str = "skeleton"):
+    """Inverse of ``encode``: validates all of ``skel`` first (ValueError naming ``where``), then builds it;
+    arrays are moved to the active backend when ``device``."""
+    _validate(skel, len(arrays), where)
+    return _build(skel, arrays, device)
 
 
 @contextlib.contextmanager
@@ -119,23 +237,102 @@ def write_npz_atomic(path: str, meta: dict, **named) -> None:
     savez_atomic(path, **payload)
 
 
-def load_npz(path: str) -> dict:
-    """All arrays of an ``.npz`` file (no pickles); ValueError if it cannot be read as one."""
+def _member_header(zf, member: str):
+    """(shape, dtype) from the .npy header of ``member``, reading nothing else."""
+    with zf.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
+def load_npz(path: str, max_bytes: int = MAX_NPZ_BYTES) -> dict:
+    """All arrays of an ``.npz`` file; ValueError if it cannot be read as one, holds Python objects
+    (pickles), or its headers declare more than ``max_bytes`` of array data (checked before reading)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return dict(data)
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
+    except OSError as exc:  # a folder, no permission: the file cannot be read at all
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise ValueError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive (a single .npy array)")
+    with data:
+        try:
+            total = 0
+            for member in data.zip.namelist():
+                name = member[:-4] if member.endswith(".npy") else member
+                try:
+                    shape, dtype = _member_header(data.zip, member)
+                except ValueError as exc:
+                    raise ValueError(f"entry {name!r} is not an array ({_one_line(exc)})") from None
+                if dtype.hasobject:
+                    raise ValueError(f"entry {name!r} holds Python objects (pickles are refused)")
+                total += math.prod(shape) * dtype.itemsize
+                if total > max_bytes:
+                    raise ValueError(f"its arrays exceed {max_bytes} bytes (entry {name!r} has shape {shape})")
+        except ValueError as exc:
+            raise ValueError(f"{path}: {_one_line(exc)}") from None
+        except Exception as exc:  # a corrupt archive: zipfile and zlib errors
+            raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {_one_line(exc)})") from None
+        try:
+            return {name: data[name] for name in data.files}
+        except Exception as exc:  # data shorter than its header says, corrupt compression
+            raise ValueError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
 
 
-def read_npz(path: str, device: bool = True) -> tuple[dict, dict]:
-    """(meta, objects) from a file written by ``write_npz_atomic``; ValueError if it is not one."""
-    files = load_npz(path)
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
+
+
+def json_entry(files: dict, key: str, path: str):
+    """Parse the 0-d string array ``files[key]`` as JSON; ValueError (one line) if it is not one."""
+    a = files.get(key)
+    if a is None:
+        raise ValueError(f"{path}: missing entry {key!r}")
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise ValueError(f"{path}: entry {key!r} must be a JSON string (0-d str array), got {a.dtype} of shape {a.shape}")
+    try:
+        return json.loads(str(a))
+    except RecursionError:
+        raise ValueError(f"{path}: entry {key!r} is nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise ValueError(f"{path}: entry {key!r} is not valid JSON ({_one_line(exc)})") from None
+
+
+def read_npz(path: str, device: bool = True, check_meta=None, max_bytes: int = MAX_NPZ_BYTES) -> tuple[dict, dict]:
+    """(meta, objects) from a file written by ``write_npz_atomic``; ValueError if it is not one.
+
+    ``check_meta(meta)`` (optional) may refuse the file by raising ValueError before anything is decoded.
+    """
+    files = load_npz(path, max_bytes)
     if "meta" not in files or "skeleton" not in files:
         raise ValueError(f"{path}: not a refopt file (no 'meta'/'skeleton' entries)")
-    meta = json.loads(str(files["meta"]))
-    skeleton = json.loads(str(files["skeleton"]))
-    arrays = [files[f"a{i}"] for i in range(sum(1 for k in files if k.startswith("a") and k[1:].isdigit()))]
-    return meta, {k: decode(v, arrays, device) for k, v in skeleton.items()}
+    n = len(files) - 2
+    unexpected = sorted(set(files) - {"meta", "skeleton"} - {f"a{i}" for i in range(n)})
+    if unexpected:
+        raise ValueError(f"{path}: unexpected entries {unexpected[:5]} (expected meta, skeleton, a0 … a{n - 1})")
+    meta = json_entry(files, "meta", path)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: meta must be a JSON object, got {type(meta).__name__}")
+    skeleton = json_entry(files, "skeleton", path)
+    if not isinstance(skeleton, dict):
+        raise ValueError(f"{path}: skeleton must be a JSON object of named entries, got {type(skeleton).__name__}")
+    if check_meta is not None:
+        check_meta(meta)
+    arrays = [files[f"a{i}"] for i in range(n)]
+    for i, a in enumerate(arrays):
+        if a.dtype.kind not in _ARRAY_KINDS or (a.dtype.kind == "f" and a.dtype.name not in ("float32", "float64")):
+            raise ValueError(f"{path}: array a{i} has dtype {a.dtype} (expected bool, integer, float32 or float64)")
+    try:
+        for k, v in skeleton.items():
+            _validate(v, n, k)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return meta, {k: _build(v, arrays, device) for k, v in skeleton.items()}

@@ -104,3 +104,55 @@ def assert_switches_declared_with_defaults(*classes):
     for cls in classes:
         sig = inspect.signature(cls.__init__).parameters
         assert all(sig[k].default in v for k, v in cls.switches.items())
+
+
+# --- functions at the rounding floor (line searches, minimize, the runner's "precision" stop) ---------
+F_FLOOR = -326.0                      # f's minimum value; one ulp of it is 2⁻⁴⁴ ≈ 5.7e-14
+ULP_FLOOR = 2.0 ** -44                # math.ulp(-326.0), spelled out (math.ulp needs Python ≥ 3.9)
+
+
+def ulp_noise(key: bytes, low: int = 3, high: int = 5) -> int:
+    """A fixed integer in [low, high] from a hash of ``key``: noise that is the same on every machine."""
+    import hashlib  # noqa: PLC0415
+    return low + int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little") % (high - low + 1)
+
+
+def noisy_phi(b: float = -4.4e-13, alpha_star: float = 0.4, shape: str = "quadratic"):
+    """φ(α) = fl(F + q(α)) + k(α)·ulp(F) with k(α) ∈ {3, 4, 5} a hash of α (φ(0) = F, no noise), F = −326,
+    and φ' exact: "quadratic" q = ½ a α² + b α with minimiser α* (a = −b/α*), so the whole decrease
+    −½ b α* ≈ 1.5 ulp is below rounding; "kink" φ' = b before α*, −2b after (no approximate Wolfe point).
+    Every trial value is ≥ F + ulp > φ(0): no search that reads values can see a decrease."""
+    import struct  # noqa: PLC0415
+    a = -b / alpha_star
+
+    def phi(t):
+        noise = ulp_noise(struct.pack("<d", t)) * ULP_FLOOR
+        if shape == "quadratic":
+            return (F_FLOOR + (0.5 * a * t * t + b * t)) + noise, a * t + b
+        return F_FLOOR + noise, (b if t < alpha_star else -2.0 * b)
+    return phi
+
+
+def rounding_floor_oracle(lam=(1.0, 3.0, 10.0, 30.0), grad_noise: float = 0.0):
+    """(FunctionOracle, x0) for f(x) = fl(F + ½ Σ λ_i x_i²) + k(x)·ulp(F), k(x) ∈ {3, 4, 5} a hash of x's
+    bytes (0 at x0), F = −326; the gradient is exact (λ ⊙ x), plus ``grad_noise`` · (±1 by a hash of x)
+    per coordinate when given (a gradient at its own noise floor). x0 is so close to the minimiser 0 that
+    the whole available decrease, ½ Σ λ x0² = ½ ulp(F), is below rounding: every value other than f(x0)
+    is above f(x0)."""
+    lam = np.asarray(lam, float)
+    x0 = np.sqrt(0.5 * ULP_FLOOR / (0.5 * lam.sum())) * np.resize([1.0, -1.0], lam.size)
+    key0 = x0.tobytes()
+
+    def f(x):
+        x = np.asarray(x, float)
+        base = F_FLOOR + 0.5 * float(np.sum(lam * x * x))
+        return base if x.tobytes() == key0 else base + ulp_noise(x.tobytes()) * ULP_FLOOR
+
+    def grad(x):
+        x = np.asarray(x, float)
+        g = lam * x
+        if grad_noise:
+            signs = np.array([1.0 if ulp_noise(x.tobytes() + bytes([i]), 0, 1) else -1.0 for i in range(x.size)])
+            g = g + grad_noise * signs
+        return g
+    return FunctionOracle(f, grad=grad), x0

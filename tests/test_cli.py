@@ -126,3 +126,126 @@ def test_verify_scripts_skip_cleanly_without_their_library(script, hidden):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "skip" in (proc.stdout + proc.stderr).lower()
+
+
+# --- issue 9: file-system errors, non-finite stopping rules, environment errors ---------------------
+def _paths(tmp_path):
+    """A directory, a plain file, and a path under that file (whose parent is not a directory)."""
+    d = tmp_path / "adir"
+    d.mkdir()
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return str(d), str(f), str(f / "child")
+
+
+TRAIN = ["train", "sgd", "--problem", "synthetic_mlp", "--steps", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (TRAIN + ["--log", "{dir}"], "--log {dir}: is a directory"),
+    (TRAIN + ["--log", "{under}"], "--log {under}: {file} is not an existing directory"),
+    (TRAIN + ["--checkpoint", "{dir}"], "--checkpoint {dir}: is a directory"),
+    (TRAIN + ["--checkpoint", "{under}"], "--checkpoint {under}: {file} is not an existing directory"),
+    (TRAIN + ["--resume", "{dir}"], "--resume {dir}: is a directory"),
+    (["verify", "export", "--optimizer", "sgd", "--out", "{dir}"], "--out {dir}: is a directory"),
+    (["verify", "export", "--all", "--out", "{file}"], "--out {file}: exists and is not a directory"),
+    (["verify", "export", "--all", "--out", "{under}"], "{file} is not an existing directory"),
+    (["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--csv", "{under}"],
+     "--csv {under}: {file} is not an existing directory"),
+    (["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "{dir}"], "--plot {dir}: is a directory"),
+])
+def test_unwritable_paths_are_refused_before_any_step(argv, needle, tmp_path, capsys):
+    d, f, under = _paths(tmp_path)
+    fill = {"dir": d, "file": f, "under": under}
+    log = tmp_path / "witness.jsonl"  # a run that started would write its first log record here
+    argv = [a.format(**fill) for a in argv] + (["--log", str(log)] if argv[0] == "train" and "--log" not in argv
+                                                 else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refopt: error:") and needle.format(**fill) in err[0], err
+    assert not log.exists()
+
+
+def test_os_errors_of_a_running_command_are_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError the up-front checks cannot foresee (here: the disk refuses the write) is one line, exit 2."""
+    import refopt.compare as C
+
+    def full_disk(entries, path):
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(C, "write_csv", full_disk)
+    csv_path = str(tmp_path / "out.csv")
+    assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--steps", "2", "--plot", "",
+                 "--csv", csv_path, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"refopt: error: {csv_path}: No space left on device" and len(err) == 1, err
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--target-loss", "nan", "target_loss must be a finite number"),
+    ("--target-loss", "inf", "target_loss must be a finite number"),
+    ("--max-seconds", "nan", "max_seconds must be a positive finite number"),
+    ("--max-seconds", "inf", "max_seconds must be a positive finite number"),
+    ("--gtol", "nan", "gtol must be a non-negative finite number"),
+    ("--gtol", "-1", "gtol must be a non-negative finite number"),
+    ("--seed", "-1", "seed must be an integer in [0, 9223372036854775807]"),
+    ("--batch-size", "0", "batch_size must be an integer in [1, "),
+])
+def test_non_finite_stopping_rules_are_refused(option, value, needle, capsys):
+    assert main(TRAIN + [option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("option,value", [("--target-loss", "nan"), ("--max-seconds", "inf")])
+def test_compare_refuses_non_finite_budgets(option, value, capsys):
+    assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option[2:].replace("-", "_") in err[0], err
+
+
+def test_verify_check_refuses_nan_tolerances(tmp_path, capsys):
+    assert main(["verify", "check", str(tmp_path / "t.npz"), "--rtol", "nan"]) == 2
+    assert "--rtol must be a non-negative finite number" in capsys.readouterr().err
+
+
+def test_huge_integer_hyperparameter_is_one_line(capsys):
+    assert main(TRAIN[:2] + [f"lr={10 ** 400}"] + TRAIN[2:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["refopt: error: lr must be a positive finite number, got an integer of about 401 digits"]
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"REFOPT_BACKEND": "cupy"}, "REFOPT_BACKEND='cupy': backend 'cupy' requested but"),
+    ({"REFOPT_BACKEND": "tpu"}, "REFOPT_BACKEND='tpu': backend must be 'numpy' or 'cupy'"),
+    ({"REFOPT_DTYPE": "float16"}, "REFOPT_DTYPE='float16': dtype must be one of"),
+])
+def test_environment_errors_are_one_line_from_the_command(env, needle):
+    """The variables are read when the backend is imported (so in a fresh process): the command prints one
+    line and exits 2, instead of the import's 25-line traceback."""
+    import os
+    import subprocess
+    import sys
+    if env.get("REFOPT_BACKEND") == "cupy":  # with CuPy (and a GPU) installed this would be a real run
+        try:
+            import cupy  # noqa: F401
+            pytest.skip("CuPy is installed")
+        except ImportError:
+            pass
+    full = {k: v for k, v in os.environ.items() if not k.startswith("REFOPT_")} | env
+    proc = subprocess.run([sys.executable, "-m", "refopt", "list"], capture_output=True, text=True, env=full,
+                          timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("refopt: error: ") \
+        and needle in lines[0], proc.stderr
+
+
+def test_environment_errors_still_fail_the_library_import():
+    """Outside the command a bad REFOPT_DTYPE is not silently ignored: importing the backend raises, with
+    the variable named (documented in backend._from_environment)."""
+    import os
+    import subprocess
+    import sys
+    full = {k: v for k, v in os.environ.items() if not k.startswith("REFOPT_")} | {"REFOPT_DTYPE": "float16"}
+    proc = subprocess.run([sys.executable, "-c", "import refopt.backend"], capture_output=True, text=True,
+                          env=full, timeout=120)
+    assert proc.returncode != 0 and "ValueError: REFOPT_DTYPE='float16'" in proc.stderr

@@ -281,3 +281,25 @@ def test_never_skip_keeps_a_negative_curvature_pair(descent_check):
     assert info["reset"] == (descent_check == "reset")
     skipped = LBFGS(line_search="none", curvature_skip=0.0).update(x0, opt.init(x0), o)[1]
     assert skipped.s == ()                                  # the default rule skips it
+
+
+def test_a_search_at_the_rounding_floor_is_reported_as_precision():
+    """f's whole available decrease is below one ulp (a fixed ±ulp pattern, exact gradient): the default
+    search steps by the approximate Wolfe conditions; without them, or with torch's search, the step
+    reports "precision", takes no step and leaves the pairs as they were."""
+    from _helpers import rounding_floor_oracle  # noqa: PLC0415
+    from refopt.linesearch import rounding_error  # noqa: PLC0415
+    oracle, x0 = rounding_floor_oracle()
+    f0 = oracle.value(x0)
+    opt = LBFGS()
+    x1, s1, info = opt.update(x0, opt.init(x0), oracle)
+    assert info["accepted"] and info["line_search"] == "converged" and len(s1.s) == 1
+    assert oracle.value(x1) <= f0 + rounding_error(f0) and np.abs(x1).max() < np.abs(x0).max()
+    for kwargs in ({"approximate_wolfe": False}, {"line_search": "minfunc"}):
+        opt = LBFGS(**kwargs)
+        state = opt.init(x0)
+        x, s, info = opt.update(x0, state, oracle)
+        assert info["line_search"] == "precision" and "rounding level" in info["message"], kwargs
+        assert not info["accepted"] and np.array_equal(x, x0) and s.s == () and s.step == 1
+    with pytest.raises(ValueError, match="approximate_wolfe"):
+        LBFGS(approximate_wolfe="no")

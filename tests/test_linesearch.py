@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refopt.linesearch import armijo, cubic_minimizer, fixed_step, quadratic_minimizer, strong_wolfe
+from refopt.linesearch import (armijo, cubic_minimizer, fixed_step, quadratic_minimizer, rounding_error,
+                              strong_wolfe)
 from refopt.problems.functions import beale, extended_rosenbrock, powell_singular, rosenbrock, wood
 
 
@@ -125,7 +126,9 @@ def test_a_wrong_gradient_never_returns_a_higher_value(seed, lie, search):
         res = strong_wolfe(phi, phi0, dphi0, max_evals=20)
     else:
         res = armijo(phi, phi0, dphi0, max_evals=20)
-    assert res.phi <= phi0
+    # the documented bound: never above φ(0) + ε_k, and above φ(0) only by an approximate-Wolfe acceptance
+    assert res.phi <= phi0 + rounding_error(phi0)
+    assert res.phi <= phi0 or (res.approximate and res.status == "converged")
     assert p.f(x + res.alpha * d) == res.phi
     assert res.nfev <= 20
 
@@ -279,3 +282,89 @@ def test_minfunc_wolfe_picks_torchs_points(seed, t0, max_evals):
     res = minfunc_wolfe(lambda t: (f(x0 + t * d), float(grad(x0 + t * d) @ d)), f(x0), float(grad(x0) @ d),
                         alpha0=t0, max_evals=max_evals, direction_scale=float(np.abs(d).max()))
     assert res.alpha == pytest.approx(float(t_torch), rel=1e-12, abs=1e-300) and res.nfev == evals
+
+
+# --- at the rounding floor: approximate Wolfe (Hager & Zhang 2005, §4) and "precision" ---------------
+from refopt.linesearch import at_rounding_level, minfunc_wolfe, precision_status  # noqa: E402
+
+from _helpers import F_FLOOR, ULP_FLOOR, noisy_phi  # noqa: E402
+
+B_FLOOR = -4.4e-13     # φ'(0) of the noisy functions: the measured one of the issue's quadratic(8, 1e3) case
+
+
+@pytest.mark.parametrize("alpha0", [1.0, 0.3, 1e-3, 10.0])
+@pytest.mark.parametrize("alpha_star", [0.1, 0.25, 0.4])   # decrease ½|b|α* ≤ 1.55 ulp
+def test_approximate_wolfe_accepts_a_step_whose_decrease_is_below_rounding(alpha0, alpha_star):
+    """Every value is ≥ φ(0) + ulp (a fixed ±ulp pattern on an exact quadratic whose whole decrease is
+    1.5 ulp), so N&W's search cannot succeed; the slopes are exact, and the approximate conditions accept
+    a step in α ∈ [0.1, 1.9998]·α*, the set where (2c₁ − 1)φ'(0) ≥ φ'(α) ≥ c₂φ'(0) for φ' = b(1 − α/α*)."""
+    phi = Counted(noisy_phi(B_FLOOR, alpha_star))
+    c1, c2 = 1e-4, 0.9
+    res = strong_wolfe(phi, F_FLOOR, B_FLOOR, alpha0=alpha0, c1=c1, c2=c2)
+    assert res.status == "converged" and res.approximate and res.nfev == phi.calls <= 30
+    assert c2 * B_FLOOR <= res.dphi <= (2 * c1 - 1) * B_FLOOR
+    assert 0.1 * alpha_star <= res.alpha <= 1.9998 * alpha_star * (1 + 1e-12)
+    assert phi.log[res.alpha] == (res.phi, res.dphi)
+    # the documented bound: above φ(0) here (all values are), but by no more than ε_k
+    assert F_FLOOR < res.phi <= F_FLOOR + rounding_error(F_FLOOR)
+    # without the approximate conditions it is N&W's search: it fails, and says why
+    old = strong_wolfe(noisy_phi(B_FLOOR, alpha_star), F_FLOOR, B_FLOOR, alpha0=alpha0, c1=c1, c2=c2,
+                       approximate=False)
+    assert (old.status, old.alpha, old.phi) == ("precision", 0.0, F_FLOOR) and not old.success
+    assert "rounding level" in old.message
+
+
+def test_no_progress_at_rounding_level_is_the_precision_status():
+    """Flat noisy values and slopes with no approximate Wolfe point (φ' = b, then −2b past α = 0.4):
+    the bracket collapses on the kink, and the search says "precision", staying at α = 0."""
+    for alpha0 in (1.0, 0.01, 5.0):
+        phi = Counted(noisy_phi(B_FLOOR, 0.4, shape="kink"))
+        res = strong_wolfe(phi, F_FLOOR, B_FLOOR, alpha0=alpha0)
+        assert (res.status, res.alpha, res.phi, res.approximate) == ("precision", 0.0, F_FLOOR, False)
+        assert res.nfev == phi.calls <= 30
+        assert all(abs(f - F_FLOOR) <= 8 * ULP_FLOOR for f, _ in phi.log.values())   # all at rounding level
+    # Armijo reads values only: on the noisy quadratic it backtracks to the end, then says "precision"
+    for kwargs in ({}, {"max_evals": 100}):
+        res = armijo(noisy_phi(B_FLOOR, 0.4), F_FLOOR, B_FLOOR, **kwargs)
+        assert (res.status, res.alpha, res.phi) == ("precision", 0.0, F_FLOOR)
+    # a failure among measurable values keeps its own status (φ = α rises by 2⁻⁴ ≫ ε_k at the last trial)
+    res = armijo(lambda a: (a, None), 0.0, -1.0, max_evals=5)
+    assert res.status == "max_evaluations"
+
+
+def test_precision_classification_rules():
+    eps_k = rounding_error(F_FLOOR)
+    fail = strong_wolfe(noisy_phi(B_FLOOR, 0.4, "kink"), F_FLOOR, B_FLOOR, approximate=False, epsilon_k=0.0)
+    assert fail.status == "interval_collapsed"           # ε_k = 0: nothing is "within rounding"
+    near = [F_FLOOR + 3 * ULP_FLOOR, F_FLOOR + ULP_FLOOR]
+    assert at_rounding_level(F_FLOOR, near, eps_k)
+    assert not at_rounding_level(F_FLOOR, near + [math.nan], eps_k)              # ended on a non-finite value
+    assert not at_rounding_level(F_FLOOR, [F_FLOOR - 2 * eps_k] + near, eps_k)  # a measurable decrease was seen
+    assert not at_rounding_level(F_FLOOR, near + [F_FLOOR + 2 * eps_k], eps_k)  # ended measurably higher
+    assert not at_rounding_level(F_FLOOR, [], eps_k)
+    assert precision_status(fail, F_FLOOR, near, eps_k).status == "precision"
+    ok = strong_wolfe(lambda a: (a * a - a, 2 * a - 1), 0.0, -1.0)
+    assert precision_status(ok, 0.0, [0.0], eps_k) is ok                       # a success is never relabelled
+    with pytest.raises(ValueError, match="epsilon_k"):
+        strong_wolfe(lambda a: (a * a - a, 2 * a - 1), 0.0, -1.0, epsilon_k=-1.0)
+    with pytest.raises(TypeError, match="approximate"):
+        strong_wolfe(lambda a: (a * a - a, 2 * a - 1), 0.0, -1.0, approximate="yes")
+
+
+def test_approximate_wolfe_leaves_resolvable_searches_alone():
+    """Where the values resolve the decrease, the trials and the step are N&W's, bit for bit."""
+    for fn, c1, c2 in MT_CASES:
+        phi0, dphi0 = fn(0.0)
+        for alpha0 in (1e-3, 1e-1, 10.0, 1e3):
+            a, b = Counted(fn), Counted(fn)
+            new = strong_wolfe(a, phi0, dphi0, alpha0=alpha0, c1=c1, c2=c2)
+            old = strong_wolfe(b, phi0, dphi0, alpha0=alpha0, c1=c1, c2=c2, approximate=False)
+            assert list(a.log) == list(b.log) and new.alpha == old.alpha and not new.approximate
+
+
+def test_minfunc_wolfe_is_unchanged_and_its_rounding_failures_classify_as_precision():
+    phi = Counted(noisy_phi(B_FLOOR, 0.4))
+    res = minfunc_wolfe(phi, F_FLOOR, B_FLOOR)            # torch's search: no approximate conditions
+    assert res.status in ("interval_collapsed", "max_evaluations") and res.alpha == 0.0
+    values = [f for f, _ in phi.log.values()]
+    assert precision_status(res, F_FLOOR, values, rounding_error(F_FLOOR)).status == "precision"

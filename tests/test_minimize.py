@@ -148,3 +148,35 @@ def test_bad_arguments():
     oracle.value_and_grad(p.x0)                                    # counts from before the run are excluded
     r = minimize(oracle, p.x0, method="bfgs")
     assert r.nfev == oracle.counts.nfev - 1
+
+
+def test_rounding_floor_converges_by_slopes_and_a_genuine_precision_stop_stops():
+    """Values are a fixed ±ulp pattern above f(x0) (the available decrease is below rounding), the
+    gradient is exact: minimize reaches gtol by the approximate Wolfe conditions; without them the first
+    search can make no progress and the run stops at once with status "precision" (success False, as
+    scipy's status 2)."""
+    from _helpers import rounding_floor_oracle  # noqa: PLC0415
+    oracle, x0 = rounding_floor_oracle()
+    gtol = 1e-6 * np.abs(oracle.grad(x0)).max()          # six orders below the start: only slopes can get there
+    for method in ("lbfgs", "bfgs"):
+        r = minimize(rounding_floor_oracle()[0], x0, method=method, gtol=gtol)
+        assert r.status == "gtol" and r.success, (method, r)
+        r = minimize(rounding_floor_oracle()[0], x0, method=method, gtol=gtol, options={"approximate_wolfe": False})
+        assert r.status == "precision" and not r.success and r.nit == 1, (method, r)
+        assert "rounding level" in r.message
+        np.testing.assert_array_equal(r.x, x0)
+
+
+def test_stall_monitor():
+    """The "precision" stop of runs whose values and gradients are both at their noise floor."""
+    from refopt.minimize import PRECISION_PATIENCE, StallMonitor  # noqa: PLC0415
+    f, ulp = -326.0, 2.0 ** -44
+    m = StallMonitor()
+    flags = [m.observe(f + (k % 3) * ulp, 1e-13 * (1 + 0.4 * (k % 2))) for k in range(PRECISION_PATIENCE + 1)]
+    assert flags == [False] * PRECISION_PATIENCE + [True] and "no measurable progress" in m.message
+    m = StallMonitor()                       # f flat to rounding, but the gradient halves every 3rd iterate
+    assert not any(m.observe(f, 1e-6 * 0.5 ** (k // 3)) for k in range(100))
+    m = StallMonitor()                       # a measurable change of f is progress
+    assert not any(m.observe(f + k * 1e-9, 1e-13) for k in range(100))
+    m = StallMonitor(eps=2.0 ** -23)         # float32: ε_k = 100·2⁻²³·max(|f|, 1), so 1e-6 is within rounding
+    assert [m.observe(1.0 + 1e-6 * (k % 2), 1.0) for k in range(PRECISION_PATIENCE + 1)][-1]

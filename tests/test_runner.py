@@ -132,3 +132,145 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         run(RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=4), checkpoint_path=str(ckpt), checkpoint_every=1)
     assert ckpt.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+# --- malformed and hostile checkpoints (issue 9): one-line ValueError before anything is decoded or run ---
+
+def _checkpoint(tmp_path, optimizer="sgd", hp=None, steps=2):
+    cfg = RunConfig(optimizer, hp or {"lr": 0.1, "momentum": 0.9}, "synthetic_mlp", steps=steps)
+    ckpt = tmp_path / "ck.npz"
+    run(cfg, checkpoint_path=str(ckpt), checkpoint_every=1)
+    return cfg, ckpt
+
+
+def _edit(ckpt, out, meta=None, skeleton=None, **arrays):
+    """Rewrite a checkpoint with meta / skeleton changed by the given functions and arrays replaced."""
+    with np.load(ckpt) as data:
+        files = dict(data)
+    m, s = json.loads(str(files["meta"])), json.loads(str(files["skeleton"]))
+    files["meta"] = np.array(json.dumps(meta(m) if meta else m))
+    files["skeleton"] = np.array(json.dumps(skeleton(s) if skeleton else s))
+    files.update(arrays)
+    np.savez(out, **files)
+    return str(out)
+
+
+def _one_line_refusal(cfg, path, fragment):
+    with pytest.raises(ValueError) as info:
+        run(cfg, resume=path)
+    assert "\n" not in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+def _set(d, **kw):
+    d.update(kw)
+    return d
+
+
+def _drop(d, key):
+    d.pop(key)
+    return d
+
+
+@pytest.mark.parametrize("meta,skeleton,fragment", [
+    (lambda m: [m], None, "meta must be a JSON object"),
+    (lambda m: _drop(m, "counts"), None, "meta counts must be an object"),
+    (lambda m: _set(m, counts=[1, 2]), None, "meta counts must be an object"),
+    (lambda m: _set(m, counts={**m["counts"], "nfev": -1}), None, "counts['nfev']"),
+    (lambda m: _set(m, step="2"), None, "meta step must be a non-negative integer"),
+    (lambda m: _set(m, step=10 ** 30), None, "meta step must be a non-negative integer"),
+    (lambda m: _set(m, step=1), None, "history must be a list of 1 records"),
+    (None, lambda s: 5, "skeleton must be a JSON object"),
+    (None, lambda s: [s], "skeleton must be a JSON object"),
+    (None, lambda s: _drop(s, "history"), "a checkpoint holds params, state and history"),
+    (None, lambda s: _set(s, params={"list": [{"dict": {"W": {"array": 99}, "b": {"array": 1}}}]}),
+     "array index 99 out of range"),
+    (None, lambda s: _set(s, params={"array": -1}), "array index -1 out of range"),
+    (None, lambda s: _set(s, params={"array": False}), "expected an integer"),
+    (None, lambda s: _set(s, state={"namedtuple": "NoSuchState", "fields": {}}), "unknown state class"),
+    (None, lambda s: _set(s, state={"namedtuple": "SGDState", "fields": {"step": {"int": 2}}}), "SGDState has fields"),
+    (None, lambda s: _set(s, params={"list": []}), "params should be a list"),
+    (None, lambda s: _set(s, history={"list": [{"int": 5}, {"int": 5}]}), "history[0] must be a record"),
+    (None, lambda s: _set(s, history={"list": [{"dict": {}}, {"dict": {"elapsed": {"float": "nan"}}}]}),
+     "history[-1]['elapsed'] must be a non-negative number"),
+])
+def test_malformed_checkpoints_are_refused(tmp_path, meta, skeleton, fragment):
+    cfg, ckpt = _checkpoint(tmp_path)
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "bad.npz", meta, skeleton), fragment)
+
+
+def test_checkpoint_of_another_shape_or_state_class_is_refused(tmp_path):
+    cfg, ckpt = _checkpoint(tmp_path)
+    with np.load(ckpt) as data:
+        a0 = data["a0"]
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "shape.npz", a0=np.zeros((a0.shape[0] + 1, *a0.shape[1:]))),
+                      "should be an array of shape")
+    # a state of a registered class, with that class's fields, that is not this optimizer's
+    from refopt.optim.adam import AdamState
+    bad = _edit(ckpt, tmp_path / "cls.npz", skeleton=lambda s: _set(s, state={
+        "namedtuple": "AdamState", "fields": {f: None for f in AdamState._fields}}))
+    _one_line_refusal(cfg, bad, "state is a AdamState, this run needs a SGDState")
+
+
+def test_float64_checkpoint_resumed_under_float32_is_refused(tmp_path):
+    from refopt import backend
+    cfg, ckpt = _checkpoint(tmp_path)
+    backend.set_default_dtype("float32")
+    _one_line_refusal(cfg, str(ckpt), "checkpoint is 'float64', this run's dtype is float32")
+    # a file without the recorded dtype (written before it was recorded) is caught by its arrays
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "nodtype.npz", meta=lambda m: _drop(m, "dtype")),
+                      "is float64, this run's dtype is float32")
+
+
+def test_float32_checkpoint_resumes_under_float32(tmp_path):
+    from refopt import backend
+    backend.set_default_dtype("float32")
+    cfg, ckpt = _checkpoint(tmp_path, steps=2)
+    more = RunConfig(cfg.optimizer, cfg.hyperparameters, cfg.problem, steps=3)
+    res = run(more, resume=str(ckpt))
+    assert len(res.history) == 3 and all(l.dtype == np.float32 for l in T.leaves(res.params))
+
+
+def test_hostile_state_name_in_a_valid_checkpoint_runs_nothing(tmp_path, monkeypatch):
+    """The issue's exploit: a state named refopt.serialize:os.system with a command field."""
+    import os
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append((a, k)))
+    cfg, ckpt = _checkpoint(tmp_path)
+    evil = _edit(ckpt, tmp_path / "evil.npz", skeleton=lambda s: _set(s, state={
+        "namedtuple": "refopt.serialize:os.system", "fields": {"command": "touch pwned"}}))
+    _one_line_refusal(cfg, evil, "unknown state class")
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", sorted(__import__("refopt.optim", fromlist=["OPTIMIZERS"]).OPTIMIZERS))
+def test_every_optimizer_resumes_bit_identically_through_the_checks(tmp_path, name):
+    """The structure, shape and dtype checks of load_checkpoint accept every optimizer's real checkpoint
+    (growing L-BFGS memories, cached evaluations, Kronecker factors) and resumption stays exact."""
+    from refopt.nn import MLP, SoftmaxCrossEntropy
+    from refopt.problems.registry import NetworkProblem
+    g = np.random.default_rng(3)
+    prob = NetworkProblem("tiny", MLP([3, 4, 2]), SoftmaxCrossEntropy(), g.standard_normal((6, 3)),
+                          g.integers(0, 2, 6))
+    ckpt = tmp_path / "ck.npz"
+    full = run(RunConfig(name, {}, "tiny", steps=4), problem=prob)
+    run(RunConfig(name, {}, "tiny", steps=2), problem=prob, checkpoint_path=str(ckpt), checkpoint_every=1)
+    resumed = run(RunConfig(name, {}, "tiny", steps=4), problem=prob, resume=str(ckpt))
+    assert _leaves_equal(full.params, resumed.params)
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+
+
+def test_a_converged_full_batch_run_stops_for_precision():
+    """Values at rounding level and a gradient at its noise floor (fixed hash patterns): L-BFGS's steps
+    make no measurable progress, and the run stops with status "precision" within the monitor's patience
+    instead of running its 200 steps; with N&W's search alone it stops at the first failed search."""
+    from types import SimpleNamespace  # noqa: PLC0415
+    from _helpers import rounding_floor_oracle  # noqa: PLC0415
+    from refopt.problems.registry import FunctionProblem  # noqa: PLC0415
+    oracle, x0 = rounding_floor_oracle(grad_noise=1e-9)
+    fn = SimpleNamespace(x0=x0, f=oracle.f, grad=oracle._grad, hess=None, hvp=None)
+    problem = FunctionProblem("rounding_floor", lambda: fn)
+    res = run(RunConfig("lbfgs", {}, "rounding_floor", steps=200), problem=problem)
+    assert res.status == "precision" and len(res.history) < 50
+    assert res.history[-1]["nfev"] <= 2 * 200 and "no measurable progress" in res.message
+    res = run(RunConfig("lbfgs", {"approximate_wolfe": False}, "rounding_floor", steps=200), problem=problem)
+    assert res.status == "precision" and len(res.history) == 1 and "rounding level" in res.message

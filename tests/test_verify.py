@@ -179,3 +179,101 @@ def test_network_only_optimizers_are_refused_on_test_functions():
     for name in ("kfac", "sophia_g", "gauss_newton", "natural_gradient", "kbfgs", "ekfac", "kfac_tridiag"):
         with pytest.raises(ValueError, match="needs a network problem"):
             run(RunConfig(name, {}, "rosenbrock", steps=1))
+
+
+# --- malformed trace metadata and arrays (issue 9): one-line ValueError before the network is built ---
+
+def _meta_edit(path, out, edit):
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+    return _rewrite(path, out, meta=np.array(json.dumps(edit(meta))))
+
+
+def _with(d, **kw):
+    return {**d, **kw}
+
+
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: _with(m, problem="tiny_mlp"), "meta problem must be an object"),
+    (lambda m: _with(m, problem=_without(m["problem"], "sizes")), "meta problem has no 'sizes'"),
+    (lambda m: _with(m, optimizer=["sgd"]), "meta optimizer must be one of"),
+    (lambda m: _with(m, optimizer="no_such"), "meta optimizer must be one of"),
+    (lambda m: _with(m, hyperparameters=[["lr", 0.1]]), "meta hyperparameters must be an object"),
+    (lambda m: _with(m, problem=_with(m["problem"], sizes=[4, 200000, 200000, 3],
+                                      activations=["tanh", "tanh", "identity"])), "more than 1000000 parameters"),
+    (lambda m: _with(m, problem=_with(m["problem"], sizes=[4, True])), "positive integers"),
+    (lambda m: _with(m, problem=_with(m["problem"], sizes=[4, 0])), "positive integers"),
+    (lambda m: _with(m, problem=_with(m["problem"], sizes="4,5,3")), "positive integers"),
+    (lambda m: _with(m, problem=_with(m["problem"], activations=["tanh"])), "problem activations must list 2"),
+    (lambda m: _with(m, problem=_with(m["problem"], activations=["os.system", "identity"])), "activations"),
+    (lambda m: _with(m, problem=_with(m["problem"], loss=["gaussian"])), "problem loss must be one of"),
+    (lambda m: _with(m, problem=_with(m["problem"], reduction="max")), "problem reduction"),
+    (lambda m: _with(m, problem=_with(m["problem"], variance="1")), "problem variance"),
+    (lambda m: _with(m, seed="zero"), "meta seed must be an integer"),
+    (lambda m: _with(m, seed=-1), "meta seed must be an integer"),
+    (lambda m: _with(m, steps="4"), "meta steps"),
+    (lambda m: _with(m, profile=3), "meta profile"),
+    (lambda m: _with(m, param_names="0.W"), "param_names must be a list"),
+    (lambda m: _with(m, param_names=[0, 1, 2, 3]), "param_names must be a list"),
+    (lambda m: _with(m, format="refopt-checkpoint/1"), "is not 'refopt-trace/1'"),
+    (lambda m: [m], "meta must be a JSON object"),
+])
+def test_malformed_trace_meta_is_refused_before_building(tmp_path, monkeypatch, edit, message):
+    import refopt.verify.trace as tr
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
+
+    def no_build(*a, **k):
+        raise AssertionError("the network was built from an unchecked trace")
+    monkeypatch.setattr(tr, "_build", no_build)
+    monkeypatch.setattr(tr, "MLP", no_build)
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"loss": np.array(["a", "b", "c", "d"])}, "loss must be a real array"),
+    ({"loss": np.zeros(3)}, "loss has shape (3,), expected (4)"),
+    ({"params/0.W": np.zeros((5, 4, 5), dtype=np.int64)}, "params/0.W must be a float32/float64 array"),
+    ({"params/0.W": np.zeros((5, 5, 4))}, "params/0.W has shape (5, 5, 4), expected (5, 4, 5)"),
+    ({"params/0.W": np.zeros((5, 4, 5), dtype=np.float32)}, "must share one dtype"),
+    ({"params/0.b": np.zeros(5)}, "params/0.b has shape (5,)"),
+    ({"problem/X": np.zeros((6, 3))}, "problem/X has shape (6, 3), expected (·, 4)"),
+    ({"problem/X": np.array(["x"] * 24).reshape(6, 4)}, "problem/X must be a float32/float64 array"),
+    ({"problem/y": np.full(6, 3)}, "class labels must lie in [0, 3)"),
+    ({"problem/y": np.zeros(6)}, "problem/y must be integer class labels"),
+    ({"problem/y": np.zeros(5, dtype=np.int64)}, "problem/y has shape (5,), expected (6)"),
+    ({"grad/0.W": None}, "grad/* must be given for every parameter or for none"),
+    ({"grad/0.W": np.zeros((5, 4, 5))}, "grad/0.W has shape (5, 4, 5), expected (4, 4, 5)"),
+    ({"draws/1/labels": np.zeros((1, 7), dtype=np.int64)}, "draws/1/labels has shape (1, 7), expected (·, 6)"),
+    ({"draws/2/probes/0/0.W": np.zeros((4, 5))}, "missing array 'draws/2/probes/0/0.b'"),
+    ({"meta": np.array(3)}, "'meta' must be a JSON string"),
+    ({"meta": np.array('{"a": ' * 100000 + "1" + "}" * 100000)}, "nested too deeply"),
+])
+def test_malformed_trace_arrays_are_refused(tmp_path, change, message):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    bad = _rewrite(path, tmp_path / "bad.npz", **change)
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("optimizer,hp,problem", [
+    ("sophia_h", {"k": 1}, "tiny_mlp"),          # Rademacher probes in the trace
+    ("kfac", {}, "tiny_regression"),             # sampled real-valued labels (k, B, C)
+    ("sophia_g", {"k": 1}, "tiny_mlp"),          # sampled class labels (k, B)
+    ("sgd", {"lr": 0.1}, "tiny_logistic"),
+])
+def test_traces_with_draws_pass_the_checks_and_replay(tmp_path, optimizer, hp, problem):
+    """The checks accept every layout refopt writes: a trace replays to itself exactly."""
+    path = tmp_path / "t.npz"
+    export_trace(make_trace(optimizer, hp, problem, steps=3), str(path))
+    divergence, _ = check_trace(str(path), rtol=0, atol=0)
+    assert divergence is None

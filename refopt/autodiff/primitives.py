@@ -12,6 +12,7 @@ differentiated. Conventions at non-differentiable points (documented in CONTRIBU
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..backend import xp
 from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, getval, set_add
@@ -103,17 +104,32 @@ defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
 
 # ---------------------------------------------------------------------------------------------------
 # Broadcasting arithmetic.
+def _weak(x, y):
+    """(x, y) with a Python or NumPy scalar operand cast to the other operand's floating dtype.
+
+    A constant must not change the dtype of the array it meets: NumPy < 2 turns a float32 0-d array times
+    a Python float into float64 (value-based casting reads an all-scalar operation as float64), and
+    NumPy ≥ 2 turns a float32 array times a NumPy float64 scalar into float64. Casting the constant keeps
+    float32 computations float32 on both and changes nothing in float64.
+    """
+    if isinstance(x, numbers.Number) and getattr(getattr(y, "dtype", None), "kind", "") == "f":
+        return xp.asarray(x, dtype=y.dtype), y
+    if isinstance(y, numbers.Number) and getattr(getattr(x, "dtype", None), "kind", "") == "f":
+        return x, xp.asarray(y, dtype=x.dtype)
+    return x, y
+
+
 def _fit(t, ans):
     """A tangent broadcast up to the output's shape (a scalar times a constant array, say)."""
     return t if shape_of(t) == shape_of(ans) else broadcast_to(t, shape_of(ans))
 
 
-add = Primitive("add", lambda x, y: xp.add(x, y))
+add = Primitive("add", lambda x, y: xp.add(*_weak(x, y)))
 set_add(add)
 defvjp(add, lambda g, ans, x, y: unbroadcast(g, shape_of(x)), lambda g, ans, x, y: unbroadcast(g, shape_of(y)))
 defjvp(add, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(t, ans))
 
-subtract = Primitive("subtract", lambda x, y: xp.subtract(x, y))
+subtract = Primitive("subtract", lambda x, y: xp.subtract(*_weak(x, y)))
 negative = Primitive("negative", lambda x: xp.negative(x))
 defvjp(negative, lambda g, ans, x: negative(g))
 defjvp(negative, lambda t, ans, x: negative(t))
@@ -121,13 +137,13 @@ defvjp(subtract, lambda g, ans, x, y: unbroadcast(g, shape_of(x)),
        lambda g, ans, x, y: unbroadcast(negative(g), shape_of(y)))
 defjvp(subtract, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(negative(t), ans))
 
-multiply = Primitive("multiply", lambda x, y: xp.multiply(x, y))
+multiply = Primitive("multiply", lambda x, y: xp.multiply(*_weak(x, y)))
 defvjp(multiply, lambda g, ans, x, y: unbroadcast(multiply(g, y), shape_of(x)),
        lambda g, ans, x, y: unbroadcast(multiply(g, x), shape_of(y)))
 defjvp(multiply, lambda t, ans, x, y: _fit(multiply(t, y), ans), lambda t, ans, x, y: _fit(multiply(x, t), ans))
 
 
-divide = Primitive("divide", lambda x, y: xp.divide(x, y))
+divide = Primitive("divide", lambda x, y: xp.divide(*_weak(x, y)))
 defvjp(divide, lambda g, ans, x, y: unbroadcast(divide(g, y), shape_of(x)),
        lambda g, ans, x, y: unbroadcast(negative(multiply(g, divide(ans, y))), shape_of(y)))
 defjvp(divide, lambda t, ans, x, y: _fit(divide(t, y), ans),
@@ -135,7 +151,7 @@ defjvp(divide, lambda t, ans, x, y: _fit(divide(t, y), ans),
 
 
 def _power_impl(x, c):
-    return xp.power(x, c)
+    return xp.power(*_weak(x, c))
 
 
 power = Primitive("power", _power_impl)  # x ** c with a constant exponent c
@@ -222,7 +238,8 @@ defjvp(tanh, lambda t, ans, x: multiply(t, subtract(1.0, multiply(ans, ans))))
 
 def _sigmoid_impl(x):
     # 0.5 (1 + tanh(x/2)) is exact and never overflows, unlike 1 / (1 + exp(-x)).
-    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+    half, one = _weak(x, 0.5)[1], _weak(x, 1.0)[1]
+    return half * (xp.tanh(half * x) + one)
 
 
 sigmoid = Primitive("sigmoid", _sigmoid_impl)
@@ -231,7 +248,7 @@ defjvp(sigmoid, lambda t, ans, x: multiply(t, multiply(ans, subtract(1.0, ans)))
 
 
 def _softplus_impl(x):
-    return xp.logaddexp(0.0, x)  # log(1 + e^x) without overflow
+    return xp.logaddexp(*_weak(0.0, x))  # log(1 + e^x) without overflow
 
 
 softplus = Primitive("softplus", _softplus_impl)
@@ -247,7 +264,7 @@ def _mask(cond, like):
     return xp.asarray(cond, dtype=getval(like).dtype)
 
 
-relu = Primitive("relu", lambda x: xp.maximum(x, 0.0))
+relu = Primitive("relu", lambda x: xp.maximum(*_weak(x, 0.0)))
 defvjp(relu, lambda g, ans, x: multiply(g, _mask(greater(x, 0.0), x)))
 defjvp(relu, lambda t, ans, x: multiply(t, _mask(greater(x, 0.0), x)))
 
@@ -266,7 +283,7 @@ absolute = Primitive("absolute", lambda x: xp.abs(x))
 defvjp(absolute, lambda g, ans, x: multiply(g, sign(x)))
 defjvp(absolute, lambda t, ans, x: multiply(t, sign(x)))
 
-maximum = Primitive("maximum", lambda x, y: xp.maximum(x, y))
+maximum = Primitive("maximum", lambda x, y: xp.maximum(*_weak(x, y)))
 
 
 defvjp(maximum, lambda g, ans, x, y: unbroadcast(multiply(g, _mask(greater_equal(x, y), ans)), shape_of(x)),

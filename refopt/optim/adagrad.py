@@ -32,12 +32,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..autodiff.api import DENSE_MAX_SIZE
 from ..backend import xp
 from ..linalg import symmetrize
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse,
                    step_info)
+from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
 
 __all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState", "check_nonempty_leaves",
            "gradient_with_decay", "apply_step"]
@@ -72,6 +74,7 @@ def apply_step(params, d, lr: float, weight_decay: float, mode: str):
     return T.axpy(-lr, d, params)
 
 
+@register_state
 class AdagradState(NamedTuple):
     """Diagonal Adagrad's state: the step count and the accumulator G_t."""
 
@@ -119,6 +122,7 @@ class Adagrad(Optimizer):
         return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))
 
 
+@register_state
 class FullMatrixAdagradState(NamedTuple):
     """Full-matrix Adagrad's state: the step count and the accumulated S_t of each block."""
 
@@ -143,7 +147,7 @@ class FullMatrixAdagrad(Optimizer):
         self.blocks = check_choice("blocks", blocks, ("global", "leaf"))
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
-        self.max_size = check_int("max_size", max_size)
+        self.max_size = check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def _vectors(self, tree) -> list:
         """The blocks of a tree as flat vectors (row-major, tree order)."""

@@ -42,12 +42,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import rng, xp
 from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
 from .adagrad import apply_step, check_nonempty_leaves
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
+from .base import MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
+from .base import show_value
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
            "spatial_average"]
@@ -105,6 +108,7 @@ def spatial_average(D, block: int, axis: int):
     return xp.ascontiguousarray(xp.moveaxis(out, -1, axis))
 
 
+@register_state
 class AdaHessianState(NamedTuple):
     """AdaHessian's state: the step count, the moments m and v, and the probes' base seed."""
 
@@ -128,24 +132,29 @@ class AdaHessian(Optimizer):
                  absolute: bool = False, bias_correction: bool = True, eps_mode: str = "outside",
                  probe_distribution: str = "rademacher", probes: int = 1, weight_decay: float = 0.0,
                  weight_decay_mode: str = "decoupled", seed: int = 0):
+        spatial_block_arg = spatial_block
         self.lr = check_positive("lr", lr)
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
         self.hessian_power = check_nonnegative("hessian_power", hessian_power)
-        if spatial_block != -1 and (not isinstance(spatial_block, int) or isinstance(spatial_block, bool)
-                                    or spatial_block < 1):
-            raise ValueError(f"spatial_block must be an integer ≥ 1, or −1 for a whole axis, got {spatial_block!r}")
+        try:  # −1 (a whole axis) or a block length 1 … MAX_DIMENSION
+            spatial_block = check_int("spatial_block", spatial_block, minimum=-1, maximum=MAX_DIMENSION)
+        except ValueError:
+            spatial_block = 0
+        if spatial_block == 0:
+            raise ValueError("spatial_block must be an integer in [1, 2³¹ − 1], or −1 for a whole axis, got "
+                             f"{show_value(spatial_block_arg)}")
         self.spatial_block = spatial_block
-        self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0)
+        self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0, maximum=MAX_AXIS)
         self.absolute = check_bool("absolute", absolute)
         self.bias_correction = check_bool("bias_correction", bias_correction)
         self.eps_mode = check_choice("eps_mode", eps_mode, ("outside", "inside"))
         self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
-        self.probes = check_int("probes", probes)
+        self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("decoupled", "l2"))
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
 
     def init(self, params) -> AdaHessianState:
         """Zero moments m, v, step 0 and the probe seed; refuses empty leaves and a missing ``spatial_axis``."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from .adagrad import check_nonempty_leaves
@@ -46,6 +47,7 @@ EPS_MODES = ("outside", "inside", "hat")
 AMSGRAD_MODES = ("none", "max_v", "max_v_hat")
 
 
+@register_state
 class AdamState(NamedTuple):
     """Adam's state: the step count, the moments m and v, and AMSGrad's running maximum (None without)."""
 

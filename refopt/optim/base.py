@@ -20,16 +20,25 @@ Randomness (probes, sampled labels) comes from a seed held in the state or from 
 the ``draws`` argument of ``update``. An optimizer that draws reports what it drew as ``info["draws"]``
 (the very object ``update(..., draws=)`` accepts: a labels array or a list of probe trees; None on steps
 without draws), so a trace can record a run and replay it elsewhere on the same draws.
+
+The checks (``check_positive``, ``check_nonnegative``, ``check_unit_interval``, ``check_int``,
+``check_bool``, ``check_choice``, ``check_real_array``) accept real numbers given as Python or NumPy
+scalars and return plain Python values; they refuse bools as numbers, complex numbers, strings, arrays,
+NaN, ±inf and integers beyond the float range, each with a ValueError that names the argument. Every
+integer has an upper bound (the MAX_* constants below) so that no value means unbounded work.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 from .. import tree as T
+from ..backend import as_array
 
 __all__ = ["Optimizer", "check_positive", "check_nonnegative", "check_unit_interval", "check_bool",
-           "check_choice", "check_int", "step_info", "refuse"]
+           "check_choice", "check_int", "step_info", "refuse", "MAX_SEED", "MAX_DRAWS", "MAX_ITERATIONS",
+           "MAX_MEMORY", "MAX_PERIOD", "MAX_DIMENSION", "MAX_DENSE_SIZE", "MAX_AXIS", "as_real", "check_real_array", "show_value"]
 
 
 class Optimizer:
@@ -57,46 +66,117 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+# What the checks accept as a number: any real number (numbers.Real: Python ints and floats, and NumPy's
+# integer and floating scalars such as np.float32(0.1) or np.int64(3), which is what reading a config
+# through NumPy gives); never bools (True is not 1.0), complex numbers, strings, arrays or None. A value
+# is converted to a Python float or int, so hyperparameters() and checkpoints hold plain numbers. An
+# integer too large for a float (10**400) is refused with the argument's name, not an OverflowError.
+
+
+def _is_bool(value) -> bool:
+    """Python's bool or a NumPy bool scalar (np.bool_ is not a numbers.Integral, bool is)."""
+    return isinstance(value, bool) or (type(value).__name__ in ("bool_", "bool")
+                                       and type(value).__module__ == "numpy")
+
+# Upper bounds of the integer hyperparameters (a larger value would mean unbounded work, memory or a
+# number no file format holds); the table in CONTRIBUTING.md ("Bad input") lists which argument has which.
+MAX_SEED = 2 ** 63 - 1          # seeds: fit an int64 in every file refopt writes
+MAX_DRAWS = 1000                # probes and label samples per step (each is one more pass)
+MAX_ITERATIONS = 10_000         # inner iterations: CG iterations, line-search evaluations, damping trials
+MAX_MEMORY = 10_000             # stored curvature pairs (L-BFGS, K-BFGS's L-BFGS variant)
+MAX_PERIOD = 10 ** 9            # refresh intervals and start steps, counted in steps
+MAX_DIMENSION = 2 ** 31 - 1     # sizes compared with array shapes (block sizes, Sophia's bs)
+MAX_DENSE_SIZE = 2 ** 16        # size caps of dense n×n matrices (max_size): n = 65536 is 32 GiB in float64
+MAX_AXIS = 63                   # array axes (NumPy arrays have at most 64)
+
+
+def show_value(value) -> str:
+    """A short repr for error messages: a huge integer by its number of digits (str() of an int over
+    4300 digits is itself an error), anything else cut at 80 characters."""
+    if isinstance(value, numbers.Integral) and not _is_bool(value) and abs(int(value)) > 10 ** 18:
+        return f"an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the argument's name
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def as_real(value):
+    """``value`` as a Python float (possibly inf or nan), or None when it is not a real number (a bool, a
+    complex number, a string, an array, None) or an integer beyond the float range."""
+    if not isinstance(value, numbers.Real) or _is_bool(value):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return None
+
+
 def check_positive(name: str, value) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a positive finite number (not a bool)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    """``value`` as a float; ValueError naming ``name`` unless it is a positive finite real number (not a bool)."""
+    x = as_real(value)
+    if x is None or not math.isfinite(x) or x <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {show_value(value)}")
+    return x
 
 
 def check_nonnegative(name: str, value) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a non-negative finite number (not a bool)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return float(value)
+    """``value`` as a float; ValueError naming ``name`` unless it is a non-negative finite real number (not a bool)."""
+    x = as_real(value)
+    if x is None or not math.isfinite(x) or x < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {show_value(value)}")
+    return x
 
 
 def check_unit_interval(name: str, value) -> float:
-    """β-style hyperparameters: in [0, 1)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
-    return float(value)
+    """β-style hyperparameters: a real number in [0, 1), as a float."""
+    x = as_real(value)
+    if x is None or not 0 <= x < 1:
+        raise ValueError(f"{name} must lie in [0, 1), got {show_value(value)}")
+    return x
 
 
 def check_bool(name: str, value) -> bool:
-    """Switches that are on or off: True or False only (a string such as "no" is not silently truthy)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
+    """Switches that are on or off: True or False only (NumPy's bool too; a string such as "no" or the
+    number 1 is not silently read as True)."""
+    if not _is_bool(value):
+        raise ValueError(f"{name} must be True or False, got {show_value(value)}")
+    return bool(value)
 
 
-def check_choice(name: str, value, choices) -> str:
-    """``value`` itself; ValueError naming ``name`` unless it is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
+def check_choice(name: str, value, choices):
+    """The matching entry of ``choices`` (strings or None); ValueError naming ``name`` for anything else.
+
+    Matching is by type as well as value, so an unhashable or array-like value is refused cleanly, and a
+    NumPy string comes back as the plain str of the choice.
+    """
+    for c in choices:
+        if value is c or (isinstance(c, str) and isinstance(value, str) and value == c):
+            return c
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {show_value(value)}")
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` itself; ValueError naming ``name`` unless it is an integer (not a bool) ≥ ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
+def check_int(name: str, value, minimum: int = 1, maximum: int = MAX_PERIOD) -> int:
+    """``value`` as a Python int; ValueError naming ``name`` unless it is an integer (Python or NumPy, not
+    a bool) with ``minimum`` ≤ value ≤ ``maximum``. The bound keeps a large value from meaning unbounded
+    work (see the MAX_* constants)."""
+    if not isinstance(value, numbers.Integral) or _is_bool(value) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {show_value(value)}")
+    return int(value)
+
+
+def check_real_array(name: str, value):
+    """``value`` (an array or nested list of real numbers) as a backend array of the default float dtype;
+    ValueError naming ``name`` for strings, dicts, complex or object entries, ragged lists and numbers
+    beyond the float range. Finiteness and shape are the caller's to check."""
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if isinstance(value, (str, bytes, dict, set)) or kind not in (None, "f", "i", "u"):
+        raise ValueError(f"{name} must be an array of real numbers, got {show_value(value)}")
+    try:
+        return as_array(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be an array of real numbers, got {show_value(value)} ({exc})") from None
 
 
 def step_info(loss, grad, **extra) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from ..curvature import kronecker as K
 from .base import check_unit_interval
 from .kfac import KFAC, eigh_psd
@@ -32,6 +33,7 @@ from .kfac import KFAC, eigh_psd
 __all__ = ["EKFAC", "EigenCorrection", "eigenbasis_scaling"]
 
 
+@register_state
 class EigenCorrection(NamedTuple):
     """One layer's eigenbases and the running diagonal ŝ in them."""
 

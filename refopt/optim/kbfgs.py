@@ -45,12 +45,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..linalg import symmetrize
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
+from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
 from .kfac import WEIGHT_DECAY_MODES, _check_params
 
 __all__ = ["KBFGS", "KBFGSState", "double_damping", "bfgs_inverse_update", "lbfgs_apply", "VARIANTS"]
@@ -58,6 +60,7 @@ __all__ = ["KBFGS", "KBFGSState", "double_damping", "bfgs_inverse_update", "lbfg
 VARIANTS = ("bfgs", "lbfgs")
 
 
+@register_state
 class KBFGSState(NamedTuple):
     """K-BFGS's state: counts, Â_l, the inverses H_a and H_g (or L-BFGS pairs), averaged secant pairs, momentum M."""
 
@@ -130,7 +133,7 @@ class KBFGS(Optimizer):
         self.decay = check_unit_interval("decay", decay)
         self.factor_init = check_choice("factor_init", factor_init, K.FACTOR_INITS)
         self.variant = check_choice("variant", variant, VARIANTS)
-        self.memory = check_int("memory", memory)
+        self.memory = check_int("memory", memory, maximum=MAX_MEMORY)
         self.secant_decay = check_unit_interval("secant_decay", secant_decay)
         self.powell = check_unit_interval("powell", powell)
         self.inverse_interval = None if inverse_interval is None else check_int("inverse_interval", inverse_interval)

@@ -68,12 +68,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..linalg import symmetrize
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
+from .base import MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 
 __all__ = ["KFAC", "KFACState", "KroneckerInverse", "kronecker_inverse", "kronecker_precondition", "damped_factors",
            "eigh_psd", "DAMPING_SCHEMES", "INVERSE_METHODS", "WEIGHT_DECAY_MODES", "BIAS_BLOCKS", "bias_precondition"]
@@ -84,6 +86,7 @@ WEIGHT_DECAY_MODES = ("decoupled", "l2")
 BIAS_BLOCKS = ("joint", "separate")
 
 
+@register_state
 class KFACState(NamedTuple):
     """K-FAC's state: step and factor-update counts, running factors, preconditioner, momentum and λ."""
 
@@ -95,6 +98,7 @@ class KFACState(NamedTuple):
     damping: float         # λ (changed only by the Levenberg–Marquardt rule)
 
 
+@register_state
 class KroneckerInverse(NamedTuple):
     """One layer's refreshed preconditioner: eigenpairs of the undamped factors, or damped inverses."""
 
@@ -196,8 +200,8 @@ class KFAC(Optimizer):
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
         self.fisher = check_choice("fisher", fisher, K.FISHER_ESTIMATES)
-        self.samples = check_int("samples", samples)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.adapt_damping = check_bool("adapt_damping", adapt_damping)
         self.damping_interval = check_int("damping_interval", damping_interval)
         self.output_grad_scale = check_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)

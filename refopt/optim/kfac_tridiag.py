@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..linalg import symmetrize
@@ -46,6 +47,7 @@ __all__ = ["KFACTridiag", "TridiagonalBlock", "tridiagonal_blocks", "tridiagonal
            "generalized_eigh"]
 
 
+@register_state
 class TridiagonalBlock(NamedTuple):
     """Layer l's share of F̂⁻¹: Ψ^A_l, Ψ^G_l (None for the last layer) and Σ_{l|l+1}⁻¹ as (K₁, K₂, 1 − s₁s₂ᵀ)."""
 

@@ -27,6 +27,9 @@ Switches (defaults first):
   torch.optim.LBFGS(line_search_fn="strong_wolfe") runs it, max_evals = torch's max_ls + 1); the first step
   starts at α₀ from ``first_step``, later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
   L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
+* ``approximate_wolfe`` (default True): ``strong_wolfe`` accepts by Hager & Zhang's approximate Wolfe
+  conditions where f's values are within rounding (``linesearch`` docs); a search that can make no
+  progress at that level reports ``info["line_search"] == "precision"`` and takes no step.
 * ``first_step``: "unit_length" (default: α₀ = min(1, 1/‖p‖₂), a step of length at most 1, used while
   no pair has been stored), "gradient_l1" (α₀ = min(1, 1/‖g₀‖₁) on the run's first step only:
   torch.optim.LBFGS) or "interpolate" (scipy's first BFGS trial min(1, 1.01‖g₀‖/(−g₀ᵀp))).
@@ -45,12 +48,16 @@ batch from the line search's accepted trial point (oLBFGS, Schraudolph, Yu & Gü
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import as_array, xp
 from ..linesearch import LINE_SEARCHES
 from .base import check_choice, check_int, check_nonnegative, check_positive
+from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
+from .base import check_real_array
 from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
@@ -59,6 +66,7 @@ __all__ = ["LBFGS", "LBFGSState", "two_loop", "CURVATURE_SKIP_RULES"]
 CURVATURE_SKIP_RULES = ("relative", "absolute", "never")
 
 
+@register_state
 class LBFGSState(NamedTuple):
     """L-BFGS's state: the step count, the last m pairs (s_i, y_i, ρ_i), γ, the previous loss and the cached point."""
 
@@ -99,14 +107,14 @@ class LBFGS(DescentMethod):
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, line_search: str = "strong_wolfe",
                  c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30, initial_step: str = "unit",
                  lr: float = 1.0, first_step: str = "unit_length", curvature_skip_rule: str = "relative",
-                 descent_check: str = "reset"):
-        self.memory = check_int("memory", memory)
+                 descent_check: str = "reset", approximate_wolfe: bool = True):
+        self.memory = check_int("memory", memory, maximum=MAX_MEMORY)
         self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
         if initial_matrix is not None:
-            if isinstance(initial_matrix, (int, float)):
+            if isinstance(initial_matrix, numbers.Number) or isinstance(initial_matrix, bool):
                 initial_matrix = check_positive("initial_matrix", initial_matrix)
             else:
-                initial_matrix = as_array(initial_matrix)
+                initial_matrix = check_real_array("initial_matrix", initial_matrix)
                 if initial_matrix.ndim != 1 or not bool(xp.all(xp.isfinite(initial_matrix))) or \
                         not bool(xp.all(initial_matrix > 0)):
                     raise ValueError("initial_matrix must be a positive scalar or a vector of positive numbers "
@@ -114,7 +122,7 @@ class LBFGS(DescentMethod):
         self.initial_matrix = initial_matrix
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
         self.damping = check_choice("damping", damping, (None, "powell"))
-        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
         self.lr = check_positive("lr", lr)
         self.first_step = check_choice("first_step", first_step, FIRST_STEPS)

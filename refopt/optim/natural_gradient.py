@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..curvature import FISHER_KINDS
 from ..linalg import cg, damped_solve
 from .base import Optimizer, check_choice, check_int, check_positive, refuse, step_info
+from .base import MAX_DENSE_SIZE, MAX_DRAWS, MAX_ITERATIONS, MAX_SEED  # upper bounds of integer hyperparameters
 
 __all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_direction", "SOLVERS", "STEP_RULES", "FISHERS"]
 
@@ -38,6 +40,7 @@ STEP_RULES = ("fixed", "kl")
 FISHERS = FISHER_KINDS  # "true" (the default) | "mc" | "empirical"
 
 
+@register_state
 class NaturalGradientState(NamedTuple):
     """The natural gradient's state: only the step count (it seeds the Monte-Carlo labels)."""
 
@@ -72,11 +75,11 @@ class NaturalGradient(Optimizer):
         self.solver = check_choice("solver", solver, SOLVERS)
         self.step_rule = check_choice("step_rule", step_rule, STEP_RULES)
         self.kl_epsilon = check_positive("kl_epsilon", kl_epsilon)
-        self.samples = check_int("samples", samples)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.cg_tol = check_positive("cg_tol", cg_tol)
-        self.cg_maxiter = check_int("cg_maxiter", cg_maxiter)
-        self.dense_max_size = check_int("dense_max_size", dense_max_size)
+        self.cg_maxiter = check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
+        self.dense_max_size = check_int("dense_max_size", dense_max_size, maximum=MAX_DENSE_SIZE)
 
     def init(self, params) -> NaturalGradientState:
         """Step 0; the method keeps no curvature between steps."""

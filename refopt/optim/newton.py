@@ -50,18 +50,26 @@ import math
 import weakref
 from typing import Any, Callable, NamedTuple, Optional
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import to_host, xp
 from ..curvature.dense import check_dense_size
-from ..linalg import symmetrize
-from ..linesearch import LINE_SEARCHES, LineSearchResult, armijo, fixed_step, minfunc_wolfe, strong_wolfe
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info)
+from ..linalg import cholesky, symmetrize
+from ..linesearch import (LINE_SEARCHES, LineSearchResult, armijo, fixed_step, minfunc_wolfe, precision_status,
+                          rounding_error, strong_wolfe)
+from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse,
+                   step_info)
+from .base import MAX_DENSE_SIZE, MAX_ITERATIONS  # upper bounds of integer hyperparameters
 
 __all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "DescentMethod", "Evaluation",
            "SearchOutcome", "batch_key", "search_along", "MODIFICATIONS", "initial_step", "INITIAL_STEPS",
            "FIRST_STEPS"]
 
 MODIFICATIONS = ("levenberg_marquardt", "eigenvalue", "eigenvalue_abs", "error")
+# The largest Levenberg–Marquardt damping: raising λ stops here instead of overflowing to inf (which
+# left inf, then NaN, in the state after a few rejected steps, e.g. Gauss-Newton on a softmax MLP whose
+# loss is at the rounding floor). At λ = 1e300 the step is −g/λ, i.e. no step at all.
+MAX_DAMPING = 1e300
 _DENSE_ALTERNATIVE = "the matrix-free 'newton_cg' (Hessian-free, products only) or 'lbfgs'"
 
 
@@ -70,6 +78,7 @@ class NotPositiveDefiniteError(ValueError):
 
 
 # --- the shared skeleton ----------------------------------------------------------------------
+@register_state
 class Evaluation(NamedTuple):
     """The loss and gradient at ``params`` on the batch with fingerprint ``batch``."""
 
@@ -113,6 +122,14 @@ def _same_params(a, b) -> bool:
     return len(la) == len(lb) and all(x.shape == y.shape and bool(xp.array_equal(x, y)) for x, y in zip(la, lb))
 
 
+def check_damping(damping) -> float:
+    """The initial Levenberg–Marquardt λ: a number in [0, MAX_DAMPING], else a ValueError naming ``damping``."""
+    lam = check_nonnegative("damping", damping)
+    if lam > MAX_DAMPING:
+        raise ValueError(f"damping must be at most MAX_DAMPING = {MAX_DAMPING:g}, got {lam:g}")
+    return lam
+
+
 class SearchOutcome(NamedTuple):
     """What a search along p from θ found; ``point`` is the accepted trial (None when α = 0)."""
 
@@ -122,13 +139,18 @@ class SearchOutcome(NamedTuple):
 
 
 def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0, c1: float = 1e-4,
-                 c2: float = 0.9, max_evals: int = 30, key: Optional[str] = None) -> SearchOutcome:
+                 c2: float = 0.9, max_evals: int = 30, key: Optional[str] = None,
+                 approximate: bool = True) -> SearchOutcome:
     """Search φ(α) = L(θ + α p) (flat vectors x, g, p; ``params`` gives the tree shape) with ``method``.
 
     Each trial evaluates the loss and the gradient on ``oracle`` (the gradient at the accepted point is
-    needed anyway: for the next step and for quasi-Newton pairs on the same batch).
+    needed anyway: for the next step and for quasi-Newton pairs on the same batch). The error of the loss
+    is taken as ε_k = ``linesearch.rounding_error(loss, eps)``, eps the unit roundoff of the parameters'
+    dtype: ``strong_wolfe`` applies the approximate Wolfe conditions within it, and a failure of any
+    search among values within it (minFunc's search included) has status "precision".
     """
     trials: dict = {}
+    values: list = []
 
     def phi(alpha):
         trial = T.unravel(x + alpha * p, params)
@@ -138,16 +160,20 @@ def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0
         if not (math.isfinite(f) and math.isfinite(d) and T.all_finite(gt)):
             f, d = math.inf, math.nan
         trials[alpha] = (trial, f, gt)
+        values.append(f if math.isfinite(f) else math.nan)
         return f, d
 
     dphi0 = float(xp.vdot(g, p))
+    eps_k = rounding_error(float(loss), float(xp.finfo(x.dtype).eps))
     if method == "strong_wolfe":
-        res = strong_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals)
+        res = strong_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals,
+                           approximate=approximate, epsilon_k=eps_k)
     elif method == "minfunc":
         res = minfunc_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals,
                             direction_scale=float(xp.max(xp.abs(p))))
+        res = precision_status(res, float(loss), values, eps_k)   # torch's points, refopt's classification
     elif method == "armijo":
-        res = armijo(phi, loss, dphi0, alpha0=alpha0, c1=c1, max_evals=max_evals)
+        res = armijo(phi, loss, dphi0, alpha0=alpha0, c1=c1, max_evals=max_evals, epsilon_k=eps_k)
     else:
         res = fixed_step(phi, loss, dphi0, alpha0=alpha0, max_evals=max_evals)
     if res.alpha > 0:
@@ -171,14 +197,17 @@ class DescentMethod(Optimizer):
     descent_check: str = "reset"      # "reset": a non-descent direction becomes −g; "none": L-BFGS may keep it
     line_searches: tuple = LINE_SEARCHES  # the ``line_search`` choices (L-BFGS adds "minfunc")
 
-    def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int) -> None:
-        """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``."""
+    def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int,
+                        approximate_wolfe: bool = True) -> None:
+        """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``,
+        ``approximate_wolfe`` (``strong_wolfe``'s Hager–Zhang acceptance at the rounding level of f)."""
         self.line_search = check_choice("line_search", line_search, self.line_searches)
+        self.approximate_wolfe = check_bool("approximate_wolfe", approximate_wolfe)
         self.c1 = check_positive("c1", c1)
         self.c2 = check_positive("c2", c2)
         if not self.c1 < self.c2 < 1:
             raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
-        self.max_evals = check_int("max_evals", max_evals)
+        self.max_evals = check_int("max_evals", max_evals, maximum=MAX_ITERATIONS)
 
     def set_damping_factors(self, damping_increase: float, damping_decrease: float) -> None:
         """Validate and store the Levenberg–Marquardt factors, damping_decrease < 1 < damping_increase."""
@@ -190,9 +219,10 @@ class DescentMethod(Optimizer):
 
     def ratio_damping(self, lam: float, rho: float) -> float:
         """λ after a step with reduction ratio ρ (Moré 1978; Martens 2010, §4.1): ρ < ¼ → max(λ·increase,
-        ``min_damping``), ρ > ¾ → λ·decrease, else λ. Needs ``set_damping_factors`` and ``min_damping``."""
+        ``min_damping``), at most MAX_DAMPING (so λ never overflows to inf in the state), ρ > ¾ →
+        λ·decrease, else λ. Needs ``set_damping_factors`` and ``min_damping``."""
         if rho < 0.25:
-            return max(lam * self.damping_increase, self.min_damping)
+            return min(max(lam * self.damping_increase, self.min_damping), MAX_DAMPING)
         if rho > 0.75:
             return lam * self.damping_decrease
         return lam
@@ -255,7 +285,7 @@ class DescentMethod(Optimizer):
             first = state.step == 0
         alpha0 = self.lr * initial_step(self.initial_step, gf, p, loss, state.prev_loss, first, self.first_step)
         out = search_along(oracle, params, x, loss, gf, p, self.line_search, alpha0, self.c1, self.c2,
-                           self.max_evals, key)
+                           self.max_evals, key, self.approximate_wolfe)
         if out.point is None:
             info = step_info(loss, g, step_norm=0.0, alpha=0.0, nfev=out.result.nfev, new_loss=loss, reset=reset,
                              accepted=False, line_search=out.result.status, pair_skipped=True)
@@ -276,7 +306,11 @@ RESET_MESSAGE = "not a descent direction: reset to steepest descent"
 
 def failed_search_message(reset: bool, status: str) -> str:
     """info["message"] of a step whose line search found no acceptable point."""
-    return (RESET_MESSAGE + "; " if reset else "") + f"line search failed ({status}): no step"
+    if status == "precision":
+        why = "line search failed (precision): no decrease is measurable at the rounding level of f; no step"
+    else:
+        why = f"line search failed ({status}): no step"
+    return (RESET_MESSAGE + "; " if reset else "") + why
 
 
 INITIAL_STEPS = ("interpolate", "unit")
@@ -310,6 +344,7 @@ def initial_step(rule: str, g, p, loss: float, prev_loss: float, first: bool,
 
 
 # --- Newton and Gauss-Newton -----------------------------------------------------------------
+@register_state
 class NewtonState(NamedTuple):
     """Newton's state: the step count, the damping λ and the cached accepted trial point."""
 
@@ -319,12 +354,8 @@ class NewtonState(NamedTuple):
 
 
 def _cholesky(M):
-    try:
-        L = xp.linalg.cholesky(M)
-    except Exception:  # numpy.linalg.LinAlgError or CuPy's equivalent
-        return None
-    # CuPy signals failure with NaNs instead of raising.
-    return L if bool(xp.all(xp.isfinite(L))) else None
+    # None when M is not positive definite, on NumPy and CuPy alike (CuPy does not raise; see linalg.cholesky).
+    return cholesky(M)
 
 
 def _cho_solve(L, b):
@@ -343,20 +374,20 @@ class Newton(DescentMethod):
                  line_search: Optional[str] = None, c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30,
                  damping_increase: float = 1.5, damping_decrease: float = 2.0 / 3.0, min_damping: float = 1e-8,
                  eta: float = 0.0, max_trials: int = 20, eigenvalue_floor: float = 1e-8,
-                 max_size: Optional[int] = None):
-        self.damping = check_nonnegative("damping", damping)
+                 max_size: Optional[int] = None, approximate_wolfe: bool = True):
+        self.damping = check_damping(damping)
         self.modification = check_choice("modification", modification, MODIFICATIONS)
         if line_search is None:
             line_search = "armijo" if modification.startswith("eigenvalue") else "none"
-        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.set_damping_factors(damping_increase, damping_decrease)
         self.min_damping = check_positive("min_damping", min_damping)
         self.eta = check_nonnegative("eta", eta)
         if self.eta >= 0.25:
             raise ValueError(f"eta must lie in [0, 1/4), got {eta!r}")
-        self.max_trials = check_int("max_trials", max_trials)
+        self.max_trials = check_int("max_trials", max_trials, maximum=MAX_ITERATIONS)
         self.eigenvalue_floor = check_positive("eigenvalue_floor", eigenvalue_floor)
-        self.max_size = None if max_size is None else check_int("max_size", max_size)
+        self.max_size = None if max_size is None else check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def init(self, params) -> NewtonState:
         """Step 0, λ = ``damping``, no cached point; refuses a model too large for a dense matrix."""
@@ -378,12 +409,12 @@ class Newton(DescentMethod):
             return L, lam
         diag = xp.diagonal(M)
         beta = max(1e-3 * float(xp.max(xp.abs(diag))), self.min_damping)
-        lam = max(2.0 * lam, beta, -float(xp.min(diag)) + beta)
+        lam = min(max(2.0 * lam, beta, -float(xp.min(diag)) + beta), MAX_DAMPING)
         for _ in range(200):
             L = _cholesky(M + lam * eye)
-            if L is not None:
+            if L is not None or lam >= MAX_DAMPING:
                 return L, lam
-            lam *= 2.0
+            lam = min(2.0 * lam, MAX_DAMPING)
         return None, lam
 
     def _eigen_direction(self, M, g, lam):
@@ -452,7 +483,9 @@ class Newton(DescentMethod):
                 return new_params, new_state, step_info(
                     loss, g, step_norm=float(xp.linalg.norm(p)), alpha=1.0, damping=lam, rho=rho, trials=trial,
                     nfev=nfev, new_loss=f_new, reset=False, accepted=True, **extra)
-            lam = max(lam * boost, self.min_damping)
+            if lam >= MAX_DAMPING:  # every further trial would repeat this one
+                break
+            lam = min(max(lam * boost, self.min_damping), MAX_DAMPING)
             boost *= 2.0
         info = step_info(loss, g, step_norm=0.0, alpha=0.0, damping=lam, rho=rho, trials=self.max_trials, nfev=nfev,
                          new_loss=loss, reset=False, accepted=False, **extra)
@@ -462,7 +495,7 @@ class Newton(DescentMethod):
     def _search_and_finish(self, params, state, oracle, loss, g, x, gf, p, M, lam, key, extra, adapt=False):
         p, reset = self.descent_or_reset(gf, p)
         out = search_along(oracle, params, x, loss, gf, p, self.line_search, 1.0, self.c1, self.c2,
-                           self.max_evals, key)
+                           self.max_evals, key, self.approximate_wolfe)
         new_lam = lam
         if adapt:
             s = out.alpha * p

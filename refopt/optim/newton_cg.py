@@ -41,10 +41,14 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..oracle import FunctionOracle
 from .base import check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info
+from .base import MAX_ITERATIONS  # upper bounds of integer hyperparameters
+from .base import show_value, as_real
+from .newton import check_damping
 from .newton import RESET_MESSAGE, DescentMethod, Evaluation, batch_key, failed_search_message, search_along
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
@@ -168,11 +172,12 @@ def _forcing(rule, gnorm: float) -> float:
 
 
 def _check_forcing(forcing):
-    if forcing in ("sqrt", "linear"):
-        return forcing
-    if isinstance(forcing, (int, float)) and not isinstance(forcing, bool) and 0 <= forcing < 1:
-        return float(forcing)
-    raise ValueError(f"forcing must be 'sqrt', 'linear' or a number in [0, 1), got {forcing!r}")
+    if isinstance(forcing, str) and forcing in ("sqrt", "linear"):
+        return str(forcing)
+    x = as_real(forcing)
+    if x is not None and 0 <= x < 1:
+        return x
+    raise ValueError(f"forcing must be 'sqrt', 'linear' or a number in [0, 1), got {show_value(forcing)}")
 
 
 def curvature_product(oracle, params, kind: str):
@@ -194,6 +199,7 @@ def curvature_product(oracle, params, kind: str):
 
 
 # --- line-search Newton-CG / Hessian-free -------------------------------------------------------
+@register_state
 class NewtonCGState(NamedTuple):
     """Newton-CG's state: the step count, λ, the last CG solution (for warm starts) and the cached point."""
 
@@ -214,17 +220,17 @@ class NewtonCG(DescentMethod):
                  forcing="sqrt", cg_maxiter: Optional[int] = None, progress_tol: Optional[float] = None,
                  warm_start: float = 0.0, line_search: str = "armijo", c1: float = 1e-4, c2: float = 0.9,
                  max_evals: int = 30, damping_increase: float = 1.5, damping_decrease: float = 2.0 / 3.0,
-                 min_damping: float = 1e-8):
+                 min_damping: float = 1e-8, approximate_wolfe: bool = True):
         self.curvature = check_choice("curvature", curvature, CURVATURES)
-        self.damping = check_nonnegative("damping", damping)
+        self.damping = check_damping(damping)
         self.adapt_damping = check_bool("adapt_damping", adapt_damping)
         self.forcing = _check_forcing(forcing)
-        self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter)
+        self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
         self.progress_tol = None if progress_tol is None else check_positive("progress_tol", progress_tol)
         self.warm_start = check_nonnegative("warm_start", warm_start)
         if self.warm_start >= 1:
             raise ValueError(f"warm_start (the decay ζ) must lie in [0, 1), got {warm_start!r}")
-        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.set_damping_factors(damping_increase, damping_decrease)
         self.min_damping = check_positive("min_damping", min_damping)
 
@@ -261,7 +267,7 @@ class NewtonCG(DescentMethod):
             return refuse(params, state, loss, "non-finite curvature products: step refused", g)
         p, reset = self.descent_or_reset(gf, cg.p)
         out = search_along(oracle, params, x, loss, gf, p, self.line_search, 1.0, self.c1, self.c2,
-                           self.max_evals, key)
+                           self.max_evals, key, self.approximate_wolfe)
         new_lam, rho = lam, math.nan
         if self.adapt_damping:
             pMp = (cg.pAp - lam * float(xp.vdot(p, p))) if not reset else float(xp.vdot(p, M(p)))
@@ -283,6 +289,7 @@ class NewtonCG(DescentMethod):
 
 
 # --- trust-region Newton-CG -----------------------------------------------------------------------
+@register_state
 class TrustRegionState(NamedTuple):
     """Trust-region Newton-CG's state: the step count, the radius Δ and the cached point."""
 
@@ -308,7 +315,7 @@ class TrustRegionNewtonCG(DescentMethod):
         if self.eta >= 0.25:
             raise ValueError(f"eta must lie in [0, 1/4) (N&W Algorithm 4.1), got {eta!r}")
         self.forcing = _check_forcing(forcing)
-        self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter)
+        self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
 
     def init(self, params) -> TrustRegionState:
         """Step 0, Δ = ``initial_radius`` and no cached point."""

@@ -57,10 +57,13 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import as_array, xp
-from ..linalg import symmetrize
+from ..linalg import cholesky, symmetrize
 from .base import check_choice, check_int, check_nonnegative
+from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
+from .base import check_real_array
 from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
 
 __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_update", "sr1_update",
@@ -143,23 +146,20 @@ def check_initial_matrix(H0, name: str = "initial_matrix"):
     """H₀ as an array, or ValueError unless it is a finite symmetric positive-definite square matrix."""
     if H0 is None:
         return None
-    H0 = as_array(H0)
+    H0 = check_real_array(name, H0)
     if H0.ndim != 2 or H0.shape[0] != H0.shape[1] or H0.shape[0] == 0:
         raise ValueError(f"{name} must be a square n×n matrix, got shape {tuple(H0.shape)}")
     if not bool(xp.all(xp.isfinite(H0))):
         raise ValueError(f"{name} contains NaN or Inf")
     if not bool(xp.allclose(H0, H0.T, rtol=1e-12, atol=1e-14 * float(xp.max(xp.abs(H0))))):
         raise ValueError(f"{name} must be symmetric")
-    try:
-        L = xp.linalg.cholesky(H0)
-    except Exception as exc:  # LinAlgError (NumPy) — CuPy returns NaNs instead
-        raise ValueError(f"{name} must be positive definite (Cholesky failed)") from exc
-    if not bool(xp.all(xp.isfinite(L))):
+    if cholesky(H0) is None:  # NumPy raises, CuPy returns a partial factor: linalg.cholesky checks both
         raise ValueError(f"{name} must be positive definite (Cholesky failed)")
     return H0
 
 
 # --- the optimizers -----------------------------------------------------------------------------
+@register_state
 class QuasiNewtonState(NamedTuple):
     """Dense quasi-Newton state: step count, B or H, the "once" flag, accepted pairs, previous loss, cached point."""
 
@@ -181,14 +181,15 @@ class _QuasiNewton(DescentMethod):
     def __init__(self, form: Optional[str] = None, initial_matrix=None, initial_scaling: str = "none",
                  line_search: str = "strong_wolfe", c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30,
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, sr1_skip: float = 1e-8,
-                 initial_step: str = "interpolate", max_size: Optional[int] = None, first_step: str = "unit_length"):
-        self.form = check_choice("form", form or self.forms[0], self.forms)
+                 initial_step: str = "interpolate", max_size: Optional[int] = None, first_step: str = "unit_length",
+                 approximate_wolfe: bool = True):
+        self.form = check_choice("form", self.forms[0] if form is None else form, self.forms)
         self.initial_matrix = check_initial_matrix(initial_matrix)
         self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
         if self.rule == "sr1" and self.initial_scaling != "none":
             raise ValueError("initial_scaling must be 'none' for SR1: with H ← (sᵀy / yᵀHy) H the SR1 denominator "
                              "yᵀ(s − Hy) is exactly 0, so every update would be skipped (B would be singular)")
-        self.set_line_search(line_search, c1, c2, max_evals)
+        self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
         self.damping = check_choice("damping", damping, (None, "powell"))
         if self.damping and self.rule != "bfgs":
@@ -196,7 +197,7 @@ class _QuasiNewton(DescentMethod):
         self.sr1_skip = check_nonnegative("sr1_skip", sr1_skip)
         self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
         self.first_step = check_choice("first_step", first_step, FIRST_STEPS)
-        self.max_size = None if max_size is None else check_int("max_size", max_size)
+        self.max_size = None if max_size is None else check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def init(self, params) -> QuasiNewtonState:
         """M = H₀ (inverse form) or H₀⁻¹ (direct form), I by default, and step 0; refuses n over ``max_size``."""

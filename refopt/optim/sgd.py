@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from .base import Optimizer, check_bool, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 
 __all__ = ["SGD", "SGDState"]
 
 
+@register_state
 class SGDState(NamedTuple):
     """SGD's state: the step count and the momentum buffer v."""
 

@@ -56,11 +56,14 @@ import itertools
 import math
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..linalg import sym_matrix_power, symmetrize
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
+from .base import MAX_DIMENSION  # upper bounds of integer hyperparameters
+from .base import as_real, show_value
 from .adagrad import apply_step, gradient_with_decay
 
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices", "STATISTICS", "EPS_MODES"]
@@ -70,6 +73,7 @@ EPS_MODES = ("add", "floor", "relative")
 RELATIVE_EPS_FLOOR = 1e-6   # λ_max floor of eps_mode="relative" (scalable_shampoo's error_tolerance)
 
 
+@register_state
 class ShampooState(NamedTuple):
     """Shampoo's state: step count, statistics H_i and roots R_i per leaf and block, graft, momentum, filtered G."""
 
@@ -145,23 +149,22 @@ class Shampoo(Optimizer):
         self.beta2 = check_unit_interval("beta2", beta2)
         self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
         self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
-        if exponent is not None and (isinstance(exponent, bool) or not isinstance(exponent, (int, float))
-                                     or not math.isfinite(exponent) or exponent >= 0):
-            raise ValueError(f"exponent must be a negative number (or None for −1/(2k)), got {exponent!r}")
-        self.exponent = None if exponent is None else float(exponent)
+        if exponent is not None and not (as_real(exponent) is not None and -math.inf < as_real(exponent) < 0):
+            raise ValueError(f"exponent must be a negative finite number (or None for −1/(2k)), got "
+                             f"{show_value(exponent)}")
+        self.exponent = None if exponent is None else as_real(exponent)
         self.precondition_interval = check_int("precondition_interval", precondition_interval)
         self.start_step = check_int("start_step", start_step)
         self.grafting = check_choice("grafting", grafting, ("none", "sgd", "adagrad"))
         self.graft_eps = check_positive("graft_eps", graft_eps)
-        self.merge_dims = None if merge_dims is None else check_int("merge_dims", merge_dims)
-        self.block_size = None if block_size is None else check_int("block_size", block_size)
+        self.merge_dims = None if merge_dims is None else check_int("merge_dims", merge_dims, maximum=MAX_DIMENSION)
+        self.block_size = None if block_size is None else check_int("block_size", block_size, maximum=MAX_DIMENSION)
         self.vector_diagonal = check_bool("vector_diagonal", vector_diagonal)
         self.momentum = check_unit_interval("momentum", momentum)
         self.precondition = check_choice("precondition", precondition, ("gradient", "momentum"))
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("l2", "decoupled"))
-        if not isinstance(nesterov, bool):
-            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+        nesterov = check_bool("nesterov", nesterov)
         if nesterov and not self.momentum:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = nesterov
@@ -279,7 +282,13 @@ class Shampoo(Optimizer):
         refresh = active and (t - self.start_step) % self.precondition_interval == 0
         roots = state.roots
         if refresh:
-            roots = tuple(self._leaf_roots(G.shape, S, t) for G, S in zip(gs, stats))
+            try:
+                roots = tuple(self._leaf_roots(G.shape, S, t) for G, S in zip(gs, stats))
+            except ValueError as exc:  # H + εI singular in floating point: ε is below H's rounding
+                if "singular" not in str(exc):
+                    raise
+                return refuse(params, state, loss, "singular preconditioner (ε is lost in the rounding of the "
+                              "statistics): step refused", g)
             if not all(bool(xp.all(xp.isfinite(R))) for r in roots for Rs in r for R in Rs):
                 return refuse(params, state, loss, "non-finite preconditioner root: step refused", g)
 

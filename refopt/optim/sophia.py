@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature import PROBE_DISTRIBUTIONS
@@ -62,6 +63,7 @@ from .adagrad import check_nonempty_leaves
 from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
+from .base import MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
@@ -69,6 +71,7 @@ PARAMETRIZATIONS = ("paper", "official")
 REFRESHES = ("before", "after", "lagged")
 
 
+@register_state
 class SophiaState(NamedTuple):
     """Sophia's state: the step count, the EMAs m and h, and the base seed of the estimator's draws."""
 
@@ -95,7 +98,7 @@ class _Sophia(Optimizer):
         self.bias_correction = check_bool("bias_correction", bias_correction)
         if self.bias_correction and self.parametrization == "official":
             raise ValueError("bias_correction applies to parametrization='paper'; the official code fixes it")
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
 
     # --- conventions ----------------------------------------------------------------------------
     def _refresh_mode(self) -> str:
@@ -183,8 +186,8 @@ class SophiaG(_Sophia):
                  bs: int | None = None, seed: int = 0):
         super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
                          bias_correction, seed)
-        self.samples = check_int("samples", samples)
-        self.bs = None if bs is None else check_int("bs", bs)
+        self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
+        self.bs = None if bs is None else check_int("bs", bs, maximum=MAX_DIMENSION)
 
     def _estimate(self, params, oracle, generator, draws):
         if not hasattr(oracle, "gnb_diag"):
@@ -218,7 +221,7 @@ class SophiaH(_Sophia):
                  probe_distribution: str = "rademacher", seed: int = 0):
         super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
                          bias_correction, seed)
-        self.probes = check_int("probes", probes)
+        self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
         self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
 
     def _estimate(self, params, oracle, generator, draws):

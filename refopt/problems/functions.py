@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..backend import as_array, rng, xp
+from ..backend import as_array, default_dtype, rng, xp
 from ..curvature.dense import check_dense_size
 from ..linalg import symmetrize
 from ..oracle import FunctionOracle
@@ -115,10 +115,11 @@ def quadratic(n: int = 10, condition: float = 100.0, seed: int = 0) -> Problem:
     if not condition >= 1:
         raise ValueError(f"quadratic: condition must be ≥ 1, got {condition!r}")
     g = rng(seed)
-    Q, _ = xp.linalg.qr(as_array(g.standard_normal((n, n))))
+    # host draws are float64: cast to the default dtype, or a float32 run would get a float64 problem
+    Q, _ = xp.linalg.qr(as_array(g.standard_normal((n, n)), default_dtype()))
     lam = float(condition) ** (xp.arange(n, dtype=Q.dtype) / max(n - 1, 1))
     A = symmetrize((Q * lam) @ Q.T)
-    x_star = as_array(g.standard_normal(n))
+    x_star = as_array(g.standard_normal(n), default_dtype())
     b = A @ x_star
 
     def value(x, np=xp):
@@ -217,11 +218,12 @@ def beale() -> Problem:
 
     def parts(z):
         x, y = float(z[0]), float(z[1])
+        yp = (1.0, y, y * y, y * y * y)  # products, not y ** i: a float ** int overflow raises, a product gives inf
         out = []
         for i, c in enumerate(_BEALE_C, start=1):
-            t = c - x + x * y ** i
-            dt = (y ** i - 1.0, i * x * y ** (i - 1))                       # ∇t_i
-            d2t = ((0.0, i * y ** (i - 1)), (i * y ** (i - 1), i * (i - 1) * x * y ** (i - 2) if i > 1 else 0.0))
+            t = c - x + x * yp[i]
+            dt = (yp[i] - 1.0, i * x * yp[i - 1])                       # ∇t_i
+            d2t = ((0.0, i * yp[i - 1]), (i * yp[i - 1], i * (i - 1) * x * yp[i - 2] if i > 1 else 0.0))
             out.append((t, dt, d2t))
         return out
 

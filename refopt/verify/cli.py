@@ -8,12 +8,13 @@ __all__ = ["add_verify_commands"]
 
 
 def _export(args) -> int:
-    from ..cli import parse_hyperparameters  # noqa: PLC0415
+    from ..cli import check_output_path, parse_hyperparameters  # noqa: PLC0415
     from ..optim import OPTIMIZERS  # noqa: PLC0415
     from .profiles import PROFILES  # noqa: PLC0415
     from .trace import export_trace, make_trace  # noqa: PLC0415
 
     hp = parse_hyperparameters(args.hp)
+    check_output_path(args.out, "--out", directory=args.all)
     if args.all:
         jobs = [(name, None) for name in sorted(OPTIMIZERS)] + [(p.optimizer, lib) for lib, p in PROFILES.items()]
         os.makedirs(args.out, exist_ok=True)
@@ -37,6 +38,9 @@ def _export(args) -> int:
 def _check(args) -> int:
     from .trace import check_trace, describe_match, load_trace, search_conventions  # noqa: PLC0415
 
+    from ..optim.base import check_nonnegative  # noqa: PLC0415
+    check_nonnegative("--rtol", args.rtol)
+    check_nonnegative("--atol", args.atol)
     theirs = load_trace(args.trace)
     divergence, _ = check_trace(theirs, args.rtol, args.atol)
     rule = f"|theirs − refopt| ≤ {args.atol:g} + {args.rtol:g}·|refopt|"

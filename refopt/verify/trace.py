@@ -24,6 +24,10 @@ key                       content
 "reduction": "...", "variance": σ²}``: a dense network s = a @ W + b as in ``refopt.nn``, so a JAX or
 PyTorch user can rebuild it (note W has shape (fan_in, fan_out)).
 
+Loading (``load_trace``) checks the meta (types, names, the problem's sizes: at most
+``MAX_TRACE_PARAMETERS`` = 10⁶ parameters) and every array's dtype and shape before it builds the network
+or moves anything to the backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
+
 Comparison: a parameter entry diverges when |theirs − ours| > atol + rtol·|ours| (NumPy's ``allclose``
 rule, stated here because tolerances are the first thing two implementations disagree on). The report
 names the first step, parameter and flat index that diverge.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +47,17 @@ from .. import __version__
 from .. import tree as T
 from ..backend import as_array, rng, to_host, xp
 from ..nn import MLP, make_loss
+from ..nn.losses import LOSSES
+from ..nn.mlp import ACTIVATIONS
 from ..oracle import Oracle
-from ..optim import make_optimizer, optimizer_class
-from ..serialize import load_npz, savez_atomic
+from ..optim import OPTIMIZERS, make_optimizer, optimizer_class
+from ..serialize import MAX_INT, load_npz, savez_atomic
 
-__all__ = ["TRACE_FORMAT", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
+__all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names"]
 
 TRACE_FORMAT = "refopt-trace/1"
+MAX_TRACE_PARAMETERS = 10 ** 6  # cap on Σ (d_{l−1} + 1)·d_l of a trace's MLP, checked before it is built
 
 
 def _tiny_data(spec: dict, seed: int):
@@ -192,67 +200,178 @@ def _tree_from_names(names, values):
     return [layers[i] for i in sorted(layers)]
 
 
-def load_trace(path: str) -> Trace:
-    """Read and validate a trace; ValueError names what is missing, misshapen or not finite."""
-    files = load_npz(path)
-    if "meta" not in files:
-        raise ValueError(f"{path}: missing array 'meta'")
-    try:
-        meta = json.loads(str(files["meta"]))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: 'meta' is not JSON ({exc})") from exc
+def _fail(path, message):
+    raise ValueError(f"{path}: {message}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def num_parameters(sizes) -> int:
+    """Σ (d_{l−1} + 1)·d_l: the parameter count of a dense MLP with layer widths ``sizes``."""
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _check_meta(meta, path: str) -> dict:
+    """Validate a trace's meta (types, names, the problem and its size) before anything is built."""
+    if not isinstance(meta, dict):
+        _fail(path, f"meta must be a JSON object, got {type(meta).__name__}")
     for key in ("optimizer", "problem", "param_names"):
         if key not in meta:
-            raise ValueError(f"{path}: meta has no {key!r}")
-    spec = meta["problem"]
-    if spec.get("type") != "mlp":
-        raise ValueError(f"{path}: problem type {spec.get('type')!r} is not supported (expected 'mlp')")
-    for key in ("problem/X", "problem/y"):
-        if key not in files:
-            raise ValueError(f"{path}: missing array {key!r}")
+            _fail(path, f"meta has no {key!r}")
+    if meta.get("format", TRACE_FORMAT) != TRACE_FORMAT:
+        _fail(path, f"meta format {_short(meta['format'])} is not {TRACE_FORMAT!r}")
+    if not isinstance(meta["optimizer"], str) or meta["optimizer"] not in OPTIMIZERS:
+        _fail(path, f"meta optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {_short(meta['optimizer'])}")
+    if not isinstance(meta.get("hyperparameters", {}), dict):
+        _fail(path, f"meta hyperparameters must be an object of NAME: value, got {_short(meta['hyperparameters'])}")
+    if meta.get("profile") is not None and not isinstance(meta["profile"], str):
+        _fail(path, f"meta profile must be a profile name or null, got {_short(meta['profile'])}")
+    seed = meta.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed <= MAX_INT:
+        _fail(path, f"meta seed must be an integer in [0, 2⁶³ − 1], got {_short(seed)}")
+    if "steps" in meta and (not _is_int(meta["steps"]) or meta["steps"] < 1):
+        _fail(path, f"meta steps must be a positive integer, got {_short(meta['steps'])}")
+    if meta.get("dtype") is not None and meta["dtype"] not in ("float32", "float64"):
+        _fail(path, f"meta dtype must be 'float32' or 'float64', got {_short(meta['dtype'])}")
     names = meta["param_names"]
-    model, _ = _build(spec)
-    template = model.init(0)
-    expected = dict(zip(param_names(template), [tuple(l.shape) for l in T.leaves(template)]))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        _fail(path, f"meta param_names must be a list of distinct names such as '0.W', got {_short(names)}")
+    spec = meta["problem"]
+    if not isinstance(spec, dict):
+        _fail(path, f"meta problem must be an object (type, sizes, activations, loss, reduction), got {_short(spec)}")
+    if spec.get("type") != "mlp":
+        _fail(path, f"problem type {_short(spec.get('type'))} is not supported (expected 'mlp')")
+    for key in ("sizes", "activations", "loss", "reduction"):
+        if key not in spec:
+            _fail(path, f"meta problem has no {key!r}")
+    sizes = spec["sizes"]
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(s) and s >= 1 for s in sizes):
+        _fail(path, f"problem sizes must be a list of at least two positive integers, got {_short(sizes)}")
+    if len(sizes) > MAX_TRACE_PARAMETERS or num_parameters(sizes) > MAX_TRACE_PARAMETERS:
+        _fail(path, f"problem sizes {_short(sizes)} give more than {MAX_TRACE_PARAMETERS} parameters "
+                    "(the cap on a trace's problem)")
+    acts = spec["activations"]
+    if not isinstance(acts, list) or len(acts) != len(sizes) - 1 \
+            or not all(isinstance(a, str) and a in ACTIVATIONS for a in acts):
+        _fail(path, f"problem activations must list {len(sizes) - 1} names from {sorted(ACTIVATIONS)}, "
+                    f"got {_short(acts)}")
+    if not isinstance(spec["loss"], str) or spec["loss"] not in LOSSES:
+        _fail(path, f"problem loss must be one of {sorted(LOSSES)}, got {_short(spec['loss'])}")
+    if spec["reduction"] not in ("mean", "sum"):
+        _fail(path, f"problem reduction must be 'mean' or 'sum', got {_short(spec['reduction'])}")
+    if "variance" in spec and not (_is_real(spec["variance"]) and spec["variance"] > 0):
+        _fail(path, f"problem variance must be a positive number, got {_short(spec['variance'])}")
+    if spec.get("name") is not None and not isinstance(spec["name"], str):
+        _fail(path, f"problem name must be a string or null, got {_short(spec['name'])}")
+    return spec
+
+
+def _short(obj, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_array(path, files, key, shape, kinds="f", what="a float32/float64 array"):
+    """files[key] with ``shape`` (None entries: any length) and a dtype of ``kinds``, finite if floating."""
+    if key not in files:
+        _fail(path, f"missing array {key!r}")
+    a = files[key]
+    if a.dtype.kind not in kinds or (a.dtype.kind == "f" and a.dtype.name not in ("float32", "float64")):
+        _fail(path, f"{key} must be {what}, got dtype {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        want = ", ".join("·" if s is None else str(s) for s in shape)
+        _fail(path, f"{key} has shape {a.shape}, expected ({want})")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        _fail(path, f"{key} contains NaN or Inf")
+    return a
+
+
+def load_trace(path: str) -> Trace:
+    """Read and validate a trace; ValueError (one line) names what is missing, misshapen, mistyped, too
+    large or not finite. Everything is checked (meta, then every array's dtype and shape) before the
+    problem's network is built or an array is moved to the backend."""
+    files = load_npz(path)
+    if "meta" not in files:
+        _fail(path, "missing array 'meta'")
+    m = files["meta"]
+    if m.ndim != 0 or m.dtype.kind != "U":
+        _fail(path, f"'meta' must be a JSON string (0-d str array), got {m.dtype} of shape {m.shape}")
+    try:
+        meta = json.loads(str(m))
+    except RecursionError:
+        _fail(path, "'meta' is nested too deeply to read")
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        _fail(path, f"'meta' is not JSON ({' '.join(str(exc).split())})")
+    spec = _check_meta(meta, path)
+    names = meta["param_names"]
+    sizes = spec["sizes"]
+    expected = {}
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"{l}.W"], expected[f"{l}.b"] = (fan_in, fan_out), (fan_out,)
     if sorted(names) != sorted(expected):
-        raise ValueError(f"{path}: param_names {names} do not match the problem's parameters {sorted(expected)}")
-    steps = None
+        _fail(path, f"param_names {_short(names)} do not match the problem's parameters {sorted(expected)}")
+    X = _check_array(path, files, "problem/X", (None, sizes[0]))
+    B, C = X.shape[0], sizes[-1]
+    if B < 1:
+        _fail(path, "problem/X has no examples")
+    classes = spec["loss"] == "softmax_cross_entropy"
+    if classes:
+        y = _check_array(path, files, "problem/y", (B,), "iu", "integer class labels")
+        if y.size and not (y.min() >= 0 and y.max() < C):
+            _fail(path, f"problem/y: class labels must lie in [0, {C})")
+    else:
+        y = _check_array(path, files, "problem/y", (B, C))
+    first = f"params/{names[0]}"
+    if first not in files:
+        _fail(path, f"missing array {first!r}")
+    steps = files[first].shape[0] - 1 if files[first].ndim >= 1 else -1
+    if steps < 1:
+        _fail(path, f"a trace needs at least one step ({first} needs shape (T+1, ...) with T ≥ 1)")
     for n in names:
-        key = f"params/{n}"
-        if key not in files:
-            raise ValueError(f"{path}: missing array {key!r}")
-        a = files[key]
-        if a.ndim < 1 or tuple(a.shape[1:]) != expected[n]:
-            raise ValueError(f"{path}: {key} has shape {a.shape}, expected (T+1, {', '.join(map(str, expected[n]))})")
-        if steps is None:
-            steps = a.shape[0] - 1
-        elif a.shape[0] - 1 != steps:
-            raise ValueError(f"{path}: {key} has {a.shape[0]} entries, other parameters have {steps + 1}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{path}: {key} contains NaN or Inf")
-    if steps is None or steps < 1:
-        raise ValueError(f"{path}: a trace needs at least one step")
-    X = files["problem/X"]
-    if X.ndim != 2 or X.shape[1] != spec["sizes"][0] or not np.all(np.isfinite(X)):
-        raise ValueError(f"{path}: problem/X must be finite with shape (B, {spec['sizes'][0]}), got {X.shape}")
+        _check_array(path, files, f"params/{n}", (steps + 1, *expected[n]))
+    dtypes = {files[f"params/{n}"].dtype for n in names} | {X.dtype}
+    if len(dtypes) > 1:
+        _fail(path, f"params/* and problem/X must share one dtype, got {sorted(map(str, dtypes))}")
+    has_grad = [f"grad/{n}" in files for n in names]
+    if any(has_grad) and not all(has_grad):
+        _fail(path, "grad/* must be given for every parameter or for none")
+    for n in names if all(has_grad) else []:
+        _check_array(path, files, f"grad/{n}", (steps, *expected[n]))
+    if "loss" in files:
+        _check_array(path, files, "loss", (steps,), "fiu", "a real array")
+    label_shape = (None, B) if classes else (None, B, C)
+    probe_counts = []
+    for t in range(1, steps + 1):
+        if f"draws/{t}/labels" in files:
+            _check_array(path, files, f"draws/{t}/labels", label_shape, "iu" if classes else "f",
+                         "integer labels" if classes else "a float array")
+        j = 0
+        while any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
+            for n in names:
+                _check_array(path, files, f"draws/{t}/probes/{j}/{n}", expected[n])
+            j += 1
+        probe_counts.append(j)
+    # Everything is checked: build the network and move the arrays.
     params = [_tree_from_names(names, [as_array(files[f"params/{n}"][t]) for n in names]) for t in range(steps + 1)]
     grads = []
-    if all(f"grad/{n}" in files for n in names):
+    if all(has_grad):
         grads = [_tree_from_names(names, [as_array(files[f"grad/{n}"][t]) for n in names]) for t in range(steps)]
     draws = []
-    for t in range(1, steps + 1):
+    for t, j_count in zip(range(1, steps + 1), probe_counts):
         if f"draws/{t}/labels" in files:
             draws.append(xp.asarray(files[f"draws/{t}/labels"]))
             continue
-        probes = []
-        for j in itertools.count():
-            keys = [f"draws/{t}/probes/{j}/{n}" for n in names]
-            if not all(k in files for k in keys):
-                break
-            probes.append(_tree_from_names(names, [as_array(files[k]) for k in keys]))
+        probes = [_tree_from_names(names, [as_array(files[f"draws/{t}/probes/{j}/{n}"]) for n in names])
+                  for j in range(j_count)]
         draws.append(probes or None)
-    loss = list(files["loss"]) if "loss" in files else []
-    return Trace(meta, as_array(X), xp.asarray(files["problem/y"]), params, loss, grads, draws)
+    loss = [float(v) for v in files["loss"]] if "loss" in files else []
+    return Trace(meta, as_array(X), xp.asarray(y), params, loss, grads, draws)
 
 
 @dataclass
