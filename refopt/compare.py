@@ -64,7 +64,7 @@ class ComparisonEntry:
 def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss=None, seed=0, overrides=None,
             batch_size=None, verbose=False):
     """Run each optimizer in ``names`` on ``problem``; returns a list of ``ComparisonEntry``."""
-    from .optim import OPTIMIZERS  # noqa: PLC0415
+    from .optim import OPTIMIZERS, make_optimizer  # noqa: PLC0415
     from .problems.registry import make_problem  # noqa: PLC0415
 
     unknown = [n for n in names if n not in OPTIMIZERS]
@@ -77,6 +77,8 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     # every configuration is validated (steps, budget, seed, hyperparameters) before anything runs
     configs = [RunConfig(name, {**DEFAULT_OPTIMIZERS.get(name, {}), **overrides.get(name, {})}, problem, steps,
                          batch_size, seed, None, max_seconds) for name in names]
+    for config in configs:  # a misspelt or out-of-range hyperparameter is an error, not a row of the table
+        make_optimizer(config.optimizer, **config.hyperparameters)
     prob = make_problem(problem)
     entries = []
     for name, config in zip(names, configs):

@@ -23,7 +23,8 @@ Stopping rules and statuses (``result.status``; ``result.success`` is True for t
                           the line search says "precision" (no decrease measurable at the rounding
                           level of f), or it failed and f decreased by no more than ε_k =
                           100 ε max(|f|, 1) (``linesearch.rounding_error``), or for ``PRECISION_PATIENCE``
-                          (10) iterates f stayed within ε_k and ‖g‖ did not halve (``StallMonitor``)
+                          (10) iterates every line search worked at that level, f did not fall by more
+                          than the noise it showed in this run and ‖g‖ did not halve (``StallMonitor``)
     "nonfinite"           f or g is not finite (at x0, or at an accepted point)
     "callback"            ``callback(x, info)`` returned True
 
@@ -44,7 +45,8 @@ from .linesearch import rounding_error
 from .oracle import FunctionOracle
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 
-__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "StallMonitor", "PRECISION_PATIENCE", "dtype_eps"]
+__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "StallMonitor", "PRECISION_PATIENCE", "at_rounding_level",
+           "dtype_eps"]
 
 _EPS = 2.220446049250313e-16
 PRECISION_PATIENCE = 10   # iterations without measurable progress before a "precision" stop
@@ -90,33 +92,71 @@ def dtype_eps(params) -> float:
 
 class StallMonitor:
     """Detects a run that no longer makes measurable progress (the "precision" stop of ``minimize`` and
-    ``runner.run``): ``observe(f, ‖g‖)`` at every iterate returns True once, for ``patience`` iterates in
-    a row, f has stayed within its rounding error ε_k = ``linesearch.rounding_error(f_ref, eps)`` of f_ref
-    and ‖g‖ has stayed above ½ g_ref, where (f_ref, g_ref) are f and ‖g‖ at the last iterate that made
-    progress. A run whose slopes still drive ‖g‖ down while f is flat to rounding (approximate-Wolfe steps
-    near a minimiser) is not stopped; one whose values and gradients are both noise is."""
+    ``runner.run``).
+
+    ``observe(f, ‖g‖, rounding)`` is called at every iterate; ``rounding`` says whether the line search of
+    the step taken there worked at the rounding level of f (``at_rounding_level``: "precision", accepted by
+    the approximate Wolfe conditions, or a change of f within ``linesearch.rounding_error``). It returns
+    True once, for ``patience`` iterates in a row, all three held:
+
+    * the step was decided at the rounding level (``rounding``): a method whose steps do not come from f
+      values (SGD, a fixed step) is never stopped here, however flat f is;
+    * f did not fall below f_ref − ν, where ν = max(ν_obs, 4 ε |f_ref|) is the noise of f *as observed in
+      this run*: ν_obs is the largest increase of f from one iterate to the next (every accepted step
+      descends in exact arithmetic, so an increase is rounding; approximate Wolfe accepts such steps);
+    * ‖g‖ stayed above ½ g_ref,
+
+    where (f_ref, g_ref) are f and ‖g‖ at the last iterate that made progress. Estimating ν from the run,
+    not from a fixed multiple of ε max(|f|, 1), matters: a network loss near 1e-16 is computed from O(1)
+    terms and jumps by ±5e-17 (ν_obs ≈ 1e-16, the run stops), while an ill-conditioned quadratic near its
+    zero minimum is computed to relative ε and keeps decreasing by per cents (ν ≈ 4ε|f|, it runs on to gtol).
+    """
 
     def __init__(self, eps: float = _EPS, patience: int = PRECISION_PATIENCE):
         self.eps, self.patience = eps, patience
-        self.f_ref = self.g_ref = math.nan
+        self.f_ref = self.g_ref = self.f_prev = math.nan
+        self.noise = 0.0    # ν_obs: the largest increase of f between consecutive iterates seen so far
         self.since = 0
 
-    def observe(self, f: float, gnorm: float) -> bool:
+    def observe(self, f: float, gnorm: float, rounding: bool = True) -> bool:
         """Record the iterate (f, ‖g‖); True when the run has stalled (see the class docs)."""
         f, gnorm = float(f), float(gnorm)
-        if not (math.isfinite(f) and math.isfinite(gnorm) and math.isfinite(self.f_ref)) \
-                or abs(f - self.f_ref) > rounding_error(self.f_ref, self.eps) or gnorm <= 0.5 * self.g_ref:
+        if math.isfinite(f) and math.isfinite(self.f_prev) and f > self.f_prev:
+            self.noise = max(self.noise, f - self.f_prev)
+        self.f_prev = f
+        if not (rounding and math.isfinite(f) and math.isfinite(gnorm) and math.isfinite(self.f_ref)) \
+                or f < self.f_ref - self.resolution or gnorm <= 0.5 * self.g_ref:
             self.f_ref, self.g_ref, self.since = f, gnorm, 0
             return False
         self.since += 1
         return self.since >= self.patience
 
     @property
+    def resolution(self) -> float:
+        """ν: the smallest decrease of f from f_ref that counts as progress."""
+        return max(self.noise, 4.0 * self.eps * abs(self.f_ref))
+
+    @property
     def message(self) -> str:
         """Why the run stopped, for the result's message."""
-        return (f"no measurable progress in {self.since} iterations: f stayed within its rounding error "
-                f"{rounding_error(self.f_ref, self.eps):.2g} of {self.f_ref:.10g} and the gradient norm did not "
-                f"halve (from {self.g_ref:.3g}); converged as far as this precision resolves")
+        return (f"no measurable progress in {self.since} iterations: every line search worked at the rounding "
+                f"level of f, f did not fall below {self.f_ref:.10g} by more than its observed noise "
+                f"{self.resolution:.2g}, and the gradient norm did not halve (from {self.g_ref:.3g}); converged "
+                "as far as this precision resolves")
+
+
+def at_rounding_level(info: dict, eps: float = _EPS) -> bool:
+    """Whether a step's line search worked at the rounding level of f (the ``rounding`` of ``StallMonitor``):
+    it reported "precision", accepted its step by the approximate Wolfe conditions, or accepted a step whose
+    change of f is within f's rounding error. A step without a line search (no ``line_search`` entry) is not."""
+    search = info.get("line_search")
+    if search is None:
+        return False
+    if search == "precision" or info.get("approximate"):
+        return True
+    loss, new = info.get("loss"), info.get("new_loss")
+    return (isinstance(loss, (int, float)) and isinstance(new, (int, float))
+            and abs(new - loss) <= rounding_error(loss, eps))
 
 
 def _norm(v, kind) -> float:
@@ -188,6 +228,7 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         return {k: now[k] - start[k] for k in now}
 
     monitor = StallMonitor(dtype_eps(x))
+    rounding = False   # whether the last step's line search worked at the rounding level of f
     loss, g = opt.evaluate(x, state, oracle)
     while True:
         history.append(float(loss))
@@ -208,10 +249,11 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         if max_nfev is not None and counts()["nfev"] >= max_nfev:
             status, message = "max_evaluations", f"used {counts()['nfev']} ≥ max_nfev={max_nfev} evaluations"
             break
-        if monitor.observe(loss, gn):
+        if monitor.observe(loss, gn, rounding):
             status, message = "precision", monitor.message
             break
         x_new, state, info = opt.step(x, state, oracle, loss, g)
+        rounding = at_rounding_level(info, monitor.eps)
         nit += 1
         nhev += int(info.get("nhev", 0))
         resets += bool(info.get("reset", False))

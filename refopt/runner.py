@@ -14,8 +14,10 @@ Each record of the log holds: step, loss (at the incoming parameters, on the ste
 message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds.
 
 A full-batch run stops with status "precision" (converged as far as the dtype resolves the loss) when a
-step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, the loss stay
-within its rounding error and the gradient norm not halve; the message says which. A resumed run replays
+step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, every line
+search work at the rounding level of the loss, the loss not fall by more than the noise it showed in this
+run, and the gradient norm not halve; the message says which (optimizers without a line search never stop
+this way). A resumed run replays
 its history through the monitor, so it stops where an uninterrupted one does. Mini-batch runs do not
 apply this rule (each step sees another batch).
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .backend import default_dtype, rng
 from .oracle import Counts
-from .minimize import StallMonitor, dtype_eps
+from .minimize import StallMonitor, at_rounding_level, dtype_eps
 from .optim import make_optimizer, optimizer_class
 from .optim.base import (MAX_DIMENSION, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
                          show_value)
@@ -156,7 +158,8 @@ def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
 def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
     """Refuse ``obj`` unless it has ``like``'s structure: same classes and dict keys, arrays of ``like``'s shapes,
     every floating array of ``dtype``. Unless ``strict``, lists and tuples of another length than ``like``'s
-    (memories that grow) and leaves where ``like`` holds None or a number are only checked for their dtype."""
+    (memories that grow) and leaves where ``like`` holds None are only checked for their dtype; where ``like``
+    holds a number, ``obj`` must be one of the same kind (a boolean, a non-negative integer, a number)."""
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):
         if obj.dtype.kind == "f" and obj.dtype != dtype:
             raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype.__name__}")
@@ -179,6 +182,18 @@ def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) ->
             raise ValueError(f"{path}: {what} should be a dict with keys {sorted(like)}, got {got}")
         for k in like:
             _check_like(path, f"{what}[{k!r}]", obj[k], like[k], dtype, strict)
+        return
+    if isinstance(like, (bool, int, float)) and not hasattr(like, "dtype"):  # step counters, seeds, damping
+        if isinstance(like, bool):
+            ok = isinstance(obj, bool)
+        elif isinstance(like, int):
+            ok = isinstance(obj, int) and not isinstance(obj, bool) and (obj >= 0 or like < 0)
+        else:
+            ok = isinstance(obj, (int, float)) and not isinstance(obj, bool)
+        if not ok:
+            kind = "a boolean" if isinstance(like, bool) else "a non-negative integer" if isinstance(like, int) \
+                else "a number"
+            raise ValueError(f"{path}: {what} must be {kind}, got {_short(obj)}")
         return
     if isinstance(like, (list, tuple)):
         if type(obj) is not type(like):
@@ -215,6 +230,14 @@ def _check_history(path: str, history, step: int) -> None:
     for i, rec in enumerate(history):
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: history[{i}] must be a record (dict), got {type(rec).__name__}")
+        for k, v in rec.items():  # a log record holds JSON scalars only (``_plain``); the log rewrites them
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise ValueError(f"{path}: history[{i}][{k!r}] must be a number, string, boolean or null, "
+                                 f"got {type(v).__name__}")
+        for k in ("loss", "train_loss", "grad_norm"):  # summarised and monitored as numbers
+            v = rec.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"{path}: history[{i}][{k!r}] must be a number or null, got {_short(v)}")
     if history:
         elapsed = history[-1].get("elapsed")
         if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) \
@@ -359,7 +382,8 @@ def _precision_stop(rec: dict, monitor) -> str | None:
     if rec.get("line_search") == "precision":
         return f"step {rec.get('step')}: {rec.get('message') or 'line search: precision'}"
     loss, gn = rec.get("loss"), rec.get("grad_norm")
-    if isinstance(loss, (int, float)) and isinstance(gn, (int, float)) and monitor.observe(loss, gn):
+    if isinstance(loss, (int, float)) and isinstance(gn, (int, float)) \
+            and monitor.observe(loss, gn, at_rounding_level(rec, monitor.eps)):
         return f"step {rec.get('step')}: {monitor.message}"
     return None
 

@@ -46,6 +46,8 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     (["compare", "--optimizers", "sgd,bogus", "--problem", "synthetic_mlp"], "unknown optimizer"),
     (["compare", "--optimizers", "sgd", "--hp-json", "[1]"], "--hp-json must map"),
     (["compare", "--optimizers", "sgd", "--hp-json", "{not json"], "Expecting property name"),
+    (["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--hp-json", '{"sgd": {"lr": "x"}}'],
+     "lr must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--eval-every", "0"], "eval_every must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--steps", "0"], "steps must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--checkpoint-every", "5"], "needs a checkpoint path"),

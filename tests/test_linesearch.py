@@ -368,3 +368,20 @@ def test_minfunc_wolfe_is_unchanged_and_its_rounding_failures_classify_as_precis
     assert res.status in ("interval_collapsed", "max_evaluations") and res.alpha == 0.0
     values = [f for f, _ in phi.log.values()]
     assert precision_status(res, F_FLOOR, values, rounding_error(F_FLOOR)).status == "precision"
+
+
+@pytest.mark.parametrize("alpha0", [1.0, 2.0, 10.0])
+@pytest.mark.parametrize("a1, a2", [(0.5, 0.6), (0.7, 0.8), (0.3, 0.35), (0.8, 0.85)])
+def test_zoom_at_rounding_level_keeps_the_end_the_slope_points_at(a1, a2, alpha0):
+    """Flat noisy values (all within rounding of φ(0)); φ' = φ'(0) before a1 (too steep for the approximate
+    conditions), 0 on [a1, a2] (approximate Wolfe points), steeply positive after. A zoom trial left of a1
+    must replace the bracket's lower end (H&Z's update U3), one right of a2 the upper end (U2): only the
+    slopes can steer the zoom to the plateau. Replacing either end regardless ends at α = 0, "precision"."""
+    import struct  # noqa: PLC0415
+    from _helpers import ulp_noise  # noqa: PLC0415
+
+    def phi(t):
+        d = B_FLOOR if t < a1 else (0.0 if t <= a2 else -20 * B_FLOOR)
+        return F_FLOOR + ulp_noise(struct.pack("<d", t)) * ULP_FLOOR, d
+    res = strong_wolfe(Counted(phi), F_FLOOR, B_FLOOR, alpha0=alpha0)
+    assert res.status == "converged" and res.approximate and a1 <= res.alpha <= a2 and res.dphi == 0.0

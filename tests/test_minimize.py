@@ -171,12 +171,40 @@ def test_stall_monitor():
     """The "precision" stop of runs whose values and gradients are both at their noise floor."""
     from refopt.minimize import PRECISION_PATIENCE, StallMonitor  # noqa: PLC0415
     f, ulp = -326.0, 2.0 ** -44
-    m = StallMonitor()
+    m = StallMonitor()                       # f jitters by ulps, ‖g‖ by 40 %: noise, stop after the patience
     flags = [m.observe(f + (k % 3) * ulp, 1e-13 * (1 + 0.4 * (k % 2))) for k in range(PRECISION_PATIENCE + 1)]
     assert flags == [False] * PRECISION_PATIENCE + [True] and "no measurable progress" in m.message
+    m = StallMonitor()                       # the same, but steps not decided at the rounding level (SGD)
+    assert not any(m.observe(f + (k % 3) * ulp, 1e-13, rounding=False) for k in range(100))
     m = StallMonitor()                       # f flat to rounding, but the gradient halves every 3rd iterate
     assert not any(m.observe(f, 1e-6 * 0.5 ** (k // 3)) for k in range(100))
-    m = StallMonitor()                       # a measurable change of f is progress
-    assert not any(m.observe(f + k * 1e-9, 1e-13) for k in range(100))
-    m = StallMonitor(eps=2.0 ** -23)         # float32: ε_k = 100·2⁻²³·max(|f|, 1), so 1e-6 is within rounding
-    assert [m.observe(1.0 + 1e-6 * (k % 2), 1.0) for k in range(PRECISION_PATIENCE + 1)][-1]
+    m = StallMonitor()                       # f falls by 8 ulps an iterate, far below 100 ε max(|f|, 1): progress
+    assert not any(m.observe(f - 8 * k * ulp, 1e-13) for k in range(100))
+    m = StallMonitor()                       # a zero-minimum f computed to relative ε, falling 5 % an iterate
+    assert not any(m.observe(1e-14 * 0.95 ** k, 1e-7) for k in range(300))
+    m = StallMonitor()                       # once f has jumped up by 1e-12, falls of 5e-14 an iterate are noise
+    m.observe(1e-16, 1e-8)
+    m.observe(1e-12 + 1e-16, 1e-8)
+    flags = [m.observe(1e-12 - k * 5e-14, 1e-8) for k in range(1, PRECISION_PATIENCE + 1)]
+    assert flags[-1] and m.resolution == pytest.approx(1e-12)
+    m = StallMonitor(eps=2.0 ** -23)         # float32: f alternating by 1e-6 around 1 is noise (ν = 1e-6)
+    assert [m.observe(1.0 + 1e-6 * (k % 2), 1.0) for k in range(PRECISION_PATIENCE + 2)][-1]
+
+
+def test_precision_stop_does_not_cut_a_slow_but_genuine_run():
+    """L-BFGS on ½ Σ λ_i x_i², λ = logspace(0, 4, 50): ‖g‖ oscillates while f falls tenfold every ~40
+    iterations down to 1e-25, far below 100 ε; the run must reach gtol, not stop for precision (the rule
+    that counted every change of f below 100 ε max(|f|, 1) as noise stopped it at iteration ~800)."""
+    lam = np.logspace(0, 4, 50)
+    res = minimize(lambda x: 0.5 * float(np.sum(lam * x * x)), np.ones(50), "lbfgs", jac=lambda x: lam * x,
+                   gtol=1e-12)
+    assert res.status == "gtol" and res.f < 1e-24
+
+def test_at_rounding_level_reads_the_step_info():
+    """Which steps count for the stall rule: only line-search steps that worked at f's rounding level."""
+    from refopt.minimize import at_rounding_level  # noqa: PLC0415
+    assert not at_rounding_level({"loss": 1.0, "new_loss": 1.0})              # no line search (SGD, Adam, ...)
+    assert at_rounding_level({"line_search": "precision"})
+    assert at_rounding_level({"line_search": "converged", "approximate": True, "loss": 1.0, "new_loss": 0.5})
+    assert at_rounding_level({"line_search": "converged", "loss": 1.0, "new_loss": 1.0 - 1e-15})
+    assert not at_rounding_level({"line_search": "converged", "loss": 1.0, "new_loss": 1.0 - 1e-12})

@@ -192,6 +192,17 @@ def _drop(d, key):
     (None, lambda s: _set(s, history={"list": [{"int": 5}, {"int": 5}]}), "history[0] must be a record"),
     (None, lambda s: _set(s, history={"list": [{"dict": {}}, {"dict": {"elapsed": {"float": "nan"}}}]}),
      "history[-1]['elapsed'] must be a non-negative number"),
+    # history records are rewritten to the log and summarised: JSON scalars, numeric losses
+    (None, lambda s: _set(s, history={"list": [{"dict": {"x": {"array": 0}}}, s["history"]["list"][1]]}),
+     "history[0]['x'] must be a number, string, boolean or null, got ndarray"),
+    (None, lambda s: _set(s, history={"list": [s["history"]["list"][0], {"dict": {
+        **s["history"]["list"][1]["dict"], "train_loss": "low"}}]}), "history[1]['train_loss'] must be a number"),
+    # scalars of the state have the kind of a fresh state's (SGDState.step: a non-negative integer)
+    (None, lambda s: _set(s, state={"namedtuple": "SGDState", "fields": {**s["state"]["fields"], "step": "two"}}),
+     "state.step must be a non-negative integer, got 'two'"),
+    (None, lambda s: _set(s, state={"namedtuple": "SGDState", "fields": {**s["state"]["fields"],
+                                                                           "step": {"int": -3}}}),
+     "state.step must be a non-negative integer, got -3"),
 ])
 def test_malformed_checkpoints_are_refused(tmp_path, meta, skeleton, fragment):
     cfg, ckpt = _checkpoint(tmp_path)

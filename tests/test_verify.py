@@ -216,6 +216,8 @@ def _without(d, key):
     (lambda m: _with(m, seed="zero"), "meta seed must be an integer"),
     (lambda m: _with(m, seed=-1), "meta seed must be an integer"),
     (lambda m: _with(m, steps="4"), "meta steps"),
+    (lambda m: _with(m, steps=10 ** 6), "meta steps must be an integer in [1, 10000]"),
+    (lambda m: _with(m, steps=3), "meta steps is 3 but params/0.W holds 4 steps"),
     (lambda m: _with(m, profile=3), "meta profile"),
     (lambda m: _with(m, param_names="0.W"), "param_names must be a list"),
     (lambda m: _with(m, param_names=[0, 1, 2, 3]), "param_names must be a list"),
@@ -252,6 +254,8 @@ def test_malformed_trace_meta_is_refused_before_building(tmp_path, monkeypatch, 
     ({"grad/0.W": None}, "grad/* must be given for every parameter or for none"),
     ({"grad/0.W": np.zeros((5, 4, 5))}, "grad/0.W has shape (5, 4, 5), expected (4, 4, 5)"),
     ({"draws/1/labels": np.zeros((1, 7), dtype=np.int64)}, "draws/1/labels has shape (1, 7), expected (·, 6)"),
+    ({"draws/1/labels": np.zeros((0, 6), dtype=np.int64)}, "holds 0 label sets, expected 1 to 1000"),
+    ({"draws/1/labels": np.full((1, 6), 3)}, "draws/1/labels: class labels must lie in [0, 3)"),
     ({"draws/2/probes/0/0.W": np.zeros((4, 5))}, "missing array 'draws/2/probes/0/0.b'"),
     ({"meta": np.array(3)}, "'meta' must be a JSON string"),
     ({"meta": np.array('{"a": ' * 100000 + "1" + "}" * 100000)}, "nested too deeply"),
@@ -263,6 +267,21 @@ def test_malformed_trace_arrays_are_refused(tmp_path, change, message):
     with pytest.raises(ValueError) as info:
         load_trace(str(bad))
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_trace_with_more_steps_than_the_cap_is_refused(tmp_path):
+    """A few MB of parameters would otherwise mean hours of replay (and ~2 KB of memory per step)."""
+    from refopt.verify.trace import MAX_TRACE_STEPS
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=2), str(path))
+    n = MAX_TRACE_STEPS + 2  # T = n − 1 steps
+    long = _rewrite(_meta_edit(path, tmp_path / "nosteps.npz", lambda m: _without(m, "steps")), tmp_path / "long.npz",
+                    **{"params/0.W": np.zeros((n, 4, 3)), "params/0.b": np.zeros((n, 3)), "loss": None,
+                       "grad/0.W": None, "grad/0.b": None})
+    with pytest.raises(ValueError, match=f"holds {n - 1} steps, more than {MAX_TRACE_STEPS}"):
+        load_trace(str(long))
+    with pytest.raises(ValueError, match="steps must be an integer in"):
+        make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=MAX_TRACE_STEPS + 1)
 
 
 @pytest.mark.parametrize("optimizer,hp,problem", [

@@ -296,7 +296,7 @@ class DescentMethod(Optimizer):
         new_state, extra = absorb(state, loss, out.point, s, y, None if reset else -out.alpha * gf)
         info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
                          nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
-                         line_search=out.result.status, **extra)
+                         line_search=out.result.status, approximate=out.result.approximate, **extra)
         info["message"] = RESET_MESSAGE if reset else ""
         return out.point.params, new_state, info
 
@@ -510,7 +510,7 @@ class Newton(DescentMethod):
             return params, NewtonState(state.step + 1, new_lam, state.point), info
         info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha, damping=lam,
                          nfev=out.result.nfev, new_loss=out.point.loss, reset=reset, accepted=True,
-                         line_search=out.result.status, **extra)
+                         line_search=out.result.status, approximate=out.result.approximate, **extra)
         info["message"] = RESET_MESSAGE if reset else ""
         return out.point.params, NewtonState(state.step + 1, new_lam, out.point), info
 

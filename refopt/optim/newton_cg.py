@@ -277,7 +277,7 @@ class NewtonCG(DescentMethod):
             new_lam = self.ratio_damping(lam, rho)
         previous = cg.p if not reset else None
         extra = dict(cg_iterations=cg.iterations, cg_status=cg.status, damping=lam, rho=rho, reset=reset,
-                     nfev=out.result.nfev, line_search=out.result.status)
+                     nfev=out.result.nfev, line_search=out.result.status, approximate=out.result.approximate)
         if out.point is None:
             info = step_info(loss, g, step_norm=0.0, alpha=0.0, new_loss=loss, accepted=False, **extra)
             info["message"] = failed_search_message(reset, out.result.status)

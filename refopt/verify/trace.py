@@ -25,8 +25,8 @@ key                       content
 PyTorch user can rebuild it (note W has shape (fan_in, fan_out)).
 
 Loading (``load_trace``) checks the meta (types, names, the problem's sizes: at most
-``MAX_TRACE_PARAMETERS`` = 10⁶ parameters) and every array's dtype and shape before it builds the network
-or moves anything to the backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
+``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; at most ``MAX_TRACE_STEPS`` = 10⁴ steps) and every array's dtype
+and shape before it builds the network or moves anything to the backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
 
 Comparison: a parameter entry diverges when |theirs − ours| > atol + rtol·|ours| (NumPy's ``allclose``
 rule, stated here because tolerances are the first thing two implementations disagree on). The report
@@ -51,13 +51,15 @@ from ..nn.losses import LOSSES
 from ..nn.mlp import ACTIVATIONS
 from ..oracle import Oracle
 from ..optim import OPTIMIZERS, make_optimizer, optimizer_class
+from ..optim.base import MAX_DRAWS
 from ..serialize import MAX_INT, load_npz, savez_atomic
 
-__all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
+__all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names"]
 
 TRACE_FORMAT = "refopt-trace/1"
 MAX_TRACE_PARAMETERS = 10 ** 6  # cap on Σ (d_{l−1} + 1)·d_l of a trace's MLP, checked before it is built
+MAX_TRACE_STEPS = 10 ** 4       # cap on a trace's T: checking replays every step (search_conventions up to 512 times)
 
 
 def _tiny_data(spec: dict, seed: int):
@@ -131,8 +133,8 @@ def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str
         if prof.optimizer != optimizer:
             raise ValueError(f"profile {profile!r} is for optimizer {prof.optimizer!r}, not {optimizer!r}")
         hyperparameters = {**prof.hyperparameters, **hyperparameters}
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRACE_STEPS:
+        raise ValueError(f"steps must be an integer in [1, {MAX_TRACE_STEPS}], got {_short(steps)}")
     if problem not in TRACE_PROBLEMS:
         raise ValueError(f"unknown trace problem {problem!r}; choose from {sorted(TRACE_PROBLEMS)}")
     spec = TRACE_PROBLEMS[problem]
@@ -235,8 +237,8 @@ def _check_meta(meta, path: str) -> dict:
     seed = meta.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed <= MAX_INT:
         _fail(path, f"meta seed must be an integer in [0, 2⁶³ − 1], got {_short(seed)}")
-    if "steps" in meta and (not _is_int(meta["steps"]) or meta["steps"] < 1):
-        _fail(path, f"meta steps must be a positive integer, got {_short(meta['steps'])}")
+    if "steps" in meta and (not _is_int(meta["steps"]) or not 1 <= meta["steps"] <= MAX_TRACE_STEPS):
+        _fail(path, f"meta steps must be an integer in [1, {MAX_TRACE_STEPS}], got {_short(meta['steps'])}")
     if meta.get("dtype") is not None and meta["dtype"] not in ("float32", "float64"):
         _fail(path, f"meta dtype must be 'float32' or 'float64', got {_short(meta['dtype'])}")
     names = meta["param_names"]
@@ -333,6 +335,10 @@ def load_trace(path: str) -> Trace:
     steps = files[first].shape[0] - 1 if files[first].ndim >= 1 else -1
     if steps < 1:
         _fail(path, f"a trace needs at least one step ({first} needs shape (T+1, ...) with T ≥ 1)")
+    if steps > MAX_TRACE_STEPS:
+        _fail(path, f"{first} holds {steps} steps, more than {MAX_TRACE_STEPS} (the cap on a trace's steps)")
+    if meta.get("steps", steps) != steps:
+        _fail(path, f"meta steps is {meta['steps']} but {first} holds {steps} steps")
     for n in names:
         _check_array(path, files, f"params/{n}", (steps + 1, *expected[n]))
     dtypes = {files[f"params/{n}"].dtype for n in names} | {X.dtype}
@@ -349,13 +355,19 @@ def load_trace(path: str) -> Trace:
     probe_counts = []
     for t in range(1, steps + 1):
         if f"draws/{t}/labels" in files:
-            _check_array(path, files, f"draws/{t}/labels", label_shape, "iu" if classes else "f",
-                         "integer labels" if classes else "a float array")
+            k = _check_array(path, files, f"draws/{t}/labels", label_shape, "iu" if classes else "f",
+                             "integer labels" if classes else "a float array").shape[0]
+            if not 1 <= k <= MAX_DRAWS:
+                _fail(path, f"draws/{t}/labels holds {k} label sets, expected 1 to {MAX_DRAWS}")
+            if classes and not (files[f"draws/{t}/labels"].min() >= 0 and files[f"draws/{t}/labels"].max() < C):
+                _fail(path, f"draws/{t}/labels: class labels must lie in [0, {C})")
         j = 0
-        while any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
+        while j < MAX_DRAWS and any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
             for n in names:
                 _check_array(path, files, f"draws/{t}/probes/{j}/{n}", expected[n])
             j += 1
+        if any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
+            _fail(path, f"draws/{t} holds more than {MAX_DRAWS} probes")
         probe_counts.append(j)
     # Everything is checked: build the network and move the arrays.
     params = [_tree_from_names(names, [as_array(files[f"params/{n}"][t]) for n in names]) for t in range(steps + 1)]
