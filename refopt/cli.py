@@ -1,8 +1,10 @@
 """The ``refopt`` command: ``train``, ``compare``, ``verify`` and ``list``.
 
-Errors in what the user typed (unknown names, hyperparameters of the wrong type or range, non-finite
-stopping rules, unreadable or mismatched files, output paths that cannot be written, a bad
-REFOPT_BACKEND or REFOPT_DTYPE) print one line ``refopt: error: ...`` and exit with status 2. Output
+Errors in what the user typed (unknown names, an empty ``--optimizers`` list, hyperparameters of the wrong
+type or range, ``--hp-json`` that is not a JSON object of objects, a ``--seed`` outside [0, 2⁶³ − 1],
+non-finite stopping rules, unreadable or mismatched files, a ``--resume`` that is not a regular file,
+output paths that cannot be written, a bad REFOPT_BACKEND or REFOPT_DTYPE) print one line
+``refopt: error: ...`` naming the option and exit with status 2. Output
 paths (--log, --checkpoint, --csv, --plot, verify export --out) are checked before any training starts.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import os
 import sys
 
-__all__ = ["main", "parse_hyperparameters", "check_output_path"]
+__all__ = ["main", "parse_hyperparameters", "check_output_path", "check_seed", "parse_optimizer_list", "parse_hp_json"]
 
 
 def parse_value(text: str):
@@ -73,8 +75,39 @@ def check_output_path(path: str, option: str, directory: bool = False) -> None:
 
 
 def _check_input_file(path: str, option: str) -> None:
+    """ValueError naming ``option`` unless ``path`` is an existing regular file (not a folder, device or pipe)."""
     if not os.path.isfile(path):
-        raise ValueError(f"{option} {path}: " + ("is a directory" if os.path.isdir(path) else "No such file"))
+        why = "is a directory" if os.path.isdir(path) else \
+            "is not a regular file" if os.path.exists(path) else "No such file"
+        raise ValueError(f"{option} {path}: {why}")
+
+
+def check_seed(seed, option: str = "--seed") -> int:
+    """``seed`` as an int; ValueError naming ``option`` unless it is an integer in [0, 2⁶³ − 1] (``MAX_SEED``:
+    what every file refopt writes and reads holds)."""
+    from .optim.base import MAX_SEED, check_int  # noqa: PLC0415
+    return check_int(option, seed, minimum=0, maximum=MAX_SEED)
+
+
+def parse_optimizer_list(text: str) -> list:
+    """The names of ``--optimizers NAME,NAME,...``; ValueError for an empty list or an empty name."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--optimizers: expected a comma-separated list of optimizer names, got {text!r}")
+    return names
+
+
+def parse_hp_json(text: str) -> dict:
+    """``--hp-json``: a JSON object {optimizer: {name: value}}; ValueError naming the option otherwise."""
+    try:
+        overrides = json.loads(text)
+    except RecursionError:
+        raise ValueError("--hp-json is nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise ValueError(f"--hp-json is not JSON ({exc})") from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise ValueError('--hp-json must map optimizer names to hyperparameter objects, e.g. {"adam": {"lr": 0.01}}')
+    return overrides
 
 
 def _progress(total: int, enabled: bool):
@@ -107,6 +140,7 @@ def cmd_train(args) -> int:
     """``refopt train``: run one optimizer on one problem and print a summary; returns 0, or 130 after Ctrl-C."""
     from .runner import Interrupted, RunConfig, run  # noqa: PLC0415
 
+    check_seed(args.seed)
     config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
                        args.seed, args.target_loss, args.max_seconds, args.eval_every, args.gtol)
     for path, option in ((args.log, "--log"), (args.checkpoint, "--checkpoint")):
@@ -135,13 +169,12 @@ def cmd_compare(args) -> int:
     """``refopt compare``: run the optimizers on one problem, print the table, plot and CSV if asked; returns 0."""
     from .compare import DEFAULT_OPTIMIZERS, compare, format_table, plot_comparison  # noqa: PLC0415
 
-    names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_OPTIMIZERS)
+    names = parse_optimizer_list(args.optimizers) if args.optimizers is not None else list(DEFAULT_OPTIMIZERS)
+    check_seed(args.seed)
     for path, option in ((args.csv, "--csv"), (args.plot, "--plot")):
         if path:  # --plot '' means no plot
             check_output_path(path, option)
-    overrides = json.loads(args.hp_json) if args.hp_json else {}
-    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise ValueError('--hp-json must map optimizer names to hyperparameter objects, e.g. {"adam": {"lr": 0.01}}')
+    overrides = parse_hp_json(args.hp_json) if args.hp_json is not None else {}
     results = compare(names, problem=args.problem, steps=args.steps, max_seconds=args.max_seconds,
                       target_loss=args.target_loss, seed=args.seed, overrides=overrides, batch_size=args.batch_size,
                       verbose=not args.quiet)

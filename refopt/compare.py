@@ -67,6 +67,8 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     from .optim import OPTIMIZERS, make_optimizer  # noqa: PLC0415
     from .problems.registry import make_problem  # noqa: PLC0415
 
+    if isinstance(names, str) or not names:
+        raise ValueError(f"names must be a non-empty list of optimizer names, got {show_value(names)}")
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
         raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}; choose from {', '.join(sorted(OPTIMIZERS))}")

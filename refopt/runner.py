@@ -33,13 +33,20 @@ from .backend import default_dtype, rng
 from .oracle import Counts
 from .minimize import StallMonitor, at_rounding_level, dtype_eps
 from .optim import make_optimizer, optimizer_class
-from .optim.base import (MAX_DIMENSION, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
+from .optim.base import (MAX_DIMENSION, MAX_PERIOD, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
                          show_value)
-from .serialize import MAX_INT, read_npz, write_npz_atomic
+from .serialize import read_npz, write_npz_atomic
 
-__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "load_checkpoint"]
+__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "refopt-checkpoint/1"
+# Caps on what a checkpoint's meta and history may claim (``load_checkpoint``). A count is at most 2⁵³:
+# every integer up to it is exact in a float64, so the JSON meta and log read the same in any JSON reader,
+# and what a run can add to it (at most 10⁹ steps, each a bounded number of requests) stays far below the
+# 2⁶³ − 1 that saving accepts, so a resumed run can always write its next checkpoint. ``step`` is at most
+# 10⁹ (``MAX_PERIOD``, the cap on a run's ``steps``); ``elapsed`` at most 10⁹ s (about 32 years).
+MAX_COUNT = 2 ** 53
+MAX_ELAPSED = 1e9
 
 
 @dataclass
@@ -144,15 +151,16 @@ def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
         raise ValueError(f"{path}: checkpoint is {_short(meta['dtype'])}, this run's dtype is {dtype} "
                          f"(set REFOPT_DTYPE={_short(meta['dtype'])} to resume it)")
     step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INT:
-        raise ValueError(f"{path}: meta step must be a non-negative integer, got {_short(step)}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_PERIOD:
+        raise ValueError(f"{path}: meta step must be a non-negative integer at most 10⁹ (the cap on a run's steps), "
+                         f"got {_short(step)}")
     counts = meta.get("counts")
     names = set(Counts().as_dict())
     if not isinstance(counts, dict) or set(counts) != names:
         raise ValueError(f"{path}: meta counts must be an object with the keys {sorted(names)}, got {_short(counts)}")
     for k, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_INT:
-            raise ValueError(f"{path}: meta counts[{k!r}] must be a non-negative integer, got {_short(v)}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
+            raise ValueError(f"{path}: meta counts[{k!r}] must be a non-negative integer at most 2⁵³, got {_short(v)}")
 
 
 def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
@@ -238,18 +246,18 @@ def _check_history(path: str, history, step: int) -> None:
             v = rec.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"{path}: history[{i}][{k!r}] must be a number or null, got {_short(v)}")
-    if history:
-        elapsed = history[-1].get("elapsed")
-        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) \
-                or elapsed < 0:
-            raise ValueError(f"{path}: history[-1]['elapsed'] must be a non-negative number, got {_short(elapsed)}")
+        elapsed = rec.get("elapsed")  # seconds since the run began; the resumed clock starts from the last one
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) \
+                or not 0 <= elapsed <= MAX_ELAPSED:  # also refuses NaN and ±inf
+            raise ValueError(f"{path}: history[{i}]['elapsed'] must be a number of seconds in [0, 1e9], "
+                             f"got {_short(elapsed)}")
 
 
 def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=None):
     """(step, params, state, history, counts) from ``path``, refusing one that ``config`` cannot resume.
 
-    The meta (format, version, the config's identity, dtype, step, counts) is checked before anything is
-    decoded; state classes come only from the registry of ``refopt.serialize`` (the optimizer's module is
+    The meta (format, version, the config's identity, dtype, step ≤ 10⁹, counts ≤ ``MAX_COUNT`` = 2⁵³) is
+    checked before anything is decoded; state classes come only from the registry of ``refopt.serialize`` (the optimizer's module is
     imported first, from refopt's own table). ``params_like`` / ``state_like`` (a fresh run's initial
     params and state) fix the structure, shapes and dtype the checkpoint must have. Every refusal is a
     one-line ValueError.

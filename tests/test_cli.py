@@ -45,7 +45,7 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     (["train", "sgd", "--problem", "synthetic_mlp", "--resume", "/nonexistent/ck.npz"], "No such file"),
     (["compare", "--optimizers", "sgd,bogus", "--problem", "synthetic_mlp"], "unknown optimizer"),
     (["compare", "--optimizers", "sgd", "--hp-json", "[1]"], "--hp-json must map"),
-    (["compare", "--optimizers", "sgd", "--hp-json", "{not json"], "Expecting property name"),
+    (["compare", "--optimizers", "sgd", "--hp-json", "{not json"], "--hp-json is not JSON (Expecting property name"),
     (["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--hp-json", '{"sgd": {"lr": "x"}}'],
      "lr must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--eval-every", "0"], "eval_every must be"),
@@ -251,3 +251,66 @@ def test_environment_errors_still_fail_the_library_import():
     proc = subprocess.run([sys.executable, "-c", "import refopt.backend"], capture_output=True, text=True,
                           env=full, timeout=120)
     assert proc.returncode != 0 and "ValueError: REFOPT_DTYPE='float16'" in proc.stderr
+
+
+# --- review of issue 9: the seed's range, special files, --hp-json and --optimizers ------------------------
+@pytest.mark.parametrize("argv", [
+    ["verify", "export", "--optimizer", "sgd", "--out", "{out}"],
+    ["verify", "export", "--all", "--out", "{dir}"],
+    TRAIN,
+    ["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--quiet"],
+])
+@pytest.mark.parametrize("seed", ["-1", str(10 ** 23), str(2 ** 63)])
+def test_seed_is_bounded_and_named_by_every_command(argv, seed, tmp_path, capsys):
+    """verify export --seed 10**23 wrote a trace that load_trace refuses; --seed -1 did not name --seed."""
+    out, d = tmp_path / "t.npz", tmp_path / "traces"
+    assert main([a.format(out=out, dir=d) for a in argv] + ["--seed", seed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seed must be an integer in [0, 9223372036854775807]" in err[0], err
+    assert not out.exists() and not d.exists()
+
+
+def test_largest_seed_exports_a_trace_that_checks(tmp_path, capsys):
+    out = tmp_path / "t.npz"
+    seed = str(2 ** 63 - 1)
+    assert main(["verify", "export", "--optimizer", "sgd", "--steps", "1", "--seed", seed, "--out", str(out)]) == 0
+    assert main(["verify", "check", str(out)]) == 0
+
+
+def test_resume_from_a_device_or_pipe_says_it_is_not_a_regular_file(tmp_path, capsys):
+    import os
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # opening it for reading would block: it must be refused before it is opened
+    for path in ("/dev/zero", str(fifo)):
+        assert main(TRAIN + ["--resume", path]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"refopt: error: --resume {path}: is not a regular file"], err
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("", "--hp-json is not JSON"),
+    ("{'sgd': {}}", "--hp-json is not JSON"),
+    ('{"sgd": {"lr": 1' + "0" * 5000 + "}}", "--hp-json is not JSON"),
+    ("[" * 100000 + "]" * 100000, "--hp-json"),
+])
+def test_invalid_hp_json_names_the_option(value, needle, capsys):
+    assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--hp-json", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("value", ["", ",", "sgd,", " , adam", "sgd,,adam"])
+def test_empty_optimizer_list_is_refused(value, capsys):
+    """--optimizers '' silently ran the whole default set."""
+    assert main(["compare", "--optimizers", value, "--problem", "rosenbrock", "--plot", "", "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "--optimizers: expected a comma-separated list of optimizer names" in err[0], err
+    assert "optimizer" not in captured.out  # no table: nothing ran
+
+
+def test_compare_refuses_an_empty_list_of_names():
+    from refopt.compare import compare
+    for names in ([], (), "sgd"):
+        with pytest.raises(ValueError, match="names must be a non-empty list of optimizer names"):
+            compare(names, problem="rosenbrock", steps=1)

@@ -191,7 +191,7 @@ def _drop(d, key):
     (None, lambda s: _set(s, params={"list": []}), "params should be a list"),
     (None, lambda s: _set(s, history={"list": [{"int": 5}, {"int": 5}]}), "history[0] must be a record"),
     (None, lambda s: _set(s, history={"list": [{"dict": {}}, {"dict": {"elapsed": {"float": "nan"}}}]}),
-     "history[-1]['elapsed'] must be a non-negative number"),
+     "history[0]['elapsed'] must be a number of seconds in [0, 1e9], got None"),
     # history records are rewritten to the log and summarised: JSON scalars, numeric losses
     (None, lambda s: _set(s, history={"list": [{"dict": {"x": {"array": 0}}}, s["history"]["list"][1]]}),
      "history[0]['x'] must be a number, string, boolean or null, got ndarray"),
@@ -285,3 +285,49 @@ def test_a_converged_full_batch_run_stops_for_precision():
     assert res.history[-1]["nfev"] <= 2 * 200 and "no measurable progress" in res.message
     res = run(RunConfig("lbfgs", {"approximate_wolfe": False}, "rounding_floor", steps=200), problem=problem)
     assert res.status == "precision" and len(res.history) == 1 and "rounding level" in res.message
+
+
+# --- review of issue 9: counts and elapsed times that a resumed run could not save or use ---------------
+
+def _elapsed(i, node):
+    """A skeleton edit: history[i]['elapsed'] replaced by the encoded ``node``."""
+    def edit(s):
+        rec = s["history"]["list"][i]["dict"]
+        rec["elapsed"] = node
+        return s
+    return edit
+
+
+@pytest.mark.parametrize("meta,skeleton,fragment", [
+    # counts up to 2⁶³ − 1 were accepted and the next save then overflowed int64
+    (lambda m: _set(m, counts={**m["counts"], "nfev": 2 ** 63 - 1}), None,
+     "meta counts['nfev'] must be a non-negative integer at most 2⁵³, got 9223372036854775807"),
+    (lambda m: _set(m, counts={**m["counts"], "ngev": 2 ** 53 + 1}), None, "counts['ngev'] must be"),
+    (lambda m: _set(m, step=2 ** 40), None, "meta step must be a non-negative integer at most 10⁹"),
+    (None, _elapsed(1, {"float": "nan"}), "history[1]['elapsed'] must be a number of seconds in [0, 1e9], got nan"),
+    (None, _elapsed(1, {"float": "inf"}), "history[1]['elapsed'] must be a number of seconds in [0, 1e9], got inf"),
+    (None, _elapsed(1, {"float": "1e+300"}), "history[1]['elapsed'] must be a number of seconds in [0, 1e9]"),
+    (None, _elapsed(1, {"int": 2 ** 63 - 1}), "history[1]['elapsed'] must be a number of seconds in [0, 1e9]"),
+    (None, _elapsed(1, {"float": "-1.0"}), "history[1]['elapsed'] must be a number of seconds in [0, 1e9]"),
+    (None, _elapsed(0, True), "history[0]['elapsed'] must be a number of seconds in [0, 1e9], got True"),
+    (None, _elapsed(0, "1.0"), "history[0]['elapsed'] must be a number of seconds in [0, 1e9], got '1.0'"),
+])
+def test_checkpoint_counts_and_elapsed_are_capped(tmp_path, meta, skeleton, fragment):
+    cfg, ckpt = _checkpoint(tmp_path)
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "bad.npz", meta, skeleton), fragment)
+
+
+def test_checkpoint_near_the_caps_resumes_and_saves_again(tmp_path):
+    """Counts and an elapsed time just below the caps (2⁵³, 10⁹ s) are accepted, and the resumed run writes a
+    checkpoint that loads again (without the cap, counts near 2⁶³ − 1 were accepted and this save failed)."""
+    from refopt.runner import MAX_COUNT, MAX_ELAPSED
+    cfg, ckpt = _checkpoint(tmp_path)
+    near = _edit(ckpt, tmp_path / "cap.npz", lambda m: _set(m, counts={k: MAX_COUNT - 100 for k in m["counts"]}),
+                 _elapsed(1, {"float": repr(MAX_ELAPSED - 1000)}))
+    longer = RunConfig(cfg.optimizer, cfg.hyperparameters, cfg.problem, steps=4)
+    out = tmp_path / "next.npz"
+    result = run(longer, resume=near, checkpoint_path=str(out), checkpoint_every=1)
+    assert result.history[-1]["ngev"] == MAX_COUNT - 98 and result.history[-1]["elapsed"] >= MAX_ELAPSED - 1000
+    step, _, _, _, counts = load_checkpoint(str(out), RunConfig(cfg.optimizer, cfg.hyperparameters, cfg.problem,
+                                                                 steps=4))
+    assert step == 4 and counts.ngev == MAX_COUNT - 98

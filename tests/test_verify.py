@@ -296,3 +296,77 @@ def test_traces_with_draws_pass_the_checks_and_replay(tmp_path, optimizer, hp, p
     export_trace(make_trace(optimizer, hp, problem, steps=3), str(path))
     divergence, _ = check_trace(str(path), rtol=0, atol=0)
     assert divergence is None
+
+
+# --- review of issue 9: unknown entries, the profile, the seed's range ------------------------------------
+
+@pytest.mark.parametrize("change,message", [
+    # a mistyped name next to the real ones, and gradients stored under a wrong prefix (all of them)
+    ({"grad/0.w": np.zeros((4, 4, 5))}, "unknown entry 'grad/0.w'"),
+    ({**{f"grad/{n}": None for n in ("0.W", "0.b", "1.W", "1.b")}, "grads/0.W": np.zeros((4, 4, 5))},
+     "unknown entry 'grads/0.W'"),
+    ({"grad/0.W": None, "grad/0.w": np.zeros((4, 4, 5))}, "unknown entry 'grad/0.w'"),
+    ({"params/2.W": np.zeros((5, 3, 3))}, "unknown entry 'params/2.W'"),
+    ({"draws/5/labels": np.zeros((1, 6), dtype=np.int64)}, "unknown entry 'draws/5/labels'"),   # T = 4
+    ({"draws/0/labels": np.zeros((1, 6), dtype=np.int64)}, "unknown entry 'draws/0/labels'"),
+    ({"draws/01/labels": np.zeros((1, 6), dtype=np.int64)}, "unknown entry 'draws/01/labels'"),
+    ({"draws/1/label": np.zeros((1, 6), dtype=np.int64)}, "unknown entry 'draws/1/label'"),
+    ({"loss2": np.zeros(4), "extra": np.zeros(1)}, "unknown entries 'extra', 'loss2'"),
+    # probe 1 without probe 0: it would be skipped without a word
+    ({f"draws/1/probes/1/{n}": np.zeros(s) for n, s in (("0.W", (4, 5)), ("0.b", (5,)), ("1.W", (5, 3)),
+                                                        ("1.b", (3,)))}, "unknown entries 'draws/1/probes/1/0.W'"),
+    ({"draws/1/labels": np.zeros((1, 6), dtype=np.int64),
+      **{f"draws/1/probes/0/{n}": np.zeros(s) for n, s in (("0.W", (4, 5)), ("0.b", (5,)), ("1.W", (5, 3)),
+                                                         ("1.b", (3,)))}}, "draws/1 holds both labels and probes"),
+])
+def test_unknown_trace_entries_are_refused(tmp_path, change, message):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    bad = _rewrite(path, tmp_path / "bad.npz", **change)
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_many_unknown_entries_are_named_in_one_short_line(tmp_path):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
+    bad = _rewrite(path, tmp_path / "bad.npz", **{f"junk{i:03d}": np.zeros(1) for i in range(100)})
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    text = str(info.value)
+    assert "unknown entries 'junk000', 'junk001', 'junk002', 'junk003', 'junk004' and 95 more" in text
+    assert "\n" not in text and len(text) < 600, text
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: _with(m, profile="torch.optim.Adamm"), "meta profile must be a profile name"),
+    (lambda m: _with(m, profile="torch.optim.Adam"), "meta profile 'torch.optim.Adam' is for optimizer 'adam', not 'sgd'"),
+])
+def test_trace_profile_must_exist_and_fit_the_optimizer(tmp_path, edit, message):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=2), str(path))
+    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_trace_with_a_profile_round_trips(tmp_path):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {}, "tiny_mlp", steps=2, profile="torch.optim.SGD"), str(path))
+    assert load_trace(str(path)).meta["profile"] == "torch.optim.SGD"
+    assert check_trace(str(path), rtol=0, atol=0)[0] is None
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 63, 10 ** 23, True, 1.0, "0"])
+def test_make_trace_bounds_the_seed_as_load_trace_does(seed):
+    """make_trace accepted seeds above 2⁶³ − 1, writing traces that load_trace refuses."""
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854775807\]"):
+        make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=1, seed=seed)
+
+
+def test_largest_seed_round_trips(tmp_path):
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=1, seed=2 ** 63 - 1), str(path))
+    assert load_trace(str(path)).meta["seed"] == 2 ** 63 - 1

@@ -8,12 +8,13 @@ __all__ = ["add_verify_commands"]
 
 
 def _export(args) -> int:
-    from ..cli import check_output_path, parse_hyperparameters  # noqa: PLC0415
+    from ..cli import check_output_path, check_seed, parse_hyperparameters  # noqa: PLC0415
     from ..optim import OPTIMIZERS  # noqa: PLC0415
     from .profiles import PROFILES  # noqa: PLC0415
     from .trace import export_trace, make_trace  # noqa: PLC0415
 
     hp = parse_hyperparameters(args.hp)
+    check_seed(args.seed)  # before any trace is made, and in the range load_trace accepts
     check_output_path(args.out, "--out", directory=args.all)
     if args.all:
         jobs = [(name, None) for name in sorted(OPTIMIZERS)] + [(p.optimizer, lib) for lib, p in PROFILES.items()]

@@ -24,9 +24,11 @@ key                       content
 "reduction": "...", "variance": σ²}``: a dense network s = a @ W + b as in ``refopt.nn``, so a JAX or
 PyTorch user can rebuild it (note W has shape (fan_in, fan_out)).
 
-Loading (``load_trace``) checks the meta (types, names, the problem's sizes: at most
-``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; at most ``MAX_TRACE_STEPS`` = 10⁴ steps) and every array's dtype
-and shape before it builds the network or moves anything to the backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
+Loading (``load_trace``) checks the meta (types, names, the profile, the problem's sizes: at most
+``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; at most ``MAX_TRACE_STEPS`` = 10⁴ steps), that every entry of
+the file is one of the layout above (an unknown entry, such as a mistyped ``grad/0.w``, is refused rather
+than ignored) and every array's dtype and shape before it builds the network or moves anything to the
+backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
 
 Comparison: a parameter entry diverges when |theirs − ours| > atol + rtol·|ours| (NumPy's ``allclose``
 rule, stated here because tolerances are the first thing two implementations disagree on). The report
@@ -51,7 +53,7 @@ from ..nn.losses import LOSSES
 from ..nn.mlp import ACTIVATIONS
 from ..oracle import Oracle
 from ..optim import OPTIMIZERS, make_optimizer, optimizer_class
-from ..optim.base import MAX_DRAWS
+from ..optim.base import MAX_DRAWS, MAX_SEED, check_int
 from ..serialize import MAX_INT, load_npz, savez_atomic
 
 __all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
@@ -125,7 +127,9 @@ class Trace:
 
 def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str = "tiny_mlp", steps: int = 5,
                seed: int = 0, profile: str | None = None, replay_draws=None) -> Trace:
-    """Run refopt and record a trace (``replay_draws``: per-step draws to inject instead of sampling)."""
+    """Run refopt and record a trace (``replay_draws``: per-step draws to inject instead of sampling).
+    ``seed`` is an integer in [0, 2⁶³ − 1] (``MAX_SEED``, the range ``load_trace`` accepts)."""
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     hyperparameters = dict(hyperparameters or {})
     if profile is not None:
         from .profiles import get_profile  # noqa: PLC0415
@@ -232,8 +236,14 @@ def _check_meta(meta, path: str) -> dict:
         _fail(path, f"meta optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {_short(meta['optimizer'])}")
     if not isinstance(meta.get("hyperparameters", {}), dict):
         _fail(path, f"meta hyperparameters must be an object of NAME: value, got {_short(meta['hyperparameters'])}")
-    if meta.get("profile") is not None and not isinstance(meta["profile"], str):
-        _fail(path, f"meta profile must be a profile name or null, got {_short(meta['profile'])}")
+    if meta.get("profile") is not None:
+        from .profiles import PROFILES  # noqa: PLC0415
+        profile = meta["profile"]
+        if not isinstance(profile, str) or profile not in PROFILES:
+            _fail(path, f"meta profile must be a profile name (`refopt verify profiles`) or null, got {_short(profile)}")
+        if PROFILES[profile].optimizer != meta["optimizer"]:
+            _fail(path, f"meta profile {profile!r} is for optimizer {PROFILES[profile].optimizer!r}, "
+                        f"not {meta['optimizer']!r}")
     seed = meta.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed <= MAX_INT:
         _fail(path, f"meta seed must be an integer in [0, 2⁶³ − 1], got {_short(seed)}")
@@ -294,6 +304,30 @@ def _check_array(path, files, key, shape, kinds="f", what="a float32/float64 arr
     return a
 
 
+def _is_index(text: str) -> bool:
+    """``text`` is a non-negative integer written as ``str(int)`` writes it ("0", "12"; not "012", "+1", "²")."""
+    return text.isascii() and text.isdigit() and str(int(text)) == text
+
+
+def _known_entry(key: str, names, steps: int) -> bool:
+    """``key`` has the form of an entry of the layout (module docs) for these parameter names and T = ``steps``."""
+    if key in ("meta", "problem/X", "problem/y", "loss"):
+        return True
+    parts = key.split("/")
+    if len(parts) == 2 and parts[0] in ("params", "grad"):
+        return parts[1] in names
+    if len(parts) in (3, 5) and parts[0] == "draws" and _is_index(parts[1]) and 1 <= int(parts[1]) <= steps:
+        if len(parts) == 3:
+            return parts[2] == "labels"
+        return parts[2] == "probes" and _is_index(parts[3]) and parts[4] in names
+    return False
+
+
+def _fail_unknown(path, keys, why: str):
+    shown = ", ".join(_short(k, 40) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    _fail(path, f"unknown entr{'y' if len(keys) == 1 else 'ies'} {shown} ({why})")
+
+
 def load_trace(path: str) -> Trace:
     """Read and validate a trace; ValueError (one line) names what is missing, misshapen, mistyped, too
     large or not finite. Everything is checked (meta, then every array's dtype and shape) before the
@@ -339,6 +373,10 @@ def load_trace(path: str) -> Trace:
         _fail(path, f"{first} holds {steps} steps, more than {MAX_TRACE_STEPS} (the cap on a trace's steps)")
     if meta.get("steps", steps) != steps:
         _fail(path, f"meta steps is {meta['steps']} but {first} holds {steps} steps")
+    unknown = sorted(k for k in files if not _known_entry(k, names, steps))
+    if unknown:  # a mistyped name (grad/0.w) would otherwise drop the user's data without a word
+        _fail_unknown(path, unknown, f"a trace holds meta, problem/X, problem/y, loss, params/<name>, grad/<name> and "
+                                     f"draws/<t>/... for t in 1..{steps}, with <name> in {names}")
     for n in names:
         _check_array(path, files, f"params/{n}", (steps + 1, *expected[n]))
     dtypes = {files[f"params/{n}"].dtype for n in names} | {X.dtype}
@@ -368,7 +406,16 @@ def load_trace(path: str) -> Trace:
             j += 1
         if any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
             _fail(path, f"draws/{t} holds more than {MAX_DRAWS} probes")
+        if j and f"draws/{t}/labels" in files:
+            _fail(path, f"draws/{t} holds both labels and probes (a step draws one or the other)")
         probe_counts.append(j)
+    read = {"meta", "problem/X", "problem/y", "loss"} | {f"params/{n}" for n in names} \
+        | ({f"grad/{n}" for n in names} if all(has_grad) else set()) \
+        | {f"draws/{t}/labels" for t in range(1, steps + 1)} \
+        | {f"draws/{t}/probes/{j}/{n}" for t, count in enumerate(probe_counts, 1) for j in range(count) for n in names}
+    unread = sorted(set(files) - read)
+    if unread:
+        _fail_unknown(path, unread, "the probes of a step are numbered 0, 1, 2, ... without gaps")
     # Everything is checked: build the network and move the arrays.
     params = [_tree_from_names(names, [as_array(files[f"params/{n}"][t]) for n in names]) for t in range(steps + 1)]
     grads = []
