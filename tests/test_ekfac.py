@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.optim.ekfac import EKFAC, eigenbasis_scaling
+from refopt.curvature.blocks import eigenbasis_scaling
+from refopt.optim.ekfac import EKFAC
 from refopt.optim.kfac import KFAC
 
 from _helpers import mlp_problem

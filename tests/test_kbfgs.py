@@ -9,7 +9,8 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.optim.kbfgs import KBFGS, bfgs_inverse_update, double_damping, lbfgs_apply
+from refopt.curvature.blocks import bfgs_inverse_update, double_damping, lbfgs_apply
+from refopt.optim.kbfgs import KBFGS
 
 from _helpers import mlp_problem
 

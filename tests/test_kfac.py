@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 from refopt import tree as T
 from refopt.curvature import kronecker as K
 from refopt.optim import optimizer_class
-from refopt.optim.kfac import KFAC, damped_factors, kronecker_inverse, kronecker_precondition
+from refopt.curvature.blocks import kronecker_inverse, kronecker_precondition
+from refopt.optim.kfac import KFAC
 from refopt.optim.sgd import SGD
 
 from _helpers import mlp_problem
@@ -42,10 +43,15 @@ def batch_factors(oracle, params, fisher="true", labels=None):
 
 
 def dense_matrix(A, G, damping, scheme):
+    """The damped layer block, written from the paper and not from refopt's helpers: A ⊗ G + λI ("eigen"),
+    else (A + πγI) ⊗ (G + γ/π I), γ = √λ, π = sqrt((tr A/dim A) / (tr G/dim G)) (M&G 2015 §6.3; π = 1
+    for "tikhonov")."""
     if scheme == "eigen":
         return np.kron(A, G) + damping * np.eye(A.shape[0] * G.shape[0])
-    gA, gG, _ = damped_factors(A, G, damping, scheme)
-    return np.kron(A + gA * np.eye(len(A)), G + gG * np.eye(len(G)))
+    ta, tg = np.trace(A) / len(A), np.trace(G) / len(G)
+    pi = math.sqrt(ta / tg) if scheme == "pi" and ta > 0 and tg > 0 else 1.0   # a zero-trace factor: π = 1
+    gamma = math.sqrt(damping)
+    return np.kron(A + pi * gamma * np.eye(len(A)), G + gamma / pi * np.eye(len(G)))
 
 
 @given(sizes=st.lists(st.integers(1, 4), min_size=2, max_size=4), batch=st.integers(1, 6),

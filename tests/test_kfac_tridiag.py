@@ -5,8 +5,9 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.optim.kfac import KFAC, damped_factors
-from refopt.optim.kfac_tridiag import KFACTridiag, generalized_eigh, tridiagonal_blocks, tridiagonal_precondition
+from refopt.curvature.blocks import generalized_eigh, tridiagonal_blocks, tridiagonal_precondition
+from refopt.optim.kfac import KFAC
+from refopt.optim.kfac_tridiag import KFACTridiag
 
 from _helpers import mlp_problem
 
@@ -14,6 +15,14 @@ from _helpers import mlp_problem
 def problem(sizes=(3, 4, 3, 2), batch=5, seed=0, X=None):
     _, params, oracle = mlp_problem(sizes, batch, seed, X=X)
     return params, oracle
+
+
+def damped(a, g, damping, scheme):
+    """(A + πγI, G + γ/π I), γ = √λ, π = sqrt((tr A/dim A) / (tr G/dim G)) ("pi"; "tikhonov": π = 1), M&G §6.3."""
+    ta, tg = np.trace(a) / len(a), np.trace(g) / len(g)
+    pi = np.sqrt(ta / tg) if scheme == "pi" and ta > 0 and tg > 0 else 1.0   # a zero-trace factor: π = 1
+    gamma = np.sqrt(damping)
+    return a + pi * gamma * np.eye(len(a)), g + gamma / pi * np.eye(len(g))
 
 
 def all_factors(oracle, params):
@@ -32,8 +41,7 @@ def dense_model(A, G, Ax, Gx, damping, scheme="pi"):
     L = len(A)
     Fd = []
     for a, g in zip(A, G):
-        gA, gG, _ = damped_factors(a, g, damping, scheme)
-        Fd.append(np.kron(a + gA * np.eye(len(a)), g + gG * np.eye(len(g))))
+        Fd.append(np.kron(*damped(a, g, damping, scheme)))
     Fx = [np.kron(Ax[l], Gx[l]) for l in range(L - 1)]
     off = np.concatenate([[0], np.cumsum([f.shape[0] for f in Fd])])
     Xi, Lam = np.eye(off[-1]), np.zeros((off[-1], off[-1]))
@@ -99,9 +107,8 @@ def test_two_layers_single_example_inverts_the_fisher_with_damped_diagonal_block
     A, G, _, _, stats = all_factors(oracle, params)
     off = np.concatenate([[0], np.cumsum([T.size(p) for p in params])])
     for l in range(2):
-        gA, gG, _ = damped_factors(A[l], G[l], lam, "pi")
         sl = slice(off[l], off[l + 1])
-        F[sl, sl] = np.kron(A[l] + gA * np.eye(len(A[l])), G[l] + gG * np.eye(len(G[l])))
+        F[sl, sl] = np.kron(*damped(A[l], G[l], lam, "pi"))
     expected = np.linalg.solve(F, T.ravel(stats.grad))
     assert np.allclose(T.ravel(T.sub(params, new)), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
 

@@ -1,4 +1,7 @@
-"""Curvature: Hessian, Gauss-Newton and Fisher products, dense matrices, diagonal estimators."""
+"""Curvature: Hessian, Gauss-Newton and Fisher products, dense matrices, diagonal estimators, Kronecker
+factors (``kronecker``) and the curvature blocks of the K-FAC family (``blocks``)."""
+from .blocks import (CurvatureBlocks, EigenbasisBlocks, KroneckerBlocks, TridiagonalBlocks, ekfac_inverse_vp,
+                     ekfac_matrix, kfac_inverse_vp, kfac_matrix, layer_factors)
 from .dense import check_dense_size, dense_from_product
 from .estimators import PROBE_DISTRIBUTIONS, draw_probes, gnb_diagonal, hutchinson_diagonal
 from .products import (FISHER_KINDS, fisher_vp, ggn_vp, hvp, linearize, network_jvp, network_vjp,
@@ -7,4 +10,6 @@ from .products import (FISHER_KINDS, fisher_vp, ggn_vp, hvp, linearize, network_
 __all__ = ["hvp", "ggn_vp", "fisher_vp", "network_jvp", "network_vjp", "linearize", "output_space_product",
            "output_space_operator", "sampled_output_grads",
            "FISHER_KINDS", "draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS",
-           "dense_from_product", "check_dense_size"]
+           "dense_from_product", "check_dense_size",
+           "CurvatureBlocks", "KroneckerBlocks", "TridiagonalBlocks", "EigenbasisBlocks",
+           "layer_factors", "kfac_matrix", "ekfac_matrix", "kfac_inverse_vp", "ekfac_inverse_vp"]

@@ -19,42 +19,22 @@ eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k
 None = ``decay``), k counting estimates since the refresh, so the first re-estimate replaces the
 restart value). Damping is added to ŝ (the paper's ε), the exact-damping analogue of K-FAC's "eigen" scheme. Every other switch
 (factor running averages, T₁/T₂, KL clip, momentum, weight decay, label draws, Levenberg–Marquardt,
-bad-statistics handling) is ``KFAC``'s.
+bad-statistics handling) is ``KFAC``'s. The maths above is ``refopt.curvature.blocks``
+(``EigenbasisBlocks``: refresh, ``eigenbasis_scaling``, the ŝ average and Q [(Qᵀ V) / (ŝ + λ)]); this
+file is the optimizer over it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from ..curvature import kronecker as K
+from ..curvature.blocks import EigenbasisBlocks
 from .base import check_unit_interval
-from .kfac import KFAC, eigh_psd
+from .kfac import KFAC
 
-__all__ = ["EKFAC", "EigenCorrection", "eigenbasis_scaling"]
-
-
-@register_state
-class EigenCorrection(NamedTuple):
-    """One layer's eigenbases and the running diagonal ŝ in them."""
-
-    QA: object
-    QG: object
-    s: object       # (fan_in + 1, fan_out): ŝ, indexed like W̄
-    count: int      # estimates of ŝ folded in since the last basis refresh
-
-
-def eigenbasis_scaling(inputs, probes_l, QA, QG, scale: float):
-    """s = (1/scale) Σ_p ((ā Q_A)²)ᵀ (g_p Q_G)²: the batch's Fisher diagonal in the basis Q_A ⊗ Q_G."""
-    a2 = (K.augment(inputs) @ QA) ** 2
-    s = None
-    for g in probes_l:
-        term = a2.T @ ((g @ QG) ** 2)
-        s = term if s is None else s + term
-    return s / scale
+__all__ = ["EKFAC"]
 
 
 class EKFAC(KFAC):
-    """Eigenvalue-corrected K-FAC (see module docs)."""
+    """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.blocks.EigenbasisBlocks`` (module docs)."""
 
     name = "ekfac"
     _schemes = ("eigen",)
@@ -72,22 +52,4 @@ class EKFAC(KFAC):
                          weight_decay_mode=weight_decay_mode, fisher=fisher, samples=samples, seed=seed,
                          adapt_damping=adapt_damping, damping_interval=damping_interval)
         self.scale_decay = self.decay if scale_decay is None else check_unit_interval("scale_decay", scale_decay)
-
-    def _update_preconditioner(self, preconditioner, factors, stats, damping, refresh, factors_updated):
-        layers = list(preconditioner)
-        if refresh:
-            layers = []
-            for A, G in zip(factors["A"], factors["G"]):
-                dA, QA = eigh_psd(A)
-                dG, QG = eigh_psd(G)
-                layers.append(EigenCorrection(QA, QG, dA[:, None] * dG[None, :], 0))
-        if factors_updated:  # this step's statistics were estimated and are finite
-            for l, ec in enumerate(layers):
-                s_hat = eigenbasis_scaling(stats.inputs[l], [p[l] for p in stats.probes], ec.QA, ec.QG, stats.scale)
-                eps = K.factor_weight(ec.count + 1, self.scale_decay, "mean")
-                layers[l] = EigenCorrection(ec.QA, ec.QG, eps * ec.s + (1.0 - eps) * s_hat, ec.count + 1)
-        return tuple(layers)
-
-    def _precondition(self, grads_bar: list, preconditioner, damping: float) -> list:
-        return [ec.QA @ ((ec.QA.T @ V @ ec.QG) / (ec.s + damping)) @ ec.QG.T
-                for V, ec in zip(grads_bar, preconditioner)]
+        self._blocks = EigenbasisBlocks(self.scale_decay)

@@ -39,6 +39,8 @@ Switches (defaults first): ``variant`` "bfgs" | "lbfgs"; ``factor_init`` "mean" 
 gradient before the momentum) | "decoupled" (θ ← θ − η P − η ω θ); ``inverse_interval`` None.
 Bad statistics: a non-finite loss or gradient refuses the step; a non-finite A estimate keeps the old
 A; a non-finite second pass skips the H_g and H_a updates; info says which.
+The factor updates (``double_damping``, ``bfgs_inverse_update``, ``lbfgs_apply``, ``secant_pair``,
+``hessian_action_update``) are in ``refopt.curvature.blocks``; this file is the step and its order.
 """
 from __future__ import annotations
 
@@ -49,13 +51,14 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
+from ..curvature.blocks import bfgs_inverse_update, double_damping, hessian_action_update, lbfgs_apply, secant_pair
 from ..linalg import symmetrize
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
 from .kfac import WEIGHT_DECAY_MODES, _check_params
 
-__all__ = ["KBFGS", "KBFGSState", "double_damping", "bfgs_inverse_update", "lbfgs_apply", "VARIANTS"]
+__all__ = ["KBFGS", "KBFGSState", "VARIANTS"]
 
 VARIANTS = ("bfgs", "lbfgs")
 
@@ -73,47 +76,6 @@ class KBFGSState(NamedTuple):
     secant_s: tuple       # s̄_l, running average of the pre-activation secant step
     secant_y: tuple       # ȳ_l
     grad_momentum: object  # M, a tree like params
-
-
-def double_damping(s, y, Hy, mu1: float, mu2: float):
-    """(s̃, ỹ, θ₁, θ₂): Powell damping on H then Levenberg–Marquardt damping on H⁻¹ (module docs)."""
-    sy, yHy = float(xp.dot(s, y)), float(xp.dot(y, Hy))
-    theta1 = (1.0 - mu1) * yHy / (yHy - sy) if sy < mu1 * yHy else 1.0
-    s_t = theta1 * s + (1.0 - theta1) * Hy
-    ss, sy_t = float(xp.dot(s_t, s_t)), float(xp.dot(s_t, y))
-    theta2 = (1.0 - mu2) * ss / (ss - sy_t) if sy_t < mu2 * ss else 1.0
-    return s_t, theta2 * y + (1.0 - theta2) * s_t, theta1, theta2
-
-
-def bfgs_inverse_update(H, s, y):
-    """H⁺ = (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ (ρ = 1/sᵀy); H unchanged unless sᵀy > 0 and finite."""
-    sy = float(xp.dot(s, y))
-    if not (sy > 0 and math.isfinite(sy)):
-        return H
-    rho = 1.0 / sy
-    Hy = H @ y
-    H_new = H - rho * (xp.outer(s, Hy) + xp.outer(Hy, s)) + (rho * rho * float(xp.dot(y, Hy)) + rho) * xp.outer(s, s)
-    return symmetrize(H_new)
-
-
-def lbfgs_apply(V, S, Y, gamma0: float = 1.0):
-    """V H for the L-BFGS inverse H of the pairs (rows of S, Y, oldest first) from H₀ = γ₀ I.
-
-    ``V`` is a vector or a matrix whose rows are each multiplied (H is symmetric): the two-loop
-    recursion (Nocedal & Wright, Algorithm 7.4) run on all rows at once.
-    """
-    q = V[None, :] if V.ndim == 1 else V
-    m = S.shape[0]
-    rho = [1.0 / float(xp.dot(S[j], Y[j])) for j in range(m)]
-    alpha = [None] * m
-    for j in reversed(range(m)):
-        alpha[j] = rho[j] * (q @ S[j])
-        q = q - alpha[j][:, None] * Y[j][None, :]
-    r = gamma0 * q
-    for j in range(m):
-        beta = rho[j] * (r @ Y[j])
-        r = r + (alpha[j] - beta)[:, None] * S[j][None, :]
-    return r[0] if V.ndim == 1 else r
 
 
 class KBFGS(Optimizer):
@@ -213,10 +175,8 @@ class KBFGS(Optimizer):
         H_g, memory, s_bar, y_bar, H_a = list(state.H_g), list(state.memory), [], [], []
         damped = 0
         for l in range(len(params)):
-            abar_old = xp.mean(K.augment(stats.inputs[l]), axis=0)
-            abar_new = xp.mean(K.augment(stats_new.inputs[l]), axis=0)
-            s = abar_new @ K.layer_matrix(new[l]) - abar_old @ K.layer_matrix(params[l])
-            y = xp.sum(stats_new.output_grads[l], axis=0) - xp.sum(stats.output_grads[l], axis=0)
+            s, y, abar_old = secant_pair(stats.inputs[l], stats_new.inputs[l], params[l], new[l],
+                                         stats.output_grads[l], stats_new.output_grads[l])
             s = beta * state.secant_s[l] + (1.0 - beta) * s
             y = beta * state.secant_y[l] + (1.0 - beta) * y
             s_bar.append(s)
@@ -229,7 +189,6 @@ class KBFGS(Optimizer):
                 S, Y = memory[l]
                 memory[l] = (xp.concatenate([S, s_t[None]])[-self.memory:],
                              xp.concatenate([Y, y_t[None]])[-self.memory:])
-            s_a = state.H_a[l] @ abar_old
-            H_a.append(bfgs_inverse_update(state.H_a[l], s_a, A_lm[l] @ s_a))
+            H_a.append(hessian_action_update(state.H_a[l], A_lm[l], abar_old))
         return state._replace(H_a=tuple(H_a), H_g=tuple(H_g), memory=tuple(memory), secant_s=tuple(s_bar),
                               secant_y=tuple(y_bar)), damped

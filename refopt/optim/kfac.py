@@ -2,7 +2,8 @@
 
 Each dense layer's Fisher block is approximated by A ⊗ G (``refopt.curvature.kronecker``: ā = [a, 1],
 W̄ = [W; b], s = a W, row-major vec, (A ⊗ G) vec(V) = vec(A V G)), blocks of different layers are
-taken as zero, and the step is
+taken as zero, and the step is (the curvature's estimate, refresh and (A ⊗ G + damping)⁻¹ are
+``refopt.curvature.blocks.KroneckerBlocks``; the variants swap in another block object)
 
     Â ← ε_k Â + (1 − ε_k) A_t,   Ĝ ← ε_k Ĝ + (1 − ε_k) G_t       every T₁ steps (running averages)
     V_l = (Â_l ⊗ Ĝ_l + damping)⁻¹ vec(∇W̄_l)                       preconditioners refreshed every T₂ steps
@@ -72,18 +73,14 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
-from ..linalg import symmetrize
+from ..curvature.blocks import BIAS_BLOCKS, DAMPING_SCHEMES, INVERSE_METHODS, KroneckerBlocks
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
 from .base import MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 
-__all__ = ["KFAC", "KFACState", "KroneckerInverse", "kronecker_inverse", "kronecker_precondition", "damped_factors",
-           "eigh_psd", "DAMPING_SCHEMES", "INVERSE_METHODS", "WEIGHT_DECAY_MODES", "BIAS_BLOCKS", "bias_precondition"]
+__all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_MODES"]
 
-DAMPING_SCHEMES = ("pi", "tikhonov", "eigen")
-INVERSE_METHODS = ("eig", "inverse")
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
-BIAS_BLOCKS = ("joint", "separate")
 
 
 @register_state
@@ -96,69 +93,6 @@ class KFACState(NamedTuple):
     preconditioner: tuple  # per layer, from the last refresh; () before the first
     velocity: object       # m: momentum buffer on the natural gradient (a tree like params)
     damping: float         # λ (changed only by the Levenberg–Marquardt rule)
-
-
-@register_state
-class KroneckerInverse(NamedTuple):
-    """One layer's refreshed preconditioner: eigenpairs of the undamped factors, or damped inverses."""
-
-    QA: object
-    dA: object
-    QG: object
-    dG: object
-    A_inv: object
-    G_inv: object
-    pi: float
-
-
-def eigh_psd(M):
-    """(eigenvalues clipped at 0, eigenvectors) of a symmetric positive semi-definite matrix."""
-    lam, Q = xp.linalg.eigh(symmetrize(M))
-    return xp.maximum(lam, 0.0), Q
-
-
-def damped_factors(A, G, damping: float, scheme: str):
-    """(γ_A, γ_G, π): the additive damping of each factor for the "pi" and "tikhonov" schemes."""
-    gamma = math.sqrt(damping)
-    pi = K.pi_correction(A, G) if scheme == "pi" else 1.0
-    return pi * gamma, gamma / pi, pi
-
-
-def kronecker_inverse(A, G, damping: float, scheme: str = "pi", method: str = "inverse") -> KroneckerInverse:
-    """One layer's preconditioner: eigenpairs of the undamped A, G ("eig") or damped inverses ("inverse")."""
-    if method == "eig":
-        dA, QA = eigh_psd(A)
-        dG, QG = eigh_psd(G)
-        pi = K.pi_correction(A, G) if scheme == "pi" else 1.0
-        return KroneckerInverse(QA, dA, QG, dG, None, None, pi)
-    if scheme == "eigen":
-        raise ValueError("the 'eigen' damping needs method='eig'")
-    gA, gG, pi = damped_factors(A, G, damping, scheme)
-    A_inv = xp.linalg.inv(symmetrize(A) + gA * xp.eye(A.shape[0], dtype=A.dtype))
-    G_inv = xp.linalg.inv(symmetrize(G) + gG * xp.eye(G.shape[0], dtype=G.dtype))
-    return KroneckerInverse(None, None, None, None, A_inv, G_inv, pi)
-
-
-def kronecker_precondition(V, inv: KroneckerInverse, damping: float, scheme: str):
-    """(damped Â ⊗ Ĝ)⁻¹ vec(V) for one layer, V of shape (fan_in + 1, fan_out)."""
-    if inv.A_inv is not None:
-        return inv.A_inv @ V @ inv.G_inv
-    Vt = inv.QA.T @ V @ inv.QG
-    if scheme == "eigen":
-        D = inv.dA[:, None] * inv.dG[None, :] + damping
-    else:
-        gamma = math.sqrt(damping)
-        D = (inv.dA + inv.pi * gamma)[:, None] * (inv.dG + gamma / inv.pi)[None, :]
-    return inv.QA @ (Vt / D) @ inv.QG.T
-
-
-def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str):
-    """The separate bias block's (damped G)⁻¹ applied to the bias rows Vb (1, fan_out), from the weight
-    block's refreshed G: (G + γI)⁻¹ ("tikhonov", γ = √λ) or (G + λI)⁻¹ ("eigen")."""
-    if inv.G_inv is not None:          # "tikhonov" with method "inverse": G_inv = (G + γI)⁻¹ (π = 1)
-        return Vb @ inv.G_inv
-    d = inv.dG + (damping if scheme == "eigen" else math.sqrt(damping))
-    return ((Vb @ inv.QG) / d) @ inv.QG.T
 
 
 def _check_params(params) -> None:
@@ -209,46 +143,14 @@ class KFAC(Optimizer):
         if self.bias_block == "separate" and self.damping_scheme == "pi":
             raise ValueError("bias_block='separate' needs damping_scheme='tikhonov' or 'eigen': the π of 'pi' "
                              "balances two factors and the bias block has one")
+        # The curvature: estimate, refresh and precondition live in refopt.curvature.blocks; a variant
+        # sets another block object after this constructor (underscored: not a hyperparameter).
+        self._blocks = KroneckerBlocks(self.damping_scheme, self.inverse, self.bias_block, self.output_grad_scale)
 
-    # --- pieces a variant overrides ------------------------------------------------------------
-    def _initial_factors(self, params) -> dict:
-        """Identity factors (used as such only by factor_init="identity"; otherwise overwritten)."""
-        dtype = params[0]["W"].dtype
-        extra = 0 if self.bias_block == "separate" else 1
-        return {"A": tuple(xp.eye(p["W"].shape[0] + extra, dtype=dtype) for p in params),
-                "G": tuple(xp.eye(p["W"].shape[1], dtype=dtype) for p in params)}
-
-    def _estimate_factors(self, stats: K.KFACStatistics) -> dict:
-        """This batch's A_l and G_l."""
-        n = len(stats.inputs)
-        if self.bias_block == "separate":
-            A = [a.T @ a / a.shape[0] for a in stats.inputs]
-        else:
-            A = [K.input_factor(a) for a in stats.inputs]
-        return {"A": A, "G": [K.grad_factor([p[l] for p in stats.probes], stats.scale, self.output_grad_scale)
-                              for l in range(n)]}
-
-    def _refresh(self, factors: dict, damping: float) -> tuple:
-        """Eigenpairs (or damped inverses) of every layer's factors."""
-        return tuple(kronecker_inverse(A, G, damping, self.damping_scheme, self.inverse)
-                     for A, G in zip(factors["A"], factors["G"]))
-
-    def _update_preconditioner(self, preconditioner, factors, stats, damping, refresh, factors_updated):
-        return self._refresh(factors, damping) if refresh else preconditioner
-
-    def _precondition(self, grads_bar: list, preconditioner, damping: float) -> list:
-        if self.bias_block == "separate":
-            return [xp.concatenate([kronecker_precondition(V[:-1], inv, damping, self.damping_scheme),
-                                    bias_precondition(V[-1:], inv, damping, self.damping_scheme)], axis=0)
-                    for V, inv in zip(grads_bar, preconditioner)]
-        return [kronecker_precondition(V, inv, damping, self.damping_scheme)
-                for V, inv in zip(grads_bar, preconditioner)]
-
-    # --- the shared interface --------------------------------------------------------------------
     def init(self, params) -> KFACState:
         """Identity factors, no preconditioner yet, zero momentum, λ = ``damping`` and step 0; needs MLP layer dicts."""
         _check_params(params)
-        return KFACState(0, 0, self._initial_factors(params), (), T.zeros_like(params), self.damping)
+        return KFACState(0, 0, self._blocks.init(params), (), T.zeros_like(params), self.damping)
 
     def step_seed(self, step: int):
         """The seed of step ``step``'s label draws: ``loss.sample(z, [seed, step], samples)``."""
@@ -269,7 +171,7 @@ class KFAC(Optimizer):
         factors, k = state.factors, state.factor_updates
         factors_updated = False
         if refresh_factors:
-            estimate = self._estimate_factors(stats)
+            estimate = self._blocks.estimate(stats)
             if T.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init)
                 factors = {name: tuple(eps * old + (1.0 - eps) * new for old, new in zip(factors[name], estimate[name]))
@@ -282,12 +184,14 @@ class KFAC(Optimizer):
             else:
                 message = "non-finite factor statistics: factor update skipped, old factors kept"
         damping = state.damping
-        precond = self._update_preconditioner(state.preconditioner, factors, stats, damping, refresh, factors_updated)
+        precond = self._blocks.refresh(factors, damping) if refresh else state.preconditioner
+        if factors_updated:  # statistics kept in the refreshed basis (EKFAC's ŝ) take this finite estimate
+            precond = self._blocks.update_estimate(precond, stats)
 
         gbar = [K.layer_matrix(g) for g in grad]
         if self.weight_decay and self.weight_decay_mode == "l2":
             gbar = [gb + self.weight_decay * K.layer_matrix(p) for gb, p in zip(gbar, params)]
-        V = self._precondition(gbar, precond, damping)
+        V = self._blocks.precondition(gbar, precond, damping)
         vg = sum(float(xp.vdot(v, gb)) for v, gb in zip(V, gbar))
         nu = 1.0
         if self.kl_clip is not None and vg > 0:

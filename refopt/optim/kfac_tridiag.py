@@ -31,82 +31,21 @@ only, A_l + π_l γ I and G_l + (γ/π_l) I (``damping_scheme="pi"``, default; "
 Ψ and Σ are formed; the cross factors are not damped. The damped joint factor matrices stay positive
 definite, so 0 ≤ s₁, s₂ < 1 and every Σ_{l|l+1} is positive definite. The whole preconditioner is
 recomputed at each refresh (every T₂ steps) with the λ of that moment. Everything else (running
-averages, T₁, KL clip, momentum, weight decay, label draws, bad statistics) is ``KFAC``'s.
+averages, T₁, KL clip, momentum, weight decay, label draws, bad statistics) is ``KFAC``'s. The
+maths above is ``refopt.curvature.blocks`` (``TridiagonalBlocks``, ``tridiagonal_blocks`` for Ψ and Σ⁻¹,
+``tridiagonal_precondition`` for the three sweeps); this file is the optimizer over it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
-from ..backend import xp
 from ..curvature import kronecker as K
-from ..linalg import symmetrize
-from .kfac import KFAC, damped_factors
+from ..curvature.blocks import TridiagonalBlocks
+from .kfac import KFAC
 
-__all__ = ["KFACTridiag", "TridiagonalBlock", "tridiagonal_blocks", "tridiagonal_precondition",
-           "generalized_eigh"]
-
-
-@register_state
-class TridiagonalBlock(NamedTuple):
-    """Layer l's share of F̂⁻¹: Ψ^A_l, Ψ^G_l (None for the last layer) and Σ_{l|l+1}⁻¹ as (K₁, K₂, 1 − s₁s₂ᵀ)."""
-
-    psi_A: object
-    psi_G: object
-    K1: object
-    K2: object
-    denom: object
-
-
-def generalized_eigh(C, A):
-    """(s, K) with Kᵀ A K = I and Kᵀ C K = diag(s), for A positive definite and C symmetric (or None = 0).
-
-    With A = L Lᵀ (Cholesky): eigenpairs (s, E) of L⁻¹ C L⁻ᵀ and K = L⁻ᵀ E.
-    """
-    L_inv = xp.linalg.inv(xp.linalg.cholesky(symmetrize(A)))
-    if C is None:
-        return xp.zeros(A.shape[0], dtype=A.dtype), L_inv.T
-    s, E = xp.linalg.eigh(symmetrize(L_inv @ C @ L_inv.T))
-    return s, L_inv.T @ E
-
-
-def tridiagonal_blocks(A, G, A_cross, G_cross, damping: float, scheme: str = "pi") -> tuple:
-    """Ψ's and the Σ⁻¹ factors from the factors A_l, G_l and cross factors A_{l,l+1}, G_{l,l+1}."""
-    Ad, Gd = [], []
-    for a, g in zip(A, G):
-        gA, gG, _ = damped_factors(a, g, damping, scheme)
-        Ad.append(symmetrize(a) + gA * xp.eye(a.shape[0], dtype=a.dtype))
-        Gd.append(symmetrize(g) + gG * xp.eye(g.shape[0], dtype=g.dtype))
-    blocks = []
-    L = len(Ad)
-    for l in range(L):
-        if l < L - 1:
-            # Ψ = X Y⁻¹ = (Y⁻¹ Xᵀ)ᵀ for symmetric Y.
-            psi_A = xp.linalg.solve(Ad[l + 1], A_cross[l].T).T
-            psi_G = xp.linalg.solve(Gd[l + 1], G_cross[l].T).T
-            C = psi_A @ A_cross[l].T          # Ψ^A A_{l+1} Ψ^Aᵀ = A_{l,l+1} A_{l+1}⁻¹ A_{l,l+1}ᵀ
-            D = psi_G @ G_cross[l].T
-        else:
-            psi_A = psi_G = C = D = None     # Σ_L = A_L ⊗ G_L: no second Kronecker term
-        s1, K1 = generalized_eigh(C, Ad[l])
-        s2, K2 = generalized_eigh(D, Gd[l])
-        blocks.append(TridiagonalBlock(psi_A, psi_G, K1, K2, 1.0 - s1[:, None] * s2[None, :]))
-    return tuple(blocks)
-
-
-def tridiagonal_precondition(V: list, blocks) -> list:
-    """F̂⁻¹ vec(∇W̄) by the three sweeps u = Ξv, w = Λu, x = Ξᵀw (module docs)."""
-    L = len(V)
-    U = [V[l] - blocks[l].psi_A @ V[l + 1] @ blocks[l].psi_G.T if l < L - 1 else V[l] for l in range(L)]
-    W = [b.K1 @ ((b.K1.T @ u @ b.K2) / b.denom) @ b.K2.T for u, b in zip(U, blocks)]
-    X = [W[0]]
-    for l in range(L - 1):
-        X.append(W[l + 1] - blocks[l].psi_A.T @ W[l] @ blocks[l].psi_G)
-    return X
+__all__ = ["KFACTridiag"]
 
 
 class KFACTridiag(KFAC):
-    """Block-tridiagonal K-FAC (see module docs)."""
+    """Block-tridiagonal K-FAC: ``KFAC``'s step over ``curvature.blocks.TridiagonalBlocks`` (module docs)."""
 
     name = "kfac_tridiag"
     _schemes = ("pi", "tikhonov")
@@ -123,27 +62,4 @@ class KFACTridiag(KFAC):
                          damping_scheme=damping_scheme, kl_clip=kl_clip, weight_decay=weight_decay,
                          weight_decay_mode=weight_decay_mode, fisher=fisher, samples=samples, seed=seed,
                          adapt_damping=adapt_damping, damping_interval=damping_interval)
-
-    def _initial_factors(self, params) -> dict:
-        factors = super()._initial_factors(params)
-        dtype = params[0]["W"].dtype
-        factors["A_cross"] = tuple(xp.zeros((p["W"].shape[0] + 1, q["W"].shape[0] + 1), dtype=dtype)
-                                   for p, q in zip(params[:-1], params[1:]))
-        factors["G_cross"] = tuple(xp.zeros((p["W"].shape[1], q["W"].shape[1]), dtype=dtype)
-                                   for p, q in zip(params[:-1], params[1:]))
-        return factors
-
-    def _estimate_factors(self, stats: K.KFACStatistics) -> dict:
-        est = super()._estimate_factors(stats)
-        a, n = stats.inputs, len(stats.inputs)
-        est["A_cross"] = [K.cross_input_factor(a[l], a[l + 1]) for l in range(n - 1)]
-        est["G_cross"] = [K.cross_grad_factor([p[l] for p in stats.probes], [p[l + 1] for p in stats.probes],
-                                              stats.scale) for l in range(n - 1)]
-        return est
-
-    def _refresh(self, factors: dict, damping: float) -> tuple:
-        return tridiagonal_blocks(factors["A"], factors["G"], factors["A_cross"], factors["G_cross"], damping,
-                                  self.damping_scheme)
-
-    def _precondition(self, grads_bar: list, preconditioner, damping: float) -> list:
-        return tridiagonal_precondition(grads_bar, preconditioner)
+        self._blocks = TridiagonalBlocks(self.damping_scheme)
