@@ -6,7 +6,9 @@ with the accepted step, φ and φ' there, the number of callback evaluations and
 never raises on a well-posed problem, however hard: failure is a status, and the step it returns is
 then the best point found with φ(α) < φ(0), or α = 0 (stay put) when there is none. A non-finite
 φ or φ' at a trial point means "too far": the search backtracks. Invalid *arguments* (c1 ≥ c2, a
-non-positive step) are programming errors and raise ``ValueError``.
+non-positive step, NaN, ±inf, a bool, a string or an integer beyond the float range where a number is
+expected, ``max_evals`` outside [1, ``MAX_EVALS``]) are programming errors and raise a ``ValueError`` that
+names the argument.
 
 Conditions (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, §3.1; Hager & Zhang, "A new
 conjugate gradient method with guaranteed descent and an efficient line search", SIAM J. Optim. 16, 2005,
@@ -49,6 +51,8 @@ even with a wrong derivative.
   default above) a step satisfying the approximate Wolfe conditions is accepted, and otherwise φ'(α)
   decides (bracketing: φ' ≥ 0 brackets, φ' < 0 extrapolates; zoom: the trial replaces the end its slope
   points away from). With ``approximate=False`` it is N&W's search, failures at rounding level aside.
+  The approximate conditions need H&Z's δ = c₁ < ½ (the upper bound (2c₁ − 1)φ'(0) is then positive and
+  the set contains the minimiser); with c₁ ≥ ½ they are off, whatever ``approximate`` says.
 * ``fixed_step``: a unit (or given) step, backtracking only on non-finite values: what "no line
   search" means for Newton-type methods.
 * ``minfunc_wolfe``: the strong-Wolfe search of Mark Schmidt's minFunc as Torch7's lswolfe.lua and
@@ -61,7 +65,7 @@ even with a wrong derivative.
   Quirks kept: a rise f(α) ≥ f(α_prev) ends the bracketing only from its third trial on. One change:
   a non-finite φ or φ' is taken as φ = +∞ (torch's search would extrapolate into the non-finite region).
   No approximate conditions and no "precision" status (it must pick torch's points and report torch's
-  outcome); drivers classify its failures with ``precision_status`` (``optim.newton.search_along`` does).
+  outcome); drivers classify its failures with ``precision_status`` (``optim.globalisation.search_along`` does).
 
 Statuses: "converged" (the strong Wolfe conditions hold at the returned step, or the approximate ones
 with φ(α) within ε_k of φ(0): ``result.approximate``; Armijo: sufficient decrease); "not_descent" (φ'(0)
@@ -76,11 +80,12 @@ the conditions hold at the returned step.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple, Optional
 
 __all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "cubic_minimizer",
            "quadratic_minimizer", "LINE_SEARCHES", "rounding_error", "at_rounding_level", "precision_status",
-           "ROUNDING_FACTOR", "FLOAT64_EPS"]
+           "ROUNDING_FACTOR", "FLOAT64_EPS", "MAX_EVALS"]
 
 Phi = Callable[[float], tuple]
 
@@ -109,13 +114,69 @@ def _finite(*values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def _check_common(phi0: float, dphi0, alpha0: float, max_evals: int) -> None:
-    if not (isinstance(alpha0, (int, float)) and math.isfinite(alpha0) and alpha0 > 0):
-        raise ValueError(f"alpha0 must be a positive finite number, got {alpha0!r}")
-    if not isinstance(max_evals, int) or max_evals < 1:
-        raise ValueError(f"max_evals must be an integer ≥ 1, got {max_evals!r}")
-    if not math.isfinite(phi0):
-        raise ValueError(f"phi0 must be finite (the search starts from a valid point), got {phi0!r}")
+MAX_EVALS = 10_000   # the largest ``max_evals`` (optim.base's MAX_ITERATIONS; a larger one means unbounded work)
+
+
+def _as_float(value) -> Optional[float]:
+    """``value`` as a Python float (possibly ±inf or NaN) if it is one real number: a Python or NumPy scalar or
+    a 0-d array (a loss on the device); None for a bool, a string, bytes, a complex number, an array with
+    axes, None, anything without ``__float__``, and an integer beyond the float range (10**400; where
+    ``math.isfinite`` would raise OverflowError)."""
+    if value is None or isinstance(value, (bool, str, bytes, complex)) or type(value).__name__ in ("bool_", "bool") \
+            or getattr(value, "ndim", 0) != 0 or getattr(value, "dtype", None) is not None and value.dtype.kind in "bc":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _real_arg(name: str, value, low: float = 0.0, high: float = math.inf, low_open: bool = True,
+              high_open: bool = True) -> float:
+    """A finite real argument in the interval (low, high) (ends closed where ``*_open`` is False), as a float;
+    ValueError naming ``name`` otherwise (NaN, ±inf, bools, strings, huge integers included)."""
+    x = _as_float(value)
+    ok = x is not None and math.isfinite(x) and (x > low if low_open else x >= low) \
+        and (x < high if high_open else x <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be a finite real number in {lo}, {hi}, got {_show(value)}")
+    return x
+
+
+def _show(value) -> str:
+    """A short repr for messages (a huge integer by its size: str() of one over 4300 digits raises)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** 18:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the argument's name
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_common(phi0, dphi0, alpha0, max_evals, dphi0_optional: bool = False) -> None:
+    """Check the arguments every search takes (ValueError naming the bad one). φ(0) and φ'(0) are only
+    checked, not converted (a float32 loss stays one in the result); a non-finite φ'(0) is allowed (the
+    search returns "not_descent"), a non-number (a string, a bool, 10**400) is not."""
+    _real_arg("alpha0", alpha0)
+    if isinstance(max_evals, bool) or not isinstance(max_evals, numbers.Integral) \
+            or not 1 <= int(max_evals) <= MAX_EVALS:
+        raise ValueError(f"max_evals must be an integer in [1, {MAX_EVALS}], got {_show(max_evals)}")
+    f0 = _as_float(phi0)
+    if f0 is None or not math.isfinite(f0):
+        raise ValueError(f"phi0 must be a finite real number (the search starts from a valid point), "
+                         f"got {_show(phi0)}")
+    if dphi0 is None and dphi0_optional:
+        return
+    if _as_float(dphi0) is None:
+        raise ValueError(f"dphi0 must be a real number, got {_show(dphi0)}")
+
+
+def _check_bool(name: str, value) -> bool:
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy":
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {_show(value)}")
 
 
 def _not_descent(phi0, dphi0) -> LineSearchResult:
@@ -154,12 +215,11 @@ def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
     ``epsilon_k`` of φ(0) is reported as "precision" (see the module docs)."""
     _check_common(phi0, dphi0, alpha0, max_evals)
     eps_k = _check_epsilon_k(epsilon_k, phi0)
-    if not 0 < c1 < 1:
-        raise ValueError(f"c1 must lie in (0, 1), got {c1!r}")
-    if not 0 < rho < 1:
-        raise ValueError(f"rho must lie in (0, 1), got {rho!r}")
-    if interpolation not in ("none", "quadratic"):
-        raise ValueError(f"interpolation must be 'none' or 'quadratic', got {interpolation!r}")
+    c1 = _real_arg("c1", c1, 0.0, 1.0)
+    rho = _real_arg("rho", rho, 0.0, 1.0)
+    min_step = _real_arg("min_step", min_step, low_open=False)
+    if not (isinstance(interpolation, str) and interpolation in ("none", "quadratic")):
+        raise ValueError(f"interpolation must be 'none' or 'quadratic', got {_show(interpolation)}")
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
     alpha, nfev, values = float(alpha0), 0, []
@@ -188,7 +248,8 @@ def armijo(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
 def fixed_step(phi: Phi, phi0: float, dphi0: Optional[float] = None, alpha0: float = 1.0, rho: float = 0.5,
                max_evals: int = 30) -> LineSearchResult:
     """Take α = alpha0 whatever φ(α) is, backtracking by ``rho`` only while φ or φ' is not finite."""
-    _check_common(phi0, dphi0, alpha0, max_evals)
+    _check_common(phi0, dphi0, alpha0, max_evals, dphi0_optional=True)
+    rho = _real_arg("rho", rho, 0.0, 1.0)
     alpha = float(alpha0)
     for nfev in range(1, max_evals + 1):
         f, d = phi(alpha)
@@ -203,14 +264,16 @@ def strong_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: f
                  alpha_max: float = 1e10, max_evals: int = 30, approximate: bool = True,
                  epsilon_k: Optional[float] = None) -> LineSearchResult:
     """A step satisfying the strong Wolfe conditions (N&W Algorithms 3.5 and 3.6) or, where φ(α) is within
-    ``epsilon_k`` of φ(0), Hager & Zhang's approximate Wolfe conditions (``approximate``); see the module docs."""
+    ``epsilon_k`` of φ(0), Hager & Zhang's approximate Wolfe conditions (``approximate``, used only when
+    c1 < ½); see the module docs."""
     _check_common(phi0, dphi0, alpha0, max_evals)
-    if not 0 < c1 < c2 < 1:
-        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+    c1, c2 = _check_c1_c2(c1, c2)
+    alpha_max = _real_arg("alpha_max", alpha_max)
     if not alpha_max >= alpha0:
         raise ValueError(f"alpha_max ({alpha_max!r}) must be at least alpha0 ({alpha0!r})")
-    if not isinstance(approximate, bool):
-        raise TypeError(f"approximate must be True or False, got {approximate!r}")
+    # H&Z's δ = c₁ must be < ½ (their upper bound (2δ − 1)φ'(0) is then positive): otherwise the approximate
+    # conditions are off and the search is N&W's (the optimizers accept any 0 < c₁ < c₂ < 1)
+    approximate = _check_bool("approximate", approximate) and c1 < 0.5
     eps_k = _check_epsilon_k(epsilon_k, phi0)
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
@@ -337,10 +400,17 @@ def rounding_error(phi0: float, eps: float = FLOAT64_EPS) -> float:
 def _check_epsilon_k(epsilon_k, phi0: float) -> float:
     if epsilon_k is None:
         return rounding_error(phi0)
-    if isinstance(epsilon_k, bool) or not isinstance(epsilon_k, (int, float)) or not math.isfinite(epsilon_k) \
-            or epsilon_k < 0:
-        raise ValueError(f"epsilon_k must be a non-negative finite number or None, got {epsilon_k!r}")
-    return float(epsilon_k)
+    x = _as_float(epsilon_k)
+    if x is None or not math.isfinite(x) or x < 0:
+        raise ValueError(f"epsilon_k must be a non-negative finite number or None, got {_show(epsilon_k)}")
+    return x
+
+
+def _check_c1_c2(c1, c2) -> tuple:
+    c1, c2 = _real_arg("c1", c1, 0.0, 1.0), _real_arg("c2", c2, 0.0, 1.0)
+    if not c1 < c2:
+        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+    return c1, c2
 
 
 def at_rounding_level(phi0: float, values, epsilon_k: float) -> bool:
@@ -387,10 +457,12 @@ def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: 
     """minFunc's strong-Wolfe search as torch.optim.LBFGS runs it (see the module docs); ``max_evals`` is
     torch's max_ls + 1 (the first trial is not counted by torch's max_ls = 25)."""
     _check_common(phi0, dphi0, alpha0, max_evals)
-    if not 0 < c1 < c2 < 1:
-        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+    c1, c2 = _check_c1_c2(c1, c2)
+    tolerance_change = _real_arg("tolerance_change", tolerance_change, low_open=False)
     if not (_finite(dphi0) and dphi0 < 0):
         return _not_descent(phi0, dphi0)
+    # max|p| from the caller: checked after the descent test (a p with NaN entries is "not_descent")
+    direction_scale = _real_arg("direction_scale", direction_scale, low_open=False)
     max_ls = max_evals - 1
 
     def evaluate(t):

@@ -3,13 +3,19 @@
 (b) Every constructor argument, found with inspect.signature (so a new optimizer or argument is covered
     without editing this file), is given wrong types, non-finite, huge and out-of-range values: each must
     be a ValueError or TypeError whose message names the argument; never OverflowError, never accepted.
+    Arguments with a None default get the wrong values of the kind of their valid values (an integer
+    cap is given 2.5 and 2**63, a float −1, a switch an unknown string).
 (a) Random well-posed problems (tiny MLPs with random sizes, seeds and losses, and classical test
-    functions for the optimizers that do not need a network) and random hyperparameters within their
-    documented ranges: no NaN or Inf reaches params or the state's arrays, and a refused step gives back
-    params and state bit-identical to what went in.
+    functions for the optimizers that do not need a network) and random hyperparameters drawn from the
+    valid values of VALID_ARGUMENTS (keyed by argument name, ARG_OVERRIDES per optimizer; a test fails
+    when a constructor argument has no entry): no NaN or Inf reaches params or the state's arrays, and a
+    refused step gives back params and state bit-identical to what went in. Since 15 examples draw only
+    subsets, a deterministic test also sets every argument alone to a non-default valid value and runs
+    2 steps.
 
-Both are bounded for CI: (b) is an exhaustive table (a few thousand constructions, well under a second);
-(a) runs under the hypothesis profile of conftest.py (15 derandomized examples per optimizer, 4 steps).
+All bounded for CI: (b) is an exhaustive table (a few thousand constructions, well under a second);
+(a) runs under the hypothesis profile of conftest.py (15 derandomized examples per optimizer, 4 steps);
+the whole file takes about 3 s.
 """
 import copy
 import inspect
@@ -23,7 +29,7 @@ from hypothesis import strategies as st
 
 from _helpers import assert_same_values, mlp_problem
 from refopt.optim import OPTIMIZERS, optimizer_class
-from refopt.optim.base import MAX_SEED
+from refopt.optim.base import MAX_SEED, show_value
 from refopt.optim.newton import NotPositiveDefiniteError
 from refopt.problems import functions as F
 
@@ -70,10 +76,32 @@ NEVER_VALID = {
 NEGATIVE_ALLOWED = {("shampoo", "exponent"), ("adahessian", "spatial_block")}
 
 
-def _bad_values(name, arg, p):
-    """(label, value) pairs outside ``arg``'s documented range, by the kind of its default."""
-    bad = dict(NEVER_VALID)
+# Positive numbers outside the range of arguments documented to take negative ones (Shampoo's exponent < 0)
+POSITIVE_INVALID = {("shampoo", "exponent")}
+
+
+def _value_kind(name, arg, p) -> str:
+    """The kind of ``arg``'s values: its default's, or for a None default (cg_maxiter, exponent, form, ...)
+    that of its valid values in VALID_ARGUMENTS (``initial_matrix`` stays "other")."""
     kind = _kind(p)
+    if kind != "other" or arg == "initial_matrix":
+        return kind
+    cls = optimizer_class(name)
+    kinds = {_kind(inspect.Parameter("x", inspect.Parameter.KEYWORD_ONLY, default=v))
+             for v in valid_values(cls, arg) if v is not None and not isinstance(v, OfSize)}
+    return kinds.pop() if len(kinds) == 1 else "other"
+
+
+def _bad_values(name, arg, p):
+    """(label, value) pairs outside ``arg``'s documented range, by the kind of its values."""
+    bad = dict(NEVER_VALID)
+    kind = _value_kind(name, arg, p)
+    if (name, arg) in POSITIVE_INVALID:
+        bad.update({"0": 0.0, "0.5": 0.5, "2**63": 2 ** 63})
+    if arg == "initial_matrix":   # a positive scalar (L-BFGS) or an SPD matrix: never ≤ 0
+        bad.update({"-1": -1.0, "0": 0, "True": True})
+    if kind == "other" and valid_values(optimizer_class(name), arg) == [None]:   # DFP/SR1's damping: None only
+        bad.update({"'powell'": "powell", "1": 1, "True": True})
     if not _optional(p):
         bad["None"] = None
     if kind in ("int", "float") and (name, arg) not in NEGATIVE_ALLOWED:
@@ -85,7 +113,9 @@ def _bad_values(name, arg, p):
     if kind == "bool":
         bad.update({"1": 1, "0": 0, "'yes'": "yes", "'False'": "False", "[]": []})
     if kind == "str":
-        bad.update({"1": 1, "True": True, "['x']": [p.default], "upper case": p.default.upper() + "X"})
+        example = p.default if isinstance(p.default, str) else next(
+            v for v in valid_values(optimizer_class(name), arg) if isinstance(v, str))
+        bad.update({"1": 1, "True": True, "['x']": [example], "upper case": example.upper() + "X"})
     return bad
 
 
@@ -170,25 +200,142 @@ def _problem(draw, network: bool):
     return problem.x0, problem.oracle()
 
 
+class Scaled(tuple):
+    """Valid values given as multiples of the argument's default (lr, eps, ...: the scale is per optimizer)."""
+
+
+class OfSize:
+    """A valid value that depends on the problem's size n (an n×n matrix, a cap ≥ n), made once n is known."""
+
+    def __init__(self, make):
+        self.make = make
+
+
+SWITCHES = "switches"   # the declared choices of ``cls.switches[arg]``
+_EYE2 = OfSize(lambda n: 2.0 * np.eye(n))
+_DIAG = OfSize(lambda n: np.diag(np.linspace(0.5, 2.0, n)))
+
+# Valid values of every constructor argument, by name (overridden per optimizer in ARG_OVERRIDES where one
+# name means different things); within the documented ranges, non-default values first.
+VALID_ARGUMENTS = {
+    "absolute": [True, False], "adapt_damping": [True, False], "amsgrad": SWITCHES, "approximate_wolfe": [False, True],
+    "beta1": [0.5, 0.0, 0.99], "beta2": [0.9, 0.5, 0.9999], "bias_block": SWITCHES, "bias_correction": [False, True],
+    "block_size": [2, 1, 3, 100], "blocks": SWITCHES, "bs": [2, 1, 8], "c1": [1e-3, 0.1, 0.4], "c2": [0.5, 0.99],
+    "cg_maxiter": [5, 1, 50], "cg_tol": [1e-6, 0.1], "curvature": SWITCHES, "curvature_skip": [1e-8, 0.0],
+    "curvature_skip_rule": SWITCHES, "damping": [1e-3, 0.1, 1.0], "damping_decrease": [0.5, 0.9],
+    "damping_increase": [3.0, 1.1], "damping_interval": [1, 10], "damping_scheme": SWITCHES, "decay": [0.5, 0.0, 0.99],
+    "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12],
+    "eps": Scaled((0.01, 100.0)), "eps_mode": SWITCHES, "eps_root": [1e-8, 1e-3, 0.0], "eta": [0.1, 0.0, 0.25],
+    "exponent": [-0.25, -0.5, -1.0, None], "factor_init": SWITCHES, "factor_interval": [2, 1, 3],
+    "filter_beta": [0.5, 0.0, 0.9], "first_step": SWITCHES, "fisher": SWITCHES, "forcing": ["linear", "sqrt", 0.5, 0.1],
+    "form": SWITCHES, "gamma": [0.1, 0.001, 1.0], "graft_eps": [1e-6, 1e-12], "grafting": SWITCHES,
+    "hessian_power": [0.5, 1.0], "initial_accumulator": [0.1, 1.0, 0.0], "initial_matrix": [_EYE2, _DIAG, None],
+    "initial_radius": [0.1, 10.0], "initial_scaling": SWITCHES, "initial_step": SWITCHES, "inverse": SWITCHES,
+    "inverse_interval": [5, 1, 50], "k": [2, 1, 5], "kl_clip": [None, 1e-2, 1.0], "kl_epsilon": [1e-4, 0.1],
+    "line_search": SWITCHES, "lr": Scaled((0.5, 0.1, 2.0)), "lr_decay": [0.01, 1.0, 0.0], "lr_scaled_decay": [True],
+    "max_evals": [5, 1, 100], "max_radius": [10.0, 1e4], "max_size": [OfSize(lambda n: n), 1000, None],
+    "max_trials": [5, 1, 50], "memory": [3, 1, 50], "merge_dims": [4, 1, 1000, None], "min_damping": [1e-4, 1e-12],
+    "modification": SWITCHES, "momentum": [0.5, 0.0, 0.99], "nesterov": [True, False], "output_grad_scale": SWITCHES,
+    "parametrization": SWITCHES, "powell": [0.5, 0.1], "precondition": SWITCHES, "precondition_interval": [2, 1, 5],
+    "probe_distribution": SWITCHES, "probes": [2, 1, 4], "progress_tol": [5e-4, 1e-4, None], "refresh": SWITCHES,
+    "samples": [2, 1, 3], "scale_decay": [0.5, 0.0, 0.99, None], "secant_decay": [0.5, 0.0, 0.99],
+    "seed": [1, 0, MAX_SEED], "solver": ["dense", "cg", "auto"], "spatial_axis": [1, 0], "spatial_block": [-1, 1, 2],
+    "sr1_skip": [1e-6, 0.0], "start_step": [2, 1, 5], "statistics": SWITCHES, "step_rule": SWITCHES,
+    "variant": SWITCHES, "vector_diagonal": [True, False], "warm_start": [0.5, 0.0, 0.95],
+    "weight_decay": [1e-4, 0.1, 0.0], "weight_decay_mode": SWITCHES,
+}
+_QN_SEARCHES = ["armijo", "none", "strong_wolfe"]
+ARG_OVERRIDES = {
+    **{(n, "line_search"): _QN_SEARCHES for n in ("bfgs", "dfp", "sr1", "sherman_morrison")},
+    ("lbfgs", "line_search"): _QN_SEARCHES + ["minfunc"],
+    **{(n, "damping"): [None] for n in ("dfp", "sr1", "sherman_morrison")},     # Powell damping: BFGS only
+    **{(n, "damping"): ["powell", None] for n in ("bfgs", "lbfgs")},
+    **{(n, "damping"): [1e-3, 1.0, 0.0] for n in ("newton", "gauss_newton", "newton_cg")},
+    **{(n, "initial_scaling"): ["none"] for n in ("sr1", "sherman_morrison")},   # SR1 refuses scaling
+    ("lbfgs", "initial_matrix"): [2.0, OfSize(lambda n: np.linspace(0.5, 2.0, n)), None],
+    ("adagrad_full", "max_size"): [OfSize(lambda n: n), 1, 8192],   # 1: leaves above it fall back (documented)
+    **{(n, "eps"): [1e-12, 1e-8, None] for n in ("sophia_g", "sophia_h")},
+    ("trust_ncg", "eta"): [0.1, 0.0, 0.2],
+    ("kbfgs", "inverse_interval"): [5, 1, None],
+    ("natural_gradient", "cg_maxiter"): [5, 1, 50],
+}
+# Arguments that only make sense with another one set (a value alone would be refused by design)
+REQUIRES = {("sgd", "nesterov"): {"momentum": 0.9}, ("shampoo", "nesterov"): {"momentum": 0.9},
+            ("shampoo", "precondition"): {"momentum": 0.9}, ("kfac", "bias_block"): {"damping_scheme": "tikhonov"}}
+
+
+def valid_values(cls, arg) -> list:
+    """The valid values of ``cls``'s argument ``arg`` from the table (KeyError: the table lacks it)."""
+    entry = ARG_OVERRIDES.get((cls.name, arg), VALID_ARGUMENTS[arg])
+    if entry == SWITCHES:
+        entry = list(cls.switches[arg])
+    if isinstance(entry, Scaled):
+        default = inspect.signature(cls.__init__).parameters[arg].default
+        entry = [default * f for f in entry] + [default]
+    return list(entry)
+
+
+def _resolve(kw, n):
+    return {k: (v.make(n) if isinstance(v, OfSize) else v) for k, v in kw.items()}
+
+
 def _hyperparameters(draw, cls):
-    """A few arguments moved away from their defaults, within their documented ranges: switches from the
-    declared choices, positive floats scaled by 10^[−1, 1], [0, 1) ones redrawn in [0, 1), small integers."""
+    """A few arguments moved away from their defaults, each drawn from its valid values in the table."""
     kw = {}
     args = dict(_arguments(cls))
     for arg in draw(st.lists(st.sampled_from(sorted(args)), max_size=4, unique=True)):
-        p, switches = args[arg], getattr(cls, "switches", {})
-        if arg in switches:
-            kw[arg] = draw(st.sampled_from(list(switches[arg])))
-        elif _kind(p) == "float" and 0 < p.default < 1:
-            kw[arg] = draw(st.sampled_from([p.default, 0.0, 0.5, 0.99, p.default / 10]))
-        elif _kind(p) == "float" and p.default > 0:
-            kw[arg] = p.default * 10 ** draw(st.floats(-1, 1))
-        elif _kind(p) == "int":
-            kw[arg] = draw(st.integers(max(p.default - 1, 0), p.default + 2)) if arg != "seed" else \
-                draw(st.integers(0, MAX_SEED))
-        elif _kind(p) == "bool":
-            kw[arg] = draw(st.booleans())
+        kw[arg] = draw(st.sampled_from(valid_values(cls, arg)))
+        if arg == "seed" and draw(st.booleans()):
+            kw[arg] = draw(st.integers(0, MAX_SEED))
+        for extra, value in REQUIRES.get((cls.name, arg), {}).items():
+            kw.setdefault(extra, value)
     return kw
+
+
+def test_every_constructor_argument_has_valid_values_in_the_table():
+    """So a new argument cannot be forgotten by the random-hyperparameter fuzz."""
+    missing = []
+    for name in NAMES:
+        cls = optimizer_class(name)
+        for arg, _ in _arguments(cls):
+            try:
+                values = valid_values(cls, arg)
+            except KeyError:
+                values = []
+            if not values:
+                missing.append(f"{name}.{arg}")
+    assert not missing, "no valid values in VALID_ARGUMENTS / ARG_OVERRIDES for: " + ", ".join(missing)
+
+
+def _non_default(cls, arg, p):
+    """The first value of the table that differs from the default (the default itself when none does)."""
+    for v in valid_values(cls, arg):
+        if isinstance(v, OfSize) or type(v) is not type(p.default) or v != p.default:
+            return v
+    return p.default
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_argument_alone_at_a_non_default_value_runs(name):
+    """Every argument of every optimizer, set alone (plus what it REQUIRES) to a valid non-default value,
+    constructs, initialises and runs 2 steps on a tiny MLP with finite params and state: the random
+    fuzz above draws subsets, this makes sure every argument is exercised in CI."""
+    cls = optimizer_class(name)
+    _, params0, oracle = mlp_problem([2, 3, 2], 3, 7)
+    n = sum(int(np.size(a)) for a in _leaves(params0))
+    problems = []
+    for arg, p in _arguments(cls):
+        kw = _resolve(dict(REQUIRES.get((name, arg), {}), **{arg: _non_default(cls, arg, p)}), n)
+        try:
+            opt = cls(**kw)
+            params, state = params0, opt.init(params0)
+            for _ in range(2):
+                params, state, info = opt.update(params, state, oracle)
+            if not (_all_finite(params) and _all_finite(state)):
+                problems.append(f"{arg}={kw[arg]!r}: non-finite params or state")
+        except Exception as exc:  # noqa: BLE001 - a valid value must run
+            problems.append(f"{arg}={show_value(kw[arg])}: {type(exc).__name__}: {exc}"[:240])
+    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 def _leaves(tree):
@@ -214,12 +361,13 @@ def _all_finite(tree) -> bool:
 def test_no_non_finite_value_escapes_and_refusals_change_nothing(name, data):
     cls = optimizer_class(name)
     kw = _hyperparameters(data.draw, cls)
+    # curvature="ggn" needs a network (refused on a test function with a ValueError naming the fix)
+    params, oracle = _problem(data.draw, cls.needs_network or kw.get("curvature") == "ggn")
+    kw = _resolve(kw, sum(int(np.size(a)) for a in _leaves(params)))    # n×n initial matrices, caps ≥ n
     try:
         opt = cls(**kw)
     except ValueError:
         assume(False)  # a combination the constructor refuses (c1 ≥ c2, nesterov without momentum, ...)
-    # curvature="ggn" needs a network (refused on a test function with a ValueError naming the fix)
-    params, oracle = _problem(data.draw, cls.needs_network or kw.get("curvature") == "ggn")
     try:
         state = opt.init(params)
     except ValueError:

@@ -1,5 +1,6 @@
 """Line searches: the conditions hold at every returned step, failures are statuses, counts are exact."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -347,7 +348,7 @@ def test_precision_classification_rules():
     assert precision_status(ok, 0.0, [0.0], eps_k) is ok                       # a success is never relabelled
     with pytest.raises(ValueError, match="epsilon_k"):
         strong_wolfe(lambda a: (a * a - a, 2 * a - 1), 0.0, -1.0, epsilon_k=-1.0)
-    with pytest.raises(TypeError, match="approximate"):
+    with pytest.raises(ValueError, match="^approximate must be True or False"):
         strong_wolfe(lambda a: (a * a - a, 2 * a - 1), 0.0, -1.0, approximate="yes")
 
 
@@ -385,3 +386,120 @@ def test_zoom_at_rounding_level_keeps_the_end_the_slope_points_at(a1, a2, alpha0
         return F_FLOOR + ulp_noise(struct.pack("<d", t)) * ULP_FLOOR, d
     res = strong_wolfe(Counted(phi), F_FLOOR, B_FLOOR, alpha0=alpha0)
     assert res.status == "converged" and res.approximate and a1 <= res.alpha <= a2 and res.dphi == 0.0
+
+
+# --- argument checks: every argument of every search, wrong types and ranges (review of issue 9) ----------
+from refopt.linesearch import MAX_EVALS  # noqa: E402
+
+_NOT_NUMBERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "True": True, "np.bool_": np.bool_(True),
+                "a string": "0.5", "10**400": 10 ** 400, "-10**400": -10 ** 400, "None": None, "a list": [0.5],
+                "complex": 1 + 2j, "an array": np.array([0.5, 0.5])}
+_UNIT = {"0": 0.0, "1": 1.0, "-0.1": -0.1, "2": 2}          # c1, c2, rho live in (0, 1)
+_SEARCH_ARGS = {   # search → {argument: extra invalid values beyond _NOT_NUMBERS}
+    "armijo": {"alpha0": {"0": 0, "-1": -1.0}, "max_evals": {}, "phi0": {}, "dphi0": {}, "c1": _UNIT,
+               "rho": _UNIT, "min_step": {"-1": -1.0}, "epsilon_k": {"-1": -1.0}, "interpolation": {}},
+    "strong_wolfe": {"alpha0": {"0": 0, "-1": -1.0}, "max_evals": {}, "phi0": {}, "dphi0": {}, "c1": _UNIT,
+                     "c2": dict(_UNIT, **{"c2 = c1": 1e-4}), "alpha_max": {"below alpha0": 0.5, "-1": -1.0},
+                     "approximate": {}, "epsilon_k": {"-1": -1.0}},
+    "fixed_step": {"alpha0": {"0": 0, "-1": -1.0}, "max_evals": {}, "phi0": {}, "dphi0": {}, "rho": _UNIT},
+    "minfunc_wolfe": {"alpha0": {"0": 0, "-1": -1.0}, "max_evals": {}, "phi0": {}, "dphi0": {}, "c1": _UNIT,
+                      "c2": dict(_UNIT, **{"c2 = c1": 1e-4}), "tolerance_change": {"-1": -1.0},
+                      "direction_scale": {"-1": -1.0}},
+}
+_SPECIAL = {   # arguments that are not real numbers, or numbers of another kind
+    "max_evals": {"0": 0, "-1": -1, "over MAX_EVALS": MAX_EVALS + 1, "2.5": 2.5, "3.0": 3.0, "np.float64": np.float64(3),
+                  "True": True, "a string": "3", "10**400": 10 ** 400, "None": None, "nan": math.nan},
+    "interpolation": {"cubic": "cubic", "1": 1, "None": None, "a list": ["none"], "an array": np.array(["none"]),
+                      "upper case": "NONE"},
+    "approximate": {"a string": "yes", "1": 1, "0": 0, "None": None, "a list": [True]},
+    # φ'(0) = NaN or ±inf is a documented status ("not_descent"), not an error; non-numbers are errors
+    "dphi0": {k: v for k, v in _NOT_NUMBERS.items() if k not in ("nan", "inf", "-inf")},
+}
+
+
+def _search(name):
+    from refopt import linesearch  # noqa: PLC0415
+    return getattr(linesearch, name)
+
+
+@pytest.mark.parametrize("search", sorted(_SEARCH_ARGS))
+def test_every_bad_search_argument_is_refused_by_name(search):
+    """Each argument of each search given NaN, ±inf, a bool, a string, 10**400, None, a list, a complex
+    number, an array and out-of-range values: a ValueError naming it (10**400 used to raise OverflowError
+    from math.isfinite; True passed as 1; 'none' strings compared to arrays raised without a name)."""
+    fn = _search(search)
+    phi = lambda a: (a * a - a, 2 * a - 1)  # noqa: E731
+    assert fn(phi, 0.0, -1.0).status == "converged"          # the base call is valid
+    problems = []
+    for arg, extra in _SEARCH_ARGS[search].items():
+        bad = _SPECIAL[arg] if arg in _SPECIAL else dict(_NOT_NUMBERS, **extra)
+        if arg == "epsilon_k" or (arg == "dphi0" and search == "fixed_step"):
+            bad = {k: v for k, v in bad.items() if k != "None"}      # documented: the default ε_k; no slope
+        for label, value in bad.items():
+            kwargs = {"phi0": 0.0, "dphi0": -1.0, arg: value}
+            if arg == "alpha_max":
+                kwargs["alpha0"] = 1.0
+            try:
+                fn(phi, **kwargs)
+            except ValueError as exc:
+                if re.search(rf"(?<![A-Za-z_]){arg}(?![A-Za-z_0-9])", str(exc)) is None:
+                    problems.append(f"{arg}={label}: ValueError without the name: {exc}")
+            except Exception as exc:  # noqa: BLE001 - what is being tested for
+                problems.append(f"{arg}={label}: {type(exc).__name__}: {exc}"[:200])
+            else:
+                problems.append(f"{arg}={label}: accepted")
+    assert not problems, "\n".join(problems)
+
+
+def test_numpy_scalars_and_device_scalars_are_accepted():
+    phi = lambda a: (a * a - a, 2 * a - 1)  # noqa: E731
+    res = strong_wolfe(phi, np.float32(0.0), np.array(-1.0), alpha0=np.float64(1.0), c1=np.float32(1e-4),
+                       c2=np.float64(0.9), max_evals=np.int64(30), approximate=np.bool_(True), epsilon_k=np.float64(0))
+    assert res.status == "converged"
+    assert armijo(phi, 0.0, -1.0, max_evals=MAX_EVALS, rho=np.float32(0.5)).status == "converged"
+    assert strong_wolfe(phi, 0.0, math.nan).status == "not_descent"      # a NaN slope is a status
+
+
+# --- branches of the rounding regime (review of issue 9) -------------------------------------------------
+def test_approximate_wolfe_is_off_when_c1_is_at_least_one_half():
+    """H&Z need δ = c₁ < ½: with c₁ = 0.6 the 'upper bound' (2c₁ − 1)φ'(0) = 0.2 φ'(0) is negative and the
+    set excludes the minimiser; such a search is N&W's (same trials, same result, never ``approximate``)."""
+    for c1 in (0.5, 0.6):
+        a, b = Counted(noisy_phi(B_FLOOR, 0.4)), Counted(noisy_phi(B_FLOOR, 0.4))
+        res = strong_wolfe(a, F_FLOOR, B_FLOOR, c1=c1, c2=0.9)
+        old = strong_wolfe(b, F_FLOOR, B_FLOOR, c1=c1, c2=0.9, approximate=False)
+        assert not res.approximate and res == old and list(a.log) == list(b.log)
+        assert (res.status, res.alpha) == ("precision", 0.0)
+    # below ½ the same function is solved by the approximate conditions (the case above can fail)
+    res = strong_wolfe(noisy_phi(B_FLOOR, 0.4), F_FLOOR, B_FLOOR, c1=0.4, c2=0.9)
+    assert res.status == "converged" and res.approximate
+
+
+def test_a_strong_wolfe_point_in_the_rounding_regime_of_the_zoom_is_not_approximate():
+    """φ(1) = φ(0) + ulp with a steep positive slope starts a zoom at rounding level; its first trial has
+    φ = φ(0) − ulp (sufficient decrease, below φ(lo)) and φ' = ½ φ'(0): a strong Wolfe point, accepted as
+    one (``approximate`` False: φ(α) ≤ φ(0) is guaranteed), not as an approximate Wolfe point."""
+    def phi(t):
+        return (F_FLOOR + ULP_FLOOR, -20 * B_FLOOR) if t >= 0.95 else (F_FLOOR - ULP_FLOOR, 0.5 * B_FLOOR)
+    counted = Counted(phi)
+    res = strong_wolfe(counted, F_FLOOR, B_FLOOR)
+    assert (res.status, res.approximate, res.nfev) == ("converged", False, 2)
+    assert 0.1 <= res.alpha <= 0.9 and res.phi == F_FLOOR - ULP_FLOOR < F_FLOOR
+    assert abs(res.dphi) <= 0.9 * abs(B_FLOOR) and res.phi <= F_FLOOR + 1e-4 * res.alpha * B_FLOOR
+
+
+def test_alpha_max_without_sufficient_decrease_returns_through_the_fallback():
+    """At rounding level a steep slope makes the bracketing extrapolate whatever the values say; when it
+    reaches ``alpha_max`` without sufficient decrease the search must not return that step: it keeps it
+    only if φ < φ(0) (the fallback's best point) and otherwise stays at α = 0, status "precision"."""
+    # every value above φ(0) by ulps, φ' = φ'(0) (too steep for the approximate conditions): 0.5 → 1 = α_max
+    phi = Counted(lambda t: (F_FLOOR + 3 * ULP_FLOOR, B_FLOOR))
+    res = strong_wolfe(phi, F_FLOOR, B_FLOOR, alpha0=0.5, alpha_max=1.0)
+    assert list(phi.log) == [0.5, 1.0]
+    assert (res.status, res.alpha, res.phi, res.nfev, res.approximate) == ("precision", 0.0, F_FLOOR, 2, False)
+    # a decrease, but less than sufficient (c₁ = 0.4, φ = −0.1 α), all within ε_k = 1: the step is kept
+    res = strong_wolfe(lambda t: (-0.1 * t, -1.0), 0.0, -1.0, alpha0=1.0, alpha_max=1.0, c1=0.4, epsilon_k=1.0)
+    assert (res.status, res.alpha, res.phi) == ("precision", 1.0, -0.1)
+    # measurable values (ε_k = 0): the same φ brackets and zooms instead of reaching α_max
+    res = strong_wolfe(lambda t: (-0.1 * t, -1.0), 0.0, -1.0, alpha0=1.0, alpha_max=1.0, c1=0.4, epsilon_k=0.0)
+    assert res.alpha < 1.0
