@@ -5,7 +5,8 @@
 The same optimizer classes that train networks do the work (``refopt.optim``: newton, newton_cg, trust_ncg,
 sr1, sherman_morrison, bfgs, dfp, lbfgs); the driver wraps ``fun`` in a ``FunctionOracle`` and loops
 
-    loss, g = opt.evaluate(x, state, oracle)      # reuses the line search's last evaluation: no extra cost
+    loss, g = opt.evaluate(x, state, oracle)      # the state's cached point (the line search's last
+                                                  # evaluation, on this oracle): no extra cost
     stop?  (‖g‖ ≤ gtol, budgets)                   # checked *before* stepping
     x, state, info = opt.step(x, state, oracle, loss, g)
     stop?  (‖Δx‖ ≤ xtol · max(1, ‖x‖), a failed step)
@@ -44,6 +45,7 @@ from .backend import as_array, xp
 from .linesearch import rounding_error
 from .oracle import FunctionOracle
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
+from .optim.descent import DescentMethod
 
 __all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "StallMonitor", "PRECISION_PATIENCE", "at_rounding_level",
            "dtype_eps"]
@@ -210,7 +212,7 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
             raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; "
                              f"choose from {known}")
         opt = make_optimizer(method, **(options or {}))
-    if not hasattr(opt, "evaluate") or not hasattr(opt, "step"):
+    if not isinstance(opt, DescentMethod):
         raise ValueError(f"{type(opt).__name__} does not implement evaluate/step; minimize runs the Newton family")
 
     oracle = _oracle(fun, jac, hess, hessp)

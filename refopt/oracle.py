@@ -6,12 +6,21 @@ autodiff otherwise. Both give values, gradients, Hessian-vector products and den
 ``counts`` (nfev, ngev, nhvp, ...). The network oracle adds Gauss-Newton and Fisher products, Jacobian
 products, per-layer statistics for K-FAC, label sampling and the diagonal estimators.
 
+Capabilities: each oracle class states what it can compute in ``provides`` (names from ``CAPABILITIES``);
+each optimizer states what it needs in ``requires``, and ``check_capabilities`` compares the two once, when
+a run is set up, with an error that names what is missing. Optimizers ask ``"name" in oracle.provides``
+for optional shortcuts; nothing probes an oracle with ``hasattr``.
+
 A mini-batch run makes one oracle per batch with ``with_batch``; all of them share one ``Counts``.
+``batch_token`` names what an oracle evaluates: fresh for every oracle made (``new_batch_token``) unless
+its maker passes one, so two oracles share a token only when their maker says they evaluate the same
+thing (the Newton family reuses a cached loss and gradient only on the same token; optim/descent.py).
 Trial points of a line search are ordinary calls: a non-finite loss there is returned as ``inf`` /
 ``nan``, never raised, so the line search can backtrack.
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, fields
 
 from . import autodiff as ad
@@ -20,7 +29,38 @@ from . import tree as T
 from .backend import as_array, is_floating, to_device, xp
 from .nn.mlp import layer_statistics
 
-__all__ = ["Counts", "Oracle", "FunctionOracle"]
+__all__ = ["Counts", "Oracle", "FunctionOracle", "new_batch_token", "CAPABILITIES", "check_capabilities"]
+
+# What an oracle can be asked for: the names in an oracle's ``provides`` and an optimizer's ``requires``.
+CAPABILITIES: dict[str, str] = {
+    "value": "loss values (value)",
+    "gradient": "gradients (grad, value_and_grad)",
+    "hvp": "Hessian-vector products (hvp, hvp_operator, value_and_hvp_operator)",
+    "dense_hessian": "the dense Hessian (dense_hessian)",
+    "probes": "Hutchinson probes drawn for the parameters (draw_probes)",
+    "hutchinson": "Hutchinson's diagonal estimate (hutchinson_diag)",
+    "ggn": "Gauss-Newton products and curvature operators (ggn_vp, curvature_operator)",
+    "fisher": "true, Monte-Carlo and empirical Fisher products (fisher_vp)",
+    "jacobian": "network Jacobian products (jvp, vjp)",
+    "dense_curvature": "dense GGN and Fisher matrices (dense_ggn, dense_fisher)",
+    "layer_statistics": "per-layer inputs and output gradients of dense layers (layer_stats), for K-FAC",
+    "labels": "labels sampled from the model's predictive distribution (sample_labels, grad_at_labels)",
+    "gnb": "the Gauss-Newton-Bartlett diagonal estimate (gnb_diag)",
+}
+
+
+def check_capabilities(oracle, required, who: str) -> None:
+    """ValueError naming what ``who`` requires that ``oracle`` does not provide (see ``CAPABILITIES``)."""
+    missing = sorted(set(required) - set(getattr(oracle, "provides", ())))
+    if missing:
+        wants = "; ".join(CAPABILITIES.get(m, m) for m in missing)
+        raise ValueError(f"{who} needs {', '.join(missing)} ({wants}), which {type(oracle).__name__} does not "
+                         "provide")
+
+
+def new_batch_token() -> str:
+    """A token no other oracle has (random, so not even one of another process, e.g. before a resume)."""
+    return "oracle:" + uuid.uuid4().hex
 
 
 @dataclass
@@ -49,7 +89,9 @@ def _as_float(value) -> float:
 class Oracle:
     """Model + loss + batch. ``X`` (B, d_in) float; ``y`` as the loss expects."""
 
-    def __init__(self, model, loss, X, y, counts: Counts | None = None):
+    provides = frozenset(CAPABILITIES)  # a network oracle computes everything refopt's optimizers ask for
+
+    def __init__(self, model, loss, X, y, counts: Counts | None = None, batch_token: str | None = None):
         if not hasattr(X, "dtype"):
             X = as_array(X)  # nested lists: the default float dtype
         if not is_floating(X.dtype):  # int or float16 data would be silently promoted or lose precision
@@ -67,6 +109,7 @@ class Oracle:
         self._check_targets(y)
         self.y = y
         self.counts = counts if counts is not None else Counts()
+        self.batch_token = new_batch_token() if batch_token is None else str(batch_token)
 
     def _check_targets(self, y) -> None:
         """The loss's target checks against outputs of this batch's shape (no forward pass needed)."""
@@ -78,7 +121,7 @@ class Oracle:
         return int(self.X.shape[0])
 
     def with_batch(self, X, y) -> "Oracle":
-        """The same model and loss on another batch, sharing this oracle's counts."""
+        """The same model and loss on another batch, sharing this oracle's counts (with a fresh batch token)."""
         return Oracle(self.model, self.loss, X, y, counts=self.counts)
 
     # --- values and gradients -------------------------------------------------------------
@@ -246,9 +289,14 @@ class FunctionOracle:
     autodiff supplies them). ``hess(x)`` returns the dense Hessian; ``hvp(x, v)`` a product.
     """
 
-    def __init__(self, f, grad=None, hess=None, hvp=None, counts: Counts | None = None):
+    # with or without analytic derivatives, the autodiff supplies the rest; no network quantities
+    provides = frozenset({"value", "gradient", "hvp", "dense_hessian", "probes"})
+
+    def __init__(self, f, grad=None, hess=None, hvp=None, counts: Counts | None = None,
+                 batch_token: str | None = None):
         self.f, self._grad, self._hess, self._hvp = f, grad, hess, hvp
         self.counts = counts if counts is not None else Counts()
+        self.batch_token = new_batch_token() if batch_token is None else str(batch_token)
 
     def value(self, x) -> float:
         """f(x) as a float (one nfev)."""

@@ -252,8 +252,8 @@ def _runner(tmp_path, optimizer, problem, batch_size=None, steps=4):
         first = run(RunConfig(optimizer=optimizer, problem=problem, steps=steps // 2, batch_size=batch_size, seed=1),
                     checkpoint_path=ckpt, checkpoint_every=steps // 2)
         resumed = run(cfg, resume=ckpt, log_path=str(tmp_path / f"{optimizer}-{tag}.jsonl"))
-        # Counts are left out of the resume comparison: a resumed Newton-family run re-evaluates the cached
-        # point once (on NumPy too; not a device question).
+        # Counts are left out of the resume comparison (not a device question; test_quasi_newton.py checks
+        # that a resumed Newton-family run counts the evaluations a straight one does).
         keep = ("step", "loss", "train_loss", "grad_norm", "skipped")
         hist = [[{k: r[k] for k in keep if k in r} for r in res.history] for res in (straight, resumed)]
         return (straight.params, straight.state, straight.status, resumed.params, resumed.state, hist[0], hist[1],

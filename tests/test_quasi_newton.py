@@ -399,6 +399,41 @@ def test_network_minibatch_pairs_come_from_one_batch():
     p2, state2, info2 = opt.update(p1, state1, b2)        # a new batch: one fresh evaluation + the search
     assert full.counts.nfev - before == 1 + info2["nfev"]
     assert info2["loss"] == pytest.approx(b2.value(p1), rel=1e-12)
+    # The cached point (state2.point, on b2) is reused only on an oracle with b2's batch token: b2 itself. A new
+    # oracle on the same data has a fresh token and is evaluated afresh (the state compares tokens, never data).
     before = full.counts.nfev
-    p3, state3, info3 = opt.update(p2, state2, full.with_batch(data.X[20:], data.y[20:]))   # same data again
+    _, _, info3 = opt.update(p2, state2, full.with_batch(data.X[20:], data.y[20:]))
+    assert full.counts.nfev - before == 1 + info3["nfev"]
+    before = full.counts.nfev
+    p3, state3, info3 = opt.update(p2, state2, b2)
     assert full.counts.nfev - before == info3["nfev"]     # the accepted trial's value and gradient are reused
+    assert state2.point.batch == b2.batch_token != b1.batch_token
+    # Oracles their maker names alike share the cached point, whatever objects they are.
+    named = [Oracle(model, SoftmaxCrossEntropy(), data.X[20:], data.y[20:], counts=full.counts,
+                    batch_token="second half") for _ in range(2)]
+    _, state4, _ = opt.update(p3, state3, named[0])
+    before = full.counts.nfev
+    _, _, info5 = opt.update(state4.point.params, state4, named[1])
+    assert full.counts.nfev - before == info5["nfev"]
+
+
+@pytest.mark.parametrize("name, problem, batch_size", [
+    ("lbfgs", "rosenbrock", None), ("bfgs", "rosenbrock", None), ("sr1", "beale", None), ("newton", "rosenbrock", None),
+    ("newton_cg", "rosenbrock", None), ("trust_ncg", "rosenbrock", None), ("lbfgs", "logistic", None),
+    ("gauss_newton", "logistic", None), ("lbfgs", "synthetic_mlp", 32)])
+def test_resumed_run_counts_the_same_evaluations_as_an_uninterrupted_one(tmp_path, name, problem, batch_size):
+    """The cached point lives in the state and the problem's oracles share a batch token, so the first update
+    after a resume reuses the checkpoint's point as the uninterrupted run reused it in memory (with the cache
+    keyed by oracle object, a resumed run counted one more evaluation; mini-batches are evaluated afresh in both)."""
+    from refopt.runner import RunConfig, run
+    cfg = RunConfig(name, {}, problem, steps=8, batch_size=batch_size, seed=2)
+    straight = run(cfg)
+    ckpt = str(tmp_path / "c.npz")
+    run(RunConfig(name, {}, problem, steps=4, batch_size=batch_size, seed=2), checkpoint_path=ckpt, checkpoint_every=4)
+    resumed = run(cfg, resume=ckpt)
+    assert len(straight.history) == len(resumed.history) == 8
+    assert all(bool(np.array_equal(a, b)) for a, b in zip(T.leaves(straight.params), T.leaves(resumed.params)))
+    for a, b in zip(straight.history, resumed.history):
+        assert (a["nfev"], a["ngev"]) == (b["nfev"], b["ngev"]), a["step"]
+    if batch_size is None:
+        assert straight.state.point is not None and straight.state.point.batch == resumed.state.point.batch

@@ -21,6 +21,19 @@ the ``draws`` argument of ``update``. An optimizer that draws reports what it dr
 (the very object ``update(..., draws=)`` accepts: a labels array or a list of probe trees; None on steps
 without draws), so a trace can record a run and replay it elsewhere on the same draws.
 
+Declarations, each made once on the class and read by everything else:
+
+    conventions  a tuple of ``Switch``: each convention that implementations disagree on, with its
+                 choices, the paper's default, what it means and who uses which value. Construction
+                 validates through it (``self.set_switch``), ``switches`` ({name: choices}, searched by
+                 ``refopt.verify``) is derived from it, and the docs tables are checked against it.
+    requires     the oracle capabilities (``refopt.oracle.CAPABILITIES``) the method needs;
+                 ``check_oracle`` compares them with ``oracle.provides`` when a run is set up.
+    draws        what ``update`` samples: None (nothing; ``update(..., draws=x)`` with x not None is
+                 refused), "labels" (an integer array of labels sampled from the model, (k, B) or
+                 (k, B, C)) or "probes" (a list of probe trees shaped like the parameters);
+                 ``check_draws`` validates injected draws before anything is computed.
+
 The checks (``check_positive``, ``check_nonnegative``, ``check_unit_interval``, ``check_int``,
 ``check_bool``, ``check_choice``, ``check_real_array``) accept real numbers given as Python or NumPy
 scalars and return plain Python values; they refuse bools as numbers, complex numbers, strings, arrays,
@@ -31,29 +44,105 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
 
 from .. import tree as T
 from ..backend import as_array
+from ..oracle import FunctionOracle, check_capabilities
 
-__all__ = ["Optimizer", "check_positive", "check_nonnegative", "check_unit_interval", "check_bool",
+__all__ = ["Optimizer", "Switch", "check_positive", "check_nonnegative", "check_unit_interval", "check_bool",
            "check_choice", "check_int", "step_info", "refuse", "MAX_SEED", "MAX_DRAWS", "MAX_ITERATIONS",
            "MAX_MEMORY", "MAX_PERIOD", "MAX_DIMENSION", "MAX_DENSE_SIZE", "MAX_AXIS", "as_real", "check_real_array", "show_value"]
 
 
+@dataclass(frozen=True)
+class Switch:
+    """One convention that implementations disagree on, declared once on the optimizer class.
+
+    ``choices`` are the values the convention search tries; for a discrete switch they are also the only
+    valid values (validated with ``check_bool`` when they are True/False, else ``check_choice``). A switch
+    that also takes other values (a numeric one such as an initial accumulator) gives ``check``, the
+    validator ``check(name, value) -> value``. ``default`` is the paper's choice; ``meaning`` says in one
+    line what the switch changes, ``source`` who uses which value.
+    """
+
+    name: str
+    choices: tuple
+    default: Any
+    meaning: str
+    source: str = ""
+    check: Optional[Callable] = None
+
+    def validate(self, value):
+        """``value`` checked (and normalised) for this switch; ValueError naming the switch otherwise."""
+        if self.check is not None:
+            return self.check(self.name, value)
+        if all(isinstance(c, bool) for c in self.choices):
+            return check_bool(self.name, value)
+        return check_choice(self.name, value, self.choices)
+
+
 class Optimizer:
-    """Base class: subclasses set ``name`` and implement ``init`` and ``update``."""
+    """Base class: subclasses set ``name`` and implement ``init`` and ``update``; they declare
+    ``conventions``, ``requires`` and ``draws`` (see the module docs)."""
 
     name: ClassVar[str] = "optimizer"
-    # True for methods that need a network Oracle (per-layer statistics, the GGN or Fisher, labels sampled
-    # from the model) and cannot run on a FunctionOracle; the runner refuses such a pairing up front.
-    needs_network: ClassVar[bool] = False
+    conventions: ClassVar[tuple] = ()
+    requires: ClassVar[frozenset] = frozenset({"value", "gradient"})
+    draws: ClassVar[Optional[str]] = None
+    switches: ClassVar[dict] = {}   # {name: choices}, derived from ``conventions`` for every subclass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        names = [sw.name for sw in cls.conventions]
+        if len(set(names)) != len(names):
+            raise TypeError(f"{cls.__name__}: a switch is declared twice in conventions: {names}")
+        if cls.conventions:  # (a class not yet declaring conventions keeps its own or inherited ``switches``)
+            cls.switches = {sw.name: sw.choices for sw in cls.conventions}
+
+    @classmethod
+    def switch(cls, name: str) -> Switch:
+        """The declaration of the switch ``name``."""
+        for sw in cls.conventions:
+            if sw.name == name:
+                return sw
+        raise KeyError(f"{cls.__name__} declares no switch {name!r}")
+
+    def set_switch(self, name: str, value) -> None:
+        """Validate ``value`` by the switch's declaration and keep it as ``self.<name>``."""
+        setattr(self, name, type(self).switch(name).validate(value))
+
+    @property
+    def needs_network(self) -> bool:
+        """Whether the method needs more than a function oracle provides (per-layer statistics, the GGN or
+        Fisher, labels sampled from the model)."""
+        return not self.requires <= FunctionOracle.provides
+
+    def check_oracle(self, oracle) -> None:
+        """ValueError naming what this optimizer requires that ``oracle`` does not provide."""
+        check_capabilities(oracle, self.requires, type(self).name)
+
+    def check_draws(self, draws) -> None:
+        """Refuse injected ``draws`` of the wrong kind for this optimizer (see the module docs)."""
+        if draws is None:
+            return
+        who = type(self).name
+        if self.draws is None:
+            raise ValueError(f"{who} makes no random draws, but draws were given")
+        if self.draws == "labels":
+            kind = getattr(getattr(draws, "dtype", None), "kind", None)
+            if kind not in ("i", "u", "f") or getattr(draws, "ndim", 0) not in (2, 3):
+                raise ValueError(f"{who}: draws must be an array of sampled labels, (k, B) or (k, B, C), "
+                                 f"got {show_value(draws)}")
+        elif not (isinstance(draws, (list, tuple)) and len(draws) > 0):
+            raise ValueError(f"{who}: draws must be a non-empty list of probe trees, got {show_value(draws)}")
 
     def init(self, params) -> Any:
         """The initial state for ``params``: a NamedTuple of arrays and numbers."""
         raise NotImplementedError
 
-    def update(self, params, state, oracle):
+    def update(self, params, state, oracle, draws=None):
         """One step from ``params``: returns (new params, new state, info); see the module docs."""
         raise NotImplementedError
 

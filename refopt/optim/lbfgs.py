@@ -53,12 +53,13 @@ from typing import NamedTuple, Optional
 
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
-from ..backend import as_array, xp
+from ..backend import xp
 from ..linesearch import LINE_SEARCHES
 from .base import check_choice, check_int, check_nonnegative, check_positive
 from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
 from .base import check_real_array
-from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
+from .descent import Evaluation, SecantMethod
+from .globalisation import FIRST_STEPS, INITIAL_STEPS
 from .quasi_newton import INITIAL_SCALINGS, powell_damping
 
 __all__ = ["LBFGS", "LBFGSState", "two_loop", "CURVATURE_SKIP_RULES"]
@@ -93,7 +94,7 @@ def two_loop(g, s, y, rho, gamma: float = 1.0, D=None):
     return r
 
 
-class LBFGS(DescentMethod):
+class LBFGS(SecantMethod):
     """L-BFGS with a line search (see the module docs)."""
 
     name = "lbfgs"
@@ -143,13 +144,16 @@ class LBFGS(DescentMethod):
         """H_k v for a flat vector v, with the state's pairs and initial matrix."""
         return two_loop(v, state.s, state.y, state.rho, self._gamma(state), self.initial_matrix)
 
-    def step(self, params, state, oracle, loss, g):
-        """One L-BFGS iteration: p = −H_k g by the two-loop recursion, a line search, the pair stored or skipped."""
-        return self.secant_step(params, state, oracle, loss, g, lambda gf: -self.inverse_hessian_product(state, gf),
-                                not state.s, self._absorb)
+    def direction(self, state: LBFGSState, g):
+        """p = −H_k g by the two-loop recursion."""
+        return -self.inverse_hessian_product(state, g)
 
-    def _absorb(self, state: LBFGSState, loss, point, s, y, Bs):
-        """The state after the accepted step s (see ``DescentMethod.secant_step``), and the pair's details."""
+    def first(self, state: LBFGSState) -> bool:
+        """No pair stored yet."""
+        return not state.s
+
+    def absorb(self, state: LBFGSState, loss, s, y, Bs):
+        """The state after the accepted step s (see ``descent.SecantMethod``), and the pair's details."""
         theta = 1.0
         if self.damping == "powell" and Bs is not None:
             # Bs for the B = H⁻¹ that produced p = −Hg; scaled consistently with H⁰ = γD.
@@ -169,5 +173,5 @@ class LBFGS(DescentMethod):
                 D = self.initial_matrix
                 yDy = float(xp.vdot(y, y if D is None else D * y))
                 gamma = sy / yDy if yDy > 0 else math.nan   # NaN: γ = 1 (only reachable with "never")
-        new_state = LBFGSState(state.step + 1, S, Y, R, gamma, loss, point)
+        new_state = state._replace(step=state.step + 1, s=S, y=Y, rho=R, gamma=gamma, prev_loss=loss)
         return new_state, dict(pair_skipped=skipped, sy=sy, theta=theta, memory_used=len(S))

@@ -45,11 +45,12 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..oracle import FunctionOracle
-from .base import check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse, step_info
+from .base import check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse
 from .base import MAX_ITERATIONS  # upper bounds of integer hyperparameters
 from .base import show_value, as_real
-from .newton import check_damping
-from .newton import RESET_MESSAGE, DescentMethod, Evaluation, batch_key, failed_search_message, search_along
+from .descent import DescentMethod, Evaluation
+from .globalisation import (Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio,
+                            trust_radius)
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
            "TruncatedCGResult", "SteihaugResult", "CURVATURES"]
@@ -248,7 +249,6 @@ class NewtonCG(DescentMethod):
 
     def step(self, params, state, oracle, loss, g):
         """One Newton-CG step: truncated CG on (M + λI) p = −g, a line search, then λ's update if ``adapt_damping``."""
-        key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
         M = curvature_product(oracle, params, self.curvature)
         lam = state.damping
@@ -266,26 +266,16 @@ class NewtonCG(DescentMethod):
         if not bool(xp.all(xp.isfinite(cg.p))):
             return refuse(params, state, loss, "non-finite curvature products: step refused", g)
         p, reset = self.descent_or_reset(gf, cg.p)
-        out = search_along(oracle, params, x, loss, gf, p, self.line_search, 1.0, self.c1, self.c2,
-                           self.max_evals, key, self.approximate_wolfe)
+        out = self.search(oracle, params, x, loss, gf, p)
         new_lam, rho = lam, math.nan
-        if self.adapt_damping:
+        if self.adapt_damping:   # Martens' ρ with the undamped model; pᵀMp from CG's pᵀ(M + λI)p when it is CG's p
             pMp = (cg.pAp - lam * float(xp.vdot(p, p))) if not reset else float(xp.vdot(p, M(p)))
             a = out.alpha
-            q = a * float(xp.vdot(gf, p)) + 0.5 * a * a * pMp
-            rho = (out.point.loss - loss) / q if out.point is not None and q < 0 else -math.inf
-            new_lam = self.ratio_damping(lam, rho)
+            rho = reduction_ratio(loss, out.point, -(a * float(xp.vdot(gf, p)) + 0.5 * a * a * pMp))
+            new_lam = ratio_damping(lam, rho, self.damping_increase, self.damping_decrease, self.min_damping)
         previous = cg.p if not reset else None
-        extra = dict(cg_iterations=cg.iterations, cg_status=cg.status, damping=lam, rho=rho, reset=reset,
-                     nfev=out.result.nfev, line_search=out.result.status, approximate=out.result.approximate)
-        if out.point is None:
-            info = step_info(loss, g, step_norm=0.0, alpha=0.0, new_loss=loss, accepted=False, **extra)
-            info["message"] = failed_search_message(reset, out.result.status)
-            return params, NewtonCGState(state.step + 1, new_lam, previous, state.point), info
-        info = step_info(loss, g, step_norm=out.alpha * float(xp.linalg.norm(p)), alpha=out.alpha,
-                         new_loss=out.point.loss, accepted=True, **extra)
-        info["message"] = RESET_MESSAGE if reset else ""
-        return out.point.params, NewtonCGState(state.step + 1, new_lam, previous, out.point), info
+        return self.finish(oracle, params, NewtonCGState(state.step + 1, new_lam, previous, state.point), loss, g, p,
+                           out, reset, cg_iterations=cg.iterations, cg_status=cg.status, damping=lam, rho=rho)
 
 
 # --- trust-region Newton-CG -----------------------------------------------------------------------
@@ -323,7 +313,6 @@ class TrustRegionNewtonCG(DescentMethod):
 
     def step(self, params, state, oracle, loss, g):
         """One trust-region trial: CG–Steihaug step, ratio ρ, new Δ; θ moves only when ρ > η."""
-        key = batch_key(oracle)
         x, gf = T.ravel(params), T.ravel(g)
         B = curvature_product(oracle, params, self.curvature)
         gnorm = float(xp.linalg.norm(gf))
@@ -332,24 +321,12 @@ class TrustRegionNewtonCG(DescentMethod):
         p = sol.p
         if not bool(xp.all(xp.isfinite(p))):
             return refuse(params, state, loss, "non-finite curvature products: step refused", g)
-        trial = T.unravel(x + p, params)
-        f_new, g_new = oracle.value_and_grad(trial)
-        finite = math.isfinite(f_new) and T.all_finite(g_new)
-        pred = sol.model_decrease
-        rho = (loss - f_new) / pred if finite and pred > 0 else -math.inf
-        pnorm = float(xp.linalg.norm(p))
-        if rho < 0.25:
-            new_radius = 0.25 * radius
-        elif rho > 0.75 and sol.on_boundary:
-            new_radius = min(2.0 * radius, self.max_radius)
-        else:
-            new_radius = radius
-        accepted = finite and rho > self.eta
-        extra = dict(cg_iterations=sol.iterations, cg_status=sol.status, radius=radius, rho=rho, nfev=1,
-                     reset=False, accepted=accepted)
-        if not accepted:
-            info = step_info(loss, g, step_norm=0.0, alpha=0.0, new_loss=loss, **extra)
-            info["message"] = f"trial step rejected (ρ = {rho:.3g}); radius reduced to {new_radius:.3g}"
-            return params, TrustRegionState(state.step + 1, new_radius, state.point), info
-        info = step_info(loss, g, step_norm=pnorm, alpha=1.0, new_loss=f_new, **extra)
-        return trial, TrustRegionState(state.step + 1, new_radius, Evaluation(trial, f_new, g_new, key)), info
+        point = evaluate_trial(oracle, params, x, p)
+        rho = reduction_ratio(loss, point, sol.model_decrease)
+        new_radius = trust_radius(radius, rho, sol.on_boundary, self.max_radius)
+        new_state = TrustRegionState(state.step + 1, new_radius, state.point)
+        details = dict(cg_iterations=sol.iterations, cg_status=sol.status, radius=radius, rho=rho)
+        if point is not None and rho > self.eta:
+            return self.finish(oracle, params, new_state, loss, g, p, Outcome(1.0, point, 1), **details)
+        return self.finish(oracle, params, new_state, loss, g, p, Outcome(0.0, None, 1), **details,
+                           message=f"trial step rejected (ρ = {rho:.3g}); radius reduced to {new_radius:.3g}")

@@ -49,8 +49,10 @@ Safeguards and switches (defaults first):
 
 Mini-batches: the pair is formed on one batch (oBFGS, Schraudolph, Yu & Günter 2007): y = ∇L_B(θ⁺) −
 ∇L_B(θ), where ∇L_B(θ⁺) is the gradient the line search evaluated at the accepted trial point on the
-same batch B — no extra evaluation. The next update evaluates its own batch afresh (on a full batch that
-evaluation is reused, so each point costs one evaluation).
+same batch B — no extra evaluation. The next update evaluates its own batch afresh (on the same oracle, a
+full batch, that evaluation is reused, so each point costs one evaluation: the rule is in ``descent``).
+The step itself (direction, α₀, search, pair) is ``descent.SecantMethod.step``; this module gives the
+direction and the update of the matrix.
 """
 from __future__ import annotations
 
@@ -59,12 +61,13 @@ from typing import Any, NamedTuple, Optional
 
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
-from ..backend import as_array, xp
+from ..backend import xp
 from ..linalg import cholesky, symmetrize
 from .base import check_choice, check_int, check_nonnegative
 from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
 from .base import check_real_array
-from .newton import FIRST_STEPS, INITIAL_STEPS, DescentMethod, Evaluation
+from .descent import Evaluation, SecantMethod
+from .globalisation import FIRST_STEPS, INITIAL_STEPS
 
 __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_update", "sr1_update",
            "sr1_inverse_update", "powell_damping", "scaling_factor", "QuasiNewtonState", "SR1", "ShermanMorrison",
@@ -171,7 +174,7 @@ class QuasiNewtonState(NamedTuple):
     point: Optional[Evaluation]
 
 
-class _QuasiNewton(DescentMethod):
+class _QuasiNewton(SecantMethod):
     """Line-search quasi-Newton method on a dense matrix (see the module docs)."""
 
     rule = "bfgs"
@@ -215,14 +218,19 @@ class _QuasiNewton(DescentMethod):
                 M = symmetrize(xp.linalg.inv(M))
         return QuasiNewtonState(0, M, False, 0, math.nan, None)
 
-    def direction(self, M, g):
+    def direction(self, state: QuasiNewtonState, g):
         """p = −H g (inverse form) or the solution of B p = −g (direct form; NaNs when the solve fails)."""
+        M = state.matrix
         if self.form == "inverse":
             return -(M @ g)
         try:
             return xp.linalg.solve(M, -g)
         except Exception:  # a singular SR1 matrix: the caller resets to steepest descent
             return xp.full_like(g, math.nan)
+
+    def first(self, state: QuasiNewtonState) -> bool:
+        """No pair accepted yet."""
+        return state.updates == 0
 
     def update_matrix(self, state: QuasiNewtonState, s, y, Bs_from_step):
         """(M⁺, scaled, details) from the pair (s, y); M⁺ is M itself when the pair is skipped.
@@ -266,17 +274,11 @@ class _QuasiNewton(DescentMethod):
             return M, scaled, details
         return M_new, scaled or math.isfinite(gamma), details
 
-    def step(self, params, state, oracle, loss, g):
-        """One quasi-Newton iteration: search along the matrix's direction, then update the matrix with the pair."""
-        self.check_size(params)
-        return self.secant_step(params, state, oracle, loss, g, lambda gf: self.direction(state.matrix, gf),
-                                state.updates == 0, self._absorb)
-
-    def _absorb(self, state: QuasiNewtonState, loss, point, s, y, Bs):
-        """The state after the accepted step s (see ``DescentMethod.secant_step``), and the pair's details."""
+    def absorb(self, state: QuasiNewtonState, loss, s, y, Bs):
+        """The state after the accepted step s (see ``descent.SecantMethod``), and the pair's details."""
         M, scaled, details = self.update_matrix(state, s, y, Bs if self.form == "inverse" else None)
-        new_state = QuasiNewtonState(state.step + 1, M, scaled, state.updates + (not details["pair_skipped"]),
-                                     loss, point)
+        new_state = state._replace(step=state.step + 1, matrix=M, scaled=scaled,
+                                   updates=state.updates + (not details["pair_skipped"]), prev_loss=loss)
         return new_state, details
 
 

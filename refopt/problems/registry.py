@@ -34,8 +34,9 @@ class NetworkProblem:
         return self.model.init(seed)
 
     def oracle(self, counts: Counts | None = None) -> Oracle:
-        """The full-batch ``Oracle``, sharing ``counts`` when given."""
-        return Oracle(self.model, self.loss, self.X, self.y, counts=counts)
+        """The full-batch ``Oracle``, sharing ``counts`` when given; every one has the batch token
+        "<name>:full", so a resumed run's oracle matches the point cached in a checkpoint's state."""
+        return Oracle(self.model, self.loss, self.X, self.y, counts=counts, batch_token=f"{self.name}:full")
 
     def batch_oracle(self, indices, counts: Counts | None = None) -> Oracle:
         """The ``Oracle`` of the examples at ``indices``, sharing ``counts`` when given."""
@@ -66,9 +67,10 @@ class FunctionProblem:
         return self.fn.x0.copy()
 
     def oracle(self, counts: Counts | None = None) -> FunctionOracle:
-        """A ``FunctionOracle`` with the analytic derivatives, sharing ``counts`` when given."""
+        """A ``FunctionOracle`` with the analytic derivatives, sharing ``counts`` when given; its batch token
+        is the problem's name (the same for every oracle of the problem, see ``NetworkProblem.oracle``)."""
         fn = self.fn
-        return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, hvp=fn.hvp, counts=counts)
+        return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, hvp=fn.hvp, counts=counts, batch_token=self.name)
 
     def batch_oracle(self, indices, counts=None):
         """Always a ValueError: a function of a vector has no mini-batches."""
