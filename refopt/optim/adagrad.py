@@ -40,38 +40,25 @@ from ..linalg import symmetrize
 from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse,
                    step_info)
 from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
+from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, check_nonempty_leaves, decayed_gradient,
+                           descent_step)
 
-__all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState", "check_nonempty_leaves",
-           "gradient_with_decay", "apply_step"]
+__all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState", "accumulate_squares",
+           "adagrad_direction"]
 
 EPS_MODES = ("outside", "inside")
-WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
-def check_nonempty_leaves(params) -> None:
-    """ValueError when a leaf of ``params`` has no entries (a zero-length mode); shared by the adaptive family."""
-    for leaf in T.leaves(params):
-        if leaf.size == 0:
-            raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode "
-                             "(nothing to optimise)")
+def accumulate_squares(G, g):
+    """G + g ⊙ g, leafwise: the diagonal accumulator G_t = G_{t−1} + g_t ⊙ g_t (also Shampoo's graft)."""
+    return T.tree_map2(lambda a, b: a + b * b, G, g)
 
 
-# The weight decay of Adagrad and Shampoo (``weight_decay`` λ, ``weight_decay_mode`` "l2" or "decoupled").
-def gradient_with_decay(params, oracle, weight_decay: float, mode: str):
-    """(L(θ), g) with g = ∇L(θ), plus λθ for "l2" weight decay; g is None when ∇L(θ) is not finite."""
-    loss, g = oracle.value_and_grad(params)
-    if not T.all_finite(g):
-        return loss, None
-    if weight_decay and mode == "l2":
-        g = T.axpy(weight_decay, params, g)
-    return loss, g
-
-
-def apply_step(params, d, lr: float, weight_decay: float, mode: str):
-    """θ − η d, and − ηλθ for "decoupled" weight decay."""
-    if weight_decay and mode == "decoupled":
-        return T.tree_map2(lambda x, di: x - lr * (di + weight_decay * x), params, d)
-    return T.axpy(-lr, d, params)
+def adagrad_direction(g, G, eps: float, eps_mode: str = "outside"):
+    """g / (√G + δ) ("outside", the paper's H_t = δI + diag(G_t)^{1/2}) or g / √(G + δ) ("inside"), leafwise."""
+    if eps_mode == "outside":
+        return T.tree_map2(lambda gi, Gi: gi / (xp.sqrt(Gi) + eps), g, G)
+    return T.tree_map2(lambda gi, Gi: gi / xp.sqrt(Gi + eps), g, G)
 
 
 @register_state
@@ -107,18 +94,15 @@ class Adagrad(Optimizer):
 
     def update(self, params, state, oracle):
         """One diagonal Adagrad step, G ← G + g ⊙ g and θ ← θ − η_t g / (δ + √G) by default; see the module docs."""
-        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
-            return refuse(params, state, loss, "non-finite gradient: step refused")
-        G = T.tree_map2(lambda a, b: a + b * b, state.accumulator, g)
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
+        G = accumulate_squares(state.accumulator, g)                    # G_t = G_{t−1} + g ⊙ g
         if not T.all_finite(G):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
-        if self.eps_mode == "outside":
-            d = T.tree_map2(lambda gi, Gi: gi / (xp.sqrt(Gi) + self.eps), g, G)
-        else:
-            d = T.tree_map2(lambda gi, Gi: gi / xp.sqrt(Gi + self.eps), g, G)
+        d = adagrad_direction(g, G, self.eps, self.eps_mode)           # g / (δ + √G_t)
         lr = self.lr / (1.0 + state.step * self.lr_decay) if self.lr_decay else self.lr   # η_t, t = step + 1
-        new = apply_step(params, d, lr, self.weight_decay, self.weight_decay_mode)
+        new = descent_step(params, d, lr, self.weight_decay, self.weight_decay_mode)   # θ − η_t d (− η_tλθ)
         return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))
 
 
@@ -181,14 +165,14 @@ class FullMatrixAdagrad(Optimizer):
 
     def update(self, params, state, oracle):
         """One step S ← S + g gᵀ per block, θ ← θ − η (δI + S^{1/2})⁻¹ g by default (eigh); see the module docs."""
-        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
-            return refuse(params, state, loss, "non-finite gradient: step refused")
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
         gs = self._vectors(g)
         S = tuple(Sb + xp.outer(gb, gb) for Sb, gb in zip(state.S, gs))
         if not all(bool(xp.all(xp.isfinite(Sb))) for Sb in S):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
         d = self._from_vectors([self._precondition(Sb, gb) for Sb, gb in zip(S, gs)], params)
-        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
+        new = descent_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
         return new, FullMatrixAdagradState(state.step + 1, S), step_info(loss, g, lr=self.lr,
                                                                           step_norm=self.lr * T.norm(d))

@@ -46,11 +46,11 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import rng, xp
 from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
-from .adagrad import apply_step, check_nonempty_leaves
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
 from .base import MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 from .base import show_value
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, descent_step, ema, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
            "spatial_average"]
@@ -178,27 +178,28 @@ class AdaHessian(Optimizer):
             loss = oracle.value(params)
             g, hv = oracle.hvp_operator(params)
         if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
-        D = hutchinson_estimate(hv, probes)
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
+        D = hutchinson_estimate(hv, probes)                                # D_t = (1/k_p) Σ z ⊙ Hz
         if not T.all_finite(D):
             return refuse(params, state, loss, "non-finite Hessian-diagonal estimate: step refused", g)
         if self.absolute:
             D = T.tree_map(xp.abs, D)
-        D = T.tree_map(lambda d: spatial_average(d, self.spatial_block, self.spatial_axis), D)
+        D = T.tree_map(lambda d: spatial_average(d, self.spatial_block, self.spatial_axis), D)   # D_t^s
         lam = self.weight_decay
-        if lam and self.weight_decay_mode == "l2":
-            g = T.axpy(lam, params, g)
+        if lam and self.weight_decay_mode == "l2":   # ½λ‖θ‖² in the loss: its gradient λθ, its Hessian diagonal λ
+            g = l2_decay(g, params, lam)
             D = T.tree_map(lambda d: d + lam, D)
         t = state.step + 1
         b1, b2, k = self.beta1, self.beta2, self.hessian_power
-        c1 = 1.0 - b1 ** t if self.bias_correction else 1.0
-        c2 = 1.0 - b2 ** t if self.bias_correction else 1.0
-        m = T.tree_map2(lambda mi, gi: b1 * mi + (1.0 - b1) * gi, state.m, g)
+        c1 = bias_correction(b1, t, self.bias_correction)                   # 1 − β₁ᵗ
+        c2 = bias_correction(b2, t, self.bias_correction)                   # 1 − β₂ᵗ
+        m = ema(state.m, g, b1)                                             # m_t = β₁m + (1 − β₁)g_t
+        # v_t = β₂v + (1 − β₂) D^s ⊙ D^s, rounded as ((1 − β₂)·D)·D (the golden traces fix that order)
         v = T.tree_map2(lambda vi, di: b2 * vi + (1.0 - b2) * di * di, state.v, D)
         if self.eps_mode == "outside":
             d = T.tree_map2(lambda mi, vi: (mi / c1) / ((vi / c2) ** (k / 2) + self.eps), m, v)
         else:
             d = T.tree_map2(lambda mi, vi: (mi / c1) / (vi / c2 + self.eps) ** (k / 2), m, v)
-        new = apply_step(params, d, self.lr, lam, self.weight_decay_mode)   # θ − η d (− ηλθ if decoupled)
+        new = descent_step(params, d, self.lr, lam, self.weight_decay_mode)   # θ − η d (− ηλθ if decoupled)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), draws=probes)
         return new, AdaHessianState(t, m, v, state.seed), info

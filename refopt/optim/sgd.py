@@ -16,6 +16,7 @@ from typing import NamedTuple
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from .base import Optimizer, check_bool, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
+from .update_rules import NON_FINITE_GRADIENT, decayed_gradient, descent_step, momentum
 
 __all__ = ["SGD", "SGDState"]
 
@@ -48,16 +49,11 @@ class SGD(Optimizer):
 
     def update(self, params, state, oracle):
         """One SGD step with optional weight decay and heavy-ball or Nesterov momentum; see the module docs."""
-        loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
-        if self.weight_decay:
-            g = T.axpy(self.weight_decay, params, g)
-        v = state.velocity
+        loss, g = decayed_gradient(params, oracle, self.weight_decay)   # g_t = ∇L(θ_t) + λθ_t
+        if g is None:
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
+        v, d = state.velocity, g
         if self.momentum:
-            v = T.axpy(self.momentum, v, g)
-            d = T.axpy(self.momentum, v, g) if self.nesterov else v
-        else:
-            d = g
-        new = T.axpy(-self.lr, d, params)
+            v, d = momentum(v, g, self.momentum, self.nesterov)           # v_t = μv_{t−1} + g_t; d_t
+        new = descent_step(params, d, self.lr)                             # θ_t − η d_t
         return new, SGDState(state.step + 1, v), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))

@@ -64,7 +64,9 @@ from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnega
                    check_unit_interval, refuse, step_info)
 from .base import MAX_DIMENSION  # upper bounds of integer hyperparameters
 from .base import as_real, show_value
-from .adagrad import apply_step, gradient_with_decay
+from .adagrad import accumulate_squares, adagrad_direction
+from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, bias_correction, decayed_gradient, descent_step,
+                           ema, graft, momentum)
 
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices", "STATISTICS", "EPS_MODES"]
 
@@ -163,7 +165,7 @@ class Shampoo(Optimizer):
         self.momentum = check_unit_interval("momentum", momentum)
         self.precondition = check_choice("precondition", precondition, ("gradient", "momentum"))
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("l2", "decoupled"))
+        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
         nesterov = check_bool("nesterov", nesterov)
         if nesterov and not self.momentum:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -203,20 +205,18 @@ class Shampoo(Optimizer):
                 sizes = [s.stop - s.start for s in sl]
                 per_block.append(tuple(c * xp.eye(n, dtype=leaf.dtype) for n in sizes))
             stats.append(tuple(per_block))
-        graft = T.zeros_like(params) if self.grafting == "adagrad" else None
+        graft_acc = T.zeros_like(params) if self.grafting == "adagrad" else None
         mom = T.zeros_like(params) if self.momentum else None
         filtered = T.zeros_like(params) if self.filter_beta else None
-        return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft, mom, filtered)
+        return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft_acc, mom, filtered)
 
     # --- one step -----------------------------------------------------------------------------
     def _accumulate(self, H, S):
-        """The new statistic from the old H and this step's S (S is a fresh array: updated in place)."""
-        if self.statistics == "sum":
+        """The new statistic from the old H and this step's S (a fresh array, updated in place for "sum")."""
+        if self.statistics == "sum":   # H + S
             S += H
             return S
-        S *= 1.0 - self.beta2
-        S += self.beta2 * H
-        return S
+        return ema(H, S, self.beta2)   # β₂H + (1 − β₂)S
 
     def _leaf_statistics(self, G, stats_leaf):
         merged, blocks, diagonal = self._layout(tuple(G.shape))
@@ -241,7 +241,7 @@ class Shampoo(Optimizer):
     def _leaf_roots(self, shape, stats_leaf, t: int):
         merged, _, diagonal = self._layout(tuple(shape))
         p = self._power(len(merged))
-        debias = 1.0 / (1.0 - self.beta2 ** t) if self.statistics == "ema_debiased" else 1.0
+        debias = 1.0 / bias_correction(self.beta2, t) if self.statistics == "ema_debiased" else 1.0
         if diagonal:
             H = stats_leaf[0][0] * debias
             if self.eps_mode == "add":
@@ -267,9 +267,9 @@ class Shampoo(Optimizer):
 
     def update(self, params, state, oracle):
         """One Shampoo step: statistics, roots recomputed on schedule, P(G) with grafting and momentum (module docs)."""
-        loss, g = gradient_with_decay(params, oracle, self.weight_decay, self.weight_decay_mode)
+        loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
-            return refuse(params, state, loss, "non-finite gradient: step refused")
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
         t = state.step + 1
         treedef = T.flatten(params)[1]
         gs = T.leaves(g)
@@ -292,38 +292,34 @@ class Shampoo(Optimizer):
             if not all(bool(xp.all(xp.isfinite(R))) for r in roots for Rs in r for R in Rs):
                 return refuse(params, state, loss, "non-finite preconditioner root: step refused", g)
 
-        graft = state.graft
-        if graft is not None:
-            graft = T.tree_map2(lambda A, G: A + G * G, graft, g)
+        graft_acc = state.graft
+        if graft_acc is not None:
+            graft_acc = accumulate_squares(graft_acc, g)   # A ← A + G ⊙ G (from the raw G)
         mom = state.momentum
         if mom is not None and self.precondition == "momentum":
-            mom = T.axpy(self.momentum, mom, g)  # m ← μm + G, then precondition m (Nesterov: G + μm)
-            sources = T.leaves(T.axpy(self.momentum, mom, g) if self.nesterov else mom)
+            mom, source = momentum(mom, g, self.momentum, self.nesterov)   # m ← μm + G; precondition m (or G + μm)
+            sources = T.leaves(source)
         else:
             sources = gs
         filtered = state.filtered
         if filtered is not None:   # G̃ ← β₁G̃ + (1 − β₁)G; precondition G̃ / (1 − β₁ᵗ) (statistics keep the raw G)
             b1 = self.filter_beta
-            filtered = T.tree_map2(lambda f, gi: b1 * f + (1.0 - b1) * gi, filtered, g)
-            sources = [f / (1.0 - b1 ** t) for f in T.leaves(filtered)]
-        graft_leaves = T.leaves(graft) if graft is not None else [None] * len(gs)
+            filtered = ema(filtered, g, b1)
+            sources = [f / bias_correction(b1, t) for f in T.leaves(filtered)]
+        graft_leaves = T.leaves(graft_acc) if graft_acc is not None else [None] * len(gs)
 
         directions = []
         for D, R, A in zip(sources, roots, graft_leaves):
-            graft_dir = D / (xp.sqrt(A) + self.graft_eps) if A is not None else D
+            graft_dir = adagrad_direction(D, A, self.graft_eps) if A is not None else D   # D / (√A + ε), or SGD's D
             if not active:
                 directions.append(graft_dir)
                 continue
             P = self._leaf_precondition(D, R)
-            if self.grafting != "none":
-                pn = float(xp.linalg.norm(P.ravel()))
-                P = P * (float(xp.linalg.norm(graft_dir.ravel())) / pn) if pn > 0 else P
-            directions.append(P)
+            directions.append(graft(P, graft_dir) if self.grafting != "none" else P)   # P ‖graft_dir‖ / ‖P‖
         d = T.unflatten(treedef, directions)
         if mom is not None and self.precondition == "gradient":
-            mom = T.axpy(self.momentum, mom, d)  # m ← μm + P(G)
-            d = T.axpy(self.momentum, mom, d) if self.nesterov else mom   # Nesterov: P(G) + μm
-        new = apply_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
+            mom, d = momentum(mom, d, self.momentum, self.nesterov)   # m ← μm + P(G); step m (or P(G) + μm)
+        new = descent_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
                          preconditioned=active)
-        return new, ShampooState(t, stats, roots, graft, mom, filtered), info
+        return new, ShampooState(t, stats, roots, graft_acc, mom, filtered), info

@@ -59,11 +59,11 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..curvature import PROBE_DISTRIBUTIONS
-from .adagrad import check_nonempty_leaves
 from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
 from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
 from .base import MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, decayed_gradient, ema
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
@@ -120,7 +120,7 @@ class _Sophia(Optimizer):
         m̂ = m / (1 − β₁ᵗ) when bias_correction is on; the subclasses handle parametrization="official"."""
         eps = 1e-12 if self.eps is None else self.eps
         if self.bias_correction:
-            m = m / (1.0 - self.beta1 ** t)
+            m = m / bias_correction(self.beta1, t)
         return self.lr, xp.clip(m / xp.maximum(self.gamma * h, eps), -1.0, 1.0)
 
     # --- interface -----------------------------------------------------------------------------
@@ -134,18 +134,16 @@ class _Sophia(Optimizer):
         hhat, used = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
         if not T.all_finite(hhat):
             return None, used
-        b2 = self.beta2
-        return T.tree_map2(lambda hi, ei: b2 * hi + (1.0 - b2) * ei, h, hhat), used
+        return ema(h, hhat, self.beta2), used
 
     def update(self, params, state, oracle, draws=None):
         """One Sophia step: m, h refreshed every k steps (``refresh``), clipped step; ``draws`` injects the draws."""
-        loss, g = oracle.value_and_grad(params)
-        if not T.all_finite(g):
-            return refuse(params, state, loss, "non-finite gradient: step refused", g)
+        loss, g = decayed_gradient(params, oracle)   # the decay is decoupled, below
+        if g is None:
+            return refuse(params, state, loss, NON_FINITE_GRADIENT)
         t = state.step + 1
         refresh = self._refreshes(t)
-        b1 = self.beta1
-        m = T.tree_map2(lambda mi, gi: b1 * mi + (1.0 - b1) * gi, state.m, g)
+        m = ema(state.m, g, self.beta1)              # m_t = β₁m + (1 − β₁)g_t
         h, used = state.h, None
         if refresh and self._refresh_mode() == "before":
             h, used = self._refreshed_h(h, params, oracle, state, draws)
@@ -159,6 +157,7 @@ class _Sophia(Optimizer):
             step_size, ratio = self._ratio(mi, hi, t, oracle)
             clipped += int(xp.sum(xp.abs(ratio) >= 1.0))
             sq += float(xp.vdot(ratio.ravel(), ratio.ravel())) * step_size ** 2
+            # θ(1 − ηλ) − step: the decoupled decay as the paper's shrink θ ← θ − ηλθ, rounded as it always was
             new.append(x * (1.0 - lr * lam) - step_size * ratio if lam else x - step_size * ratio)
         new = T.unflatten(treedef, new)
         if refresh and self._refresh_mode() in ("after", "lagged"):
@@ -237,6 +236,6 @@ class SophiaH(_Sophia):
     def _ratio(self, m, h, t, oracle):
         if self.parametrization == "official":
             eps = 1e-12 if self.eps is None else self.eps
-            step_size = self.lr / (1.0 - self.beta1 ** t)
+            step_size = self.lr / bias_correction(self.beta1, t)
             return step_size, xp.clip(m / (self.gamma * xp.maximum(h, 0.0) + eps), -1.0, 1.0)
         return super()._ratio(m, h, t, oracle)

@@ -1,0 +1,95 @@
+"""The update rules that the first-order and adaptive optimizers share, each written once.
+
+With θ the parameters, g = ∇L(θ) and t = 1, 2, … the number of the step being taken:
+
+    L2 weight decay          g ← g + λθ                     (the gradient of L + ½λ‖θ‖²)
+    decoupled weight decay   Δ ← Δ + cθ,  θ ← θ − ηΔ        (Loshchilov & Hutter 2019, Alg. 2 line 12)
+    moving average           m ← βm + (1 − β)x              (Adam's moments, AdaHessian, Sophia, Shampoo)
+    bias correction          m̂ = m / (1 − βᵗ)               (Kingma & Ba 2014, §3)
+    momentum                 v ← μv + d;  step v, or d + μv  (Polyak 1964; Nesterov in torch's form,
+                                                              Sutskever et al. 2013)
+    layer-wise grafting      P ← P · ‖D‖ / ‖P‖              (Agarwal et al. 2020, "Disentangling
+                                                              adaptive gradient methods")
+    step refusal             a non-finite ∇L(θ): params and state come back unchanged (``base.refuse``)
+
+Decoupled decay has two placements of the learning rate, both in use: Adagrad, Shampoo and AdaHessian
+take θ ← θ − η(d + λθ) (``descent_step``), Adam/AdamW and the K-FAC family add cθ to a step that already
+holds η (``decoupled_decay`` with c = λ, or c = ηλ for the "lr-scaled" form of torch and optax). They
+agree in exact arithmetic and differ in rounding, so each keeps its own.
+
+Every function is pure (it returns new trees) and works leafwise on parameter trees; a bare array is a
+tree of one leaf. Rounding is part of the contract (the golden traces replay bit for bit): each
+docstring gives the exact order of the floating-point operations, and callers pass the same operands
+they always did (Adam's second moment averages g ⊙ g, formed first).
+"""
+from __future__ import annotations
+
+from .. import tree as T
+from ..backend import xp
+
+__all__ = ["WEIGHT_DECAY_MODES", "NON_FINITE_GRADIENT", "check_nonempty_leaves", "l2_decay", "decayed_gradient",
+           "decoupled_decay", "descent_step", "ema", "bias_correction", "momentum", "graft"]
+
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+NON_FINITE_GRADIENT = "non-finite gradient: step refused"   # the message of the step refusal
+
+
+def check_nonempty_leaves(params) -> None:
+    """ValueError when a leaf of ``params`` has no entries (a zero-length mode: nothing to optimise)."""
+    for leaf in T.leaves(params):
+        if leaf.size == 0:
+            raise ValueError(f"params: a leaf of shape {tuple(leaf.shape)} has a zero-length mode "
+                             "(nothing to optimise)")
+
+
+def l2_decay(g, params, weight_decay: float):
+    """g + λθ (computed as λ·θ + g), the gradient of L + ½λ‖θ‖²; ``g`` itself when λ = 0."""
+    return T.axpy(weight_decay, params, g) if weight_decay else g
+
+
+def decayed_gradient(params, oracle, weight_decay: float = 0.0, mode: str = "l2"):
+    """(L(θ), g) with g = ∇L(θ), plus λθ when ``mode`` is "l2"; g is None when ∇L(θ) is not finite, and the
+    caller then refuses the step with ``NON_FINITE_GRADIENT``."""
+    loss, g = oracle.value_and_grad(params)
+    if not T.all_finite(g):
+        return loss, None
+    return loss, (l2_decay(g, params, weight_decay) if mode == "l2" else g)
+
+
+def decoupled_decay(step, params, c: float):
+    """Δ + c·θ: the step Δ of θ ← θ − Δ with the decoupled decay added; ``step`` itself when c = 0.
+
+    Δ already holds the learning rate (Adam, K-FAC): c = λ is Loshchilov & Hutter's θ ← θ − λθ, c = ηλ the
+    lr-scaled form. A signed update θ ← θ + Δ passes −c; each leaf is Δ + (c·θ) in that order."""
+    return T.tree_map2(lambda d, x: d + c * x, step, params) if c else step
+
+
+def descent_step(params, d, lr: float, weight_decay: float = 0.0, mode: str = "l2"):
+    """θ − η·d, or θ − η·(d + λθ) under decoupled weight decay (``mode`` "decoupled"); computed as
+    (−η)·(d + λ·θ) + θ, which is θ − η(d + λθ) bit for bit."""
+    if mode == "decoupled":
+        d = decoupled_decay(d, params, weight_decay)
+    return T.axpy(-lr, d, params)
+
+
+def ema(average, x, beta: float):
+    """β·m + (1 − β)·x, leafwise: the exponential moving average m of x (``average`` is m)."""
+    return T.tree_map2(lambda m, xi: beta * m + (1.0 - beta) * xi, average, x)
+
+
+def bias_correction(beta: float, t: int, on: bool = True) -> float:
+    """1 − βᵗ, the factor that m = EMA_β of x with m_0 = 0 falls short of x by (m̂ = m / (1 − βᵗ)); 1.0 when off."""
+    return 1.0 - beta ** t if on else 1.0
+
+
+def momentum(velocity, d, mu: float, nesterov: bool = False):
+    """(v, step) with v = μ·v_prev + d (no dampening) and step = v, or d + μ·v for Nesterov (torch's form:
+    the look-ahead is taken on the direction, with the new v)."""
+    v = T.axpy(mu, velocity, d)
+    return v, (T.axpy(mu, v, d) if nesterov else v)
+
+
+def graft(P, D):
+    """P · (‖D‖ / ‖P‖), one array: the direction of P with the norm of D (P itself when ‖P‖ = 0)."""
+    norm_P = float(xp.linalg.norm(P.ravel()))
+    return P * (float(xp.linalg.norm(D.ravel())) / norm_P) if norm_P > 0 else P
