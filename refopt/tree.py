@@ -4,13 +4,16 @@ Order and flattening convention (relied on by every dense matrix in refopt): lea
 depth-first, lists and tuples in order, dicts in *sorted key* order; each leaf is flattened row-major
 (C order). So an MLP's parameters ``[{"W": W1, "b": b1}, {"W": W2, "b": b2}]`` flatten to
 ``[vec(W1), b1, vec(W2), b2]`` with vec row-major.
+
+Layer: tree sits just above backend and below autodiff, whose transformations flatten their arguments
+with it. Its arithmetic still works on traced trees: it is written with operators and methods
+(``+``, ``*``, ``.sum()``, ``.shape``), which on autodiff's boxes are autodiff's primitives.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from .autodiff import primitives as P
-from .backend import as_array, xp
+from .backend import as_array, is_floating, xp
 
 __all__ = ["flatten", "unflatten", "leaves", "tree_map", "tree_map2", "vdot", "add", "sub", "scale", "axpy",
            "zeros_like", "ravel", "unravel", "size", "norm", "all_finite", "same_structure", "copy"]
@@ -71,7 +74,12 @@ def same_structure(a, b) -> bool:
     """Whether ``a`` and ``b`` have the same structure and the same leaf shapes."""
     la, da = flatten(a)
     lb, db = flatten(b)
-    return da == db and all(P.shape_of(x) == P.shape_of(y) for x, y in zip(la, lb))
+    return da == db and all(_shape(x) == _shape(y) for x, y in zip(la, lb))
+
+
+def _shape(x) -> tuple:
+    """The shape of an array, a box (a lazy box knows it before its value) or a Python scalar (``()``)."""
+    return getattr(x, "shape", ())
 
 
 def _same_shapes(la, lb, what):
@@ -79,17 +87,25 @@ def _same_shapes(la, lb, what):
     if len(la) != len(lb):
         raise ValueError(f"{what}: the trees have {len(la)} and {len(lb)} leaves")
     for i, (x, y) in enumerate(zip(la, lb)):
-        if P.shape_of(x) != P.shape_of(y):
-            raise ValueError(f"{what}: leaf {i} has shapes {P.shape_of(x)} and {P.shape_of(y)}")
+        if _shape(x) != _shape(y):
+            raise ValueError(f"{what}: leaf {i} has shapes {_shape(x)} and {_shape(y)}")
 
 
 def vdot(a, b):
-    """Sum over leaves of <a_i, b_i> (differentiable: works on traced trees)."""
+    """Sum over leaves of <a_i, b_i> (differentiable: works on traced trees).
+
+    The sum starts from a zero of the leaves' dtype, not from the Python 0.0: NumPy 1's value-based
+    casting would turn a float32 sum that starts from 0.0 into float64.
+    """
     la, lb = leaves(a), leaves(b)
     _same_shapes(la, lb, "vdot")
     total = 0.0
-    for x, y in zip(la, lb):
-        total = P.add(total, P.dot(x, y))
+    for i, (x, y) in enumerate(zip(la, lb)):
+        term = x * y
+        term = term.sum() if hasattr(term, "sum") else term  # Python scalar leaves have no .sum()
+        if i == 0 and hasattr(term, "dtype") and is_floating(term.dtype):
+            total = xp.zeros((), dtype=term.dtype)
+        total = total + term
     return total
 
 

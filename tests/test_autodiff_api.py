@@ -249,22 +249,30 @@ def test_tangent_and_cotangent_shapes_must_match():
 # ---------------------------------------------------------------------------------------------------
 # Against HIPS autograd, an independent autodiff, on random MLPs.
 
-ag = pytest.importorskip("autograd")
-anp = pytest.importorskip("autograd.numpy")
+# autograd is a test-only dependency: only the tests that use it skip without it (the fixture below),
+# not the whole file.
+
+@pytest.fixture(scope="module")  # module scope: hypothesis refuses function-scoped fixtures in @given tests
+def autograd():
+    """(autograd, autograd.numpy), or a skip when HIPS autograd is not installed."""
+    return pytest.importorskip("autograd"), pytest.importorskip("autograd.numpy")
 
 
-def _ag_lse(a, axis):
+def _ag_lse(anp, a, axis):
     """logsumexp in autograd.numpy (autograd.scipy would need SciPy, which the test extras do not install)."""
     m = anp.max(a, axis=axis, keepdims=True)
     return anp.log(anp.sum(anp.exp(a - m), axis=axis)) + anp.squeeze(m, axis=axis)
 
-AG_ACT = {"tanh": anp.tanh, "relu": lambda s: anp.maximum(s, 0.0), "identity": lambda s: s,
-          "sigmoid": lambda s: 0.5 * (anp.tanh(0.5 * s) + 1.0), "softplus": lambda s: anp.logaddexp(0.0, s)}
+
+def _ag_activations(anp):
+    return {"tanh": anp.tanh, "relu": lambda s: anp.maximum(s, 0.0), "identity": lambda s: s,
+            "sigmoid": lambda s: 0.5 * (anp.tanh(0.5 * s) + 1.0), "softplus": lambda s: anp.logaddexp(0.0, s)}
 
 
-def _ag_objective(model, loss, X, y, like):
+def _ag_objective(anp, model, loss, X, y, like):
     """The same loss written in autograd.numpy, as a function of the flat (row-major) parameter vector."""
     shapes = [(l["W"].shape, l["b"].shape) for l in like]
+    activations = _ag_activations(anp)
 
     def f(theta):
         a, start = X, 0
@@ -273,9 +281,9 @@ def _ag_objective(model, loss, X, y, like):
             W = anp.reshape(theta[start:start + nw], sw)  # dict keys sort as "W" < "b"
             b = theta[start + nw:start + nw + nb]
             start += nw + nb
-            a = AG_ACT[act](anp.dot(a, W) + b)
+            a = activations[act](anp.dot(a, W) + b)
         if isinstance(loss, SoftmaxCrossEntropy):
-            per = _ag_lse(a, axis=1) - a[np.arange(X.shape[0]), y]
+            per = _ag_lse(anp, a, axis=1) - a[np.arange(X.shape[0]), y]
         elif isinstance(loss, Gaussian):
             per = anp.sum((a - y) ** 2, axis=1) / (2 * loss.variance)
         else:
@@ -313,9 +321,10 @@ def mlp_problems(draw):
 
 @settings(max_examples=12)
 @given(problem=mlp_problems())
-def test_against_autograd_on_random_mlps(problem):
+def test_against_autograd_on_random_mlps(problem, autograd):
+    ag, anp = autograd
     model, loss, params, X, y, g = problem
-    f_ag = _ag_objective(model, loss, X, y, params)
+    f_ag = _ag_objective(anp, model, loss, X, y, params)
     theta = T.ravel(params)
     v = g.standard_normal(theta.size)
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from refopt import autodiff as ad
 from refopt import tree as T
+from refopt.autodiff import primitives as P
 from refopt.nn import MLP
 
 shapes = st.lists(st.lists(st.integers(1, 3), min_size=0, max_size=3).map(tuple), min_size=1, max_size=4)
@@ -82,6 +83,45 @@ def test_vdot_is_differentiable():
     x = (np.array([1.0, 2.0]), np.array([[3.0]]))
     g = ad.grad(lambda p: T.vdot(p, p))(x)
     np.testing.assert_array_equal(T.ravel(g), [2.0, 4.0, 6.0])
+
+
+def _primitive_vdot(a, b):
+    """vdot as it was written before tree moved below autodiff: a sum of autodiff's add and dot."""
+    total = 0.0
+    for x, y in zip(T.leaves(a), T.leaves(b)):
+        total = P.add(total, P.dot(x, y))
+    return total
+
+
+def _same_bits(u, v):
+    u, v = ad.getval(u), ad.getval(v)
+    assert type(u) is type(v) and np.asarray(u).dtype == np.asarray(v).dtype
+    assert np.asarray(u).tobytes() == np.asarray(v).tobytes()  # also tells +0.0 from −0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_vdot_is_the_primitive_sum_bit_for_bit(dtype):
+    """tree.vdot uses the boxes' operators instead of importing autodiff: the same value, type, dtype and
+    sign of zero as autodiff's add(…, dot(x, y)), and the same gradient and tangent when traced."""
+    gen = np.random.default_rng(3)
+    a = [{"W": gen.standard_normal((3, 4)), "b": gen.standard_normal(4)}, (gen.standard_normal(()),)]
+    a = T.tree_map(lambda x: x.astype(dtype), a)
+    b = T.tree_map(lambda x: gen.standard_normal(x.shape).astype(dtype), a)
+    _same_bits(T.vdot(a, b), _primitive_vdot(a, b))
+    zero, minus = [np.zeros(2, dtype)], [-np.ones(2, dtype)]  # products −0.0: the sum is +0.0, as before
+    _same_bits(T.vdot(zero, minus), _primitive_vdot(zero, minus))
+    assert T.vdot([], []) == 0.0 == _primitive_vdot([], [])
+    for f in (T.vdot, _primitive_vdot):
+        assert T.ravel(ad.grad(lambda p: f(p, b))(a)).dtype == dtype
+    for g_new, g_old in zip(T.leaves(ad.grad(lambda p: T.vdot(p, T.scale(dtype(2), p)))(a)),
+                            T.leaves(ad.grad(lambda p: _primitive_vdot(p, T.scale(dtype(2), p)))(a))):
+        _same_bits(g_new, g_old)
+    for new, old in zip(ad.jvp(lambda p: T.vdot(p, p), a, b), ad.jvp(lambda p: _primitive_vdot(p, p), a, b)):
+        _same_bits(new, old)
+    hv_new = ad.hvp(lambda p: T.vdot(p, T.tree_map(lambda x: x * x, p)), a, b)
+    hv_old = ad.hvp(lambda p: _primitive_vdot(p, T.tree_map(lambda x: x * x, p)), a, b)
+    for new, old in zip(T.leaves(hv_new), T.leaves(hv_old)):
+        _same_bits(new, old)
 
 
 def test_mismatched_trees_never_broadcast():

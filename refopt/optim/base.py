@@ -56,6 +56,15 @@ __all__ = ["Optimizer", "Switch", "check_positive", "check_nonnegative", "check_
            "MAX_MEMORY", "MAX_PERIOD", "MAX_DIMENSION", "MAX_DENSE_SIZE", "MAX_AXIS", "as_real", "check_real_array", "show_value"]
 
 
+class _NeedsNetwork:
+    """``Optimizer.needs_network``, on the class (from its declared ``requires``) and on an instance (from
+    the instance's, which may depend on its arguments): whether the method needs more than a function
+    oracle provides (per-layer statistics, the GGN or Fisher, labels sampled from the model)."""
+
+    def __get__(self, obj, cls) -> bool:
+        return not (obj if obj is not None else cls).requires <= FunctionOracle.provides
+
+
 @dataclass(frozen=True)
 class Switch:
     """One convention that implementations disagree on, declared once on the optimizer class.
@@ -92,6 +101,7 @@ class Optimizer:
     requires: ClassVar[frozenset] = frozenset({"value", "gradient"})
     draws: ClassVar[Optional[str]] = None
     switches: ClassVar[dict] = {}   # {name: choices}, derived from ``conventions`` for every subclass
+    needs_network = _NeedsNetwork()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -112,12 +122,6 @@ class Optimizer:
     def set_switch(self, name: str, value) -> None:
         """Validate ``value`` by the switch's declaration and keep it as ``self.<name>``."""
         setattr(self, name, type(self).switch(name).validate(value))
-
-    @property
-    def needs_network(self) -> bool:
-        """Whether the method needs more than a function oracle provides (per-layer statistics, the GGN or
-        Fisher, labels sampled from the model)."""
-        return not self.requires <= FunctionOracle.provides
 
     def check_oracle(self, oracle) -> None:
         """ValueError naming what this optimizer requires that ``oracle`` does not provide."""

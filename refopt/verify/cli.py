@@ -8,7 +8,7 @@ __all__ = ["add_verify_commands"]
 
 
 def _export(args) -> int:
-    from ..cli import check_output_path, check_seed, parse_hyperparameters  # noqa: PLC0415
+    from ..cli_args import check_output_path, check_seed, parse_hyperparameters  # noqa: PLC0415
     from ..optim import OPTIMIZERS  # noqa: PLC0415
     from .profiles import PROFILES  # noqa: PLC0415
     from .trace import export_trace, make_trace  # noqa: PLC0415
