@@ -100,11 +100,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_list(args) -> int:
-    """``refopt list``: print the names of the optimizers, problems and convention profiles; returns 0."""
-    from .optim import OPTIMIZERS  # noqa: PLC0415
+    """``refopt list``: print the names of the optimizers, problems and convention profiles (with
+    ``--switches``, the table of every optimizer's convention switches instead); returns 0."""
+    from .optim import OPTIMIZERS, conventions_table  # noqa: PLC0415
     from .problems.registry import problem_names  # noqa: PLC0415
     from .verify.profiles import PROFILES  # noqa: PLC0415
 
+    if args.switches:
+        print(conventions_table())
+        return 0
     print("optimizers: " + ", ".join(sorted(OPTIMIZERS)))
     print("problems:   " + ", ".join(problem_names()))
     print("profiles:   " + ", ".join(sorted(PROFILES)))
@@ -153,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_commands(v)
 
     ls = sub.add_parser("list", help="list optimizers, problems and convention profiles")
+    ls.add_argument("--switches", action="store_true",
+                    help="print every optimizer's convention switches: default, other choices, meaning, source")
     ls.set_defaults(func=cmd_list)
     return p
 

@@ -3,7 +3,8 @@
 Every optimizer starts from the same initial parameters (same seed) and gets the same budget: at most
 ``steps`` updates and ``max_seconds`` of wall-clock time. The table reports the final full-batch
 training loss, the iterations and seconds to reach ``target_loss``, the oracle counts, and failures (an
-exception, a diverged loss, or a problem the optimizer does not apply to).
+exception, a diverged loss, or a problem the optimizer does not apply to: "not applicable" when the
+problem's oracle does not provide what the optimizer ``requires``, named).
 """
 from __future__ import annotations
 
@@ -79,18 +80,24 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     # every configuration is validated (steps, budget, seed, hyperparameters) before anything runs
     configs = [RunConfig(name, {**DEFAULT_OPTIMIZERS.get(name, {}), **overrides.get(name, {})}, problem, steps,
                          batch_size, seed, None, max_seconds) for name in names]
-    for config in configs:  # a misspelt or out-of-range hyperparameter is an error, not a row of the table
-        make_optimizer(config.optimizer, **config.hyperparameters)
+    # a misspelt or out-of-range hyperparameter is an error, not a row of the table
+    opts = [make_optimizer(config.optimizer, **config.hyperparameters) for config in configs]
     prob = make_problem(problem)
+    provides = prob.oracle().provides
     entries = []
-    for name, config in zip(names, configs):
+    for name, config, opt in zip(names, configs, opts):
         hp = config.hyperparameters
         t0 = time.perf_counter()
-        try:
-            result = run(config, problem=prob)
-            entry = ComparisonEntry(name, hp, result, None if result.status != "diverged" else result.message)
-        except (ValueError, NotImplementedError) as exc:  # e.g. a network-only method on a test function
-            entry = ComparisonEntry(name, hp, None, f"{type(exc).__name__}: {exc}")
+        missing = sorted(opt.requires - provides)
+        if missing:  # e.g. a network-only method on a test function
+            entry = ComparisonEntry(name, hp, None, f"not applicable: needs {', '.join(missing)}, which a {prob.kind} "
+                                                    "problem does not provide")
+        else:
+            try:
+                result = run(config, problem=prob)
+                entry = ComparisonEntry(name, hp, result, None if result.status != "diverged" else result.message)
+            except (ValueError, NotImplementedError) as exc:
+                entry = ComparisonEntry(name, hp, None, f"{type(exc).__name__}: {exc}")
         entry.seconds = time.perf_counter() - t0
         if verbose:
             status = entry.error or f"final loss {entry.result.final_loss:.4g}"

@@ -216,6 +216,7 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         raise ValueError(f"{type(opt).__name__} does not implement evaluate/step; minimize runs the Newton family")
 
     oracle = _oracle(fun, jac, hess, hessp)
+    opt.check_oracle(oracle)   # e.g. NewtonCG(curvature="ggn") needs the GGN, which a function does not have
     start = oracle.counts.as_dict()
     is_tree = isinstance(x0, dict) or (isinstance(x0, (list, tuple)) and any(hasattr(v, "shape") for v in x0))
     x = T.copy(x0) if is_tree else as_array(x0).copy()

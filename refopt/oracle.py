@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 
 from . import autodiff as ad
 from . import curvature as C
+from .curvature import kronecker
 from . import tree as T
 from .backend import as_array, is_floating, to_device, xp
 from .nn.mlp import layer_statistics
@@ -35,7 +36,7 @@ __all__ = ["Counts", "Oracle", "FunctionOracle", "new_batch_token", "CAPABILITIE
 CAPABILITIES: dict[str, str] = {
     "value": "loss values (value)",
     "gradient": "gradients (grad, value_and_grad)",
-    "hvp": "Hessian-vector products (hvp, hvp_operator, value_and_hvp_operator)",
+    "hvp": "Hessian-vector products (hvp, hvp_operator, hessian_operator, value_and_hvp_operator)",
     "dense_hessian": "the dense Hessian (dense_hessian)",
     "probes": "Hutchinson probes drawn for the parameters (draw_probes)",
     "hutchinson": "Hutchinson's diagonal estimate (hutchinson_diag)",
@@ -170,6 +171,11 @@ class Oracle:
             return hv(v)
         return g, product
 
+    def hessian_operator(self, params):
+        """v ↦ ∇²L v at ``params`` for repeated products (Newton-CG): ``hvp_operator``'s, whose recorded
+        gradient is counted once."""
+        return self.hvp_operator(params)[1]
+
     def value_and_hvp_operator(self, params):
         """(L, ∇L, v ↦ ∇²L v) from one recording: ``hvp_operator`` that also returns the loss, which
         saves the extra forward pass of a separate ``value`` (AdaHessian needs all three every step)."""
@@ -237,9 +243,27 @@ class Oracle:
         self.counts.nstats += 1
         return layer_statistics(self.model, self.loss, params, self.X, self.y if targets is None else targets)
 
-    def sample_labels(self, params, seed, k=1):
-        """k label sets drawn from the model's predictive distribution at ``params``."""
-        return self.loss.sample(self.outputs(params), seed, k)
+    def kfac_statistics(self, params, fisher="mc", samples=1, seed=None, labels=None, gradient=True):
+        """Loss, gradient, layer inputs and G-probes of K-FAC from one pass (``curvature.kronecker.
+        statistics_pass``; "mc" labels are ``labels`` or drawn by ``sample_labels`` from the pass's outputs).
+        Counts one statistics pass, one value and gradient, and one network vjp per extra backward sweep."""
+        self.counts.nstats += 1
+        self.counts.nfev += 1
+        self.counts.ngev += 1
+
+        def sample(z):
+            if seed is None:
+                raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
+            return self.sample_labels(params, seed, samples, outputs=z)
+        stats = kronecker.statistics_pass(self.model, self.loss, params, self.X, self.y, fisher, labels, sample,
+                                          gradient)
+        self.counts.nvjp += stats.sweeps
+        return stats
+
+    def sample_labels(self, params, seed, k=1, outputs=None):
+        """k label sets drawn from the model's predictive distribution at ``params`` (``outputs``: the
+        network outputs there, when the caller has them, which saves the forward pass)."""
+        return self.loss.sample(self.outputs(params) if outputs is None else outputs, seed, k)
 
     def draw_probes(self, params, seed, k=1, distribution="rademacher"):
         """k Hutchinson probe trees from ``seed`` (``curvature.draw_probes``): the one place where
@@ -330,6 +354,10 @@ class FunctionOracle:
         """(∇f(x), v ↦ ∇²f(x) v), each product a call of ``hvp``."""
         g = self.grad(x)
         return g, lambda v: self.hvp(x, v)
+
+    def hessian_operator(self, x):
+        """v ↦ ∇²f(x) v, each product a call of ``hvp`` (no gradient is needed to set it up)."""
+        return lambda v: self.hvp(x, v)
 
     def value_and_hvp_operator(self, x):
         """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``."""

@@ -294,9 +294,12 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
 
     opt = optimizer or make_optimizer(config.optimizer, **config.hyperparameters)  # names first: cheap to check
     problem = problem or make_problem(config.problem)
-    if opt.needs_network and problem.kind != "network":
-        raise ValueError(f"optimizer {config.optimizer!r} needs a network problem (per-layer statistics, output-space "
-                         f"curvature or labels sampled from the model); {config.problem!r} is a function of a vector")
+    full = problem.oracle(counts=Counts())  # evaluations for the log are not the optimizer's
+    try:  # what the optimizer requires against what the problem's oracles provide, once, before anything runs
+        opt.check_oracle(full)
+    except ValueError as exc:
+        kind = "a network problem" if problem.kind != "network" else "another problem"
+        raise ValueError(f"optimizer {config.optimizer!r} needs {kind}: {exc}") from None
     if config.batch_size is not None and problem.kind != "network":
         raise ValueError("batch_size: only network problems have mini-batches")
     if config.batch_size is not None and not 1 <= config.batch_size <= problem.num_examples:
@@ -312,7 +315,6 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     else:
         start, params, history = 0, problem.init_params(config.seed), []
         state = opt.init(params)
-    full = problem.oracle(counts=Counts())  # evaluations for the log are not the optimizer's
     log = open(log_path, "w") if log_path else None
     if log:  # a resumed run rewrites the log up to its checkpoint, so no record is written twice
         for rec in history:

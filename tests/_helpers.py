@@ -99,11 +99,11 @@ def assert_descends(opt, oracle, params, steps=5):
 
 
 def assert_switches_declared_with_defaults(*classes):
-    """Each class's ``switches`` names constructor arguments, and each argument's default is one of its
-    listed choices."""
+    """Each class's declared switches (``conventions``) name constructor arguments whose defaults are the
+    declared ones (``tests/test_declarations.py`` checks this and more for every registered optimizer)."""
     for cls in classes:
         sig = inspect.signature(cls.__init__).parameters
-        assert all(sig[k].default in v for k, v in cls.switches.items())
+        assert cls.conventions and all(sig[sw.name].default == sw.default for sw in cls.conventions)
 
 
 # --- functions at the rounding floor (line searches, minimize, the runner's "precision" stop) ---------

@@ -19,10 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "refopt"
 CONTRIBUTING = ROOT / "CONTRIBUTING.md"
 
-# Edges known to be wrong and being removed by other work, as (importer, imported). curvature → oracle:
-# kronecker.py's lazy ``from ..oracle import Oracle`` (the typed-oracle work of issue 10 removes it; then
-# test_pending_exceptions_are_still_needed fails until this entry is deleted).
-PENDING: set = {("curvature", "oracle")}
+# Edges known to be wrong and being removed by other work, as (importer, imported); none left (the
+# typed-oracle work of issue 10 removed curvature → oracle). test_pending_exceptions_are_still_needed
+# fails for an entry whose edge no longer exists.
+PENDING: set = set()
 
 
 def declared_order(text: str) -> list:

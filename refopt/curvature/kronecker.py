@@ -57,7 +57,7 @@ __all__ = [
     "FISHER_ESTIMATES", "FACTOR_INITS", "augment", "layer_matrix", "layer_tree", "input_factor", "grad_factor",
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
-    "kfac_statistics", "factor_weight", "OUTPUT_GRAD_SCALES",
+    "kfac_statistics", "statistics_pass", "factor_weight", "OUTPUT_GRAD_SCALES",
 ]
 
 FISHER_ESTIMATES = ("mc", "empirical", "true")
@@ -215,6 +215,7 @@ class KFACStatistics(NamedTuple):
     probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
     scale: float          # the reduction's factor (1/B or 1)
     labels: object = None  # the sampled label sets behind "mc" probes (k, ...), else None
+    sweeps: int = 0        # backward sweeps beyond the gradient's (one network vjp each; the oracle counts them)
 
 
 def _reduced_output_grad(loss, z, y):
@@ -223,37 +224,28 @@ def _reduced_output_grad(loss, z, y):
     return float(getval(value)), dz
 
 
-def _sample_labels(oracle, params, z, seed, samples):
-    """``oracle.sample_labels(params, seed, samples)``, without its forward pass when it is the plain one.
-
-    Labels from the recorded outputs z are bit-identical to the oracle's (same z, same draw); an oracle
-    that instruments its draws (refopt.verify records and replays them) is asked itself.
-    """
-    from ..oracle import Oracle  # noqa: PLC0415 (the oracle imports this package)
-
-    if type(oracle).sample_labels is Oracle.sample_labels:
-        return oracle.loss.sample(z, seed, samples)
-    return oracle.sample_labels(params, seed, samples)
-
-
 def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1, seed=None,
                     labels=None, gradient: bool = True) -> KFACStatistics:
-    """Loss, gradient, layer inputs and G-probes from one forward pass and 1 + (extra) backward sweeps.
+    """Loss, gradient, layer inputs and G-probes from one forward pass and 1 + (extra) backward sweeps:
+    ``oracle.kfac_statistics``, which counts the pass and runs ``statistics_pass`` on its batch.
 
     ``fisher`` chooses the probes ("mc", "empirical", "true" or None for none). For "mc" the labels
     are ``labels`` (shape (k, ...) as ``loss.sample`` returns) if given, else
     ``oracle.sample_labels(params, seed, samples)``: injecting the labels that the seed would draw
     reproduces the seeded result exactly. ``gradient=False`` skips forming ∇W = aᵀ g (``grad`` is None)
     for a caller that needs only the layer statistics.
-    Counts one statistics pass, one value and gradient, and one network vjp per extra sweep.
+    """
+    return oracle.kfac_statistics(params, fisher, samples, seed, labels, gradient)
+
+
+def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels=None, sample=None,
+                    gradient: bool = True) -> KFACStatistics:
+    """``kfac_statistics`` on the batch (X, y), counting nothing: for "mc" without ``labels`` the label
+    sets are ``sample(z)`` of the recorded outputs z (so no second forward pass is needed; the oracle's
+    ``sample_labels`` with ``outputs=z``). ``sweeps`` in the result is the number of extra backward sweeps.
     """
     if fisher is not None and fisher not in FISHER_ESTIMATES:
         raise ValueError(f"fisher must be one of {FISHER_ESTIMATES}, got {fisher!r}")
-    model, loss, X, y = oracle.model, oracle.loss, oracle.X, oracle.y
-    counts = oracle.counts
-    counts.nstats += 1
-    counts.nfev += 1
-    counts.ngev += 1
     cap = capture_layers(model, params, X)
     scale = loss.scale(X.shape[0])
     value, dz = _reduced_output_grad(loss, cap.z, y)
@@ -265,20 +257,17 @@ def kfac_statistics(oracle, params, fisher: str | None = "mc", samples: int = 1,
         probes = [g]
     elif fisher == "mc" and finite:
         if labels is None:
-            if seed is None:
-                raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
-            labels = _sample_labels(oracle, params, cap.z, seed, samples)
+            labels = sample(cap.z)
         w = 1.0 / math.sqrt(len(labels))
         probes = []
         for yk in labels:
-            counts.nvjp += 1
             probes.append([w * gl for gl in cap.pullback(_reduced_output_grad(loss, cap.z, yk)[1])])
     elif fisher == "true" and finite:
         Lf = output_fisher_factor(loss, cap.z)
         probes = []
         for k in range(Lf.shape[2]):
-            counts.nvjp += 1
             probes.append(cap.pullback(scale * Lf[:, :, k]))
     elif fisher is not None:
         probes = [g]  # non-finite pass: the caller sees non-finite statistics and skips the update
-    return KFACStatistics(value, grad, cap.inputs, g, probes, scale, labels if fisher == "mc" else None)
+    sweeps = len(probes) if fisher in ("mc", "true") and finite else 0
+    return KFACStatistics(value, grad, cap.inputs, g, probes, scale, labels if fisher == "mc" else None, sweeps)

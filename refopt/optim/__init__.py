@@ -1,7 +1,9 @@
 """Optimizers, one file per algorithm family, all with the ``init`` / ``update`` pair of ``base``.
 
 ``OPTIMIZERS`` maps each name to ``(module, class)``; modules are imported on first use, so a name is
-cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one.
+cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one. ``conventions_table()`` is the
+table of every optimizer's declared convention switches (``Optimizer.conventions``), as CONTRIBUTING.md
+shows it and ``refopt list --switches`` prints it.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import inspect
 
 from .base import Optimizer
 
-__all__ = ["Optimizer", "OPTIMIZERS", "make_optimizer", "optimizer_class"]
+__all__ = ["Optimizer", "OPTIMIZERS", "make_optimizer", "optimizer_class", "conventions_table"]
 
 OPTIMIZERS: dict[str, tuple[str, str]] = {
     # first order baselines
@@ -65,3 +67,29 @@ def make_optimizer(name: str, **hyperparameters) -> Optimizer:
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(valid)}")
     return cls(**hyperparameters)
+
+
+def _cell(value) -> str:
+    """A value or text as a Markdown table cell (a "|" in it would end the cell)."""
+    return str(value).replace("|", "\\|")
+
+
+def conventions_table() -> str:
+    """Every registered optimizer's convention switches, one Markdown table row each, in ``OPTIMIZERS``
+    order: optimizer (several names when they share one declaration), switch, the paper's default, the
+    other values the convention search tries, what the switch means and who uses which value (generated
+    from the ``Switch`` declarations)."""
+    groups: list = []   # [names, conventions], consecutive names with the very same declarations merged
+    for name in OPTIMIZERS:
+        conventions = optimizer_class(name).conventions
+        if groups and groups[-1][1] is conventions:
+            groups[-1][0].append(name)
+        else:
+            groups.append([[name], conventions])
+    rows = ["| optimizer | switch | default | other choices | meaning | source |", "|---|---|---|---|---|---|"]
+    for names, conventions in groups:
+        for sw in conventions:
+            others = ", ".join(_cell(c) for c in sw.choices if c != sw.default) or "-"
+            rows.append(f"| {', '.join(names)} | {sw.name} | {_cell(sw.default)} | {others} | {_cell(sw.meaning)} "
+                        f"| {_cell(sw.source)} |")
+    return "\n".join(rows)

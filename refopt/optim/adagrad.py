@@ -37,8 +37,7 @@ from .. import tree as T
 from ..autodiff.api import DENSE_MAX_SIZE
 from ..backend import xp
 from ..linalg import symmetrize
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, refuse,
-                   step_info)
+from .base import Optimizer, Switch, check_int, check_nonnegative, check_positive, refuse, step_info
 from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
 from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, check_nonempty_leaves, decayed_gradient,
                            descent_step)
@@ -47,6 +46,14 @@ __all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradSta
            "adagrad_direction"]
 
 EPS_MODES = ("outside", "inside")
+
+# The switches both forms share.
+EPS_MODE = Switch("eps_mode", EPS_MODES, "outside", "δ outside the root, g / (δ + √G), or inside, g / √(G + δ)",
+                  "Duchi et al. 2011, PyTorch (outside); optax (inside)")
+INITIAL_ACCUMULATOR = Switch("initial_accumulator", (0.0, 0.1), 0.0, "G₀ = this · 1 (a number ≥ 0)",
+                             "Duchi et al. 2011, PyTorch (0); TensorFlow, optax (0.1)", check=check_nonnegative)
+WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2",
+                           "λθ added to the gradient, or decoupled θ ← θ − ηλθ", "PyTorch (l2)")
 
 
 def accumulate_squares(G, g):
@@ -73,8 +80,7 @@ class Adagrad(Optimizer):
     """Diagonal Adagrad: θ ← θ − η g / (δ + √G) (see module docs)."""
 
     name = "adagrad"
-    # the convention switches (searched by refopt.verify); 0.1 is TensorFlow's initial accumulator
-    switches = {"eps_mode": EPS_MODES, "initial_accumulator": (0.0, 0.1), "weight_decay_mode": WEIGHT_DECAY_MODES}
+    conventions = (EPS_MODE, INITIAL_ACCUMULATOR, WEIGHT_DECAY_MODE)
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2",
@@ -82,18 +88,20 @@ class Adagrad(Optimizer):
         self.lr = check_positive("lr", lr)
         self.lr_decay = check_nonnegative("lr_decay", lr_decay)
         self.eps = check_positive("eps", eps)
-        self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
-        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+        self.set_switch("initial_accumulator", initial_accumulator)
+        self.set_switch("eps_mode", eps_mode)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        self.set_switch("weight_decay_mode", weight_decay_mode)
 
     def init(self, params) -> AdagradState:
         """G_0 = initial_accumulator · 1 and step 0; refuses a leaf of size zero."""
         check_nonempty_leaves(params)
         return AdagradState(0, T.tree_map(lambda x: xp.full_like(x, self.initial_accumulator), params))
 
-    def update(self, params, state, oracle):
-        """One diagonal Adagrad step, G ← G + g ⊙ g and θ ← θ − η_t g / (δ + √G) by default; see the module docs."""
+    def update(self, params, state, oracle, draws=None):
+        """One diagonal Adagrad step, G ← G + g ⊙ g and θ ← θ − η_t g / (δ + √G) by default; see the module docs.
+        Adagrad draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
@@ -118,19 +126,20 @@ class FullMatrixAdagrad(Optimizer):
     """Full-matrix Adagrad: θ ← θ − η (δI + S^{1/2})⁻¹ g (see module docs)."""
 
     name = "adagrad_full"
-    switches = {"eps_mode": EPS_MODES, "initial_accumulator": (0.0, 0.1), "weight_decay_mode": WEIGHT_DECAY_MODES,
-                "blocks": ("global", "leaf")}
+    conventions = (EPS_MODE, INITIAL_ACCUMULATOR, WEIGHT_DECAY_MODE,
+                   Switch("blocks", ("global", "leaf"), "global", "one matrix for all parameters, or one per leaf",
+                          "Duchi et al. 2011 (global)"))
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-6, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", blocks: str = "global", weight_decay: float = 0.0,
                  weight_decay_mode: str = "l2", max_size: int = DENSE_MAX_SIZE):
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
-        self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
-        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
-        self.blocks = check_choice("blocks", blocks, ("global", "leaf"))
+        self.set_switch("initial_accumulator", initial_accumulator)
+        self.set_switch("eps_mode", eps_mode)
+        self.set_switch("blocks", blocks)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        self.set_switch("weight_decay_mode", weight_decay_mode)
         self.max_size = check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def _vectors(self, tree) -> list:
@@ -163,8 +172,10 @@ class FullMatrixAdagrad(Optimizer):
         scale = 1.0 / (xp.sqrt(lam) + self.eps) if self.eps_mode == "outside" else (lam + self.eps) ** -0.5
         return Q @ (scale * (Q.T @ g))
 
-    def update(self, params, state, oracle):
-        """One step S ← S + g gᵀ per block, θ ← θ − η (δI + S^{1/2})⁻¹ g by default (eigh); see the module docs."""
+    def update(self, params, state, oracle, draws=None):
+        """One step S ← S + g gᵀ per block, θ ← θ − η (δI + S^{1/2})⁻¹ g by default (eigh); see the module docs.
+        Adagrad draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)

@@ -45,15 +45,31 @@ from typing import NamedTuple
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import rng, xp
-from ..curvature import PROBE_DISTRIBUTIONS, draw_probes
-from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
-                   check_unit_interval, refuse, step_info)
+from ..curvature import PROBE_DISTRIBUTIONS
+from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
+                   step_info)
 from .base import MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 from .base import show_value
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, descent_step, ema, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
-           "spatial_average"]
+           "spatial_average", "PROBE_DISTRIBUTION"]
+
+# Shared with Sophia-H.
+PROBE_DISTRIBUTION = Switch("probe_distribution", PROBE_DISTRIBUTIONS, "rademacher",
+                            "Hutchinson probes z with entries ±1, or standard normal",
+                            "Hutchinson 1990, Yao et al. 2021, Liu et al. 2023 (rademacher)")
+
+
+def _check_spatial_block(name: str, value) -> int:
+    """−1 (a whole axis) or a block length 1 … MAX_DIMENSION."""
+    try:
+        block = check_int(name, value, minimum=-1, maximum=MAX_DIMENSION)
+    except ValueError:
+        block = 0
+    if block == 0:
+        raise ValueError(f"{name} must be an integer in [1, 2³¹ − 1], or −1 for a whole axis, got {show_value(value)}")
+    return block
 
 
 def step_generator(seed: int, step: int):
@@ -62,11 +78,9 @@ def step_generator(seed: int, step: int):
 
 
 def oracle_probes(oracle, params, generator, k: int, distribution: str) -> list:
-    """k probes from ``generator``, through the oracle's ``draw_probes`` when it has one (a subclass
-    may override it), else by ``curvature.draw_probes``: the same draws either way."""
-    if hasattr(oracle, "draw_probes"):
-        return oracle.draw_probes(params, generator, k, distribution)
-    return draw_probes(params, generator, k, distribution)
+    """k probes from ``generator``, through the oracle's ``draw_probes`` (capability "probes"; the one
+    place where draws are made, so an oracle subclass can change or record them)."""
+    return oracle.draw_probes(params, generator, k, distribution)
 
 
 def check_probes(probes, params) -> list:
@@ -122,38 +136,41 @@ class AdaHessian(Optimizer):
     """θ ← θ − η m̂ / (v̂^{k/2} + ε) with v from Hutchinson diagonals (see module docs)."""
 
     name = "adahessian"
-    # the convention switches (searched by refopt.verify); spatial_block −1 is the official code's matrix default
-    switches = {"spatial_block": (1, -1), "absolute": (False, True), "bias_correction": (True, False),
-                "eps_mode": ("outside", "inside"), "probe_distribution": PROBE_DISTRIBUTIONS,
-                "weight_decay_mode": ("decoupled", "l2")}
+    conventions = (
+        Switch("spatial_block", (1, -1), 1, "average D over runs of b entries along spatial_axis (−1: the whole axis)",
+               "Yao et al. 2021 Eq. 10 with b = 1 (1); the official code's matrix default (−1)",
+               check=_check_spatial_block),
+        Switch("absolute", (False, True), False, "average |z ⊙ Hz| instead of z ⊙ Hz (identical for b = 1)",
+               "Yao et al. 2021 Eq. 10 (False); the official code (True)"),
+        Switch("bias_correction", (True, False), True, "divide m and v by 1 − βᵗ", "Yao et al. 2021 Algorithm 1 (True)"),
+        Switch("eps_mode", ("outside", "inside"), "outside", "(v̂)^{k/2} + ε, or (v̂ + ε)^{k/2}",
+               "Algorithm 1 and the official code (outside)"),
+        PROBE_DISTRIBUTION,
+        Switch("weight_decay_mode", ("decoupled", "l2"), "decoupled",
+               "θ ← θ − ηλθ, or ½λ‖θ‖² in the loss (g + λθ and D + λ)", "the official code (decoupled)"),
+    )
+    requires = frozenset({"value", "gradient", "hvp", "probes"})
+    draws = "probes"
 
     def __init__(self, lr: float = 0.15, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-4,
                  hessian_power: float = 1.0, spatial_block: int = 1, spatial_axis: int = 0,
                  absolute: bool = False, bias_correction: bool = True, eps_mode: str = "outside",
                  probe_distribution: str = "rademacher", probes: int = 1, weight_decay: float = 0.0,
                  weight_decay_mode: str = "decoupled", seed: int = 0):
-        spatial_block_arg = spatial_block
         self.lr = check_positive("lr", lr)
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
         self.hessian_power = check_nonnegative("hessian_power", hessian_power)
-        try:  # −1 (a whole axis) or a block length 1 … MAX_DIMENSION
-            spatial_block = check_int("spatial_block", spatial_block, minimum=-1, maximum=MAX_DIMENSION)
-        except ValueError:
-            spatial_block = 0
-        if spatial_block == 0:
-            raise ValueError("spatial_block must be an integer in [1, 2³¹ − 1], or −1 for a whole axis, got "
-                             f"{show_value(spatial_block_arg)}")
-        self.spatial_block = spatial_block
+        self.set_switch("spatial_block", spatial_block)
         self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0, maximum=MAX_AXIS)
-        self.absolute = check_bool("absolute", absolute)
-        self.bias_correction = check_bool("bias_correction", bias_correction)
-        self.eps_mode = check_choice("eps_mode", eps_mode, ("outside", "inside"))
-        self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
+        self.set_switch("absolute", absolute)
+        self.set_switch("bias_correction", bias_correction)
+        self.set_switch("eps_mode", eps_mode)
+        self.set_switch("probe_distribution", probe_distribution)
         self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, ("decoupled", "l2"))
+        self.set_switch("weight_decay_mode", weight_decay_mode)
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
 
     def init(self, params) -> AdaHessianState:
@@ -166,17 +183,15 @@ class AdaHessian(Optimizer):
         return AdaHessianState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
     def update(self, params, state, oracle, draws=None):
-        """One AdaHessian step: Hutchinson diagonal from drawn (or injected) probes, spatial average, moments, step."""
+        """One AdaHessian step: Hutchinson diagonal from drawn (or injected) probes, spatial average, moments, step;
+        ``draws``: the probes (reported as ``info["draws"]``)."""
+        self.check_draws(draws)
         if draws is None:
             probes = oracle_probes(oracle, params, step_generator(state.seed, state.step), self.probes,
                                    self.probe_distribution)
         else:
             probes = check_probes(draws, params)
-        if hasattr(oracle, "value_and_hvp_operator"):  # loss, gradient and products from one recording
-            loss, g, hv = oracle.value_and_hvp_operator(params)
-        else:
-            loss = oracle.value(params)
-            g, hv = oracle.hvp_operator(params)
+        loss, g, hv = oracle.value_and_hvp_operator(params)   # loss, gradient and products from one recording
         if not T.all_finite(g):
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
         D = hutchinson_estimate(hv, probes)                                # D_t = (1/k_p) Σ z ⊙ Hz

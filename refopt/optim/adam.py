@@ -37,14 +37,21 @@ from typing import NamedTuple
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
-from .base import (Optimizer, check_bool, check_choice, check_nonnegative, check_positive, check_unit_interval, refuse,
-                   step_info)
+from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, l2_decay
 
 __all__ = ["Adam", "AdamW", "AdamState", "EPS_MODES", "AMSGRAD_MODES"]
 
 EPS_MODES = ("outside", "inside", "hat")
 AMSGRAD_MODES = ("none", "max_v", "max_v_hat")
+
+# The switches Adam and AdamW share.
+BIAS_CORRECTION = Switch("bias_correction", (True, False), True, "divide m and v by 1 − βᵗ",
+                         "Kingma & Ba Algorithm 1 (True)")
+EPS_MODE = Switch("eps_mode", EPS_MODES, "outside", "where ε enters: √v̂ + ε, √(v̂ + ε), or ε not bias-corrected (ε̂)",
+                  "Algorithm 1, PyTorch, optax (outside); TensorFlow 1 / Keras (hat)")
+AMSGRAD = Switch("amsgrad", AMSGRAD_MODES, "none", "divide by the running maximum of v, or of v̂, instead of v",
+                 "Kingma & Ba (none); torch.optim.Adam(amsgrad=True) (max_v); optax.amsgrad (max_v_hat)")
 
 
 @register_state
@@ -61,8 +68,7 @@ class Adam(Optimizer):
     """θ ← θ − α m̂ / (√v̂ + ε) (see module docs)."""
 
     name = "adam"
-    # searched by refopt.verify
-    switches = {"bias_correction": (True, False), "eps_mode": EPS_MODES, "amsgrad": AMSGRAD_MODES}
+    conventions = (BIAS_CORRECTION, EPS_MODE, AMSGRAD)
     _decoupled = False
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -73,13 +79,13 @@ class Adam(Optimizer):
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.bias_correction = check_bool("bias_correction", bias_correction)
-        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+        self.set_switch("bias_correction", bias_correction)
+        self.set_switch("eps_mode", eps_mode)
         self.eps_root = check_nonnegative("eps_root", eps_root)
         if self.eps_root and self.eps_mode != "outside":
             raise ValueError(f"eps_root > 0 needs eps_mode='outside' (m̂ / (√(v̂ + eps_root) + ε)), got "
                              f"eps_mode={eps_mode!r}")
-        self.amsgrad = check_choice("amsgrad", amsgrad, AMSGRAD_MODES)
+        self.set_switch("amsgrad", amsgrad)
 
     def init(self, params) -> AdamState:
         """Zero moments m, v (and v_max for AMSGrad) and step 0; refuses a leaf of size zero."""
@@ -100,7 +106,7 @@ class Adam(Optimizer):
             return 0.0, self.eps
         return self.eps * c2, 0.0        # "inside": √(v/c2 + ε)
 
-    def update(self, params, state, oracle):
+    def update(self, params, state, oracle, draws=None):
         """One Adam (or AdamW) step, Algorithm 1's loop body fused per leaf; see the module docs for the switches.
 
         The fused loop computes, per leaf, exactly these lines of Algorithm 1 (``tests/test_adam.py`` checks it
@@ -111,8 +117,10 @@ class Adam(Optimizer):
             Δ   = α_t m_t / (√(u + r) + ε̂) + cθ         θ_t = θ_{t−1} − Δ
 
         in Kingma & Ba's cheaper order (end of their §2): α_t = α √(1 − β₂ᵗ)/(1 − β₁ᵗ), and (r, ε̂) put ε and
-        eps_root in v's units (``_root_eps``); c is AdamW's decoupled decay (0 for Adam).
+        eps_root in v's units (``_root_eps``); c is AdamW's decoupled decay (0 for Adam). Adam draws nothing:
+        ``draws`` must be None.
         """
+        self.check_draws(draws)
         loss, g = oracle.value_and_grad(params)
         # One pass gives both the reported norm and the check: a NaN or Inf anywhere makes it non-finite
         # (all_finite then tells an overflow of the squares from a truly non-finite gradient).
@@ -179,15 +187,17 @@ class AdamW(Adam):
     """Adam with decoupled weight decay θ ← θ − λθ (or − αλθ with ``lr_scaled_decay``); see module docs."""
 
     name = "adamw"
-    switches = {"bias_correction": (True, False), "eps_mode": EPS_MODES, "lr_scaled_decay": (False, True),
-                "amsgrad": AMSGRAD_MODES}
+    conventions = (BIAS_CORRECTION, EPS_MODE,
+                   Switch("lr_scaled_decay", (False, True), False, "decay θ by αλθ instead of λθ",
+                          "Loshchilov & Hutter Algorithm 2 (False); PyTorch, optax, Keras (True)"),
+                   AMSGRAD)
     _decoupled = True
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 1e-4, bias_correction: bool = True, eps_mode: str = "outside",
                  lr_scaled_decay: bool = False, eps_root: float = 0.0, amsgrad: str = "none"):
         super().__init__(lr, beta1, beta2, eps, weight_decay, bias_correction, eps_mode, eps_root, amsgrad)
-        self.lr_scaled_decay = check_bool("lr_scaled_decay", lr_scaled_decay)
+        self.set_switch("lr_scaled_decay", lr_scaled_decay)
 
     def _decay(self) -> float:
         return self.weight_decay * (self.lr if self.lr_scaled_decay else 1.0)

@@ -56,15 +56,6 @@ __all__ = ["Optimizer", "Switch", "check_positive", "check_nonnegative", "check_
            "MAX_MEMORY", "MAX_PERIOD", "MAX_DIMENSION", "MAX_DENSE_SIZE", "MAX_AXIS", "as_real", "check_real_array", "show_value"]
 
 
-class _NeedsNetwork:
-    """``Optimizer.needs_network``, on the class (from its declared ``requires``) and on an instance (from
-    the instance's, which may depend on its arguments): whether the method needs more than a function
-    oracle provides (per-layer statistics, the GGN or Fisher, labels sampled from the model)."""
-
-    def __get__(self, obj, cls) -> bool:
-        return not (obj if obj is not None else cls).requires <= FunctionOracle.provides
-
-
 @dataclass(frozen=True)
 class Switch:
     """One convention that implementations disagree on, declared once on the optimizer class.
@@ -92,31 +83,59 @@ class Switch:
         return check_choice(self.name, value, self.choices)
 
 
+class _Declared:
+    """A value derived from an optimizer's declarations (``switches``, ``needs_network``), read on the class
+    (from its declarations, for the default arguments) or on an instance (from the instance's, where
+    ``__init__`` set ``requires`` from an argument)."""
+
+    def __init__(self, derive):
+        self.derive, self.__doc__ = derive, derive.__doc__
+
+    def __get__(self, obj, cls):
+        return self.derive(cls if obj is None else obj)
+
+
 class Optimizer:
     """Base class: subclasses set ``name`` and implement ``init`` and ``update``; they declare
-    ``conventions``, ``requires`` and ``draws`` (see the module docs)."""
+    ``conventions``, ``requires`` and ``draws`` (see the module docs).
+
+    ``requires`` and ``draws`` are class attributes (what the method needs with its default arguments);
+    where they depend on a constructor argument (Newton-CG's ``curvature="ggn"`` needs "ggn") ``__init__``
+    sets them on the instance, and they are not hyperparameters. A variant that fixes a switch of its base
+    (EKFAC's ``damping_scheme="eigen"``) omits it from its own ``conventions``; ``switch`` then finds the
+    base's declaration, so the base constructor still validates it.
+    """
 
     name: ClassVar[str] = "optimizer"
     conventions: ClassVar[tuple] = ()
     requires: ClassVar[frozenset] = frozenset({"value", "gradient"})
     draws: ClassVar[Optional[str]] = None
-    switches: ClassVar[dict] = {}   # {name: choices}, derived from ``conventions`` for every subclass
-    needs_network = _NeedsNetwork()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         names = [sw.name for sw in cls.conventions]
         if len(set(names)) != len(names):
             raise TypeError(f"{cls.__name__}: a switch is declared twice in conventions: {names}")
-        if cls.conventions:  # (a class not yet declaring conventions keeps its own or inherited ``switches``)
-            cls.switches = {sw.name: sw.choices for sw in cls.conventions}
+
+    @_Declared
+    def switches(owner) -> dict:
+        """{name: choices} of the class's ``conventions`` (its own or inherited): what ``refopt.verify``
+        searches."""
+        return {sw.name: sw.choices for sw in owner.conventions}
+
+    @_Declared
+    def needs_network(owner) -> bool:
+        """Whether the method needs more than a function oracle provides (per-layer statistics, the GGN or
+        Fisher, labels sampled from the model)."""
+        return not owner.requires <= FunctionOracle.provides
 
     @classmethod
     def switch(cls, name: str) -> Switch:
-        """The declaration of the switch ``name``."""
-        for sw in cls.conventions:
-            if sw.name == name:
-                return sw
+        """The declaration of the switch ``name``: the class's own, else the nearest base class's."""
+        for klass in cls.__mro__:
+            for sw in vars(klass).get("conventions", ()):
+                if sw.name == name:
+                    return sw
         raise KeyError(f"{cls.__name__} declares no switch {name!r}")
 
     def set_switch(self, name: str, value) -> None:
@@ -152,7 +171,7 @@ class Optimizer:
 
     def hyperparameters(self) -> dict:
         """The constructor arguments, for logs, checkpoints and traces."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("requires", "draws")}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

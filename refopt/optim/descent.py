@@ -94,9 +94,13 @@ class DescentMethod(Optimizer):
     # --- hyperparameters the family shares --------------------------------------------------------
     def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int,
                         approximate_wolfe: bool = True) -> None:
-        """Validate and store the line-search hyperparameters: ``line_search``, 0 < c1 < c2 < 1, ``max_evals``,
-        ``approximate_wolfe`` (``strong_wolfe``'s Hager–Zhang acceptance at the rounding level of f)."""
-        self.line_search = check_choice("line_search", line_search, self.line_searches)
+        """Validate and store the line-search hyperparameters: ``line_search`` (by its Switch where the class
+        declares one, else one of ``line_searches``), 0 < c1 < c2 < 1, ``max_evals``, ``approximate_wolfe``
+        (``strong_wolfe``'s Hager–Zhang acceptance at the rounding level of f)."""
+        if "line_search" in self.switches:
+            self.set_switch("line_search", line_search)
+        else:
+            self.line_search = check_choice("line_search", line_search, self.line_searches)
         self.approximate_wolfe = check_bool("approximate_wolfe", approximate_wolfe)
         self.c1 = check_positive("c1", c1)
         self.c2 = check_positive("c2", c2)
@@ -127,8 +131,10 @@ class DescentMethod(Optimizer):
             return point.loss, point.grad
         return oracle.value_and_grad(params)
 
-    def update(self, params, state, oracle):
-        """``evaluate`` then ``step``; refuses a non-finite loss or gradient and takes no step at a zero gradient."""
+    def update(self, params, state, oracle, draws=None):
+        """``evaluate`` then ``step``; refuses a non-finite loss or gradient and takes no step at a zero gradient.
+        The family draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         loss, g = self.evaluate(params, state, oracle)
         if not (math.isfinite(loss) and T.all_finite(g)):
             return refuse(params, state, loss, "non-finite loss or gradient at the current point: step refused", g)

@@ -25,10 +25,9 @@ file is the optimizer over it.
 """
 from __future__ import annotations
 
-from ..curvature import kronecker as K
 from ..curvature.blocks import EigenbasisBlocks
 from .base import check_unit_interval
-from .kfac import KFAC
+from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
 __all__ = ["EKFAC"]
 
@@ -37,9 +36,7 @@ class EKFAC(KFAC):
     """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.blocks.EigenbasisBlocks`` (module docs)."""
 
     name = "ekfac"
-    _schemes = ("eigen",)
-    switches = {"factor_init": K.FACTOR_INITS, "fisher": K.FISHER_ESTIMATES,
-                "weight_decay_mode": ("decoupled", "l2")}
+    conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE)   # damping_scheme and inverse are fixed (eigen, eig)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,

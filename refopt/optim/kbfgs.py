@@ -53,10 +53,10 @@ from ..backend import xp
 from ..curvature import kronecker as K
 from ..curvature.blocks import bfgs_inverse_update, double_damping, hessian_action_update, lbfgs_apply, secant_pair
 from ..linalg import symmetrize
-from .base import (Optimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
+from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
-from .kfac import WEIGHT_DECAY_MODES, _check_params
+from .kfac import FACTOR_INIT, WEIGHT_DECAY_MODES, _check_params, oracle_needs
 
 __all__ = ["KBFGS", "KBFGSState", "VARIANTS"]
 
@@ -82,8 +82,15 @@ class KBFGS(Optimizer):
     """K-BFGS / K-BFGS(L) (see module docs)."""
 
     name = "kbfgs"
-    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
-    switches = {"variant": VARIANTS, "factor_init": K.FACTOR_INITS, "weight_decay_mode": WEIGHT_DECAY_MODES}
+    conventions = (
+        Switch("variant", VARIANTS, "bfgs", "H_g by dense BFGS, or by L-BFGS with memory pairs",
+               "Goldfarb, Ren & Bahamou 2020: K-BFGS (bfgs) and K-BFGS(L) (lbfgs)"),
+        FACTOR_INIT,
+        Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2",
+               "weight decay as an L2 term before preconditioning, or in parameter space after it",
+               "Goldfarb, Ren & Bahamou 2020 (l2; unlike K-FAC's decoupled default)"),
+    )
+    requires = oracle_needs(None)   # layer statistics at the data labels only (no Fisher probes)
 
     def __init__(self, lr: float = 0.3, damping: float = 0.3, momentum: float = 0.9, decay: float = 0.9,
                  factor_init: str = "mean", variant: str = "bfgs", memory: int = 100, secant_decay: float = 0.9,
@@ -93,14 +100,14 @@ class KBFGS(Optimizer):
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
         self.decay = check_unit_interval("decay", decay)
-        self.factor_init = check_choice("factor_init", factor_init, K.FACTOR_INITS)
-        self.variant = check_choice("variant", variant, VARIANTS)
+        self.set_switch("factor_init", factor_init)
+        self.set_switch("variant", variant)
         self.memory = check_int("memory", memory, maximum=MAX_MEMORY)
         self.secant_decay = check_unit_interval("secant_decay", secant_decay)
         self.powell = check_unit_interval("powell", powell)
         self.inverse_interval = None if inverse_interval is None else check_int("inverse_interval", inverse_interval)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+        self.set_switch("weight_decay_mode", weight_decay_mode)
 
     def init(self, params) -> KBFGSState:
         """Identity Â, H_a, H_g (or empty L-BFGS memories), zero secant pairs and momentum, step 0; needs MLP params."""
@@ -123,8 +130,10 @@ class KBFGS(Optimizer):
         S, Y = state.memory[l]
         return lbfgs_apply(V, S, Y) if S.shape[0] else V
 
-    def update(self, params, state: KBFGSState, oracle):
-        """One K-BFGS step: Â update, P_l = H_a M̄_l H_g, then a second pass at θ⁺ to update H_g and H_a."""
+    def update(self, params, state: KBFGSState, oracle, draws=None):
+        """One K-BFGS step: Â update, P_l = H_a M̄_l H_g, then a second pass at θ⁺ to update H_g and H_a.
+        K-BFGS draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         t = state.step
         stats = K.kfac_statistics(oracle, params, None)
         loss, grad = stats.loss, stats.grad

@@ -74,13 +74,32 @@ from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..curvature.blocks import BIAS_BLOCKS, DAMPING_SCHEMES, INVERSE_METHODS, KroneckerBlocks
-from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
-                   check_unit_interval, refuse, step_info)
+from .base import (Optimizer, Switch, check_bool, check_int, check_nonnegative, check_positive, check_unit_interval,
+                   refuse, step_info)
 from .base import MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 
-__all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_MODES"]
+__all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_MODES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
+           "oracle_needs"]
 
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
+
+# The switches the K-FAC family shares (the variants and K-BFGS list them in their own ``conventions``).
+FACTOR_INIT = Switch("factor_init", K.FACTOR_INITS, "mean",
+                     "start of the running factor averages: the first estimate, a bias-corrected zero start, or I",
+                     "Martens & Grosse 2015 §5 (mean)")
+FISHER = Switch("fisher", K.FISHER_ESTIMATES, "mc",
+                "the G statistics: labels sampled from the model, the data labels, or the exact expectation",
+                "Martens & Grosse 2015 (mc); curvlinops fisher_type 'mc' / 'empirical' / 'type-2' (true)")
+WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "decoupled",
+                           "weight decay in parameter space after preconditioning, or as an L2 term before it",
+                           "the source article (decoupled); an L2 term of the loss (l2)")
+
+
+def oracle_needs(fisher: str, adapt_damping: bool = False) -> frozenset:
+    """What the K-FAC family asks of the oracle: layer statistics, model-sampled labels for
+    ``fisher="mc"``, Fisher-vector products for the Levenberg–Marquardt rule."""
+    return frozenset({"value", "gradient", "layer_statistics"} | ({"labels"} if fisher == "mc" else set())
+                     | ({"fisher"} if adapt_damping else set()))
 
 
 @register_state
@@ -105,13 +124,24 @@ class KFAC(Optimizer):
     """Block-diagonal K-FAC (see module docs for every switch)."""
 
     name = "kfac"
-    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
-    _schemes = DAMPING_SCHEMES
-    # The convention switches (searched by refopt.verify); "inverse" changes only roundoff except that
-    # the "eigen" damping needs "eig".
-    switches = {"damping_scheme": DAMPING_SCHEMES, "inverse": INVERSE_METHODS, "factor_init": K.FACTOR_INITS,
-                "fisher": K.FISHER_ESTIMATES, "weight_decay_mode": WEIGHT_DECAY_MODES,
-                "output_grad_scale": K.OUTPUT_GRAD_SCALES, "bias_block": BIAS_BLOCKS}
+    conventions = (
+        Switch("damping_scheme", DAMPING_SCHEMES, "pi",
+               "λ split between the factors by π, √λ on each factor, or exact (A ⊗ G + λI)⁻¹ in the eigenbases",
+               "Martens & Grosse 2015 §6.3 (pi), App. B and George et al. 2018 (eigen); per-factor √λ (tikhonov)"),
+        Switch("inverse", INVERSE_METHODS, "inverse",
+               "damped factor inverses formed at each refresh, or eigendecompositions (roundoff only; eigen needs eig)",
+               "Martens & Grosse 2015 (inverse); kfac-pytorch's compute_method 'eigen' (eig)"),
+        FACTOR_INIT,
+        FISHER,
+        WEIGHT_DECAY_MODE,
+        Switch("output_grad_scale", K.OUTPUT_GRAD_SCALES, "per_example",
+               "G from per-example output gradients, or from the rows of the reduced loss's gradient",
+               "Martens & Grosse 2015 (per_example); gpauloski/kfac-pytorch (reduced_loss)"),
+        Switch("bias_block", BIAS_BLOCKS, "joint", "one Kronecker block for [W; b], or separate W and b blocks",
+               "Martens & Grosse 2015 (joint); curvlinops separate_weight_and_bias=True (separate)"),
+    )
+    requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
+    draws = "labels"                # "mc" label sets; None for the other Fisher types (__init__)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
@@ -123,23 +153,25 @@ class KFAC(Optimizer):
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
         self.decay = check_unit_interval("decay", decay)
-        self.factor_init = check_choice("factor_init", factor_init, K.FACTOR_INITS)
+        self.set_switch("factor_init", factor_init)
         self.factor_interval = check_int("factor_interval", factor_interval)
         self.inverse_interval = check_int("inverse_interval", inverse_interval)
-        self.inverse = check_choice("inverse", inverse, INVERSE_METHODS)
-        self.damping_scheme = check_choice("damping_scheme", damping_scheme, self._schemes)
+        self.set_switch("inverse", inverse)
+        self.set_switch("damping_scheme", damping_scheme)
         if self.damping_scheme == "eigen" and self.inverse != "eig":
             raise ValueError("damping_scheme='eigen' needs inverse='eig' (the eigenbases give (A⊗G + λI)⁻¹)")
         self.kl_clip = None if kl_clip is None else check_positive("kl_clip", kl_clip)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
-        self.fisher = check_choice("fisher", fisher, K.FISHER_ESTIMATES)
+        self.set_switch("weight_decay_mode", weight_decay_mode)
+        self.set_switch("fisher", fisher)
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.adapt_damping = check_bool("adapt_damping", adapt_damping)
         self.damping_interval = check_int("damping_interval", damping_interval)
-        self.output_grad_scale = check_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)
-        self.bias_block = check_choice("bias_block", bias_block, BIAS_BLOCKS)
+        self.set_switch("output_grad_scale", output_grad_scale)
+        self.set_switch("bias_block", bias_block)
+        self.requires = oracle_needs(self.fisher, self.adapt_damping)
+        self.draws = "labels" if self.fisher == "mc" else None
         if self.bias_block == "separate" and self.damping_scheme == "pi":
             raise ValueError("bias_block='separate' needs damping_scheme='tikhonov' or 'eigen': the π of 'pi' "
                              "balances two factors and the bias block has one")
@@ -157,7 +189,9 @@ class KFAC(Optimizer):
         return [self.seed, step]
 
     def update(self, params, state: KFACState, oracle, draws=None):
-        """One K-FAC step: factors and preconditioner refreshed on schedule, KL-clipped step with momentum."""
+        """One K-FAC step: factors and preconditioner refreshed on schedule, KL-clipped step with momentum;
+        ``draws``: the "mc" label sets of this step (reported as ``info["draws"]``)."""
+        self.check_draws(draws)
         t = state.step
         refresh_factors = t % self.factor_interval == 0
         refresh = t % self.inverse_interval == 0 or not state.preconditioner

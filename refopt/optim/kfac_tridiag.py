@@ -37,9 +37,9 @@ maths above is ``refopt.curvature.blocks`` (``TridiagonalBlocks``, ``tridiagonal
 """
 from __future__ import annotations
 
-from ..curvature import kronecker as K
 from ..curvature.blocks import TridiagonalBlocks
-from .kfac import KFAC
+from .base import Switch
+from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
 __all__ = ["KFACTridiag"]
 
@@ -48,9 +48,11 @@ class KFACTridiag(KFAC):
     """Block-tridiagonal K-FAC: ``KFAC``'s step over ``curvature.blocks.TridiagonalBlocks`` (module docs)."""
 
     name = "kfac_tridiag"
-    _schemes = ("pi", "tikhonov")
-    switches = {"damping_scheme": ("pi", "tikhonov"), "factor_init": K.FACTOR_INITS, "fisher": K.FISHER_ESTIMATES,
-                "weight_decay_mode": ("decoupled", "l2")}
+    conventions = (  # inverse is fixed to "eig"
+        Switch("damping_scheme", ("pi", "tikhonov"), "pi", "λ split between the factors by π, or √λ on each",
+               "Martens & Grosse 2015 §6.3 (pi, before Ψ and Σ are formed)"),
+        FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE,
+    )
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,

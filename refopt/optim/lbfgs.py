@@ -55,12 +55,11 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..linesearch import LINE_SEARCHES
-from .base import check_choice, check_int, check_nonnegative, check_positive
+from .base import Switch, check_choice, check_int, check_nonnegative, check_positive
 from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
 from .base import check_real_array
 from .descent import Evaluation, SecantMethod
-from .globalisation import FIRST_STEPS, INITIAL_STEPS
-from .quasi_newton import INITIAL_SCALINGS, powell_damping
+from .quasi_newton import FIRST_STEP, INITIAL_SCALINGS, powell_damping
 
 __all__ = ["LBFGS", "LBFGSState", "two_loop", "CURVATURE_SKIP_RULES"]
 
@@ -99,10 +98,19 @@ class LBFGS(SecantMethod):
 
     name = "lbfgs"
     line_searches = LINE_SEARCHES + ("minfunc",)
-    # the convention switches (searched by refopt.verify)
-    switches = {"initial_scaling": INITIAL_SCALINGS, "initial_step": ("unit", "interpolate"),
-                "first_step": FIRST_STEPS, "curvature_skip_rule": CURVATURE_SKIP_RULES,
-                "descent_check": ("reset", "none")}
+    conventions = (
+        Switch("initial_scaling", INITIAL_SCALINGS, "every",
+               "H⁰ = γD with γ from the newest pair (every), the first pair (once), or γ = 1 (none)",
+               "N&W eq. 7.20, L-BFGS-B, torch, optax (every)"),
+        Switch("initial_step", ("unit", "interpolate"), "unit", "α₀ after the first step: 1, or N&W eq. 3.60",
+               "N&W §7.2, L-BFGS-B (unit)"),
+        FIRST_STEP,
+        Switch("curvature_skip_rule", CURVATURE_SKIP_RULES, "relative",
+               "skip a pair when sᵀy ≤ ε yᵀy (relative), sᵀy ≤ ε (absolute), or never",
+               "L-BFGS-B (relative); torch.optim.LBFGS (absolute, ε = 1e-10); optax scale_by_lbfgs (never)"),
+        Switch("descent_check", ("reset", "none"), "reset", "replace a non-descent direction by −g, or keep it",
+               "N&W (reset); optax scale_by_lbfgs (none)"),
+    )
 
     def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, line_search: str = "strong_wolfe",
@@ -110,7 +118,7 @@ class LBFGS(SecantMethod):
                  lr: float = 1.0, first_step: str = "unit_length", curvature_skip_rule: str = "relative",
                  descent_check: str = "reset", approximate_wolfe: bool = True):
         self.memory = check_int("memory", memory, maximum=MAX_MEMORY)
-        self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
+        self.set_switch("initial_scaling", initial_scaling)
         if initial_matrix is not None:
             if isinstance(initial_matrix, numbers.Number) or isinstance(initial_matrix, bool):
                 initial_matrix = check_positive("initial_matrix", initial_matrix)
@@ -124,11 +132,11 @@ class LBFGS(SecantMethod):
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
         self.damping = check_choice("damping", damping, (None, "powell"))
         self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
-        self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
+        self.set_switch("initial_step", initial_step)
         self.lr = check_positive("lr", lr)
-        self.first_step = check_choice("first_step", first_step, FIRST_STEPS)
-        self.curvature_skip_rule = check_choice("curvature_skip_rule", curvature_skip_rule, CURVATURE_SKIP_RULES)
-        self.descent_check = check_choice("descent_check", descent_check, ("reset", "none"))
+        self.set_switch("first_step", first_step)
+        self.set_switch("curvature_skip_rule", curvature_skip_rule)
+        self.set_switch("descent_check", descent_check)
 
     def init(self, params) -> LBFGSState:
         """No pairs, γ and previous loss NaN, step 0; checks a vector ``initial_matrix`` against n."""

@@ -30,7 +30,7 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..curvature import FISHER_KINDS
 from ..linalg import cg, damped_solve
-from .base import Optimizer, check_choice, check_int, check_positive, refuse, step_info
+from .base import Optimizer, Switch, check_choice, check_int, check_positive, refuse, step_info
 from .base import MAX_DENSE_SIZE, MAX_DRAWS, MAX_ITERATIONS, MAX_SEED  # upper bounds of integer hyperparameters
 
 __all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_direction", "SOLVERS", "STEP_RULES", "FISHERS"]
@@ -63,23 +63,34 @@ class NaturalGradient(Optimizer):
     """θ ← θ − η (F + λI)⁻¹ g (see module docs)."""
 
     name = "natural_gradient"
-    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
-    switches = {"fisher": FISHERS, "step_rule": STEP_RULES}
+    conventions = (
+        Switch("fisher", FISHERS, "true", "the Fisher: exact expectation, labels sampled from the model, or data labels",
+               "Amari 1998 (true); Monte-Carlo and empirical variants as in the K-FAC literature"),
+        Switch("step_rule", STEP_RULES, "fixed", "η = lr, or η = √(2ε / gᵀx) (a step of fixed KL ε)",
+               "Amari 1998 (fixed); the source article §4, TRPO-style normalised natural gradient (kl)"),
+    )
+    requires = frozenset({"value", "gradient", "fisher", "dense_curvature"})   # the defaults; __init__ sets it
 
     def __init__(self, lr: float = 0.5, damping: float = 1e-2, fisher: str = "true", solver: str = "auto",
                  step_rule: str = "fixed", kl_epsilon: float = 1e-3, samples: int = 1, seed: int = 0,
                  cg_tol: float = 1e-3, cg_maxiter: int = 20, dense_max_size: int = 500):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
-        self.fisher = check_choice("fisher", fisher, FISHERS)
+        self.set_switch("fisher", fisher)
         self.solver = check_choice("solver", solver, SOLVERS)
-        self.step_rule = check_choice("step_rule", step_rule, STEP_RULES)
+        self.set_switch("step_rule", step_rule)
         self.kl_epsilon = check_positive("kl_epsilon", kl_epsilon)
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.cg_tol = check_positive("cg_tol", cg_tol)
         self.cg_maxiter = check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
         self.dense_max_size = check_int("dense_max_size", dense_max_size, maximum=MAX_DENSE_SIZE)
+        # Fisher products (CG), dense Fisher matrices (solver "dense" or "auto"), model-sampled labels ("mc")
+        needs = {"value", "gradient", "fisher"}
+        needs |= {"dense_curvature"} if self.solver != "cg" else set()
+        needs |= {"labels"} if self.fisher == "mc" else set()
+        self.requires = frozenset(needs)
+        self.draws = "labels" if self.fisher == "mc" else None
 
     def init(self, params) -> NaturalGradientState:
         """Step 0; the method keeps no curvature between steps."""
@@ -90,7 +101,9 @@ class NaturalGradient(Optimizer):
         return [self.seed, step]
 
     def update(self, params, state: NaturalGradientState, oracle, draws=None):
-        """One step θ ← θ − η (F + λI)⁻¹ g (dense or CG solve, fixed or KL step); ``draws``: the "mc" labels."""
+        """One step θ ← θ − η (F + λI)⁻¹ g (dense or CG solve, fixed or KL step); ``draws``: the "mc" labels
+        (reported as ``info["draws"]``)."""
+        self.check_draws(draws)
         loss, g = oracle.value_and_grad(params)
         if not (math.isfinite(loss) and T.all_finite(g)):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", g)

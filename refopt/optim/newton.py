@@ -47,7 +47,7 @@ from .. import tree as T
 from ..backend import xp
 from ..linalg import cholesky, symmetrize
 from ..linesearch import LINE_SEARCHES
-from .base import check_choice, check_int, check_nonnegative, check_positive, refuse
+from .base import Switch, check_int, check_nonnegative, check_positive, refuse
 from .base import MAX_DENSE_SIZE, MAX_ITERATIONS  # upper bounds of integer hyperparameters
 from .descent import DescentMethod, Evaluation
 from .globalisation import (MAX_DAMPING, Outcome, check_damping, evaluate_trial, ratio_damping,
@@ -85,7 +85,15 @@ class Newton(DescentMethod):
     """Newton's method, (∇²L + λI) p = −g by Cholesky (see the module docs for the switches)."""
 
     name = "newton"
-    switches = {"modification": MODIFICATIONS, "line_search": (None,) + LINE_SEARCHES}  # None: by modification
+    conventions = (
+        Switch("modification", MODIFICATIONS, "levenberg_marquardt",
+               "what makes M + λI positive definite: raising λ, flooring the eigenvalues (|Λ| for _abs), or an error",
+               "N&W Alg. 3.3 (λ raised), eq. 3.42 (eigenvalue); Greenstadt 1967 / saddle-free (eigenvalue_abs)"),
+        Switch("line_search", (None,) + LINE_SEARCHES, None,
+               "globalisation; None: derived from modification (none for levenberg_marquardt and error, armijo "
+               "for the eigenvalue modifications)", "N&W Alg. 3.2 (armijo); Moré 1978 (the damping alone)"),
+    )
+    requires = frozenset({"value", "gradient", "dense_hessian"})
     dense = True
     curvature = "hessian"
 
@@ -95,10 +103,11 @@ class Newton(DescentMethod):
                  eta: float = 0.0, max_trials: int = 20, eigenvalue_floor: float = 1e-8,
                  max_size: Optional[int] = None, approximate_wolfe: bool = True):
         self.damping = check_damping(damping)
-        self.modification = check_choice("modification", modification, MODIFICATIONS)
-        if line_search is None:
-            line_search = "armijo" if modification.startswith("eigenvalue") else "none"
-        self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
+        self.set_switch("modification", modification)
+        self.set_switch("line_search", line_search)
+        if self.line_search is None:   # derived from the modification (see the Switch)
+            self.line_search = "armijo" if self.modification.startswith("eigenvalue") else "none"
+        self.set_line_search(self.line_search, c1, c2, max_evals, approximate_wolfe)
         self.set_damping_factors(damping_increase, damping_decrease)
         self.min_damping = check_positive("min_damping", min_damping)
         self.eta = check_nonnegative("eta", eta)
@@ -221,12 +230,12 @@ class GaussNewton(Newton):
     """Gauss-Newton / Levenberg–Marquardt: (G + λI) p = −g with G = Jᵀ H_ℓ J (see the module docs)."""
 
     name = "gauss_newton"
-    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
+    requires = frozenset({"value", "gradient", "dense_curvature"})
     curvature = "GGN"
 
     def curvature_matrix(self, oracle, params):
         """The dense n×n GGN G = Jᵀ H_ℓ J at ``params``; ValueError for an oracle that has none."""
-        if not hasattr(oracle, "dense_ggn"):
+        if "dense_curvature" not in oracle.provides:
             raise ValueError("GaussNewton needs a network Oracle (model + likelihood loss) to form the Gauss-Newton "
                              f"matrix; {type(oracle).__name__} has none. For a plain function use 'newton'.")
         return oracle.dense_ggn(params, max_size=self.max_size)

@@ -21,7 +21,8 @@ Switches (defaults first):
 
 * ``curvature``: "hessian" (Hessian-vector products, Pearlmutter 1994: one recorded gradient, one reverse
   sweep per product) or "ggn" (Gauss-Newton-vector products Jᵀ H_ℓ J v, Schraudolph 2002 — Martens'
-  choice; network oracles only). A plain ``FunctionOracle`` uses its analytic hvp.
+  choice; network oracles only: ``requires`` then has "ggn" instead of "hvp"). The Hessian products come
+  from the oracle's ``hessian_operator`` (a function oracle's analytic hvp, a network's recorded gradient).
 * ``forcing``: "sqrt" (η_k = min(½, √‖g‖), superlinear; N&W Alg. 7.1), "linear" (η_k = min(½, ‖g‖),
   quadratic), or a constant η ∈ [0, 1).
 * ``damping`` λ ≥ 0 (default 0) and ``adapt_damping`` (default False): the Levenberg–Marquardt rule of
@@ -44,8 +45,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
-from ..oracle import FunctionOracle
-from .base import check_bool, check_choice, check_int, check_nonnegative, check_positive, refuse
+from .base import Switch, check_int, check_nonnegative, check_positive, refuse
 from .base import MAX_ITERATIONS  # upper bounds of integer hyperparameters
 from .base import show_value, as_real
 from .descent import DescentMethod, Evaluation
@@ -172,31 +172,43 @@ def _forcing(rule, gnorm: float) -> float:
     return float(rule)
 
 
-def _check_forcing(forcing):
+def _check_forcing(name: str, forcing):
+    """The forcing rule: "sqrt", "linear" or a constant η ∈ [0, 1)."""
     if isinstance(forcing, str) and forcing in ("sqrt", "linear"):
         return str(forcing)
     x = as_real(forcing)
     if x is not None and 0 <= x < 1:
         return x
-    raise ValueError(f"forcing must be 'sqrt', 'linear' or a number in [0, 1), got {show_value(forcing)}")
+    raise ValueError(f"{name} must be 'sqrt', 'linear' or a number in [0, 1), got {show_value(forcing)}")
 
 
 def curvature_product(oracle, params, kind: str):
     """v ↦ M v on flat vectors at ``params``: M = ∇²L ("hessian") or the GGN ("ggn")."""
     if kind == "ggn":
-        if not hasattr(oracle, "curvature_operator"):
+        if "ggn" not in oracle.provides:
             raise ValueError(f"curvature='ggn' needs a network Oracle (model + likelihood loss); "
                              f"{type(oracle).__name__} has no Gauss-Newton matrix. Use curvature='hessian'.")
         op = oracle.curvature_operator(params, "ggn")
-    elif isinstance(oracle, FunctionOracle):
-        def op(v):
-            return oracle.hvp(params, v)
     else:
-        _, op = oracle.hvp_operator(params)
+        op = oracle.hessian_operator(params)
 
     def product(v):
         return T.ravel(op(T.unravel(v, params)))
     return product
+
+
+# The switches both methods share.
+CURVATURE = Switch("curvature", CURVATURES, "hessian", "the matrix M of the CG solve: the Hessian or the GGN",
+                   "N&W Ch. 7 (hessian); Schraudolph 2002, Martens 2010 (ggn)")
+FORCING = Switch("forcing", ("sqrt", "linear"), "sqrt",
+                 "CG's tolerance η_k = min(½, √‖g‖) or min(½, ‖g‖); also a constant η ∈ [0, 1)",
+                 "N&W eq. 7.3 / Alg. 7.1 (sqrt); Martens 2010 (constant 0, with progress_tol)",
+                 check=_check_forcing)
+
+
+def _requires(curvature: str) -> frozenset:
+    """What the oracle must provide for ``curvature``."""
+    return frozenset({"value", "gradient", "ggn" if curvature == "ggn" else "hvp"})
 
 
 # --- line-search Newton-CG / Hessian-free -------------------------------------------------------
@@ -214,18 +226,26 @@ class NewtonCG(DescentMethod):
     """Truncated-CG Newton with a line search (N&W Alg. 7.1); Hessian-free with ``hessian_free()``."""
 
     name = "newton_cg"
-    switches = {"curvature": CURVATURES, "forcing": ("sqrt", "linear"), "adapt_damping": (False, True),
-                "line_search": ("armijo", "strong_wolfe", "none")}
+    conventions = (
+        CURVATURE,
+        FORCING,
+        Switch("adapt_damping", (False, True), False, "adapt λ by the reduction ratio of the undamped model",
+               "Martens 2010 §4.1 (True, as hessian_free()); N&W Alg. 7.1 (False)"),
+        Switch("line_search", ("armijo", "strong_wolfe", "none"), "armijo", "globalisation of the CG step",
+               "N&W Alg. 7.1 and Martens 2010 (armijo backtracking)"),
+    )
+    requires = frozenset({"value", "gradient", "hvp"})   # curvature="ggn": "ggn" instead of "hvp" (__init__)
 
     def __init__(self, curvature: str = "hessian", damping: float = 0.0, adapt_damping: bool = False,
                  forcing="sqrt", cg_maxiter: Optional[int] = None, progress_tol: Optional[float] = None,
                  warm_start: float = 0.0, line_search: str = "armijo", c1: float = 1e-4, c2: float = 0.9,
                  max_evals: int = 30, damping_increase: float = 1.5, damping_decrease: float = 2.0 / 3.0,
                  min_damping: float = 1e-8, approximate_wolfe: bool = True):
-        self.curvature = check_choice("curvature", curvature, CURVATURES)
+        self.set_switch("curvature", curvature)
+        self.requires = _requires(self.curvature)
         self.damping = check_damping(damping)
-        self.adapt_damping = check_bool("adapt_damping", adapt_damping)
-        self.forcing = _check_forcing(forcing)
+        self.set_switch("adapt_damping", adapt_damping)
+        self.set_switch("forcing", forcing)
         self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
         self.progress_tol = None if progress_tol is None else check_positive("progress_tol", progress_tol)
         self.warm_start = check_nonnegative("warm_start", warm_start)
@@ -292,11 +312,13 @@ class TrustRegionNewtonCG(DescentMethod):
     """Trust-region Newton-CG with CG–Steihaug (N&W Algorithms 4.1 and 7.2; see the module docs)."""
 
     name = "trust_ncg"
-    switches = {"curvature": CURVATURES, "forcing": ("sqrt", "linear")}
+    conventions = (CURVATURE, FORCING)
+    requires = frozenset({"value", "gradient", "hvp"})   # curvature="ggn": "ggn" instead of "hvp" (__init__)
 
     def __init__(self, curvature: str = "hessian", initial_radius: float = 1.0, max_radius: float = 1000.0,
                  eta: float = 0.15, forcing="sqrt", cg_maxiter: Optional[int] = None):
-        self.curvature = check_choice("curvature", curvature, CURVATURES)
+        self.set_switch("curvature", curvature)
+        self.requires = _requires(self.curvature)
         self.initial_radius = check_positive("initial_radius", initial_radius)
         self.max_radius = check_positive("max_radius", max_radius)
         if self.initial_radius > self.max_radius:
@@ -304,7 +326,7 @@ class TrustRegionNewtonCG(DescentMethod):
         self.eta = check_nonnegative("eta", eta)
         if self.eta >= 0.25:
             raise ValueError(f"eta must lie in [0, 1/4) (N&W Algorithm 4.1), got {eta!r}")
-        self.forcing = _check_forcing(forcing)
+        self.set_switch("forcing", forcing)
         self.cg_maxiter = None if cg_maxiter is None else check_int("cg_maxiter", cg_maxiter, maximum=MAX_ITERATIONS)
 
     def init(self, params) -> TrustRegionState:

@@ -63,7 +63,7 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..linalg import cholesky, symmetrize
-from .base import check_choice, check_int, check_nonnegative
+from .base import Switch, check_choice, check_int, check_nonnegative
 from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
 from .base import check_real_array
 from .descent import Evaluation, SecantMethod
@@ -73,7 +73,27 @@ __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_upda
            "sr1_inverse_update", "powell_damping", "scaling_factor", "QuasiNewtonState", "SR1", "ShermanMorrison",
            "BFGS", "DFP", "INITIAL_SCALINGS", "check_initial_matrix"]
 
-INITIAL_SCALINGS = ("once", "every", "none")
+INITIAL_SCALINGS = ("once", "every", "none")   # the values of ``initial_scaling`` (L-BFGS's order)
+
+# The switches of the dense methods, declared once; each class lists the ones that apply to it.
+INITIAL_SCALING = Switch("initial_scaling", ("none", "once", "every"), "none",
+                         "H₀ ← γH₀ before the first update (once), before every update (every), or never",
+                         "scipy BFGS (none); N&W eq. 6.20 (once); Oren & Luenberger 1974 (every)")
+DAMPING = Switch("damping", (None, "powell"), None, "Powell's damped y for BFGS (N&W Procedure 18.2)",
+                 "scipy (None); N&W §18.3 (powell)")
+INITIAL_STEP = Switch("initial_step", INITIAL_STEPS, "interpolate",
+                      "α₀ after the first step: N&W eq. 3.60 interpolation, or 1",
+                      "scipy BFGS (interpolate); N&W §7.2 (unit)")
+FIRST_STEP = Switch("first_step", FIRST_STEPS, "unit_length",
+                    "α₀ of the run's first step: min(1, 1/‖p‖), min(1, 1/‖g₀‖₁), or eq. 3.60 from L₋₁ = L₀ + ‖g₀‖/2",
+                    "scipy L-BFGS-B (unit_length); torch.optim.LBFGS (gradient_l1); scipy BFGS (interpolate)")
+
+
+def _form_switch(forms: tuple) -> Switch:
+    """The ``form`` switch, ``forms[0]`` being the method's own (what None means)."""
+    return Switch("form", forms, None, f"keep H ≈ (∇²L)⁻¹ (inverse) or B ≈ ∇²L and solve (direct); None: "
+                  f"{forms[0]}", "N&W Alg. 6.1 and scipy (inverse H)",
+                  check=lambda name, value: None if value is None else check_choice(name, value, forms))
 
 
 # --- the update rules (pure functions on dense matrices) --------------------------------------------
@@ -186,20 +206,23 @@ class _QuasiNewton(SecantMethod):
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, sr1_skip: float = 1e-8,
                  initial_step: str = "interpolate", max_size: Optional[int] = None, first_step: str = "unit_length",
                  approximate_wolfe: bool = True):
-        self.form = check_choice("form", self.forms[0] if form is None else form, self.forms)
+        self.set_switch("form", form)
+        if self.form is None:   # the method's own form (see the Switch)
+            self.form = self.forms[0]
         self.initial_matrix = check_initial_matrix(initial_matrix)
-        self.initial_scaling = check_choice("initial_scaling", initial_scaling, INITIAL_SCALINGS)
+        # initial_scaling and damping are switches of BFGS (DFP: initial_scaling); the others must leave them off
+        self.initial_scaling = INITIAL_SCALING.validate(initial_scaling)
         if self.rule == "sr1" and self.initial_scaling != "none":
             raise ValueError("initial_scaling must be 'none' for SR1: with H ← (sᵀy / yᵀHy) H the SR1 denominator "
                              "yᵀ(s − Hy) is exactly 0, so every update would be skipped (B would be singular)")
         self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
-        self.damping = check_choice("damping", damping, (None, "powell"))
+        self.damping = DAMPING.validate(damping)
         if self.damping and self.rule != "bfgs":
             raise ValueError("damping='powell' is defined for BFGS only")
         self.sr1_skip = check_nonnegative("sr1_skip", sr1_skip)
-        self.initial_step = check_choice("initial_step", initial_step, INITIAL_STEPS)
-        self.first_step = check_choice("first_step", first_step, FIRST_STEPS)
+        self.set_switch("initial_step", initial_step)
+        self.set_switch("first_step", first_step)
         self.max_size = None if max_size is None else check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def init(self, params) -> QuasiNewtonState:
@@ -287,8 +310,7 @@ class BFGS(_QuasiNewton):
 
     name = "bfgs"
     rule = "bfgs"
-    switches = {"form": ("inverse", "direct"), "initial_scaling": ("none", "once", "every"), "damping": (None, "powell"),
-                "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
+    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, DAMPING, INITIAL_STEP, FIRST_STEP)
 
 
 class DFP(_QuasiNewton):
@@ -296,8 +318,7 @@ class DFP(_QuasiNewton):
 
     name = "dfp"
     rule = "dfp"
-    switches = {"form": ("inverse", "direct"), "initial_scaling": ("none", "once", "every"),
-                "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
+    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, INITIAL_STEP, FIRST_STEP)
 
 
 class SR1(_QuasiNewton):
@@ -306,7 +327,7 @@ class SR1(_QuasiNewton):
     name = "sr1"
     rule = "sr1"
     forms = ("direct", "inverse")
-    switches = {"form": forms, "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
+    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP)
 
 
 class ShermanMorrison(_QuasiNewton):
@@ -315,4 +336,4 @@ class ShermanMorrison(_QuasiNewton):
     name = "sherman_morrison"
     rule = "sr1"
     forms = ("inverse", "direct")
-    switches = {"form": forms, "initial_step": INITIAL_STEPS, "first_step": FIRST_STEPS}
+    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP)

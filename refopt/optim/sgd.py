@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
-from .base import Optimizer, check_bool, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
+from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 from .update_rules import NON_FINITE_GRADIENT, decayed_gradient, descent_step, momentum
 
 __all__ = ["SGD", "SGDState"]
@@ -33,12 +33,15 @@ class SGD(Optimizer):
     """θ ← θ − η d (see module docs)."""
 
     name = "sgd"
-    switches = {"nesterov": (False, True)}  # the convention switches (searched by refopt.verify)
+    conventions = (
+        Switch("nesterov", (False, True), False, "the look-ahead d_t = g_t + μ v_t instead of the heavy ball v_t",
+               "Polyak 1964 (False); torch.optim.SGD(nesterov=True), Sutskever et al. 2013 (True)"),
+    )
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         self.lr = check_positive("lr", lr)
         self.momentum = check_unit_interval("momentum", momentum)
-        self.nesterov = check_bool("nesterov", nesterov)
+        self.set_switch("nesterov", nesterov)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -47,8 +50,10 @@ class SGD(Optimizer):
         """Zero velocity and step 0."""
         return SGDState(0, T.zeros_like(params))
 
-    def update(self, params, state, oracle):
-        """One SGD step with optional weight decay and heavy-ball or Nesterov momentum; see the module docs."""
+    def update(self, params, state, oracle, draws=None):
+        """One SGD step with optional weight decay and heavy-ball or Nesterov momentum; see the module docs.
+        SGD draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         loss, g = decayed_gradient(params, oracle, self.weight_decay)   # g_t = ∇L(θ_t) + λθ_t
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)

@@ -60,8 +60,8 @@ from ..serialize import register_state  # saved states are rebuilt by name from 
 from .. import tree as T
 from ..backend import xp
 from ..linalg import sym_matrix_power, symmetrize
-from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
-                   check_unit_interval, refuse, step_info)
+from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
+                   step_info)
 from .base import MAX_DIMENSION  # upper bounds of integer hyperparameters
 from .base import as_real, show_value
 from .adagrad import accumulate_squares, adagrad_direction
@@ -133,10 +133,23 @@ class Shampoo(Optimizer):
     """θ ← θ − η G ×₁ H₁^{−1/(2k)} ⋯ ×_k H_k^{−1/(2k)} per leaf (see module docs)."""
 
     name = "shampoo"
-    # the convention switches (searched by refopt.verify)
-    switches = {"statistics": STATISTICS, "eps_mode": EPS_MODES, "grafting": ("none", "sgd", "adagrad"),
-                "vector_diagonal": (False, True), "precondition": ("gradient", "momentum"),
-                "weight_decay_mode": ("l2", "decoupled"), "nesterov": (False, True)}
+    conventions = (
+        Switch("statistics", STATISTICS, "sum", "H_i summed, an EMA with β₂, or the EMA debiased by 1 − β₂ᵗ at each root",
+               "Gupta et al. 2018 (sum); facebookresearch/distributed_shampoo betas[1] < 1 (ema_debiased)"),
+        Switch("eps_mode", EPS_MODES, "add", "ε added before the root, eigenvalues floored at ε, or ε·λ_max added",
+               "Gupta et al. 2018 (add); google-research scalable_shampoo relative_matrix_epsilon (relative)"),
+        Switch("grafting", ("none", "sgd", "adagrad"), "none",
+               "rescale each leaf's direction to the norm of the SGD or the diagonal Adagrad direction",
+               "Gupta et al. 2018 (none); Agarwal et al. 2020, Anil et al. 2020 (sgd, adagrad)"),
+        Switch("vector_diagonal", (False, True), False, "order-1 leaves get a diagonal statistic instead of n×n",
+               "Gupta et al. 2018 (False)"),
+        Switch("precondition", ("gradient", "momentum"), "gradient",
+               "momentum accumulates P(G), or the step preconditions the momentum P(m)", "common implementations (gradient)"),
+        Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2", "λθ added to G before the statistics, or θ ← θ − ηλθ",
+               "Gupta et al. 2018 (l2)"),
+        Switch("nesterov", (False, True), False, "step P(G) + μm (or P(G + μm)) with the new m; needs momentum > 0",
+               "google-research scalable_shampoo nesterov=True (True)"),
+    )
 
     def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
                  initial_accumulator: float = 0.0, eps_mode: str = "add", exponent: float | None = None,
@@ -147,29 +160,28 @@ class Shampoo(Optimizer):
                  filter_beta: float = 0.0):
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
-        self.statistics = check_choice("statistics", statistics, STATISTICS)
+        self.set_switch("statistics", statistics)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.initial_accumulator = check_nonnegative("initial_accumulator", initial_accumulator)
-        self.eps_mode = check_choice("eps_mode", eps_mode, EPS_MODES)
+        self.set_switch("eps_mode", eps_mode)
         if exponent is not None and not (as_real(exponent) is not None and -math.inf < as_real(exponent) < 0):
             raise ValueError(f"exponent must be a negative finite number (or None for −1/(2k)), got "
                              f"{show_value(exponent)}")
         self.exponent = None if exponent is None else as_real(exponent)
         self.precondition_interval = check_int("precondition_interval", precondition_interval)
         self.start_step = check_int("start_step", start_step)
-        self.grafting = check_choice("grafting", grafting, ("none", "sgd", "adagrad"))
+        self.set_switch("grafting", grafting)
         self.graft_eps = check_positive("graft_eps", graft_eps)
         self.merge_dims = None if merge_dims is None else check_int("merge_dims", merge_dims, maximum=MAX_DIMENSION)
         self.block_size = None if block_size is None else check_int("block_size", block_size, maximum=MAX_DIMENSION)
-        self.vector_diagonal = check_bool("vector_diagonal", vector_diagonal)
+        self.set_switch("vector_diagonal", vector_diagonal)
         self.momentum = check_unit_interval("momentum", momentum)
-        self.precondition = check_choice("precondition", precondition, ("gradient", "momentum"))
+        self.set_switch("precondition", precondition)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.weight_decay_mode = check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
-        nesterov = check_bool("nesterov", nesterov)
-        if nesterov and not self.momentum:
+        self.set_switch("weight_decay_mode", weight_decay_mode)
+        self.set_switch("nesterov", nesterov)
+        if self.nesterov and not self.momentum:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = nesterov
         self.filter_beta = check_unit_interval("filter_beta", filter_beta)
         if self.filter_beta and self.momentum and self.precondition == "momentum":
             raise ValueError("filter_beta > 0 preconditions the filtered gradient: it needs precondition='gradient' "
@@ -265,8 +277,10 @@ class Shampoo(Optimizer):
             out[sl] = _mode_products(Gm[sl], Rs)
         return xp.reshape(out, G.shape)
 
-    def update(self, params, state, oracle):
-        """One Shampoo step: statistics, roots recomputed on schedule, P(G) with grafting and momentum (module docs)."""
+    def update(self, params, state, oracle, draws=None):
+        """One Shampoo step: statistics, roots recomputed on schedule, P(G) with grafting and momentum (module docs).
+        Shampoo draws nothing: ``draws`` must be None."""
+        self.check_draws(draws)
         loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)

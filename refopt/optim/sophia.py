@@ -16,7 +16,7 @@ Estimators (from the core, ``refopt.curvature``):
   the model, ĝ = ∇ of the reduced loss at those labels, ĥ = ĝ ⊙ ĝ / scale (= B·ĝ⊙ĝ for mean
   reduction), unbiased for diag(GGN). Needs a network ``Oracle``.
 * ``SophiaH``: Hutchinson (the paper's Algorithm 1), ĥ = (1/k_p) Σ_j z_j ⊙ (H z_j). Works on any oracle
-  with ``hvp_operator`` (also ``FunctionOracle``).
+  with Hessian-vector products (capability "hvp", so also a ``FunctionOracle``).
 
 ``parametrization="official"`` reproduces the authors' code instead:
 * SophiaG: ``sophia.py`` of github.com/Liuhong99/Sophia (commit 195a786) with its README's training
@@ -58,10 +58,9 @@ from typing import NamedTuple
 from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
-from ..curvature import PROBE_DISTRIBUTIONS
-from .adahessian import check_probes, hutchinson_estimate, oracle_probes, step_generator
-from .base import (Optimizer, check_bool, check_choice, check_int, check_nonnegative, check_positive,
-                   check_unit_interval, refuse, step_info)
+from .adahessian import PROBE_DISTRIBUTION, check_probes, hutchinson_estimate, oracle_probes, step_generator
+from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
+                   step_info)
 from .base import MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, decayed_gradient, ema
 
@@ -69,6 +68,17 @@ __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
 PARAMETRIZATIONS = ("paper", "official")
 REFRESHES = ("before", "after", "lagged")
+
+# The switches SophiaG and SophiaH share.
+PARAMETRIZATION = Switch("parametrization", PARAMETRIZATIONS, "paper",
+                         "Algorithm 3 as written, or the authors' code (ρ·bs in the denominator, no bias correction)",
+                         "Liu et al. 2023 Algorithm 3 (paper); github.com/Liuhong99/Sophia (official)")
+REFRESH = Switch("refresh", (None,) + REFRESHES, None,
+                 "when h is re-estimated: before the step at θ_t, after it at θ_{t+1}, or at θ_t used from the next "
+                 "step; None: derived from parametrization (before for paper, after for official)",
+                 "Algorithm 3 (before); the official loop (after); optax.contrib.sophia (lagged)")
+BIAS_CORRECTION = Switch("bias_correction", (False, True), False, "m̂ = m / (1 − β₁ᵗ) inside the clip (paper mode)",
+                         "Algorithm 3 (False)")
 
 
 @register_state
@@ -90,12 +100,12 @@ class _Sophia(Optimizer):
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.gamma = check_positive("gamma", gamma)
-        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        self.set_switch("parametrization", parametrization)
         self.eps = check_positive("eps", eps) if eps is not None else None
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.k = check_int("k", k)
-        self.refresh = check_choice("refresh", refresh, REFRESHES) if refresh is not None else None
-        self.bias_correction = check_bool("bias_correction", bias_correction)
+        self.set_switch("refresh", refresh)   # None: the parametrization's own (``_refresh_mode``)
+        self.set_switch("bias_correction", bias_correction)
         if self.bias_correction and self.parametrization == "official":
             raise ValueError("bias_correction applies to parametrization='paper'; the official code fixes it")
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
@@ -137,7 +147,9 @@ class _Sophia(Optimizer):
         return ema(h, hhat, self.beta2), used
 
     def update(self, params, state, oracle, draws=None):
-        """One Sophia step: m, h refreshed every k steps (``refresh``), clipped step; ``draws`` injects the draws."""
+        """One Sophia step: m, h refreshed every k steps (``refresh``), clipped step; ``draws`` injects the draws
+        (reported as ``info["draws"]``)."""
+        self.check_draws(draws)
         loss, g = decayed_gradient(params, oracle)   # the decay is decoupled, below
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
@@ -175,9 +187,9 @@ class SophiaG(_Sophia):
     """Sophia with the Gauss-Newton-Bartlett estimator on labels sampled from the model (see module docs)."""
 
     name = "sophia_g"
-    needs_network = True  # per-layer statistics, output-space curvature or sampled labels
-    # the convention switches (searched by refopt.verify; invalid combinations are skipped)
-    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None,) + REFRESHES, "bias_correction": (False, True)}
+    conventions = (PARAMETRIZATION, REFRESH, BIAS_CORRECTION)   # (the search skips invalid combinations)
+    requires = frozenset({"value", "gradient", "labels", "gnb"})
+    draws = "labels"
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
@@ -189,7 +201,7 @@ class SophiaG(_Sophia):
         self.bs = None if bs is None else check_int("bs", bs, maximum=MAX_DIMENSION)
 
     def _estimate(self, params, oracle, generator, draws):
-        if not hasattr(oracle, "gnb_diag"):
+        if "gnb" not in oracle.provides:
             raise TypeError("SophiaG needs a network Oracle (labels are sampled from the model); "
                             "use SophiaH for a FunctionOracle")
         labels = draws if draws is not None else oracle.sample_labels(params, generator, self.samples)
@@ -211,8 +223,9 @@ class SophiaH(_Sophia):
     """Sophia with Hutchinson's diagonal estimator (see module docs)."""
 
     name = "sophia_h"
-    switches = {"parametrization": PARAMETRIZATIONS, "refresh": (None,) + REFRESHES, "bias_correction": (False, True),
-                "probe_distribution": PROBE_DISTRIBUTIONS}
+    conventions = (PARAMETRIZATION, REFRESH, BIAS_CORRECTION, PROBE_DISTRIBUTION)
+    requires = frozenset({"value", "gradient", "hvp", "probes"})
+    draws = "probes"
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
@@ -221,14 +234,14 @@ class SophiaH(_Sophia):
         super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
                          bias_correction, seed)
         self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
-        self.probe_distribution = check_choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
+        self.set_switch("probe_distribution", probe_distribution)
 
     def _estimate(self, params, oracle, generator, draws):
         if draws is None:
             probes = oracle_probes(oracle, params, generator, self.probes, self.probe_distribution)
         else:
             probes = check_probes(draws, params)
-        if hasattr(oracle, "hutchinson_diag"):  # a network oracle: the core estimator
+        if "hutchinson" in oracle.provides:  # a network oracle: the core estimator
             return oracle.hutchinson_diag(params, probes=probes), probes
         _, hv = oracle.hvp_operator(params)
         return hutchinson_estimate(hv, probes), probes

@@ -148,9 +148,15 @@ def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str
 
 
 def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profile, replay_draws, problem_name=None):
-    """Run the optimizer, recording its draws (``info["draws"]``) or injecting ``replay_draws``."""
+    """Run the optimizer, recording its draws (``info["draws"]``) or injecting ``replay_draws``, which must be
+    of the kind the optimizer declares (``Optimizer.draws``: labels or probes; none for one that does not draw)."""
     model, loss = _build(spec)
     opt = make_optimizer(optimizer, **hyperparameters)
+    for t, step_draws in enumerate(replay_draws or (), start=1):
+        kind = None if step_draws is None else "probes" if isinstance(step_draws, (list, tuple)) else "labels"
+        if kind is not None and kind != opt.draws:
+            does = "makes no random draws" if opt.draws is None else f"draws {opt.draws}"
+            raise ValueError(f"the trace's draws of step {t} are {kind}, but {optimizer} {does}")
     params = model.init(seed) if params0 is None else params0
     state = opt.init(params)
     oracle = Oracle(model, loss, X, y)
@@ -159,7 +165,7 @@ def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profil
     for t in range(steps):
         value, g = recorder.value_and_grad(params)
         injected = None if replay_draws is None else replay_draws[t]
-        if injected is not None:
+        if opt.draws is not None:
             params, state, info = opt.update(params, state, oracle, draws=injected)
         else:
             params, state, info = opt.update(params, state, oracle)

@@ -1,0 +1,255 @@
+"""Every optimizer's declarations (issue 10): convention switches, oracle requirements and draws.
+
+Each class declares its switches once (``conventions``), what it asks of the oracle (``requires``) and
+what it samples (``draws``); everything else is derived from these, and these tests hold the
+declarations to the constructors, the oracles, the runner, the trace replay and CONTRIBUTING.md.
+"""
+import copy
+import importlib
+import inspect
+import pathlib
+import pkgutil
+import re
+
+import numpy as np
+import pytest
+
+import refopt.optim
+from refopt.cli import main
+from refopt.compare import compare
+from refopt.minimize import minimize
+from refopt.optim import OPTIMIZERS, conventions_table, optimizer_class
+from refopt.optim.base import Optimizer
+from refopt.optim.newton_cg import NewtonCG, TrustRegionNewtonCG
+from refopt.oracle import CAPABILITIES, FunctionOracle, Oracle
+from refopt.problems.functions import rosenbrock
+from refopt.runner import RunConfig, run
+from refopt.verify import make_trace
+
+from _helpers import mlp_problem
+
+NAMES = list(OPTIMIZERS)
+CONTRIBUTING = pathlib.Path(__file__).resolve().parent.parent / "CONTRIBUTING.md"
+
+
+def _optimizer_classes() -> list:
+    """Every Optimizer subclass defined in a module of refopt/optim (registered or not)."""
+    found = []
+    for info in pkgutil.iter_modules(refopt.optim.__path__):
+        module = importlib.import_module(f"refopt.optim.{info.name}")
+        found += [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, Optimizer)
+                  and c is not Optimizer and c.__module__ == module.__name__]
+    return found
+
+
+# --- switches -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_switches_are_constructor_arguments_with_the_declared_defaults(name):
+    cls = optimizer_class(name)
+    assert cls.conventions, f"{name} declares no convention switch"
+    sig = inspect.signature(cls.__init__).parameters
+    for sw in cls.conventions:
+        assert sw.name in sig, f"{name}: switch {sw.name} is not a constructor argument"
+        assert sig[sw.name].default == sw.default and type(sig[sw.name].default) is type(sw.default), (name, sw.name)
+        assert sw.default in sw.choices or sw.check is not None, (name, sw.name)   # else check validates it
+        assert sw.validate(sw.default) == sw.default
+        assert sw.meaning and sw.source, f"{name}: switch {sw.name} needs a meaning and a source"
+    assert cls.switches == {sw.name: sw.choices for sw in cls.conventions}   # derived, for the search
+    opt = cls()
+    for sw in cls.conventions:   # the default configuration keeps the default (or what None stands for)
+        assert sw.default is None or getattr(opt, sw.name) == sw.default
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_choice_constructs_and_is_kept(name):
+    cls = optimizer_class(name)
+    for sw in cls.conventions:
+        for choice in sw.choices:
+            try:
+                opt = cls(**{sw.name: choice})
+            except ValueError as exc:   # a combination the constructor refuses names the switch it conflicts with
+                assert sw.name in str(exc) or "needs" in str(exc), (name, sw.name, choice, exc)
+                continue
+            assert choice is None or getattr(opt, sw.name) == choice
+
+
+def test_no_class_defines_what_is_derived():
+    classes = _optimizer_classes()
+    assert len(classes) >= len(OPTIMIZERS)
+    for cls in classes:
+        for derived in ("switches", "needs_network"):
+            assert derived not in vars(cls), f"{cls.__name__} defines {derived}; declare conventions / requires"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_switch_refuses_a_bad_value_by_name(name):
+    cls = optimizer_class(name)
+    for sw in cls.conventions:
+        for bad in ("not-a-choice", object(), [sw.default]):
+            with pytest.raises(ValueError, match=re.escape(sw.name)):
+                sw.validate(bad)
+            with pytest.raises(ValueError, match=re.escape(sw.name)):
+                cls(**{sw.name: bad})
+
+
+def test_a_variant_validates_a_fixed_switch_by_its_base_declaration():
+    ekfac = optimizer_class("ekfac")
+    assert "damping_scheme" not in ekfac.switches and ekfac.switch("damping_scheme").name == "damping_scheme"
+    assert ekfac().damping_scheme == "eigen"
+    assert optimizer_class("kfac_tridiag").switch("damping_scheme").choices == ("pi", "tikhonov")
+    with pytest.raises(KeyError, match="no switch"):
+        ekfac.switch("nonexistent")
+
+
+# --- requirements -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_requires_and_draws_are_declared(name):
+    cls = optimizer_class(name)
+    opt = cls()
+    for holder in (cls, opt):
+        assert holder.requires <= set(CAPABILITIES) and {"value", "gradient"} <= holder.requires
+        assert holder.draws in (None, "labels", "probes")
+        assert holder.needs_network == (not holder.requires <= FunctionOracle.provides)
+    assert "requires" not in opt.hyperparameters() and "draws" not in opt.hyperparameters()
+    assert Oracle.provides == frozenset(CAPABILITIES)
+
+
+def test_requirements_that_depend_on_an_argument_are_the_instance_s():
+    for cls in (NewtonCG, TrustRegionNewtonCG):
+        assert not cls.needs_network and not cls().needs_network
+        ggn = cls(curvature="ggn")
+        assert "ggn" in ggn.requires and "hvp" not in ggn.requires and ggn.needs_network
+    kfac = optimizer_class("kfac")
+    assert kfac.draws == "labels" and kfac(fisher="true").draws is None
+    assert "labels" not in kfac(fisher="empirical").requires and "fisher" in kfac(adapt_damping=True).requires
+    ng = optimizer_class("natural_gradient")
+    assert ng.draws is None and ng(fisher="mc").draws == "labels" and "labels" in ng(fisher="mc").requires
+    assert "dense_curvature" not in ng(solver="cg").requires
+
+
+def _network():
+    _, params, oracle = mlp_problem((3, 4, 2), 6, seed=3)
+    return params, oracle
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_optimizer_runs_on_the_oracles_that_provide_what_it_requires(name):
+    cls = optimizer_class(name)
+    params, oracle = _network()
+    opt = cls()
+    opt.check_oracle(oracle)
+    state = opt.init(params)
+    for _ in range(2):
+        params, state, info = opt.update(params, state, oracle)
+    assert np.isfinite(info["loss"])
+    problem = rosenbrock()
+    function_oracle = problem.oracle()
+    if cls.requires <= FunctionOracle.provides:
+        opt.check_oracle(function_oracle)
+        x, s = np.array([-1.2, 1.0]), opt.init(np.array([-1.2, 1.0]))
+        for _ in range(2):
+            x, s, info = opt.update(x, s, function_oracle)
+        assert np.isfinite(info["loss"])
+    else:
+        with pytest.raises(ValueError, match="FunctionOracle does not provide"):
+            opt.check_oracle(function_oracle)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if optimizer_class(n).needs_network])
+def test_a_network_method_on_a_function_is_refused_at_setup_naming_what_is_missing(name):
+    missing = sorted(optimizer_class(name).requires - FunctionOracle.provides)
+    with pytest.raises(ValueError) as exc:
+        run(RunConfig(name, {}, "rosenbrock", steps=1))
+    message = str(exc.value)
+    assert "\n" not in message and "needs a network problem" in message
+    assert all(m in message for m in missing), (missing, message)
+
+
+def test_an_argument_that_needs_the_network_is_refused_at_setup_too():
+    with pytest.raises(ValueError, match="ggn"):
+        run(RunConfig("newton_cg", {"curvature": "ggn"}, "rosenbrock", steps=1))
+    with pytest.raises(ValueError, match="ggn"):
+        minimize(rosenbrock(), method=NewtonCG(curvature="ggn"))
+    entries = compare(["kfac", "bfgs"], problem="rosenbrock", steps=2, max_seconds=5.0)
+    assert entries[0].result is None and entries[0].error.startswith("not applicable: needs ")
+    assert "layer_statistics" in entries[0].error and entries[1].result is not None
+
+
+# --- draws -----------------------------------------------------------------------------------------
+def _wrong_draws(opt, params, oracle):
+    """Draws of a kind ``opt`` does not take (any draws at all for a method that draws nothing)."""
+    labels = np.zeros((1, oracle.batch_size), dtype=np.int64)
+    probes = [copy.deepcopy(params)]
+    return probes if opt.draws in (None, "labels") else labels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_update_refuses_draws_of_the_wrong_kind_before_computing_anything(name):
+    params, oracle = _network()
+    opt = optimizer_class(name)()
+    state = opt.init(params)
+    before = oracle.counts.as_dict()
+    with pytest.raises(ValueError, match="draws"):
+        opt.update(params, state, oracle, draws=_wrong_draws(opt, params, oracle))
+    assert oracle.counts.as_dict() == before
+    if opt.draws is None:   # a method that draws nothing refuses even well-formed labels
+        with pytest.raises(ValueError, match="makes no random draws"):
+            opt.update(params, state, oracle, draws=np.zeros((1, oracle.batch_size), dtype=np.int64))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_method_that_draws_reports_its_draws_in_the_form_it_accepts(name):
+    params, oracle = _network()
+    opt = optimizer_class(name)()
+    state = opt.init(params)
+    _, _, info = opt.update(params, state, oracle)
+    if opt.draws is None:
+        assert info.get("draws") is None
+        return
+    drawn = info["draws"]
+    assert drawn is not None
+    opt.check_draws(drawn)
+    again = opt.update(params, state, oracle, draws=drawn)[0]   # replaying them gives the same step
+    first = opt.update(params, state, oracle)[0]
+    for a, b in zip(np.concatenate([np.ravel(x) for x in _leaves(again)]),
+                    np.concatenate([np.ravel(x) for x in _leaves(first)])):
+        assert a == b
+
+
+def _leaves(tree):
+    from refopt import tree as T   # noqa: PLC0415
+    return T.leaves(tree)
+
+
+def test_a_trace_with_draws_of_the_wrong_kind_is_refused_in_one_line():
+    kfac = make_trace("kfac", {}, steps=2)
+    params = kfac.params[0]
+    with pytest.raises(ValueError) as exc:   # probes in a K-FAC trace
+        make_trace("kfac", {}, steps=2, replay_draws=[[params], None])
+    assert str(exc.value) == "the trace's draws of step 1 are probes, but kfac draws labels"
+    labels = kfac.draws[0]
+    assert labels is not None
+    with pytest.raises(ValueError) as exc:   # labels in an SGD trace
+        make_trace("sgd", {}, steps=2, replay_draws=[None, labels])
+    assert str(exc.value) == "the trace's draws of step 2 are labels, but sgd makes no random draws"
+    again = make_trace("kfac", {}, steps=2, replay_draws=kfac.draws)   # the right kind replays exactly
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(again.params[-1]), _leaves(kfac.params[-1])))
+
+
+# --- the docs ------------------------------------------------------------------------------------------
+def test_contributing_shows_the_generated_table_of_switches():
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    found = re.search(r"<!-- conventions_table: begin -->\n(.*?)\n<!-- conventions_table: end -->", text, re.S)
+    assert found, "CONTRIBUTING.md has no conventions_table block"
+    assert found.group(1) == conventions_table(), "regenerate it with `refopt list --switches`"
+    section = text[text.index("### Switches by family"):text.index("## How to add things")]
+    assert found.group(0) in section
+    for name in NAMES:   # every switch of every optimizer, with its default, in its row
+        for sw in optimizer_class(name).conventions:
+            assert re.search(rf"^\| [^|]*\b{name}\b[^|]* \| {sw.name} \| {re.escape(str(sw.default))} \|",
+                             found.group(1), re.M), (name, sw.name)
+
+
+def test_refopt_list_prints_the_table(capsys):
+    assert main(["list", "--switches"]) == 0
+    assert capsys.readouterr().out == conventions_table() + "\n"
