@@ -101,13 +101,16 @@ def cmd_compare(args) -> int:
 
 def cmd_list(args) -> int:
     """``refopt list``: print the names of the optimizers, problems and convention profiles (with
-    ``--switches``, the table of every optimizer's convention switches instead); returns 0."""
+    ``--switches``, the table of every optimizer's convention switches instead, or with ``--family`` too,
+    one family's); returns 0."""
     from .optim import OPTIMIZERS, conventions_table  # noqa: PLC0415
     from .problems.registry import problem_names  # noqa: PLC0415
     from .verify.profiles import PROFILES  # noqa: PLC0415
 
+    if args.family is not None and not args.switches:
+        raise ValueError("--family needs --switches")
     if args.switches:
-        print(conventions_table())
+        print(conventions_table(args.family))
         return 0
     print("optimizers: " + ", ".join(sorted(OPTIMIZERS)))
     print("problems:   " + ", ".join(problem_names()))
@@ -159,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list optimizers, problems and convention profiles")
     ls.add_argument("--switches", action="store_true",
                     help="print every optimizer's convention switches: default, other choices, meaning, source")
+    from .optim import FAMILIES  # noqa: PLC0415
+    ls.add_argument("--family", choices=list(FAMILIES), default=None,
+                    help="with --switches: only this family's optimizers (the table in the family's doc)")
     ls.set_defaults(func=cmd_list)
     return p
 

@@ -12,25 +12,40 @@ a run is set up, with an error that names what is missing. Optimizers ask ``"nam
 for optional shortcuts; nothing probes an oracle with ``hasattr``.
 
 A mini-batch run makes one oracle per batch with ``with_batch``; all of them share one ``Counts``.
-``batch_token`` names what an oracle evaluates: fresh for every oracle made (``new_batch_token``) unless
-its maker passes one, so two oracles share a token only when their maker says they evaluate the same
-thing (the Newton family reuses a cached loss and gradient only on the same token; optim/descent.py).
+``batch_token`` names what an oracle evaluates; the Newton family reuses a cached loss and gradient only
+on the same token (optim/descent.py), so two oracles share one exactly when they evaluate the same thing:
+
+* ``Oracle``: a digest (BLAKE2b, 128 bits) of the reprs of the model and the loss and of the batch's
+  shapes, dtypes and bytes (X and y, on the host), computed once per oracle when first asked (only the
+  Newton family asks). Two oracles on equal data share it, whoever made them (a resumed run, a new
+  oracle per step), and oracles on different data never do; it is the same in every process.
+* ``FunctionOracle``: there is no data to hash, so the token names the function objects (f, grad, hess,
+  hvp) by serial numbers given to each live object in this process, behind a random process nonce
+  (``function_token``): oracles built on the very same function objects share it, different functions
+  never do, not even after one of them is freed or in another process. The cost: a state saved by one
+  process and resumed on a user-built FunctionOracle in another evaluates its point once more.
+  A maker who knows what its function is passes ``batch_token=`` (the named problems of
+  ``refopt.problems.registry`` pass their name, so a resumed run reuses the checkpoint's point).
 Trial points of a line search are ordinary calls: a non-finite loss there is returned as ``inf`` /
 ``nan``, never raised, so the line search can backtrack.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import uuid
+import weakref
 from dataclasses import dataclass, fields
 
 from . import autodiff as ad
 from . import curvature as C
 from .curvature import kronecker
 from . import tree as T
-from .backend import as_array, is_floating, to_device, xp
+from .backend import as_array, is_floating, to_device, to_host, xp
 from .nn.mlp import layer_statistics
 
-__all__ = ["Counts", "Oracle", "FunctionOracle", "new_batch_token", "CAPABILITIES", "check_capabilities"]
+__all__ = ["Counts", "Oracle", "FunctionOracle", "new_batch_token", "batch_digest", "function_token", "CAPABILITIES",
+           "check_capabilities"]
 
 # What an oracle can be asked for: the names in an oracle's ``provides`` and an optimizer's ``requires``.
 CAPABILITIES: dict[str, str] = {
@@ -62,6 +77,46 @@ def check_capabilities(oracle, required, who: str) -> None:
 def new_batch_token() -> str:
     """A token no other oracle has (random, so not even one of another process, e.g. before a resume)."""
     return "oracle:" + uuid.uuid4().hex
+
+
+def batch_digest(*parts) -> str:
+    """"batch:" + a BLAKE2b digest of ``parts``: strings as UTF-8, arrays by shape, dtype and bytes (on the
+    host, C order). Equal parts give equal digests in every process (the default token of an ``Oracle``)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        if isinstance(part, str):
+            h.update(b"s" + str(len(part)).encode() + b":" + part.encode())
+            continue
+        host = to_host(ad.getval(part))
+        h.update(b"a" + repr((host.shape, host.dtype.str)).encode())
+        h.update(host.tobytes(order="C"))
+    return "batch:" + h.hexdigest()
+
+
+# Serial numbers of the function objects FunctionOracles have been built on, for as long as each lives (a
+# freed object's number is never given again, unlike its id); the nonce keeps another process's numbers apart.
+_PROCESS = uuid.uuid4().hex[:16]
+_serials = itertools.count()
+_function_serials: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _serial(obj) -> str:
+    if obj is None:
+        return "-"
+    try:
+        number = _function_serials.get(obj)
+        if number is None:
+            number = _function_serials[obj] = next(_serials)
+        return str(number)
+    except TypeError:  # not weakly referenceable or not hashable: a number of its own, shared with nothing
+        return "u" + str(next(_serials))
+
+
+def function_token(*functions) -> str:
+    """The default token of a ``FunctionOracle`` on ``functions`` (f, grad, hess, hvp; None for absent ones):
+    equal for the same live objects (bound methods of one object compare equal), unequal otherwise, and
+    unequal to any token of another process."""
+    return f"function:{_PROCESS}:" + ",".join(_serial(fn) for fn in functions)
 
 
 @dataclass
@@ -110,7 +165,15 @@ class Oracle:
         self._check_targets(y)
         self.y = y
         self.counts = counts if counts is not None else Counts()
-        self.batch_token = new_batch_token() if batch_token is None else str(batch_token)
+        self._batch_token = None if batch_token is None else str(batch_token)
+
+    @property
+    def batch_token(self) -> str:
+        """What this oracle evaluates: ``batch_token=`` if given, else the digest of the model's and the loss's
+        reprs and of X and y (``batch_digest``), computed on first use and kept (see the module docs)."""
+        if self._batch_token is None:
+            self._batch_token = batch_digest(repr(self.model), repr(self.loss), self.X, self.y)
+        return self._batch_token
 
     def _check_targets(self, y) -> None:
         """The loss's target checks against outputs of this batch's shape (no forward pass needed)."""
@@ -122,7 +185,7 @@ class Oracle:
         return int(self.X.shape[0])
 
     def with_batch(self, X, y) -> "Oracle":
-        """The same model and loss on another batch, sharing this oracle's counts (with a fresh batch token)."""
+        """The same model and loss on another batch, sharing this oracle's counts (the token: that batch's digest)."""
         return Oracle(self.model, self.loss, X, y, counts=self.counts)
 
     # --- values and gradients -------------------------------------------------------------
@@ -320,7 +383,8 @@ class FunctionOracle:
                  batch_token: str | None = None):
         self.f, self._grad, self._hess, self._hvp = f, grad, hess, hvp
         self.counts = counts if counts is not None else Counts()
-        self.batch_token = new_batch_token() if batch_token is None else str(batch_token)
+        # the function objects' serials (``function_token``) unless the maker names the function
+        self.batch_token = function_token(f, grad, hess, hvp) if batch_token is None else str(batch_token)
 
     def value(self, x) -> float:
         """f(x) as a float (one nfev)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refopt import tree as T
-from refopt.curvature import blocks as CB
+from refopt import curvature as CB
 from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.oracle import Oracle
 from refopt.optim.kfac import KFAC

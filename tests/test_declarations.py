@@ -18,7 +18,7 @@ import refopt.optim
 from refopt.cli import main
 from refopt.compare import compare
 from refopt.minimize import minimize
-from refopt.optim import OPTIMIZERS, conventions_table, optimizer_class
+from refopt.optim import FAMILIES, FAMILY_DOCS, OPTIMIZERS, conventions_table, optimizer_class
 from refopt.optim.base import Optimizer
 from refopt.optim.newton_cg import NewtonCG, TrustRegionNewtonCG
 from refopt.oracle import CAPABILITIES, FunctionOracle, Oracle
@@ -29,7 +29,9 @@ from refopt.verify import make_trace
 from _helpers import mlp_problem
 
 NAMES = list(OPTIMIZERS)
-CONTRIBUTING = pathlib.Path(__file__).resolve().parent.parent / "CONTRIBUTING.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+DOCS = [ROOT / "README.md", CONTRIBUTING, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _optimizer_classes() -> list:
@@ -253,3 +255,151 @@ def test_contributing_shows_the_generated_table_of_switches():
 def test_refopt_list_prints_the_table(capsys):
     assert main(["list", "--switches"]) == 0
     assert capsys.readouterr().out == conventions_table() + "\n"
+    for family in FAMILIES:
+        assert main(["list", "--switches", "--family", family]) == 0
+        assert capsys.readouterr().out == conventions_table(family) + "\n"
+    assert main(["list", "--family", "newton"]) == 2   # --family alone is an input error
+    assert "--family needs --switches" in capsys.readouterr().err
+
+
+def test_families_partition_the_registry_in_its_order():
+    assert [n for names in FAMILIES.values() for n in names] == list(OPTIMIZERS)
+    assert set(FAMILY_DOCS) <= set(FAMILIES) and all((ROOT / d).is_file() for d in FAMILY_DOCS.values())
+    header = conventions_table().split("\n")[:2]
+    rows = [r for family in FAMILIES for r in conventions_table(family).split("\n")[2:]]
+    assert header + rows == conventions_table().split("\n")   # the family tables are the full one, cut up
+    with pytest.raises(ValueError, match="unknown family"):
+        conventions_table("nonexistent")
+
+
+# A generated block: <!-- conventions_table: begin --> (every optimizer) or
+# <!-- conventions_table family=NAME: begin --> (one family), closed by the same marker with "end".
+_BLOCK = re.compile(r"<!-- conventions_table(?: family=(\w*))?: begin -->\n(.*?)\n"
+                    r"<!-- conventions_table(?: family=(\w*))?: end -->", re.S)
+_SWITCH_NAMES = frozenset(sw.name for n in OPTIMIZERS for sw in optimizer_class(n).conventions)
+_OPTIMIZER_NAMES = frozenset(OPTIMIZERS) | {optimizer_class(n).__name__ for n in OPTIMIZERS}
+
+
+def _stale_blocks(text: str) -> list:
+    """The generated blocks of ``text`` that differ from the current declarations (or are malformed)."""
+    stale = []
+    for found in _BLOCK.finditer(text):
+        begin, body, end = found.groups()
+        if begin != end or (begin is not None and begin not in FAMILIES):
+            stale.append(found.group(0)[:80])
+        elif body != conventions_table(begin):
+            stale.append(found.group(0)[:80])
+    if text.count("<!-- conventions_table") != 2 * len(_BLOCK.findall(text)):   # an unmatched marker
+        stale.append("unmatched conventions_table marker")
+    return stale
+
+
+def _listed_switches(cell: str) -> set:
+    """Switch names a table cell lists: comma-separated items that are a bare `name` in backticks (or
+    `name`: ...); a setting `name="value"` or a name inside a phrase (`absolute` at 0) is not a listing."""
+    items = (re.fullmatch(r"`(\w+)`", item.split(":")[0].strip()) for item in re.split(r"[,;]", cell))
+    return {m.group(1) for m in items if m} & _SWITCH_NAMES
+
+
+def _hand_written_switch_rows(text: str) -> list:
+    """Markdown table rows outside the generated blocks that list switches, as a hand-written switch table
+    (with its defaults) does: a header cell "switch ...", a first cell listing a switch, or a first cell
+    naming an optimizer and a second listing a switch."""
+    rows = []
+    for line in _BLOCK.sub("", text).splitlines():
+        if not line.startswith("|") or set(line) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        header = any(re.match(r"switch(es)?\b", c, re.I) for c in cells)
+        names_optimizer = bool({w.strip("`\"' ") for w in re.split(r"[,/]", cells[0])} & _OPTIMIZER_NAMES)
+        if header or _listed_switches(cells[0]) or (names_optimizer and len(cells) > 1 and _listed_switches(cells[1])):
+            rows.append(line[:100])
+    return rows
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_generated_block_is_current(path):
+    assert _stale_blocks(path.read_text(encoding="utf-8")) == [], (
+        f"{path.name}: regenerate with `refopt list --switches [--family NAME]`")
+
+
+def test_each_family_doc_shows_its_family_table():
+    for family, doc in FAMILY_DOCS.items():
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        assert [m.group(1) for m in _BLOCK.finditer(text)] == [family], doc
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_no_doc_lists_switches_in_a_hand_written_table(path):
+    assert _hand_written_switch_rows(path.read_text(encoding="utf-8")) == [], (
+        f"{path.name}: a switch's default belongs in its Switch declaration and the generated tables")
+
+
+def test_the_doc_checks_can_fail():
+    table = conventions_table("adaptive")
+    good = (f"<!-- conventions_table family=adaptive: begin -->\n{table}\n"
+            "<!-- conventions_table family=adaptive: end -->")
+    assert _stale_blocks(good) == []
+    assert _stale_blocks(good.replace("| outside |", "| inside |", 1))               # an edited default
+    assert _stale_blocks(good.replace("family=adaptive: end", "family=newton: end"))  # mismatched markers
+    assert _stale_blocks(good.replace("family=adaptive", "family=nope"))
+    assert _stale_blocks(good + "\n<!-- conventions_table: begin -->\n")             # unmatched marker
+    assert _hand_written_switch_rows(good) == []
+    assert _hand_written_switch_rows("| `eps_mode` | outside, inside | where ε enters |")
+    assert _hand_written_switch_rows("| Adam, AdamW | `bias_correction` | True, False | m̂ = m/(1 − β₁ᵗ) |")
+    assert _hand_written_switch_rows("| `lbfgs`, `bfgs` | `first_step`: \"unit_length\", ... | torch |")
+    assert _hand_written_switch_rows("| Adagrad, full | `eps_mode` | outside, inside | δ + √G |")
+    assert _hand_written_switch_rows("| optimizer | switch (default first) | reproduces |")
+    assert not _hand_written_switch_rows("| `absolute` at 0 | 0 (sign(0) = 0) | 0 |")   # a primitive
+    assert not _hand_written_switch_rows("| bias correction | `bias_correction` | 1 − βᵗ | Adam |")   # a function
+    assert not _hand_written_switch_rows("| torch's first step | `lbfgs` with `first_step=\"gradient_l1\"` |")
+    assert not _hand_written_switch_rows("| `MAX_DIMENSION` | `spatial_block` (AdaHessian), `bs` |")
+
+
+# --- hyperparameters(): the constructor's arguments, round-tripping -----------------------------------
+# Non-default arguments whose value another argument derives (None → resolved) or that a variant fixes.
+_ROUND_TRIP_CASES = [(name, {}) for name in NAMES] + [
+    ("newton", {"modification": "eigenvalue"}), ("gauss_newton", {"line_search": "armijo"}),
+    ("sr1", {"form": "inverse"}), ("bfgs", {"form": None, "damping": "powell"}), ("ekfac", {"scale_decay": None}),
+    ("ekfac", {"scale_decay": 0.5}), ("kfac_tridiag", {"damping_scheme": "tikhonov"}),
+    ("sophia_g", {"refresh": None}), ("lbfgs", {"line_search": "minfunc", "damping": "powell"}),
+    ("kfac", {"adapt_damping": True, "fisher": "true"})]
+
+
+@pytest.mark.parametrize("name, kwargs", _ROUND_TRIP_CASES, ids=lambda v: v if isinstance(v, str) else repr(v))
+def test_hyperparameters_are_the_constructor_s_arguments_and_round_trip(name, kwargs):
+    """make_optimizer(name, **opt.hyperparameters()) is the same optimizer: its arguments by the signature
+    (EKFAC's fixed ``inverse`` or ``damping_scheme`` are not among them), the same hyperparameters() again,
+    and two identical steps."""
+    from refopt.optim import make_optimizer
+    from _helpers import assert_same_values
+    opt = make_optimizer(name, **kwargs)
+    hp = opt.hyperparameters()
+    assert list(hp) == [p for p in inspect.signature(type(opt).__init__).parameters if p != "self"]
+    twin = make_optimizer(name, **hp)
+    assert_same_values(twin.hyperparameters(), hp)
+    runs = []
+    for o in (opt, twin):
+        params, oracle = _network()
+        state = o.init(params)
+        for _ in range(2):
+            params, state, info = o.update(params, state, oracle)
+        runs.append((params, state, info["loss"]))
+    assert_same_values(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name, switch, values", [
+    ("lbfgs", "damping", (None, "powell")), ("lbfgs", "line_search", ("strong_wolfe", "armijo", "none", "minfunc")),
+    ("bfgs", "line_search", ("strong_wolfe", "armijo", "none")), ("dfp", "line_search", ("strong_wolfe", "armijo", "none")),
+    ("sr1", "line_search", ("strong_wolfe", "armijo", "none")),
+    ("sherman_morrison", "line_search", ("strong_wolfe", "armijo", "none")), ("kfac", "adapt_damping", (False, True))])
+def test_conventions_once_validated_outside_a_switch_are_declared(name, switch, values):
+    """L-BFGS's damping, the secant methods' line search (minfunc, which the torch profile needs, included)
+    and K-FAC's adapt_damping are Switches: searched, in the generated table, validated by set_switch."""
+    cls = optimizer_class(name)
+    assert cls.switches[switch] == values
+    assert f"| {switch} |" in "\n".join(r for r in conventions_table().split("\n") if f" {name} " in r)
+    for value in values:
+        assert getattr(cls(**{switch: value}), switch) == value
+    with pytest.raises(ValueError, match=switch):
+        cls(**{switch: "bogus"})

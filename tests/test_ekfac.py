@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.curvature.blocks import eigenbasis_scaling
+from refopt.curvature.eigenbasis import eigenbasis_scaling
 from refopt.optim.ekfac import EKFAC
 from refopt.optim.kfac import KFAC
 

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.curvature.blocks import bfgs_inverse_update, double_damping, lbfgs_apply
+from refopt.curvature.secant import bfgs_factor_update, double_damping, lbfgs_apply
 from refopt.optim.kbfgs import KBFGS
 
 from _helpers import mlp_problem
@@ -40,7 +40,7 @@ def test_double_damping_guarantees_positive_curvature(seed, n, mu2):
     assert s_t @ y_t >= mu2 * (s_t @ s_t) * (1 - 1e-9)
     if th2 < 1:
         assert s_t @ y_t == pytest.approx(mu2 * (s_t @ s_t), rel=1e-9)
-    H_new = bfgs_inverse_update(H, s_t, y_t)
+    H_new = bfgs_factor_update(H, s_t, y_t)
     assert np.allclose(H_new @ y_t, s_t, rtol=1e-7, atol=1e-9 * np.abs(s_t).max())   # secant condition
     assert np.linalg.eigvalsh(H_new).min() > 0
 
@@ -51,9 +51,9 @@ def test_bfgs_inverse_update_is_the_inverse_of_the_direct_update(rng):
     y = B @ s + 0.1 * rng.standard_normal(4)
     assert s @ y > 0
     B_new = B - np.outer(B @ s, B @ s) / (s @ B @ s) + np.outer(y, y) / (y @ s)   # Nocedal & Wright (6.19)
-    assert np.allclose(bfgs_inverse_update(np.linalg.inv(B), s, y), np.linalg.inv(B_new), atol=1e-10)
+    assert np.allclose(bfgs_factor_update(np.linalg.inv(B), s, y), np.linalg.inv(B_new), atol=1e-10)
     H = np.linalg.inv(B)
-    assert bfgs_inverse_update(H, s, -y) is H    # sᵀy ≤ 0: no update
+    assert bfgs_factor_update(H, s, -y) is H    # sᵀy ≤ 0: no update
 
 
 def test_lbfgs_two_loop_equals_dense_bfgs_with_enough_memory(rng):
@@ -62,7 +62,7 @@ def test_lbfgs_two_loop_equals_dense_bfgs_with_enough_memory(rng):
     Y = S @ random_pd(rng, n)
     H = np.eye(n)
     for s, y in zip(S, Y):
-        H = bfgs_inverse_update(H, s, y)
+        H = bfgs_factor_update(H, s, y)
     V = rng.standard_normal((3, n))
     assert np.allclose(lbfgs_apply(V, S, Y), V @ H, atol=1e-10)
     assert np.allclose(lbfgs_apply(V[0], S, Y), H @ V[0], atol=1e-10)

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from refopt import tree as T
 from refopt.curvature import kronecker as K
-from refopt.curvature.blocks import generalized_eigh, tridiagonal_blocks, tridiagonal_precondition
+from refopt.curvature.tridiagonal import generalized_eigh, tridiagonal_blocks, tridiagonal_precondition
 from refopt.optim.kfac import KFAC
 from refopt.optim.kfac_tridiag import KFACTridiag
 

@@ -190,3 +190,87 @@ def test_function_oracle_uses_analytic_derivatives_or_the_autodiff():
         auto.dense_hessian(x, max_size=1)
     with np.errstate(invalid="ignore"):
         assert not np.isfinite(FunctionOracle(lambda z: ad.log(ad.sum(z))).value(np.array([-1.0, 0.0])))
+
+
+# --- batch tokens: what the Newton family's cached point is keyed by (refopt/oracle.py, optim/descent.py) ----
+def _lbfgs_steps(oracles, params, steps=5):
+    from refopt.optim.lbfgs import LBFGS
+    opt = LBFGS()
+    state = opt.init(params)
+    for k in range(steps):
+        params, state, _ = opt.update(params, state, oracles(k))
+    return params, state
+
+
+def test_identical_runs_end_in_equal_states_and_counts():
+    """The token is a digest of the data (or the problem's name), not a random number: two identical runs
+    end in equal states, cached point and its token included, with equal counts."""
+    from _helpers import assert_same_values
+    from refopt.runner import RunConfig, run
+    for problem in ("logistic", "rosenbrock"):
+        a, b = (run(RunConfig("lbfgs", {}, problem, steps=5, seed=3)) for _ in range(2))
+        assert a.state.point is not None
+        assert_same_values(a.state, b.state)
+        assert [(h["nfev"], h["ngev"]) for h in a.history] == [(h["nfev"], h["ngev"]) for h in b.history]
+    oracle, params, _ = make()
+    twin = Oracle(oracle.model, oracle.loss, oracle.X.copy(), oracle.y.copy())
+    assert oracle.batch_token == twin.batch_token and oracle.batch_token.startswith("batch:")
+
+
+def test_a_fresh_oracle_on_equal_data_reuses_the_point():
+    """A user who builds a new Oracle for the same data every step pays one evaluation per point, as before
+    the redesign (5 L-BFGS steps on ``logistic``: nfev 6, not 10)."""
+    from refopt.problems.registry import make_problem
+    problem = make_problem("logistic")
+    counts = Counts()
+    new = lambda k: Oracle(problem.model, problem.loss, problem.X.copy(), problem.y.copy(), counts=counts)
+    _lbfgs_steps(new, problem.init_params(0))
+    one = problem.oracle()
+    _lbfgs_steps(lambda k: one, problem.init_params(0))
+    assert counts.nfev == one.counts.nfev == 6
+
+
+def test_different_data_under_the_same_name_do_not_share_a_cached_gradient():
+    """Two NetworkProblems of one name on different data: the second evaluates the point afresh and its
+    step uses its own gradient (the registry's tokens used to come from the name)."""
+    from refopt.optim.lbfgs import LBFGS
+    from refopt.problems.registry import NetworkProblem
+    base, _, gen = make(loss=Bernoulli(), B=8, sizes=(3, 1))
+    a = NetworkProblem("same", base.model, base.loss, base.X, base.y)
+    b = NetworkProblem("same", base.model, base.loss, base.X + 0.5, 1.0 - base.y)
+    assert a.oracle().batch_token != b.oracle().batch_token
+    assert a.oracle().batch_token == a.oracle().batch_token
+    opt = LBFGS()
+    params, state, _ = opt.update(base.model.init(0), opt.init(base.model.init(0)), a.oracle())
+    ob = b.oracle()
+    _, _, info = opt.update(params, state, ob)
+    assert ob.counts.nfev == 1 + info["nfev"]
+    assert info["loss"] == ob.value(params) != state.point.loss
+    # the loss and the model are part of what is evaluated, too
+    other_loss = Oracle(base.model, Bernoulli("sum"), base.X, base.y)
+    assert other_loss.batch_token != a.oracle().batch_token
+    # an explicit token still overrides the digest
+    assert Oracle(base.model, base.loss, base.X, base.y, batch_token="mine").batch_token == "mine"
+
+
+def test_function_oracle_tokens_name_the_function_objects():
+    """Without data to hash, a FunctionOracle's token names its function objects (within this process): the
+    same objects share it, different functions never do, not even one built where a freed one lived."""
+    import gc
+
+    def make_quadratic(a):
+        return lambda x: a * (x @ x)
+    f = make_quadratic(1.0)
+    assert FunctionOracle(f).batch_token == FunctionOracle(f).batch_token
+    tokens = set()
+    for a in range(20):   # each function freed before the next is built (ids are reused, serials are not)
+        tokens.add(FunctionOracle(make_quadratic(float(a))).batch_token)
+        gc.collect()
+    assert len(tokens) == 20
+    g = make_quadratic(2.0)
+    assert FunctionOracle(f).batch_token != FunctionOracle(g).batch_token
+    assert FunctionOracle(f).batch_token != FunctionOracle(f, grad=lambda x: 2 * x).batch_token
+    assert FunctionOracle(f, batch_token="quad").batch_token == "quad"
+    from refopt.problems.registry import make_problem
+    problem = make_problem("rosenbrock")
+    assert problem.oracle().batch_token == make_problem("rosenbrock").oracle().batch_token == "rosenbrock"

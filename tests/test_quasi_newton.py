@@ -399,10 +399,13 @@ def test_network_minibatch_pairs_come_from_one_batch():
     p2, state2, info2 = opt.update(p1, state1, b2)        # a new batch: one fresh evaluation + the search
     assert full.counts.nfev - before == 1 + info2["nfev"]
     assert info2["loss"] == pytest.approx(b2.value(p1), rel=1e-12)
-    # The cached point (state2.point, on b2) is reused only on an oracle with b2's batch token: b2 itself. A new
-    # oracle on the same data has a fresh token and is evaluated afresh (the state compares tokens, never data).
+    # The cached point (state2.point, on b2) is reused on any oracle with b2's batch token, the digest of b2's
+    # data: a new oracle on a copy of the same data reuses it, one on other data evaluates afresh.
     before = full.counts.nfev
-    _, _, info3 = opt.update(p2, state2, full.with_batch(data.X[20:], data.y[20:]))
+    _, _, info3 = opt.update(p2, state2, full.with_batch(data.X[20:].copy(), data.y[20:].copy()))
+    assert full.counts.nfev - before == info3["nfev"]
+    before = full.counts.nfev
+    _, _, info3 = opt.update(p2, state2, full.with_batch(data.X[19:39], data.y[19:39]))
     assert full.counts.nfev - before == 1 + info3["nfev"]
     before = full.counts.nfev
     p3, state3, info3 = opt.update(p2, state2, b2)

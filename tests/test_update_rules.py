@@ -123,6 +123,24 @@ def test_momentum_on_trees_matches_axpy():
     assert bits(new_v, T.axpy(0.9, v, d)) and bits(step, T.axpy(0.9, new_v, d))
 
 
+def test_the_k_fac_family_forms_bit_for_bit():
+    """K-FAC and K-BFGS call these rules where they had written the arithmetic out; each old form, kept here,
+    gives the same bits: L2 decay on the layer matrices W̄ = [W; b], K-BFGS's gradient momentum
+    (1 − ρ)g + ρM, and the running factors ε·old + (1 − ε)·new (a tuple over layers, the estimate a list)."""
+    from refopt.curvature.kronecker import layer_matrix
+    g = np.random.default_rng(2)
+    layers = lambda scale: [{"W": scale * g.standard_normal((3, 2)), "b": scale * g.standard_normal(2)}
+                            for _ in range(2)]
+    theta, grad, M = layers(1.0), layers(1e-3), layers(7.0)
+    lam, rho, eps = 0.013, 0.9, 0.95
+    old_l2 = [layer_matrix(gl) + lam * layer_matrix(p) for gl, p in zip(grad, theta)]
+    new_l2 = [layer_matrix(gl) for gl in l2_decay(grad, theta, lam)]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(old_l2, new_l2))
+    assert bits(ema(M, grad, rho), T.axpy(1.0 - rho, grad, T.scale(rho, M)))
+    old, new = tuple(layer_matrix(p) for p in theta), [layer_matrix(p) for p in M]
+    assert bits(ema(old, tuple(new), eps), tuple(eps * o + (1.0 - eps) * n for o, n in zip(old, new)))
+
+
 # --- grafting -------------------------------------------------------------------------------------------
 def test_graft_takes_the_norm_of_the_other_direction():
     P, D = np.array([3.0, 4.0]), np.array([0.0, 10.0])

@@ -1,11 +1,15 @@
 """Curvature: Hessian, Gauss-Newton and Fisher products, dense matrices, diagonal estimators, Kronecker
-factors (``kronecker``) and the curvature blocks of the K-FAC family (``blocks``)."""
-from .blocks import (CurvatureBlocks, EigenbasisBlocks, KroneckerBlocks, TridiagonalBlocks, ekfac_inverse_vp,
-                     ekfac_matrix, kfac_inverse_vp, kfac_matrix, layer_factors)
+factors (``kronecker``), the K-FAC family's curvature blocks (``blocks``: the interface and the Kronecker
+block; ``tridiagonal``; ``eigenbasis``), K-BFGS's secant updates (``secant``) and the one-batch K-FAC
+matrices for verifiers (``kfac_matrices``)."""
+from .blocks import CurvatureBlocks, KroneckerBlocks
 from .dense import check_dense_size, dense_from_product
+from .eigenbasis import EigenbasisBlocks
 from .estimators import PROBE_DISTRIBUTIONS, draw_probes, gnb_diagonal, hutchinson_diagonal
+from .kfac_matrices import ekfac_inverse_vp, ekfac_matrix, kfac_inverse_vp, kfac_matrix, layer_factors
 from .products import (FISHER_KINDS, fisher_vp, ggn_vp, hvp, linearize, network_jvp, network_vjp,
                        output_space_operator, output_space_product, sampled_output_grads)
+from .tridiagonal import TridiagonalBlocks
 
 __all__ = ["hvp", "ggn_vp", "fisher_vp", "network_jvp", "network_vjp", "linearize", "output_space_product",
            "output_space_operator", "sampled_output_grads",

@@ -1,9 +1,11 @@
 """Optimizers, one file per algorithm family, all with the ``init`` / ``update`` pair of ``base``.
 
 ``OPTIMIZERS`` maps each name to ``(module, class)``; modules are imported on first use, so a name is
-cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one. ``conventions_table()`` is the
-table of every optimizer's declared convention switches (``Optimizer.conventions``), as CONTRIBUTING.md
-shows it and ``refopt list --switches`` prints it.
+cheap to list. ``make_optimizer(name, **hyperparameters)`` builds one. ``FAMILIES`` groups the names by
+algorithm family, each with the doc that explains it. ``conventions_table()`` is the table of every
+optimizer's declared convention switches (``Optimizer.conventions``), as CONTRIBUTING.md shows it and
+``refopt list --switches`` prints it; ``conventions_table(family)`` is one family's, as its doc shows it
+(``refopt list --switches --family NAME``).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import inspect
 
 from .base import Optimizer
 
-__all__ = ["Optimizer", "OPTIMIZERS", "make_optimizer", "optimizer_class", "conventions_table"]
+__all__ = ["Optimizer", "OPTIMIZERS", "FAMILIES", "FAMILY_DOCS", "make_optimizer", "optimizer_class",
+           "conventions_table"]
 
 OPTIMIZERS: dict[str, tuple[str, str]] = {
     # first order baselines
@@ -44,6 +47,18 @@ OPTIMIZERS: dict[str, tuple[str, str]] = {
     "sophia_h": ("sophia", "SophiaH"),
 }
 
+# The families of the comments above, in OPTIMIZERS order: each family's switch table is generated into
+# its doc (FAMILY_DOCS) between "<!-- conventions_table family=NAME: begin -->" / "...: end -->" markers.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "gradient": ("sgd",),
+    "newton": ("newton", "gauss_newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison", "bfgs", "dfp",
+               "lbfgs"),
+    "fisher": ("natural_gradient", "kfac", "kfac_tridiag", "ekfac", "kbfgs"),
+    "adaptive": ("adagrad", "adagrad_full", "adam", "adamw", "shampoo", "adahessian", "sophia_g", "sophia_h"),
+}
+FAMILY_DOCS: dict[str, str] = {"newton": "docs/newton_quasi_newton.md", "fisher": "docs/kfac.md",
+                               "adaptive": "docs/adaptive.md"}   # SGD's one switch: CONTRIBUTING.md only
+
 
 def optimizer_class(name: str):
     """The optimizer class registered under ``name``."""
@@ -74,22 +89,29 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def conventions_table() -> str:
-    """Every registered optimizer's convention switches, one Markdown table row each, in ``OPTIMIZERS``
+def conventions_table(family: str | None = None) -> str:
+    """The registered optimizers' convention switches, one Markdown table row each, in ``OPTIMIZERS``
     order: optimizer (several names when they share one declaration), switch, the paper's default, the
     other values the convention search tries, what the switch means and who uses which value (generated
-    from the ``Switch`` declarations)."""
+    from the ``Switch`` declarations). ``family`` (a key of ``FAMILIES``) keeps that family's rows only;
+    None gives every optimizer's."""
+    if family is None:
+        names = list(OPTIMIZERS)
+    elif family in FAMILIES:
+        names = list(FAMILIES[family])
+    else:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     groups: list = []   # [names, conventions], consecutive names with the very same declarations merged
-    for name in OPTIMIZERS:
+    for name in names:
         conventions = optimizer_class(name).conventions
         if groups and groups[-1][1] is conventions:
             groups[-1][0].append(name)
         else:
             groups.append([[name], conventions])
     rows = ["| optimizer | switch | default | other choices | meaning | source |", "|---|---|---|---|---|---|"]
-    for names, conventions in groups:
+    for group, conventions in groups:
         for sw in conventions:
             others = ", ".join(_cell(c) for c in sw.choices if c != sw.default) or "-"
-            rows.append(f"| {', '.join(names)} | {sw.name} | {_cell(sw.default)} | {others} | {_cell(sw.meaning)} "
+            rows.append(f"| {', '.join(group)} | {sw.name} | {_cell(sw.default)} | {others} | {_cell(sw.meaning)} "
                         f"| {_cell(sw.source)} |")
     return "\n".join(rows)

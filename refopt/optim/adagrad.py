@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..autodiff.api import DENSE_MAX_SIZE
 from ..backend import xp
 from ..linalg import symmetrize
-from .base import Optimizer, Switch, check_int, check_nonnegative, check_positive, refuse, step_info
-from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
-from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, check_nonempty_leaves, decayed_gradient,
-                           descent_step)
+from ..serialize import register_state
+from .base import MAX_DENSE_SIZE, Optimizer, Switch, check_int, check_nonnegative, check_positive, refuse, step_info
+from .update_rules import NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, check_nonempty_leaves, decayed_gradient, descent_step
 
 __all__ = ["Adagrad", "AdagradState", "FullMatrixAdagrad", "FullMatrixAdagradState", "accumulate_squares",
            "adagrad_direction"]
@@ -49,9 +47,9 @@ EPS_MODES = ("outside", "inside")
 
 # The switches both forms share.
 EPS_MODE = Switch("eps_mode", EPS_MODES, "outside", "δ outside the root, g / (δ + √G), or inside, g / √(G + δ)",
-                  "Duchi et al. 2011, PyTorch (outside); optax (inside)")
+                  "Duchi et al. 2011, PyTorch (outside); optax, Keras 3 (inside)")
 INITIAL_ACCUMULATOR = Switch("initial_accumulator", (0.0, 0.1), 0.0, "G₀ = this · 1 (a number ≥ 0)",
-                             "Duchi et al. 2011, PyTorch (0); TensorFlow, optax (0.1)", check=check_nonnegative)
+                             "Duchi et al. 2011, PyTorch (0); TensorFlow, optax, Keras (0.1)", check=check_nonnegative)
 WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2",
                            "λθ added to the gradient, or decoupled θ ← θ − ηλθ", "PyTorch (l2)")
 

@@ -42,14 +42,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import rng, xp
 from ..curvature import PROBE_DISTRIBUTIONS
-from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
-                   step_info)
-from .base import MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
-from .base import show_value
+from ..serialize import register_state
+from .base import (MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative,
+                   check_positive, check_unit_interval, refuse, show_value, step_info)
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, descent_step, ema, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",

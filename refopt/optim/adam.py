@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
+from ..serialize import register_state
 from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, l2_decay
 
@@ -48,10 +48,13 @@ AMSGRAD_MODES = ("none", "max_v", "max_v_hat")
 # The switches Adam and AdamW share.
 BIAS_CORRECTION = Switch("bias_correction", (True, False), True, "divide m and v by 1 − βᵗ",
                          "Kingma & Ba Algorithm 1 (True)")
-EPS_MODE = Switch("eps_mode", EPS_MODES, "outside", "where ε enters: √v̂ + ε, √(v̂ + ε), or ε not bias-corrected (ε̂)",
+EPS_MODE = Switch("eps_mode", EPS_MODES, "outside",
+                  "where ε enters: √v̂ + ε, √(v̂ + ε), or ε not bias-corrected, α√(1−β₂ᵗ)/(1−β₁ᵗ) · m/(√v + ε̂)",
                   "Algorithm 1, PyTorch, optax (outside); TensorFlow 1 / Keras (hat)")
-AMSGRAD = Switch("amsgrad", AMSGRAD_MODES, "none", "divide by the running maximum of v, or of v̂, instead of v",
-                 "Kingma & Ba (none); torch.optim.Adam(amsgrad=True) (max_v); optax.amsgrad (max_v_hat)")
+AMSGRAD = Switch("amsgrad", AMSGRAD_MODES, "none",
+                 "AMSGrad: divide by √(max v / (1 − β₂ᵗ)) (the raw v's maximum), or by √(max v̂), instead of √v̂",
+                 "Reddi et al. 2018; Kingma & Ba (none); torch.optim.Adam(amsgrad=True) (max_v); "
+                 "optax.amsgrad (max_v_hat)")
 
 
 @register_state
@@ -188,7 +191,8 @@ class AdamW(Adam):
 
     name = "adamw"
     conventions = (BIAS_CORRECTION, EPS_MODE,
-                   Switch("lr_scaled_decay", (False, True), False, "decay θ by αλθ instead of λθ",
+                   Switch("lr_scaled_decay", (False, True), False,
+                          "decay θ by αλθ instead of λθ (L&H's η_t λθ with schedule multiplier η_t = 1)",
                           "Loshchilov & Hutter Algorithm 2 (False); PyTorch, optax, Keras (True)"),
                    AMSGRAD)
     _decoupled = True

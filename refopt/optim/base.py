@@ -26,7 +26,10 @@ Declarations, each made once on the class and read by everything else:
     conventions  a tuple of ``Switch``: each convention that implementations disagree on, with its
                  choices, the paper's default, what it means and who uses which value. Construction
                  validates through it (``self.set_switch``), ``switches`` ({name: choices}, searched by
-                 ``refopt.verify``) is derived from it, and the docs tables are checked against it.
+                 ``refopt.verify``) is derived from it, and so are the switch tables of CONTRIBUTING.md
+                 and the family docs (``refopt.optim.conventions_table``); tests/test_declarations.py
+                 checks that every generated table in the docs is current, that every default is the
+                 constructor's, and that no doc lists switches in a hand-written table.
     requires     the oracle capabilities (``refopt.oracle.CAPABILITIES``) the method needs;
                  ``check_oracle`` compares them with ``oracle.provides`` when a run is set up.
     draws        what ``update`` samples: None (nothing; ``update(..., draws=x)`` with x not None is
@@ -42,6 +45,7 @@ integer has an upper bound (the MAX_* constants below) so that no value means un
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -170,8 +174,15 @@ class Optimizer:
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
-        """The constructor arguments, for logs, checkpoints and traces."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("requires", "draws")}
+        """The constructor's arguments by its signature, each with the value the instance holds (validated
+        and normalised), for logs, checkpoints and traces: ``type(opt)(**opt.hyperparameters())`` builds an
+        optimizer that behaves the same. A switch whose default None means "derived from another switch"
+        (Newton's ``line_search``, the quasi-Newton ``form``) is reported as the value it resolved to,
+        which the constructor accepts and which round-trips; one resolved only when used (Sophia's
+        ``refresh``) stays None."""
+        names = [p.name for p in inspect.signature(type(self).__init__).parameters.values()
+                 if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return {name: getattr(self, name) for name in names}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

@@ -20,14 +20,13 @@ next ``evaluate`` returns its loss and gradient instead of asking the oracle aga
     (1) the params it is given are ``point.params``, entry for entry, and
     (2) the oracle's ``batch_token`` is ``point.batch``.
 
-A cached gradient is only the gradient of the batch that produced it, and the state cannot tell two
-batches apart without hashing their data, which it does not do: the token is the oracle's promise. Every
-oracle gets a fresh token when it is made, so by default only the very oracle that evaluated the point
-matches it — a mini-batch run, with an oracle per batch, evaluates every batch afresh, and a full-batch
-run or ``minimize``, with one oracle, pays for each point once. An oracle's maker who knows that two
-oracles evaluate the same thing gives them the same token: the problems of ``refopt.problems.registry``
-name their full batch after the problem, so a run resumed from a checkpoint (a new oracle, the point
-saved in the state) reuses the point just as the uninterrupted run did and counts the same evaluations.
+A cached gradient is only the gradient of the batch that produced it; the token says which (refopt/oracle.py).
+A network ``Oracle``'s default token is a digest of its model, loss and data, computed once per oracle:
+two oracles on equal data match (a new oracle per step on the same data, or a run resumed from a
+checkpoint, reuses the point and counts the same evaluations as one oracle would), different batches
+never do (a mini-batch run evaluates every batch afresh). A ``FunctionOracle``'s names its function
+objects within the process, or is given by its maker (the registry's problems pass their name, so their
+resumed runs reuse the point too). The token is a deterministic string, so identical runs end in equal states.
 
 Secant methods (dense quasi-Newton, L-BFGS) share one step as well (``SecantMethod``): search along their
 direction from α₀ = ``lr`` · ``initial_step``, then absorb the pair s = αp, y = ∇L_B(θ⁺) − ∇L_B(θ), both
@@ -38,19 +37,23 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature.dense import check_dense_size
 from ..linesearch import LINE_SEARCHES
-from .base import Optimizer, check_bool, check_choice, check_int, check_positive, refuse, step_info
-from .base import MAX_ITERATIONS  # upper bounds of integer hyperparameters
+from ..serialize import register_state
+from .base import MAX_ITERATIONS, Optimizer, Switch, check_bool, check_int, check_positive, refuse, step_info
 from .globalisation import Outcome, initial_step, search_along
 
-__all__ = ["DescentMethod", "SecantMethod", "Evaluation", "RESET_MESSAGE", "failed_search_message"]
+__all__ = ["DescentMethod", "SecantMethod", "Evaluation", "RESET_MESSAGE", "failed_search_message", "LINE_SEARCH"]
 
 _DENSE_ALTERNATIVE = "the matrix-free 'newton_cg' (Hessian-free, products only) or 'lbfgs'"
 RESET_MESSAGE = "not a descent direction: reset to steepest descent"
+
+# The globalisation of the secant methods (dense quasi-Newton; L-BFGS adds "minfunc" in its own declaration).
+LINE_SEARCH = Switch("line_search", LINE_SEARCHES, "strong_wolfe",
+                     "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo backtracking (Alg. 3.1), or the bare step α₀p",
+                     "scipy BFGS, N&W Alg. 6.1 (strong_wolfe); N&W Alg. 3.1 (armijo)")
 
 
 @register_state
@@ -89,18 +92,14 @@ class DescentMethod(Optimizer):
 
     dense: bool = False
     max_size: Optional[int] = None
-    line_searches: tuple = LINE_SEARCHES  # the ``line_search`` choices (L-BFGS adds "minfunc")
 
     # --- hyperparameters the family shares --------------------------------------------------------
     def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int,
                         approximate_wolfe: bool = True) -> None:
-        """Validate and store the line-search hyperparameters: ``line_search`` (by its Switch where the class
-        declares one, else one of ``line_searches``), 0 < c1 < c2 < 1, ``max_evals``, ``approximate_wolfe``
+        """Validate and store the line-search hyperparameters: ``line_search`` (by the class's Switch; every
+        method of the family declares one), 0 < c1 < c2 < 1, ``max_evals``, ``approximate_wolfe``
         (``strong_wolfe``'s Hager–Zhang acceptance at the rounding level of f)."""
-        if "line_search" in self.switches:
-            self.set_switch("line_search", line_search)
-        else:
-            self.line_search = check_choice("line_search", line_search, self.line_searches)
+        self.set_switch("line_search", line_search)
         self.approximate_wolfe = check_bool("approximate_wolfe", approximate_wolfe)
         self.c1 = check_positive("c1", c1)
         self.c2 = check_positive("c2", c2)

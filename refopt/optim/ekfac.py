@@ -19,13 +19,13 @@ eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k
 None = ``decay``), k counting estimates since the refresh, so the first re-estimate replaces the
 restart value). Damping is added to ŝ (the paper's ε), the exact-damping analogue of K-FAC's "eigen" scheme. Every other switch
 (factor running averages, T₁/T₂, KL clip, momentum, weight decay, label draws, Levenberg–Marquardt,
-bad-statistics handling) is ``KFAC``'s. The maths above is ``refopt.curvature.blocks``
+bad-statistics handling) is ``KFAC``'s. The maths above is ``refopt.curvature.eigenbasis``
 (``EigenbasisBlocks``: refresh, ``eigenbasis_scaling``, the ŝ average and Q [(Qᵀ V) / (ŝ + λ)]); this
 file is the optimizer over it.
 """
 from __future__ import annotations
 
-from ..curvature.blocks import EigenbasisBlocks
+from ..curvature.eigenbasis import EigenbasisBlocks
 from .base import check_unit_interval
 from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
@@ -33,7 +33,7 @@ __all__ = ["EKFAC"]
 
 
 class EKFAC(KFAC):
-    """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.blocks.EigenbasisBlocks`` (module docs)."""
+    """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.eigenbasis.EigenbasisBlocks`` (module docs)."""
 
     name = "ekfac"
     conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE)   # damping_scheme and inverse are fixed (eigen, eig)

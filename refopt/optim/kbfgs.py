@@ -39,24 +39,24 @@ Switches (defaults first): ``variant`` "bfgs" | "lbfgs"; ``factor_init`` "mean" 
 gradient before the momentum) | "decoupled" (θ ← θ − η P − η ω θ); ``inverse_interval`` None.
 Bad statistics: a non-finite loss or gradient refuses the step; a non-finite A estimate keeps the old
 A; a non-finite second pass skips the H_g and H_a updates; info says which.
-The factor updates (``double_damping``, ``bfgs_inverse_update``, ``lbfgs_apply``, ``secant_pair``,
-``hessian_action_update``) are in ``refopt.curvature.blocks``; this file is the step and its order.
+The factor updates (``double_damping``, ``bfgs_factor_update``, ``lbfgs_apply``, ``secant_pair``,
+``hessian_action_update``) are in ``refopt.curvature.secant``; this file is the step and its order.
 """
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
-from ..curvature.blocks import bfgs_inverse_update, double_damping, hessian_action_update, lbfgs_apply, secant_pair
+from ..curvature.secant import bfgs_factor_update, double_damping, hessian_action_update, lbfgs_apply, secant_pair
 from ..linalg import symmetrize
-from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval,
+from ..serialize import register_state
+from .base import (MAX_MEMORY, Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
-from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
-from .kfac import FACTOR_INIT, WEIGHT_DECAY_MODES, _check_params, oracle_needs
+from .kfac import FACTOR_INIT, WEIGHT_DECAY_CHOICES, _check_params, oracle_needs
+from .update_rules import decoupled_decay, ema, l2_decay
 
 __all__ = ["KBFGS", "KBFGSState", "VARIANTS"]
 
@@ -86,7 +86,7 @@ class KBFGS(Optimizer):
         Switch("variant", VARIANTS, "bfgs", "H_g by dense BFGS, or by L-BFGS with memory pairs",
                "Goldfarb, Ren & Bahamou 2020: K-BFGS (bfgs) and K-BFGS(L) (lbfgs)"),
         FACTOR_INIT,
-        Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2",
+        Switch("weight_decay_mode", WEIGHT_DECAY_CHOICES, "l2",
                "weight decay as an L2 term before preconditioning, or in parameter space after it",
                "Goldfarb, Ren & Bahamou 2020 (l2; unlike K-FAC's decoupled default)"),
     )
@@ -140,17 +140,15 @@ class KBFGS(Optimizer):
         if not (math.isfinite(loss) and T.all_finite(grad)):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
         messages = []
-        g = grad
-        if self.weight_decay and self.weight_decay_mode == "l2":
-            g = T.axpy(self.weight_decay, params, g)
-        M = T.axpy(1.0 - self.momentum, g, T.scale(self.momentum, state.grad_momentum)) if self.momentum else g
+        g = l2_decay(grad, params, self.weight_decay) if self.weight_decay_mode == "l2" else grad
+        M = ema(state.grad_momentum, g, self.momentum) if self.momentum else g    # M ← ρM + (1 − ρ)g
 
         # Â before the direction; H_a exactly inverted at step 0 (and every inverse_interval steps).
         A, k = state.A, state.factor_updates
         estimate = [K.input_factor(a) for a in stats.inputs]
         if T.all_finite(estimate):
             eps = K.factor_weight(k + 1, self.decay, self.factor_init)
-            A = tuple(eps * old + (1.0 - eps) * new for old, new in zip(A, estimate))
+            A = ema(A, tuple(estimate), eps)
             k += 1
         else:
             messages.append("non-finite A statistics: A update skipped, old A kept")
@@ -162,8 +160,8 @@ class KBFGS(Optimizer):
 
         P = [self._apply_Hg(state, l, H_a[l] @ K.layer_matrix(m)) for l, m in enumerate(M)]
         delta = T.scale(-self.lr, [K.layer_tree(p) for p in P])
-        if self.weight_decay and self.weight_decay_mode == "decoupled":
-            delta = T.axpy(-self.lr * self.weight_decay, params, delta)
+        if self.weight_decay_mode == "decoupled":
+            delta = decoupled_decay(delta, params, -self.lr * self.weight_decay)
         new = T.add(params, delta)
 
         # Second pass at θ⁺ on the same batch: secant pairs for H_g, then the Hessian-action update of H_a.
@@ -193,7 +191,7 @@ class KBFGS(Optimizer):
             s_t, y_t, th1, th2 = double_damping(s, y, self._apply_Hg(state, l, y), self.powell, mu2)
             damped += int(th1 < 1.0 or th2 < 1.0)
             if self.variant == "bfgs":
-                H_g[l] = bfgs_inverse_update(H_g[l], s_t, y_t)
+                H_g[l] = bfgs_factor_update(H_g[l], s_t, y_t)
             elif float(xp.dot(s_t, y_t)) > 0:
                 S, Y = memory[l]
                 memory[l] = (xp.concatenate([S, s_t[None]])[-self.memory:],

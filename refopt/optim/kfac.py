@@ -69,19 +69,21 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
 from ..curvature.blocks import BIAS_BLOCKS, DAMPING_SCHEMES, INVERSE_METHODS, KroneckerBlocks
-from .base import (Optimizer, Switch, check_bool, check_int, check_nonnegative, check_positive, check_unit_interval,
-                   refuse, step_info)
-from .base import MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
+from ..serialize import register_state
+from .base import (MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
+from .update_rules import WEIGHT_DECAY_MODES, decoupled_decay, ema, l2_decay, momentum
 
-__all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_MODES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
-           "oracle_needs"]
+__all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_CHOICES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
+           "ADAPT_DAMPING", "oracle_needs"]
 
-WEIGHT_DECAY_MODES = ("decoupled", "l2")
+# update_rules' modes with "decoupled" (the source article's) first: the order of a Switch's choices decides
+# ties in the convention search, so the K-FAC family keeps it.
+WEIGHT_DECAY_CHOICES = tuple(sorted(WEIGHT_DECAY_MODES, key=lambda mode: mode != "decoupled"))
 
 # The switches the K-FAC family shares (the variants and K-BFGS list them in their own ``conventions``).
 FACTOR_INIT = Switch("factor_init", K.FACTOR_INITS, "mean",
@@ -90,9 +92,15 @@ FACTOR_INIT = Switch("factor_init", K.FACTOR_INITS, "mean",
 FISHER = Switch("fisher", K.FISHER_ESTIMATES, "mc",
                 "the G statistics: labels sampled from the model, the data labels, or the exact expectation",
                 "Martens & Grosse 2015 (mc); curvlinops fisher_type 'mc' / 'empirical' / 'type-2' (true)")
-WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "decoupled",
+WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_CHOICES, "decoupled",
                            "weight decay in parameter space after preconditioning, or as an L2 term before it",
                            "the source article (decoupled); an L2 term of the loss (l2)")
+
+
+ADAPT_DAMPING = Switch("adapt_damping", (False, True), False,
+                       "adapt λ every damping_interval steps by the reduction ratio ρ of the exact-Fisher model "
+                       "(λ·ω if ρ > ¾, λ/ω if ρ < ¼), or keep λ fixed",
+                       "Martens & Grosse 2015 §6.5 (True); kfac-jax use_adaptive_damping (default False)")
 
 
 def oracle_needs(fisher: str, adapt_damping: bool = False) -> frozenset:
@@ -129,16 +137,20 @@ class KFAC(Optimizer):
                "λ split between the factors by π, √λ on each factor, or exact (A ⊗ G + λI)⁻¹ in the eigenbases",
                "Martens & Grosse 2015 §6.3 (pi), App. B and George et al. 2018 (eigen); per-factor √λ (tikhonov)"),
         Switch("inverse", INVERSE_METHODS, "inverse",
-               "damped factor inverses formed at each refresh, or eigendecompositions (roundoff only; eigen needs eig)",
+               "damped factor inverses formed at each refresh, or eigendecompositions of the undamped factors, "
+               "damped at each step so that a change of λ acts at once (roundoff only; eigen needs eig)",
                "Martens & Grosse 2015 (inverse); kfac-pytorch's compute_method 'eigen' (eig)"),
         FACTOR_INIT,
         FISHER,
         WEIGHT_DECAY_MODE,
         Switch("output_grad_scale", K.OUTPUT_GRAD_SCALES, "per_example",
-               "G from per-example output gradients, or from the rows of the reduced loss's gradient",
+               "G from per-example output gradients, or from the rows of the reduced loss's gradient (G × scale/B)",
                "Martens & Grosse 2015 (per_example); gpauloski/kfac-pytorch (reduced_loss)"),
-        Switch("bias_block", BIAS_BLOCKS, "joint", "one Kronecker block for [W; b], or separate W and b blocks",
+        Switch("bias_block", BIAS_BLOCKS, "joint",
+               "one Kronecker block for [W; b], or A ⊗ G for W (A = (1/B) Σ aaᵀ) and G alone for b, damped by √λ "
+               "under tikhonov and λ under eigen (pi refused)",
                "Martens & Grosse 2015 (joint); curvlinops separate_weight_and_bias=True (separate)"),
+        ADAPT_DAMPING,
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
     draws = "labels"                # "mc" label sets; None for the other Fisher types (__init__)
@@ -166,7 +178,7 @@ class KFAC(Optimizer):
         self.set_switch("fisher", fisher)
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
-        self.adapt_damping = check_bool("adapt_damping", adapt_damping)
+        self.set_switch("adapt_damping", adapt_damping)
         self.damping_interval = check_int("damping_interval", damping_interval)
         self.set_switch("output_grad_scale", output_grad_scale)
         self.set_switch("bias_block", bias_block)
@@ -208,8 +220,7 @@ class KFAC(Optimizer):
             estimate = self._blocks.estimate(stats)
             if T.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init)
-                factors = {name: tuple(eps * old + (1.0 - eps) * new for old, new in zip(factors[name], estimate[name]))
-                           for name in factors}
+                factors = {name: ema(factors[name], tuple(estimate[name]), eps) for name in factors}
                 k += 1
                 factors_updated = True
             elif k == 0 and self.factor_init != "identity":
@@ -222,19 +233,18 @@ class KFAC(Optimizer):
         if factors_updated:  # statistics kept in the refreshed basis (EKFAC's ŝ) take this finite estimate
             precond = self._blocks.update_estimate(precond, stats)
 
-        gbar = [K.layer_matrix(g) for g in grad]
-        if self.weight_decay and self.weight_decay_mode == "l2":
-            gbar = [gb + self.weight_decay * K.layer_matrix(p) for gb, p in zip(gbar, params)]
+        g = l2_decay(grad, params, self.weight_decay) if self.weight_decay_mode == "l2" else grad
+        gbar = [K.layer_matrix(layer) for layer in g]
         V = self._blocks.precondition(gbar, precond, damping)
         vg = sum(float(xp.vdot(v, gb)) for v, gb in zip(V, gbar))
         nu = 1.0
         if self.kl_clip is not None and vg > 0:
             nu = min(1.0, math.sqrt(self.kl_clip / (self.lr ** 2 * vg)))
         natural = [K.layer_tree(nu * v) for v in V]
-        velocity = T.axpy(self.momentum, state.velocity, natural) if self.momentum else natural
+        velocity = momentum(state.velocity, natural, self.momentum)[0] if self.momentum else natural
         delta = T.scale(-self.lr, velocity)
-        if self.weight_decay and self.weight_decay_mode == "decoupled":
-            delta = T.axpy(-self.lr * self.weight_decay, params, delta)
+        if self.weight_decay_mode == "decoupled":
+            delta = decoupled_decay(delta, params, -self.lr * self.weight_decay)
         new = T.add(params, delta)
 
         extra = {}

@@ -32,12 +32,12 @@ only, A_l + π_l γ I and G_l + (γ/π_l) I (``damping_scheme="pi"``, default; "
 definite, so 0 ≤ s₁, s₂ < 1 and every Σ_{l|l+1} is positive definite. The whole preconditioner is
 recomputed at each refresh (every T₂ steps) with the λ of that moment. Everything else (running
 averages, T₁, KL clip, momentum, weight decay, label draws, bad statistics) is ``KFAC``'s. The
-maths above is ``refopt.curvature.blocks`` (``TridiagonalBlocks``, ``tridiagonal_blocks`` for Ψ and Σ⁻¹,
+maths above is ``refopt.curvature.tridiagonal`` (``TridiagonalBlocks``, ``tridiagonal_blocks`` for Ψ and Σ⁻¹,
 ``tridiagonal_precondition`` for the three sweeps); this file is the optimizer over it.
 """
 from __future__ import annotations
 
-from ..curvature.blocks import TridiagonalBlocks
+from ..curvature.tridiagonal import TridiagonalBlocks
 from .base import Switch
 from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
@@ -45,7 +45,7 @@ __all__ = ["KFACTridiag"]
 
 
 class KFACTridiag(KFAC):
-    """Block-tridiagonal K-FAC: ``KFAC``'s step over ``curvature.blocks.TridiagonalBlocks`` (module docs)."""
+    """Block-tridiagonal K-FAC: ``KFAC``'s step over ``curvature.tridiagonal.TridiagonalBlocks`` (module docs)."""
 
     name = "kfac_tridiag"
     conventions = (  # inverse is fixed to "eig"

@@ -51,13 +51,11 @@ import math
 import numbers
 from typing import NamedTuple, Optional
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..linesearch import LINE_SEARCHES
-from .base import Switch, check_choice, check_int, check_nonnegative, check_positive
-from .base import MAX_MEMORY  # upper bounds of integer hyperparameters
-from .base import check_real_array
+from ..serialize import register_state
+from .base import MAX_MEMORY, Switch, check_int, check_nonnegative, check_positive, check_real_array
 from .descent import Evaluation, SecantMethod
 from .quasi_newton import FIRST_STEP, INITIAL_SCALINGS, powell_damping
 
@@ -97,7 +95,6 @@ class LBFGS(SecantMethod):
     """L-BFGS with a line search (see the module docs)."""
 
     name = "lbfgs"
-    line_searches = LINE_SEARCHES + ("minfunc",)
     conventions = (
         Switch("initial_scaling", INITIAL_SCALINGS, "every",
                "H⁰ = γD with γ from the newest pair (every), the first pair (once), or γ = 1 (none)",
@@ -110,6 +107,13 @@ class LBFGS(SecantMethod):
                "L-BFGS-B (relative); torch.optim.LBFGS (absolute, ε = 1e-10); optax scale_by_lbfgs (never)"),
         Switch("descent_check", ("reset", "none"), "reset", "replace a non-descent direction by −g, or keep it",
                "N&W (reset); optax scale_by_lbfgs (none)"),
+        Switch("damping", (None, "powell"), None,
+               "Powell's damped y (N&W 18.14–18.15) with Bs = −αg, or the plain pair (skip rule only)",
+               "L-BFGS-B, torch.optim.LBFGS, optax (None); N&W Procedure 18.2 (powell)"),
+        Switch("line_search", LINE_SEARCHES + ("minfunc",), "strong_wolfe",
+               "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo, the bare step lr·α₀p, or minFunc's search",
+               "L-BFGS-B, scipy (strong_wolfe); optax without linesearch (none); torch line_search_fn='strong_wolfe' "
+               "(minfunc)"),
     )
 
     def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,
@@ -130,7 +134,7 @@ class LBFGS(SecantMethod):
                                      "(a diagonal H⁰); a full matrix is not positive-definite-diagonal")
         self.initial_matrix = initial_matrix
         self.curvature_skip = check_nonnegative("curvature_skip", curvature_skip)
-        self.damping = check_choice("damping", damping, (None, "powell"))
+        self.set_switch("damping", damping)
         self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.set_switch("initial_step", initial_step)
         self.lr = check_positive("lr", lr)

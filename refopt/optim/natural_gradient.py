@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..curvature import FISHER_KINDS
 from ..linalg import cg, damped_solve
-from .base import Optimizer, Switch, check_choice, check_int, check_positive, refuse, step_info
-from .base import MAX_DENSE_SIZE, MAX_DRAWS, MAX_ITERATIONS, MAX_SEED  # upper bounds of integer hyperparameters
+from ..serialize import register_state
+from .base import (MAX_DENSE_SIZE, MAX_DRAWS, MAX_ITERATIONS, MAX_SEED, Optimizer, Switch, check_choice, check_int,
+                   check_positive, refuse, step_info)
 
 __all__ = ["NaturalGradient", "NaturalGradientState", "natural_gradient_direction", "SOLVERS", "STEP_RULES", "FISHERS"]
 

@@ -42,16 +42,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..linalg import cholesky, symmetrize
 from ..linesearch import LINE_SEARCHES
-from .base import Switch, check_int, check_nonnegative, check_positive, refuse
-from .base import MAX_DENSE_SIZE, MAX_ITERATIONS  # upper bounds of integer hyperparameters
+from ..serialize import register_state
+from .base import MAX_DENSE_SIZE, MAX_ITERATIONS, Switch, check_int, check_nonnegative, check_positive, refuse
 from .descent import DescentMethod, Evaluation
-from .globalisation import (MAX_DAMPING, Outcome, check_damping, evaluate_trial, ratio_damping,
-                            reduction_ratio)
+from .globalisation import MAX_DAMPING, Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio
 
 __all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "MODIFICATIONS", "MAX_DAMPING"]
 

@@ -42,15 +42,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
-from .base import Switch, check_int, check_nonnegative, check_positive, refuse
-from .base import MAX_ITERATIONS  # upper bounds of integer hyperparameters
-from .base import show_value, as_real
+from ..serialize import register_state
+from .base import MAX_ITERATIONS, Switch, as_real, check_int, check_nonnegative, check_positive, refuse, show_value
 from .descent import DescentMethod, Evaluation
-from .globalisation import (Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio,
-                            trust_radius)
+from .globalisation import Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio, trust_radius
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
            "TruncatedCGResult", "SteihaugResult", "CURVATURES"]
@@ -201,7 +198,7 @@ def curvature_product(oracle, params, kind: str):
 CURVATURE = Switch("curvature", CURVATURES, "hessian", "the matrix M of the CG solve: the Hessian or the GGN",
                    "N&W Ch. 7 (hessian); Schraudolph 2002, Martens 2010 (ggn)")
 FORCING = Switch("forcing", ("sqrt", "linear"), "sqrt",
-                 "CG's tolerance η_k = min(½, √‖g‖) or min(½, ‖g‖); also a constant η ∈ [0, 1)",
+                 "CG stops at ‖r‖ ≤ η_k‖g‖, η_k = min(½, √‖g‖) or min(½, ‖g‖); also a constant η ∈ [0, 1)",
                  "N&W eq. 7.3 / Alg. 7.1 (sqrt); Martens 2010 (constant 0, with progress_tol)",
                  check=_check_forcing)
 
@@ -229,7 +226,8 @@ class NewtonCG(DescentMethod):
     conventions = (
         CURVATURE,
         FORCING,
-        Switch("adapt_damping", (False, True), False, "adapt λ by the reduction ratio of the undamped model",
+        Switch("adapt_damping", (False, True), False,
+               "adapt λ by the reduction ratio ρ of the undamped model: ×3/2 if ρ < ¼, ×2/3 if ρ > ¾",
                "Martens 2010 §4.1 (True, as hessian_free()); N&W Alg. 7.1 (False)"),
         Switch("line_search", ("armijo", "strong_wolfe", "none"), "armijo", "globalisation of the CG step",
                "N&W Alg. 7.1 and Martens 2010 (armijo backtracking)"),

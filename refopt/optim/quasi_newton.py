@@ -59,14 +59,13 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
+from ..curvature.secant import bfgs_inverse_update
 from ..linalg import cholesky, symmetrize
-from .base import Switch, check_choice, check_int, check_nonnegative
-from .base import MAX_DENSE_SIZE  # upper bounds of integer hyperparameters
-from .base import check_real_array
-from .descent import Evaluation, SecantMethod
+from ..serialize import register_state
+from .base import MAX_DENSE_SIZE, Switch, check_choice, check_int, check_nonnegative, check_real_array
+from .descent import LINE_SEARCH, Evaluation, SecantMethod
 from .globalisation import FIRST_STEPS, INITIAL_STEPS
 
 __all__ = ["bfgs_update", "bfgs_inverse_update", "dfp_update", "dfp_inverse_update", "sr1_update",
@@ -85,7 +84,8 @@ INITIAL_STEP = Switch("initial_step", INITIAL_STEPS, "interpolate",
                       "α₀ after the first step: N&W eq. 3.60 interpolation, or 1",
                       "scipy BFGS (interpolate); N&W §7.2 (unit)")
 FIRST_STEP = Switch("first_step", FIRST_STEPS, "unit_length",
-                    "α₀ of the run's first step: min(1, 1/‖p‖), min(1, 1/‖g₀‖₁), or eq. 3.60 from L₋₁ = L₀ + ‖g₀‖/2",
+                    "α₀ of the run's first step: min(1, 1/‖p‖₂), min(1, 1/‖g₀‖₁), or eq. 3.60 from L₋₁ = L₀ + ‖g₀‖/2 "
+                    "(min(1, 1.01‖g₀‖/(−g₀ᵀp)))",
                     "scipy L-BFGS-B (unit_length); torch.optim.LBFGS (gradient_l1); scipy BFGS (interpolate)")
 
 
@@ -97,14 +97,8 @@ def _form_switch(forms: tuple) -> Switch:
 
 
 # --- the update rules (pure functions on dense matrices) --------------------------------------------
-def bfgs_inverse_update(H, s, y):
-    """BFGS on the inverse, N&W (6.17), expanded: H − ρ(s(Hy)ᵀ + (Hy)sᵀ) + (ρ² yᵀHy + ρ) s sᵀ."""
-    rho = 1.0 / float(xp.vdot(y, s))
-    Hy = H @ y
-    yHy = float(xp.vdot(y, Hy))
-    return H - rho * (xp.outer(s, Hy) + xp.outer(Hy, s)) + (rho * rho * yHy + rho) * xp.outer(s, s)
-
-
+# BFGS on the inverse, N&W (6.17), is ``curvature.secant.bfgs_inverse_update`` (imported above and exported
+# here): H − ρ(s(Hy)ᵀ + (Hy)sᵀ) + (ρ² yᵀHy + ρ) s sᵀ, the same lines K-BFGS's factor updates use.
 def bfgs_update(B, s, y):
     """BFGS on the Hessian approximation, N&W (6.19)."""
     Bs = B @ s
@@ -310,7 +304,7 @@ class BFGS(_QuasiNewton):
 
     name = "bfgs"
     rule = "bfgs"
-    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, DAMPING, INITIAL_STEP, FIRST_STEP)
+    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, DAMPING, INITIAL_STEP, FIRST_STEP, LINE_SEARCH)
 
 
 class DFP(_QuasiNewton):
@@ -318,7 +312,7 @@ class DFP(_QuasiNewton):
 
     name = "dfp"
     rule = "dfp"
-    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, INITIAL_STEP, FIRST_STEP)
+    conventions = (_form_switch(("inverse", "direct")), INITIAL_SCALING, INITIAL_STEP, FIRST_STEP, LINE_SEARCH)
 
 
 class SR1(_QuasiNewton):
@@ -327,7 +321,7 @@ class SR1(_QuasiNewton):
     name = "sr1"
     rule = "sr1"
     forms = ("direct", "inverse")
-    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP)
+    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP, LINE_SEARCH)
 
 
 class ShermanMorrison(_QuasiNewton):
@@ -336,4 +330,4 @@ class ShermanMorrison(_QuasiNewton):
     name = "sherman_morrison"
     rule = "sr1"
     forms = ("inverse", "direct")
-    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP)
+    conventions = (_form_switch(forms), INITIAL_STEP, FIRST_STEP, LINE_SEARCH)

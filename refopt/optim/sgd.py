@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
+from ..serialize import register_state
 from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
 from .update_rules import NON_FINITE_GRADIENT, decayed_gradient, descent_step, momentum
 

@@ -56,15 +56,13 @@ import itertools
 import math
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
 from ..linalg import sym_matrix_power, symmetrize
-from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
-                   step_info)
-from .base import MAX_DIMENSION  # upper bounds of integer hyperparameters
-from .base import as_real, show_value
+from ..serialize import register_state
 from .adagrad import accumulate_squares, adagrad_direction
+from .base import (MAX_DIMENSION, Optimizer, Switch, as_real, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, show_value, step_info)
 from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, bias_correction, decayed_gradient, descent_step,
                            ema, graft, momentum)
 
@@ -136,12 +134,14 @@ class Shampoo(Optimizer):
     conventions = (
         Switch("statistics", STATISTICS, "sum", "H_i summed, an EMA with β₂, or the EMA debiased by 1 − β₂ᵗ at each root",
                "Gupta et al. 2018 (sum); facebookresearch/distributed_shampoo betas[1] < 1 (ema_debiased)"),
-        Switch("eps_mode", EPS_MODES, "add", "ε added before the root, eigenvalues floored at ε, or ε·λ_max added",
+        Switch("eps_mode", EPS_MODES, "add",
+               "(H + εI)^p (the paper's H₀ = εI), Q max(Λ, ε)^p Qᵀ (floored), or (H + ε·max(λ_max, 1e-6)·I)^p",
                "Gupta et al. 2018 (add); google-research scalable_shampoo relative_matrix_epsilon (relative)"),
         Switch("grafting", ("none", "sgd", "adagrad"), "none",
                "rescale each leaf's direction to the norm of the SGD or the diagonal Adagrad direction",
                "Gupta et al. 2018 (none); Agarwal et al. 2020, Anil et al. 2020 (sgd, adagrad)"),
-        Switch("vector_diagonal", (False, True), False, "order-1 leaves get a diagonal statistic instead of n×n",
+        Switch("vector_diagonal", (False, True), False,
+               "order-1 leaves get a diagonal statistic instead of n×n (= full-matrix Adagrad)",
                "Gupta et al. 2018 (False)"),
         Switch("precondition", ("gradient", "momentum"), "gradient",
                "momentum accumulates P(G), or the step preconditions the momentum P(m)", "common implementations (gradient)"),

@@ -55,13 +55,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..serialize import register_state  # saved states are rebuilt by name from this registry
 from .. import tree as T
 from ..backend import xp
+from ..serialize import register_state
 from .adahessian import PROBE_DISTRIBUTION, check_probes, hutchinson_estimate, oracle_probes, step_generator
-from .base import (Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval, refuse,
-                   step_info)
-from .base import MAX_DIMENSION, MAX_DRAWS, MAX_SEED  # upper bounds of integer hyperparameters
+from .base import (MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
+                   check_unit_interval, refuse, step_info)
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, decayed_gradient, ema
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
@@ -74,8 +73,9 @@ PARAMETRIZATION = Switch("parametrization", PARAMETRIZATIONS, "paper",
                          "Algorithm 3 as written, or the authors' code (ρ·bs in the denominator, no bias correction)",
                          "Liu et al. 2023 Algorithm 3 (paper); github.com/Liuhong99/Sophia (official)")
 REFRESH = Switch("refresh", (None,) + REFRESHES, None,
-                 "when h is re-estimated: before the step at θ_t, after it at θ_{t+1}, or at θ_t used from the next "
-                 "step; None: derived from parametrization (before for paper, after for official)",
+                 "when h is re-estimated: before the step at θ_t (t mod k = 1), after it at θ_{t+1} (t mod k = 0), "
+                 "or at θ_t (t mod k = 1) first used at step t + 1; None: derived from parametrization (before for "
+                 "paper, after for official)",
                  "Algorithm 3 (before); the official loop (after); optax.contrib.sophia (lagged)")
 BIAS_CORRECTION = Switch("bias_correction", (False, True), False, "m̂ = m / (1 − β₁ᵗ) inside the clip (paper mode)",
                          "Algorithm 3 (False)")

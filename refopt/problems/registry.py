@@ -34,9 +34,10 @@ class NetworkProblem:
         return self.model.init(seed)
 
     def oracle(self, counts: Counts | None = None) -> Oracle:
-        """The full-batch ``Oracle``, sharing ``counts`` when given; every one has the batch token
-        "<name>:full", so a resumed run's oracle matches the point cached in a checkpoint's state."""
-        return Oracle(self.model, self.loss, self.X, self.y, counts=counts, batch_token=f"{self.name}:full")
+        """The full-batch ``Oracle``, sharing ``counts`` when given. Its batch token is the digest of the data
+        (``Oracle.batch_token``), the same for every oracle on these data, so a resumed run's oracle matches
+        the point cached in a checkpoint's state, and a problem of the same name on other data does not."""
+        return Oracle(self.model, self.loss, self.X, self.y, counts=counts)
 
     def batch_oracle(self, indices, counts: Counts | None = None) -> Oracle:
         """The ``Oracle`` of the examples at ``indices``, sharing ``counts`` when given."""
@@ -68,7 +69,8 @@ class FunctionProblem:
 
     def oracle(self, counts: Counts | None = None) -> FunctionOracle:
         """A ``FunctionOracle`` with the analytic derivatives, sharing ``counts`` when given; its batch token
-        is the problem's name (the same for every oracle of the problem, see ``NetworkProblem.oracle``)."""
+        is the problem's name, the same for every oracle of the problem in every process (a function has no
+        data to hash), so a resumed run reuses the checkpoint's point as for ``NetworkProblem.oracle``."""
         fn = self.fn
         return FunctionOracle(fn.f, grad=fn.grad, hess=fn.hess, hvp=fn.hvp, counts=counts, batch_token=self.name)
 

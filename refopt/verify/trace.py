@@ -483,7 +483,7 @@ def check_trace(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10):
     return compare_traces(ours, theirs, rtol, atol), ours
 
 
-def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10, max_combinations: int = 512):
+def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10, max_combinations: int = 1024):
     """Try every combination of the optimizer's convention switches; return the settings that reproduce
     ``theirs``, each as a dict of the switches that differ from the trace's stated hyperparameters, the
     settings with fewest changed switches first. Beyond ``max_combinations`` settings only the closest
