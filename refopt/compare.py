@@ -18,7 +18,7 @@ from .optim.base import as_real, show_value
 from .runner import RunConfig, run
 from .serialize import atomic_path
 
-__all__ = ["DEFAULT_OPTIMIZERS", "compare", "format_table", "plot_comparison", "write_csv"]
+__all__ = ["DEFAULT_OPTIMIZERS", "compare", "format_table", "plot_comparison", "write_csv", "ComparisonEntry"]
 
 # The standard set with hyperparameters chosen for the default problem (digits MLP, full batch) by a small
 # grid search (scripts/tune_compare.py): what each family looks like with a reasonable setting.

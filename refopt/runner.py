@@ -37,7 +37,7 @@ from .optim.base import (MAX_DIMENSION, MAX_PERIOD, MAX_SEED, as_real, check_int
                          show_value)
 from .serialize import read_npz, write_npz_atomic
 
-__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint"]
+__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint", "save_checkpoint", "Interrupted"]
 
 CHECKPOINT_FORMAT = "refopt-checkpoint/1"
 # Caps on what a checkpoint's meta and history may claim (``load_checkpoint``). A count is at most 2⁵³:

@@ -40,7 +40,7 @@ import numpy as np
 from .backend import as_array, to_host
 
 __all__ = ["encode", "decode", "register_state", "state_class", "state_classes", "atomic_path", "savez_atomic",
-           "write_npz_atomic", "load_npz", "read_npz", "MAX_NPZ_BYTES", "MAX_DEPTH", "MAX_INT"]
+           "write_npz_atomic", "load_npz", "read_npz", "MAX_NPZ_BYTES", "MAX_DEPTH", "MAX_INT", "json_entry"]
 
 MAX_NPZ_BYTES = 2 ** 31     # array data a loader reads from one file (2 GiB), checked from the headers
 MAX_DEPTH = 64              # nesting of a skeleton (refopt's states nest about 6 deep)

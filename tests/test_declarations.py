@@ -94,6 +94,20 @@ def test_each_switch_refuses_a_bad_value_by_name(name):
                 cls(**{sw.name: bad})
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_variant_declares_every_base_switch_it_takes_as_an_argument(name):
+    """A variant omits a base's switch only when it fixes it (EKFAC's damping_scheme): a constructor
+    argument that a base class declares as a Switch is one of the variant's ``switches`` too, or the
+    convention search and the generated tables skip it (K-FAC's adapt_damping on EKFAC and KFACTridiag)."""
+    cls = optimizer_class(name)
+    for argument in inspect.signature(cls.__init__).parameters:
+        try:
+            cls.switch(argument)
+        except KeyError:
+            continue
+        assert argument in cls.switches, f"{name} takes {argument}, a base's switch, but does not declare it"
+
+
 def test_a_variant_validates_a_fixed_switch_by_its_base_declaration():
     ekfac = optimizer_class("ekfac")
     assert "damping_scheme" not in ekfac.switches and ekfac.switch("damping_scheme").name == "damping_scheme"
@@ -403,3 +417,35 @@ def test_conventions_once_validated_outside_a_switch_are_declared(name, switch, 
         assert getattr(cls(**{switch: value}), switch) == value
     with pytest.raises(ValueError, match=switch):
         cls(**{switch: "bogus"})
+
+
+# The family bullets of CONTRIBUTING's "Switches by family", by their bold lead, and the family of each.
+_FAMILY_BULLETS = {"Gradient descent": "gradient", "Newton family": "newton", "Fisher family": "fisher",
+                   "Adaptive family": "adaptive"}
+
+
+def _named_as_switches(bullet: str) -> set:
+    """The backticked names inside every "(switch …)" / "(switches …)" group of a bullet (nested
+    parentheses included), i.e. what the prose calls switches."""
+    names = set()
+    for start in (m.end() for m in re.finditer(r"(?:\(|; )switch(?:es)?\s", bullet)):
+        depth, end = 1, start
+        while depth and end < len(bullet):
+            depth += {"(": 1, ")": -1}.get(bullet[end], 0)
+            end += 1
+        names |= set(re.findall(r"`(\w+)`", bullet[start:end]))
+    return names
+
+
+def test_contributing_s_family_prose_names_every_declared_switch_as_a_switch():
+    """Each family's bullet in "Switches by family" calls every switch of the family's optimizers a switch,
+    so a switch declared later (adapt_damping, L-BFGS's damping, the secant methods' line_search) is not
+    left among the plain hyperparameters or described as "not a declared switch"."""
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    section = text[text.index("### Switches by family"):text.index("Every declared convention switch")]
+    bullets = {m.group(1): m.group(0) for m in re.finditer(r"^\* \*\*([^*]+)\*\*.*?(?=^\* |\Z)", section, re.M | re.S)}
+    assert set(_FAMILY_BULLETS) <= set(bullets), sorted(bullets)
+    assert "not a declared switch" not in section
+    for lead, family in _FAMILY_BULLETS.items():
+        declared = {sw for name in FAMILIES[family] for sw in optimizer_class(name).switches}
+        assert declared - _named_as_switches(bullets[lead]) == set(), lead

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from refopt import tree as T
-from refopt.optim.update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, bias_correction,
+from refopt.optim.update_rules import (WEIGHT_DECAY_MODES, bias_correction,
                                        check_nonempty_leaves, decayed_gradient, decoupled_decay, descent_step, ema,
                                        graft, l2_decay, momentum)
 
@@ -45,7 +45,6 @@ def test_decayed_gradient_signals_a_non_finite_gradient(bad):
     g[1][2] = bad
     loss, out = decayed_gradient(theta, ScriptedOracle([g]), 0.5)
     assert out is None and loss == 0.0
-    assert "non-finite gradient" in NON_FINITE_GRADIENT
 
 
 def test_decoupled_decay_adds_c_theta_to_the_step():

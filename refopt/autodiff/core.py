@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 
 __all__ = ["Box", "LazyBox", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
-           "defvjp", "defjvp"]
+           "defvjp", "defjvp", "set_add"]
 
 _trace_ids = itertools.count(1)
 

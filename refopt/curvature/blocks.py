@@ -39,7 +39,7 @@ from .dense import dense_from_product
 
 __all__ = [
     "DAMPING_SCHEMES", "INVERSE_METHODS", "BIAS_BLOCKS", "CurvatureBlocks", "KroneckerBlocks", "KroneckerInverse",
-    "check_choice", "eigh_psd", "damped_factors", "kronecker_inverse", "kronecker_precondition",
+    "require_choice", "eigh_psd", "damped_factors", "kronecker_inverse", "kronecker_precondition",
     "bias_precondition", "factor_estimates",
 ]
 
@@ -48,7 +48,7 @@ INVERSE_METHODS = ("eig", "inverse")
 BIAS_BLOCKS = ("joint", "separate")
 
 
-def check_choice(name: str, value, choices) -> None:
+def require_choice(name: str, value, choices) -> None:
     """ValueError naming ``name`` unless ``value`` is one of ``choices`` (the blocks' own arguments)."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -124,7 +124,7 @@ def factor_estimates(stats: K.KFACStatistics, bias_block: str = "joint",
 
     A_l = (1/B) Σ ā āᵀ ("joint") or (1/B) Σ a aᵀ ("separate"); G_l = ``kronecker.grad_factor`` of the probes.
     """
-    check_choice("bias_block", bias_block, BIAS_BLOCKS)
+    require_choice("bias_block", bias_block, BIAS_BLOCKS)
     if bias_block == "separate":
         A = [a.T @ a / a.shape[0] for a in stats.inputs]
     else:
@@ -195,10 +195,10 @@ class KroneckerBlocks(CurvatureBlocks):
 
     def __init__(self, damping_scheme: str = "pi", inverse: str = "inverse", bias_block: str = "joint",
                  output_grad_scale: str = "per_example"):
-        check_choice("damping_scheme", damping_scheme, DAMPING_SCHEMES)
-        check_choice("inverse", inverse, INVERSE_METHODS)
-        check_choice("bias_block", bias_block, BIAS_BLOCKS)
-        check_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)
+        require_choice("damping_scheme", damping_scheme, DAMPING_SCHEMES)
+        require_choice("inverse", inverse, INVERSE_METHODS)
+        require_choice("bias_block", bias_block, BIAS_BLOCKS)
+        require_choice("output_grad_scale", output_grad_scale, K.OUTPUT_GRAD_SCALES)
         if damping_scheme == "eigen" and inverse != "eig":
             raise ValueError("damping_scheme='eigen' needs inverse='eig' (the eigenbases give (A⊗G + λI)⁻¹)")
         if bias_block == "separate" and damping_scheme == "pi":

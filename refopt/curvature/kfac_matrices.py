@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import kronecker as K
-from .blocks import CurvatureBlocks, KroneckerBlocks, check_choice, factor_estimates
+from .blocks import CurvatureBlocks, KroneckerBlocks, require_choice, factor_estimates
 from .eigenbasis import EigenbasisBlocks
 
 __all__ = ["layer_factors", "kfac_matrix", "ekfac_matrix", "kfac_inverse_vp", "ekfac_inverse_vp"]
 
 
 def _statistics(oracle, params, fisher: str, samples: int, seed, labels) -> K.KFACStatistics:
-    check_choice("fisher", fisher, K.FISHER_ESTIMATES)
+    require_choice("fisher", fisher, K.FISHER_ESTIMATES)
     return K.kfac_statistics(oracle, params, fisher, samples, seed=seed, labels=labels, gradient=False)
 
 

@@ -15,7 +15,7 @@ from ..backend import xp
 from ..linalg import symmetrize
 from ..serialize import register_state
 from . import kronecker as K
-from .blocks import KroneckerBlocks, check_choice, damped_factors
+from .blocks import KroneckerBlocks, require_choice, damped_factors
 
 __all__ = ["TridiagonalBlocks", "TridiagonalBlock", "generalized_eigh", "tridiagonal_blocks",
            "tridiagonal_precondition"]
@@ -91,7 +91,7 @@ class TridiagonalBlocks(KroneckerBlocks):
     names = ("A", "G", "A_cross", "G_cross")
 
     def __init__(self, damping_scheme: str = "pi"):
-        check_choice("damping_scheme", damping_scheme, ("pi", "tikhonov"))
+        require_choice("damping_scheme", damping_scheme, ("pi", "tikhonov"))
         super().__init__(damping_scheme, "eig")
 
     def init(self, params) -> dict:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..curvature.eigenbasis import EigenbasisBlocks
 from .base import check_unit_interval
-from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
+from .kfac import ADAPT_DAMPING, FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
 __all__ = ["EKFAC"]
 
@@ -36,7 +36,7 @@ class EKFAC(KFAC):
     """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.eigenbasis.EigenbasisBlocks`` (module docs)."""
 
     name = "ekfac"
-    conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE)   # damping_scheme and inverse are fixed (eigen, eig)
+    conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE, ADAPT_DAMPING)   # damping_scheme, inverse fixed (eigen, eig)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,

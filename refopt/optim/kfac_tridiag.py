@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from ..curvature.tridiagonal import TridiagonalBlocks
 from .base import Switch
-from .kfac import FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
+from .kfac import ADAPT_DAMPING, FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
 
 __all__ = ["KFACTridiag"]
 
@@ -51,7 +51,7 @@ class KFACTridiag(KFAC):
     conventions = (  # inverse is fixed to "eig"
         Switch("damping_scheme", ("pi", "tikhonov"), "pi", "λ split between the factors by π, or √λ on each",
                "Martens & Grosse 2015 §6.3 (pi, before Ψ and Σ are formed)"),
-        FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE,
+        FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE, ADAPT_DAMPING,
     )
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,

@@ -50,7 +50,7 @@ from .descent import DescentMethod, Evaluation
 from .globalisation import Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio, trust_radius
 
 __all__ = ["NewtonCG", "NewtonCGState", "TrustRegionNewtonCG", "TrustRegionState", "truncated_cg", "steihaug_cg",
-           "TruncatedCGResult", "SteihaugResult", "CURVATURES"]
+           "TruncatedCGResult", "SteihaugResult", "CURVATURES", "curvature_product"]
 
 CURVATURES = ("hessian", "ggn")
 

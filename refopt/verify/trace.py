@@ -57,7 +57,7 @@ from ..optim.base import MAX_DRAWS, MAX_SEED, check_int
 from ..serialize import MAX_INT, load_npz, savez_atomic
 
 __all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
-           "compare_traces", "check_trace", "search_conventions", "param_names"]
+           "compare_traces", "check_trace", "search_conventions", "param_names", "num_parameters", "describe_match"]
 
 TRACE_FORMAT = "refopt-trace/1"
 MAX_TRACE_PARAMETERS = 10 ** 6  # cap on Σ (d_{l−1} + 1)·d_l of a trace's MLP, checked before it is built
