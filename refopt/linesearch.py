@@ -67,6 +67,17 @@ even with a wrong derivative.
   No approximate conditions and no "precision" status (it must pick torch's points and report torch's
   outcome); drivers classify its failures with ``precision_status`` (``optim.globalisation.search_along`` does).
 
+* ``dcsrch``: MINPACK-2's dcsrch and dcstep (Moré & Thuente, "Line search algorithms with guaranteed
+  sufficient decrease", ACM TOMS 20(3), 1994), written here from the algorithm so that it evaluates the
+  trial points scipy's ``DCSRCH`` (and L-BFGS-B's lnsrlb) evaluate, bit for bit; defaults L-BFGS-B's
+  (c₁ = 1e-3, c₂ = 0.9, xtol = 0.1, stpmin = 0, stpmax = 1e10, 20 evaluations). MINPACK's warnings are
+  statuses; a non-finite trial lowers stpmax to halfway back to the best step (MINPACK would compute NaN).
+* ``scipy_wolfe``: scipy BFGS's search (``_line_search_wolfe12``): ``dcsrch`` as ``line_search_wolfe1``
+  calls it (c₁ = 1e-4, xtol = 1e-14, stpmin = 1e-100, stpmax = 1e100, ≤ 99 evaluations) and, where it
+  fails, ``line_search_wolfe2`` (scipy's step doubling and ``_zoom`` with its cubic / quadratic / bisection
+  checks) from the same α₀. Neither has approximate conditions; their failures at rounding level are
+  "precision".
+
 Statuses: "converged" (the strong Wolfe conditions hold at the returned step, or the approximate ones
 with φ(α) within ε_k of φ(0): ``result.approximate``; Armijo: sufficient decrease); "not_descent" (φ'(0)
 ≥ 0 or not finite: nothing is evaluated, α = 0); "precision" (the search failed and no decrease is
@@ -81,9 +92,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 from typing import Callable, NamedTuple, Optional
 
-__all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "cubic_minimizer",
+__all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "dcsrch", "scipy_wolfe",
+           "cubic_minimizer",
            "quadratic_minimizer", "LINE_SEARCHES", "rounding_error", "at_rounding_level", "precision_status",
            "ROUNDING_FACTOR", "FLOAT64_EPS", "MAX_EVALS"]
 
@@ -527,3 +540,342 @@ def minfunc_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: 
 
 
 LINE_SEARCHES = ("strong_wolfe", "armijo", "none")
+
+
+# --- MINPACK-2's dcsrch (Moré & Thuente 1994) and scipy's line_search_wolfe1 → wolfe2 -----------------
+def _sign(v: float) -> float:
+    return 1.0 if v > 0 else -1.0 if v < 0 else 0.0 if v == 0 else math.nan
+
+
+def _sqrt(v: float) -> float:
+    # NaN for a negative or NaN argument (Fortran's / NumPy's sqrt), where math.sqrt raises
+    return math.sqrt(v) if v >= 0 else math.nan
+
+
+def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax) -> tuple:
+    """MINPACK-2 dcstep (Moré & Thuente 1994, §4): the safeguarded trial step and the updated interval.
+
+    (stx, fx, dx) is the best step so far, (sty, fy, dy) the interval's other end, (stp, fp, dp) the
+    trial. Four cases: (1) fp > fx: a minimiser is bracketed; the cubic step if it is closer to stx than
+    the quadratic (values at both ends, slope at stx), else their mean. (2) The slopes have opposite
+    signs: bracketed; the cubic or the secant step, whichever is farther from stp. (3) |dp| < |dx|, same
+    sign: the cubic step if it lies beyond stp (else stpmin / stpmax), or the secant step, whichever is
+    nearer (bracketed: clipped to 66 % of the way to sty) or farther (not bracketed: clipped to
+    [stpmin, stpmax]). (4) |dp| ≥ |dx|: the cubic through stp and sty if bracketed, else stpmin / stpmax.
+    Returns (stx, fx, dx, sty, fy, dy, new stp, brackt); arithmetic in MINPACK's order (rounding included)."""
+    sgnd = _sign(dp) * _sign(dx)
+    if fp > fx:                                                         # case 1
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        s = max(abs(theta), abs(dx), abs(dp))
+        gamma = s * _sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
+        if stp < stx:
+            gamma = -gamma
+        p = (gamma - dx) + theta
+        q = ((gamma - dx) + gamma) + dp
+        stpc = stx + (p / q) * (stp - stx)
+        stpq = stx + ((dx / ((fx - fp) / (stp - stx) + dx)) / 2.0) * (stp - stx)
+        stpf = stpc if abs(stpc - stx) <= abs(stpq - stx) else stpc + (stpq - stpc) / 2.0
+        brackt = True
+    elif sgnd < 0.0:                                                    # case 2
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        s = max(abs(theta), abs(dx), abs(dp))
+        gamma = s * _sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
+        if stp > stx:
+            gamma = -gamma
+        p = (gamma - dp) + theta
+        q = ((gamma - dp) + gamma) + dx
+        stpc = stp + (p / q) * (stx - stp)
+        stpq = stp + (dp / (dp - dx)) * (stx - stp)
+        stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+        brackt = True
+    elif abs(dp) < abs(dx):                                             # case 3
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        s = max(abs(theta), abs(dx), abs(dp))
+        # the cubic may have no real minimiser here: γ = 0 then (MINPACK's max(0, ·))
+        gamma = s * _sqrt(max(0.0, (theta / s) ** 2 - (dx / s) * (dp / s)))
+        if stp > stx:
+            gamma = -gamma
+        p = (gamma - dp) + theta
+        q = (gamma + (dx - dp)) + gamma
+        r = p / q
+        if r < 0 and gamma != 0:
+            stpc = stp + r * (stx - stp)
+        elif stp > stx:
+            stpc = stpmax
+        else:
+            stpc = stpmin
+        stpq = stp + (dp / (dp - dx)) * (stx - stp)
+        if brackt:
+            stpf = stpc if abs(stpc - stp) < abs(stpq - stp) else stpq
+            if stp > stx:
+                stpf = min(stp + 0.66 * (sty - stp), stpf)
+            else:
+                stpf = max(stp + 0.66 * (sty - stp), stpf)
+        else:
+            stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+            stpf = min(max(stpf, stpmin), stpmax)
+    elif brackt:                                                        # case 4
+        theta = 3.0 * (fp - fy) / (sty - stp) + dy + dp
+        s = max(abs(theta), abs(dy), abs(dp))
+        gamma = s * _sqrt((theta / s) ** 2 - (dy / s) * (dp / s))
+        if stp > sty:
+            gamma = -gamma
+        p = (gamma - dp) + theta
+        q = ((gamma - dp) + gamma) + dy
+        stpf = stp + (p / q) * (sty - stp)
+    else:
+        stpf = stpmax if stp > stx else stpmin
+    # the interval update: a higher value becomes the far end; otherwise stp is the new best point
+    if fp > fx:
+        sty, fy, dy = stp, fp, dp
+    else:
+        if sgnd < 0:
+            sty, fy, dy = stx, fx, dx
+        stx, fx, dx = stp, fp, dp
+    return stx, fx, dx, sty, fy, dy, stpf, brackt
+
+
+def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-3, c2: float = 0.9,
+           xtol: float = 0.1, stpmin: float = 0.0, stpmax: float = 1e10, max_evals: int = 20,
+           epsilon_k: Optional[float] = None) -> LineSearchResult:
+    """MINPACK-2's dcsrch (Moré & Thuente 1994): a step with φ(α) ≤ φ(0) + c₁αφ'(0) and |φ'(α)| ≤ c₂|φ'(0)|.
+
+    The defaults are L-BFGS-B's (lnsrlb: ftol = 1e-3, gtol = 0.9, xtol = 0.1, stpmin = 0, stpmax = 1e10,
+    at most 20 evaluations); scipy's ``line_search_wolfe1`` calls it with c₁ = 1e-4, xtol = 1e-14,
+    stpmin = 1e-100, stpmax = 1e100 and 99 evaluations (``scipy_wolfe``). Each trial is one evaluation.
+
+    Moré & Thuente's algorithm: an interval [stx, sty] holding a step that satisfies both conditions is
+    kept; while no trial has both ψ(α) = φ(α) − φ(0) − c₁αφ'(0) ≤ 0 and φ'(α) ≥ 0 (stage 1), dcstep works
+    on the modified ψ, afterwards on φ. Before bracketing, trials extrapolate within
+    [α + 1.1(α − stx), α + 4(α − stx)]; once bracketed, a trial that does not shrink the interval by a
+    third (its width vs 0.66 of the width two trials ago) is replaced by bisection. Ends with
+    "converged"; "interval_collapsed" (MINPACK's "rounding errors prevent progress" or "xtol test
+    satisfied": the interval is within xtol·stmax); "max_step" / "step_too_small" (the step reached stpmax
+    still descending, or stpmin without decrease); "max_evaluations". A failed search returns the last
+    trial when φ is below φ(0) there, else α = 0 (as the module's other searches; L-BFGS-B takes the
+    last trial); failures among values within ``epsilon_k`` are "precision". A non-finite φ or φ' (where
+    MINPACK's arithmetic gives NaN) lowers stpmax to the midpoint between stx and that trial, and the
+    search goes on from there.
+    """
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    c1, c2 = _check_c1_c2(c1, c2)
+    xtol = _real_arg("xtol", xtol, low_open=False)
+    stpmin = _real_arg("stpmin", stpmin, low_open=False)
+    stpmax = _real_arg("stpmax", stpmax)
+    if not stpmin <= alpha0 <= stpmax:
+        raise ValueError(f"need stpmin <= alpha0 <= stpmax, got {stpmin!r}, {alpha0!r}, {stpmax!r}")
+    eps_k = _check_epsilon_k(epsilon_k, phi0)
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+    finit, ginit = float(phi0), float(dphi0)
+    gtest = c1 * ginit
+    width = stpmax - stpmin
+    width1 = width / 0.5
+    brackt, stage = False, 1
+    stx, fx, gx = 0.0, finit, ginit
+    sty, fy, gy = 0.0, finit, ginit
+    stp = float(alpha0)
+    stmin, stmax = 0.0, stp + 4.0 * stp
+    values: list = []
+
+    def failed(status, message, f, g):
+        return precision_status(_fallback(LineSearchResult(stp, f, g, len(values), status, message), phi0, dphi0),
+                                phi0, values, eps_k)
+
+    f = g = math.nan
+    while len(values) < max_evals:
+        f, g = phi(stp)
+        if not _finite(f, g):
+            # too far: MINPACK has no notion of it (its arithmetic turns NaN); cap the step and back off
+            values.append(math.nan)
+            stpmax = stx + 0.5 * (stp - stx)
+            if not stpmax > stx or stpmax < stpmin:
+                return failed("step_too_small", "non-finite values down to the best step", math.inf, math.nan)
+            stp = stpmax
+            stmax = min(stmax, stpmax)
+            continue
+        values.append(f)
+        ftest = finit + stp * gtest
+        if stage == 1 and f <= ftest and g >= 0:
+            stage = 2
+        warning = None
+        if brackt and (stp <= stmin or stp >= stmax):
+            warning = ("interval_collapsed", "rounding errors prevent progress")
+        if brackt and stmax - stmin <= xtol * stmax:
+            warning = ("interval_collapsed", "xtol test satisfied")
+        if stp == stpmax and f <= ftest and g <= gtest:
+            warning = ("max_step", f"the step reached stpmax={stpmax:g} still descending")
+        if stp == stpmin and (f > ftest or g >= gtest):
+            warning = ("step_too_small", f"the step reached stpmin={stpmin:g} without decrease")
+        if f <= ftest and abs(g) <= c2 * -ginit:
+            return LineSearchResult(stp, f, g, len(values), "converged")
+        if warning is not None:
+            return failed(*warning, f, g)
+        if stage == 1 and f <= fx and f > ftest:
+            # stage 1 with a lower value that is not yet sufficient decrease: step on ψ, not φ
+            fm, fxm, fym = f - stp * gtest, fx - stx * gtest, fy - sty * gtest
+            gm, gxm, gym = g - gtest, gx - gtest, gy - gtest
+            stx, fxm, gxm, sty, fym, gym, stp, brackt = _dcstep(stx, fxm, gxm, sty, fym, gym, stp, fm, gm,
+                                                                 brackt, stmin, stmax)
+            fx, fy = fxm + stx * gtest, fym + sty * gtest
+            gx, gy = gxm + gtest, gym + gtest
+        else:
+            stx, fx, gx, sty, fy, gy, stp, brackt = _dcstep(stx, fx, gx, sty, fy, gy, stp, f, g,
+                                                            brackt, stmin, stmax)
+        if brackt:
+            if abs(sty - stx) >= 0.66 * width1:      # too little shrinkage in two trials: bisect
+                stp = stx + 0.5 * (sty - stx)
+            width1, width = width, abs(sty - stx)
+            stmin, stmax = min(stx, sty), max(stx, sty)
+        else:
+            stmin, stmax = stp + 1.1 * (stp - stx), stp + 4.0 * (stp - stx)
+        stp = min(max(stp, stpmin), stpmax)
+        if brackt and (stp <= stmin or stp >= stmax) or brackt and stmax - stmin <= xtol * stmax:
+            stp = stx                                 # no progress possible: the next trial is the best point
+        if not math.isfinite(stp):
+            return failed("interval_collapsed", "the next trial step is not finite", f, g)
+    return failed("max_evaluations", f"dcsrch found no point within {max_evals} evaluations", f, g)
+
+
+def _fma(x: float, y: float, z: float) -> float:
+    """x·y + z rounded once (math.fma from Python 3.13; before, exactly through fractions)."""
+    if hasattr(math, "fma"):
+        return math.fma(x, y, z)
+    if not _finite(x, y, z):
+        return x * y + z
+    product = Fraction(x) * Fraction(y) + Fraction(z)
+    try:
+        return float(product)
+    except OverflowError:
+        return math.copysign(math.inf, product)
+
+
+def _scipy_cubicmin(a, fa, fpa, b, fb, c, fc) -> Optional[float]:
+    """scipy's _cubicmin: the minimiser of the cubic through (a, fa) with slope fpa, (b, fb), (c, fc);
+    None where scipy's floating-point errors (overflow, division by zero, invalid) would give none."""
+    C, db, dc = fpa, b - a, c - a
+    denom = (db * dc) ** 2 * (db - dc)
+    u, v = fb - fa - C * db, fc - fa - C * dc
+    if not _finite(denom, u, v) or denom == 0:
+        return None
+    # scipy forms [A, B] with np.dot of a 2×2 matrix, which OpenBLAS computes as fma(m₀₀, u, m₀₁ v)
+    A = _fma(dc ** 2, u, (-db ** 2) * v)
+    B = _fma(-dc ** 3, u, db ** 3 * v)
+    if not _finite(A, B):
+        return None
+    A, B = A / denom, B / denom
+    radical = B * B - 3 * A * C
+    if not _finite(A, B, radical) or radical < 0 or A == 0:
+        return None
+    xmin = a + (-B + math.sqrt(radical)) / (3 * A)
+    return xmin if math.isfinite(xmin) else None
+
+
+def _scipy_quadmin(a, fa, fpa, b, fb) -> Optional[float]:
+    """scipy's _quadmin: the minimiser of the quadratic through (a, fa) with slope fpa and (b, fb); None
+    where scipy's floating-point errors would give none."""
+    db = b - a * 1.0
+    num, dd = fb - fa - fpa * db, db * db
+    if not _finite(num, dd) or dd == 0:
+        return None
+    B = num / dd
+    if not math.isfinite(B) or B == 0:
+        return None
+    xmin = a - fpa / (2.0 * B)
+    return xmin if math.isfinite(xmin) else None
+
+
+def _scipy_wolfe2(phi, phi0, dphi0, alpha0, c1, c2, amax, max_evals, values) -> LineSearchResult:
+    """scipy's scalar_search_wolfe2 (maxiter 10: step doubling) and _zoom (at most 11 trials): N&W
+    Algorithms 3.5/3.6 with scipy's interpolation (cubic through lo, hi and the previous hi, checked to
+    lie 20 % inside the bracket; else the quadratic, 10 %; else bisection)."""
+    used = len(values)
+
+    def evaluate(a):
+        f, d = phi(a)
+        if not _finite(f, d):
+            f, d = math.inf, math.nan
+        values.append(f if math.isfinite(f) else math.nan)
+        return f, d
+
+    def out(a, f, d, status, message=""):
+        return LineSearchResult(a, f, d, len(values) - used, status, message)
+
+    def budget():
+        return len(values) - used < max_evals
+
+    def zoom(a_lo, a_hi, phi_lo, phi_hi, derphi_lo):
+        phi_rec, a_rec, cchk = phi0, 0.0, 0.0
+        for i in range(11):
+            if not budget():
+                break
+            dalpha = a_hi - a_lo
+            a, b = (a_hi, a_lo) if dalpha < 0 else (a_lo, a_hi)
+            a_j = None
+            if i > 0:
+                cchk = 0.2 * dalpha
+                a_j = _scipy_cubicmin(a_lo, phi_lo, derphi_lo, a_hi, phi_hi, a_rec, phi_rec)
+            if i == 0 or a_j is None or a_j > b - cchk or a_j < a + cchk:
+                qchk = 0.1 * dalpha
+                a_j = _scipy_quadmin(a_lo, phi_lo, derphi_lo, a_hi, phi_hi)
+                if a_j is None or a_j > b - qchk or a_j < a + qchk:
+                    a_j = a_lo + 0.5 * dalpha
+            phi_aj, derphi_aj = evaluate(a_j)
+            if phi_aj > phi0 + c1 * a_j * dphi0 or phi_aj >= phi_lo:
+                phi_rec, a_rec, a_hi, phi_hi = phi_hi, a_hi, a_j, phi_aj
+            else:
+                if abs(derphi_aj) <= -c2 * dphi0:
+                    return out(a_j, phi_aj, derphi_aj, "converged")
+                if derphi_aj * (a_hi - a_lo) >= 0:
+                    phi_rec, a_rec, a_hi, phi_hi = phi_hi, a_hi, a_lo, phi_lo
+                else:
+                    phi_rec, a_rec = phi_lo, a_lo
+                a_lo, phi_lo, derphi_lo = a_j, phi_aj, derphi_aj
+        return out(0.0, phi0, dphi0, "max_evaluations", "scipy's zoom found no strong Wolfe point")
+
+    a0, a1 = 0.0, min(alpha0, amax)
+    phi_a1, derphi_a1 = evaluate(a1)
+    phi_a0, derphi_a0 = phi0, dphi0
+    for i in range(10):
+        if a1 == 0 or a0 > amax:
+            return out(0.0, phi0, dphi0, "step_too_small" if a1 == 0 else "max_step",
+                       "scipy's wolfe2: the step is 0 (rounding)" if a1 == 0 else f"no step below amax={amax:g}")
+        if phi_a1 > phi0 + c1 * a1 * dphi0 or (phi_a1 >= phi_a0 and i > 0):
+            return zoom(a0, a1, phi_a0, phi_a1, derphi_a0)
+        if abs(derphi_a1) <= -c2 * dphi0:
+            return out(a1, phi_a1, derphi_a1, "converged")
+        if derphi_a1 >= 0:
+            return zoom(a1, a0, phi_a1, phi_a0, derphi_a1)
+        if not budget():
+            break
+        a2 = min(2 * a1, amax)
+        a0, a1, phi_a0, derphi_a0 = a1, a2, phi_a1, derphi_a1
+        phi_a1, derphi_a1 = evaluate(a1)
+    else:
+        # scipy returns the tenth doubling untested; refopt keeps it only where φ decreased (``_fallback``)
+        return out(a1, phi_a1, derphi_a1, "max_evaluations", "scipy's wolfe2: ten doublings without a bracket")
+    return out(a0, phi_a0, derphi_a0, "max_evaluations", f"no strong Wolfe point within {max_evals} evaluations")
+
+
+def scipy_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
+                max_evals: int = 130, epsilon_k: Optional[float] = None) -> LineSearchResult:
+    """scipy.optimize's BFGS line search (``_line_search_wolfe12``): ``line_search_wolfe1`` — ``dcsrch``
+    with xtol = 1e-14, stpmin = 1e-100, stpmax = 1e100, at most 99 evaluations — and, when it does not
+    converge, ``line_search_wolfe2`` (scipy's own bracketing and zoom, amax = 1e100) from the same α₀.
+    ``max_evals`` caps both together. Statuses as ``dcsrch``'s (the second search's, where it ran)."""
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    c1, c2 = _check_c1_c2(c1, c2)
+    eps_k = _check_epsilon_k(epsilon_k, phi0)
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+    alpha0 = min(float(alpha0), 1e100)
+    first = dcsrch(phi, phi0, dphi0, alpha0, c1, c2, xtol=1e-14, stpmin=min(1e-100, alpha0), stpmax=1e100,
+                   max_evals=min(99, max_evals), epsilon_k=eps_k)
+    if first.status == "converged" or first.nfev >= max_evals:
+        return first._replace(message=first.message or "line_search_wolfe1 (dcsrch)")
+    values: list = []
+    second = _scipy_wolfe2(phi, phi0, dphi0, alpha0, c1, c2, 1e100, max_evals - first.nfev, values)
+    second = second._replace(nfev=first.nfev + second.nfev,
+                             message=f"line_search_wolfe1 failed ({first.status}); line_search_wolfe2: "
+                                     + (second.message or "converged"))
+    return precision_status(_fallback(second, phi0, dphi0), phi0, values, eps_k)

@@ -283,7 +283,7 @@ class Oracle:
             if seed is None:
                 raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
             labels = self.loss.sample(z, seed, samples)
-        scale = self.loss.scale(self.batch_size)
+        scale = self.loss.scale(*z.shape)
         output_product = C.output_space_operator(self.loss, z, self.y, kind, labels)
 
         def product(v):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from refopt import autodiff as ad
 from refopt import curvature as C
 from refopt import tree as T
-from refopt.nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy
+from refopt.nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy, layer_statistics
 from refopt.oracle import Oracle
 
 TOL = dict(rtol=1e-9, atol=1e-11)
@@ -51,11 +51,11 @@ def dense_ggn_from_jacobian(oracle, params):
     Hblock = np.zeros((B * Cn, B * Cn))
     for i in range(B):
         Hblock[i * Cn:(i + 1) * Cn, i * Cn:(i + 1) * Cn] = Hs[i]
-    return J.T @ (oracle.loss.scale(B) * Hblock) @ J
+    return J.T @ (oracle.loss.scale(B, Cn) * Hblock) @ J
 
 
 @settings(max_examples=8)
-@given(kind=st.sampled_from(KINDS), reduction=st.sampled_from(["mean", "sum"]), seed=st.integers(0, 2 ** 31),
+@given(kind=st.sampled_from(KINDS), reduction=st.sampled_from(["mean", "mean_all", "sum"]), seed=st.integers(0, 2 ** 31),
        act=st.sampled_from(["tanh", "relu", "sigmoid"]))
 def test_ggn_and_true_fisher_against_dense_construction(kind, reduction, seed, act):
     oracle, params, gen = problem(kind, reduction, seed=seed, act=act)
@@ -115,10 +115,11 @@ def test_monte_carlo_fisher_converges_to_the_true_fisher(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_empirical_fisher_is_the_outer_product_of_per_example_gradients_and_differs(kind):
-    oracle, params, _ = problem(kind)
+@pytest.mark.parametrize("reduction", ["mean", "mean_all", "sum"])
+def test_empirical_fisher_is_the_outer_product_of_per_example_gradients_and_differs(kind, reduction):
+    oracle, params, _ = problem(kind, reduction)
     Fe = oracle.dense_fisher(params, "empirical")
-    scale = oracle.loss.scale(oracle.batch_size)
+    scale = oracle.loss.scale(oracle.batch_size, oracle.model.sizes[-1])
     per = []
     for i in range(oracle.batch_size):
         Xi, yi = oracle.X[i:i + 1], oracle.y[i:i + 1]
@@ -154,7 +155,7 @@ def test_hutchinson_with_gaussian_probes_is_unbiased():
 
 
 @pytest.mark.parametrize("kind", ["softmax", "bernoulli"])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "mean_all", "sum"])
 def test_gnb_expectation_over_every_label_draw_is_diag_ggn(kind, reduction):
     """Σ over all label vectors ŷ of P(ŷ) ĝ(ŷ) ⊙ ĝ(ŷ) / scale = diag(GGN): Sophia's estimator is unbiased."""
     B = 2
@@ -182,7 +183,40 @@ def test_gnb_expectation_over_every_label_draw_is_diag_ggn(kind, reduction):
     # ĝ is the ordinary gradient of the reduced loss at the sampled labels (its own reverse pass here).
     g_hat = T.ravel(oracle.grad_at_labels(params, labels[1]))
     np.testing.assert_allclose(T.ravel(oracle.gnb_diag(params, labels=labels[1:2])),
-                               g_hat * g_hat / oracle.loss.scale(B), **TOL)
+                               g_hat * g_hat / oracle.loss.scale(B, 3), **TOL)
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "mc", "true"])
+def test_mean_all_is_the_torch_mse_mapping_for_fisher_and_kfac(fisher):
+    """torch's MSELoss("mean") has two refopt spellings with its value and gradient: Gaussian(½, "mean_all")
+    and Gaussian(C/2, "mean"). They share the GGN and true Fisher, but the empirical Fisher and K-FAC's G
+    (for "empirical", and for "mc" at the same labels) of "mean_all" are C× those of "mean" (curvlinops'
+    normalisation by the B·C loss terms); G is (1/(B·C)) Σ_i Dg_i Dg_iᵀ with Dg_i = ∂ℓ_i/∂s_l, ℓ_i = ‖z_i − y_i‖²."""
+    oracle, params, gen = problem("gaussian", "mean_all", sizes=(3, 4, 3), B=5)
+    B, Cn = oracle.batch_size, oracle.model.sizes[-1]
+    new = Oracle(oracle.model, Gaussian("mean_all", variance=0.5), oracle.X, oracle.y)
+    old = Oracle(oracle.model, Gaussian("mean", variance=Cn / 2), oracle.X, oracle.y)
+    np.testing.assert_allclose(new.value(params), old.value(params), rtol=1e-14)
+    np.testing.assert_allclose(T.ravel(new.grad(params)), T.ravel(old.grad(params)), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(new.dense_ggn(params), old.dense_ggn(params), **TOL)
+    labels = new.loss.sample(new.outputs(params), seed=3, k=1)  # N(z, ½ I): curvlinops' MSE draws
+    if fisher == "empirical":
+        np.testing.assert_allclose(new.dense_fisher(params, "empirical"),
+                                   Cn * old.dense_fisher(params, "empirical"), **TOL)
+    A_new, G_new = C.layer_factors(new, params, fisher=fisher, labels=labels)
+    A_old, G_old = C.layer_factors(old, params, fisher=fisher, labels=labels)
+    ratio = 1.0 if fisher == "true" else Cn
+    for l in range(oracle.model.num_layers):
+        np.testing.assert_allclose(A_new[l], A_old[l], **TOL)
+        np.testing.assert_allclose(G_new[l], ratio * G_old[l], **TOL)
+    # The closed form of the empirical G from single-example passes (sum reduction, ℓ_i alone).
+    if fisher == "empirical":
+        single = Gaussian("sum", variance=0.5)
+        Dg = [layer_statistics(oracle.model, single, params, oracle.X[i:i + 1], oracle.y[i:i + 1]).output_grads
+              for i in range(B)]
+        for l in range(oracle.model.num_layers):
+            expect = sum(np.outer(d[l][0], d[l][0]) for d in Dg) / (B * Cn)
+            np.testing.assert_allclose(G_new[l], expect, **TOL)
 
 
 def test_injected_draws_reproduce_seeded_ones():

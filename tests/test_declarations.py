@@ -403,10 +403,12 @@ def test_hyperparameters_are_the_constructor_s_arguments_and_round_trip(name, kw
 
 
 @pytest.mark.parametrize("name, switch, values", [
-    ("lbfgs", "damping", (None, "powell")), ("lbfgs", "line_search", ("strong_wolfe", "armijo", "none", "minfunc")),
-    ("bfgs", "line_search", ("strong_wolfe", "armijo", "none")), ("dfp", "line_search", ("strong_wolfe", "armijo", "none")),
-    ("sr1", "line_search", ("strong_wolfe", "armijo", "none")),
-    ("sherman_morrison", "line_search", ("strong_wolfe", "armijo", "none")), ("kfac", "adapt_damping", (False, True))])
+    ("lbfgs", "damping", (None, "powell")),
+    ("lbfgs", "line_search", ("strong_wolfe", "armijo", "none", "minfunc", "minpack")),
+    ("bfgs", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),
+    ("dfp", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),
+    ("sr1", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),
+    ("sherman_morrison", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")), ("kfac", "adapt_damping", (False, True))])
 def test_conventions_once_validated_outside_a_switch_are_declared(name, switch, values):
     """L-BFGS's damping, the secant methods' line search (minfunc, which the torch profile needs, included)
     and K-FAC's adapt_damping are Switches: searched, in the generated table, validated by set_switch."""

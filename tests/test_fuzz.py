@@ -223,7 +223,7 @@ VALID_ARGUMENTS = {
     "block_size": [2, 1, 3, 100], "blocks": SWITCHES, "bs": [2, 1, 8], "c1": [1e-3, 0.1, 0.4], "c2": [0.5, 0.99],
     "cg_maxiter": [5, 1, 50], "cg_tol": [1e-6, 0.1], "curvature": SWITCHES, "curvature_skip": [1e-8, 0.0],
     "curvature_skip_rule": SWITCHES, "damping": [1e-3, 0.1, 1.0], "damping_decrease": [0.5, 0.9],
-    "damping_increase": [3.0, 1.1], "damping_interval": [1, 10], "damping_scheme": SWITCHES, "decay": [0.5, 0.0, 0.99],
+    "damping_increase": [3.0, 1.1], "damping_interval": [1, 10], "dampening": [0.5, 0.0, 1.0], "damping_scheme": SWITCHES, "decay": [0.5, 0.0, 0.99],
     "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12],
     "eps": Scaled((0.01, 100.0)), "eps_mode": SWITCHES, "eps_root": [1e-8, 1e-3, 0.0], "eta": [0.1, 0.0, 0.25],
     "exponent": [-0.25, -0.5, -1.0, None], "factor_init": SWITCHES, "factor_interval": [2, 1, 3],
@@ -238,7 +238,7 @@ VALID_ARGUMENTS = {
     "modification": SWITCHES, "momentum": [0.5, 0.0, 0.99], "nesterov": [True, False], "output_grad_scale": SWITCHES,
     "parametrization": SWITCHES, "powell": [0.5, 0.1], "precondition": SWITCHES, "precondition_interval": [2, 1, 5],
     "probe_distribution": SWITCHES, "probes": [2, 1, 4], "progress_tol": [5e-4, 1e-4, None], "refresh": SWITCHES,
-    "samples": [2, 1, 3], "scale_decay": [0.5, 0.0, 0.99, None], "secant_decay": [0.5, 0.0, 0.99],
+    "root": SWITCHES, "samples": [2, 1, 3], "scale_decay": [0.5, 0.0, 0.99, None], "secant_decay": [0.5, 0.0, 0.99],
     "seed": [1, 0, MAX_SEED], "solver": ["dense", "cg", "auto"], "spatial_axis": [1, 0], "spatial_block": [-1, 1, 2],
     "sr1_skip": [1e-6, 0.0], "start_step": [2, 1, 5], "statistics": SWITCHES, "step_rule": SWITCHES,
     "variant": SWITCHES, "vector_diagonal": [True, False], "warm_start": [0.5, 0.0, 0.95],
@@ -246,8 +246,8 @@ VALID_ARGUMENTS = {
 }
 _QN_SEARCHES = ["armijo", "none", "strong_wolfe"]
 ARG_OVERRIDES = {
-    **{(n, "line_search"): _QN_SEARCHES for n in ("bfgs", "dfp", "sr1", "sherman_morrison")},
-    ("lbfgs", "line_search"): _QN_SEARCHES + ["minfunc"],
+    **{(n, "line_search"): _QN_SEARCHES + ["minpack", "scipy"] for n in ("bfgs", "dfp", "sr1", "sherman_morrison")},
+    ("lbfgs", "line_search"): _QN_SEARCHES + ["minfunc", "minpack"],
     **{(n, "damping"): [None] for n in ("dfp", "sr1", "sherman_morrison")},     # Powell damping: BFGS only
     **{(n, "damping"): ["powell", None] for n in ("bfgs", "lbfgs")},
     **{(n, "damping"): [1e-3, 1.0, 0.0] for n in ("newton", "gauss_newton", "newton_cg")},
@@ -260,7 +260,7 @@ ARG_OVERRIDES = {
     ("natural_gradient", "cg_maxiter"): [5, 1, 50],
 }
 # Arguments that only make sense with another one set (a value alone would be refused by design)
-REQUIRES = {("sgd", "nesterov"): {"momentum": 0.9}, ("shampoo", "nesterov"): {"momentum": 0.9},
+REQUIRES = {("sgd", "nesterov"): {"momentum": 0.9}, ("sgd", "dampening"): {"momentum": 0.9}, ("shampoo", "nesterov"): {"momentum": 0.9},
             ("shampoo", "precondition"): {"momentum": 0.9}, ("kfac", "bias_block"): {"damping_scheme": "tikhonov"}}
 
 

@@ -503,3 +503,134 @@ def test_alpha_max_without_sufficient_decrease_returns_through_the_fallback():
     # measurable values (ε_k = 0): the same φ brackets and zooms instead of reaching α_max
     res = strong_wolfe(lambda t: (-0.1 * t, -1.0), 0.0, -1.0, alpha0=1.0, alpha_max=1.0, c1=0.4, epsilon_k=0.0)
     assert res.alpha < 1.0
+
+
+# --- MINPACK-2's dcsrch and scipy's wolfe1 → wolfe2, against scipy itself ----------------------------------
+def _scipy_dcsrch_trials(fn, alpha0, c1, c2, xtol, stpmin, stpmax, maxiter=100):
+    """The trial steps scipy's DCSRCH evaluates on φ = fn (and its task)."""
+    from scipy.optimize._dcsrch import DCSRCH
+    trials = []
+
+    def phi(a):
+        trials.append(a)
+        return fn(a)[0]
+    stp, _, _, task = DCSRCH(phi, lambda a: fn(a)[1], c1, c2, xtol, stpmin, stpmax)(
+        alpha0, phi0=fn(0.0)[0], derphi0=fn(0.0)[1], maxiter=maxiter)
+    return trials, stp, task
+
+
+def _quartic(a):
+    return (a - 3) ** 4 - 5 * a, 4 * (a - 3) ** 3 - 5
+
+
+_ROSEN = rosenbrock()
+_ROSEN_G = _ROSEN.grad(np.asarray(_ROSEN.x0, dtype=float))
+
+
+def _rosenbrock_line(a):   # Rosenbrock from (−1.2, 1) along −g (‖g‖ ≈ 232): the unit step fails by far
+    x = np.asarray(_ROSEN.x0, dtype=float) - a * _ROSEN_G
+    return _ROSEN.f(x), float(_ROSEN.grad(x) @ -_ROSEN_G)
+
+
+DCSRCH_FUNCTIONS = [fn for fn, _, _ in MT_CASES] + [_quartic, _rosenbrock_line]
+DCSRCH_SETTINGS = [(1e-3, 0.1, 0.1, 0.0, 1e10), (1e-3, 0.9, 0.1, 0.0, 1e10),    # L-BFGS-B's tolerances
+                   (1e-4, 0.9, 1e-14, 1e-100, 1e100), (1e-3, 0.1, 1e-14, 1e-100, 1e100)]  # scipy BFGS's
+
+
+@pytest.mark.parametrize("case", range(len(DCSRCH_FUNCTIONS)))
+@pytest.mark.parametrize("alpha0", [1e-3, 1e-1, 1.0, 10.0, 1e3])
+def test_dcsrch_evaluates_scipys_trial_points(case, alpha0):
+    """Every trial step of refopt's dcsrch is scipy's DCSRCH's, bit for bit, with the same outcome."""
+    pytest.importorskip("scipy")
+    from refopt.linesearch import dcsrch
+    fn = DCSRCH_FUNCTIONS[case]
+    for c1, c2, xtol, stpmin, stpmax in DCSRCH_SETTINGS:
+        theirs, stp, task = _scipy_dcsrch_trials(fn, alpha0, c1, c2, xtol, stpmin, stpmax)
+        phi = Counted(fn)
+        trials = []
+        res = dcsrch(lambda a: (trials.append(a), phi(a))[1], *fn(0.0), alpha0=alpha0, c1=c1, c2=c2, xtol=xtol,
+                     stpmin=stpmin, stpmax=stpmax, max_evals=99)
+        assert trials == theirs
+        assert res.nfev == phi.calls == len(trials)
+        assert (res.status == "converged") == (task[:4] == b"CONV")
+        if res.status == "converged":
+            assert res.alpha == stp
+            assert_strong_wolfe(res, *fn(0.0), c1, c2)
+
+
+def test_dcsrch_comparison_can_fail():
+    """Where the first trial fails, another search (refopt's N&W zoom) tries other points than scipy's
+    DCSRCH: the trial-by-trial comparison above would see a different rule."""
+    pytest.importorskip("scipy")
+    theirs, _, _ = _scipy_dcsrch_trials(_rosenbrock_line, 1.0, 1e-4, 0.9, 1e-14, 1e-100, 1e100)
+    ours = []
+    strong_wolfe(lambda a: (ours.append(a), _rosenbrock_line(a))[1], *_rosenbrock_line(0.0), alpha0=1.0)
+    assert len(theirs) > 2 and ours[0] == theirs[0] and ours[1:] != theirs[1:]
+
+
+def _lying(a):      # the slope always says "descending": dcsrch ends on a warning, scipy falls back to wolfe2
+    return (a - 0.5) ** 2 - 0.25, -1.0
+
+
+def _stairs(a):     # values rounded to 1e-3, slopes of the smooth function: wolfe1 fails, wolfe2 converges
+    return math.floor(1e3 * (a - 1.0) ** 2) / 1e3, 2.0 * (a - 1.0)
+
+
+def _lying_near(a):  # a wrong slope near the minimiser: wolfe1 fails, wolfe2 returns its tenth doubling
+    return (a - 1) ** 2, 2 * (a - 1) if abs(a - 1) > 0.2 else -0.5
+
+
+def _kink(a):
+    return abs(a - 1) - 0.5 * a, (1.0 if a > 1 else -1.0) - 0.5
+
+
+WOLFE12_FUNCTIONS = DCSRCH_FUNCTIONS + [_lying, _stairs, _lying_near, _kink]
+
+
+@pytest.mark.parametrize("case", range(len(WOLFE12_FUNCTIONS)))
+@pytest.mark.parametrize("alpha0", [1e-3, 1.0, 1e3])
+def test_scipy_wolfe_evaluates_scipys_trial_points(case, alpha0):
+    """scipy_wolfe tries scipy's line_search_wolfe1 points, then (where dcsrch fails) its wolfe2 points."""
+    sl = pytest.importorskip("scipy.optimize._linesearch")
+    from refopt.linesearch import scipy_wolfe
+    fn = WOLFE12_FUNCTIONS[case]
+    phi0, dphi0 = fn(0.0)
+    for c1, c2 in ((1e-4, 0.9), (1e-4, 0.1), (0.3, 0.4)):
+        theirs = []
+
+        def f(x):
+            theirs.append(float(x[0]))
+            return fn(float(x[0]))[0]
+        # old_fval/old_old_fval chosen so that scipy's α₁ = min(1, 1.01·2(φ0 − φ_old)/φ'(0)) is alpha0
+        old = phi0 - alpha0 * dphi0 / 2.02 if alpha0 < 1 else None
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ret = sl.line_search_wolfe1(f, lambda x: np.array([fn(float(x[0]))[1]]), np.zeros(1), np.ones(1),
+                                        np.array([dphi0]), phi0, old, c1=c1, c2=c2, amin=1e-100, amax=1e100)
+            if ret[0] is None:
+                ret = sl.line_search_wolfe2(f, lambda x: np.array([fn(float(x[0]))[1]]), np.zeros(1), np.ones(1),
+                                            np.array([dphi0]), phi0, old, c1=c1, c2=c2, amax=1e100)
+        a0 = min(1.0, 1.01 * 2 * (phi0 - old) / dphi0) if old is not None else 1.0
+        ours = []
+        res = scipy_wolfe(lambda a: (ours.append(a), fn(a))[1], phi0, dphi0, alpha0=a0, c1=c1, c2=c2)
+        assert ours == theirs
+        # scipy's step, except that refopt never returns a higher value (scipy's untested tenth doubling may be)
+        assert res.alpha == (ret[0] if ret[0] is not None and fn(ret[0])[0] < phi0 else 0.0)
+
+
+def test_dcsrch_statuses_and_non_finite_values():
+    """A non-finite trial is backed off from (MINPACK would turn NaN), statuses are refopt's, and failures
+    return a decrease or α = 0."""
+    from refopt.linesearch import dcsrch
+    res = dcsrch(lambda a: (math.inf, math.nan) if a > 2 else _quartic(a), *_quartic(0.0), alpha0=100.0)
+    assert res.status == "converged" and res.alpha <= 2
+    res = dcsrch(lambda a: (-a, -1.0), 0.0, -1.0, alpha0=1.0, stpmax=10.0)          # unbounded below
+    assert res.status == "max_step" and res.alpha == 10.0
+    res = dcsrch(lambda a: (1.0 + a, 1.0), 1.0, -1.0, alpha0=1.0, max_evals=5)      # a lying derivative
+    assert res.status != "converged" and res.alpha == 0.0 and res.nfev <= 5
+    assert dcsrch(lambda a: _quartic(a), 0.0, 1.0).status == "not_descent"
+    with pytest.raises(ValueError, match="xtol"):
+        dcsrch(_quartic, *_quartic(0.0), xtol=-1.0)
+    with pytest.raises(ValueError, match="stpmin"):
+        dcsrch(_quartic, *_quartic(0.0), alpha0=1.0, stpmin=2.0)

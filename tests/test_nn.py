@@ -314,11 +314,58 @@ def test_gaussian_targets_take_the_outputs_dtype():
     assert value.dtype == np.float32
 
 
+@settings(max_examples=10)
+@given(kind=st.sampled_from(["softmax", "gaussian", "bernoulli"]), B=st.integers(1, 5), C=st.integers(2, 4),
+       seed=seeds)
+def test_mean_all_reduction_closed_forms(kind, B, C, seed):
+    """"mean_all" is (1/(B·E)) Σ_i ℓ_i with E = C entries per example (Gaussian, Bernoulli) or E = 1
+    (softmax CE, where it is "mean" bit for bit); the gradient in z is r/(B·E); scale(B, C) = 1/(B·E);
+    the likelihood's pieces (H_i, output Fisher, samples) do not depend on the reduction."""
+    gen = np.random.default_rng(seed)
+    loss_sum, z, y = make_problem(kind, "sum", B, C, gen)
+    kw = {"variance": loss_sum.variance} if kind == "gaussian" else {}
+    loss_all, loss_mean = type(loss_sum)("mean_all", **kw), type(loss_sum)("mean", **kw)
+    E = 1 if kind == "softmax" else C
+    per = loss_sum.per_example(z, y)
+    np.testing.assert_allclose(loss_all(z, y), per.sum() / (B * E), rtol=1e-12)
+    assert loss_all.scale(B, C) == 1.0 / (B * E) and loss_all.entries(C) == E
+    np.testing.assert_allclose(ad.grad(lambda zz: loss_all(zz, y))(z), loss_sum.output_grad(z, y) / (B * E), **TOL)
+    np.testing.assert_array_equal(loss_all.output_grad(z, y), loss_mean.output_grad(z, y))  # per example
+    np.testing.assert_array_equal(loss_all.output_hessian(z, y), loss_mean.output_hessian(z, y))
+    np.testing.assert_array_equal(loss_all.output_fisher(z), loss_mean.output_fisher(z))
+    np.testing.assert_array_equal(loss_all.sample(z, seed=seed % 1000, k=2), loss_mean.sample(z, seed=seed % 1000, k=2))
+    if kind == "softmax":
+        assert loss_all(z, y) == loss_mean(z, y) and loss_all.scale(B) == loss_mean.scale(B)
+    else:
+        with pytest.raises(ValueError, match="outputs=C"):
+            loss_all.scale(B)
+
+
+def test_torch_loss_mappings_in_closed_form():
+    """torch's MSELoss("mean") = mean((z − y)²) is Gaussian(0.5, "mean_all"); the per-example mapping
+    Gaussian(C/2, "mean") has the same value; BCEWithLogitsLoss("mean") (the mean of the elementwise
+    sigmoid cross-entropy) is Bernoulli("mean_all") and C× smaller than Bernoulli("mean")."""
+    gen = np.random.default_rng(4)
+    B, C = 6, 3
+    z, y = gen.standard_normal((B, C)), gen.standard_normal((B, C))
+    np.testing.assert_allclose(Gaussian("mean_all", variance=0.5)(z, y), np.mean((z - y) ** 2), rtol=1e-14)
+    np.testing.assert_allclose(Gaussian("mean", variance=C / 2)(z, y), np.mean((z - y) ** 2), rtol=1e-14)
+    np.testing.assert_allclose(Gaussian("sum", variance=0.5)(z, y), np.sum((z - y) ** 2), rtol=1e-14)
+    t = gen.integers(0, 2, (B, C)).astype(float)
+    bce = np.mean(np.logaddexp(0.0, z) - t * z)
+    np.testing.assert_allclose(Bernoulli("mean_all")(z, t), bce, rtol=1e-14)
+    np.testing.assert_allclose(Bernoulli("mean")(z, t), C * bce, rtol=1e-14)
+    # Sampling belongs to the likelihood: Gaussian(variance=σ²) draws y = z + σ ε, ε from rng(seed).
+    eps = np.random.default_rng(9).standard_normal((1, B, C))
+    np.testing.assert_array_equal(Gaussian("mean_all", variance=0.5).sample(z, 9), z[None] + 0.5 ** 0.5 * eps)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Per-layer statistics.
 
 @settings(max_examples=10)
-@given(kind=st.sampled_from(["softmax", "gaussian", "bernoulli"]), reduction=st.sampled_from(["mean", "sum"]),
+@given(kind=st.sampled_from(["softmax", "gaussian", "bernoulli"]),
+       reduction=st.sampled_from(["mean", "mean_all", "sum"]),
        depth=st.integers(1, 3), B=st.integers(1, 4), act=st.sampled_from(["tanh", "relu", "softplus"]), seed=seeds)
 def test_layer_statistics_reproduce_the_gradient(kind, reduction, depth, B, act, seed):
     """∇W_l = Σ_i a_{l−1,i} g_{l,i}ᵀ and ∇b_l = Σ_i g_{l,i}; example i's own gradient is g_{l,i}/scale."""
@@ -347,7 +394,7 @@ def test_layer_statistics_reproduce_the_gradient(kind, reduction, depth, B, act,
     i = int(gen.integers(0, B))
     sl = slice(i, i + 1)
     gi = ad.grad(lambda p: ad.sum(loss.per_example(model.apply(p, X[sl]), y[sl])))(params)
-    scale = loss.scale(B)
+    scale = loss.scale(B, sizes[-1])
     for l in range(model.num_layers):
         own = np.outer(stats.inputs[l][i], stats.output_grads[l][i]) / scale
         np.testing.assert_allclose(own, gi[l]["W"], **TOL)

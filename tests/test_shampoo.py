@@ -64,7 +64,10 @@ def dense_direction(grads, eps, p=None, mode="add", beta2=None, c0=0.0, debias=F
                                 dict(initial_accumulator=-1.0), dict(weight_decay=-1.0),
                                 dict(weight_decay_mode="adamw"), dict(nesterov=1), dict(nesterov=True),
                                 dict(statistics="debiased"), dict(filter_beta=1.0), dict(filter_beta=-0.1),
-                                dict(filter_beta=0.9, momentum=0.5, precondition="momentum")])
+                                dict(filter_beta=0.9, momentum=0.5, precondition="momentum"), dict(root="qr"),
+                                dict(root="svd", eps_mode="relative"),
+                                dict(precondition="blended", momentum=0.5, nesterov=True),
+                                dict(precondition="blended", filter_beta=0.5)])
 def test_bad_hyperparameters_raise(kw):
     with pytest.raises(ValueError, match=list(kw)[0]):
         Shampoo(**kw)
@@ -345,6 +348,48 @@ def test_momentum_two_steps(precondition):
         H = [sum(unfold(G, i) @ unfold(G, i).T for G in GRADS[:2]) for i in range(2)]
         step2 = psd_power(H[0], -0.25, 0.1) @ (mu * GRADS[0] + GRADS[1]) @ psd_power(H[1], -0.25, 0.1)
     np.testing.assert_allclose(x, X0 - 0.5 * d1 - 0.5 * step2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2])
+def test_blended_momentum_three_steps(lam):
+    """pytorch_optimizer's momentum: G̃_1 = G_1, G̃_t = (1 − μ)G_t + μP_{t−1} (+ λθ_t after the blend) feeds the
+    statistics and the step P_t = P(G̃_t) computed densely from the G̃'s."""
+    mu, lr = 0.6, 0.5
+    x = run(Shampoo(lr=lr, eps=0.1, momentum=mu, precondition="blended", weight_decay=lam), X0.copy(), GRADS[:3])[0]
+    xs, blended, P = [X0], [], None
+    for G in GRADS[:3]:
+        Gt = (G if P is None else (1 - mu) * G + mu * P) + lam * xs[-1]
+        blended.append(Gt)
+        P = dense_direction(blended, 0.1)
+        xs.append(xs[-1] - lr * P)
+    np.testing.assert_allclose(x, xs[-1], rtol=1e-12)
+    plain = run(Shampoo(lr=lr, eps=0.1, momentum=mu, weight_decay=lam), X0.copy(), GRADS[:3])[0]
+    assert np.max(np.abs(plain - x)) > 1e-3   # not the usual m ← μm + P(G)
+
+
+def test_blended_without_momentum_is_plain_shampoo():
+    a = run(Shampoo(lr=0.5, eps=0.1, precondition="blended"), X0.copy(), GRADS[:3])[0]
+    b = run(Shampoo(lr=0.5, eps=0.1), X0.copy(), GRADS[:3])[0]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("eps_mode", ["add", "floor"])
+def test_svd_roots_equal_eigh_roots(eps_mode):
+    """root="svd" is U diag(s)^p Vᵀ (pytorch_optimizer's compute_power_svd): for the PSD statistics the same
+    matrix as eigh's up to rounding, and the transcription (psd_power, by the SVD) to 1e-12."""
+    a = run(Shampoo(lr=0.5, eps=0.1, eps_mode=eps_mode, root="svd"), X0.copy(), GRADS[:2])[0]
+    b = run(Shampoo(lr=0.5, eps=0.1, eps_mode=eps_mode), X0.copy(), GRADS[:2])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    expected = X0 - 0.5 * dense_direction(GRADS[:1], 0.1, mode=eps_mode) - 0.5 * dense_direction(GRADS[:2], 0.1,
+                                                                                                 mode=eps_mode)
+    np.testing.assert_allclose(a, expected, rtol=1e-12)
+
+
+def test_svd_root_of_a_zero_statistic_stays_finite():
+    """A zero gradient makes every singular value 0; the positive floor (or the added ε) keeps the root finite."""
+    for eps_mode in ("floor", "add"):
+        x, _, info = run(Shampoo(eps=1e-3, eps_mode=eps_mode, root="svd"), X0.copy(), [np.zeros_like(X0)])
+        assert not info["skipped"] and np.array_equal(x, X0)
 
 
 @pytest.mark.parametrize("mode", ["l2", "decoupled"])

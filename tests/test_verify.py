@@ -70,6 +70,106 @@ def test_search_finds_planted_convention(tmp_path):
     assert search_conventions(str(path)) == [{"nesterov": True}]
 
 
+def _relabelled(name, steps=12, **changes):
+    """A trace of profile ``name`` whose meta states only the profile's plain hyperparameters (switches at
+    their defaults), with ``changes`` to them: what a verifier who does not know the conventions writes."""
+    from refopt.optim import optimizer_class
+    from refopt.verify.profiles import PROFILES
+    prof = PROFILES[name]
+    trace = make_trace(prof.optimizer, {}, "tiny_mlp", steps=steps, profile=name)
+    switches = optimizer_class(prof.optimizer).switches
+    trace.meta["hyperparameters"] = {k: v for k, v in prof.hyperparameters.items() if k not in switches} | changes
+    trace.meta["profile"] = None
+    return trace
+
+
+def test_search_answers_the_smallest_set_and_drops_no_op_switches():
+    """AdaHessian's official profile: the answer is the two switches that matter. Injected probes make
+    probe_distribution a no-op, weight_decay=0 makes weight_decay_mode one: reported once, in no match.
+    `absolute` alone changes nothing (v averages D²) but does with spatial averaging: it stays."""
+    found = search_conventions(_relabelled("amirgholami/adahessian"))
+    assert found == [{"spatial_block": -1, "absolute": True}]
+    assert found.no_effect == ("probe_distribution", "weight_decay_mode") and found.diagnosis is None
+
+
+def test_search_lists_equivalent_settings_once():
+    """Official SophiaH: refresh=None means 'after' there, and a draw distribution is moot when the draws are
+    injected, so the longer settings run bit for bit as {parametrization: official} and are not listed."""
+    assert search_conventions(_relabelled("Liuhong99/Sophia.SophiaH")) == [{"parametrization": "official"}]
+
+
+def test_search_orders_ties_by_declaration():
+    """With a tolerance that everything passes, the matches come fewest switches first, ties in the order of
+    the class's conventions and of each switch's choices."""
+    from refopt.optim import optimizer_class
+    trace = make_trace("adam", {"lr": 0.01, "eps": 0.1}, "tiny_mlp", steps=2)
+    found = search_conventions(trace, rtol=1.0, atol=1.0)
+    switches = optimizer_class("adam").switches
+    names = list(switches)
+
+    def key(m):
+        return len(m), sorted((names.index(k), switches[k].index(v)) for k, v in m.items())
+    assert found[0] == {} and len(found) > 3 and list(found) == sorted(found, key=key)
+    assert found[1] == {names[0]: switches[names[0]][1]}
+
+
+def test_diagnosis_names_the_learning_rate():
+    """SGD with momentum run at lr = 0.2, labelled 0.1: no switch matches; the step ratio at step 1 is 2 on
+    every coordinate, and refopt with lr = 0.2 reproduces all 30 steps."""
+    trace = make_trace("sgd", {"lr": 0.2, "momentum": 0.9}, "tiny_mlp", steps=30)
+    trace.meta["hyperparameters"]["lr"] = 0.1
+    found = search_conventions(trace)
+    assert found == [] and found.diagnosis.step == 1 and found.diagnosis.ratio == pytest.approx(2.0, rel=1e-12)
+    findings = found.diagnosis.findings
+    assert list(findings)[0] == "lr"
+    assert findings["lr"] == "the learning rate differs by 2.0: refopt with lr=0.2 reproduces all 30 steps"
+    assert "2.0 × refopt's on every coordinate at step 1" in findings["step_ratio"]
+    assert findings["onset"].startswith("differs from step 1") and "leaves" not in findings
+
+
+def test_diagnosis_of_a_sign_flip_and_of_the_bias_leaves():
+    """Their θ_t = 2θ_0 − θ_t (every step reversed): a sign flip at every step. Their biases moved by
+    an extra 1e-3 per step: only the bias leaves differ, and no constant ratio is claimed."""
+    from refopt.verify.trace import diagnose_divergence
+    ours = make_trace("adam", {"lr": 0.02}, "tiny_mlp", steps=10)
+    flipped = make_trace("adam", {"lr": 0.02}, "tiny_mlp", steps=10)
+    flipped.params = [T.tree_map2(lambda a, b: 2 * a - b, ours.params[0], p) for p in ours.params]
+    d = diagnose_divergence(ours, flipped)
+    assert d.ratio == pytest.approx(-1.0) and "every step from 1 to 10" in d.findings["sign_flip"]
+    assert "step_ratio" not in d.findings and "lr" not in d.findings
+    biased = make_trace("adam", {"lr": 0.02}, "tiny_mlp", steps=10)
+    biased.params = [[{"W": layer["W"], "b": layer["b"] + 1e-3 * t} for layer in p] for t, p in enumerate(ours.params)]
+    d = diagnose_divergence(ours, biased)
+    assert d.ratio is None and d.findings["leaves"].startswith("only the bias leaves 0.b, 1.b differ at step 1")
+    assert diagnose_divergence(ours, ours) is None
+
+
+def test_diagnosis_of_a_later_divergence():
+    """Sophia-G refreshing every 3 steps, labelled every 2: both refresh at step 1, so they agree for 2 steps."""
+    trace = make_trace("sophia_g", {"lr": 0.05, "k": 3, "gamma": 50.0}, "tiny_mlp", steps=8)
+    trace.meta["hyperparameters"]["k"] = 2
+    found = search_conventions(trace)
+    assert found == [] and found.diagnosis.step == 3
+    assert found.diagnosis.findings["onset"].startswith("agrees for 2 steps, then parts at step 3")
+
+
+def test_cli_search_prints_no_effect_and_diagnosis(tmp_path, capsys):
+    from refopt.cli import main
+    path = tmp_path / "adahessian.npz"
+    export_trace(_relabelled("amirgholami/adahessian", steps=4), str(path))
+    assert main(["verify", "check", str(path), "--search"]) == 1
+    out = capsys.readouterr().out
+    assert "  matches refopt with spatial_block=-1, absolute=True\n" in out
+    assert "  has no effect on this trace: probe_distribution, weight_decay_mode" in out
+    trace = make_trace("sgd", {"lr": 0.2}, "tiny_mlp", steps=5)
+    trace.meta["hyperparameters"]["lr"] = 0.1
+    export_trace(trace, str(path))
+    assert main(["verify", "check", str(path), "--search"]) == 1
+    out = capsys.readouterr().out
+    assert "no combination of refopt's convention switches reproduces it; the divergence:" in out
+    assert "    the learning rate differs by 2.0: refopt with lr=0.2 reproduces all 5 steps" in out
+
+
 def test_compare_identical_traces():
     a = make_trace("sgd", {"lr": 0.1}, "tiny_logistic", steps=2)
     assert compare_traces(a, a, 0, 0) is None

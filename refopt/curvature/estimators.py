@@ -5,7 +5,7 @@
 * Gauss-Newton-Bartlett (Sophia, Liu et al. 2023, Algorithm 2): draw ŷ_i ∼ p(·|x_i) and let ĝ be the
   gradient of the reduced loss at those labels. Since E[r̂] = 0 under the model, E[ĝ ĝᵀ] =
   scale² Σ_i J_iᵀ E[r̂ r̂ᵀ] J_i = scale · GGN, so ĥ = ĝ ⊙ ĝ / scale estimates diag(GGN) without bias:
-  ĥ = B · ĝ ⊙ ĝ for mean reduction (Sophia's formula), ĥ = ĝ ⊙ ĝ for sum reduction.
+  ĥ = B · ĝ ⊙ ĝ for mean reduction (Sophia's formula), B·C · ĝ ⊙ ĝ for mean_all, ĝ ⊙ ĝ for sum.
 
 Probe layout (for injecting draws): a probe is a tree shaped like the parameters. Drawn from a seed,
 the k probes come from one host Generator: for j = 1..k, for each parameter leaf in tree order, one
@@ -53,8 +53,8 @@ def gnb_diagonal(model, loss, params, X, labels):
     With several label sets (a leading axis of length k), the k estimates are averaged. One forward
     pass is recorded for all of them: ĝ_j = Jᵀ (scale · r̂_j), one pullback per label set.
     """
-    scale = loss.scale(X.shape[0])
     z, pullback = network_vjp(model, params, X)
+    scale = loss.scale(*z.shape)
     total = None
     for r in sampled_output_grads(loss, z, labels):
         g = pullback(scale * r)

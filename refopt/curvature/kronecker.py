@@ -13,10 +13,11 @@ Dg_i = ∂ℓ_i/∂s_l, and row-major vec(u vᵀ) = u ⊗ v, so
          ≈ A_l ⊗ G_l                                   (K-FAC: expectation of a product ≈ product)
 
     A_l = (1/B) Σ_i ā_i ā_iᵀ                          (B = batch size)
-    G_l = (B · scale) · (1/B) Σ_i E_y[Dg_i Dg_iᵀ]      (scale = 1/B for "mean", 1 for "sum")
+    G_l = (B · scale) · (1/B) Σ_i E_y[Dg_i Dg_iᵀ]      (scale = 1/B "mean", 1/(B·C) "mean_all", 1 "sum")
 
 Scaling of G with the reduction: for reduction="mean" G is the plain average of the per-example
-outer products E[Dg Dgᵀ]; for reduction="sum" it is B times that, so that in both cases A ⊗ G
+outer products E[Dg Dgᵀ]; for "mean_all" (torch's MSELoss / BCEWithLogitsLoss mean) 1/C of that, as
+curvlinops' K-FAC; for reduction="sum" it is B times that, so that in every case A ⊗ G
 approximates the Fisher of the *reduced* loss L that the optimizer sees. In terms of the MLP's layer
 statistics g_i = ∂L/∂s_l (gradient of the reduced loss, g_i = scale · Dg_i) this is
 G_l = (1/scale) Σ_i g_i g_iᵀ. Kronecker-vector products follow the row-major rule
@@ -247,7 +248,7 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
     if fisher is not None and fisher not in FISHER_ESTIMATES:
         raise ValueError(f"fisher must be one of {FISHER_ESTIMATES}, got {fisher!r}")
     cap = capture_layers(model, params, X)
-    scale = loss.scale(X.shape[0])
+    scale = loss.scale(*cap.z.shape)
     value, dz = _reduced_output_grad(loss, cap.z, y)
     g = cap.pullback(dz)
     grad = [{"W": a.T @ gl, "b": xp.sum(gl, axis=0)} for a, gl in zip(cap.inputs, g)] if gradient else None

@@ -1,7 +1,8 @@
 """Curvature-vector products of a network loss L(θ) = scale · Σ_i ℓ_i(f(x_i; θ), y_i).
 
 J is the Jacobian of the stacked outputs z = f(X; θ) (batch × C) with respect to θ; H_i is the loss's
-output Hessian for example i (see ``refopt.nn.losses``). With ``scale`` = 1/B (mean) or 1 (sum):
+output Hessian for example i (see ``refopt.nn.losses``). With ``scale`` = 1/B (mean), 1/(B·C) (mean_all, one
+entry per output) or 1 (sum), ``loss.scale(B, C)``:
 
 * Hessian:            H v  = ∇_θ ⟨∇_θ L, v⟩                     (forward-over-reverse autodiff)
 * Gauss-Newton (GGN): G v  = Jᵀ (scale · H_ℓ (J v))             (jvp, output Hessian, vjp)
@@ -105,7 +106,7 @@ def sampled_output_grads(loss, z, labels):
 def ggn_vp(model, loss, params, X, y, v):
     """Gauss-Newton-vector product Jᵀ (scale · H_ℓ (J v))."""
     z, Jv, pullback = linearize(model, params, X, v)
-    return pullback(loss.scale(X.shape[0]) * loss.output_hessian_vp(z, y, Jv))
+    return pullback(loss.scale(*z.shape) * loss.output_hessian_vp(z, y, Jv))
 
 
 def fisher_vp(model, loss, params, X, y, v, kind="true", samples=1, seed=None, labels=None):
@@ -118,4 +119,4 @@ def fisher_vp(model, loss, params, X, y, v, kind="true", samples=1, seed=None, l
         if seed is None:
             raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
         labels = loss.sample(z, seed, samples)
-    return pullback(loss.scale(X.shape[0]) * output_space_product(loss, z, y, Jv, kind, labels))
+    return pullback(loss.scale(*z.shape) * output_space_product(loss, z, y, Jv, kind, labels))

@@ -1,8 +1,24 @@
 """Losses as negative log-likelihoods of the network output z (one row per example).
 
 Every loss is ℓ_i = −log p(y_i | z_i) (up to an additive constant), reduced over the batch by
-``reduction``: "mean" gives L = (1/B) Σ ℓ_i, "sum" gives L = Σ ℓ_i. ``scale(B)`` is that factor
-(1/B or 1); curvature matrices of L carry it too: GGN = scale · Σ_i J_iᵀ H_i J_i.
+``reduction``: L = scale · Σ_i ℓ_i with
+
+* "mean"     (the default): scale = 1/B, the per-example mean;
+* "mean_all": scale = 1/(B·E), the mean over every loss entry, E entries per example (``entries(C)``:
+  E = C for the Gaussian and the Bernoulli, whose ℓ_i sums one term per output; E = 1 for softmax
+  cross-entropy, whose entries are the examples, so there "mean_all" is "mean"). This is torch's
+  ``reduction="mean"`` of ``MSELoss`` and ``BCEWithLogitsLoss`` and curvlinops' normalisation by the
+  B·C loss terms;
+* "sum": scale = 1.
+
+``scale(B, C)`` is that factor; curvature matrices of L carry it too (GGN = scale · Σ_i J_iᵀ H_i J_i, the
+empirical Fisher scale · Σ_i J_iᵀ r_i r_iᵀ J_i, K-FAC's G = scale · Σ_i Dg_i Dg_iᵀ), while H_i, the output
+Fisher and the label sampling belong to ℓ_i, that is to the likelihood, and do not depend on the reduction.
+So torch's ``MSELoss(reduction="mean")`` = (1/(B·C)) Σ (z − y)² is ``Gaussian(variance=0.5,
+reduction="mean_all")``, whose ``sample`` draws N(z, ½ I) as curvlinops does; the per-example mapping
+``Gaussian(variance=C/2, reduction="mean")`` has the same value and gradient but another likelihood
+(same GGN and true Fisher, but samples N(z, C/2 · I) and an empirical Fisher and EF K-FAC G
+C× smaller). docs/core.md tabulates the torch and optax losses.
 
 Each loss knows, per example and in output space:
 * ``output_hessian_vp(z, y, u)``: H_i u_i with H_i = ∂²ℓ_i/∂z_i² (for the GGN); ``output_hessian`` dense;
@@ -27,26 +43,38 @@ from .. import autodiff as ad
 from ..autodiff.core import getval
 from ..backend import as_array, rng, xp
 
-__all__ = ["Loss", "SoftmaxCrossEntropy", "Gaussian", "Bernoulli", "LOSSES", "make_loss"]
+__all__ = ["Loss", "SoftmaxCrossEntropy", "Gaussian", "Bernoulli", "LOSSES", "REDUCTIONS", "make_loss"]
 
-_REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "mean_all", "sum")
 
 
 class Loss:
     """Base class: a reduced negative log-likelihood of network outputs z of shape (batch, C)."""
 
     name = "loss"
+    entry_per_output = True  # ℓ_i sums one term per output (Gaussian, Bernoulli); False: one per example
 
     def __init__(self, reduction: str = "mean"):
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
 
     def __repr__(self):
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
-    def scale(self, batch_size: int) -> float:
-        """The reduction's factor: 1/B for "mean", 1 for "sum"."""
+    def entries(self, outputs: int) -> int:
+        """E, the loss entries per example that "mean_all" averages over: C, or 1 for one per example."""
+        return outputs if self.entry_per_output else 1
+
+    def scale(self, batch_size: int, outputs: int | None = None) -> float:
+        """The reduction's factor: 1/B for "mean", 1/(B·E) for "mean_all" (E = ``entries(outputs)``), 1 for "sum".
+
+        ``outputs`` (C) is needed only by "mean_all" of a loss with one entry per output.
+        """
+        if self.reduction == "mean_all":
+            if outputs is None and self.entry_per_output:
+                raise ValueError(f"{type(self).__name__}(reduction='mean_all').scale needs outputs=C")
+            return 1.0 / (batch_size * self.entries(outputs))
         return 1.0 / batch_size if self.reduction == "mean" else 1.0
 
     # --- to implement -------------------------------------------------------------------------
@@ -89,7 +117,10 @@ class Loss:
             self.check_outputs(z)
             self.check_targets(z, y)
         total = ad.sum(self.per_example(z, y))
-        return ad.divide(total, float(ad.shape_of(z)[0])) if self.reduction == "mean" else total
+        B, C = ad.shape_of(z)
+        if self.reduction == "mean":
+            return ad.divide(total, float(B))
+        return ad.divide(total, float(B * self.entries(C))) if self.reduction == "mean_all" else total
 
     @staticmethod
     def _check_direction(z, u):
@@ -119,6 +150,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "softmax_cross_entropy"
+    entry_per_output = False  # one entry per example, as torch's CrossEntropyLoss: "mean_all" is "mean"
 
     def check_targets(self, z, y):
         """Require integer labels of shape (B,) in [0, C − 1]: TypeError for another dtype, else ValueError."""
@@ -164,6 +196,8 @@ class SoftmaxCrossEntropy(Loss):
 
 class Gaussian(Loss):
     """Gaussian NLL with fixed variance σ²: ℓ_i = ‖z_i − y_i‖² / (2σ²) (targets real, shape (B, C)).
+
+    torch's ``MSELoss(reduction=r)`` is ``Gaussian(variance=0.5, reduction="mean_all" if r == "mean" else r)``.
 
     Sampling: y = z + σ ε with ε standard normal drawn on the host from ``seed``.
     """
@@ -217,6 +251,8 @@ class Gaussian(Loss):
 
 class Bernoulli(Loss):
     """Independent Bernoulli NLL on logits (sigmoid cross-entropy); targets in {0, 1}, shape (B, C).
+
+    torch's ``BCEWithLogitsLoss(reduction=r)`` is ``Bernoulli("mean_all" if r == "mean" else r)``.
 
     Sampling: y = 1[u < sigmoid(z)] with u uniform on [0, 1) drawn on the host from ``seed``.
     """

@@ -51,9 +51,10 @@ _DENSE_ALTERNATIVE = "the matrix-free 'newton_cg' (Hessian-free, products only) 
 RESET_MESSAGE = "not a descent direction: reset to steepest descent"
 
 # The globalisation of the secant methods (dense quasi-Newton; L-BFGS adds "minfunc" in its own declaration).
-LINE_SEARCH = Switch("line_search", LINE_SEARCHES, "strong_wolfe",
-                     "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo backtracking (Alg. 3.1), or the bare step α₀p",
-                     "scipy BFGS, N&W Alg. 6.1 (strong_wolfe); N&W Alg. 3.1 (armijo)")
+LINE_SEARCH = Switch("line_search", LINE_SEARCHES + ("minpack", "scipy"), "strong_wolfe",
+                     "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo backtracking (Alg. 3.1), the bare step α₀p, "
+                     "MINPACK-2 dcsrch (Moré-Thuente), or scipy BFGS's dcsrch then zoom",
+                     "N&W Alg. 6.1 (strong_wolfe); N&W Alg. 3.1 (armijo); L-BFGS-B (minpack); scipy fmin_bfgs (scipy)")
 
 
 @register_state

@@ -6,7 +6,8 @@ globalisation says how far, so that the method converges from far away too (Noce
 
 Line search (N&W Ch. 3): θ⁺ = θ + α p with α from a search on φ(α) = L(θ + α p) — ``search_along``
 dispatches to ``refopt.linesearch`` ("strong_wolfe" N&W Algs. 3.5/3.6, "armijo" Alg. 3.1, "minfunc"
-torch's strong Wolfe, "none" a unit step backtracking only on non-finite values) and keeps the trial
+torch's strong Wolfe, "minpack" MINPACK-2's dcsrch as L-BFGS-B calls it, "scipy" scipy BFGS's dcsrch
+→ zoom fallback, "none" a unit step backtracking only on non-finite values) and keeps the trial
 points it evaluated, so the accepted one's loss and gradient need not be computed again. The first trial
 α₀ comes from ``initial_step`` (N&W eq. 3.60 or a unit step; the first step of a run by a library's rule).
 
@@ -29,8 +30,8 @@ from typing import Any, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import xp
-from ..linesearch import (LineSearchResult, armijo, fixed_step, minfunc_wolfe, precision_status, rounding_error,
-                          strong_wolfe)
+from ..linesearch import (LineSearchResult, armijo, dcsrch, fixed_step, minfunc_wolfe, precision_status,
+                          rounding_error, scipy_wolfe, strong_wolfe)
 from .base import check_nonnegative
 
 __all__ = ["Trial", "Outcome", "search_along", "evaluate_trial", "initial_step", "INITIAL_STEPS", "FIRST_STEPS",
@@ -42,7 +43,7 @@ __all__ = ["Trial", "Outcome", "search_along", "evaluate_trial", "initial_step",
 MAX_DAMPING = 1e300
 
 INITIAL_STEPS = ("interpolate", "unit")
-FIRST_STEPS = ("unit_length", "gradient_l1", "interpolate")
+FIRST_STEPS = ("unit_length", "gradient_l1", "interpolate", "inverse_norm")
 
 
 class Trial(NamedTuple):
@@ -105,6 +106,11 @@ def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0
         res = minfunc_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals,
                             direction_scale=float(xp.max(xp.abs(p))))
         res = precision_status(res, float(loss), values, eps_k)   # torch's points, refopt's classification
+    elif method == "minpack":   # MINPACK-2 dcsrch as L-BFGS-B's lnsrlb calls it (its xtol, stpmin, stpmax)
+        res = dcsrch(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, xtol=0.1, stpmin=0.0,
+                     stpmax=max(1e10, alpha0), max_evals=max_evals, epsilon_k=eps_k)
+    elif method == "scipy":     # scipy's _line_search_wolfe12: dcsrch, then scipy's zoom where it fails
+        res = scipy_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals, epsilon_k=eps_k)
     elif method == "armijo":
         res = armijo(phi, loss, dphi0, alpha0=alpha0, c1=c1, max_evals=max_evals, epsilon_k=eps_k)
     else:
@@ -122,11 +128,14 @@ def initial_step(rule: str, g, p, loss: float, prev_loss: float, first: bool,
     "unit_length" α₀ = min(1, 1/‖p‖₂), a step of length at most 1 (L-BFGS-B); "gradient_l1"
     α₀ = min(1, 1/‖g‖₁) (torch.optim.LBFGS); "interpolate" N&W eq. 3.60 below with the previous value
     taken as L_{k−1} = L_k + ‖g‖₂/2, i.e. α₀ = min(1, 1.01·‖g‖₂/(−gᵀp)) = min(1, 1.01/‖g‖₂) for p = −g
-    (scipy's _minimize_bfgs: old_old_fval = f + ‖g‖/2).
+    (scipy's _minimize_bfgs: old_old_fval = f + ‖g‖/2); "inverse_norm" α₀ = 1/‖p‖₂, uncapped (L-BFGS-B's
+    lnsrlb: stp = 1/‖d‖ on iteration 0, however small ‖d‖ is).
     After that, "unit" gives α₀ = 1 and "interpolate" gives N&W eq. 3.60 with their safeguard,
     α₀ = min(1, 1.01 · 2 (L_k − L_{k−1}) / φ'(0)) (as scipy's BFGS does), falling back to 1.
     """
     if first:
+        if first_rule == "inverse_norm":
+            return 1.0 / float(xp.linalg.norm(p))
         if first_rule == "gradient_l1":
             return min(1.0, 1.0 / float(xp.sum(xp.abs(g))))
         if first_rule == "interpolate":

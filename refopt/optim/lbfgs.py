@@ -24,7 +24,8 @@ Switches (defaults first):
   matrix that produced p = −Hg (on a step reset to −g, Bs is unknown and the skip rule applies instead).
 * ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9; N&W Algorithms 3.5-3.6), "armijo",
   "none", or "minfunc" (``linesearch.minfunc_wolfe``: minFunc's strong-Wolfe search as
-  torch.optim.LBFGS(line_search_fn="strong_wolfe") runs it, max_evals = torch's max_ls + 1); the first step
+  torch.optim.LBFGS(line_search_fn="strong_wolfe") runs it, max_evals = torch's max_ls + 1), or "minpack"
+  (``linesearch.dcsrch``: MINPACK-2's search as L-BFGS-B calls it, xtol = 0.1, stpmax = 1e10); the first step
   starts at α₀ from ``first_step``, later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
   L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
 * ``approximate_wolfe`` (default True): ``strong_wolfe`` accepts by Hager & Zhang's approximate Wolfe
@@ -32,7 +33,8 @@ Switches (defaults first):
   progress at that level reports ``info["line_search"] == "precision"`` and takes no step.
 * ``first_step``: "unit_length" (default: α₀ = min(1, 1/‖p‖₂), a step of length at most 1, used while
   no pair has been stored), "gradient_l1" (α₀ = min(1, 1/‖g₀‖₁) on the run's first step only:
-  torch.optim.LBFGS) or "interpolate" (scipy's first BFGS trial min(1, 1.01‖g₀‖/(−g₀ᵀp))).
+  torch.optim.LBFGS), "interpolate" (scipy's first BFGS trial min(1, 1.01‖g₀‖/(−g₀ᵀp))) or
+  "inverse_norm" (α₀ = 1/‖p‖₂ uncapped on the run's first step: L-BFGS-B).
 * ``lr`` η > 0 (default 1): multiplies every α₀ — with ``line_search="none"`` the step is η·α₀ p, as
   torch.optim.LBFGS(lr=η); with a search, η is its first trial (torch's strong-Wolfe start).
 
@@ -110,10 +112,11 @@ class LBFGS(SecantMethod):
         Switch("damping", (None, "powell"), None,
                "Powell's damped y (N&W 18.14–18.15) with Bs = −αg, or the plain pair (skip rule only)",
                "L-BFGS-B, torch.optim.LBFGS, optax (None); N&W Procedure 18.2 (powell)"),
-        Switch("line_search", LINE_SEARCHES + ("minfunc",), "strong_wolfe",
-               "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo, the bare step lr·α₀p, or minFunc's search",
-               "L-BFGS-B, scipy (strong_wolfe); optax without linesearch (none); torch line_search_fn='strong_wolfe' "
-               "(minfunc)"),
+        Switch("line_search", LINE_SEARCHES + ("minfunc", "minpack"), "strong_wolfe",
+               "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo, the bare step lr·α₀p, minFunc's search, or "
+               "MINPACK-2 dcsrch",
+               "N&W (strong_wolfe); optax without linesearch (none); torch line_search_fn='strong_wolfe' "
+               "(minfunc); L-BFGS-B (minpack)"),
     )
 
     def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,

@@ -37,7 +37,8 @@ Safeguards and switches (defaults first):
   half on Wood; see docs/newton_quasi_newton.md.)
 * ``form``: "inverse" (BFGS, DFP default; N&W Algorithm 6.1 keeps H) or "direct" (SR1 default; solves
   B p = −g). ``ShermanMorrison`` is SR1 with ``form="inverse"``.
-* ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo", or "none". The first step,
+* ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9), "armijo", "none", "minpack" (MINPACK-2's
+  dcsrch, ``linesearch.dcsrch``) or "scipy" (scipy BFGS's dcsrch → zoom, ``linesearch.scipy_wolfe``). The first step,
   before any update, starts at α₀ = min(1, 1/‖p‖) (a unit-length step, as scipy's BFGS and L-BFGS-B do);
   later steps at ``initial_step``: "interpolate" (default, N&W eq. 3.60 with α₀ ← min(1, 1.01 α₀), as
   scipy's BFGS) or "unit" (α₀ = 1). An SR1 matrix may be indefinite, so its direction may not descend:
@@ -45,7 +46,8 @@ Safeguards and switches (defaults first):
 * ``first_step``: α₀ of the run's first step: "unit_length" (default, min(1, 1/‖p‖), also used while no
   pair has been accepted), "interpolate" (scipy's _minimize_bfgs: eq. 3.60 with L₋₁ = L₀ + ‖g₀‖/2, i.e.
   min(1, 1.01‖g₀‖/(−g₀ᵀp)) = min(1, 1.01/‖g₀‖) from H₀ = I) or "gradient_l1" (min(1, 1/‖g₀‖₁),
-  torch.optim.LBFGS's rule); the last two apply to the first step only, as in those libraries.
+  torch.optim.LBFGS's rule) or "inverse_norm" (1/‖p‖, uncapped: L-BFGS-B); the last three apply to the
+  first step only, as in those libraries.
 
 Mini-batches: the pair is formed on one batch (oBFGS, Schraudolph, Yu & Günter 2007): y = ∇L_B(θ⁺) −
 ∇L_B(θ), where ∇L_B(θ⁺) is the gradient the line search evaluated at the accepted trial point on the
@@ -84,9 +86,10 @@ INITIAL_STEP = Switch("initial_step", INITIAL_STEPS, "interpolate",
                       "α₀ after the first step: N&W eq. 3.60 interpolation, or 1",
                       "scipy BFGS (interpolate); N&W §7.2 (unit)")
 FIRST_STEP = Switch("first_step", FIRST_STEPS, "unit_length",
-                    "α₀ of the run's first step: min(1, 1/‖p‖₂), min(1, 1/‖g₀‖₁), or eq. 3.60 from L₋₁ = L₀ + ‖g₀‖/2 "
-                    "(min(1, 1.01‖g₀‖/(−g₀ᵀp)))",
-                    "scipy L-BFGS-B (unit_length); torch.optim.LBFGS (gradient_l1); scipy BFGS (interpolate)")
+                    "α₀ of the run's first step: min(1, 1/‖p‖₂), min(1, 1/‖g₀‖₁), eq. 3.60 from L₋₁ = L₀ + ‖g₀‖/2 "
+                    "(min(1, 1.01‖g₀‖/(−g₀ᵀp))), or 1/‖p‖₂ uncapped",
+                    "optax lbfgs (unit_length); torch.optim.LBFGS (gradient_l1); scipy BFGS (interpolate); "
+                    "scipy L-BFGS-B (inverse_norm)")
 
 
 def _form_switch(forms: tuple) -> Switch:

@@ -1,12 +1,15 @@
 """Gradient descent, with optional heavy-ball or Nesterov momentum and weight decay.
 
     g_t = ∇L(θ_t) + λ θ_t                      (L2 weight decay, if weight_decay > 0)
-    v_t = μ v_{t−1} + g_t                       (momentum buffer; v_0 = 0, so v_1 = g_1)
+    v_t = μ v_{t−1} + (1 − δ) g_t               (momentum buffer; v_1 = g_1, undamped, as torch starts it)
     d_t = g_t + μ v_t  (nesterov)   or   v_t    (heavy ball)   or   g_t   (μ = 0)
     θ_{t+1} = θ_t − η d_t
 
-Conventions: the buffer accumulates the raw gradient with no (1 − μ) damping, as torch.optim.SGD does
-with dampening=0; ``nesterov`` uses torch's formulation (look-ahead on the gradient, not on θ).
+Conventions: the buffer accumulates the raw gradient (dampening δ = 0, torch.optim.SGD's default; δ = μ
+gives the EMA form (1 − μ)g after the first step); ``dampening`` δ is torch's: from step 2 on the gradient
+enters the buffer scaled by 1 − δ, while the first step sets v_1 = g_1 undamped (torch creates the buffer
+as a copy of the gradient), so with δ = 0 this is v_0 = 0. ``nesterov`` uses torch's formulation
+(look-ahead on the gradient, not on θ) and, as in torch, needs δ = 0.
 Source: Polyak 1964 (heavy ball), Nesterov 1983, Sutskever et al. 2013.
 """
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import NamedTuple
 
 from .. import tree as T
 from ..serialize import register_state
-from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
+from .base import (Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, show_value,
+                   step_info)
 from .update_rules import NON_FINITE_GRADIENT, decayed_gradient, descent_step, momentum
 
 __all__ = ["SGD", "SGDState"]
@@ -38,13 +42,19 @@ class SGD(Optimizer):
                "Polyak 1964 (False); torch.optim.SGD(nesterov=True), Sutskever et al. 2013 (True)"),
     )
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 dampening: float = 0.0):
         self.lr = check_positive("lr", lr)
         self.momentum = check_unit_interval("momentum", momentum)
         self.set_switch("nesterov", nesterov)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
+        self.dampening = check_nonnegative("dampening", dampening)
+        if self.dampening > 1:
+            raise ValueError(f"dampening must lie in [0, 1], got {show_value(dampening)}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        if self.nesterov and self.dampening:
+            raise ValueError("nesterov=True needs dampening=0 (as torch.optim.SGD)")
 
     def init(self, params) -> SGDState:
         """Zero velocity and step 0."""
@@ -58,7 +68,12 @@ class SGD(Optimizer):
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
         v, d = state.velocity, g
-        if self.momentum:
+        if self.momentum and self.dampening:
+            # torch: the buffer starts as a copy of g_1; later buf·μ + (1 − δ)·g_t, in that rounding order
+            v = g if state.step == 0 else T.tree_map2(lambda vi, gi: vi * self.momentum + (1.0 - self.dampening) * gi,
+                                                      v, g)
+            d = v
+        elif self.momentum:
             v, d = momentum(v, g, self.momentum, self.nesterov)           # v_t = μv_{t−1} + g_t; d_t
         new = descent_step(params, d, self.lr)                             # θ_t − η d_t
         return new, SGDState(state.step + 1, v), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))

@@ -37,8 +37,11 @@ Options (defaults: the paper's Shampoo):
   the resulting grid gets its own statistics and roots (Anil et al. 2020, "blocking").
 * ``vector_diagonal``: order-1 leaves (biases) get a full n×n statistic (False, the paper's order-1
   Shampoo) or a diagonal one, H ← H + g⊙g, P(g) = (H + ε)^p ⊙ g (True).
-* ``momentum`` μ with ``precondition`` "gradient" (m ← μm + P(G), the usual implementation) or
-  "momentum" (m ← μm + G and the step is P(m)); statistics always come from the raw G.
+* ``momentum`` μ with ``precondition`` "gradient" (m ← μm + P(G), the usual implementation),
+  "momentum" (m ← μm + G and the step is P(m)); statistics come from the raw G; or "blended"
+  (pytorch_optimizer's Shampoo): the gradient is first blended with the previous *update*,
+  G̃_t = (1 − μ)G_t + μP_{t−1} (P_0 = G_1, so G̃_1 = G_1; an L2 term λθ is added after the blend), and
+  G̃ feeds both the statistics and the step, P_t = P(G̃_t), θ ← θ − ηP_t.
   ``nesterov`` (default False): the step is P(G) + μm ("gradient", google-research scalable_shampoo's
   nesterov=True with moving_average_for_momentum=False) or P(G + μm) ("momentum"), with the new m.
 * ``filter_beta`` β₁ ∈ [0, 1) (default 0: off, the paper): the gradient is filtered before it is
@@ -46,6 +49,9 @@ Options (defaults: the paper's Shampoo):
   the statistics and the grafting accumulator keep the raw G (facebookresearch/distributed_shampoo's
   betas[0] with use_bias_correction=True, its default 0.9); the momentum μ then acts on P.
 * ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ).
+* ``root`` "eigh" (H = QΛQᵀ, R = QΛ^pQᵀ of the symmetrised H) | "svd" (H = U diag(s) Vᵀ of H as it
+  is, R = U diag(s)^p Vᵀ: pytorch_optimizer's compute_power_svd; equal in exact arithmetic for a
+  positive definite H). Under "svd" the ε of eps_mode "add" / "floor" acts on s.
 
 Bad input: a leaf of order 0 or with a zero-length mode raises ValueError in ``init``; a non-finite
 gradient (or overflowing statistics) refuses the step.
@@ -64,7 +70,7 @@ from .adagrad import accumulate_squares, adagrad_direction
 from .base import (MAX_DIMENSION, Optimizer, Switch, as_real, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, show_value, step_info)
 from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, bias_correction, decayed_gradient, descent_step,
-                           ema, graft, momentum)
+                           ema, graft, l2_decay, momentum)
 
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices", "STATISTICS", "EPS_MODES"]
 
@@ -143,12 +149,16 @@ class Shampoo(Optimizer):
         Switch("vector_diagonal", (False, True), False,
                "order-1 leaves get a diagonal statistic instead of n×n (= full-matrix Adagrad)",
                "Gupta et al. 2018 (False)"),
-        Switch("precondition", ("gradient", "momentum"), "gradient",
-               "momentum accumulates P(G), or the step preconditions the momentum P(m)", "common implementations (gradient)"),
+        Switch("precondition", ("gradient", "momentum", "blended"), "gradient",
+               "momentum accumulates P(G), the step preconditions the momentum P(m), or G is blended with the "
+               "previous update, (1 − μ)G + μP_{t−1}, before the statistics and the step",
+               "common implementations (gradient); pytorch_optimizer Shampoo, grad.lerp_(momentum_buffer) (blended)"),
         Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2", "λθ added to G before the statistics, or θ ← θ − ηλθ",
                "Gupta et al. 2018 (l2)"),
         Switch("nesterov", (False, True), False, "step P(G) + μm (or P(G + μm)) with the new m; needs momentum > 0",
                "google-research scalable_shampoo nesterov=True (True)"),
+        Switch("root", ("eigh", "svd"), "eigh", "inverse roots from eigh of the symmetrised H, or from the SVD of H",
+               "common implementations (eigh); pytorch_optimizer Shampoo, compute_power_svd (svd)"),
     )
 
     def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
@@ -157,7 +167,7 @@ class Shampoo(Optimizer):
                  graft_eps: float = 1e-10, merge_dims: int | None = None, block_size: int | None = None,
                  vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
                  weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False,
-                 filter_beta: float = 0.0):
+                 filter_beta: float = 0.0, root: str = "eigh"):
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
         self.set_switch("statistics", statistics)
@@ -186,6 +196,12 @@ class Shampoo(Optimizer):
         if self.filter_beta and self.momentum and self.precondition == "momentum":
             raise ValueError("filter_beta > 0 preconditions the filtered gradient: it needs precondition='gradient' "
                              "when momentum > 0")
+        if self.precondition == "blended" and (self.nesterov or self.filter_beta):
+            raise ValueError("precondition='blended' (pytorch_optimizer's momentum) takes neither nesterov nor "
+                             "filter_beta")
+        self.set_switch("root", root)
+        if self.root == "svd" and self.eps_mode == "relative":
+            raise ValueError("root='svd' takes eps_mode 'add' or 'floor'")
 
     # --- layout of one leaf -------------------------------------------------------------------
     def _layout(self, shape: tuple):
@@ -242,7 +258,16 @@ class Shampoo(Optimizer):
         return tuple(out)
 
     def _root(self, H, p: float):
-        """(H + εI)^p, Q max(Λ, ε)^p Qᵀ or (H + ε·max(λ_max, 10⁻⁶)·I)^p by eigh (``eps_mode``)."""
+        """(H + εI)^p, Q max(Λ, ε)^p Qᵀ or (H + ε·max(λ_max, 10⁻⁶)·I)^p by eigh (``eps_mode``), or by the SVD."""
+        if self.root == "svd":   # U diag(s)^p Vᵀ of H as it is, not symmetrised (pytorch_optimizer)
+            if self.eps_mode == "add":
+                H = H + self.eps * xp.eye(H.shape[0], dtype=H.dtype)
+            U, sv, Vt = xp.linalg.svd(H, full_matrices=False)
+            if self.eps_mode == "floor":
+                sv = xp.maximum(sv, self.eps)
+            if bool(xp.any(sv <= 0)):
+                raise ValueError("Shampoo: a negative power of a singular statistic; use eps > 0")
+            return (U * sv ** p) @ Vt
         if self.eps_mode != "relative":
             return sym_matrix_power(H, p, self.eps, self.eps_mode)
         lam, Q = xp.linalg.eigh(symmetrize(H))
@@ -281,7 +306,14 @@ class Shampoo(Optimizer):
         """One Shampoo step: statistics, roots recomputed on schedule, P(G) with grafting and momentum (module docs).
         Shampoo draws nothing: ``draws`` must be None."""
         self.check_draws(draws)
-        loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
+        blended = self.precondition == "blended" and self.momentum
+        if blended:   # G̃ = (1 − μ)G + μP_{t−1} (G̃_1 = G_1), then the L2 term: the order of pytorch_optimizer
+            loss, g = decayed_gradient(params, oracle)
+            if g is not None:
+                g = l2_decay(g if state.step == 0 else ema(state.momentum, g, self.momentum), params,
+                             self.weight_decay if self.weight_decay_mode == "l2" else 0.0)
+        else:
+            loss, g = decayed_gradient(params, oracle, self.weight_decay, self.weight_decay_mode)  # (+ λθ for "l2")
         if g is None:
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
         t = state.step + 1
@@ -333,6 +365,8 @@ class Shampoo(Optimizer):
         d = T.unflatten(treedef, directions)
         if mom is not None and self.precondition == "gradient":
             mom, d = momentum(mom, d, self.momentum, self.nesterov)   # m ← μm + P(G); step m (or P(G) + μm)
+        elif blended:
+            mom = d                                                   # P_t, blended into the next gradient
         new = descent_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
         info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
                          preconditioned=active)

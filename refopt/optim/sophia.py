@@ -207,7 +207,7 @@ class SophiaG(_Sophia):
         labels = draws if draws is not None else oracle.sample_labels(params, generator, self.samples)
         hhat = oracle.gnb_diag(params, labels=labels)  # ĝ⊙ĝ / scale
         if self.parametrization == "official":  # the official h holds ĝ⊙ĝ of the mean loss
-            scale = oracle.loss.scale(oracle.batch_size)
+            scale = oracle.loss.scale(oracle.batch_size, oracle.model.sizes[-1])
             hhat = T.scale(scale, hhat)
         return hhat, labels
 

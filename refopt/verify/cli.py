@@ -51,11 +51,14 @@ def _check(args) -> int:
     print(f"{args.trace}: diverges at {divergence} ({rule})")
     if args.search:
         matches = search_conventions(theirs, args.rtol, args.atol)
-        if matches:
-            for m in matches:
-                print("  " + describe_match(m))
-        else:
-            print("  no combination of refopt's convention switches reproduces it")
+        for m in matches:  # smallest first
+            print("  " + describe_match(m))
+        if matches.no_effect:
+            print(f"  has no effect on this trace: {', '.join(matches.no_effect)}")
+        if not matches:
+            print("  no combination of refopt's convention switches reproduces it; the divergence:")
+            for line in matches.diagnosis.findings.values() if matches.diagnosis else ():
+                print("    " + line)
     return 1
 
 

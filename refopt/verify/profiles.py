@@ -43,11 +43,11 @@ def _add(p: Profile) -> None:
 
 
 # --- first-order baselines ----------------------------------------------------------------------------
-_add(Profile("torch.optim.SGD", "sgd", {"lr": 0.1, "momentum": 0.9},
-             "momentum buffer v ← μv + g without dampening (the paper's heavy ball uses v ← μv − ηg; equal for "
-             "a constant η); Nesterov as a look-ahead on the gradient",
-             "pytorch/pytorch torch/optim/sgd.py (_single_tensor_sgd, dampening=0)",
-             "dampening > 0, maximize"))
+_add(Profile("torch.optim.SGD", "sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.0},
+             "momentum buffer v ← μv + (1 − dampening)g, started at v₁ = g₁ undamped (the paper's heavy ball uses "
+             "v ← μv − ηg; equal for a constant η and dampening 0); Nesterov as a look-ahead on the gradient",
+             "pytorch/pytorch torch/optim/sgd.py (_single_tensor_sgd)",
+             "maximize"))
 _add(Profile("optax.sgd", "sgd", {"lr": 0.1, "momentum": 0.9},
              "the same trace t ← g + μt, update −ηt, as torch.optim.SGD (no dampening)",
              "google-deepmind/optax optax/_src/alias.py (sgd), optax/transforms/_accumulation.py (trace)",
@@ -142,15 +142,31 @@ _add(Profile("optax.lbfgs+no_linesearch", "lbfgs",
              "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs)",
              ""))
 _add(Profile("scipy.optimize.fmin_bfgs", "bfgs",
-             {"form": "inverse", "initial_scaling": "none", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "interpolate", "first_step": "interpolate", "curvature_skip": 0.0},
+             {"form": "inverse", "initial_scaling": "none", "line_search": "scipy", "c1": 1e-4, "c2": 0.9,
+              "max_evals": 120, "initial_step": "interpolate", "first_step": "interpolate", "curvature_skip": 0.0},
              "minimize(method='BFGS'): the inverse update (N&W 6.17) from H₀ = I with no initial scaling (N&W "
-             "6.20 scales H₀ before the first update), a MINPACK strong-Wolfe search first tried at "
+             "6.20 scales H₀ before the first update), and line_search_wolfe1 (MINPACK-2's dcsrch, xtol = 1e-14, "
+             "falling back to scipy's own zoom, line_search_wolfe2; refopt's line_search='scipy') first tried at "
              "min(1, 1.01/‖g‖) and then at N&W eq. 3.60's interpolated step",
-             "scipy/scipy scipy/optimize/_optimize.py (_minimize_bfgs), scipy/optimize/_linesearch.py "
-             "(line_search_wolfe1)",
-             "MINPACK's dcsrch picks other trial points than refopt's zoom when the first trial fails; "
-             "sᵀy = 0 gives ρ = 1000 in scipy (refopt skips the pair)"))
+             "scipy/scipy scipy/optimize/_optimize.py (_minimize_bfgs, _line_search_wolfe12), "
+             "scipy/optimize/_linesearch.py (line_search_wolfe1, scalar_search_wolfe2), scipy/optimize/_dcsrch.py",
+             "sᵀy = 0 gives ρ = 1000 in scipy (refopt skips the pair); H is updated in another order of "
+             "operations (N&W 6.17 expanded, scipy (I − ρsyᵀ)H(I − ρysᵀ) + ρssᵀ by BLAS), so the iterates "
+             "agree to rounding growth, not bit for bit; after a failed search scipy stops, refopt stays put"))
+_add(Profile("scipy.optimize.fmin_l_bfgs_b", "lbfgs",
+             {"memory": 10, "initial_scaling": "every", "line_search": "minpack", "c1": 1e-3, "c2": 0.9,
+              "max_evals": 20, "initial_step": "unit", "first_step": "inverse_norm",
+              "curvature_skip_rule": "relative"},
+             "minimize(method='L-BFGS-B') without bounds: m = 10 pairs, H⁰ = (sᵀy/yᵀy)I of the newest pair, and "
+             "MINPACK-2's dcsrch with L-BFGS-B's own tolerances (ftol = 1e-3, gtol = 0.9, xtol = 0.1, stpmax = "
+             "1e10, maxls = 20; refopt's line_search='minpack') started at 1/‖d‖ on the first iteration, uncapped, "
+             "and at 1 afterwards",
+             "scipy/scipy scipy/optimize/_lbfgsb_py.py (_minimize_lbfgsb), scipy/optimize/__lbfgsb.c (lnsrlb, "
+             "mainlb; the Fortran lbfgsb.f v3.0 before scipy 1.15), scipy/optimize/_dcsrch.py",
+             "bounds (the Cauchy point and subspace minimisation reduce to the L-BFGS direction without them, "
+             "computed there from the compact representation, so iterates agree to rounding growth); L-BFGS-B "
+             "skips a pair when sᵀy ≤ eps·(−gᵀs), refopt's rule is sᵀy ≤ 2.2e-16·yᵀy; after a failed search "
+             "L-BFGS-B drops its pairs and retries from −g, refopt takes no step; the factr / pgtol stops"))
 
 # --- diagonal second-order: Sophia, AdaHessian ----------------------------------------------------------
 _add(Profile("optax.contrib.sophia", "sophia_h",
@@ -202,6 +218,31 @@ _add(Profile("amirgholami/adahessian+image_classification", "adahessian",
              "amirgholami/adahessian image_classification/optim_adahessian.py (Adahessian)",
              "the averaging of 4-D convolution kernels (refopt's networks are dense)"))
 
+_add(Profile("pytorch_optimizer.SophiaH", "sophia_h",
+             {"lr": 6e-4, "beta1": 0.96, "beta2": 0.99, "gamma": 1e-2, "eps": 1e-14, "weight_decay": 0.0, "k": 10,
+              "parametrization": "paper", "refresh": "before", "bias_correction": False, "probes": 1,
+              "probe_distribution": "gaussian"},
+             "its step is lr·clamp(m / max(h, eps), −p, p) (no bias correction, z⊙Hz at θ_t on steps t ≡ 1 mod "
+             "update_period, used at once, Gaussian probes), which is Algorithm 3 under the mapping refopt "
+             "lr = lr·p, γ = p, ε = p·eps, weight_decay = weight_decay/p (its θ(1 − lr·wd) is θ(1 − ηλ)): the "
+             "settings shown are its defaults lr=6e-2, p=1e-2, eps=1e-12, weight_decay=0 mapped so",
+             "kozistr/pytorch_optimizer pytorch_optimizer/optimizer/sophia.py (SophiaH.step), "
+             "pytorch_optimizer/base/optimizer.py (compute_hutchinson_hessian, apply_weight_decay)",
+             "weight_decouple=False (L2 term in the gradient) and fixed_decay=True; step(hessian=...) refreshes h on "
+             "every step that passes one (k=1 when passed on every step); torch draws its own probes (replay them "
+             "with draws=)"))
+_add(Profile("pytorch_optimizer.AdaHessian", "adahessian",
+             {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-16, "hessian_power": 1.0, "spatial_block": 1,
+              "absolute": False, "bias_correction": True, "eps_mode": "outside", "weight_decay": 0.0,
+              "weight_decay_mode": "decoupled", "probes": 1, "probe_distribution": "rademacher"},
+             "Algorithm 1 without spatial averaging (z⊙Hz as it is, no abs), ε = 1e-16 outside (v̂)^{k/2} and a "
+             "decoupled decay θ(1 − ηλ) taken before the step (refopt's θ − η(d + λθ), equal up to rounding)",
+             "kozistr/pytorch_optimizer pytorch_optimizer/optimizer/adahessian.py (AdaHessian.step), "
+             "pytorch_optimizer/base/optimizer.py (compute_hutchinson_hessian, apply_weight_decay)",
+             "update_period > 1 (v kept unchanged between estimates; refopt estimates every step); "
+             "weight_decouple=False (λθ in the gradient only: refopt's 'l2' also adds λ to D), fixed_decay=True, "
+             "adam_debias=True; torch draws its own probes (replay them with draws=)"))
+
 # --- Shampoo --------------------------------------------------------------------------------------------
 _add(Profile("google-research/scalable_shampoo", "shampoo",
              {"statistics": "ema", "beta2": 0.999, "initial_accumulator": 1e-6, "eps": 1e-6,
@@ -235,6 +276,19 @@ _add(Profile("facebookresearch/distributed_shampoo", "shampoo",
              "use_bias_correction=False; per-order inv_root_override lists and exponent_multiplier; decoupled decay "
              "added before the momentum; dampening > 0; float32 factor matrices by default; the initial inverse "
              "factors used before start_preconditioning_step without grafting"))
+
+_add(Profile("pytorch_optimizer.Shampoo", "shampoo",
+             {"lr": 1e-3, "statistics": "sum", "initial_accumulator": 1e-6, "eps": 1e-30, "eps_mode": "floor",
+              "root": "svd", "grafting": "none", "start_step": 1, "precondition_interval": 1, "momentum": 0.0,
+              "precondition": "blended", "vector_diagonal": False, "weight_decay": 0.0,
+              "weight_decay_mode": "l2", "nesterov": False},
+             "statistics summed from H₀ = matrix_eps·I with no ε at the root (refopt's floor 1e-30 never binds), "
+             "roots U diag(s)^{−1/(2k)} Vᵀ by SVD, and momentum μ blended into the gradient before the "
+             "statistics as the previous *preconditioned* update, G̃ = (1 − μ)G + μP_{t−1} (grad.lerp_)",
+             "kozistr/pytorch_optimizer pytorch_optimizer/optimizer/shampoo.py (Shampoo.step), "
+             "pytorch_optimizer/optimizer/utils/matrix.py (compute_power_svd)",
+             "preconditioning_compute_steps > 1 (its inverse roots start at zero, so the steps before the first "
+             "recomputation do not move θ; refopt's steps before start_step are gradient steps); fixed_decay=True"))
 
 # --- K-FAC ---------------------------------------------------------------------------------------------
 _add(Profile("google-deepmind/kfac-jax", "kfac",

@@ -33,9 +33,17 @@ backend; each refusal is a one-line ValueError (docs/verify.md lists the checks)
 Comparison: a parameter entry diverges when |theirs − ours| > atol + rtol·|ours| (NumPy's ``allclose``
 rule, stated here because tolerances are the first thing two implementations disagree on). The report
 names the first step, parameter and flat index that diverge.
+
+Convention search (``search_conventions``): every combination of the optimizer's switches is replayed;
+the settings that reproduce a trace are listed fewest changed switches first (ties in declaration order),
+equivalent ones (bit-identical runs) once, and switches that change nothing in this trace are named apart.
+When nothing matches, ``diagnose_divergence`` says what the divergence looks like: from step 1 or after
+agreeing steps, a constant ratio of their step θ_t − θ_{t−1} to refopt's (a learning rate, checked by one
+replay with lr·r), a sign flip, which leaves part (only the biases?), and how large the gap is.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -57,11 +65,12 @@ from ..optim.base import MAX_DRAWS, MAX_SEED, check_int
 from ..serialize import MAX_INT, load_npz, savez_atomic
 
 __all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
-           "compare_traces", "check_trace", "search_conventions", "param_names", "num_parameters", "describe_match"]
+           "compare_traces", "check_trace", "search_conventions", "param_names", "num_parameters", "describe_match",
+           "ConventionMatches", "Diagnosis", "diagnose_divergence"]
 
 TRACE_FORMAT = "refopt-trace/1"
 MAX_TRACE_PARAMETERS = 10 ** 6  # cap on Σ (d_{l−1} + 1)·d_l of a trace's MLP, checked before it is built
-MAX_TRACE_STEPS = 10 ** 4       # cap on a trace's T: checking replays every step (search_conventions up to 512 times)
+MAX_TRACE_STEPS = 10 ** 4       # cap on a trace's T: checking replays every step (a search up to 1026 times)
 
 
 def _tiny_data(spec: dict, seed: int):
@@ -281,8 +290,8 @@ def _check_meta(meta, path: str) -> dict:
                     f"got {_short(acts)}")
     if not isinstance(spec["loss"], str) or spec["loss"] not in LOSSES:
         _fail(path, f"problem loss must be one of {sorted(LOSSES)}, got {_short(spec['loss'])}")
-    if spec["reduction"] not in ("mean", "sum"):
-        _fail(path, f"problem reduction must be 'mean' or 'sum', got {_short(spec['reduction'])}")
+    if spec["reduction"] not in ("mean", "mean_all", "sum"):
+        _fail(path, f"problem reduction must be 'mean', 'mean_all' or 'sum', got {_short(spec['reduction'])}")
     if "variance" in spec and not (_is_real(spec["variance"]) and spec["variance"] > 0):
         _fail(path, f"problem variance must be a positive number, got {_short(spec['variance'])}")
     if spec.get("name") is not None and not isinstance(spec["name"], str):
@@ -483,13 +492,30 @@ def check_trace(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10):
     return compare_traces(ours, theirs, rtol, atol), ours
 
 
-def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10, max_combinations: int = 1024):
-    """Try every combination of the optimizer's convention switches; return the settings that reproduce
-    ``theirs``, each as a dict of the switches that differ from the trace's stated hyperparameters, the
-    settings with fewest changed switches first. Beyond ``max_combinations`` settings only the closest
-    ones are tried (with a warning).
+class ConventionMatches(list):
+    """The result of ``search_conventions``: a list of matches (dicts of the switches that differ from the
+    trace's stated hyperparameters), smallest first, with two attributes: ``no_effect``, the switches that
+    change nothing in this trace (in no match), and ``diagnosis``, what the divergence of the stated
+    settings looks like (a ``Diagnosis``; None when some setting matches or the stated one cannot run)."""
 
-    The switches come from the optimizer class's ``switches`` attribute ({name: allowed values}).
+    no_effect: tuple = ()
+    diagnosis: "Diagnosis | None" = None
+
+
+def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e-10,
+                       max_combinations: int = 1024) -> ConventionMatches:
+    """Try every combination of the optimizer's convention switches; return the settings that reproduce
+    ``theirs`` (a ``ConventionMatches`` list), each as a dict of the switches that differ from the trace's
+    stated hyperparameters.
+
+    Order: fewest changed switches first; ties in the order the optimizer declares its switches (its
+    ``conventions``) and each switch its choices, compared switch by switch over the changed ones.
+    Equivalent settings (bit-identical parameters at every step) are listed once, by the first of them.
+    A switch has no effect on this trace when changing it alone, from the stated settings and from every
+    listed match, gives bit-identical parameters wherever that setting was tried (injected probes make
+    ``probe_distribution`` one): it is in no match and is reported once in ``no_effect``. Beyond
+    ``max_combinations`` settings only the closest ones are tried (with a warning). When nothing matches,
+    ``diagnosis`` describes how the stated settings' replay departs from ``theirs``.
     """
     if isinstance(theirs, str):
         theirs = load_trace(theirs)
@@ -498,25 +524,182 @@ def search_conventions(theirs: Trace | str, rtol: float = 1e-7, atol: float = 1e
     switches: dict = dict(getattr(cls, "switches", {}))
     if not switches:
         raise ValueError(f"optimizer {theirs.meta['optimizer']!r} declares no convention switches to search")
-    names = sorted(switches)
-    stated = [base.get(n, _default(cls, n)) for n in names]
+    names = list(switches)  # declaration order: the tie-break between matches of equal size
+    stated = tuple(base.get(n, _default(cls, n)) for n in names)
     combos = list(itertools.product(*[switches[n] for n in names]))
+
+    def changes(combo) -> dict:
+        return {n: v for n, v, st in zip(names, combo, stated) if v != st}
+
+    def position(combo):
+        changed = changes(combo)
+        return len(changed), sorted((names.index(n), switches[n].index(v)) for n, v in changed.items())
     # Fewest changed switches first, so a cap on the number of runs drops only the most far-fetched settings.
-    combos.sort(key=lambda c: sum(v != s for v, s in zip(c, stated)))
+    combos.sort(key=lambda c: len(changes(c)))
     if len(combos) > max_combinations:
         warnings.warn(f"{len(combos)} combinations of switches; trying the {max_combinations} closest to the stated "
                       "hyperparameters (raise max_combinations for all)", stacklevel=2)
         combos = combos[:max_combinations]
-    matches = []
+    try:
+        stated_run = _rerun(theirs, base)
+    except (ValueError, NotImplementedError):
+        stated_run = None
+    runs = {} if stated_run is None else {stated: _fingerprint(stated_run)}  # setting -> its parameters' hash
+    found = []
     for combo in combos:
-        hp = {**base, **dict(zip(names, combo))}
-        try:
-            ours = _rerun(theirs, hp)
-        except (ValueError, NotImplementedError):
-            continue
+        if combo in runs:
+            ours = stated_run
+        else:
+            try:
+                ours = _rerun(theirs, {**base, **dict(zip(names, combo))})
+            except (ValueError, NotImplementedError):
+                continue
+            runs[combo] = _fingerprint(ours)
         if compare_traces(ours, theirs, rtol, atol) is None:
-            matches.append({n: v for n, v, st in zip(names, combo, stated) if st != v})
-    return matches
+            found.append(combo)
+    kept, seen = [], set()
+    for combo in sorted(found, key=position):
+        if runs[combo] not in seen:  # a longer setting that runs bit for bit as a listed one adds nothing
+            kept.append(combo)
+            seen.add(runs[combo])
+
+    def no_effect(i: int) -> bool:
+        pairs = [(ref, ref[:i] + (v,) + ref[i + 1:]) for ref in [stated, *kept] for v in switches[names[i]]
+                 if v != ref[i]]
+        pairs = [(a, b) for a, b in pairs if a in runs and b in runs]
+        return bool(pairs) and all(runs[a] == runs[b] for a, b in pairs)
+    result = ConventionMatches(changes(c) for c in kept)
+    result.no_effect = tuple(n for i, n in enumerate(names) if no_effect(i))
+    if not kept and stated_run is not None:
+        result.diagnosis = diagnose_divergence(stated_run, theirs, rtol, atol, confirm=True)
+    return result
+
+
+def _fingerprint(trace: Trace) -> str:
+    """A hash of every parameter of every step: equal for bit-identical runs."""
+    h = hashlib.sha256()
+    for p in trace.params:
+        for leaf in T.leaves(p):
+            h.update(np.ascontiguousarray(to_host(leaf)).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Diagnosis:
+    """What a divergence looks like: the first divergent step, the steps that agree before it, and the
+    findings, {kind: one line}, in the order they are worth reading. Kinds: "onset" (from step 1, or after
+    agreeing steps), "lr" (refopt with the learning rate scaled by the step ratio reproduces the trace),
+    "step_ratio" (their step θ_t − θ_{t−1} is a constant multiple of refopt's), "sign_flip" (the multiple
+    is −1), "leaves" (only some parameters differ, e.g. only the biases), "size" (how large the difference
+    is next to the step, and how it grows)."""
+
+    step: int
+    agreed: int
+    findings: dict
+    ratio: float | None = None   # the constant step ratio at ``step``, if there is one
+
+    def __str__(self):
+        return "\n".join(self.findings.values())
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(to_host(leaf)) for leaf in T.leaves(tree)])
+
+
+def _step_ratio(ours: Trace, theirs: Trace, t: int, ratio_rtol: float) -> float | None:
+    """The constant r with θᵗʰᵉⁱʳˢ_t − θᵗʰᵉⁱʳˢ_{t−1} = r·(θ_t − θ_{t−1}) on every coordinate where refopt's step
+    is not negligible (ratios within ``ratio_rtol``·|r| of their median), or None."""
+    d_ours = _flat(ours.params[t]) - _flat(ours.params[t - 1])
+    d_theirs = _flat(theirs.params[t]) - _flat(theirs.params[t - 1])
+    scale = float(np.max(np.abs(d_ours)))
+    if scale == 0:
+        return None
+    moving = np.abs(d_ours) > 1e-6 * scale  # a tiny step's ratio is mostly the rounding of θ_{t−1}
+    if np.any(np.abs(d_theirs[~moving]) > 1e-6 * max(scale, float(np.max(np.abs(d_theirs))))):
+        return None                         # they move where refopt does not: not a multiple
+    ratios = d_theirs[moving] / d_ours[moving]
+    r = float(np.median(ratios))
+    return r if float(np.max(np.abs(ratios - r))) <= ratio_rtol * max(abs(r), 1e-12) else None
+
+
+def _nice(x: float) -> str:
+    return repr(float(f"{x:.6g}"))
+
+
+def _ratio_finding(ours: Trace, theirs: Trace, t: int, r: float, ratio_rtol: float) -> tuple[str, str]:
+    steps = min(ours.steps, theirs.steps)
+    later = [_step_ratio(ours, theirs, s, ratio_rtol) for s in range(t + 1, steps + 1)]
+    where = (f"at every step from {t} to {steps}" if later and all(q is not None and abs(q - r) <= ratio_rtol * abs(r)
+                                                                    for q in later) else f"at step {t}")
+    if r == 0:
+        return "step_ratio", f"their parameters do not move {where} while refopt's do (a skipped step?)"
+    if abs(r + 1) <= ratio_rtol:
+        return "sign_flip", f"their step is the negative of refopt's {where} (a sign flip: ascent, or a sign in the update)"
+    return "step_ratio", f"their step θ_t − θ_(t−1) is {_nice(r)} × refopt's on every coordinate {where}"
+
+
+def _lr_finding(ours: Trace, theirs: Trace, r: float, rtol: float, atol: float) -> str | None:
+    """Whether refopt with lr·r reproduces ``theirs`` (one replay), as a finding; None if not or no lr."""
+    hp = dict(ours.meta.get("hyperparameters", {}))
+    lr = hp.get("lr", _default(optimizer_class(ours.meta["optimizer"]), "lr"))
+    if r <= 0 or not _is_real(lr):
+        return None
+    try:
+        scaled = _rerun(theirs, {**hp, "lr": lr * r})
+    except (ValueError, NotImplementedError):
+        return None
+    if compare_traces(scaled, theirs, rtol, atol) is not None:
+        return None
+    return f"the learning rate differs by {_nice(r)}: refopt with lr={_nice(lr * r)} reproduces all {theirs.steps} steps"
+
+
+def _leaves_finding(ours: Trace, theirs: Trace, t: int, rtol: float, atol: float) -> str | None:
+    names = ours.meta["param_names"]
+    parted = [n for n, a, b in zip(names, T.leaves(ours.params[t]), T.leaves(theirs.params[t]))
+              if np.any(np.abs(to_host(b) - to_host(a)) > atol + rtol * np.abs(to_host(a)))]
+    if len(parted) == len(names):
+        return None
+    listed = f"{', '.join(parted)} differ{'s' if len(parted) == 1 else ''} at step {t}"
+    if all(n.endswith(".b") for n in parted):
+        return f"only the bias leaves {listed}: a weight decay, averaging or preconditioner that treats biases apart?"
+    if all(n.endswith(".W") for n in parted):
+        return f"only the weight leaves {listed} (the biases agree): a weight-only decay or a convention of W alone?"
+    return f"only {listed}"
+
+
+def diagnose_divergence(ours: Trace, theirs: Trace, rtol: float = 1e-7, atol: float = 1e-10,
+                        ratio_rtol: float = 1e-6, confirm: bool = False) -> Diagnosis | None:
+    """Describe how ``theirs`` departs from ``ours`` (refopt's replay of it), or None when they agree under
+    the rule of ``compare_traces``. At the first divergent step t both start from agreeing parameters, so
+    their steps θ_t − θ_{t−1} compare directly: a constant ratio r (to ``ratio_rtol``) is reported, and
+    said to hold at every later step where it does. With ``confirm``, refopt is replayed once with lr·r
+    (when the optimizer has a numeric ``lr`` and r > 0) to say whether the learning rate explains it all."""
+    first = compare_traces(ours, theirs, rtol, atol)
+    if first is None:
+        return None
+    t, steps = first.step, min(ours.steps, theirs.steps)
+    findings = {"onset": "differs from step 1: the update rule or a hyperparameter (lr, ε, β, damping), not a "
+                         "schedule" if t == 1 else
+                         f"agrees for {t - 1} step{'s' if t > 2 else ''}, then parts at step {t}: a line search, "
+                         "a refresh or warm-up schedule, or state that acts only later?"}
+    r = _step_ratio(ours, theirs, t, ratio_rtol)
+    if r is not None:
+        lr = _lr_finding(ours, theirs, r, rtol, atol) if confirm else None
+        findings = {"lr": lr, **findings} if lr else findings
+        kind, line = _ratio_finding(ours, theirs, t, r, ratio_rtol)
+        findings[kind] = line
+    leaves = _leaves_finding(ours, theirs, t, rtol, atol)
+    if leaves:
+        findings["leaves"] = leaves
+    step_size = float(np.max(np.abs(_flat(ours.params[t]) - _flat(ours.params[t - 1]))))
+    gap = [float(np.max(np.abs(_flat(ours.params[s]) - _flat(theirs.params[s])))) for s in (t, steps)]
+    if step_size > 0:
+        relative = gap[0] / step_size
+        findings["size"] = (f"at step {t} the parameters differ by {gap[0]:.3g} ({relative:.3g} × refopt's step)"
+                            + (" (small: ε placement, damping, precision or the order of operations?)"
+                               if relative < 1e-3 else "")
+                            + (f"; by {gap[1]:.3g} at step {steps}" if steps > t else ""))
+    return Diagnosis(t, t - 1, findings, r)
 
 
 def _default(cls, name):
