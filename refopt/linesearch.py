@@ -651,9 +651,10 @@ def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
     third (its width vs 0.66 of the width two trials ago) is replaced by bisection. Ends with
     "converged"; "interval_collapsed" (MINPACK's "rounding errors prevent progress" or "xtol test
     satisfied": the interval is within xtol·stmax); "max_step" / "step_too_small" (the step reached stpmax
-    still descending, or stpmin without decrease); "max_evaluations". A failed search returns the last
-    trial when φ is below φ(0) there, else α = 0 (as the module's other searches; L-BFGS-B takes the
-    last trial); failures among values within ``epsilon_k`` are "precision". A non-finite φ or φ' (where
+    still descending, or stpmin without decrease); "max_evaluations". A failed search returns the trial
+    MINPACK ends on (on a warning; for the rounding and xtol warnings that is the best step stx) or, out of
+    evaluations, stx — when φ is below φ(0) there, else α = 0 (as the module's other searches; L-BFGS-B
+    takes the last trial); failures among values within ``epsilon_k`` are "precision". A non-finite φ or φ' (where
     MINPACK's arithmetic gives NaN) lowers stpmax to the midpoint between stx and that trial, and the
     search goes on from there.
     """
@@ -677,12 +678,13 @@ def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
     stp = float(alpha0)
     stmin, stmax = 0.0, stp + 4.0 * stp
     values: list = []
+    seen: dict = {}         # (φ, φ') at every finite trial, as the callback returned them
 
-    def failed(status, message, f, g):
-        return precision_status(_fallback(LineSearchResult(stp, f, g, len(values), status, message), phi0, dphi0),
+    def failed(status, message, at):
+        f, g = seen.get(at, (math.inf, math.nan))
+        return precision_status(_fallback(LineSearchResult(at, f, g, len(values), status, message), phi0, dphi0),
                                 phi0, values, eps_k)
 
-    f = g = math.nan
     while len(values) < max_evals:
         f, g = phi(stp)
         if not _finite(f, g):
@@ -690,11 +692,12 @@ def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
             values.append(math.nan)
             stpmax = stx + 0.5 * (stp - stx)
             if not stpmax > stx or stpmax < stpmin:
-                return failed("step_too_small", "non-finite values down to the best step", math.inf, math.nan)
+                return failed("step_too_small", "non-finite values down to the best step", stx)
             stp = stpmax
             stmax = min(stmax, stpmax)
             continue
         values.append(f)
+        seen[stp] = (f, g)
         ftest = finit + stp * gtest
         if stage == 1 and f <= ftest and g >= 0:
             stage = 2
@@ -710,7 +713,7 @@ def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
         if f <= ftest and abs(g) <= c2 * -ginit:
             return LineSearchResult(stp, f, g, len(values), "converged")
         if warning is not None:
-            return failed(*warning, f, g)
+            return failed(*warning, stp)
         if stage == 1 and f <= fx and f > ftest:
             # stage 1 with a lower value that is not yet sufficient decrease: step on ψ, not φ
             fm, fxm, fym = f - stp * gtest, fx - stx * gtest, fy - sty * gtest
@@ -733,8 +736,8 @@ def dcsrch(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float =
         if brackt and (stp <= stmin or stp >= stmax) or brackt and stmax - stmin <= xtol * stmax:
             stp = stx                                 # no progress possible: the next trial is the best point
         if not math.isfinite(stp):
-            return failed("interval_collapsed", "the next trial step is not finite", f, g)
-    return failed("max_evaluations", f"dcsrch found no point within {max_evals} evaluations", f, g)
+            return failed("interval_collapsed", "the next trial step is not finite: kept the best one", stx)
+    return failed("max_evaluations", f"dcsrch found no point within {max_evals} evaluations: kept the best one", stx)
 
 
 def _fma(x: float, y: float, z: float) -> float:

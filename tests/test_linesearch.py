@@ -107,7 +107,7 @@ def test_strong_wolfe_holds_along_problem_directions(make, seed, c2, log_a0, dir
 
 
 @given(seed=st.integers(0, 10 ** 6), lie=st.sampled_from(["negated", "scaled", "random", "zero"]),
-       search=st.sampled_from(["wolfe", "armijo"]))
+       search=st.sampled_from(["wolfe", "armijo", "dcsrch", "scipy"]))
 def test_a_wrong_gradient_never_returns_a_higher_value(seed, lie, search):
     """The derivative the search is told is wrong; the returned φ is still ≤ φ(0)."""
     p = rosenbrock()
@@ -125,6 +125,9 @@ def test_a_wrong_gradient_never_returns_a_higher_value(seed, lie, search):
     phi0, dphi0 = p.f(x), -abs(wrong(0.0)) - 1.0   # claims descent whatever the truth
     if search == "wolfe":
         res = strong_wolfe(phi, phi0, dphi0, max_evals=20)
+    elif search in ("dcsrch", "scipy"):
+        from refopt.linesearch import dcsrch, scipy_wolfe
+        res = (dcsrch if search == "dcsrch" else scipy_wolfe)(phi, phi0, dphi0, max_evals=20)
     else:
         res = armijo(phi, phi0, dphi0, max_evals=20)
     # the documented bound: never above φ(0) + ε_k, and above φ(0) only by an approximate-Wolfe acceptance
