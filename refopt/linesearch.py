@@ -96,7 +96,7 @@ from fractions import Fraction
 from typing import Callable, NamedTuple, Optional
 
 __all__ = ["LineSearchResult", "armijo", "strong_wolfe", "fixed_step", "minfunc_wolfe", "dcsrch", "scipy_wolfe",
-           "cubic_minimizer",
+           "optax_zoom", "cubic_minimizer",
            "quadratic_minimizer", "LINE_SEARCHES", "rounding_error", "at_rounding_level", "precision_status",
            "ROUNDING_FACTOR", "FLOAT64_EPS", "MAX_EVALS"]
 
@@ -882,3 +882,161 @@ def scipy_wolfe(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: fl
                              message=f"line_search_wolfe1 failed ({first.status}); line_search_wolfe2: "
                                      + (second.message or "converged"))
     return precision_status(_fallback(second, phi0, dphi0), phi0, values, eps_k)
+
+
+# --- optax's zoom line search ------------------------------------------------------------------------
+def _nanmax(a: float, b: float) -> float:
+    """max propagating NaN (jnp.maximum; Python's max keeps its first argument against a NaN)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _div(x: float, y: float) -> float:
+    """x / y in IEEE arithmetic (±inf or NaN for y = 0, as jnp's division; Python's raises)."""
+    if y != 0:
+        return x / y
+    return math.nan if x == 0 or math.isnan(x) else math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
+def _optax_cubicmin(a, fa, fpa, b, fb, c, fc) -> float:
+    """optax's _cubicmin: the critical point a + (−B + √(B² − 3AC)) / 3A of the cubic
+    A(x−a)³ + B(x−a)² + C(x−a) + fa through (b, fb) and (c, fc) with slope C = fpa at a; NaN where it has none
+    (c = a, as on the zoom's first trial, gives 0/0)."""
+    C, db, dc = fpa, b - a, c - a
+    t = db * dc
+    denom = t * t * (db - dc)
+    u, v = fb - fa - C * db, fc - fa - C * dc
+    A = _div(dc * dc * u - db * db * v, denom)
+    B = _div(-(dc * dc * dc) * u + db * db * db * v, denom)
+    radical = B * B - 3.0 * A * C
+    if not radical >= 0:
+        return math.nan
+    return a + _div(-B + math.sqrt(radical), 3.0 * A)
+
+
+def _optax_quadmin(a, fa, fpa, b, fb) -> float:
+    """optax's _quadmin: a − fpa / 2B, B = (fb − fa − fpa (b − a)) / (b − a)²; ±inf or NaN where B = 0."""
+    db = b - a
+    return a - _div(fpa, 2.0 * _div(fb - fa - fpa * db, db * db))
+
+
+def optax_zoom(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
+               max_evals: int = 20, increase_factor: float = 2.0, approx_dec_rtol: Optional[float] = 1e-6,
+               interval_threshold: float = 1e-5, max_step: Optional[float] = None,
+               epsilon_k: Optional[float] = None) -> LineSearchResult:
+    """optax's ``zoom_linesearch`` (``scale_by_zoom_linesearch``; N&W Algorithms 3.5/3.6 with Hager & Zhang's
+    approximate decrease), written here so that it picks optax's trial points; defaults optax's
+    (max_linesearch_steps = 20 evaluations as optax.lbfgs sets it, slope_rtol c₁ = 1e-4, curv_rtol c₂ = 0.9,
+    increase_factor 2, approx_dec_rtol 1e-6, stepsize_precision 1e-5, no max_learning_rate, tol 0).
+
+    Errors at a trial α (0 = satisfied): decrease e_d = max(0, min(φ(α) − φ(0) − c₁αφ'(0), max(φ'(α) −
+    (2c₁ − 1)φ'(0), φ(α) − φ(0) − r|φ(0)|))) (r = approx_dec_rtol; the min drops with r = None), curvature
+    e_c = max(0, |φ'(α)| − c₂|φ'(0)|); NaN counts as +∞. Converged where both are 0.
+
+    Interval search: α = α₀, then α ← increase_factor·α; the trial is "high" when e_d > 0 or (after the first)
+    φ(α) ≥ φ(previous), else "low" when φ'(α) ≥ 0 (the bracket is then [α, previous]); otherwise it goes on.
+    Zoom on (low, high) (φ(low) ≤ φ(high), either order): the cubic through low (value and slope), high and
+    a reference point (the previous high, or low), used where it lies inside the bracket by 20 % of its
+    length; else the quadratic through low (value, slope) and high, inside by 10 %; else the midpoint. The
+    trial replaces high when e_d > 0 or φ(α) ≥ φ(low); else it becomes low (the old low becoming high when
+    φ'(α)(high − low) ≥ 0).
+
+    Failure, as optax: after ``max_evals`` trials, or a zoom on a bracket shorter than ``interval_threshold``
+    once a sufficient-decrease ("safe") point exists, the search returns the safe point with the lowest value
+    (the interval search's latest one), or α = 0 when the last trial's e_d is infinite, or else — optax's
+    "unsafe step" — the last trial itself, whatever its value (the one exception to the module's guarantee,
+    with the approximate decrease that may exceed φ(0) by r|φ(0)|). Statuses: "converged", "max_step" (the
+    cap ``max_step`` reached while φ still decreases), "interval_collapsed", "max_evaluations", "precision"
+    (``precision_status``), "not_descent" (φ'(0) ≥ 0: nothing evaluated; optax would search uphill).
+    ``approximate`` says the accepted point met the approximate decrease and not Armijo's. Arithmetic in
+    Python floats: jax compiles the search with fused multiply-adds, so trial points agree with optax's to a
+    few units of roundoff, not bit for bit.
+    """
+    _check_common(phi0, dphi0, alpha0, max_evals)
+    c1, c2 = _check_c1_c2(c1, c2)
+    eps_k = _check_epsilon_k(epsilon_k, phi0)
+    increase_factor = _real_arg("increase_factor", increase_factor, 1.0)
+    interval_threshold = _real_arg("interval_threshold", interval_threshold, 0.0, low_open=False)
+    if approx_dec_rtol is not None:
+        approx_dec_rtol = _real_arg("approx_dec_rtol", approx_dec_rtol, 0.0, low_open=False)
+    if max_step is not None:
+        max_step = _real_arg("max_step", max_step)
+    if not (_finite(dphi0) and dphi0 < 0):
+        return _not_descent(phi0, dphi0)
+    phi0, dphi0 = float(phi0), float(dphi0)
+    values: list = []
+
+    def evaluate(a):
+        f, d = phi(a)
+        f, d = float(f), (math.nan if d is None else float(d))
+        values.append(f if math.isfinite(f) else math.nan)
+        armijo_error = f - phi0 - c1 * a * dphi0
+        dec = armijo_error
+        if approx_dec_rtol is not None:
+            approx = _nanmax(d - (2 * c1 - 1.0) * dphi0, f - phi0 - approx_dec_rtol * abs(phi0))
+            dec = math.nan if math.isnan(approx) or math.isnan(dec) else min(approx, dec)
+        dec = math.inf if math.isnan(dec) else max(dec, 0.0)
+        curv = abs(d) - c2 * abs(dphi0)
+        curv = math.inf if math.isnan(curv) else max(curv, 0.0)
+        return (a, f, d), dec, curv, dec <= 0 and not armijo_error <= 0
+
+    def result(point, status, approximate=False, message=""):
+        return LineSearchResult(point[0], point[1], point[2], len(values), status, message, approximate)
+
+    def give_up(safe, last, dec, status, message):
+        # optax's _try_safe_step: the safe point, α = 0 when the last trial left the domain, else the last trial
+        point = safe if safe[0] > 0 or math.isinf(dec) else last
+        if point[0] == 0:
+            point = (0.0, phi0, dphi0)
+        return precision_status(result(point, status, message=message), phi0, values, eps_k)
+
+    k = 0
+    prev = safe = (0.0, phi0, dphi0)
+    while True:   # interval search (N&W Algorithm 3.5)
+        a = alpha0 if k == 0 else increase_factor * prev[0]
+        at_max = max_step is not None and a >= max_step
+        if at_max:
+            a = max_step
+        point, dec, curv, approx = evaluate(a)
+        if dec <= 0:
+            safe = point
+        to_high = dec > 0 or (point[1] >= prev[1] and k > 0)
+        to_low = point[2] >= 0 and not to_high
+        low, high = (point, prev) if to_low else (prev, point)
+        found = to_high or to_low or max(dec, curv) <= 0
+        k += 1
+        if max(dec, curv) <= 0:
+            return result(point, "converged", approx)
+        if at_max and not found:
+            return result(point, "max_step", approx, f"φ still decreases at max_step={max_step:g}")
+        if k >= max_evals:
+            return give_up(safe, point, dec, "max_evaluations", f"no bracket within {max_evals} evaluations")
+        if found:
+            break
+        prev = point
+    ref = low
+    while True:   # zoom (N&W Algorithm 3.6) with optax's interpolation checks
+        (lo, flo, dlo), (hi, fhi, _) = low, high
+        delta = abs(hi - lo)
+        left, right = min(hi, lo), max(hi, lo)
+        too_small = delta <= interval_threshold
+        a = _optax_cubicmin(lo, flo, dlo, hi, fhi, ref[0], ref[1])
+        if not (a > left + 0.2 * delta and a < right - 0.2 * delta):
+            a = _optax_quadmin(lo, flo, dlo, hi, fhi)
+            if not (a > left + 0.1 * delta and a < right - 0.1 * delta):
+                a = (lo + hi) / 2.0
+        point, dec, curv, approx = evaluate(a)
+        if dec <= 0 and point[1] < safe[1]:
+            safe = point
+        k += 1
+        if max(dec, curv) <= 0:
+            return result(point, "converged", approx)
+        to_high = dec > 0 or point[1] >= flo
+        old_high_to_low = not to_high and point[2] * (hi - lo) >= 0
+        ref = high if to_high or old_high_to_low else low
+        high = point if to_high else low if old_high_to_low else high
+        low = low if to_high else point
+        if k >= max_evals:
+            return give_up(safe, point, dec, "max_evaluations", f"no strong Wolfe point within {max_evals} evaluations")
+        if too_small and safe[0] > 0:
+            return give_up(safe, point, dec, "interval_collapsed",
+                           f"the bracket is shorter than interval_threshold={interval_threshold:g}")

@@ -316,7 +316,9 @@ class Oracle:
 
         def sample(z):
             if seed is None:
-                raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
+                raise ValueError(f"fisher={fisher!r} needs seed= or labels=")
+            if fisher == "curvature_prop":   # Rademacher signs, not labels (kronecker.draw_signs)
+                return kronecker.draw_signs(z, seed, samples)
             return self.sample_labels(params, seed, samples, outputs=z)
         stats = kronecker.statistics_pass(self.model, self.loss, params, self.X, self.y, fisher, labels, sample,
                                           gradient)

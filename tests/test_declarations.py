@@ -404,7 +404,7 @@ def test_hyperparameters_are_the_constructor_s_arguments_and_round_trip(name, kw
 
 @pytest.mark.parametrize("name, switch, values", [
     ("lbfgs", "damping", (None, "powell")),
-    ("lbfgs", "line_search", ("strong_wolfe", "armijo", "none", "minfunc", "minpack")),
+    ("lbfgs", "line_search", ("strong_wolfe", "armijo", "none", "minfunc", "minpack", "optax_zoom")),
     ("bfgs", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),
     ("dfp", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),
     ("sr1", "line_search", ("strong_wolfe", "armijo", "none", "minpack", "scipy")),

@@ -220,19 +220,19 @@ _DIAG = OfSize(lambda n: np.diag(np.linspace(0.5, 2.0, n)))
 VALID_ARGUMENTS = {
     "absolute": [True, False], "adapt_damping": [True, False], "amsgrad": SWITCHES, "approximate_wolfe": [False, True],
     "beta1": [0.5, 0.0, 0.99], "beta2": [0.9, 0.5, 0.9999], "bias_block": SWITCHES, "bias_correction": [False, True],
-    "block_size": [2, 1, 3, 100], "blocks": SWITCHES, "bs": [2, 1, 8], "c1": [1e-3, 0.1, 0.4], "c2": [0.5, 0.99],
+    "block_size": [2, 1, 3, 100], "blocks": SWITCHES, "bs": [2, 1, 8], "burnin": [2, 0, 5], "c1": [1e-3, 0.1, 0.4], "c2": [0.5, 0.99],
     "cg_maxiter": [5, 1, 50], "cg_tol": [1e-6, 0.1], "curvature": SWITCHES, "curvature_skip": [1e-8, 0.0],
     "curvature_skip_rule": SWITCHES, "damping": [1e-3, 0.1, 1.0], "damping_decrease": [0.5, 0.9],
     "damping_increase": [3.0, 1.1], "damping_interval": [1, 10], "dampening": [0.5, 0.0, 1.0], "damping_scheme": SWITCHES, "decay": [0.5, 0.0, 0.99],
-    "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12],
+    "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12], "empirical_scale": SWITCHES,
     "eps": Scaled((0.01, 100.0)), "eps_mode": SWITCHES, "eps_root": [1e-8, 1e-3, 0.0], "eta": [0.1, 0.0, 0.25],
-    "exponent": [-0.25, -0.5, -1.0, None], "factor_init": SWITCHES, "factor_interval": [2, 1, 3],
+    "exponent": [-0.25, -0.5, -1.0, None], "factor_dtype": SWITCHES, "factor_init": SWITCHES, "factor_interval": [2, 1, 3],
     "filter_beta": [0.5, 0.0, 0.9], "first_step": SWITCHES, "fisher": SWITCHES, "forcing": ["linear", "sqrt", 0.5, 0.1],
     "form": SWITCHES, "gamma": [0.1, 0.001, 1.0], "graft_eps": [1e-6, 1e-12], "grafting": SWITCHES,
     "hessian_power": [0.5, 1.0], "initial_accumulator": [0.1, 1.0, 0.0], "initial_matrix": [_EYE2, _DIAG, None],
     "initial_radius": [0.1, 10.0], "initial_scaling": SWITCHES, "initial_step": SWITCHES, "inverse": SWITCHES,
     "inverse_interval": [5, 1, 50], "k": [2, 1, 5], "kl_clip": [None, 1e-2, 1.0], "kl_epsilon": [1e-4, 0.1],
-    "line_search": SWITCHES, "lr": Scaled((0.5, 0.1, 2.0)), "lr_decay": [0.01, 1.0, 0.0], "lr_scaled_decay": [True],
+    "line_search": SWITCHES, "lr": Scaled((0.5, 0.1, 2.0)), "lr_decay": [0.01, 1.0, 0.0], "lr_dtype": SWITCHES, "lr_scaled_decay": [True],
     "max_evals": [5, 1, 100], "max_radius": [10.0, 1e4], "max_size": [OfSize(lambda n: n), 1000, None],
     "max_trials": [5, 1, 50], "memory": [3, 1, 50], "merge_dims": [4, 1, 1000, None], "min_damping": [1e-4, 1e-12],
     "modification": SWITCHES, "momentum": [0.5, 0.0, 0.99], "nesterov": [True, False], "output_grad_scale": SWITCHES,
@@ -261,7 +261,8 @@ ARG_OVERRIDES = {
 }
 # Arguments that only make sense with another one set (a value alone would be refused by design)
 REQUIRES = {("sgd", "nesterov"): {"momentum": 0.9}, ("sgd", "dampening"): {"momentum": 0.9}, ("shampoo", "nesterov"): {"momentum": 0.9},
-            ("shampoo", "precondition"): {"momentum": 0.9}, ("kfac", "bias_block"): {"damping_scheme": "tikhonov"}}
+            ("shampoo", "precondition"): {"momentum": 0.9}, ("kfac", "bias_block"): {"damping_scheme": "tikhonov"},
+            ("kfac", "empirical_scale"): {"fisher": "empirical"}}
 
 
 def valid_values(cls, arg) -> list:

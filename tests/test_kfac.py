@@ -421,3 +421,60 @@ def test_switches_are_declared_with_the_defaults():
     from _helpers import assert_switches_declared_with_defaults  # noqa: PLC0415
     assert_switches_declared_with_defaults(*(optimizer_class(n) for n in
                                              ("kfac", "kfac_tridiag", "ekfac", "kbfgs", "natural_gradient")))
+
+
+# --- kfac-jax's conventions: curvature propagation, the empirical-Fisher scale, burn-in (issue 11) ------------
+def test_empirical_scale_batch_divides_the_empirical_G_by_B():
+    """kfac-jax's fisher_empirical: vjp ÷ √B on top of its blocks' 1/B, so G ÷ B and A unchanged."""
+    model, params, oracle = problem(batch=5)
+    kw = dict(fisher="empirical", decay=0.0, momentum=0.0, kl_clip=None)
+    ours = KFAC(**kw)
+    theirs = KFAC(empirical_scale="batch", **kw)
+    s1 = ours.update(params, ours.init(params), oracle)[1]
+    s2 = theirs.update(params, theirs.init(params), oracle)[1]
+    for A1, A2, G1, G2 in zip(s1.factors["A"], s2.factors["A"], s1.factors["G"], s2.factors["G"]):
+        np.testing.assert_array_equal(A1, A2)
+        np.testing.assert_allclose(G2, G1 / 5, rtol=1e-13)
+    with pytest.raises(ValueError, match="empirical_scale"):
+        KFAC(empirical_scale="batch")   # fisher="mc": nothing to rescale
+
+
+def test_curvature_prop_draws_signs_that_replay_and_refuses_labels():
+    model, params, oracle = problem(batch=5)
+    opt = KFAC(fisher="curvature_prop", samples=2)
+    assert opt.draws == "signs" and "labels" not in opt.requires
+    new, _, info = opt.update(params, opt.init(params), oracle)
+    assert info["draws"].shape == (2, 5, 3) and set(np.unique(info["draws"])) <= {-1.0, 1.0}
+    again, _, _ = opt.update(params, opt.init(params), oracle, draws=info["draws"])
+    assert snapshot(new) == snapshot(again)
+    with pytest.raises(ValueError, match="Rademacher signs"):
+        opt.update(params, opt.init(params), oracle, draws=np.zeros((1, 5), dtype=np.int64))
+
+
+@pytest.mark.parametrize("fisher", ["curvature_prop", "mc", "true"])
+def test_burnin_folds_extra_estimates_before_step_0(fisher):
+    """burnin = n: step 0 first folds n estimates with equal weights (a plain mean, weight n), then its own with
+    the debiased rule (w = 0.95·n + 1, as kfac-jax); its draws are the n + 1 passes' sets concatenated, and
+    injecting them replays the step exactly."""
+    model, params, oracle = problem(batch=5)
+    kw = dict(fisher=fisher, factor_init="debiased", decay=0.95, samples=1)
+    opt = KFAC(burnin=3, **kw)
+    new, state, info = opt.update(params, opt.init(params), oracle)
+    assert state.factor_updates == 4
+    if fisher == "true":
+        assert info["draws"] is None
+        plainrun = KFAC(**kw)
+        np.testing.assert_allclose(new[0]["W"], plainrun.update(params, plainrun.init(params), oracle)[0][0]["W"],
+                                   rtol=1e-12)   # identical estimates on one batch: the mean is the estimate
+        return
+    assert len(info["draws"]) == 4
+    again, state2, _ = opt.update(params, opt.init(params), oracle, draws=info["draws"])
+    assert snapshot(new, state) == snapshot(again, state2)
+    stats = [K.kfac_statistics(oracle, params, fisher, labels=info["draws"][j:j + 1]) for j in range(4)]
+    Gs = [K.grad_factor([s.probes[0][-1]], s.scale) for s in stats]
+    want = (0.95 * 3 * (sum(Gs[:3]) / 3) + Gs[3]) / (0.95 * 3 + 1)
+    np.testing.assert_allclose(state.factors["G"][-1], want, rtol=1e-12)
+    later = opt.update(new, state, oracle)[2]   # step 1: no burn-in, one set
+    assert len(later["draws"]) == 1
+    with pytest.raises(ValueError, match="burnin"):
+        opt.update(params, opt.init(params), oracle, draws=info["draws"][:3])

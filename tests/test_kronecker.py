@@ -252,3 +252,60 @@ def test_unknown_fisher_estimate_is_rejected():
         K.kfac_statistics(oracle, params, "exact")
     with pytest.raises(ValueError, match="seed"):
         K.kfac_statistics(oracle, params, "mc")
+
+
+# --- Rademacher curvature propagation (Martens, Sutskever & Swersky 2012; kfac-jax's default) ---------------
+def _all_signs(B, C):
+    """Every sign pattern ε ∈ {±1}^C, the same for each example: (2^C, B, C)."""
+    patterns = np.array(list(itertools.product((-1.0, 1.0), repeat=C)))
+    return np.repeat(patterns[:, None, :], B, axis=1)
+
+
+@pytest.mark.parametrize("loss_name", LOSSES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "mean_all"])
+def test_curvature_prop_over_every_sign_pattern_is_the_exact_G(loss_name, reduction):
+    """E[(Lε)(Lε)ᵀ] = L Lᵀ = H_ℓ: averaging the 2^C sign patterns gives the exact ("true") G, exactly."""
+    model, params, oracle = make_problem([3, 4, 3], loss_name, reduction, batch=4)
+    exact = K.kfac_statistics(oracle, params, "true")
+    prop = K.kfac_statistics(oracle, params, "curvature_prop", labels=_all_signs(4, 3))
+    for G_exact, G_prop in zip(factors(exact)[1], factors(prop)[1]):
+        np.testing.assert_allclose(G_prop, G_exact, rtol=1e-12, atol=1e-15)
+    one = K.kfac_statistics(oracle, params, "curvature_prop", labels=_all_signs(4, 3)[:1])
+    assert not np.allclose(factors(one)[1][-1], factors(exact)[1][-1])   # one pattern alone is not exact
+
+
+def test_curvature_prop_factor_is_kfac_jax_s_and_draws_replay():
+    """L ε for softmax is √p ⊙ ε − p (√pᵀε) (kfac-jax's multiply_ggn_factor); seeded signs = injected signs."""
+    model, params, oracle = make_problem([3, 4, 3], "softmax", batch=4)
+    z = model.apply(params, oracle.X)
+    eps = K.draw_signs(z, [0, 3], 2)
+    assert eps.shape == (2, 4, 3) and set(np.unique(eps)) <= {-1.0, 1.0}
+    p = oracle.loss.probabilities(z)
+    want = np.sqrt(p) * eps[0] - p * np.sum(np.sqrt(p) * eps[0], axis=1, keepdims=True)
+    np.testing.assert_allclose(K.output_hessian_sqrt_vp(oracle.loss, z, eps[0]), want, rtol=1e-15)
+    F = oracle.loss.output_fisher(z)
+    for loss in (Gaussian("mean", variance=0.7), Bernoulli("mean")):   # diagonal H_ℓ: √diag ⊙ ε
+        d = np.sqrt(np.diagonal(loss.output_fisher(z), axis1=1, axis2=2))
+        np.testing.assert_array_equal(K.output_hessian_sqrt_vp(loss, z, eps[0]), d * eps[0])
+    assert F.shape == (4, 3, 3)
+    seeded = K.kfac_statistics(oracle, params, "curvature_prop", samples=2, seed=[0, 3])
+    injected = K.kfac_statistics(oracle, params, "curvature_prop", labels=seeded.labels)
+    np.testing.assert_array_equal(seeded.labels, eps)
+    for a, b in zip(factors(seeded)[1], factors(injected)[1]):
+        np.testing.assert_array_equal(a, b)
+    assert seeded.sweeps == 2
+
+
+def test_burnin_factor_weights_are_kfac_jax_s_weighted_moving_average():
+    """kfac-jax: w ← ema_old·w + 1, ε = 1 − 1/w, with ema_old = 1 for the n burn-in estimates, then decay."""
+    for init in ("debiased", "mean", "identity"):
+        assert [K.factor_weight(k, 0.9, init, burnin=3) for k in (1, 2, 3)] == [0.0, 0.5, 1 - 1 / 3]
+    w, eps = 0.0, []
+    for k in range(1, 12):
+        old = 1.0 if k <= 3 else 0.9
+        w = old * w + 1.0
+        eps.append(old * (w - 1.0) / w / old if k <= 3 else 1.0 - 1.0 / w)
+    np.testing.assert_allclose([K.factor_weight(k, 0.9, "debiased", burnin=3) for k in range(1, 12)], eps,
+                               rtol=1e-14)
+    assert K.factor_weight(5, 0.9, "mean", burnin=3) == K.factor_weight(5, 0.9, "mean")
+    assert K.factor_weight(5, 0.9, "debiased", burnin=3) != K.factor_weight(5, 0.9, "debiased")

@@ -637,3 +637,110 @@ def test_dcsrch_statuses_and_non_finite_values():
         dcsrch(_quartic, *_quartic(0.0), xtol=-1.0)
     with pytest.raises(ValueError, match="stpmin"):
         dcsrch(_quartic, *_quartic(0.0), alpha0=1.0, stpmin=2.0)
+
+
+# --- optax's zoom line search (optax_zoom) ------------------------------------------------------------
+from refopt.linesearch import _optax_cubicmin, _optax_quadmin, optax_zoom  # noqa: E402
+
+
+def _recording(f, df):
+    """φ and the list of its trial points."""
+    trials = []
+
+    def phi(a):
+        trials.append(a)
+        return f(a), df(a)
+    return phi, trials
+
+
+def test_optax_zoom_interpolants_closed_form():
+    """_cubicmin: x³ − 3x through (0, 0; slope −3), (2, 2), (0.5, −1.375) has its minimiser at 1; with c = a
+    (the zoom's first trial) it is 0/0 = NaN. _quadmin: 5(x − 0.3)² from 0 and 1 gives 0.3; a line gives ±inf."""
+    assert _optax_cubicmin(0.0, 0.0, -3.0, 2.0, 2.0, 0.5, -1.375) == pytest.approx(1.0, rel=1e-15)
+    assert math.isnan(_optax_cubicmin(0.0, 1.0, -1.0, 1.0, 0.5, 0.0, 1.0))
+    assert _optax_quadmin(0.0, 0.45, -3.0, 1.0, 2.45) == pytest.approx(0.3, rel=1e-15)
+    assert math.isinf(_optax_quadmin(0.0, 1.0, -1.0, 2.0, -1.0))
+
+
+def test_optax_zoom_safeguards_pick_bisection():
+    """φ = 50(α − 0.05)²: the unit step fails; the bracket's cubic is degenerate or NaN (c = a on the first
+    zoom trial; a quadratic's three points give A = 0), and the quadratic's minimiser 0.05 lies within 10 % of
+    the end of [0, 1] and of [0, 0.5]: bisection, 0.5 then 0.25; the next trial lies inside [0, 0.25]."""
+    phi, trials = _recording(lambda a: 50 * (a - 0.05) ** 2, lambda a: 100 * (a - 0.05))
+    res = optax_zoom(phi, 50 * 0.05 ** 2, -5.0)
+    assert trials[:3] == [1.0, 0.5, 0.25] and 0.025 < trials[3] < 0.225
+    assert res.status == "converged" and res.nfev == len(trials)
+
+
+def test_optax_zoom_doubles_then_zooms():
+    """φ = (α − 10)², c₂ = 0.1: doubling 1, 2, 4, 8 (|φ'| > 2), 16 rises above φ(8): the quadratic through
+    (8, 4; −4) and (16, 36) gives the minimiser 10."""
+    phi, trials = _recording(lambda a: (a - 10) ** 2, lambda a: 2 * (a - 10))
+    res = optax_zoom(phi, 100.0, -20.0, c2=0.1)
+    assert trials[:5] == [1.0, 2.0, 4.0, 8.0, 16.0] and trials[5] == pytest.approx(10.0, rel=1e-15)
+    assert res.status == "converged" and res.nfev == 6
+
+
+def test_optax_zoom_failures_as_optax():
+    """Out of evaluations with no sufficient-decrease point: optax's unsafe step (its last trial, above φ(0));
+    with a non-finite last trial: α = 0. With a safe point: the safe point."""
+    f, df = (lambda a: 50 * (a - 0.01) ** 2), (lambda a: 100 * (a - 0.01))
+    res = optax_zoom(*_recording(f, df)[:1], f(0.0), df(0.0), max_evals=1)
+    assert res.alpha == 1.0 and res.phi > f(0.0) and res.status == "max_evaluations"
+    res = optax_zoom(lambda a: (math.inf, math.nan), 1.0, -1.0, max_evals=1)
+    assert res.alpha == 0.0 and res.phi == 1.0 and res.status == "max_evaluations"
+    res = optax_zoom(lambda a: ((a - 50) ** 2, 2 * (a - 50)), 2500.0, -100.0, max_evals=3)
+    assert (res.alpha, res.status) == (4.0, "max_evaluations")   # 1, 2, 4 all decrease: the latest kept
+
+
+def test_optax_zoom_approximate_decrease_and_not_descent():
+    """Where φ rose by less than approx_dec_rtol·|φ(0)| and the slope meets H&Z's bounds the step is accepted
+    (``approximate``); without approx_dec_rtol it is not. φ'(0) ≥ 0: nothing evaluated."""
+    def phi(a):
+        return 1e8 + 1.0, -0.5
+    res = optax_zoom(phi, 1e8, -1.0)
+    assert res.success and res.approximate and res.alpha == 1.0
+    assert not optax_zoom(phi, 1e8, -1.0, approx_dec_rtol=None, max_evals=3).approximate
+    assert optax_zoom(phi, 1e8, 0.0).status == "not_descent"
+
+
+def _optax_1d_functions(jnp):
+    return {"overshoot": lambda a: 100 * (a - 0.01) ** 2 + a ** 4, "extrapolate": lambda a: (a - 50.0) ** 2,
+            "more_thuente_2": lambda a: (a + 0.004) ** 5 - 2 * (a + 0.004) ** 4,
+            "rosenbrock_line": lambda a: 100 * ((-1.2 + 2 * a) ** 2 - (1 + 1.5 * a)) ** 2 + (2.2 - 2 * a) ** 2,
+            "domain": lambda a: jnp.where(a < 0.6, 2 * (a - 0.5) ** 2 - 0.1 * jnp.log(0.6 - a), jnp.nan),
+            "wiggle": lambda a: -jnp.sin(13 * a) + 0.1 * (a - 2) ** 2}
+
+
+@pytest.mark.parametrize("max_steps", [20, 3])
+def test_optax_zoom_picks_optax_trial_points(max_steps):
+    """The trial points of optax.scale_by_zoom_linesearch (optax.lbfgs's settings, jax_enable_x64) on 1-D
+    functions whose unit step fails, recorded from inside its compiled search, and optax_zoom's: the same
+    sequence (to 1e-13: XLA fuses multiply-adds; measured ≤ 4e-15) and the same final step."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    for name, f in _optax_1d_functions(jnp).items():
+        theirs = []
+
+        def value_fn(x, f=f, theirs=theirs):
+            jax.debug.callback(lambda v: theirs.append(float(v)), x, ordered=True)
+            return f(x)
+        search = optax.scale_by_zoom_linesearch(max_linesearch_steps=max_steps, initial_guess_strategy="one")
+        x0 = jnp.asarray(0.0)
+        v0, g0 = jax.value_and_grad(f)(x0)
+        assert g0 < 0, name   # a descent direction u = 1 (optax would search uphill, optax_zoom refuses)
+        _, state = search.update(jnp.asarray(1.0), search.init(x0), x0, value=v0, grad=g0, value_fn=value_fn)
+        jax.effects_barrier()
+        vg = jax.value_and_grad(f)
+        ours = []
+
+        def phi(a, ours=ours, vg=vg):
+            ours.append(a)
+            v, g = vg(jnp.asarray(a))
+            return float(v), float(g)
+        res = optax_zoom(phi, float(v0), float(g0), max_evals=max_steps)
+        assert len(ours) == len(theirs), name
+        assert ours == pytest.approx(theirs, rel=1e-13, abs=0), name
+        assert res.alpha == pytest.approx(float(state.learning_rate), rel=1e-13), name

@@ -391,11 +391,17 @@ def _mode_apply(G, mats):
     return G
 
 
-def _eig_power(M, p, eps, shift_psd=False):
+def _eig_power(M, p, eps):
     lam, Q = np.linalg.eigh(M)
-    if shift_psd:                                                 # Meta: L -= min(λ_min, 0)
-        lam = lam - min(lam.min(), 0.0)
     return (Q * (lam + eps) ** p) @ Q.T
+
+
+def _meta_inverse_root(A, root, epsilon):
+    """distributed_shampoo's A^(−1/root): L, Q = eigh(A + εI); if λ_min < ε, L ← L − λ_min + ε."""
+    lam, Q = np.linalg.eigh(A + epsilon * np.eye(len(A)))
+    if lam.min() < epsilon:
+        lam = lam - lam.min() + epsilon
+    return (Q * lam ** (-1.0 / root)) @ Q.T
 
 
 def _google_merge(shape, max_dim):
@@ -466,7 +472,11 @@ def lib_meta_shampoo(prob, x, lr, epsilon, momentum=0.0, grafting_epsilon=None, 
     of L / (1 − β₂ᵗ), _bias_correction2) and the grafting accumulator see the raw G; eigh roots with the
     PSD shift, optional AdaGrad grafting (grafting_beta2=1) of the filtered gradient, and momentum
     (dampening 0). Roots are recomputed when step % precondition_frequency == 0 and step > start, or
-    step == start (DistributedShampoo.step); before the start the grafting method steps."""
+    step == start (_group_step_body); before the start the grafting method steps. The roots are those of
+    matrix_eigendecomposition + matrix_inverse_root_from_eigendecomposition with the default
+    PerturbationConfig(perturb_before_computation=True): eigh(L + εI), shifted by ε − λ_min when λ_min < ε;
+    lr lives in a float32 tensor (_instantiate_lr_tensors), so the step is −float32(lr)·P."""
+    lr = float(np.float32(lr))
     leaves = lambda v: [to_tree(v)[0]["W"], to_tree(v)[0]["b"]]  # noqa: E731
     shapes = [(4, 3), (3,)]
     merged = [[int(np.prod(s))] if (merge and len(s) > 1 and np.prod(s) <= 1024) else list(s) for s in shapes]
@@ -500,7 +510,7 @@ def lib_meta_shampoo(prob, x, lr, epsilon, momentum=0.0, grafting_epsilon=None, 
             if compute_root_inverse:
                 root = (inv_root_override or 2 * len(ms))
                 bias_correction2 = 1.0 - beta2 ** step if beta2 < 1.0 else 1.0
-                inverse[j] = [_eig_power(Fi / bias_correction2, -1.0 / root, epsilon, shift_psd=True) for Fi in F]
+                inverse[j] = [_meta_inverse_root(Fi / bias_correction2, root, epsilon) for Fi in F]
             if use_grafting_method:
                 P = gdir
             else:
@@ -1096,8 +1106,8 @@ def _net_run(profile, B, **overrides):
 
 def case_kfac_jax():
     for period, momentum in ((5, 0.0), (1, 0.9)):
-        ours, X, y, Ws, labels = _net_run("google-deepmind/kfac-jax", 5, lr=0.3, damping=1e-2,
-                                          inverse_interval=period, momentum=momentum)
+        ours, X, y, Ws, labels = _net_run("google-deepmind/kfac-jax", 5, lr=0.3, damping=1e-2, fisher="mc",
+                                          burnin=0, inverse_interval=period, momentum=momentum)
         theirs = lib_kfac_jax(Ws, X, y, labels, lr=0.3, momentum=momentum, damping=1e-2, ema=0.95,
                               inverse_update_period=period)
         assert_same(ours, np.stack(theirs))

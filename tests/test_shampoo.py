@@ -445,6 +445,88 @@ def test_state_survives_a_checkpoint_round_trip():
         np.testing.assert_array_equal(a, b)
 
 
+# --- distributed_shampoo's conventions (eps_mode="shift", refresh, lr_dtype, factor_dtype) ----------------
+def meta_root(H, p, eps, dtype=np.float64):
+    """Meta's root in ``dtype``: L, Q = eigh(H + εI); if λ_min < ε, L ← L − λ_min + ε; Q L^p Qᵀ."""
+    H = H.astype(dtype)
+    lam, Q = np.linalg.eigh(H + dtype(eps) * np.eye(len(H), dtype=dtype))
+    if lam.min() < eps:
+        lam = lam - lam.min() + dtype(eps)
+    return (Q * lam ** p) @ Q.T
+
+
+def test_shift_eps_mode_two_steps_rank_deficient():
+    # rank-one statistics: eigh(H + εI) has λ_min ≈ ε ± rounding, shifted so that λ_min = ε exactly
+    x = run(Shampoo(lr=0.5, eps=1e-3, eps_mode="shift"), X0.copy(), GRADS[:2])[0]
+    expected = X0.copy()
+    for t in (1, 2):
+        H = [sum(unfold(G, i) @ unfold(G, i).T for G in GRADS[:t]) for i in range(2)]
+        expected -= 0.5 * meta_root(H[0], -0.25, 1e-3) @ GRADS[t - 1] @ meta_root(H[1], -0.25, 1e-3)
+    np.testing.assert_allclose(x, expected, rtol=1e-12)
+
+
+def test_shift_eps_mode_rescues_a_rounding_negative_statistic():
+    # H with λ_min = −1e-9 < −ε: "add" refuses (singular), "shift" moves λ_min to ε, as Meta does
+    H = np.diag([1.0, -1e-9])
+    lam = np.array([1.0, -1e-9]) + 1e-12
+    lam = lam - lam.min() + 1e-12
+    opt = Shampoo(eps=1e-12, eps_mode="shift")
+    np.testing.assert_allclose(opt._root(H, -0.5), np.diag(lam ** -0.5), rtol=1e-12)
+    with pytest.raises(ValueError, match="singular"):
+        Shampoo(eps=1e-12)._root(H, -0.5)
+    # no shift when λ_min ≥ ε: the root of H + εI
+    H = np.diag([2.0, 0.5])
+    np.testing.assert_allclose(opt._root(H, -0.5), np.diag((np.diag(H) + 1e-12) ** -0.5), rtol=1e-15)
+
+
+@pytest.mark.parametrize("refresh,expected", [("from_start", [2, 5]), ("multiples", [2, 3, 6])])
+def test_refresh_schedules(refresh, expected):
+    opt = Shampoo(precondition_interval=3, start_step=2, refresh=refresh)
+    params, state = [np.ones((3, 2))], None
+    state = opt.init(params)
+    refreshed = []
+    for t in range(1, 7):
+        params, state, info = opt.update(params, state, ScriptedOracle([[GRADS[t % 3]]]))
+        if info["refreshed"]:
+            refreshed.append(t)
+    assert refreshed == expected
+
+
+def test_lr_dtype_float32_rounds_the_step_size():
+    lr = 0.01
+    lr32 = float(np.float32(lr))
+    assert lr32 != lr
+    x = run(Shampoo(lr=lr, eps=0.1, lr_dtype="float32", weight_decay=0.3, weight_decay_mode="decoupled"),
+            X0.copy(), GRADS[:1])[0]
+    expected = X0 - lr32 * (dense_direction(GRADS[:1], 0.1) + 0.3 * X0)   # Meta: θ − η₃₂(P + λθ)
+    np.testing.assert_allclose(x, expected, rtol=1e-15)
+    with pytest.raises(ValueError, match="float32"):
+        Shampoo(lr=1e300, lr_dtype="float32")
+
+
+@pytest.mark.parametrize("statistics", ["sum", "ema_debiased"])
+def test_factor_dtype_float32_transcription(statistics):
+    # H in float32 (one rounding per accumulation), the roots in float32, P from float32(G), cast back
+    b2 = 0.9
+    opt = Shampoo(lr=0.5, eps=1e-3, eps_mode="shift", factor_dtype="float32", statistics=statistics, beta2=b2)
+    x, state, _ = run(opt, X0.copy(), GRADS)
+    assert all(H.dtype == np.float32 for H in T.leaves(state.stats)) and x.dtype == np.float64
+    H = [np.zeros((3, 3), np.float32), np.zeros((2, 2), np.float32)]
+    expected = X0.copy()
+    for t, G in enumerate(GRADS, 1):
+        for i in range(2):
+            S = unfold(G, i) @ unfold(G, i).T
+            H[i] = (S + H[i]).astype(np.float32) if statistics == "sum" else \
+                ((H[i] * np.float32(b2)) + (1 - b2) * S).astype(np.float32)
+        bc = np.float32(1 - b2 ** t) if statistics == "ema_debiased" else None
+        R = [meta_root(Hi / bc if bc is not None else Hi, np.float32(-0.25), 1e-3, np.float32) for Hi in H]
+        assert all(Ri.dtype == np.float32 for Ri in R)
+        expected -= 0.5 * (R[0] @ G.astype(np.float32) @ R[1]).astype(np.float64)
+    np.testing.assert_array_equal(x, expected)
+    native = run(Shampoo(lr=0.5, eps=1e-3, eps_mode="shift", statistics=statistics, beta2=b2), X0.copy(), GRADS)[0]
+    assert 1e-9 < np.max(np.abs(x - native)) < 1e-4   # float32 rounding, visible and small
+
+
 def test_switches_are_declared_with_the_defaults():
     assert_switches_declared_with_defaults(Shampoo)
 

@@ -28,7 +28,8 @@ def layer_factors(oracle, params, fisher: str = "true", samples: int = 1, seed=N
     """(A, G): lists over layers of this batch's K-FAC factors at ``params`` (``factor_estimates``).
 
     ``fisher`` "true" | "mc" (``labels`` (k, ...) injected, or ``samples`` sets drawn with ``seed``) |
-    "empirical". A ⊗ G approximates the layer's Fisher block of the reduced loss, indexed by vec(W̄)
+    "empirical" | "curvature_prop" (Rademacher signs (k, B, C) as ``labels``, or drawn with ``seed``).
+    A ⊗ G approximates the layer's Fisher block of the reduced loss, indexed by vec(W̄)
     ("joint") or by vec(W) with the bias block G apart ("separate").
     """
     est = factor_estimates(_statistics(oracle, params, fisher, samples, seed, labels), bias_block,

@@ -35,14 +35,25 @@ What G estimates (``fisher``; names as ``refopt.curvature.FISHER_KINDS``):
   output-space Fisher. We factor F_out,i = L_i L_iᵀ (softmax: enumerate classes, column c is
   √p_c (p − e_c); otherwise a symmetric eigen-square-root of ``loss.output_fisher``) and backpropagate
   each column: C extra sweeps.
+* "curvature_prop" (Rademacher curvature propagation, Martens, Sutskever & Swersky 2012; kfac-jax's
+  default ``estimation_mode="ggn_curvature_prop"``): with H_ℓ,i = L_i L_iᵀ the output Hessian of
+  example i (equal to its output Fisher for the shipped likelihoods) and k sign vectors ε ∈ {±1}^C,
+  drawn Rademacher, backpropagate L_i ε: E[(L ε)(L ε)ᵀ] = L E[ε εᵀ] Lᵀ = L Lᵀ, so G is unbiased for
+  the GGN factor of "true" at k sweeps instead of C. L is kfac-jax's: softmax L ε = √p ⊙ ε − p (√pᵀε),
+  a diagonal H_ℓ (Gaussian, Bernoulli) √diag(H_ℓ) ⊙ ε, otherwise the eigen-square-root Q √Λ.
 
-All three are expressed the same way: a list of "probes" p, each a list over layers of (B, fan_out)
+All four are expressed the same way: a list of "probes" p, each a list over layers of (B, fan_out)
 arrays g_{p,l} in the scaling of the reduced loss, such that G_l = (1/scale) Σ_p g_{p,l}ᵀ g_{p,l}
-(an MC probe carries the factor 1/√k). The cross-layer factors of the block-tridiagonal variant and
+(an MC or curvature-propagation probe carries the factor 1/√k). The cross-layer factors of the block-tridiagonal variant and
 the eigenbasis statistics of EKFAC are read from the same probes.
 
+Burn-in (``factor_weight``'s ``burnin`` = n, kfac-jax's ``num_burnin_steps``): the first n estimates are
+averaged with equal weights (ε_k = 1 − 1/k), as kfac-jax's WeightedMovingAverage with ema_old = ema_new = 1;
+the running average then continues as if those n had weight n.
+
 Source: Martens & Grosse 2015, sections 2-3 (Kronecker factorisation, eq. (1) and section 3.1), and
-section 5 for the label sampling.
+section 5 for the label sampling; Martens, Sutskever & Swersky 2012, "Estimating the Hessian by
+back-propagating curvature" (ICML), for curvature propagation.
 """
 from __future__ import annotations
 
@@ -52,16 +63,17 @@ from typing import NamedTuple, Sequence
 from .. import autodiff as ad
 from .. import tree as T
 from ..autodiff.core import getval
-from ..backend import xp
+from ..backend import rademacher, xp
 
 __all__ = [
     "FISHER_ESTIMATES", "FACTOR_INITS", "augment", "layer_matrix", "layer_tree", "input_factor", "grad_factor",
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
-    "kfac_statistics", "statistics_pass", "factor_weight", "OUTPUT_GRAD_SCALES",
+    "kfac_statistics", "statistics_pass", "factor_weight", "OUTPUT_GRAD_SCALES", "output_hessian_sqrt_vp",
+    "draw_signs",
 ]
 
-FISHER_ESTIMATES = ("mc", "empirical", "true")
+FISHER_ESTIMATES = ("mc", "empirical", "true", "curvature_prop")
 OUTPUT_GRAD_SCALES = ("per_example", "reduced_loss")
 FACTOR_INITS = ("mean", "debiased", "identity")
 
@@ -115,8 +127,13 @@ def cross_grad_factor(probes_l: Sequence, probes_next: Sequence, scale: float):
     return sum(g.T @ h for g, h in zip(probes_l, probes_next)) / scale
 
 
-def factor_weight(k: int, decay: float, init: str) -> float:
+def factor_weight(k: int, decay: float, init: str, burnin: int = 0) -> float:
     """ε_k in F ← ε_k F + (1 − ε_k) F̂ for the k-th estimate F̂ (k = 1, 2, ...) of a running average.
+
+    With ``burnin`` = n > 0 the estimates k ≤ n are averaged plainly, ε_k = 1 − 1/k, and from k = n + 1
+    on the rule of ``init`` continues from that mean of weight n ("debiased": the weight w_k = decay·w_{k−1}
+    + 1 from w_n = n, ε_k = decay·w_{k−1} / w_k, kfac-jax's WeightedMovingAverage after its burn-in;
+    "mean" and "identity": their rules below unchanged).
 
     * "mean" (Martens & Grosse 2015, section 5): ε_k = min(1 − 1/k, decay): the first estimate is
       taken as is, then a plain mean of the estimates so far until the weight reaches ``decay``.
@@ -124,6 +141,13 @@ def factor_weight(k: int, decay: float, init: str) -> float:
       F_k = (Σ_j decay^{k−j} (1 − decay) F̂_j) / (1 − decay^k), i.e. ε_k = decay (1 − decay^{k−1}) / (1 − decay^k).
     * "identity" (start from F_0 = I, as several PyTorch K-FACs do): ε_k = decay for every k.
     """
+    if burnin and init in FACTOR_INITS:
+        if k <= burnin:
+            return 1.0 - 1.0 / k
+        if init == "debiased":
+            m = k - 1 - burnin                      # estimates since the burn-in, before this one
+            w = decay ** m * burnin + (sum(decay ** j for j in range(m)))
+            return decay * w / (decay * w + 1.0)
     if init == "mean":
         return min(1.0 - 1.0 / k, decay)
     if init == "debiased":
@@ -188,6 +212,29 @@ def output_fisher_factor(loss, z):
     return Q * xp.sqrt(xp.maximum(lam, 0.0))[:, None, :]
 
 
+def output_hessian_sqrt_vp(loss, z, signs):
+    """L_i ε_i for every example, with L_i L_iᵀ = H_ℓ,i (the output Hessian, here the output Fisher) and
+    ``signs`` ε of z's shape (B, C); the factor L is kfac-jax's (module docs), so injected signs give its
+    vectors exactly."""
+    from ..nn.losses import SoftmaxCrossEntropy  # noqa: PLC0415 (avoid an import cycle at load time)
+
+    if isinstance(loss, SoftmaxCrossEntropy):
+        p = loss.probabilities(z)
+        sqrt_p = xp.sqrt(p)
+        return sqrt_p * signs - p * xp.sum(sqrt_p * signs, axis=1, keepdims=True)
+    F = loss.output_fisher(z)
+    d = xp.diagonal(F, axis1=1, axis2=2)
+    if bool(xp.all(F == d[:, :, None] * xp.eye(F.shape[1], dtype=F.dtype))):   # diagonal H_ℓ: √diag, no eigh
+        return xp.sqrt(xp.maximum(d, 0.0)) * signs
+    Lf = output_fisher_factor(loss, z)
+    return xp.einsum("bck,bk->bc", Lf, signs)
+
+
+def draw_signs(z, seed, k: int = 1):
+    """k Rademacher sign sets ε of z's shape, (k, B, C), for curvature propagation (host-drawn from ``seed``)."""
+    return rademacher(seed, (k, *z.shape), getval(z).dtype)
+
+
 class LayerCapture(NamedTuple):
     """One recorded forward pass: outputs z, layer inputs a_{l-1}, and u ↦ [∂⟨u, z⟩/∂s_l]_l."""
 
@@ -215,7 +262,7 @@ class KFACStatistics(NamedTuple):
     output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels
     probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
     scale: float          # the reduction's factor (1/B or 1)
-    labels: object = None  # the sampled label sets behind "mc" probes (k, ...), else None
+    labels: object = None  # the draws behind the probes: "mc" label sets (k, ...), "curvature_prop" signs (k, B, C)
     sweeps: int = 0        # backward sweeps beyond the gradient's (one network vjp each; the oracle counts them)
 
 
@@ -243,7 +290,8 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
                     gradient: bool = True) -> KFACStatistics:
     """``kfac_statistics`` on the batch (X, y), counting nothing: for "mc" without ``labels`` the label
     sets are ``sample(z)`` of the recorded outputs z (so no second forward pass is needed; the oracle's
-    ``sample_labels`` with ``outputs=z``). ``sweeps`` in the result is the number of extra backward sweeps.
+    ``sample_labels`` with ``outputs=z``); for "curvature_prop" ``labels`` are the signs (k, B, C), or
+    ``sample(z)`` draws them (``draw_signs``). ``sweeps`` in the result is the number of extra backward sweeps.
     """
     if fisher is not None and fisher not in FISHER_ESTIMATES:
         raise ValueError(f"fisher must be one of {FISHER_ESTIMATES}, got {fisher!r}")
@@ -263,6 +311,11 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
         probes = []
         for yk in labels:
             probes.append([w * gl for gl in cap.pullback(_reduced_output_grad(loss, cap.z, yk)[1])])
+    elif fisher == "curvature_prop" and finite:
+        if labels is None:
+            labels = sample(cap.z)
+        w = scale / math.sqrt(len(labels))
+        probes = [cap.pullback(w * output_hessian_sqrt_vp(loss, cap.z, eps)) for eps in labels]
     elif fisher == "true" and finite:
         Lf = output_fisher_factor(loss, cap.z)
         probes = []
@@ -270,5 +323,6 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
             probes.append(cap.pullback(scale * Lf[:, :, k]))
     elif fisher is not None:
         probes = [g]  # non-finite pass: the caller sees non-finite statistics and skips the update
-    sweeps = len(probes) if fisher in ("mc", "true") and finite else 0
-    return KFACStatistics(value, grad, cap.inputs, g, probes, scale, labels if fisher == "mc" else None, sweeps)
+    sweeps = len(probes) if fisher in ("mc", "true", "curvature_prop") and finite else 0
+    return KFACStatistics(value, grad, cap.inputs, g, probes, scale,
+                          labels if fisher in ("mc", "curvature_prop") else None, sweeps)

@@ -34,7 +34,9 @@ Declarations, each made once on the class and read by everything else:
                  ``check_oracle`` compares them with ``oracle.provides`` when a run is set up.
     draws        what ``update`` samples: None (nothing; ``update(..., draws=x)`` with x not None is
                  refused), "labels" (an integer array of labels sampled from the model, (k, B) or
-                 (k, B, C)) or "probes" (a list of probe trees shaped like the parameters);
+                 (k, B, C)), "signs" (Rademacher sign sets in output space, a float array (k, B, C)
+                 of ±1: K-FAC's curvature propagation) or "probes" (a list of probe trees shaped like
+                 the parameters);
                  ``check_draws`` validates injected draws before anything is computed.
 
 The checks (``check_positive``, ``check_nonnegative``, ``check_unit_interval``, ``check_int``,
@@ -161,6 +163,11 @@ class Optimizer:
             kind = getattr(getattr(draws, "dtype", None), "kind", None)
             if kind not in ("i", "u", "f") or getattr(draws, "ndim", 0) not in (2, 3):
                 raise ValueError(f"{who}: draws must be an array of sampled labels, (k, B) or (k, B, C), "
+                                 f"got {show_value(draws)}")
+        elif self.draws == "signs":
+            kind = getattr(getattr(draws, "dtype", None), "kind", None)
+            if kind != "f" or getattr(draws, "ndim", 0) != 3 or not bool(((draws == 1) | (draws == -1)).all()):
+                raise ValueError(f"{who}: draws must be Rademacher signs, a float array (k, B, C) of ±1, "
                                  f"got {show_value(draws)}")
         elif not (isinstance(draws, (list, tuple)) and len(draws) > 0):
             raise ValueError(f"{who}: draws must be a non-empty list of probe trees, got {show_value(draws)}")

@@ -7,7 +7,8 @@ globalisation says how far, so that the method converges from far away too (Noce
 Line search (N&W Ch. 3): θ⁺ = θ + α p with α from a search on φ(α) = L(θ + α p) — ``search_along``
 dispatches to ``refopt.linesearch`` ("strong_wolfe" N&W Algs. 3.5/3.6, "armijo" Alg. 3.1, "minfunc"
 torch's strong Wolfe, "minpack" MINPACK-2's dcsrch as L-BFGS-B calls it, "scipy" scipy BFGS's dcsrch
-→ zoom fallback, "none" a unit step backtracking only on non-finite values) and keeps the trial
+→ zoom fallback, "optax_zoom" optax's zoom along its update u = α₀ p, "none" a unit step backtracking only on
+non-finite values) and keeps the trial
 points it evaluated, so the accepted one's loss and gradient need not be computed again. The first trial
 α₀ comes from ``initial_step`` (N&W eq. 3.60 or a unit step; the first step of a run by a library's rule).
 
@@ -30,8 +31,8 @@ from typing import Any, NamedTuple, Optional
 
 from .. import tree as T
 from ..backend import xp
-from ..linesearch import (LineSearchResult, armijo, dcsrch, fixed_step, minfunc_wolfe, precision_status,
-                          rounding_error, scipy_wolfe, strong_wolfe)
+from ..linesearch import (LineSearchResult, armijo, dcsrch, fixed_step, minfunc_wolfe, optax_zoom,
+                          precision_status, rounding_error, scipy_wolfe, strong_wolfe)
 from .base import check_nonnegative
 
 __all__ = ["Trial", "Outcome", "search_along", "evaluate_trial", "initial_step", "INITIAL_STEPS", "FIRST_STEPS",
@@ -85,12 +86,13 @@ def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0
     """
     trials: dict = {}
     values: list = []
+    step_scale = 1.0   # α = step_scale · the search's step (optax measures steps along u = α₀ p)
 
-    def phi(alpha):
-        trial = T.unravel(x + alpha * p, params)
+    def phi(alpha, u=p):
+        trial = T.unravel(x + alpha * u, params)
         f, gt = oracle.value_and_grad(trial)
         gflat = T.ravel(gt)
-        d = float(xp.vdot(gflat, p))
+        d = float(xp.vdot(gflat, u))
         if not (math.isfinite(f) and math.isfinite(d) and T.all_finite(gt)):
             f, d = math.inf, math.nan
         trials[alpha] = Trial(trial, f, gt)
@@ -111,12 +113,19 @@ def search_along(oracle, params, x, loss, g, p, method: str, alpha0: float = 1.0
                      stpmax=max(1e10, alpha0), max_evals=max_evals, epsilon_k=eps_k)
     elif method == "scipy":     # scipy's _line_search_wolfe12: dcsrch, then scipy's zoom where it fails
         res = scipy_wolfe(phi, loss, dphi0, alpha0=alpha0, c1=c1, c2=c2, max_evals=max_evals, epsilon_k=eps_k)
+    elif method == "optax_zoom":   # optax.lbfgs: updates u = α₀ p, its zoom's first trial 1 along u
+        u, step_scale = alpha0 * p, alpha0
+        res = optax_zoom(lambda eta: phi(eta, u), loss, float(xp.vdot(g, u)), alpha0=1.0, c1=c1, c2=c2,
+                         max_evals=max_evals, approx_dec_rtol=1e-6 if approximate else None, epsilon_k=eps_k)
     elif method == "armijo":
         res = armijo(phi, loss, dphi0, alpha0=alpha0, c1=c1, max_evals=max_evals, epsilon_k=eps_k)
     else:
         res = fixed_step(phi, loss, dphi0, alpha0=alpha0, max_evals=max_evals)
     if res.alpha > 0:
-        return Outcome(res.alpha, trials[res.alpha], res.nfev, res)
+        point = trials[res.alpha]
+        if step_scale != 1.0:
+            res = res._replace(alpha=step_scale * res.alpha)
+        return Outcome(res.alpha, point, res.nfev, res)
     return Outcome(0.0, None, res.nfev, res)
 
 

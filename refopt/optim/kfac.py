@@ -32,9 +32,22 @@ Schedule. Step t (t = 0, 1, ...) re-estimates the factors when t % T₁ == 0 (``
 refreshes the preconditioner, after the factor update of that step, when t % T₂ == 0
 (``inverse_interval``); step 0 does both. The statistics come from one forward pass and the gradient's
 backward sweep plus one sweep per sampled label set (``fisher="mc"``, ``samples`` sets; "empirical"
-reuses the data-label sweep, "true" takes one sweep per output dimension). Labels of step t are
-``loss.sample(z, [seed, t], samples)``; ``update(..., draws=labels)`` injects them instead, and
-``info["draws"]`` reports the labels used (None on steps without draws).
+reuses the data-label sweep, "true" takes one sweep per output dimension, "curvature_prop" one per
+Rademacher sign set ε of shape (B, C), backpropagating L ε with L Lᵀ = H_ℓ: Martens, Sutskever &
+Swersky 2012, kfac-jax's default estimator; ``kronecker`` module docs). Labels of step t are
+``loss.sample(z, [seed, t], samples)``, signs ``rademacher([seed, t], (samples, B, C))``;
+``update(..., draws=...)`` injects them instead (labels, or signs for "curvature_prop": ``draws`` is
+then "signs"), and ``info["draws"]`` reports those used (None on steps without draws).
+
+Burn-in (``burnin`` = n, kfac-jax's ``num_burnin_steps``): step 0 first folds n extra estimates of the
+factors into the running averages, equally weighted (``kronecker.factor_weight``), on its own batch
+and at its own parameters, with the draws of seeds [seed, 0, j], j < n; injected draws of step 0 are
+then the n + 1 passes' sets concatenated (burn-in first), and so is ``info["draws"]``.
+
+Empirical-Fisher scale (``empirical_scale``): "per_example" (default: the empirical G scaled as the
+other estimators', the batch average of the per-example outer products) or "batch" (G ÷ B: kfac-jax's
+``fisher_empirical`` divides the data-label vjp by √B on top of its blocks' 1/B, so its empirical G is
+(1/B²) Σ_i Dg_i Dg_iᵀ for a mean loss). Only with ``fisher="empirical"``.
 
 Levenberg–Marquardt (``adapt_damping``; Martens & Grosse section 6.5): every ``damping_interval``
 steps, ρ = (L(θ⁺) − L(θ)) / (∇Lᵀδ + ½ δᵀFδ) with F the exact Fisher of the batch (one Fisher-vector
@@ -79,7 +92,7 @@ from .base import (MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonn
 from .update_rules import WEIGHT_DECAY_MODES, decoupled_decay, ema, l2_decay, momentum
 
 __all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_CHOICES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
-           "ADAPT_DAMPING", "oracle_needs"]
+           "ADAPT_DAMPING", "oracle_needs", "draws_kind"]
 
 # update_rules' modes with "decoupled" (the source article's) first: the order of a Switch's choices decides
 # ties in the convention search, so the K-FAC family keeps it.
@@ -90,8 +103,10 @@ FACTOR_INIT = Switch("factor_init", K.FACTOR_INITS, "mean",
                      "start of the running factor averages: the first estimate, a bias-corrected zero start, or I",
                      "Martens & Grosse 2015 §5 (mean)")
 FISHER = Switch("fisher", K.FISHER_ESTIMATES, "mc",
-                "the G statistics: labels sampled from the model, the data labels, or the exact expectation",
-                "Martens & Grosse 2015 (mc); curvlinops fisher_type 'mc' / 'empirical' / 'type-2' (true)")
+                "the G statistics: labels sampled from the model, the data labels, the exact expectation, or "
+                "Rademacher curvature propagation (backpropagated L ε, L Lᵀ = H_ℓ)",
+                "Martens & Grosse 2015 (mc); curvlinops fisher_type 'mc' / 'empirical' / 'type-2' (true); "
+                "Martens, Sutskever & Swersky 2012, kfac-jax's default ggn_curvature_prop (curvature_prop)")
 WEIGHT_DECAY_MODE = Switch("weight_decay_mode", WEIGHT_DECAY_CHOICES, "decoupled",
                            "weight decay in parameter space after preconditioning, or as an L2 term before it",
                            "the source article (decoupled); an L2 term of the loss (l2)")
@@ -101,6 +116,11 @@ ADAPT_DAMPING = Switch("adapt_damping", (False, True), False,
                        "adapt λ every damping_interval steps by the reduction ratio ρ of the exact-Fisher model "
                        "(λ·ω if ρ > ¾, λ/ω if ρ < ¼), or keep λ fixed",
                        "Martens & Grosse 2015 §6.5 (True); kfac-jax use_adaptive_damping (default False)")
+
+
+def draws_kind(fisher: str):
+    """What the K-FAC family draws with this Fisher type: "labels" ("mc"), "signs" ("curvature_prop") or None."""
+    return {"mc": "labels", "curvature_prop": "signs"}.get(fisher)
 
 
 def oracle_needs(fisher: str, adapt_damping: bool = False) -> frozenset:
@@ -151,16 +171,21 @@ class KFAC(Optimizer):
                "under tikhonov and λ under eigen (pi refused)",
                "Martens & Grosse 2015 (joint); curvlinops separate_weight_and_bias=True (separate)"),
         ADAPT_DAMPING,
+        Switch("empirical_scale", ("per_example", "batch"), "per_example",
+               "the empirical G as the other estimators' (batch average of per-example outer products), or ÷ B "
+               "(only with fisher='empirical')",
+               "Martens & Grosse 2015 (per_example); kfac-jax fisher_empirical, vjp ÷ √B (batch)"),
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
-    draws = "labels"                # "mc" label sets; None for the other Fisher types (__init__)
+    draws = "labels"                # "mc" label sets, "curvature_prop" signs, else None (__init__, draws_kind)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
                  inverse: str = "inverse", damping_scheme: str = "pi", kl_clip: float | None = 1e-3,
                  weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
                  samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5,
-                 output_grad_scale: str = "per_example", bias_block: str = "joint"):
+                 output_grad_scale: str = "per_example", bias_block: str = "joint", burnin: int = 0,
+                 empirical_scale: str = "per_example"):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
@@ -182,8 +207,14 @@ class KFAC(Optimizer):
         self.damping_interval = check_int("damping_interval", damping_interval)
         self.set_switch("output_grad_scale", output_grad_scale)
         self.set_switch("bias_block", bias_block)
+        self.burnin = check_int("burnin", burnin, minimum=0, maximum=MAX_DRAWS - 1)
+        if (self.burnin + 1) * self.samples > MAX_DRAWS:
+            raise ValueError(f"burnin: step 0 would draw (burnin + 1) · samples > {MAX_DRAWS} sets")
+        self.set_switch("empirical_scale", empirical_scale)
+        if self.empirical_scale == "batch" and self.fisher != "empirical":
+            raise ValueError("empirical_scale='batch' needs fisher='empirical' (it rescales the empirical G only)")
         self.requires = oracle_needs(self.fisher, self.adapt_damping)
-        self.draws = "labels" if self.fisher == "mc" else None
+        self.draws = draws_kind(self.fisher)
         if self.bias_block == "separate" and self.damping_scheme == "pi":
             raise ValueError("bias_block='separate' needs damping_scheme='tikhonov' or 'eigen': the π of 'pi' "
                              "balances two factors and the bias block has one")
@@ -200,26 +231,56 @@ class KFAC(Optimizer):
         """The seed of step ``step``'s label draws: ``loss.sample(z, [seed, step], samples)``."""
         return [self.seed, step]
 
+    def _statistics(self, oracle, params, fisher, seed, draws, gradient=True):
+        """One statistics pass; the empirical probes ÷ √B under empirical_scale="batch" (kfac-jax's vjp scale)."""
+        stats = K.kfac_statistics(oracle, params, fisher, self.samples, seed=seed,
+                                  labels=draws if fisher in ("mc", "curvature_prop") else None, gradient=gradient)
+        if fisher == "empirical" and self.empirical_scale == "batch":
+            w = 1.0 / math.sqrt(stats.inputs[0].shape[0])
+            stats = stats._replace(probes=[[w * g for g in probe] for probe in stats.probes])
+        return stats
+
+    def _fold(self, factors, k, stats):
+        """(factors, k, updated): the running averages with this pass's estimate, if it is finite."""
+        estimate = self._blocks.estimate(stats)
+        if not T.all_finite(estimate):
+            return factors, k, False
+        eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
+        return {name: ema(factors[name], tuple(estimate[name]), eps) for name in factors}, k + 1, True
+
     def update(self, params, state: KFACState, oracle, draws=None):
-        """One K-FAC step: factors and preconditioner refreshed on schedule, KL-clipped step with momentum;
-        ``draws``: the "mc" label sets of this step (reported as ``info["draws"]``)."""
+        """One K-FAC step: factors and preconditioner refreshed on schedule (after the burn-in estimates at
+        step 0), KL-clipped step with momentum; ``draws``: this step's label or sign sets (``info["draws"]``)."""
         self.check_draws(draws)
         t = state.step
         refresh_factors = t % self.factor_interval == 0
         refresh = t % self.inverse_interval == 0 or not state.preconditioner
         fisher = self.fisher if refresh_factors else None
-        stats = K.kfac_statistics(oracle, params, fisher, self.samples, seed=self.step_seed(t),
-                                  labels=draws if fisher == "mc" else None)
+        factors, k = state.factors, state.factor_updates
+        passes = self.burnin + 1 if t == 0 and self.burnin and refresh_factors else 1
+        if draws is not None and passes > 1 and len(draws) % passes:
+            raise ValueError(f"{self.name}: step 0's draws must hold (burnin + 1) = {passes} passes' sets, "
+                             f"got {len(draws)}")
+        per = None if draws is None else len(draws) // passes
+        used = []
+        for j in range(passes - 1):   # burn-in: estimates only, folded with equal weights
+            stats = self._statistics(oracle, params, fisher, [self.seed, t, j],
+                                     None if draws is None else draws[j * per:(j + 1) * per], gradient=False)
+            if math.isfinite(stats.loss):
+                factors, k, _ = self._fold(factors, k, stats)
+            used.append(stats.labels)
+        stats = self._statistics(oracle, params, fisher, self.step_seed(t),
+                                 None if draws is None else draws[(passes - 1) * per:])
+        used.append(stats.labels)
         loss, grad = stats.loss, stats.grad
         if not (math.isfinite(loss) and T.all_finite(grad)):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
         message = ""
-        factors, k = state.factors, state.factor_updates
         factors_updated = False
         if refresh_factors:
             estimate = self._blocks.estimate(stats)
             if T.all_finite(estimate):
-                eps = K.factor_weight(k + 1, self.decay, self.factor_init)
+                eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
                 factors = {name: ema(factors[name], tuple(estimate[name]), eps) for name in factors}
                 k += 1
                 factors_updated = True
@@ -252,7 +313,8 @@ class KFAC(Optimizer):
             damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
         new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
         info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
-                         factors_updated=factors_updated, preconditioner_refreshed=refresh, draws=stats.labels,
+                         factors_updated=factors_updated, preconditioner_refreshed=refresh,
+                         draws=stats.labels if passes == 1 or used[0] is None else xp.concatenate(used, axis=0),
                          **extra)
         info["message"] = message
         return new, new_state, info

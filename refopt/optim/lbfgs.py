@@ -25,7 +25,9 @@ Switches (defaults first):
 * ``line_search``: "strong_wolfe" (default, c₁ = 10⁻⁴, c₂ = 0.9; N&W Algorithms 3.5-3.6), "armijo",
   "none", or "minfunc" (``linesearch.minfunc_wolfe``: minFunc's strong-Wolfe search as
   torch.optim.LBFGS(line_search_fn="strong_wolfe") runs it, max_evals = torch's max_ls + 1), or "minpack"
-  (``linesearch.dcsrch``: MINPACK-2's search as L-BFGS-B calls it, xtol = 0.1, stpmax = 1e10); the first step
+  (``linesearch.dcsrch``: MINPACK-2's search as L-BFGS-B calls it, xtol = 0.1, stpmax = 1e10), or "optax_zoom"
+  (``linesearch.optax_zoom``: optax's zoom line search, its steps measured along u = α₀p as optax's update,
+  approx_dec_rtol = 1e-6 with ``approximate_wolfe``, None without; optax.lbfgs uses max_evals = 20); the first step
   starts at α₀ from ``first_step``, later ones at ``initial_step``: "unit" (default, α₀ = 1: N&W §7.2 and
   L-BFGS-B) or "interpolate" (N&W eq. 3.60, as dense BFGS's default).
 * ``approximate_wolfe`` (default True): ``strong_wolfe`` accepts by Hager & Zhang's approximate Wolfe
@@ -112,11 +114,11 @@ class LBFGS(SecantMethod):
         Switch("damping", (None, "powell"), None,
                "Powell's damped y (N&W 18.14–18.15) with Bs = −αg, or the plain pair (skip rule only)",
                "L-BFGS-B, torch.optim.LBFGS, optax (None); N&W Procedure 18.2 (powell)"),
-        Switch("line_search", LINE_SEARCHES + ("minfunc", "minpack"), "strong_wolfe",
-               "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo, the bare step lr·α₀p, minFunc's search, or "
-               "MINPACK-2 dcsrch",
+        Switch("line_search", LINE_SEARCHES + ("minfunc", "minpack", "optax_zoom"), "strong_wolfe",
+               "globalisation: strong Wolfe (N&W Alg. 3.5-3.6), Armijo, the bare step lr·α₀p, minFunc's search, "
+               "MINPACK-2 dcsrch, or optax's zoom",
                "N&W (strong_wolfe); optax without linesearch (none); torch line_search_fn='strong_wolfe' "
-               "(minfunc); L-BFGS-B (minpack)"),
+               "(minfunc); L-BFGS-B (minpack); optax.lbfgs (optax_zoom)"),
     )
 
     def __init__(self, memory: int = 10, initial_scaling: str = "every", initial_matrix=None,

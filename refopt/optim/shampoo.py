@@ -22,12 +22,16 @@ Options (defaults: the paper's Shampoo):
   "relative" (ε·max(λ_max(H_i), 10⁻⁶) added: google-research scalable_shampoo's
   relative_matrix_epsilon=True, whose λ_max comes from a power iteration floored at its
   error_tolerance 10⁻⁶; refopt takes λ_max from the eigendecomposition; a diagonal statistic uses its
-  largest entry).
+  largest entry) | "shift" (facebookresearch/distributed_shampoo's default PerturbationConfig,
+  perturb_before_computation=True: QΛQᵀ = eigh(H + εI); when λ_min < ε, Λ ← Λ − λ_min + ε, so the
+  smallest eigenvalue is exactly ε and a rounding-negative H never makes the root singular).
 * ``exponent`` p overrides −1/(2k) for every statistic (e.g. −1/k = −0.5 for matrices, as some
   implementations do); k is the order after merging.
 * ``precondition_interval`` T and ``start_step`` s: statistics are updated every step; roots are
-  recomputed at steps t = s, s + T, s + 2T, … (t counts steps from 1) and reused, stale, in between;
-  before step s the step is the grafting direction (the raw gradient without grafting).
+  recomputed at steps t = s, s + T, s + 2T, … (t counts steps from 1; ``refresh`` "from_start") or at
+  t = s and at every multiple of T after s (``refresh`` "multiples": distributed_shampoo's
+  ``step % precondition_frequency == 0 and step > start or step == start``) and reused, stale, in
+  between; before step s the step is the grafting direction (the raw gradient without grafting).
 * ``grafting`` "none" (paper) | "sgd" | "adagrad": per leaf, the Shampoo direction is rescaled to the
   norm of the SGD direction G or of the diagonal Adagrad direction G / (√A + graft_eps), A = Σ G⊙G
   (Agarwal et al. 2020 "layer-wise grafting"; Anil et al. 2020).
@@ -49,6 +53,13 @@ Options (defaults: the paper's Shampoo):
   the statistics and the grafting accumulator keep the raw G (facebookresearch/distributed_shampoo's
   betas[0] with use_bias_correction=True, its default 0.9); the momentum μ then acts on P.
 * ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ).
+* ``lr_dtype`` "native" (η as given) | "float32" (η rounded to float32 before it multiplies the step:
+  distributed_shampoo keeps lr in a persistent float32 tensor, so lr = 0.01 steps by 0.00999999977…).
+* ``factor_dtype`` "native" (H_i and R_i in the gradient's dtype) | "float32" (distributed_shampoo's
+  default factor_matrix_dtype = inv_factor_matrix_dtype = float32): G_(i)G_(i)ᵀ is formed in G's dtype
+  and added to the float32 H_i with one rounding (H_i ← fl₃₂(H_i + S), or fl₃₂(fl₃₂(β₂H_i) + (1 − β₂)S)),
+  the debiasing, H + εI, eigh, the shift and the powers run in float32, R_i is stored in float32, and
+  P(G) is computed from fl₃₂(G) in float32 and cast back (also with the identity roots before s).
 * ``root`` "eigh" (H = QΛQᵀ, R = QΛ^pQᵀ of the symmetrised H) | "svd" (H = U diag(s) Vᵀ of H as it
   is, R = U diag(s)^p Vᵀ: pytorch_optimizer's compute_power_svd; equal in exact arithmetic for a
   positive definite H). Under "svd" the ε of eps_mode "add" / "floor" acts on s.
@@ -60,6 +71,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from typing import NamedTuple
 
 from .. import tree as T
@@ -75,7 +87,7 @@ from .update_rules import (NON_FINITE_GRADIENT, WEIGHT_DECAY_MODES, bias_correct
 __all__ = ["Shampoo", "ShampooState", "merge_dims", "block_slices", "STATISTICS", "EPS_MODES"]
 
 STATISTICS = ("sum", "ema", "ema_debiased")
-EPS_MODES = ("add", "floor", "relative")
+EPS_MODES = ("add", "floor", "relative", "shift")
 RELATIVE_EPS_FLOOR = 1e-6   # λ_max floor of eps_mode="relative" (scalable_shampoo's error_tolerance)
 
 
@@ -141,8 +153,10 @@ class Shampoo(Optimizer):
         Switch("statistics", STATISTICS, "sum", "H_i summed, an EMA with β₂, or the EMA debiased by 1 − β₂ᵗ at each root",
                "Gupta et al. 2018 (sum); facebookresearch/distributed_shampoo betas[1] < 1 (ema_debiased)"),
         Switch("eps_mode", EPS_MODES, "add",
-               "(H + εI)^p (the paper's H₀ = εI), Q max(Λ, ε)^p Qᵀ (floored), or (H + ε·max(λ_max, 1e-6)·I)^p",
-               "Gupta et al. 2018 (add); google-research scalable_shampoo relative_matrix_epsilon (relative)"),
+               "(H + εI)^p (the paper's H₀ = εI), Q max(Λ, ε)^p Qᵀ (floored), (H + ε·max(λ_max, 1e-6)·I)^p, or "
+               "eigh(H + εI) shifted by ε − λ_min when λ_min < ε",
+               "Gupta et al. 2018 (add); google-research scalable_shampoo relative_matrix_epsilon (relative); "
+               "facebookresearch/distributed_shampoo PerturbationConfig(perturb_before_computation=True) (shift)"),
         Switch("grafting", ("none", "sgd", "adagrad"), "none",
                "rescale each leaf's direction to the norm of the SGD or the diagonal Adagrad direction",
                "Gupta et al. 2018 (none); Agarwal et al. 2020, Anil et al. 2020 (sgd, adagrad)"),
@@ -159,6 +173,14 @@ class Shampoo(Optimizer):
                "google-research scalable_shampoo nesterov=True (True)"),
         Switch("root", ("eigh", "svd"), "eigh", "inverse roots from eigh of the symmetrised H, or from the SVD of H",
                "common implementations (eigh); pytorch_optimizer Shampoo, compute_power_svd (svd)"),
+        Switch("refresh", ("from_start", "multiples"), "from_start",
+               "roots recomputed at s, s + T, s + 2T, …, or at s and at every multiple of T after s",
+               "Anil et al. 2020 (from_start); facebookresearch/distributed_shampoo precondition_frequency (multiples)"),
+        Switch("lr_dtype", ("native", "float32"), "native", "η as given, or rounded to float32 before the step",
+               "facebookresearch/distributed_shampoo's float32 lr tensor (float32)"),
+        Switch("factor_dtype", ("native", "float32"), "native",
+               "H_i and R_i kept in the gradient's dtype, or stored, rooted and applied in float32",
+               "facebookresearch/distributed_shampoo factor_matrix_dtype, inv_factor_matrix_dtype (float32)"),
     )
 
     def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
@@ -167,7 +189,8 @@ class Shampoo(Optimizer):
                  graft_eps: float = 1e-10, merge_dims: int | None = None, block_size: int | None = None,
                  vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
                  weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False,
-                 filter_beta: float = 0.0, root: str = "eigh"):
+                 filter_beta: float = 0.0, root: str = "eigh", refresh: str = "from_start",
+                 lr_dtype: str = "native", factor_dtype: str = "native"):
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
         self.set_switch("statistics", statistics)
@@ -200,8 +223,18 @@ class Shampoo(Optimizer):
             raise ValueError("precondition='blended' (pytorch_optimizer's momentum) takes neither nesterov nor "
                              "filter_beta")
         self.set_switch("root", root)
-        if self.root == "svd" and self.eps_mode == "relative":
+        if self.root == "svd" and self.eps_mode in ("relative", "shift"):
             raise ValueError("root='svd' takes eps_mode 'add' or 'floor'")
+        self.set_switch("refresh", refresh)
+        self.set_switch("lr_dtype", lr_dtype)
+        self.set_switch("factor_dtype", factor_dtype)
+        # η as it multiplies the step: float32(η) is Meta's lr tensor (the nearest float32, as a Python float)
+        try:
+            self._eta = struct.unpack("f", struct.pack("f", self.lr))[0] if self.lr_dtype == "float32" else self.lr
+        except OverflowError:
+            self._eta = math.inf
+        if not 0 < self._eta < math.inf:   # float32 overflows past 3.4e38 and underflows to 0 below 1.4e-45
+            raise ValueError(f"lr={show_value(lr)} is outside the float32 range (lr_dtype='float32')")
 
     # --- layout of one leaf -------------------------------------------------------------------
     def _layout(self, shape: tuple):
@@ -224,14 +257,14 @@ class Shampoo(Optimizer):
         stats = []
         for leaf in T.leaves(params):
             merged, blocks, diagonal = self._layout(tuple(leaf.shape))
-            c = self.initial_accumulator
+            c, dtype = self.initial_accumulator, self._factor_dtype(leaf.dtype)
             if diagonal:
-                stats.append(((xp.full(leaf.shape, c, dtype=leaf.dtype),),))
+                stats.append(((xp.full(leaf.shape, c, dtype=dtype),),))
                 continue
             per_block = []
             for sl in blocks:
                 sizes = [s.stop - s.start for s in sl]
-                per_block.append(tuple(c * xp.eye(n, dtype=leaf.dtype) for n in sizes))
+                per_block.append(tuple(xp.asarray(c * xp.eye(n, dtype=leaf.dtype), dtype=dtype) for n in sizes))
             stats.append(tuple(per_block))
         graft_acc = T.zeros_like(params) if self.grafting == "adagrad" else None
         mom = T.zeros_like(params) if self.momentum else None
@@ -239,8 +272,16 @@ class Shampoo(Optimizer):
         return ShampooState(0, tuple(stats), tuple(None for _ in stats), graft_acc, mom, filtered)
 
     # --- one step -----------------------------------------------------------------------------
+    def _factor_dtype(self, dtype):
+        """The dtype of the statistics and roots: the gradient's, or float32 (``factor_dtype``)."""
+        return xp.float32 if self.factor_dtype == "float32" else dtype
+
     def _accumulate(self, H, S):
         """The new statistic from the old H and this step's S (a fresh array, updated in place for "sum")."""
+        if self.factor_dtype == "float32":   # torch's H.mul_(β₂) in float32, then H.add_(S, alpha=1 − β₂) rounded once
+            if self.statistics == "sum":
+                return (S + H).astype(xp.float32)
+            return ((H * xp.float32(self.beta2)) + (1.0 - self.beta2) * S).astype(xp.float32)
         if self.statistics == "sum":   # H + S
             S += H
             return S
@@ -268,6 +309,12 @@ class Shampoo(Optimizer):
             if bool(xp.any(sv <= 0)):
                 raise ValueError("Shampoo: a negative power of a singular statistic; use eps > 0")
             return (U * sv ** p) @ Vt
+        if self.eps_mode == "shift":   # eigh(H + εI); if λ_min < ε: Λ − λ_min + ε (distributed_shampoo's default)
+            lam, Q = xp.linalg.eigh(symmetrize(H) + xp.asarray(self.eps * xp.eye(H.shape[0]), dtype=H.dtype))
+            lam_min = lam.min()
+            if bool(lam_min < self.eps):
+                lam = (lam - lam_min) + xp.asarray(self.eps, dtype=lam.dtype)
+            return (Q * lam ** p) @ Q.T
         if self.eps_mode != "relative":
             return sym_matrix_power(H, p, self.eps, self.eps_mode)
         lam, Q = xp.linalg.eigh(symmetrize(H))
@@ -285,12 +332,25 @@ class Shampoo(Optimizer):
                 lam = H + self.eps
             elif self.eps_mode == "floor":
                 lam = xp.maximum(H, self.eps)
+            elif self.eps_mode == "shift":   # the diagonal's own eigenvalues, as for a matrix
+                lam = H + xp.asarray(self.eps, dtype=H.dtype)
+                lam_min = lam.min()
+                if bool(lam_min < self.eps):
+                    lam = (lam - lam_min) + xp.asarray(self.eps, dtype=H.dtype)
             else:
                 lam = H + self.eps * max(float(xp.max(H)), RELATIVE_EPS_FLOOR)
             return ((lam ** p,),)
+        if self.factor_dtype == "float32" and debias != 1.0:   # Meta: H / (1 − β₂ᵗ) in float32
+            bc = xp.float32(bias_correction(self.beta2, t))
+            return tuple(tuple(self._root(H / bc, p) for H in Hs) for Hs in stats_leaf)
         return tuple(tuple(self._root(H * debias if debias != 1.0 else H, p) for H in Hs) for Hs in stats_leaf)
 
     def _leaf_precondition(self, G, roots_leaf):
+        if self.factor_dtype == "float32" and G.dtype != xp.float32:   # P(fl₃₂(G)) in float32, cast back
+            return self._leaf_precondition_in(G.astype(xp.float32), roots_leaf).astype(G.dtype)
+        return self._leaf_precondition_in(G, roots_leaf)
+
+    def _leaf_precondition_in(self, G, roots_leaf):
         merged, blocks, diagonal = self._layout(tuple(G.shape))
         if diagonal:
             return roots_leaf[0][0] * G
@@ -325,7 +385,10 @@ class Shampoo(Optimizer):
                    for H in Hs):
             return refuse(params, state, loss, "statistics overflowed: step refused", g)
         active = t >= self.start_step
-        refresh = active and (t - self.start_step) % self.precondition_interval == 0
+        if self.refresh == "multiples":   # Meta: step % T == 0 and step > s, or step == s
+            refresh = t == self.start_step or (t > self.start_step and t % self.precondition_interval == 0)
+        else:
+            refresh = active and (t - self.start_step) % self.precondition_interval == 0
         roots = state.roots
         if refresh:
             try:
@@ -357,8 +420,9 @@ class Shampoo(Optimizer):
         directions = []
         for D, R, A in zip(sources, roots, graft_leaves):
             graft_dir = adagrad_direction(D, A, self.graft_eps) if A is not None else D   # D / (√A + ε), or SGD's D
-            if not active:
-                directions.append(graft_dir)
+            if not active:   # (Meta's identity roots in float32 round G without grafting: factor_dtype)
+                rounds = self.factor_dtype == "float32" and self.grafting == "none"
+                directions.append(graft_dir.astype(xp.float32).astype(graft_dir.dtype) if rounds else graft_dir)
                 continue
             P = self._leaf_precondition(D, R)
             directions.append(graft(P, graft_dir) if self.grafting != "none" else P)   # P ‖graft_dir‖ / ‖P‖
@@ -367,7 +431,7 @@ class Shampoo(Optimizer):
             mom, d = momentum(mom, d, self.momentum, self.nesterov)   # m ← μm + P(G); step m (or P(G) + μm)
         elif blended:
             mom = d                                                   # P_t, blended into the next gradient
-        new = descent_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
-        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), refreshed=refresh,
+        new = descent_step(params, d, self._eta, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
+        info = step_info(loss, g, lr=self._eta, step_norm=self._eta * T.norm(d), refreshed=refresh,
                          preconditioned=active)
         return new, ShampooState(t, stats, roots, graft_acc, mom, filtered), info

@@ -21,9 +21,10 @@ pytorch_optimizer AdaHessian or SophiaH fed through ``step(hessian=...)``. The u
 sequence is written into a copy of refopt's trace (same meta, data and draws) and checked with
 ``check_trace`` (first step, parameter and index where |theirs − ours| > atol + rtol·|ours|); on a
 divergence ``search_conventions`` is asked which settings of the reference's switches reproduce it.
-The result is a ``Report``: the divergence (or None), the largest relative difference
-max_t max_leaf ‖θ_t^theirs − θ_t^refopt‖∞ / ‖θ_t^refopt‖∞, the matching switch settings, a one-line
-diagnosis, and both traces.
+Every adapter takes ``start_scale`` s to start both sides from s·θ_0 (a harder start: saturated units,
+failing first line-search trials). The result is a ``Report``: the divergence (or None), the largest
+relative difference max_t max_leaf ‖θ_t^theirs − θ_t^refopt‖∞ / ‖θ_t^refopt‖∞, the matching switch
+settings, a one-line diagnosis, and both traces.
 
 Torch and optax are imported only inside their adapters: refopt and its tests need neither.
 """
@@ -91,15 +92,23 @@ class Report:
 
 
 class Harness:
-    """refopt's side of a check: the problem, refopt's reference trace, gradients at any iterate, the draws."""
+    """refopt's side of a check: the problem, refopt's reference trace, gradients at any iterate, the draws.
+
+    ``start_scale`` s starts both sides from s·θ_0 instead of the trace problem's θ_0 (refopt's draws are those
+    of the run from θ_0, injected on both sides)."""
 
     def __init__(self, reference, problem: str = "tiny_mlp", steps: int = 30, seed: int = 0,
-                 overrides: dict | None = None):
+                 overrides: dict | None = None, start_scale: float = 1.0):
         if problem not in TRACE_PROBLEMS:
             raise ValueError(f"unknown trace problem {problem!r}; choose from {sorted(TRACE_PROBLEMS)}")
         self.reference = reference if isinstance(reference, str) else reference[0]
         self.problem, self.steps = problem, steps
         self.trace = reference_trace(reference, problem, steps, seed, overrides)
+        if start_scale != 1.0:  # θ_0 ← s·θ_0: a harder start (saturated units, failing first trials)
+            start = T.scale(float(start_scale), self.trace.params[0])
+            seed_trace = Trace(self.trace.meta, self.trace.X, self.trace.y, [start] * (steps + 1), [], [],
+                               list(self.trace.draws))   # probes do not depend on θ; labels are injected as drawn
+            _, self.trace = check_trace(seed_trace)
         model, loss = _build(self.trace.meta["problem"])
         self._oracle = Oracle(model, loss, self.trace.X, self.trace.y)
         self.names = self.trace.meta["param_names"]
@@ -205,13 +214,13 @@ def _accepts_params(fn: Callable, keywords) -> bool:
 
 def check_update(update: Callable, init: Callable, reference, problem: str = "tiny_mlp", steps: int = 30,
                  seed: int = 0, overrides: dict | None = None, rtol: float = 1e-10, atol: float = 1e-12,
-                 update_kwargs: Callable | None = None, search: bool = True) -> Report:
+                 update_kwargs: Callable | None = None, search: bool = True, start_scale: float = 1.0) -> Report:
     """Drive a plain ``update(grads, state[, params]) -> (updates, state)`` with ``state = init(params)``.
 
     Trees are lists of {"W", "b"} NumPy arrays; θ_{t+1} = θ_t + updates. ``update_kwargs(harness, t, params)``
     returns extra keyword arguments for step t (the draws hook: ``harness.draws(t)``, ``harness.hutchinson``).
     """
-    h = Harness(reference, problem, steps, seed, overrides)
+    h = Harness(reference, problem, steps, seed, overrides, start_scale)
     params = h.params0
     state = init(h.params0)
     sequence = [params]
@@ -227,7 +236,7 @@ def check_update(update: Callable, init: Callable, reference, problem: str = "ti
 
 def check_torch(optimizer_class, kwargs: dict | None, reference, problem: str = "tiny_mlp", steps: int = 30,
                 seed: int = 0, overrides: dict | None = None, rtol: float = 1e-10, atol: float = 1e-12,
-                step_kwargs: Callable | None = None, search: bool = True) -> Report:
+                step_kwargs: Callable | None = None, search: bool = True, start_scale: float = 1.0) -> Report:
     """Drive ``optimizer_class(params, **kwargs)`` (a ``torch.optim.Optimizer``) with refopt's gradients.
 
     Each ``step(closure)`` gets a closure that writes refopt's ∇L at the tensors' current values into
@@ -237,7 +246,7 @@ def check_torch(optimizer_class, kwargs: dict | None, reference, problem: str = 
     """
     import torch  # noqa: PLC0415 - optional: only this adapter needs it
 
-    h = Harness(reference, problem, steps, seed, overrides)
+    h = Harness(reference, problem, steps, seed, overrides, start_scale)
     tensors = [torch.tensor(leaf, dtype=torch.float64, requires_grad=True) for leaf in T.leaves(h.params0)]
     opt = optimizer_class(tensors, **(kwargs or {}))
 
@@ -266,7 +275,8 @@ def check_torch(optimizer_class, kwargs: dict | None, reference, problem: str = 
 
 def check_optax(transformation, reference, problem: str = "tiny_mlp", steps: int = 30, seed: int = 0,
                 overrides: dict | None = None, rtol: float = 1e-10, atol: float = 1e-12,
-                update_kwargs: Callable | None = None, search: bool = True, value_fn: bool = False, jit: bool = True) -> Report:
+                update_kwargs: Callable | None = None, search: bool = True, value_fn: bool = False, jit: bool = True,
+                start_scale: float = 1.0) -> Report:
     """Drive an optax ``GradientTransformation`` (init / update(grads, state, params)) with refopt's gradients.
 
     Needs ``jax.config.update("jax_enable_x64", True)`` before the call for a float64 comparison (the adapter
@@ -282,7 +292,7 @@ def check_optax(transformation, reference, problem: str = "tiny_mlp", steps: int
     import jax.numpy as jnp  # noqa: PLC0415
 
     jax.config.update("jax_enable_x64", True)
-    h = Harness(reference, problem, steps, seed, overrides)
+    h = Harness(reference, problem, steps, seed, overrides, start_scale)
 
     def to_jax(tree):
         return [{k: jnp.asarray(v) for k, v in layer.items()} for layer in tree]

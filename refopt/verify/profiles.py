@@ -125,15 +125,19 @@ _add(Profile("torch.optim.LBFGS+strong_wolfe", "lbfgs",
              "max_evals is per update (exact while the budget does not bind; a torch run with max_iter=1 "
              "has max_eval=1 by default: use max_evals=max_eval)"))
 _add(Profile("optax.lbfgs", "lbfgs",
-             {"memory": 10, "initial_scaling": "every", "line_search": "strong_wolfe", "c1": 1e-4, "c2": 0.9,
-              "initial_step": "unit", "first_step": "unit_length", "curvature_skip_rule": "never"},
+             {"memory": 10, "initial_scaling": "every", "line_search": "optax_zoom", "c1": 1e-4, "c2": 0.9,
+              "max_evals": 20, "initial_step": "unit", "first_step": "unit_length", "curvature_skip_rule": "never"},
              "the first direction is −min(1, 1/‖g‖)·g (a capped scale γ₀ the paper leaves open), then γ_k = sᵀy/yᵀy, "
-             "a zoom line search started at step 1, and no pair is ever skipped",
+             "optax's zoom line search (scale_by_zoom_linesearch(max_linesearch_steps=20, "
+             "initial_guess_strategy='one'): doubling, cubic / quadratic / bisection zoom, Hager-Zhang approximate "
+             "decrease with approx_dec_rtol = 1e-6; refopt's line_search='optax_zoom') started at step 1, and no "
+             "pair is ever skipped",
              "google-deepmind/optax optax/_src/alias.py (lbfgs), optax/_src/transform.py (scale_by_lbfgs), "
-             "optax/_src/linesearch.py (scale_by_zoom_linesearch)",
-             "optax's zoom search also accepts approximate-Wolfe points (Hager-Zhang, approx_dec_rtol) and picks "
-             "other trial points than refopt's when the unit step fails; after a pair with sᵀy < 0 a direction "
-             "that does not descend is followed by optax, reset to −g by refopt"))
+             "optax/_src/linesearch.py (zoom_linesearch, scale_by_zoom_linesearch)",
+             "after a pair with sᵀy < 0 a direction that does not descend is followed by optax, reset to −g by "
+             "refopt; a search that ends at step 0 (its last trial not finite, no safe point) leaves optax a zero "
+             "pair and γ = 1, refopt its history; jax fuses the search's multiply-adds (trial points agree to a "
+             "few ulps, not bit for bit)"))
 _add(Profile("optax.lbfgs+no_linesearch", "lbfgs",
              {"memory": 10, "initial_scaling": "every", "line_search": "none", "initial_step": "unit",
               "first_step": "unit_length", "curvature_skip_rule": "never", "descent_check": "none"},
@@ -262,20 +266,33 @@ _add(Profile("google-research/scalable_shampoo", "shampoo",
              "preconditioning_compute_steps > 1 counts from step 0, refopt's from start_step; "
              "moving_average_for_momentum=True"))
 _add(Profile("facebookresearch/distributed_shampoo", "shampoo",
-             {"lr": 1e-2, "statistics": "sum", "eps": 1e-12, "eps_mode": "add", "initial_accumulator": 0.0,
+             {"lr": 1e-2, "statistics": "sum", "eps": 1e-12, "eps_mode": "shift", "initial_accumulator": 0.0,
               "merge_dims": 1024, "block_size": 1024, "grafting": "none", "start_step": 1,
               "precondition_interval": 1, "momentum": 0.0, "precondition": "gradient", "vector_diagonal": False,
-              "filter_beta": 0.9},
-             "statistics summed (β₂ = 1) or an EMA divided by 1 − β₂ᵗ, ε added after the eigenvalues are shifted to "
-             "be ≥ 0, roots by eigh, the gradient first filtered by a bias-corrected EMA (β₁ = 0.9) and optionally "
-             "grafted to an Adagrad/RMSProp/Adam step's norm",
+              "filter_beta": 0.9, "weight_decay_mode": "decoupled", "refresh": "multiples", "lr_dtype": "float32",
+              "factor_dtype": "native"},
+             "statistics summed (β₂ = 1) or an EMA whose roots are taken of L/(1 − β₂ᵗ); roots by eigh of L + εI "
+             "shifted by ε − λ_min when λ_min < ε (PerturbationConfig(perturb_before_computation=True)); roots "
+             "recomputed at start_preconditioning_step and at every multiple of precondition_frequency after it; "
+             "the gradient first filtered by a bias-corrected EMA (β₁ = 0.9), optionally grafted to the AdaGrad "
+             "step's norm; decoupled weight decay; lr held in float32. Meta's default float32 factor and inverse "
+             "factors are factor_dtype='float32' (the profile runs float64 factors: factor_matrix_dtype = "
+             "inv_factor_matrix_dtype = torch.float64)",
              "facebookresearch/optimizers distributed_shampoo/distributed_shampoo.py (DistributedShampoo, "
-             "_per_group_step_impl), distributed_shampoo/preconditioner/matrix_functions.py "
-             "(_matrix_inverse_root_eigen)",
-             "betas[1] < 1 is statistics='ema_debiased', betas[0] is filter_beta; beta3 ≠ betas[0] and "
-             "use_bias_correction=False; per-order inv_root_override lists and exponent_multiplier; decoupled decay "
-             "added before the momentum; dampening > 0; float32 factor matrices by default; the initial inverse "
-             "factors used before start_preconditioning_step without grafting"))
+             "_group_step_body, _compute_search_directions), distributed_shampoo/preconditioner/"
+             "shampoo_preconditioner_list.py (update_preconditioners, _precondition_grad), "
+             "distributed_shampoo/preconditioner/matrix_functions.py (matrix_eigendecomposition, "
+             "matrix_inverse_root_from_eigendecomposition)",
+             "betas[1] < 1 is statistics='ema_debiased', betas[0] is filter_beta, start_preconditioning_step is "
+             "start_step (its −1 default means precondition_frequency); beta3 ≠ betas[0] and "
+             "use_bias_correction=False; RMSprop/Adam grafting (betas < 1; refopt grafts to SGD or AdaGrad only); "
+             "per-order inverse_exponent_override; decoupled decay with momentum (Meta adds λθ before the "
+             "momentum); dampening > 0; the 1e-16 in Meta's graft ratio ‖D‖/(‖P‖ + 1e-16); with ε ≲ 1e-8 on "
+             "rank-deficient factors (the first steps) the trajectory is rounding-sensitive: Meta differs from "
+             "itself by ~1e-9..3e-5 (use_symmetric_packing on/off), so refopt matches it to that, not to 1e-10; "
+             "factor_dtype='float32' follows Meta's float32 rounding steps but not its LAPACK's float32 eigh: "
+             "with Meta's default float32 factors the match is 5e-4..4e-3 at ε = 1e-6 and 0.1..0.5 at ε = 1e-12 "
+             "(30 steps, scripts/verify_with_meta_shampoo.py), no closer than float64 factors'"))
 
 _add(Profile("pytorch_optimizer.Shampoo", "shampoo",
              {"lr": 1e-3, "statistics": "sum", "initial_accumulator": 1e-6, "eps": 1e-30, "eps_mode": "floor",
@@ -293,15 +310,17 @@ _add(Profile("pytorch_optimizer.Shampoo", "shampoo",
 # --- K-FAC ---------------------------------------------------------------------------------------------
 _add(Profile("google-deepmind/kfac-jax", "kfac",
              {"factor_init": "debiased", "decay": 0.95, "damping_scheme": "pi", "inverse": "inverse",
-              "factor_interval": 1, "inverse_interval": 5, "fisher": "mc", "samples": 1, "kl_clip": None,
-              "momentum": 0.0, "weight_decay": 0.0},
-             "factors start at zero with a normalised (bias-corrected) moving average, π-adjusted damping uses "
-             "the factors' average traces, and the learning rate and momentum may come from the exact quadratic "
-             "model after 10 burn-in curvature updates",
+              "factor_interval": 1, "inverse_interval": 5, "fisher": "curvature_prop", "samples": 1,
+              "burnin": 10, "kl_clip": None, "momentum": 0.0, "weight_decay": 0.0},
+             "G by Rademacher curvature propagation (estimation_mode='ggn_curvature_prop'), factors start at zero "
+             "with a normalised (bias-corrected) moving average after 10 equally weighted burn-in estimates, "
+             "π-adjusted damping uses the factors' average traces, and the learning rate and momentum may come "
+             "from the exact quadratic model; fisher_empirical is fisher='empirical', empirical_scale='batch'",
              "google-deepmind/kfac-jax kfac_jax/_src/curvature_blocks/kronecker_factored.py "
              "(DenseTwoKroneckerFactored), kfac_jax/_src/utils/math.py (pi_adjusted_kronecker_factors), "
              "kfac_jax/_src/optimizer.py (Optimizer: curvature_ema, inverse_update_period, norm_constraint)",
-             "num_burnin_steps (default 10; use 0); use_adaptive_learning_rate/momentum (M&G §7, not in refopt); "
+             "burn-in batches come from its data iterator (refopt's burn-in uses step 0's batch); "
+             "use_adaptive_learning_rate/momentum (M&G §7, not in refopt); "
              "use_adaptive_damping's rule (×0.9^5 every 5 steps) differs from refopt's (19/20)^interval; l2_reg "
              "is added to the damping (identity_weight = l2_reg + damping) while the user adds the L2 term to the "
              "loss"))

@@ -16,7 +16,8 @@ key                       content
 ``loss``                  (T,) loss at the incoming parameters of each step (optional in theirs)
 ``grad/<name>``           (T, *leaf shape) gradient at the incoming parameters (optional in theirs)
 ``draws/<t>/labels``      labels the optimizer sampled from the model during step t (1-based), shape
-                          (k, B) for classes or (k, B, C); absent on steps without draws
+                          (k, B) for classes or (k, B, C); or K-FAC's curvature-propagation signs, float
+                          (k, B, C) of ±1; absent on steps without draws
 ``draws/<t>/probes/<j>/<name>``  leaf ``name`` of the j-th Hutchinson probe drawn during step t
 ========================  ==========================================================================
 
@@ -163,6 +164,8 @@ def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profil
     opt = make_optimizer(optimizer, **hyperparameters)
     for t, step_draws in enumerate(replay_draws or (), start=1):
         kind = None if step_draws is None else "probes" if isinstance(step_draws, (list, tuple)) else "labels"
+        if kind == "labels" and opt.draws == "signs":   # an output-space array either way (kept as labels)
+            kind = "signs"
         if kind is not None and kind != opt.draws:
             does = "makes no random draws" if opt.draws is None else f"draws {opt.draws}"
             raise ValueError(f"the trace's draws of step {t} are {kind}, but {optimizer} {does}")
@@ -407,12 +410,18 @@ def load_trace(path: str) -> Trace:
     label_shape = (None, B) if classes else (None, B, C)
     probe_counts = []
     for t in range(1, steps + 1):
+        signs = classes and f"draws/{t}/labels" in files and files[f"draws/{t}/labels"].ndim == 3
+        if signs:   # K-FAC's curvature-propagation signs on a classification problem
+            _check_array(path, files, f"draws/{t}/labels", (None, B, C), "f", "a float array")
+            if not np.all(np.abs(files[f"draws/{t}/labels"]) == 1):
+                _fail(path, f"draws/{t}/labels: (k, B, C) draws of a classification problem must be signs ±1")
         if f"draws/{t}/labels" in files:
-            k = _check_array(path, files, f"draws/{t}/labels", label_shape, "iu" if classes else "f",
-                             "integer labels" if classes else "a float array").shape[0]
+            k = (files[f"draws/{t}/labels"] if signs else _check_array(
+                path, files, f"draws/{t}/labels", label_shape, "iu" if classes else "f",
+                "integer labels" if classes else "a float array")).shape[0]
             if not 1 <= k <= MAX_DRAWS:
                 _fail(path, f"draws/{t}/labels holds {k} label sets, expected 1 to {MAX_DRAWS}")
-            if classes and not (files[f"draws/{t}/labels"].min() >= 0 and files[f"draws/{t}/labels"].max() < C):
+            if classes and not signs and not (files[f"draws/{t}/labels"].min() >= 0 and files[f"draws/{t}/labels"].max() < C):
                 _fail(path, f"draws/{t}/labels: class labels must lie in [0, {C})")
         j = 0
         while j < MAX_DRAWS and any(f"draws/{t}/probes/{j}/{n}" in files for n in names):
