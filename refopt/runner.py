@@ -164,20 +164,20 @@ def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
 
 
 def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
-    """Refuse ``obj`` unless it has ``like``'s structure: same classes and dict keys, arrays of ``like``'s shapes,
-    every floating array of ``dtype``. Unless ``strict``, lists and tuples of another length than ``like``'s
+    """Refuse ``obj`` unless it has ``like``'s structure: same classes and dict keys, arrays of ``like``'s shapes
+    and dtypes, every other floating array of one of the ``dtype`` (a tuple: the run's dtype, and those the
+    fresh state holds, e.g. Shampoo's float32 factors in a float64 run). Unless ``strict``, lists and tuples of another length than ``like``'s
     (memories that grow) and leaves where ``like`` holds None are only checked for their dtype; where ``like``
     holds a number, ``obj`` must be one of the same kind (a boolean, a non-negative integer, a number)."""
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        if obj.dtype.kind == "f" and obj.dtype != dtype:
-            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype.__name__}")
     if hasattr(like, "shape") and hasattr(like, "dtype"):
         if not (hasattr(obj, "shape") and hasattr(obj, "dtype")) or tuple(obj.shape) != tuple(like.shape):
             got = tuple(obj.shape) if hasattr(obj, "shape") else type(obj).__name__
             raise ValueError(f"{path}: {what} should be an array of shape {tuple(like.shape)}, got {got}")
-        if obj.dtype.kind != like.dtype.kind:
-            raise ValueError(f"{path}: {what} has dtype {obj.dtype}, expected {like.dtype}")
+        if obj.dtype.kind != like.dtype.kind or (like.dtype.kind == "f" and obj.dtype != like.dtype):
+            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {like.dtype}")
         return
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        _check_dtype(path, what, obj, dtype)
     if isinstance(like, tuple) and hasattr(like, "_fields"):
         if type(obj) is not type(like):
             raise ValueError(f"{path}: {what} is a {type(obj).__name__}, this run needs a {type(like).__name__}")
@@ -215,11 +215,19 @@ def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) ->
     _check_dtype(path, what, obj, dtype)
 
 
-def _check_dtype(path: str, what: str, obj, dtype) -> None:
-    """Every floating array inside ``obj`` has ``dtype``."""
+def _floating_dtypes(obj) -> tuple:
+    """The floating dtypes of the arrays in a nested state (those a fresh state of this run holds)."""
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        if obj.dtype.kind == "f" and obj.dtype != dtype:
-            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype.__name__}")
+        return (obj.dtype,) if obj.dtype.kind == "f" else ()
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return tuple(dict.fromkeys(d for item in items for d in _floating_dtypes(item)))
+
+
+def _check_dtype(path: str, what: str, obj, dtype) -> None:
+    """Every floating array inside ``obj`` has one of the dtypes ``dtype`` (a tuple; the first is the run's)."""
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        if obj.dtype.kind == "f" and obj.dtype not in dtype:
+            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype[0].__name__}")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             _check_dtype(path, f"{what}[{k!r}]", v, dtype)
@@ -266,7 +274,7 @@ def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=N
     meta, objs = read_npz(path, check_meta=lambda m: _check_meta(path, m, config))
     if set(objs) != {"params", "state", "history"}:
         raise ValueError(f"{path}: a checkpoint holds params, state and history, this one {sorted(objs)}")
-    dtype = default_dtype()
+    dtype = (default_dtype(),)
     params, state, history = objs["params"], objs["state"], objs["history"]
     step = meta["step"]
     _check_history(path, history, step)
@@ -275,7 +283,7 @@ def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=N
     else:
         _check_dtype(path, "params", params, dtype)
     if state_like is not None:
-        _check_like(path, "state", state, state_like, dtype)
+        _check_like(path, "state", state, state_like, dtype + _floating_dtypes(state_like))
     else:
         _check_dtype(path, "state", state, dtype)
     return step, params, state, history, Counts(**meta["counts"])

@@ -331,3 +331,17 @@ def test_checkpoint_near_the_caps_resumes_and_saves_again(tmp_path):
     step, _, _, _, counts = load_checkpoint(str(out), RunConfig(cfg.optimizer, cfg.hyperparameters, cfg.problem,
                                                                  steps=4))
     assert step == 4 and counts.ngev == MAX_COUNT - 98
+
+
+def test_a_state_that_holds_float32_factors_in_a_float64_run_resumes(tmp_path):
+    """Shampoo's factor_dtype="float32" keeps its statistics in float32 in a float64 run: the checkpoint check takes
+    the dtypes a fresh state of the run holds, not only the run's dtype (it refused such a checkpoint before)."""
+    ck = str(tmp_path / "ck.npz")
+    cfg = RunConfig(optimizer="shampoo", hyperparameters={"factor_dtype": "float32"}, problem="logistic",
+                    steps=3, seed=0)
+    run(cfg, checkpoint_path=ck, checkpoint_every=1)
+    straight = run(RunConfig(optimizer="shampoo", hyperparameters={"factor_dtype": "float32"}, problem="logistic",
+                             steps=5, seed=0))
+    resumed = run(RunConfig(optimizer="shampoo", hyperparameters={"factor_dtype": "float32"}, problem="logistic",
+                            steps=5, seed=0), resume=ck)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
