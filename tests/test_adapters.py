@@ -187,3 +187,6 @@ def test_optax_adapter():
                              overrides={"lr": 0.05, "eps": 1e-3, "eps_root": 1e-3})
         assert report.passed and report.max_relative_difference < 1e-13, str(report)
     assert check_optax(optax.adam(2e-3), "optax.adam", steps=5).divergence.step == 1
+    # optax.lbfgs evaluates refopt's loss through value_fn (a pure_callback with refopt's gradient as its jvp)
+    report = check_optax(optax.lbfgs(), "optax.lbfgs", steps=10, value_fn=True)
+    assert report.passed and report.max_relative_difference < 1e-12, str(report)

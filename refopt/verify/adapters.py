@@ -45,6 +45,7 @@ from .trace import TRACE_PROBLEMS, Divergence, Trace, _build, check_trace, descr
 
 __all__ = ["Harness", "Report", "check_update", "check_torch", "check_optax", "reference_trace"]
 
+
 def reference_trace(reference, problem: str = "tiny_mlp", steps: int = 30, seed: int = 0,
                     overrides: dict | None = None) -> Trace:
     """refopt's trace of ``reference`` (a profile name, or (optimizer, hyperparameters)) with ``overrides``."""
