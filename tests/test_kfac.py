@@ -439,6 +439,26 @@ def test_empirical_scale_batch_divides_the_empirical_G_by_B():
         KFAC(empirical_scale="batch")   # fisher="mc": nothing to rescale
 
 
+@pytest.mark.parametrize("loss, reduction", [("softmax", "mean"), ("softmax", "sum"), ("gaussian", "mean_all")])
+def test_empirical_scale_batch_is_kfac_jax_fisher_empirical_for_every_reduction(loss, reduction):
+    """NumPy transcription of kfac-jax 0.0.8's fisher_empirical (block_diagonal.py, DenseTwoKroneckerFactored):
+    its loss is (w/B) Σ ℓ_i with w = B·scale, the vjp vector is w ∂ℓ_i/∂z ÷ √B and G = (1/B) Σ_i v_i v_iᵀ,
+    i.e. Σ_i g_i g_iᵀ of the reduced loss's rows g_i; a sum loss (w = B) keeps the per-example G
+    (checked against the real kfac-jax by scripts/verify_with_kfac_jax.py)."""
+    from refopt.nn.losses import Gaussian, SoftmaxCrossEntropy  # noqa: PLC0415
+    from refopt.oracle import Oracle  # noqa: PLC0415
+    model, params, base = problem(sizes=(3, 4, 3), batch=5, loss=loss)
+    lossfn = SoftmaxCrossEntropy(reduction=reduction) if loss == "softmax" else Gaussian(reduction=reduction)
+    oracle = Oracle(model, lossfn, base.X, base.y)
+    opt = KFAC(fisher="empirical", empirical_scale="batch", decay=0.0, momentum=0.0, kl_clip=None)
+    state = opt.update(params, opt.init(params), oracle)[1]
+    stats = K.kfac_statistics(oracle, params, None, gradient=False)
+    B = 5
+    for G, g in zip(state.factors["G"], stats.output_grads):
+        v = math.sqrt(B) * g                 # kfac-jax: w · ∂ℓ_i/∂s ÷ √B, with w ∂ℓ_i = B · g_i
+        np.testing.assert_allclose(G, v.T @ v / B, rtol=1e-13)
+
+
 def test_curvature_prop_draws_signs_that_replay_and_refuses_labels():
     model, params, oracle = problem(batch=5)
     opt = KFAC(fisher="curvature_prop", samples=2)

@@ -45,9 +45,11 @@ and at its own parameters, with the draws of seeds [seed, 0, j], j < n; injected
 then the n + 1 passes' sets concatenated (burn-in first), and so is ``info["draws"]``.
 
 Empirical-Fisher scale (``empirical_scale``): "per_example" (default: the empirical G scaled as the
-other estimators', the batch average of the per-example outer products) or "batch" (G ÷ B: kfac-jax's
-``fisher_empirical`` divides the data-label vjp by √B on top of its blocks' 1/B, so its empirical G is
-(1/B²) Σ_i Dg_i Dg_iᵀ for a mean loss). Only with ``fisher="empirical"``.
+other estimators', the batch average of the per-example outer products) or "batch" (G × scale, i.e.
+G = Σ_i g_i g_iᵀ of the reduced loss's rows g_i = scale · Dg_i: kfac-jax's ``fisher_empirical`` divides
+the vjp of its loss (weight/B) Σ ℓ_i, weight = B · scale, by √B on top of its blocks' 1/B; so G ÷ B for a
+mean loss, (1/(B·C)) G for "mean_all" and G unchanged for a sum; measured against kfac-jax 0.0.8 by
+scripts/verify_with_kfac_jax.py). Only with ``fisher="empirical"``.
 
 Levenberg–Marquardt (``adapt_damping``; Martens & Grosse section 6.5): every ``damping_interval``
 steps, ρ = (L(θ⁺) − L(θ)) / (∇Lᵀδ + ½ δᵀFδ) with F the exact Fisher of the batch (one Fisher-vector
@@ -172,8 +174,8 @@ class KFAC(Optimizer):
                "Martens & Grosse 2015 (joint); curvlinops separate_weight_and_bias=True (separate)"),
         ADAPT_DAMPING,
         Switch("empirical_scale", ("per_example", "batch"), "per_example",
-               "the empirical G as the other estimators' (batch average of per-example outer products), or ÷ B "
-               "(only with fisher='empirical')",
+               "the empirical G as the other estimators' (batch average of per-example outer products), or × "
+               "scale (÷ B for a mean loss; only with fisher='empirical')",
                "Martens & Grosse 2015 (per_example); kfac-jax fisher_empirical, vjp ÷ √B (batch)"),
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
@@ -232,11 +234,11 @@ class KFAC(Optimizer):
         return [self.seed, step]
 
     def _statistics(self, oracle, params, fisher, seed, draws, gradient=True):
-        """One statistics pass; the empirical probes ÷ √B under empirical_scale="batch" (kfac-jax's vjp scale)."""
+        """One statistics pass; the empirical probes × √scale under empirical_scale="batch" (kfac-jax's vjp scale)."""
         stats = K.kfac_statistics(oracle, params, fisher, self.samples, seed=seed,
                                   labels=draws if fisher in ("mc", "curvature_prop") else None, gradient=gradient)
         if fisher == "empirical" and self.empirical_scale == "batch":
-            w = 1.0 / math.sqrt(stats.inputs[0].shape[0])
+            w = math.sqrt(stats.scale)   # kfac-jax: G = Σ_i g_i g_iᵀ of the reduced loss = scale · per-example G
             stats = stats._replace(probes=[[w * g for g in probe] for probe in stats.probes])
         return stats
 
