@@ -34,7 +34,8 @@ their update rules, in that regime the slope alone decides which end of a bracke
 
 Guarantee: every returned step has φ(α) ≤ φ(0) + ε_k, and φ(α) ≤ φ(0) unless it was accepted by the
 approximate conditions (``result.approximate``); so a search never returns a measurably higher value,
-even with a wrong derivative.
+even with a wrong derivative. The one exception is ``optax_zoom``, which keeps optax's outcomes (its
+approximate decrease allows φ(0) + 1e-6·|φ(0)|, and a failed search may return its last trial).
 
 * ``armijo``: backtracking, N&W Algorithm 3.1: α ← ρ α until sufficient decrease. Switch
   ``interpolation``: "none" (the algorithm as printed, the default) or "quadratic" (the minimiser of
@@ -77,6 +78,10 @@ even with a wrong derivative.
   fails, ``line_search_wolfe2`` (scipy's step doubling and ``_zoom`` with its cubic / quadratic / bisection
   checks) from the same α₀. Neither has approximate conditions; their failures at rounding level are
   "precision".
+* ``optax_zoom``: optax's zoom line search (``zoom_linesearch`` / ``scale_by_zoom_linesearch``) with its
+  defaults as optax.lbfgs sets them (20 evaluations, first trial 1, doubling, cubic / quadratic / bisection
+  zoom, Hager-Zhang approximate decrease within approx_dec_rtol = 1e-6 · |φ(0)|), picking optax's trial points
+  to a few units of roundoff; on failure it returns what optax returns, its "unsafe" last trial included.
 
 Statuses: "converged" (the strong Wolfe conditions hold at the returned step, or the approximate ones
 with φ(α) within ε_k of φ(0): ``result.approximate``; Armijo: sufficient decrease); "not_descent" (φ'(0)
@@ -900,23 +905,26 @@ def _div(x: float, y: float) -> float:
 def _optax_cubicmin(a, fa, fpa, b, fb, c, fc) -> float:
     """optax's _cubicmin: the critical point a + (−B + √(B² − 3AC)) / 3A of the cubic
     A(x−a)³ + B(x−a)² + C(x−a) + fa through (b, fb) and (c, fc) with slope C = fpa at a; NaN where it has none
-    (c = a, as on the zoom's first trial, gives 0/0)."""
+    (c = a, as on the zoom's first trial, gives 0/0). Rounded as XLA compiles it on the CPU (found trial by
+    trial): fused multiply-adds for the residuals, the 2×2 product and B² − 3AC, and ÷ denom as × (1/denom)."""
     C, db, dc = fpa, b - a, c - a
     t = db * dc
     denom = t * t * (db - dc)
-    u, v = fb - fa - C * db, fc - fa - C * dc
-    A = _div(dc * dc * u - db * db * v, denom)
-    B = _div(-(dc * dc * dc) * u + db * db * db * v, denom)
-    radical = B * B - 3.0 * A * C
+    u, v = _fma(-C, db, fb - fa), _fma(-C, dc, fc - fa)
+    inv = _div(1.0, denom)
+    A = _fma(-(db * db), v, dc * dc * u) * inv
+    B = _fma(db * (db * db), v, -(dc * (dc * dc)) * u) * inv
+    radical = _fma(B, B, -(3.0 * A * C))
     if not radical >= 0:
         return math.nan
     return a + _div(-B + math.sqrt(radical), 3.0 * A)
 
 
 def _optax_quadmin(a, fa, fpa, b, fb) -> float:
-    """optax's _quadmin: a − fpa / 2B, B = (fb − fa − fpa (b − a)) / (b − a)²; ±inf or NaN where B = 0."""
+    """optax's _quadmin: a − fpa / 2B, B = (fb − fa − fpa (b − a)) / (b − a)² (its numerator one fused
+    multiply-add, as XLA compiles it); ±inf or NaN where B = 0."""
     db = b - a
-    return a - _div(fpa, 2.0 * _div(fb - fa - fpa * db, db * db))
+    return a - _div(fpa, 2.0 * _div(_fma(-fpa, db, fb - fa), db * db))
 
 
 def optax_zoom(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9,
@@ -947,9 +955,9 @@ def optax_zoom(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: flo
     with the approximate decrease that may exceed φ(0) by r|φ(0)|). Statuses: "converged", "max_step" (the
     cap ``max_step`` reached while φ still decreases), "interval_collapsed", "max_evaluations", "precision"
     (``precision_status``), "not_descent" (φ'(0) ≥ 0: nothing evaluated; optax would search uphill).
-    ``approximate`` says the accepted point met the approximate decrease and not Armijo's. Arithmetic in
-    Python floats: jax compiles the search with fused multiply-adds, so trial points agree with optax's to a
-    few units of roundoff, not bit for bit.
+    ``approximate`` says the accepted point met the approximate decrease and not Armijo's. Rounded as XLA
+    compiles optax's search on the CPU (fused multiply-adds, found by comparing trial points), so that the
+    decisions at rounding level are optax's too.
     """
     _check_common(phi0, dphi0, alpha0, max_evals)
     c1, c2 = _check_c1_c2(c1, c2)
@@ -969,13 +977,14 @@ def optax_zoom(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: flo
         f, d = phi(a)
         f, d = float(f), (math.nan if d is None else float(d))
         values.append(f if math.isfinite(f) else math.nan)
-        armijo_error = f - phi0 - c1 * a * dphi0
+        # each a − b·c as one fused multiply-add, as XLA compiles optax's search
+        armijo_error = _fma(-(c1 * a), dphi0, f - phi0)
         dec = armijo_error
         if approx_dec_rtol is not None:
-            approx = _nanmax(d - (2 * c1 - 1.0) * dphi0, f - phi0 - approx_dec_rtol * abs(phi0))
+            approx = _nanmax(_fma(-(2 * c1 - 1.0), dphi0, d), _fma(-approx_dec_rtol, abs(phi0), f - phi0))
             dec = math.nan if math.isnan(approx) or math.isnan(dec) else min(approx, dec)
         dec = math.inf if math.isnan(dec) else max(dec, 0.0)
-        curv = abs(d) - c2 * abs(dphi0)
+        curv = _fma(-c2, abs(dphi0), abs(d))
         curv = math.inf if math.isnan(curv) else max(curv, 0.0)
         return (a, f, d), dec, curv, dec <= 0 and not armijo_error <= 0
 
@@ -1020,9 +1029,9 @@ def optax_zoom(phi: Phi, phi0: float, dphi0: float, alpha0: float = 1.0, c1: flo
         left, right = min(hi, lo), max(hi, lo)
         too_small = delta <= interval_threshold
         a = _optax_cubicmin(lo, flo, dlo, hi, fhi, ref[0], ref[1])
-        if not (a > left + 0.2 * delta and a < right - 0.2 * delta):
+        if not (a > _fma(0.2, delta, left) and a < _fma(-0.2, delta, right)):
             a = _optax_quadmin(lo, flo, dlo, hi, fhi)
-            if not (a > left + 0.1 * delta and a < right - 0.1 * delta):
+            if not (a > _fma(0.1, delta, left) and a < _fma(-0.1, delta, right)):
                 a = (lo + hi) / 2.0
         point, dec, curv, approx = evaluate(a)
         if dec <= 0 and point[1] < safe[1]:

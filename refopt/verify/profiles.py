@@ -136,8 +136,8 @@ _add(Profile("optax.lbfgs", "lbfgs",
              "optax/_src/linesearch.py (zoom_linesearch, scale_by_zoom_linesearch)",
              "after a pair with sᵀy < 0 a direction that does not descend is followed by optax, reset to −g by "
              "refopt; a search that ends at step 0 (its last trial not finite, no safe point) leaves optax a zero "
-             "pair and γ = 1, refopt its history; jax fuses the search's multiply-adds (trial points agree to a "
-             "few ulps, not bit for bit)"))
+             "pair and γ = 1, refopt its history; XLA rounds the L-BFGS recursion in its own order, so the iterates "
+             "agree to rounding growth, not bit for bit"))
 _add(Profile("optax.lbfgs+no_linesearch", "lbfgs",
              {"memory": 10, "initial_scaling": "every", "line_search": "none", "initial_step": "unit",
               "first_step": "unit_length", "curvature_skip_rule": "never", "descent_check": "none"},
