@@ -116,7 +116,8 @@ def test_missing_optional_package_is_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("script,hidden", [("verify_with_torch.py", ["torch"]),
-                                           ("verify_with_optax.py", ["jax", "jax.numpy", "optax"])])
+                                           ("verify_with_optax.py", ["jax", "jax.numpy", "optax"]),
+                                           ("verify_with_optax_sophia.py", ["jax", "jax.numpy", "optax"])])
 def test_verify_scripts_skip_cleanly_without_their_library(script, hidden):
     """The example scripts exit 0 with a message when the library they check is not installed."""
     import pathlib
