@@ -117,7 +117,13 @@ def test_missing_optional_package_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize("script,hidden", [("verify_with_torch.py", ["torch"]),
                                            ("verify_with_optax.py", ["jax", "jax.numpy", "optax"]),
-                                           ("verify_with_optax_sophia.py", ["jax", "jax.numpy", "optax"])])
+                                           ("verify_with_optax_sophia.py", ["jax", "jax.numpy", "optax"]),
+                                           ("verify_with_kfac_jax.py", ["jax", "jax.numpy", "kfac_jax"]),
+                                           ("verify_with_sophia.py", ["torch"]),
+                                           ("verify_with_adahessian.py", ["torch"]),
+                                           ("verify_with_kfac_pytorch.py", ["torch", "kfac"]),
+                                           ("verify_with_curvlinops.py", ["torch", "curvlinops"]),
+                                           ("verify_with_meta_shampoo.py", ["torch"])])
 def test_verify_scripts_skip_cleanly_without_their_library(script, hidden):
     """The example scripts exit 0 with a message when the library they check is not installed."""
     import pathlib
