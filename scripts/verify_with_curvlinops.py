@@ -42,22 +42,10 @@ except ImportError:  # pragma: no cover - depends on the machine
 import numpy as np  # noqa: E402
 
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
+from refopt.verify.external import torch_mlp  # noqa: E402
 
 PROFILE = "f-dangel/curvlinops"
 SETTINGS = {"lr 0.5, delta 0.1": (0.5, 0.1), "lr 1.0, delta 0.3": (1.0, 0.3)}
-
-
-def torch_model(spec, params):
-    layers = []
-    for l, p in enumerate(params):
-        lin = torch.nn.Linear(p["W"].shape[0], p["W"].shape[1]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.array(p["W"]).T))
-            lin.bias.copy_(torch.from_numpy(np.array(p["b"])))
-        layers.append(lin)
-        if spec["activations"][l] == "tanh":
-            layers.append(torch.nn.Tanh())
-    return torch.nn.Sequential(*layers)
 
 
 def loss_and_scale(spec):
@@ -78,7 +66,7 @@ def loss_and_scale(spec):
 
 def curvlinops_step(spec, theta, X, y, labels, lr, delta):
     """θ − η K⁻¹ g with curvlinops' K-FAC at θ (refopt's labels injected), and its factors (A, G) per layer."""
-    model = torch_model(spec, theta)
+    model = torch_mlp(spec, theta)
     params = [p for p in model.parameters()]
     loss_func, c, ref_loss = loss_and_scale(spec)
     lab = torch.from_numpy(np.asarray(labels))

@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 import numpy as np  # noqa: E402
 
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
+from refopt.verify.external import torch_mlp  # noqa: E402
 
 PROFILE = "gpauloski/kfac-pytorch"
 SETTINGS = {
@@ -76,16 +77,7 @@ def torch_loss(spec, z, y):
 
 def kfac_pytorch_run(spec, trace, steps, hp):
     """θ_1..θ_T of KFACPreconditioner + SGD from the trace's θ_0 on its full batch."""
-    layers = []
-    for l, p in enumerate(trace.params[0]):
-        lin = torch.nn.Linear(p["W"].shape[0], p["W"].shape[1]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.array(p["W"]).T))
-            lin.bias.copy_(torch.from_numpy(np.array(p["b"])))
-        layers.append(lin)
-        if spec["activations"][l] == "tanh":
-            layers.append(torch.nn.Tanh())
-    model = torch.nn.Sequential(*layers)
+    model = torch_mlp(spec, trace.params[0])
     X = torch.from_numpy(np.asarray(trace.X))
     y = torch.from_numpy(np.asarray(trace.y))
     opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"])

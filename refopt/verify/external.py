@@ -17,7 +17,7 @@ from ..backend import to_host
 from .profiles import get_profile
 from .trace import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace
 
-__all__ = ["max_relative_difference", "check_profiles", "parse_arguments"]
+__all__ = ["max_relative_difference", "check_profiles", "parse_arguments", "torch_mlp"]
 
 
 def parse_arguments(description: str, library: str, argv=None) -> argparse.Namespace:
@@ -29,6 +29,25 @@ def parse_arguments(description: str, library: str, argv=None) -> argparse.Names
     ap.add_argument("--atol", type=float, default=1e-12)
     ap.add_argument("--out", default=None, help=f"folder for {library}'s traces (.npz)")
     return ap.parse_args(argv)
+
+
+def torch_mlp(spec: dict, params):
+    """The trace problem's MLP as a float64 ``torch.nn.Sequential`` holding ``params`` (refopt's W is
+    (fan_in, fan_out), torch's Linear.weight its transpose). torch is imported here: only the scripts that
+    check a torch library call this."""
+    import numpy as np  # noqa: PLC0415  (host copies for torch; this module is for the scripts)
+    import torch  # noqa: PLC0415
+
+    layers = []
+    for l, p in enumerate(params):
+        lin = torch.nn.Linear(p["W"].shape[0], p["W"].shape[1]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.array(to_host(p["W"])).T))
+            lin.bias.copy_(torch.from_numpy(np.array(to_host(p["b"]))))
+        layers.append(lin)
+        if spec["activations"][l] == "tanh":
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers)
 
 
 def max_relative_difference(ours: Trace, theirs: Trace) -> float:
