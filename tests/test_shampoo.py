@@ -544,3 +544,23 @@ def test_update_does_not_modify_params_or_state(kw):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(T.leaves([x for x in s1 if x is not None]), T.leaves([x for x in s_before if x is not None])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_graft_weight_decay_is_added_after_grafting_before_the_momentum():
+    """weight_decay_mode="graft" (google-research scalable_shampoo, decoupled_weight_decay=False), transcribed:
+    u = P(G)·‖G‖/‖P(G)‖ + λθ, m ← μm + u, θ ← θ − η(u + μm) (Nesterov); statistics from the raw G."""
+    mu, lr, lam, eps = 0.5, 0.5, 0.3, 0.1
+    opt = Shampoo(lr=lr, eps=eps, momentum=mu, nesterov=True, grafting="sgd", weight_decay=lam,
+                  weight_decay_mode="graft")
+    x = run(opt, X0.copy(), GRADS[:2])[0]
+    theta, m = X0.copy(), np.zeros_like(X0)
+    for t in (1, 2):
+        G = GRADS[t - 1]
+        P = dense_direction(GRADS[:t], eps)
+        u = P * np.linalg.norm(G) / np.linalg.norm(P) + lam * theta
+        m = mu * m + u
+        theta = theta - lr * (u + mu * m)
+    np.testing.assert_allclose(x, theta, rtol=1e-12)
+    l2 = run(Shampoo(lr=lr, eps=eps, momentum=mu, nesterov=True, grafting="sgd", weight_decay=lam),
+             X0.copy(), GRADS[:2])[0]
+    assert np.max(np.abs(l2 - x)) > 1e-3   # "l2" (λθ before the statistics and the graft) is another step

@@ -52,7 +52,10 @@ Options (defaults: the paper's Shampoo):
   preconditioned, G̃ ← β₁G̃ + (1 − β₁)G and P(G̃ / (1 − β₁ᵗ)) (also the graft direction's input), while
   the statistics and the grafting accumulator keep the raw G (facebookresearch/distributed_shampoo's
   betas[0] with use_bias_correction=True, its default 0.9); the momentum μ then acts on P.
-* ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ).
+* ``weight_decay_mode`` "l2" (λθ added to G before the statistics) | "decoupled" (θ ← θ − ηλθ) |
+  "graft" (λθ added to each leaf's direction after grafting, before the momentum; statistics, graft
+  accumulator and graft norm keep the raw G: google-research scalable_shampoo's weight_decay with
+  decoupled_weight_decay=False).
 * ``lr_dtype`` "native" (η as given) | "float32" (η rounded to float32 before it multiplies the step:
   distributed_shampoo keeps lr in a persistent float32 tensor, so lr = 0.01 steps by 0.00999999977…).
 * ``factor_dtype`` "native" (H_i and R_i in the gradient's dtype) | "float32" (distributed_shampoo's
@@ -167,8 +170,9 @@ class Shampoo(Optimizer):
                "momentum accumulates P(G), the step preconditions the momentum P(m), or G is blended with the "
                "previous update, (1 − μ)G + μP_{t−1}, before the statistics and the step",
                "common implementations (gradient); pytorch_optimizer Shampoo, grad.lerp_(momentum_buffer) (blended)"),
-        Switch("weight_decay_mode", WEIGHT_DECAY_MODES, "l2", "λθ added to G before the statistics, or θ ← θ − ηλθ",
-               "Gupta et al. 2018 (l2)"),
+        Switch("weight_decay_mode", WEIGHT_DECAY_MODES + ("graft",), "l2",
+               "λθ added to G before the statistics, θ ← θ − ηλθ, or λθ added to the grafted direction",
+               "Gupta et al. 2018 (l2); google-research scalable_shampoo decoupled_weight_decay=False (graft)"),
         Switch("nesterov", (False, True), False, "step P(G) + μm (or P(G + μm)) with the new m; needs momentum > 0",
                "google-research scalable_shampoo nesterov=True (True)"),
         Switch("root", ("eigh", "svd"), "eigh", "inverse roots from eigh of the symmetrised H, or from the SVD of H",
@@ -418,14 +422,16 @@ class Shampoo(Optimizer):
         graft_leaves = T.leaves(graft_acc) if graft_acc is not None else [None] * len(gs)
 
         directions = []
-        for D, R, A in zip(sources, roots, graft_leaves):
+        decay = self.weight_decay if self.weight_decay_mode == "graft" else 0.0
+        for D, R, A, theta in zip(sources, roots, graft_leaves, T.leaves(params)):
             graft_dir = adagrad_direction(D, A, self.graft_eps) if A is not None else D   # D / (√A + ε), or SGD's D
             if not active:   # (Meta's identity roots in float32 round G without grafting: factor_dtype)
                 rounds = self.factor_dtype == "float32" and self.grafting == "none"
-                directions.append(graft_dir.astype(xp.float32).astype(graft_dir.dtype) if rounds else graft_dir)
-                continue
-            P = self._leaf_precondition(D, R)
-            directions.append(graft(P, graft_dir) if self.grafting != "none" else P)   # P ‖graft_dir‖ / ‖P‖
+                direction = graft_dir.astype(xp.float32).astype(graft_dir.dtype) if rounds else graft_dir
+            else:
+                P = self._leaf_precondition(D, R)
+                direction = graft(P, graft_dir) if self.grafting != "none" else P   # P ‖graft_dir‖ / ‖P‖
+            directions.append(direction + decay * theta if decay else direction)   # "graft": + λθ after grafting
         d = T.unflatten(treedef, directions)
         if mom is not None and self.precondition == "gradient":
             mom, d = momentum(mom, d, self.momentum, self.nesterov)   # m ← μm + P(G); step m (or P(G) + μm)
