@@ -124,7 +124,8 @@ def test_missing_optional_package_is_one_line(monkeypatch, capsys):
                                            ("verify_with_kfac_pytorch.py", ["torch", "kfac"]),
                                            ("verify_with_curvlinops.py", ["torch", "curvlinops"]),
                                            ("verify_with_meta_shampoo.py", ["torch"]),
-                                           ("verify_with_scalable_shampoo.py", ["jax", "jax.numpy", "optax", "chex"])])
+                                           ("verify_with_scalable_shampoo.py", ["jax", "jax.numpy", "optax", "chex"]),
+                                           ("verify_with_tf_kfac.py", ["tensorflow", "kfac"])])
 def test_verify_scripts_skip_cleanly_without_their_library(script, hidden):
     """The example scripts exit 0 with a message when the library they check is not installed."""
     import pathlib
