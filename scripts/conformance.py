@@ -22,6 +22,14 @@ before it. Absent libraries, and profiles refopt does not ship, are skipped with
 any case fails.
 
     python scripts/conformance.py [--steps 30] [--rtol 1e-9] [--atol 1e-12] [--markdown] [--only LIBRARY]
+                                  [--no-scripts] [--script-timeout 600]
+
+With ``--scripts`` (the default) it then runs the libraries that have their own check,
+``scripts/verify_with_{meta_shampoo,...,tf_kfac}.py``, each in a subprocess with the same interpreter and a
+timeout, and appends one summary row per script: library (from the script name), the version the script
+prints ("-" if none), "see script" as profile, the largest "max rel" number in its output ("-" if none) and
+pass / FAIL (exit status 1, another non-zero status, or the timeout) / skipped (not installed) or
+skipped (its own reason) when the script says it skips.
 
 Run it in each environment that holds a library (torch and pytorch_optimizer in one, jax and optax in
 another; scipy is in the test extras).
@@ -31,7 +39,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import re
+import subprocess
 import sys
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -247,6 +258,54 @@ def _summary_cells(group):
     return (*key, "/".join(r[4].replace("tiny_", "") for r in rows), steps, trials, worst, result)
 
 
+SCRIPTS = ("meta_shampoo", "kfac_jax", "kfac_pytorch", "curvlinops", "sophia", "adahessian", "optax_sophia",
+           "scalable_shampoo", "tf_kfac")  # scripts/verify_with_<name>.py: libraries checked by their own script
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_VERSION = re.compile(r"^([A-Za-z][\w.+-]*) v?(\d+(?:\.\d+)+[\w.+-]*)")
+
+
+def _script_row(name: str, timeout: float):
+    """Run scripts/verify_with_<name>.py with this interpreter; (cells, failed) for its summary row."""
+    path = Path(__file__).resolve().parent / f"verify_with_{name}.py"
+    if not path.exists():
+        return (name, "-", "see script", "-", "-", "-", "-", "-", f"skipped (no {path.name})"), False
+    try:
+        done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=timeout,
+                              cwd=path.parent.parent)
+        out, rc = (done.stdout or "") + "\n" + (done.stderr or ""), done.returncode
+    except subprocess.TimeoutExpired as exc:
+        out = "\n".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                        for x in (exc.stdout, exc.stderr))
+        rc = None
+    lines = out.splitlines()
+    version = "-"
+    for text in lines:  # the first line like "kfac-jax 0.0.6, jax 0.4.30 (x64); ...": its "name version" parts
+        parts = [m.group(0) for part in re.split(r"[,;]", text) if (m := _VERSION.match(part.strip()))]
+        if parts:
+            version = ", ".join(parts)
+            break
+    worst = []  # loose: after each "max rel", the first number written with a point or an exponent
+    for text in lines:
+        for segment in re.split(r"max\.? ?rel", text, flags=re.I)[1:]:
+            number = next((x for x in re.findall(_NUMBER, segment) if re.search(r"[eE.]", x)), None)
+            if number is not None:
+                worst.append(float(number))
+    worst_cell = f"{max(worst):.1e}" if worst else "-"
+    skip = next((t for t in lines if re.match(rf"verify_with_{name}:.*skipping", t.strip())), None)
+    if rc is None:
+        return (name, version, "see script", "-", "-", "-", "-", worst_cell, f"FAIL (timeout after {timeout:g} s)"), True
+    if rc == 0 and skip is not None and not worst:
+        why = ("not installed" if re.search(r"not installed|No module named", skip)
+               else skip.split(":", 1)[1].split(";")[0].strip())
+        return (name, version, "see script", "-", "-", "-", "-", "-", f"skipped ({why})"), False
+    if rc == 0:
+        return (name, version, "see script", "-", "-", "-", "-", worst_cell, "pass"), False
+    last = next((t.strip() for t in reversed(lines) if t.strip()), "")
+    last = (last if len(last) <= 100 else last[:97] + "...").replace("|", "/")  # keeps a Markdown row intact
+    return (name, version, "see script", "-", "-", "-", "-", worst_cell,
+            "FAIL" + ("" if rc == 1 else f" (exit {rc})") + (f": {last}" if last else "")), True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=30)
@@ -254,8 +313,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-9)
     ap.add_argument("--atol", type=float, default=1e-12)
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    ap.add_argument("--only", nargs="*", help="libraries to run (torch, pytorch_optimizer, optax, scipy)")
+    ap.add_argument("--only", nargs="*", help="libraries to run (torch, pytorch_optimizer, optax, scipy, or a script's library: "
+                    + ", ".join(SCRIPTS) + ")")
     ap.add_argument("--summary", action="store_true", help="one row per profile and setting (all problems)")
+    ap.add_argument("--scripts", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run scripts/verify_with_{%s}.py (one summary row each; default: on)" % ",".join(SCRIPTS))
+    ap.add_argument("--script-timeout", type=float, default=600.0, help="seconds per script (600)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*combinations of switches")  # the search tries the closest 1024
     print(f"rule |θ_lib − θ_refopt| ≤ {args.atol:g} + {args.rtol:g}·|θ_refopt| at every step; refopt's gradients "
@@ -280,6 +343,13 @@ def main(argv=None) -> int:
         print(line(cells), flush=True)
     if args.summary and group:
         print(line(_summary_cells(group)))
+    if args.scripts:
+        for name in SCRIPTS:
+            if args.only and name not in args.only:
+                continue
+            cells, bad = _script_row(name, args.script_timeout)
+            failed += bad
+            print(line(cells), flush=True)
     print("all installed libraries conform" if failed == 0 else f"{failed} case(s) fail")
     return 0 if failed == 0 else 1
 
