@@ -70,7 +70,8 @@ def cmd_train(args) -> int:
     last = result.history[-1] if result.history else {}
     print(f"{config.optimizer} on {config.problem}: {result.status} after {len(result.history)} steps; "
           f"final training loss {result.final_loss:.6g}; grad norm {last.get('grad_norm', math.nan):.3g}; "
-          f"nfev {last.get('nfev', 0)}, ngev {last.get('ngev', 0)}, nhvp {last.get('nhvp', 0)}; "
+          f"nfev {last.get('nfev', 0)}, ngev {last.get('ngev', 0)}, nhvp {last.get('nhvp', 0)}"
+          + (f", nhev {result.nhev} (dense matrices)" if result.nhev else "") + "; "
           f"{last.get('elapsed', 0.0):.2f} s" + (f"; {result.message}" if result.message else ""))
     return 0
 

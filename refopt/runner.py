@@ -11,7 +11,8 @@ its params and state against a fresh run's (structure, shapes, dtype), refusing 
 
 Each record of the log holds: step, loss (at the incoming parameters, on the step's batch), train_loss
 (full-batch loss, every ``eval_every`` steps and at the end), grad_norm, step_norm, lr, skipped,
-message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds.
+message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds; the dense methods' records
+also hold nhev, that step's dense matrices (``RunResult.nhev`` adds them up).
 
 A full-batch run stops with status "precision" (converged as far as the dtype resolves the loss) when a
 step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, every line
@@ -103,6 +104,12 @@ class RunResult:
     history: list
     status: str           # "completed", "converged", "precision", "target_reached", "time_limit", "diverged"
     message: str = ""
+
+    @property
+    def nhev(self) -> int:
+        """Dense curvature matrices formed (the Hessian for newton, the GGN for gauss_newton): the sum of the
+        steps' ``info["nhev"]``; 0 for the methods that form none."""
+        return sum(int(rec.get("nhev") or 0) for rec in self.history)
 
     @property
     def final_loss(self) -> float:

@@ -323,3 +323,20 @@ def test_compare_refuses_an_empty_list_of_names():
     for names in ([], (), "sgd"):
         with pytest.raises(ValueError, match="names must be a non-empty list of optimizer names"):
             compare(names, problem="rosenbrock", steps=1)
+
+
+# --- issue 12: export --all lists what it wrote; train reports the dense matrices -------------------------------
+def test_export_all_prints_one_line_per_file_written(tmp_path, capsys):
+    out = tmp_path / "traces"
+    assert main(["verify", "export", "--all", "--out", str(out), "--steps", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    wrote = sorted(line.split()[1] for line in lines if line.startswith("wrote "))
+    assert wrote == sorted(str(p) for p in out.iterdir()) and len(wrote) > 20
+    assert all(line.startswith(("wrote ", "skipped ")) for line in lines)
+
+
+def test_train_summary_reports_the_dense_matrix_count(capsys):
+    assert main(["train", "newton", "--problem", "rosenbrock", "--steps", "3", "--no-progress"]) == 0
+    assert "nhev 3 (dense matrices)" in capsys.readouterr().out
+    assert main(TRAIN) == 0
+    assert "nhev" not in capsys.readouterr().out

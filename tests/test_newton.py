@@ -395,3 +395,40 @@ def test_trust_region_on_the_gauss_newton_matrix():
         _, _, results[curvature] = one_step(opt, params, oracle)
     assert results["ggn"]["cg_status"] == "converged" and results["ggn"]["rho"] == pytest.approx(rho, rel=1e-8)
     assert results["hessian"]["rho"] != pytest.approx(rho, rel=1e-3)
+
+
+# --- issue 12: the dense methods say when a step will be slow, and count their dense matrices -----------------
+def _bowl(n):
+    return FunctionOracle(lambda x: float(0.5 * x @ x), grad=lambda x: x, hess=lambda x: np.eye(x.size))
+
+
+def test_dense_methods_warn_once_above_the_slow_size_and_say_so_in_the_first_message():
+    from refopt.optim.newton import SLOW_DENSE_SIZE
+    import warnings
+    n = SLOW_DENSE_SIZE + 1
+    opt, x, o = Newton(damping=1.0), np.ones(n), _bowl(n)   # damped: not at the minimum after one step
+    with pytest.warns(UserWarning, match=f"{n} parameters > {SLOW_DENSE_SIZE}.*newton_cg"):
+        state = opt.init(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the steps themselves do not warn again
+        x1, state, info = opt.update(x, state, o)
+        assert "steps will be slow" in info["message"] and info["nhev"] == 1
+        _, _, info = opt.update(x1, state, o)
+        assert "slow" not in (info["message"] or "") and info["nhev"] == 1
+
+
+def test_dense_methods_are_silent_at_the_slow_size():
+    from refopt.optim.newton import SLOW_DENSE_SIZE
+    import warnings
+    n = SLOW_DENSE_SIZE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = Newton()
+        _, _, info = opt.update(np.ones(n), opt.init(np.ones(n)), _bowl(n))
+    assert "slow" not in (info["message"] or "")
+
+
+def test_gauss_newton_names_its_matrix_in_the_warning():
+    model = MLP([40, 24, 3])   # 1059 parameters
+    with pytest.warns(UserWarning, match="GaussNewton: 1059 parameters.*GGN"):
+        GaussNewton().init(model.init(0))

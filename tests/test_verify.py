@@ -470,3 +470,48 @@ def test_largest_seed_round_trips(tmp_path):
     path = tmp_path / "t.npz"
     export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_regression", steps=1, seed=2 ** 63 - 1), str(path))
     assert load_trace(str(path)).meta["seed"] == 2 ** 63 - 1
+
+
+# --- issue 12: a trace states every hyperparameter as used, and what was given -------------------------------
+def test_meta_holds_every_hyperparameter_with_defaults_and_what_was_given(tmp_path):
+    from refopt.optim import make_optimizer
+    trace = make_trace("kfac", {"lr": 0.05}, steps=1)
+    assert trace.meta["given"] == {"lr": 0.05}
+    assert trace.meta["hyperparameters"] == make_optimizer("kfac", lr=0.05).hyperparameters()
+    assert {"damping", "kl_clip", "momentum"} <= set(trace.meta["hyperparameters"])
+    export_trace(trace, str(tmp_path / "t.npz"))
+    loaded = load_trace(str(tmp_path / "t.npz"))
+    assert loaded.meta["hyperparameters"] == trace.meta["hyperparameters"]   # JSON round trip
+    assert check_trace(loaded)[0] is None
+
+
+def test_a_profile_trace_states_the_profile_settings_as_given():
+    trace = make_trace("sgd", {}, steps=1, profile="torch.optim.SGD")
+    from refopt.verify.profiles import PROFILES
+    assert trace.meta["given"] == PROFILES["torch.optim.SGD"].hyperparameters
+    assert trace.meta["hyperparameters"]["lr"] == trace.meta["given"].get("lr", trace.meta["hyperparameters"]["lr"])
+
+
+def test_an_old_trace_with_only_the_given_hyperparameters_still_replays():
+    trace = make_trace("adam", {"lr": 0.01}, steps=3)
+    trace.meta["hyperparameters"] = dict(trace.meta.pop("given"))   # the layout before issue 12
+    assert check_trace(trace)[0] is None
+
+
+def test_search_compares_against_resolved_switches():
+    """Newton's line_search=None resolves to armijo for the eigenvalue modification: the full record states
+    armijo, and the stated settings are still the match with no change."""
+    trace = make_trace("newton", {"modification": "eigenvalue"}, steps=3)
+    assert trace.meta["hyperparameters"]["line_search"] == "armijo"
+    assert list(search_conventions(trace))[0] == {}
+    theirs = make_trace("newton", {"modification": "eigenvalue_abs"}, steps=3)
+    theirs.meta["hyperparameters"] = trace.meta["hyperparameters"]   # stated: eigenvalue
+    assert {"modification": "eigenvalue_abs"} in list(search_conventions(theirs))
+
+
+def test_load_refuses_a_given_that_is_not_an_object(tmp_path):
+    trace = make_trace("sgd", {}, steps=1)
+    trace.meta["given"] = [["lr", 0.1]]
+    export_trace(trace, str(tmp_path / "t.npz"))
+    with pytest.raises(ValueError, match="meta given must be an object"):
+        load_trace(str(tmp_path / "t.npz"))

@@ -33,6 +33,11 @@ log-likelihoods convex in the output, G is positive semi-definite); with the def
 the Levenberg–Marquardt method. For a Gaussian loss on a linear model, one undamped step solves the
 least-squares problem exactly.
 
+Cost: a step forms the dense n×n matrix (n Hessian- or GGN-vector products, O(n²) memory) and factors it
+(O(n³)); above ``SLOW_DENSE_SIZE`` = 1000 parameters ``init`` warns once (``warnings.warn``) and the first
+step's ``info["message"]`` says so. Every step's ``info["nhev"]`` is 1, the dense matrices formed (the run
+summary of ``refopt train`` adds them up).
+
 The skeleton (evaluate, direction, globalise, report) is ``descent.DescentMethod``; the line search and
 the ratio rules for λ are in ``globalisation``. This module holds the directions: the dense curvature
 matrix, its modification, and the solve.
@@ -40,6 +45,7 @@ matrix, its modification, and the solve.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional
 
 from .. import tree as T
@@ -51,9 +57,12 @@ from .base import MAX_DENSE_SIZE, MAX_ITERATIONS, Switch, check_int, check_nonne
 from .descent import DescentMethod, Evaluation
 from .globalisation import MAX_DAMPING, Outcome, check_damping, evaluate_trial, ratio_damping, reduction_ratio
 
-__all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "MODIFICATIONS", "MAX_DAMPING"]
+__all__ = ["Newton", "GaussNewton", "NewtonState", "NotPositiveDefiniteError", "MODIFICATIONS", "MAX_DAMPING",
+           "SLOW_DENSE_SIZE"]
 
 MODIFICATIONS = ("levenberg_marquardt", "eigenvalue", "eigenvalue_abs", "error")
+# Above this many parameters a dense step takes seconds (digits_mlp, 2,410 parameters: 5–15 s a step on a CPU).
+SLOW_DENSE_SIZE = 1000
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -116,9 +125,22 @@ class Newton(DescentMethod):
         self.max_size = None if max_size is None else check_int("max_size", max_size, maximum=MAX_DENSE_SIZE)
 
     def init(self, params) -> NewtonState:
-        """Step 0, λ = ``damping``, no cached point; refuses a model too large for a dense matrix."""
+        """Step 0, λ = ``damping``, no cached point; refuses a model too large for a dense matrix and warns
+        (once, here) when it is above ``SLOW_DENSE_SIZE``."""
         self.check_size(params)
+        slow = self.slow_message(params)
+        if slow:
+            warnings.warn(slow, stacklevel=2)
         return NewtonState(0, self.damping, None)
+
+    def slow_message(self, params) -> str:
+        """The warning for a model above ``SLOW_DENSE_SIZE`` parameters, or "" for a smaller one."""
+        n = T.size(params)
+        if n <= SLOW_DENSE_SIZE:
+            return ""
+        return (f"{type(self).__name__}: {n} parameters > {SLOW_DENSE_SIZE}: each step forms a dense {n}×{n} "
+                f"{self.curvature} matrix ({n} products) and factors it (O(n³)), so steps will be slow; "
+                "newton_cg or trust_ncg use matrix-vector products only")
 
     # the curvature matrix ------------------------------------------------------------------
     def curvature_matrix(self, oracle, params):
@@ -175,7 +197,16 @@ class Newton(DescentMethod):
 
     # the step --------------------------------------------------------------------------------
     def step(self, params, state, oracle, loss, g):
-        """One Newton step: dense curvature matrix, its modification, a line search or Levenberg–Marquardt trials."""
+        """One Newton step: dense curvature matrix, its modification, a line search or Levenberg–Marquardt trials;
+        the first step of a model above ``SLOW_DENSE_SIZE`` says in its message that steps will be slow."""
+        out = self._step(params, state, oracle, loss, g)
+        slow = self.slow_message(params) if state.step == 0 else ""
+        if slow:
+            info = out[2]
+            info["message"] = f"{info['message']}; {slow}" if info.get("message") else slow
+        return out
+
+    def _step(self, params, state, oracle, loss, g):
         self.check_size(params)
         x, gf = T.ravel(params), T.ravel(g)
         M = self.curvature_matrix(oracle, params)

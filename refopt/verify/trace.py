@@ -7,7 +7,8 @@ and everything refopt needs to replay theirs:
 key                       content
 ========================  ==========================================================================
 ``meta``                  JSON string: ``format`` ("refopt-trace/1"), ``version``, ``optimizer``,
-                          ``hyperparameters``, ``profile`` (or null), ``problem`` (see below),
+                          ``hyperparameters`` (every one as used, defaults included), ``given`` (those
+                          given explicitly; optional), ``profile`` (or null), ``problem`` (see below),
                           ``steps`` T, ``seed``, ``param_names`` (tree order, e.g. "0.W", "0.b"),
                           ``dtype``
 ``problem/X``,            the data of the problem (inputs (B, d) and targets)
@@ -185,8 +186,10 @@ def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profil
         losses.append(value)
         grads.append(g)
         draws.append(injected if injected is not None else info.get("draws"))
+    # Every hyperparameter as used (the constructor's, defaults included, ``Optimizer.hyperparameters``), so a
+    # verifier need not read the source for a default; what was given explicitly is kept beside it.
     meta = {"format": TRACE_FORMAT, "version": __version__, "optimizer": optimizer,
-            "hyperparameters": hyperparameters, "profile": profile,
+            "hyperparameters": opt.hyperparameters(), "given": dict(hyperparameters), "profile": profile,
             "problem": {k: v for k, v in spec.items() if k != "batch"} | {"name": problem_name},
             "steps": steps, "seed": seed, "param_names": param_names(out_params[0]),
             "dtype": str(T.leaves(out_params[0])[0].dtype)}
@@ -254,6 +257,8 @@ def _check_meta(meta, path: str) -> dict:
         _fail(path, f"meta optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {_short(meta['optimizer'])}")
     if not isinstance(meta.get("hyperparameters", {}), dict):
         _fail(path, f"meta hyperparameters must be an object of NAME: value, got {_short(meta['hyperparameters'])}")
+    if not isinstance(meta.get("given", {}), dict):
+        _fail(path, f"meta given must be an object of NAME: value, got {_short(meta['given'])}")
     if meta.get("profile") is not None:
         from .profiles import PROFILES  # noqa: PLC0415
         profile = meta["profile"]
