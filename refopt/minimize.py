@@ -1,4 +1,4 @@
-"""``minimize``: run one of refopt's Newton-family optimizers on a function of a vector.
+"""``minimize``: run one of refopt's optimizers (the Newton family first) on a function of a vector.
 
     result = minimize(fun, x0, method="bfgs", jac=grad, hess=hess, gtol=1e-5)
 
@@ -10,6 +10,14 @@ sr1, sherman_morrison, bfgs, dfp, lbfgs); the driver wraps ``fun`` in a ``Functi
     stop?  (‖g‖ ≤ gtol, budgets)                   # checked *before* stepping
     x, state, info = opt.step(x, state, oracle, loss, g)
     stop?  (‖Δx‖ ≤ xtol · max(1, ‖x‖), a failed step)
+
+Every other optimizer that runs on a function oracle (``function_methods()``: sgd, adam, adamw, adagrad,
+shampoo, adahessian, sophia_h, ...) runs the plain loop ``evaluate; stop?; x, state, info = opt.update(x,
+state, oracle)``, its update reusing the loop's evaluation of the same x (one nfev and ngev per step); it
+has no "precision" stop. ``fun`` may use indexing and NumPy's functions (docs/core.md, "Plain Python and
+NumPy functions"); without ``jac``/``hessp`` the autodiff differentiates it. The result answers to scipy's
+names too: ``fun`` (= ``f``), ``jac`` (= ``grad``) and ``hess_inv`` (H ≈ ∇²f⁻¹ of a quasi-Newton method in
+form "inverse", as scipy's BFGS; None otherwise).
 
 Stopping rules and statuses (``result.status``; ``result.success`` is True for the first three):
 
@@ -44,16 +52,19 @@ from . import tree as T
 from .backend import as_array, xp
 from .linesearch import rounding_error
 from .oracle import FunctionOracle
-from .optim import OPTIMIZERS, Optimizer, make_optimizer
+from .optim import OPTIMIZERS, Optimizer, make_optimizer, optimizer_class
 from .optim.descent import DescentMethod
 
-__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "StallMonitor", "PRECISION_PATIENCE", "at_rounding_level",
+__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "function_methods", "StallMonitor", "PRECISION_PATIENCE", "at_rounding_level",
            "dtype_eps"]
 
 _EPS = 2.220446049250313e-16
 PRECISION_PATIENCE = 10   # iterations without measurable progress before a "precision" stop
 
 FUNCTION_METHODS = ("newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison", "bfgs", "dfp", "lbfgs")
+# The Newton family above runs the loop below with its line searches and trust regions; every other
+# optimizer whose ``requires`` a FunctionOracle provides (sgd, adam, adagrad, shampoo, adahessian, ...) runs
+# a plain loop of ``update`` steps (``function_methods()`` lists them all).
 
 
 @dataclass
@@ -74,11 +85,17 @@ class MinimizeResult:
     nhev: int = 0
     resets: int = 0
     history: list = field(default_factory=list)   # f at every iterate, x0 first
+    hess_inv: Any = None   # H ≈ ∇²f⁻¹ (n×n over tree.ravel order) for quasi-Newton methods in form "inverse"
 
     @property
     def fun(self) -> float:
         """scipy's name for ``f``."""
         return self.f
+
+    @property
+    def jac(self):
+        """scipy's name for ``grad`` (the gradient at ``x``)."""
+        return self.grad
 
     def __repr__(self):
         return (f"MinimizeResult(status={self.status!r}, success={self.success}, f={self.f:.10g}, "
@@ -168,6 +185,29 @@ def _norm(v, kind) -> float:
     return float(xp.max(xp.abs(flat))) if kind == "inf" else float(xp.linalg.norm(flat))
 
 
+def function_methods() -> tuple:
+    """Every optimizer name ``minimize`` accepts: those whose ``requires`` a ``FunctionOracle`` provides."""
+    return tuple(name for name in OPTIMIZERS if not optimizer_class(name).needs_network)
+
+
+class _SharedEvaluation:
+    """The oracle, except that ``value_and_grad`` at the very x object it last answered for is answered
+    again without a new request: the plain loop evaluates x for its stopping tests and the optimizer's
+    ``update`` then evaluates the same x, which must not count twice."""
+
+    def __init__(self, oracle):
+        self._oracle, self._last = oracle, None
+
+    def __getattr__(self, name):
+        return getattr(self._oracle, name)
+
+    def value_and_grad(self, x):
+        """(f(x), ∇f(x)), from the last request when x is the object it was made for."""
+        if self._last is None or self._last[0] is not x:
+            self._last = (x, *self._oracle.value_and_grad(x))
+        return self._last[1], self._last[2]
+
+
 def _oracle(fun, jac, hess, hessp) -> FunctionOracle:
     if isinstance(fun, FunctionOracle):
         return fun
@@ -184,10 +224,10 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
              hess: Optional[Callable] = None, hessp: Optional[Callable] = None, gtol: float = 1e-5,
              xtol: float = 0.0, maxiter: Optional[int] = None, max_nfev: Optional[int] = None, gnorm: str = "inf",
              options: Optional[dict] = None, callback: Optional[Callable] = None) -> MinimizeResult:
-    """Minimise ``fun`` from ``x0`` with ``method`` (a name from ``FUNCTION_METHODS`` or an optimizer).
+    """Minimise ``fun`` from ``x0`` with ``method`` (a name from ``function_methods()`` or an optimizer).
 
-    ``fun`` is f(x) -> float (with ``jac``/``hess``/``hessp`` for analytic derivatives, else it must be
-    written with refopt's autodiff primitives), a ``Problem`` from ``refopt.problems.functions`` (then
+    ``fun`` is f(x) -> float (with ``jac``/``hess``/``hessp`` for analytic derivatives, else refopt's
+    autodiff traces it: indexing, operators, refopt's primitives and the NumPy functions it has), a ``Problem`` from ``refopt.problems.functions`` (then
     ``x0`` defaults to its start), or a ``FunctionOracle``. ``options`` are the optimizer's
     hyperparameters. ``callback(x, info)`` is called after every step; returning True stops the run.
     """
@@ -206,14 +246,12 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
         if options:
             raise ValueError("options= applies to a method name; configure the optimizer instance instead")
     else:
-        if method not in FUNCTION_METHODS:
-            known = ", ".join(FUNCTION_METHODS)
+        known = function_methods()
+        if method not in known:
             extra = " (it needs a network oracle)" if method in OPTIMIZERS else ""
             raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; "
-                             f"choose from {known}")
+                             f"choose from {', '.join(known)}")
         opt = make_optimizer(method, **(options or {}))
-    if not isinstance(opt, DescentMethod):
-        raise ValueError(f"{type(opt).__name__} does not implement evaluate/step; minimize runs the Newton family")
 
     oracle = _oracle(fun, jac, hess, hessp)
     opt.check_oracle(oracle)   # e.g. NewtonCG(curvature="ggn") needs the GGN, which a function does not have
@@ -222,6 +260,8 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
     x = T.copy(x0) if is_tree else as_array(x0).copy()
     n = T.size(x)
     maxiter = 200 * n if maxiter is None else maxiter
+    if not isinstance(opt, DescentMethod):
+        return _minimize_by_updates(opt, oracle, x, maxiter, max_nfev, gtol, xtol, gnorm, callback, start)
     state = opt.init(x)
     nit, nhev, resets, history = 0, 0, 0, []
     status, message = "max_iterations", f"reached maxiter={maxiter}"
@@ -301,5 +341,64 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
     if resets:
         message += f"; {resets} non-descent direction(s) reset to steepest descent"
     gn = _norm(g, gnorm) if T.all_finite(g) else math.nan
+    hess_inv = None
+    if getattr(opt, "form", None) == "inverse" and getattr(state, "matrix", None) is not None:
+        hess_inv = state.matrix   # the quasi-Newton inverse form keeps H ≈ ∇²f⁻¹ itself (scipy's hess_inv)
     return MinimizeResult(x, float(loss), g, gn, nit, c["nfev"], c["ngev"], c["nhvp"] + c["nggnvp"], status,
-                          status in ("zero_gradient", "gtol", "xtol"), message, nhev, resets, history)
+                          status in ("zero_gradient", "gtol", "xtol"), message, nhev, resets, history, hess_inv)
+
+
+def _minimize_by_updates(opt, oracle, x, maxiter, max_nfev, gtol, xtol, gnorm, callback, start) -> MinimizeResult:
+    """The plain loop for optimizers outside the Newton family: evaluate x, test the stops (gtol, maxiter,
+    max_nfev, nonfinite; xtol after a step), take one ``update``. No "precision" stop: these steps do not
+    come from f values (see ``StallMonitor``)."""
+    shared = _SharedEvaluation(oracle)
+    state = opt.init(x)
+    nit, history = 0, []
+
+    def used(name):
+        return oracle.counts.as_dict()[name] - start[name]
+
+    while True:
+        loss, g = shared.value_and_grad(x)
+        loss = float(loss)
+        history.append(loss)
+        if not (math.isfinite(loss) and T.all_finite(g)):
+            status = "nonfinite"
+            message = "f or its gradient is not finite at x0" if nit == 0 else "f or its gradient became non-finite"
+            break
+        gn = _norm(g, gnorm)
+        if gn == 0.0 and nit == 0:
+            status, message = "zero_gradient", "the gradient is zero at x0"
+            break
+        if gn <= gtol:
+            status, message = "gtol", f"gradient norm {gn:.3g} ≤ gtol={gtol:g}"
+            break
+        if nit >= maxiter:
+            status, message = "max_iterations", f"reached maxiter={maxiter}"
+            break
+        if max_nfev is not None and used("nfev") >= max_nfev:
+            status, message = "max_evaluations", f"used {used('nfev')} ≥ max_nfev={max_nfev} evaluations"
+            break
+        x_new, state, info = opt.update(x, state, shared)
+        nit += 1
+        if info.get("skipped"):
+            status, message = "step_failed", info.get("message", "step refused")
+            break
+        step = _norm(T.sub(x_new, x), "inf")
+        x = x_new
+        stop = callback(x, info) if callback is not None else False
+        if xtol and step <= xtol * max(1.0, _norm(x, "inf")):
+            loss, g = shared.value_and_grad(x)
+            history.append(float(loss))
+            status, message = "xtol", f"step {step:.3g} ≤ xtol·max(1, ‖x‖∞)"
+            break
+        if stop:
+            loss, g = shared.value_and_grad(x)
+            history.append(float(loss))
+            status, message = "callback", "stopped by the callback"
+            break
+    c = {k: used(k) for k in ("nfev", "ngev", "nhvp", "nggnvp")}
+    gn = _norm(g, gnorm) if T.all_finite(g) else math.nan
+    return MinimizeResult(x, float(loss), g, gn, nit, c["nfev"], c["ngev"], c["nhvp"] + c["nggnvp"], status,
+                          status in ("zero_gradient", "gtol", "xtol"), message, history=history)

@@ -408,7 +408,10 @@ class FunctionOracle:
         return self._grad(x) if self._grad is not None else ad.grad(self.f)(x)
 
     def hvp(self, x, v):
-        """∇²f(x) v from the analytic hvp, else the analytic Hessian, else autodiff (one nhvp)."""
+        """∇²f(x) v from the analytic hvp, else the analytic Hessian, else autodiff of ``f`` (one nhvp).
+
+        Not of a given ``grad``: a gradient written as ``np.array([...])`` of traced entries builds an
+        object array, which the tracer cannot see through, while ``f`` returns one traced scalar."""
         self.counts.nhvp += 1
         if self._hvp is not None:
             return self._hvp(x, v)

@@ -272,3 +272,100 @@ def test_primitive_without_a_rule_says_so():
 def test_branching_on_a_traced_value_is_an_error():
     with pytest.raises(TypeError, match="getval"):
         ad.grad(lambda z: ad.sum(z) if ad.sum(z) else ad.sum(z))(np.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Indexing (the getitem / scatter pair) and NumPy's dispatch protocols on boxes.
+def _rosenbrock(x):
+    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+
+def _rosenbrock_grad(x):
+    return np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)])
+
+
+def _rosenbrock_hess(x):
+    return np.array([[2 - 400 * (x[1] - 3 * x[0] ** 2), -400 * x[0]], [-400 * x[0], 200.0]])
+
+
+def test_getitem_gradient_and_hessian_of_rosenbrock_written_with_x0():
+    x = np.array([-1.2, 1.0])
+    _close(ad.grad(_rosenbrock)(x), _rosenbrock_grad(x), "grad through x[0], x[1]")
+    _close(ad.hessian(_rosenbrock, x), _rosenbrock_hess(x), "reverse-over-reverse through getitem")
+    for v in np.eye(2):   # forward-over-reverse: getitem's vjp (scatter) is itself differentiated
+        _close(ad.hvp(_rosenbrock, x, v), _rosenbrock_hess(x) @ v, "hvp through getitem")
+
+
+@pytest.mark.parametrize("index", [1, -1, (0, 2), slice(1, None), (slice(None), 1), (slice(None, None, 2), 0),
+                                   (Ellipsis, slice(1, 3)), (0, None)])
+def test_getitem_rules_against_finite_differences(index):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    u = rng.standard_normal(np.shape(x[index]))
+    f = lambda z: z[index] * z[index]   # noqa: E731 - nonlinear, so the second-order rules are exercised
+    fd = (f(x + H * w) - f(x - H * w)) / (2 * H)
+    _close(ad.jvp(f, x, w)[1], fd, f"jvp of x[{index!r}]")
+    _, back = ad.vjp(f, x)
+    _close(np.sum(back(u) * w), np.sum(u * fd), f"vjp of x[{index!r}] (adjoint identity)")
+    s = lambda z: ad.sum(ad.multiply(u, f(z)))   # noqa: E731
+    exact = np.zeros_like(x)
+    np.add.at(exact, index, 2 * u * w[index])    # ∇²s w, by hand: s = Σ u z[i]², ∇²s = diag(2u) on the slice
+    _close(ad.hvp(s, x, w), exact, f"hvp through x[{index!r}]")
+
+
+def test_getitem_refuses_advanced_indices_and_iterates():
+    x = np.arange(3.0)
+    with pytest.raises(TypeError, match="basic indexing"):
+        ad.grad(lambda z: ad.sum(z[np.array([0, 0])]))(x)
+    g = ad.grad(lambda z: sum(zi * zi for zi in z))(x)           # iterating over a box yields its entries
+    _close(g, 2 * x, "grad of sum over iteration")
+
+
+def _numpy_function(x):
+    A = np.arange(6.0).reshape(2, 3) / 10
+    return (np.sum(np.exp(x)) + np.sum(np.tanh(A @ x)) + np.dot(x, x) + np.mean(np.square(x))
+            + np.sum(np.sqrt(np.abs(x) + 1.0)) + np.sum(np.maximum(x, 0.5)) + np.log(np.sum(x * x) + 1.0)
+            + np.sum(np.sin(x) * np.cos(x)) + np.sum(np.reshape(x, (3, 1)) @ np.ones((1, 2))) + x.sum()
+            + np.sum(np.where(x > 0, x, 2 * x)) + np.sum(np.transpose(np.dot(A, np.reshape(x, (3, 1))))))
+
+
+def test_numpy_dispatch_against_autograd():
+    autograd = pytest.importorskip("autograd")
+    anp = pytest.importorskip("autograd.numpy")
+    A = np.arange(6.0).reshape(2, 3) / 10
+
+    def reference(x):
+        return (anp.sum(anp.exp(x)) + anp.sum(anp.tanh(A @ x)) + anp.dot(x, x) + anp.mean(anp.square(x))
+                + anp.sum(anp.sqrt(anp.abs(x) + 1.0)) + anp.sum(anp.maximum(x, 0.5)) + anp.log(anp.sum(x * x) + 1.0)
+                + anp.sum(anp.sin(x) * anp.cos(x)) + anp.sum(anp.reshape(x, (3, 1)) @ anp.ones((1, 2))) + x.sum()
+                + anp.sum(anp.where(x > 0, x, 2 * x)) + anp.sum(anp.transpose(anp.dot(A, anp.reshape(x, (3, 1))))))
+
+    x, v = np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5])
+    assert float(_numpy_function(x)) == pytest.approx(float(reference(x)), rel=1e-14)
+    _close(ad.grad(_numpy_function)(x), autograd.grad(reference)(x), "grad of a NumPy-written function")
+    _close(ad.hvp(_numpy_function, x, v), autograd.hessian(reference)(x) @ v, "hvp of a NumPy-written function")
+
+
+def test_numpy_dispatch_ndarray_on_the_left():
+    x, A = np.array([0.5, -1.0]), np.array([[1.0, 2.0], [3.0, 4.0]])
+    f = lambda z: np.sum(A @ z) + np.sum(np.ones(2) * z) + np.sum(np.ones(2) - z) + np.sum(np.ones(2) / (z + 3))  # noqa
+    _close(ad.grad(f)(x), A.sum(axis=0) + 1 - 1 - 1 / (x + 3) ** 2, "ndarray (op) box")
+
+
+@pytest.mark.parametrize("call, name", [(lambda z: np.linalg.norm(z), "numpy.linalg.norm"),
+                                        (lambda z: np.prod(z), "numpy.prod"),
+                                        (lambda z: np.add.reduce(z), "numpy.add.reduce"),
+                                        (lambda z: np.sum(z, dtype=np.float32), "numpy.sum with dtype="),
+                                        (lambda z: np.arctan(z), "numpy.arctan")])
+def test_unsupported_numpy_function_names_itself_and_the_supported_ones(call, name):
+    with pytest.raises(TypeError) as err:
+        ad.grad(lambda z: call(z))(np.array([1.0, 2.0]))
+    msg = str(err.value)
+    assert name in msg and "supported NumPy operations" in msg and "sum" in msg and "tanh" in msg
+
+
+def test_an_object_array_output_is_refused_not_differentiated_as_zero():
+    with pytest.raises(TypeError, match="object array"):
+        ad.jvp(lambda z: np.array([z[0] * z[1], z[1]]), np.ones(2), np.ones(2))
+    with pytest.raises(TypeError, match="object array"):
+        ad.vjp(lambda z: np.array([z[0] * z[1], z[1]]), np.ones(2))

@@ -38,6 +38,7 @@ def vjp(f, x, *args, has_aux: bool = False, **kwargs):
     if has_aux:
         out, aux = out
     outs, outdef = T.flatten(out)
+    _check_outputs(outs)
     value = T.unflatten(outdef, [_strip(o, trace) for o in outs])
 
     def vjp_fn(ct):
@@ -56,6 +57,14 @@ def vjp(f, x, *args, has_aux: bool = False, **kwargs):
     if has_aux:
         return value, vjp_fn, T.tree_map(lambda a: _strip(a, trace), aux)
     return value, vjp_fn
+
+
+def _check_outputs(outs):
+    """TypeError for an output the tracer cannot see into (its derivative would silently read as zero)."""
+    for o in outs:
+        if not isinstance(o, Box) and getattr(getattr(o, "dtype", None), "kind", "") == "O":
+            raise TypeError("the function returned a NumPy object array (np.array of traced values?), which the "
+                            "autodiff cannot differentiate; return one traced expression instead")
 
 
 def _strip(o, trace):
@@ -80,6 +89,7 @@ def _forward(f, x, v, args, kwargs, need_value):
     boxes = [Box(leaf, trace, tangent=t) for leaf, t in zip(xs, vs)]
     out = f(T.unflatten(xdef, boxes), *args, **kwargs)
     outs, outdef = T.flatten(out)
+    _check_outputs(outs)
     vals, tans = [], []
     for o in outs:
         if isinstance(o, Box) and o.trace == trace:

@@ -49,8 +49,8 @@ class Box:
     """A value being differentiated in trace ``trace``: reverse (``node`` set) or forward (``tangent``)."""
 
     __slots__ = ("value", "trace", "node", "tangent")
-    # Make NumPy defer to Box's reflected operators: ndarray + Box calls Box.__radd__.
-    __array_ufunc__ = None
+    # NumPy's dispatch protocols: primitives.py installs __array_ufunc__ and __array_function__, so
+    # ndarray + Box and np.exp(Box) call the primitives; the priority makes CuPy defer to Box.__radd__.
     __array_priority__ = 1000.0
 
     def __init__(self, value, trace, node=None, tangent=None):

@@ -21,7 +21,8 @@ __all__ = [
     "add", "subtract", "multiply", "divide", "negative", "power", "matmul", "transpose", "reshape",
     "broadcast_to", "sum", "mean", "exp", "log", "tanh", "sigmoid", "relu", "softplus", "sqrt", "sin",
     "cos", "absolute", "maximum", "where", "take_labels", "logsumexp", "log_softmax", "softmax", "dot",
-    "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square",
+    "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square", "getitem", "scatter",
+    "NUMPY_SUPPORTED",
 ]
 
 
@@ -101,6 +102,36 @@ def _inverse_axes(axes, ndim):
 
 defvjp(transpose, lambda g, ans, x, axes=None: transpose(g, _inverse_axes(axes, len(shape_of(x)))))
 defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
+
+# ---------------------------------------------------------------------------------------------------
+# Basic indexing: x[index] with integers, slices, Ellipsis and None (a view, no repeated entries, so its
+# adjoint is an assignment into zeros). getitem and scatter are each other's adjoint, which makes them nest.
+def _check_index(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    for p in parts:
+        if not (p is None or p is Ellipsis or isinstance(p, (slice, numbers.Integral))):
+            raise TypeError(f"traced values support basic indexing only (integers, slices, tuples of them), "
+                            f"got an index of type {type(p).__name__}")
+        if isinstance(p, slice) and any(isinstance(e, Box) for e in (p.start, p.stop, p.step)):
+            raise TypeError("a slice bound cannot be a traced value")
+    return index
+
+
+getitem = Primitive("getitem", lambda x, index: x[index])
+
+
+def _scatter_impl(g, index, shape):
+    out = xp.zeros(shape, dtype=g.dtype if hasattr(g, "dtype") else xp.asarray(g).dtype)
+    out[index] = g
+    return out
+
+
+scatter = Primitive("scatter", _scatter_impl)  # zeros of ``shape`` with g at ``index``
+defvjp(getitem, lambda g, ans, x, index: scatter(g, index, shape_of(x)))
+defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
+defvjp(scatter, lambda g, ans, y, index, shape: getitem(g, index))
+defjvp(scatter, lambda t, ans, y, index, shape: scatter(t, index, shape))
+
 
 # ---------------------------------------------------------------------------------------------------
 # Broadcasting arithmetic.
@@ -397,6 +428,82 @@ def _install_operators():
     Box.reshape = lambda s, *shape: reshape(s, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple)
                                             else tuple(shape))
     Box.sum = lambda s, axis=None, keepdims=False: sum(s, axis=axis, keepdims=keepdims)
+    Box.__getitem__ = lambda s, index: getitem(s, _check_index(index))
+    Box.__iter__ = _iterate
+    Box.__abs__ = lambda s: absolute(s)
+    Box.__array_ufunc__ = _array_ufunc
+    Box.__array_function__ = _array_function
+
+
+def _iterate(box):
+    if not box.shape:
+        raise TypeError("iteration over a 0-d traced array")
+    return (getitem(box, i) for i in range(box.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# NumPy's dispatch protocols (NEP 13, NEP 18): np.exp(box), np.sum(box), ndarray @ box call the primitives.
+def _np_dot(a, b):
+    if len(shape_of(a)) == 0 or len(shape_of(b)) == 0:
+        return multiply(a, b)
+    if len(shape_of(a)) <= 2 and len(shape_of(b)) <= 2:
+        return matmul(a, b)
+    raise TypeError("numpy.dot of traced values supports operands of at most 2 dimensions; use matmul")
+
+
+def _np_power(x, c):
+    if isinstance(c, Box):
+        raise TypeError("numpy.power of traced values needs a constant exponent")
+    return power(x, c)
+
+
+def _np_reshape(a, shape=None, newshape=None):
+    shape = newshape if shape is None else shape
+    return reshape(a, (shape,) if isinstance(shape, numbers.Integral) else tuple(shape))
+
+
+_UFUNCS = {  # NumPy ufunc name -> primitive (ufuncs called plainly: no out=, where=, dtype=, reductions)
+    "add": add, "subtract": subtract, "multiply": multiply, "divide": divide, "true_divide": divide,
+    "negative": negative, "power": _np_power, "matmul": matmul, "exp": exp, "log": log, "tanh": tanh,
+    "sqrt": sqrt, "square": square, "sin": sin, "cos": cos, "absolute": absolute, "maximum": maximum,
+    "greater": greater, "less": lambda x, y: greater(y, x), "greater_equal": greater_equal, "sign": sign,
+}
+_FUNCTIONS = {  # NumPy function name -> (implementation, keyword arguments it accepts)
+    "sum": (sum, ("axis", "keepdims")), "mean": (mean, ("axis", "keepdims")), "dot": (_np_dot, ()),
+    "matmul": (matmul, ()), "reshape": (lambda a, *shape, **kw: _np_reshape(a, *shape, **kw), ("newshape", "shape")),
+    "transpose": (transpose, ("axes",)), "where": (where, ()), "broadcast_to": (broadcast_to, ("shape",)),
+    "square": (square, ()), "sqrt": (sqrt, ()), "exp": (exp, ()), "log": (log, ()), "tanh": (tanh, ()),
+    "abs": (absolute, ()), "absolute": (absolute, ()), "maximum": (maximum, ()),
+}
+NUMPY_SUPPORTED = tuple(sorted(set(_UFUNCS) | set(_FUNCTIONS)))  # what a traced function may call from NumPy
+
+
+def _unsupported(what: str):
+    return TypeError(f"{what} is not supported on values traced by refopt's autodiff; supported NumPy "
+                     f"operations: {', '.join(NUMPY_SUPPORTED)} (and the operators + - * / ** @, indexing)")
+
+
+def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
+    prim = _UFUNCS.get(ufunc.__name__)
+    if prim is None or method != "__call__" or any(v is not None for v in kwargs.values()):
+        name = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+        if prim is not None and method == "__call__":
+            name += " with " + ", ".join(f"{k}=" for k, v in kwargs.items() if v is not None)
+        raise _unsupported(name)
+    return prim(*inputs)
+
+
+def _array_function(self, func, types, args, kwargs):
+    entry = _FUNCTIONS.get(func.__name__)
+    module = getattr(func, "__module__", None) or "numpy"
+    if entry is None or module not in ("numpy", "numpy.core.fromnumeric", "numpy._core.fromnumeric",
+                                       "numpy.core.multiarray", "numpy._core.multiarray"):
+        raise _unsupported(f"{module}.{func.__name__}")  # e.g. numpy.linalg.norm, numpy.prod
+    impl, allowed = entry
+    extra = sorted(k for k in kwargs if k not in allowed)
+    if extra:
+        raise _unsupported(f"numpy.{func.__name__} with " + ", ".join(f"{k}=" for k in extra))
+    return impl(*args, **kwargs)
 
 
 _install_operators()
