@@ -29,6 +29,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 OUTPUT_OPTIONS = {"--log", "--checkpoint", "--out", "--plot", "--csv", "--resume"}
 OPTIONAL = ("torch", "optax", "jax")
+# The built-in digits problems load scikit-learn's bundled data (the `scripts` extra): without it their commands
+# answer with the one-line "needs scikit-learn" error, which is then the expected outcome, not a broken command.
+SKLEARN_MISSING = importlib.util.find_spec("sklearn") is None
 
 
 def code_blocks(text: str):
@@ -122,7 +125,11 @@ def run_commands(text: str, tmp: Path):
                     failures.append(f"line {lineno}: making {argv[2]} with refopt {' '.join(source)} -> {rc}: {log[-500:]}")
                     continue
             adapted = adapt(argv, tmp)
+            if SKLEARN_MISSING and "--resume" in adapted and not Path(adapted[adapted.index("--resume") + 1]).exists():
+                continue  # its checkpoint came from a digits command skipped for want of scikit-learn
             rc, log = _call(adapted)
+            if rc == 2 and SKLEARN_MISSING and "needs scikit-learn" in log:
+                continue  # the digits problems need the script extra; the test extra alone does not have it
             if rc != 0:
                 failures.append(f"line {lineno}: refopt {' '.join(argv)} (run as refopt {' '.join(adapted)}) "
                                 f"exited {rc}: {log[-500:]}")
