@@ -178,6 +178,22 @@ def at_rounding_level(info: dict, eps: float = _EPS) -> bool:
             and abs(new - loss) <= rounding_error(loss, eps))
 
 
+def _stop_before_step(loss, g, gn, nit, maxiter, gtol, max_nfev, nfev):
+    """(status, message) of the stopping rules checked before a step (module docs), or None to step on."""
+    if not (math.isfinite(loss) and T.all_finite(g)):
+        return "nonfinite", ("f or its gradient is not finite at x0" if nit == 0 else
+                             "f or its gradient became non-finite")
+    if gn == 0.0 and nit == 0:
+        return "zero_gradient", "the gradient is zero at x0"
+    if gn <= gtol:
+        return "gtol", f"gradient norm {gn:.3g} ≤ gtol={gtol:g}"
+    if nit >= maxiter:
+        return "max_iterations", f"reached maxiter={maxiter}"
+    if max_nfev is not None and nfev >= max_nfev:
+        return "max_evaluations", f"used {nfev} ≥ max_nfev={max_nfev} evaluations"
+    return None
+
+
 def _norm(v, kind) -> float:
     flat = T.ravel(v)
     if flat.size == 0:
@@ -275,22 +291,10 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
     loss, g = opt.evaluate(x, state, oracle)
     while True:
         history.append(float(loss))
-        if not (math.isfinite(loss) and T.all_finite(g)):
-            status = "nonfinite"
-            message = "f or its gradient is not finite at x0" if nit == 0 else "f or its gradient became non-finite"
-            break
-        gn = _norm(g, gnorm)
-        if gn == 0.0 and nit == 0:
-            status, message = "zero_gradient", "the gradient is zero at x0"
-            break
-        if gn <= gtol:
-            status, message = "gtol", f"gradient norm {gn:.3g} ≤ gtol={gtol:g}"
-            break
-        if nit >= maxiter:
-            status, message = "max_iterations", f"reached maxiter={maxiter}"
-            break
-        if max_nfev is not None and counts()["nfev"] >= max_nfev:
-            status, message = "max_evaluations", f"used {counts()['nfev']} ≥ max_nfev={max_nfev} evaluations"
+        gn = _norm(g, gnorm) if T.all_finite(g) else math.nan
+        stop = _stop_before_step(loss, g, gn, nit, maxiter, gtol, max_nfev, counts()["nfev"])
+        if stop:
+            status, message = stop
             break
         if monitor.observe(loss, gn, rounding):
             status, message = "precision", monitor.message
@@ -363,22 +367,10 @@ def _minimize_by_updates(opt, oracle, x, maxiter, max_nfev, gtol, xtol, gnorm, c
         loss, g = shared.value_and_grad(x)
         loss = float(loss)
         history.append(loss)
-        if not (math.isfinite(loss) and T.all_finite(g)):
-            status = "nonfinite"
-            message = "f or its gradient is not finite at x0" if nit == 0 else "f or its gradient became non-finite"
-            break
-        gn = _norm(g, gnorm)
-        if gn == 0.0 and nit == 0:
-            status, message = "zero_gradient", "the gradient is zero at x0"
-            break
-        if gn <= gtol:
-            status, message = "gtol", f"gradient norm {gn:.3g} ≤ gtol={gtol:g}"
-            break
-        if nit >= maxiter:
-            status, message = "max_iterations", f"reached maxiter={maxiter}"
-            break
-        if max_nfev is not None and used("nfev") >= max_nfev:
-            status, message = "max_evaluations", f"used {used('nfev')} ≥ max_nfev={max_nfev} evaluations"
+        gn = _norm(g, gnorm) if T.all_finite(g) else math.nan
+        stop = _stop_before_step(loss, g, gn, nit, maxiter, gtol, max_nfev, used("nfev"))
+        if stop:
+            status, message = stop
             break
         x_new, state, info = opt.update(x, state, shared)
         nit += 1
