@@ -557,6 +557,24 @@ def _sqrt(v: float) -> float:
     return math.sqrt(v) if v >= 0 else math.nan
 
 
+def _dcstep_gamma(theta: float, da: float, db: float, negate: bool, clip: bool = False) -> float:
+    """dcstep's γ = ±s·√((θ/s)² − (da/s)(db/s)), s = max(|θ|, |da|, |db|) (the radicand clipped at 0 with
+    ``clip``, MINPACK's case 3), in MINPACK's order of operations."""
+    s = max(abs(theta), abs(da), abs(db))
+    disc = (theta / s) ** 2 - (da / s) * (db / s)
+    gamma = s * _sqrt(max(0.0, disc) if clip else disc)
+    return -gamma if negate else gamma
+
+
+def _dcstep_cubic(a: float, da: float, b: float, db: float, theta: float) -> float:
+    """dcstep's cubic step from a toward b (slopes da, db; θ as the caller forms it, MINPACK's addition
+    order differing between cases): a + (p/q)(b − a), p = (γ − da) + θ, q = ((γ − da) + γ) + db."""
+    gamma = _dcstep_gamma(theta, da, db, a > b)
+    p = (gamma - da) + theta
+    q = ((gamma - da) + gamma) + db
+    return a + (p / q) * (b - a)
+
+
 def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax) -> tuple:
     """MINPACK-2 dcstep (Moré & Thuente 1994, §4): the safeguarded trial step and the updated interval.
 
@@ -570,36 +588,19 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax) -> tu
     Returns (stx, fx, dx, sty, fy, dy, new stp, brackt); arithmetic in MINPACK's order (rounding included)."""
     sgnd = _sign(dp) * _sign(dx)
     if fp > fx:                                                         # case 1
-        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * _sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
-        if stp < stx:
-            gamma = -gamma
-        p = (gamma - dx) + theta
-        q = ((gamma - dx) + gamma) + dp
-        stpc = stx + (p / q) * (stp - stx)
+        stpc = _dcstep_cubic(stx, dx, stp, dp, 3.0 * (fx - fp) / (stp - stx) + dx + dp)
         stpq = stx + ((dx / ((fx - fp) / (stp - stx) + dx)) / 2.0) * (stp - stx)
         stpf = stpc if abs(stpc - stx) <= abs(stpq - stx) else stpc + (stpq - stpc) / 2.0
         brackt = True
     elif sgnd < 0.0:                                                    # case 2
-        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * _sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
-        if stp > stx:
-            gamma = -gamma
-        p = (gamma - dp) + theta
-        q = ((gamma - dp) + gamma) + dx
-        stpc = stp + (p / q) * (stx - stp)
+        stpc = _dcstep_cubic(stp, dp, stx, dx, 3.0 * (fx - fp) / (stp - stx) + dx + dp)
         stpq = stp + (dp / (dp - dx)) * (stx - stp)
         stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
         brackt = True
     elif abs(dp) < abs(dx):                                             # case 3
         theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
         # the cubic may have no real minimiser here: γ = 0 then (MINPACK's max(0, ·))
-        gamma = s * _sqrt(max(0.0, (theta / s) ** 2 - (dx / s) * (dp / s)))
-        if stp > stx:
-            gamma = -gamma
+        gamma = _dcstep_gamma(theta, dx, dp, stp > stx, clip=True)
         p = (gamma - dp) + theta
         q = (gamma + (dx - dp)) + gamma
         r = p / q
@@ -620,14 +621,7 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax) -> tu
             stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
             stpf = min(max(stpf, stpmin), stpmax)
     elif brackt:                                                        # case 4
-        theta = 3.0 * (fp - fy) / (sty - stp) + dy + dp
-        s = max(abs(theta), abs(dy), abs(dp))
-        gamma = s * _sqrt((theta / s) ** 2 - (dy / s) * (dp / s))
-        if stp > sty:
-            gamma = -gamma
-        p = (gamma - dp) + theta
-        q = ((gamma - dp) + gamma) + dy
-        stpf = stp + (p / q) * (sty - stp)
+        stpf = _dcstep_cubic(stp, dp, sty, dy, 3.0 * (fp - fy) / (sty - stp) + dy + dp)
     else:
         stpf = stpmax if stp > stx else stpmin
     # the interval update: a higher value becomes the far end; otherwise stp is the new best point
