@@ -1,5 +1,5 @@
 """Replay every golden trace in tests/data/golden and report the largest difference from the recorded
-parameters; with ``--exact`` (the default) any difference at all is a failure.
+parameters; with the default ``--rtol 0`` any difference at all is a failure.
 
 On the machine (and BLAS kernel) that exported the traces a refactor that keeps behaviour replays them
 bit-identically; elsewhere use ``--rtol`` (the suite's test_golden.py uses 1e-10).
