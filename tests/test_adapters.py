@@ -17,17 +17,23 @@ def _zeros(params):
     return [{k: np.zeros_like(v) for k, v in layer.items()} for layer in params]
 
 
-def numpy_adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    """Kingma & Ba's Algorithm 1 as an (init, update) pair; update(grads, state) -> (updates, state)."""
+def numpy_adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_inside=False):
+    """Kingma & Ba's Algorithm 1 as an (init, update) pair; update(grads, state) -> (updates, state).
+
+    eps_inside=True puts ε under the square root, sqrt(v̂ + ε), a convention the paper does not use.
+    """
     def init(params):
         return 0, _zeros(params), _zeros(params)
+
+    def denominator(v_hat):
+        return np.sqrt(v_hat + eps) if eps_inside else np.sqrt(v_hat) + eps
 
     def update(grads, state):
         t, m, v = state
         t += 1
         m = [{k: b1 * mi[k] + (1 - b1) * g for k, g in gl.items()} for mi, gl in zip(m, grads)]
         v = [{k: b2 * vi[k] + (1 - b2) * g * g for k, g in gl.items()} for vi, gl in zip(v, grads)]
-        updates = [{k: -lr * (mi[k] / (1 - b1 ** t)) / (np.sqrt(vi[k] / (1 - b2 ** t)) + eps) for k in mi}
+        updates = [{k: -lr * (mi[k] / (1 - b1 ** t)) / denominator(vi[k] / (1 - b2 ** t)) for k in mi}
                    for mi, vi in zip(m, v)]
         return updates, (t, m, v)
     return init, update
@@ -55,25 +61,16 @@ def test_doubled_learning_rate_is_diagnosed():
     report = check_update(update, init, "torch.optim.Adam", steps=30)
     assert not report.passed and report.divergence.step == 1
     assert report.matches == [] and "no setting of the reference's switches" in report.diagnosis
-    if getattr(report.matches, "diagnosis", None) is not None:  # the search's account of the divergence
-        assert "lr=0.002" in report.diagnosis
-    assert report.max_relative_difference > 1e-4
+    # the search's account of the divergence: the step ratio and the learning rate that reproduces the run
+    assert "the learning rate differs by 2.0" in report.diagnosis
+    assert "refopt with lr=0.002 reproduces all 30 steps" in report.diagnosis
+    assert report.max_relative_difference > 0.5  # a doubled step: the difference is of the order of the step
 
 
 def test_a_wrong_convention_is_found_by_the_search():
     """Adam with ε inside the square root: the search names eps_mode."""
-    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-3
-
-    def init(params):
-        return 0, _zeros(params), _zeros(params)
-
-    def update(grads, state):
-        t, m, v = state
-        t += 1
-        m = [{k: b1 * mi[k] + (1 - b1) * g for k, g in gl.items()} for mi, gl in zip(m, grads)]
-        v = [{k: b2 * vi[k] + (1 - b2) * g * g for k, g in gl.items()} for vi, gl in zip(v, grads)]
-        return [{k: -lr * (mi[k] / (1 - b1 ** t)) / np.sqrt(vi[k] / (1 - b2 ** t) + eps) for k in mi}
-                for mi, vi in zip(m, v)], (t, m, v)
+    lr, eps = 0.05, 1e-3
+    init, update = numpy_adam(lr=lr, eps=eps, eps_inside=True)
     report = check_update(update, init, "torch.optim.Adam", overrides={"lr": lr, "eps": eps}, steps=30)
     assert not report.passed
     assert {"eps_mode": "inside"} in report.matches and "eps_mode='inside'" in report.diagnosis

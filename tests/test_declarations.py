@@ -225,16 +225,45 @@ def test_a_method_that_draws_reports_its_draws_in_the_form_it_accepts(name):
     drawn = info["draws"]
     assert drawn is not None
     opt.check_draws(drawn)
-    again = opt.update(params, state, oracle, draws=drawn)[0]   # replaying them gives the same step
-    first = opt.update(params, state, oracle)[0]
-    for a, b in zip(np.concatenate([np.ravel(x) for x in _leaves(again)]),
-                    np.concatenate([np.ravel(x) for x in _leaves(first)])):
-        assert a == b
+    first = _outcome(opt.update(params, state, oracle))
+    again = _outcome(opt.update(params, state, oracle, draws=drawn))   # replaying them: the same step
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(again, first))
+    # the draws are used, not ignored: one changed draw changes the new parameters or the new state (the
+    # seed in the state would give `again` the same draws even if update disregarded draws=)
+    other = _outcome(opt.update(params, state, oracle, draws=_perturbed(drawn)))
+    assert not all(np.array_equal(a, b) for a, b in zip(other, first))
 
 
 def _leaves(tree):
     from refopt import tree as T   # noqa: PLC0415
     return T.leaves(tree)
+
+
+def _outcome(result):
+    """The arrays of update's (new params, new state): every leaf of both, as arrays."""
+    new_params, new_state = result[0], result[1]
+    return ([np.asarray(x) for x in _leaves(new_params)]
+            + [np.asarray(x) for field in new_state for x in _leaves(field)])
+
+
+def _perturbed(draws):
+    """A copy of ``draws`` in the same form with one draw changed: the labels rotated by one sample along
+    the batch, or the sign of the first entry of the first probe flipped."""
+    if isinstance(draws, np.ndarray) and draws.dtype.kind in "iu":
+        return np.roll(draws, 1, axis=-1)
+    draws = copy.deepcopy(draws)
+
+    def first_array(x):
+        if isinstance(x, np.ndarray):
+            return x
+        for item in (x.values() if isinstance(x, dict) else x):
+            found = first_array(item)
+            if found is not None:
+                return found
+        return None
+    first = first_array(draws)
+    first.flat[0] = -first.flat[0]
+    return draws
 
 
 def test_a_trace_with_draws_of_the_wrong_kind_is_refused_in_one_line():

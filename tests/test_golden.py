@@ -30,8 +30,9 @@ def test_every_optimizer_and_profile_has_a_golden_trace():
     from refopt.verify.profiles import PROFILES
 
     names = {f[:-4] for f in FILES}
-    assert set(OPTIMIZERS) <= names
-    assert len(FILES) >= len(OPTIMIZERS) + len(PROFILES)
+    # one file per optimizer ("adam") and one per profile ("adam@torch.optim.Adam", "/" written "_"), no other
+    expected = set(OPTIMIZERS) | {f"{p.optimizer}@{label.replace('/', '_')}" for label, p in PROFILES.items()}
+    assert names == expected, f"missing {sorted(expected - names)}, unexpected {sorted(names - expected)}"
 
 
 @pytest.mark.parametrize("name", FILES)
