@@ -1,7 +1,14 @@
 """Data sets: seeded synthetic ones, and scikit-learn's bundled handwritten digits (no download).
 
-Each loader returns ``Dataset(X, y, num_classes, name)`` on the active backend; X is standardised per
-feature (zero mean, unit variance over the training set) so that default step sizes transfer.
+Each loader returns ``Dataset(X, y, num_classes, name, X_val, y_val)`` on the active backend; X is
+standardised per feature (zero mean, unit variance over the training examples; the held-out examples,
+when there are any, are scaled with the training examples' mean and deviation, so nothing about them
+leaks into training) so that default step sizes transfer.
+
+Held-out splits: ``digits()`` holds out a fixed 20 % (360 of 1797 examples, the last 360 of the
+permutation ``rng(0).permutation(1797)``), the same on every machine and backend, so its validation
+metrics compare across runs. ``synthetic_classification(n_val=...)`` draws its held-out examples from the
+same generator after the training ones, so the training set does not depend on ``n_val``.
 """
 from __future__ import annotations
 
@@ -19,22 +26,39 @@ class Dataset(NamedTuple):
     y: object
     num_classes: int  # 0 for regression
     name: str
+    X_val: object = None  # held-out inputs (None: no held-out split)
+    y_val: object = None
 
 
-def _standardise(X):
+def _moments(X):
+    """Per-feature mean and standard deviation (a constant feature gets deviation 1: it maps to 0)."""
     mu = X.mean(axis=0)
     sd = X.std(axis=0)
     sd[sd == 0] = 1.0
+    return mu, sd
+
+
+def _standardise(X):
+    mu, sd = _moments(X)
     return (X - mu) / sd
 
 
-def synthetic_classification(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0, noise: float = 0.5):
-    """Gaussian blobs around random class centres (seeded, host-side)."""
+def synthetic_classification(n: int = 512, d: int = 16, classes: int = 4, seed: int = 0, noise: float = 0.5,
+                             n_val: int = 0):
+    """Gaussian blobs around random class centres (seeded, host-side); ``n_val`` held-out examples are drawn
+    after the ``n`` training ones from the same centres."""
     g = rng(seed)
     centres = g.standard_normal((classes, d)) * 2.0
     y = g.integers(0, classes, size=n)
     X = centres[y] + noise * g.standard_normal((n, d))
-    return Dataset(as_array(_standardise(X), default_dtype()), xp.asarray(y.astype("int64")), classes, "synthetic")
+    mu, sd = _moments(X)
+    dt = default_dtype()
+    if not n_val:
+        return Dataset(as_array((X - mu) / sd, dt), xp.asarray(y.astype("int64")), classes, "synthetic")
+    yv = g.integers(0, classes, size=n_val)
+    Xv = centres[yv] + noise * g.standard_normal((n_val, d))
+    return Dataset(as_array((X - mu) / sd, dt), xp.asarray(y.astype("int64")), classes, "synthetic",
+                   as_array((Xv - mu) / sd, dt), xp.asarray(yv.astype("int64")))
 
 
 def synthetic_regression(n: int = 256, d: int = 8, outputs: int = 2, seed: int = 0, noise: float = 0.1):
@@ -47,15 +71,26 @@ def synthetic_regression(n: int = 256, d: int = 8, outputs: int = 2, seed: int =
     return Dataset(X, Y, 0, "synthetic_regression")
 
 
-def digits():
-    """scikit-learn's 8×8 handwritten digits (1797 examples, 64 features, 10 classes), standardised."""
+DIGITS_HELD_OUT = 360  # 20 % of the 1797 digits, held out by ``digits()`` (module docs)
+
+
+def digits(held_out: bool = True):
+    """scikit-learn's 8×8 handwritten digits (1797 examples, 64 features, 10 classes), standardised; with
+    ``held_out`` (the default) split into 1437 training and 360 held-out examples (module docs)."""
     try:
         from sklearn.datasets import load_digits  # noqa: PLC0415 (optional: the 'scripts' extra)
     except ImportError as exc:
         raise RuntimeError("the digits data set needs scikit-learn: pip install 'refopt[scripts]'") from exc
     data = load_digits()
-    X = _standardise(data.data.astype("float64"))
-    return Dataset(as_array(X, default_dtype()), xp.asarray(data.target.astype("int64")), 10, "digits")
+    X, y = data.data.astype("float64"), data.target.astype("int64")
+    dt = default_dtype()
+    if not held_out:
+        return Dataset(as_array(_standardise(X), dt), xp.asarray(y), 10, "digits")
+    order = rng(0).permutation(X.shape[0])
+    train, val = order[:-DIGITS_HELD_OUT], order[-DIGITS_HELD_OUT:]
+    mu, sd = _moments(X[train])
+    return Dataset(as_array((X[train] - mu) / sd, dt), xp.asarray(y[train]), 10, "digits",
+                   as_array((X[val] - mu) / sd, dt), xp.asarray(y[val]))
 
 
 DATASETS = {"digits": digits, "synthetic": synthetic_classification, "synthetic_regression": synthetic_regression}

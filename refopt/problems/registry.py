@@ -16,13 +16,28 @@ __all__ = ["NetworkProblem", "FunctionProblem", "PROBLEMS", "make_problem", "pro
 
 
 class NetworkProblem:
-    """An MLP, a loss and a data set."""
+    """An MLP, a loss and a data set, with optional held-out examples ``X_val``, ``y_val`` (never trained
+    on: ``oracle`` and ``batch_oracle`` see only ``X``, ``y``; ``validation_oracle`` sees only them)."""
 
     kind = "network"
 
-    def __init__(self, name: str, model: MLP, loss, X, y, description: str = ""):
+    def __init__(self, name: str, model: MLP, loss, X, y, description: str = "", X_val=None, y_val=None):
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val: give both (a held-out split) or neither")
         self.name, self.model, self.loss, self.X, self.y = name, model, loss, X, y
+        self.X_val, self.y_val = X_val, y_val
         self.description = description
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the problem holds out examples for validation metrics."""
+        return self.X_val is not None
+
+    def validation_oracle(self, counts: Counts | None = None) -> Oracle:
+        """The ``Oracle`` of the held-out examples (ValueError when there are none)."""
+        if self.X_val is None:
+            raise ValueError(f"problem {self.name!r} has no held-out examples")
+        return Oracle(self.model, self.loss, self.X_val, self.y_val, counts=counts)
 
     @property
     def num_examples(self) -> int:
@@ -79,35 +94,42 @@ class FunctionProblem:
         raise ValueError(f"problem {self.name!r} is a function of a vector: it has no mini-batches")
 
 
+# The digits problems train on 1437 examples and hold out a fixed 360 (``datasets.digits``); the synthetic
+# ones hold out 128 examples drawn from the same distribution after the training ones.
 def _digits_mlp():
     d = digits()
     return NetworkProblem("digits_mlp", MLP([64, 32, 10], "tanh"), SoftmaxCrossEntropy("mean"), d.X, d.y,
-                          "scikit-learn digits (1797×64, 10 classes), MLP 64-32-10 tanh, softmax cross-entropy")
+                          "scikit-learn digits (1437×64 training, 360 held out, 10 classes), MLP 64-32-10 tanh, "
+                          "softmax cross-entropy", d.X_val, d.y_val)
 
 
 def _digits_logistic():
     d = digits()
     return NetworkProblem("digits_logistic", MLP([64, 10]), SoftmaxCrossEntropy("mean"), d.X, d.y,
-                          "softmax (multinomial logistic) regression on the digits")
+                          "softmax (multinomial logistic) regression on the digits (1437 training, 360 held out)",
+                          d.X_val, d.y_val)
 
 
 def _digits_autoencoder():
     d = digits()
     return NetworkProblem("digits_autoencoder", MLP([64, 32, 8, 32, 64], "tanh"), Gaussian("mean"), d.X, d.X,
-                          "deep autoencoder 64-32-8-32-64 (tanh) on the digits, Gaussian (squared-error) loss")
+                          "deep autoencoder 64-32-8-32-64 (tanh) on the digits (1437 training, 360 held out), "
+                          "Gaussian (squared-error) loss", d.X_val, d.X_val)
 
 
 def _synthetic_mlp():
-    d = synthetic_classification(n=512, d=16, classes=4, seed=0)
+    d = synthetic_classification(n=512, d=16, classes=4, seed=0, n_val=128)
     return NetworkProblem("synthetic_mlp", MLP([16, 32, 4], "tanh"), SoftmaxCrossEntropy("mean"), d.X, d.y,
-                          "seeded Gaussian blobs (512×16, 4 classes), MLP 16-32-4 tanh")
+                          "seeded Gaussian blobs (512×16 training, 128 held out, 4 classes), MLP 16-32-4 tanh",
+                          d.X_val, d.y_val)
 
 
 def _logistic():
-    d = synthetic_classification(n=256, d=8, classes=2, seed=1)
+    d = synthetic_classification(n=256, d=8, classes=2, seed=1, n_val=128)
     y = (d.y[:, None] == 1).astype(d.X.dtype)
+    y_val = (d.y_val[:, None] == 1).astype(d.X.dtype)
     return NetworkProblem("logistic", MLP([8, 1]), Bernoulli("mean"), d.X, y,
-                          "binary logistic regression on seeded data (256×8)")
+                          "binary logistic regression on seeded data (256×8 training, 128 held out)", d.X_val, y_val)
 
 
 PROBLEMS: dict[str, Callable] = {
