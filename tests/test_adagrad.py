@@ -190,3 +190,18 @@ def test_registry_and_mlp_descent():
 
 def test_switches_are_declared_with_the_defaults():
     assert_switches_declared_with_defaults(Adagrad, FullMatrixAdagrad)
+
+
+# --- learning-rate schedule -------------------------------------------------------------------------------
+def test_lr_decay_applies_to_the_scheduled_lr():
+    """torch: clr = lr_t / (1 + (t − 1)κ) with lr_t the scheduler's; with G = t·1 for unit gradients the step
+    is −clr·1/(√t + δ), written out."""
+    opt = Adagrad(lr=0.1, lr_decay=0.5, schedule={"name": "step", "step_size": 1, "gamma": 0.5})
+    oracle = ScriptedOracle([np.ones(2)] * 3)
+    theta, state = np.zeros(2), opt.init(np.zeros(2))
+    for t in range(3):
+        new, state, info = opt.update(theta, state, oracle)
+        clr = 0.1 * 0.5 ** t / (1 + t * 0.5)
+        assert info["lr"] == pytest.approx(clr, rel=1e-15)
+        np.testing.assert_allclose(new, theta - clr / (np.sqrt(t + 1.0) + 1e-10), rtol=1e-15)
+        theta = new

@@ -298,3 +298,32 @@ def test_fused_update_is_algorithm_1(cls, kw):
             np.testing.assert_allclose(state.v_max[k], ref_max[k], rtol=1e-13)
     assert (state.v_max is None) == (kw["amsgrad"] == "none")
     np.testing.assert_allclose(norms, ref_norms, rtol=1e-13)
+
+
+# --- learning-rate schedule -------------------------------------------------------------------------------
+def test_adamw_decay_follows_the_schedule_multiplier():
+    """L&H Algorithm 2: θ_t = θ_{t−1} − η_t(α m̂/(√v̂ + ε) + λθ) with the schedule multiplier η_t = α_t/α; with
+    zero gradients the step is the decay alone, θ(1 − λη_t) (paper) or θ(1 − α_tλ) (lr_scaled_decay)."""
+    spec = {"name": "step", "step_size": 1, "gamma": 0.5}
+    for scaled, factor in [(False, lambda a: 0.2 * a / 0.1), (True, lambda a: 0.2 * a)]:
+        zeros = ScriptedOracle([np.zeros(2)] * 3)
+        opt = AdamW(lr=0.1, weight_decay=0.2, lr_scaled_decay=scaled, schedule=spec)
+        theta = np.array([1.0, -2.0])
+        state = opt.init(theta)
+        for t in range(3):
+            alpha = 0.1 * 0.5 ** t
+            new, state, info = opt.update(theta, state, zeros)
+            np.testing.assert_allclose(new, theta * (1 - factor(alpha)), rtol=1e-15)
+            assert info["lr"] == alpha
+            theta = new
+
+
+def test_a_scheduled_adam_step_uses_alpha_t_in_the_first_step_closed_form():
+    """Step 1 of Adam is −α_0 sign(g)·|g|/(|g| + ε') (m̂ = g, v̂ = g²): with a warm-up from init_lr it is
+    init_lr's step, and the gradient-in step is the same."""
+    g = np.array([0.3, -2.0])
+    opt = Adam(lr=0.1, eps=1e-8, schedule={"name": "linear_warmup", "warmup_steps": 4, "init_lr": 0.02})
+    x1, _, info = opt.update(np.zeros(2), opt.init(np.zeros(2)), ScriptedOracle([g]))
+    np.testing.assert_allclose(x1, -0.02 * g / (np.abs(g) + 1e-8), rtol=1e-15)
+    y1, _, _ = opt.apply_gradients(g, opt.init(np.zeros(2)), np.zeros(2))
+    np.testing.assert_array_equal(x1, y1)

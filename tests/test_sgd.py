@@ -52,3 +52,36 @@ def test_dampening_without_momentum_is_plain_gradient_descent():
 def test_bad_dampening_raises(kw):
     with pytest.raises(ValueError, match="dampening"):
         SGD(**kw)
+
+
+# --- learning-rate schedule and gradient-in steps --------------------------------------------------------
+def test_a_scheduled_step_is_exactly_minus_eta_t_g_t():
+    """θ_{t+1} − θ_t = −η_t g_t bit for bit (descent_step forms (−η_t)·g + θ), info["lr"] = η_t, with η_t of
+    a cosine with warm-up written out: 0, ½η, η, then η_f + (η − η_f)·½(1 + cos(πk/4))."""
+    import math
+    spec = {"name": "cosine", "decay_steps": 6, "warmup_steps": 2, "final_lr": 0.01}
+    opt = SGD(lr=0.5, schedule=spec)
+    g = np.random.default_rng(0).standard_normal((6, 3))
+    oracle = ScriptedOracle(list(g))
+    theta = np.ones(3)
+    state = opt.init(theta)
+    etas = [0.0, 0.25, 0.5] + [0.01 + 0.49 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)]
+    for t in range(6):
+        new, state, info = opt.update(theta, state, oracle)
+        assert info["lr"] == pytest.approx(etas[t], rel=1e-15, abs=0)
+        np.testing.assert_array_equal(new, (-info["lr"]) * g[t] + theta)
+        theta = new
+
+
+def test_gradient_in_momentum_steps_match_the_closed_form():
+    """Heavy ball from given gradients: v_t = μv_{t−1} + g_t, θ_{t+1} = θ_t − ηv_t, written out."""
+    opt = SGD(lr=0.1, momentum=0.5)
+    gs = [np.array([1.0, -2.0]), np.array([0.5, 0.25]), np.array([-1.0, 1.0])]
+    theta, state = np.zeros(2), opt.init(np.zeros(2))
+    v, want = np.zeros(2), np.zeros(2)
+    for g in gs:
+        theta, state, info = opt.apply_gradients(g, state, theta)
+        v = 0.5 * v + g
+        want = want - 0.1 * v
+        np.testing.assert_allclose(theta, want, rtol=1e-15, atol=1e-16)
+    assert state.step == 3 and np.isnan(info["loss"])

@@ -564,3 +564,26 @@ def test_graft_weight_decay_is_added_after_grafting_before_the_momentum():
     l2 = run(Shampoo(lr=lr, eps=eps, momentum=mu, nesterov=True, grafting="sgd", weight_decay=lam),
              X0.copy(), GRADS[:2])[0]
     assert np.max(np.abs(l2 - x)) > 1e-3   # "l2" (λθ before the statistics and the graft) is another step
+
+
+# --- learning-rate schedule -------------------------------------------------------------------------------
+def test_the_scheduled_lr_is_rounded_to_float32_under_lr_dtype():
+    """Meta's float32 lr tensor holds the scheduled value: η_t = fl₃₂(η·γ^t), reported and applied."""
+    import struct
+    from refopt.optim.schedules import StepDecay
+    rng = np.random.default_rng(3)
+    model = MLP([3, 2])
+    oracle = Oracle(model, SoftmaxCrossEntropy(), rng.standard_normal((4, 3)), rng.integers(0, 2, 4))
+    params = model.init(0)
+    opt = Shampoo(lr=0.1, lr_dtype="float32", schedule=StepDecay(step_size=1, gamma=0.3))
+    native = Shampoo(lr=0.1, schedule=StepDecay(step_size=1, gamma=0.3))
+    state, n_state = opt.init(params), native.init(params)
+    for t in range(3):
+        eta = struct.unpack("f", struct.pack("f", 0.1 * 0.3 ** t))[0]
+        new, state, info = opt.update(params, state, oracle)
+        n_new, n_state, n_info = native.update(params, n_state, oracle)
+        assert info["lr"] == eta != n_info["lr"] == 0.1 * 0.3 ** t
+        for a, b, p in zip(T.leaves(new), T.leaves(n_new), T.leaves(params)):   # the same direction, scaled
+            np.testing.assert_allclose((a - p) * n_info["lr"], (b - p) * eta, rtol=1e-12, atol=1e-17)
+        params = new
+        n_state = state   # both continue from the same state

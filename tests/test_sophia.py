@@ -435,3 +435,68 @@ def test_a_trace_of_sophia_replays_on_its_draws():
 
 def test_switches_are_declared_with_the_defaults():
     assert_switches_declared_with_defaults(SophiaG, SophiaH)
+
+
+# --- gradient-in steps: ĥ injected on the refresh steps (optim/gradients.py) -----------------------------
+def _estimate_from_draws(opt, orc, params, draws):
+    """ĥ at ``params`` from the draws an oracle run reported, by the oracle's own estimator."""
+    if isinstance(opt, SophiaG):
+        hhat = orc.gnb_diag(params, labels=draws)
+        if opt.parametrization == "official":   # the official h holds ĝ⊙ĝ of the mean loss
+            hhat = T.scale(orc.loss.scale(orc.batch_size, MODEL.sizes[-1]), hhat)
+        return hhat
+    return orc.hutchinson_diag(params, probes=draws)
+
+
+@pytest.mark.parametrize("cls,kw", [(SophiaG, dict(refresh="before")), (SophiaG, dict(refresh="lagged")),
+                                    (SophiaH, dict(refresh="before", probes=2)), (SophiaH, dict(refresh="lagged")),
+                                    (SophiaG, dict(parametrization="official", refresh="before", bs=8)),
+                                    (SophiaH, dict(parametrization="official", refresh="lagged", weight_decay=0.1))])
+def test_injected_estimates_built_from_the_oracle_runs_draws_reproduce_it(cls, kw):
+    """ĥ from the draws the oracle run reported (info["draws"]) at θ_t, injected on the refresh steps with the
+    gradient: the same params and states bit for bit, no draws of its own, the seed untouched."""
+    orc, p0 = oracle(), MODEL.init(0)
+    opt = cls(lr=0.02, gamma=2.0, k=2, **kw)
+    p, s = p0, opt.init(p0)
+    q, r = p0, opt.init(p0)
+    for t in range(1, 7):
+        assert opt.estimates_needed(r) == (("hessian_diagonal",) if t % 2 == 1 else ())
+        at = q
+        p, s, info = opt.update(p, s, orc)
+        loss, g = orc.value_and_grad(q)
+        est = {"hessian_diagonal": _estimate_from_draws(opt, orc, at, info["draws"])} if info["refreshed"] else {}
+        q, r, info_in = opt.apply_gradients(g, r, q, loss=loss, **est)
+        for a, b in zip(T.leaves((p, s.m, s.h)), T.leaves((q, r.m, r.h))):
+            np.testing.assert_array_equal(a, b)
+        assert info_in["refreshed"] == info["refreshed"] and info_in["draws"] is None and r.seed == s.seed
+
+
+def test_an_estimate_on_a_step_that_does_not_refresh_is_ignored():
+    orc, p0 = oracle(), MODEL.init(0)
+    opt = SophiaH(k=3)
+    hhat = orc.hutchinson_diag(p0, seed=1)
+    q, r = p0, opt.init(p0)
+    p, s = p0, opt.init(p0)
+    for _ in range(3):
+        g = orc.grad(q)
+        q, r, _ = opt.apply_gradients(g, r, q, hessian_diagonal=hhat)                     # every step
+        p, s, _ = opt.apply_gradients(g, s, p, **({"hessian_diagonal": hhat} if s.step == 0 else {}))
+        for a, b in zip(T.leaves((p, s.h)), T.leaves((q, r.h))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_an_autograd_user_loop_matches_algorithm_3():
+    """Sophia-G's whole step from HIPS autograd (independent of refopt's autodiff): g = ∇L at the data labels,
+    ĥ = B·ĝ⊙ĝ at the sampled labels of LABELS, against the Algorithm 3 transcription above."""
+    p0 = MODEL.init(0)
+    opt = SophiaG(lr=0.02, beta1=0.9, beta2=0.8, gamma=2.0, k=2, weight_decay=0.3)
+    q, r = p0, opt.init(p0)
+    for t in range(4):
+        est = {}
+        if opt.estimates_needed(r):
+            gs = np_grad(q, LABELS[t][0])
+            est["hessian_diagonal"] = T.tree_map(lambda a: 8 * a * a, gs)
+        q, r, _ = opt.apply_gradients(np_grad(q, Y), r, q, **est)
+    ref = paper_g_reference(p0, 4, 0.02, 0.9, 0.8, 2.0, 1e-12, 0.3, 2)
+    for a, b in zip(T.leaves(q), T.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)

@@ -27,6 +27,9 @@ Switches (paper's choice first):
   η_t = η / (1 + (t − 1) κ), torch.optim.Adagrad(lr_decay=κ) (also in the decoupled decay's ηλθ).
 * ``blocks`` (full matrix only): "global" (one n×n matrix over all parameters: the paper) or
   "leaf" (one matrix per parameter leaf: block-diagonal, what a network usually needs).
+
+``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken
+(with ``lr_decay``, η_t / (1 + (t − 1)κ), as torch applies lr_decay to a scheduled lr).
 """
 from __future__ import annotations
 
@@ -79,11 +82,13 @@ class Adagrad(Optimizer):
 
     name = "adagrad"
     conventions = (EPS_MODE, INITIAL_ACCUMULATOR, WEIGHT_DECAY_MODE)
+    gradient_in = ()   # gradients only (optim/gradients.py)
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", weight_decay: float = 0.0, weight_decay_mode: str = "l2",
-                 lr_decay: float = 0.0):
+                 lr_decay: float = 0.0, schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.lr_decay = check_nonnegative("lr_decay", lr_decay)
         self.eps = check_positive("eps", eps)
         self.set_switch("initial_accumulator", initial_accumulator)
@@ -107,7 +112,8 @@ class Adagrad(Optimizer):
         if not T.all_finite(G):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
         d = adagrad_direction(g, G, self.eps, self.eps_mode)           # g / (δ + √G_t)
-        lr = self.lr / (1.0 + state.step * self.lr_decay) if self.lr_decay else self.lr   # η_t, t = step + 1
+        lr = self.lr_at(state.step)                                     # the schedule's η_t (η when constant)
+        lr = lr / (1.0 + state.step * self.lr_decay) if self.lr_decay else lr   # torch's lr_decay, t = step + 1
         new = descent_step(params, d, lr, self.weight_decay, self.weight_decay_mode)   # θ − η_t d (− η_tλθ)
         return new, AdagradState(state.step + 1, G), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))
 
@@ -127,11 +133,13 @@ class FullMatrixAdagrad(Optimizer):
     conventions = (EPS_MODE, INITIAL_ACCUMULATOR, WEIGHT_DECAY_MODE,
                    Switch("blocks", ("global", "leaf"), "global", "one matrix for all parameters, or one per leaf",
                           "Duchi et al. 2011 (global)"))
+    gradient_in = ()   # gradients only (optim/gradients.py)
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-6, initial_accumulator: float = 0.0,
                  eps_mode: str = "outside", blocks: str = "global", weight_decay: float = 0.0,
-                 weight_decay_mode: str = "l2", max_size: int = DENSE_MAX_SIZE):
+                 weight_decay_mode: str = "l2", max_size: int = DENSE_MAX_SIZE, schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.eps = check_positive("eps", eps)
         self.set_switch("initial_accumulator", initial_accumulator)
         self.set_switch("eps_mode", eps_mode)
@@ -182,6 +190,6 @@ class FullMatrixAdagrad(Optimizer):
         if not all(bool(xp.all(xp.isfinite(Sb))) for Sb in S):
             return refuse(params, state, loss, "accumulator overflowed: step refused", g)
         d = self._from_vectors([self._precondition(Sb, gb) for Sb, gb in zip(S, gs)], params)
-        new = descent_step(params, d, self.lr, self.weight_decay, self.weight_decay_mode)
-        return new, FullMatrixAdagradState(state.step + 1, S), step_info(loss, g, lr=self.lr,
-                                                                          step_norm=self.lr * T.norm(d))
+        lr = self.lr_at(state.step)
+        new = descent_step(params, d, lr, self.weight_decay, self.weight_decay_mode)
+        return new, FullMatrixAdagradState(state.step + 1, S), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))

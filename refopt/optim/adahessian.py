@@ -35,6 +35,12 @@ shape), drawn through the oracle's ``draw_probes``, or a list of probe trees pas
 ``update(..., draws=[z_1, …])``. ``info["draws"]`` reports the probes used, in that same form, so a run
 can be replayed on its own draws. A refused step keeps the state, so a retry sees the same draws.
 
+Gradient-in steps (``optim/gradients.py``): ``apply_gradients(grads, state, params,
+hessian_diagonal=D)`` takes D_t as given (before the absolute value, spatial averaging and L2 term) and
+draws no probes (``info["draws"]`` None); every step needs one.
+
+``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken.
+
 Cost: the loss, the gradient and the products come from one recording of the gradient
 (``Oracle.value_and_hvp_operator``), then one reverse sweep per probe: about 3 gradients per step.
 """
@@ -48,6 +54,7 @@ from ..curvature import PROBE_DISTRIBUTIONS
 from ..serialize import register_state
 from .base import (MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative,
                    check_positive, check_unit_interval, refuse, show_value, step_info)
+from .gradients import given_estimate
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, descent_step, ema, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
@@ -149,13 +156,15 @@ class AdaHessian(Optimizer):
     )
     requires = frozenset({"value", "gradient", "hvp", "probes"})
     draws = "probes"
+    gradient_in = ("hessian_diagonal",)   # D_t, every step (optim/gradients.py)
 
     def __init__(self, lr: float = 0.15, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-4,
                  hessian_power: float = 1.0, spatial_block: int = 1, spatial_axis: int = 0,
                  absolute: bool = False, bias_correction: bool = True, eps_mode: str = "outside",
                  probe_distribution: str = "rademacher", probes: int = 1, weight_decay: float = 0.0,
-                 weight_decay_mode: str = "decoupled", seed: int = 0):
+                 weight_decay_mode: str = "decoupled", seed: int = 0, schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
@@ -180,19 +189,29 @@ class AdaHessian(Optimizer):
                                  f"{tuple(leaf.shape)}")
         return AdaHessianState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
+    def estimates_needed(self, state) -> tuple:
+        """Every step uses D_t: ("hessian_diagonal",)."""
+        return ("hessian_diagonal",)
+
     def update(self, params, state, oracle, draws=None):
         """One AdaHessian step: Hutchinson diagonal from drawn (or injected) probes, spatial average, moments, step;
         ``draws``: the probes (reported as ``info["draws"]``)."""
         self.check_draws(draws)
-        if draws is None:
-            probes = oracle_probes(oracle, params, step_generator(state.seed, state.step), self.probes,
-                                   self.probe_distribution)
+        D = given_estimate(oracle, "hessian_diagonal", params)   # a gradient-in step's D_t (module docs), else None
+        if D is not None:
+            probes = None
+            loss, g = oracle.value_and_grad(params)
         else:
-            probes = check_probes(draws, params)
-        loss, g, hv = oracle.value_and_hvp_operator(params)   # loss, gradient and products from one recording
+            if draws is None:
+                probes = oracle_probes(oracle, params, step_generator(state.seed, state.step), self.probes,
+                                       self.probe_distribution)
+            else:
+                probes = check_probes(draws, params)
+            loss, g, hv = oracle.value_and_hvp_operator(params)   # loss, gradient and products from one recording
         if not T.all_finite(g):
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
-        D = hutchinson_estimate(hv, probes)                                # D_t = (1/k_p) Σ z ⊙ Hz
+        if D is None:
+            D = hutchinson_estimate(hv, probes)                            # D_t = (1/k_p) Σ z ⊙ Hz
         if not T.all_finite(D):
             return refuse(params, state, loss, "non-finite Hessian-diagonal estimate: step refused", g)
         if self.absolute:
@@ -213,6 +232,7 @@ class AdaHessian(Optimizer):
             d = T.tree_map2(lambda mi, vi: (mi / c1) / ((vi / c2) ** (k / 2) + self.eps), m, v)
         else:
             d = T.tree_map2(lambda mi, vi: (mi / c1) / (vi / c2 + self.eps) ** (k / 2), m, v)
-        new = descent_step(params, d, self.lr, lam, self.weight_decay_mode)   # θ − η d (− ηλθ if decoupled)
-        info = step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d), draws=probes)
+        lr = self.lr_at(state.step)
+        new = descent_step(params, d, lr, lam, self.weight_decay_mode)   # θ − η_t d (− η_tλθ if decoupled)
+        info = step_info(loss, g, lr=lr, step_norm=lr * T.norm(d), draws=probes)
         return new, AdaHessianState(t, m, v, state.seed), info

@@ -28,6 +28,10 @@ Switches (paper's choice first):
   v̂ and divides by √(v̂_max + eps_root) + ε (optax.amsgrad). Without bias correction both are Reddi et
   al.'s max(v̂_{t−1}, v_t). The state's ``v`` stays the plain EMA; the maximum is ``v_max``.
 * Adam's ``weight_decay`` is L2 (added to g_t, PyTorch's Adam); AdamW's is decoupled, see above.
+
+``schedule`` (default None: constant; ``optim/schedules.py``) makes α the peak of α_t, t = the steps taken;
+AdamW's decay then follows it as L&H's schedule multiplier η_t = α_t/α (λθ ← η_t λθ; the lr-scaled form
+α_t λθ), as torch's and optax's do.
 """
 from __future__ import annotations
 
@@ -73,11 +77,13 @@ class Adam(Optimizer):
     name = "adam"
     conventions = (BIAS_CORRECTION, EPS_MODE, AMSGRAD)
     _decoupled = False
+    gradient_in = ()   # gradients only (optim/gradients.py)
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0, bias_correction: bool = True, eps_mode: str = "outside",
-                 eps_root: float = 0.0, amsgrad: str = "none"):
+                 eps_root: float = 0.0, amsgrad: str = "none", schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.eps = check_positive("eps", eps)
@@ -96,8 +102,8 @@ class Adam(Optimizer):
         v_max = T.zeros_like(params) if self.amsgrad != "none" else None
         return AdamState(0, T.zeros_like(params), T.zeros_like(params), v_max)
 
-    def _decay(self) -> float:
-        """The coefficient c of the decoupled decay θ ← θ − cθ (0 for Adam)."""
+    def _decay(self, lr: float) -> float:
+        """The coefficient c of the decoupled decay θ ← θ − cθ at this step's α_t = ``lr`` (0 for Adam)."""
         return 0.0
 
     def _root_eps(self, c2: float) -> tuple[float, float]:
@@ -137,9 +143,10 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         c1 = bias_correction(b1, t, self.bias_correction)   # 1 − β₁ᵗ
         c2 = bias_correction(b2, t, self.bias_correction)   # 1 − β₂ᵗ
-        alpha_t = self.lr * math.sqrt(c2) / c1
+        lr = self.lr_at(state.step)                           # α_t of the schedule (α when constant)
+        alpha_t = lr * math.sqrt(c2) / c1
         r, eps_hat = self._root_eps(c2)
-        c = self._decay()
+        c = self._decay(lr)
 
         ps, treedef = T.flatten(params)
         new_p, new_m, new_v, new_max = [], [], [], []
@@ -180,7 +187,7 @@ class Adam(Optimizer):
             new_p.append(xp.subtract(x, d, out=d))               # θ_t = θ_{t−1} − Δ, written over d
             new_m.append(m)
             new_v.append(v)
-        info = step_info(loss, (), lr=self.lr, step_norm=math.sqrt(sq), grad_norm=grad_norm)  # norm known
+        info = step_info(loss, (), lr=lr, step_norm=math.sqrt(sq), grad_norm=grad_norm)  # norm known
         v_max = T.unflatten(treedef, new_max) if amsgrad else None
         return (T.unflatten(treedef, new_p),
                 AdamState(t, T.unflatten(treedef, new_m), T.unflatten(treedef, new_v), v_max), info)
@@ -199,9 +206,10 @@ class AdamW(Adam):
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 1e-4, bias_correction: bool = True, eps_mode: str = "outside",
-                 lr_scaled_decay: bool = False, eps_root: float = 0.0, amsgrad: str = "none"):
-        super().__init__(lr, beta1, beta2, eps, weight_decay, bias_correction, eps_mode, eps_root, amsgrad)
+                 lr_scaled_decay: bool = False, eps_root: float = 0.0, amsgrad: str = "none", schedule=None):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, bias_correction, eps_mode, eps_root, amsgrad, schedule)
         self.set_switch("lr_scaled_decay", lr_scaled_decay)
 
-    def _decay(self) -> float:
-        return self.weight_decay * (self.lr if self.lr_scaled_decay else 1.0)
+    def _decay(self, lr: float) -> float:
+        # λ·α_t (lr-scaled) or λ·η_t with L&H's multiplier η_t = α_t/α (exactly 1 under the constant schedule)
+        return self.weight_decay * (lr if self.lr_scaled_decay else lr / self.lr)

@@ -39,6 +39,17 @@ Declarations, each made once on the class and read by everything else:
                  the parameters);
                  ``check_draws`` validates injected draws before anything is computed.
 
+Learning rate and schedule: an optimizer with a learning rate validates ``lr`` and then calls
+``self.set_schedule(schedule)`` (the constructor argument ``schedule=``, ``optim/schedules.py``), and its
+update takes η_t = ``self.lr_at(state.step)``, which is ``lr`` itself under the default constant schedule
+(so every golden trace replays bit for bit) and is what ``info["lr"]`` reports.
+
+Gradient-in steps (``optim/gradients.py``): ``opt.apply_gradients(grads, state, params, loss=None,
+**estimates)`` runs ``update`` on an oracle that answers with the given gradient and refuses anything
+else. ``gradient_in`` declares it: None (the method cannot: ``gradient_in_reason`` says why) or the
+tuple of estimates the method accepts in place of its own draws (() for gradients only);
+``estimates_needed(state)`` names those the next step uses.
+
 The checks (``check_positive``, ``check_nonnegative``, ``check_unit_interval``, ``check_int``,
 ``check_bool``, ``check_choice``, ``check_real_array``) accept real numbers given as Python or NumPy
 scalars and return plain Python values; they refuse bools as numbers, complex numbers, strings, arrays,
@@ -116,6 +127,9 @@ class Optimizer:
     conventions: ClassVar[tuple] = ()
     requires: ClassVar[frozenset] = frozenset({"value", "gradient"})
     draws: ClassVar[Optional[str]] = None
+    gradient_in: ClassVar[Optional[tuple]] = None   # see the module docs ("Gradient-in steps")
+    gradient_in_reason: ClassVar[str] = "it declares no gradient-in interface"
+    _schedule = None   # the Schedule set by ``set_schedule``; None: the constant η_t = lr
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -171,6 +185,33 @@ class Optimizer:
                                  f"got {show_value(draws)}")
         elif not (isinstance(draws, (list, tuple)) and len(draws) > 0):
             raise ValueError(f"{who}: draws must be a non-empty list of probe trees, got {show_value(draws)}")
+
+    def set_schedule(self, schedule) -> None:
+        """Validate ``schedule`` (``schedules.make_schedule``: None, a name, a dict spec or a Schedule) against
+        ``self.lr`` and keep its JSON spec as ``self.schedule`` (None for the constant schedule)."""
+        from .schedules import Constant, make_schedule  # noqa: PLC0415 (schedules imports this module)
+        sched = make_schedule(schedule)
+        sched.check_lr(self.lr)
+        self._schedule = None if isinstance(sched, Constant) else sched
+        self.schedule = None if self._schedule is None else sched.spec()
+
+    def lr_at(self, step: int) -> float:
+        """η_t of the step taken from a state whose step count is ``step``: ``lr`` under the constant schedule."""
+        return self.lr if self._schedule is None else self._schedule(self.lr, step)
+
+    def gradient_in_refusal(self) -> Optional[str]:
+        """Why this optimizer, as configured, cannot take gradient-in steps; None when it can."""
+        return self.gradient_in_reason if self.gradient_in is None else None
+
+    def estimates_needed(self, state) -> tuple:
+        """The injected estimates (names of ``gradient_in``) that the step from ``state`` uses."""
+        return ()
+
+    def apply_gradients(self, grads, state, params, loss=None, **estimates):
+        """One step from gradients computed elsewhere: (new params, new state, info), by ``update`` on an
+        oracle that returns ``grads`` (and ``loss``) at ``params`` (``optim/gradients.py``)."""
+        from .gradients import apply_gradients  # noqa: PLC0415 (gradients imports this module)
+        return apply_gradients(self, grads, state, params, loss, **estimates)
 
     def init(self, params) -> Any:
         """The initial state for ``params``: a NamedTuple of arrays and numbers."""

@@ -93,6 +93,9 @@ class DescentMethod(Optimizer):
 
     dense: bool = False
     max_size: Optional[int] = None
+    gradient_in_reason = ("it evaluates the loss and gradient at trial points (a line search or a ratio test) or "
+                          "needs curvature products, which gradients at the given params do not give: use an "
+                          "oracle (refopt.oracle) or refopt.minimize")
 
     # --- hyperparameters the family shares --------------------------------------------------------
     def set_line_search(self, line_search: str, c1: float, c2: float, max_evals: int,
@@ -200,13 +203,13 @@ class SecantMethod(DescentMethod):
     """
 
     first_step: str = "unit_length"   # α₀ of the first step (see ``initial_step``)
-    lr: float = 1.0                   # multiplies every α₀ (L-BFGS's ``lr``)
+    lr: float = 1.0                   # multiplies every α₀ (L-BFGS's ``lr``, η_t under its ``schedule``)
     descent_check: str = "reset"      # "reset": a non-descent direction becomes −g; "none": L-BFGS may keep it
 
     def step(self, params, state, oracle, loss, g):
-        """Search along the direction from α₀ = ``lr · initial_step(…)`` (for a ``first_step`` other than
-        "unit_length", the libraries' rule: the run's first step), then absorb the pair. A failed search
-        takes no step and changes only the state's step count."""
+        """Search along the direction from α₀ = η_t · ``initial_step(…)`` (η_t = ``lr_at(step)``; for a
+        ``first_step`` other than "unit_length", the libraries' rule: the run's first step), then absorb the
+        pair. A failed search, or η_t = 0 (a schedule's), takes no step and changes only the state's step count."""
         self.check_size(params)
         x, gf = T.ravel(params), T.ravel(g)
         p = self.direction(state, gf)
@@ -214,15 +217,20 @@ class SecantMethod(DescentMethod):
         if self.descent_check != "none":
             p, reset = self.descent_or_reset(gf, p)
         first = state.step == 0 if self.first_step != "unit_length" else self.first(state)
-        alpha0 = self.lr * initial_step(self.initial_step, gf, p, loss, state.prev_loss, first, self.first_step)
+        lr = self.lr_at(state.step)
+        if lr == 0:   # no trial step to search from
+            return self.finish(oracle, params, state._replace(step=state.step + 1), loss, g, p, Outcome(0.0, None, 0),
+                               reset, accepted=False, message="learning rate 0 at this step (schedule): no step",
+                               pair_skipped=True, lr=lr)
+        alpha0 = lr * initial_step(self.initial_step, gf, p, loss, state.prev_loss, first, self.first_step)
         out = self.search(oracle, params, x, loss, gf, p, alpha0)
         if out.point is None:
             return self.finish(oracle, params, state._replace(step=state.step + 1), loss, g, p, out, reset,
-                               pair_skipped=True)
+                               pair_skipped=True, lr=lr)
         s = out.alpha * p
         y = T.ravel(out.point.grad) - gf
         new_state, details = self.absorb(state, loss, s, y, None if reset else -out.alpha * gf)
-        return self.finish(oracle, params, new_state, loss, g, p, out, reset, **details)
+        return self.finish(oracle, params, new_state, loss, g, p, out, reset, lr=lr, **details)
 
     def direction(self, state, g):
         """The search direction p from the flat gradient g."""

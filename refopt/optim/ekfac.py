@@ -42,11 +42,11 @@ class EKFAC(KFAC):
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
                  scale_decay: float | None = None, kl_clip: float | None = 1e-3, weight_decay: float = 0.0,
                  weight_decay_mode: str = "decoupled", fisher: str = "mc", samples: int = 1, seed: int = 0,
-                 adapt_damping: bool = False, damping_interval: int = 5):
+                 adapt_damping: bool = False, damping_interval: int = 5, schedule=None):
         super().__init__(lr=lr, damping=damping, momentum=momentum, decay=decay, factor_init=factor_init,
                          factor_interval=factor_interval, inverse_interval=inverse_interval, inverse="eig",
                          damping_scheme="eigen", kl_clip=kl_clip, weight_decay=weight_decay,
                          weight_decay_mode=weight_decay_mode, fisher=fisher, samples=samples, seed=seed,
-                         adapt_damping=adapt_damping, damping_interval=damping_interval)
+                         adapt_damping=adapt_damping, damping_interval=damping_interval, schedule=schedule)
         self.scale_decay = self.decay if scale_decay is None else check_unit_interval("scale_decay", scale_decay)
         self._blocks = EigenbasisBlocks(self.scale_decay)

@@ -38,7 +38,9 @@ Switches (defaults first): ``variant`` "bfgs" | "lbfgs"; ``factor_init`` "mean" 
 (A's running average, ``kronecker.factor_weight``); ``weight_decay_mode`` "l2" (ω θ added to the
 gradient before the momentum) | "decoupled" (θ ← θ − η P − η ω θ); ``inverse_interval`` None.
 Bad statistics: a non-finite loss or gradient refuses the step; a non-finite A estimate keeps the old
-A; a non-finite second pass skips the H_g and H_a updates; info says which.
+A; a non-finite second pass skips the H_g and H_a updates; info says which. ``schedule`` (default None:
+constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken; at η_t = 0 (θ⁺ = θ) the second
+pass and the H_g, H_a updates are skipped.
 The factor updates (``double_damping``, ``bfgs_factor_update``, ``lbfgs_apply``, ``secant_pair``,
 ``hessian_action_update``) are in ``refopt.curvature.secant``; this file is the step and its order.
 """
@@ -91,12 +93,15 @@ class KBFGS(Optimizer):
                "Goldfarb, Ren & Bahamou 2020 (l2; unlike K-FAC's decoupled default)"),
     )
     requires = oracle_needs(None)   # layer statistics at the data labels only (no Fisher probes)
+    gradient_in_reason = ("it needs the network's per-layer statistics at θ and a second pass at θ⁺ for its "
+                          "secant pairs: use a network Oracle")
 
     def __init__(self, lr: float = 0.3, damping: float = 0.3, momentum: float = 0.9, decay: float = 0.9,
                  factor_init: str = "mean", variant: str = "bfgs", memory: int = 100, secant_decay: float = 0.9,
                  powell: float = 0.2, inverse_interval: int | None = None, weight_decay: float = 0.0,
-                 weight_decay_mode: str = "l2"):
+                 weight_decay_mode: str = "l2", schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
         self.decay = check_unit_interval("decay", decay)
@@ -159,20 +164,24 @@ class KBFGS(Optimizer):
             H_a = tuple(xp.linalg.inv(symmetrize(a)) for a in A_lm)
 
         P = [self._apply_Hg(state, l, H_a[l] @ K.layer_matrix(m)) for l, m in enumerate(M)]
-        delta = T.scale(-self.lr, [K.layer_tree(p) for p in P])
+        lr = self.lr_at(t)   # η_t of the schedule
+        delta = T.scale(-lr, [K.layer_tree(p) for p in P])
         if self.weight_decay_mode == "decoupled":
-            delta = decoupled_decay(delta, params, -self.lr * self.weight_decay)
+            delta = decoupled_decay(delta, params, -lr * self.weight_decay)
         new = T.add(params, delta)
 
         # Second pass at θ⁺ on the same batch: secant pairs for H_g, then the Hessian-action update of H_a.
         new_state = state._replace(step=t + 1, factor_updates=k, A=A, H_a=H_a, grad_momentum=M)
-        stats_new = K.kfac_statistics(oracle, new, None, gradient=False)   # only a and g at θ⁺ are needed
-        if math.isfinite(stats_new.loss) and T.all_finite(stats_new.output_grads):
-            new_state, damped = self._curvature_updates(new_state, params, new, stats, stats_new, A_lm)
+        damped = 0
+        if lr == 0:   # a schedule's η_t = 0: θ⁺ = θ, no secant pair to measure
+            messages.append("learning rate 0 at this step (schedule): H_g and H_a updates skipped")
         else:
-            messages.append("non-finite second pass: H_g and H_a updates skipped")
-            damped = 0
-        info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damped_pairs=damped)
+            stats_new = K.kfac_statistics(oracle, new, None, gradient=False)   # only a and g at θ⁺ are needed
+            if math.isfinite(stats_new.loss) and T.all_finite(stats_new.output_grads):
+                new_state, damped = self._curvature_updates(new_state, params, new, stats, stats_new, A_lm)
+            else:
+                messages.append("non-finite second pass: H_g and H_a updates skipped")
+        info = step_info(loss, grad, lr=lr, step_norm=T.norm(delta), damped_pairs=damped)
         info["message"] = "; ".join(messages)
         return new, new_state, info
 

@@ -78,6 +78,10 @@ Bad statistics: non-finite factor estimates skip the factor update and keep the 
 says so); with no factors yet (first estimate, except ``factor_init="identity"``) the step is refused.
 A non-finite loss or gradient refuses the step. Not implemented from the paper: the re-scaling and
 momentum chosen by the exact quadratic model (section 7) — the KL clip replaces it, as in Ba et al.
+
+``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken, in the
+KL clip, the step and the decay; at η_t = 0 the clip and the Levenberg–Marquardt adaptation are skipped
+(there is no step to measure).
 """
 from __future__ import annotations
 
@@ -180,6 +184,8 @@ class KFAC(Optimizer):
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
     draws = "labels"                # "mc" label sets, "curvature_prop" signs, else None (__init__, draws_kind)
+    gradient_in_reason = ("it needs the network's per-layer statistics (layer inputs, output gradients, sampled "
+                          "labels) for its Kronecker factors: use a network Oracle")
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
@@ -187,8 +193,9 @@ class KFAC(Optimizer):
                  weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
                  samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5,
                  output_grad_scale: str = "per_example", bias_block: str = "joint", burnin: int = 0,
-                 empirical_scale: str = "per_example"):
+                 empirical_scale: str = "per_example", schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.damping = check_positive("damping", damping)
         self.momentum = check_unit_interval("momentum", momentum)
         self.decay = check_unit_interval("decay", decay)
@@ -300,21 +307,22 @@ class KFAC(Optimizer):
         gbar = [K.layer_matrix(layer) for layer in g]
         V = self._blocks.precondition(gbar, precond, damping)
         vg = sum(float(xp.vdot(v, gb)) for v, gb in zip(V, gbar))
+        lr = self.lr_at(t)   # η_t of the schedule
         nu = 1.0
-        if self.kl_clip is not None and vg > 0:
-            nu = min(1.0, math.sqrt(self.kl_clip / (self.lr ** 2 * vg)))
+        if self.kl_clip is not None and vg > 0 and lr > 0:
+            nu = min(1.0, math.sqrt(self.kl_clip / (lr ** 2 * vg)))
         natural = [K.layer_tree(nu * v) for v in V]
         velocity = momentum(state.velocity, natural, self.momentum)[0] if self.momentum else natural
-        delta = T.scale(-self.lr, velocity)
+        delta = T.scale(-lr, velocity)
         if self.weight_decay_mode == "decoupled":
-            delta = decoupled_decay(delta, params, -self.lr * self.weight_decay)
+            delta = decoupled_decay(delta, params, -lr * self.weight_decay)
         new = T.add(params, delta)
 
         extra = {}
-        if self.adapt_damping and (t + 1) % self.damping_interval == 0:
+        if self.adapt_damping and (t + 1) % self.damping_interval == 0 and lr > 0:
             damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
         new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
-        info = step_info(loss, grad, lr=self.lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
+        info = step_info(loss, grad, lr=lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
                          factors_updated=factors_updated, preconditioner_refreshed=refresh,
                          draws=stats.labels if passes == 1 or used[0] is None else xp.concatenate(used, axis=0),
                          **extra)

@@ -39,6 +39,8 @@ Switches (defaults first):
   "inverse_norm" (α₀ = 1/‖p‖₂ uncapped on the run's first step: L-BFGS-B).
 * ``lr`` η > 0 (default 1): multiplies every α₀ — with ``line_search="none"`` the step is η·α₀ p, as
   torch.optim.LBFGS(lr=η); with a search, η is its first trial (torch's strong-Wolfe start).
+  ``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken
+  (a step with η_t = 0 is no step: the search needs α₀ > 0).
 
 One ``update`` is one L-BFGS iteration. torch.optim.LBFGS runs up to ``max_iter`` (default 20)
 iterations per ``step()`` call (with state, including the iteration count, kept across calls), so its
@@ -125,7 +127,7 @@ class LBFGS(SecantMethod):
                  curvature_skip: float = 2.2e-16, damping: Optional[str] = None, line_search: str = "strong_wolfe",
                  c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30, initial_step: str = "unit",
                  lr: float = 1.0, first_step: str = "unit_length", curvature_skip_rule: str = "relative",
-                 descent_check: str = "reset", approximate_wolfe: bool = True):
+                 descent_check: str = "reset", approximate_wolfe: bool = True, schedule=None):
         self.memory = check_int("memory", memory, maximum=MAX_MEMORY)
         self.set_switch("initial_scaling", initial_scaling)
         if initial_matrix is not None:
@@ -143,6 +145,7 @@ class LBFGS(SecantMethod):
         self.set_line_search(line_search, c1, c2, max_evals, approximate_wolfe)
         self.set_switch("initial_step", initial_step)
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.set_switch("first_step", first_step)
         self.set_switch("curvature_skip_rule", curvature_skip_rule)
         self.set_switch("descent_check", descent_check)

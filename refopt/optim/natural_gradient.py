@@ -19,7 +19,9 @@ else CG; the dense Fisher costs n products) | "dense" | "cg" (``cg_tol`` relativ
 ``cg_maxiter``; the defaults 1e-3 and 20 truncate CG, as Hessian-free practice does: an exact solve
 with little damping follows the Fisher's tiny eigenvalues into huge steps); ``step_rule`` "fixed"
 (``lr`` = 0.5) | "kl" (``kl_epsilon`` = ε). ``damping`` λ > 0 (default 1e-2) is required: the Fisher
-of a network is singular whenever it has more parameters than the batch has outputs.
+of a network is singular whenever it has more parameters than the batch has outputs. ``schedule``
+(default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken, under "fixed";
+"kl" takes none.
 """
 from __future__ import annotations
 
@@ -70,15 +72,19 @@ class NaturalGradient(Optimizer):
                "Amari 1998 (fixed); the source article §4, TRPO-style normalised natural gradient (kl)"),
     )
     requires = frozenset({"value", "gradient", "fisher", "dense_curvature"})   # the defaults; __init__ sets it
+    gradient_in_reason = "it needs the network's Fisher (products or the dense matrix): use a network Oracle"
 
     def __init__(self, lr: float = 0.5, damping: float = 1e-2, fisher: str = "true", solver: str = "auto",
                  step_rule: str = "fixed", kl_epsilon: float = 1e-3, samples: int = 1, seed: int = 0,
-                 cg_tol: float = 1e-3, cg_maxiter: int = 20, dense_max_size: int = 500):
+                 cg_tol: float = 1e-3, cg_maxiter: int = 20, dense_max_size: int = 500, schedule=None):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping)
         self.set_switch("fisher", fisher)
         self.solver = check_choice("solver", solver, SOLVERS)
         self.set_switch("step_rule", step_rule)
+        self.set_schedule(schedule)
+        if self.schedule is not None and self.step_rule == "kl":
+            raise ValueError("schedule applies to step_rule='fixed' (the 'kl' rule sets η from kl_epsilon)")
         self.kl_epsilon = check_positive("kl_epsilon", kl_epsilon)
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
@@ -122,7 +128,7 @@ class NaturalGradient(Optimizer):
         if self.step_rule == "kl":
             eta = math.sqrt(2.0 * self.kl_epsilon / gx) if gx > 0 else 0.0
         else:
-            eta = self.lr
+            eta = self.lr_at(state.step)   # η_t of the schedule
         new = T.axpy(-eta, x, params)
         info = step_info(loss, g, lr=eta, step_norm=eta * T.norm(x), natural_norm_sq=gx,
                          kl_estimate=0.5 * eta ** 2 * gx, solver=solver, cg_iterations=iterations, cg_status=status,

@@ -3,13 +3,14 @@
     g_t = ∇L(θ_t) + λ θ_t                      (L2 weight decay, if weight_decay > 0)
     v_t = μ v_{t−1} + (1 − δ) g_t               (momentum buffer; v_1 = g_1, undamped, as torch starts it)
     d_t = g_t + μ v_t  (nesterov)   or   v_t    (heavy ball)   or   g_t   (μ = 0)
-    θ_{t+1} = θ_t − η d_t
+    θ_{t+1} = θ_t − η_t d_t                     (η_t = lr under the default constant schedule)
 
 Conventions: the buffer accumulates the raw gradient (dampening δ = 0, torch.optim.SGD's default; δ = μ
 gives the EMA form (1 − μ)g after the first step); ``dampening`` δ is torch's: from step 2 on the gradient
 enters the buffer scaled by 1 − δ, while the first step sets v_1 = g_1 undamped (torch creates the buffer
 as a copy of the gradient), so with δ = 0 this is v_0 = 0. ``nesterov`` uses torch's formulation
 (look-ahead on the gradient, not on θ) and, as in torch, needs δ = 0.
+``schedule`` (default None: constant) gives η_t, t = the steps taken (``optim/schedules.py``).
 Source: Polyak 1964 (heavy ball), Nesterov 1983, Sutskever et al. 2013.
 """
 from __future__ import annotations
@@ -42,9 +43,12 @@ class SGD(Optimizer):
                "Polyak 1964 (False); torch.optim.SGD(nesterov=True), Sutskever et al. 2013 (True)"),
     )
 
+    gradient_in = ()   # gradients only (optim/gradients.py)
+
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 dampening: float = 0.0):
+                 dampening: float = 0.0, schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.momentum = check_unit_interval("momentum", momentum)
         self.set_switch("nesterov", nesterov)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
@@ -75,5 +79,6 @@ class SGD(Optimizer):
             d = v
         elif self.momentum:
             v, d = momentum(v, g, self.momentum, self.nesterov)           # v_t = μv_{t−1} + g_t; d_t
-        new = descent_step(params, d, self.lr)                             # θ_t − η d_t
-        return new, SGDState(state.step + 1, v), step_info(loss, g, lr=self.lr, step_norm=self.lr * T.norm(d))
+        lr = self.lr_at(state.step)                                        # η_t (the schedule's)
+        new = descent_step(params, d, lr)                                  # θ_t − η_t d_t
+        return new, SGDState(state.step + 1, v), step_info(loss, g, lr=lr, step_norm=lr * T.norm(d))

@@ -67,6 +67,9 @@ Options (defaults: the paper's Shampoo):
   is, R = U diag(s)^p Vᵀ: pytorch_optimizer's compute_power_svd; equal in exact arithmetic for a
   positive definite H). Under "svd" the ε of eps_mode "add" / "floor" acts on s.
 
+``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken
+(rounded to float32 under ``lr_dtype="float32"``, as Meta's lr tensor holds the scheduled value).
+
 Bad input: a leaf of order 0 or with a zero-length mode raises ValueError in ``init``; a non-finite
 gradient (or overflowing statistics) refuses the step.
 """
@@ -187,6 +190,8 @@ class Shampoo(Optimizer):
                "facebookresearch/distributed_shampoo factor_matrix_dtype, inv_factor_matrix_dtype (float32)"),
     )
 
+    gradient_in = ()   # gradients only (optim/gradients.py)
+
     def __init__(self, lr: float = 0.1, eps: float = 1e-4, statistics: str = "sum", beta2: float = 0.999,
                  initial_accumulator: float = 0.0, eps_mode: str = "add", exponent: float | None = None,
                  precondition_interval: int = 1, start_step: int = 1, grafting: str = "none",
@@ -194,8 +199,9 @@ class Shampoo(Optimizer):
                  vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
                  weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False,
                  filter_beta: float = 0.0, root: str = "eigh", refresh: str = "from_start",
-                 lr_dtype: str = "native", factor_dtype: str = "native"):
+                 lr_dtype: str = "native", factor_dtype: str = "native", schedule=None):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.eps = check_positive("eps", eps)
         self.set_switch("statistics", statistics)
         self.beta2 = check_unit_interval("beta2", beta2)
@@ -234,11 +240,19 @@ class Shampoo(Optimizer):
         self.set_switch("factor_dtype", factor_dtype)
         # η as it multiplies the step: float32(η) is Meta's lr tensor (the nearest float32, as a Python float)
         try:
-            self._eta = struct.unpack("f", struct.pack("f", self.lr))[0] if self.lr_dtype == "float32" else self.lr
+            self._eta = self._rounded(self.lr)
         except OverflowError:
             self._eta = math.inf
         if not 0 < self._eta < math.inf:   # float32 overflows past 3.4e38 and underflows to 0 below 1.4e-45
             raise ValueError(f"lr={show_value(lr)} is outside the float32 range (lr_dtype='float32')")
+
+    def _rounded(self, lr: float) -> float:
+        """η as it multiplies the step: float32(η) (``lr_dtype="float32"``, as a Python float) or η itself."""
+        return struct.unpack("f", struct.pack("f", lr))[0] if self.lr_dtype == "float32" else lr
+
+    def _eta_at(self, step: int) -> float:
+        """η_t of the schedule as it multiplies the step (``_eta`` under the constant schedule)."""
+        return self._eta if self._schedule is None else self._rounded(self.lr_at(step))
 
     # --- layout of one leaf -------------------------------------------------------------------
     def _layout(self, shape: tuple):
@@ -437,7 +451,8 @@ class Shampoo(Optimizer):
             mom, d = momentum(mom, d, self.momentum, self.nesterov)   # m ← μm + P(G); step m (or P(G) + μm)
         elif blended:
             mom = d                                                   # P_t, blended into the next gradient
-        new = descent_step(params, d, self._eta, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
-        info = step_info(loss, g, lr=self._eta, step_norm=self._eta * T.norm(d), refreshed=refresh,
+        eta = self._eta_at(state.step)
+        new = descent_step(params, d, eta, self.weight_decay, self.weight_decay_mode)   # θ − ηd (− ηλθ)
+        info = step_info(loss, g, lr=eta, step_norm=eta * T.norm(d), refreshed=refresh,
                          preconditioned=active)
         return new, ShampooState(t, stats, roots, graft_acc, mom, filtered), info

@@ -50,6 +50,14 @@ SophiaH's probes are ``draw_probes(params, that Generator, probes, probe_distrib
 injected with ``update(..., draws=...)`` (labels array, or list of probe trees); draws are ignored on
 steps that do not refresh (``info["refreshed"]`` says which). ``info["draws"]`` reports the draws a
 step used, in the form ``draws=`` accepts (None on steps without a refresh), so a run can be replayed.
+
+Gradient-in steps (``optim/gradients.py``): ``apply_gradients(grads, state, params, hessian_diagonal=ĥ)``
+takes ĥ_t at θ_t as given (in the units of the parametrization's h: paper B·ĝ⊙ĝ or Hutchinson's
+z ⊙ Hz; official Sophia-G ĝ⊙ĝ of the mean loss) on the steps that refresh (``estimates_needed``) and draws
+nothing. refresh="after" (at θ_{t+1}) is refused there, and official Sophia-G needs ``bs``.
+
+``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken, in
+the step and in the decoupled decay θ ← θ − η_tλθ (official Sophia-H: η_t / (1 − β₁ᵗ)).
 """
 from __future__ import annotations
 
@@ -61,6 +69,7 @@ from ..serialize import register_state
 from .adahessian import PROBE_DISTRIBUTION, check_probes, hutchinson_estimate, oracle_probes, step_generator
 from .base import (MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
+from .gradients import given_estimate
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, decayed_gradient, ema
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
@@ -94,9 +103,12 @@ class SophiaState(NamedTuple):
 class _Sophia(Optimizer):
     """The update shared by SophiaG and SophiaH; subclasses supply ``_estimate``."""
 
+    gradient_in = ("hessian_diagonal",)   # ĥ_t on the steps that refresh h (optim/gradients.py)
+
     def __init__(self, lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
-                 bias_correction, seed):
+                 bias_correction, seed, schedule):
         self.lr = check_positive("lr", lr)
+        self.set_schedule(schedule)
         self.beta1 = check_unit_interval("beta1", beta1)
         self.beta2 = check_unit_interval("beta2", beta2)
         self.gamma = check_positive("gamma", gamma)
@@ -125,13 +137,25 @@ class _Sophia(Optimizer):
         """(ĥ at ``params`` in the h units of the parametrization, the draws it used)."""
         raise NotImplementedError
 
-    def _ratio(self, m, h, t, oracle):
-        """(step size, clip(m/denominator, 1)) for one leaf: here the paper's (η, clip(m / max(γh, ε), 1)), with
+    def _ratio(self, m, h, t, oracle, lr):
+        """(step size, clip(m/denominator, 1)) for one leaf: here the paper's (η_t, clip(m / max(γh, ε), 1)), with
         m̂ = m / (1 − β₁ᵗ) when bias_correction is on; the subclasses handle parametrization="official"."""
         eps = 1e-12 if self.eps is None else self.eps
         if self.bias_correction:
             m = m / bias_correction(self.beta1, t)
-        return self.lr, xp.clip(m / xp.maximum(self.gamma * h, eps), -1.0, 1.0)
+        return lr, xp.clip(m / xp.maximum(self.gamma * h, eps), -1.0, 1.0)
+
+    # --- gradient-in steps ---------------------------------------------------------------------
+    def gradient_in_refusal(self):
+        """refresh="after" estimates h at θ_{t+1}, which a gradient-in step cannot ask for."""
+        if self._refresh_mode() == "after":
+            return ("refresh='after' (the official loop's) estimates h at the updated parameters θ_(t+1); "
+                    "give ĥ at the given params with refresh='before' or 'lagged'")
+        return None
+
+    def estimates_needed(self, state) -> tuple:
+        """("hessian_diagonal",) on the steps that refresh h, else ()."""
+        return ("hessian_diagonal",) if self._refreshes(state.step + 1) else ()
 
     # --- interface -----------------------------------------------------------------------------
     def init(self, params) -> SophiaState:
@@ -140,8 +164,11 @@ class _Sophia(Optimizer):
         return SophiaState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
     def _refreshed_h(self, h, params, oracle, state, draws):
-        """(β₂h + (1 − β₂)ĥ or None when ĥ is not finite, the draws used)."""
-        hhat, used = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
+        """(β₂h + (1 − β₂)ĥ or None when ĥ is not finite, the draws used); ĥ injected by a gradient-in step
+        (module docs) or estimated here."""
+        hhat, used = given_estimate(oracle, "hessian_diagonal", params), None
+        if hhat is None:
+            hhat, used = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
         if not T.all_finite(hhat):
             return None, used
         return ema(h, hhat, self.beta2), used
@@ -161,12 +188,12 @@ class _Sophia(Optimizer):
             h, used = self._refreshed_h(h, params, oracle, state, draws)
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
-        lr, lam = self.lr, self.weight_decay
+        lr, lam = self.lr_at(state.step), self.weight_decay   # η_t of the schedule
         new, clipped = [], 0
         ps, treedef = T.flatten(params)
         sq = 0.0
         for x, mi, hi in zip(ps, T.leaves(m), T.leaves(h)):
-            step_size, ratio = self._ratio(mi, hi, t, oracle)
+            step_size, ratio = self._ratio(mi, hi, t, oracle, lr)
             clipped += int(xp.sum(xp.abs(ratio) >= 1.0))
             sq += float(xp.vdot(ratio.ravel(), ratio.ravel())) * step_size ** 2
             # θ(1 − ηλ) − step: the decoupled decay as the paper's shrink θ ← θ − ηλθ, rounded as it always was
@@ -194,9 +221,9 @@ class SophiaG(_Sophia):
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
                  refresh: str | None = None, bias_correction: bool = False, samples: int = 1,
-                 bs: int | None = None, seed: int = 0):
+                 bs: int | None = None, seed: int = 0, schedule=None):
         super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
-                         bias_correction, seed)
+                         bias_correction, seed, schedule)
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.bs = None if bs is None else check_int("bs", bs, maximum=MAX_DIMENSION)
 
@@ -211,12 +238,19 @@ class SophiaG(_Sophia):
             hhat = T.scale(scale, hhat)
         return hhat, labels
 
-    def _ratio(self, m, h, t, oracle):
+    def _ratio(self, m, h, t, oracle, lr):
         if self.parametrization == "official":
             eps = 1e-15 if self.eps is None else self.eps
             bs = self.bs if self.bs is not None else oracle.batch_size
-            return self.lr, xp.clip(m / (self.gamma * bs * h + eps), -1.0, 1.0)
-        return super()._ratio(m, h, t, oracle)
+            return lr, xp.clip(m / (self.gamma * bs * h + eps), -1.0, 1.0)
+        return super()._ratio(m, h, t, oracle, lr)
+
+    def gradient_in_refusal(self):
+        """Also: official Sophia-G scales by the batch size, unknown to a gradient-in step unless ``bs`` is given."""
+        reason = super().gradient_in_refusal()
+        if reason is None and self.parametrization == "official" and self.bs is None:
+            reason = "parametrization='official' scales by the batch size: give bs= (no batch is known here)"
+        return reason
 
 
 class SophiaH(_Sophia):
@@ -230,9 +264,9 @@ class SophiaH(_Sophia):
     def __init__(self, lr: float = 1e-3, beta1: float = 0.96, beta2: float = 0.99, gamma: float = 0.01,
                  eps: float | None = None, weight_decay: float = 0.0, k: int = 10, parametrization: str = "paper",
                  refresh: str | None = None, bias_correction: bool = False, probes: int = 1,
-                 probe_distribution: str = "rademacher", seed: int = 0):
+                 probe_distribution: str = "rademacher", seed: int = 0, schedule=None):
         super().__init__(lr, beta1, beta2, gamma, eps, weight_decay, k, parametrization, refresh,
-                         bias_correction, seed)
+                         bias_correction, seed, schedule)
         self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
         self.set_switch("probe_distribution", probe_distribution)
 
@@ -246,9 +280,9 @@ class SophiaH(_Sophia):
         _, hv = oracle.hvp_operator(params)
         return hutchinson_estimate(hv, probes), probes
 
-    def _ratio(self, m, h, t, oracle):
+    def _ratio(self, m, h, t, oracle, lr):
         if self.parametrization == "official":
             eps = 1e-12 if self.eps is None else self.eps
-            step_size = self.lr / bias_correction(self.beta1, t)
+            step_size = lr / bias_correction(self.beta1, t)
             return step_size, xp.clip(m / (self.gamma * xp.maximum(h, 0.0) + eps), -1.0, 1.0)
-        return super()._ratio(m, h, t, oracle)
+        return super()._ratio(m, h, t, oracle, lr)

@@ -7,7 +7,8 @@ and everything refopt needs to replay theirs:
 key                       content
 ========================  ==========================================================================
 ``meta``                  JSON string: ``format`` ("refopt-trace/1"), ``version``, ``optimizer``,
-                          ``hyperparameters`` (every one as used, defaults included), ``given`` (those
+                          ``hyperparameters`` (every one as used, defaults included; ``schedule`` is
+                          the learning-rate schedule's full spec, null for constant), ``given`` (those
                           given explicitly; optional), ``profile`` (or null), ``problem`` (see below),
                           ``steps`` T, ``seed``, ``param_names`` (tree order, e.g. "0.W", "0.b"),
                           ``dtype``
