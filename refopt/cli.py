@@ -1,11 +1,12 @@
-"""The ``refopt`` command: ``train``, ``compare``, ``verify`` and ``list``.
+"""The ``refopt`` command: ``train``, ``compare``, ``analyze``, ``verify`` and ``list``.
 
 Errors in what the user typed (unknown names, an empty ``--optimizers`` list, hyperparameters of the wrong
 type or range, ``--hp-json`` that is not a JSON object of objects, a ``--seed`` outside [0, 2⁶³ − 1],
 non-finite stopping rules, unreadable or mismatched files, a ``--resume`` that is not a regular file,
 output paths that cannot be written, a bad REFOPT_BACKEND or REFOPT_DTYPE) print one line
 ``refopt: error: ...`` naming the option and exit with status 2. Output
-paths (--log, --checkpoint, --csv, --plot, verify export --out) are checked before any training starts.
+paths (--log, --checkpoint, --csv, --plot, analyze's --json, verify export --out) are checked before any
+training or analysis starts.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import math
 import sys
 
 # The argument readers live in cli_args.py (verify's subcommands use them too); re-exported here.
-from .cli_args import (check_input_file, check_output_path, check_seed, parse_hp_json, parse_hyperparameters,
-                       parse_optimizer_list, parse_value)  # noqa: F401 (parse_value: re-exported)
+from .cli_args import (add_data_arguments, check_input_file, check_output_path, check_seed, parse_hp_json,
+                       parse_hyperparameters, parse_optimizer_list, parse_value, problem_from_args,
+                       problem_name_from_args)  # noqa: F401 (parse_value: re-exported)
 
 __all__ = ["main", "parse_hyperparameters", "check_output_path", "check_seed", "parse_optimizer_list", "parse_hp_json"]
 
@@ -50,18 +52,27 @@ def cmd_train(args) -> int:
     """``refopt train``: run one optimizer on one problem and print a summary; returns 0, or 130 after Ctrl-C."""
     from .runner import Interrupted, RunConfig, run  # noqa: PLC0415
 
+    from .compare import describe_hyperparameters, tuned_hyperparameters  # noqa: PLC0415
+
     check_seed(args.seed)
-    config = RunConfig(args.optimizer, parse_hyperparameters(args.hp), args.problem, args.steps, args.batch_size,
-                       args.seed, args.target_loss, args.max_seconds, args.eval_every, args.gtol)
-    for path, option in ((args.log, "--log"), (args.checkpoint, "--checkpoint")):
+    problem = problem_from_args(args)  # a built-in --problem, or --data with --sizes, --loss, ...
+    args.problem = problem.name  # "data:<file>" for --data: what the summary, the settings and a checkpoint name
+    given = parse_hyperparameters(args.hp)
+    # compare's settings for this problem (refopt/problems/tuned.py), the NAME=VALUE pairs on top
+    hyperparameters = {**tuned_hyperparameters(problem, args.optimizer), **given}
+    config = RunConfig(args.optimizer, hyperparameters, args.problem, args.steps, args.batch_size,
+                       args.seed, args.target_loss, args.max_seconds, args.eval_every, args.gtol,
+                       analyze_every=args.analyze_every)
+    for path, option in ((args.log, "--log"), (args.checkpoint, "--checkpoint"), (args.plot, "--plot")):
         if path is not None:
             check_output_path(path, option)
     if args.resume is not None:
         check_input_file(args.resume, "--resume")
+    print(f"hyperparameters: {describe_hyperparameters(problem, args.optimizer, given)}")
     report, close = _progress(args.steps, not args.no_progress)
     try:
-        result = run(config, resume=args.resume, log_path=args.log, checkpoint_path=args.checkpoint,
-                     checkpoint_every=args.checkpoint_every, progress=report)
+        result = run(config, problem=problem, resume=args.resume, log_path=args.log,
+                     checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, progress=report)
     except Interrupted as exc:
         print(f"refopt: {exc}", file=sys.stderr)
         return 130
@@ -73,30 +84,193 @@ def cmd_train(args) -> int:
           f"nfev {last.get('nfev', 0)}, ngev {last.get('ngev', 0)}, nhvp {last.get('nhvp', 0)}"
           + (f", nhev {result.nhev} (dense matrices)" if result.nhev else "") + "; "
           f"{last.get('elapsed', 0.0):.2f} s" + (f"; {result.message}" if result.message else ""))
+    held_out = _held_out_summary(result, problem)
+    if held_out:
+        print(held_out)
+    sharp = next((r for r in reversed(result.history) if r.get("hessian_max") is not None), None)
+    if sharp is not None:  # --analyze-every: the last sharpness recorded, against gradient descent's 2/lr
+        print(f"Hessian λ_max at step {sharp['step']}: {sharp['hessian_max']:.6g}"
+              + (f" (2/lr = {sharp['two_over_lr']:.6g})" if sharp.get("two_over_lr") is not None else ""))
+    if args.plot:  # the compare plot of this one run: training (and held-out) loss against steps
+        from .compare import ComparisonEntry, plot_comparison  # noqa: PLC0415
+        entry = ComparisonEntry(config.optimizer, config.hyperparameters, result)
+        if plot_comparison([entry], args.plot, title=f"{config.optimizer} on {config.problem}"):
+            print(f"plot written to {args.plot}")
     return 0
+
+
+def _held_out_summary(result, problem) -> str:
+    """'validation loss 0.112, validation accuracy 0.972 (360 held out); training accuracy 0.99', the parts
+    the run recorded ('' for none)."""
+    parts = []
+    if result.final_val_loss is not None:
+        parts.append(f"validation loss {result.final_val_loss:.3g}")
+    if result.final_val_accuracy is not None:
+        parts.append(f"validation accuracy {result.final_val_accuracy:.3f}")
+    text = ", ".join(parts)
+    if text and getattr(problem, "X_val", None) is not None:
+        text += f" ({problem.X_val.shape[0]} held out)"
+    if result.final_train_accuracy is not None:
+        text += ("; " if text else "") + f"training accuracy {result.final_train_accuracy:.3f}"
+    return text
 
 
 def cmd_compare(args) -> int:
     """``refopt compare``: run the optimizers on one problem, print the table, plot and CSV if asked; returns 0."""
-    from .compare import DEFAULT_OPTIMIZERS, compare, format_table, plot_comparison  # noqa: PLC0415
+    from .compare import (DEFAULT_OPTIMIZERS, compare, describe_hyperparameters, format_table,  # noqa: PLC0415
+                          hyperparameter_source, plot_comparison)
 
     names = parse_optimizer_list(args.optimizers) if args.optimizers is not None else list(DEFAULT_OPTIMIZERS)
     check_seed(args.seed)
+    # --data builds the problem here (compare builds a built-in one by name); args.problem becomes its name
+    problem = problem_from_args(args) if args.data is not None else None
+    args.problem = problem.name if problem is not None else problem_name_from_args(args)
+    overrides = parse_hp_json(args.hp_json) if args.hp_json is not None else {}
+    if args.show_hyperparameters:  # what a run would use, without running
+        print(f"hyperparameters on {args.problem}: {hyperparameter_source(problem or args.problem)}, then each "
+              "optimizer's "
+              "defaults" + ("; --hp-json given" if overrides else ""))
+        for name in names:
+            print(f"{name:16s} {describe_hyperparameters(problem or args.problem, name, overrides.get(name))}")
+        return 0
     for path, option in ((args.csv, "--csv"), (args.plot, "--plot")):
         if path:  # --plot '' means no plot
             check_output_path(path, option)
-    overrides = parse_hp_json(args.hp_json) if args.hp_json is not None else {}
-    results = compare(names, problem=args.problem, steps=args.steps, max_seconds=args.max_seconds,
+    results = compare(names, problem=problem or args.problem, steps=args.steps, max_seconds=args.max_seconds,
                       target_loss=args.target_loss, seed=args.seed, overrides=overrides, batch_size=args.batch_size,
                       verbose=not args.quiet)
     print(format_table(results, args.target_loss))
     if args.plot:
-        path = plot_comparison(results, args.plot)
+        path = plot_comparison(results, args.plot, title=f"refopt compare on {results.problem}: {args.steps} steps")
         if path:
             print(f"plot written to {path}")
     if args.csv:
         from .compare import write_csv  # noqa: PLC0415
         write_csv(results, args.csv)
+    return 0
+
+
+def _analysis_progress(enabled: bool):
+    """(progress(stage, done, total), close()) for ``analysis.analyze``: a tqdm bar per stage when tqdm is
+    installed, else a line on stderr when a stage starts and every tenth of it."""
+    if not enabled:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 (optional, from the 'scripts' extra)
+    except ImportError:
+        def report(stage, done, total):
+            if done == 0 or done % max(1, total // 10) == 0 or done == total:
+                print(f"analyze: {stage} {done}/{total}", file=sys.stderr)
+        return report, lambda: None
+    bar = {}
+
+    def close():
+        if bar.get("bar") is not None:
+            bar.pop("bar").close()
+
+    def report(stage, done, total):
+        if done == 0:  # a stage starts; its bar is made at its first unit, when its total is known
+            close()
+            return
+        b = bar.get("bar")
+        if b is None or b.total != total or done < b.n:  # the first unit, or a second pass (kfac_condition)
+            close()
+            b = bar["bar"] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False)
+        b.update(done - b.n)
+    return report, close
+
+
+def _json_ready(obj):
+    """``obj`` with every non-finite float as None (strict JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def cmd_analyze(args) -> int:
+    """``refopt analyze``: the loss-surface report (``analysis.analyze``) of a problem at its initial
+    parameters or a checkpoint's, on the full batch or a seeded batch; prints it, writes the density plot
+    and the JSON report if asked; returns 0."""
+    import json  # noqa: PLC0415
+
+    from .analysis import ANALYSES, analyze, format_report, plot_density  # noqa: PLC0415
+    from .analysis.spectral import MAX_PROBES  # noqa: PLC0415
+    from .backend import rng  # noqa: PLC0415
+    from .optim.base import MAX_ITERATIONS, check_int, check_nonnegative, check_positive  # noqa: PLC0415
+    from .runner import load_checkpoint_params  # noqa: PLC0415
+    from .tree import size  # noqa: PLC0415
+
+    seed = check_seed(args.seed)
+    iterations = check_int("--iterations", args.iterations, 1, MAX_ITERATIONS)
+    tol = check_nonnegative("--tol", args.tol)
+    probes = check_int("--probes", args.probes, 1, MAX_PROBES)
+    density_probes = check_int("--density-probes", args.density_probes, 1, MAX_PROBES)
+    steps = check_int("--lanczos-steps", args.lanczos_steps, 1, MAX_ITERATIONS)
+    damping = check_positive("--damping", args.damping)
+    if args.top is not None and args.top < 1:
+        raise ValueError(f"-k/--top must be a positive integer, got {args.top}")
+    wanted = list(ANALYSES)
+    if args.analyses is not None:
+        wanted = [a.strip() for a in args.analyses.split(",")]
+        bad = [a for a in wanted if a not in ANALYSES]
+        if bad or not wanted:
+            raise ValueError(f"--analyses: expected names from {', '.join(ANALYSES)} separated by commas, "
+                             f"got {args.analyses!r}")
+    plot = args.plot
+    if plot is None:  # the default file, written only when the density is computed
+        plot = "refopt-density.png" if "density" in wanted else ""
+    elif plot and "density" not in wanted:
+        raise ValueError("--plot draws the eigenvalue density: add density to --analyses (or give --plot '')")
+    for path, option in ((plot, "--plot"), (args.json, "--json")):
+        if path:  # '' means none
+            check_output_path(path, option)
+    if args.checkpoint is not None:
+        check_input_file(args.checkpoint, "--checkpoint")
+    problem = problem_from_args(args)
+    if args.checkpoint is not None:  # the runner's checked loader: the meta names the optimizer (module docs)
+        step, params, config = load_checkpoint_params(args.checkpoint, problem)
+        where = f"the parameters of {args.checkpoint} (step {step} of {config.optimizer})"
+        source = {"checkpoint": args.checkpoint, "step": step, "optimizer": config.optimizer}
+    else:
+        params = problem.init_params(seed)
+        where = f"the initial parameters (seed {seed})" if problem.kind == "network" else "the start point"
+        source = {"init_seed": seed}
+    n = size(params)
+    top = min(3, n) if args.top is None else args.top
+    if top > n:
+        raise ValueError(f"-k/--top must be at most n = {n} (the number of parameters), got {top}")
+    if args.batch_size is None:
+        oracle, batch = problem.oracle(), f"all {problem.num_examples} training examples"
+    else:
+        if problem.kind != "network":
+            raise ValueError(f"--batch-size: problem {problem.name!r} is a function of a vector, it has no examples")
+        b = check_int("--batch-size", args.batch_size, 1, problem.num_examples)
+        # the first mini-batch of `refopt train --batch-size b --seed s` (runner: rng([seed, epoch]).permutation)
+        oracle = problem.batch_oracle(rng([seed, 0]).permutation(problem.num_examples)[:b])
+        batch = f"a batch of {b} of the {problem.num_examples} training examples (seed {seed})"
+    print(f"{problem.name} at {where}" + (f", on {batch}" if problem.kind == "network" else ""))
+    progress, close = _analysis_progress(not args.no_progress)
+    try:
+        report = analyze(oracle, params, k=top, max_iter=iterations, tol=tol, probes=probes, steps=steps,
+                         density_probes=density_probes, damping=damping, seed=seed, analyses=wanted,
+                         progress=progress)
+    finally:
+        close()
+    print(format_report(report))
+    print("oracle requests: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
+    if plot and "density" in report:
+        if plot_density(report, plot, title=f"Hessian eigenvalue density of {problem.name} (SLQ)"):
+            print(f"density plot written to {plot}")
+    if args.json:
+        full = {"problem": problem.name, "params": source, "batch_size": args.batch_size, **report}
+        with open(args.json, "w") as f:
+            json.dump(_json_ready(full), f, indent=1)
+            f.write("\n")
+        print(f"report written to {args.json}")
     return 0
 
 
@@ -127,26 +301,31 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run one optimizer on one problem")
     t.add_argument("optimizer", help="optimizer name (see `refopt list`)")
     t.add_argument("hp", nargs="*", metavar="NAME=VALUE", help="hyperparameters, e.g. lr=0.1 momentum=0.9")
-    t.add_argument("--problem", default="digits_mlp")
+    add_data_arguments(t)  # --problem, or --data with --sizes, --activation, --loss, --val-fraction, ...
     t.add_argument("--steps", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: full batch)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--target-loss", type=float, default=None)
     t.add_argument("--max-seconds", type=float, default=None)
-    t.add_argument("--eval-every", type=int, default=1, help="full-batch training loss every N steps")
+    t.add_argument("--eval-every", type=int, default=1,
+                   help="full-batch training loss (and held-out loss and accuracy) every N steps")
     t.add_argument("--gtol", type=float, default=0.0, help="stop once the gradient norm is at most this")
+    t.add_argument("--analyze-every", type=int, default=None, metavar="N",
+                   help="log the Hessian's largest eigenvalue (Lanczos) and 2/lr every N steps")
     t.add_argument("--log", default=None, help="write a JSON-lines log here")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (.npz)")
     t.add_argument("--checkpoint-every", type=int, default=None)
     t.add_argument("--resume", default=None, help="resume from this checkpoint")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--plot", default=None, help="write the training and validation loss against steps here (.png)")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("compare", help="every optimizer (or a chosen set) on one problem, same budget")
-    c.add_argument("--problem", default="digits_mlp")
+    add_data_arguments(c)
     c.add_argument("--optimizers", default=None, help="comma-separated names (default: the standard set)")
     c.add_argument("--steps", type=int, default=200)
-    c.add_argument("--max-seconds", type=float, default=3.0, help="wall-clock budget per optimizer")
+    c.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-clock cap per optimizer (default: none, the budget is --steps alone)")
     c.add_argument("--target-loss", type=float, default=1e-3)
     c.add_argument("--batch-size", type=int, default=None)
     c.add_argument("--seed", type=int, default=0)
@@ -154,7 +333,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", default="refopt-compare.png", help="plot file ('' for none)")
     c.add_argument("--csv", default=None)
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--show-hyperparameters", action="store_true",
+                   help="list every hyperparameter each optimizer would run with on the problem, and exit")
     c.set_defaults(func=cmd_compare)
+
+    a = sub.add_parser("analyze", help="top eigenvalues, traces, K-FAC condition and eigenvalue density of the "
+                                       "Hessian and GGN (docs/analysis.md)")
+    add_data_arguments(a)
+    a.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="analyze at the params of this `refopt train --checkpoint` file (default: initial params)")
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial params (without --checkpoint), the random vectors and --batch-size")
+    a.add_argument("-k", "--top", type=int, default=None,
+                   help="eigenvalues of largest magnitude, of H and of the GGN (default 3, n when smaller)")
+    a.add_argument("--iterations", type=int, default=100, help="power iterations per eigenvalue at most")
+    a.add_argument("--tol", type=float, default=1e-3, help="power iteration stops at this relative change")
+    a.add_argument("--probes", type=int, default=100, help="Rademacher probes of Hutchinson's traces")
+    a.add_argument("--density-probes", type=int, default=1, help="probes of stochastic Lanczos quadrature")
+    a.add_argument("--lanczos-steps", type=int, default=30,
+                   help="Lanczos steps of the density and of the condition estimates (n when smaller)")
+    a.add_argument("--damping", type=float, default=1e-3, help="λ of the damped GGN and K-FAC (> 0)")
+    a.add_argument("--batch-size", type=int, default=None,
+                   help="analyze on a seeded batch of this many training examples (default: all)")
+    a.add_argument("--analyses", default=None, metavar="NAME[,NAME...]",
+                   help="a subset of hessian_top, ggn_top, hessian_trace, ggn_trace, kfac_condition, density")
+    a.add_argument("--plot", default=None,
+                   help="density plot file (default refopt-density.png when the density is computed; '' for none)")
+    a.add_argument("--json", default=None, metavar="PATH", help="write the whole report here as JSON")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_analyze)
 
     v = sub.add_parser("verify", help="golden traces and checks of other implementations")
     from .verify.cli import add_verify_commands  # noqa: PLC0415

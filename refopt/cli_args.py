@@ -1,19 +1,29 @@
 """What the ``refopt`` command reads from its user: ``NAME=VALUE`` hyperparameters, seeds, optimizer
-lists, ``--hp-json``, and the input and output paths, each refused with a ValueError naming the option.
+lists, ``--hp-json``, the input and output paths, and the problem (a built-in one, or the user's own data
+and network: ``add_data_arguments``, ``problem_from_args``), each refused with a ValueError naming the option.
 
 Layer: above optim (the seed check is optim's integer check) and below verify and cli, which both read
 their arguments with these functions; they cannot live in cli.py, which imports verify's subcommands,
-without an import cycle. Importing this module imports no array code: ``check_seed`` imports optim when
-it is called, so that the ``refopt`` command can report a bad REFOPT_BACKEND / REFOPT_DTYPE as a one-line
+without an import cycle. Importing this module imports no array code: ``check_seed`` imports optim and
+``problem_from_args`` the problems when they are called, so that the ``refopt`` command can report a bad REFOPT_BACKEND / REFOPT_DTYPE as a one-line
 error (see cli.main).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 __all__ = ["parse_value", "parse_hyperparameters", "check_output_path", "check_input_file", "check_seed",
-           "parse_optimizer_list", "parse_hp_json"]
+           "parse_optimizer_list", "parse_hp_json", "add_data_arguments", "problem_name_from_args", "problem_from_args",
+           "DEFAULT_PROBLEM", "DEFAULT_VAL_FRACTION"]
+
+DEFAULT_PROBLEM = "digits_mlp"  # --problem when neither it nor --data is given
+DEFAULT_VAL_FRACTION = 0.2      # --val-fraction of a --data file
+# the options that describe the user's own data and network: each needs --data
+_DATA_OPTIONS = (("sizes", "--sizes"), ("activation", "--activation"), ("loss", "--loss"),
+                 ("val_fraction", "--val-fraction"), ("standardize", "--standardize/--no-standardize"),
+                 ("split_seed", "--split-seed"))
 
 
 def parse_value(text: str):
@@ -106,3 +116,97 @@ def parse_hp_json(text: str) -> dict:
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise ValueError('--hp-json must map optimizer names to hyperparameter objects, e.g. {"adam": {"lr": 0.01}}')
     return overrides
+
+
+def add_data_arguments(parser) -> None:
+    """``--problem`` and the options of the user's own data and network (``--data``, ``--sizes``,
+    ``--activation``, ``--loss``, ``--val-fraction``, ``--standardize/--no-standardize``, ``--split-seed``) on
+    ``parser``; ``problem_from_args`` reads them. Values are read as text and checked there, so that a bad one
+    is the one-line ``refopt: error: ...`` naming the option."""
+    parser.add_argument("--problem", default=None, help=f"a built-in problem (see `refopt list`; default "
+                                                        f"{DEFAULT_PROBLEM})")
+    g = parser.add_argument_group("your own data and network (instead of --problem)")
+    g.add_argument("--data", default=None, metavar="PATH",
+                   help="a .csv (last column the label, header row optional) or .npz (arrays X and y)")
+    g.add_argument("--sizes", default=None, metavar="D,H,...,C",
+                   help="layer widths, e.g. 5,16,3 (default: features,32,classes or targets)")
+    g.add_argument("--activation", default=None, metavar="NAME[,NAME...]",
+                   help="hidden activation: one name, or one per hidden layer (default tanh)")
+    g.add_argument("--loss", default=None, metavar="{softmax,gaussian,bernoulli}",
+                   help="softmax cross-entropy (integer labels; the default), Gaussian or Bernoulli (0/1)")
+    g.add_argument("--val-fraction", default=None, metavar="F",
+                   help=f"fraction held out for validation, in [0, 1) (default {DEFAULT_VAL_FRACTION}; 0: none)")
+    g.add_argument("--standardize", default=None, action=argparse.BooleanOptionalAction,
+                   help="scale each feature by the training rows' mean and deviation (default: on)")
+    g.add_argument("--split-seed", default=None, metavar="SEED", help="seed of the held-out split (default 0)")
+
+
+def _parse_sizes(text: str) -> list:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = None
+    if not sizes or len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"--sizes: expected at least two positive integers separated by commas, e.g. 5,16,3, "
+                         f"got {text!r}")
+    return sizes
+
+
+def problem_name_from_args(args) -> str:
+    """The name of the problem ``add_data_arguments``' options name, without building it: ``--problem``
+    (default ``DEFAULT_PROBLEM``) or "data:<file name>" for ``--data`` (``data_problem``'s name). ValueError
+    (naming the option) for ``--data`` with ``--problem`` or a data option without ``--data``."""
+    given = [option for attr, option in _DATA_OPTIONS if getattr(args, attr, None) is not None]
+    if args.data is None:
+        if given:
+            raise ValueError(f"{given[0]} needs --data (the built-in problems have their own data and network)")
+        return args.problem or DEFAULT_PROBLEM
+    if args.problem is not None:
+        raise ValueError("--data and --problem: give one of them (your own data file, or a built-in problem)")
+    return "data:" + os.path.basename(args.data)
+
+
+def problem_from_args(args):
+    """The problem that ``add_data_arguments``' options name (``problem_name_from_args``): the built-in
+    ``--problem``, or ``problems.user_data.data_problem`` of ``--data`` with the other options; ValueError
+    (naming the option) for a bad combination or value."""
+    name = problem_name_from_args(args)
+    if args.data is None:
+        from .problems.registry import make_problem  # noqa: PLC0415 (imports the array backend; module docs)
+        return make_problem(name)
+    from .problems.user_data import LOSS_NAMES, data_problem  # noqa: PLC0415
+    check_input_file(args.data, "--data")
+    sizes = _parse_sizes(args.sizes) if args.sizes is not None else None
+    activation = "tanh"
+    if args.activation is not None:
+        names = [a.strip() for a in args.activation.split(",")]
+        activation = names[0] if len(names) == 1 else names
+    loss = args.loss if args.loss is not None else "softmax"
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {loss!r}")
+    val_fraction = DEFAULT_VAL_FRACTION
+    if args.val_fraction is not None:
+        try:
+            val_fraction = float(args.val_fraction)
+        except ValueError:
+            val_fraction = None
+        if val_fraction is None or not 0 <= val_fraction < 1:
+            raise ValueError(f"--val-fraction must be a number in [0, 1), got {args.val_fraction!r}")
+    split_seed = 0
+    if args.split_seed is not None:
+        try:
+            split_seed = int(args.split_seed)
+        except ValueError:
+            raise ValueError(f"--split-seed must be an integer, got {args.split_seed!r}") from None
+        check_seed(split_seed, "--split-seed")
+    try:
+        return data_problem(args.data, sizes=sizes, activation=activation, loss=loss, val_fraction=val_fraction,
+                            standardize=True if args.standardize is None else args.standardize,
+                            split_seed=split_seed)
+    except ValueError as exc:  # the argument names of data_problem as the options that set them
+        text = str(exc)
+        for word, option in (("sizes", "--sizes"), ("activation", "--activation")):
+            if text.startswith(word):
+                text = option + text[len(word):]
+        raise ValueError(text) from None

@@ -1,10 +1,27 @@
 """Side-by-side comparison of optimizers on one problem with one budget (``refopt compare``).
 
-Every optimizer starts from the same initial parameters (same seed) and gets the same budget: at most
-``steps`` updates and ``max_seconds`` of wall-clock time. The table reports the final full-batch
-training loss, the iterations and seconds to reach ``target_loss``, the oracle counts, and failures (an
-exception, a diverged loss, or a problem the optimizer does not apply to: "not applicable" when the
-problem's oracle does not provide what the optimizer ``requires``, named).
+Budget: every optimizer starts from the same initial parameters (same seed) and gets at most ``steps``
+updates; a wall-clock cap only when ``max_seconds`` is given. Without one, the table is a function of the
+command: the same on a busy machine as on a quiet one, apart from its seconds columns.
+
+Hyperparameters: each optimizer runs with the setting ``tuned_hyperparameters(problem, name)`` from
+``refopt.problems.tuned`` (a built-in network problem: its tuned entry, ``TUNED[problem][name]``; any other
+network problem, such as the user's data: ``GENERIC[name]``; a test function: ``FUNCTIONS[name]``, the
+optimizer's defaults except where they cannot work), then the caller's ``overrides`` on top; everything
+else is the optimizer's default. A problem object is looked up by its ``name``. ``refopt train`` resolves
+its hyperparameters the same way (``describe_hyperparameters`` states them); ``runner.run`` does not: a
+``RunConfig``'s hyperparameters are all it uses.
+
+Failures (the failure column): a run "diverged" when a training loss is non-finite or above
+``divergence_factor`` (10) × |initial loss| (the runner's rule); its row still shows the loss it reached. A
+run that raised shows the error; a problem whose oracle does not provide what the optimizer ``requires`` is
+"not applicable", with the missing capabilities named.
+
+The table's columns are explained in its footer (``format_table``). The plot (``comparison_figure``) draws
+loss against steps, one panel per optimizer family (``refopt.optim.FAMILIES``), a second row for the
+held-out loss when the problem has one; every optimizer has its own color, line style and marker, the
+y-range comes from the runs that did not diverge (``loss_range``), diverged runs are clipped to the top
+with a cross at their divergence step and "(diverged)" in the legend, and a dotted line marks the target.
 """
 from __future__ import annotations
 
@@ -18,27 +35,67 @@ from .optim.base import as_real, show_value
 from .runner import RunConfig, run
 from .serialize import atomic_path
 
-__all__ = ["DEFAULT_OPTIMIZERS", "compare", "format_table", "plot_comparison", "write_csv", "ComparisonEntry"]
+__all__ = ["DEFAULT_OPTIMIZERS", "DIVERGENCE_FACTOR", "Comparison", "ComparisonEntry", "compare", "format_table",
+           "tuned_hyperparameters", "hyperparameter_source", "describe_hyperparameters", "loss_range",
+           "comparison_figure", "plot_comparison", "write_csv"]
 
-# The standard set with hyperparameters chosen for the default problem (digits MLP, full batch) by a small
-# grid search (scripts/tune_compare.py): what each family looks like with a reasonable setting.
-DEFAULT_OPTIMIZERS: dict[str, dict] = {
-    "sgd": {"lr": 3.0, "momentum": 0.9},
-    "adam": {"lr": 0.1},
-    "adagrad": {"lr": 1.0},
-    "shampoo": {"lr": 3.0},
-    "adahessian": {"lr": 0.3},
-    "sophia_g": {"lr": 0.03},
-    "sophia_h": {"lr": 0.03},
-    "lbfgs": {},
-    "bfgs": {},
-    "newton_cg": {},
-    "natural_gradient": {},
-    "kfac": {"lr": 1.0},
-    "kfac_tridiag": {"lr": 1.0},
-    "ekfac": {"lr": 1.0},
-    "kbfgs": {"lr": 1.0},
-}
+# The standard set: what each family looks like with a setting tuned for the problem (refopt/problems/tuned.py).
+DEFAULT_OPTIMIZERS: tuple[str, ...] = (
+    "sgd", "adam", "adagrad", "shampoo", "adahessian", "sophia_g", "sophia_h", "lbfgs", "bfgs", "newton_cg",
+    "natural_gradient", "kfac", "kfac_tridiag", "ekfac", "kbfgs")
+
+DIVERGENCE_FACTOR = 10.0   # a run whose training loss exceeds 10 × |initial loss| has diverged
+TUNED_FILE = "refopt/problems/tuned.py"
+
+
+def _settings(problem):
+    """(origin, table) of the problem (a name or a problem object): where its optimizers' settings come from
+    ("tuned for NAME", "generic" or "test-function setting") and the dict optimizer → hyperparameters."""
+    from .problems.registry import PROBLEMS, problem_names  # noqa: PLC0415
+    from .problems.tuned import FUNCTIONS, GENERIC, TUNED  # noqa: PLC0415
+
+    if isinstance(problem, str):
+        if problem not in problem_names():
+            raise ValueError(f"unknown problem {problem!r}; choose from {', '.join(problem_names())}")
+        name, kind = problem, "network" if problem in PROBLEMS else "function"
+    else:
+        name, kind = getattr(problem, "name", None), getattr(problem, "kind", "network")
+    if kind == "function":
+        return "test-function setting", FUNCTIONS
+    if name in TUNED:
+        return f"tuned for {name}", TUNED[name]
+    return "generic", GENERIC
+
+
+def tuned_hyperparameters(problem, optimizer: str) -> dict:
+    """The hyperparameters ``compare`` and ``refopt train`` give ``optimizer`` on ``problem`` (a name or a
+    problem object) before the user's own: a copy of its entry in ``refopt.problems.tuned`` ({} where the
+    optimizer's defaults apply)."""
+    return dict(_settings(problem)[1].get(optimizer, {}))
+
+
+def hyperparameter_source(problem) -> str:
+    """Where the settings for ``problem`` come from, for the table's footer and the listings."""
+    origin, _ = _settings(problem)
+    if origin == "generic":
+        return f"the generic setting for problems without a tuned one (GENERIC in {TUNED_FILE})"
+    if origin == "test-function setting":
+        return f"the optimizers' defaults, except FUNCTIONS in {TUNED_FILE} for the test functions"
+    return f"{origin} ({TUNED_FILE})"
+
+
+def describe_hyperparameters(problem, optimizer: str, given: dict | None = None) -> str:
+    """Every hyperparameter ``optimizer`` runs with on ``problem``, as used (``Optimizer.hyperparameters``),
+    grouped by origin: "given: a=1 | tuned for P: b=2 | defaults: c=3" (empty groups left out)."""
+    from .optim import make_optimizer  # noqa: PLC0415
+
+    given = dict(given or {})
+    tuned = {k: v for k, v in tuned_hyperparameters(problem, optimizer).items() if k not in given}
+    used = make_optimizer(optimizer, **{**tuned, **given}).hyperparameters()
+    origin = _settings(problem)[0]
+    groups = [("given", [k for k in used if k in given]), (origin, [k for k in used if k in tuned]),
+              ("defaults", [k for k in used if k not in given and k not in tuned])]
+    return " | ".join(f"{label}: " + ", ".join(f"{k}={used[k]!r}" for k in keys) for label, keys in groups if keys)
 
 
 class ComparisonEntry:
@@ -53,6 +110,11 @@ class ComparisonEntry:
         """The run's log records ([] when the run failed)."""
         return self.result.history if self.result else []
 
+    @property
+    def diverged(self) -> bool:
+        """Whether the run stopped because its training loss diverged (non-finite, or above the factor)."""
+        return self.result is not None and self.result.status == "diverged"
+
     def to_target(self, target):
         """(iterations, seconds) at which the training loss first reached ``target``, or None."""
         for rec in self.history:
@@ -62,9 +124,33 @@ class ComparisonEntry:
         return None
 
 
-def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss=None, seed=0, overrides=None,
-            batch_size=None, verbose=False):
-    """Run each optimizer in ``names`` on ``problem``; returns a list of ``ComparisonEntry``."""
+class Comparison(list):
+    """The entries of a comparison (a list, in the order of the names) and what they ran under: ``problem``
+    (its name), ``source`` (``hyperparameter_source``), ``steps``, ``max_seconds``, ``target_loss`` and
+    ``divergence_factor``."""
+
+    def __init__(self, entries=(), problem="", source="", steps=None, max_seconds=None, target_loss=None,
+                 divergence_factor=None):
+        super().__init__(entries)
+        self.problem, self.source, self.steps, self.max_seconds = problem, source, steps, max_seconds
+        self.target_loss, self.divergence_factor = target_loss, divergence_factor
+
+
+def _divergence_text(result, factor) -> str:
+    """'diverged at step k: loss L > c × |L₀|' (or 'loss nan') from the run's last recorded training loss."""
+    rec = next((r for r in reversed(result.history) if r.get("train_loss") is not None), None)
+    if rec is None:
+        return f"diverged: {result.message}"
+    tl = rec["train_loss"]
+    bound = f" > {factor:g} × |L₀|" if math.isfinite(tl) and factor is not None else ""
+    return f"diverged at step {rec['step']}: loss {tl:.3g}{bound}"
+
+
+def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_loss=None, seed=0, overrides=None,
+            batch_size=None, verbose=False, tuned=True, divergence_factor=DIVERGENCE_FACTOR) -> Comparison:
+    """Run each optimizer in ``names`` on ``problem`` (a name or a ``NetworkProblem`` / ``FunctionProblem``)
+    with the settings of the module docs (``tuned=False``: the optimizers' defaults) and ``overrides`` (name →
+    hyperparameters) on top; returns a ``Comparison`` of ``ComparisonEntry``."""
     from .optim import OPTIMIZERS, make_optimizer  # noqa: PLC0415
     from .problems.registry import make_problem  # noqa: PLC0415
 
@@ -76,15 +162,22 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     if target_loss is not None and not math.isfinite(as_real(target_loss) if as_real(target_loss) is not None
                                                       else math.nan):
         raise ValueError(f"target_loss must be a finite number, got {show_value(target_loss)}")
+    prob = make_problem(problem) if isinstance(problem, str) else problem
+    if not hasattr(prob, "oracle") or not isinstance(getattr(prob, "name", None), str):
+        raise ValueError(f"problem must be a problem name or a NetworkProblem / FunctionProblem, got "
+                         f"{show_value(problem)}")
     overrides = overrides or {}
+    settings = {n: {**(tuned_hyperparameters(prob, n) if tuned else {}), **overrides.get(n, {})} for n in names}
     # every configuration is validated (steps, budget, seed, hyperparameters) before anything runs
-    configs = [RunConfig(name, {**DEFAULT_OPTIMIZERS.get(name, {}), **overrides.get(name, {})}, problem, steps,
-                         batch_size, seed, None, max_seconds) for name in names]
+    configs = [RunConfig(n, settings[n], prob.name, steps, batch_size, seed, None, max_seconds,
+                         divergence_factor=divergence_factor) for n in names]
     # a misspelt or out-of-range hyperparameter is an error, not a row of the table
     opts = [make_optimizer(config.optimizer, **config.hyperparameters) for config in configs]
-    prob = make_problem(problem)
     provides = prob.oracle().provides
-    entries = []
+    source = hyperparameter_source(prob) if tuned else "the optimizers' defaults"
+    entries = Comparison(problem=prob.name, source=source + (" and the given overrides" if overrides else ""),
+                         steps=steps, max_seconds=max_seconds, target_loss=target_loss,
+                         divergence_factor=divergence_factor)
     for name, config, opt in zip(names, configs, opts):
         hp = config.hyperparameters
         t0 = time.perf_counter()
@@ -95,7 +188,8 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
         else:
             try:
                 result = run(config, problem=prob)
-                entry = ComparisonEntry(name, hp, result, None if result.status != "diverged" else result.message)
+                entry = ComparisonEntry(name, hp, result, _divergence_text(result, divergence_factor)
+                                        if result.status == "diverged" else None)
             except (ValueError, NotImplementedError) as exc:
                 entry = ComparisonEntry(name, hp, None, f"{type(exc).__name__}: {exc}")
         entry.seconds = time.perf_counter() - t0
@@ -106,59 +200,189 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=3.0, target_loss
     return entries
 
 
+def _fmt(x, width: int, spec: str = ".4g") -> str:
+    return f"{'-':>{width}s}" if x is None else f"{x:{width}{spec}}"
+
+
 def format_table(entries, target_loss=None) -> str:
-    """The comparison as a text table: final loss, steps, steps and seconds to ``target_loss``, counts, failures."""
-    head = f"{'optimizer':18s} {'final loss':>11s} {'steps':>6s} {'to target':>10s} {'s to target':>11s} " \
-           f"{'nfev':>6s} {'ngev':>6s} {'nhvp':>6s} {'other':>6s} {'seconds':>8s}  failure"
+    """The comparison as a text table (columns below), then a footer explaining them and, for a
+    ``Comparison``, its budget and where the hyperparameters came from. ``target_loss`` defaults to the
+    comparison's."""
+    if target_loss is None:
+        target_loss = getattr(entries, "target_loss", None)
+    results = [e.result for e in entries if e.result is not None]
+    show_val = any(r.final_val_loss is not None for r in results)
+    show_acc = any(r.final_val_accuracy is not None for r in results)
+    cols = [("optimizer", 16, "<"), ("train loss", 10, ">")] + ([("val loss", 10, ">")] if show_val else []) \
+        + ([("val acc", 7, ">")] if show_acc else []) \
+        + [(h, w, ">") for h, w in (("steps", 5), ("to target", 9), ("s to target", 11), ("nfev", 6), ("ngev", 6),
+                                    ("nhvp", 6), ("other", 6), ("nhev", 5), ("seconds", 7))]
+    head = " ".join(f"{h:{a}{w}s}" for h, w, a in cols) + "  failure"
     lines = [head, "-" * len(head)]
     for e in entries:
-        if e.result is None:
-            lines.append(f"{e.name:18s} {'-':>11s} {'-':>6s} {'-':>10s} {'-':>11s} {'-':>6s} {'-':>6s} {'-':>6s} "
-                         f"{'-':>6s} {e.seconds:8.2f}  {e.error}")
-            continue
-        last = e.history[-1] if e.history else {}
-        hit = e.to_target(target_loss)
-        other = sum(last.get(k, 0) for k in ("nggnvp", "nfvp", "njvp", "nvjp", "nstats"))
-        lines.append(f"{e.name:18s} {e.result.final_loss:11.4g} {len(e.history):6d} "
-                     f"{(str(hit[0]) if hit else '-'):>10s} {(f'{hit[1]:.2f}' if hit else '-'):>11s} "
-                     f"{last.get('nfev', 0):6d} {last.get('ngev', 0):6d} {last.get('nhvp', 0):6d} {other:6d} "
-                     f"{e.seconds:8.2f}  {e.error or ''}")
-    if target_loss is not None:
-        lines.append(f"(target training loss {target_loss:g}; 'other' counts GGN/Fisher/Jacobian products and "
-                     "per-layer statistics passes)")
+        r = e.result
+        if r is None:
+            cells = [f"{e.name:<16s}"] + [f"{'-':>{w}s}" for _, w, _ in cols[1:-1]] + [f"{e.seconds:7.2f}"]
+        else:
+            last = e.history[-1] if e.history else {}
+            hit = e.to_target(target_loss)
+            other = sum(last.get(k, 0) for k in ("nggnvp", "nfvp", "njvp", "nvjp", "nstats"))
+            cells = [f"{e.name:<16s}", _fmt(r.final_loss, 10)]
+            cells += [_fmt(r.final_val_loss, 10)] if show_val else []
+            cells += [_fmt(r.final_val_accuracy, 7, ".4f")] if show_acc else []
+            cells += [f"{len(e.history):5d}", f"{(str(hit[0]) if hit else '-'):>9s}",
+                      f"{(f'{hit[1]:.2f}' if hit else '-'):>11s}"]
+            cells += [f"{last.get(k, 0):6d}" for k in ("nfev", "ngev", "nhvp")] + [f"{other:6d}", f"{r.nhev:5d}",
+                                                                                   f"{e.seconds:7.2f}"]
+        lines.append((" ".join(cells) + "  " + (e.error or "")).rstrip())
+    lines += _footer(entries, target_loss, show_val, show_acc)
     return "\n".join(lines)
 
 
-def plot_comparison(entries, path: str):
-    """Loss against iterations and against seconds; returns the path, or None without matplotlib."""
+def _footer(entries, target_loss, show_val, show_acc) -> list[str]:
+    """The lines under the table: the columns' meanings, the budget, the hyperparameters' origin."""
+    val = (", val acc" if show_acc else "") + ": on the held-out examples" if show_val else ""
+    target = f"the training loss first reached {target_loss:g}" if target_loss is not None else "a target (none given)"
+    lines = [f"train loss: final full-batch training loss{'; val loss' + val if show_val else ''}; nhev: dense "
+             "Hessians/GGNs formed",
+             f"to target, s to target: steps and seconds until {target}",
+             "nfev, ngev, nhvp: loss, gradient, Hessian-vector evaluations; other: GGN/Fisher/Jacobian products and "
+             "layer-statistics passes"]
+    steps = getattr(entries, "steps", None)
+    if steps is not None:
+        secs = getattr(entries, "max_seconds", None)
+        cap = f"at most {secs:g} s each (so the steps vary with the machine)" if secs is not None else \
+            "no wall-clock limit (only the seconds vary with the machine)"
+        factor = getattr(entries, "divergence_factor", None)
+        rule = f"non-finite or above {factor:g} × |initial loss|" if factor is not None else "non-finite"
+        lines += [f"budget: {steps} steps per optimizer, {cap}", f"diverged: a training loss {rule}"]
+    source = getattr(entries, "source", "")
+    if source:
+        lines.append(f"hyperparameters: {source}; --show-hyperparameters lists them")
+    return lines
+
+
+def _points(entry, key: str) -> list:
+    """[(step, value)] of the records' ``key``; the training loss starts at step 0 with the initial loss."""
+    pts = [(r["step"], r[key]) for r in entry.history if r.get(key) is not None]
+    initial = getattr(entry.result, "initial_loss", None)
+    if key == "train_loss" and pts and initial is not None and math.isfinite(initial):
+        pts.insert(0, (0, initial))
+    return pts
+
+
+def loss_range(entries, key: str = "train_loss"):
+    """(low, high, scale) of the plot's y-axis for the records' ``key`` (and the initial training loss), from
+    the runs that did not diverge (every run, if all did), or None when there is nothing finite to draw:
+    "log" with a factor 2 of margin when every value is positive, else "linear" with 5 % of the span."""
+    def values(chosen):
+        return [v for e in chosen for _, v in _points(e, key) if math.isfinite(v)]
+
+    vals = values([e for e in entries if not e.diverged]) or values(entries)
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    if lo > 0:
+        return lo / 2, hi * 2, "log"
+    pad = 0.05 * (hi - lo) or 1.0
+    return lo - pad, hi + pad, "linear"
+
+
+# Families as panel titles; an optimizer outside refopt.optim.FAMILIES is drawn in a panel "other".
+_FAMILY_TITLES = {"gradient": "gradient descent", "newton": "Newton and quasi-Newton",
+                  "fisher": "natural gradient and K-FAC", "adaptive": "adaptive (diagonal, Shampoo, Sophia)"}
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "v", "D", "P", "*", "<", ">", "h", "d", "p", "8")  # no "X": it marks divergence
+
+
+def _style(i: int) -> dict:
+    """The i-th style of a figure: color, line style and marker each cycle with a different period (10, 4,
+    13), so no two of the first 260 optimizers share all three."""
+    return {"color": _COLORS[i % len(_COLORS)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def comparison_figure(entries, title: str | None = None):
+    """The matplotlib figure of the module docs (ImportError without matplotlib)."""
+    import matplotlib  # noqa: PLC0415 (optional, from the 'scripts' extra)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from .optim import FAMILIES  # noqa: PLC0415
+
+    family_of = {n: f for f, members in FAMILIES.items() for n in members}
+    drawn = [e for e in entries if e.history]
+    present = {family_of.get(e.name, "other") for e in drawn}
+    panels = [f for f in [*FAMILIES, "other"] if f in present] or ["other"]
+    target = getattr(entries, "target_loss", None)
+    rows = [k for k in ("train_loss", "val_loss") if k == "train_loss" or any(r.get(k) is not None for e in drawn
+                                                                                for r in e.history)]
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels) + 0.4, 3.5 * len(rows) + 0.5),
+                             squeeze=False, sharex=True)
+    for row, key in enumerate(rows):
+        yr = loss_range(entries, key)
+        for col, family in enumerate(panels):
+            ax = axes[row][col]
+            members = [(i, e) for i, e in enumerate(drawn) if family_of.get(e.name, "other") == family]
+            for k, (i, e) in enumerate(members):
+                _draw(ax, e, key, yr, _style(i), k, len(members))
+            if yr is not None:
+                ax.set_yscale(yr[2])
+                ax.set_ylim(yr[0], yr[1])
+            if target is not None and key == "train_loss":
+                ax.axhline(target, color="0.5", linewidth=0.8, linestyle=":")
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0:
+                ax.set_title(_FAMILY_TITLES.get(family, family), fontsize=10)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7, loc="best")
+            if row == len(rows) - 1:
+                ax.set_xlabel("step")
+            if col == 0:
+                ax.set_ylabel("training loss" if key == "train_loss" else "validation loss")
+    if title or target is not None:
+        fig.suptitle((title or "") + (f" (dotted: target training loss {target:g})" if target is not None else ""),
+                     fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _draw(ax, entry, key, yr, style, k, n) -> None:
+    """One run's ``key`` against steps on ``ax``, the k-th of the panel's n; a diverged run clipped to just
+    under the top of ``yr`` with an X at its divergence step. So that curves that coincide (K-FAC and its
+    tridiagonal variant) stay visible, earlier ones are drawn wider and underneath, and the markers of the
+    panel's curves are staggered along the steps."""
+    pts = _points(entry, key)
+    if not pts:
+        return
+    steps, vals = [p[0] for p in pts], [p[1] for p in pts]
+    label = entry.name
+    if entry.diverged and yr is not None:
+        lo, hi, scale = yr
+        # the ceiling: 97 % of the axis height, so the clipped line is not hidden under the frame
+        ceiling = math.exp(math.log(lo) + 0.97 * (math.log(hi) - math.log(lo))) if scale == "log" \
+            else lo + 0.97 * (hi - lo)
+        vals = [v if math.isfinite(v) and v < ceiling else ceiling for v in vals]
+        label += " (diverged)"
+        ax.plot([steps[-1]], [vals[-1]], marker="X", markersize=10, color=style["color"], linestyle="none",
+                zorder=3 + n)
+    every = max(1, len(steps) // 8)
+    ax.plot(steps, vals, label=label, linewidth=1.0 + 2.0 * (n - 1 - k) / max(1, n - 1), markersize=5, zorder=2 + k,
+            markevery=((k * every) // n, every), **style)
+
+
+def plot_comparison(entries, path: str, title: str | None = None):
+    """Write ``comparison_figure(entries, title)`` to ``path`` atomically (format from its extension, png by
+    default); returns the path, or None (with a note on stderr) without matplotlib or for an empty path."""
     if not path:
         return None
     try:
-        import matplotlib  # noqa: PLC0415 (optional, from the 'scripts' extra)
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        fig = comparison_figure(entries, title)
     except ImportError:
         print("refopt: matplotlib is not installed; no plot written (pip install 'refopt[scripts]')", file=sys.stderr)
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    colors = plt.get_cmap("tab20").colors
-    for i, e in enumerate(entries):
-        pts = [(r["step"], r["elapsed"], r["train_loss"]) for r in e.history
-               if r.get("train_loss") is not None and math.isfinite(r["train_loss"])]
-        if not pts:
-            continue
-        steps, secs, loss = zip(*pts)
-        style = {"label": e.name, "color": colors[(2 * i) % 20 + (i // 10) % 2], "linestyle": ("-", "--", ":")[i % 3]}
-        axes[0].semilogy(steps, loss, **style)
-        axes[1].semilogy(secs, loss, **style)
-    axes[0].set_xlabel("iteration")
-    axes[1].set_xlabel("seconds")
-    for ax in axes:
-        ax.set_ylabel("training loss")
-        ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    import matplotlib.pyplot as plt  # noqa: PLC0415
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
@@ -166,11 +390,13 @@ def plot_comparison(entries, path: str):
 
 
 def write_csv(entries, path: str) -> None:
-    """Write each entry's log, one CSV row per step (losses, gradient norm, time, counts), to ``path`` atomically."""
+    """Write each entry's log, one CSV row per step (losses, held-out metrics, gradient norm, time, counts), to
+    ``path`` atomically."""
+    keys = ["step", "train_loss", "val_loss", "val_accuracy", "loss", "grad_norm", "elapsed", "nfev", "ngev", "nhvp",
+            "nhev"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["optimizer", "step", "train_loss", "loss", "grad_norm", "elapsed", "nfev", "ngev", "nhvp"])
+        w.writerow(["optimizer"] + keys)
         for e in entries:
             for r in e.history:
-                w.writerow([e.name, r["step"], r.get("train_loss"), r.get("loss"), r.get("grad_norm"),
-                            r.get("elapsed"), r.get("nfev"), r.get("ngev"), r.get("nhvp")])
+                w.writerow([e.name] + [r.get(k) for k in keys])

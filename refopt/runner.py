@@ -12,7 +12,39 @@ its params and state against a fresh run's (structure, shapes, dtype), refusing 
 Each record of the log holds: step, loss (at the incoming parameters, on the step's batch), train_loss
 (full-batch loss, every ``eval_every`` steps and at the end), grad_norm, step_norm, lr, skipped,
 message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds; the dense methods' records
-also hold nhev, that step's dense matrices (``RunResult.nhev`` adds them up).
+also hold nhev, that step's dense matrices (``RunResult.nhev`` adds them up). Where train_loss is recorded,
+so are train_accuracy, val_loss and val_accuracy: the loss and accuracy (``Loss.accuracy``) on the
+problem's held-out examples, and the accuracy on the training examples; None where the problem holds out
+nothing or its loss has no accuracy (the Gaussian), and in the records between evaluations. These
+evaluations use counts of their own: they are not requests of the optimizer.
+
+Divergence: a run stops with status "diverged" when a recorded training loss is not finite, or, with
+``divergence_factor`` = c, when it exceeds c·|L₀|, L₀ the full-batch training loss at the initial
+parameters (``RunResult.initial_loss``; a resumed run recomputes it from ``init_params(seed)``, so the
+history keeps one record per step). A problem whose L₀ is 0 diverges at any positive loss.
+
+Checkpoint identity: a checkpoint records the config's identity and the problem's (``identity()`` of the
+problem: for a network its sizes, activations, initialisation, loss and a digest of its training and
+held-out arrays), and is resumed only by a run whose both are equal.
+``load_checkpoint_params(path, problem)`` reads a checkpoint's params without a run configuration (for
+``refopt analyze``): the optimizer, hyperparameters, batch size and seed come from the file's meta, the
+problem is the caller's, and every check of ``load_checkpoint`` applies (the optimizer's name is looked
+up in refopt's own table; a checkpoint of another problem is refused).
+
+Sharpness along training (``analyze_every`` = N): at every N-th step (N, 2N, ...), the record also holds
+hessian_max, the algebraic largest eigenvalue of the full-batch Hessian at the step's new parameters (the
+largest Ritz value of ``ANALYZE_LANCZOS_STEPS`` = 30 Lanczos steps, n when smaller, from the Gaussian start
+of seed 0, with full reorthogonalisation: ``analysis.lanczos_eigenpairs``), hessian_max_residual (its
+residual |β_m s_m|, which bounds its distance to an eigenvalue of H) and, where the step reports a positive
+lr, two_over_lr = 2/lr: gradient descent with step size lr is stable on a quadratic only while λ_max < 2/lr,
+the threshold of Cohen et al. 2021 ("edge of stability"; with heavy-ball momentum β it is (2 + 2β)/lr, and for
+preconditioned methods it concerns the preconditioned Hessian). Between those steps the three are None.
+hessian_max is NaN where the Hessian's products are not finite (parameters that overflow). These products
+use an oracle with counts of its own and touch neither the optimizer's state nor its random draws, so the
+trajectory is the same with and without them. The steps are multiples of N only (not the run's last, as
+for train_loss), so a run resumed with the same N records exactly where an uninterrupted one does.
+``analyze_every`` is not part of the identity: like ``eval_every`` it is this run's choice, so a resumed run
+records sharpness where its own config says (the history it resumes keeps the values already recorded).
 
 A full-batch run stops with status "precision" (converged as far as the dtype resolves the loss) when a
 step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, every line
@@ -30,17 +62,21 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
+from . import tree as T
+from .autodiff.core import getval
 from .backend import default_dtype, rng
-from .oracle import Counts
+from .oracle import Counts, Oracle
 from .minimize import StallMonitor, at_rounding_level, dtype_eps
 from .optim import make_optimizer, optimizer_class
 from .optim.base import (MAX_DIMENSION, MAX_PERIOD, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
                          show_value)
 from .serialize import read_npz, write_npz_atomic
 
-__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint", "save_checkpoint", "Interrupted"]
+__all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint",
+           "load_checkpoint_params", "save_checkpoint", "Interrupted", "ANALYZE_LANCZOS_STEPS"]
 
-CHECKPOINT_FORMAT = "refopt-checkpoint/1"
+# 2: the meta holds the problem's identity (``problem_identity``) and the records the held-out metrics.
+CHECKPOINT_FORMAT = "refopt-checkpoint/2"
 # Caps on what a checkpoint's meta and history may claim (``load_checkpoint``). A count is at most 2⁵³:
 # every integer up to it is exact in a float64, so the JSON meta and log read the same in any JSON reader,
 # and what a run can add to it (at most 10⁹ steps, each a bounded number of requests) stays far below the
@@ -48,6 +84,10 @@ CHECKPOINT_FORMAT = "refopt-checkpoint/1"
 # 10⁹ (``MAX_PERIOD``, the cap on a run's ``steps``); ``elapsed`` at most 10⁹ s (about 32 years).
 MAX_COUNT = 2 ** 53
 MAX_ELAPSED = 1e9
+# Lanczos steps behind ``analyze_every``'s hessian_max (n when smaller): the largest Ritz value of 30 steps
+# converges fast when λ_max is separated from the rest (its error falls like a Chebyshev polynomial of the
+# gap: the Kaniel–Paige bound, Golub & Van Loan §10.1), and 30 products stay cheap beside a step.
+ANALYZE_LANCZOS_STEPS = 30
 
 
 @dataclass
@@ -64,11 +104,15 @@ class RunConfig:
     max_seconds: float | None = None
     eval_every: int = 1
     gtol: float = 0.0      # stop ("converged") once the gradient norm at a step's start is ≤ gtol
+    divergence_factor: float | None = None  # stop ("diverged") once a training loss exceeds this × |initial loss|
+    analyze_every: int | None = None  # record hessian_max (and 2/lr) every N steps (module docs)
 
     def __post_init__(self):
         """Validate every field (ValueError naming it): names are strings, counts are integers within the
         bounds of optim.base (steps and eval_every ≤ 10⁹, seed ≤ 2⁶³ − 1), and the stopping rules are
-        finite (a NaN target loss or time budget would never stop a run, or stop it at once)."""
+        finite (a NaN target loss or time budget would never stop a run, or stop it at once); a
+        divergence factor is None or a finite number > 1 (at most 1 would stop runs that make no progress);
+        analyze_every is None or an integer in [1, 10⁹]."""
         for name in ("optimizer", "problem"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a name (a string), got {show_value(getattr(self, name))}")
@@ -87,6 +131,14 @@ class RunConfig:
             if x is None or not math.isfinite(x):
                 raise ValueError(f"target_loss must be a finite number, got {show_value(self.target_loss)}")
             self.target_loss = x
+        if self.divergence_factor is not None:
+            x = as_real(self.divergence_factor)
+            if x is None or not math.isfinite(x) or not x > 1:
+                raise ValueError("divergence_factor must be None or a finite number > 1, "
+                                 f"got {show_value(self.divergence_factor)}")
+            self.divergence_factor = x
+        if self.analyze_every is not None:
+            self.analyze_every = check_int("analyze_every", self.analyze_every)
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed by this configuration."""
@@ -104,6 +156,28 @@ class RunResult:
     history: list
     status: str           # "completed", "converged", "precision", "target_reached", "time_limit", "diverged"
     message: str = ""
+    initial_loss: float = math.nan  # the full-batch training loss at the initial parameters
+
+    def _last(self, key: str):
+        for rec in reversed(self.history):
+            if rec.get(key) is not None:
+                return rec[key]
+        return None
+
+    @property
+    def final_val_loss(self) -> float | None:
+        """The last held-out loss in the history (None when the problem holds out nothing)."""
+        return self._last("val_loss")
+
+    @property
+    def final_val_accuracy(self) -> float | None:
+        """The last held-out accuracy in the history (None without held-out examples or for a loss without one)."""
+        return self._last("val_accuracy")
+
+    @property
+    def final_train_accuracy(self) -> float | None:
+        """The last full-batch training accuracy in the history (None for a loss without one)."""
+        return self._last("train_accuracy")
 
     @property
     def nhev(self) -> int:
@@ -135,28 +209,31 @@ class Interrupted(Exception):
         self.path, self.step = path, step
 
 
-def save_checkpoint(path: str, config: RunConfig, step: int, params, state, history, counts: Counts) -> None:
-    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity, dtype)."""
+def save_checkpoint(path: str, config: RunConfig, step: int, params, state, history, counts: Counts,
+                    problem_identity: dict | None = None) -> None:
+    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity, dtype, and
+    ``problem_identity``: the problem's ``identity()``; None records null, which no run resumes)."""
     meta = {"format": CHECKPOINT_FORMAT, "version": __version__, "step": step, **config.identity(),
-            "counts": counts.as_dict(), "dtype": default_dtype().__name__}
+            "problem_identity": problem_identity, "counts": counts.as_dict(), "dtype": default_dtype().__name__}
     write_npz_atomic(path, meta, params=params, state=state, history=history)
 
 
-def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
-    """Refuse (ValueError) a checkpoint whose meta ``config`` cannot resume; runs before anything is decoded."""
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a refopt checkpoint (format {_short(meta.get('format'))})")
-    if meta.get("version") != __version__:
-        raise ValueError(f"{path}: written by refopt {_short(meta.get('version'))}, this is {__version__}; "
-                         "checkpoints are not carried across versions")
+def _check_meta(path: str, meta: dict, config: RunConfig, problem_identity: dict | None = None) -> None:
+    """Refuse (ValueError) a checkpoint whose meta ``config`` (on the problem of ``problem_identity``, when
+    given) cannot resume; runs before anything is decoded."""
+    _check_format(path, meta)
     want = json.loads(json.dumps(config.identity()))
     for key, value in want.items():
         if meta.get(key) != value:
             raise ValueError(f"{path}: checkpoint has {key}={_short(meta.get(key))}, this run has {key}={value!r}")
     dtype = default_dtype().__name__
-    if "dtype" in meta and meta["dtype"] != dtype:  # files of 0.1.0 before the dtype was recorded: arrays checked below
+    if "dtype" not in meta:  # every file of this format records it (files without it were format 1)
+        raise ValueError(f"{path}: meta has no dtype; every {CHECKPOINT_FORMAT} checkpoint records it")
+    if meta["dtype"] != dtype:
         raise ValueError(f"{path}: checkpoint is {_short(meta['dtype'])}, this run's dtype is {dtype} "
                          f"(set REFOPT_DTYPE={_short(meta['dtype'])} to resume it)")
+    if problem_identity is not None:  # after the dtype: the data digest depends on it
+        _check_problem_identity(path, meta.get("problem_identity"), json.loads(json.dumps(problem_identity)))
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_PERIOD:
         raise ValueError(f"{path}: meta step must be a non-negative integer at most 10⁹ (the cap on a run's steps), "
@@ -168,6 +245,31 @@ def _check_meta(path: str, meta: dict, config: RunConfig) -> None:
     for k, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
             raise ValueError(f"{path}: meta counts[{k!r}] must be a non-negative integer at most 2⁵³, got {_short(v)}")
+
+
+def _check_format(path: str, meta: dict) -> None:
+    """Refuse a file that is not a checkpoint of this format and version."""
+    fmt = meta.get("format")
+    if isinstance(fmt, str) and fmt.startswith("refopt-checkpoint/") and fmt != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {_short(fmt)}, this refopt reads {CHECKPOINT_FORMAT!r} "
+                         "(checkpoints are not carried across formats)")
+    if fmt != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a refopt checkpoint (format {_short(fmt)})")
+    if meta.get("version") != __version__:
+        raise ValueError(f"{path}: written by refopt {_short(meta.get('version'))}, this is {__version__}; "
+                         "checkpoints are not carried across versions")
+
+
+def _check_problem_identity(path: str, got, want: dict) -> None:
+    """Refuse a checkpoint written for another problem: the first differing entry of the identities is named."""
+    if not isinstance(got, dict):
+        raise ValueError(f"{path}: checkpoint has no problem identity (problem_identity={_short(got)}); "
+                         "it cannot be matched to this run's problem")
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            what = "data (training or held-out arrays)" if key == "data" else key
+            raise ValueError(f"{path}: checkpoint was written for another problem: its {what} differ "
+                             f"(checkpoint {_short(got.get(key))}, this run {_short(want.get(key))})")
 
 
 def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
@@ -257,7 +359,8 @@ def _check_history(path: str, history, step: int) -> None:
             if not (v is None or isinstance(v, (bool, int, float, str))):
                 raise ValueError(f"{path}: history[{i}][{k!r}] must be a number, string, boolean or null, "
                                  f"got {type(v).__name__}")
-        for k in ("loss", "train_loss", "grad_norm"):  # summarised and monitored as numbers
+        # summarised and monitored as numbers
+        for k in ("loss", "train_loss", "grad_norm", "train_accuracy", "val_loss", "val_accuracy"):
             v = rec.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"{path}: history[{i}][{k!r}] must be a number or null, got {_short(v)}")
@@ -268,17 +371,61 @@ def _check_history(path: str, history, step: int) -> None:
                              f"got {_short(elapsed)}")
 
 
-def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=None):
+def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=None, problem=None):
     """(step, params, state, history, counts) from ``path``, refusing one that ``config`` cannot resume.
 
-    The meta (format, version, the config's identity, dtype, step ≤ 10⁹, counts ≤ ``MAX_COUNT`` = 2⁵³) is
+    The meta (format, version, the config's identity, the identity of ``problem`` when given (``run`` always
+    gives it), dtype, step ≤ 10⁹, counts ≤ ``MAX_COUNT`` = 2⁵³) is
     checked before anything is decoded; state classes come only from the registry of ``refopt.serialize`` (the optimizer's module is
     imported first, from refopt's own table). ``params_like`` / ``state_like`` (a fresh run's initial
     params and state) fix the structure, shapes and dtype the checkpoint must have. Every refusal is a
     one-line ValueError.
     """
     optimizer_class(config.optimizer)  # imports the module whose state classes the file may name
-    meta, objs = read_npz(path, check_meta=lambda m: _check_meta(path, m, config))
+    return _load_checked(path, lambda meta: config, params_like, lambda _: state_like, problem)[:5]
+
+
+def load_checkpoint_params(path: str, problem):
+    """(step, params, config) of the checkpoint at ``path`` for ``problem`` (its ``init_params`` fix the
+    params' structure), without a run configuration: ``config`` is the ``RunConfig`` the file's meta names
+    (optimizer, hyperparameters, batch size and seed; the problem's name is ``problem.name``), and the file
+    passes every check of ``load_checkpoint``, its state against the named optimizer's fresh state. The
+    optimizer name is only looked up in refopt's table; a bad meta, another problem or data, another dtype
+    or a params tree that does not fit is a one-line ValueError naming ``path``."""
+    def config_of(meta):
+        _check_format(path, meta)  # first: a file of another kind has no optimizer to read
+        try:
+            config = RunConfig(meta.get("optimizer"), meta.get("hyperparameters"), problem.name,
+                               batch_size=meta.get("batch_size"), seed=meta.get("seed"))
+            optimizer_class(config.optimizer)  # refopt's own table; imports the module of its state classes
+        except ValueError as exc:
+            raise ValueError(f"{path}: checkpoint meta: {exc}") from None
+        return config
+
+    def state_of(config):
+        try:
+            return make_optimizer(config.optimizer, **config.hyperparameters).init(init)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: the checkpoint's hyperparameters do not make a {config.optimizer!r} "
+                             f"optimizer: {exc}") from None
+
+    init = problem.init_params(0)
+    step, params, _, _, _, config = _load_checked(path, config_of, init, state_of, problem)
+    return step, params, config
+
+
+def _load_checked(path: str, config_of, params_like, state_like_of, problem):
+    """``load_checkpoint``'s reading and checks, with the config taken from the meta by ``config_of(meta)``
+    (before anything is decoded) and the state's model from ``state_like_of(config)``; returns (step, params,
+    state, history, counts, config)."""
+    want = problem.identity() if problem is not None else None
+    chosen = {}
+
+    def check(meta):
+        config = chosen["config"] = config_of(meta)
+        _check_meta(path, meta, config, want)
+    meta, objs = read_npz(path, check_meta=check)
+    state_like = state_like_of(chosen["config"])
     if set(objs) != {"params", "state", "history"}:
         raise ValueError(f"{path}: a checkpoint holds params, state and history, this one {sorted(objs)}")
     dtype = (default_dtype(),)
@@ -293,7 +440,7 @@ def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=N
         _check_like(path, "state", state, state_like, dtype + _floating_dtypes(state_like))
     else:
         _check_dtype(path, "state", state, dtype)
-    return step, params, state, history, Counts(**meta["counts"])
+    return step, params, state, history, Counts(**meta["counts"]), chosen["config"]
 
 
 def _short(obj, limit: int = 60) -> str:
@@ -324,11 +471,15 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     if checkpoint_every and not checkpoint_path:
         raise ValueError("checkpoint_every needs a checkpoint path (--checkpoint PATH)")
     counts = Counts()
+    # the held-out examples' oracle (validated once here), with counts of its own like ``full``
+    val = problem.validation_oracle(counts=Counts()) if getattr(problem, "has_validation", False) else None
+    identity = problem.identity() if (resume or checkpoint_path) else None  # digests the data: only when needed
+    init = problem.init_params(config.seed)
+    initial_loss = full.value(init)  # L₀ of the divergence rule, recomputed on resume (no step-0 record)
     if resume:  # the fresh run's params and state fix what the checkpoint must look like
-        like = problem.init_params(config.seed)
-        start, params, state, history, counts = load_checkpoint(resume, config, like, opt.init(like))
+        start, params, state, history, counts = load_checkpoint(resume, config, init, opt.init(init), problem)
     else:
-        start, params, history = 0, problem.init_params(config.seed), []
+        start, params, history = 0, init, []
         state = opt.init(params)
     log = open(log_path, "w") if log_path else None
     if log:  # a resumed run rewrites the log up to its checkpoint, so no record is written twice
@@ -357,7 +508,12 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             # The log keeps scalars; the step's random draws (info["draws"]) belong in a trace, not a log.
             rec = {"step": step + 1, **{k: _plain(v) for k, v in info.items() if k != "draws"}}
             last = step + 1 == config.steps
-            rec["train_loss"] = full.value(new_params) if ((step + 1) % config.eval_every == 0 or last) else None
+            evaluate = (step + 1) % config.eval_every == 0 or last
+            rec["train_loss"], rec["train_accuracy"] = _evaluate(full, new_params) if evaluate else (None, None)
+            rec["val_loss"], rec["val_accuracy"] = _evaluate(val, new_params) if evaluate and val else (None, None)
+            if config.analyze_every is not None:  # on ``full``: its counts are not the optimizer's
+                sharp = (step + 1) % config.analyze_every == 0  # a function of the step: resumption-safe
+                rec.update(_sharpness(full, new_params, rec.get("lr")) if sharp else dict.fromkeys(_SHARPNESS))
             rec.update(counts.as_dict())
             rec["elapsed"] = time.perf_counter() - t0
             # Commit the step in one assignment, so Ctrl-C leaves a consistent (step, params, state).
@@ -369,10 +525,15 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             if progress:
                 progress(rec)
             if checkpoint_path and checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_path, config, step, params, state, history, counts)
+                save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity)
             tl = rec["train_loss"]
             if tl is not None and not math.isfinite(tl):
                 status, message = "diverged", f"training loss became {tl} at step {step}"
+                break
+            factor = config.divergence_factor
+            if factor is not None and tl is not None and tl > factor * abs(initial_loss):
+                status, message = "diverged", (f"training loss {tl:.3g} at step {step} exceeds {factor:g} × the "
+                                               f"initial {initial_loss:.3g}")
                 break
             gn = rec.get("grad_norm")
             if gn is not None and gn <= config.gtol:
@@ -390,14 +551,49 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
                 break
     except KeyboardInterrupt:
         path = checkpoint_path or "interrupted.ckpt.npz"
-        save_checkpoint(path, config, step, params, state, history, counts)
+        save_checkpoint(path, config, step, params, state, history, counts, identity or problem.identity())
         raise Interrupted(path, step) from None
     finally:
         if log:
             log.close()
     if checkpoint_path and checkpoint_every:
-        save_checkpoint(checkpoint_path, config, step, params, state, history, counts)
-    return RunResult(config, params, state, history, status, message)
+        save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity)
+    return RunResult(config, params, state, history, status, message, initial_loss)
+
+
+def _evaluate(oracle, params):
+    """(loss, accuracy) of ``params`` on ``oracle``'s examples: for a network, both from one forward pass (the
+    loss computed as ``Oracle.value`` does, so equal to it bit for bit), accuracy None for a loss without one
+    (``Loss.has_accuracy``); for a function, (value, None)."""
+    if not isinstance(oracle, Oracle):  # a FunctionOracle: no outputs, no accuracy
+        return oracle.value(params), None
+    oracle.counts.nfev += 1
+    z = oracle.outputs(params)
+    value = float(getval(oracle.loss(z, oracle.y, check=False)))
+    accuracy = oracle.loss.accuracy(z, oracle.y) if getattr(oracle.loss, "has_accuracy", False) else None
+    return value, accuracy
+
+
+_SHARPNESS = ("hessian_max", "hessian_max_residual", "two_over_lr")
+
+
+def _sharpness(oracle, params, lr) -> dict:
+    """hessian_max (the algebraic largest eigenvalue of ``oracle``'s Hessian at ``params``, by Lanczos), its
+    residual, and two_over_lr = 2/lr for a positive number ``lr`` (None otherwise); module docs."""
+    from .analysis import hessian_operator, lanczos_eigenpairs  # noqa: PLC0415 (only runs that ask need it)
+
+    lr = as_real(lr)
+    two_over_lr = 2.0 / lr if lr is not None and math.isfinite(lr) and lr > 0 else None
+    value = residual = math.nan
+    if T.all_finite(params):
+        H = hessian_operator(oracle, params)
+        try:
+            top = lanczos_eigenpairs(H, 1, steps=min(ANALYZE_LANCZOS_STEPS, H.n), seed=0).largest
+            value, residual = float(top.values[0]), float(top.residuals[0])
+        except ValueError as exc:  # the operator refuses a product that is not finite (curvature overflows)
+            if "not finite" not in str(exc):
+                raise
+    return {"hessian_max": value, "hessian_max_residual": residual, "two_over_lr": two_over_lr}
 
 
 def _precision_stop(rec: dict, monitor) -> str | None:

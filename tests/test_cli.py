@@ -64,7 +64,7 @@ def test_compare_two_optimizers_writes_plot(tmp_path, capsys):
                "--max-seconds", "5", "--target-loss", "1.0", "--plot", str(plot), "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "sgd" in out and "adam" in out and "final loss" in out
+    assert "sgd" in out and "adam" in out and "train loss" in out
     try:
         import matplotlib  # noqa: F401  (a 'scripts' extra: without it compare says so and writes no plot)
     except ImportError:
@@ -318,13 +318,6 @@ def test_empty_optimizer_list_is_refused(value, capsys):
     assert "optimizer" not in captured.out  # no table: nothing ran
 
 
-def test_compare_refuses_an_empty_list_of_names():
-    from refopt.compare import compare
-    for names in ([], (), "sgd"):
-        with pytest.raises(ValueError, match="names must be a non-empty list of optimizer names"):
-            compare(names, problem="rosenbrock", steps=1)
-
-
 # --- issue 12: export --all lists what it wrote; train reports the dense matrices -------------------------------
 def test_export_all_prints_one_line_per_file_written(tmp_path, capsys):
     out = tmp_path / "traces"
@@ -340,3 +333,253 @@ def test_train_summary_reports_the_dense_matrix_count(capsys):
     assert "nhev 3 (dense matrices)" in capsys.readouterr().out
     assert main(TRAIN) == 0
     assert "nhev" not in capsys.readouterr().out
+
+
+# --- issue 12, Deliver 3: train and compare share the tuned settings; --show-hyperparameters; train --plot ---------
+def _capture_runs(monkeypatch):
+    """Record the (config, result) of every run that train and compare start."""
+    import refopt.compare
+    import refopt.runner
+    seen, real = [], refopt.runner.run
+
+    def spy(config, *args, **kwargs):
+        result = real(config, *args, **kwargs)
+        seen.append((config, result))
+        return result
+    monkeypatch.setattr(refopt.runner, "run", spy)
+    monkeypatch.setattr(refopt.compare, "run", spy)
+    return seen
+
+
+def test_train_runs_with_the_hyperparameters_compare_uses(monkeypatch, capsys):
+    from refopt.problems.tuned import TUNED
+    seen = _capture_runs(monkeypatch)
+    tuned = TUNED["synthetic_mlp"]["sgd"]
+    assert main(["train", "sgd", "--problem", "synthetic_mlp", "--steps", "3", "--no-progress"]) == 0
+    assert main(["compare", "--optimizers", "sgd", "--problem", "synthetic_mlp", "--steps", "3", "--plot", "",
+                 "--quiet"]) == 0
+    (train_config, train_result), (compare_config, compare_result) = seen
+    assert train_config.hyperparameters == compare_config.hyperparameters == tuned != {}
+    assert train_result.final_loss == compare_result.final_loss  # the same run
+    out = capsys.readouterr().out
+    assert "hyperparameters: tuned for synthetic_mlp: " + ", ".join(f"{k}={v!r}" for k, v in tuned.items()) in out
+    assert main(["train", "sgd", "lr=0.05", "--problem", "synthetic_mlp", "--steps", "1", "--no-progress"]) == 0
+    assert seen[-1][0].hyperparameters == {**tuned, "lr": 0.05}
+    assert "hyperparameters: given: lr=0.05 | tuned for synthetic_mlp: " in capsys.readouterr().out
+
+
+def test_show_hyperparameters_lists_them_and_runs_nothing(monkeypatch, capsys):
+    import inspect
+
+    import refopt.compare
+    from refopt.optim import optimizer_class
+    from refopt.problems.tuned import TUNED
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("--show-hyperparameters must not run anything")
+    monkeypatch.setattr(refopt.compare, "run", no_run)
+    assert main(["compare", "--show-hyperparameters", "--optimizers", "sgd,kfac", "--problem", "synthetic_mlp",
+                 "--hp-json", '{"kfac": {"damping": 0.01}}']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("hyperparameters on synthetic_mlp: tuned for synthetic_mlp (refopt/problems/tuned.py)")
+    assert len(lines) == 3 and lines[1].split()[0] == "sgd" and lines[2].split()[0] == "kfac"
+    for line, name in zip(lines[1:], ("sgd", "kfac")):
+        listed = [item.split("=")[0] for group in line.split(None, 1)[1].split(" | ")
+                  for item in group.split(": ", 1)[1].split(", ")]
+        sig = [p for p in inspect.signature(optimizer_class(name).__init__).parameters if p != "self"]
+        assert sorted(listed) == sorted(sig)  # every hyperparameter, once
+    tuned_lr = TUNED["synthetic_mlp"]["kfac"]["lr"]
+    assert f"given: damping=0.01 | tuned for synthetic_mlp: lr={tuned_lr!r} | defaults: " in lines[2]
+
+
+def test_compare_budget_is_steps_unless_max_seconds_is_given(capsys):
+    from refopt.cli import build_parser
+    assert build_parser().parse_args(["compare"]).max_seconds is None
+    assert main(["compare", "--optimizers", "sgd", "--problem", "synthetic_mlp", "--steps", "30", "--plot", "",
+                 "--quiet", "--max-seconds", "1e-9"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sgd "))
+    assert row.split()[4] == "1"  # steps: the cap stopped it after the first
+
+
+def test_train_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "run.png"
+    assert main(TRAIN + ["--plot", str(path)]) == 0
+    assert f"plot written to {path}" in capsys.readouterr().out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = tmp_path / "witness.jsonl"
+    assert main(TRAIN + ["--plot", str(tmp_path), "--log", str(log)]) == 2  # a directory: refused before step 1
+    assert f"--plot {tmp_path}: is a directory" in capsys.readouterr().err and not log.exists()
+
+
+# --- issue 12, Deliver 1 and 2: --data, --sizes, --activation, --loss, the split; the validation summary ----------
+def _blobs_csv(tmp_path, n=90, name="blobs.csv", header=True):
+    """Three well separated Gaussian blobs in 4 dimensions, the class label last."""
+    g = np.random.default_rng(7)
+    y = g.integers(0, 3, n)
+    centres = np.array([[3.0, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0]])
+    X = centres[y] + 0.4 * g.standard_normal((n, 4))
+    path = tmp_path / name
+    rows = "".join(",".join(f"{v:.6f}" for v in x) + f",{c}\n" for x, c in zip(X, y))
+    path.write_text(("a,b,c,d,label\n" if header else "") + rows)
+    return str(path)
+
+
+def _summary_number(out, phrase):
+    import re
+    match = re.search(phrase + r" ([0-9.e+-]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def test_train_on_a_csv_prints_a_high_validation_accuracy(tmp_path, capsys):
+    path = _blobs_csv(tmp_path)
+    rc = main(["train", "adam", "lr=0.05", "--data", path, "--sizes", "4,16,3", "--activation", "tanh",
+               "--steps", "60", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "adam on data:blobs.csv: completed after 60 steps" in out
+    assert _summary_number(out, "validation accuracy") >= 0.95 and "(18 held out)" in out  # ⌊0.2·90 + ½⌋ = 18
+    assert _summary_number(out, "training accuracy") >= 0.95
+    assert np.isfinite(_summary_number(out, "validation loss"))
+
+
+def test_train_on_a_built_in_problem_prints_its_validation_metrics(capsys):
+    assert main(["train", "sgd", "--problem", "synthetic_mlp", "--steps", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "validation loss " in out and "validation accuracy " in out and "(128 held out)" in out
+    assert main(["train", "lbfgs", "--problem", "rosenbrock", "--steps", "2", "--no-progress"]) == 0
+    assert "validation" not in capsys.readouterr().out  # a test function holds out nothing
+
+
+def test_data_options_reach_the_problem(tmp_path, monkeypatch, capsys):
+    """--sizes, --activation, --loss, --val-fraction, --no-standardize and --split-seed set the problem run."""
+    import refopt.runner
+    seen, real = [], refopt.runner.run
+
+    def spy(config, problem=None, **kwargs):
+        seen.append(problem)
+        return real(config, problem=problem, **kwargs)
+    monkeypatch.setattr(refopt.runner, "run", spy)
+    path = tmp_path / "bin.csv"
+    path.write_text("".join(f"{i},{i % 4},{i % 2}\n" for i in range(20)))
+    assert main(["train", "sgd", "--data", str(path), "--sizes", "2,5,4,1", "--activation", "relu,sigmoid",
+                 "--loss", "bernoulli", "--val-fraction", "0.25", "--no-standardize", "--split-seed", "4",
+                 "--steps", "2", "--no-progress"]) == 0
+    p = seen[-1]
+    assert p.model.sizes == [2, 5, 4, 1] and p.model.activations == ["relu", "sigmoid", "identity"]
+    assert type(p.loss).__name__ == "Bernoulli" and p.X_val.shape == (5, 2)
+    order = np.random.default_rng(4).permutation(20)
+    np.testing.assert_array_equal(p.X, [[i, i % 4] for i in order[:15]])  # raw: not standardised
+    assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_compare_on_a_csv(tmp_path, capsys):
+    path = _blobs_csv(tmp_path)
+    assert main(["compare", "--optimizers", "sgd,adam", "--data", path, "--steps", "5", "--plot", "", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "sgd" in out and "adam" in out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--problem", "synthetic_mlp"], "--data and --problem: give one of them"),
+    (["--sizes", "4,x,3"], "--sizes: expected at least two positive integers separated by commas, e.g. 5,16,3, got '4,x,3'"),
+    (["--sizes", "4"], "--sizes: expected at least two positive integers"),
+    (["--sizes", "4,0,3"], "--sizes: expected at least two positive integers"),
+    (["--sizes", "5,16,3"], "--sizes: the first size must be the number of features, 4 in blobs.csv, got 5"),
+    (["--sizes", "4,16,2"], "--sizes: the last size 2 is too small for softmax on blobs.csv"),
+    (["--activation", "tanh,relu"], "--activation: expected 1 names (one per hidden layer), got 2"),
+    (["--activation", "swish"], "unknown activation 'swish'"),
+    (["--loss", "mse"], "--loss must be one of softmax, gaussian, bernoulli, got 'mse'"),
+    (["--loss", "bernoulli"], "Bernoulli targets must be 0 or 1"),
+    (["--val-fraction", "1"], "--val-fraction must be a number in [0, 1), got '1'"),
+    (["--val-fraction", "nan"], "--val-fraction must be a number in [0, 1)"),
+    (["--val-fraction", "abc"], "--val-fraction must be a number in [0, 1)"),
+    (["--split-seed", "-1"], "--split-seed must be"),
+    (["--split-seed", "x"], "--split-seed must be an integer, got 'x'"),
+])
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_bad_data_options_exit_2_with_one_line(tmp_path, capsys, extra, needle, command):
+    head = ["train", "sgd", "--no-progress"] if command == "train" else ["compare", "--optimizers", "sgd", "--plot", ""]
+    assert main(head + ["--data", _blobs_csv(tmp_path), "--steps", "1"] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refopt: error: ") and needle in err[0], err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--sizes", "4,3"], "--sizes needs --data"),
+    (["--loss", "gaussian"], "--loss needs --data"),
+    (["--no-standardize"], "--standardize/--no-standardize needs --data"),
+    (["--split-seed", "3"], "--split-seed needs --data"),
+    (["--val-fraction", "0.1"], "--val-fraction needs --data"),
+    (["--activation", "relu"], "--activation needs --data"),
+])
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_data_options_without_data_exit_2(capsys, extra, needle, command):
+    head = ["train", "sgd", "--no-progress"] if command == "train" else ["compare", "--optimizers", "sgd", "--plot", ""]
+    assert main(head + ["--problem", "synthetic_mlp", "--steps", "1"] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a,b,label\n1,2,0\n3,x,1\n", "refopt: error: bad.csv: row 3, column 2: 'x' is not a number"),
+    ("1,2,0\n3,4\n", "refopt: error: bad.csv: row 2 has 2 columns, row 1 has 3"),
+    ("1,2,0\n3,nan,1\n", "refopt: error: bad.csv: row 2, column 2: 'nan' is not finite"),
+    ("1,2,0\n3,4,0.5\n", "labels must be integers"),
+    ("", "refopt: error: bad.csv: the file is empty"),
+])
+def test_bad_data_files_exit_2_with_one_line(tmp_path, capsys, text, needle):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    assert main(["train", "sgd", "--data", str(path), "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert main(["train", "sgd", "--data", str(tmp_path / "none.csv"), "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "refopt: error: --data " in err and "none.csv: No such file" in err, err
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_or_sizes(tmp_path, capsys):
+    path = _blobs_csv(tmp_path)
+    ck = str(tmp_path / "ck.npz")
+    common = ["train", "adam", "--data", path, "--no-progress"]
+    assert main(common + ["--steps", "2", "--checkpoint", ck, "--checkpoint-every", "2"]) == 0
+    assert main(common + ["--steps", "4", "--resume", ck]) == 0
+    assert "completed after 4 steps" in capsys.readouterr().out
+    for extra, needle in [(["--sizes", "4,8,3"], "its sizes differ"), (["--split-seed", "1"], "its data"),
+                          (["--no-standardize"], "its data"), (["--activation", "relu"], "its activations differ")]:
+        assert main(common + ["--steps", "4", "--resume", ck] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "checkpoint was written for another problem" in err[0] and needle in err[0], err
+    text = open(path).read().splitlines()
+    text[1] = text[1].replace(text[1].split(",")[0], "9.5", 1)  # one value of one example changed
+    open(path, "w").write("\n".join(text) + "\n")
+    assert main(common + ["--steps", "4", "--resume", ck]) == 2
+    assert "its data (training or held-out arrays) differ" in capsys.readouterr().err
+
+
+def test_analyze_reads_the_data_options_as_train_does(tmp_path, capsys):
+    path = _blobs_csv(tmp_path)   # 90 rows: 72 trained on with the default held-out fraction 0.2, 90 with 0
+    common = ["analyze", "--data", path, "--sizes", "4,5,3", "--analyses", "hessian_top", "-k", "1", "--no-progress"]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "data:blobs.csv at the initial parameters (seed 0), on all 72 training examples" in out
+    assert f"parameters n = {(4 + 1) * 5 + (5 + 1) * 3} (float64)" in out and "oracle requests: " in out
+    assert main(common + ["--val-fraction", "0"]) == 0
+    assert "on all 90 training examples" in capsys.readouterr().out
+    assert main(common + ["--activation", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refopt: error: unknown activation 'bogus'"), err
+
+
+def test_train_analyze_every_prints_the_last_lambda_max(capsys):
+    argv = ["train", "sgd", "lr=0.1", "--problem", "logistic", "--steps", "3", "--no-progress"]
+    assert main(argv + ["--analyze-every", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Hessian λ_max at step 2: " in out and "(2/lr = 20)" in out
+    assert main(argv) == 0
+    assert "λ_max" not in capsys.readouterr().out
+    assert main(["train", "newton", "--problem", "rosenbrock", "--steps", "2", "--analyze-every", "1",
+                 "--no-progress"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if "λ_max" in l)
+    assert line.startswith("Hessian λ_max at step 2: ") and "2/lr" not in line   # Newton has no lr

@@ -59,3 +59,23 @@ def test_validation_needs_both_halves():
         NetworkProblem("p", MLP([2, 2]), SoftmaxCrossEntropy(), X, y, X_val=X)
     with pytest.raises(ValueError, match="no held-out"):
         NetworkProblem("p", MLP([2, 2]), SoftmaxCrossEntropy(), X, y).validation_oracle()
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_every_network_problem_has_an_identity_of_its_network_and_data(name):
+    """What a checkpoint records of the problem: equal for two builds, and the digest changes with one value of
+    the held-out inputs (not only the training ones)."""
+    if name.startswith("digits"):
+        pytest.importorskip("sklearn")
+    p = make_problem(name)
+    ident = p.identity()
+    assert ident == make_problem(name).identity()
+    assert ident["sizes"] == p.model.sizes and ident["activations"] == p.model.activations
+    assert ident["loss"] == repr(p.loss) and ident["data"].startswith("batch:")
+    p.X_val = p.X_val.copy()
+    p.X_val[0, 0] += 1.0
+    assert p.identity()["data"] != ident["data"]
+
+
+def test_function_problems_are_identified_by_name():
+    assert make_problem("rosenbrock").identity() == {"kind": "function", "name": "rosenbrock"}

@@ -5,7 +5,8 @@ temporary folder, and the README's self-contained Python snippets run as written
 The commands are rewritten, not skipped: ``--steps N`` becomes ``--steps 2`` (4 when resuming a
 checkpoint, so there is something to continue), ``train``, ``compare`` and ``verify export`` get ``--steps
 2`` when they have none, ``train`` gets ``--no-progress``, ``--checkpoint-every`` becomes 1, and output
-paths (--log, --checkpoint, --out, --plot, --csv, --resume) land in the temporary folder. A ``verify check
+paths (--log, --checkpoint, --out, --plot, --csv, --resume) land in the temporary folder, and the input files
+the repository ships (``--data examples/blobs.csv``) are read from the repository. A ``verify check
 FILE`` whose FILE no earlier command of the same document wrote (the user's own trace, e.g.
 ``their_trace.npz``) gets it from that document's first ``verify export`` command, written to FILE.
 ``test_a_broken_command_fails`` shows that a corrupted command makes the check fail.
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 OUTPUT_OPTIONS = {"--log", "--checkpoint", "--out", "--plot", "--csv", "--resume"}
+INPUT_OPTIONS = {"--data"}  # a relative path names a file of the repository (examples/)
 OPTIONAL = ("torch", "optax", "jax")
 # The built-in digits problems load scikit-learn's bundled data (the `scripts` extra): without it their commands
 # answer with the one-line "needs scikit-learn" error, which is then the expected outcome, not a broken command.
@@ -81,6 +83,8 @@ def adapt(argv, tmp: Path):
     for i, a in enumerate(argv[:-1]):
         if a in OUTPUT_OPTIONS and argv[i + 1]:
             argv[i + 1] = str(tmp / Path(argv[i + 1]).name) + ("/" if argv[i + 1].endswith("/") else "")
+        elif a in INPUT_OPTIONS and not Path(argv[i + 1]).is_absolute():
+            argv[i + 1] = str(ROOT / argv[i + 1])
     steps = "4" if "--resume" in argv else "2"
     if "--steps" in argv:
         argv[argv.index("--steps") + 1] = steps
@@ -152,7 +156,7 @@ def test_every_command_runs(doc, tmp_path):
 def test_readme_has_the_commands_it_documents():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     subcommands = {argv[0] for _, argv in extract_commands(text)}
-    assert {"list", "train", "compare", "verify"} <= subcommands
+    assert {"list", "train", "compare", "verify", "analyze"} <= subcommands
 
 
 def test_a_broken_command_fails(tmp_path):

@@ -227,9 +227,9 @@ def test_float64_checkpoint_resumed_under_float32_is_refused(tmp_path):
     cfg, ckpt = _checkpoint(tmp_path)
     backend.set_default_dtype("float32")
     _one_line_refusal(cfg, str(ckpt), "checkpoint is 'float64', this run's dtype is float32")
-    # a file without the recorded dtype (written before it was recorded) is caught by its arrays
+    # every file of this format records its dtype (format 1 files without it are refused by their format)
     _one_line_refusal(cfg, _edit(ckpt, tmp_path / "nodtype.npz", meta=lambda m: _drop(m, "dtype")),
-                      "is float64, this run's dtype is float32")
+                      "meta has no dtype")
 
 
 def test_float32_checkpoint_resumes_under_float32(tmp_path):
@@ -345,3 +345,161 @@ def test_a_state_that_holds_float32_factors_in_a_float64_run_resumes(tmp_path):
     resumed = run(RunConfig(optimizer="shampoo", hyperparameters={"factor_dtype": "float32"}, problem="logistic",
                             steps=5, seed=0), resume=ck)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+# --- issue 12: the divergence rule, held-out metrics, the problem's identity in checkpoints -------------------
+
+def _np_forward(params, X, activations):
+    """A plain NumPy forward pass of refopt's MLP (s = a W + b), written here independently of refopt.nn."""
+    a = np.asarray(X)
+    acts = {"tanh": np.tanh, "identity": lambda s: s}
+    for layer, name in zip(params, activations):
+        a = acts[name](a @ np.asarray(layer["W"]) + np.asarray(layer["b"]))
+    return a
+
+
+def _np_softmax_metrics(z, y):
+    """(mean cross-entropy, accuracy) by hand: logsumexp(z_i) − z_i[y_i], argmax(z_i) == y_i."""
+    m = z.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+    return float(np.mean(lse - z[np.arange(len(y)), y])), float(np.mean(z.argmax(axis=1) == y))
+
+
+def _lsq_problem(n_val=0):
+    from refopt.nn import MLP, Gaussian
+    from refopt.problems.registry import NetworkProblem
+    g = np.random.default_rng(0)
+    X, Y = g.standard_normal((10, 3)), g.standard_normal((10, 1))
+    val = (g.standard_normal((n_val, 3)), g.standard_normal((n_val, 1))) if n_val else (None, None)
+    return NetworkProblem("lsq", MLP([3, 1]), Gaussian(), X, Y, "", *val)
+
+
+@pytest.mark.parametrize("bad", [1, 1.0, 0.5, -3, float("nan"), float("inf"), "10", True, [10]])
+def test_divergence_factor_is_validated(bad):
+    with pytest.raises(ValueError, match="divergence_factor must be None or a finite number > 1"):
+        RunConfig("sgd", {}, "synthetic_mlp", divergence_factor=bad)
+    assert RunConfig("sgd", divergence_factor=np.float32(10)).divergence_factor == 10.0
+
+
+def test_divergence_factor_stops_a_run_whose_loss_grows():
+    """SGD with lr 1.5 on a linear least-squares problem: for this data the step overshoots and the loss grows
+    geometrically but stays finite for many steps. The run stops at the first recorded loss above 10 × L₀, with
+    L₀ computed here by hand from the initial parameters."""
+    prob = _lsq_problem()
+    p0 = prob.init_params(0)
+    r0 = prob.X @ p0[0]["W"] + p0[0]["b"] - prob.y
+    L0 = float(np.mean(0.5 * np.sum(r0 ** 2, axis=1)))  # Gaussian(variance 1, mean): ½‖z − y‖² per example
+    free = run(RunConfig("sgd", {"lr": 1.5}, "lsq", steps=60), problem=prob)
+    losses = [r["train_loss"] for r in free.history]
+    assert free.status == "completed" and np.all(np.isfinite(losses)) and losses[-1] > 1e3 * L0
+    res = run(RunConfig("sgd", {"lr": 1.5}, "lsq", steps=60, divergence_factor=10), problem=prob)
+    np.testing.assert_allclose(res.initial_loss, L0, rtol=1e-14)  # a sum of 10 squares: rounding only
+    first = next(i for i, tl in enumerate(losses) if tl > 10 * L0)
+    assert res.status == "diverged" and len(res.history) == first + 1
+    assert [r["train_loss"] for r in res.history] == losses[:first + 1]
+    tl = losses[first]
+    assert res.message == f"training loss {tl:.3g} at step {first + 1} exceeds 10 × the initial {L0:.3g}"
+
+
+def test_divergence_rule_on_resume_uses_the_recomputed_initial_loss(tmp_path):
+    prob = _lsq_problem()
+    cfg = RunConfig("sgd", {"lr": 1.5}, "lsq", steps=60, divergence_factor=10)
+    straight = run(cfg, problem=prob)
+    ckpt = tmp_path / "c.npz"
+    run(RunConfig("sgd", {"lr": 1.5}, "lsq", steps=3, divergence_factor=10), problem=prob,
+        checkpoint_path=str(ckpt), checkpoint_every=3)
+    assert load_checkpoint(str(ckpt), cfg, problem=prob)[0] == 3  # one record per step, no step-0 record
+    resumed = run(cfg, problem=prob, resume=str(ckpt))
+    assert resumed.initial_loss == straight.initial_loss
+    assert resumed.status == straight.status == "diverged" and resumed.message == straight.message
+    assert len(resumed.history) == len(straight.history)
+
+
+def test_the_initial_loss_of_a_function_problem():
+    res = run(RunConfig("lbfgs", {}, "rosenbrock", steps=2))
+    np.testing.assert_allclose(res.initial_loss, 24.2, rtol=1e-15)  # (1 + 1.2)² + 100 (1 − 1.44)² at (−1.2, 1)
+    assert res.final_val_loss is None and res.final_val_accuracy is None and res.final_train_accuracy is None
+    assert all(r["val_loss"] is None and r["train_accuracy"] is None for r in res.history)
+
+
+def test_held_out_metrics_are_recorded_at_evaluations_and_match_an_independent_evaluation():
+    from refopt.problems.registry import make_problem
+    prob = make_problem("synthetic_mlp")
+    res = run(RunConfig("sgd", {"lr": 0.5, "momentum": 0.9}, "synthetic_mlp", steps=7, eval_every=3), problem=prob)
+    evaluated = [r["step"] for r in res.history if r["val_loss"] is not None]
+    assert evaluated == [3, 6, 7] == [r["step"] for r in res.history if r["train_loss"] is not None]
+    for r in res.history:
+        assert (r["val_accuracy"] is None) == (r["train_accuracy"] is None) == (r["step"] not in evaluated)
+    acts = prob.model.activations
+    vl, va = _np_softmax_metrics(_np_forward(res.params, prob.X_val, acts), np.asarray(prob.y_val))
+    tl, ta = _np_softmax_metrics(_np_forward(res.params, prob.X, acts), np.asarray(prob.y))
+    # 128 or 512 log-sum-exps of O(1) values: float64 rounding, far below what a wrong formula changes
+    np.testing.assert_allclose([res.final_val_loss, res.final_loss], [vl, tl], rtol=1e-12)
+    assert res.final_val_accuracy == va and res.final_train_accuracy == ta  # counts over 128 / 512: exact
+    assert 0.5 < va <= 1.0 and res.final_val_loss != res.final_loss  # held-out data, not the training data
+    # the evaluations are not the optimizer's requests: SGD asks one gradient per step
+    assert [r["nfev"] for r in res.history] == list(range(1, 8))
+
+
+def test_held_out_loss_without_accuracy_for_the_gaussian_and_none_without_a_split():
+    prob = _lsq_problem(n_val=5)
+    res = run(RunConfig("sgd", {"lr": 0.1}, "lsq", steps=3), problem=prob)
+    r = np.asarray(prob.X_val) @ res.params[0]["W"] + res.params[0]["b"] - prob.y_val
+    np.testing.assert_allclose(res.final_val_loss, np.mean(0.5 * np.sum(r ** 2, axis=1)), rtol=1e-14)
+    assert res.final_val_accuracy is None and res.final_train_accuracy is None
+    res = run(RunConfig("sgd", {"lr": 0.1}, "lsq", steps=3), problem=_lsq_problem())
+    assert res.final_val_loss is None and all(rec["val_loss"] is None for rec in res.history)
+
+
+def test_resume_keeps_the_held_out_metrics(tmp_path):
+    cfg = RunConfig("sgd", {"lr": 0.3, "momentum": 0.9}, "synthetic_mlp", steps=8, batch_size=64, seed=2)
+    full = run(cfg)
+    ckpt = tmp_path / "c.npz"
+    run(RunConfig(**{**cfg.__dict__, "steps": 5}), checkpoint_path=str(ckpt), checkpoint_every=5)
+    resumed = run(cfg, resume=str(ckpt))
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    assert [[r[k] for k in keys] for r in full.history] == [[r[k] for k in keys] for r in resumed.history]
+
+
+def _tiny(X=None, y=None, sizes=(3, 4, 2), loss=None, val=None):
+    from refopt.nn import MLP, SoftmaxCrossEntropy
+    from refopt.problems.registry import NetworkProblem
+    g = np.random.default_rng(3)
+    X = g.standard_normal((6, 3)) if X is None else X
+    y = g.integers(0, 2, 6) if y is None else y
+    return NetworkProblem("tiny", MLP(list(sizes)), loss or SoftmaxCrossEntropy(), X, y, "", *(val or (None, None)))
+
+
+def test_a_checkpoint_of_another_problem_under_the_same_name_is_refused(tmp_path):
+    """Same config (the problem's name included), other data / split / architecture / loss: refused, naming what."""
+    from refopt.nn import SoftmaxCrossEntropy
+    base = _tiny()
+    ckpt = tmp_path / "c.npz"
+    cfg = RunConfig("sgd", {"lr": 0.1}, "tiny", steps=2)
+    run(cfg, problem=base, checkpoint_path=str(ckpt), checkpoint_every=1)
+    X2 = np.array(base.X)
+    X2[0, 0] += 1e-12  # one input changed in its last bits
+    g = np.random.default_rng(9)
+    for other, fragment in [
+        (_tiny(X=X2), "its data (training or held-out arrays) differ"),
+        (_tiny(y=1 - base.y), "its data"),
+        (_tiny(val=(g.standard_normal((2, 3)), g.integers(0, 2, 2))), "its data"),
+        (_tiny(sizes=(3, 5, 2)), "its sizes differ (checkpoint [3, 4, 2], this run [3, 5, 2])"),
+        (_tiny(loss=SoftmaxCrossEntropy("sum")), "its loss differ"),
+    ]:
+        _one_line_refusal_on(cfg, other, str(ckpt), fragment)
+    run(RunConfig("sgd", {"lr": 0.1}, "tiny", steps=3), problem=_tiny(), resume=str(ckpt))  # equal problem: resumes
+
+
+def _one_line_refusal_on(cfg, problem, path, fragment):
+    with pytest.raises(ValueError) as info:
+        run(cfg, problem=problem, resume=path)
+    assert "\n" not in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+def test_checkpoints_of_the_previous_format_or_without_a_problem_identity_are_refused(tmp_path):
+    cfg, ckpt = _checkpoint(tmp_path)
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "f1.npz", lambda m: _set(m, format="refopt-checkpoint/1")),
+                      "checkpoint format 'refopt-checkpoint/1', this refopt reads 'refopt-checkpoint/2'")
+    _one_line_refusal(cfg, _edit(ckpt, tmp_path / "noid.npz", lambda m: _drop(m, "problem_identity")),
+                      "checkpoint has no problem identity")

@@ -303,9 +303,12 @@ def test_decode_validates_python_objects_too():
 
 def test_cli_train_resume_from_a_hostile_checkpoint(tmp_path, monkeypatch, capsys, tripwires):
     from refopt.cli import main
+    from refopt.compare import tuned_hyperparameters
     from refopt.runner import RunConfig, run
     monkeypatch.chdir(tmp_path)
-    cfg = RunConfig("sgd", {}, "synthetic_mlp", steps=2)
+    # the hyperparameters `refopt train sgd --problem synthetic_mlp` runs with, so the identity matches and
+    # the refusal comes from the state class the file names
+    cfg = RunConfig("sgd", tuned_hyperparameters("synthetic_mlp", "sgd"), "synthetic_mlp", steps=2)
     run(cfg, checkpoint_path="ck.npz", checkpoint_every=1)
     with np.load("ck.npz") as data:
         files = dict(data)

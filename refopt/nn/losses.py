@@ -27,6 +27,10 @@ Each loss knows, per example and in output space:
   For these three likelihoods (natural parameters) it equals H_i: the true Fisher is the GGN;
 * ``sample(z, seed, k)``: k label draws from the predictive distribution, on the host, by a documented
   scheme so another implementation can reproduce them (see each class).
+* ``accuracy(z, y)`` (classification losses, ``has_accuracy``): the fraction of correct predictions from the
+  raw outputs, no autodiff: softmax cross-entropy counts argmax_c z_ic = y_i (ties go to the lowest class,
+  NumPy's argmax), the Bernoulli counts 1[z_ic > 0] = y_ic over all B·C entries (z = 0, p = ½, predicts 0);
+  the Gaussian has none.
 
 +---------------------------+-------------------------------------+----------------------------------+
 | loss                      | ℓ_i                                 | H_i                              |
@@ -53,6 +57,7 @@ class Loss:
 
     name = "loss"
     entry_per_output = True  # ℓ_i sums one term per output (Gaussian, Bernoulli); False: one per example
+    has_accuracy = False  # True: ``accuracy`` counts correct predictions (classification losses)
 
     def __init__(self, reduction: str = "mean"):
         if reduction not in REDUCTIONS:
@@ -97,6 +102,11 @@ class Loss:
     def sample(self, z, seed, k: int = 1):
         """k label draws per example from p(·|z), stacked on a leading axis of length k."""
         raise NotImplementedError
+
+    def accuracy(self, z, y) -> float:
+        """The fraction of correct predictions of outputs z for targets y (module docs); ValueError for a loss
+        without one (``has_accuracy`` False)."""
+        raise ValueError(f"{type(self).__name__} has no accuracy (not a classification loss)")
 
     # --- shared ------------------------------------------------------------------------------
     def check_outputs(self, z):
@@ -151,6 +161,12 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "softmax_cross_entropy"
     entry_per_output = False  # one entry per example, as torch's CrossEntropyLoss: "mean_all" is "mean"
+    has_accuracy = True
+
+    def accuracy(self, z, y) -> float:
+        """Mean over examples of 1[argmax_c z_ic = y_i] (ties: the lowest class); y integer labels of shape (B,)."""
+        self.check_targets(z, y)
+        return float(xp.mean(xp.argmax(getval(z), axis=1) == getval(y)))
 
     def check_targets(self, z, y):
         """Require integer labels of shape (B,) in [0, C − 1]: TypeError for another dtype, else ValueError."""
@@ -258,6 +274,12 @@ class Bernoulli(Loss):
     """
 
     name = "bernoulli"
+    has_accuracy = True
+
+    def accuracy(self, z, y) -> float:
+        """Mean over all B·C entries of 1[1[z_ic > 0] = y_ic]; y 0/1 targets of z's shape."""
+        self.check_targets(z, y)
+        return float(xp.mean((getval(z) > 0) == (getval(y) == 1)))
 
     def check_targets(self, z, y):
         """Require 0/1 targets of exactly z's shape with a float, int or bool dtype (else ValueError / TypeError)."""

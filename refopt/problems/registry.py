@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..backend import xp
 from ..nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy
-from ..oracle import Counts, FunctionOracle, Oracle
+from ..oracle import Counts, FunctionOracle, Oracle, batch_digest
 from .datasets import digits, synthetic_classification
 
 __all__ = ["NetworkProblem", "FunctionProblem", "PROBLEMS", "make_problem", "problem_names"]
@@ -38,6 +38,16 @@ class NetworkProblem:
         if self.X_val is None:
             raise ValueError(f"problem {self.name!r} has no held-out examples")
         return Oracle(self.model, self.loss, self.X_val, self.y_val, counts=counts)
+
+    def identity(self) -> dict:
+        """What a checkpoint of a run on this problem must match (JSON-ready): the MLP's sizes, activations and
+        initialisation, the loss (its repr: class, reduction, variance) and a BLAKE2b digest
+        (``oracle.batch_digest``) of the training and held-out arrays' shapes, dtypes and bytes."""
+        held_out = (self.X_val, self.y_val) if self.has_validation else ("no held-out examples",)
+        m = self.model
+        return {"kind": self.kind, "sizes": list(m.sizes), "activations": list(m.activations), "init": m.init_name,
+                "init_scale": m.init_scale, "loss": repr(self.loss),
+                "data": batch_digest(self.X, self.y, "held out:", *held_out)}
 
     @property
     def num_examples(self) -> int:
@@ -77,6 +87,10 @@ class FunctionProblem:
         return self._fn
 
     num_examples = 0
+
+    def identity(self) -> dict:
+        """What a checkpoint of a run on this problem must match: the function's name (no data to digest)."""
+        return {"kind": self.kind, "name": self.name}
 
     def init_params(self, seed: int):
         """A copy of the standard start point x0 (the seed is not used)."""
