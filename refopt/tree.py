@@ -22,32 +22,45 @@ __all__ = ["flatten", "unflatten", "leaves", "tree_map", "tree_map2", "vdot", "a
 def flatten(tree) -> tuple[list, Any]:
     """(leaves, treedef); ``unflatten(treedef, leaves)`` rebuilds the tree."""
     out: list = []
+    return out, _visit(tree, out)
 
-    def visit(t):
-        if isinstance(t, dict):
-            keys = sorted(t)
-            return ("dict", keys, [visit(t[k]) for k in keys])
-        if isinstance(t, (list, tuple)):
-            return (type(t), None, [visit(c) for c in t])
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _visit(t, out):
+    # flatten and unflatten run on every gradient: module-level recursion (no closure per call), and
+    # leaves handled in the parent's loop (no call per leaf).
+    if isinstance(t, dict):
+        keys = sorted(t)
+        children = [t[k] for k in keys]
+        kind = "dict"
+    elif isinstance(t, (list, tuple)):
+        children, keys, kind = t, None, type(t)
+    else:
         out.append(t)
         return None
-
-    return out, visit(tree)
+    defs = []
+    for c in children:
+        if isinstance(c, _CONTAINERS):
+            defs.append(_visit(c, out))
+        else:
+            out.append(c)
+            defs.append(None)
+    return (kind, keys, defs)
 
 
 def unflatten(treedef, leaf_list):
     """The tree described by ``treedef`` (from ``flatten``) with ``leaf_list`` as its leaves, in order."""
-    it = iter(leaf_list)
+    return _build(treedef, iter(leaf_list))
 
-    def build(d):
-        if d is None:
-            return next(it)
-        kind, keys, children = d
-        if kind == "dict":
-            return {k: build(c) for k, c in zip(keys, children)}
-        return kind(build(c) for c in children)
 
-    return build(treedef)
+def _build(d, it):
+    if d is None:
+        return next(it)
+    kind, keys, children = d
+    built = [next(it) if c is None else _build(c, it) for c in children]
+    return dict(zip(keys, built)) if kind == "dict" else kind(built)
 
 
 def leaves(tree) -> list:

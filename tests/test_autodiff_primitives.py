@@ -369,3 +369,162 @@ def test_an_object_array_output_is_refused_not_differentiated_as_zero():
         ad.jvp(lambda z: np.array([z[0] * z[1], z[1]]), np.ones(2), np.ones(2))
     with pytest.raises(TypeError, match="object array"):
         ad.vjp(lambda z: np.array([z[0] * z[1], z[1]]), np.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# affine(a, W, b) = a @ W + b: every mode, and the same bits as matmul followed by add.
+AFFINE_SHAPES = [((4, 3), (3, 5), (5,)), ((3,), (3, 2), (2,)), ((2, 3), (3, 4), (1, 4)), ((3,), (3, 4), (2, 4)),
+                 ((2, 2, 3), (2, 3, 4), (4,)), ((2, 3), (3, 2), ())]
+
+
+@pytest.mark.parametrize("shapes", AFFINE_SHAPES)
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2 ** 31))
+def test_affine_in_every_mode(shapes, seed):
+    abc = _gen_inputs(shapes, "any", np.random.default_rng(seed))
+    check_all_modes(lambda p: ad.affine(p[0], p[1], p[2]), abc, seed)
+
+
+@pytest.mark.parametrize("shapes", AFFINE_SHAPES)
+def test_affine_is_matmul_then_add_bit_for_bit(shapes):
+    gen = np.random.default_rng(7)
+    a, W, b = _gen_inputs(shapes, "any", gen)
+    kept = [x.copy() for x in (a, W, b)]
+    s = ad.affine(a, W, b)
+    assert s.tobytes() == (np.matmul(a, W) + b).tobytes() and s.shape == np.broadcast_shapes((a @ W).shape, b.shape)
+    for x, k in zip((a, W, b), kept):  # the bias is added in place into the fresh product, not into an input
+        assert x.tobytes() == k.tobytes()
+    u = gen.standard_normal(s.shape)
+    fused = ad.vjp(lambda p: ad.affine(*p), (a, W, b))[1](u)
+    apart = ad.vjp(lambda p: ad.add(ad.matmul(p[0], p[1]), p[2]), (a, W, b))[1](u)
+    for x, y in zip(fused, apart):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain rules: the rules a sweep uses on raw arrays (core.defvjp_plain) return exactly what the primitive
+# rules return on the same raw arrays (values to the bit, dtype, shape, strides, type), and leave the
+# cotangent, the output and the arguments untouched, also where they compute in place.
+def _g_with_specials(shape, dtype, gen):
+    """A random cotangent with −0.0, ±inf and NaN in it where there is room: in-place and out-of-place
+    arithmetic must agree on signs and special values too."""
+    g = gen.standard_normal(shape).astype(dtype)
+    flat = g.reshape(-1)
+    for i, v in enumerate([-0.0, np.inf, np.nan, -np.inf][:max(flat.size - 2, 0)]):
+        flat[(3 * i + 1) % flat.size] = v
+    return g
+
+
+def _at_kinks(x):
+    """x with exact zeros at a few entries (relu', |·|' and maximum's ties are taken there)."""
+    x = x.copy()
+    x.reshape(-1)[::3] = 0.0
+    return x
+
+
+def _plain_cases():
+    gen = np.random.default_rng(0)
+    r = lambda *shape: gen.standard_normal(shape)  # noqa: E731
+    pos = lambda *shape: gen.uniform(0.5, 2.0, shape)  # noqa: E731
+    cases = [
+        ("reshape", ad.reshape, (r(2, 6), (3, 4)), {}),
+        ("sum_all", ad.sum, (r(3, 4),), {}),
+        ("sum_axis0", ad.sum, (r(3, 4),), {"axis": 0}),
+        ("sum_keep", ad.sum, (r(2, 3, 4),), {"axis": (0, 2), "keepdims": True}),
+        ("sum_1d", ad.sum, (r(5),), {}),
+        ("broadcast_lead", ad.broadcast_to, (r(3), (2, 3)), {}),
+        ("broadcast_inner", ad.broadcast_to, (r(2, 1), (2, 3)), {}),
+        ("transpose", ad.transpose, (r(2, 3, 4),), {"axes": (2, 0, 1)}),
+        ("transpose_T", ad.transpose, (r(3, 4),), {}),
+        ("getitem", ad.getitem, (r(3, 4), (slice(1, None), 0)), {}),
+        ("scatter", ad.scatter, (r(3), (slice(None), 1), (3, 4)), {}),
+        ("negative", ad.negative, (r(3, 4),), {}),
+        ("exp", ad.exp, (r(3, 4),), {}),
+        ("log", ad.log, (pos(3, 4),), {}),
+        ("tanh", ad.tanh, (r(3, 4),), {}),
+        ("tanh_large", ad.tanh, (r(64, 96),), {}),
+        ("tanh_0d", ad.tanh, (np.array(0.3),), {}),
+        ("sigmoid", ad.sigmoid, (r(3, 4),), {}),
+        ("relu", ad.relu, (_at_kinks(r(3, 4)),), {}),
+        ("softplus", ad.softplus, (r(3, 4),), {}),
+        ("sqrt", ad.sqrt, (pos(3, 4),), {}),
+        ("sin", ad.sin, (r(3, 4),), {}),
+        ("cos", ad.cos, (r(3, 4),), {}),
+        ("absolute", ad.absolute, (_at_kinks(r(3, 4)),), {}),
+        ("power_3", ad.power, (r(3, 4), 3), {}),
+        ("power_frac", ad.power, (pos(3, 4), -1.5), {}),
+        ("take_labels", ad.take_labels, (r(4, 3), np.array([2, 0, 1, 2])), {}),
+        ("logsumexp", ad.logsumexp, (r(4, 3),), {"axis": 1}),
+        ("logsumexp_axis0_keep", ad.logsumexp, (r(4, 3),), {"axis": 0, "keepdims": True}),
+        ("maximum_ties", ad.maximum, (_at_kinks(r(3, 4)), np.zeros((3, 4))), {}),
+        ("affine_layer", ad.affine, (r(32, 10), r(10, 16), r(16)), {}),
+        ("affine_large", ad.affine, (r(64, 96), r(96, 80), r(80)), {}),  # BLAS-sized products
+        ("affine_vector", ad.affine, (r(3), r(3, 2), r(2)), {}),
+        ("affine_bias_up", ad.affine, (r(3), r(3, 4), r(2, 4)), {}),
+        ("affine_batched", ad.affine, (r(2, 2, 3), r(2, 3, 4), r(4)), {}),
+        ("affine_scalar_bias", ad.affine, (r(2, 3), r(3, 2), 0.5), {}),
+        ("divide_by_python_float", ad.divide, (r(3, 4), 32.0), {}),
+        ("divide_0d_by_float", ad.divide, (np.array(3.0), 32.0), {}),
+        ("multiply_python_float", ad.multiply, (2.5, r(3, 4)), {}),
+    ]
+    for xs, ys in BROADCAST_PAIRS:
+        for name, prim in [("add", ad.add), ("subtract", ad.subtract), ("multiply", ad.multiply),
+                           ("divide", ad.divide), ("maximum", ad.maximum)]:
+            cases.append((f"{name}_{xs}_{ys}", prim, (r(*xs), pos(*ys) if name == "divide" else r(*ys)), {}))
+    for sa, sb in [((2, 3), (3, 4)), ((3,), (3, 4)), ((2, 3), (3,)), ((3,), (3,)), ((2, 2, 3), (2, 3, 4)),
+                   ((2, 3), (4, 3, 2))]:
+        cases.append((f"matmul_{sa}_{sb}", ad.matmul, (r(*sa), r(*sb)), {}))
+    return cases
+
+
+PLAIN_CASES = _plain_cases()
+
+
+def _same(a, b, what):
+    assert type(a) is type(b), f"{what}: {type(a).__name__} vs {type(b).__name__}"
+    a, b = np.asarray(a), np.asarray(b)
+    assert (a.dtype, a.shape, a.strides) == (b.dtype, b.shape, b.strides), \
+        f"{what}: {(a.dtype, a.shape, a.strides)} vs {(b.dtype, b.shape, b.strides)}"
+    assert a.tobytes() == b.tobytes(), f"{what}: the values differ in their bits"
+
+
+def test_every_plain_rule_has_a_case():
+    with_plain = {p.name for p in vars(ad.primitives).values() if isinstance(p, ad.Primitive) and p.plain_vjps}
+    assert with_plain == {prim.name for _, prim, _, _ in PLAIN_CASES}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", PLAIN_CASES, ids=[c[0] for c in PLAIN_CASES])
+def test_plain_rules_return_the_primitive_rules_bits(case, dtype):
+    name, prim, args, kwargs = case
+    args = tuple(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args)
+    ans = prim.impl(*args, **kwargs)
+    g = _g_with_specials(np.shape(ans), dtype, np.random.default_rng(5))
+    kept = [np.copy(v) for v in (g, ans) + args if isinstance(v, np.ndarray)]
+    argnums = [i for i in prim.plain_vjps if isinstance(args[i], np.ndarray)]
+    assert argnums, name
+    with np.errstate(all="ignore"):  # inf − inf and 0 · inf in the cotangent are wanted here
+        for i in argnums:
+            _same(prim.plain_vjps[i](g, ans, *args, **kwargs), prim.vjps[i](g, ans, *args, **kwargs),
+                  f"{name}, argument {i}")
+    for v, k in zip([v for v in (g, ans) + args if isinstance(v, np.ndarray)], kept):
+        assert v.tobytes() == k.tobytes(), f"{name}: a plain rule wrote into its inputs"
+
+
+def test_a_plain_rule_needs_a_primitive_rule():
+    prim = ad.Primitive("no_rule_yet", lambda x: 2 * x)
+    with pytest.raises(ValueError, match="no_rule_yet.*argument 0"):
+        ad.core.defvjp_plain(prim, lambda g, ans, x: 2 * g)
+
+
+def test_scalar_constants_keep_their_sign_and_the_arrays_dtype():
+    """Python constants are cast to the array's dtype (and the casts reused): +0.0 and −0.0 compare equal
+    but must stay apart (−0 + −0 = −0, −0 + 0 = +0), and a float32 computation stays float32."""
+    x = np.array([-0.0, 1.0])
+    for _ in range(2):  # the second round reads the kept casts
+        assert np.signbit(ad.add(x, -0.0)[0]) and not np.signbit(ad.add(x, 0.0)[0])
+        assert np.signbit(ad.add(-0.0, x)[0]) and not np.signbit(ad.add(0.0, x)[0])
+        assert np.isnan(ad.multiply(x, float("nan"))).all()
+        x32 = x.astype(np.float32)
+        assert ad.multiply(x32, 0.1).dtype == np.float32 and ad.multiply(x32, 0.1)[1] == np.float32(0.1)
+        assert ad.multiply(x, 0.1)[1] == 0.1

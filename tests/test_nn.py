@@ -55,6 +55,25 @@ def test_forward_pass_matches_numpy(act):
     np.testing.assert_allclose(model(params, X), a, **TOL)
 
 
+@pytest.mark.parametrize("act", ["tanh", "relu", "identity"])
+def test_forward_pass_is_numpys_bit_for_bit_and_writes_no_input(act):
+    """One affine node per layer (its bias added in place into the fresh product) computes exactly
+    NumPy's a @ W + b, and the in-place add never reaches X or the parameters."""
+    gen = np.random.default_rng(2)
+    model = MLP([5, 16, 8, 3], activation=act)
+    params = T.tree_map(lambda a: a + 0.1 * gen.standard_normal(a.shape), model.init(0))
+    X = gen.standard_normal((7, 5))
+    kept = [a.copy() for a in T.leaves((params, X))]
+    a = X
+    for l, p in enumerate(params):
+        a = a @ p["W"] + p["b"]
+        a = NP_ACT[act](a) if l < 2 else a
+    for z in (model.apply(params, X), ad.vjp(lambda p: model.apply(p, X), params)[0]):
+        assert z.dtype == a.dtype and z.tobytes() == a.tobytes()
+    for x, k in zip(T.leaves((params, X)), kept):
+        assert x.tobytes() == k.tobytes()
+
+
 def test_per_layer_activations_and_output_activation():
     model = MLP([2, 3, 3, 1], activation=["relu", "tanh"], output_activation="sigmoid")
     assert model.activations == ["relu", "tanh", "sigmoid"]

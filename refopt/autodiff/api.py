@@ -31,12 +31,32 @@ def vjp(f, x, *args, has_aux: bool = False, **kwargs):
     returns ``(out, aux)``: ``aux`` is computed in the same pass but not differentiated, and the result
     is ``(out, vjp_fn, aux)``.
     """
-    trace = new_trace_id()
-    xs, xdef = T.flatten(x)
-    boxes = [Box(leaf, trace, node=Node(None, leaf, (), {}, [])) for leaf in xs]
-    out = f(T.unflatten(xdef, boxes), *args, **kwargs)
+    trace, xs, xdef, nodes, out = _record(f, x, args, kwargs)
     if has_aux:
         out, aux = out
+    value, vjp_fn = _pullback(trace, xs, xdef, nodes, out)
+    if has_aux:
+        return value, vjp_fn, T.tree_map(lambda a: _strip(a, trace), aux)
+    return value, vjp_fn
+
+
+def _record(f, x, args, kwargs):
+    """Run ``f`` on ``x`` boxed in a fresh reverse trace: (trace, leaves, treedef, input nodes, output)."""
+    trace = new_trace_id()
+    xs, xdef = T.flatten(x)
+    nodes = [Node(None, leaf, (), {}, []) for leaf in xs]
+    out = f(T.unflatten(xdef, [Box(leaf, trace, n) for leaf, n in zip(xs, nodes)]), *args, **kwargs)
+    return trace, xs, xdef, nodes, out
+
+
+def _gradients(xs, xdef, nodes, seeds):
+    """The input cotangents of one reverse sweep from ``seeds``, as a tree like the input (zeros where none)."""
+    grads = backward(seeds) if seeds else {}
+    return T.unflatten(xdef, [grads[n] if n in grads else _zeros_like_leaf(leaf) for n, leaf in zip(nodes, xs)])
+
+
+def _pullback(trace, xs, xdef, nodes, out):
+    """(value, vjp_fn) of a recorded output (see ``vjp``)."""
     outs, outdef = T.flatten(out)
     _check_outputs(outs)
     value = T.unflatten(outdef, [_strip(o, trace) for o in outs])
@@ -49,13 +69,9 @@ def vjp(f, x, *args, has_aux: bool = False, **kwargs):
             if P.shape_of(c) != P.shape_of(o):
                 raise ValueError(f"cotangent: leaf of shape {P.shape_of(c)} for an output of shape "
                                  f"{P.shape_of(o)}")
-        seeds = [(o.node, c) for o, c in zip(outs, cts) if isinstance(o, Box) and o.trace == trace]
-        grads = backward(seeds) if seeds else {}
-        return T.unflatten(xdef, [grads[b.node] if b.node in grads else _zeros_like_leaf(leaf)
-                                  for b, leaf in zip(boxes, xs)])
+        return _gradients(xs, xdef, nodes, [(o.node, c) for o, c in zip(outs, cts)
+                                            if isinstance(o, Box) and o.trace == trace])
 
-    if has_aux:
-        return value, vjp_fn, T.tree_map(lambda a: _strip(a, trace), aux)
     return value, vjp_fn
 
 
@@ -110,11 +126,21 @@ def _check_scalar(value):
 def value_and_grad(f):
     """``x -> (f(x), ∇f(x))`` for a scalar-valued ``f``."""
     def vg(x, *args, **kwargs):
-        value, back = vjp(f, x, *args, **kwargs)
+        trace, xs, xdef, nodes, out = _record(f, x, args, kwargs)
+        if isinstance(out, Box) and out.trace == trace:  # the usual output, one traced leaf: vjp's checks hold
+            value = out.value
+            _check_scalar(value)
+            return value, _gradients(xs, xdef, nodes, [(out.node, _one_like(value))])
+        value, back = _pullback(trace, xs, xdef, nodes, out)
         _check_scalar(value)
-        one = xp.ones(P.shape_of(value), dtype=getval(value).dtype) if hasattr(getval(value), "dtype") else 1.0
-        return value, back(one)
+        return value, back(_one_like(value))
     return vg
+
+
+def _one_like(value):
+    """The cotangent 1 of a scalar output (an array of its shape and dtype; 1.0 for a Python number)."""
+    raw = getval(value)
+    return xp.ones(P.shape_of(value), dtype=raw.dtype) if hasattr(raw, "dtype") else 1.0
 
 
 def grad(f):

@@ -16,13 +16,21 @@ How it works (the scheme of HIPS autograd, reduced to what refopt needs):
 Rule signatures: ``vjp(g, ans, *args, **kwargs)`` returns the cotangent for one argument;
 ``jvp(t, ans, *args, **kwargs)`` returns the tangent contribution of one argument. ``args`` are the
 values one trace down (possibly boxes of enclosing traces), ``ans`` likewise.
+
+Plain fast path. A node records whether its inputs and output are plain arrays (no box of an enclosing
+trace: ``Node.plain``). When such a node meets a plain cotangent, nothing outside the sweep watches it,
+so the sweep may use the primitive's *plain* vjp rule (``defvjp_plain``) instead: the same formula on
+raw arrays, without the primitives' dispatch, returning the same bits. A plain rule may write in place
+only into arrays it allocated itself in that call (never into ``g``, ``ans`` or the arguments, which
+the user or other nodes may hold), and only with the correctly rounded ufuncs (+, −, ×, ÷), whose bits
+do not depend on the loop NumPy picks.
 """
 from __future__ import annotations
 
 import itertools
 
 __all__ = ["Box", "LazyBox", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
-           "defvjp", "defjvp", "set_add"]
+           "defvjp", "defjvp", "defvjp_plain", "set_add"]
 
 _trace_ids = itertools.count(1)
 
@@ -33,16 +41,18 @@ def new_trace_id() -> int:
 
 
 class Node:
-    """A vertex of a reverse-mode graph: the primitive, its output, its inputs, and traced parents."""
+    """A vertex of a reverse-mode graph: the primitive, its output, its inputs, traced parents, and
+    whether inputs and output are plain arrays (no box of an enclosing trace)."""
 
-    __slots__ = ("prim", "ans", "args", "kwargs", "parents")
+    __slots__ = ("prim", "ans", "args", "kwargs", "parents", "plain")
 
-    def __init__(self, prim, ans, args, kwargs, parents):
+    def __init__(self, prim, ans, args, kwargs, parents, plain=True):
         self.prim = prim
         self.ans = ans
         self.args = args
         self.kwargs = kwargs
         self.parents = parents  # list of (argnum, Node)
+        self.plain = plain
 
 
 class Box:
@@ -101,6 +111,7 @@ class Primitive:
         self.lazy_shape = lazy_shape
         self.vjps: dict[int, object] = {}
         self.jvps: dict[int, object] = {}
+        self.plain_vjps: dict[int, object] = {}  # optional fast rules on raw arrays (see the module docs)
 
     def __repr__(self):
         return f"<primitive {self.name}>"
@@ -110,25 +121,34 @@ class Primitive:
         for a in args:
             if isinstance(a, Box) and a.trace > top:
                 top = a.trace
-        if top == 0:
+        if not top:
             return self.impl(*args, **kwargs)
         vals = list(args)
         traced = []
+        plain = True  # no box of a lower trace among the unwrapped values: call impl directly
         for i, a in enumerate(args):
-            if isinstance(a, Box) and a.trace == top:
-                vals[i] = a.value
-                traced.append(i)
-        first = args[traced[0]]
-        if first.node is not None:  # reverse trace: record a node
-            ans = self(*vals, **kwargs)
+            if isinstance(a, Box):
+                if a.trace == top:
+                    v = vals[i] = a.value
+                    traced.append(i)
+                    if isinstance(v, Box):
+                        plain = False
+                else:
+                    plain = False
+        if args[traced[0]].node is not None:  # reverse trace: record a node
+            ans = self.impl(*vals, **kwargs) if plain else self(*vals, **kwargs)
+            vjps = self.vjps
             parents = []
             for i in traced:
-                if i not in self.vjps:
+                if i not in vjps:
                     raise NotImplementedError(f"no vjp rule for argument {i} of {self.name}")
                 parents.append((i, args[i].node))
-            return Box(ans, top, node=Node(self, ans, vals, kwargs, parents))
+            return Box(ans, top, Node(self, ans, vals, kwargs, parents, plain))
         # forward trace: push tangents through the jvp rules
-        ans = None if self.lazy_shape is not None else self(*vals, **kwargs)
+        if self.lazy_shape is not None:
+            ans = None
+        else:
+            ans = self.impl(*vals, **kwargs) if plain else self(*vals, **kwargs)
         tangent = None
         for i in traced:
             rule = self.jvps.get(i)
@@ -138,7 +158,7 @@ class Primitive:
             tangent = t if tangent is None else _add(tangent, t)
         if self.lazy_shape is not None:
             return LazyBox(top, tangent, self, vals, kwargs, self.lazy_shape(*vals, **kwargs))
-        return Box(ans, top, tangent=tangent)
+        return Box(ans, top, None, tangent)
 
 
 _box_value = Box.value  # the slot descriptor that stores a Box's value
@@ -186,6 +206,19 @@ def defvjp(prim: Primitive, *rules) -> None:
             prim.vjps[i] = rule
 
 
+def defvjp_plain(prim: Primitive, *rules) -> None:
+    """Register plain-array vjp rules for arguments 0, 1, ... (``None``: the primitive rule is used).
+
+    Each must return exactly what the primitive rule returns on raw arrays (the tests compare the bits)
+    and write only into arrays it allocated itself; see the module docs.
+    """
+    for i, rule in enumerate(rules):
+        if rule is not None:
+            if i not in prim.vjps:
+                raise ValueError(f"{prim.name}: a plain vjp rule for argument {i}, which has no vjp rule")
+            prim.plain_vjps[i] = rule
+
+
 def defjvp(prim: Primitive, *rules) -> None:
     """Register jvp rules for arguments 0, 1, ... (``None`` for a non-differentiable argument)."""
     for i, rule in enumerate(rules):
@@ -218,36 +251,46 @@ def backward(seeds):
     pushed to its parents. Only the cotangents of input nodes (``prim is None``) are kept; the others
     are dropped as soon as they have been pushed on, which keeps a sweep's peak memory low. The graph
     is left intact: the same recording can be swept many times (this is what makes a recorded
-    gradient a reusable Hessian-vector operator).
+    gradient a reusable Hessian-vector operator). The visiting order, and so the order in which a
+    node's cotangent contributions are summed, depends only on the graph and the seeds.
     """
     root = _Root([n for n, _ in seeds])
     child_counts: dict[object, int] = {}
     stack = [root]
     while stack:  # count, for each node, how many recorded children reach it
-        node = stack.pop()
-        for _, parent in node.parents:
+        for _, parent in stack.pop().parents:
             if parent in child_counts:
                 child_counts[parent] += 1
             else:
                 child_counts[parent] = 1
                 stack.append(parent)
+    add = _add
+    add_plain = add.impl
     outgrads: dict[object, object] = {}
     for n, g in seeds:
-        outgrads[n] = g if n not in outgrads else _add(outgrads[n], g)
+        outgrads[n] = g if n not in outgrads else add(outgrads[n], g)
         child_counts[n] -= 1
     ready = [n for n in {id(n): n for n, _ in seeds}.values() if child_counts[n] == 0]
     done: dict[object, object] = {}
     while ready:
         node = ready.pop()
         g = outgrads.pop(node)
-        prim = node.prim if isinstance(node, Node) else None
-        if prim is None:  # keep only the inputs' cotangents, so intermediate ones are freed early
+        prim = node.prim
+        if prim is None:  # an input: keep its cotangent (input nodes have no parents)
             done[node] = g
+            continue
+        fast = prim.plain_vjps if node.plain and not isinstance(g, Box) else None
+        vjps, ans, args, kwargs = prim.vjps, node.ans, node.args, node.kwargs
         for argnum, parent in node.parents:
-            if prim is not None:
-                pg = prim.vjps[argnum](g, node.ans, *node.args, **node.kwargs)
-                outgrads[parent] = pg if parent not in outgrads else _add(outgrads[parent], pg)
-            child_counts[parent] -= 1
-            if child_counts[parent] == 0:
+            pg = ((fast.get(argnum) if fast else None) or vjps[argnum])(g, ans, *args, **kwargs)
+            if parent in outgrads:  # the add primitive on raw arrays is its impl: call that directly
+                prev = outgrads[parent]
+                outgrads[parent] = (add(prev, pg) if isinstance(prev, Box) or isinstance(pg, Box)
+                                    else add_plain(prev, pg))
+            else:
+                outgrads[parent] = pg
+            count = child_counts[parent] - 1
+            child_counts[parent] = count
+            if not count:
                 ready.append(parent)
     return done

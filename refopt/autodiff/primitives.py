@@ -8,6 +8,13 @@ differentiated. Conventions at non-differentiable points (documented in CONTRIBU
 * ``abs'(0) = 0`` (``sign(0) = 0``);
 * masks, one-hots, comparisons and label indices are piecewise constant: their derivative is zero,
   and so the second derivative of relu is zero everywhere.
+
+Plain rules. Next to the rules written with primitives, the primitives on a network's hot path have a
+*plain* vjp rule (``defvjp_plain``, see ``core``): the same formula, operation for operation, on raw
+arrays, used when no enclosing trace watches the sweep. They skip the primitives' dispatch, and where
+the formula makes a fresh array (tanh's 1 − y², a mask, a softmax) they finish it in place with
+``out=`` instead of allocating one temporary per operation. ``affine(a, W, b) = a @ W + b`` is one
+node for a dense layer's pre-activation, its bias added in place into the fresh product.
 """
 from __future__ import annotations
 
@@ -15,10 +22,10 @@ import math
 import numbers
 
 from ..backend import xp
-from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, getval, set_add
+from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, defvjp_plain, getval, set_add
 
 __all__ = [
-    "add", "subtract", "multiply", "divide", "negative", "power", "matmul", "transpose", "reshape",
+    "add", "subtract", "multiply", "divide", "negative", "power", "matmul", "affine", "transpose", "reshape",
     "broadcast_to", "sum", "mean", "exp", "log", "tanh", "sigmoid", "relu", "softplus", "sqrt", "sin",
     "cos", "absolute", "maximum", "where", "take_labels", "logsumexp", "log_softmax", "softmax", "dot",
     "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square", "getitem", "scatter",
@@ -34,14 +41,83 @@ def shape_of(x) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Helpers of the plain rules (raw arrays only).
+def _shape(x) -> tuple:
+    return getattr(x, "shape", ())
+
+
+def _fresh(t) -> bool:
+    """Whether ``t``, just returned by a ufunc, is an array that may be written (NumPy returns scalars for 0-d)."""
+    return getattr(t, "ndim", 0) > 0 and getattr(t.dtype, "kind", "") == "f"
+
+
+def _fits(x, t) -> bool:
+    """Whether x ⊙ t has t's shape and dtype, so it can be written into ``t`` (x broadcasts into t)."""
+    xs, ts = getattr(x, "shape", None), t.shape
+    if xs is None or getattr(x, "dtype", None) != t.dtype or len(xs) > len(ts):
+        return False
+    if xs == ts or xs == ts[len(ts) - len(xs):]:
+        return True
+    for a, b in zip(reversed(xs), reversed(ts)):
+        if a != b and a != 1:
+            return False
+    return True
+
+
+def _times_fresh(g, t):
+    """g * t, written into ``t`` when ``t`` is a fresh array of the result's shape and dtype."""
+    if getattr(t, "ndim", 0) and getattr(g, "shape", None) == t.shape and getattr(g, "dtype", None) == t.dtype \
+            and t.dtype.kind == "f" or _fresh(t) and _fits(g, t):  # the common case first, then broadcasting g
+        return xp.multiply(g, t, out=t)  # g first, as g * t (with two NaNs the first one's payload wins)
+    return xp.multiply(*_weak(g, t))
+
+
+# Array methods are what numpy.sum / numpy.reshape / ... call, without their Python wrappers (same bits);
+# the functions remain for Python scalars and lists, which have no methods.
+def _plain_sum(x, axis=None, keepdims=False):
+    return x.sum(axis=axis, keepdims=keepdims) if hasattr(x, "sum") else xp.sum(x, axis=axis, keepdims=keepdims)
+
+
+def _reshape(x, shape):
+    return x.reshape(shape) if hasattr(x, "reshape") else xp.reshape(x, shape)
+
+
+def _transpose(x, axes):
+    return x.transpose(axes) if hasattr(x, "transpose") else xp.transpose(x, axes)
+
+
+def _negative(x):
+    return -x if hasattr(x, "dtype") else xp.negative(x)
+
+
+def _arrays(x, y) -> bool:
+    """Whether ``x`` and ``y`` are arrays, so that ``x - y`` is ``xp.subtract(*_weak(x, y))`` without the lookups
+    (no scalar for ``_weak`` to cast; the operators of NumPy and CuPy arrays are their ufuncs)."""
+    return hasattr(x, "ndim") and hasattr(y, "ndim") and not _is_number(x) and not _is_number(y)
+
+
+def _plain_unbroadcast(g, shape):
+    """``unbroadcast`` on raw arrays."""
+    gshape = _shape(g)
+    if gshape == tuple(shape):
+        return g
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and gshape[lead + i] != 1)
+    if axes:
+        g = _plain_sum(g, axis=axes, keepdims=True)
+    return _reshape(g, tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Shape primitives (needed by the rules of the others).
 reshape = Primitive("reshape", lambda x, shape: xp.reshape(x, shape))
 defvjp(reshape, lambda g, ans, x, shape: reshape(g, shape_of(x)))
 defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
+defvjp_plain(reshape, lambda g, ans, x, shape: _reshape(g, _shape(x)))
 
 
 def _sum_impl(x, axis=None, keepdims=False):
-    return xp.sum(x, axis=axis, keepdims=keepdims)
+    return _plain_sum(x, axis=axis, keepdims=keepdims)
 
 
 sum = Primitive("sum", _sum_impl)  # noqa: A001 - mirrors numpy.sum
@@ -50,7 +126,10 @@ sum = Primitive("sum", _sum_impl)  # noqa: A001 - mirrors numpy.sum
 def _keepdims_shape(xshape, axis):
     if axis is None:
         return (1,) * len(xshape)
-    axes = (axis,) if isinstance(axis, int) else axis
+    if isinstance(axis, int):
+        a = axis % len(xshape)
+        return tuple(xshape[:a]) + (1,) + tuple(xshape[a + 1:])
+    axes = axis
     axes = {a % len(xshape) for a in axes}
     return tuple(1 if i in axes else d for i, d in enumerate(xshape))
 
@@ -63,6 +142,8 @@ def _sum_vjp(g, ans, x, axis=None, keepdims=False):
 
 
 defvjp(sum, _sum_vjp)
+defvjp_plain(sum, lambda g, ans, x, axis=None, keepdims=False: xp.broadcast_to(
+    g if keepdims else _reshape(g, _keepdims_shape(_shape(x), axis)), _shape(x)))
 defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
 
 broadcast_to = Primitive("broadcast_to", lambda x, shape: xp.broadcast_to(x, shape))
@@ -82,6 +163,7 @@ def unbroadcast(g, shape):
 
 defvjp(broadcast_to, lambda g, ans, x, shape: unbroadcast(g, shape_of(x)))
 defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
+defvjp_plain(broadcast_to, lambda g, ans, x, shape: _plain_unbroadcast(g, _shape(x)))
 
 
 def _transpose_impl(x, axes=None):
@@ -102,6 +184,7 @@ def _inverse_axes(axes, ndim):
 
 defvjp(transpose, lambda g, ans, x, axes=None: transpose(g, _inverse_axes(axes, len(shape_of(x)))))
 defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
+defvjp_plain(transpose, lambda g, ans, x, axes=None: _transpose(g, _inverse_axes(axes, len(_shape(x)))))
 
 # ---------------------------------------------------------------------------------------------------
 # Basic indexing: x[index] with integers, slices, Ellipsis and None (a view, no repeated entries, so its
@@ -131,6 +214,8 @@ defvjp(getitem, lambda g, ans, x, index: scatter(g, index, shape_of(x)))
 defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
 defvjp(scatter, lambda g, ans, y, index, shape: getitem(g, index))
 defjvp(scatter, lambda t, ans, y, index, shape: scatter(t, index, shape))
+defvjp_plain(getitem, lambda g, ans, x, index: _scatter_impl(g, index, _shape(x)))
+defvjp_plain(scatter, lambda g, ans, y, index, shape: g[index])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,11 +228,38 @@ def _weak(x, y):
     NumPy ≥ 2 turns a float32 array times a NumPy float64 scalar into float64. Casting the constant keeps
     float32 computations float32 on both and changes nothing in float64.
     """
-    if isinstance(x, numbers.Number) and getattr(getattr(y, "dtype", None), "kind", "") == "f":
-        return xp.asarray(x, dtype=y.dtype), y
-    if isinstance(y, numbers.Number) and getattr(getattr(x, "dtype", None), "kind", "") == "f":
-        return x, xp.asarray(y, dtype=x.dtype)
+    if _is_number(x) and getattr(getattr(y, "dtype", None), "kind", "") == "f":
+        return _constant(x, y), y
+    if _is_number(y) and getattr(getattr(x, "dtype", None), "kind", "") == "f":
+        return x, _constant(y, x)
     return x, y
+
+
+_CONSTANTS: dict = {}  # (type, value, dtype, array type) -> the 0-d array; only ever an operand, never returned
+
+
+def _constant(c, like):
+    """``xp.asarray(c, dtype=like.dtype)``, kept: the same few constants (1, ½, 1/B) recur on every pass."""
+    if not c or c != c:  # ±0 compare (and hash) equal, NaN unequal to itself: not cached
+        return xp.asarray(c, dtype=like.dtype)
+    key = (type(c), c, like.dtype, type(like))
+    arr = _CONSTANTS.get(key)
+    if arr is None:
+        if len(_CONSTANTS) > 512:  # step sizes and other one-off scalars must not grow it without bound
+            _CONSTANTS.clear()
+        arr = _CONSTANTS[key] = xp.asarray(c, dtype=like.dtype)
+    return arr
+
+
+_NUMBER_TYPES: dict = {}  # type -> isinstance(·, numbers.Number); the ABC check is slow and per type
+
+
+def _is_number(x) -> bool:
+    t = type(x)
+    known = _NUMBER_TYPES.get(t)
+    if known is None:
+        known = _NUMBER_TYPES[t] = isinstance(x, numbers.Number)
+    return known
 
 
 def _fit(t, ans):
@@ -159,6 +271,8 @@ add = Primitive("add", lambda x, y: xp.add(*_weak(x, y)))
 set_add(add)
 defvjp(add, lambda g, ans, x, y: unbroadcast(g, shape_of(x)), lambda g, ans, x, y: unbroadcast(g, shape_of(y)))
 defjvp(add, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(t, ans))
+defvjp_plain(add, lambda g, ans, x, y: _plain_unbroadcast(g, _shape(x)),
+             lambda g, ans, x, y: _plain_unbroadcast(g, _shape(y)))
 
 subtract = Primitive("subtract", lambda x, y: xp.subtract(*_weak(x, y)))
 negative = Primitive("negative", lambda x: xp.negative(x))
@@ -167,11 +281,16 @@ defjvp(negative, lambda t, ans, x: negative(t))
 defvjp(subtract, lambda g, ans, x, y: unbroadcast(g, shape_of(x)),
        lambda g, ans, x, y: unbroadcast(negative(g), shape_of(y)))
 defjvp(subtract, lambda t, ans, x, y: _fit(t, ans), lambda t, ans, x, y: _fit(negative(t), ans))
+defvjp_plain(negative, lambda g, ans, x: _negative(g))
+defvjp_plain(subtract, lambda g, ans, x, y: _plain_unbroadcast(g, _shape(x)),
+             lambda g, ans, x, y: _plain_unbroadcast(_negative(g), _shape(y)))
 
 multiply = Primitive("multiply", lambda x, y: xp.multiply(*_weak(x, y)))
 defvjp(multiply, lambda g, ans, x, y: unbroadcast(multiply(g, y), shape_of(x)),
        lambda g, ans, x, y: unbroadcast(multiply(g, x), shape_of(y)))
 defjvp(multiply, lambda t, ans, x, y: _fit(multiply(t, y), ans), lambda t, ans, x, y: _fit(multiply(x, t), ans))
+defvjp_plain(multiply, lambda g, ans, x, y: _plain_unbroadcast(xp.multiply(*_weak(g, y)), _shape(x)),
+             lambda g, ans, x, y: _plain_unbroadcast(xp.multiply(*_weak(g, x)), _shape(y)))
 
 
 divide = Primitive("divide", lambda x, y: xp.divide(*_weak(x, y)))
@@ -181,6 +300,19 @@ defjvp(divide, lambda t, ans, x, y: _fit(divide(t, y), ans),
        lambda t, ans, x, y: _fit(negative(multiply(t, divide(ans, y))), ans))
 
 
+def _divide_vjp_y_plain(g, ans, x, y):
+    q = _times_fresh(g, xp.divide(*_weak(ans, y)))
+    return _plain_unbroadcast(xp.negative(q, out=q) if _fresh(q) else _negative(q), _shape(y))
+
+
+def _divide_vjp_x_plain(g, ans, x, y):
+    g, y = _weak(g, y)
+    return _plain_unbroadcast(g / y if _arrays(g, y) else xp.divide(g, y), _shape(x))
+
+
+defvjp_plain(divide, _divide_vjp_x_plain, _divide_vjp_y_plain)
+
+
 def _power_impl(x, c):
     return xp.power(*_weak(x, c))
 
@@ -188,6 +320,7 @@ def _power_impl(x, c):
 power = Primitive("power", _power_impl)  # x ** c with a constant exponent c
 defvjp(power, lambda g, ans, x, c: multiply(g, multiply(c, power(x, c - 1))))
 defjvp(power, lambda t, ans, x, c: multiply(t, multiply(c, power(x, c - 1))))
+defvjp_plain(power, lambda g, ans, x, c: xp.multiply(*_weak(g, xp.multiply(*_weak(c, _power_impl(x, c - 1))))))
 
 
 def square(x):
@@ -247,6 +380,88 @@ defvjp(matmul, _matmul_vjp_a, _matmul_vjp_b)
 defjvp(matmul, lambda t, ans, a, b: matmul(t, b), lambda t, ans, a, b: matmul(a, t))
 
 
+def _swap_plain(x):
+    nd = len(_shape(x))
+    return _transpose(x, tuple(range(nd - 2)) + (nd - 1, nd - 2))
+
+
+def _matmul_vjp_a_plain(g, ans, a, b):
+    na, nb = len(_shape(a)), len(_shape(b))
+    if na == 1 and nb == 1:
+        return xp.multiply(*_weak(g, b))
+    if na == 1:
+        return xp.matmul(b, g)
+    if nb == 1:
+        return xp.multiply(*_weak(_reshape(g, _shape(g) + (1,)), b))
+    return _plain_unbroadcast(xp.matmul(g, _swap_plain(b)), _shape(a))
+
+
+def _matmul_vjp_b_plain(g, ans, a, b):
+    na, nb = len(_shape(a)), len(_shape(b))
+    if na == 1 and nb == 1:
+        return xp.multiply(*_weak(g, a))
+    if na == 1:
+        return xp.multiply(*_weak(_reshape(a, _shape(a) + (1,)), g))
+    if nb == 1:
+        return xp.matmul(g, a)
+    return _plain_unbroadcast(xp.matmul(_swap_plain(a), g), _shape(b))
+
+
+defvjp_plain(matmul, _matmul_vjp_a_plain, _matmul_vjp_b_plain)
+
+
+# A dense layer's pre-activation a @ W + b as one node: the rules are matmul's and add's, composed (so
+# every result is what matmul followed by add gives, bit for bit), with one node to record instead of two.
+def _affine_impl(a, W, b):
+    try:
+        s = a @ W  # numpy.matmul, as the operator of arrays (and of an array and a list)
+    except TypeError:
+        s = xp.matmul(a, W)
+    if _fresh(s) and _fits(b, s):
+        s += b  # the product is fresh: add the bias in place, no temporary
+        return s
+    return xp.add(*_weak(s, b))
+
+
+affine = Primitive("affine", _affine_impl)  # a @ W + b
+
+
+def _affine_g(g, a, W):
+    """The cotangent of the product a @ W (g summed down where the bias broadcast it up)."""
+    return unbroadcast(g, _matmul_shape(a, W))
+
+
+defvjp(affine, lambda g, ans, a, W, b: _matmul_vjp_a(_affine_g(g, a, W), None, a, W),
+       lambda g, ans, a, W, b: _matmul_vjp_b(_affine_g(g, a, W), None, a, W),
+       lambda g, ans, a, W, b: unbroadcast(g, shape_of(b)))
+defjvp(affine, lambda t, ans, a, W, b: _fit(matmul(t, W), ans), lambda t, ans, a, W, b: _fit(matmul(a, t), ans),
+       lambda t, ans, a, W, b: _fit(t, ans))
+
+
+def _affine_vjp_a_plain(g, ans, a, W, b):
+    sa, sW = _shape(a), _shape(W)
+    if len(sa) == 2 and len(sW) == 2 and _shape(g) == (sa[0], sW[1]):
+        return g @ W.T  # a dense layer: the general rule's steps reduce to this one product
+    return _matmul_vjp_a_plain(_plain_unbroadcast(g, _matmul_shape(a, W)), None, a, W)
+
+
+def _affine_vjp_W_plain(g, ans, a, W, b):
+    sa, sW = _shape(a), _shape(W)
+    if len(sa) == 2 and len(sW) == 2 and _shape(g) == (sa[0], sW[1]):
+        return a.T @ g
+    return _matmul_vjp_b_plain(_plain_unbroadcast(g, _matmul_shape(a, W)), None, a, W)
+
+
+def _affine_vjp_b_plain(g, ans, a, W, b):
+    sg, sb = _shape(g), _shape(b)
+    if len(sg) == 2 and len(sb) == 1 and sb[0] == sg[1]:
+        return _plain_sum(g, axis=0)  # what unbroadcast sums, without its keepdims and reshape
+    return _plain_unbroadcast(g, sb)
+
+
+defvjp_plain(affine, _affine_vjp_a_plain, _affine_vjp_W_plain, _affine_vjp_b_plain)
+
+
 def dot(x, y):
     """<x, y> summed over every axis."""
     return sum(multiply(x, y))
@@ -257,14 +472,26 @@ def dot(x, y):
 exp = Primitive("exp", lambda x: xp.exp(x))
 defvjp(exp, lambda g, ans, x: multiply(g, ans))
 defjvp(exp, lambda t, ans, x: multiply(t, ans))
+defvjp_plain(exp, lambda g, ans, x: xp.multiply(*_weak(g, ans)))
 
 log = Primitive("log", lambda x: xp.log(x))
 defvjp(log, lambda g, ans, x: divide(g, x))
 defjvp(log, lambda t, ans, x: divide(t, x))
+defvjp_plain(log, lambda g, ans, x: xp.divide(*_weak(g, x)))
 
 tanh = Primitive("tanh", lambda x: xp.tanh(x))
 defvjp(tanh, lambda g, ans, x: multiply(g, subtract(1.0, multiply(ans, ans))))
 defjvp(tanh, lambda t, ans, x: multiply(t, subtract(1.0, multiply(ans, ans))))
+
+
+def _tanh_vjp_plain(g, ans, x):
+    d = ans * ans if hasattr(ans, "dtype") else xp.multiply(*_weak(ans, ans))
+    if _fresh(d):  # g ⊙ (1 − y²) from the forward output y: three passes over one array
+        return _times_fresh(g, xp.subtract(_constant(1.0, d), d, out=d))
+    return xp.multiply(*_weak(g, xp.subtract(*_weak(1.0, d))))
+
+
+defvjp_plain(tanh, _tanh_vjp_plain)
 
 
 def _sigmoid_impl(x):
@@ -278,6 +505,14 @@ defvjp(sigmoid, lambda g, ans, x: multiply(g, multiply(ans, subtract(1.0, ans)))
 defjvp(sigmoid, lambda t, ans, x: multiply(t, multiply(ans, subtract(1.0, ans))))
 
 
+def _sigmoid_vjp_plain(g, ans, x):
+    d = xp.subtract(*_weak(1.0, ans))
+    return _times_fresh(g, _times_fresh(ans, d))  # g ⊙ (y ⊙ (1 − y)), both products into d
+
+
+defvjp_plain(sigmoid, _sigmoid_vjp_plain)
+
+
 def _softplus_impl(x):
     return xp.logaddexp(*_weak(0.0, x))  # log(1 + e^x) without overflow
 
@@ -285,6 +520,7 @@ def _softplus_impl(x):
 softplus = Primitive("softplus", _softplus_impl)
 defvjp(softplus, lambda g, ans, x: multiply(g, sigmoid(x)))
 defjvp(softplus, lambda t, ans, x: multiply(t, sigmoid(x)))
+defvjp_plain(softplus, lambda g, ans, x: _times_fresh(g, _sigmoid_impl(x)))
 
 greater = NonDifferentiable("greater", lambda x, y: xp.greater(x, y))
 greater_equal = NonDifferentiable("greater_equal", lambda x, y: xp.greater_equal(x, y))
@@ -298,10 +534,12 @@ def _mask(cond, like):
 relu = Primitive("relu", lambda x: xp.maximum(*_weak(x, 0.0)))
 defvjp(relu, lambda g, ans, x: multiply(g, _mask(greater(x, 0.0), x)))
 defjvp(relu, lambda t, ans, x: multiply(t, _mask(greater(x, 0.0), x)))
+defvjp_plain(relu, lambda g, ans, x: _times_fresh(g, _mask(xp.greater(x, 0.0), x)))  # the mask is a fresh copy
 
 sqrt = Primitive("sqrt", lambda x: xp.sqrt(x))
 defvjp(sqrt, lambda g, ans, x: divide(g, multiply(2.0, ans)))
 defjvp(sqrt, lambda t, ans, x: divide(t, multiply(2.0, ans)))
+defvjp_plain(sqrt, lambda g, ans, x: xp.divide(*_weak(g, xp.multiply(*_weak(2.0, ans)))))
 
 sin = Primitive("sin", lambda x: xp.sin(x))
 cos = Primitive("cos", lambda x: xp.cos(x))
@@ -309,10 +547,13 @@ defvjp(sin, lambda g, ans, x: multiply(g, cos(x)))
 defjvp(sin, lambda t, ans, x: multiply(t, cos(x)))
 defvjp(cos, lambda g, ans, x: negative(multiply(g, sin(x))))
 defjvp(cos, lambda t, ans, x: negative(multiply(t, sin(x))))
+defvjp_plain(sin, lambda g, ans, x: _times_fresh(g, xp.cos(x)))
+defvjp_plain(cos, lambda g, ans, x: xp.negative(_times_fresh(g, xp.sin(x))))
 
 absolute = Primitive("absolute", lambda x: xp.abs(x))
 defvjp(absolute, lambda g, ans, x: multiply(g, sign(x)))
 defjvp(absolute, lambda t, ans, x: multiply(t, sign(x)))
+defvjp_plain(absolute, lambda g, ans, x: _times_fresh(g, xp.sign(x)))
 
 maximum = Primitive("maximum", lambda x, y: xp.maximum(*_weak(x, y)))
 
@@ -321,6 +562,10 @@ defvjp(maximum, lambda g, ans, x, y: unbroadcast(multiply(g, _mask(greater_equal
        lambda g, ans, x, y: unbroadcast(multiply(g, _mask(xp.logical_not(greater_equal(x, y)), ans)), shape_of(y)))
 defjvp(maximum, lambda t, ans, x, y: multiply(t, _mask(greater_equal(x, y), ans)),
        lambda t, ans, x, y: multiply(t, _mask(xp.logical_not(greater_equal(x, y)), ans)))
+defvjp_plain(maximum,
+             lambda g, ans, x, y: _plain_unbroadcast(_times_fresh(g, _mask(xp.greater_equal(x, y), ans)), _shape(x)),
+             lambda g, ans, x, y: _plain_unbroadcast(
+                 _times_fresh(g, _mask(xp.logical_not(xp.greater_equal(x, y)), ans)), _shape(y)))
 
 
 def _where_impl(cond, x, y):
@@ -352,13 +597,15 @@ def _take_labels_impl(x, labels):
 take_labels = Primitive("take_labels", _take_labels_impl)  # x[b, labels[b]] for x of shape (B, C)
 defvjp(take_labels, lambda g, ans, x, labels: multiply(
     reshape(g, (shape_of(g)[0], 1)), onehot(labels, shape_of(x)[1], getval(x).dtype)))
+defvjp_plain(take_labels, lambda g, ans, x, labels: _times_fresh(
+    _reshape(g, (_shape(g)[0], 1)), _onehot_impl(labels, _shape(x)[1], x.dtype)))
 defjvp(take_labels, lambda t, ans, x, labels: take_labels(t, labels))
 
 
 def _logsumexp_impl(x, axis=-1, keepdims=False):
-    m = xp.max(x, axis=axis, keepdims=True)
-    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
-    return out if keepdims else xp.squeeze(out, axis=axis)
+    m = x.max(axis=axis, keepdims=True) if hasattr(x, "max") else xp.max(x, axis=axis, keepdims=True)
+    out = xp.log(_plain_sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else out.squeeze(axis=axis)
 
 
 logsumexp = Primitive("logsumexp", _logsumexp_impl)
@@ -376,6 +623,17 @@ def _lse_vjp(g, ans, x, axis=-1, keepdims=False):
 
 
 defvjp(logsumexp, _lse_vjp)
+
+
+def _lse_vjp_plain(g, ans, x, axis=-1, keepdims=False):
+    lse = ans
+    if not keepdims:
+        shape = _keepdims_shape(_shape(x), axis)
+        g, lse = _reshape(g, shape), _reshape(ans, shape)
+    return _times_fresh(g, xp.exp(x - lse if _arrays(x, lse) else xp.subtract(*_weak(x, lse))))
+
+
+defvjp_plain(logsumexp, _lse_vjp_plain)
 defjvp(logsumexp, lambda t, ans, x, axis=-1, keepdims=False: sum(
     multiply(t, _lse_softmax(ans, x, axis, keepdims)), axis=axis, keepdims=keepdims))
 

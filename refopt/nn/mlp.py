@@ -2,8 +2,9 @@
 
 Layer l computes  s_l = a_{l-1} @ W_l + b_l,  a_l = φ_l(s_l),  with W_l of shape (fan_in, fan_out),
 a_0 = X (batch, d_in) and the network output z = s_L (no activation on the last layer unless one is
-asked for; the losses take logits / means). Parameters are a list of dicts ``{"W": W_l, "b": b_l}``,
-which flatten (``refopt.tree``) to [vec(W_1), b_1, vec(W_2), b_2, ...] with row-major vec.
+asked for; the losses take logits / means); s_l is one ``autodiff.affine`` node. Parameters are a
+list of dicts ``{"W": W_l, "b": b_l}``, which flatten (``refopt.tree``) to [vec(W_1), b_1, vec(W_2),
+b_2, ...] with row-major vec.
 
 Per-layer statistics. ``layer_statistics`` returns, for every layer and every example, the layer's
 input a_{l-1} and g_l = ∂L/∂s_l, the gradient of the *reduced* loss L with respect to the
@@ -32,6 +33,15 @@ ACTIVATIONS = {"tanh": ad.tanh, "relu": ad.relu, "sigmoid": ad.sigmoid, "softplu
                "identity": _identity}
 
 _INITS = ("glorot", "he", "lecun", "normal")
+
+_FLOATING: dict = {}  # dtype -> is_floating(dtype), which is slow (it builds the dtype's name) and is asked per pass
+
+
+def _floating(dtype) -> bool:
+    known = _FLOATING.get(dtype)
+    if known is None:
+        known = _FLOATING[dtype] = is_floating(dtype)
+    return known
 
 
 class MLP:
@@ -97,27 +107,33 @@ class MLP:
 
     def check(self, params, X) -> None:
         """Raise ValueError/TypeError when ``params`` or ``X`` do not fit this network."""
-        if not isinstance(params, (list, tuple)) or len(params) != self.num_layers:
+        sizes = self.sizes
+        if not isinstance(params, (list, tuple)) or len(params) != len(sizes) - 1:
             raise ValueError(f"params: expected a list of {self.num_layers} layer dicts with keys 'W' and 'b'")
-        for l, (p, fan_in, fan_out) in enumerate(zip(params, self.sizes[:-1], self.sizes[1:])):
-            if not isinstance(p, dict) or set(p) != {"W", "b"}:
+        for l, p in enumerate(params):
+            fan_in, fan_out = sizes[l], sizes[l + 1]
+            if not isinstance(p, dict) or len(p) != 2 or "W" not in p or "b" not in p:
                 raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
             if ad.shape_of(p["W"]) != (fan_in, fan_out) or ad.shape_of(p["b"]) != (fan_out,):
                 raise ValueError(f"params[{l}]: expected W of shape {(fan_in, fan_out)} and b of shape "
                                  f"{(fan_out,)}, got {ad.shape_of(p['W'])} and {ad.shape_of(p['b'])}")
-        dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
-        if len(dtypes) != 1 or not is_floating(next(iter(dtypes))):
+        dtype = params[0]["W"].dtype  # this runs on every forward pass: dtypes compared (a box reads its value's)
+        mixed = False
+        for p in params:
+            if p["W"].dtype != dtype or p["b"].dtype != dtype:
+                mixed = True
+        if mixed or not _floating(dtype):
+            dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
             raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
                             f"{sorted(str(d) for d in dtypes)}")
-        dtype = dtypes.pop()
         Xv = getval(X)
-        if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
+        if not hasattr(Xv, "dtype") or not _floating(Xv.dtype):
             raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
         if Xv.dtype != dtype:  # mixing would silently promote a float32 model to float64
             raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
                             f"(e.g. as_array(X, dtype))")
-        if Xv.ndim != 2 or Xv.shape[1] != self.sizes[0]:
-            raise ValueError(f"X: expected shape (batch, {self.sizes[0]}), got {tuple(Xv.shape)}")
+        if Xv.ndim != 2 or Xv.shape[1] != sizes[0]:
+            raise ValueError(f"X: expected shape (batch, {sizes[0]}), got {tuple(Xv.shape)}")
 
     def apply(self, params, X, perturbations=None, record_inputs=None):
         """Network output z (batch, d_out). ``perturbations[l]`` is added to s_l (see module docs);
@@ -127,7 +143,7 @@ class MLP:
         for l, (p, act) in enumerate(zip(params, self.activations)):
             if record_inputs is not None:
                 record_inputs.append(a)
-            s = ad.add(ad.matmul(a, p["W"]), p["b"])
+            s = ad.affine(a, p["W"], p["b"])  # a @ W + b, one node
             if perturbations is not None:
                 s = ad.add(s, perturbations[l])
             a = ACTIVATIONS[act](s)
