@@ -63,9 +63,9 @@ def _load_cupy():
 def set_backend(name: str) -> None:
     """Select the array library: ``"numpy"`` (CPU) or ``"cupy"`` (GPU)."""
     if name == "numpy":
-        _state.update(module=_np, name="numpy")
+        _set_module(_np, "numpy")
     elif name == "cupy":
-        _state.update(module=_load_cupy(), name="cupy")
+        _set_module(_load_cupy(), "cupy")
     else:
         raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
 
@@ -77,7 +77,7 @@ def _use_array_module(module, name: str = "cupy") -> None:
     ``set_backend("numpy")`` goes back."""
     if name not in ("numpy", "cupy"):
         raise ValueError(f"name must be 'numpy' or 'cupy', got {name!r}")
-    _state.update(module=module, name=name)
+    _set_module(module, name)
 
 
 def backend_name() -> str:
@@ -102,16 +102,29 @@ def default_dtype():
 
 
 class _ArrayModule:
-    """Forwards attribute access to the active array module (``xp.exp`` is NumPy's or CuPy's)."""
+    """Forwards attribute access to the active array module (``xp.exp`` is NumPy's or CuPy's).
+
+    What it forwarded is kept in the proxy's own ``__dict__``, so the next ``xp.exp`` is a plain attribute
+    read instead of a ``__getattr__`` call (a gradient of a small network reads a dozen); ``_set_module``
+    empties it whenever the module changes.
+    """
 
     def __getattr__(self, item):
-        return getattr(_state["module"], item)
+        value = getattr(_state["module"], item)
+        self.__dict__[item] = value
+        return value
 
     def __repr__(self):
         return f"<refopt array module: {_state['name']}>"
 
 
 xp = _ArrayModule()
+
+
+def _set_module(module, name: str) -> None:
+    """Make ``module`` the active array library under ``name``, dropping what ``xp`` kept of the last one."""
+    _state.update(module=module, name=name)
+    xp.__dict__.clear()
 
 
 def is_floating(dtype) -> bool:

@@ -15,9 +15,28 @@ Every other optimizer that runs on a function oracle (``function_methods()``: sg
 shampoo, adahessian, sophia_h, ...) runs the plain loop ``evaluate; stop?; x, state, info = opt.update(x,
 state, oracle)``, its update reusing the loop's evaluation of the same x (one nfev and ngev per step); it
 has no "precision" stop. ``fun`` may use indexing and NumPy's functions (docs/core.md, "Plain Python and
-NumPy functions"); without ``jac``/``hessp`` the autodiff differentiates it. The result answers to scipy's
-names too: ``fun`` (= ``f``), ``jac`` (= ``grad``) and ``hess_inv`` (H ≈ ∇²f⁻¹ of a quasi-Newton method in
-form "inverse", as scipy's BFGS; None otherwise).
+NumPy functions"); without ``jac``/``hessp`` the autodiff differentiates it, and ``float(x[0])``,
+``math.exp(x[0])`` or ``np.float64(x[0])`` inside ``fun`` raise a TypeError (the derivative would be lost).
+The result answers to scipy's names too: ``fun`` (= ``f``), ``jac`` (= ``grad``), ``njev`` (= ``ngev``) and
+``hess_inv`` (H ≈ ∇²f⁻¹ of a quasi-Newton method in form "inverse", as scipy's BFGS; None otherwise).
+
+scipy's spelling works too: ``minimize(fun, x0, args=(a, b), method="BFGS", jac=True, tol=1e-8)``.
+
+* ``method``: scipy's names, case-insensitive, map to refopt's: "BFGS" → bfgs, "Newton-CG" → newton_cg,
+  "trust-ncg" → trust_ncg, "L-BFGS-B" → lbfgs (without ``bounds``: refopt has no bound constraints, so
+  ``bounds`` and ``constraints`` are refused). scipy's methods without a counterpart ("CG", nonlinear
+  conjugate gradient; "Nelder-Mead", "Powell", "TNC", ...) are refused by name. refopt's names are read
+  case-insensitively as well; ``method=None`` is bfgs, as in scipy.
+* ``args``: extra arguments, passed as scipy passes them: ``fun(x, *args)``, ``jac(x, *args)``,
+  ``hess(x, *args)``, ``hessp(x, p, *args)`` (a non-tuple is one argument). Note that refopt's third
+  positional parameter is ``method``, scipy's is ``args``: a tuple there is refused.
+* ``jac=True``: ``fun`` returns ``(f, g)``; it is called once per point (the last point's pair is kept).
+  ``jac=False`` or None: refopt's autodiff; scipy's finite-difference strings ("2-point", ...) are refused.
+* ``tol``: what scipy's ``minimize`` sets from it (``options.setdefault``, scipy/optimize/_minimize.py),
+  unless ``gtol`` / ``xtol`` are given. BFGS, L-BFGS-B and trust-ncg: ``gtol = tol`` (scipy's L-BFGS-B
+  also sets its ``ftol``, a relative-decrease test refopt does not have, so refopt's run goes on to gtol).
+  Newton-CG: scipy's stops on its step alone (mean |Δx_i| ≤ tol), so ``xtol = tol`` (refopt's rule below,
+  ‖Δx‖∞ ≤ xtol · max(1, ‖x‖∞)) and ``gtol = 0``. Every other refopt method: ``gtol = tol``.
 
 Stopping rules and statuses (``result.status``; ``result.success`` is True for the first three):
 
@@ -45,18 +64,20 @@ built by ``newton``). Trust-region trials that are rejected count as iterations 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from . import tree as T
+from .autodiff import Box
 from .backend import as_array, xp
 from .linesearch import rounding_error
 from .oracle import FunctionOracle
 from .optim import OPTIMIZERS, Optimizer, make_optimizer, optimizer_class
 from .optim.descent import DescentMethod
 
-__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "function_methods", "StallMonitor", "PRECISION_PATIENCE", "at_rounding_level",
-           "dtype_eps"]
+__all__ = ["minimize", "MinimizeResult", "FUNCTION_METHODS", "function_methods", "StallMonitor", "PRECISION_PATIENCE",
+           "at_rounding_level", "dtype_eps", "SCIPY_METHODS", "method_name"]
 
 _EPS = 2.220446049250313e-16
 PRECISION_PATIENCE = 10   # iterations without measurable progress before a "precision" stop
@@ -65,6 +86,14 @@ FUNCTION_METHODS = ("newton", "newton_cg", "trust_ncg", "sr1", "sherman_morrison
 # The Newton family above runs the loop below with its line searches and trust regions; every other
 # optimizer whose ``requires`` a FunctionOracle provides (sgd, adam, adagrad, shampoo, adahessian, ...) runs
 # a plain loop of ``update`` steps (``function_methods()`` lists them all).
+
+SCIPY_METHODS = {"bfgs": "bfgs", "newton-cg": "newton_cg", "trust-ncg": "trust_ncg", "l-bfgs-b": "lbfgs"}
+# scipy.optimize.minimize's other methods (lower case), which refopt does not have
+_SCIPY_ONLY = {"cg": "nonlinear conjugate gradient (Polak-Ribière)", "nelder-mead": "the Nelder-Mead simplex",
+               "powell": "Powell's conjugate directions", "tnc": "truncated Newton with bounds",
+               "cobyla": "COBYLA (constraints)", "cobyqa": "COBYQA (constraints)", "slsqp": "SLSQP (constraints)",
+               "trust-constr": "trust-constr (constraints)", "dogleg": "the dogleg trust region",
+               "trust-exact": "the exact trust-region subproblem", "trust-krylov": "the Krylov trust-region subproblem"}
 
 
 @dataclass
@@ -96,6 +125,11 @@ class MinimizeResult:
     def jac(self):
         """scipy's name for ``grad`` (the gradient at ``x``)."""
         return self.grad
+
+    @property
+    def njev(self) -> int:
+        """scipy's name for ``ngev`` (gradient evaluations)."""
+        return self.ngev
 
     def __repr__(self):
         return (f"MinimizeResult(status={self.status!r}, success={self.success}, f={self.f:.10g}, "
@@ -224,29 +258,127 @@ class _SharedEvaluation:
         return self._last[1], self._last[2]
 
 
-def _oracle(fun, jac, hess, hessp) -> FunctionOracle:
-    if isinstance(fun, FunctionOracle):
-        return fun
-    if hasattr(fun, "oracle") and callable(fun.oracle):   # a refopt.problems Problem
-        return fun.oracle()
+def method_name(method, bounds=None) -> str:
+    """refopt's name for ``method``: scipy's spelling or refopt's, case-insensitive (module docs); None is bfgs."""
+    if bounds is not None:
+        raise ValueError("bounds: refopt has no bound constraints (its methods are unconstrained; method "
+                         "'L-BFGS-B' runs as refopt's unconstrained lbfgs): pass bounds=None")
+    if method is None:
+        return "bfgs"
+    if isinstance(method, (tuple, list)):
+        raise TypeError("method must be a method name or an optimizer, got a "
+                        f"{type(method).__name__}: refopt's third positional parameter is method (scipy's is args); "
+                        "pass extra arguments as args=(...)")
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a method name or an optimizer, got {type(method).__name__}")
+    key = method.lower()
+    if key in _SCIPY_ONLY:
+        closest = " (the closest is 'L-BFGS-B', gradients only and little memory)" if key == "cg" else ""
+        raise ValueError(f"method {method!r}: refopt has no counterpart of this scipy method, {_SCIPY_ONLY[key]}"
+                         f"{closest}; the scipy names it maps are 'BFGS', 'Newton-CG', 'trust-ncg', 'L-BFGS-B', and "
+                         f"its own methods are {', '.join(function_methods())}")
+    return SCIPY_METHODS.get(key, key)
+
+
+class _ValueAndGradient:
+    """``fun(x) -> (f, g)`` (scipy's ``jac=True``) as a value and a gradient function, calling ``fun`` once per
+    point: the last point (a copy) and its pair are kept. A traced point is never kept (it is no point)."""
+
+    def __init__(self, fun):
+        self.fun, self._x, self._pair = fun, None, None
+
+    def _at(self, x):
+        traced = any(isinstance(leaf, Box) for leaf in T.leaves(x))
+        if traced or self._x is None or not _same_point(self._x, x):
+            pair = self.fun(x)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(f"jac=True: fun must return the pair (f, gradient), got {type(pair).__name__}")
+            if traced:
+                return pair
+            self._x, self._pair = T.copy(x), pair
+        return self._pair
+
+    def value(self, x):
+        """f(x), from the last call at x."""
+        return self._at(x)[0]
+
+    def gradient(self, x):
+        """∇f(x), from the last call at x."""
+        return self._at(x)[1]
+
+
+def _same_point(a, b) -> bool:
+    la, lb = T.leaves(a), T.leaves(b)
+    return T.same_structure(a, b) and all(xp.array_equal(u, v) for u, v in zip(la, lb))
+
+
+def _oracle(fun, jac, hess, hessp, args) -> FunctionOracle:
+    if isinstance(fun, FunctionOracle) or (hasattr(fun, "oracle") and callable(fun.oracle)):
+        if args:
+            raise ValueError("args= applies to a callable fun, not to a Problem or a FunctionOracle")
+        return fun if isinstance(fun, FunctionOracle) else fun.oracle()   # a refopt.problems Problem
     if not callable(fun):
         raise TypeError(f"fun must be callable, a Problem or a FunctionOracle, got {type(fun).__name__}")
-    if jac is not None and not callable(jac):
-        raise TypeError("jac must be a callable returning the gradient (or None: refopt's autodiff)")
+    if isinstance(jac, str):
+        raise ValueError(f"jac={jac!r}: refopt takes no finite differences; leave jac=None for exact derivatives "
+                         "from its autodiff, or pass a callable (or jac=True when fun returns (f, g))")
+    if jac is False:
+        jac = None
+    if jac is not None and jac is not True and not callable(jac):
+        raise TypeError("jac must be a callable returning the gradient, True (fun returns (f, g)) or None "
+                        "(refopt's autodiff)")
+    for name, given in (("hess", hess), ("hessp", hessp)):
+        if given is not None and not callable(given):
+            raise TypeError(f"{name} must be a callable (refopt takes no finite-difference or quasi-Newton "
+                            f"strategies here), got {type(given).__name__}")
+    if args:
+        f0, jac0, hess0, hessp0 = fun, jac, hess, hessp
+        fun = lambda x: f0(x, *args)  # noqa: E731
+        jac = jac if jac is None or jac is True else (lambda x: jac0(x, *args))
+        hess = None if hess is None else (lambda x: hess0(x, *args))
+        hessp = None if hessp is None else (lambda x, p: hessp0(x, p, *args))
+    if jac is True:
+        pair = _ValueAndGradient(fun)
+        fun, jac = pair.value, pair.gradient
     return FunctionOracle(fun, grad=jac, hess=hess, hvp=hessp)
 
 
-def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] = "bfgs", jac: Optional[Callable] = None,
-             hess: Optional[Callable] = None, hessp: Optional[Callable] = None, gtol: float = 1e-5,
-             xtol: float = 0.0, maxiter: Optional[int] = None, max_nfev: Optional[int] = None, gnorm: str = "inf",
-             options: Optional[dict] = None, callback: Optional[Callable] = None) -> MinimizeResult:
-    """Minimise ``fun`` from ``x0`` with ``method`` (a name from ``function_methods()`` or an optimizer).
+def _tolerances(tol, gtol, xtol, name):
+    """(gtol, xtol) from the explicit ones, else from scipy's ``tol`` for the method (module docs)."""
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if tol is not None and name == "newton_cg":
+        return (0.0 if gtol is None else gtol), (float(tol) if xtol is None else xtol)
+    if tol is not None and gtol is None:
+        gtol = float(tol)
+    return (1e-5 if gtol is None else gtol), (0.0 if xtol is None else xtol)
+
+
+def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer, None] = "bfgs", jac=None,
+             hess: Optional[Callable] = None, hessp: Optional[Callable] = None, gtol: Optional[float] = None,
+             xtol: Optional[float] = None, maxiter: Optional[int] = None, max_nfev: Optional[int] = None,
+             gnorm: str = "inf", options: Optional[dict] = None, callback: Optional[Callable] = None, *,
+             args=(), tol: Optional[float] = None, bounds=None, constraints=None) -> MinimizeResult:
+    """Minimise ``fun`` from ``x0`` with ``method`` (a name from ``function_methods()``, scipy's spelling of
+    one, or an optimizer).
 
     ``fun`` is f(x) -> float (with ``jac``/``hess``/``hessp`` for analytic derivatives, else refopt's
-    autodiff traces it: indexing, operators, refopt's primitives and the NumPy functions it has), a ``Problem`` from ``refopt.problems.functions`` (then
-    ``x0`` defaults to its start), or a ``FunctionOracle``. ``options`` are the optimizer's
+    autodiff traces it: indexing, operators, refopt's primitives and the NumPy functions it has; float(),
+    math.* and np.float64() of a traced value are refused), a ``Problem`` from ``refopt.problems.functions``
+    (then ``x0`` defaults to its start), or a ``FunctionOracle``. ``options`` are the optimizer's
     hyperparameters. ``callback(x, info)`` is called after every step; returning True stops the run.
+    ``gtol`` defaults to 1e-5 and ``xtol`` to 0 (off); ``args``, ``tol``, ``jac=True``, ``bounds`` and
+    ``constraints`` are scipy's (module docs).
     """
+    if constraints is not None and not (isinstance(constraints, (tuple, list)) and len(constraints) == 0):
+        raise ValueError("constraints: refopt has no constrained methods (its methods are unconstrained): "
+                         "pass constraints=None")
+    name = None if isinstance(method, Optimizer) else method_name(method, bounds)
+    if isinstance(method, Optimizer) and bounds is not None:
+        method_name(None, bounds)   # the same refusal
+    if not isinstance(args, tuple):
+        args = (args,)   # as scipy
+    gtol, xtol = _tolerances(tol, gtol, xtol, name if name is not None else getattr(method, "name", None))
     if not (isinstance(gtol, (int, float)) and gtol >= 0):
         raise ValueError(f"gtol must be a non-negative number, got {gtol!r}")
     if not (isinstance(xtol, (int, float)) and xtol >= 0):
@@ -263,13 +395,14 @@ def minimize(fun: Union[Callable, Any], x0=None, method: Union[str, Optimizer] =
             raise ValueError("options= applies to a method name; configure the optimizer instance instead")
     else:
         known = function_methods()
-        if method not in known:
-            extra = " (it needs a network oracle)" if method in OPTIMIZERS else ""
+        if name not in known:
+            extra = " (it needs a network oracle)" if name in OPTIMIZERS else ""
             raise ValueError(f"method {method!r} is not available for functions of a vector{extra}; "
-                             f"choose from {', '.join(known)}")
-        opt = make_optimizer(method, **(options or {}))
+                             f"choose from {', '.join(known)} (or scipy's 'BFGS', 'Newton-CG', 'trust-ncg', "
+                             "'L-BFGS-B')")
+        opt = make_optimizer(name, **(options or {}))
 
-    oracle = _oracle(fun, jac, hess, hessp)
+    oracle = _oracle(fun, jac, hess, hessp, args)
     opt.check_oracle(oracle)   # e.g. NewtonCG(curvature="ggn") needs the GGN, which a function does not have
     start = oracle.counts.as_dict()
     is_tree = isinstance(x0, dict) or (isinstance(x0, (list, tuple)) and any(hasattr(v, "shape") for v in x0))

@@ -467,3 +467,255 @@ def test_against_autograd_on_random_mlps(problem, autograd):
     np.testing.assert_allclose(T.ravel(ad.hvp(f, params, T.unravel(v, params))), hv_ag, **TOL)
     np.testing.assert_allclose(T.ravel(ad.hvp_operator(f, params)[1](T.unravel(v, params))), hv_ag, **TOL)
     np.testing.assert_allclose(ad.hessian(f, params), ag.hessian(f_ag)(theta), **TOL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain Python functions: converting a traced value to a number is refused (the derivative would be
+# lost); the array methods of boxes; the NumPy functions of autodiff/numpy_ops.py (max, min, prod, minimum,
+# clip, stack, concatenate, logaddexp) against HIPS autograd, central differences and hand-derived ties.
+import math  # noqa: E402
+import operator  # noqa: E402
+
+from refopt.autodiff.core import TracedConversionError, UnsupportedAttribute  # noqa: E402
+
+CONVERSIONS = {
+    "float": lambda z: float(z[0]), "int": lambda z: int(z[0]), "complex": lambda z: complex(z[0]),
+    "operator.index": lambda z: operator.index(z[0]), "math.exp": lambda z: math.exp(z[0]),
+    "math.floor": lambda z: math.floor(z[0]), "np.float64": lambda z: np.float64(z[0]),
+    "np.float32": lambda z: np.float32(z[0]), "np.asarray": lambda z: np.asarray(z),
+    "np.array": lambda z: np.array(z), "np.asarray(dtype=float)": lambda z: np.asarray(z, dtype=float),
+    "np.array of entries": lambda z: np.array([z[0], z[1]]),
+}
+
+
+@pytest.mark.parametrize("mode", ["grad", "jvp", "hvp"])
+@pytest.mark.parametrize("name", sorted(CONVERSIONS))
+def test_a_traced_value_never_becomes_a_number(name, mode):
+    """Each of these returned the bare value before, so minimize saw a zero derivative and 'converged'."""
+    convert, x = CONVERSIONS[name], np.array([0.5, 2.0])
+    f = lambda z: z[1] * convert(z)  # noqa: E731
+    with pytest.raises(TypeError, match="the derivative would be lost") as err:
+        {"grad": lambda: ad.grad(f)(x), "jvp": lambda: ad.jvp(f, x, x),
+         "hvp": lambda: ad.hvp(f, x, x)}[mode]()
+    assert isinstance(err.value, TracedConversionError) and "np.exp" in str(err.value)
+    if name != "operator.index":
+        convert(x)   # the same conversion of a plain array is NumPy's business, untouched
+
+
+def test_getval_reads_a_constant_on_purpose():
+    x = np.array([0.5, 2.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: z[0] * float(ad.getval(z[1])))(x), [2.0, 0.0])
+
+
+def test_box_methods_against_autograd(autograd):
+    ag, anp = autograd
+    g = np.random.default_rng(3)
+    x, A = g.standard_normal(4), g.standard_normal((4, 4))
+
+    def ours(z):
+        M = z.reshape(2, 2)
+        return (z.copy().sum() + z.dot(A @ z) + z.astype(z.dtype).mean() + z.ravel() @ z.flatten()
+                + M.T[0, 1] + M.transpose()[1, 0] * M.transpose((1, 0))[0, 1] + M.transpose(1, 0).sum(axis=0)[1]
+                + z.max() * z.min() + M.max(axis=0).sum() + (z * z).prod() + z.clip(-0.4, 0.6).sum()
+                + M.mean(axis=1, keepdims=True)[1, 0] + M.min(axis=1).prod())
+
+    def reference(z):
+        M = anp.reshape(z, (2, 2))
+        return (anp.sum(z) + anp.dot(z, anp.dot(A, z)) + anp.mean(z) + anp.dot(anp.ravel(z), anp.ravel(z))
+                + M.T[0, 1] + M.T[1, 0] * M.T[0, 1] + anp.sum(M.T, axis=0)[1]
+                + anp.max(z) * anp.min(z) + anp.sum(anp.max(M, axis=0)) + anp.prod(z * z)
+                + anp.sum(anp.clip(z, -0.4, 0.6)) + anp.mean(M, axis=1, keepdims=True)[1, 0]
+                + anp.prod(anp.min(M, axis=1)))
+
+    assert ours(x) == pytest.approx(float(reference(x)), rel=1e-14)
+    np.testing.assert_allclose(ad.grad(ours)(x), ag.grad(reference)(x), **TOL)
+    np.testing.assert_allclose(ad.hessian(ours, x), ag.hessian(reference)(x), **TOL)
+
+
+def test_astype_copy_and_item_assignment():
+    x = np.array([0.5, 2.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: ad.sum(z.astype(np.float64) ** 2))(x), 2 * x)
+    with pytest.raises(TypeError, match="one floating dtype per computation"):
+        ad.grad(lambda z: ad.sum(z.astype(np.float32)))(x)
+    with pytest.raises(TypeError, match="astype\\(int64\\).*the derivative would be lost"):
+        ad.grad(lambda z: ad.sum(z.astype(np.int64)))(x)
+    with pytest.raises(TypeError, match="item assignment into a traced value"):
+        ad.grad(lambda z: z.copy().__setitem__(0, 1.0))(x)
+
+
+@pytest.mark.parametrize("name", ["tolist", "argsort", "cumsum", "nonzero", "item"])
+def test_an_unsupported_method_names_itself_and_the_supported_ones(name):
+    seen = {}
+
+    def f(z):
+        seen["hasattr"], seen["getattr"] = hasattr(z, name), getattr(z, name, "default")
+        getattr(z, name)()
+
+    with pytest.raises(TypeError) as err:
+        ad.grad(f)(np.array([1.0, 2.0]))
+    msg = str(err.value)
+    assert isinstance(err.value, UnsupportedAttribute) and isinstance(err.value, AttributeError)
+    assert f"{name!r} is not supported" in msg and "supported are" in msg
+    assert all(m in msg for m in ("copy", "dot", "astype", "ravel", "flatten", "max", "prod", "reshape", "T"))
+    assert seen == {"hasattr": False, "getattr": "default"}   # probing still answers
+
+
+def _s(m, out, u):
+    """A nonlinear scalar of an output (so second derivatives of the operation itself are exercised)."""
+    return m.sum(u * out * out) + m.sum(m.sin(out))
+
+
+NUMPY_CASES = {   # name -> (input shape, f(module, z)); random normal inputs: no ties, no zeros, no bounds hit
+    "max": ((3, 4), lambda m, z: m.max(z)),
+    "max axis=1": ((3, 4), lambda m, z: m.max(z, axis=1)),
+    "amax axis=-2 keepdims": ((3, 4), lambda m, z: m.amax(z, axis=-2, keepdims=True)),
+    "max axis=(0, 2)": ((2, 3, 4), lambda m, z: m.max(z, axis=(0, 2))),
+    "min": ((3, 4), lambda m, z: m.min(z)),
+    "amin axis=(1, 2) keepdims": ((2, 3, 4), lambda m, z: m.amin(z, axis=(2, 1), keepdims=True)),
+    "prod": ((5,), lambda m, z: m.prod(z)),
+    "prod axis=0": ((3, 4), lambda m, z: m.prod(z, axis=0)),
+    "prod axis=(0, 2) keepdims": ((2, 3, 2), lambda m, z: m.prod(z, axis=(0, 2), keepdims=True)),
+    "minimum with a constant": ((3, 4), lambda m, z: m.minimum(z, 0.2)),
+    "minimum of two traced": ((3, 4), lambda m, z: m.minimum(z, m.sin(z[::-1]))),
+    "clip": ((3, 4), lambda m, z: m.clip(z, -0.5, 0.7)),
+    "clip traced bound": ((3, 4), lambda m, z: m.clip(z, 0.3 * z[0] - 1.0, 0.9) if m is np     # autograd's clip
+                          else m.minimum(m.maximum(z, 0.3 * z[0] - 1.0), 0.9)),                  # has none: NumPy's
+                                                                                                 # definition
+    "logaddexp": ((3, 4), lambda m, z: m.logaddexp(z, 0.3 * z[::-1] + 1.0)),
+    "logaddexp with a constant": ((3,), lambda m, z: m.logaddexp(0.0, z)),
+    "stack": ((3, 4), lambda m, z: m.stack([z, 2.0 * z, np.ones((3, 4))], axis=1)),
+    "stack of entries": ((3,), lambda m, z: m.stack([z[0] * z[1], z[2], z[0]])),
+    "concatenate": ((3, 4), lambda m, z: m.concatenate([z, z[:, :2] ** 2, np.ones((3, 1))], axis=-1)),
+    "concatenate axis=0": ((3, 4), lambda m, z: m.concatenate([z[1:], z], axis=0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMPY_CASES))
+def test_numpy_functions_against_autograd_and_finite_differences(case, autograd):
+    ag, anp = autograd
+    shape, op = NUMPY_CASES[case]
+    g = np.random.default_rng(sorted(NUMPY_CASES).index(case))
+    x, v, w = (g.standard_normal(shape) for _ in range(3))
+    u = g.standard_normal(np.shape(op(np, x)))
+    ours, ref = (lambda z: _s(np, op(np, z), u)), (lambda z: _s(anp, op(anp, z), u))
+    assert ours(x) == pytest.approx(float(ref(x)), rel=1e-13)
+    np.testing.assert_allclose(ad.grad(ours)(x), ag.grad(ref)(x), **TOL)
+    hv = ag.hessian_vector_product(ref)(x, v)
+    np.testing.assert_allclose(ad.hvp(ours, x, v), hv, **TOL)                 # forward-over-reverse
+    np.testing.assert_allclose(ad.hvp_operator(ours, x)[1](v), hv, **TOL)     # reverse-over-reverse
+    # forward mode of the operation itself against central differences (step 1e-6: error ~1e-12 f''')
+    h = 1e-6
+    fd = (op(np, x + h * w) - op(np, x - h * w)) / (2 * h)
+    np.testing.assert_allclose(ad.jvp(lambda z: op(np, z), x, w)[1], fd, rtol=1e-7, atol=1e-8)
+    # third order: ∇⟨∇²s v, w⟩ through three nested traces, against autograd's
+    third = ad.grad(lambda z: ad.dot(ad.hvp(ours, z, v), w))(x)
+    np.testing.assert_allclose(third, ag.grad(lambda z: anp.sum(ag.hessian_vector_product(ref)(z, v) * w))(x),
+                               **TOL)
+
+
+def test_max_and_min_send_a_tie_to_the_first_extreme_entry():
+    """maximum's tie rule (the first argument) carried over: the first extreme in row-major order of the
+    reduced axes takes the whole derivative; HIPS autograd would split it."""
+    x = np.array([1.0, 3.0, 3.0, 2.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.max(z))(x), [0, 1, 0, 0])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.min(z))(np.array([2.0, 1.0, 5.0, 1.0])), [0, 1, 0, 0])
+    np.testing.assert_array_equal(ad.jvp(lambda z: np.max(z), x, np.array([10.0, 20.0, 30.0, 40.0]))[1], 20.0)
+    X = np.zeros((2, 3, 4))
+    X[0, 1, 3] = X[1, 1, 0] = 5.0             # a tie in slice j = 1 over the axes (0, 2): (0, 3) precedes (1, 0)
+    expected = np.zeros_like(X)
+    expected[0, 1, 3] = 1.0
+    expected[0, 0, 0] = expected[0, 2, 0] = 1.0   # all-zero slices: their first entry
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.max(z, axis=(0, 2))))(X), expected)
+    nan = np.array([1.0, np.nan, 3.0, np.nan])   # NaN counts as the extreme (NumPy's argmax): value and route
+    assert np.isnan(np.max(nan)) and np.isnan(ad.value_and_grad(lambda z: np.max(z))(nan)[0])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.max(z))(nan), [0, 1, 0, 0])
+    for v in (0.0, -0.0, np.inf, -np.inf):      # the value is the entry itself, signed zeros and infinities too
+        out = ad.value_and_grad(lambda z: np.max(z))(np.array([-np.inf, v]))[0]
+        assert out == v and math.copysign(1.0, out) == math.copysign(1.0, v)
+    with pytest.raises(ValueError, match="zero-size array"):
+        ad.grad(lambda z: np.max(z))(np.zeros(0))
+
+
+def test_minimum_and_clip_send_ties_to_x():
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.minimum(z, np.array([1.0, 0.0]))))(np.ones(2)), [1, 0])
+    y = np.array([0.5, 1.0])
+    np.testing.assert_array_equal(ad.grad(lambda w: np.sum(np.minimum(np.ones(2), w)))(y), [1, 0])
+    x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    for clipped in (lambda z: np.clip(z, -1.0, 1.0), lambda z: np.clip(z, a_min=-1.0, a_max=1.0),
+                    lambda z: z.clip(-1.0, 1.0), lambda z: np.clip(z, None, 1.0) + np.clip(z, -1.0, None) - z):
+        np.testing.assert_array_equal(ad.grad(lambda z: np.sum(clipped(z)))(x), [0, 1, 1, 1, 0])
+    # lo > hi: NumPy's clip is hi everywhere, constant in x
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.clip(z, 1.0, -1.0)))(x), np.zeros(5))
+    np.testing.assert_array_equal(np.clip(x, 1.0, -1.0), ad.value_and_grad(lambda z: np.clip(z, 1.0, -1.0)[0])(x)[0]
+                                  * np.ones(5))
+
+
+def _prod_derivatives(x):
+    """∂_i ∏x = ∏_{j≠i} x_j and ∂_i∂_j ∏x = ∏_{k∉{i,j}} x_k (i ≠ j; 0 on the diagonal), by explicit loops."""
+    n = len(x)
+    grad = np.array([np.prod([x[j] for j in range(n) if j != i]) for i in range(n)])
+    hess = np.array([[0.0 if i == j else np.prod([x[k] for k in range(n) if k not in (i, j)]) for j in range(n)]
+                     for i in range(n)])
+    return grad, hess
+
+
+@pytest.mark.parametrize("x", [[2.0, -3.0, 0.5, 1.5], [2.0, 0.0, 0.5, 1.5], [0.0, -3.0, 0.0, 1.5],
+                               [0.0, 0.0, 0.0, 1.5]])
+def test_prod_is_exact_at_zero_factors(x):
+    """ans / x_i is NaN at a zero factor; the product of the others is what the derivative is."""
+    x = np.array(x)
+    grad, hess = _prod_derivatives(x)
+    v = np.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(ad.grad(lambda z: np.prod(z))(x), grad, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(ad.hessian(lambda z: np.prod(z), x), hess, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(ad.hvp(lambda z: np.prod(z), x, v), hess @ v, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(ad.jvp(lambda z: np.prod(z), x, v)[1], grad @ v, rtol=1e-14, atol=1e-15)
+    # along an axis: each row of a matrix, with the zeros in the first row only
+    X = np.stack([x, x[::-1] + 1.0])
+    G = np.stack([_prod_derivatives(r)[0] for r in X])
+    np.testing.assert_allclose(ad.grad(lambda Z: np.sum(np.prod(Z, axis=1) * np.array([1.0, 2.0])))(X),
+                               G * np.array([[1.0], [2.0]]), rtol=1e-14, atol=1e-15)
+
+
+def test_new_numpy_functions_keep_float32():
+    x = np.array([0.5, -1.5, 2.0], dtype=np.float32)
+    for f in (lambda z: np.max(z), lambda z: np.prod(z), lambda z: np.sum(np.clip(z, -1, 1)),
+              lambda z: np.sum(np.stack([z, z])), lambda z: np.sum(np.concatenate([z, z])),
+              lambda z: np.sum(np.logaddexp(z, 0.5)), lambda z: np.sum(np.minimum(z, 0.5))):
+        value, grad = ad.value_and_grad(f)(x)
+        assert np.asarray(value).dtype == np.float32 and grad.dtype == np.float32
+
+
+def test_stack_and_concatenate_refuse_what_numpy_refuses():
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="same shape"):
+        ad.grad(lambda z: np.sum(np.stack([z, z[:2]])))(x)
+    with pytest.raises(TypeError, match="sequence of arrays"):
+        ad.grad(lambda z: np.sum(np.stack(z)))(x)
+    with pytest.raises(ValueError, match="same number of dimensions, at least 1"):
+        ad.grad(lambda z: np.sum(np.concatenate([z[0], z[1]])))(x)
+    with pytest.raises(ValueError, match="out of bounds"):
+        ad.grad(lambda z: np.sum(np.stack([z, z], axis=2)))(x)
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.concatenate([z.reshape(3, 1), z.reshape(3, 1)],
+                                                                           axis=None) ** 2))(x), 4 * x)
+
+
+@pytest.mark.parametrize("call, name", [(lambda z: np.cumsum(z), "numpy.cumsum"),
+                                        (lambda z: np.max(z, initial=0.0), "numpy.max with initial="),
+                                        (lambda z: np.concatenate([z, z], dtype=np.float32),
+                                         "numpy.concatenate with dtype="),
+                                        (lambda z: np.maximum.reduce(z), "numpy.maximum.reduce")])
+def test_the_rest_of_numpy_still_names_itself(call, name):
+    with pytest.raises(TypeError) as err:
+        ad.grad(lambda z: call(z))(np.array([1.0, 2.0]))
+    msg = str(err.value)
+    assert name in msg and all(f in msg for f in ("max", "prod", "clip", "stack", "concatenate", "logaddexp"))
+    assert {"max", "amax", "min", "amin", "prod", "clip", "stack", "concatenate", "minimum", "logaddexp",
+            "less_equal"} <= set(ad.NUMPY_SUPPORTED)
+
+
+def test_comparisons_le_and_ge_are_masks():
+    x = np.array([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(z >= 0, z ** 2, -z)))(x), [-1, 0, 4])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(z <= 0, z ** 2, -z)))(x), [-2, 0, -1])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(np.ones(3) <= z, z, 0.0)))(x), [0, 0, 1])

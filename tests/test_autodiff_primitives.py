@@ -178,6 +178,8 @@ STRUCTURAL = {
     "logsumexp_keep": ((3, 4), lambda x: ad.logsumexp(x, axis=1, keepdims=True)),
     "log_softmax_axis0": ((3, 4), lambda x: ad.log_softmax(x, axis=0)),
     "take_labels": ((4, 3), lambda x: ad.take_labels(x, np.array([2, 0, 1, 2]))),
+    "softmax_cross_entropy_mean": ((4, 3), lambda x: ad.softmax_cross_entropy(x, np.array([2, 0, 1, 2]))),
+    "softmax_cross_entropy_sum": ((4, 3), lambda x: ad.softmax_cross_entropy(x, np.array([1, 1, 0, 2]), "sum")),
     "where": ((3, 4), lambda x: ad.where(np.arange(12).reshape(3, 4) % 3 == 0, ad.exp(x), ad.sin(x))),
     "where_broadcast": ((4,), lambda x: ad.where(np.array([[True], [False]]), x, ad.multiply(x, x))),
     "scalar_constants": ((3,), lambda x: 2.0 - 1.5 / (1.0 + x * x) + 3.0 * x),
@@ -353,7 +355,7 @@ def test_numpy_dispatch_ndarray_on_the_left():
 
 
 @pytest.mark.parametrize("call, name", [(lambda z: np.linalg.norm(z), "numpy.linalg.norm"),
-                                        (lambda z: np.prod(z), "numpy.prod"),
+                                        (lambda z: np.cumprod(z), "numpy.cumprod"),
                                         (lambda z: np.add.reduce(z), "numpy.add.reduce"),
                                         (lambda z: np.sum(z, dtype=np.float32), "numpy.sum with dtype="),
                                         (lambda z: np.arctan(z), "numpy.arctan")])
@@ -466,6 +468,20 @@ def _plain_cases():
         ("divide_by_python_float", ad.divide, (r(3, 4), 32.0), {}),
         ("divide_0d_by_float", ad.divide, (np.array(3.0), 32.0), {}),
         ("multiply_python_float", ad.multiply, (2.5, r(3, 4)), {}),
+        ("softmax_cross_entropy_mean", ad.softmax_cross_entropy, (r(5, 3), np.array([2, 0, 1, 2, 0])), {}),
+        ("softmax_cross_entropy_sum", ad.softmax_cross_entropy, (r(5, 3), np.array([2, 0, 1, 2, 0])),
+         {"reduction": "sum"}),
+        ("softmax_cross_entropy_underflow", ad.softmax_cross_entropy,  # softmax entries of exactly 0
+         (300.0 * r(4, 3), np.array([0, 1, 2, 1])), {}),
+        ("softmax_cross_entropy_one_class", ad.softmax_cross_entropy, (r(3, 1), np.zeros(3, dtype=int)), {}),
+        ("unfold_same", ad.unfold, (r(2, 3, 5, 6), ad.conv_geometry((5, 6), 3, 1, "same")), {}),
+        ("unfold_strided_dilated", ad.unfold,
+         (r(2, 2, 7, 6), ad.conv_geometry((7, 6), (3, 2), (2, 1), (1, 0), (1, 2))), {}),
+        ("unfold_max_pool_padding", ad.unfold, (r(4, 1, 5, 5), ad.conv_geometry((5, 5), 3, 2, 1, pool=True)),
+         {"pad_value": -np.inf}),
+        ("fold_same", ad.fold, (r(2, 30, 27), 3, ad.conv_geometry((5, 6), 3, 1, "same")), {}),
+        ("fold_strided_dilated", ad.fold, (r(2, 16, 12), 2, ad.conv_geometry((7, 6), (3, 2), (2, 1), (1, 0), (1, 2))),
+         {}),
     ]
     for xs, ys in BROADCAST_PAIRS:
         for name, prim in [("add", ad.add), ("subtract", ad.subtract), ("multiply", ad.multiply),
@@ -509,6 +525,33 @@ def test_plain_rules_return_the_primitive_rules_bits(case, dtype):
                   f"{name}, argument {i}")
     for v, k in zip([v for v in (g, ans) + args if isinstance(v, np.ndarray)], kept):
         assert v.tobytes() == k.tobytes(), f"{name}: a plain rule wrote into its inputs"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_softmax_cross_entropy_plain_rule_at_every_kind_of_cotangent(dtype, reduction):
+    """The plain rule's one-buffer shortcut is taken only for a positive finite host scalar; at ±0, negative,
+    ±inf, NaN, subnormal cotangents, a 0-d array, a NumPy scalar or a Python float (another dtype in float32),
+    and logits whose softmax underflows to 0 or is NaN, it returns the primitive rule's bits: type, dtype,
+    shape and strides, and the values with every NaN counted as one (NumPy 1.23 gives the primitive rule
+    itself NaNs of either sign from one call to the next, where a NaN cotangent meets the −NaN of its
+    negation)."""
+    def one_nan(x):
+        return np.where(np.isnan(x), np.array(np.nan, dtype=x.dtype), x)
+    gen = np.random.default_rng(8)
+    z = (gen.standard_normal((6, 4)) * [[1.0], [400.0], [1.0], [400.0], [1.0], [1.0]]).astype(dtype)
+    labels = np.array([3, 0, 1, 2, 0, 3])
+    z_inf = z.copy()
+    z_inf[2, 1] = np.inf  # logsumexp = inf, softmax NaN in that row
+    with np.errstate(all="ignore"):
+        for zz in (z, z_inf):
+            ans = ad.softmax_cross_entropy.impl(zz, labels, reduction)
+            for v in (1.0, 0.25, 3e-320, -1.0, 0.0, -0.0, np.inf, -np.inf, np.nan):
+                for g in (np.asarray(v, dtype=dtype), dtype(v), v):
+                    plain = ad.softmax_cross_entropy.plain_vjps[0](g, ans, zz, labels, reduction)
+                    rule = ad.softmax_cross_entropy.vjps[0](g, ans, zz, labels, reduction)
+                    assert (type(plain), plain.strides) == (type(rule), rule.strides), f"g={g!r}"
+                    _same(one_nan(plain), one_nan(rule), f"g={g!r}")
 
 
 def test_a_plain_rule_needs_a_primitive_rule():

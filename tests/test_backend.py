@@ -21,6 +21,22 @@ def test_xp_forwards_to_numpy_by_default():
     assert B.xp.exp is np.exp and "numpy" in repr(B.xp)
 
 
+def test_what_xp_kept_follows_a_change_of_module():
+    """xp keeps what it forwarded, and drops it when the module changes: after NumPy's exp and errstate were
+    read, the CuPy stand-in's exp is returned and its missing errstate is an AttributeError, then NumPy's again."""
+    import fake_cupy
+    assert B.xp.exp is np.exp and B.xp.errstate is np.errstate  # read, so kept
+    try:
+        B._use_array_module(fake_cupy, "cupy")
+        assert B.xp.exp is fake_cupy.exp and B.xp.exp is not np.exp
+        with pytest.raises(AttributeError):
+            B.xp.errstate  # noqa: B018 - CuPy has none; a kept NumPy errstate would hide that
+        assert not hasattr(B.xp, "errstate")
+    finally:
+        B.set_backend("numpy")
+    assert B.xp.exp is np.exp and B.xp.errstate is np.errstate
+
+
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="backend"):
         B.set_backend("torch")

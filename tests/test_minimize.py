@@ -262,3 +262,182 @@ def test_hess_inv_is_the_bfgs_inverse_matrix():
     r = minimize(lambda x: 0.5 * x @ A @ x, np.array([1.0, -1.0]), method="bfgs", gtol=1e-10)
     assert r.success and np.allclose(r.hess_inv, np.linalg.inv(A), atol=1e-6)
     assert minimize(lambda x: 0.5 * x @ A @ x, np.array([1.0, -1.0]), method="lbfgs").hess_inv is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# float(), math.* and NumPy scalars of a traced x are refused (they dropped the derivative: success with a
+# wrong answer); scipy's spelling: method names, args=, tol=, jac=True, bounds / constraints refused.
+def _scipy():
+    return pytest.importorskip("scipy.optimize")
+
+
+@pytest.mark.parametrize("f", [lambda x: math.exp(x[0]) + x[0] ** 2,              # math calls __float__
+                               lambda x: np.float64(x[0]) ** 2 + x[1] ** 2,         # NumPy reads __array__
+                               lambda x: float(x[0]) ** 2 + x[1] ** 2,
+                               lambda x: np.sum(np.asarray(x) ** 2)])
+def test_python_and_numpy_scalars_of_x_are_refused_not_minimised_wrongly(f):
+    with pytest.raises(TypeError, match="the derivative would be lost"):
+        minimize(f, np.array([1.3, 0.7]))
+
+
+def test_the_traced_spelling_reaches_scipys_minimiser():
+    """exp(x) + x² written with np.exp: the minimiser (e^x + 2x = 0, x ≈ −0.3517) agrees with scipy's BFGS
+    on the same function given its hand-written derivative."""
+    r = minimize(lambda x: np.exp(x[0]) + x[0] ** 2, np.ones(1), gtol=1e-12)
+    s = _scipy().minimize(lambda x: math.exp(x[0]) + x[0] ** 2, np.ones(1), method="BFGS",
+                          jac=lambda x: np.array([math.exp(x[0]) + 2 * x[0]]), options={"gtol": 1e-12})
+    assert r.success and s.success
+    assert abs(r.x[0] - s.x[0]) <= 1e-10 and abs(r.x[0] + 0.35173371124919584) <= 1e-10
+
+
+SCIPY_NAMES = [("BFGS", "bfgs"), ("bfgs", "bfgs"), ("Newton-CG", "newton_cg"), ("NEWTON-CG", "newton_cg"),
+               ("L-BFGS-B", "lbfgs"), ("l-bfgs-b", "lbfgs"), ("trust-ncg", "trust_ncg"), ("Trust-NCG", "trust_ncg"),
+               ("LBFGS", "lbfgs"), (None, "bfgs")]
+
+
+@pytest.mark.parametrize("scipy_name, refopt_name", SCIPY_NAMES)
+def test_scipy_method_names_run_refopts_method(scipy_name, refopt_name):
+    from refopt.minimize import method_name  # noqa: PLC0415
+    assert method_name(scipy_name) == refopt_name
+    x0 = np.array([-1.2, 1.0])
+    a = minimize(_rosen, x0, method=scipy_name, gtol=1e-9)
+    b = minimize(_rosen, x0, method=refopt_name, gtol=1e-9)
+    assert a.success and a.nit == b.nit and a.nfev == b.nfev and np.array_equal(a.x, b.x)
+
+
+def test_scipy_methods_refopt_lacks_and_bounds_are_refused_by_name():
+    p = rosenbrock()
+    for name in ("CG", "cg", "Nelder-Mead", "Powell", "TNC", "SLSQP", "trust-exact"):
+        with pytest.raises(ValueError, match=f"method {name!r}: refopt has no counterpart"):
+            minimize(p, method=name)
+    with pytest.raises(ValueError, match="closest is 'L-BFGS-B'"):
+        minimize(p, method="CG")
+    for method in ("L-BFGS-B", "bfgs", optimizer_class("lbfgs")()):
+        with pytest.raises(ValueError, match="bounds: refopt has no bound constraints"):
+            minimize(_rosen, p.x0, method=method, bounds=[(0.0, 2.0), (0.0, 2.0)])
+    with pytest.raises(ValueError, match="constraints: refopt has no constrained methods"):
+        minimize(_rosen, p.x0, constraints=[{"type": "eq", "fun": lambda x: x[0]}])
+    assert minimize(_rosen, p.x0, constraints=()).success            # scipy's default: nothing to refuse
+    with pytest.raises(TypeError, match="third positional parameter is method"):
+        minimize(lambda x, a: np.sum((x - a) ** 2), np.zeros(2), (1.0,))
+    with pytest.raises(TypeError, match="method must be"):
+        minimize(_rosen, p.x0, method=3)
+
+
+def _quartic(x, a, b):
+    return np.sum((x - a) ** 4) + b * np.sum(x ** 2)
+
+
+def _quartic_grad(x, a, b):
+    return 4 * (x - a) ** 3 + 2 * b * x
+
+
+def _quartic_hess(x, a, b):
+    return np.diag(12 * (x - a) ** 2 + 2 * b)
+
+
+@pytest.mark.parametrize("method", ["BFGS", "Newton-CG", "trust-ncg"])
+def test_args_reach_fun_jac_hess_and_hessp_as_in_scipy(method):
+    a, b, x0 = np.array([1.0, -2.0, 0.5]), 0.3, np.zeros(3)
+    seen = set()
+
+    def fun(x, *args):
+        seen.add(("fun", len(args)))
+        return _quartic(x, *args)
+
+    def jac(x, *args):
+        seen.add(("jac", len(args)))
+        return _quartic_grad(x, *args)
+
+    def hessp(x, p, *args):
+        seen.add(("hessp", len(args)))
+        return _quartic_hess(x, *args) @ p
+
+    kw = {"hessp": hessp} if method != "BFGS" else {}
+    r = minimize(fun, x0, method=method, jac=jac, args=(a, b), gtol=1e-10, **kw)
+    s = _scipy().minimize(lambda x: _quartic(x, a, b), x0, method=method, jac=lambda x: _quartic_grad(x, a, b),
+                          hessp=(lambda x, p: _quartic_hess(x, a, b) @ p) if kw else None,
+                          options={"gtol": 1e-10} if method != "Newton-CG" else {"xtol": 1e-12})
+    assert r.success and seen == {("fun", 2), ("jac", 2)} | ({("hessp", 2)} if kw else set())
+    # the minimiser solves 4 (x − a)³ + 2 b x = 0; both runs are well inside scipy's accuracy of it
+    assert np.abs(_quartic_grad(r.x, a, b)).max() <= 1e-10 and np.allclose(r.x, s.x, atol=1e-6)
+    r2 = minimize(_quartic, x0, method=method, args=(a, b), gtol=1e-10)      # autodiff of fun(x, *args)
+    assert r2.success and np.allclose(r2.x, r.x, atol=1e-8)
+
+
+def test_args_hess_and_a_single_non_tuple_argument():
+    a = np.array([1.0, -2.0, 0.5])
+    calls = []
+    r = minimize(lambda x, c: np.sum((x - c) ** 2), np.zeros(3), method="newton", args=a,   # scipy: (a,)
+                 hess=lambda x, c: calls.append(c) or 2 * np.eye(3))
+    assert r.success and np.allclose(r.x, a) and all(c is a for c in calls) and calls
+    with pytest.raises(ValueError, match="args= applies to a callable fun"):
+        minimize(rosenbrock(), args=(1.0,))
+
+
+@pytest.mark.parametrize("method, refopt", [("BFGS", "bfgs"), ("L-BFGS-B", "lbfgs"), ("trust-ncg", "trust_ncg"),
+                                            ("sr1", "sr1")])
+def test_tol_is_gtol_for_the_gradient_methods(method, refopt):
+    """scipy's minimize turns tol into gtol for BFGS, L-BFGS-B and trust-ncg; refopt's other methods too."""
+    x0 = np.array([-1.2, 1.0])
+    for tol in (1e-3, 1e-9):
+        r = minimize(_rosen, x0, method=method, tol=tol)
+        same = minimize(_rosen, x0, method=refopt, gtol=tol)
+        assert r.status == "gtol" and r.grad_norm <= tol and r.nit == same.nit and np.array_equal(r.x, same.x)
+    assert minimize(_rosen, x0, method=method, tol=1e-3).nit < minimize(_rosen, x0, method=method, tol=1e-9).nit
+    explicit = minimize(_rosen, x0, method=method, tol=1e-3, gtol=1e-9)         # an explicit gtol wins
+    assert explicit.grad_norm <= 1e-9
+    if method != "sr1":
+        s = _scipy().minimize(_rosen, x0, method=method, jac=_rosen_jac, tol=1e-9,
+                              hessp=(lambda x, p: rosenbrock().hvp(x, p)) if method == "trust-ncg" else None)
+        assert s.success and np.allclose(minimize(_rosen, x0, method=method, tol=1e-9).x, s.x, atol=1e-6)
+
+
+def test_tol_is_the_step_tolerance_for_newton_cg_as_in_scipy():
+    """scipy's Newton-CG reads tol as its step tolerance and has no gradient test: refopt's newton_cg with tol
+    runs with xtol = tol and gtol = 0 (unless given)."""
+    x0 = np.array([-1.2, 1.0])
+    r = minimize(_rosen, x0, method="Newton-CG", tol=1e-4)
+    same = minimize(_rosen, x0, method="newton_cg", xtol=1e-4, gtol=0.0)
+    assert r.status == "xtol" and r.nit == same.nit and np.array_equal(r.x, same.x)
+    assert minimize(_rosen, x0, method="Newton-CG", tol=1e-4, gtol=1e-2).status == "gtol"
+    s = _scipy().minimize(_rosen, x0, method="Newton-CG", jac=_rosen_jac, hessp=lambda x, p: rosenbrock().hvp(x, p),
+                          tol=1e-10)
+    assert s.success and np.allclose(minimize(_rosen, x0, method="Newton-CG", tol=1e-10).x, s.x, atol=1e-8)
+
+
+@pytest.mark.parametrize("tol", [-1.0, "1e-5", True, float("nan")])
+def test_bad_tol_is_refused(tol):
+    with pytest.raises(ValueError, match="tol must be a non-negative number"):
+        minimize(_rosen, np.zeros(2), tol=tol)
+
+
+def test_jac_true_calls_fun_once_per_point():
+    calls = []
+
+    def fun(x):
+        calls.append(x.copy())
+        return _rosen(x), _rosen_jac(x)
+
+    r = minimize(fun, np.array([-1.2, 1.0]), jac=True, method="BFGS", gtol=1e-8)
+    apart = minimize(_rosen, np.array([-1.2, 1.0]), jac=_rosen_jac, method="bfgs", gtol=1e-8)
+    assert r.success and r.nit == apart.nit and np.array_equal(r.x, apart.x)
+    assert len(calls) == r.nfev   # BFGS asks value and gradient together: one call each, no repeats
+    assert len({c.tobytes() for c in calls}) == len(calls)
+    # Newton-CG's Hessian-vector products come from the autodiff of the value that fun returns
+    def traced(x):
+        return np.sum((x - 1.0) ** 4) + np.sum(x ** 2), 4 * (x - 1.0) ** 3 + 2 * x
+    r = minimize(traced, np.zeros(3), method="Newton-CG", jac=True, gtol=1e-10)
+    assert r.success and r.nhvp > 0 and np.abs(4 * (r.x - 1) ** 3 + 2 * r.x).max() <= 1e-10
+    with pytest.raises(TypeError, match=r"jac=True: fun must return the pair \(f, gradient\)"):
+        minimize(_rosen, np.zeros(2), jac=True)
+
+
+def test_jac_strings_and_flags():
+    with pytest.raises(ValueError, match="refopt takes no finite differences"):
+        minimize(_rosen, np.zeros(2), jac="2-point")
+    with pytest.raises(TypeError, match="hess must be a callable"):
+        minimize(_rosen, np.zeros(2), method="newton", hess="3-point")
+    a = minimize(_rosen, np.array([-1.2, 1.0]), jac=False)              # scipy's False: not given
+    b = minimize(_rosen, np.array([-1.2, 1.0]))
+    assert a.success and np.array_equal(a.x, b.x) and a.njev == a.ngev

@@ -417,3 +417,170 @@ def test_layer_statistics_reproduce_the_gradient(kind, reduction, depth, B, act,
     for l in range(model.num_layers):
         own = np.outer(stats.inputs[l][i], stats.output_grads[l][i]) / scale
         np.testing.assert_allclose(own, gi[l]["W"], **TOL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Softmax cross-entropy as one node: the same bits as the five-node composition it replaced.
+
+def _composed_ce(reduction):
+    """L written out with the five primitives, as Loss.__call__ composes it from ``per_example``."""
+    def f(z, y):
+        total = ad.sum(ad.subtract(ad.logsumexp(z, axis=1), ad.take_labels(z, y)))
+        return total if reduction == "sum" else ad.divide(total, float(ad.shape_of(z)[0]))
+    return f
+
+
+class _ComposedCE(SoftmaxCrossEntropy):
+    """Redefines ``per_example`` (with the same formula), so the loss takes the base class's composition."""
+
+    def per_example(self, z, y):
+        return ad.subtract(ad.logsumexp(z, axis=1), ad.take_labels(z, y))
+
+
+def _bits(x):
+    """Every array and number in a (nested) result as (type, dtype, shape, bytes): equal means bit-identical,
+    except that every NaN counts as one (NumPy 1.23 gives the composition itself NaNs of either sign from
+    one call to the next, where a NaN cotangent meets the −NaN of its negation)."""
+    if isinstance(x, dict):
+        return [(k, _bits(v)) for k, v in sorted(x.items())]
+    if isinstance(x, (list, tuple)):
+        return [type(x).__name__] + [_bits(v) for v in x]
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        a = np.where(np.isnan(a), np.array(np.nan, dtype=a.dtype), a)
+    return (type(x).__name__, a.dtype.str, a.shape, a.tobytes())
+
+
+def _top_primitive(loss, z, y):
+    """The primitive of the node that makes the loss's output (None if it is untraced)."""
+    seen = []
+
+    def f(zz):
+        out = loss(zz, y)
+        seen.append(out.node.prim if isinstance(out, ad.Box) else None)
+        return out
+    ad.grad(f)(z)
+    return seen[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "mean_all", "sum"])
+def test_fused_cross_entropy_is_the_composition_bit_for_bit(dtype, reduction):
+    """Value, gradient, vjp (cotangents 2.5, −1, ±0, ∞, NaN), jvp and the Hessian-vector products in three modes
+    (fwd-over-rev, rev-over-rev, rev-over-fwd) on random logits, some rows with probabilities that underflow to 0,
+    B = 1..9 and C = 1..4: equal to the written-out composition to the bit, dtype and type included."""
+    gen = np.random.default_rng(11)
+    loss = SoftmaxCrossEntropy(reduction)
+    composed = _composed_ce(reduction)
+    specials = [2.5, -1.0, 0.0, -0.0, np.inf, np.nan]
+    for B in range(1, 10):
+        for C in range(1, 5):
+            z = (gen.standard_normal((B, C)) * (300.0 if B % 3 == 0 else 2.0)).astype(dtype)  # ×300: p underflows
+            y = gen.integers(0, C, B)
+            u, w = (gen.standard_normal((B, C)).astype(dtype) for _ in range(2))
+            fused, comp = (lambda zz: loss(zz, y, check=False)), (lambda zz: composed(zz, y))
+            assert _bits(fused(z)) == _bits(comp(z))
+            assert _bits(ad.value_and_grad(fused)(z)) == _bits(ad.value_and_grad(comp)(z))
+            (vf, back_f), (vc, back_c) = ad.vjp(fused, z), ad.vjp(comp, z)
+            with np.errstate(all="ignore"):  # ∞ · 0 in the cotangent is wanted here
+                for g in specials:
+                    g = np.asarray(g, dtype=dtype)
+                    assert _bits(back_f(g)) == _bits(back_c(g)), (B, C, g)
+            assert _bits(ad.jvp(fused, z, u)) == _bits(ad.jvp(comp, z, u))
+            assert _bits(ad.hvp(fused, z, u)) == _bits(ad.hvp(comp, z, u))
+            assert _bits(ad.hvp_operator(fused, z)[1](u)) == _bits(ad.hvp_operator(comp, z)[1](u))
+            rof_f = ad.grad(lambda zz: ad.sum(ad.multiply(ad.jvp(fused, zz, w)[1], 1.0)))(z)
+            rof_c = ad.grad(lambda zz: ad.sum(ad.multiply(ad.jvp(comp, zz, w)[1], 1.0)))(z)
+            assert _bits(rof_f) == _bits(rof_c)
+    assert _top_primitive(loss, z, y) is ad.softmax_cross_entropy  # one node, not the composition
+    assert _top_primitive(_ComposedCE(reduction), z, y) is not ad.softmax_cross_entropy
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_curvature_of_the_fused_cross_entropy_is_the_compositions(reduction):
+    """Through an MLP the oracle's gradient, HVPs, GGN and Fisher products (true, mc, empirical), per-layer and
+    K-FAC statistics, GNB and Hutchinson estimates are bit-identical with the fused loss and the composition."""
+    from refopt.oracle import Oracle
+    gen = np.random.default_rng(2)
+    model = MLP([4, 6, 5, 3], activation="tanh")
+    params = model.init(4)
+    X, y = gen.standard_normal((7, 4)), gen.integers(0, 3, 7)
+    v = T.tree_map(lambda a: gen.standard_normal(a.shape), params)
+    results = []
+    for loss in (SoftmaxCrossEntropy(reduction), _ComposedCE(reduction)):
+        o = Oracle(model, loss, X, y)
+        value, grad, product = o.value_and_hvp_operator(params)
+        results.append([
+            o.value(params), o.value_and_grad(params), o.hvp(params, v), o.hvp_operator(params)[1](v),
+            value, grad, product(v), o.ggn_vp(params, v),
+            [o.fisher_vp(params, v, kind, seed=3) for kind in ("true", "mc", "empirical")],
+            [o.curvature_operator(params, kind, seed=3)(v) for kind in ("ggn", "true", "mc", "empirical")],
+            o.layer_stats(params), o.kfac_statistics(params, fisher="mc", seed=5),
+            o.kfac_statistics(params, fisher="empirical"), o.gnb_estimate(params, seed=6, gradient=True),
+            o.hutchinson_diag(params, seed=7)])
+    assert _bits(results[0]) == _bits(results[1])
+
+
+@settings(max_examples=10)
+@given(B=st.integers(1, 6), C=st.integers(1, 5), reduction=st.sampled_from(["mean", "sum"]), seed=seeds)
+def test_fused_cross_entropy_hvp_is_the_closed_form_and_autograds(B, C, reduction, seed):
+    """∇²L u = s · (p_b ⊙ u_b − p_b (p_bᵀ u_b)) per example (s = 1/B or 1), and HIPS autograd's Hessian-vector
+    product of the written-out formula; a wrong rule is off by O(|u|), rounding by a few eps."""
+    agrad = pytest.importorskip("autograd")
+    anp = pytest.importorskip("autograd.numpy")
+    gen = np.random.default_rng(seed)
+    z, u, y = 2.0 * gen.standard_normal((B, C)), gen.standard_normal((B, C)), gen.integers(0, C, B)
+    loss = SoftmaxCrossEntropy(reduction)
+    s = 1.0 / B if reduction == "mean" else 1.0
+    p = _softmax(z)
+    closed = s * (p * u - p * (p * u).sum(axis=1, keepdims=True))
+
+    def written_out(zz):
+        m = anp.max(zz, axis=1, keepdims=True)
+        lse = anp.log(anp.sum(anp.exp(zz - m), axis=1)) + m[:, 0]
+        return s * anp.sum(lse - zz[np.arange(B), y])
+    theirs = agrad.grad(lambda zz: anp.sum(agrad.grad(written_out)(zz) * u))(z)
+    fwd_over_rev = ad.hvp(lambda zz: loss(zz, y), z, u)
+    rev_over_rev = ad.hvp_operator(lambda zz: loss(zz, y), z)[1](u)
+    for ours in (fwd_over_rev, rev_over_rev):
+        np.testing.assert_allclose(ours, closed, rtol=0, atol=1e-14 * (1 + np.abs(u).max()))
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-14 * (1 + np.abs(u).max()))
+    g = ad.grad(lambda zz: loss(zz, y))(z)
+    np.testing.assert_allclose(g, s * (p - np.eye(C)[y]), rtol=0, atol=1e-15)
+
+
+def test_a_subclass_with_its_own_per_example_keeps_it():
+    """The fused node applies only to the class's own ℓ_i; a label-smoothed subclass gets its formula."""
+    class Smoothed(SoftmaxCrossEntropy):
+        def per_example(self, z, y):
+            return ad.subtract(ad.logsumexp(z, axis=1),
+                               ad.add(ad.multiply(0.9, ad.take_labels(z, y)), ad.multiply(0.1, ad.mean(z, axis=1))))
+    gen = np.random.default_rng(0)
+    z, y = gen.standard_normal((5, 3)), gen.integers(0, 3, 5)
+    p = _softmax(z)
+    per = -np.log(p[np.arange(5), y]) * 0.9 - 0.1 * np.log(p).mean(axis=1)
+    np.testing.assert_allclose(Smoothed()(z, y), per.mean(), rtol=1e-13)
+    np.testing.assert_allclose(Smoothed("sum")(z, y), per.sum(), rtol=1e-13)
+    g = ad.grad(lambda zz: Smoothed()(zz, y))(z)
+    np.testing.assert_allclose(g, (p - 0.9 * np.eye(3)[y] - 0.1 / 3) / 5, rtol=0, atol=1e-15)
+
+
+def test_fused_cross_entropy_refuses_an_unknown_reduction():
+    with pytest.raises(ValueError, match="softmax_cross_entropy: reduction must be one of"):
+        ad.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), reduction="mean_all")
+    with pytest.raises(ValueError, match="reduction"):
+        ad.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), reduction="none")
+
+
+def test_accuracy_counts_non_finite_outputs_as_wrong():
+    """A diverged network's NaN or inf outputs predict nothing: argmax of a NaN row is class 0 and NaN > 0 is
+    False, which would score a diverged run by its share of label 0."""
+    from refopt.nn import Bernoulli, SoftmaxCrossEntropy
+    z = np.array([[np.nan, np.nan], [np.inf, 0.0], [2.0, 1.0], [0.0, 3.0]])
+    y = np.array([0, 0, 0, 1])
+    assert SoftmaxCrossEntropy().accuracy(z, y) == 0.5  # rows 3 and 4 right; the non-finite rows wrong
+    zb = np.array([[np.nan], [-np.inf], [-1.0], [2.0]])
+    yb = np.array([[0.0], [0.0], [0.0], [1.0]])
+    assert Bernoulli().accuracy(zb, yb) == 0.5  # −inf is not finite either, though it "predicts" 0

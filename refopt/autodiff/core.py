@@ -24,13 +24,23 @@ raw arrays, without the primitives' dispatch, returning the same bits. A plain r
 only into arrays it allocated itself in that call (never into ``g``, ``ans`` or the arguments, which
 the user or other nodes may hold), and only with the correctly rounded ufuncs (+, −, ×, ÷), whose bits
 do not depend on the loop NumPy picks.
+
+Constants and conversions. A box never turns into a plain number: ``float(box)``, ``int``, ``complex``,
+``operator.index``, ``math.exp(box)`` (math's functions call ``__float__``), and ``np.asarray(box)``,
+``np.array(box)``, ``np.array([box, ...])``, ``np.float64(box)`` (NumPy reads a box through ``__array__``)
+raise a TypeError (``TracedConversionError``), as ``bool(box)`` does, because the derivative would be
+lost silently (a constant has derivative zero; an object array of boxes defeats NumPy's functions).
+Boxes are immutable (item assignment is refused), and an attribute NumPy arrays have and boxes do not
+raises ``UnsupportedAttribute``, naming the ones they have.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 __all__ = ["Box", "LazyBox", "Node", "Primitive", "NonDifferentiable", "new_trace_id", "backward", "getval",
-           "defvjp", "defjvp", "defvjp_plain", "set_add"]
+           "defvjp", "defjvp", "defvjp_plain", "defvjp_variadic", "defjvp_variadic", "set_add",
+           "TracedConversionError", "UnsupportedAttribute"]
 
 _trace_ids = itertools.count(1)
 
@@ -82,11 +92,71 @@ class Box:
         kind = "reverse" if self.node is not None else "forward"
         return f"Box({kind}, trace={self.trace}, value={self.value!r})"
 
-    def __float__(self):
-        return float(getval(self))
-
     def __bool__(self):
         raise TypeError("the truth value of a traced array is undefined; branch on getval(x) instead")
+
+    # Conversions to Python or NumPy numbers: refused, the derivative would be lost (module docs).
+    def __float__(self):
+        raise TracedConversionError("float")
+
+    def __int__(self):
+        raise TracedConversionError("int")
+
+    def __index__(self):
+        raise TracedConversionError("operator.index")
+
+    def __complex__(self):
+        raise TracedConversionError("complex")
+
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray, np.array and np.float64 read a box through this; refusing keeps them from building a
+        # constant (or an object array of boxes) in place of the traced value.
+        raise TracedConversionError("numpy.asarray / numpy.array / numpy.float64", array=True)
+
+    def __setitem__(self, index, value):
+        raise TypeError("item assignment into a traced value is not supported (traced values are immutable); "
+                        "build the new value with np.where, np.concatenate or np.stack instead")
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails, so it costs nothing on the hot path.
+        if name.startswith("__") or hasattr(type(self), name):  # protocol probes; a property that failed
+            raise AttributeError(name)
+        raise UnsupportedAttribute(name, _public_attributes())
+
+
+class TracedConversionError(TypeError):
+    """float(), int(), complex(), math.*, np.float64() of a traced value: refused, the derivative would be lost."""
+
+    def __init__(self, conversion: str, array: bool = False):
+        what = ("a constant array (or an object array of boxes) would replace it" if array
+                else "a Python or NumPy number is a constant")
+        hint = ("; build arrays of traced entries with np.stack([...]) or np.concatenate, not np.array([...])"
+                if array else "")
+        super().__init__(
+            f"{conversion}() of a value traced by refopt's autodiff is not supported: the derivative would be lost "
+            f"({what}). Use refopt's or NumPy's functions on the traced value (np.exp(x[0]), not math.exp(x[0]); "
+            f"x[0] ** 2, not float(x[0]) ** 2){hint}; getval(x) reads the value where a constant is meant")
+
+
+class UnsupportedAttribute(TypeError, AttributeError):
+    """An array attribute or method that traced values do not have.
+
+    A TypeError, as an unsupported NumPy function on a traced value is, and an AttributeError, so that
+    ``hasattr`` and ``getattr(x, name, default)`` still answer."""
+
+    def __init__(self, name: str, supported):
+        super().__init__(f"the array attribute or method {name!r} is not supported on values traced by refopt's "
+                         f"autodiff; supported are {', '.join(supported)} (and the NumPy functions of "
+                         "refopt.autodiff.NUMPY_SUPPORTED)")
+        self.name = name
+
+
+_INTERNAL = frozenset({"value", "trace", "node", "tangent", "pending", "known_shape"})
+
+
+def _public_attributes() -> list:
+    """The array attributes and methods of boxes (those installed by primitives.py and its companions)."""
+    return sorted(n for n in dir(Box) if not n.startswith("_") and n not in _INTERNAL)
 
 
 def getval(x):
@@ -224,6 +294,35 @@ def defjvp(prim: Primitive, *rules) -> None:
     for i, rule in enumerate(rules):
         if rule is not None:
             prim.jvps[i] = rule
+
+
+class _EveryArgument(dict):
+    """Rules of a variadic primitive: one rule for every argument position, made on first use."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self._rule = rule
+
+    def __contains__(self, argnum):
+        return isinstance(argnum, int) and argnum >= 0
+
+    def __missing__(self, argnum):
+        rule = self[argnum] = functools.partial(self._rule, argnum)
+        return rule
+
+    def get(self, argnum, default=None):
+        """The rule for argument ``argnum`` (every position has one)."""
+        return self[argnum] if argnum in self else default
+
+
+def defvjp_variadic(prim: Primitive, rule) -> None:
+    """Register ``rule(argnum, g, ans, *args, **kwargs)`` as the vjp rule of every argument (``concatenate``)."""
+    prim.vjps = _EveryArgument(rule)
+
+
+def defjvp_variadic(prim: Primitive, rule) -> None:
+    """Register ``rule(argnum, t, ans, *args, **kwargs)`` as the jvp rule of every argument."""
+    prim.jvps = _EveryArgument(rule)
 
 
 _add = None  # set by primitives.py (the add primitive), used to sum cotangents and tangents

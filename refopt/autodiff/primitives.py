@@ -5,6 +5,8 @@ differentiated. Conventions at non-differentiable points (documented in CONTRIBU
 
 * ``relu'(0) = 0`` (the subgradient PyTorch and JAX use as well);
 * ``maximum(x, y)`` sends the whole cotangent to ``x`` on ties (``x >= y``), none to ``y``;
+* ``max_pool2d`` sends a window's whole cotangent to its first maximum in row-major window order (the
+  element PyTorch's kernels pick);
 * ``abs'(0) = 0`` (``sign(0) = 0``);
 * masks, one-hots, comparisons and label indices are piecewise constant: their derivative is zero,
   and so the second derivative of relu is zero everywhere.
@@ -14,12 +16,21 @@ Plain rules. Next to the rules written with primitives, the primitives on a netw
 arrays, used when no enclosing trace watches the sweep. They skip the primitives' dispatch, and where
 the formula makes a fresh array (tanh's 1 − y², a mask, a softmax) they finish it in place with
 ``out=`` instead of allocating one temporary per operation. ``affine(a, W, b) = a @ W + b`` is one
-node for a dense layer's pre-activation, its bias added in place into the fresh product.
+node for a dense layer's pre-activation, its bias added in place into the fresh product, and
+``softmax_cross_entropy(z, labels, reduction)`` one node for the reduced loss, its rules the chain of the
+five nodes' rules it replaces (so its derivatives are theirs to the bit).
+
+Convolutions (PyTorch's layouts: NCHW images, OIHW kernels). ``unfold`` (im2col: an image batch to its
+patches, one row per output location) and ``fold`` (col2im, its transpose) are a primitive pair, each the
+other's vjp, so they nest as getitem and scatter do; ``conv2d`` is ``affine`` on the unfolded patches,
+``avg_pool2d`` / ``max_pool2d`` reduce windows (a reshape when they tile the input, else unfolded), and
+``flatten`` is a reshape. Their section below states the patch layout, "same" padding and the pooling rules.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 from ..backend import xp
 from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, defvjp_plain, getval, set_add
@@ -29,6 +40,9 @@ __all__ = [
     "broadcast_to", "sum", "mean", "exp", "log", "tanh", "sigmoid", "relu", "softplus", "sqrt", "sin",
     "cos", "absolute", "maximum", "where", "take_labels", "logsumexp", "log_softmax", "softmax", "dot",
     "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square", "getitem", "scatter",
+    "softmax_cross_entropy",
+    "ConvGeometry", "conv_geometry", "unfold", "fold", "conv2d", "avg_pool2d", "max_pool2d", "flatten",
+    "nhwc_to_nchw", "nchw_to_nhwc", "hwio_to_oihw", "oihw_to_hwio",
     "NUMPY_SUPPORTED",
 ]
 
@@ -663,6 +677,339 @@ stop_gradient = NonDifferentiable("stop_gradient", _stop_gradient_impl)
 
 
 # ---------------------------------------------------------------------------------------------------
+# Softmax cross-entropy as one node: s · Σ_b (logsumexp(z_b) − z_b[labels_b]) with s = 1/B ("mean") or 1
+# ("sum"), the loss nn.losses composes from five nodes (logsumexp, take_labels, subtract, sum, divide).
+# Its value is that composition's, call for call, and its rules are the five nodes' rules chained in the
+# order a sweep of the composition runs them, so every derivative, nested ones included, is the
+# composition's to the bit; the derivative is s·g·(softmax(z) − onehot(labels)) and the Hessian
+# s·(diag(p_b) − p_b p_bᵀ) per example. Only the plain rule has a shortcut (see there).
+_SCE_REDUCTIONS = ("mean", "sum")
+
+
+def _sce_impl(z, labels, reduction="mean"):
+    if reduction not in _SCE_REDUCTIONS:
+        raise ValueError(f"softmax_cross_entropy: reduction must be one of {_SCE_REDUCTIONS}, got {reduction!r}")
+    total = _sum_impl(xp.subtract(_logsumexp_impl(z, axis=1), _take_labels_impl(z, labels)))
+    return xp.divide(*_weak(total, float(z.shape[0]))) if reduction == "mean" else total
+
+
+softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_impl)  # (z (B, C), integer labels (B,), reduction)
+
+
+def _sce_chain(rule, s, ans, z, labels, lse):
+    """The composition's sweep below its divide node, from the cotangent s of the summed losses: sum's,
+    subtract's, then take_labels' before logsumexp's rule (the order ``core.backward`` reaches them), the two
+    cotangents of z added in that order. ``rule(prim, i)`` picks the primitive or the plain rule. The rules
+    read only the shapes of the nodes they skip: ``ans`` (shape ()) stands in for the sum, ``lse`` (the
+    per-example logsumexp, shape (B,)) for the per-example losses."""
+    s = rule(sum, 0)(s, ans, lse)
+    picked = rule(take_labels, 0)(rule(subtract, 1)(s, lse, lse, lse), lse, z, labels)
+    return add(picked, rule(logsumexp, 0)(rule(subtract, 0)(s, lse, lse, lse), lse, z, axis=1))
+
+
+def _sce_vjp(g, ans, z, labels, reduction="mean"):
+    s = divide.vjps[0](g, ans, ans, float(shape_of(z)[0])) if reduction == "mean" else g
+    return _sce_chain(lambda prim, i: prim.vjps[i], s, ans, z, labels, logsumexp(z, axis=1))
+
+
+def _sce_vjp_plain(g, ans, z, labels, reduction="mean"):
+    s = _divide_vjp_x_plain(g, ans, ans, float(z.shape[0])) if reduction == "mean" else g
+    if getattr(s, "dtype", None) == z.dtype and _shape(s) == () and not hasattr(s, "get") and 0.0 < s < math.inf:
+        # A positive finite host scalar (an ordinary gradient; CuPy's .get() marks a device value, whose
+        # comparison would wait for the device): the composition's onehot·(−s) + s·p is then s·p − s at the
+        # labels and −0 + s·p = s·p elsewhere, bit for bit, so it is made in one buffer. With s ≤ 0, ±inf
+        # or NaN the onehot's zeros matter (−s·0 = +0 for s < 0, and +0 + −0 = +0; ∞·0 = NaN), and the
+        # parts' plain rules run.
+        p = xp.exp(z - _logsumexp_impl(z, axis=1, keepdims=True))  # softmax(z), as logsumexp's plain rule
+        xp.multiply(s, p, out=p)
+        p[xp.arange(z.shape[0]), labels] -= s
+        return p
+    return _sce_chain(lambda prim, i: prim.plain_vjps.get(i) or prim.vjps[i], s, ans, z, labels,
+                      _logsumexp_impl(z, axis=1))
+
+
+def _sce_jvp(t, ans, z, labels, reduction="mean"):
+    # The composition's forward rules: logsumexp's and take_labels', subtract's (added in argument order, as
+    # Primitive.__call__ adds them), sum's, divide's; lse (shape (B,)) stands in for the per-example nodes.
+    lse = logsumexp(z, axis=1)
+    t = add(subtract.jvps[0](logsumexp.jvps[0](t, lse, z, axis=1), lse, lse, lse),
+            subtract.jvps[1](take_labels.jvps[0](t, lse, z, labels), lse, lse, lse))
+    t = sum.jvps[0](t, ans, lse)
+    return divide.jvps[0](t, ans, ans, float(shape_of(z)[0])) if reduction == "mean" else t
+
+
+defvjp(softmax_cross_entropy, _sce_vjp)
+defvjp_plain(softmax_cross_entropy, _sce_vjp_plain)
+defjvp(softmax_cross_entropy, _sce_jvp)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution and pooling (PyTorch's layouts: x is NCHW, a kernel OIHW), by unfolding patches (im2col).
+#
+# ``unfold`` maps x (N, C, H, W) to its patches (N, L, K): L = Ho·Wo output locations in row-major (y, x)
+# order, K = C·kh·kw patch entries in (c, i, j) order, the order of an OIHW kernel's rows
+# W.reshape(O, K). It is torch.nn.functional.unfold transposed (that one returns (N, K, L)).
+# Entry [n, y·Wo + x, (c·kh + i)·kw + j] = x_padded[n, c, y·sh + i·dh, x·sw + j·dw]. ``fold`` is its
+# transpose (col2im): it adds every patch entry back onto the input position it was read from, so
+# overlapping windows sum. unfold is linear in x (the padding is a constant: zeros, or −inf for max
+# pooling), so its jvp is unfold of the tangent and its vjp is fold; fold's are unfold and fold. Both are
+# written with each other, so derivatives of any order nest. The only loop is over the kh·kw offsets.
+class ConvGeometry(NamedTuple):
+    """A convolution's or pooling's spatial geometry, normalised (``conv_geometry``); pairs are (rows, columns)."""
+
+    input: tuple     # (H, W), unpadded
+    kernel: tuple    # (kh, kw)
+    stride: tuple    # (sh, sw)
+    padding: tuple   # (top, bottom, left, right)
+    dilation: tuple  # (dh, dw)
+    output: tuple    # (Ho, Wo) = (⌊(H + top + bottom − dh(kh − 1) − 1) / sh⌋ + 1, likewise for W)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int_pair(value, name: str, what: str, minimum: int) -> tuple:
+    """(a, b) from an integer or a pair of integers, each ≥ ``minimum``; ValueError naming ``name`` otherwise."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
+        raise ValueError(f"{what}: {name} must be an integer or a pair of integers, got {_show(value)}")
+    if any(v < minimum for v in items):
+        raise ValueError(f"{what}: {name} must be ≥ {minimum}, got {_show(value)}")
+    return int(items[0]), int(items[1])
+
+
+def conv_geometry(size, kernel_size, stride=1, padding=0, dilation=1, what: str = "conv2d",
+                  pool: bool = False) -> ConvGeometry:
+    """The checked geometry of a window of ``kernel_size`` sliding over an input of spatial ``size`` (H, W).
+
+    ``stride``, ``dilation``: integers ≥ 1 or pairs. ``padding``: an integer ≥ 0 or a pair (each side of
+    that axis gets it), "valid" (no padding) or "same": the output has the input's size, with the total
+    padding d(k − 1) of an axis split as ⌊d(k − 1)/2⌋ before and the rest after (so an even kernel pads one
+    more at the bottom and the right, as PyTorch and TensorFlow do); "same" needs stride 1, as in PyTorch.
+    ``pool``: the pooling rule of PyTorch, padding at most half the kernel (⌊k/2⌋). ValueError, naming
+    ``what`` and the argument, for anything else and for a (dilated) kernel larger than the padded input.
+    """
+    H, W = _int_pair(size, "the input size", what, 1)
+    kernel = _int_pair(kernel_size, "kernel_size", what, 1)
+    stride = _int_pair(stride, "stride", what, 1)
+    dilation = _int_pair(dilation, "dilation", what, 1)
+    if isinstance(padding, str) and pool:
+        raise ValueError(f"{what}: padding must be an integer or a pair of integers (no 'same' or 'valid' for a "
+                         f"pooling, as in PyTorch), got {_show(padding)}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{what}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
+            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+            pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        else:
+            raise ValueError(f"{what}: padding must be an integer, a pair of integers, 'same' or 'valid', got "
+                             f"{_show(padding)}")
+    else:
+        ph, pw = _int_pair(padding, "padding", what, 0)
+        if pool and (ph > kernel[0] // 2 or pw > kernel[1] // 2):
+            raise ValueError(f"{what}: padding must be at most half the kernel size (as in PyTorch), got padding "
+                             f"{(ph, pw)} for kernel_size {kernel}")
+        pads = (ph, ph, pw, pw)
+    Hp, Wp = H + pads[0] + pads[1], W + pads[2] + pads[3]
+    eh, ew = dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1
+    if eh > Hp or ew > Wp:
+        raise ValueError(f"{what}: the kernel ({eh}×{ew} with dilation) is larger than the padded input ({Hp}×{Wp}): "
+                         "the output would be empty")
+    return ConvGeometry((H, W), kernel, stride, pads, dilation,
+                        ((Hp - eh) // stride[0] + 1, (Wp - ew) // stride[1] + 1))
+
+
+def _offsets(geom: ConvGeometry):
+    """For each kernel offset (i, j): the slices of the padded input that it reads at every output location."""
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = geom.kernel, geom.stride, geom.dilation, geom.output
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw)
+
+
+def _check_spatial(x, geom: ConvGeometry, what: str) -> None:
+    shape = _shape(x)
+    if len(shape) != 4 or tuple(shape[2:]) != geom.input:
+        raise ValueError(f"{what}: expected an input of shape (N, C, {geom.input[0]}, {geom.input[1]}), got {shape}")
+
+
+def _unfold_impl(x, geom, pad_value=0.0):
+    _check_spatial(x, geom, "unfold")
+    N, C = x.shape[:2]
+    (kh, kw), (Ho, Wo), (top, bottom, left, right) = geom.kernel, geom.output, geom.padding
+    if top or bottom or left or right:
+        x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
+    # Each offset's block is copied whole (contiguous writes), then one transposing copy makes the (N, L, K)
+    # layout: about 3× faster than writing every offset strided into that layout.
+    cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for i, j, rows, columns in _offsets(geom):
+        cols[:, :, i, j] = x[:, :, rows, columns]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(N, Ho * Wo, C * kh * kw)
+
+
+def _fold_impl(cols, channels, geom):
+    N = _shape(cols)[0]
+    (H, W), (kh, kw), (Ho, Wo), (top, bottom, left, right) = geom.input, geom.kernel, geom.output, geom.padding
+    if tuple(_shape(cols)) != (N, Ho * Wo, channels * kh * kw):
+        raise ValueError(f"fold: expected patches of shape (N, {Ho * Wo}, {channels * kh * kw}), got {_shape(cols)}")
+    out = xp.zeros((N, channels, H + top + bottom, W + left + right), dtype=cols.dtype)
+    # (N, C, kh, kw, Ho, Wo) in one transposing copy, so that each offset adds a contiguous block
+    patches = xp.ascontiguousarray(cols.reshape(N, Ho, Wo, channels, kh, kw).transpose(0, 3, 4, 5, 1, 2))
+    for i, j, rows, columns in _offsets(geom):  # offsets in a fixed order: the sums' rounding is fixed too
+        out[:, :, rows, columns] += patches[:, :, i, j]
+    return out[:, :, top:top + H, left:left + W]
+
+
+def _unfold_shape(x, geom, pad_value=0.0):
+    return (shape_of(x)[0], geom.output[0] * geom.output[1], shape_of(x)[1] * geom.kernel[0] * geom.kernel[1])
+
+
+def _fold_shape(cols, channels, geom):
+    return (shape_of(cols)[0], channels) + tuple(geom.input)
+
+
+# Neither's jvp reads its output, so forward mode may defer the primal (see core.Primitive).
+unfold = Primitive("unfold", _unfold_impl, lazy_shape=_unfold_shape)  # x (N, C, H, W) -> patches (N, L, K)
+fold = Primitive("fold", _fold_impl, lazy_shape=_fold_shape)  # patches (N, L, K) -> (N, C, H, W), summed
+defvjp(unfold, lambda g, ans, x, geom, pad_value=0.0: fold(g, shape_of(x)[1], geom))
+defjvp(unfold, lambda t, ans, x, geom, pad_value=0.0: unfold(t, geom))  # the padding constant has no tangent
+defvjp(fold, lambda g, ans, cols, channels, geom: unfold(g, geom))
+defjvp(fold, lambda t, ans, cols, channels, geom: fold(t, channels, geom))
+# On raw arrays the rules are the other primitive's impl, so the plain rules are that impl, called directly.
+defvjp_plain(unfold, lambda g, ans, x, geom, pad_value=0.0: _fold_impl(g, _shape(x)[1], geom))
+defvjp_plain(fold, lambda g, ans, cols, channels, geom: _unfold_impl(g, geom))
+
+
+def _check_floating(what: str, **arrays) -> None:
+    """TypeError unless every array is float32 or float64 and all share one dtype (no silent promotion)."""
+    dtypes = {name: getattr(getval(a), "dtype", None) for name, a in arrays.items()}
+    for name, dt in dtypes.items():
+        if getattr(dt, "kind", None) != "f" or getattr(dt, "itemsize", 0) < 4:
+            got = dt if dt is not None else type(getval(arrays[name])).__name__
+            raise TypeError(f"{what}: {name} must be a float32 or float64 array, got {got}")
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"{what}: expected one dtype, got " + ", ".join(f"{n} {d}" for n, d in dtypes.items()))
+
+
+def _check_rank4(x, name: str, what: str, layout: str):
+    shape = tuple(shape_of(x))
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"{what}: {name} must be a non-empty 4-D array {layout}, got shape {shape}")
+    return shape
+
+
+def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as torch.nn.functional.conv2d: x (N, C, H, W), kernel W (O, C, kh, kw), bias b (O,).
+
+    out[n, o, y, x] = b[o] + Σ_{c,i,j} W[o, c, i, j] · x_padded[n, c, y·sh + i·dh, x·sw + j·dw], computed as
+    one matrix product of the patches: affine(unfold(x) as (N·L, K), W.reshape(O, K)ᵀ, b), shape (N, O, Ho, Wo).
+    ``stride``, ``padding``, ``dilation`` as in ``conv_geometry``; ``groups`` must be 1. NHWC inputs and HWIO
+    kernels (JAX/flax) convert with ``nhwc_to_nchw`` and ``hwio_to_oihw``.
+    """
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups != 1:
+        raise ValueError(f"conv2d: groups must be 1 (grouped convolutions are not supported), got {_show(groups)}")
+    N, C, H, Wd = _check_rank4(x, "x", "conv2d", "(N, C, H, W)")
+    O, Ck, kh, kw = _check_rank4(W, "W", "conv2d", "(O, C, kh, kw) (OIHW; hwio_to_oihw converts HWIO)")
+    if C != Ck:
+        raise ValueError(f"conv2d: x has {C} channels but W of shape {(O, Ck, kh, kw)} expects {Ck}")
+    if b is not None and tuple(shape_of(b)) != (O,):
+        raise ValueError(f"conv2d: b must have shape ({O},), one bias per output channel, got {tuple(shape_of(b))}")
+    _check_floating("conv2d", **({"x": x, "W": W} if b is None else {"x": x, "W": W, "b": b}))
+    geom = conv_geometry((H, Wd), (kh, kw), stride, padding, dilation, "conv2d")
+    (Ho, Wo), K = geom.output, C * kh * kw
+    rows = reshape(unfold(x, geom), (N * Ho * Wo, K))
+    kernel = transpose(reshape(W, (O, K)))  # (K, O)
+    s = matmul(rows, kernel) if b is None else affine(rows, kernel, b)
+    return transpose(reshape(s, (N, Ho, Wo, O)), (0, 3, 1, 2))
+
+
+def _pool_windows(x, kernel_size, stride, padding, dilation, what, pad_value):
+    """(windows, the axes of a window, geometry) of a pooling. Windows that tile the input (stride = kernel,
+    no padding, no dilation: the usual 2×2 pooling) are a reshape, (N, C, Ho, kh, Wo, kw) with axes (3, 5),
+    the rows and columns a window leaves over cut off first; any other geometry unfolds each channel on
+    its own, (N, C, Ho, Wo, kh·kw) with axis 4."""
+    N, C, H, W = _check_rank4(x, "x", what, "(N, C, H, W)")
+    _check_floating(what, x=x)
+    geom = conv_geometry((H, W), kernel_size, kernel_size if stride is None else stride, padding, dilation, what,
+                         pool=True)
+    (kh, kw), (Ho, Wo) = geom.kernel, geom.output
+    if geom.stride == geom.kernel and geom.dilation == (1, 1) and not any(geom.padding):
+        if (Ho * kh, Wo * kw) != (H, W):
+            x = getitem(x, (slice(None), slice(None), slice(0, Ho * kh), slice(0, Wo * kw)))
+        return reshape(x, (N, C, Ho, kh, Wo, kw)), (3, 5), geom
+    patches = unfold(reshape(x, (N * C, 1, H, W)), geom, pad_value=pad_value)  # (N·C, L, kh·kw)
+    return reshape(patches, (N, C, Ho, Wo, kh * kw)), (4,), geom
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Average pooling, as torch.nn.functional.avg_pool2d with its defaults: the mean over each window, the
+    zero padding counted (count_include_pad=True), floor of the output size; ``stride`` defaults to the
+    kernel size. x (N, C, H, W) -> (N, C, Ho, Wo)."""
+    windows, axes, geom = _pool_windows(x, kernel_size, stride, padding, 1, "avg_pool2d", 0.0)
+    return divide(sum(windows, axis=axes), float(geom.kernel[0] * geom.kernel[1]))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
+    """Max pooling, as torch.nn.functional.max_pool2d (padding with −inf, floor of the output size; ``stride``
+    defaults to the kernel size). x (N, C, H, W) -> (N, C, Ho, Wo).
+
+    Tie rule: the first maximum of each window in row-major (i, j) window order takes the window's whole
+    cotangent (and tangent), as PyTorch's kernels do (they replace the running maximum only on a strictly
+    greater value). A window with a NaN returns NaN and routes to its first NaN (PyTorch: its last). The
+    choice is a constant mask, so second derivatives through the pooling are zero.
+    """
+    windows, axes, geom = _pool_windows(x, kernel_size, stride, padding, dilation, "max_pool2d", -math.inf)
+    raw, kk = getval(windows), geom.kernel[0] * geom.kernel[1]
+    if axes == (3, 5):  # (N, C, Ho, kh, Wo, kw): the window's entries in row-major order, as a copy
+        N, C, Ho, kh, Wo, kw = raw.shape
+        raw = raw.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, Ho, Wo, kk)
+    first = xp.argmax(raw, axis=-1)  # NumPy and CuPy: the first occurrence of the maximum (a NaN counts as one)
+    chosen = xp.arange(kk) == first[..., None]
+    if axes == (3, 5):
+        chosen = chosen.reshape(N, C, Ho, Wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+    # where, not multiply by the mask: 0 · (−inf) of the padding would be NaN
+    return sum(where(chosen, windows, 0.0), axis=axes)
+
+
+def flatten(x):
+    """(N, d₁, d₂, ...) -> (N, d₁·d₂·...) in C order, the order (c, y, x) of torch.nn.Flatten() on NCHW."""
+    shape = tuple(shape_of(x))
+    if len(shape) < 2:
+        raise ValueError(f"flatten: expected an array with a batch axis and at least one more, got shape {shape}")
+    return reshape(x, (shape[0], math.prod(shape[1:])))
+
+
+def nhwc_to_nchw(x):
+    """JAX/flax/TensorFlow image batches (N, H, W, C) in PyTorch's and refopt's layout (N, C, H, W)."""
+    _check_rank4(x, "x", "nhwc_to_nchw", "(N, H, W, C)")
+    return transpose(x, (0, 3, 1, 2))
+
+
+def nchw_to_nhwc(x):
+    """The inverse of ``nhwc_to_nchw``: (N, C, H, W) -> (N, H, W, C)."""
+    _check_rank4(x, "x", "nchw_to_nhwc", "(N, C, H, W)")
+    return transpose(x, (0, 2, 3, 1))
+
+
+def hwio_to_oihw(W):
+    """A JAX/flax kernel (kh, kw, C, O) in PyTorch's and refopt's layout (O, C, kh, kw). Both libraries compute
+    the same cross-correlation (no kernel flip), so only the axes move."""
+    _check_rank4(W, "W", "hwio_to_oihw", "(kh, kw, C, O)")
+    return transpose(W, (3, 2, 0, 1))
+
+
+def oihw_to_hwio(W):
+    """The inverse of ``hwio_to_oihw``: (O, C, kh, kw) -> (kh, kw, C, O)."""
+    _check_rank4(W, "W", "oihw_to_hwio", "(O, C, kh, kw)")
+    return transpose(W, (2, 3, 1, 0))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Operators on boxes, so traced code reads like NumPy code.
 def _install_operators():
     def rev(f):
@@ -733,6 +1080,9 @@ _FUNCTIONS = {  # NumPy function name -> (implementation, keyword arguments it a
     "square": (square, ()), "sqrt": (sqrt, ()), "exp": (exp, ()), "log": (log, ()), "tanh": (tanh, ()),
     "abs": (absolute, ()), "absolute": (absolute, ()), "maximum": (maximum, ()),
 }
+from . import numpy_ops as _numpy_ops  # noqa: E402 - max, prod, clip, stack, ...: built on the primitives above
+_UFUNCS.update(_numpy_ops.UFUNCS)
+_FUNCTIONS.update(_numpy_ops.FUNCTIONS)
 NUMPY_SUPPORTED = tuple(sorted(set(_UFUNCS) | set(_FUNCTIONS)))  # what a traced function may call from NumPy
 
 

@@ -30,7 +30,8 @@ Each loss knows, per example and in output space:
 * ``accuracy(z, y)`` (classification losses, ``has_accuracy``): the fraction of correct predictions from the
   raw outputs, no autodiff: softmax cross-entropy counts argmax_c z_ic = y_i (ties go to the lowest class,
   NumPy's argmax), the Bernoulli counts 1[z_ic > 0] = y_ic over all B·C entries (z = 0, p = ½, predicts 0);
-  the Gaussian has none.
+  a non-finite output is a wrong prediction (a diverged run scores 0, not its label frequencies); the
+  Gaussian has none.
 
 +---------------------------+-------------------------------------+----------------------------------+
 | loss                      | ℓ_i                                 | H_i                              |
@@ -40,6 +41,10 @@ Each loss knows, per example and in output space:
 | Bernoulli (sigmoid CE)    | Σ_c softplus(z_ic) − y_ic z_ic      | diag(p_i (1 − p_i)), p=sigmoid   |
 +---------------------------+-------------------------------------+----------------------------------+
 The Gaussian omits the constant (C/2) log(2πσ²), which no derivative sees.
+
+The reduced softmax cross-entropy is one node of the autodiff (``autodiff.softmax_cross_entropy``) instead of
+the five of sum(``per_example``) / B (logsumexp, label pick, subtract, sum, divide), with that composition's
+value and derivatives of every order to the bit; ``per_example`` stays the composition.
 """
 from __future__ import annotations
 
@@ -164,9 +169,12 @@ class SoftmaxCrossEntropy(Loss):
     has_accuracy = True
 
     def accuracy(self, z, y) -> float:
-        """Mean over examples of 1[argmax_c z_ic = y_i] (ties: the lowest class); y integer labels of shape (B,)."""
+        """Mean over examples of 1[argmax_c z_ic = y_i] (ties: the lowest class); y integer labels of shape (B,).
+        A row with a non-finite output counts as wrong (argmax of NaN would name class 0)."""
         self.check_targets(z, y)
-        return float(xp.mean(xp.argmax(getval(z), axis=1) == getval(y)))
+        zv = getval(z)
+        right = (xp.argmax(zv, axis=1) == getval(y)) & xp.all(xp.isfinite(zv), axis=1)
+        return float(xp.mean(right))
 
     def check_targets(self, z, y):
         """Require integer labels of shape (B,) in [0, C − 1]: TypeError for another dtype, else ValueError."""
@@ -182,6 +190,17 @@ class SoftmaxCrossEntropy(Loss):
     def per_example(self, z, y):
         """ℓ_i = logsumexp(z_i) − z_i[y_i], shape (batch,)."""
         return ad.subtract(ad.logsumexp(z, axis=1), ad.take_labels(z, y))
+
+    def __call__(self, z, y, check: bool = True):
+        """The reduced loss L as one ``softmax_cross_entropy`` node (module docs: the same bits as the
+        composition of ``per_example``, which a subclass that redefines ``per_example`` gets instead)."""
+        if type(self).per_example is not SoftmaxCrossEntropy.per_example or self.entry_per_output:
+            return super().__call__(z, y, check)
+        if check:
+            self.check_outputs(z)
+            self.check_targets(z, y)
+        # One entry per example: "mean_all" divides by B · 1, as "mean" does.
+        return ad.softmax_cross_entropy(z, y, reduction="sum" if self.reduction == "sum" else "mean")
 
     def probabilities(self, z):
         """p_i = softmax(z_i) of the raw (untraced) outputs, shape (batch, C)."""
@@ -277,9 +296,11 @@ class Bernoulli(Loss):
     has_accuracy = True
 
     def accuracy(self, z, y) -> float:
-        """Mean over all B·C entries of 1[1[z_ic > 0] = y_ic]; y 0/1 targets of z's shape."""
+        """Mean over all B·C entries of 1[1[z_ic > 0] = y_ic]; y 0/1 targets of z's shape. A non-finite output
+        counts as wrong (NaN > 0 is False, which would predict 0)."""
         self.check_targets(z, y)
-        return float(xp.mean((getval(z) > 0) == (getval(y) == 1)))
+        zv = getval(z)
+        return float(xp.mean(((zv > 0) == (getval(y) == 1)) & xp.isfinite(zv)))
 
     def check_targets(self, z, y):
         """Require 0/1 targets of exactly z's shape with a float, int or bool dtype (else ValueError / TypeError)."""
