@@ -5,6 +5,7 @@
 * ``sym_matrix_power``: A^p for symmetric positive semi-definite A by eigendecomposition, with ε
   either added to A before the root (``eps_mode="add"``: (A + εI)^p) or used as a floor on the
   eigenvalues (``eps_mode="floor"``: Q max(Λ, ε)^p Qᵀ).
+* ``symmetrize`` and ``shifted_symmetric``: ½(A + Aᵀ) and ½(A + Aᵀ) + sI, each one fresh array.
 * ``damped_solve``: (A + λI)⁻¹ b by Cholesky, raising a clear error when A + λI is not positive definite.
 * ``cholesky``: the Cholesky factor, or None when the matrix is not (numerically) positive definite, on
   NumPy (which raises) and CuPy alike (cuSOLVER reports failure only in a status CuPy ignores by default,
@@ -17,7 +18,7 @@ from typing import Callable, NamedTuple
 from . import tree as T
 from .backend import xp
 
-__all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize", "cholesky"]
+__all__ = ["CGResult", "cg", "sym_matrix_power", "damped_solve", "symmetrize", "shifted_symmetric", "cholesky"]
 
 
 class CGResult(NamedTuple):
@@ -82,8 +83,18 @@ def _check_square(A) -> None:
 
 
 def symmetrize(A):
-    """½(A + Aᵀ), the symmetric part of a square matrix A."""
-    return 0.5 * (A + A.T)
+    """½(A + Aᵀ), the symmetric part of a square matrix A (a fresh array; the ½ applied in place)."""
+    S = A + A.T
+    S *= 0.5
+    return S
+
+
+def shifted_symmetric(A, shift: float):
+    """½(A + Aᵀ) + shift·I as one fresh array: the shift added to the diagonal in place, which rounds as the
+    sum with shift·I does (off the diagonal that sum adds 0)."""
+    S = symmetrize(A)
+    xp.reshape(S, (-1,))[::S.shape[0] + 1] += shift
+    return S
 
 
 def sym_matrix_power(A, p: float, eps: float = 0.0, eps_mode: str = "add"):

@@ -36,6 +36,7 @@ import itertools
 import uuid
 import weakref
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from . import autodiff as ad
 from . import curvature as C
@@ -44,8 +45,8 @@ from . import tree as T
 from .backend import as_array, is_floating, to_device, to_host, xp
 from .nn.mlp import layer_statistics
 
-__all__ = ["Counts", "Oracle", "FunctionOracle", "new_batch_token", "batch_digest", "function_token", "CAPABILITIES",
-           "check_capabilities"]
+__all__ = ["Counts", "GNBEstimate", "Oracle", "FunctionOracle", "new_batch_token", "batch_digest", "function_token",
+           "CAPABILITIES", "check_capabilities"]
 
 # What an oracle can be asked for: the names in an oracle's ``provides`` and an optimizer's ``requires``.
 CAPABILITIES: dict[str, str] = {
@@ -61,7 +62,7 @@ CAPABILITIES: dict[str, str] = {
     "dense_curvature": "dense GGN and Fisher matrices (dense_ggn, dense_fisher)",
     "layer_statistics": "per-layer inputs and output gradients of dense layers (layer_stats), for K-FAC",
     "labels": "labels sampled from the model's predictive distribution (sample_labels, grad_at_labels)",
-    "gnb": "the Gauss-Newton-Bartlett diagonal estimate (gnb_diag)",
+    "gnb": "the Gauss-Newton-Bartlett diagonal estimate (gnb_diag, gnb_estimate)",
 }
 
 
@@ -117,6 +118,16 @@ def function_token(*functions) -> str:
     equal for the same live objects (bound methods of one object compare equal), unequal otherwise, and
     unequal to any token of another process."""
     return f"function:{_PROCESS}:" + ",".join(_serial(fn) for fn in functions)
+
+
+class GNBEstimate(NamedTuple):
+    """What ``Oracle.gnb_estimate`` returns: ĥ, the label sets behind it, and the loss and gradient at the data
+    labels (None unless asked for)."""
+
+    hhat: object
+    labels: object
+    loss: object = None
+    grad: object = None
 
 
 @dataclass
@@ -347,13 +358,32 @@ class Oracle:
         return C.hutchinson_diagonal(self._objective, params, probes)
 
     def gnb_diag(self, params, seed=None, labels=None, k=1):
-        """Gauss-Newton-Bartlett estimate ĝ ⊙ ĝ / scale of diag(GGN) at ``labels``, or k label sets from ``seed``."""
+        """Gauss-Newton-Bartlett estimate ĝ ⊙ ĝ / scale of diag(GGN) at ``labels``, or k label sets from ``seed``
+        (``gnb_estimate``'s ĥ: one forward pass for the draw and the estimate)."""
+        return self.gnb_estimate(params, seed, labels, k).hhat
+
+    def gnb_estimate(self, params, seed=None, labels=None, k=1, gradient: bool = False) -> GNBEstimate:
+        """``GNBEstimate``: the Gauss-Newton-Bartlett ĥ at ``labels`` or at k label sets drawn (``sample_labels``)
+        from the outputs of the same recorded forward pass, and with ``gradient=True`` also the loss and the
+        gradient at the data labels, by one more pullback of that pass: what Sophia-G's refresh at θ_t needs
+        from one forward pass instead of three. Counts k ngev, plus one nfev and ngev for the gradient. The
+        gradient is ``value_and_grad``'s (the same operations); when it is not finite nothing is drawn or
+        estimated (hhat and labels None), as a step that refuses it would."""
+        if labels is None and seed is None:
+            raise ValueError("gnb_diag needs seed= or labels=")
+        z, pullback = C.network_vjp(self.model, params, self.X)
+        value = grad = None
+        if gradient:
+            self.counts.nfev += 1
+            self.counts.ngev += 1
+            value, dz = ad.value_and_grad(lambda out: self.loss(out, self.y, check=False))(z)
+            value, grad = _as_float(value), pullback(dz)
+            if not T.all_finite(grad):
+                return GNBEstimate(None, None, value, grad)
         if labels is None:
-            if seed is None:
-                raise ValueError("gnb_diag needs seed= or labels=")
-            labels = self.sample_labels(params, seed, k)
+            labels = self.sample_labels(params, seed, k, outputs=ad.getval(z))
         self.counts.ngev += len(labels)
-        return C.gnb_diagonal(self.model, self.loss, params, self.X, labels)
+        return GNBEstimate(C.gnb_from_pullback(self.loss, z, pullback, labels), labels, value, grad)
 
     # --- dense matrices (small models) -----------------------------------------------------
     def dense_hessian(self, params, max_size=None):
@@ -420,13 +450,30 @@ class FunctionOracle:
         return ad.hvp(self.f, x, v)
 
     def hvp_operator(self, x):
-        """(∇f(x), v ↦ ∇²f(x) v), each product a call of ``hvp``."""
+        """(∇f(x), v ↦ ∇²f(x) v): each product a call of the analytic ``hvp`` (or Hessian) when there is one,
+        else one reverse sweep of ∇f recorded once (``autodiff.hvp_operator``, as ``Oracle.hvp_operator``)."""
+        if self._hvp is None and self._hess is None:
+            return self._recorded(x)
         g = self.grad(x)
         return g, lambda v: self.hvp(x, v)
 
     def hessian_operator(self, x):
-        """v ↦ ∇²f(x) v, each product a call of ``hvp`` (no gradient is needed to set it up)."""
+        """v ↦ ∇²f(x) v for repeated products at one point (Newton-CG's CG loop): the analytic ``hvp`` (or
+        Hessian) per product, needing no gradient; by autodiff, ∇f recorded once (one ngev) and one reverse
+        sweep per product, instead of a forward-over-reverse pass of ``hvp`` each."""
+        if self._hvp is None and self._hess is None:
+            return self._recorded(x)[1]
         return lambda v: self.hvp(x, v)
+
+    def _recorded(self, x):
+        """(∇f(x), counted v ↦ ∇²f(x) v) from one recording of the autodiff gradient."""
+        self.counts.ngev += 1
+        g, hv = ad.hvp_operator(self.f, x)
+
+        def product(v):
+            self.counts.nhvp += 1
+            return hv(v)
+        return g, product
 
     def value_and_hvp_operator(self, x):
         """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``."""

@@ -16,21 +16,39 @@ Targets checked (issue 3): BFGS and L-BFGS reach the minimum wherever scipy's do
 scipy's function evaluations; Newton-CG reaches it on problems where scipy's Newton-CG stalls.
 
 Part 2 times L-BFGS steps (memory 10, strong Wolfe) on the separable extended Rosenbrock function for
-n = 10³ … 10⁶ and fits the slope of log(time per step) against log n (1 = linear).
+n = 10³ … 10⁶ and fits the slope of log(time per step) against log n (1 = linear; target: no regression
+of the linear scaling, slope ≤ 1.1 for n ≥ 10⁴).
+
+Part 3, at n = 10⁶ (also with ``--quick``, with fewer iterations): time per iteration of refopt's L-BFGS
+against scipy's L-BFGS-B (memory 10 both, from x0, the same function and gradient), and torch.optim.LBFGS
+(history 10, strong Wolfe) when torch is importable, in interleaved rounds; the median and range of the
+per-round ratio refopt ÷ scipy (target: below 1, refopt ahead). Its flops are counted as the two-loop
+recursion's 8mn (2m dot products and axpys of length n) plus about 10n per function-and-gradient
+evaluation, for the achieved fraction of the matmul peak (a 512³ float64 matmul timed in the same
+process): L-BFGS is memory-bound, so that fraction is small by nature.
+
+    python scripts/bench_quasi_newton.py --quick --threads 1 --json out.json   # about 40 s
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
-import math
 import os
 import sys
-import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _bench as B  # noqa: E402
+
+B.preset_threads()
+
+import argparse  # noqa: E402  (after the thread settings, which must precede the NumPy import)
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from refopt.minimize import minimize  # noqa: E402
 from refopt.optim.lbfgs import LBFGS  # noqa: E402
@@ -189,22 +207,109 @@ def lbfgs_scaling(sizes, steps: int = 12, warmup: int = 3):
     return out, slope_step, slope_loop
 
 
+def lbfgs_vs_scipy(n: int, iterations: int, rounds: int, peak: float):
+    """Seconds per iteration of refopt's L-BFGS, scipy's L-BFGS-B (and torch's LBFGS) from x0 at size n,
+    interleaved rounds of ``iterations`` iterations each (module docs)."""
+    p = extended_rosenbrock(n)
+    fns, nits = {}, {}
+
+    def ours():
+        o = p.oracle()
+        opt = LBFGS(memory=10)
+        x, state = p.x0, opt.init(p.x0)
+        for _ in range(iterations):
+            x, state, _ = opt.update(x, state, o)
+        nits["refopt L-BFGS"] = (iterations, o.counts.nfev)
+    fns["refopt L-BFGS"] = ours
+    if importlib.util.find_spec("scipy") is not None:
+        import scipy.optimize as so  # noqa: PLC0415 (optional)
+
+        def theirs():
+            r = so.minimize(p.f, np.asarray(p.x0, dtype=float), jac=p.grad, method="L-BFGS-B",
+                            options={"maxiter": iterations, "maxcor": 10, "gtol": 0.0, "ftol": 0.0})
+            nits["scipy L-BFGS-B"] = (int(r.nit), int(r.nfev))
+        fns["scipy L-BFGS-B"] = theirs
+    torch = B.optional("torch")
+    if torch is not None:
+        def torch_lbfgs():
+            xt = torch.tensor(np.asarray(p.x0, dtype=float), requires_grad=True)
+            opt = torch.optim.LBFGS([xt], lr=1, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+            calls = [0]
+
+            def closure():
+                opt.zero_grad()
+                u, w = xt[0::2], xt[1::2]
+                f = torch.sum(100.0 * (w - u * u) ** 2 + (1.0 - u) ** 2)
+                f.backward()
+                calls[0] += 1
+                return f
+            for _ in range(iterations):
+                opt.step(closure)
+            nits["torch LBFGS"] = (iterations, calls[0])
+        fns["torch LBFGS"] = torch_lbfgs
+    times = B.interleaved(fns, rounds, warmup=0)
+    per_it = {name: [t / nits[name][0] for t in ts] for name, ts in times.items()}
+    out = {}
+    print(f"\nL-BFGS per iteration at n = {n}: {rounds} interleaved round(s) of {iterations} iterations from x0")
+    for name, ts in per_it.items():
+        evals = nits[name][1] / nits[name][0]
+        flops = (8 * 10 + 10 * evals) * n
+        frac = flops / statistics.median(ts) / (peak * 1e9)
+        out[name] = {"ms": B.spread([1e3 * t for t in ts]), "evals_per_iteration": evals, "peak_fraction": frac}
+        line = f"  {name:16s} {1e3 * statistics.median(ts):8.1f} ms/iteration ({B.fmt_range(B.spread([1e3 * t for t in ts]), 1)}), " \
+               f"{evals:.2f} evaluations/iteration, {100 * frac:.1f}% of matmul peak"
+        if name != "refopt L-BFGS":
+            ratio = B.spread(B.per_round_ratios(per_it["refopt L-BFGS"], ts))
+            out[name]["refopt_ratio"] = ratio
+            line += f"; refopt ÷ this {ratio['median']:.2f} ({B.fmt_range(ratio)})"
+        print(line)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer problems and sizes")
     ap.add_argument("--json", help="write all numbers to this file")
     ap.add_argument("--max-n", type=float, default=1e6, help="largest n for the L-BFGS timing (default 1e6)")
+    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy loads)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of part 3 (default 3, quick 2)")
     args = ap.parse_args(argv)
+    B.check_threads(ap, args.threads)
+    B.apply_threads(args.threads)
+    peak = B.matmul_peak()
+    print(f"BLAS threads {B.blas_threads()}; 512³ matmul {peak:.1f} GFLOP/s")
     rows, have_scipy = comparison(args.quick)
     verdicts = check_targets(rows) if have_scipy else []
     sizes = [n for n in (10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6) if n <= args.max_n]
     if args.quick:
         sizes = [n for n in sizes if n <= 10 ** 5]
     scaling, slope_step, slope_loop = lbfgs_scaling(sizes)
+    big_n = int(args.max_n)
+    peak = max(peak, B.matmul_peak())
+    head = lbfgs_vs_scipy(big_n, 10 if args.quick else 20, args.rounds or (2 if args.quick else 3), peak)
+    measurements = [{"what": "L-BFGS log-log slope of time per step against n (n ≥ 1e4)", "unit": "(1 = linear)",
+                     "median": slope_step, "range": [slope_step, slope_step], "target": 1.1, "target_on": "slope",
+                     "bound": 1.0, "met": bool(slope_step <= 1.1) if math.isfinite(slope_step) else None}]
+    ours = head["refopt L-BFGS"]
+    measurements.append({"what": f"L-BFGS per iteration, n = {big_n:.0e}".replace("e+0", "e"), "unit": "ms", "ms": ours["ms"],
+                         "median": ours["ms"]["median"], "range": [ours["ms"]["min"], ours["ms"]["max"]],
+                         "target": None, "target_on": None, "bound": None, "met": None,
+                         "peak_fraction": ours["peak_fraction"]})
+    for name in ("scipy L-BFGS-B", "torch LBFGS"):
+        if name in head:
+            r = head[name]["refopt_ratio"]
+            measurements.append({"what": f"L-BFGS per iteration vs {name}, n = {big_n:.0e}".replace("e+0", "e"), "unit": f"× {name}'s time",
+                                 "median": r["median"], "range": [r["min"], r["max"]],
+                                 "target": 1.0 if name.startswith("scipy") else None,
+                                 "target_on": name if name.startswith("scipy") else None, "bound": None,
+                                 "met": bool(r["median"] < 1.0) if name.startswith("scipy") else None,
+                                 "theirs_ms": head[name]["ms"]})
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(comparison=rows, targets_met=sum(verdicts), targets=len(verdicts), lbfgs_scaling=scaling,
-                           slope_per_step=slope_step, slope_two_loop=slope_loop), fh, indent=1)
+            json.dump(dict(script="bench_quasi_newton", threads=B.blas_threads(), peak_gflops=peak, comparison=rows,
+                           targets_met=sum(verdicts), targets=len(verdicts), lbfgs_scaling=scaling,
+                           slope_per_step=slope_step, slope_two_loop=slope_loop, large_n=head,
+                           measurements=measurements), fh, indent=1, default=str)
     return 0
 
 

@@ -7,10 +7,12 @@ from hypothesis.extra import numpy as hnp
 
 from refopt.nn import MLP, Gaussian
 from refopt.optim import optimizer_class
+from refopt.optim import update_rules
 from refopt.optim.adam import Adam, AdamW
 from refopt.oracle import Oracle
 
-from _helpers import (ScriptedOracle, assert_descends, assert_refused, assert_switches_declared_with_defaults,
+from _helpers import (ScriptedOracle, assert_descends, assert_refused, assert_same_values,
+                      assert_switches_declared_with_defaults,
                       quadratic, run)
 
 
@@ -271,12 +273,21 @@ ALGORITHM_1_CASES = [
     for ams in ("none", "max_v", "max_v_hat")]
 
 
+@pytest.fixture(params=[None, 4], ids=["one-chunk", "chunk-4"])
+def chunk(request, monkeypatch):
+    """The fused update's chunk length: the default (these leaves fit one chunk) or 4 elements, so the (2, 3)
+    leaf runs as two chunks (4 + 2) and every line of the loop meets a chunk boundary."""
+    if request.param is not None:
+        monkeypatch.setattr(update_rules, "CHUNK", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("cls,kw", ALGORITHM_1_CASES)
-def test_fused_update_is_algorithm_1(cls, kw):
-    """Adam.update folds the bias corrections into α_t and ε̂ and writes into three arrays per leaf; four steps on
-    a two-leaf tree, with gradients that shrink (so AMSGrad's maximum matters) and a large ε (so every ε
-    placement shows), agree with the plain transcription to rounding (rtol 1e-13: the two orders of operations
-    differ by a few ulps per step on these O(1) values)."""
+def test_fused_update_is_algorithm_1(cls, kw, chunk):
+    """Adam.update folds the bias corrections into α_t and ε̂ and writes into three arrays per leaf, chunk by
+    chunk; four steps on a two-leaf tree, with gradients that shrink (so AMSGrad's maximum matters) and a large ε
+    (so every ε placement shows), agree with the plain transcription to rounding (rtol 1e-13: the two orders of
+    operations differ by a few ulps per step on these O(1) values), whether a leaf is one chunk or several."""
     rng = np.random.default_rng(7)
     params = {"W": rng.standard_normal((2, 3)), "b": rng.standard_normal(3)}
     grads = [{k: rng.standard_normal(p.shape) * 2.0 ** -i for k, p in params.items()} for i in range(4)]
@@ -327,3 +338,41 @@ def test_a_scheduled_adam_step_uses_alpha_t_in_the_first_step_closed_form():
     np.testing.assert_allclose(x1, -0.02 * g / (np.abs(g) + 1e-8), rtol=1e-15)
     y1, _, _ = opt.apply_gradients(g, opt.init(np.zeros(2)), np.zeros(2))
     np.testing.assert_array_equal(x1, y1)
+
+
+@pytest.mark.parametrize("cls,kw", [(Adam, {}), (Adam, dict(weight_decay=0.3, amsgrad="max_v_hat", eps_root=0.01)),
+                                    (AdamW, dict(amsgrad="max_v", lr_scaled_decay=True))])
+def test_chunks_change_no_bit(cls, kw, monkeypatch):
+    """The update is elementwise, so its chunking changes nothing: a 5-9-3 MLP (leaves of 45, 9, 27 and 3 entries)
+    with chunks of 7 gives the very bits of one chunk per leaf, params and state, over four steps; the reported
+    norms, summed chunk by chunk, agree to rounding."""
+    model, params, orc = _mlp_problem()
+    runs = []
+    for size in (10 ** 9, 7):
+        monkeypatch.setattr(update_rules, "CHUNK", size)
+        opt = cls(lr=0.01, **kw)
+        x, s, norms = params, opt.init(params), []
+        for _ in range(4):
+            x, s, info = opt.update(x, s, orc)
+            norms.append((info["grad_norm"], info["step_norm"]))
+        runs.append((x, s, norms))
+    (x1, s1, n1), (x2, s2, n2) = runs
+    assert_same_values(x1, x2)
+    assert_same_values(s1, s2)
+    np.testing.assert_allclose(n1, n2, rtol=1e-15)
+
+
+def test_a_non_finite_gradient_in_a_later_chunk_is_refused(monkeypatch):
+    """A NaN in the third chunk of a leaf refuses the step (the chunks before it computed nothing that is kept)."""
+    monkeypatch.setattr(update_rules, "CHUNK", 7)
+    model, params, orc = _mlp_problem()
+    opt = Adam(lr=0.01)
+    x1, s1, _ = opt.update(params, opt.init(params), orc)
+    g = [{k: np.ones_like(v) for k, v in layer.items()} for layer in params]
+    g[0]["W"].reshape(-1)[20] = np.nan
+    assert_refused(opt, x1, s1, ScriptedOracle([g]), "non-finite gradient")
+
+
+def _mlp_problem():
+    from _helpers import mlp_problem  # noqa: PLC0415
+    return mlp_problem([5, 9, 3], 16, seed=3)

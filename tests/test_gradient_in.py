@@ -289,3 +289,24 @@ def test_host_gradients_are_moved_to_the_device_on_the_cupy_stand_in():
         B.set_backend("numpy")
     for a, b in zip(T.leaves(p), T.leaves(q)):
         np.testing.assert_allclose(b, a, rtol=1e-15, atol=1e-17)
+
+
+@pytest.mark.parametrize("name,hp", [("sgd", {"lr": 0.3, "momentum": 0.9, "dampening": 0.5}), *sorted(GRADIENT_ONLY.items())])
+def test_the_callers_gradient_buffers_may_be_overwritten_after_each_step(name, hp):
+    """A torch-style loop reuses its gradient buffers (grad.zero_()): nothing refopt returns or keeps may alias
+    them. The run whose buffers are zeroed after each step equals the run on fresh buffers."""
+    params0, oracle, f = _problem(1)
+    grad = autograd.grad(f)
+    opt = make_optimizer(name, **hp)
+    runs = []
+    for reuse in (False, True):
+        params, state = params0, opt.init(params0)
+        for _ in range(4):
+            g = grad(params)
+            params, state, _ = opt.apply_gradients(g, state, params)
+            if reuse:
+                for leaf in T.flatten(g)[0]:
+                    leaf[...] = 0.0  # the caller's in-place reset of its buffers
+        runs.append((params, state))
+    assert_same_values(runs[0][0], runs[1][0])
+    assert_same_values(runs[0][1], runs[1][1])

@@ -498,3 +498,49 @@ def test_burnin_folds_extra_estimates_before_step_0(fisher):
     assert len(later["draws"]) == 1
     with pytest.raises(ValueError, match="burnin"):
         opt.update(params, opt.init(params), oracle, draws=info["draws"][:3])
+
+
+# --- the fused tail and the finite check ---------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [{}, dict(momentum=0.0, kl_clip=1e-6), dict(weight_decay=0.1, inverse="eig"),
+                                dict(adapt_damping=True, damping_interval=2, weight_decay=0.01)])
+def test_chunks_change_no_bit(kw, monkeypatch):
+    """The step's tail (momentum, −η·m, decay, θ + δ) and the factor averages run chunk by chunk; on a 5-9-3 MLP
+    chunks of 7 give the bits of one chunk per leaf over four steps, and the step norms agree to rounding."""
+    from refopt.optim import update_rules  # noqa: PLC0415
+    _, params, orc = mlp_problem([5, 9, 3], 16, seed=6)
+    runs = []
+    for size in (10 ** 9, 7):
+        monkeypatch.setattr(update_rules, "CHUNK", size)
+        opt = KFAC(lr=0.05, inverse_interval=2, **kw)
+        x, s, norms = params, opt.init(params), []
+        for _ in range(4):
+            x, s, info = opt.update(x, s, orc)
+            norms.append(info["step_norm"])
+        runs.append((x, s, norms))
+    (x1, s1, n1), (x2, s2, n2) = runs
+    for a, b in zip(T.leaves((x1, s1.velocity, s1.factors)), T.leaves((x2, s2.velocity, s2.factors))):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(n1, n2, rtol=1e-15)
+
+
+def test_the_gram_factors_finite_check_reads_their_diagonals():
+    """A NaN or Inf anywhere in the layer inputs or probes shows on the diagonal of A or G (Gram matrices); a
+    cross factor (block-tridiagonal) is checked entry by entry."""
+    from refopt.curvature.blocks import KroneckerBlocks  # noqa: PLC0415
+    from refopt.curvature.tridiagonal import TridiagonalBlocks  # noqa: PLC0415
+    model, params, orc = mlp_problem([3, 4, 3], 6, seed=2)
+    stats = K.kfac_statistics(orc, params, "empirical")
+    blocks = KroneckerBlocks()
+    assert blocks.all_finite(blocks.estimate(stats))
+    for bad in (np.nan, np.inf):
+        inputs = [a.copy() for a in stats.inputs]
+        inputs[1][2, 3] = bad
+        assert not blocks.all_finite(blocks.estimate(stats._replace(inputs=inputs)))
+        probes = [[g.copy() for g in p] for p in stats.probes]
+        probes[0][0][4, 1] = bad
+        assert not blocks.all_finite(blocks.estimate(stats._replace(probes=probes)))
+    tri = TridiagonalBlocks()
+    est = tri.estimate(stats)
+    assert tri.all_finite(est)
+    est["A_cross"][0][1, 2] = np.nan                          # off the diagonal of a non-Gram factor
+    assert not tri.all_finite(est)

@@ -309,3 +309,25 @@ def test_burnin_factor_weights_are_kfac_jax_s_weighted_moving_average():
                                rtol=1e-14)
     assert K.factor_weight(5, 0.9, "mean", burnin=3) == K.factor_weight(5, 0.9, "mean")
     assert K.factor_weight(5, 0.9, "debiased", burnin=3) != K.factor_weight(5, 0.9, "debiased")
+
+
+def test_factors_are_the_averaged_outer_products():
+    """A = (1/B) Σ ā āᵀ, G = (1/scale) Σ_p g_pᵀ g_p (or ÷ B for "reduced_loss") and the cross factors, written out
+    as sums of outer products, for several probes (accumulated in place: the inputs are not modified)."""
+    gen = np.random.default_rng(8)
+    a, a2 = gen.standard_normal((6, 3)), gen.standard_normal((6, 2))
+    probes = [gen.standard_normal((6, 4)) for _ in range(3)]
+    nxt = [gen.standard_normal((6, 5)) for _ in range(3)]
+    keep = [x.copy() for x in [a, a2] + probes + nxt]
+    abar = np.hstack([a, np.ones((6, 1))])
+    a2bar = np.hstack([a2, np.ones((6, 1))])
+    np.testing.assert_allclose(K.input_factor(a), sum(np.outer(r, r) for r in abar) / 6, rtol=1e-14)
+    np.testing.assert_allclose(K.cross_input_factor(a, a2), sum(np.outer(r, q) for r, q in zip(abar, a2bar)) / 6,
+                               rtol=1e-14)
+    outer = sum(np.outer(r, r) for g in probes for r in g)
+    np.testing.assert_allclose(K.grad_factor(probes, 0.25), outer / 0.25, rtol=1e-14)
+    np.testing.assert_allclose(K.grad_factor(probes, 0.25, "reduced_loss"), outer / 6, rtol=1e-14)
+    np.testing.assert_allclose(K.cross_grad_factor(probes, nxt, 0.5),
+                               sum(np.outer(r, q) for g, h in zip(probes, nxt) for r, q in zip(g, h)) / 0.5,
+                               rtol=1e-14)
+    assert all(np.array_equal(x, y) for x, y in zip([a, a2] + probes + nxt, keep))

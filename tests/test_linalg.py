@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refopt import tree as T
-from refopt.linalg import cg, damped_solve, sym_matrix_power, symmetrize
+from refopt.linalg import cg, damped_solve, shifted_symmetric, sym_matrix_power, symmetrize
 
 seeds = st.integers(0, 2 ** 31)
 
@@ -111,3 +111,15 @@ def test_damped_solve():
         damped_solve(A, np.ones(3))
     with pytest.raises(ValueError, match="A: expected a square"):
         damped_solve(np.ones((2, 3)), np.ones(2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_symmetrize_and_shifted_symmetric_round_as_the_formulas(dtype):
+    """½(A + Aᵀ) and ½(A + Aᵀ) + sI in fresh arrays equal the textbook expressions bit for bit, and A is kept."""
+    A = np.random.default_rng(3).standard_normal((5, 5)).astype(dtype)
+    before = A.copy()
+    S = symmetrize(A)
+    assert np.array_equal(S, 0.5 * (A + A.T)) and S.dtype == dtype and np.array_equal(S, S.T)
+    D = shifted_symmetric(A, 0.3)
+    assert np.array_equal(D, 0.5 * (A + A.T) + 0.3 * np.eye(5, dtype=dtype)) and D.dtype == dtype
+    assert np.array_equal(A, before) and D is not S

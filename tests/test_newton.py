@@ -217,6 +217,92 @@ def test_newton_cg_on_a_network_equals_the_dense_solve(curvature):
     assert rel(T.ravel(new_cg) - T.ravel(params), T.ravel(new_dense) - T.ravel(params)) < 1e-8
 
 
+# --- one recorded gradient per outer iteration, however many CG products ----------------------------------
+def _counted(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def _deltas(oracle, step):
+    """(counts after − counts before) of one ``step()``, as a dict, and its info."""
+    before = oracle.counts.as_dict()
+    info = step()
+    return {k: v - before[k] for k, v in oracle.counts.as_dict().items()}, info
+
+
+@pytest.mark.parametrize("cls", [NewtonCG, TrustRegionNewtonCG])
+def test_hessian_products_sweep_one_recorded_gradient_per_iteration(cls):
+    """Every forward pass of a step is a value (nfev) or the one recording of ∇L that all its CG products sweep:
+    forward passes = nfev + 1, whatever the number of products (a one-shot product per CG iteration would add
+    one forward pass each)."""
+    model, oracle, params = small_network("regression", seed=1)
+    calls = [0]
+    oracle._objective = _counted(oracle._objective, calls)
+    # damping keeps CG's matrix positive definite, so every step runs the full 12 products
+    opt = cls(cg_maxiter=12, forcing=0.0, initial_radius=100.0) if cls is TrustRegionNewtonCG else \
+        cls(cg_maxiter=12, forcing=0.0, damping=1.0)
+    state = opt.init(params)
+    for _ in range(3):
+        start = calls[0]
+        box = {}
+
+        def step():
+            box["out"] = opt.update(params, state, oracle)
+            return box["out"][2]
+        d, info = _deltas(oracle, step)
+        params, state, _ = box["out"]
+        assert d["nhvp"] == info["cg_iterations"] >= 2, info["cg_status"]   # several products at one point ...
+        assert calls[0] - start == d["nfev"] + 1                  # ... and one recording for all of them
+        assert d["ngev"] >= 1 + 1                                 # the recording counts as a gradient
+
+
+def test_hessian_free_products_reuse_one_recorded_pullback_per_iteration(monkeypatch):
+    """Hessian-free (GGN): the network's pullback is recorded once per outer iteration and each CG product
+    costs one jvp and one sweep of it (``Oracle.curvature_operator``)."""
+    import refopt.curvature as C  # noqa: PLC0415
+    calls = [0]
+    monkeypatch.setattr(C, "network_vjp", _counted(C.network_vjp, calls))
+    model, oracle, params = small_network("classification", seed=3)
+    hf = NewtonCG.hessian_free(cg_maxiter=15)
+    state = hf.init(params)
+    for _ in range(3):
+        start = calls[0]
+        box = {}
+
+        def step():
+            box["out"] = hf.update(params, state, oracle)
+            return box["out"][2]
+        d, info = _deltas(oracle, step)
+        params, state, _ = box["out"]
+        assert d["nggnvp"] >= 2 and d["nhvp"] == 0
+        assert calls[0] - start == 1
+
+
+def test_function_oracle_by_autodiff_records_its_gradient_once_for_cg():
+    """A FunctionOracle without analytic derivatives: the CG products of a Newton-CG step sweep one recorded
+    gradient (one ngev and one evaluation of f for the recording), and agree with the analytic Hessian."""
+    p = rosenbrock(6)
+    calls = [0]
+    f = _counted(p.value, calls)   # the formula itself (p.f returns a float, which autodiff cannot see through)
+    auto = FunctionOracle(f)
+    H = FunctionOracle(p.f, grad=p.grad, hess=p.hess).hessian_operator(np.asarray(p.x0, float))
+    product = auto.hessian_operator(np.asarray(p.x0, float))
+    assert calls[0] == 1 and auto.counts.ngev == 1
+    v = np.linspace(-1.0, 1.0, 6)
+    for _ in range(3):
+        np.testing.assert_allclose(product(v), H(v), rtol=1e-12, atol=1e-12)  # O(1e3) entries: rounding only
+    assert calls[0] == 1 and auto.counts.nhvp == 3
+    opt = NewtonCG(cg_maxiter=20, forcing=0.0)
+    x = np.asarray(p.x0, float)
+    state = opt.init(x)
+    before = calls[0]
+    nfev0 = auto.counts.nfev
+    x, state, info = opt.update(x, state, auto)
+    assert info["cg_iterations"] >= 2 and calls[0] - before == auto.counts.nfev - nfev0 + 1
+
+
 def spd_operator(rng, n, negative=0):
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     lam = np.geomspace(1.0, 100.0, n)

@@ -274,3 +274,61 @@ def test_function_oracle_tokens_name_the_function_objects():
     from refopt.problems.registry import make_problem
     problem = make_problem("rosenbrock")
     assert problem.oracle().batch_token == make_problem("rosenbrock").oracle().batch_token == "rosenbrock"
+
+
+# --- the Gauss-Newton-Bartlett estimate from one forward pass ---------------------------------------------------
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), Gaussian(), Bernoulli()], ids=["softmax", "gaussian", "bernoulli"])
+def test_gnb_estimate_is_the_gradient_and_the_estimate_of_one_pass(loss):
+    """gnb_estimate(gradient=True): the loss and gradient are value_and_grad's, the labels sample_labels' draw of
+    the same seed, ĥ the estimate ĝ⊙ĝ/scale written out from ĝ = ∇ of the reduced loss at those labels
+    (grad_at_labels); one forward pass of the network for all of it, and the counts of the separate requests."""
+    oracle, params, _ = make(loss, B=6)
+    calls = [0]
+    apply = oracle.model.apply
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return apply(*args, **kwargs)
+    oracle.model.apply = counted
+    est = oracle.gnb_estimate(params, seed=7, k=2, gradient=True)
+    assert calls[0] == 1 and oracle.counts.nfev == 1 and oracle.counts.ngev == 1 + 2
+    del oracle.model.apply
+    value, g = oracle.value_and_grad(params)
+    assert est.loss == pytest.approx(value, rel=1e-15)
+    np.testing.assert_allclose(T.ravel(est.grad), T.ravel(g), rtol=1e-14, atol=1e-16)
+    labels = oracle.sample_labels(params, 7, 2)
+    np.testing.assert_array_equal(est.labels, labels)
+    scale = loss.scale(6, 2)
+    expected = sum(T.ravel(oracle.grad_at_labels(params, y)) ** 2 for y in labels) / (2 * scale)
+    np.testing.assert_allclose(T.ravel(est.hhat), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(T.ravel(oracle.gnb_diag(params, seed=7, k=2)), T.ravel(est.hhat))
+    injected = oracle.gnb_estimate(params, labels=labels)
+    assert injected.loss is None and injected.grad is None
+    np.testing.assert_array_equal(T.ravel(injected.hhat), T.ravel(est.hhat))
+
+
+def test_gnb_estimate_draws_nothing_at_a_non_finite_gradient():
+    oracle, params, _ = make(Gaussian())
+    nan = T.tree_map(lambda a: np.full_like(a, np.nan), params)
+    est = oracle.gnb_estimate(nan, seed=0, gradient=True)
+    assert est.hhat is None and est.labels is None and not T.all_finite(est.grad)
+    with pytest.raises(ValueError, match="seed= or labels="):
+        oracle.gnb_estimate(params)
+
+
+def test_function_oracle_records_its_autodiff_gradient_once_for_products():
+    """Without analytic derivatives, hvp_operator records ∇f once (one ngev, one evaluation of f) and each product
+    sweeps it: f(x) = Σ x⁴/4 + Σ x_i x_{i+1}, H = diag(3x²) + the off-diagonal ones."""
+    calls = [0]
+
+    def f(x):
+        calls[0] += 1
+        return np.sum(x ** 4) / 4.0 + np.sum(x[:-1] * x[1:])
+    x = np.array([0.5, -1.0, 2.0])
+    H = np.diag(3 * x ** 2) + np.diag([1.0, 1.0], 1) + np.diag([1.0, 1.0], -1)
+    o = FunctionOracle(f)
+    g, hv = o.hvp_operator(x)
+    np.testing.assert_allclose(g, x ** 3 + np.array([x[1], x[0] + x[2], x[1]]), rtol=1e-14)
+    for v in np.eye(3):
+        np.testing.assert_allclose(hv(v), H @ v, rtol=1e-14, atol=1e-15)
+    assert calls[0] == 1 and o.counts.ngev == 1 and o.counts.nhvp == 3

@@ -250,7 +250,7 @@ def test_a_scheduled_step_is_the_constant_step_at_eta_t(name):
         t_new, t_state, t_info = twin.update(params, state, oracle)
         assert_same_values(new, t_new)
         assert_same_values(new_state, t_state)
-        assert info["lr"] == t_info["lr"] == eta or name == "shampoo"   # (Shampoo: η rounded by lr_dtype)
+        assert info["lr"] == t_info["lr"] == eta
         params, state = new, new_state
 
 
@@ -303,3 +303,28 @@ def test_a_resumed_run_under_a_cosine_schedule_is_bit_identical(tmp_path):
                       seed=2)
     with pytest.raises(ValueError, match="hyperparameters"):   # the checkpoint's identity holds the schedule
         run(other, resume=str(ckpt))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "kfac"])
+def test_a_refused_step_does_not_advance_the_schedule(name):
+    """A step refused for a non-finite gradient returns the state unchanged, so the next step still uses η_t of
+    the same t (the module docs' claim): the schedule counts steps taken, not calls."""
+    opt = make_optimizer(name, schedule={"name": "step", "step_size": 1, "gamma": 0.5})
+    _, params, oracle = mlp_problem([3, 4, 2], 6, 3)
+    state = opt.init(params)
+    _, state, info0 = opt.update(params, state, oracle)
+    poisoned = [{k: v * np.nan for k, v in layer.items()} for layer in params]
+    _, same_state, info = opt.update(poisoned, state, oracle)
+    assert info["skipped"]
+    assert_same_values(same_state, state)
+    _, _, info1 = opt.update(params, same_state, oracle)
+    assert info1["lr"] == opt.lr * 0.5 == info0["lr"] * 0.5
+
+
+def test_only_refopts_schedule_classes_are_accepted():
+    class Mine(Cosine):
+        pass
+
+    with pytest.raises(ValueError, match="one of refopt's schedules"):
+        make_schedule(Mine(decay_steps=10))
+    assert make_schedule(Cosine(decay_steps=10)) == Cosine(decay_steps=10)

@@ -500,3 +500,85 @@ def test_an_autograd_user_loop_matches_algorithm_3():
     ref = paper_g_reference(p0, 4, 0.02, 0.9, 0.8, 2.0, 1e-12, 0.3, 2)
     for a, b in zip(T.leaves(q), T.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+# --- the fused step: chunks, and Sophia-G's refresh from one forward pass ---------------------------------------
+@pytest.mark.parametrize("cls,kw", [(SophiaG, {}), (SophiaG, dict(parametrization="official", weight_decay=0.1)),
+                                    (SophiaG, dict(bias_correction=True, refresh="lagged")),
+                                    (SophiaH, dict(parametrization="official", weight_decay=0.2))])
+def test_chunks_change_no_bit(cls, kw, monkeypatch):
+    """The step is elementwise, so its chunking changes nothing: on a 5-9-3 MLP (leaves of 45, 9, 27, 3 entries)
+    chunks of 7 give the bits of one chunk per leaf over five steps (two refreshes), clipped counts included;
+    the reported norms, summed chunk by chunk, agree to rounding."""
+    from _helpers import mlp_problem  # noqa: PLC0415
+    from refopt.optim import update_rules  # noqa: PLC0415
+    _, params, orc = mlp_problem([5, 9, 3], 16, seed=4)
+    runs = []
+    for size in (10 ** 9, 7):
+        monkeypatch.setattr(update_rules, "CHUNK", size)
+        opt = cls(lr=0.05, k=3, gamma=5.0, **kw)   # ρ large enough that the clip acts on some entries only
+        x, s, infos = params, opt.init(params), []
+        for _ in range(5):
+            x, s, info = opt.update(x, s, orc)
+            infos.append(info)
+        runs.append((x, s, infos))
+    (x1, s1, i1), (x2, s2, i2) = runs
+    for a, b in zip(T.leaves((x1, s1.m, s1.h)), T.leaves((x2, s2.m, s2.h))):
+        np.testing.assert_array_equal(a, b)
+    assert [i["clipped_fraction"] for i in i1] == [i["clipped_fraction"] for i in i2]
+    assert any(0 < i["clipped_fraction"] < 1 for i in i1)    # a step where the clip acts on some entries only
+    np.testing.assert_allclose([(i["grad_norm"], i["step_norm"]) for i in i1],
+                               [(i["grad_norm"], i["step_norm"]) for i in i2], rtol=1e-15)
+
+
+def test_a_non_finite_gradient_in_a_later_chunk_is_refused(monkeypatch):
+    from _helpers import ScriptedOracle, mlp_problem  # noqa: PLC0415
+    from refopt.optim import update_rules  # noqa: PLC0415
+    monkeypatch.setattr(update_rules, "CHUNK", 7)
+    _, params, orc = mlp_problem([5, 9, 3], 16, seed=4)
+    opt = SophiaG(k=5)
+    x1, s1, _ = opt.update(params, opt.init(params), orc)      # step 1 refreshes; step 2 does not
+    g = [{k: np.ones_like(v) for k, v in layer.items()} for layer in params]
+    g[0]["W"].reshape(-1)[20] = np.inf
+    assert_refused(opt, x1, s1, ScriptedOracle([g]), "non-finite gradient")
+
+
+class SeparatePasses(Oracle):
+    """An Oracle without the one-pass refresh: the gradient and the GNB estimate asked for apart."""
+
+    def gnb_estimate(self, params, seed=None, labels=None, k=1, gradient=False):
+        if not gradient:
+            return super().gnb_estimate(params, seed, labels, k)
+        loss, g = self.value_and_grad(params)
+        est = super().gnb_estimate(params, seed, labels, k)
+        return est._replace(loss=loss, grad=g)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(refresh="lagged", samples=2), dict(parametrization="official", refresh="before")])
+def test_sophia_g_refreshes_from_the_gradients_forward_pass(kw, monkeypatch):
+    """At a refresh at θ_t the gradient, the label draw and ĥ come from one forward pass of the network (three
+    before: the gradient's, the draw's and the estimate's), and the run is the same as with the three apart."""
+    runs = []
+    for make in (Oracle, SeparatePasses):
+        orc, p0 = make(MODEL, SoftmaxCrossEntropy(), X, Y), MODEL.init(0)
+        opt = SophiaG(lr=0.02, k=2, seed=3, **kw)
+        calls = [0]
+        apply = MODEL.apply
+
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return apply(*args, **kwargs)
+        monkeypatch.setattr(MODEL, "apply", counted)
+        p, s, passes = p0, opt.init(p0), []
+        for _ in range(4):
+            before = calls[0]
+            p, s, info = opt.update(p, s, orc)
+            passes.append((info["refreshed"], calls[0] - before))
+        monkeypatch.undo()
+        runs.append((p, s, passes, orc.counts.as_dict()))
+    (p1, s1, passes1, c1), (p2, s2, passes2, c2) = runs
+    for a, b in zip(T.leaves((p1, s1.m, s1.h)), T.leaves((p2, s2.m, s2.h))):
+        np.testing.assert_array_equal(a, b)
+    assert passes1 == [(True, 1), (False, 1), (True, 1), (False, 1)]
+    assert passes2 == [(True, 2), (False, 1), (True, 2), (False, 1)]
+    assert c1 == c2                                            # the same requests counted either way

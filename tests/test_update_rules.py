@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from refopt import tree as T
+from refopt.optim import update_rules
 from refopt.optim.update_rules import (WEIGHT_DECAY_MODES, bias_correction,
-                                       check_nonempty_leaves, decayed_gradient, decoupled_decay, descent_step, ema,
-                                       graft, l2_decay, momentum)
+                                       check_nonempty_leaves, chunks, decayed_gradient, decoupled_decay, descent_step,
+                                       ema, ema_into, flat, graft, l2_decay, momentum)
 
 from _helpers import ScriptedOracle
 
@@ -161,3 +162,28 @@ def test_check_nonempty_leaves():
     check_nonempty_leaves(tree(0))
     with pytest.raises(ValueError, match="zero-length"):
         check_nonempty_leaves({"a": np.zeros(2), "b": np.zeros((3, 0))})
+
+
+# --- the fused updates' helpers ---------------------------------------------------------------------------
+def test_ema_into_is_ema_bit_for_bit_and_spends_only_x():
+    m, x = tree(0), tree(1)
+    m_before, x_copy = T.copy(m), T.copy(x)
+    out = ema_into(m, x, 0.95)
+    assert bits(out, ema(m_before, x_copy, 0.95))
+    assert bits(m, m_before)                                     # the running average is not touched
+    assert not any(o is a for o, a in zip(T.leaves(out), T.leaves(m)))
+
+
+@pytest.mark.parametrize("n,size,expected", [(0, 4, [(0, 0)]), (3, 4, [(0, 3)]), (8, 4, [(0, 4), (4, 8)]),
+                                             (10, 4, [(0, 4), (4, 8), (8, 10)])])
+def test_chunks_cut_a_range_into_runs(n, size, expected, monkeypatch):
+    monkeypatch.setattr(update_rules, "CHUNK", size)
+    assert [(sl.start, sl.stop) for sl in chunks(n)] == expected
+
+
+def test_flat_views_a_contiguous_array_and_copies_any_other():
+    a = np.arange(6.0).reshape(2, 3)
+    flat(a)[4] = -1.0
+    assert a[1, 1] == -1.0                                       # a view: a fused update writes through it
+    f = np.asfortranarray(a)
+    assert np.array_equal(flat(f), a.reshape(-1))               # row-major order, whatever the layout

@@ -22,6 +22,10 @@ A ⊗ G + λI through the eigenbases. ``inverse`` "inverse" forms the damped inv
 "eigen"). ``bias_block`` "joint" (one block for W̄ = [W; b], ā = [a, 1]) or "separate" (curvlinops: A ⊗ G
 for W with A = (1/B) Σ a aᵀ, and G alone for b, damped (G + γI) for "tikhonov", G + λI for "eigen").
 
+Convolution layers (KFC, ``kfac_approx`` "expand" | "reduce", ``kronecker`` module docs): the patches and the
+spatial output gradients become rows (``kronecker.conv_input_rows`` / ``conv_grad_rows``) and every rule
+above applies to those rows unchanged; V_l is the conv layer's W̄_l = [W.reshape(O, K)ᵀ; b] (K + 1, O).
+
 The other blocks subclass it: ``tridiagonal.TridiagonalBlocks`` (M&G §4.3, the chain coupling of
 neighbouring layers) and ``eigenbasis.EigenbasisBlocks`` (EKFAC, George et al. 2018). K-BFGS's factor
 updates are in ``secant``, the one-batch matrices for verifiers in ``kfac_matrices``.
@@ -31,8 +35,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .. import tree as T
 from ..backend import xp
-from ..linalg import symmetrize
+from ..linalg import shifted_symmetric, symmetrize
 from ..serialize import register_state
 from . import kronecker as K
 from .dense import dense_from_product
@@ -91,8 +96,8 @@ def kronecker_inverse(A, G, damping: float, scheme: str = "pi", method: str = "i
     if scheme == "eigen":
         raise ValueError("the 'eigen' damping needs method='eig'")
     gA, gG, pi = damped_factors(A, G, damping, scheme)
-    A_inv = xp.linalg.inv(symmetrize(A) + gA * xp.eye(A.shape[0], dtype=A.dtype))
-    G_inv = xp.linalg.inv(symmetrize(G) + gG * xp.eye(G.shape[0], dtype=G.dtype))
+    A_inv = xp.linalg.inv(shifted_symmetric(A, gA))   # (½(A + Aᵀ) + γ_A I)⁻¹
+    G_inv = xp.linalg.inv(shifted_symmetric(G, gG))
     return KroneckerInverse(None, None, None, None, A_inv, G_inv, pi)
 
 
@@ -119,18 +124,23 @@ def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str):
 
 
 def factor_estimates(stats: K.KFACStatistics, bias_block: str = "joint",
-                     output_grad_scale: str = "per_example") -> dict:
+                     output_grad_scale: str = "per_example", kfac_approx: str = "expand") -> dict:
     """This batch's {"A": [A_l], "G": [G_l]} from one statistics pass (``kronecker.kfac_statistics``).
 
-    A_l = (1/B) Σ ā āᵀ ("joint") or (1/B) Σ a aᵀ ("separate"); G_l = ``kronecker.grad_factor`` of the probes.
+    A_l = (1/B) Σ ā āᵀ ("joint") or (1/B) Σ a aᵀ ("separate"); G_l = ``kronecker.grad_factor`` of the probes;
+    a conv layer's statistics first become rows by ``kfac_approx`` (B = N·L for "expand", N for "reduce").
     """
     require_choice("bias_block", bias_block, BIAS_BLOCKS)
+    K.require_approx(kfac_approx)
+    inputs = [K.conv_input_rows(a, kfac_approx) for a in stats.inputs]
     if bias_block == "separate":
-        A = [a.T @ a / a.shape[0] for a in stats.inputs]
+        A = [a.T @ a for a in inputs]
+        for A_l, a in zip(A, inputs):
+            A_l /= a.shape[0]   # in place on the fresh product: the rounding of aᵀa / B
     else:
-        A = [K.input_factor(a) for a in stats.inputs]
-    return {"A": A, "G": [K.grad_factor([p[l] for p in stats.probes], stats.scale, output_grad_scale)
-                          for l in range(len(stats.inputs))]}
+        A = [K.input_factor(a) for a in inputs]
+    return {"A": A, "G": [K.grad_factor([K.conv_grad_rows(p[l], kfac_approx) for p in stats.probes], stats.scale,
+                                        output_grad_scale) for l in range(len(inputs))]}
 
 
 # --- the interface ------------------------------------------------------------------------------------
@@ -145,8 +155,9 @@ class CurvatureBlocks:
         """Identity factors A_l, G_l (used as such only by factor_init="identity"; otherwise overwritten)."""
         dtype = params[0]["W"].dtype
         extra = 0 if self.bias_block == "separate" else 1
-        return {"A": tuple(xp.eye(p["W"].shape[0] + extra, dtype=dtype) for p in params),
-                "G": tuple(xp.eye(p["W"].shape[1], dtype=dtype) for p in params)}
+        dims = [K.layer_dims(p["W"]) for p in params]
+        return {"A": tuple(xp.eye(fan_in + extra, dtype=dtype) for fan_in, _ in dims),
+                "G": tuple(xp.eye(fan_out, dtype=dtype) for _, fan_out in dims)}
 
     def estimate(self, stats: K.KFACStatistics) -> dict:
         """This batch's statistics, the same names as ``init``."""
@@ -159,6 +170,11 @@ class CurvatureBlocks:
     def update_estimate(self, preconditioner: tuple, stats: K.KFACStatistics) -> tuple:
         """Fold this batch into statistics kept in the refreshed basis; none here (EKFAC has ŝ)."""
         return preconditioner
+
+    def all_finite(self, estimate: dict) -> bool:
+        """Whether this batch's statistics are finite: every entry of every factor here (a block whose factors
+        are Gram matrices checks less: ``KroneckerBlocks``)."""
+        return T.all_finite(estimate)
 
     def precondition(self, V: list, preconditioner: tuple, damping: float) -> list:
         """(damped C)⁻¹ V."""
@@ -193,8 +209,10 @@ class CurvatureBlocks:
 class KroneckerBlocks(CurvatureBlocks):
     """Block-diagonal A_l ⊗ G_l with the damping rules "pi" | "tikhonov" | "eigen" (module docs)."""
 
+    kfac_approx = "expand"
+
     def __init__(self, damping_scheme: str = "pi", inverse: str = "inverse", bias_block: str = "joint",
-                 output_grad_scale: str = "per_example"):
+                 output_grad_scale: str = "per_example", kfac_approx: str = "expand"):
         require_choice("damping_scheme", damping_scheme, DAMPING_SCHEMES)
         require_choice("inverse", inverse, INVERSE_METHODS)
         require_choice("bias_block", bias_block, BIAS_BLOCKS)
@@ -206,10 +224,24 @@ class KroneckerBlocks(CurvatureBlocks):
                              "balances two factors and the bias block has one")
         self.damping_scheme, self.inverse = damping_scheme, inverse
         self.bias_block, self.output_grad_scale = bias_block, output_grad_scale
+        K.require_approx(kfac_approx)
+        self.kfac_approx = kfac_approx
 
     def estimate(self, stats: K.KFACStatistics) -> dict:
         """{"A", "G"} of this batch (``factor_estimates``)."""
-        return factor_estimates(stats, self.bias_block, self.output_grad_scale)
+        return factor_estimates(stats, self.bias_block, self.output_grad_scale, self.kfac_approx)
+
+    def all_finite(self, estimate: dict) -> bool:
+        """A and G are Gram matrices XᵀX / c, so a NaN or Inf in X, or an overflow of the sums, shows on the
+        diagonal (|X_iᵀX_j| ≤ max(‖X_i‖², ‖X_j‖²) by Cauchy–Schwarz, partial sums included): their diagonals
+        are checked, any other statistic (a subclass's cross factors) entry by entry."""
+        for name, factors in estimate.items():
+            if name in ("A", "G"):
+                if not all(bool(xp.all(xp.isfinite(xp.diagonal(F)))) for F in factors):
+                    return False
+            elif not T.all_finite(factors):
+                return False
+        return True
 
     def refresh(self, factors: dict, damping: float) -> tuple:
         """``kronecker_inverse`` of every layer's factors."""

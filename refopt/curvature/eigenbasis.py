@@ -3,7 +3,10 @@
 With Q_A, Q_G the eigenbases of the (undamped) factors, the batch's Fisher diagonal in Q_A ⊗ Q_G is
 s = (1/scale) Σ_p ((ā Q_A)²)ᵀ (g_p Q_G)² (``eigenbasis_scaling``; squares elementwise, g_p K-FAC's probes),
 kept as a running average ŝ ← ε_k ŝ + (1 − ε_k) s that restarts from d_A d_Gᵀ at each basis refresh; then
-C = Q diag(ŝ) Qᵀ, damped exactly: ŝ + λ. ``optim/ekfac.py`` is the optimizer; conventions as in ``blocks``.
+C = Q diag(ŝ) Qᵀ, damped exactly: ŝ + λ. A conv layer's s is the batch Fisher diagonal in the basis from the
+per-example gradients, s = (1/scale) Σ_p Σ_n (Σ_l ã_{n,l} g̃_{p,n,l}ᵀ)² (the locations summed before squaring,
+so ŝ keeps EKFAC's Frobenius property for the true block); only the basis depends on ``kfac_approx``. With
+L = 1 it is the dense formula. ``optim/ekfac.py`` is the optimizer; conventions as in ``blocks``.
 """
 from __future__ import annotations
 
@@ -33,6 +36,16 @@ def eigenbasis_scaling(inputs, probes_l, QA, QG, scale: float, bias_block: str =
     "separate": Q_A is the weights' basis and the bias row is the bias block's diagonal in Q_G, i.e.
     ā Q_A is replaced by [a Q_A, 1].
     """
+    if inputs.ndim == 3:   # a conv layer: per-example gradients Σ_l ã_l g̃_lᵀ in the basis, squared
+        N, L, _ = inputs.shape
+        rows = inputs.reshape(N * L, -1)
+        rotated = (K.augment(rows) @ QA if bias_block == "joint" else K.augment(rows @ QA)).reshape(N, L, -1)
+        s = None
+        for g in probes_l:
+            per = xp.matmul(xp.swapaxes(rotated, 1, 2), (g.reshape(N * L, -1) @ QG).reshape(N, L, -1))
+            term = xp.sum(per ** 2, axis=0)
+            s = term if s is None else s + term
+        return s / scale
     rotated = K.augment(inputs) @ QA if bias_block == "joint" else K.augment(inputs @ QA)
     a2 = rotated ** 2
     s = None
@@ -49,8 +62,8 @@ class EigenbasisBlocks(KroneckerBlocks):
     restarts: ε_k = min(1 − 1/k, ``scale_decay``), k counting estimates since the refresh.
     """
 
-    def __init__(self, scale_decay: float, bias_block: str = "joint"):
-        super().__init__("eigen", "eig", bias_block)
+    def __init__(self, scale_decay: float, bias_block: str = "joint", kfac_approx: str = "expand"):
+        super().__init__("eigen", "eig", bias_block, kfac_approx=kfac_approx)
         self.scale_decay = scale_decay
 
     def refresh(self, factors: dict, damping: float) -> tuple:

@@ -18,7 +18,7 @@ from .. import tree as T
 from ..backend import normal, rademacher, rng
 from .products import network_vjp, sampled_output_grads
 
-__all__ = ["draw_probes", "hutchinson_diagonal", "gnb_diagonal", "PROBE_DISTRIBUTIONS"]
+__all__ = ["draw_probes", "hutchinson_diagonal", "gnb_diagonal", "gnb_from_pullback", "PROBE_DISTRIBUTIONS"]
 
 PROBE_DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -54,7 +54,14 @@ def gnb_diagonal(model, loss, params, X, labels):
     pass is recorded for all of them: ĝ_j = Jᵀ (scale · r̂_j), one pullback per label set.
     """
     z, pullback = network_vjp(model, params, X)
-    scale = loss.scale(*z.shape)
+    return gnb_from_pullback(loss, z, pullback, labels)
+
+
+def gnb_from_pullback(loss, z, pullback, labels):
+    """``gnb_diagonal`` from a recorded forward pass: its outputs z and pullback u ↦ Jᵀu (``network_vjp``), so
+    that a caller who records one pass for something else (the gradient, the draw of ``labels`` from z)
+    needs no second one."""
+    scale = loss.scale(*ad.shape_of(z))
     total = None
     for r in sampled_output_grads(loss, z, labels):
         g = pullback(scale * r)

@@ -51,6 +51,20 @@ Burn-in (``factor_weight``'s ``burnin`` = n, kfac-jax's ``num_burnin_steps``): t
 averaged with equal weights (ε_k = 1 − 1/k), as kfac-jax's WeightedMovingAverage with ema_old = ema_new = 1;
 the running average then continues as if those n had weight n.
 
+Convolutions (KFC, Grosse & Martens 2016; "expand" and "reduce" as Eschenhagen et al. 2023). A conv layer
+s_l = P_l W̄_l at every location (``nn.conv``: W̄_l = [W_l.reshape(O, K)ᵀ; b_l], shape (K + 1, O), K = C·kh·kw;
+vec(W̄_l) is NOT the OIHW leaf's flattening, it is vec of its transpose) has patches P (N, L, K) and g (N, L, O):
+
+    "expand" (KFC): A = (1/(N·L)) Σ_{n,l} ā_{n,l} ā_{n,l}ᵀ,    G = (1/scale) Σ_{n,l} g_{n,l} g_{n,l}ᵀ
+    "reduce":       A = (1/N) Σ_n ā_n ā_nᵀ, ā_n = mean_l ā_{n,l},  G = (1/scale) Σ_n ĝ_n ĝ_nᵀ, ĝ_n = Σ_l g_{n,l}
+
+i.e. the N·L locations are rows of a dense layer ("expand"), or each example's patches are averaged and its
+output gradients summed first ("reduce"); with L = 1 both are the dense layer's A and G above, exactly.
+These are curvlinops' KFACLinearOperator(kfac_approx=...) scalings with its default loss_average="batch"
+(A from the rows divided by √rows; G's rows ×N²/N for a mean loss); GM16 put the 1/L on G instead of A
+(Ω = Σ_l E[āāᵀ], Γ = (1/L) Σ_l E[g gᵀ]): the same A ⊗ G, but not the same split under per-factor damping.
+``conv_input_rows`` / ``conv_grad_rows`` turn the statistics into those rows; dense layers pass through.
+
 Source: Martens & Grosse 2015, sections 2-3 (Kronecker factorisation, eq. (1) and section 3.1), and
 section 5 for the label sampling; Martens, Sutskever & Swersky 2012, "Estimating the Hessian by
 back-propagating curvature" (ICML), for curvature propagation.
@@ -70,12 +84,13 @@ __all__ = [
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
     "kfac_statistics", "statistics_pass", "factor_weight", "OUTPUT_GRAD_SCALES", "output_hessian_sqrt_vp",
-    "draw_signs",
+    "draw_signs", "KFAC_APPROXIMATIONS", "conv_input_rows", "conv_grad_rows", "layer_dims",
 ]
 
 FISHER_ESTIMATES = ("mc", "empirical", "true", "curvature_prop")
 OUTPUT_GRAD_SCALES = ("per_example", "reduced_loss")
 FACTOR_INITS = ("mean", "debiased", "identity")
+KFAC_APPROXIMATIONS = ("expand", "reduce")
 
 
 # --- the layer as a matrix ------------------------------------------------------------------------
@@ -85,25 +100,67 @@ def augment(a):
 
 
 def layer_matrix(layer: dict):
-    """W̄ = [W; b] of shape (fan_in + 1, fan_out); row-major vec(W̄) is the layer's flattened params."""
-    return xp.concatenate([layer["W"], layer["b"][None, :]], axis=0)
+    """W̄ = [W; b] of shape (fan_in + 1, fan_out); row-major vec(W̄) is the layer's flattened params. A conv
+    kernel (O, C, kh, kw) enters as W.reshape(O, K)ᵀ (module docs)."""
+    W = layer["W"]
+    if W.ndim == 4:
+        W = W.reshape(W.shape[0], -1).T
+    return xp.concatenate([W, layer["b"][None, :]], axis=0)
 
 
-def layer_tree(Wbar) -> dict:
-    """The inverse of ``layer_matrix``: {"W": W̄[:-1], "b": W̄[-1]}."""
+def layer_tree(Wbar, shape=None) -> dict:
+    """The inverse of ``layer_matrix``: {"W": W̄[:-1], "b": W̄[-1]}; ``shape`` a conv kernel's (O, C, kh, kw)
+    folds W̄[:-1]ᵀ back to it."""
+    if shape is not None and len(shape) == 4:
+        return {"W": xp.ascontiguousarray(Wbar[:-1].T).reshape(shape), "b": Wbar[-1]}
     return {"W": Wbar[:-1], "b": Wbar[-1]}
+
+
+def layer_dims(W) -> tuple:
+    """(fan_in, fan_out) of a layer's W: W's shape for a dense layer, (C·kh·kw, O) for a conv kernel."""
+    if W.ndim == 4:
+        return (W.shape[1] * W.shape[2] * W.shape[3], W.shape[0])
+    return tuple(W.shape)
+
+
+def conv_input_rows(a, approx: str = "expand"):
+    """A layer's inputs as the rows A is formed from: a dense layer's (B, fan_in) unchanged, a conv layer's
+    patches (N, L, K) as (N·L, K) ("expand") or their mean over the L locations, (N, K) ("reduce")."""
+    if a.ndim == 2:
+        return a
+    require_approx(approx)
+    return a.reshape(-1, a.shape[2]) if approx == "expand" else xp.mean(a, axis=1)
+
+
+def conv_grad_rows(g, approx: str = "expand"):
+    """A layer's output gradients (or probes) as the rows G is formed from: (B, fan_out) unchanged, a conv
+    layer's (N, L, O) as (N·L, O) ("expand") or summed over the L locations, (N, O) ("reduce")."""
+    if g.ndim == 2:
+        return g
+    require_approx(approx)
+    return g.reshape(-1, g.shape[2]) if approx == "expand" else xp.sum(g, axis=1)
+
+
+def require_approx(approx) -> None:
+    """ValueError naming kfac_approx unless it is "expand" or "reduce"."""
+    if approx not in KFAC_APPROXIMATIONS:
+        raise ValueError(f"kfac_approx must be one of {KFAC_APPROXIMATIONS}, got {approx!r}"[:200])
 
 
 # --- factors ---------------------------------------------------------------------------------------
 def input_factor(a):
     """A = (1/B) Σ_i ā_i ā_iᵀ from the layer inputs a (B, fan_in)."""
     abar = augment(a)
-    return abar.T @ abar / abar.shape[0]
+    A = abar.T @ abar   # one triangle's work: NumPy's matmul calls BLAS syrk for XᵀX
+    A /= abar.shape[0]  # in place on the fresh product (the same rounding as A / B)
+    return A
 
 
 def cross_input_factor(a_prev, a_next):
     """A_{l,l+1} = (1/B) Σ_i ā_{l-1,i} ā_{l,i}ᵀ: inputs of layer l against inputs of layer l+1."""
-    return augment(a_prev).T @ augment(a_next) / a_prev.shape[0]
+    A = augment(a_prev).T @ augment(a_next)
+    A /= a_prev.shape[0]
+    return A
 
 
 def grad_factor(probes: Sequence, scale: float, output_grad_scale: str = "per_example"):
@@ -118,13 +175,20 @@ def grad_factor(probes: Sequence, scale: float, output_grad_scale: str = "per_ex
     """
     if output_grad_scale not in OUTPUT_GRAD_SCALES:
         raise ValueError(f"output_grad_scale must be one of {OUTPUT_GRAD_SCALES}, got {output_grad_scale!r}")
-    G = sum(g.T @ g for g in probes)
-    return G / (scale if output_grad_scale == "per_example" else probes[0].shape[0])
+    G = probes[0].T @ probes[0]
+    for g in probes[1:]:   # ((G₁ + G₂) + G₃) + …, accumulated in place on the fresh first product
+        G += g.T @ g
+    G /= scale if output_grad_scale == "per_example" else probes[0].shape[0]
+    return G
 
 
 def cross_grad_factor(probes_l: Sequence, probes_next: Sequence, scale: float):
     """G_{l,l+1} = (1/scale) Σ_p g_{p,l}ᵀ g_{p,l+1}, shape (fan_out_l, fan_out_{l+1})."""
-    return sum(g.T @ h for g, h in zip(probes_l, probes_next)) / scale
+    G = probes_l[0].T @ probes_next[0]
+    for g, h in zip(probes_l[1:], probes_next[1:]):
+        G += g.T @ h
+    G /= scale
+    return G
 
 
 def factor_weight(k: int, decay: float, init: str, burnin: int = 0) -> float:
@@ -246,8 +310,12 @@ class LayerCapture(NamedTuple):
 def capture_layers(model, params, X) -> LayerCapture:
     """Forward pass recording only the pre-activation perturbations, so each backward sweep costs the
     input-gradient matmuls and no weight gradients (those are formed as āᵀ g where needed)."""
+    from ..nn.conv import CNN  # noqa: PLC0415 (the CNN's perturbations are (N, L, O) at conv layers)
+
     dtype = getval(params[0]["W"]).dtype
-    zeros = [xp.zeros((X.shape[0], n), dtype=dtype) for n in model.sizes[1:]]
+    shapes = model.perturbation_shapes(X.shape[0]) if isinstance(model, CNN) else \
+        [(X.shape[0], n) for n in model.sizes[1:]]
+    zeros = [xp.zeros(shape, dtype=dtype) for shape in shapes]
     inputs: list = []
     z, pullback = ad.vjp(lambda e: model.apply(params, X, perturbations=e, record_inputs=inputs), zeros)
     return LayerCapture(z, [getval(a) for a in inputs], pullback)
@@ -258,12 +326,20 @@ class KFACStatistics(NamedTuple):
 
     loss: float
     grad: list | None     # ∇L as a params tree (exact: ∇W = aᵀ g, ∇b = Σ_i g); None if not asked for
-    inputs: list          # a_{l-1} (B, fan_in) per layer, without the trailing one
-    output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels
-    probes: list | None   # list over probes of lists over layers of (B, fan_out); None if not asked for
+    inputs: list          # a_{l-1} (B, fan_in) per layer, without the trailing one; a conv layer's patches (N, L, K)
+    output_grads: list    # g_l = ∂L/∂s_l (B, fan_out) at the data labels; a conv layer's (N, L, O)
+    probes: list | None   # list over probes of lists over layers of (B, fan_out) / (N, L, O); None if not asked for
     scale: float          # the reduction's factor (1/B or 1)
     labels: object = None  # the draws behind the probes: "mc" label sets (k, ...), "curvature_prop" signs (k, B, C)
     sweeps: int = 0        # backward sweeps beyond the gradient's (one network vjp each; the oracle counts them)
+
+
+def _layer_grad(a, g, shape) -> dict:
+    """∇W = aᵀ g, ∇b = Σ_i g_i; a conv layer's ∇W = (Σ_{n,l} g_{n,l} P_{n,l}ᵀ) folded to OIHW, ∇b = Σ_{n,l} g_{n,l}."""
+    if a.ndim == 2:
+        return {"W": a.T @ g, "b": xp.sum(g, axis=0)}
+    rows_a, rows_g = a.reshape(-1, a.shape[2]), g.reshape(-1, g.shape[2])
+    return {"W": (rows_g.T @ rows_a).reshape(shape), "b": xp.sum(rows_g, axis=0)}
 
 
 def _reduced_output_grad(loss, z, y):
@@ -299,7 +375,7 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
     scale = loss.scale(*cap.z.shape)
     value, dz = _reduced_output_grad(loss, cap.z, y)
     g = cap.pullback(dz)
-    grad = [{"W": a.T @ gl, "b": xp.sum(gl, axis=0)} for a, gl in zip(cap.inputs, g)] if gradient else None
+    grad = [_layer_grad(a, gl, p["W"].shape) for a, gl, p in zip(cap.inputs, g, params)] if gradient else None
     probes = None
     finite = math.isfinite(value) and T.all_finite(g)
     if fisher == "empirical":
@@ -310,7 +386,8 @@ def statistics_pass(model, loss, params, X, y, fisher: str | None = "mc", labels
         w = 1.0 / math.sqrt(len(labels))
         probes = []
         for yk in labels:
-            probes.append([w * gl for gl in cap.pullback(_reduced_output_grad(loss, cap.z, yk)[1])])
+            swept = cap.pullback(_reduced_output_grad(loss, cap.z, yk)[1])
+            probes.append(swept if w == 1.0 else [w * gl for gl in swept])   # 1·g is g: no copy for one set
     elif fisher == "curvature_prop" and finite:
         if labels is None:
             labels = sample(cap.z)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..backend import xp
-from ..linalg import symmetrize
+from ..linalg import shifted_symmetric, symmetrize
 from ..serialize import register_state
 from . import kronecker as K
 from .blocks import KroneckerBlocks, require_choice, damped_factors
@@ -49,8 +49,8 @@ def _damped_diagonal(A, G, damping: float, scheme: str) -> tuple:
     Ad, Gd = [], []
     for a, g in zip(A, G):
         gA, gG, _ = damped_factors(a, g, damping, scheme)
-        Ad.append(symmetrize(a) + gA * xp.eye(a.shape[0], dtype=a.dtype))
-        Gd.append(symmetrize(g) + gG * xp.eye(g.shape[0], dtype=g.dtype))
+        Ad.append(shifted_symmetric(a, gA))
+        Gd.append(shifted_symmetric(g, gG))
     return Ad, Gd
 
 

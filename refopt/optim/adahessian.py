@@ -42,10 +42,12 @@ draws no probes (``info["draws"]`` None); every step needs one.
 ``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken.
 
 Cost: the loss, the gradient and the products come from one recording of the gradient
-(``Oracle.value_and_hvp_operator``), then one reverse sweep per probe: about 3 gradients per step.
+(``Oracle.value_and_hvp_operator``), then one reverse sweep per probe: about 3 gradients per step; the
+moments and the step run chunk by chunk (``update_rules.chunks``), each leaf read and written once.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from .. import tree as T
@@ -55,7 +57,7 @@ from ..serialize import register_state
 from .base import (MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative,
                    check_positive, check_unit_interval, refuse, show_value, step_info)
 from .gradients import given_estimate
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, descent_step, ema, l2_decay
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, flat, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
            "spatial_average", "PROBE_DISTRIBUTION"]
@@ -208,7 +210,8 @@ class AdaHessian(Optimizer):
             else:
                 probes = check_probes(draws, params)
             loss, g, hv = oracle.value_and_hvp_operator(params)   # loss, gradient and products from one recording
-        if not T.all_finite(g):
+        grad_norm = T.norm(g)   # the reported norm, and the check: a NaN or Inf anywhere makes it non-finite
+        if not math.isfinite(grad_norm) and not T.all_finite(g):
             return refuse(params, state, loss, NON_FINITE_GRADIENT)
         if D is None:
             D = hutchinson_estimate(hv, probes)                            # D_t = (1/k_p) Σ z ⊙ Hz
@@ -221,18 +224,45 @@ class AdaHessian(Optimizer):
         if lam and self.weight_decay_mode == "l2":   # ½λ‖θ‖² in the loss: its gradient λθ, its Hessian diagonal λ
             g = l2_decay(g, params, lam)
             D = T.tree_map(lambda d: d + lam, D)
+            grad_norm = T.norm(g)
         t = state.step + 1
         b1, b2, k = self.beta1, self.beta2, self.hessian_power
         c1 = bias_correction(b1, t, self.bias_correction)                   # 1 − β₁ᵗ
         c2 = bias_correction(b2, t, self.bias_correction)                   # 1 − β₂ᵗ
-        m = ema(state.m, g, b1)                                             # m_t = β₁m + (1 − β₁)g_t
-        # v_t = β₂v + (1 − β₂) D^s ⊙ D^s, rounded as ((1 − β₂)·D)·D (the golden traces fix that order)
-        v = T.tree_map2(lambda vi, di: b2 * vi + (1.0 - b2) * di * di, state.v, D)
-        if self.eps_mode == "outside":
-            d = T.tree_map2(lambda mi, vi: (mi / c1) / ((vi / c2) ** (k / 2) + self.eps), m, v)
-        else:
-            d = T.tree_map2(lambda mi, vi: (mi / c1) / (vi / c2 + self.eps) ** (k / 2), m, v)
         lr = self.lr_at(state.step)
-        new = descent_step(params, d, lr, lam, self.weight_decay_mode)   # θ − η_t d (− η_tλθ if decoupled)
-        info = step_info(loss, g, lr=lr, step_norm=lr * T.norm(d), draws=probes)
+        decay = lam if self.weight_decay_mode == "decoupled" else 0.0
+        ps, treedef = T.flatten(params)
+        new_p, new_m, new_v = [], [], []
+        sq = 0.0
+        for x, gi, Di, mi, vi in zip(ps, T.leaves(g), T.leaves(D), T.leaves(state.m), T.leaves(state.v)):
+            # Per chunk (update_rules.chunks), in the rounding order of the lines they always were:
+            #   m_t = β₁m + (1 − β₁)g,  v_t = β₂v + ((1 − β₂)·D)·D  (the golden traces fix that order),
+            #   d = (m/c1) / ((v/c2)^{k/2} + ε)  (or / (v/c2 + ε)^{k/2}),  θ − η(d + λθ)  (descent_step)
+            m, v, new = (xp.empty(x.shape, dtype=a.dtype) for a in (mi, vi, x))
+            xf, gf, Df, mf, vf, M, V, N = (flat(a) for a in (x, gi, Di, mi, vi, m, v, new))
+            pieces = chunks(xf.size)
+            scratch = xp.empty(pieces[0].stop, dtype=x.dtype)
+            for sl in pieces:
+                d, Mc, Vc, Dc = scratch[:sl.stop - sl.start], M[sl], V[sl], Df[sl]
+                xp.multiply(mf[sl], b1, out=Mc)
+                xp.multiply(gf[sl], 1.0 - b1, out=d)
+                Mc += d
+                xp.multiply(vf[sl], b2, out=Vc)
+                xp.multiply(Dc, 1.0 - b2, out=d)
+                d *= Dc
+                Vc += d
+                if self.eps_mode == "outside":   # the power as an operator: NumPy's ** takes √ for k/2 = ½
+                    xp.divide(Mc / c1, (Vc / c2) ** (k / 2) + self.eps, out=d)
+                else:
+                    xp.divide(Mc / c1, (Vc / c2 + self.eps) ** (k / 2), out=d)
+                sq += float(xp.vdot(d, d))
+                if decay:
+                    d += decay * xf[sl]                                     # d + λθ (decoupled)
+                d *= -lr
+                xp.add(d, xf[sl], out=N[sl])                                # (−η)·(d + λθ) + θ
+            new_p.append(new)
+            new_m.append(m)
+            new_v.append(v)
+        new, m, v = (T.unflatten(treedef, leaves) for leaves in (new_p, new_m, new_v))
+        info = step_info(loss, (), lr=lr, step_norm=lr * math.sqrt(sq), draws=probes, grad_norm=grad_norm)
         return new, AdaHessianState(t, m, v, state.seed), info

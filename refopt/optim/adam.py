@@ -42,7 +42,7 @@ from .. import tree as T
 from ..backend import xp
 from ..serialize import register_state
 from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, l2_decay
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, flat
 
 __all__ = ["Adam", "AdamW", "AdamState", "EPS_MODES", "AMSGRAD_MODES"]
 
@@ -118,8 +118,9 @@ class Adam(Optimizer):
     def update(self, params, state, oracle, draws=None):
         """One Adam (or AdamW) step, Algorithm 1's loop body fused per leaf; see the module docs for the switches.
 
-        The fused loop computes, per leaf, exactly these lines of Algorithm 1 (``tests/test_adam.py`` checks it
-        against a plain transcription for every switch combination):
+        The fused loop computes, per leaf and chunk by chunk (``update_rules.chunks``: elementwise, so the bits do
+        not depend on the chunking; the reported norms are summed chunk by chunk), exactly these lines of
+        Algorithm 1 (``tests/test_adam.py`` checks it against a plain transcription for every switch combination):
 
             m_t = β₁ m_{t−1} + (1 − β₁) g_t
             v_t = β₂ v_{t−1} + (1 − β₂) g_t²            (AMSGrad: u = running max of v_t or of v̂_t; else u = v_t)
@@ -131,14 +132,6 @@ class Adam(Optimizer):
         """
         self.check_draws(draws)
         loss, g = oracle.value_and_grad(params)
-        # One pass gives both the reported norm and the check: a NaN or Inf anywhere makes it non-finite
-        # (all_finite then tells an overflow of the squares from a truly non-finite gradient).
-        grad_norm = T.norm(g)
-        if not math.isfinite(grad_norm) and not T.all_finite(g):
-            return refuse(params, state, loss, NON_FINITE_GRADIENT)
-        if self.weight_decay and not self._decoupled:
-            g = l2_decay(g, params, self.weight_decay)   # g_t + λθ_{t−1}
-            grad_norm = T.norm(g)
         t = state.step + 1
         b1, b2 = self.beta1, self.beta2
         c1 = bias_correction(b1, t, self.bias_correction)   # 1 − β₁ᵗ
@@ -147,46 +140,71 @@ class Adam(Optimizer):
         alpha_t = lr * math.sqrt(c2) / c1
         r, eps_hat = self._root_eps(c2)
         c = self._decay(lr)
+        wd = self.weight_decay if not self._decoupled else 0.0   # Adam's L2 term λθ, added to g_t
 
         ps, treedef = T.flatten(params)
-        new_p, new_m, new_v, new_max = [], [], [], []
-        sq = 0.0
         amsgrad = self.amsgrad != "none"
         maxes = T.leaves(state.v_max) if amsgrad else [None] * len(ps)
+        new_p, new_m, new_v, new_max = [], [], [], []
+        raw_sq = sq_g = sq = 0.0
         for x, gi, mi, vi, vmi in zip(ps, T.leaves(g), T.leaves(state.m), T.leaves(state.v), maxes):
-            # Three fresh arrays per leaf (m, v and the new θ, which doubles as the scratch d for the step Δ)
-            # and no temporaries: the step is memory-bound, and a plain transcription (new arrays for every
-            # operation) costs a third more here, 6% of a whole step on bench_adaptive's MLP.
-            m = xp.multiply(mi, b1, out=xp.empty_like(mi))       # m_t = β₁ m_{t−1} ...
-            d = xp.multiply(gi, 1.0 - b1, out=xp.empty_like(x))
-            m += d                                               # ... + (1 − β₁) g_t
-            v = xp.multiply(gi, gi, out=xp.empty_like(gi))
-            v *= 1.0 - b2                                        # v_t = (1 − β₂) g_t² ...
-            xp.multiply(vi, b2, out=d)
-            v += d                                               # ... + β₂ v_{t−1}
-            u = v
-            if self.amsgrad == "max_v":                          # u = max(v_max, v_t), kept
-                u = xp.maximum(vmi, v)
-                new_max.append(u)
-            elif self.amsgrad == "max_v_hat":                    # max of v̂ = v/c2, kept in v̂'s units
-                u_hat = xp.maximum(vmi, v / c2)
-                new_max.append(u_hat)
-                u = u_hat * c2
-            if r:                                                # d = √(u + r) + ε̂
-                xp.add(u, r, out=d)
-                xp.sqrt(d, out=d)
-            else:
-                xp.sqrt(u, out=d)
-            if eps_hat:
-                d += eps_hat
-            xp.divide(m, d, out=d)                               # Δ = α_t · (m_t / d)
-            d *= alpha_t
-            if c:
-                d += c * x                                       # + cθ_{t−1} (AdamW)
-            sq += float(xp.vdot(d.ravel(), d.ravel()))
-            new_p.append(xp.subtract(x, d, out=d))               # θ_t = θ_{t−1} − Δ, written over d
+            # Fresh C-contiguous outputs, filled chunk by chunk (update_rules.chunks): per chunk the lines of
+            # Algorithm 1 run as in-place passes over a scratch d, so nothing but m, v, θ (and AMSGrad's
+            # maximum) is allocated and the passes stay in the cache.
+            m, v, new = (xp.empty(x.shape, dtype=a.dtype) for a in (mi, gi, x))
+            vmax = xp.empty(x.shape, dtype=vmi.dtype) if amsgrad else None
+            xf, gf, mf, vf = flat(x), flat(gi), flat(mi), flat(vi)
+            M, V, N = flat(m), flat(v), flat(new)
+            U, vmf = (flat(vmax), flat(vmi)) if amsgrad else (None, None)
+            pieces = chunks(xf.size)
+            scratch = xp.empty(pieces[0].stop, dtype=x.dtype)
+            spare = xp.empty_like(scratch) if (wd or c) else None
+            for sl in pieces:
+                k = sl.stop - sl.start
+                d, gc, xc, mc, vc = scratch[:k], gf[sl], xf[sl], M[sl], V[sl]
+                # the check and the reported norm in one pass: a NaN or Inf anywhere makes the sum non-finite
+                # (all_finite then tells an overflow of the squares from a truly non-finite gradient)
+                part = float(xp.vdot(gc, gc))
+                raw_sq += part
+                if not math.isfinite(part) and not bool(xp.all(xp.isfinite(gc))):
+                    return refuse(params, state, loss, NON_FINITE_GRADIENT)
+                if wd:                                           # g_t + λθ_{t−1}, rounded as l2_decay's λ·θ + g
+                    gc = xp.multiply(xc, wd, out=spare[:k])
+                    gc += gf[sl]
+                    sq_g += float(xp.vdot(gc, gc))
+                xp.multiply(mf[sl], b1, out=mc)                  # m_t = β₁ m_{t−1} ...
+                xp.multiply(gc, 1.0 - b1, out=d)
+                mc += d                                          # ... + (1 − β₁) g_t
+                xp.multiply(gc, gc, out=vc)
+                vc *= 1.0 - b2                                   # v_t = (1 − β₂) g_t² ...
+                xp.multiply(vf[sl], b2, out=d)
+                vc += d                                          # ... + β₂ v_{t−1}
+                u = vc
+                if self.amsgrad == "max_v":                      # u = max(v_max, v_t), kept
+                    u = xp.maximum(vmf[sl], vc, out=U[sl])
+                elif self.amsgrad == "max_v_hat":                # max of v̂ = v/c2, kept in v̂'s units
+                    u_hat = xp.divide(vc, c2, out=U[sl])
+                    xp.maximum(vmf[sl], u_hat, out=u_hat)
+                    u = xp.multiply(u_hat, c2, out=d)
+                if r:                                            # d = √(u + r) + ε̂
+                    xp.add(u, r, out=d)
+                    xp.sqrt(d, out=d)
+                else:
+                    xp.sqrt(u, out=d)
+                if eps_hat:
+                    d += eps_hat
+                xp.divide(mc, d, out=d)                          # Δ = α_t · (m_t / d)
+                d *= alpha_t
+                if c:
+                    d += xp.multiply(xc, c, out=spare[:k])       # + cθ_{t−1} (AdamW)
+                sq += float(xp.vdot(d, d))
+                xp.subtract(xc, d, out=N[sl])                    # θ_t = θ_{t−1} − Δ
+            new_p.append(new)
             new_m.append(m)
             new_v.append(v)
+            if amsgrad:
+                new_max.append(vmax)
+        grad_norm = math.sqrt(sq_g if wd else raw_sq)
         info = step_info(loss, (), lr=lr, step_norm=math.sqrt(sq), grad_norm=grad_norm)  # norm known
         v_max = T.unflatten(treedef, new_max) if amsgrad else None
         return (T.unflatten(treedef, new_p),

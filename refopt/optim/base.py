@@ -251,7 +251,7 @@ def _is_bool(value) -> bool:
 
 # Upper bounds of the integer hyperparameters (a larger value would mean unbounded work, memory or a
 # number no file format holds); the table in CONTRIBUTING.md ("Bad input") lists which argument has which.
-MAX_SEED = 2 ** 63 - 1          # seeds: fit an int64 in every file refopt writes
+from ..serialize import MAX_SEED  # noqa: E402,F401 (seeds: an int64 in every file; defined in serialize.py)
 MAX_DRAWS = 1000                # probes and label samples per step (each is one more pass)
 MAX_ITERATIONS = 10_000         # inner iterations: CG iterations, line-search evaluations, damping trials
 MAX_MEMORY = 10_000             # stored curvature pairs (L-BFGS, K-BFGS's L-BFGS variant)

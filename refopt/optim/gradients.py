@@ -59,6 +59,7 @@ import numpy as np
 from .. import tree as T
 from ..backend import to_device, to_host, xp
 from ..oracle import CAPABILITIES, Counts
+from ..serialize import shorten as _short
 from .base import as_real, show_value
 
 __all__ = ["GradientOracle", "GradientTransformation", "ESTIMATES", "apply_gradients", "as_gradient_transformation",
@@ -76,6 +77,7 @@ _REQUESTS = {
     "draw_probes": "Hutchinson probes", "hutchinson_diag": "Hutchinson's diagonal estimate",
     "sample_labels": "labels sampled from the model", "grad_at_labels": "gradients at sampled labels",
     "gnb_diag": "the Gauss-Newton-Bartlett estimate (sampled labels)",
+    "gnb_estimate": "the Gauss-Newton-Bartlett estimate (sampled labels)",
     "layer_stats": "per-layer statistics of the network", "kfac_statistics": "per-layer statistics of the network",
     "ggn_vp": "Gauss-Newton products", "curvature_operator": "Gauss-Newton or Fisher products",
     "fisher_vp": "Fisher products", "jvp": "network Jacobian products", "vjp": "network Jacobian products",
@@ -171,12 +173,9 @@ def _paths(tree, prefix: str = "") -> list[str]:
     return [prefix]
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def check_like_params(what: str, tree, params):
-    """``tree`` with its leaves as backend arrays, after checking that it matches ``params``: structure, then
+    """``tree`` with its leaves as fresh backend arrays (copies: nothing returned or kept aliases the caller's
+    buffers), after checking that it matches ``params``: structure, then
     each leaf's shape and dtype (one-line ValueErrors naming ``what`` and the leaf)."""
     leaves, treedef = T.flatten(tree)
     p_leaves, p_treedef = T.flatten(params)
@@ -198,7 +197,9 @@ def check_like_params(what: str, tree, params):
         if leaf.dtype != p.dtype:
             raise ValueError(f"{what}{name} has dtype {leaf.dtype}, params{name} has {p.dtype} (refopt does not "
                              "cast: convert it)")
-        out.append(leaf)
+        # A copy: an optimizer may keep the gradient itself in its state (SGD's first momentum buffer with
+        # dampening is g), and the caller's loop may overwrite its buffer in place (torch's grad.zero_()).
+        out.append(leaf.copy())
     return T.unflatten(p_treedef, out)
 
 

@@ -58,7 +58,7 @@ from ..serialize import register_state
 from .base import (MAX_MEMORY, Optimizer, Switch, check_int, check_nonnegative, check_positive, check_unit_interval,
                    refuse, step_info)
 from .kfac import FACTOR_INIT, WEIGHT_DECAY_CHOICES, _check_params, oracle_needs
-from .update_rules import decoupled_decay, ema, l2_decay
+from .update_rules import decoupled_decay, ema, ema_into, l2_decay
 
 __all__ = ["KBFGS", "KBFGSState", "VARIANTS"]
 
@@ -153,7 +153,7 @@ class KBFGS(Optimizer):
         estimate = [K.input_factor(a) for a in stats.inputs]
         if T.all_finite(estimate):
             eps = K.factor_weight(k + 1, self.decay, self.factor_init)
-            A = ema(A, tuple(estimate), eps)
+            A = ema_into(A, tuple(estimate), eps)   # the fresh estimate's buffers reused
             k += 1
         else:
             messages.append("non-finite A statistics: A update skipped, old A kept")

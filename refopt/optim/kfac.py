@@ -82,6 +82,11 @@ momentum chosen by the exact quadratic model (section 7) — the KL clip replace
 ``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken, in the
 KL clip, the step and the decay; at η_t = 0 the clip and the Levenberg–Marquardt adaptation are skipped
 (there is no step to measure).
+
+Cost per step: the statistics pass (one forward pass, the gradient's sweep and one sweep per label set),
+the factor products āᵀā and gᵀg (symmetric: BLAS syrk), two products per layer for A⁻¹ ∇W̄ G⁻¹ and, every
+T₂ steps, the factors' inverses or eigendecompositions; the running averages and the step's tail (momentum,
+decay, θ + δ) run chunk by chunk (``update_rules.chunks``). ``scripts/bench_kfac.py`` derives the flop bound.
 """
 from __future__ import annotations
 
@@ -95,7 +100,7 @@ from ..curvature.blocks import BIAS_BLOCKS, DAMPING_SCHEMES, INVERSE_METHODS, Kr
 from ..serialize import register_state
 from .base import (MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
-from .update_rules import WEIGHT_DECAY_MODES, decoupled_decay, ema, l2_decay, momentum
+from .update_rules import WEIGHT_DECAY_MODES, chunks, ema_into, flat, l2_decay
 
 __all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_CHOICES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
            "ADAPT_DAMPING", "oracle_needs", "draws_kind"]
@@ -146,6 +151,36 @@ class KFACState(NamedTuple):
     preconditioner: tuple  # per layer, from the last refresh; () before the first
     velocity: object       # m: momentum buffer on the natural gradient (a tree like params)
     damping: float         # λ (changed only by the Levenberg–Marquardt rule)
+
+
+def _tail(m, n, x, mu: float, lr: float, c: float):
+    """(m', θ', ‖δ‖²) of one leaf: m' = μm + n (n itself when μ = 0), δ = −η·m' (+ cθ), θ' = θ + δ, each in the
+    rounding order of ``momentum``, ``tree.scale``, ``decoupled_decay`` and ``tree.add``, run chunk by chunk
+    (``update_rules.chunks``) into the fresh m' and θ' (so ‖δ‖² is summed chunk by chunk)."""
+    vel = xp.empty(n.shape, dtype=xp.result_type(m, n)) if mu else n
+    new = xp.empty(x.shape, dtype=x.dtype)
+    Vf, N, mf, nf, xf = flat(vel), flat(new), flat(m), flat(n), flat(x)
+    pieces = chunks(N.size)
+    d_all = xp.empty(pieces[0].stop, dtype=x.dtype)
+    sq = 0.0
+    for sl in pieces:
+        d = d_all[:sl.stop - sl.start]
+        if mu:
+            vs = xp.multiply(mf[sl], mu, out=Vf[sl])
+            vs += nf[sl]                                  # μm + n
+        xp.multiply(Vf[sl] if mu else nf[sl], -lr, out=d)  # δ = −η m'
+        if c:
+            d += c * xf[sl]
+        sq += float(xp.vdot(d, d))
+        xp.add(d, xf[sl], out=N[sl])                      # θ + δ
+    return vel, new, sq
+
+
+def _axpy_fresh(alpha: float, x, y):
+    """α·x + y as one fresh array (``tree.axpy``'s rounding, the sum formed in the product's buffer)."""
+    out = alpha * x
+    out += y
+    return out
 
 
 def _check_params(params) -> None:
@@ -252,10 +287,10 @@ class KFAC(Optimizer):
     def _fold(self, factors, k, stats):
         """(factors, k, updated): the running averages with this pass's estimate, if it is finite."""
         estimate = self._blocks.estimate(stats)
-        if not T.all_finite(estimate):
+        if not self._blocks.all_finite(estimate):
             return factors, k, False
         eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
-        return {name: ema(factors[name], tuple(estimate[name]), eps) for name in factors}, k + 1, True
+        return {name: ema_into(factors[name], tuple(estimate[name]), eps) for name in factors}, k + 1, True
 
     def update(self, params, state: KFACState, oracle, draws=None):
         """One K-FAC step: factors and preconditioner refreshed on schedule (after the burn-in estimates at
@@ -282,15 +317,17 @@ class KFAC(Optimizer):
                                  None if draws is None else draws[(passes - 1) * per:])
         used.append(stats.labels)
         loss, grad = stats.loss, stats.grad
-        if not (math.isfinite(loss) and T.all_finite(grad)):
+        # ‖g‖ for the info and the check in one pass: a NaN or Inf anywhere makes it non-finite
+        grad_norm = T.norm(grad)
+        if not (math.isfinite(loss) and (math.isfinite(grad_norm) or T.all_finite(grad))):
             return refuse(params, state, loss, "non-finite loss or gradient: step refused", grad)
         message = ""
         factors_updated = False
         if refresh_factors:
             estimate = self._blocks.estimate(stats)
-            if T.all_finite(estimate):
+            if self._blocks.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
-                factors = {name: ema(factors[name], tuple(estimate[name]), eps) for name in factors}
+                factors = {name: ema_into(factors[name], tuple(estimate[name]), eps) for name in factors}
                 k += 1
                 factors_updated = True
             elif k == 0 and self.factor_init != "identity":
@@ -311,18 +348,35 @@ class KFAC(Optimizer):
         nu = 1.0
         if self.kl_clip is not None and vg > 0 and lr > 0:
             nu = min(1.0, math.sqrt(self.kl_clip / (lr ** 2 * vg)))
-        natural = [K.layer_tree(nu * v) for v in V]
-        velocity = momentum(state.velocity, natural, self.momentum)[0] if self.momentum else natural
-        delta = T.scale(-lr, velocity)
-        if self.weight_decay_mode == "decoupled":
-            delta = decoupled_decay(delta, params, -lr * self.weight_decay)
-        new = T.add(params, delta)
+        natural = [K.layer_tree(v if nu == 1.0 else nu * v) for v in V]   # 1·V is V
+        ps, treedef = T.flatten(params)
+        c = -lr * self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0
+        lm = self.adapt_damping and (t + 1) % self.damping_interval == 0 and lr > 0
+        if lm:   # the Levenberg–Marquardt rule reads δ: the tail leaf by leaf, δ kept
+            velocity = T.unflatten(treedef, [_axpy_fresh(self.momentum, m, n) for m, n in
+                                             zip(T.leaves(state.velocity), T.leaves(natural))]) if self.momentum \
+                else natural
+            delta = [-lr * m for m in T.leaves(velocity)]
+            if c:
+                for d, x in zip(delta, ps):
+                    d += c * x                   # δ + cθ (decoupled_decay's rounding)
+            step_norm = T.norm(delta)
+            delta = T.unflatten(treedef, delta)
+            new = T.add(params, delta)
+        else:
+            velocity, new, sq = [], [], 0.0
+            for m, n, x in zip(T.leaves(state.velocity), T.leaves(natural), ps):
+                vel, theta, part = _tail(m, n, x, self.momentum, lr, c)
+                velocity.append(vel)
+                new.append(theta)
+                sq += part
+            velocity, new, step_norm = T.unflatten(treedef, velocity), T.unflatten(treedef, new), math.sqrt(sq)
 
         extra = {}
-        if self.adapt_damping and (t + 1) % self.damping_interval == 0 and lr > 0:
+        if lm:
             damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
         new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
-        info = step_info(loss, grad, lr=lr, step_norm=T.norm(delta), damping=state.damping, kl_nu=nu,
+        info = step_info(loss, (), lr=lr, step_norm=step_norm, grad_norm=grad_norm, damping=state.damping, kl_nu=nu,
                          factors_updated=factors_updated, preconditioner_refreshed=refresh,
                          draws=stats.labels if passes == 1 or used[0] is None else xp.concatenate(used, axis=0),
                          **extra)

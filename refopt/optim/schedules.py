@@ -157,10 +157,14 @@ _EXAMPLE = '{"name": "cosine", "decay_steps": 1000}'
 
 def make_schedule(spec) -> Schedule:
     """The ``Schedule`` of ``spec``: None or a name (no other field), a dict {"name": ..., fields}, or a
-    ``Schedule`` (returned as it is); a one-line ValueError naming ``schedule`` otherwise (module docs)."""
+    registered ``Schedule`` instance (returned as it is; a subclass of one's own is refused, since a trace or
+    checkpoint could not rebuild it from its spec); a one-line ValueError naming ``schedule`` otherwise (module docs)."""
     if spec is None:
         return Constant()
-    if isinstance(spec, Schedule):
+    if isinstance(spec, Schedule):  # only the registered classes: their spec() is what a trace reloads
+        if type(spec) not in SCHEDULES.values():
+            raise ValueError(f"schedule must be one of refopt's schedules ({', '.join(SCHEDULES)}), got an instance "
+                             f"of {type(spec).__name__}: its spec could not be read back from a trace or checkpoint")
         return spec
     if isinstance(spec, str):
         spec = {"name": spec}

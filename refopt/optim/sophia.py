@@ -45,7 +45,8 @@ Switches (the paper first):
 
 Randomness: the draws of the refresh made during the step that starts at ``state.step = s`` come
 from ``numpy.random.default_rng([seed, s])``: SophiaG's labels are
-``oracle.sample_labels(θ_refresh, that Generator, samples)`` (shape (samples, B) for class labels),
+``oracle.sample_labels(θ_refresh, that Generator, samples)`` (shape (samples, B) for class labels; drawn
+inside ``Oracle.gnb_estimate`` from the outputs of the estimate's own forward pass, the same draws),
 SophiaH's probes are ``draw_probes(params, that Generator, probes, probe_distribution)``. Either can be
 injected with ``update(..., draws=...)`` (labels array, or list of probe trees); draws are ignored on
 steps that do not refresh (``info["refreshed"]`` says which). ``info["draws"]`` reports the draws a
@@ -58,9 +59,15 @@ nothing. refresh="after" (at θ_{t+1}) is refused there, and official Sophia-G n
 
 ``schedule`` (default None: constant; ``optim/schedules.py``) replaces η by η_t, t = the steps taken, in
 the step and in the decoupled decay θ ← θ − η_tλθ (official Sophia-H: η_t / (1 − β₁ᵗ)).
+
+Cost: a step is one gradient and an elementwise update (chunk by chunk, ``update_rules.chunks``); a
+Sophia-G refresh at θ_t ("before", "lagged") takes the gradient, the label draw and ĥ from one forward
+pass of the network and two backward sweeps (``Oracle.gnb_estimate(..., gradient=True)``), a refresh at
+θ_{t+1} ("after") the draw and ĥ from one forward pass and one sweep.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from .. import tree as T
@@ -70,7 +77,7 @@ from .adahessian import PROBE_DISTRIBUTION, check_probes, hutchinson_estimate, o
 from .base import (MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
 from .gradients import given_estimate
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, decayed_gradient, ema
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, ema, flat
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
@@ -137,13 +144,18 @@ class _Sophia(Optimizer):
         """(ĥ at ``params`` in the h units of the parametrization, the draws it used)."""
         raise NotImplementedError
 
-    def _ratio(self, m, h, t, oracle, lr):
-        """(step size, clip(m/denominator, 1)) for one leaf: here the paper's (η_t, clip(m / max(γh, ε), 1)), with
-        m̂ = m / (1 − β₁ᵗ) when bias_correction is on; the subclasses handle parametrization="official"."""
+    def _ratio_into(self, m, h, out, spare, t, oracle, lr) -> float:
+        """The step size, with clip(m/denominator, 1) written into ``out`` (``spare``: scratch of the same size),
+        for one chunk of a leaf: here the paper's (η_t, clip(m / max(γh, ε), 1)), with m̂ = m / (1 − β₁ᵗ) when
+        bias_correction is on; the subclasses handle parametrization="official"."""
         eps = 1e-12 if self.eps is None else self.eps
+        xp.multiply(h, self.gamma, out=out)                  # γh
+        xp.maximum(out, eps, out=out)
         if self.bias_correction:
-            m = m / bias_correction(self.beta1, t)
-        return lr, xp.clip(m / xp.maximum(self.gamma * h, eps), -1.0, 1.0)
+            m = xp.divide(m, bias_correction(self.beta1, t), out=spare)
+        xp.divide(m, out, out=out)
+        xp.clip(out, -1.0, 1.0, out=out)
+        return lr
 
     # --- gradient-in steps ---------------------------------------------------------------------
     def gradient_in_refusal(self):
@@ -163,12 +175,19 @@ class _Sophia(Optimizer):
         check_nonempty_leaves(params)
         return SophiaState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
 
-    def _refreshed_h(self, h, params, oracle, state, draws):
+    def _value_grad_and_estimate(self, params, oracle, state, draws):
+        """(L, ∇L, ĥ, draws) at ``params`` from one pass where the oracle offers it (Sophia-G on a network
+        oracle: ``Oracle.gnb_estimate``), for the steps that refresh h at θ_t; None otherwise (then the
+        gradient and ĥ are asked for apart). ĥ is None when the gradient is not finite."""
+        return None
+
+    def _refreshed_h(self, h, params, oracle, state, draws, estimate=None):
         """(β₂h + (1 − β₂)ĥ or None when ĥ is not finite, the draws used); ĥ injected by a gradient-in step
-        (module docs) or estimated here."""
+        (module docs), given as ``estimate`` = (ĥ, draws) from ``_value_grad_and_estimate``, or estimated here."""
         hhat, used = given_estimate(oracle, "hessian_diagonal", params), None
         if hhat is None:
-            hhat, used = self._estimate(params, oracle, step_generator(state.seed, state.step), draws)
+            hhat, used = estimate if estimate is not None else self._estimate(
+                params, oracle, step_generator(state.seed, state.step), draws)
         if not T.all_finite(hhat):
             return None, used
         return ema(h, hhat, self.beta2), used
@@ -177,35 +196,65 @@ class _Sophia(Optimizer):
         """One Sophia step: m, h refreshed every k steps (``refresh``), clipped step; ``draws`` injects the draws
         (reported as ``info["draws"]``)."""
         self.check_draws(draws)
-        loss, g = decayed_gradient(params, oracle)   # the decay is decoupled, below
-        if g is None:
-            return refuse(params, state, loss, NON_FINITE_GRADIENT)
         t = state.step + 1
-        refresh = self._refreshes(t)
-        m = ema(state.m, g, self.beta1)              # m_t = β₁m + (1 − β₁)g_t
+        refresh, mode = self._refreshes(t), self._refresh_mode()
+        fused = self._value_grad_and_estimate(params, oracle, state, draws) if refresh and mode != "after" else None
+        if fused is None:
+            loss, g = oracle.value_and_grad(params)      # the decay is decoupled, below
+        else:
+            loss, g, hhat, drawn = fused                 # ĥ at θ_t from the gradient's own forward pass
         h, used = state.h, None
-        if refresh and self._refresh_mode() == "before":
-            h, used = self._refreshed_h(h, params, oracle, state, draws)
+        if refresh and mode == "before":
+            if not T.all_finite(g):
+                return refuse(params, state, loss, NON_FINITE_GRADIENT)
+            h, used = self._refreshed_h(h, params, oracle, state, draws, None if fused is None else (hhat, drawn))
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
         lr, lam = self.lr_at(state.step), self.weight_decay   # η_t of the schedule
-        new, clipped = [], 0
+        b1 = self.beta1
         ps, treedef = T.flatten(params)
-        sq = 0.0
-        for x, mi, hi in zip(ps, T.leaves(m), T.leaves(h)):
-            step_size, ratio = self._ratio(mi, hi, t, oracle, lr)
-            clipped += int(xp.sum(xp.abs(ratio) >= 1.0))
-            sq += float(xp.vdot(ratio.ravel(), ratio.ravel())) * step_size ** 2
-            # θ(1 − ηλ) − step: the decoupled decay as the paper's shrink θ ← θ − ηλθ, rounded as it always was
-            new.append(x * (1.0 - lr * lam) - step_size * ratio if lam else x - step_size * ratio)
-        new = T.unflatten(treedef, new)
-        if refresh and self._refresh_mode() in ("after", "lagged"):
+        new_p, new_m = [], []
+        clipped, sq, sq_g = 0, 0.0, 0.0
+        for x, gi, mi, hi in zip(ps, T.leaves(g), T.leaves(state.m), T.leaves(h)):
+            # Per chunk (update_rules.chunks): m_t = β₁m + (1 − β₁)g, the clipped ratio, θ(1 − ηλ) − η·ratio, each
+            # written into fresh outputs or a scratch, in the rounding order they always had.
+            m, new = xp.empty(x.shape, dtype=mi.dtype), xp.empty(x.shape, dtype=x.dtype)
+            xf, gf, mf, hf, M, N = flat(x), flat(gi), flat(mi), flat(hi), flat(m), flat(new)
+            pieces = chunks(xf.size)
+            scratch = xp.empty(pieces[0].stop, dtype=x.dtype)
+            spare = xp.empty_like(scratch)
+            leaf_sq = 0.0
+            for sl in pieces:
+                k = sl.stop - sl.start
+                d, e, gc, mc = scratch[:k], spare[:k], gf[sl], M[sl]
+                part = float(xp.vdot(gc, gc))                  # ‖g‖² and the check in one pass (as Adam)
+                sq_g += part
+                if not math.isfinite(part) and not bool(xp.all(xp.isfinite(gc))):
+                    return refuse(params, state, loss, NON_FINITE_GRADIENT)
+                xp.multiply(mf[sl], b1, out=mc)                # m_t = β₁m ...
+                xp.multiply(gc, 1.0 - b1, out=d)
+                mc += d                                        # ... + (1 − β₁)g_t
+                step_size = self._ratio_into(mc, hf[sl], d, e, t, oracle, lr)
+                xp.abs(d, out=e)
+                clipped += int(xp.count_nonzero(e >= 1.0))
+                leaf_sq += float(xp.vdot(d, d))
+                d *= step_size                                 # η·ratio
+                if lam:   # θ(1 − ηλ) − step: the decoupled decay as the paper's shrink θ ← θ − ηλθ
+                    xp.multiply(xf[sl], 1.0 - lr * lam, out=N[sl])
+                    N[sl] -= d
+                else:
+                    xp.subtract(xf[sl], d, out=N[sl])
+            sq += leaf_sq * step_size ** 2
+            new_p.append(new)
+            new_m.append(m)
+        new, m = T.unflatten(treedef, new_p), T.unflatten(treedef, new_m)
+        if refresh and mode in ("after", "lagged"):
             # "after": at θ_{t+1}; "lagged": at θ_t (optax), both first used by step t + 1
-            at = new if self._refresh_mode() == "after" else params
-            h, used = self._refreshed_h(h, at, oracle, state, draws)
+            at = new if mode == "after" else params
+            h, used = self._refreshed_h(h, at, oracle, state, draws, None if fused is None else (hhat, drawn))
             if h is None:
                 return refuse(params, state, loss, "non-finite curvature estimate: step refused", g)
-        info = step_info(loss, g, lr=lr, step_norm=sq ** 0.5, refreshed=refresh,
+        info = step_info(loss, (), lr=lr, step_norm=sq ** 0.5, refreshed=refresh, grad_norm=math.sqrt(sq_g),
                          clipped_fraction=clipped / max(T.size(params), 1), draws=used)
         return new, SophiaState(t, m, h, state.seed), info
 
@@ -227,23 +276,33 @@ class SophiaG(_Sophia):
         self.samples = check_int("samples", samples, maximum=MAX_DRAWS)
         self.bs = None if bs is None else check_int("bs", bs, maximum=MAX_DIMENSION)
 
-    def _estimate(self, params, oracle, generator, draws):
+    def _estimate(self, params, oracle, generator, draws, gradient=False):
         if "gnb" not in oracle.provides:
             raise TypeError("SophiaG needs a network Oracle (labels are sampled from the model); "
                             "use SophiaH for a FunctionOracle")
-        labels = draws if draws is not None else oracle.sample_labels(params, generator, self.samples)
-        hhat = oracle.gnb_diag(params, labels=labels)  # ĝ⊙ĝ / scale
-        if self.parametrization == "official":  # the official h holds ĝ⊙ĝ of the mean loss
+        # labels drawn from the outputs of the estimate's own forward pass (the same draws as sample_labels')
+        est = oracle.gnb_estimate(params, generator, labels=draws, k=self.samples, gradient=gradient)
+        hhat = est.hhat  # ĝ⊙ĝ / scale
+        if hhat is not None and self.parametrization == "official":  # the official h holds ĝ⊙ĝ of the mean loss
             scale = oracle.loss.scale(oracle.batch_size, oracle.model.sizes[-1])
             hhat = T.scale(scale, hhat)
-        return hhat, labels
+        return (hhat, est.labels) if not gradient else (est.loss, est.grad, hhat, est.labels)
 
-    def _ratio(self, m, h, t, oracle, lr):
-        if self.parametrization == "official":
+    def _value_grad_and_estimate(self, params, oracle, state, draws):
+        if "gnb" not in oracle.provides or given_estimate(oracle, "hessian_diagonal", params) is not None:
+            return None
+        return self._estimate(params, oracle, step_generator(state.seed, state.step), draws, gradient=True)
+
+    def _ratio_into(self, m, h, out, spare, t, oracle, lr) -> float:
+        if self.parametrization == "official":   # clip(m / (ρ·bs·h + ε), 1)
             eps = 1e-15 if self.eps is None else self.eps
             bs = self.bs if self.bs is not None else oracle.batch_size
-            return lr, xp.clip(m / (self.gamma * bs * h + eps), -1.0, 1.0)
-        return super()._ratio(m, h, t, oracle, lr)
+            xp.multiply(h, self.gamma * bs, out=out)
+            out += eps
+            xp.divide(m, out, out=out)
+            xp.clip(out, -1.0, 1.0, out=out)
+            return lr
+        return super()._ratio_into(m, h, out, spare, t, oracle, lr)
 
     def gradient_in_refusal(self):
         """Also: official Sophia-G scales by the batch size, unknown to a gradient-in step unless ``bs`` is given."""
@@ -280,9 +339,13 @@ class SophiaH(_Sophia):
         _, hv = oracle.hvp_operator(params)
         return hutchinson_estimate(hv, probes), probes
 
-    def _ratio(self, m, h, t, oracle, lr):
-        if self.parametrization == "official":
+    def _ratio_into(self, m, h, out, spare, t, oracle, lr) -> float:
+        if self.parametrization == "official":   # η/(1 − β₁ᵗ) and clip(m / (ρ·max(h, 0) + ε), 1)
             eps = 1e-12 if self.eps is None else self.eps
-            step_size = lr / bias_correction(self.beta1, t)
-            return step_size, xp.clip(m / (self.gamma * xp.maximum(h, 0.0) + eps), -1.0, 1.0)
-        return super()._ratio(m, h, t, oracle, lr)
+            xp.maximum(h, 0.0, out=out)
+            out *= self.gamma
+            out += eps
+            xp.divide(m, out, out=out)
+            xp.clip(out, -1.0, 1.0, out=out)
+            return lr / bias_correction(self.beta1, t)
+        return super()._ratio_into(m, h, out, spare, t, oracle, lr)
