@@ -2,21 +2,53 @@
 
 A problem gives initial parameters from a seed and oracles: the full-batch one, and one per mini-batch
 (network problems only). ``PROBLEMS`` maps names to factories; ``make_problem(name)`` builds one.
+
+A network problem's model is an MLP or a CNN (``refopt.nn.conv``); a CNN's oracle is a ``CNNOracle``, which
+provides everything an ``Oracle`` does except the dense-layer statistics of the K-FAC family (issue 15), so
+those optimizers are refused when a run is set up, with the capability named. Its images are stored
+flattened, (N, C·H·W) in C order, as every ``Oracle`` takes its inputs; the CNN reads them as (N, C, H, W).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from ..backend import xp
-from ..nn import MLP, Bernoulli, Gaussian, SoftmaxCrossEntropy
+from ..nn import CNN, MLP, AvgPool2d, Bernoulli, Conv2d, Dense, Flatten, Gaussian, SoftmaxCrossEntropy
 from ..oracle import Counts, FunctionOracle, Oracle, batch_digest
 from .datasets import digits, synthetic_classification
 
-__all__ = ["NetworkProblem", "FunctionProblem", "PROBLEMS", "make_problem", "problem_names"]
+__all__ = ["NetworkProblem", "FunctionProblem", "CNNOracle", "network_oracle", "PROBLEMS", "make_problem",
+           "problem_names"]
+
+
+class CNNOracle(Oracle):
+    """The ``Oracle`` of a CNN: values, gradients, every curvature product, labels and the diagonal estimators,
+    but not "layer_statistics", the dense-layer inputs and output gradients that the K-FAC family reads (K-FAC
+    for convolutions is issue 15's next part), so ``check_oracle`` refuses those optimizers by name."""
+
+    provides = Oracle.provides - {"layer_statistics"}
+
+    def with_batch(self, X, y) -> "CNNOracle":
+        """The same model and loss on another batch, sharing this oracle's counts."""
+        return CNNOracle(self.model, self.loss, X, y, counts=self.counts)
+
+    def layer_stats(self, params, targets=None):
+        """Always a ValueError: the dense-layer statistics do not apply to a CNN (``nn.cnn_layer_statistics``
+        computes a CNN's own)."""
+        raise ValueError("K-FAC's dense-layer statistics do not support convolutional layers yet (issue 15)")
+
+    def kfac_statistics(self, params, *args, **kwargs):
+        """Always a ValueError, as ``layer_stats``."""
+        raise ValueError("K-FAC's dense-layer statistics do not support convolutional layers yet (issue 15)")
+
+
+def network_oracle(model, loss, X, y, counts: Counts | None = None) -> Oracle:
+    """The oracle of ``model`` on (X, y): a ``CNNOracle`` for a CNN, an ``Oracle`` otherwise."""
+    return (CNNOracle if isinstance(model, CNN) else Oracle)(model, loss, X, y, counts=counts)
 
 
 class NetworkProblem:
-    """An MLP, a loss and a data set, with optional held-out examples ``X_val``, ``y_val`` (never trained
+    """An MLP or a CNN, a loss and a data set, with optional held-out examples ``X_val``, ``y_val`` (never trained
     on: ``oracle`` and ``batch_oracle`` see only ``X``, ``y``; ``validation_oracle`` sees only them)."""
 
     kind = "network"
@@ -37,17 +69,21 @@ class NetworkProblem:
         """The ``Oracle`` of the held-out examples (ValueError when there are none)."""
         if self.X_val is None:
             raise ValueError(f"problem {self.name!r} has no held-out examples")
-        return Oracle(self.model, self.loss, self.X_val, self.y_val, counts=counts)
+        return network_oracle(self.model, self.loss, self.X_val, self.y_val, counts=counts)
 
     def identity(self) -> dict:
-        """What a checkpoint of a run on this problem must match (JSON-ready): the MLP's sizes, activations and
-        initialisation, the loss (its repr: class, reduction, variance) and a BLAKE2b digest
-        (``oracle.batch_digest``) of the training and held-out arrays' shapes, dtypes and bytes."""
+        """What a checkpoint of a run on this problem must match (JSON-ready): the network's sizes, activations and
+        initialisation (a CNN's whole architecture too, ``CNN.config``), the loss (its repr: class, reduction,
+        variance) and a BLAKE2b digest (``oracle.batch_digest``) of the training and held-out arrays' shapes,
+        dtypes and bytes."""
         held_out = (self.X_val, self.y_val) if self.has_validation else ("no held-out examples",)
         m = self.model
-        return {"kind": self.kind, "sizes": list(m.sizes), "activations": list(m.activations), "init": m.init_name,
-                "init_scale": m.init_scale, "loss": repr(self.loss),
-                "data": batch_digest(self.X, self.y, "held out:", *held_out)}
+        ident = {"kind": self.kind, "sizes": list(m.sizes), "activations": list(m.activations), "init": m.init_name,
+                 "init_scale": m.init_scale, "loss": repr(self.loss),
+                 "data": batch_digest(self.X, self.y, "held out:", *held_out)}
+        if isinstance(m, CNN):
+            ident["cnn"] = m.config()
+        return ident
 
     @property
     def num_examples(self) -> int:
@@ -55,19 +91,19 @@ class NetworkProblem:
         return int(self.X.shape[0])
 
     def init_params(self, seed: int):
-        """The MLP's seeded initial parameters."""
+        """The network's seeded initial parameters."""
         return self.model.init(seed)
 
     def oracle(self, counts: Counts | None = None) -> Oracle:
         """The full-batch ``Oracle``, sharing ``counts`` when given. Its batch token is the digest of the data
         (``Oracle.batch_token``), the same for every oracle on these data, so a resumed run's oracle matches
         the point cached in a checkpoint's state, and a problem of the same name on other data does not."""
-        return Oracle(self.model, self.loss, self.X, self.y, counts=counts)
+        return network_oracle(self.model, self.loss, self.X, self.y, counts=counts)
 
     def batch_oracle(self, indices, counts: Counts | None = None) -> Oracle:
         """The ``Oracle`` of the examples at ``indices``, sharing ``counts`` when given."""
         idx = xp.asarray(indices)
-        return Oracle(self.model, self.loss, self.X[idx], self.y[idx], counts=counts)
+        return network_oracle(self.model, self.loss, self.X[idx], self.y[idx], counts=counts)
 
 
 class FunctionProblem:
@@ -131,6 +167,26 @@ def _digits_autoencoder():
                           "Gaussian (squared-error) loss", d.X_val, d.X_val)
 
 
+# The digits as 1×8×8 images: the same standardised pixels and held-out split as digits_mlp (the 64 features
+# are the 8×8 images in row-major order, which the CNN reads as (N, 1, 8, 8)).
+DIGITS_CNN_LAYERS = ("Conv2d(1, 8, 3, padding='same'), tanh, AvgPool2d(2), Conv2d(8, 16, 3, padding='same'), "
+                     "tanh, AvgPool2d(2), Flatten(), Dense(64, 10)")
+
+
+def digits_cnn_model() -> CNN:
+    """The digits_cnn problem's network (``DIGITS_CNN_LAYERS``): 8×8 → 8@8×8 → 8@4×4 → 16@4×4 → 16@2×2 → 64
+    → 10."""
+    return CNN((1, 8, 8), [Conv2d(1, 8, 3, padding="same"), "tanh", AvgPool2d(2), Conv2d(8, 16, 3, padding="same"),
+                           "tanh", AvgPool2d(2), Flatten(), Dense(64, 10)])
+
+
+def _digits_cnn():
+    d = digits()
+    return NetworkProblem("digits_cnn", digits_cnn_model(), SoftmaxCrossEntropy("mean"), d.X, d.y,
+                          "scikit-learn digits as 1×8×8 images (1437 training, 360 held out, 10 classes), CNN "
+                          f"{DIGITS_CNN_LAYERS} (1,898 parameters), softmax cross-entropy", d.X_val, d.y_val)
+
+
 def _synthetic_mlp():
     d = synthetic_classification(n=512, d=16, classes=4, seed=0, n_val=128)
     return NetworkProblem("synthetic_mlp", MLP([16, 32, 4], "tanh"), SoftmaxCrossEntropy("mean"), d.X, d.y,
@@ -150,6 +206,7 @@ PROBLEMS: dict[str, Callable] = {
     "digits_mlp": _digits_mlp,
     "digits_logistic": _digits_logistic,
     "digits_autoencoder": _digits_autoencoder,
+    "digits_cnn": _digits_cnn,
     "synthetic_mlp": _synthetic_mlp,
     "logistic": _logistic,
 }

@@ -1,0 +1,414 @@
+"""Convolutional networks: Conv2d, pooling, flatten and dense layers, the ``CNN`` model, its per-layer statistics.
+
+Layouts are PyTorch's: images NCHW, kernels OIHW (O, C, kh, kw), conv biases (O,); ``autodiff.conv2d``
+gives the conversions from JAX/flax's NHWC and HWIO. A CNN takes X as images (N, C, H, W) or as the same
+images flattened in C order, (N, C·H·W), which is how a problem stores them (an ``Oracle`` takes a
+(batch, features) matrix). Dense layers are the MLP's, s = a @ W + b with W of shape (fan_in, fan_out).
+
+A conv layer l unfolds its input into patches P_l (N, L, K), L = Ho·Wo output locations in row-major order
+and K = C·kh·kw entries in (c, i, j) order (``autodiff.unfold``), and applies one dense map at every
+location: s_l = P_l W̄_lᵀ + b_l, shape (N, L, O), with W̄_l = W_l.reshape(O, K); the layer's output is s_l
+in NCHW, (N, O, Ho, Wo). Parameters are a list of dicts {"W": W_l, "b": b_l}, one per conv or dense layer
+in order (activations, pooling and flatten have none).
+
+Initialisation: the MLP's names with fan_in = C·kh·kw and fan_out = O·kh·kw for a conv layer (PyTorch's
+fans): "glorot" uniform ±√(6/(fan_in + fan_out)) (the default), "he" normal with std √(2/fan_in), "lecun"
+std √(1/fan_in), "normal" std ``init_scale``; biases start at zero; drawn on the host from the seed.
+
+Per-layer statistics (``cnn_layer_statistics``), as ``mlp.layer_statistics`` obtains them for dense layers:
+the forward pass adds a zero perturbation e_l to each s_l, in the (N, L, O) layout for a conv layer and
+(N, fan_out) for a dense one, and g_l = ∂L/∂e_l at e = 0 is the gradient of the reduced loss with respect to
+the pre-activation at every location. The inputs are the patches P_l (N, L, K) (a dense layer's: a_{l−1},
+(N, fan_in)). Then ∇W̄_l = Σ_{n,p} g_l[n, p] P_l[n, p]ᵀ, that is (Σ_n P_l[n]ᵀ g_l[n])ᵀ reshaped to OIHW, and
+∇b_l = Σ_{n,p} g_l[n, p].
+
+For code written for MLPs: ``sizes`` = [C·H·W, n_1, ..., n_L] with n_l the number of pre-activations per
+example of parametrised layer l (L·O for a conv layer), and ``activations[l]`` the activation that directly
+follows layer l ("identity" if none); ``config()`` describes the whole architecture. A conv layer refuses a
+perturbation of the dense shape (B, n_l), so K-FAC's dense-layer statistics fail with a clear error instead
+of computing something else.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+from .. import autodiff as ad
+from ..autodiff.core import getval
+from ..backend import as_array, default_dtype, is_floating, rng, xp
+from .mlp import ACTIVATIONS, LayerStats
+
+__all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics"]
+
+_INITS = ("glorot", "he", "lecun", "normal")
+_LARGE = (1 << 30, 1 << 30)  # an input size at which only the arguments themselves can be wrong
+
+
+def _count(value, name: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what}: {name} must be a positive integer, got {value!r}"[:200])
+    return int(value)
+
+
+class Conv2d:
+    """A 2-D convolution layer (PyTorch's nn.Conv2d with bias, groups=1): ``in_channels`` C → ``out_channels`` O,
+    kernel (O, C, kh, kw); ``stride``, ``padding`` (an integer, a pair, "same" or "valid") and ``dilation`` as in
+    ``autodiff.conv_geometry``."""
+
+    kind = "conv"
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+        self.in_channels = _count(in_channels, "in_channels", "Conv2d")
+        self.out_channels = _count(out_channels, "out_channels", "Conv2d")
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups != 1:
+            raise ValueError(f"Conv2d: groups must be 1 (grouped convolutions are not supported), got {groups!r}")
+        geom = ad.conv_geometry(_LARGE, kernel_size, stride, padding, dilation, "Conv2d")  # checks the arguments
+        self.kernel_size, self.stride, self.dilation = geom.kernel, geom.stride, geom.dilation
+        self.padding = padding if isinstance(padding, str) else (geom.padding[0], geom.padding[2])
+
+    def geometry(self, size, what: str = "Conv2d"):
+        """The layer's ``autodiff.ConvGeometry`` on an input of spatial size (H, W)."""
+        return ad.conv_geometry(size, self.kernel_size, self.stride, self.padding, self.dilation, what)
+
+    def config(self) -> dict:
+        """The layer as a JSON-ready dict."""
+        return {"layer": "Conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation)}
+
+    def __repr__(self):
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation})")
+
+
+class Dense:
+    """A dense layer s = a @ W + b with W of shape (``in_features``, ``out_features``), as the MLP's layers."""
+
+    kind = "dense"
+
+    def __init__(self, in_features, out_features):
+        self.in_features = _count(in_features, "in_features", "Dense")
+        self.out_features = _count(out_features, "out_features", "Dense")
+
+    def config(self) -> dict:
+        """The layer as a JSON-ready dict."""
+        return {"layer": "Dense", "in_features": self.in_features, "out_features": self.out_features}
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features})"
+
+
+class _Pool:
+    """Pooling over windows of each channel; ``stride`` None means the kernel size, as in PyTorch."""
+
+    name = ""
+    kind = "pool"
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+        geom = ad.conv_geometry(_LARGE, kernel_size, kernel_size if stride is None else stride, padding, dilation,
+                                self.name, pool=True)  # checks the arguments
+        self.kernel_size, self.stride, self.dilation = geom.kernel, geom.stride, geom.dilation
+        self.padding = (geom.padding[0], geom.padding[2])
+
+    def geometry(self, size, what: str = ""):
+        """The window's ``autodiff.ConvGeometry`` on an input of spatial size (H, W)."""
+        return ad.conv_geometry(size, self.kernel_size, self.stride, self.padding, self.dilation, what or self.name,
+                                pool=True)
+
+    def config(self) -> dict:
+        """The layer as a JSON-ready dict."""
+        return {"layer": self.name, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation)}
+
+
+class AvgPool2d(_Pool):
+    """Average pooling (``autodiff.avg_pool2d``: PyTorch's defaults, zero padding counted in the mean)."""
+
+    name = "AvgPool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding)
+
+    def __call__(self, a):
+        """The pooled batch (N, C, Ho, Wo)."""
+        return ad.avg_pool2d(a, self.kernel_size, self.stride, self.padding)
+
+    def __repr__(self):
+        return f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class MaxPool2d(_Pool):
+    """Max pooling (``autodiff.max_pool2d``: the first maximum of a window, in row-major order, takes its
+    cotangent)."""
+
+    name = "MaxPool2d"
+
+    def __call__(self, a):
+        """The pooled batch (N, C, Ho, Wo)."""
+        return ad.max_pool2d(a, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def __repr__(self):
+        return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation})")
+
+
+class Flatten:
+    """(N, C, H, W) → (N, C·H·W) in C order (``autodiff.flatten``; torch.nn.Flatten() on NCHW)."""
+
+    kind = "flatten"
+
+    def config(self) -> dict:
+        """The layer as a JSON-ready dict."""
+        return {"layer": "Flatten"}
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class CNN:
+    """A convolutional network on images of ``input_shape`` (C, H, W): ``layers`` in order, each a ``Conv2d``,
+    ``Dense``, ``AvgPool2d``, ``MaxPool2d``, ``Flatten`` or an activation name of ``mlp.ACTIVATIONS``.
+
+    Shapes are inferred and checked here (channels, kernels against the padded input, Flatten before Dense);
+    the network must end with a vector output, the logits of the losses. ``init`` and ``init_scale``: see the
+    module docs. Example, the ``digits_cnn`` problem's network:
+    ``CNN((1, 8, 8), [Conv2d(1, 8, 3, padding="same"), "tanh", AvgPool2d(2), Conv2d(8, 16, 3, padding="same"),
+    "tanh", AvgPool2d(2), Flatten(), Dense(64, 10)])``.
+    """
+
+    def __init__(self, input_shape: Sequence[int], layers: Sequence, init: str = "glorot", init_scale: float = 0.01):
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}"[:200])
+        shape = tuple(_count(v, "input_shape", "CNN") for v in input_shape)
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+            raise ValueError("layers: expected a non-empty list of layers and activation names")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        self.input_shape, self.layers = shape, tuple(layers)
+        self.init_name, self.init_scale = init, float(init_scale)
+        self._plan = []      # (layer, geometry or None, output shape) per layer
+        param_layers, sizes, activations = [], [math.prod(shape)], []
+        for i, layer in enumerate(self.layers):
+            where, geom = f"layers[{i}]", None
+            if isinstance(layer, str):
+                if layer not in ACTIVATIONS:
+                    raise ValueError(f"{where}: unknown activation {layer!r}; choose from {sorted(ACTIVATIONS)}")
+                if self._plan and getattr(self._plan[-1][0], "kind", None) in ("conv", "dense") and \
+                        activations[-1] == "identity":
+                    activations[-1] = layer
+                out = shape
+            elif isinstance(layer, (Conv2d, _Pool)):
+                if len(shape) != 3:
+                    raise ValueError(f"{where}: {type(layer).__name__} needs images (C, H, W), got a vector of "
+                                     f"{shape[0]} (after Flatten or Dense)")
+                if isinstance(layer, Conv2d) and shape[0] != layer.in_channels:
+                    raise ValueError(f"{where}: Conv2d expects {layer.in_channels} input channels, got {shape[0]} "
+                                     f"(its input is {shape})")
+                geom = layer.geometry(shape[1:], f"{where} ({type(layer).__name__})")
+                out = ((layer.out_channels if isinstance(layer, Conv2d) else shape[0]),) + tuple(geom.output)
+            elif isinstance(layer, Flatten):
+                out = (math.prod(shape),)
+            elif isinstance(layer, Dense):
+                if len(shape) != 1:
+                    raise ValueError(f"{where}: Dense needs a vector input, got images {shape}; "
+                                     "put Flatten() before it")
+                if shape[0] != layer.in_features:
+                    raise ValueError(f"{where}: Dense expects {layer.in_features} input features, got {shape[0]}")
+                out = (layer.out_features,)
+            else:
+                raise ValueError(f"{where}: expected a Conv2d, Dense, AvgPool2d, MaxPool2d, Flatten or an activation "
+                                 f"name, got {layer!r}"[:200])
+            if isinstance(layer, (Conv2d, Dense)):
+                param_layers.append(i)
+                sizes.append(math.prod(out))
+                activations.append("identity")
+            self._plan.append((layer, geom, out))
+            shape = out
+        if len(shape) != 1:
+            raise ValueError(f"layers: the network must end with a vector output (logits), got images {shape}; "
+                             "add Flatten()")
+        if not param_layers:
+            raise ValueError("layers: the network needs at least one Conv2d or Dense layer")
+        self.sizes, self.activations, self._param_layers = sizes, activations, param_layers
+
+    def __repr__(self):
+        return f"CNN({self.input_shape}, [{', '.join(repr(layer) for layer in self.layers)}])"
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of parametrised (conv and dense) layers."""
+        return len(self._param_layers)
+
+    @property
+    def layer_kinds(self) -> list:
+        """"conv" or "dense" for each parametrised layer."""
+        return [self.layers[i].kind for i in self._param_layers]
+
+    @property
+    def output_size(self) -> int:
+        """The number of network outputs per example (``sizes[-1]``)."""
+        return self.sizes[-1]
+
+    @property
+    def shapes(self) -> list:
+        """The output shape of each layer for one example ((C, H, W) or (d,))."""
+        return [out for _, _, out in self._plan]
+
+    def parameter_shapes(self) -> list:
+        """(W's shape, b's shape) of each parametrised layer: (O, C, kh, kw), (O,) or (fan_in, fan_out), (fan_out,)."""
+        out = []
+        for i in self._param_layers:
+            layer = self.layers[i]
+            if layer.kind == "conv":
+                out.append(((layer.out_channels, layer.in_channels) + layer.kernel_size, (layer.out_channels,)))
+            else:
+                out.append(((layer.in_features, layer.out_features), (layer.out_features,)))
+        return out
+
+    @property
+    def num_params(self) -> int:
+        """The number of parameters (weights and biases)."""
+        return sum(math.prod(w) + math.prod(b) for w, b in self.parameter_shapes())
+
+    def perturbation_shapes(self, batch: int) -> list:
+        """The shape of each parametrised layer's pre-activation s_l for ``batch`` examples: (batch, L, O) for a
+        conv layer (locations × channels), (batch, fan_out) for a dense one; what ``apply``'s perturbations are."""
+        out = []
+        for i in self._param_layers:
+            layer, geom, _ = self._plan[i]
+            if layer.kind == "conv":
+                out.append((batch, geom.output[0] * geom.output[1], layer.out_channels))
+            else:
+                out.append((batch, layer.out_features))
+        return out
+
+    def config(self) -> dict:
+        """The architecture as a JSON-ready dict (what a checkpoint's problem identity records)."""
+        return {"input_shape": list(self.input_shape),
+                "layers": [layer if isinstance(layer, str) else layer.config() for layer in self.layers],
+                "init": self.init_name, "init_scale": self.init_scale}
+
+    def init(self, seed, dtype=None) -> list[dict]:
+        """Seeded initial parameters (drawn on the host, so identical on every backend)."""
+        gen = rng(seed)
+        dtype = dtype or default_dtype()
+        if not is_floating(dtype):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        params = []
+        for (wshape, bshape) in self.parameter_shapes():
+            if len(wshape) == 4:
+                receptive = wshape[2] * wshape[3]
+                fan_in, fan_out = wshape[1] * receptive, wshape[0] * receptive
+            else:
+                fan_in, fan_out = wshape
+            if self.init_name == "glorot":
+                lim = math.sqrt(6.0 / (fan_in + fan_out))
+                W = gen.uniform(-lim, lim, size=wshape)
+            elif self.init_name == "he":
+                W = gen.standard_normal(wshape) * math.sqrt(2.0 / fan_in)
+            elif self.init_name == "lecun":
+                W = gen.standard_normal(wshape) * math.sqrt(1.0 / fan_in)
+            else:
+                W = gen.standard_normal(wshape) * self.init_scale
+            params.append({"W": as_array(W, dtype), "b": as_array([0.0] * bshape[0], dtype)})
+        return params
+
+    def check(self, params, X) -> None:
+        """Raise ValueError/TypeError when ``params`` or ``X`` do not fit this network."""
+        shapes = self.parameter_shapes()
+        if not isinstance(params, (list, tuple)) or len(params) != len(shapes):
+            raise ValueError(f"params: expected a list of {len(shapes)} layer dicts with keys 'W' and 'b'")
+        for l, (p, (wshape, bshape)) in enumerate(zip(params, shapes)):
+            if not isinstance(p, dict) or len(p) != 2 or "W" not in p or "b" not in p:
+                raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
+            if tuple(ad.shape_of(p["W"])) != wshape or tuple(ad.shape_of(p["b"])) != bshape:
+                raise ValueError(f"params[{l}]: expected W of shape {wshape} and b of shape {bshape}, got "
+                                 f"{tuple(ad.shape_of(p['W']))} and {tuple(ad.shape_of(p['b']))}")
+        dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
+        dtype = getval(params[0]["W"]).dtype
+        if len(dtypes) > 1 or not is_floating(dtype):
+            raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
+                            f"{sorted(str(d) for d in dtypes)}")
+        Xv = getval(X)
+        if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
+            raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
+        if Xv.dtype != dtype:  # mixing would silently promote a float32 model to float64
+            raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
+                            f"(e.g. as_array(X, dtype))")
+        flat = math.prod(self.input_shape)
+        if not ((Xv.ndim == 4 and tuple(Xv.shape[1:]) == self.input_shape) or (Xv.ndim == 2 and Xv.shape[1] == flat)):
+            raise ValueError(f"X: expected images of shape (batch, {', '.join(map(str, self.input_shape))}) or "
+                             f"(batch, {flat}) flattened, got {tuple(Xv.shape)}")
+
+    def _check_perturbations(self, perturbations, batch: int) -> None:
+        expected = self.perturbation_shapes(batch)
+        if not isinstance(perturbations, (list, tuple)) or len(perturbations) != len(expected):
+            raise ValueError(f"perturbations: expected a list of {len(expected)} arrays, one per conv or dense layer")
+        for l, (e, shape) in enumerate(zip(perturbations, expected)):
+            got = tuple(ad.shape_of(e))
+            if got != shape:
+                hint = ("; K-FAC's statistics of dense layers do not support convolutional layers yet (issue 15)"
+                        if len(shape) == 3 and got == (batch, self.sizes[l + 1]) else "")
+                raise ValueError(f"perturbations[{l}]: expected shape {shape} (batch, locations, channels of the "
+                                 f"convolution's pre-activation), got {got}{hint}" if len(shape) == 3 else
+                                 f"perturbations[{l}]: expected shape {shape}, got {got}")
+
+    def apply(self, params, X, perturbations=None, record_inputs=None):
+        """Network output z (batch, d_out). ``perturbations[l]`` is added to s_l in the layout of
+        ``perturbation_shapes``; ``record_inputs``, a list, receives each parametrised layer's input: the
+        patches (N, L, K) of a conv layer, a_{l−1} (N, fan_in) of a dense one (module docs)."""
+        self.check(params, X)
+        N = ad.shape_of(X)[0]
+        if perturbations is not None:
+            self._check_perturbations(perturbations, N)
+        a = X if len(ad.shape_of(X)) == 4 else ad.reshape(X, (N,) + self.input_shape)
+        l = 0
+        for layer, geom, out in self._plan:
+            if isinstance(layer, str):
+                a = ACTIVATIONS[layer](a)
+            elif layer.kind == "conv":
+                p = params[l]
+                (Ho, Wo), O = geom.output, layer.out_channels
+                patches = ad.unfold(a, geom)  # (N, L, K)
+                if record_inputs is not None:
+                    record_inputs.append(patches)
+                K = ad.shape_of(patches)[2]
+                s = ad.affine(ad.reshape(patches, (N * Ho * Wo, K)), ad.transpose(ad.reshape(p["W"], (O, K))), p["b"])
+                s = ad.reshape(s, (N, Ho * Wo, O))
+                if perturbations is not None:
+                    s = ad.add(s, perturbations[l])
+                a = ad.transpose(ad.reshape(s, (N, Ho, Wo, O)), (0, 3, 1, 2))
+                l += 1
+            elif layer.kind == "dense":
+                if record_inputs is not None:
+                    record_inputs.append(a)
+                a = ad.affine(a, params[l]["W"], params[l]["b"])
+                if perturbations is not None:
+                    a = ad.add(a, perturbations[l])
+                l += 1
+            elif layer.kind == "pool":
+                a = layer(a)
+            else:
+                a = ad.flatten(a)
+        return a
+
+    __call__ = apply
+
+
+def cnn_layer_statistics(model: CNN, loss, params, X, targets) -> LayerStats:
+    """Loss, gradient and the per-layer (inputs, g_l) of a CNN in one forward and one reverse pass: for a conv
+    layer the patches (N, L, K) and g_l (N, L, O) at every location, for a dense layer a_{l−1} and g_l as
+    ``mlp.layer_statistics`` (module docs)."""
+    dtype = getval(params[0]["W"]).dtype
+    zeros = [xp.zeros(shape, dtype=dtype) for shape in model.perturbation_shapes(ad.shape_of(X)[0])]
+    inputs: list = []
+
+    def f(pe):
+        p, e = pe
+        inputs.clear()
+        return loss(model.apply(p, X, perturbations=e, record_inputs=inputs), targets)
+
+    value, (g_params, g_s) = ad.value_and_grad(f)((params, zeros))
+    return LayerStats(float(value), g_params, [getval(a) for a in inputs], list(g_s))
