@@ -1,6 +1,9 @@
 """What the ``refopt`` command reads from its user: ``NAME=VALUE`` hyperparameters, seeds, optimizer
-lists, ``--hp-json``, the input and output paths, and the problem (a built-in one, or the user's own data
-and network: ``add_data_arguments``, ``problem_from_args``), each refused with a ValueError naming the option.
+lists, ``--hp-json``, ``--divergence-factor``, the input and output paths (a ``--plot`` file's format too),
+and the problem (a built-in one, or the user's own data and network: ``add_data_arguments``,
+``problem_from_args``), each refused with a ValueError naming the option. The data options are passed to
+``problems.user_data.data_problem`` as read (numbers converted where they parse), which validates them once;
+its errors are reported with the options' names in place of its arguments'.
 
 Layer: above optim (the seed check is optim's integer check) and below verify and cli, which both read
 their arguments with these functions; they cannot live in cli.py, which imports verify's subcommands,
@@ -12,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
-__all__ = ["parse_value", "parse_hyperparameters", "check_output_path", "check_input_file", "check_seed",
-           "parse_optimizer_list", "parse_hp_json", "add_data_arguments", "problem_name_from_args", "problem_from_args",
-           "DEFAULT_PROBLEM", "DEFAULT_VAL_FRACTION"]
+__all__ = ["parse_value", "parse_hyperparameters", "check_output_path", "check_plot_path", "check_input_file",
+           "check_seed", "parse_optimizer_list", "parse_hp_json", "parse_divergence_factor", "add_data_arguments",
+           "problem_name_from_args", "problem_from_args", "DEFAULT_PROBLEM", "DEFAULT_VAL_FRACTION"]
 
 DEFAULT_PROBLEM = "digits_mlp"  # --problem when neither it nor --data is given
 DEFAULT_VAL_FRACTION = 0.2      # --val-fraction of a --data file
@@ -27,7 +31,9 @@ _DATA_OPTIONS = (("sizes", "--sizes"), ("activation", "--activation"), ("loss", 
 
 
 def parse_value(text: str):
-    """'0.1' → 0.1, '3' → 3, 'true' → True, 'none' → None, '[1,2]' → [1, 2], anything else: the string."""
+    """'0.1' → 0.1, '3' → 3, 'true' → True, 'none' → None, '[1,2]' → [1, 2], '{"name": "cosine"}' → a dict,
+    '"cosine"' → 'cosine', anything else: the string. Text that starts with '[', '{' or '"' and is not JSON is
+    a ValueError ("not JSON"), so that a mistyped list or schedule spec is not taken for a name."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -41,11 +47,13 @@ def parse_value(text: str):
         return float(text)
     except ValueError:
         pass
-    if text[:1] in "[{":
+    if text[:1] in ('[', '{', '"'):
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
-            pass
+        except RecursionError:
+            raise ValueError(f"{text[:40]!r} is nested too deeply to read") from None
+        except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+            raise ValueError(f"{text[:40]!r} is not JSON ({exc})") from None
     return text
 
 
@@ -56,7 +64,10 @@ def parse_hyperparameters(items) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"hyperparameter {item!r}: expected NAME=VALUE")
-        out[key.strip()] = parse_value(value.strip())
+        try:
+            out[key.strip()] = parse_value(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"hyperparameter {key.strip()}: {exc}") from None
     return out
 
 
@@ -82,6 +93,14 @@ def check_output_path(path: str, option: str, directory: bool = False) -> None:
         raise ValueError(f"{option} {path}: not writable")
 
 
+def check_plot_path(path: str, option: str = "--plot") -> None:
+    """``check_output_path`` for a figure file, and its format (``plotting.plot_format``: png, pdf, svg, jpg,
+    ...) checked too, so that ``--plot x.txt`` fails before any work."""
+    from .plotting import plot_format  # noqa: PLC0415 (imports serialize, and so the backend; module docs)
+    check_output_path(path, option)
+    plot_format(path, option)
+
+
 def check_input_file(path: str, option: str) -> None:
     """ValueError naming ``option`` unless ``path`` is an existing regular file (not a folder, device or pipe)."""
     if not os.path.isfile(path):
@@ -103,6 +122,20 @@ def parse_optimizer_list(text: str) -> list:
     if not all(names):
         raise ValueError(f"--optimizers: expected a comma-separated list of optimizer names, got {text!r}")
     return names
+
+
+def parse_divergence_factor(text) -> float | None:
+    """``--divergence-factor``: 'none' (only non-finite losses diverge) or a finite number c > 1 (a loss above
+    L₀ + (c − 1)·max(|L₀|, 1) has diverged: ``runner.divergence_bound``); ValueError naming the option."""
+    if isinstance(text, str) and text.strip().lower() == "none":
+        return None
+    try:
+        c = float(text)
+    except (TypeError, ValueError):
+        c = math.nan
+    if not math.isfinite(c) or not c > 1:
+        raise ValueError(f"--divergence-factor must be a finite number > 1 or none, got {str(text)[:40]!r}")
+    return c
 
 
 def parse_hp_json(text: str) -> dict:
@@ -164,7 +197,21 @@ def problem_name_from_args(args) -> str:
         return args.problem or DEFAULT_PROBLEM
     if args.problem is not None:
         raise ValueError("--data and --problem: give one of them (your own data file, or a built-in problem)")
-    return "data:" + os.path.basename(args.data)
+    from .problems.user_data import data_name  # noqa: PLC0415 (imports the array backend; module docs)
+    return data_name(args.data)
+
+
+def _number_or_text(text: str, kind):
+    """``kind(text)`` where it parses, else the text itself (``data_problem`` then refuses it, naming it)."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+# data_problem's argument names, and the options that set them (its errors are reported under the options')
+_RENAMED = (("sizes", "--sizes"), ("activation", "--activation"), ("loss", "--loss"),
+            ("val_fraction", "--val-fraction"), ("split_seed", "--split-seed"), ("standardize", "--standardize"))
 
 
 def problem_from_args(args):
@@ -175,38 +222,24 @@ def problem_from_args(args):
     if args.data is None:
         from .problems.registry import make_problem  # noqa: PLC0415 (imports the array backend; module docs)
         return make_problem(name)
-    from .problems.user_data import LOSS_NAMES, data_problem  # noqa: PLC0415
-    check_input_file(args.data, "--data")
+    from .problems.user_data import data_problem  # noqa: PLC0415
     sizes = _parse_sizes(args.sizes) if args.sizes is not None else None
     activation = "tanh"
     if args.activation is not None:
         names = [a.strip() for a in args.activation.split(",")]
         activation = names[0] if len(names) == 1 else names
-    loss = args.loss if args.loss is not None else "softmax"
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {loss!r}")
-    val_fraction = DEFAULT_VAL_FRACTION
-    if args.val_fraction is not None:
-        try:
-            val_fraction = float(args.val_fraction)
-        except ValueError:
-            val_fraction = None
-        if val_fraction is None or not 0 <= val_fraction < 1:
-            raise ValueError(f"--val-fraction must be a number in [0, 1), got {args.val_fraction!r}")
-    split_seed = 0
-    if args.split_seed is not None:
-        try:
-            split_seed = int(args.split_seed)
-        except ValueError:
-            raise ValueError(f"--split-seed must be an integer, got {args.split_seed!r}") from None
-        check_seed(split_seed, "--split-seed")
     try:
-        return data_problem(args.data, sizes=sizes, activation=activation, loss=loss, val_fraction=val_fraction,
+        return data_problem(args.data, sizes=sizes, activation=activation,
+                            loss=args.loss if args.loss is not None else "softmax",
+                            val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None
+                            else _number_or_text(args.val_fraction, float),
                             standardize=True if args.standardize is None else args.standardize,
-                            split_seed=split_seed)
+                            split_seed=0 if args.split_seed is None else _number_or_text(args.split_seed, int))
     except ValueError as exc:  # the argument names of data_problem as the options that set them
         text = str(exc)
-        for word, option in (("sizes", "--sizes"), ("activation", "--activation")):
-            if text.startswith(word):
+        for word, option in _RENAMED:
+            if text.startswith(word + " ") or text.startswith(word + ":"):
                 text = option + text[len(word):]
+        if text.startswith(str(args.data) + ":"):  # about the path itself: missing, not a regular file
+            text = "--data " + text
         raise ValueError(text) from None

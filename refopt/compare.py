@@ -4,39 +4,48 @@ Budget: every optimizer starts from the same initial parameters (same seed) and 
 updates; a wall-clock cap only when ``max_seconds`` is given. Without one, the table is a function of the
 command: the same on a busy machine as on a quiet one, apart from its seconds columns.
 
-Hyperparameters: each optimizer runs with the setting ``tuned_hyperparameters(problem, name)`` from
+Hyperparameters: each optimizer runs with the setting ``tuned_hyperparameters(problem, name)`` of
 ``refopt.problems.tuned`` (a built-in network problem: its tuned entry, ``TUNED[problem][name]``; any other
 network problem, such as the user's data: ``GENERIC[name]``; a test function: ``FUNCTIONS[name]``, the
-optimizer's defaults except where they cannot work), then the caller's ``overrides`` on top; everything
-else is the optimizer's default. A problem object is looked up by its ``name``. ``refopt train`` resolves
-its hyperparameters the same way (``describe_hyperparameters`` states them); ``runner.run`` does not: a
-``RunConfig``'s hyperparameters are all it uses.
+optimizer's defaults except where they cannot work), then the caller's ``overrides`` on top (an override
+for an optimizer that is not compared, or not refopt's, is an error); everything else is the optimizer's
+default, and the footer names the optimizers that have no setting for the problem. ``refopt train``
+resolves its hyperparameters the same way (``runner.describe_hyperparameters`` states them); ``runner.run``
+does not: a ``RunConfig``'s hyperparameters are all it uses. (``tuned_hyperparameters``,
+``hyperparameter_source`` and ``describe_hyperparameters`` are re-exported here.)
 
 Failures (the failure column): a run "diverged" when a training loss is non-finite or above
-``divergence_factor`` (10) × |initial loss| (the runner's rule); its row still shows the loss it reached. A
-run that raised shows the error; a problem whose oracle does not provide what the optimizer ``requires`` is
-"not applicable", with the missing capabilities named.
+``runner.divergence_bound`` (L₀ + (c − 1)·max(|L₀|, 1), c = ``divergence_factor``, 10 by default); its row
+still shows the loss it reached. A run that raised shows the error; a problem whose oracle does not provide
+what the optimizer ``requires`` is "not applicable", with the missing capabilities named. The stop column
+says why a run ended before its budget without failing ("precision": its loss stopped changing at the
+dtype's resolution; "converged"; "time_limit") or that it diverged; "-" for a run that used its budget.
+"target step" is the first step whose training loss is at or below the target, 0 when the initial loss
+already is.
 
 The table's columns are explained in its footer (``format_table``). The plot (``comparison_figure``) draws
-loss against steps, one panel per optimizer family (``refopt.optim.FAMILIES``), a second row for the
-held-out loss when the problem has one; every optimizer has its own color, line style and marker, the
-y-range comes from the runs that did not diverge (``loss_range``), diverged runs are clipped to the top
-with a cross at their divergence step and "(diverged)" in the legend, and a dotted line marks the target.
+loss against steps from step 0 (the initial training and held-out losses), one panel per optimizer family
+(``refopt.optim.FAMILIES``), a second row for the held-out loss when the problem has one; every optimizer has
+its own color, line style and marker, the y-range comes from the runs that did not diverge
+(``loss_range``), diverged runs are clipped to the top with a cross at their divergence step and
+"(diverged)" in the legend, and a dotted line marks the target. ``write_csv`` writes every record, with a
+step-0 row of the initial losses and accuracies.
 """
 from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 import time
 
 from .optim.base import as_real, show_value
-from .runner import RunConfig, run
+from .plotting import pyplot, save_figure
+from .problems.tuned import has_setting, hyperparameter_source, tuned_hyperparameters
+from .runner import DIVERGENCE_FACTOR, RunConfig, describe_hyperparameters, divergence_bound, run
 from .serialize import atomic_path
 
-__all__ = ["DEFAULT_OPTIMIZERS", "DIVERGENCE_FACTOR", "Comparison", "ComparisonEntry", "compare", "format_table",
-           "tuned_hyperparameters", "hyperparameter_source", "describe_hyperparameters", "loss_range",
+__all__ = ["DEFAULT_OPTIMIZERS", "DIVERGENCE_FACTOR", "Comparison", "ComparisonEntry", "compare", "check_overrides",
+           "format_table", "tuned_hyperparameters", "hyperparameter_source", "describe_hyperparameters", "loss_range",
            "comparison_figure", "plot_comparison", "write_csv"]
 
 # The standard set: what each family looks like with a setting tuned for the problem (refopt/problems/tuned.py).
@@ -44,58 +53,20 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = (
     "sgd", "adam", "adagrad", "shampoo", "adahessian", "sophia_g", "sophia_h", "lbfgs", "bfgs", "newton_cg",
     "natural_gradient", "kfac", "kfac_tridiag", "ekfac", "kbfgs")
 
-DIVERGENCE_FACTOR = 10.0   # a run whose training loss exceeds 10 × |initial loss| has diverged
-TUNED_FILE = "refopt/problems/tuned.py"
 
+def check_overrides(overrides: dict, names, option: str = "overrides") -> None:
+    """ValueError naming ``option`` when ``overrides`` (optimizer → hyperparameters) names an optimizer that is
+    not refopt's or not among ``names`` (it would be ignored without a word)."""
+    from .optim import OPTIMIZERS  # noqa: PLC0415
 
-def _settings(problem):
-    """(origin, table) of the problem (a name or a problem object): where its optimizers' settings come from
-    ("tuned for NAME", "generic" or "test-function setting") and the dict optimizer → hyperparameters."""
-    from .problems.registry import PROBLEMS, problem_names  # noqa: PLC0415
-    from .problems.tuned import FUNCTIONS, GENERIC, TUNED  # noqa: PLC0415
-
-    if isinstance(problem, str):
-        if problem not in problem_names():
-            raise ValueError(f"unknown problem {problem!r}; choose from {', '.join(problem_names())}")
-        name, kind = problem, "network" if problem in PROBLEMS else "function"
-    else:
-        name, kind = getattr(problem, "name", None), getattr(problem, "kind", "network")
-    if kind == "function":
-        return "test-function setting", FUNCTIONS
-    if name in TUNED:
-        return f"tuned for {name}", TUNED[name]
-    return "generic", GENERIC
-
-
-def tuned_hyperparameters(problem, optimizer: str) -> dict:
-    """The hyperparameters ``compare`` and ``refopt train`` give ``optimizer`` on ``problem`` (a name or a
-    problem object) before the user's own: a copy of its entry in ``refopt.problems.tuned`` ({} where the
-    optimizer's defaults apply)."""
-    return dict(_settings(problem)[1].get(optimizer, {}))
-
-
-def hyperparameter_source(problem) -> str:
-    """Where the settings for ``problem`` come from, for the table's footer and the listings."""
-    origin, _ = _settings(problem)
-    if origin == "generic":
-        return f"the generic setting for problems without a tuned one (GENERIC in {TUNED_FILE})"
-    if origin == "test-function setting":
-        return f"the optimizers' defaults, except FUNCTIONS in {TUNED_FILE} for the test functions"
-    return f"{origin} ({TUNED_FILE})"
-
-
-def describe_hyperparameters(problem, optimizer: str, given: dict | None = None) -> str:
-    """Every hyperparameter ``optimizer`` runs with on ``problem``, as used (``Optimizer.hyperparameters``),
-    grouped by origin: "given: a=1 | tuned for P: b=2 | defaults: c=3" (empty groups left out)."""
-    from .optim import make_optimizer  # noqa: PLC0415
-
-    given = dict(given or {})
-    tuned = {k: v for k, v in tuned_hyperparameters(problem, optimizer).items() if k not in given}
-    used = make_optimizer(optimizer, **{**tuned, **given}).hyperparameters()
-    origin = _settings(problem)[0]
-    groups = [("given", [k for k in used if k in given]), (origin, [k for k in used if k in tuned]),
-              ("defaults", [k for k in used if k not in given and k not in tuned])]
-    return " | ".join(f"{label}: " + ", ".join(f"{k}={used[k]!r}" for k in keys) for label, keys in groups if keys)
+    unknown = [n for n in overrides if n not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"{option}: unknown optimizer(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(sorted(OPTIMIZERS))}")
+    idle = [n for n in overrides if n not in names]
+    if idle:
+        raise ValueError(f"{option}: settings for {', '.join(idle)}, which {'is' if len(idle) == 1 else 'are'} not "
+                         f"among the optimizers compared ({', '.join(names)})")
 
 
 class ComparisonEntry:
@@ -104,6 +75,13 @@ class ComparisonEntry:
     def __init__(self, name, hyperparameters, result=None, error=None, seconds=0.0):
         self.name, self.hyperparameters, self.result, self.error, self.seconds = (
             name, hyperparameters, result, error, seconds)
+
+    @property
+    def stop(self) -> str:
+        """Why the run ended before its budget: its status ("precision", "converged", "time_limit",
+        "diverged", "target_reached"), or "-" for a run that used its budget or did not run."""
+        status = self.result.status if self.result is not None else "completed"
+        return "-" if status == "completed" else status
 
     @property
     def history(self):
@@ -116,7 +94,11 @@ class ComparisonEntry:
         return self.result is not None and self.result.status == "diverged"
 
     def to_target(self, target):
-        """(iterations, seconds) at which the training loss first reached ``target``, or None."""
+        """(step, seconds) at which the training loss first reached ``target`` ((0, 0.0) when the initial loss
+        already is at or below it), or None."""
+        initial = getattr(self.result, "initial_loss", None)
+        if target is not None and initial is not None and initial <= target:
+            return 0, 0.0
         for rec in self.history:
             tl = rec.get("train_loss")
             if target is not None and tl is not None and tl <= target:
@@ -126,23 +108,26 @@ class ComparisonEntry:
 
 class Comparison(list):
     """The entries of a comparison (a list, in the order of the names) and what they ran under: ``problem``
-    (its name), ``source`` (``hyperparameter_source``), ``steps``, ``max_seconds``, ``target_loss`` and
-    ``divergence_factor``."""
+    (its name), ``source`` (``hyperparameter_source``), ``steps``, ``max_seconds``, ``target_loss``,
+    ``divergence_factor`` and ``untuned`` (the optimizers without a setting for the problem, which ran at
+    their defaults)."""
 
     def __init__(self, entries=(), problem="", source="", steps=None, max_seconds=None, target_loss=None,
-                 divergence_factor=None):
+                 divergence_factor=None, untuned=()):
         super().__init__(entries)
         self.problem, self.source, self.steps, self.max_seconds = problem, source, steps, max_seconds
-        self.target_loss, self.divergence_factor = target_loss, divergence_factor
+        self.target_loss, self.divergence_factor, self.untuned = target_loss, divergence_factor, list(untuned)
 
 
 def _divergence_text(result, factor) -> str:
-    """'diverged at step k: loss L > c × |L₀|' (or 'loss nan') from the run's last recorded training loss."""
+    """'diverged at step k: loss L > B' (B = ``divergence_bound``; or 'loss nan') from the run's last recorded
+    training loss."""
     rec = next((r for r in reversed(result.history) if r.get("train_loss") is not None), None)
     if rec is None:
         return f"diverged: {result.message}"
     tl = rec["train_loss"]
-    bound = f" > {factor:g} × |L₀|" if math.isfinite(tl) and factor is not None else ""
+    bound = f" > {divergence_bound(result.initial_loss, factor):.3g}" if math.isfinite(tl) and factor is not None \
+        else ""
     return f"diverged at step {rec['step']}: loss {tl:.3g}{bound}"
 
 
@@ -167,6 +152,7 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_los
         raise ValueError(f"problem must be a problem name or a NetworkProblem / FunctionProblem, got "
                          f"{show_value(problem)}")
     overrides = overrides or {}
+    check_overrides(overrides, names)
     settings = {n: {**(tuned_hyperparameters(prob, n) if tuned else {}), **overrides.get(n, {})} for n in names}
     # every configuration is validated (steps, budget, seed, hyperparameters) before anything runs
     configs = [RunConfig(n, settings[n], prob.name, steps, batch_size, seed, None, max_seconds,
@@ -177,7 +163,8 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_los
     source = hyperparameter_source(prob) if tuned else "the optimizers' defaults"
     entries = Comparison(problem=prob.name, source=source + (" and the given overrides" if overrides else ""),
                          steps=steps, max_seconds=max_seconds, target_loss=target_loss,
-                         divergence_factor=divergence_factor)
+                         divergence_factor=divergence_factor,
+                         untuned=[n for n in names if tuned and not has_setting(prob, n)])
     for name, config, opt in zip(names, configs, opts):
         hp = config.hyperparameters
         t0 = time.perf_counter()
@@ -215,8 +202,8 @@ def format_table(entries, target_loss=None) -> str:
     show_acc = any(r.final_val_accuracy is not None for r in results)
     cols = [("optimizer", 16, "<"), ("train loss", 10, ">")] + ([("val loss", 10, ">")] if show_val else []) \
         + ([("val acc", 7, ">")] if show_acc else []) \
-        + [(h, w, ">") for h, w in (("steps", 5), ("to target", 9), ("s to target", 11), ("nfev", 6), ("ngev", 6),
-                                    ("nhvp", 6), ("other", 6), ("nhev", 5), ("seconds", 7))]
+        + [(h, w, ">") for h, w in (("steps", 5), ("stop", 10), ("target step", 11), ("target s", 8), ("nfev", 6),
+                                    ("ngev", 6), ("nhvp", 6), ("other", 6), ("nhev", 5), ("seconds", 7))]
     head = " ".join(f"{h:{a}{w}s}" for h, w, a in cols) + "  failure"
     lines = [head, "-" * len(head)]
     for e in entries:
@@ -230,8 +217,8 @@ def format_table(entries, target_loss=None) -> str:
             cells = [f"{e.name:<16s}", _fmt(r.final_loss, 10)]
             cells += [_fmt(r.final_val_loss, 10)] if show_val else []
             cells += [_fmt(r.final_val_accuracy, 7, ".4f")] if show_acc else []
-            cells += [f"{len(e.history):5d}", f"{(str(hit[0]) if hit else '-'):>9s}",
-                      f"{(f'{hit[1]:.2f}' if hit else '-'):>11s}"]
+            cells += [f"{len(e.history):5d}", f"{e.stop:>10s}", f"{(str(hit[0]) if hit else '-'):>11s}",
+                      f"{(f'{hit[1]:.2f}' if hit else '-'):>8s}"]
             cells += [f"{last.get(k, 0):6d}" for k in ("nfev", "ngev", "nhvp")] + [f"{other:6d}", f"{r.nhev:5d}",
                                                                                    f"{e.seconds:7.2f}"]
         lines.append((" ".join(cells) + "  " + (e.error or "")).rstrip())
@@ -240,33 +227,44 @@ def format_table(entries, target_loss=None) -> str:
 
 
 def _footer(entries, target_loss, show_val, show_acc) -> list[str]:
-    """The lines under the table: the columns' meanings, the budget, the hyperparameters' origin."""
-    val = (", val acc" if show_acc else "") + ": on the held-out examples" if show_val else ""
-    target = f"the training loss first reached {target_loss:g}" if target_loss is not None else "a target (none given)"
-    lines = [f"train loss: final full-batch training loss{'; val loss' + val if show_val else ''}; nhev: dense "
-             "Hessians/GGNs formed",
-             f"to target, s to target: steps and seconds until {target}",
-             "nfev, ngev, nhvp: loss, gradient, Hessian-vector evaluations; other: GGN/Fisher/Jacobian products and "
-             "layer-statistics passes"]
+    """The lines under the table, each about one thing: the columns' meanings, the budget, the divergence rule,
+    the hyperparameters' origin and the optimizers that ran at their defaults."""
+    held_out = f"; {'val loss, val acc' if show_acc else 'val loss'}: on the held-out examples" if show_val else ""
+    target = f"{target_loss:g}" if target_loss is not None else "the target (none given)"
+    lines = [f"train loss: the final full-batch training loss{held_out}.",
+             "steps: the updates taken; stop: why a run ended before its budget (precision: no change at the dtype's "
+             "resolution; converged; time_limit; diverged).",
+             f"target step, target s: the step and seconds at which the training loss first reached {target} (0: the "
+             "initial loss had).",
+             "nfev, ngev, nhvp: loss, gradient, Hessian-vector evaluations; other: GGN/Fisher/Jacobian products, "
+             "layer statistics; nhev: dense matrices formed."]
     steps = getattr(entries, "steps", None)
     if steps is not None:
         secs = getattr(entries, "max_seconds", None)
         cap = f"at most {secs:g} s each (so the steps vary with the machine)" if secs is not None else \
             "no wall-clock limit (only the seconds vary with the machine)"
         factor = getattr(entries, "divergence_factor", None)
-        rule = f"non-finite or above {factor:g} × |initial loss|" if factor is not None else "non-finite"
-        lines += [f"budget: {steps} steps per optimizer, {cap}", f"diverged: a training loss {rule}"]
+        rule = f"non-finite or above L₀ + {factor - 1:g} × max(|L₀|, 1), L₀ the initial loss" if factor is not None \
+            else "non-finite"
+        lines += [f"budget: {steps} steps per optimizer, {cap}.", f"diverged: a training loss {rule}."]
     source = getattr(entries, "source", "")
     if source:
-        lines.append(f"hyperparameters: {source}; --show-hyperparameters lists them")
+        lines.append(f"hyperparameters: {source}; --show-hyperparameters lists them.")
+    untuned = getattr(entries, "untuned", [])
+    if untuned:
+        lines.append(f"no setting for {getattr(entries, 'problem', 'this problem')} in refopt/problems/tuned.py, so at "
+                     f"the optimizers' defaults: {', '.join(untuned)}.")
     return lines
 
 
+_INITIAL = {"train_loss": "initial_loss", "val_loss": "initial_val_loss"}  # the RunResult field of step 0
+
+
 def _points(entry, key: str) -> list:
-    """[(step, value)] of the records' ``key``; the training loss starts at step 0 with the initial loss."""
+    """[(step, value)] of the records' ``key``, from step 0 (the run's initial training or held-out loss)."""
     pts = [(r["step"], r[key]) for r in entry.history if r.get(key) is not None]
-    initial = getattr(entry.result, "initial_loss", None)
-    if key == "train_loss" and pts and initial is not None and math.isfinite(initial):
+    initial = getattr(entry.result, _INITIAL.get(key, ""), None)
+    if pts and isinstance(initial, (int, float)) and math.isfinite(initial):
         pts.insert(0, (0, initial))
     return pts
 
@@ -306,11 +304,10 @@ def _style(i: int) -> dict:
 
 def comparison_figure(entries, title: str | None = None):
     """The matplotlib figure of the module docs (ImportError without matplotlib)."""
-    import matplotlib  # noqa: PLC0415 (optional, from the 'scripts' extra)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional, from the 'scripts' extra)
     from .optim import FAMILIES  # noqa: PLC0415
 
+    plt.switch_backend("Agg")  # as plotting.pyplot: no window, whatever backend the caller's matplotlib chose
     family_of = {n: f for f, members in FAMILIES.items() for n in members}
     drawn = [e for e in entries if e.history]
     present = {family_of.get(e.name, "other") for e in drawn}
@@ -373,30 +370,33 @@ def _draw(ax, entry, key, yr, style, k, n) -> None:
 
 
 def plot_comparison(entries, path: str, title: str | None = None):
-    """Write ``comparison_figure(entries, title)`` to ``path`` atomically (format from its extension, png by
-    default); returns the path, or None (with a note on stderr) without matplotlib or for an empty path."""
+    """Write ``comparison_figure(entries, title)`` to ``path`` atomically (``plotting.save_figure``: the format
+    from its extension, png by default); returns the path, or None (with a note on stderr) without matplotlib
+    or for an empty path."""
     if not path:
         return None
-    try:
-        fig = comparison_figure(entries, title)
-    except ImportError:
-        print("refopt: matplotlib is not installed; no plot written (pip install 'refopt[scripts]')", file=sys.stderr)
+    if pyplot("plot") is None:
         return None
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
-    plt.close(fig)
-    return path
+    return save_figure(comparison_figure(entries, title), path)
+
+
+CSV_KEYS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "loss", "grad_norm", "elapsed", "nfev",
+            "ngev", "nhvp", "nhev")
 
 
 def write_csv(entries, path: str) -> None:
-    """Write each entry's log, one CSV row per step (losses, held-out metrics, gradient norm, time, counts), to
-    ``path`` atomically."""
-    keys = ["step", "train_loss", "val_loss", "val_accuracy", "loss", "grad_norm", "elapsed", "nfev", "ngev", "nhvp",
-            "nhev"]
+    """Write each entry's log to ``path`` atomically: per optimizer a step-0 row (the initial training and
+    held-out loss and accuracy, counts 0) and one row per step (losses, held-out metrics, gradient norm,
+    time, counts; nhev 0 for the methods that form no dense matrix)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["optimizer"] + keys)
+        w.writerow(["optimizer", *CSV_KEYS])
         for e in entries:
-            for r in e.history:
-                w.writerow([e.name] + [r.get(k) for k in keys])
+            r = e.result
+            if r is not None:
+                initial = {"step": 0, "train_loss": r.initial_loss, "train_accuracy": r.initial_train_accuracy,
+                           "val_loss": r.initial_val_loss, "val_accuracy": r.initial_val_accuracy, "elapsed": 0.0,
+                           "nfev": 0, "ngev": 0, "nhvp": 0, "nhev": 0}
+                w.writerow([e.name] + [initial.get(k) for k in CSV_KEYS])
+            for rec in e.history:
+                w.writerow([e.name] + [rec.get(k, 0 if k == "nhev" else None) for k in CSV_KEYS])

@@ -3,11 +3,13 @@
 One step = one ``update`` call of the optimizer on the oracle of the current batch (full batch when
 ``batch_size`` is None). Mini-batch order is a pure function of (seed, epoch): epoch e visits the
 examples in the order ``rng((seed, e)).permutation(n)``, cut into ⌊n / batch_size⌋ batches (the
-remainder of the permutation is left out of that epoch), so a run resumed at step t sees exactly the
-batches an uninterrupted run would. With the optimizer's own randomness kept in its state, a resumed
-run is bit-identical to an uninterrupted one. A checkpoint records the dtype it was written in and is
-resumed only under that default dtype; ``load_checkpoint`` checks its meta before decoding anything and
-its params and state against a fresh run's (structure, shapes, dtype), refusing in one ValueError line.
+remainder of the permutation is left out of that epoch; ``batch_indices``), so a run resumed at step t sees
+exactly the batches an uninterrupted run would. With the optimizer's own randomness kept in its state, a
+resumed run is bit-identical to an uninterrupted one. Checkpoints (``refopt.checkpoint``, whose
+``save_checkpoint``, ``load_checkpoint``, ``load_checkpoint_params``, ``CHECKPOINT_FORMAT``, ``MAX_COUNT`` and
+``MAX_ELAPSED`` this module re-exports) record the run's identity, with the hyperparameters the optimizer
+really uses, and the problem's; a run with ``checkpoint_path`` writes one at the end (and every
+``checkpoint_every`` steps), and one on Ctrl-C.
 
 Each record of the log holds: step, loss (at the incoming parameters, on the step's batch), train_loss
 (full-batch loss, every ``eval_every`` steps and at the end), grad_norm, step_norm, lr, skipped,
@@ -16,29 +18,31 @@ also hold nhev, that step's dense matrices (``RunResult.nhev`` adds them up). Wh
 so are train_accuracy, val_loss and val_accuracy: the loss and accuracy (``Loss.accuracy``) on the
 problem's held-out examples, and the accuracy on the training examples; None where the problem holds out
 nothing or its loss has no accuracy (the Gaussian), and in the records between evaluations. These
-evaluations use counts of their own: they are not requests of the optimizer.
+evaluations use counts of their own: they are not requests of the optimizer. The same four at the initial
+parameters are ``RunResult.initial_loss``, ``initial_train_accuracy``, ``initial_val_loss`` and
+``initial_val_accuracy`` (the log has one record per step, so no step-0 record; a resumed run recomputes
+them from ``init_params(seed)``). NumPy's overflow warnings inside these evaluations are silenced: a
+training loss that overflows is reported as the run's divergence.
 
 Divergence: a run stops with status "diverged" when a recorded training loss is not finite, or, with
-``divergence_factor`` = c, when it exceeds c·|L₀|, L₀ the full-batch training loss at the initial
-parameters (``RunResult.initial_loss``; a resumed run recomputes it from ``init_params(seed)``, so the
-history keeps one record per step). A problem whose L₀ is 0 diverges at any positive loss.
-
-Checkpoint identity: a checkpoint records the config's identity and the problem's (``identity()`` of the
-problem: for a network its sizes, activations, initialisation, loss and a digest of its training and
-held-out arrays), and is resumed only by a run whose both are equal.
-``load_checkpoint_params(path, problem)`` reads a checkpoint's params without a run configuration (for
-``refopt analyze``): the optimizer, hyperparameters, batch size and seed come from the file's meta, the
-problem is the caller's, and every check of ``load_checkpoint`` applies (the optimizer's name is looked
-up in refopt's own table; a checkpoint of another problem is refused).
+``divergence_factor`` = c, when it exceeds ``divergence_bound`` = L₀ + (c − 1)·max(|L₀|, 1), L₀ the
+full-batch training loss at the initial parameters: c·L₀ for L₀ ≥ 1; for a small, zero or negative L₀
+(test functions whose minimum is at or below 0) the loss must rise by more than c − 1 above it.
+``DIVERGENCE_FACTOR`` = 10 is ``refopt train``'s and ``refopt compare``'s default; a RunConfig's is None
+(only non-finite losses). Target: with ``target_loss``, a run stops ("target_reached") at the first
+recorded training loss at or below it; when L₀ already is, at once, after 0 steps.
 
 Sharpness along training (``analyze_every`` = N): at every N-th step (N, 2N, ...), the record also holds
 hessian_max, the algebraic largest eigenvalue of the full-batch Hessian at the step's new parameters (the
 largest Ritz value of ``ANALYZE_LANCZOS_STEPS`` = 30 Lanczos steps, n when smaller, from the Gaussian start
 of seed 0, with full reorthogonalisation: ``analysis.lanczos_eigenpairs``), hessian_max_residual (its
-residual |β_m s_m|, which bounds its distance to an eigenvalue of H) and, where the step reports a positive
-lr, two_over_lr = 2/lr: gradient descent with step size lr is stable on a quadratic only while λ_max < 2/lr,
-the threshold of Cohen et al. 2021 ("edge of stability"; with heavy-ball momentum β it is (2 + 2β)/lr, and for
-preconditioned methods it concerns the preconditioned Hessian). Between those steps the three are None.
+residual |β_m s_m|, which bounds its distance to an eigenvalue of H) and stability_threshold
+(``stability_threshold``): the λ_max above which the optimizer's step at the step's lr η is unstable on a
+quadratic, where that is known: gradient descent (sgd) only, 2(1 + β)/η with heavy-ball momentum β (2/η
+without; Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge of stability",
+whose appendix treats momentum), 2(1 + β)/((1 + 2β)η) with Nesterov's, η(1 − δ) in place of η with torch's
+dampening δ, less the L2 weight decay λ; None for every other optimizer (a preconditioned or line-searched
+step has no such threshold in λ_max of H). Between those steps the three are None.
 hessian_max is NaN where the Hessian's products are not finite (parameters that overflow). These products
 use an oracle with counts of its own and touch neither the optimizer's state nor its random draws, so the
 trajectory is the same with and without them. The steps are multiples of N only (not the run's last, as
@@ -53,6 +57,10 @@ run, and the gradient norm not halve; the message says which (optimizers without
 this way). A resumed run replays
 its history through the monitor, so it stops where an uninterrupted one does. Mini-batch runs do not
 apply this rule (each step sees another batch).
+
+``describe_hyperparameters`` states every hyperparameter an optimizer runs with on a problem, grouped by
+origin (given, the problem's setting of ``problems.tuned``, defaults); ``refopt train`` and ``refopt
+compare --show-hyperparameters`` print it.
 """
 from __future__ import annotations
 
@@ -61,33 +69,28 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from . import __version__
+import numpy as np
+
 from . import tree as T
 from .autodiff.core import getval
-from .backend import default_dtype, rng
+from .backend import rng
+from .checkpoint import (CHECKPOINT_FORMAT, MAX_COUNT, MAX_ELAPSED, load_checkpoint, load_checkpoint_params,
+                         run_identity, save_checkpoint)
 from .oracle import Counts, Oracle
 from .minimize import StallMonitor, at_rounding_level, dtype_eps
-from .optim import make_optimizer, optimizer_class
-from .optim.base import (MAX_DIMENSION, MAX_PERIOD, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
+from .optim import make_optimizer
+from .optim.base import (MAX_DIMENSION, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
                          show_value)
-from .serialize import read_npz, write_npz_atomic
 
 __all__ = ["RunConfig", "RunResult", "run", "CHECKPOINT_FORMAT", "MAX_COUNT", "MAX_ELAPSED", "load_checkpoint",
-           "load_checkpoint_params", "save_checkpoint", "Interrupted", "ANALYZE_LANCZOS_STEPS"]
+           "load_checkpoint_params", "save_checkpoint", "Interrupted", "ANALYZE_LANCZOS_STEPS", "DIVERGENCE_FACTOR",
+           "divergence_bound", "batch_indices", "stability_threshold", "describe_hyperparameters"]
 
-# 2: the meta holds the problem's identity (``problem_identity``) and the records the held-out metrics.
-CHECKPOINT_FORMAT = "refopt-checkpoint/2"
-# Caps on what a checkpoint's meta and history may claim (``load_checkpoint``). A count is at most 2⁵³:
-# every integer up to it is exact in a float64, so the JSON meta and log read the same in any JSON reader,
-# and what a run can add to it (at most 10⁹ steps, each a bounded number of requests) stays far below the
-# 2⁶³ − 1 that saving accepts, so a resumed run can always write its next checkpoint. ``step`` is at most
-# 10⁹ (``MAX_PERIOD``, the cap on a run's ``steps``); ``elapsed`` at most 10⁹ s (about 32 years).
-MAX_COUNT = 2 ** 53
-MAX_ELAPSED = 1e9
 # Lanczos steps behind ``analyze_every``'s hessian_max (n when smaller): the largest Ritz value of 30 steps
 # converges fast when λ_max is separated from the rest (its error falls like a Chebyshev polynomial of the
 # gap: the Kaniel–Paige bound, Golub & Van Loan §10.1), and 30 products stay cheap beside a step.
 ANALYZE_LANCZOS_STEPS = 30
+DIVERGENCE_FACTOR = 10.0   # the command line's divergence factor c (module docs)
 
 
 @dataclass
@@ -104,8 +107,8 @@ class RunConfig:
     max_seconds: float | None = None
     eval_every: int = 1
     gtol: float = 0.0      # stop ("converged") once the gradient norm at a step's start is ≤ gtol
-    divergence_factor: float | None = None  # stop ("diverged") once a training loss exceeds this × |initial loss|
-    analyze_every: int | None = None  # record hessian_max (and 2/lr) every N steps (module docs)
+    divergence_factor: float | None = None  # stop ("diverged") above divergence_bound(L₀, this) (module docs)
+    analyze_every: int | None = None  # record hessian_max (and the stability threshold) every N steps (module docs)
 
     def __post_init__(self):
         """Validate every field (ValueError naming it): names are strings, counts are integers within the
@@ -141,9 +144,9 @@ class RunConfig:
             self.analyze_every = check_int("analyze_every", self.analyze_every)
 
     def identity(self) -> dict:
-        """What a checkpoint must match to be resumed by this configuration."""
-        return {"optimizer": self.optimizer, "hyperparameters": self.hyperparameters, "problem": self.problem,
-                "batch_size": self.batch_size, "seed": self.seed}
+        """What a checkpoint must match to be resumed by this configuration (``checkpoint.run_identity``: the
+        hyperparameters as the optimizer it makes uses them, every default included)."""
+        return run_identity(self)
 
 
 @dataclass
@@ -157,6 +160,9 @@ class RunResult:
     status: str           # "completed", "converged", "precision", "target_reached", "time_limit", "diverged"
     message: str = ""
     initial_loss: float = math.nan  # the full-batch training loss at the initial parameters
+    initial_train_accuracy: float | None = None  # and the accuracy there (None for a loss without one)
+    initial_val_loss: float | None = None  # the held-out loss and accuracy there (None without held-out examples)
+    initial_val_accuracy: float | None = None
 
     def _last(self, key: str):
         for rec in reversed(self.history):
@@ -194,11 +200,56 @@ class RunResult:
         return math.nan
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, step: int):
+def divergence_bound(initial_loss: float, factor: float) -> float:
+    """The training loss above which a run has diverged: L₀ + (c − 1)·max(|L₀|, 1) (module docs)."""
+    return initial_loss + (factor - 1.0) * max(abs(initial_loss), 1.0)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int):
+    """The examples of step ``step``'s mini-batch (0 the first) of a run with ``seed`` on ``n`` examples: batch
+    ``step mod ⌊n / batch_size⌋`` of epoch ``step div ⌊n / batch_size⌋``'s permutation ``rng([seed, epoch])``."""
     per_epoch = max(1, n // batch_size)
     epoch, pos = divmod(step, per_epoch)
     order = rng([seed, epoch]).permutation(n)
     return order[pos * batch_size:(pos + 1) * batch_size]
+
+
+def stability_threshold(optimizer, lr) -> float | None:
+    """The λ_max of the Hessian above which ``optimizer``'s step at step size ``lr`` is unstable on a quadratic
+    (module docs), or None where refopt knows no such threshold (every optimizer but SGD; a step size that is
+    not a positive finite number)."""
+    from .optim.sgd import SGD  # noqa: PLC0415
+
+    eta = as_real(lr)
+    if not isinstance(optimizer, SGD) or eta is None or not math.isfinite(eta) or eta <= 0:
+        return None
+    beta = optimizer.momentum
+    if beta:
+        # heavy ball on h·x: the iteration matrix's roots z² − (1 + β − ηh)z + β stay inside the unit circle
+        # iff ηh < 2(1 + β); Nesterov's (torch's form) z² − (1 + β)(1 − ηh)z + β(1 − ηh): iff ηh < 2(1 + β)/(1 + 2β)
+        if optimizer.dampening >= 1:  # the buffer never takes the gradient in after the first step
+            return None
+        eta *= 1.0 - optimizer.dampening
+        limit = 2.0 * (1.0 + beta) / (1.0 + 2.0 * beta) if optimizer.nesterov else 2.0 * (1.0 + beta)
+    else:
+        limit = 2.0
+    return limit / eta - optimizer.weight_decay   # L2 decay adds λ to every eigenvalue of the step's Hessian
+
+
+def describe_hyperparameters(problem, optimizer: str, given: dict | None = None) -> str:
+    """Every hyperparameter ``optimizer`` runs with on ``problem`` (a name or a problem object), as used
+    (``Optimizer.hyperparameters``), grouped by origin: "given: a=1 | tuned for P: b=2 | defaults: c=3" (empty
+    groups left out)."""
+    from .problems.tuned import settings, tuned_hyperparameters  # noqa: PLC0415
+
+    given = dict(given or {})
+    tuned = {k: v for k, v in tuned_hyperparameters(problem, optimizer).items() if k not in given}
+    used = make_optimizer(optimizer, **{**tuned, **given}).hyperparameters()
+    origin = settings(problem)[0]
+    groups = [("given", [k for k in used if k in given]), (origin, [k for k in used if k in tuned]),
+              ("defaults", [k for k in used if k not in given and k not in tuned])]
+    return " | ".join(f"{label}: " + ", ".join(f"{k}={used[k]!r}" for k in keys)
+                      for label, keys in groups if keys)
 
 
 class Interrupted(Exception):
@@ -209,252 +260,18 @@ class Interrupted(Exception):
         self.path, self.step = path, step
 
 
-def save_checkpoint(path: str, config: RunConfig, step: int, params, state, history, counts: Counts,
-                    problem_identity: dict | None = None) -> None:
-    """Atomically write step ``step``'s checkpoint (params, state, history, counts, config identity, dtype, and
-    ``problem_identity``: the problem's ``identity()``; None records null, which no run resumes)."""
-    meta = {"format": CHECKPOINT_FORMAT, "version": __version__, "step": step, **config.identity(),
-            "problem_identity": problem_identity, "counts": counts.as_dict(), "dtype": default_dtype().__name__}
-    write_npz_atomic(path, meta, params=params, state=state, history=history)
-
-
-def _check_meta(path: str, meta: dict, config: RunConfig, problem_identity: dict | None = None) -> None:
-    """Refuse (ValueError) a checkpoint whose meta ``config`` (on the problem of ``problem_identity``, when
-    given) cannot resume; runs before anything is decoded."""
-    _check_format(path, meta)
-    want = json.loads(json.dumps(config.identity()))
-    for key, value in want.items():
-        if meta.get(key) != value:
-            raise ValueError(f"{path}: checkpoint has {key}={_short(meta.get(key))}, this run has {key}={value!r}")
-    dtype = default_dtype().__name__
-    if "dtype" not in meta:  # every file of this format records it (files without it were format 1)
-        raise ValueError(f"{path}: meta has no dtype; every {CHECKPOINT_FORMAT} checkpoint records it")
-    if meta["dtype"] != dtype:
-        raise ValueError(f"{path}: checkpoint is {_short(meta['dtype'])}, this run's dtype is {dtype} "
-                         f"(set REFOPT_DTYPE={_short(meta['dtype'])} to resume it)")
-    if problem_identity is not None:  # after the dtype: the data digest depends on it
-        _check_problem_identity(path, meta.get("problem_identity"), json.loads(json.dumps(problem_identity)))
-    step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_PERIOD:
-        raise ValueError(f"{path}: meta step must be a non-negative integer at most 10⁹ (the cap on a run's steps), "
-                         f"got {_short(step)}")
-    counts = meta.get("counts")
-    names = set(Counts().as_dict())
-    if not isinstance(counts, dict) or set(counts) != names:
-        raise ValueError(f"{path}: meta counts must be an object with the keys {sorted(names)}, got {_short(counts)}")
-    for k, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
-            raise ValueError(f"{path}: meta counts[{k!r}] must be a non-negative integer at most 2⁵³, got {_short(v)}")
-
-
-def _check_format(path: str, meta: dict) -> None:
-    """Refuse a file that is not a checkpoint of this format and version."""
-    fmt = meta.get("format")
-    if isinstance(fmt, str) and fmt.startswith("refopt-checkpoint/") and fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {_short(fmt)}, this refopt reads {CHECKPOINT_FORMAT!r} "
-                         "(checkpoints are not carried across formats)")
-    if fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a refopt checkpoint (format {_short(fmt)})")
-    if meta.get("version") != __version__:
-        raise ValueError(f"{path}: written by refopt {_short(meta.get('version'))}, this is {__version__}; "
-                         "checkpoints are not carried across versions")
-
-
-def _check_problem_identity(path: str, got, want: dict) -> None:
-    """Refuse a checkpoint written for another problem: the first differing entry of the identities is named."""
-    if not isinstance(got, dict):
-        raise ValueError(f"{path}: checkpoint has no problem identity (problem_identity={_short(got)}); "
-                         "it cannot be matched to this run's problem")
-    for key in sorted(set(got) | set(want)):
-        if got.get(key) != want.get(key):
-            what = "data (training or held-out arrays)" if key == "data" else key
-            raise ValueError(f"{path}: checkpoint was written for another problem: its {what} differ "
-                             f"(checkpoint {_short(got.get(key))}, this run {_short(want.get(key))})")
-
-
-def _check_like(path: str, what: str, obj, like, dtype, strict: bool = False) -> None:
-    """Refuse ``obj`` unless it has ``like``'s structure: same classes and dict keys, arrays of ``like``'s shapes
-    and dtypes, every other floating array of one of the ``dtype`` (a tuple: the run's dtype, and those the
-    fresh state holds, e.g. Shampoo's float32 factors in a float64 run). Unless ``strict``, lists and tuples of another length than ``like``'s
-    (memories that grow) and leaves where ``like`` holds None are only checked for their dtype; where ``like``
-    holds a number, ``obj`` must be one of the same kind (a boolean, a non-negative integer, a number)."""
-    if hasattr(like, "shape") and hasattr(like, "dtype"):
-        if not (hasattr(obj, "shape") and hasattr(obj, "dtype")) or tuple(obj.shape) != tuple(like.shape):
-            got = tuple(obj.shape) if hasattr(obj, "shape") else type(obj).__name__
-            raise ValueError(f"{path}: {what} should be an array of shape {tuple(like.shape)}, got {got}")
-        if obj.dtype.kind != like.dtype.kind or (like.dtype.kind == "f" and obj.dtype != like.dtype):
-            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {like.dtype}")
-        return
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        _check_dtype(path, what, obj, dtype)
-    if isinstance(like, tuple) and hasattr(like, "_fields"):
-        if type(obj) is not type(like):
-            raise ValueError(f"{path}: {what} is a {type(obj).__name__}, this run needs a {type(like).__name__}")
-        for f in like._fields:
-            _check_like(path, f"{what}.{f}", getattr(obj, f), getattr(like, f), dtype, strict)
-        return
-    if isinstance(like, dict):
-        if not isinstance(obj, dict) or set(obj) != set(like):
-            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: {what} should be a dict with keys {sorted(like)}, got {got}")
-        for k in like:
-            _check_like(path, f"{what}[{k!r}]", obj[k], like[k], dtype, strict)
-        return
-    if isinstance(like, (bool, int, float)) and not hasattr(like, "dtype"):  # step counters, seeds, damping
-        if isinstance(like, bool):
-            ok = isinstance(obj, bool)
-        elif isinstance(like, int):
-            ok = isinstance(obj, int) and not isinstance(obj, bool) and (obj >= 0 or like < 0)
-        else:
-            ok = isinstance(obj, (int, float)) and not isinstance(obj, bool)
-        if not ok:
-            kind = "a boolean" if isinstance(like, bool) else "a non-negative integer" if isinstance(like, int) \
-                else "a number"
-            raise ValueError(f"{path}: {what} must be {kind}, got {_short(obj)}")
-        return
-    if isinstance(like, (list, tuple)):
-        if type(obj) is not type(like):
-            raise ValueError(f"{path}: {what} should be a {type(like).__name__}, got {type(obj).__name__}")
-        if strict and len(obj) != len(like):
-            raise ValueError(f"{path}: {what} should be a {type(like).__name__} of {len(like)}, got {len(obj)}")
-        if len(obj) == len(like):
-            for i, (o, l) in enumerate(zip(obj, like)):
-                _check_like(path, f"{what}[{i}]", o, l, dtype, strict)
-            return
-    _check_dtype(path, what, obj, dtype)
-
-
-def _floating_dtypes(obj) -> tuple:
-    """The floating dtypes of the arrays in a nested state (those a fresh state of this run holds)."""
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return (obj.dtype,) if obj.dtype.kind == "f" else ()
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
-    return tuple(dict.fromkeys(d for item in items for d in _floating_dtypes(item)))
-
-
-def _check_dtype(path: str, what: str, obj, dtype) -> None:
-    """Every floating array inside ``obj`` has one of the dtypes ``dtype`` (a tuple; the first is the run's)."""
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        if obj.dtype.kind == "f" and obj.dtype not in dtype:
-            raise ValueError(f"{path}: {what} is {obj.dtype}, this run's dtype is {dtype[0].__name__}")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_dtype(path, f"{what}[{k!r}]", v, dtype)
-    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        for f in obj._fields:
-            _check_dtype(path, f"{what}.{f}", getattr(obj, f), dtype)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_dtype(path, f"{what}[{i}]", v, dtype)
-
-
-def _check_history(path: str, history, step: int) -> None:
-    if not isinstance(history, list) or len(history) != step:
-        got = len(history) if isinstance(history, list) else type(history).__name__
-        raise ValueError(f"{path}: history must be a list of {step} records (one per step), got {got}")
-    for i, rec in enumerate(history):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: history[{i}] must be a record (dict), got {type(rec).__name__}")
-        for k, v in rec.items():  # a log record holds JSON scalars only (``_plain``); the log rewrites them
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise ValueError(f"{path}: history[{i}][{k!r}] must be a number, string, boolean or null, "
-                                 f"got {type(v).__name__}")
-        # summarised and monitored as numbers
-        for k in ("loss", "train_loss", "grad_norm", "train_accuracy", "val_loss", "val_accuracy"):
-            v = rec.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ValueError(f"{path}: history[{i}][{k!r}] must be a number or null, got {_short(v)}")
-        elapsed = rec.get("elapsed")  # seconds since the run began; the resumed clock starts from the last one
-        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) \
-                or not 0 <= elapsed <= MAX_ELAPSED:  # also refuses NaN and ±inf
-            raise ValueError(f"{path}: history[{i}]['elapsed'] must be a number of seconds in [0, 1e9], "
-                             f"got {_short(elapsed)}")
-
-
-def load_checkpoint(path: str, config: RunConfig, params_like=None, state_like=None, problem=None):
-    """(step, params, state, history, counts) from ``path``, refusing one that ``config`` cannot resume.
-
-    The meta (format, version, the config's identity, the identity of ``problem`` when given (``run`` always
-    gives it), dtype, step ≤ 10⁹, counts ≤ ``MAX_COUNT`` = 2⁵³) is
-    checked before anything is decoded; state classes come only from the registry of ``refopt.serialize`` (the optimizer's module is
-    imported first, from refopt's own table). ``params_like`` / ``state_like`` (a fresh run's initial
-    params and state) fix the structure, shapes and dtype the checkpoint must have. Every refusal is a
-    one-line ValueError.
-    """
-    optimizer_class(config.optimizer)  # imports the module whose state classes the file may name
-    return _load_checked(path, lambda meta: config, params_like, lambda _: state_like, problem)[:5]
-
-
-def load_checkpoint_params(path: str, problem):
-    """(step, params, config) of the checkpoint at ``path`` for ``problem`` (its ``init_params`` fix the
-    params' structure), without a run configuration: ``config`` is the ``RunConfig`` the file's meta names
-    (optimizer, hyperparameters, batch size and seed; the problem's name is ``problem.name``), and the file
-    passes every check of ``load_checkpoint``, its state against the named optimizer's fresh state. The
-    optimizer name is only looked up in refopt's table; a bad meta, another problem or data, another dtype
-    or a params tree that does not fit is a one-line ValueError naming ``path``."""
-    def config_of(meta):
-        _check_format(path, meta)  # first: a file of another kind has no optimizer to read
-        try:
-            config = RunConfig(meta.get("optimizer"), meta.get("hyperparameters"), problem.name,
-                               batch_size=meta.get("batch_size"), seed=meta.get("seed"))
-            optimizer_class(config.optimizer)  # refopt's own table; imports the module of its state classes
-        except ValueError as exc:
-            raise ValueError(f"{path}: checkpoint meta: {exc}") from None
-        return config
-
-    def state_of(config):
-        try:
-            return make_optimizer(config.optimizer, **config.hyperparameters).init(init)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: the checkpoint's hyperparameters do not make a {config.optimizer!r} "
-                             f"optimizer: {exc}") from None
-
-    init = problem.init_params(0)
-    step, params, _, _, _, config = _load_checked(path, config_of, init, state_of, problem)
-    return step, params, config
-
-
-def _load_checked(path: str, config_of, params_like, state_like_of, problem):
-    """``load_checkpoint``'s reading and checks, with the config taken from the meta by ``config_of(meta)``
-    (before anything is decoded) and the state's model from ``state_like_of(config)``; returns (step, params,
-    state, history, counts, config)."""
-    want = problem.identity() if problem is not None else None
-    chosen = {}
-
-    def check(meta):
-        config = chosen["config"] = config_of(meta)
-        _check_meta(path, meta, config, want)
-    meta, objs = read_npz(path, check_meta=check)
-    state_like = state_like_of(chosen["config"])
-    if set(objs) != {"params", "state", "history"}:
-        raise ValueError(f"{path}: a checkpoint holds params, state and history, this one {sorted(objs)}")
-    dtype = (default_dtype(),)
-    params, state, history = objs["params"], objs["state"], objs["history"]
-    step = meta["step"]
-    _check_history(path, history, step)
-    if params_like is not None:
-        _check_like(path, "params", params, params_like, dtype, strict=True)
-    else:
-        _check_dtype(path, "params", params, dtype)
-    if state_like is not None:
-        _check_like(path, "state", state, state_like, dtype + _floating_dtypes(state_like))
-    else:
-        _check_dtype(path, "state", state, dtype)
-    return step, params, state, history, Counts(**meta["counts"]), chosen["config"]
-
-
-def _short(obj, limit: int = 60) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def run(config: RunConfig, problem=None, resume: str | None = None, log_path: str | None = None,
         checkpoint_path: str | None = None, checkpoint_every: int | None = None, progress=None,
         optimizer=None) -> RunResult:
-    """Run ``config``; see the module docs. ``progress`` is a callable(record) or None."""
+    """Run ``config``; see the module docs. ``progress`` is a callable(record) or None. ``optimizer``: an
+    optimizer object to run instead of the one ``config`` makes (its name must be ``config.optimizer``);
+    checkpoints then record its own hyperparameters."""
     from .problems.registry import make_problem  # noqa: PLC0415 (the registry imports data sets)
 
-    opt = optimizer or make_optimizer(config.optimizer, **config.hyperparameters)  # names first: cheap to check
+    opt = optimizer if optimizer is not None else make_optimizer(config.optimizer, **config.hyperparameters)
+    if getattr(opt, "name", None) != config.optimizer:
+        raise ValueError(f"optimizer: a {getattr(opt, 'name', type(opt).__name__)!r} optimizer, but the config names "
+                         f"{config.optimizer!r}")
     problem = problem or make_problem(config.problem)
     full = problem.oracle(counts=Counts())  # evaluations for the log are not the optimizer's
     try:  # what the optimizer requires against what the problem's oracles provide, once, before anything runs
@@ -475,9 +292,11 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     val = problem.validation_oracle(counts=Counts()) if getattr(problem, "has_validation", False) else None
     identity = problem.identity() if (resume or checkpoint_path) else None  # digests the data: only when needed
     init = problem.init_params(config.seed)
-    initial_loss = full.value(init)  # L₀ of the divergence rule, recomputed on resume (no step-0 record)
+    # L₀ of the divergence rule and the step-0 metrics, recomputed on resume (the log has no step-0 record)
+    initial_loss, initial_accuracy = _evaluate(full, init)
+    initial_val = _evaluate(val, init) if val is not None else (None, None)
     if resume:  # the fresh run's params and state fix what the checkpoint must look like
-        start, params, state, history, counts = load_checkpoint(resume, config, init, opt.init(init), problem)
+        start, params, state, history, counts = load_checkpoint(resume, config, problem, init, opt.init(init), opt)
     else:
         start, params, history = 0, init, []
         state = opt.init(params)
@@ -497,13 +316,16 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
         reason = _precision_stop(rec, monitor)
     if reason:
         status, message = "precision", reason
+    if status == "completed" and config.target_loss is not None and initial_loss <= config.target_loss:
+        status, message = "target_reached", (f"the initial training loss {initial_loss:.6g} is already at or below "
+                                             f"the target {config.target_loss:g}")
     try:
         while step < config.steps and status == "completed":
             if whole is not None:
                 oracle = whole
             else:
-                oracle = problem.batch_oracle(_batch_indices(problem.num_examples, config.batch_size,
-                                                             config.seed, step), counts=counts)
+                oracle = problem.batch_oracle(batch_indices(problem.num_examples, config.batch_size,
+                                                            config.seed, step), counts=counts)
             new_params, new_state, info = opt.update(params, state, oracle)
             # The log keeps scalars; the step's random draws (info["draws"]) belong in a trace, not a log.
             rec = {"step": step + 1, **{k: _plain(v) for k, v in info.items() if k != "draws"}}
@@ -513,7 +335,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             rec["val_loss"], rec["val_accuracy"] = _evaluate(val, new_params) if evaluate and val else (None, None)
             if config.analyze_every is not None:  # on ``full``: its counts are not the optimizer's
                 sharp = (step + 1) % config.analyze_every == 0  # a function of the step: resumption-safe
-                rec.update(_sharpness(full, new_params, rec.get("lr")) if sharp else dict.fromkeys(_SHARPNESS))
+                rec.update(_sharpness(full, new_params, stability_threshold(opt, rec.get("lr"))) if sharp
+                           else dict.fromkeys(_SHARPNESS))
             rec.update(counts.as_dict())
             rec["elapsed"] = time.perf_counter() - t0
             # Commit the step in one assignment, so Ctrl-C leaves a consistent (step, params, state).
@@ -525,15 +348,16 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             if progress:
                 progress(rec)
             if checkpoint_path and checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity)
+                save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity, opt)
             tl = rec["train_loss"]
             if tl is not None and not math.isfinite(tl):
                 status, message = "diverged", f"training loss became {tl} at step {step}"
                 break
             factor = config.divergence_factor
-            if factor is not None and tl is not None and tl > factor * abs(initial_loss):
-                status, message = "diverged", (f"training loss {tl:.3g} at step {step} exceeds {factor:g} × the "
-                                               f"initial {initial_loss:.3g}")
+            if factor is not None and tl is not None and tl > divergence_bound(initial_loss, factor):
+                status, message = "diverged", (f"training loss {tl:.3g} at step {step} exceeds "
+                                               f"{divergence_bound(initial_loss, factor):.3g} = L₀ + {factor - 1:g} × "
+                                               f"max(|L₀|, 1), L₀ = {initial_loss:.3g}")
                 break
             gn = rec.get("grad_norm")
             if gn is not None and gn <= config.gtol:
@@ -551,39 +375,39 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
                 break
     except KeyboardInterrupt:
         path = checkpoint_path or "interrupted.ckpt.npz"
-        save_checkpoint(path, config, step, params, state, history, counts, identity or problem.identity())
+        save_checkpoint(path, config, step, params, state, history, counts, identity or problem.identity(), opt)
         raise Interrupted(path, step) from None
     finally:
         if log:
             log.close()
-    if checkpoint_path and checkpoint_every:
-        save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity)
-    return RunResult(config, params, state, history, status, message, initial_loss)
+    if checkpoint_path:  # the final state, whether or not a periodic checkpoint fell on the last step
+        save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity, opt)
+    return RunResult(config, params, state, history, status, message, initial_loss, initial_accuracy, *initial_val)
 
 
 def _evaluate(oracle, params):
     """(loss, accuracy) of ``params`` on ``oracle``'s examples: for a network, both from one forward pass (the
     loss computed as ``Oracle.value`` does, so equal to it bit for bit), accuracy None for a loss without one
-    (``Loss.has_accuracy``); for a function, (value, None)."""
-    if not isinstance(oracle, Oracle):  # a FunctionOracle: no outputs, no accuracy
-        return oracle.value(params), None
-    oracle.counts.nfev += 1
-    z = oracle.outputs(params)
-    value = float(getval(oracle.loss(z, oracle.y, check=False)))
-    accuracy = oracle.loss.accuracy(z, oracle.y) if getattr(oracle.loss, "has_accuracy", False) else None
+    (``Loss.has_accuracy``); for a function, (value, None). NumPy's overflow and invalid-value warnings are
+    silenced: a loss that overflows here is non-finite, and the run reports it as diverged."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not isinstance(oracle, Oracle):  # a FunctionOracle: no outputs, no accuracy
+            return oracle.value(params), None
+        oracle.counts.nfev += 1
+        z = oracle.outputs(params)
+        value = float(getval(oracle.loss(z, oracle.y, check=False)))
+        accuracy = oracle.loss.accuracy(z, oracle.y) if getattr(oracle.loss, "has_accuracy", False) else None
     return value, accuracy
 
 
-_SHARPNESS = ("hessian_max", "hessian_max_residual", "two_over_lr")
+_SHARPNESS = ("hessian_max", "hessian_max_residual", "stability_threshold")
 
 
-def _sharpness(oracle, params, lr) -> dict:
+def _sharpness(oracle, params, threshold) -> dict:
     """hessian_max (the algebraic largest eigenvalue of ``oracle``'s Hessian at ``params``, by Lanczos), its
-    residual, and two_over_lr = 2/lr for a positive number ``lr`` (None otherwise); module docs."""
+    residual, and the step's stability threshold ``threshold`` (``stability_threshold``; module docs)."""
     from .analysis import hessian_operator, lanczos_eigenpairs  # noqa: PLC0415 (only runs that ask need it)
 
-    lr = as_real(lr)
-    two_over_lr = 2.0 / lr if lr is not None and math.isfinite(lr) and lr > 0 else None
     value = residual = math.nan
     if T.all_finite(params):
         H = hessian_operator(oracle, params)
@@ -593,7 +417,7 @@ def _sharpness(oracle, params, lr) -> dict:
         except ValueError as exc:  # the operator refuses a product that is not finite (curvature overflows)
             if "not finite" not in str(exc):
                 raise
-    return {"hessian_max": value, "hessian_max_residual": residual, "two_over_lr": two_over_lr}
+    return {"hessian_max": value, "hessian_max_residual": residual, "stability_threshold": threshold}
 
 
 def _precision_stop(rec: dict, monitor) -> str | None:

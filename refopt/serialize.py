@@ -40,11 +40,16 @@ import numpy as np
 from .backend import as_array, to_host
 
 __all__ = ["encode", "decode", "register_state", "state_class", "state_classes", "atomic_path", "savez_atomic",
-           "write_npz_atomic", "load_npz", "read_npz", "MAX_NPZ_BYTES", "MAX_DEPTH", "MAX_INT", "json_entry"]
+           "write_npz_atomic", "load_npz", "read_npz", "MAX_NPZ_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_SEED",
+           "json_entry", "short_repr", "shorten"]
 
 MAX_NPZ_BYTES = 2 ** 31     # array data a loader reads from one file (2 GiB), checked from the headers
 MAX_DEPTH = 64              # nesting of a skeleton (refopt's states nest about 6 deep)
 MAX_INT = 2 ** 63 - 1       # |int| saved or loaded: step counters and seeds fit in int64
+# Every seed refopt takes (optimizers, runs, data splits, traces) is an integer in [0, MAX_SEED], so that it fits
+# the int64 of every file refopt writes; defined here, the lowest unit that needs it (optim.base re-exports it).
+MAX_SEED = MAX_INT
+SHORT = 80                  # characters of a value an error message shows at most (CONTRIBUTING.md, "Bad input")
 
 _STATES: dict[str, type] = {}
 _ARRAY_KINDS = "biuf"       # bool, signed and unsigned integers, floats (float32/float64 only)
@@ -70,21 +75,34 @@ def state_classes() -> dict:
 def state_class(name) -> type:
     """The registered state class saved as ``name`` (a plain class name, or the old "refopt.module:Name")."""
     if not isinstance(name, str):
-        raise ValueError(f"a state class is named by a string, got {_short(name)}")
+        raise ValueError(f"a state class is named by a string, got {short_repr(name)}")
     key = name
     if not name.isidentifier():
         m = _OLD_NAME.fullmatch(name)
         if m is None:
-            raise ValueError(f"unknown state class {_short(name)}: states are named by a registered class name")
+            raise ValueError(f"unknown state class {short_repr(name)}: states are named by a registered class name")
         key = m.group(3)
     if key.startswith("_") or key not in _STATES:
-        raise ValueError(f"unknown state class {_short(name)}; registered: {', '.join(sorted(_STATES)) or 'none'}")
+        raise ValueError(f"unknown state class {short_repr(name)}; registered: {', '.join(sorted(_STATES)) or 'none'}")
     return _STATES[key]
 
 
-def _short(obj, limit: int = 80) -> str:
-    text = repr(obj)
+def shorten(text: str, limit: int = SHORT) -> str:
+    """``text`` cut to ``limit`` characters ("..." ending the cut), for error messages."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def short_repr(obj, limit: int = SHORT) -> str:
+    """The repr of ``obj`` for an error message, cut to ``limit`` characters: an integer of more than 256 bits by
+    its number of digits (the repr of one over 4300 digits is itself an error), a broken ``__repr__`` as
+    ``<TypeName>``."""
+    if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj).bit_length() > 256:
+        return f"an integer of about {int(abs(obj).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(obj)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the message it is part of
+        text = f"<{type(obj).__name__}>"
+    return shorten(text, limit)
 
 
 def encode(obj, arrays: list):
@@ -93,7 +111,7 @@ def encode(obj, arrays: list):
         return obj
     if isinstance(obj, (int, np.integer)) and not isinstance(obj, (bool, np.bool_)):
         if abs(int(obj)) > MAX_INT:
-            raise ValueError(f"cannot save the integer {_short(int(obj))}: beyond ±(2⁶³ − 1)")
+            raise ValueError(f"cannot save the integer {short_repr(int(obj))}: beyond ±(2⁶³ − 1)")
         return {"int": int(obj)}
     if isinstance(obj, (float, np.floating)):
         return {"float": repr(float(obj))}
@@ -117,7 +135,7 @@ def encode(obj, arrays: list):
 
 def _check_int(value, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: expected an integer, got {_short(value)}")
+        raise ValueError(f"{where}: expected an integer, got {short_repr(value)}")
     if abs(value) > MAX_INT:
         raise ValueError(f"{where}: integer beyond ±(2⁶³ − 1)")
 
@@ -129,13 +147,13 @@ def _validate(skel, n_arrays: int, where: str, depth: int = 0) -> None:
     if skel is None or isinstance(skel, (bool, str)):
         return
     if not isinstance(skel, dict) or len(skel) not in (1, 2):
-        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+        raise ValueError(f"{where}: unreadable entry {short_repr(skel)}")
     keys = set(skel)
     if keys == {"namedtuple", "fields"}:
         cls = state_class(skel["namedtuple"])
         fields = skel["fields"]
         if not isinstance(fields, dict):
-            raise ValueError(f"{where}: the fields of {cls.__name__} must be an object, got {_short(fields)}")
+            raise ValueError(f"{where}: the fields of {cls.__name__} must be an object, got {short_repr(fields)}")
         missing, unknown = set(cls._fields) - set(fields), set(fields) - set(cls._fields)
         if missing or unknown:
             raise ValueError(f"{where}: {cls.__name__} has fields {list(cls._fields)}; missing {sorted(missing)}, "
@@ -144,33 +162,33 @@ def _validate(skel, n_arrays: int, where: str, depth: int = 0) -> None:
             _validate(v, n_arrays, f"{where}.{f}", depth + 1)
         return
     if len(keys) != 1:
-        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+        raise ValueError(f"{where}: unreadable entry {short_repr(skel)}")
     (kind, value), = skel.items()
     if kind == "int":
         _check_int(value, where)
     elif kind == "float":
         if not isinstance(value, str):
-            raise ValueError(f"{where}: a float is saved as its repr string, got {_short(value)}")
+            raise ValueError(f"{where}: a float is saved as its repr string, got {short_repr(value)}")
         try:
             float(value)
         except ValueError:
-            raise ValueError(f"{where}: not a float: {_short(value)}") from None
+            raise ValueError(f"{where}: not a float: {short_repr(value)}") from None
     elif kind == "array":
         _check_int(value, where)
         if not 0 <= value < n_arrays:
             raise ValueError(f"{where}: array index {value} out of range (the file has {n_arrays} arrays)")
     elif kind == "dict":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ValueError(f"{where}: a dict must be an object with string keys, got {_short(value)}")
+            raise ValueError(f"{where}: a dict must be an object with string keys, got {short_repr(value)}")
         for k, v in value.items():
             _validate(v, n_arrays, f"{where}[{k!r}]", depth + 1)
     elif kind in ("list", "tuple"):
         if not isinstance(value, list):
-            raise ValueError(f"{where}: a {kind} must be a JSON array, got {_short(value)}")
+            raise ValueError(f"{where}: a {kind} must be a JSON array, got {short_repr(value)}")
         for i, v in enumerate(value):
             _validate(v, n_arrays, f"{where}[{i}]", depth + 1)
     else:
-        raise ValueError(f"{where}: unreadable entry {_short(skel)}")
+        raise ValueError(f"{where}: unreadable entry {short_repr(skel)}")
 
 
 def _build(skel, arrays, device: bool):
@@ -250,9 +268,23 @@ def _member_header(zf, member: str):
     return shape, dtype
 
 
-def load_npz(path: str, max_bytes: int = MAX_NPZ_BYTES) -> dict:
-    """All arrays of an ``.npz`` file; ValueError if it cannot be read as one, holds Python objects
-    (pickles), or its headers declare more than ``max_bytes`` of array data (checked before reading)."""
+_ZIP_MAGIC = b"PK\x03\x04"   # an .npz is a zip archive of .npy members (an empty archive starts PK\x05\x06)
+
+
+def load_npz(path: str, max_bytes: int = MAX_NPZ_BYTES, keys=None) -> dict:
+    """The arrays of an ``.npz`` file (only those named in ``keys``, when given; every header is checked in
+    any case); ValueError if it cannot be read as one (a file that is not a zip archive is refused before
+    NumPy sees it), holds Python objects (pickles), or its headers declare more than ``max_bytes`` of array
+    data (checked before reading)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a folder, no permission: the file cannot be read at all
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if magic not in (_ZIP_MAGIC, b"PK\x05\x06"):
+        raise ValueError(f"{path}: not an .npz archive (a zip of .npy arrays); the file starts with {magic!r}")
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -282,7 +314,7 @@ def load_npz(path: str, max_bytes: int = MAX_NPZ_BYTES) -> dict:
         except Exception as exc:  # a corrupt archive: zipfile and zlib errors
             raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {_one_line(exc)})") from None
         try:
-            return {name: data[name] for name in data.files}
+            return {name: data[name] for name in data.files if keys is None or name in keys}
         except Exception as exc:  # data shorter than its header says, corrupt compression
             raise ValueError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
 

@@ -361,6 +361,45 @@ def test_power_iteration_with_injected_starts_reproduces_the_seeded_run(net):
     assert not np.array_equal(a.vectors, c.vectors)
 
 
+def test_power_iteration_does_not_call_a_pair_converged_when_only_its_projection_vanished():
+    """A = [[0, 1], [1, 0]] (eigenvalues ±1) from e₁, two iterations per pair: the first pair ends at v = e₂,
+    λ = 0 (PyHessian's relative-change rule is met by 0 → 0); the second, from e₁ again, has A e₁ = e₂ inside
+    the deflated span, so P A v = 0 while ‖A v − λ v‖ = 1: that pair has not converged. A null vector has."""
+    M = np.array([[0.0, 1.0], [1.0, 0.0]])
+    r = A.top_eigenpairs(M, 2, max_iter=2, v0=np.array([[1.0, 1.0], [0.0, 0.0]]))
+    assert r.values[1] == 0.0 and r.residuals[1] == pytest.approx(1.0)
+    assert r.converged[1] is False
+    z = A.top_eigenpairs(np.diag([1.0, 0.0]), 2, max_iter=5, v0=np.eye(2))
+    assert z.converged == (True, True) and z.residuals[1] == 0.0
+
+
+def test_start_vectors_and_probes_are_drawn_one_at_a_time(net, monkeypatch):
+    """Only the vector in use is drawn: a callback that stops the run after the first pair or probe leaves one
+    draw made (before, all k start vectors and all N probes were drawn first). The draws themselves are the
+    seeded sequence (the injected-vector tests compare them with draws made in order)."""
+    from refopt.analysis import spectral
+    o, params = make_oracle(net)
+    H = A.hessian_operator(o, params)
+    made = []
+    for name in ("normal", "rademacher"):
+        real = getattr(spectral, name)
+        monkeypatch.setattr(spectral, name,
+                            lambda gen, shape, dtype, real=real: made.append(shape) or real(gen, shape, dtype))
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+    for call in (lambda: A.top_eigenpairs(H, 20, max_iter=3, callback=stop, check_symmetry=False),
+                 lambda: A.hutchinson_trace(H, spectral.MAX_PROBES, callback=stop),
+                 lambda: A.slq(H, 3, probes=spectral.MAX_PROBES, callback=stop, check_symmetry=False)):
+        made.clear()
+        with pytest.raises(Stop):
+            call()
+        assert made == [(N,)]
+
+
 # --- Lanczos ---------------------------------------------------------------------------------------------------
 def test_lanczos_with_n_steps_gives_the_whole_spectrum_and_its_relations(net, dense):
     o, params = make_oracle(net)
@@ -374,7 +413,7 @@ def test_lanczos_with_n_steps_gives_the_whole_spectrum_and_its_relations(net, de
     w = np.linalg.eigvalsh(H)
     np.testing.assert_allclose(pairs.largest.values, w[::-1][:3], rtol=0, atol=1e-12 * scale)
     np.testing.assert_allclose(pairs.smallest.values, w[:3], rtol=0, atol=1e-12 * scale)
-    for p in pairs:
+    for p in (pairs.largest, pairs.smallest):
         Y = p.vectors
         np.testing.assert_allclose(H @ Y, Y * p.values, atol=1e-11 * scale)
 
@@ -387,7 +426,7 @@ def test_lanczos_ritz_values_interlace_and_lie_within_their_residuals_of_eigenva
     for steps in (5, 10, 15):
         pairs = A.lanczos_eigenpairs(A.hessian_operator(o, params), 2, steps=steps, seed=4)
         assert pairs.largest.values[0] <= w[-1] + 1e-13 * scale and pairs.smallest.values[0] >= w[0] - 1e-13 * scale
-        for p in pairs:
+        for p in (pairs.largest, pairs.smallest):
             true = np.linalg.norm(H @ p.vectors - p.vectors * p.values, axis=0)
             np.testing.assert_allclose(p.residuals, true, rtol=1e-6, atol=1e-12 * scale)   # |β_m s_mi| = ‖Ay − θy‖
             for theta, r in zip(p.values, p.residuals):
@@ -411,6 +450,40 @@ def test_lanczos_restarts_after_an_invariant_subspace_and_still_finds_every_eige
     np.testing.assert_allclose(np.linalg.eigvalsh(res.tridiagonal()), np.sort(d), atol=1e-12)
     np.testing.assert_allclose(res.basis.T @ res.basis, np.eye(len(d)), atol=1e-13)
     np.testing.assert_allclose(res.basis.T @ M @ res.basis, res.tridiagonal(), atol=1e-13)
+
+
+def test_adaptive_lanczos_stops_once_the_wanted_ritz_pairs_converge():
+    """n = 200 with the top three eigenvalues 3, 2.5, 2 well apart from the rest in [0, 1]: the three largest
+    converge in a few dozen steps; by default the run stops there with each residual ≤ √eps·|θ| and each value
+    within its residual of the eigenvalue (in fact to rounding). The bottom end (a dense cluster) is left
+    unconverged and says so; asking for it (which="both") takes more steps."""
+    lam = np.concatenate([[3.0, 2.5, 2.0], np.linspace(0.0, 1.0, 197)])
+    o, M, x = quadratic(lam, seed=1)
+    op = A.hessian_operator(o, x)
+    pairs = A.lanczos_eigenpairs(op, 3, which="largest")
+    tol = math.sqrt(np.finfo(float).eps)
+    assert pairs.steps < 60 and not pairs.complete and pairs.tol == tol
+    top = pairs.largest
+    assert all(top.converged) and np.all(top.residuals <= tol * np.abs(top.values))
+    np.testing.assert_allclose(top.values, [3.0, 2.5, 2.0], rtol=0, atol=1e-12)
+    assert np.all(np.abs(top.values - [3.0, 2.5, 2.0]) <= top.residuals + 1e-14)
+    assert not any(pairs.smallest.converged) and pairs.smallest.values[0] >= 0.0 - 1e-14   # θ_min ≥ λ_min
+    both = A.lanczos_eigenpairs(op, 1, which="both")
+    assert both.steps > pairs.steps and both.largest.converged[0] and both.smallest.converged[0]
+    assert abs(both.smallest.values[0]) <= both.smallest.residuals[0] + 1e-14
+    # tol 0: no pair passes above the rounding floor until the cap (or n)
+    capped = A.lanczos_eigenpairs(op, 1, tol=0.0, max_steps=45, which="both")
+    assert capped.steps == 45 and capped.largest.nmatvec == 45 + 2      # + the two of the symmetry check
+    # fixed steps run exactly that many, as before
+    assert A.lanczos_eigenpairs(op, 2, steps=7).steps == 7
+    full = A.lanczos_eigenpairs(np.diag(lam[:30]), 2, tol=0.0)
+    assert full.steps == 30 and full.complete and all(full.largest.converged)   # m = n: exact, the floor passes
+    for call, message in [(lambda: A.lanczos_eigenpairs(op, 1, which="top"), "which must be one of"),
+                          (lambda: A.lanczos_eigenpairs(op, 5, max_steps=4), r"k = 5 is larger than max_steps \(4\)"),
+                          (lambda: A.lanczos_eigenpairs(op, 1, max_steps=201), "max_steps = 201 is larger than"),
+                          (lambda: A.lanczos_eigenpairs(op, 1, tol=-1.0), "tol must be a non-negative")]:
+        with pytest.raises(ValueError, match=message):
+            call()
 
 
 # --- Hutchinson ------------------------------------------------------------------------------------------------
@@ -650,12 +723,20 @@ def test_the_tools_run_on_the_cupy_stand_in_with_numpys_numbers(net):
 def test_analyze_reports_what_the_dense_spectra_say(net, dense):
     o, params = make_oracle(net)
     seen = []
-    report = A.analyze(o, params, k=2, max_iter=2000, tol=1e-14, probes=64, steps=N, density_probes=2,
-                       damping=0.05, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    report = A.analyze(o, params, k=3, probes=64, steps=N, density_probes=2, damping=0.05,
+                       progress=lambda stage, done, total: seen.append((stage, done, total)))
     json.dumps(report)                                               # plain floats and lists
     H, G = dense["H"], dense["G"]
-    np.testing.assert_allclose(report["hessian_top"]["values"], by_magnitude(H)[:2], atol=1e-8 * spectral_norm(H))
-    np.testing.assert_allclose(report["ggn_top"]["values"], by_magnitude(G)[:2], atol=1e-8 * spectral_norm(G))
+    for name, M in (("hessian_top", H), ("ggn_top", G)):           # the largest algebraic, descending
+        e = report[name]
+        w = np.linalg.eigvalsh(M)[::-1][:3]
+        assert e["method"] == "lanczos" and e["order"] == "largest algebraic, descending" and all(e["converged"])
+        np.testing.assert_allclose(e["values"], w, rtol=0, atol=1e-8 * spectral_norm(M))
+        assert np.all(np.abs(np.array(e["values"]) - w) <= np.array(e["residuals"]) + 1e-13 * spectral_norm(M))
+    assert by_magnitude(H)[2] < 0 < np.linalg.eigvalsh(H)[-3]   # the two orders differ here: a negative third
+    power = A.analyze(o, params, k=3, method="power", max_iter=3000, tol=1e-14, seed=3, analyses=["hessian_top"])
+    np.testing.assert_allclose(power["hessian_top"]["values"], by_magnitude(H)[:3], atol=1e-8 * spectral_norm(H))
+    assert power["hessian_top"]["order"] == "largest magnitude, descending"
     for name, M in (("hessian_trace", H), ("ggn_trace", G)):
         e = report[name]
         assert abs(e["estimate"] - np.trace(M)) <= 4 * e["stderr"] and e["probes"] == 64
@@ -663,23 +744,60 @@ def test_analyze_reports_what_the_dense_spectra_say(net, dense):
     Ph = matrix_power_sym(P, -0.5)
     w = np.linalg.eigvalsh(Ph @ (G + 0.05 * np.eye(N)) @ Ph)
     kc = report["kfac_condition"]
-    assert kc["condition"] == pytest.approx(w[-1] / w[0], rel=1e-9)
+    assert kc["preconditioned"]["condition"] == pytest.approx(w[-1] / w[0], rel=1e-9)
     wg = np.linalg.eigvalsh(G) + 0.05
-    assert kc["ggn_condition"] == pytest.approx(wg[-1] / wg[0], rel=1e-9)
+    assert kc["damped_ggn"]["condition"] == pytest.approx(wg[-1] / wg[0], rel=1e-9)
+    assert not kc["preconditioned"]["lower_bound"] and not kc["damped_ggn"]["lower_bound"]
     d = report["density"]
     assert len(d["nodes"]) == 2 and len(d["nodes"][0]) == N
     assert sum(d["weights"][0]) == pytest.approx(1.0)
     assert report["counts"]["nhvp"] > 0 and report["counts"]["nstats"] == 1
     stages = {s for s, _, _ in seen}
     assert stages == set(A.ANALYSES)
-    assert ("hessian_top", 2, 2) in seen and ("density", 2, 2) in seen
+    assert ("hessian_top", 1, N) in seen and ("density", 2, 2) in seen   # Lanczos counts steps against its cap
     text = A.format_report(report)
-    assert f"{report['hessian_top']['values'][0]:.6g}" in text and "K-FAC-preconditioned" in text
+    assert "± " in text and "K-FAC-preconditioned" in text and "≥" not in text
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 26\]"):
+        A.analyze(o, params, k=N + 1)
+    big, _, xb = quadratic(np.linspace(1.0, 2.0, 120))
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 100\]"):   # MAX_TOP bounds the work
+        A.analyze(big, xb, k=101)
+    with pytest.raises(ValueError, match="method must be one of"):
+        A.analyze(o, params, method="arnoldi")
+    with pytest.raises(ValueError, match=r"k = 5 is larger than max_steps \(4\)"):
+        A.analyze(o, params, k=5, max_steps=4)
+
+
+def test_condition_estimates_stop_when_converged_and_are_lower_bounds_before():
+    """An MLP 4-10-3 (n = 83): both extreme Ritz pairs of G + λI and of the preconditioned GGN converge (relative
+    residual ≤ 1e-4) before n steps, and κ is then the dense one (of the operators' own dense forms, which the
+    tests above check against independent constructions) to ~1e-4 (in fact far closer: Ritz values converge
+    quadratically in the residual). Capped at 8 steps they have not, and κ is a strict lower bound, flagged."""
+    gen = np.random.default_rng(0)
+    model = MLP([4, 10, 3], "tanh", init="normal", init_scale=0.8)
+    params = model.init(1)
+    o = Oracle(model, SoftmaxCrossEntropy(), gen.standard_normal((40, 4)), gen.integers(0, 3, 40))
+    n, lam = 83, 0.05
+    dense = {"damped_ggn": np.linalg.eigvalsh(A.ggn_operator(o, params).to_dense() + lam * np.eye(n)),
+             "preconditioned": np.linalg.eigvalsh(A.kfac_preconditioned_ggn_operator(o, params, lam).to_dense())}
+    report = A.analyze(o, params, analyses=["kfac_condition"], damping=lam)
+    capped = A.analyze(o, params, analyses=["kfac_condition"], damping=lam, max_steps=8)
+    for key, w in dense.items():
+        e, c = report["kfac_condition"][key], capped["kfac_condition"][key]
+        assert e["converged"] and not e["lower_bound"] and not e["complete"] and e["steps"] < n
+        assert e["residual_min"] <= 1e-4 * e["lambda_min"] and e["residual_max"] <= 1e-4 * e["lambda_max"]
+        assert e["condition"] == pytest.approx(w[-1] / w[0], rel=1e-6)
+        assert c["lower_bound"] and not c["converged"] and c["steps"] == 8
+        assert c["lambda_max"] <= w[-1] * (1 + 1e-12) and c["lambda_min"] >= w[0] * (1 - 1e-12)   # interlacing
+        assert c["condition"] < 0.99 * w[-1] / w[0]
+    text, low = A.format_report(report), A.format_report(capped)
+    assert "≥" not in text and text.count("relative Ritz residuals") == 2
+    assert low.count("condition number of the") == 2 and low.count(": ≥ ") == 2 and "a lower bound" in low
 
 
 def test_analyze_a_function_problem_skips_the_network_analyses():
     o, M, x = quadratic([3.0, -1.0, 2.0, 0.5])
-    report = A.analyze(o, x + 1.0, k=2, max_iter=500, tol=1e-14, probes=8, steps=4)
+    report = A.analyze(o, x + 1.0, k=2, probes=8, steps=4)
     np.testing.assert_allclose(report["hessian_top"]["values"], [3.0, 2.0], atol=1e-8)
     assert set(report["skipped"]) == {"ggn_top", "ggn_trace", "kfac_condition"}
     assert "does not provide 'ggn'" in report["skipped"]["ggn_top"]

@@ -7,11 +7,13 @@ J_i); Rosenbrock's Hessian in closed form; spectra from numpy.linalg.eigvalsh. T
 parameters are inputs taken from refopt's problem (not what is tested); a checkpoint's parameters are read
 from the file with the raw ``serialize.read_npz``, not the loader under test.
 
-Tolerances: printed numbers have 6 significant digits, so a printed eigenvalue is within 5e-6 relative of
-the true one once power iteration has converged far below that (tol 1e-13: the error of the Rayleigh
-quotient is then ~1e-13 relative). hessian_max uses Lanczos with 30 ≥ n = 27 steps, which gives the whole
-spectrum: it agrees with eigvalsh to rounding, 1e-12·‖H‖₂ (n·eps for these O(1) matrices, with margin).
-The CuPy stand-in (tests/fake_cupy.py) must give NumPy's numbers to 1e-10 relative, as in test_fake_cupy.
+Printed eigenvalues: each comes as "v ± b" with b the Ritz (or power-iteration) residual bound and as many
+digits as b supports (the last digit's unit u is ≥ b and u/10 < b); so |v − λ| ≤ b + u/2 for the eigenvalue λ
+of the same rank. Condition numbers agree with the dense κ to 1.5 units of their last digit when converged
+(the first-order bound and the rounding), and are ≤ κ (Ritz values interlace) when printed as "≥".
+hessian_max uses Lanczos with 30 ≥ n = 27 steps, which gives the whole spectrum: it agrees with eigvalsh to
+rounding, 1e-12·‖H‖₂ (n·eps for these O(1) matrices, with margin). The CuPy stand-in (tests/fake_cupy.py)
+must give NumPy's numbers to 1e-10 relative, as in test_fake_cupy.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ BLOBS = str(ROOT / "examples" / "blobs.csv")
 SIZES = (4, 3, 3)
 N = (4 + 1) * 3 + (3 + 1) * 3      # 27 parameters
 NET = ["--data", BLOBS, "--sizes", "4,3,3"]
-CONVERGED = ["--tol", "1e-13", "--iterations", "3000"]
+POWER_CONVERGED = ["--method", "power", "--tol", "1e-13", "--iterations", "3000"]
 
 
 # --- independent dense matrices ------------------------------------------------------------------------------
@@ -74,18 +76,56 @@ def _dense(theta, X, y):
 
 def _top_by_magnitude(M, k):
     ev = np.linalg.eigvalsh(M)
-    return ev[np.argsort(-np.abs(ev))][:k]
+    return ev[np.argsort(-np.abs(ev), kind="stable")][:k]
 
 
-def _printed(out: str, label: str) -> np.ndarray:
-    line = next(l for l in out.splitlines() if l.startswith("top ") and f"of the {label} " in l)
-    return np.array([float(x) for x in line.split(":", 1)[1].split("(max")[0].split(",")])
+def _top_algebraic(M, k):
+    return np.linalg.eigvalsh(M)[::-1][:k]
 
 
-def _assert_printed(printed, exact):
-    """Equal to 6 significant digits: |printed − exact| ≤ 5e-6·|exact| (+ the float64 floor)."""
-    assert printed.shape == exact.shape, (printed, exact)
-    np.testing.assert_allclose(printed, exact, rtol=5e-6, atol=1e-14)
+def _unit(text: str) -> float:
+    """One unit of the last printed digit of a decimal such as '1.0597107', '909.3' or '2.7e-05'."""
+    mantissa, _, exponent = text.lower().partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return 10.0 ** (int(exponent or 0) - decimals)
+
+
+def _significant(text: str) -> int:
+    return len(text.lower().partition("e")[0].replace("-", "").replace(".", "").lstrip("0"))
+
+
+def _printed(out: str, label: str):
+    """(line, values, bounds, units) of the printed 'top k eigenvalues of the <label> (...)' line."""
+    line = next(l for l in out.splitlines() if l.startswith("top ") and f"of the {label} (" in l)
+    items = [item.split(" ± ") for item in line.split("): ", 1)[1].split("  [")[0].split(", ")]
+    values = np.array([float(v) for v, _ in items])
+    bounds = np.array([float(b) for _, b in items])
+    units = np.array([_unit(v) for v, _ in items])
+    for (v, _), b, u in zip(items, bounds, units):  # as many digits as the bound supports, no more
+        assert u >= b and (u / 10 < b or _significant(v) == 15), (v, b)
+    return line, values, bounds, units
+
+
+def _assert_printed(out: str, label: str, exact):
+    """The printed top eigenvalues are the dense ones (same order) within bound + half a unit of their last digit."""
+    line, values, bounds, units = _printed(out, label)
+    assert values.shape == exact.shape, (line, exact)
+    assert np.all(np.abs(values - exact) <= bounds + units / 2 + 1e-15 * np.abs(exact)), (line, exact)
+    return line
+
+
+def _condition(out: str, label: str):
+    """(the printed value text, the whole line) of 'condition number of the <label> ...'."""
+    line = next(l for l in out.splitlines() if l.startswith(f"condition number of the {label}"))
+    return line.split(": ", 1)[1].split("  (")[0], line
+
+
+def _preconditioned_dense(oracle, params, damping):
+    """The K-FAC-preconditioned damped GGN as a dense matrix (the operator is checked against a dense Kronecker
+    construction in test_analysis.py; here Lanczos and the printing are under test)."""
+    from refopt.analysis import kfac_preconditioned_ggn_operator
+    M = kfac_preconditioned_ggn_operator(oracle, params, damping).to_dense()
+    return (M + M.T) / 2
 
 
 def _one_error_line(capsys) -> str:
@@ -99,11 +139,12 @@ def _one_error_line(capsys) -> str:
 # --- refopt analyze --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [None, 20])
 def test_analyze_prints_the_dense_top_eigenvalues_of_h_and_the_ggn(batch, capsys):
+    """At the defaults (Lanczos): the k largest algebraic eigenvalues, descending, with their residual bounds and
+    the digits those support; power iteration (--method power) gives the k of largest magnitude, sorted so."""
     extra = ["--batch-size", str(batch)] if batch else []
-    rc = main(["analyze", *NET, "-k", "3", *CONVERGED, "--analyses", "hessian_top,ggn_top", "--no-progress",
-               "--seed", "2", *extra])
+    common = ["analyze", *NET, "-k", "3", "--analyses", "hessian_top,ggn_top", "--no-progress", "--seed", "2", *extra]
+    assert main(common) == 0
     out = capsys.readouterr().out
-    assert rc == 0, out
     problem = _problem()
     X, y = np.asarray(problem.X), np.asarray(problem.y)
     if batch:  # the first mini-batch of `refopt train --batch-size 20 --seed 2`: rng([2, 0]).permutation(80)
@@ -114,10 +155,63 @@ def test_analyze_prints_the_dense_top_eigenvalues_of_h_and_the_ggn(batch, capsys
         assert "all 80 training examples" in out
     H, G = _dense(_flat(problem.init_params(2)), X, y)
     assert not np.allclose(H, G)  # the MLP's H and GGN differ, so the two lines test different products
-    _assert_printed(_printed(out, "Hessian"), _top_by_magnitude(H, 3))
-    _assert_printed(_printed(out, "GGN"), _top_by_magnitude(G, 3))
+    line = _assert_printed(out, "Hessian", _top_algebraic(H, 3))
+    assert "(largest algebraic, descending; Lanczos, " in line and "not all converged" not in line
+    _assert_printed(out, "GGN", _top_algebraic(G, 3))
     assert f"parameters n = {N} (float64)" in out
     assert re.search(r"oracle requests: .*nhvp \d+, nggnvp \d+", out), out
+    assert main([*common, *POWER_CONVERGED]) == 0
+    out = capsys.readouterr().out
+    line = _assert_printed(out, "Hessian", _top_by_magnitude(H, 3))
+    assert "(largest magnitude, descending; power iteration" in line
+    _assert_printed(out, "GGN", _top_by_magnitude(G, 3))
+
+
+def test_the_top_eigenvalues_are_the_largest_algebraic_not_the_largest_magnitude(capsys):
+    """At Rosenbrock's (0, 1) the Hessian is diag(−398, 200): the top one is 200, the largest magnitude −398."""
+    argv = ["analyze", "--problem", "rosenbrock", "--analyses", "hessian_top", "-k", "1", "--no-progress"]
+    rc = main(argv)   # the start point (−1.2, 1): both eigenvalues positive, the two orders agree
+    assert rc == 0
+    x, y = -1.2, 1.0
+    H = np.array([[1200 * x ** 2 - 400 * y + 2, -400 * x], [-400 * x, 200.0]])
+    _assert_printed(capsys.readouterr().out, "Hessian", _top_algebraic(H, 1))
+    from refopt.analysis import analyze
+    from refopt.backend import as_array
+    from refopt.problems.registry import make_problem
+    oracle = make_problem("rosenbrock").oracle()
+    lanczos = analyze(oracle, as_array([0.0, 1.0]), k=1, analyses=["hessian_top"])["hessian_top"]
+    power = analyze(oracle, as_array([0.0, 1.0]), k=1, method="power", tol=1e-14, max_iter=3000,
+                    analyses=["hessian_top"])["hessian_top"]
+    assert abs(lanczos["values"][0] - 200.0) <= 1e-12 * 398 and abs(power["values"][0] + 398.0) <= 1e-9 * 398
+
+
+def test_the_condition_numbers_printed_are_the_dense_ones_or_marked_lower_bounds(capsys):
+    """Converged (the default: here n = 27 steps at most) the printed κ of G + λI and of the K-FAC-preconditioned
+    GGN equal the dense ones to their last digit; stopped early (--max-steps 6) each is printed as "≥ value",
+    a lower bound of the dense κ, with the residuals that say why."""
+    problem = _problem()
+    params = problem.init_params(0)
+    H, G = _dense(_flat(params), np.asarray(problem.X), np.asarray(problem.y))
+    lam = 1e-2
+    wg = np.linalg.eigvalsh(G + lam * np.eye(N))
+    wp = np.linalg.eigvalsh(_preconditioned_dense(problem.oracle(), params, lam))
+    dense = {"damped GGN": wg[-1] / wg[0], "K-FAC-preconditioned": wp[-1] / wp[0]}
+    assert abs(dense["damped GGN"] / dense["K-FAC-preconditioned"] - 1) > 0.05   # two different numbers
+    common = ["analyze", *NET, "--analyses", "kfac_condition", "--damping", str(lam), "--no-progress"]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    for label, kappa in dense.items():
+        text, line = _condition(out, label)
+        assert not text.startswith("≥") and "a lower bound" not in line, line
+        assert abs(float(text) - kappa) <= 1.5 * _unit(text), (line, kappa)
+        assert _significant(text) >= 4, line
+    assert main(common + ["--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    for label, kappa in dense.items():
+        text, line = _condition(out, label)
+        assert text.startswith("≥ ") and "a lower bound: not converged to tol 0.0001 in 6 Lanczos steps" in line, line
+        assert float(text[2:]) <= kappa * (1 + 1e-12), (line, kappa)      # θ_max/θ_min ≤ λ_max/λ_min
+        assert float(text[2:]) < 0.99 * kappa                              # and here clearly below it
 
 
 def test_analyze_at_a_checkpoint_uses_its_params_and_writes_the_json_report(tmp_path, capsys):
@@ -127,8 +221,8 @@ def test_analyze_at_a_checkpoint_uses_its_params_and_writes_the_json_report(tmp_
     assert main(["train", "sgd", "lr=0.5", *NET, "--steps", "3", "--checkpoint", ck, "--checkpoint-every", "3",
                  "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["analyze", *NET, "--checkpoint", ck, "-k", "2", *CONVERGED, "--probes", "7",
-                 "--lanczos-steps", str(N), "--json", js, "--plot", "", "--no-progress"]) == 0
+    assert main(["analyze", *NET, "--checkpoint", ck, "-k", "2", "--probes", "7", "--json", js, "--plot", "",
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"at the parameters of {ck} (step 3 of sgd)" in out
     _, objs = read_npz(ck)                                           # the raw file, not the checked loader
@@ -136,24 +230,48 @@ def test_analyze_at_a_checkpoint_uses_its_params_and_writes_the_json_report(tmp_
     problem = _problem()
     assert not np.allclose(theta, _flat(problem.init_params(0)))     # training moved them
     H, G = _dense(theta, np.asarray(problem.X), np.asarray(problem.y))
-    _assert_printed(_printed(out, "Hessian"), _top_by_magnitude(H, 2))
-    _assert_printed(_printed(out, "GGN"), _top_by_magnitude(G, 2))
+    _assert_printed(out, "Hessian", _top_algebraic(H, 2))
+    _assert_printed(out, "GGN", _top_algebraic(G, 2))
 
     report = json.loads(Path(js).read_text())
     assert report["problem"] == "data:blobs.csv" and report["n"] == N
     assert report["params"] == {"checkpoint": ck, "step": 3, "optimizer": "sgd"}
-    np.testing.assert_allclose(report["hessian_top"]["values"], _top_by_magnitude(H, 2), rtol=1e-10)
+    top = report["hessian_top"]
+    assert top["method"] == "lanczos" and all(top["converged"]) and top["steps"] <= N
+    # each value within its residual of the eigenvalue (Ritz residuals bound the distance), and converged
+    assert np.all(np.abs(np.array(top["values"]) - _top_algebraic(H, 2)) <= np.array(top["residuals"]) + 1e-13)
+    np.testing.assert_allclose(top["values"], _top_algebraic(H, 2), rtol=1e-8)
     assert report["hessian_trace"]["probes"] == 7 and report["ggn_trace"]["probes"] == 7
     # the trace within 5 standard errors of tr H (a fixed seed: this is one deterministic draw)
     assert abs(report["hessian_trace"]["estimate"] - np.trace(H)) <= 5 * report["hessian_trace"]["stderr"]
-    # with n Lanczos steps the condition figure of the damped GGN is exact
-    lam = report["kfac_condition"]["damping"]
-    ev = np.linalg.eigvalsh(G) + lam
-    np.testing.assert_allclose([report["kfac_condition"]["ggn_lambda_max"], report["kfac_condition"]["ggn_lambda_min"]],
-                               [ev[-1], ev[0]], rtol=1e-8)
+    kc = report["kfac_condition"]
+    ev = np.linalg.eigvalsh(G) + kc["damping"]
+    g = kc["damped_ggn"]
+    np.testing.assert_allclose([g["lambda_max"], g["lambda_min"]], [ev[-1], ev[0]], rtol=1e-8)
+    assert g["converged"] and not g["lower_bound"] and g["steps"] <= N and kc["tol"] == 1e-4
     assert abs(sum(map(sum, report["density"]["weights"])) - 1) < 1e-12
     assert set(report["counts"]) >= {"nhvp", "nggnvp"}
     assert "report written to" in out
+
+
+def test_analyze_a_checkpoint_of_a_built_in_problem_needs_no_problem_option(tmp_path, capsys):
+    """The checkpoint names its problem; without --problem/--data analyze uses it (not the default digits_mlp).
+    A checkpoint of the user's own data needs --data (the file is not in the checkpoint): one line says so."""
+    ck = str(tmp_path / "ck.npz")
+    assert main(["train", "sgd", "--problem", "logistic", "--steps", "2", "--checkpoint", ck,
+                 "--checkpoint-every", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--checkpoint", ck, "--analyses", "hessian_top", "-k", "1", "--no-progress"]) == 0
+    assert f"logistic at the parameters of {ck} (step 2 of sgd)" in capsys.readouterr().out
+    assert main(["analyze", "--checkpoint", ck, "--problem", "synthetic_mlp", "--no-progress"]) == 2
+    assert "checkpoint was written for another problem" in _one_error_line(capsys)   # an explicit one is checked
+    data_ck = str(tmp_path / "data.npz")
+    assert main(["train", "sgd", *NET, "--steps", "1", "--checkpoint", data_ck, "--checkpoint-every", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--checkpoint", data_ck, "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    assert f"--checkpoint {data_ck} was written for your own data ('data:blobs.csv'): give --data" in line
 
 
 def test_analyze_refuses_a_checkpoint_of_other_data_or_network(tmp_path, capsys):
@@ -167,7 +285,7 @@ def test_analyze_refuses_a_checkpoint_of_other_data_or_network(tmp_path, capsys)
     common = ["analyze", "--checkpoint", ck, "--analyses", "hessian_top", "--no-progress"]
     for extra, needle in [(["--data", str(data), "--sizes", "4,5,3"], "its sizes differ"),
                           (["--data", str(data), "--sizes", "4,3,3", "--split-seed", "1"], "its data"),
-                          (["--problem", "synthetic_mlp"], "checkpoint has problem='data:blobs.csv'")]:
+                          (["--problem", "synthetic_mlp"], "checkpoint was written for another problem")]:
         assert main(common + extra) == 2
         line = _one_error_line(capsys)
         assert needle in line and ck in line, line
@@ -217,12 +335,11 @@ def test_analyze_refuses_a_hostile_or_inconsistent_checkpoint_and_runs_nothing(t
 
     touch = {"namedtuple": "refopt.serialize:os.system", "fields": {"command": "touch marker"}}
     assert "unknown state class" in variant(skeleton_change={"state": touch})
-    assert "checkpoint meta: unknown optimizer" in variant({"optimizer": "os.system"})
-    assert "checkpoint meta: optimizer must be a name" in variant({"optimizer": None})
-    assert "checkpoint meta: seed must be an integer" in variant({"seed": -1})
-    assert "checkpoint meta: hyperparameters must be a dict" in variant({"hyperparameters": [1]})
-    assert "do not make a 'sgd' optimizer: lr must be" in variant({"hyperparameters": {**meta["hyperparameters"],
-                                                                                        "lr": -1}})
+    assert "checkpoint meta: optimizer must be one of refopt's" in variant({"optimizer": "os.system"})
+    assert "optimizer must be one of refopt's (`refopt list`), got None" in variant({"optimizer": None})
+    assert "checkpoint meta: hyperparameters must be an object" in variant({"hyperparameters": [1]})
+    # (analyze reads the params alone: no optimizer is built from the file's hyperparameters, so their values
+    # and the seed are not checked here; `train --resume` checks them against its own run)
     assert "checkpoint is 'float32', this run's dtype is float64" in variant({"dtype": "float32"})
     assert not os.path.exists("marker")
 
@@ -233,7 +350,13 @@ def test_analyze_refuses_a_hostile_or_inconsistent_checkpoint_and_runs_nothing(t
     (["--probes", "0"], "--probes must be an integer in [1,"),
     (["--density-probes", "0"], "--density-probes must be an integer in [1,"),
     (["--lanczos-steps", "0"], "--lanczos-steps must be an integer in [1,"),
-    (["--iterations", "0"], "--iterations must be an integer in [1,"),
+    (["--method", "power", "--iterations", "0"], "--iterations must be an integer in [1,"),
+    (["--iterations", "50"], "--iterations is power iteration's (--method power); Lanczos stops on --tol"),
+    (["--max-steps", "0"], "--max-steps must be an integer in [1,"),
+    (["--max-steps", str(N + 1)], f"--max-steps must be at most n = {N} (the number of parameters), got {N + 1}"),
+    (["-k", "5", "--max-steps", "4"], "-k/--top (5) must be at most --max-steps (4)"),
+    (["-k", "101"], "-k/--top must be at most 100, got 101"),
+    (["--condition-tol=-1"], "--condition-tol must be a non-negative finite number"),
     (["--damping", "-1"], "--damping must be a positive finite number, got -1.0"),
     (["--damping", "0"], "--damping must be a positive finite number"),
     (["--damping", "nan"], "--damping must be a positive finite number"),
@@ -264,15 +387,15 @@ def test_bad_problems_exit_2_with_one_line(argv, needle, capsys):
 
 
 def test_analyze_a_function_problem_reports_the_hessian_and_skips_the_ggn(capsys):
-    assert main(["analyze", "--problem", "rosenbrock", *CONVERGED, "--plot", "", "--no-progress"]) == 0
+    assert main(["analyze", "--problem", "rosenbrock", "--plot", "", "--no-progress"]) == 0
     out = capsys.readouterr().out
     x, y = -1.2, 1.0                                                  # Rosenbrock's standard start
     H = np.array([[1200 * x ** 2 - 400 * y + 2, -400 * x], [-400 * x, 200.0]])
-    _assert_printed(_printed(out, "Hessian"), _top_by_magnitude(H, 2))   # k defaults to min(3, n) = 2
+    _assert_printed(out, "Hessian", _top_algebraic(H, 2))            # k defaults to min(3, n) = 2
     assert "rosenbrock at the start point" in out
     for name in ("ggn_top", "ggn_trace", "kfac_condition"):
         assert f"{name}: skipped" in out
-    assert "GGN (by magnitude)" not in out
+    assert "of the GGN" not in out
 
 
 def test_analyze_writes_the_density_plot_by_default(tmp_path, monkeypatch, capsys):
@@ -299,18 +422,31 @@ def test_analyze_shows_progress_on_stderr_unless_told_not_to(monkeypatch, capsys
     common = ["analyze", *NET, "--analyses", "hessian_top,hessian_trace", "--probes", "20", "-k", "2"]
     assert main(common) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "analyze: hessian_top 0/1" and "analyze: hessian_top 2/2" in err
+    # Lanczos counts its steps against its cap, n = 27 here, and may stop before it
+    assert err[0] == "analyze: hessian_top 0/1" and "analyze: hessian_top 2/27" in err
     assert "analyze: hessian_trace 0/1" in err and "analyze: hessian_trace 20/20" in err
     assert "analyze: hessian_trace 2/20" in err and "analyze: hessian_trace 3/20" not in err   # every tenth
+    assert main(common + ["--method", "power"]) == 0                 # power iteration: one unit per eigenpair
+    assert "analyze: hessian_top 2/2" in capsys.readouterr().err.splitlines()
     assert main(common + ["--no-progress"]) == 0
     assert capsys.readouterr().err == ""
 
 
-def test_analyze_progress_bars_with_tqdm(capsys):
+def test_analyze_progress_bars_with_tqdm_on_a_terminal(monkeypatch):
     pytest.importorskip("tqdm")
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert main(["analyze", *NET, "--analyses", "hessian_top,hessian_trace", "--probes", "20", "-k", "2"]) == 0
-    err = capsys.readouterr().err
-    assert "hessian_top: " in err and "hessian_trace: " in err and "/20 " in err   # one bar per stage
+    text = err.getvalue()
+    assert "hessian_top: " in text and "hessian_trace: " in text and "/20 " in text   # one bar per stage
+    assert "analyze: hessian_top" not in text                                          # not the line fallback
 
 
 def test_the_json_report_is_strict_json(tmp_path, capsys):
@@ -336,7 +472,8 @@ def _params_after(steps, hyperparameters):
     return run(RunConfig("sgd", hyperparameters, problem.name, steps=steps), problem=problem).params
 
 
-def test_train_analyze_every_records_the_dense_lambda_max_and_two_over_lr(tmp_path, capsys):
+def test_train_analyze_every_records_the_dense_lambda_max_and_the_stability_threshold(tmp_path, capsys):
+    """Plain gradient descent (momentum 0, no weight decay): the threshold is 2/η_t at each recorded step."""
     log = str(tmp_path / "run.jsonl")
     schedule = '{"name": "step", "step_size": 2, "gamma": 0.5}'     # lr 0.5, 0.5, 0.25, 0.25, 0.125
     assert main(["train", "sgd", "lr=0.5", "momentum=0.0", f"schedule={schedule}", *NET, "--steps", "5",
@@ -349,29 +486,30 @@ def test_train_analyze_every_records_the_dense_lambda_max_and_two_over_lr(tmp_pa
     hyper = {"lr": 0.5, "momentum": 0.0, "schedule": json.loads(schedule)}
     for rec in records:
         if rec["hessian_max"] is None:
-            assert rec["hessian_max_residual"] is None and rec["two_over_lr"] is None
+            assert rec["hessian_max_residual"] is None and rec["stability_threshold"] is None
             continue
         H, _ = _dense(_flat(_params_after(rec["step"], hyper)), X, y)
         ev = np.linalg.eigvalsh(H)
         assert abs(rec["hessian_max"] - ev[-1]) <= 1e-12 * np.abs(ev).max(), (rec["step"], rec["hessian_max"], ev)
         assert rec["hessian_max_residual"] <= 1e-10
-        assert rec["two_over_lr"] == 2 / (0.5 * 0.5 ** ((rec["step"] - 1) // 2))
+        assert rec["stability_threshold"] == 2 / (0.5 * 0.5 ** ((rec["step"] - 1) // 2))
     last = records[-1]
     assert last["step"] == 5 and last["hessian_max"] is None
-    assert f"Hessian λ_max at step 4: {records[3]['hessian_max']:.6g} (2/lr = 8)" in out
+    assert (f"Hessian λ_max at step 4: {records[3]['hessian_max']:.6g} (gradient descent's stability threshold "
+            "at this lr: 8)") in out
 
 
 def test_analyze_every_finds_the_algebraic_top_not_the_largest_magnitude(capsys):
     """At Rosenbrock's start both eigenvalues are positive; at (0, 1) its Hessian [[−398, 0], [0, 200]] has the
-    largest magnitude negative: hessian_max must be 200 there. Newton reports no lr: two_over_lr is None."""
+    largest magnitude negative: hessian_max must be 200 there. The threshold given is recorded as it is."""
     from refopt.runner import _sharpness
     from refopt.problems.registry import make_problem
     from refopt.backend import as_array
     oracle = make_problem("rosenbrock").oracle()
     rec = _sharpness(oracle, as_array([0.0, 1.0]), None)
-    assert abs(rec["hessian_max"] - 200.0) <= 1e-12 * 398 and rec["two_over_lr"] is None
-    assert _sharpness(oracle, as_array([0.0, 1.0]), 0.0)["two_over_lr"] is None
-    assert np.isnan(_sharpness(oracle, as_array([np.nan, 1.0]), 0.1)["hessian_max"])
+    assert abs(rec["hessian_max"] - 200.0) <= 1e-12 * 398 and rec["stability_threshold"] is None
+    assert _sharpness(oracle, as_array([0.0, 1.0]), 4.0)["stability_threshold"] == 4.0
+    assert np.isnan(_sharpness(oracle, as_array([np.nan, 1.0]), None)["hessian_max"])
 
 
 @pytest.mark.parametrize("optimizer,hyperparameters,batch_size", [
@@ -392,7 +530,8 @@ def test_analyze_every_leaves_the_trajectory_bit_for_bit_unchanged(optimizer, hy
         assert np.array_equal(np.asarray(a), np.asarray(b))
     for r0, r1 in zip(plain.history, analyzed.history):   # the optimizer's counts too: its requests are its own
         assert {k: v for k, v in r0.items() if k != "elapsed"} == \
-            {k: v for k, v in r1.items() if k not in ("elapsed", "hessian_max", "hessian_max_residual", "two_over_lr")}
+            {k: v for k, v in r1.items()
+             if k not in ("elapsed", "hessian_max", "hessian_max_residual", "stability_threshold")}
         assert r1["hessian_max"] is not None and "hessian_max" not in r0
 
 

@@ -31,7 +31,8 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     rc = main(["train", "sgd", "lr=0.4", "--problem", "synthetic_mlp", "--no-progress", "--resume", str(ck)])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refopt: error:") and "hyperparameters" in err[0]
+    assert len(err) == 1 and err[0].startswith("refopt: error:") and \
+        "hyperparameters differ: checkpoint has lr=0.5, this run has lr=0.4" in err[0]
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -51,6 +52,17 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     (["train", "sgd", "--problem", "synthetic_mlp", "--eval-every", "0"], "eval_every must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--steps", "0"], "steps must be"),
     (["train", "sgd", "--problem", "synthetic_mlp", "--checkpoint-every", "5"], "needs a checkpoint path"),
+    (["train", "sgd", "--problem", "synthetic_mlp", "--divergence-factor", "1"],
+     "--divergence-factor must be a finite number > 1 or none, got '1'"),
+    (["compare", "--optimizers", "sgd", "--divergence-factor", "x"], "--divergence-factor must be a finite number"),
+    (["compare", "--optimizers", "sgd", "--hp-json", '{"nope": {"lr": 1}}'], "--hp-json: unknown optimizer(s) 'nope'"),
+    (["compare", "--optimizers", "sgd", "--hp-json", '{"adam": {"lr": 1}}'],
+     "--hp-json: settings for adam, which is not among the optimizers compared (sgd)"),
+    (["compare", "--optimizers", "sgd", "--show-hyperparameters", "--hp-json", '{"adam": {}}'], "--hp-json: settings"),
+    (["train", "sgd", "schedule={name: cosine}", "--problem", "synthetic_mlp"],
+     "hyperparameter schedule: '{name: cosine}' is not JSON (Expecting property name"),
+    (["train", "sgd", "--problem", "synthetic_mlp", "--plot", "run.txt"], "--plot run.txt: format 'txt' is not one"),
+    (["compare", "--optimizers", "sgd", "--plot", "cmp.xyz"], "--plot cmp.xyz: format 'xyz' is not one refopt writes"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
@@ -477,7 +489,14 @@ def test_compare_on_a_csv(tmp_path, capsys):
     path = _blobs_csv(tmp_path)
     assert main(["compare", "--optimizers", "sgd,adam", "--data", path, "--steps", "5", "--plot", "", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "sgd" in out and "adam" in out
+    lines = out.splitlines()
+    rows = [line for line in lines if line.split()[:1] in (["sgd"], ["adam"])]
+    assert len(rows) == 2
+    for row in rows:  # both ran their 5 steps: no failure text after the seconds, no stop
+        cells = row.split()
+        assert len(cells) == 14 and cells[4] == "5" and cells[5] == "-" and float(cells[1]) > 0, row
+    assert "hyperparameters: the generic setting for problems without a tuned one (GENERIC in " \
+           "refopt/problems/tuned.py); --show-hyperparameters lists them." in lines
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -491,11 +510,12 @@ def test_compare_on_a_csv(tmp_path, capsys):
     (["--activation", "swish"], "unknown activation 'swish'"),
     (["--loss", "mse"], "--loss must be one of softmax, gaussian, bernoulli, got 'mse'"),
     (["--loss", "bernoulli"], "Bernoulli targets must be 0 or 1"),
-    (["--val-fraction", "1"], "--val-fraction must be a number in [0, 1), got '1'"),
+    (["--val-fraction", "1"], "--val-fraction must be a number in [0, 1), got 1.0"),
     (["--val-fraction", "nan"], "--val-fraction must be a number in [0, 1)"),
     (["--val-fraction", "abc"], "--val-fraction must be a number in [0, 1)"),
     (["--split-seed", "-1"], "--split-seed must be"),
-    (["--split-seed", "x"], "--split-seed must be an integer, got 'x'"),
+    (["--split-seed", "x"], "--split-seed must be an integer in [0, 2⁶³ − 1], got 'x'"),
+    (["--split-seed", str(2 ** 63)], "--split-seed must be an integer in [0, 2⁶³ − 1], got 9223372036854775808"),
 ])
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_bad_data_options_exit_2_with_one_line(tmp_path, capsys, extra, needle, command):
@@ -551,9 +571,11 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_sizes(tmp_path, capsys):
         assert main(common + ["--steps", "4", "--resume", ck] + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "checkpoint was written for another problem" in err[0] and needle in err[0], err
-    text = open(path).read().splitlines()
+    with open(path) as fh:
+        text = fh.read().splitlines()
     text[1] = text[1].replace(text[1].split(",")[0], "9.5", 1)  # one value of one example changed
-    open(path, "w").write("\n".join(text) + "\n")
+    with open(path, "w") as fh:
+        fh.write("\n".join(text) + "\n")
     assert main(common + ["--steps", "4", "--resume", ck]) == 2
     assert "its data (training or held-out arrays) differ" in capsys.readouterr().err
 
@@ -576,10 +598,134 @@ def test_train_analyze_every_prints_the_last_lambda_max(capsys):
     argv = ["train", "sgd", "lr=0.1", "--problem", "logistic", "--steps", "3", "--no-progress"]
     assert main(argv + ["--analyze-every", "2"]) == 0
     out = capsys.readouterr().out
-    assert "Hessian λ_max at step 2: " in out and "(2/lr = 20)" in out
+    # sgd with logistic's tuned momentum 0.9 at the given lr 0.1: 2(1 + 0.9)/0.1
+    assert "Hessian λ_max at step 2: " in out and "(gradient descent's stability threshold at this lr: 38)" in out
     assert main(argv) == 0
     assert "λ_max" not in capsys.readouterr().out
     assert main(["train", "newton", "--problem", "rosenbrock", "--steps", "2", "--analyze-every", "1",
                  "--no-progress"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if "λ_max" in l)
-    assert line.startswith("Hessian λ_max at step 2: ") and "2/lr" not in line   # Newton has no lr
+    assert line.startswith("Hessian λ_max at step 2: ") and "threshold" not in line   # none for Newton
+
+
+# --- review of issue 12: the command's messages, options and defaults -------------------------------------------
+
+def test_parse_value_reads_json_or_says_it_is_not():
+    assert parse_value('"cosine"') == "cosine" and parse_value('{"name": "step", "gamma": 0.5}') == {
+        "name": "step", "gamma": 0.5}
+    for text in ("{name: cosine}", "[1, 2", '"open'):
+        with pytest.raises(ValueError, match="is not JSON"):
+            parse_value(text)
+    assert parse_value("cosine") == "cosine"  # a bare word is still a name
+
+
+def test_train_stops_a_diverging_run_by_default_as_compare_does(capsys):
+    """sgd lr=1000 used to 'complete' with a loss of 260; the default factor 10 stops it as diverged, and
+    --divergence-factor none runs it out (only a non-finite loss stops it then)."""
+    argv = ["train", "sgd", "lr=1000", "--problem", "synthetic_mlp", "--steps", "20", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sgd on synthetic_mlp: diverged after 1 step;" in out and "exceeds" in out
+    assert main(argv + ["--divergence-factor", "none"]) == 0
+    assert "diverged after 1 step" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_is_written_at_the_end_without_checkpoint_every(tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    common = ["train", "sgd", "lr=0.5", "--problem", "synthetic_mlp", "--no-progress"]
+    assert main(common + ["--steps", "2", "--checkpoint", str(ck)]) == 0
+    assert f"checkpoint of step 2 written to {ck}" in capsys.readouterr().out
+    assert main(common + ["--steps", "4", "--resume", str(ck)]) == 0
+    assert "completed after 4 steps" in capsys.readouterr().out
+
+
+def test_the_plot_format_is_checked_before_any_run(tmp_path, monkeypatch, capsys):
+    import refopt.runner
+    monkeypatch.setattr(refopt.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    for argv in (["compare", "--optimizers", "sgd", "--problem", "synthetic_mlp", "--plot", str(tmp_path / "c.txt")],
+                 ["train", "sgd", "--problem", "synthetic_mlp", "--no-progress", "--plot", str(tmp_path / "t.doc")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not one refopt writes; use one of png, pdf, svg" in err[0], err
+
+
+def test_python_warnings_print_as_one_line(capsys):
+    """Newton's dense-Hessian warning on the 2410-parameter digits MLP used to print its source line too."""
+    import warnings
+    from refopt.cli import _show_warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _show_warning
+        warnings.warn("a dense step\n  of 2410 parameters", UserWarning)
+    assert capsys.readouterr().err == "refopt: warning: a dense step of 2410 parameters\n"
+
+
+def test_main_shows_a_warning_as_one_line_and_restores_the_display(monkeypatch, capsys):
+    import warnings
+    import refopt.cli as cli
+
+    def warn(args):
+        warnings.warn("dense Newton: 2410 parameters, a slow step", UserWarning)
+        return 0
+    monkeypatch.setattr(cli, "cmd_list", warn)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["list"]) == 0
+    assert capsys.readouterr().err == "refopt: warning: dense Newton: 2410 parameters, a slow step\n"
+    assert warnings.showwarning is before
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    import refopt.cli as cli
+
+    def huge(args):
+        raise MemoryError("Unable to allocate 7.45 GiB")
+    monkeypatch.setattr(cli, "cmd_list", huge)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["refopt: error: out of memory (Unable to allocate 7.45 GiB): a smaller network, batch or data set "
+                   "needs less"]
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch, capsys):
+    """Redirected stderr (not a TTY) gets the plain progress lines, never tqdm's redraws."""
+    pytest.importorskip("tqdm")
+    import refopt.cli as cli
+    assert cli._tqdm() is None  # pytest captures stderr: not a terminal
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli._tqdm() is not None
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
+    report, close = cli._progress(10, True)
+    for step in range(1, 11):
+        report({"step": step, "loss": 1.0 / step})
+    close()
+    assert capsys.readouterr().err.splitlines() == ["step     1  loss 1", "step     2  loss 0.5", "step     3  loss 0.333333",
+                                                    "step     4  loss 0.25", "step     5  loss 0.2", "step     6  loss 0.166667",
+                                                    "step     7  loss 0.142857", "step     8  loss 0.125",
+                                                    "step     9  loss 0.111111", "step    10  loss 0.1"]
+
+
+def test_help_states_the_defaults_and_where_hyperparameters_come_from(capsys):
+    import re
+    for command, needles in (("train", ["refopt/problems/tuned.py", "default 100", "default 10, as compare"]),
+                             ("compare", ["default 200", "default 1e-3", "default refopt-compare.png",
+                                          "standard set of 15", "one row per step"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for needle in needles:
+            assert needle in text, (command, needle)
+    assert not re.search(r"--(quiet|csv)\s*$", text, re.M)
+
+
+def test_train_does_not_import_compare():
+    """train's settings come from refopt.problems.tuned and its description from the runner (the comparison's
+    module is only for --plot)."""
+    import subprocess
+    import sys
+    code = ("import sys; from refopt.cli import main; "
+            "rc = main(['train', 'sgd', '--problem', 'logistic', '--steps', '1', '--no-progress']); "
+            "print(rc, 'refopt.compare' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 False", out

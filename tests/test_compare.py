@@ -52,18 +52,21 @@ def test_max_seconds_caps_each_run_when_given():
         compare(["sgd"], problem="synthetic_mlp", steps=1, max_seconds=0)
 
 
-def test_divergence_above_ten_times_the_initial_loss_is_a_failure():
-    """SGD at lr = 10³ on synthetic_mlp: the row shows the loss that crossed 10·|L₀| (L₀ computed here from
-    the problem), at the first step that crossed it, and says "diverged" in the failure column."""
+def test_divergence_above_the_bound_is_a_failure():
+    """SGD at lr = 10³ on synthetic_mlp: the row shows the loss that crossed L₀ + 9·max(|L₀|, 1) (L₀ computed
+    here from the problem; above 1, so the bound is 10·L₀), at the first step that crossed it, and says
+    "diverged" in the failure column and in the stop column."""
     (e,) = compare(["sgd"], problem="synthetic_mlp", steps=50, overrides={"sgd": {"lr": 1e3}})
     prob = make_problem("synthetic_mlp")
     L0 = prob.oracle().value(prob.init_params(0))
+    assert L0 > 1
     losses = [r["train_loss"] for r in e.history]
     assert e.diverged and e.result.status == "diverged" and len(losses) < 50
-    assert losses[-1] > 10 * abs(L0) and all(v <= 10 * abs(L0) for v in losses[:-1])
-    assert e.error == f"diverged at step {len(losses)}: loss {losses[-1]:.3g} > 10 × |L₀|"
+    assert losses[-1] > 10 * L0 and all(v <= 10 * L0 for v in losses[:-1])
+    assert e.error == f"diverged at step {len(losses)}: loss {losses[-1]:.3g} > {10 * L0:.3g}"
     row = next(line for line in format_table([e]).splitlines() if line.startswith("sgd "))
     assert float(row.split()[1]) == pytest.approx(losses[-1], rel=1e-3) and row.endswith(e.error)
+    assert row.split()[5] == "diverged"  # optimizer, train loss, val loss, val acc, steps, stop
 
 
 def test_non_finite_loss_is_a_failure_without_the_factor():
@@ -138,7 +141,7 @@ def test_table_columns_hold_the_held_out_metrics_and_counts():
     prob = make_problem("synthetic_mlp")
     lines = format_table(entries).splitlines()
     head = lines[0].split()
-    for col in ("train", "val", "acc", "steps", "target", "nfev", "ngev", "nhvp", "other", "nhev", "seconds"):
+    for col in ("train", "val", "acc", "steps", "stop", "target", "nfev", "ngev", "nhvp", "other", "nhev", "seconds"):
         assert col in head
     for e, line in zip(entries, lines[2:4]):
         z = _forward(e.result.params, prob.X_val)
@@ -148,11 +151,18 @@ def test_table_columns_hold_the_held_out_metrics_and_counts():
         cells = line.split()
         assert e.result.final_val_loss == pytest.approx(ce, rel=1e-12)  # float64, a well-scaled 128-sum
         assert float(cells[2]) == pytest.approx(ce, rel=1e-3) and cells[3] == f"{acc:.4f}"
-        assert cells[5] == "1"  # a target of 10 is met at the first step
-        assert int(cells[7]) == e.history[-1]["nfev"] and int(cells[11]) == 0
-    assert "hyperparameters: tuned for synthetic_mlp (refopt/problems/tuned.py); --show-hyperparameters lists them" \
+        assert cells[5] == "-"  # stop: the run used its budget
+        assert cells[6] == "0"  # a target of 10 is met by the initial loss already
+        assert int(cells[8]) == e.history[-1]["nfev"] and int(cells[12]) == 0
+    assert "hyperparameters: tuned for synthetic_mlp (refopt/problems/tuned.py); --show-hyperparameters lists them." \
         in lines
     assert any(line.startswith("budget: 5 steps per optimizer, no wall-clock limit") for line in lines)
+    # lbfgs has no tuned setting: the footer says it ran at its defaults
+    assert lines[-1] == ("no setting for synthetic_mlp in refopt/problems/tuned.py, so at the optimizers' defaults: "
+                         "lbfgs.")
+    # each footer line is about one thing and ends with a full stop (no line reads on into the next)
+    footer = lines[4:]
+    assert all(line.endswith(".") for line in footer), footer
     assert all(len(line) <= 150 for line in lines)
 
 
@@ -167,12 +177,21 @@ def test_table_has_no_held_out_columns_without_held_out_examples_and_counts_dens
     assert "val loss" in head and "val acc" not in head
 
 
-def test_csv_holds_the_held_out_columns(tmp_path):
+def test_csv_holds_the_held_out_columns_from_step_0(tmp_path):
+    """A step-0 row of the initial losses and accuracies (counts 0), then one row per step; nhev 0 (not empty)
+    for a method that forms no dense matrix; the training accuracy column."""
     import csv
     entries = compare(["sgd"], problem="synthetic_mlp", steps=3)
     C.write_csv(entries, str(tmp_path / "c.csv"))
-    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
-    assert [float(r["val_loss"]) for r in rows] == [r["val_loss"] for r in entries[0].history]
+    with open(tmp_path / "c.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    r = entries[0].result
+    assert [int(row["step"]) for row in rows] == [0, 1, 2, 3]
+    assert [float(row["val_loss"]) for row in rows] == [r.initial_val_loss] + [h["val_loss"] for h in r.history]
+    assert [float(row["train_accuracy"]) for row in rows] == [r.initial_train_accuracy] + \
+        [h["train_accuracy"] for h in r.history]
+    assert float(rows[0]["train_loss"]) == r.initial_loss and rows[0]["nfev"] == "0"
+    assert all(row["nhev"] == "0" for row in rows)
 
 
 # --- the plot ----------------------------------------------------------------------------------------------------
@@ -245,3 +264,64 @@ def test_describe_lists_every_hyperparameter_once_by_origin():
     sig = inspect.signature(optimizer_class("sgd").__init__).parameters
     rest = [k for k in sig if k not in ("self", "nesterov") and k not in TUNED["digits_mlp"]["sgd"]]
     assert groups["defaults"] == ", ".join(f"{k}={sig[k].default!r}" for k in rest)
+
+
+# --- review of issue 12: why runs stopped, step-0 targets, overrides, the defaults in the footer, the plot's step 0
+
+def test_the_stop_column_says_why_a_run_ended_early():
+    """L-BFGS on Rosenbrock converges within the budget: "converged" (gtol 0: a zero gradient) or "precision"
+    (its loss stops changing at the dtype's resolution), never a failure; SGD there runs out its budget: "-"."""
+    entries = compare(["lbfgs", "sgd"], problem="rosenbrock", steps=200)
+    lbfgs, sgd = entries
+    assert lbfgs.result.status in ("precision", "converged") and len(lbfgs.history) < 200 and lbfgs.error is None
+    assert sgd.result.status == "completed" and sgd.stop == "-"
+    rows = {line.split()[0]: line.split() for line in format_table(entries).splitlines()[2:4]}
+    assert rows["lbfgs"][3] == lbfgs.result.status and rows["sgd"][3] == "-"
+    assert format_table(entries).splitlines()[2].rstrip().endswith(f"{lbfgs.seconds:7.2f}")  # empty failure column
+
+
+def test_target_step_is_0_when_the_initial_loss_already_meets_it():
+    (e,) = compare(["sgd"], problem="synthetic_mlp", steps=2, target_loss=1e3, overrides={"sgd": {"lr": 0.01}})
+    first = e.history[0]["train_loss"]
+    assert first < e.result.initial_loss  # a small step: the loss falls
+    assert e.to_target(1e3) == (0, 0.0) and e.to_target(1e-9) is None
+    assert e.to_target(first) == (1, e.history[0]["elapsed"])
+
+
+def test_overrides_for_optimizers_not_compared_or_unknown_are_refused():
+    with pytest.raises(ValueError, match="overrides: unknown optimizer\\(s\\) 'nope'; choose from"):
+        compare(["sgd"], problem="synthetic_mlp", steps=1, overrides={"nope": {"lr": 1}})
+    with pytest.raises(ValueError, match="overrides: settings for adam, which is not among the optimizers compared "
+                                         "\\(sgd\\)"):
+        compare(["sgd"], problem="synthetic_mlp", steps=1, overrides={"adam": {"lr": 1}})
+    C.check_overrides({"sgd": {}}, ["sgd", "adam"])  # a subset of the names: fine
+
+
+def test_the_footer_names_the_rows_at_their_defaults():
+    """adamw has no entry in tuned.py: it runs at lr 1e-3 beside adam's tuned 0.1, and the footer says so."""
+    entries = compare(["adamw", "adam"], problem="synthetic_mlp", steps=1)
+    assert entries.untuned == ["adamw"] and entries[0].hyperparameters == {}
+    assert format_table(entries).splitlines()[-1] == ("no setting for synthetic_mlp in refopt/problems/tuned.py, so at "
+                                                      "the optimizers' defaults: adamw.")
+    plain = compare(["adam"], problem="synthetic_mlp", steps=1, tuned=False)
+    assert plain.untuned == [] and "no setting" not in format_table(plain)
+
+
+def test_both_loss_panels_start_at_step_0():
+    pytest.importorskip("matplotlib")
+    entries = compare(["sgd"], problem="synthetic_mlp", steps=3)
+    fig = C.comparison_figure(entries)
+    train, val = fig.axes
+    r = entries[0].result
+    for ax, first in ((train, r.initial_loss), (val, r.initial_val_loss)):
+        line = next(line for line in ax.get_lines() if line.get_label() == "sgd")
+        assert list(line.get_xdata()) == [0, 1, 2, 3] and line.get_ydata()[0] == first
+
+
+def test_plot_comparison_refuses_a_format_matplotlib_does_not_write(tmp_path):
+    pytest.importorskip("matplotlib")
+    entries = compare(["sgd"], problem="synthetic_mlp", steps=1)
+    with pytest.raises(ValueError, match="format 'txt' is not one refopt writes; use one of png, pdf, svg"):
+        C.plot_comparison(entries, str(tmp_path / "x.txt"))
+    assert list(tmp_path.iterdir()) == []
+    assert C.plot_comparison(entries, str(tmp_path / "x.svg")) and (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")

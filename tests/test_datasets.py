@@ -79,3 +79,24 @@ def test_every_network_problem_has_an_identity_of_its_network_and_data(name):
 
 def test_function_problems_are_identified_by_name():
     assert make_problem("rosenbrock").identity() == {"kind": "function", "name": "rosenbrock"}
+
+
+def test_standardisation_is_the_plain_formula_for_ordinary_features_bit_for_bit():
+    """Dividing by a power of two is exact, so the overflow-safe moments give (X − mean) / std exactly."""
+    from refopt.problems.datasets import standardisation
+    g = np.random.default_rng(5)
+    for X in (g.standard_normal((300, 7)) * 3 + 1, g.integers(0, 17, (50, 4)).astype(float),
+              g.standard_normal((20, 3)) * 1e-6):
+        np.testing.assert_array_equal(standardisation(X).apply(X), (X - X.mean(axis=0)) / X.std(axis=0))
+
+
+def test_standardisation_of_a_constant_and_of_huge_features():
+    from refopt.problems.datasets import standardisation
+    X = np.array([[0.1, 1e308], [0.1, -1e308], [0.1, 1.5e308]])
+    with np.errstate(over="raise", invalid="raise"):
+        st = standardisation(X)
+        Z = st.apply(X)
+    assert np.all(Z[:, 0] == 0)  # constant: max = min, although its computed deviation is 1.4e-17, not 0
+    small = X[:, 1] / 1e300
+    np.testing.assert_allclose(Z[:, 1], (small - small.mean()) / small.std(), rtol=0, atol=1e-14)
+    assert st.apply(np.array([[0.3, 0.0]]))[0, 0] == 0.3 - 0.1  # held out: the difference from the constant

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from refopt import tree as T
+from refopt.problems.registry import make_problem
 from refopt.runner import Interrupted, RunConfig, load_checkpoint, run
 
 
@@ -56,7 +57,7 @@ def test_interrupt_writes_checkpoint_that_resumes_identically(tmp_path):
     with pytest.raises(Interrupted) as info:
         run(cfg, checkpoint_path=str(ckpt), progress=interrupt)
     assert info.value.step == 4
-    step, params, state, history, counts = load_checkpoint(str(ckpt), cfg)
+    step, params, state, history, counts = load_checkpoint(str(ckpt), cfg, make_problem("synthetic_mlp"))
     assert step == 4 and len(history) == 4 and counts.ngev == 4
     resumed = run(cfg, resume=str(ckpt))
     assert _leaves_equal(full.params, resumed.params)
@@ -66,7 +67,8 @@ def test_checkpoint_mismatch_is_refused(tmp_path):
     ckpt = tmp_path / "c.npz"
     cfg = RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=2)
     run(cfg, checkpoint_path=str(ckpt), checkpoint_every=1)
-    for change, word in [({"problem": "logistic"}, "problem"), ({"hyperparameters": {"lr": 0.2}}, "hyperparameters"),
+    for change, word in [({"problem": "logistic"}, "problem"),
+                         ({"hyperparameters": {"lr": 0.2}}, "hyperparameters differ: checkpoint has lr=0.3, this run has lr=0.2"),
                          ({"seed": 5}, "seed"), ({"batch_size": 32}, "batch_size")]:
         other = RunConfig(**{**cfg.__dict__, **change})
         with pytest.raises(ValueError, match=word):
@@ -74,11 +76,11 @@ def test_checkpoint_mismatch_is_refused(tmp_path):
 
 
 def test_checkpoint_from_another_version_is_refused(tmp_path, monkeypatch):
-    import refopt.runner as R
+    import refopt.checkpoint as K
     ckpt = tmp_path / "c.npz"
     cfg = RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=2)
     run(cfg, checkpoint_path=str(ckpt), checkpoint_every=1)
-    monkeypatch.setattr(R, "__version__", "99.0")
+    monkeypatch.setattr(K, "__version__", "99.0")
     with pytest.raises(ValueError, match="version|refopt 0"):
         run(cfg, resume=str(ckpt))
 
@@ -329,7 +331,7 @@ def test_checkpoint_near_the_caps_resumes_and_saves_again(tmp_path):
     result = run(longer, resume=near, checkpoint_path=str(out), checkpoint_every=1)
     assert result.history[-1]["ngev"] == MAX_COUNT - 98 and result.history[-1]["elapsed"] >= MAX_ELAPSED - 1000
     step, _, _, _, counts = load_checkpoint(str(out), RunConfig(cfg.optimizer, cfg.hyperparameters, cfg.problem,
-                                                                 steps=4))
+                                                                 steps=4), make_problem(cfg.problem))
     assert step == 4 and counts.ngev == MAX_COUNT - 98
 
 
@@ -383,8 +385,8 @@ def test_divergence_factor_is_validated(bad):
 
 def test_divergence_factor_stops_a_run_whose_loss_grows():
     """SGD with lr 1.5 on a linear least-squares problem: for this data the step overshoots and the loss grows
-    geometrically but stays finite for many steps. The run stops at the first recorded loss above 10 × L₀, with
-    L₀ computed here by hand from the initial parameters."""
+    geometrically but stays finite for many steps. The run stops at the first recorded loss above
+    L₀ + 9·max(|L₀|, 1), with L₀ computed here by hand from the initial parameters."""
     prob = _lsq_problem()
     p0 = prob.init_params(0)
     r0 = prob.X @ p0[0]["W"] + p0[0]["b"] - prob.y
@@ -394,11 +396,13 @@ def test_divergence_factor_stops_a_run_whose_loss_grows():
     assert free.status == "completed" and np.all(np.isfinite(losses)) and losses[-1] > 1e3 * L0
     res = run(RunConfig("sgd", {"lr": 1.5}, "lsq", steps=60, divergence_factor=10), problem=prob)
     np.testing.assert_allclose(res.initial_loss, L0, rtol=1e-14)  # a sum of 10 squares: rounding only
-    first = next(i for i, tl in enumerate(losses) if tl > 10 * L0)
+    bound = L0 + 9 * max(abs(L0), 1.0)
+    first = next(i for i, tl in enumerate(losses) if tl > bound)
     assert res.status == "diverged" and len(res.history) == first + 1
     assert [r["train_loss"] for r in res.history] == losses[:first + 1]
     tl = losses[first]
-    assert res.message == f"training loss {tl:.3g} at step {first + 1} exceeds 10 × the initial {L0:.3g}"
+    assert res.message == (f"training loss {tl:.3g} at step {first + 1} exceeds {bound:.3g} = L₀ + 9 × max(|L₀|, 1), "
+                           f"L₀ = {L0:.3g}")
 
 
 def test_divergence_rule_on_resume_uses_the_recomputed_initial_loss(tmp_path):
@@ -503,3 +507,181 @@ def test_checkpoints_of_the_previous_format_or_without_a_problem_identity_are_re
                       "checkpoint format 'refopt-checkpoint/1', this refopt reads 'refopt-checkpoint/2'")
     _one_line_refusal(cfg, _edit(ckpt, tmp_path / "noid.npz", lambda m: _drop(m, "problem_identity")),
                       "checkpoint has no problem identity")
+
+
+# --- review of issue 12: checkpoints record what the optimizer uses; step-0 metrics; target and divergence
+# rules at a small or negative L₀; the stability threshold; quiet evaluations -----------------------------------
+
+def _meta(path):
+    with np.load(path) as data:
+        return json.loads(str(data["meta"]))
+
+
+def test_a_final_checkpoint_is_written_without_checkpoint_every(tmp_path):
+    ckpt = tmp_path / "end.npz"
+    cfg = RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=3)
+    run(cfg, checkpoint_path=str(ckpt))
+    assert _meta(ckpt)["step"] == 3
+    more = run(RunConfig("sgd", {"lr": 0.3}, "synthetic_mlp", steps=5), resume=str(ckpt))
+    assert [r["loss"] for r in more.history] == [r["loss"] for r in run(RunConfig(**{**cfg.__dict__, "steps": 5})).history]
+
+
+def test_the_checkpoint_records_every_hyperparameter_the_optimizer_uses(tmp_path):
+    """A RunConfig with {} and an optimizer object with lr 0.5: the checkpoint holds what ran (lr 0.5, every
+    default), so it resumes under {"lr": 0.5} and is refused under {} naming lr."""
+    from refopt.optim import make_optimizer
+    ckpt = tmp_path / "c.npz"
+    opt = make_optimizer("sgd", lr=0.5)
+    run(RunConfig("sgd", {}, "synthetic_mlp", steps=2), optimizer=opt, checkpoint_path=str(ckpt))
+    meta = _meta(ckpt)
+    assert meta["hyperparameters"] == opt.hyperparameters() and meta["hyperparameters"]["lr"] == 0.5
+    assert meta["given"] == {}
+    run(RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=3), resume=str(ckpt))
+    with pytest.raises(ValueError, match=r"hyperparameters differ: checkpoint has lr=0.5, this run has lr=0.1"):
+        run(RunConfig("sgd", {}, "synthetic_mlp", steps=3), resume=str(ckpt))
+    with pytest.raises(ValueError, match="a 'adam' optimizer, but the config names 'sgd'"):
+        run(RunConfig("sgd", {}, "synthetic_mlp", steps=1), optimizer=make_optimizer("adam"))
+
+
+def test_an_equivalent_schedule_resumes_and_another_is_refused_by_name(tmp_path):
+    """Written with {"name": "cosine", "decay_steps": 100}, resumed with its default final_lr 0 given: the same
+    schedule (both sides are the optimizer's canonical spec). Another decay is refused, naming the schedule."""
+    ckpt = tmp_path / "c.npz"
+    given = {"lr": 0.3, "schedule": {"name": "cosine", "decay_steps": 100}}
+    run(RunConfig("sgd", given, "synthetic_mlp", steps=2), checkpoint_path=str(ckpt))
+    same = {"lr": 0.3, "schedule": {"name": "cosine", "decay_steps": 100, "final_lr": 0}}
+    assert len(run(RunConfig("sgd", same, "synthetic_mlp", steps=3), resume=str(ckpt)).history) == 3
+    other = {"lr": 0.3, "schedule": {"name": "cosine", "decay_steps": 50}}
+    with pytest.raises(ValueError) as info:
+        run(RunConfig("sgd", other, "synthetic_mlp", steps=3), resume=str(ckpt))
+    assert "hyperparameters differ: checkpoint has schedule=" in str(info.value) and "'decay_steps': 100" in str(info.value)
+
+
+def test_load_checkpoint_needs_the_problem(tmp_path):
+    cfg, ckpt = _checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="problem: a checkpoint is checked against its problem's identity"):
+        load_checkpoint(str(ckpt), cfg, None)
+
+
+def test_load_checkpoint_params_builds_no_optimizer_state(tmp_path, monkeypatch):
+    """The meta may claim any hyperparameters (here an lr no optimizer accepts): the params come back, checked
+    against the problem's, and no optimizer is made or initialised from the file."""
+    from refopt.checkpoint import load_checkpoint_params
+    from refopt.optim.base import Optimizer
+    cfg, ckpt = _checkpoint(tmp_path)
+    bad = _edit(ckpt, tmp_path / "hp.npz", lambda m: _set(m, hyperparameters={"lr": -1.0, "max_size": 65536}))
+    monkeypatch.setattr(Optimizer, "init", lambda *a, **k: pytest.fail("an optimizer state was built"))
+    step, params, meta_run = load_checkpoint_params(bad, make_problem("synthetic_mlp"))
+    assert step == 2 and meta_run.optimizer == "sgd" and meta_run.hyperparameters["lr"] == -1.0
+    assert _leaves_equal(params, run(cfg).params)
+    with pytest.raises(ValueError, match="optimizer must be one of refopt's"):
+        load_checkpoint_params(_edit(ckpt, tmp_path / "o.npz", lambda m: _set(m, optimizer="os.system")),
+                               make_problem("synthetic_mlp"))
+
+
+def test_checkpoint_problem_reads_the_meta_alone(tmp_path):
+    from refopt.checkpoint import checkpoint_problem
+    cfg, ckpt = _checkpoint(tmp_path)
+    name, identity = checkpoint_problem(str(ckpt))
+    assert name == "synthetic_mlp" and identity == json.loads(json.dumps(make_problem("synthetic_mlp").identity()))
+    with np.load(ckpt) as data:
+        files = dict(data)
+    files["a0"] = np.zeros(3, dtype=object)  # a pickled entry: refused from its header although not read
+    np.savez(tmp_path / "obj.npz", **files)
+    with pytest.raises(ValueError, match="pickles are refused"):
+        checkpoint_problem(str(tmp_path / "obj.npz"))
+    with pytest.raises(ValueError, match="not a refopt checkpoint"):
+        checkpoint_problem(_edit(ckpt, tmp_path / "f.npz", lambda m: _set(m, format="refopt-trace/1")))
+    with pytest.raises(ValueError, match="checkpoint meta names no problem"):
+        checkpoint_problem(_edit(ckpt, tmp_path / "p.npz", lambda m: _drop(m, "problem")))
+
+
+def test_the_initial_metrics_are_those_of_the_initial_parameters():
+    """initial_loss, initial_train_accuracy, initial_val_loss and initial_val_accuracy: a plain NumPy forward
+    pass at init_params(seed)."""
+    prob = make_problem("synthetic_mlp")
+    res = run(RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=1, seed=4), problem=prob)
+    p0 = prob.init_params(4)
+    acts = prob.model.activations
+    vl, va = _np_softmax_metrics(_np_forward(p0, prob.X_val, acts), np.asarray(prob.y_val))
+    tl, ta = _np_softmax_metrics(_np_forward(p0, prob.X, acts), np.asarray(prob.y))
+    np.testing.assert_allclose([res.initial_val_loss, res.initial_loss], [vl, tl], rtol=1e-12)  # as above
+    assert res.initial_val_accuracy == va and res.initial_train_accuracy == ta
+    plain = run(RunConfig("sgd", {"lr": 0.1}, "lsq", steps=1), problem=_lsq_problem())
+    assert plain.initial_val_loss is None and plain.initial_val_accuracy is None and plain.initial_train_accuracy is None
+
+
+def _function_problem(name, f, grad, x0):
+    from types import SimpleNamespace
+    from refopt.problems.registry import FunctionProblem
+    fn = SimpleNamespace(x0=np.asarray(x0, float), f=f, grad=grad, hess=None, hvp=None)
+    return FunctionProblem(name, lambda: fn)
+
+
+def test_the_divergence_bound_at_a_zero_negative_or_small_initial_loss():
+    """L₀ + (c − 1)·max(|L₀|, 1): c·L₀ for L₀ ≥ 1 (as before); for L₀ = 0 the old c·|L₀| = 0 made any positive
+    loss diverged. On f(x) = x² − ¼ from x₀ = ½ (L₀ = 0) with SGD at lr 1.5 (x ← −2x), the run stops at the
+    first loss above the bound 9, computed here by hand."""
+    from refopt.runner import divergence_bound
+    assert divergence_bound(2.0, 10) == 20.0 and divergence_bound(0.0, 10) == 9.0
+    assert divergence_bound(-5.0, 10) == 40.0 and divergence_bound(0.5, 3) == 2.5
+    prob = _function_problem("shifted", lambda x: float(x[0] ** 2 - 0.25), lambda x: 2 * x, [0.5])  # L₀ = 0
+    res = run(RunConfig("sgd", {"lr": 1.5}, "shifted", steps=50, divergence_factor=10), problem=prob)
+    xs = [0.5 * (-2.0) ** k for k in range(1, 51)]  # x_{k+1} = x_k − 1.5·2x_k = −2x_k
+    losses = [x * x - 0.25 for x in xs]
+    first = next(i for i, v in enumerate(losses) if v > 9.0)
+    assert res.initial_loss == 0.0 and res.status == "diverged" and len(res.history) == first + 1
+    np.testing.assert_allclose([r["train_loss"] for r in res.history], losses[:first + 1], rtol=1e-15)
+
+
+def test_a_target_the_initial_loss_already_meets_stops_at_once():
+    res = run(RunConfig("lbfgs", {}, "rosenbrock", steps=10, target_loss=100.0))  # L₀ = 24.2
+    assert res.status == "target_reached" and res.history == [] and "already at or below the target" in res.message
+
+
+def test_evaluations_of_a_diverging_run_raise_no_overflow_warning():
+    """SGD at lr 1e100 on least squares: the second evaluation overflows (loss ~1e400) and the run is reported
+    as diverged; NumPy's overflow warning inside that evaluation is silenced, not raised."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = run(RunConfig("sgd", {"lr": 1e100}, "lsq", steps=20), problem=_lsq_problem())
+    assert res.status == "diverged" and not np.isfinite(res.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("hp,threshold", [
+    ({"lr": 0.1}, 2 / 0.1),
+    ({"lr": 0.1, "momentum": 0.9}, 2 * 1.9 / 0.1),
+    ({"lr": 0.1, "momentum": 0.9, "nesterov": True}, 2 * 1.9 / (2.8 * 0.1)),
+    ({"lr": 0.1, "momentum": 0.5, "dampening": 0.5}, 2 * 1.5 / (0.1 * 0.5)),
+    ({"lr": 0.1, "weight_decay": 0.5}, 2 / 0.1 - 0.5),
+])
+def test_the_stability_threshold_separates_decay_from_growth_on_a_quadratic(hp, threshold):
+    """The formula against refopt's own SGD on f(x) = ½hx²: 400 steps at h 2 % below the threshold shrink |x|,
+    2 % above they grow it (the iteration matrix's spectral radius is then above 1)."""
+    from refopt.optim import make_optimizer
+    from refopt.runner import stability_threshold
+    opt = make_optimizer("sgd", **hp)
+    assert stability_threshold(opt, hp["lr"]) == pytest.approx(threshold, rel=1e-15)
+    for factor, grows in ((0.98, False), (1.02, True)):
+        h = factor * threshold
+        prob = _function_problem("quad", lambda x, h=h: float(0.5 * h * x[0] ** 2), lambda x, h=h: h * x, [1.0])
+        res = run(RunConfig("sgd", hp, "quad", steps=400), problem=prob)
+        assert (abs(res.params[0]) > 1.0) == grows, (factor, res.params)
+
+
+def test_no_stability_threshold_outside_gradient_descent():
+    from refopt.optim import make_optimizer
+    from refopt.runner import stability_threshold
+    for name in ("adam", "lbfgs", "kfac", "shampoo"):
+        assert stability_threshold(make_optimizer(name), 0.1) is None
+    assert stability_threshold(make_optimizer("sgd"), None) is None
+    assert stability_threshold(make_optimizer("sgd", momentum=0.5, dampening=1.0), 0.1) is None
+
+
+def test_batch_indices_are_the_epochs_permutation_cut_in_batches():
+    from refopt.runner import batch_indices
+    for step in range(7):  # ⌊10 / 3⌋ = 3 batches per epoch; the remainder of each permutation is left out
+        epoch, pos = divmod(step, 3)
+        want = np.random.default_rng([5, epoch]).permutation(10)[3 * pos:3 * pos + 3]
+        np.testing.assert_array_equal(batch_indices(10, 3, 5, step), want)

@@ -215,8 +215,10 @@ def test_files_that_are_not_npz_archives(tmp_path):
     np.save(npy, np.zeros(3))
     _refused(load_npz, str(npy), match="not an .npz archive")
     text = tmp_path / "t.npz"
-    text.write_text("hello")
-    _refused(load_npz, str(text), match="not a readable .npz")
+    text.write_text("hello")   # NumPy alone would answer with advice about allow_pickle, which does not apply
+    with pytest.raises(ValueError) as info:
+        load_npz(str(text))
+    assert str(info.value) == f"{text}: not an .npz archive (a zip of .npy arrays); the file starts with b'hell'"
     _refused(load_npz, str(tmp_path), match="cannot be read")   # a folder
     with pytest.raises(FileNotFoundError):
         load_npz(str(tmp_path / "absent.npz"))
@@ -345,3 +347,28 @@ def test_cli_verify_check_of_a_hostile_trace(tmp_path, monkeypatch, capsys, trip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more than 1000000 parameters" in err, err
     assert tripwires == []
+
+
+def test_one_seed_cap_and_one_short_repr_for_every_module():
+    """MAX_SEED is defined once (serialize, the lowest unit that needs it) and the message helper once."""
+    import refopt.serialize as S
+    from refopt.optim import base
+    from refopt.optim import gradients
+    from refopt.problems import user_data
+    from refopt.verify import trace
+    assert base.MAX_SEED is S.MAX_SEED == 2 ** 63 - 1 and user_data.MAX_SEED is S.MAX_SEED
+    assert trace._short is S.short_repr and gradients._short is S.shorten
+    assert S.short_repr("x" * 200) == repr("x" * 200)[:77] + "..." and len(S.short_repr("x" * 200)) == 80
+    assert S.short_repr(10 ** 5000) == "an integer of about 5001 digits"  # repr() itself would raise
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no")
+    assert S.short_repr(Broken()) == "<Broken>"
+
+
+def test_load_npz_can_read_only_some_entries(tmp_path):
+    path = tmp_path / "k.npz"
+    np.savez(path, meta=np.array("{}"), a0=np.zeros(3))
+    assert list(load_npz(str(path), keys=("meta",))) == ["meta"]
+    assert sorted(load_npz(str(path))) == ["a0", "meta"]

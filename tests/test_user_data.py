@@ -82,7 +82,6 @@ def test_missing_file_directory_extension_and_size_cap(tmp_path, monkeypatch):
     path = _write(tmp_path, "1,2,0\n3,4,1\n")
     monkeypatch.setattr(U, "MAX_DATA_BYTES", 8)
     _refused("d.csv: 12 bytes; data files are read up to 8 bytes", path)
-    assert U.data_problem.__module__ == U.__name__
 
 
 @pytest.mark.parametrize("arrays,fragment", [
@@ -104,7 +103,9 @@ def test_bad_npz_files_are_one_line(tmp_path, arrays, fragment):
 
 
 def test_npz_that_is_not_an_archive_or_declares_too_much(tmp_path, monkeypatch):
-    _refused("not a readable .npz file", _write(tmp_path, b"not a zip at all", "d.npz"))
+    text = _refused("not an .npz archive (a zip of .npy arrays); the file starts with b'not '",
+                    _write(tmp_path, b"not a zip at all", "d.npz"))
+    assert "allow_pickle" not in text  # NumPy's own answer, advice that does not apply to a text file
     path = tmp_path / "zeros.npz"
     np.savez_compressed(path, X=np.zeros((500, 4)), y=np.zeros(500))  # 20 kB of zeros, compressed to < 1 kB
     assert path.stat().st_size < 2000
@@ -147,6 +148,7 @@ CSV = "f1,f2,label\n" + "".join(f"{i},{(i * 7) % 5},{i % 3}\n" for i in range(10
      "activation: expected 2 names (one per hidden layer), got 1"),
     ("1,2,0\n3,4,1\n5,6,1\n", {"activation": "swish"}, "unknown activation 'swish'"),
     ("1,2,0\n", {}, "d.csv: 1 example; at least 2 are needed"),
+    ("a,b,c\n1,2,0\n", {}, "d.csv: 1 example; at least 2 are needed"),
     ("1,2,0\n3,4,1\n", {"val_fraction": 0.2}, "val_fraction 0.2 of the 2 examples of d.csv holds out none"),
     ("1,2,0\n3,4,1\n", {"val_fraction": 0.75}, "val_fraction 0.75 of the 2 examples of d.csv leaves none to train on"),
     ("1,2,0\n3,4,1\n", {"loss": "mse"}, "loss must be one of softmax, gaussian, bernoulli, got 'mse'"),
@@ -193,6 +195,59 @@ def test_no_standardisation_and_no_held_out_split(tmp_path):
 def test_a_constant_feature_maps_to_zero(tmp_path):
     p = data_problem(_write(tmp_path, "".join(f"{i},4,{i % 2}\n" for i in range(6))), val_fraction=0.5)
     assert np.all(p.X[:, 1] == 0) and np.all(p.X_val[:, 1] == 0)
+
+
+def test_a_constant_float_feature_maps_to_zero_and_held_out_rows_to_their_difference(tmp_path):
+    """0.1 three times: its computed mean is 0.10000000000000002 and its deviation 1.4e-17, so the plain
+    formula maps the training rows to ±1 and a held-out 0.2 to about 7e15. Constant (max = min) means
+    deviation 1: training rows 0, the held-out row 0.2 − 0.1."""
+    held = int(np.random.default_rng(0).permutation(4)[-1])  # the row val_fraction 0.25 holds out (seed 0)
+    rows = [f"{i},{0.2 if i == held else 0.1},{i % 2}\n" for i in range(4)]
+    assert np.mean([0.1, 0.1, 0.1]) != 0.1 and np.std([0.1, 0.1, 0.1]) > 0  # what broke the plain formula
+    p = data_problem(_write(tmp_path, "".join(rows)), val_fraction=0.25)
+    assert np.all(p.X[:, 1] == 0)
+    assert abs(p.X_val[0, 1] - 0.1) <= 1e-16
+
+
+def test_values_near_the_float_maximum_standardise_without_overflow(tmp_path):
+    """±1e308 in a csv: the plain moments overflow (inf, then NaN); standardisation is scale-free, so the result
+    equals that of the same data divided by 1e300, computed here with NumPy's formula."""
+    g = np.random.default_rng(2)
+    X = g.uniform(-1.7, 1.7, (10, 2)) * 1e308
+    path = _write(tmp_path, "".join(f"{float(a)!r},{float(b)!r},{i % 2}\n" for i, (a, b) in enumerate(X)))
+    with np.errstate(over="raise", invalid="raise"):  # no overflow anywhere on the way
+        p = data_problem(path, val_fraction=0.2)
+    order = np.random.default_rng(0).permutation(10)
+    small = X / 1e300
+    mu, sd = small[order[:8]].mean(axis=0), small[order[:8]].std(axis=0)
+    np.testing.assert_allclose(p.X, (small[order[:8]] - mu) / sd, rtol=0, atol=1e-13)  # 1e300 rounds each x
+    np.testing.assert_allclose(p.X_val, (small[order[8:]] - mu) / sd, rtol=0, atol=1e-13)
+
+
+def test_a_held_out_value_beyond_the_float_range_once_standardised_is_one_line(tmp_path):
+    """Training values within 1e-300 of each other and a held-out 1e10: (x − μ)/σ ≈ 1e310 is not a float64."""
+    held = int(np.random.default_rng(0).permutation(4)[-1])
+    rows = [f"{i},{1e10 if i == held else (1 + i) * 1e-300},{i % 2}\n" for i in range(4)]
+    text = _refused("d.csv: column 2: the held-out value 1e+10: standardised by the training rows' moments, it is "
+                    "inf, beyond the range of float64", _write(tmp_path, "".join(rows)), val_fraction=0.25)
+    assert "RuntimeWarning" not in text
+
+
+def test_raw_values_beyond_float32_are_one_line_in_a_float32_run(tmp_path):
+    from refopt import backend
+    backend.set_default_dtype("float32")
+    path = _write(tmp_path, "1,2,0\n3,1e39,1\n5,6,1\n")
+    _refused("d.csv: column 2: the training value 1e+39: it is 1e+39, beyond the range of float32", path,
+             val_fraction=0, standardize=False)
+    assert data_problem(path, val_fraction=0).X.dtype == np.float32  # standardised, it fits
+
+
+def test_a_first_row_of_numbers_and_text_is_an_error_not_a_header(tmp_path):
+    """A typo in the first example (1,x,0) used to make it a header, silently dropping the example."""
+    _refused("d.csv: row 1 mixes numbers and text (column 2: 'x'); a header row holds no number, a data row "
+             "only numbers", _write(tmp_path, "1,x,0\n3,4,1\n5,6,1\n"))
+    X, _ = load_data(_write(tmp_path, "a,,label\n1,2,0\n"))  # no number at all: a header (an empty name too)
+    np.testing.assert_array_equal(X, [[1, 2]])
 
 
 def test_default_sizes_losses_and_name(tmp_path):
@@ -267,3 +322,65 @@ def test_the_gaussian_has_no_accuracy():
     assert not Gaussian().has_accuracy
     with pytest.raises(ValueError, match="Gaussian has no accuracy"):
         Gaussian().accuracy(np.zeros((2, 1)), np.zeros((2, 1)))
+
+
+# --- what a file may cost: memory, numbers and the network's size -------------------------------------------
+
+def _peak(fn):
+    """(result or the ValueError, peak bytes Python allocated while fn ran: tracemalloc counts NumPy's buffers)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        out = fn()
+    except ValueError as exc:
+        out = exc
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return out, peak
+
+
+def test_a_million_blank_lines_cost_little_memory(tmp_path):
+    """10⁶ newlines (1 MB) used to be read into two lists of rows (~300 bytes per byte, 2.4 GB for 8 MiB); the
+    stream keeps no row: the peak stays under 2 × the file, also for 10⁵ of them after two data rows."""
+    blank = _write(tmp_path, "\n" * 10 ** 6, "blank.csv")
+    err, peak = _peak(lambda: load_data(blank))
+    assert isinstance(err, ValueError) and "the file is empty" in str(err)
+    assert peak < 2 * 10 ** 6, peak
+    trailing = _write(tmp_path, "1,2,0\n3,4,1\n" + "\n" * 10 ** 5, "trailing.csv")
+    (X, y), peak = _peak(lambda: load_data(trailing))
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    assert peak < 2 * 10 ** 5, peak
+
+
+def test_an_ordinary_csv_costs_about_its_array(tmp_path):
+    """20,000 rows of 5 numbers: the float64 array is 800 kB; the stream's doubling buffer and one row's cells
+    keep the peak within 2.5 × that (a list of every row's strings cost ~22 × the file)."""
+    g = np.random.default_rng(0)
+    A = np.round(g.standard_normal((20000, 5)), 3)
+    path = _write(tmp_path, "".join(",".join(repr(float(v)) for v in row) + "\n" for row in A), "big.csv")
+    (X, y), peak = _peak(lambda: load_data(path))
+    np.testing.assert_array_equal(np.column_stack([X, y]), A)
+    assert peak < 2.5 * A.nbytes, (peak, A.nbytes)
+
+
+def test_more_numbers_than_the_cap_are_refused_while_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "MAX_CELLS", 12)
+    assert load_data(_write(tmp_path, "1,2,0\n" * 4))[0].shape == (4, 2)  # 12 numbers: at the cap
+    _refused("d.csv: more than 12 numbers (rows × columns) at row 5; data files hold at most 12",
+             _write(tmp_path, "1,2,0\n" * 5))
+    _refused("d.npz: X (5, 2) and y (5,) hold 15 numbers; data files hold at most 12",
+             _npz(tmp_path, X=np.zeros((5, 2), bool), y=np.zeros(5)))
+
+
+def test_a_network_over_the_parameter_cap_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """--sizes 2,10⁹,3 used to end in a MemoryError; a wide file's default sizes the same. The count is checked
+    from the sizes, (fan_in + 1) × fan_out per layer, before the MLP exists."""
+    path = _write(tmp_path, "1,2,0\n3,4,1\n5,6,1\n")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the MLP was built")
+    monkeypatch.setattr(U, "MLP", never)
+    _refused(f"sizes 2-1000000000-3 give {3 * 10 ** 9 + 10 ** 9 * 3 + 3} parameters; a data problem's network has at "
+             f"most {10 ** 8}", path, sizes=[2, 10 ** 9, 3])
+    monkeypatch.setattr(U, "MAX_PARAMETERS", (2 + 1) * 32 + (32 + 1) * 2 - 1)  # one fewer than [2, 32, 2] has
+    _refused("d.csv: the default sizes 2-32-2 give 162 parameters; a data problem's network has at most 161", path)

@@ -14,15 +14,16 @@ NumPy Generator) in a stated order, or injected. Results carry ``nmatvec``, the 
   assumes symmetry (all but the trace) runs it first (``check_symmetry=True``; its two products count).
 
 * ``top_eigenpairs(A, k)``, power iteration with deflation (PyHessian's ``hessian.eigenvalues``, Yao et
-  al. 2020): for i = 1..k, from v₀ (a Gaussian draw, or the i-th column of ``v0``) projected off the
-  eigenvectors already found and normalised, iterate w = A v_t, λ_t = v_tᵀ w (the Rayleigh quotient),
-  v_{t+1} = P w / ‖P w‖ (P projects off the earlier eigenvectors, Gram–Schmidt twice), and stop when
-  |λ_t − λ_{t−1}| ≤ tol·|λ_t| or after ``max_iter`` products. It finds the eigenvalues of largest
+  al. 2020): for i = 1..k, from v₀ (a Gaussian draw, made when pair i starts, or the i-th column of ``v0``)
+  projected off the eigenvectors already found and normalised, iterate w = A v_t, λ_t = v_tᵀ w (the Rayleigh
+  quotient), v_{t+1} = P w / ‖P w‖ (P projects off the earlier eigenvectors, Gram–Schmidt twice), and stop
+  when |λ_t − λ_{t−1}| ≤ tol·|λ_t| or after ``max_iter`` products. It finds the eigenvalues of largest
   **magnitude** (returned with their signs), in the order found; eigenvalues ±λ of equal magnitude make it
   oscillate. Defaults tol = 1e-3, max_iter = 100 are PyHessian's (there: |Δλ| / (|λ_{t−1}| + 1e-6) < tol,
   Gaussian start). Returned: λ_t, v_t and the exact residual ‖A v_t − λ_t v_t‖ of the last iterate, which
   bounds the distance to the nearest eigenvalue (and its square over the gap bounds the Rayleigh
-  quotient's error).
+  quotient's error). When P w = 0 (A v lies in the span of the earlier vectors, so λ_t = 0) there is nothing
+  to iterate on: the pair stops there, converged only if its residual ‖A v‖ ≤ tol·max(|λ| found so far).
 
 * ``lanczos(A, m)``, m steps with full reorthogonalisation: q₁ = v/‖v‖, and for j = 1..m
   w = A q_j − α_j q_j − β_{j−1} q_{j−1} with α_j = q_jᵀ A q_j, then w ← w − Q_j Q_jᵀ w twice (classical
@@ -31,16 +32,28 @@ NumPy Generator) in a stated order, or injected. Results carry ``nmatvec``, the 
   Krylov space is exhausted) β_j is set to 0 and q_{j+1} is the unit vector e_i least represented in Q_j
   (the smallest row norm), orthogonalised: deterministic, and it leaves T block-diagonal, so the first
   block, which is all quadrature sees, is exact. A small β above that threshold (rounding-split repeated
-  eigenvalues give ~1e-13) is kept: w/β, reorthogonalised, is still orthonormal to Q, so QᵀAQ = T holds. ``lanczos_eigenpairs`` returns the k largest and k
-  smallest Ritz pairs (θ_i, Q_m s_i) of T_m = S Θ Sᵀ with residuals |β_m s_{m,i}| = ‖A y_i − θ_i y_i‖;
-  the Ritz values lie in [λ_min, λ_max] and equal the eigenvalues when m = n.
+  eigenvalues give ~1e-13) is kept: w/β, reorthogonalised, is still orthonormal to Q, so QᵀAQ = T holds.
+  The basis is n × m floats; runs are built one step at a time, so an adaptive run holds only its steps.
+
+* ``lanczos_eigenpairs(A, k)``: the k largest (descending) and k smallest (ascending) Ritz pairs
+  (θ_i, Q_m s_i) of T_m = S Θ Sᵀ, **algebraic**, with residuals r_i = |β_m s_{m,i}| = ‖A y_i − θ_i y_i‖, each
+  of which bounds the distance from θ_i to an eigenvalue. A pair has converged when
+  r_i ≤ max(tol·|θ_i|, n·eps·‖T‖) (tol = √eps by default; the second term is the rounding floor). With
+  ``steps`` it runs exactly that many; by default it runs until the k pairs at the ``which`` end(s)
+  ("largest", "smallest" or "both", the default) have converged, checking after max(2k + 1, 20) steps and
+  then after every quarter more, or ``max_steps`` (default min(n, 3000)). Ritz values interlace:
+  θ_max ≤ λ_max and θ_min ≥ λ_min always, and they are all the eigenvalues when m = n (``complete``). A converged extreme Ritz value is an eigenvalue to within r_i; that it is the extreme
+  one is what a random start gives (an eigenvector nearly orthogonal to the start is found late), not a
+  certificate. The smallest end of a curvature matrix converges slowly (it sits at the edge of a cluster of
+  small eigenvalues).
 
 * ``hutchinson_trace(A, probes)``: tr A ≈ (1/N) Σ_j z_jᵀ A z_j over N probes with E[z zᵀ] = I
-  (Rademacher ±1, the default, or Gaussian), drawn in order, one (n,) vector each, or injected as the
-  columns of ``vectors``; the standard error is the sample standard deviation (ddof 1) over √N (NaN for
-  N = 1). For symmetric A, Var(zᵀAz) = 2(‖A‖_F² − Σ_i A_ii²) for Rademacher probes (exact for a diagonal
-  A) and 2‖A‖_F² for Gaussian ones (Hutchinson 1990; Avron & Toledo 2011). The number of probes is fixed
-  (PyHessian instead stops when the running mean changes by less than a relative 1e-3).
+  (Rademacher ±1, the default, or Gaussian), drawn in order, one (n,) vector each, when it is used (only
+  one is held), or injected as the columns of ``vectors``; the standard error is the sample standard
+  deviation (ddof 1) over √N (NaN for N = 1). For symmetric A, Var(zᵀAz) = 2(‖A‖_F² − Σ_i A_ii²) for
+  Rademacher probes (exact for a diagonal A) and 2‖A‖_F² for Gaussian ones (Hutchinson 1990; Avron & Toledo
+  2011). The number of probes is fixed (PyHessian instead stops when the running mean changes by less than a
+  relative 1e-3).
 
 * ``slq(A, m, probes)``, stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019; Yao et al. 2020):
   for each probe v (drawn as for the trace, or injected), m Lanczos steps from v/‖v‖; the nodes are the
@@ -64,15 +77,18 @@ from .operators import CurvatureOperator, as_operator
 
 __all__ = ["Eigenpairs", "LanczosResult", "LanczosEigenpairs", "TraceEstimate", "SLQResult", "check_symmetric",
            "top_eigenpairs", "lanczos", "lanczos_eigenpairs", "hutchinson_trace", "slq", "gaussian_density",
-           "MAX_PROBES"]
+           "MAX_PROBES", "MAX_LANCZOS_STEPS", "LANCZOS_ENDS", "dtype_eps"]
 
 MAX_PROBES = 10_000     # probes of Hutchinson and SLQ (each is one or m more products)
+MAX_LANCZOS_STEPS = 3000   # lanczos_eigenpairs' default cap on adaptive steps: the basis is n × m floats
+LANCZOS_ENDS = ("largest", "smallest", "both")
 
 
 class Eigenpairs(NamedTuple):
     """Eigenvalue estimates (host array), their unit eigenvectors (columns of an (n, k) backend array), the
-    residuals ‖A y − λ y‖ (host array), iterations (products per pair), whether each met its stopping
-    rule (power iteration; for Lanczos: residual ≤ √eps·‖T‖) and the products used in all."""
+    residuals ‖A y − λ y‖ (host array), iterations (products per pair; for Lanczos the run's steps), whether
+    each met its stopping rule (power iteration's, or Lanczos' residual test: module docs) and the products
+    used in all."""
 
     values: object
     vectors: object
@@ -104,10 +120,14 @@ class LanczosResult(NamedTuple):
 
 
 class LanczosEigenpairs(NamedTuple):
-    """The k largest Ritz pairs (descending) and the k smallest (ascending) of one Lanczos run."""
+    """The k largest Ritz pairs (descending) and the k smallest (ascending) of one Lanczos run, its steps m,
+    whether m = n (then the Ritz values are the eigenvalues, to rounding) and the tolerance of ``converged``."""
 
     largest: Eigenpairs
     smallest: Eigenpairs
+    steps: int
+    complete: bool
+    tol: float
 
 
 class TraceEstimate(NamedTuple):
@@ -166,8 +186,13 @@ class SLQResult(NamedTuple):
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+def dtype_eps(dtype) -> float:
+    """The machine epsilon of a float dtype."""
+    return float(xp.finfo(dtype).eps)
+
+
 def _eps(op: CurvatureOperator) -> float:
-    return float(xp.finfo(op.dtype).eps)
+    return dtype_eps(op.dtype)
 
 
 def _norm(v) -> float:
@@ -191,7 +216,8 @@ def _check_at_most(name: str, value, n: int, what: str) -> int:
 
 
 def _columns(op: CurvatureOperator, X, name: str, count=None):
-    """The injected vectors ``X`` ((n,) or (n, k) with k = ``count`` when given) as a list of (n,) arrays."""
+    """(k, columns): the injected vectors ``X`` ((n,) or (n, k) with k = ``count`` when given), checked whole,
+    and an iterator over its columns as contiguous (n,) arrays, each copied only when it is reached."""
     shape = tuple(getattr(X, "shape", ()))
     if getattr(X, "dtype", None) != op.dtype:
         raise ValueError(f"{name} must be an array of dtype {op.dtype.name} (the operator's), got "
@@ -207,8 +233,8 @@ def _columns(op: CurvatureOperator, X, name: str, count=None):
     X = to_device(X)
     if not bool(xp.all(xp.isfinite(X))):
         raise ValueError(f"{name} contains NaN or Inf")
-    rows = xp.ascontiguousarray(X.T)     # contiguous vectors: the same rounding as freshly drawn ones
-    return [rows[j] for j in range(rows.shape[0])]
+    # contiguous vectors: the same rounding as freshly drawn ones
+    return X.shape[1], (xp.ascontiguousarray(X[:, j]) for j in range(X.shape[1]))
 
 
 def _draw(op: CurvatureOperator, gen, distribution: str):
@@ -217,14 +243,17 @@ def _draw(op: CurvatureOperator, gen, distribution: str):
 
 
 def _probes(op: CurvatureOperator, probes, seed, distribution: str, vectors):
+    """(N, distribution, probes): the probes as an iterator, drawn one at a time in order from ``rng(seed)``
+    (or the columns of ``vectors``), so only the current one is in memory."""
     distribution = check_choice("distribution", distribution, PROBE_DISTRIBUTIONS)
     if vectors is not None:
-        return _columns(op, vectors, "vectors"), distribution
+        count, columns = _columns(op, vectors, "vectors")
+        return count, distribution, columns
     if isinstance(probes, int) and not isinstance(probes, bool) and probes < 1:
         raise ValueError(f"probes must be at least 1, got {probes}")
     probes = check_int("probes", probes, 1, MAX_PROBES)
     gen = rng(seed)
-    return [_draw(op, gen, distribution) for _ in range(probes)], distribution
+    return probes, distribution, (_draw(op, gen, distribution) for _ in range(probes))
 
 
 def _project(w, basis, times: int = 2):
@@ -266,13 +295,14 @@ def top_eigenpairs(A, k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed=0
     tol = check_nonnegative("tol", tol)
     start = op.nmatvec
     if v0 is not None:
-        starts = _columns(op, v0, "v0", k)
-    else:
+        starts = _columns(op, v0, "v0", k)[1]
+    else:  # drawn one at a time, as each pair starts: the same draws as drawing them all first
         gen = rng(seed)
-        starts = [normal(gen, (op.n,), op.dtype) for _ in range(k)]
+        starts = (normal(gen, (op.n,), op.dtype) for _ in range(k))
     if check_symmetry:
         check_symmetric(op)
     basis, values, residuals, iterations, converged = [], [], [], [], []
+    scale = 0.0   # the largest |λ| found so far: the scale of A for the residual test when P w = 0
     for i, v in enumerate(starts):
         v = _project(v, basis)
         nv = _norm(v)
@@ -289,12 +319,13 @@ def top_eigenpairs(A, k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed=0
                 break
             w = _project(w, basis)
             nw = _norm(w)
-            if not nw > 0:      # A v = 0 up to the deflated directions: v is an eigenvector of eigenvalue 0
-                done = True
+            if not nw > 0:      # A v lies in the span of the earlier vectors: λ_t = 0, and nothing to iterate on;
+                done = r <= tol * scale    # converged only if the true residual ‖A v − λ v‖ = ‖A v‖ says so
                 break
             v, previous = w / nw, lam
         basis.append(v)
         values.append(lam)
+        scale = max(scale, abs(lam))
         residuals.append(r)
         iterations.append(t)
         converged.append(bool(done))
@@ -305,57 +336,89 @@ def top_eigenpairs(A, k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed=0
 
 
 # --- Lanczos ------------------------------------------------------------------------------------------------
+class _Krylov:
+    """Lanczos with full reorthogonalisation from the unit vector ``q``, one step at a time (module docs).
+
+    The basis is kept as rows (each q_j contiguous) in a buffer that doubles up to ``capacity`` rows, so an
+    adaptive run holds only the steps it takes. After each step the remainder w (A q_j minus its components
+    along Q_j) and β = ‖w‖ are kept, and the next q is made from them only when another step is asked for:
+    a run stopped after m steps has β_m = ‖remainder‖, as ``LanczosResult.beta_last`` says."""
+
+    def __init__(self, op: CurvatureOperator, q, capacity: int, start: int):
+        self.op, self.capacity = op, capacity
+        self.rows = xp.zeros((min(capacity, 64), op.n), dtype=op.dtype)
+        self.q, self.alpha, self.beta = q, [], []
+        self.anorm, self.breakdown, self.restarts = 0.0, op.n * _eps(op), 0
+        self.w, self.b, self.m, self.start = None, 0.0, 0, start   # start: op.nmatvec before the symmetry check
+
+    def step(self) -> None:
+        """One more step: q_{m+1} from the last remainder (or a restart), A q_{m+1}, α, the reorthogonalised
+        remainder and its norm β."""
+        j = self.m
+        if j > 0:
+            self.q = self._next()
+        if j == self.rows.shape[0]:
+            grown = xp.zeros((min(self.capacity, 2 * j), self.op.n), dtype=self.op.dtype)
+            grown[:j] = self.rows
+            self.rows = grown
+        q = self.q
+        self.rows[j] = q
+        w = self.op.matvec(q)
+        a = _dot(q, w)
+        w = w - a * q - (self.beta[-1] * self.rows[j - 1] if j > 0 else 0.0)
+        for _ in range(2):   # full reorthogonalisation, Gram–Schmidt twice
+            basis = self.rows[:j + 1]
+            w = w - basis.T @ (basis @ w)
+        self.alpha.append(a)
+        self.b = _norm(w)
+        self.anorm = max(self.anorm, abs(a) + (self.beta[-1] if self.beta else 0.0) + self.b)
+        self.w, self.m = w, j + 1
+
+    def _next(self):
+        """q_{m+1} from the last remainder, or, after an invariant subspace, the least represented unit vector."""
+        if self.b <= self.breakdown * self.anorm:
+            self.restarts += 1
+            basis = self.rows[:self.m]
+            i = int(xp.argmin(xp.sum(basis * basis, axis=0)))
+            e = xp.zeros(self.op.n, dtype=self.op.dtype)
+            e[i] = 1.0
+            for _ in range(2):
+                e = e - basis.T @ (basis @ e)
+            self.beta.append(0.0)
+            return e / _norm(e)
+        self.beta.append(self.b)
+        return self.w / self.b
+
+    def result(self) -> LanczosResult:
+        """The steps taken so far as a ``LanczosResult`` (the basis a view of the buffer)."""
+        dtype = self.op.dtype
+        return LanczosResult(to_host(xp.asarray(self.alpha, dtype=dtype)), to_host(xp.asarray(self.beta, dtype=dtype)),
+                             self.rows[:self.m].T, float(self.b), self.restarts, self.op.nmatvec - self.start)
+
+
+def _start(op: CurvatureOperator, seed, v0):
+    q = next(_columns(op, v0, "v0", 1)[1]) if v0 is not None else normal(rng(seed), (op.n,), op.dtype)
+    nq = _norm(q)
+    if not nq > 0:
+        raise ValueError("v0 must not be the zero vector")
+    return q / nq
+
+
 def lanczos(A, steps: int, seed=0, v0=None, check_symmetry: bool = True, callback=None) -> LanczosResult:
     """``steps`` Lanczos steps with full reorthogonalisation from ``v0`` ((n,)), or a Gaussian draw from
     ``seed`` (module docs). ``callback(j, steps)`` after each step."""
     op = as_operator(A)
     m = _check_at_most("steps", steps, op.n, "the dimension n")
     start = op.nmatvec
-    if v0 is not None:
-        q = _columns(op, v0, "v0", 1)[0]
-    else:
-        q = normal(rng(seed), (op.n,), op.dtype)
-    nq = _norm(q)
-    if not nq > 0:
-        raise ValueError("v0 must not be the zero vector")
+    q = _start(op, seed, v0)
     if check_symmetry:
         check_symmetric(op)
-    Q = xp.zeros((op.n, m), dtype=op.dtype)
-    q = q / nq
-    alpha, beta = [], []
-    anorm, breakdown, restarts = 0.0, op.n * _eps(op), 0
-    beta_last = 0.0
+    krylov = _Krylov(op, q, m, start)
     for j in range(m):
-        Q[:, j] = q
-        w = op.matvec(q)
-        a = _dot(q, w)
-        w = w - a * q - (beta[-1] * Q[:, j - 1] if j > 0 else 0.0)
-        for _ in range(2):   # full reorthogonalisation, Gram–Schmidt twice
-            basis = Q[:, :j + 1]
-            w = w - basis @ (basis.T @ w)
-        alpha.append(a)
-        b = _norm(w)
-        anorm = max(anorm, abs(a) + (beta[-1] if beta else 0.0) + b)
+        krylov.step()
         if callback is not None:
             callback(j + 1, m)
-        if j == m - 1:
-            beta_last = b
-            break
-        if b <= breakdown * anorm:       # invariant subspace: restart on the least represented unit vector
-            restarts += 1
-            basis = Q[:, :j + 1]
-            i = int(xp.argmin(xp.sum(basis * basis, axis=1)))
-            e = xp.zeros(op.n, dtype=op.dtype)
-            e[i] = 1.0
-            for _ in range(2):
-                e = e - basis @ (basis.T @ e)
-            beta.append(0.0)
-            q = e / _norm(e)
-        else:
-            beta.append(b)
-            q = w / b
-    return LanczosResult(to_host(xp.asarray(alpha, dtype=op.dtype)), to_host(xp.asarray(beta, dtype=op.dtype)),
-                         Q, float(beta_last), restarts, op.nmatvec - start)
+    return krylov.result()
 
 
 def _ritz(result: LanczosResult):
@@ -363,30 +426,61 @@ def _ritz(result: LanczosResult):
     return theta, S
 
 
-def lanczos_eigenpairs(A, k: int = 1, steps=None, seed=0, v0=None, check_symmetry: bool = True,
-                       callback=None) -> LanczosEigenpairs:
-    """The k largest and k smallest Ritz pairs (algebraic) of ``steps`` Lanczos steps (default
-    min(n, max(2k + 1, 30))); residuals |β_m s_{m,i}| (module docs)."""
-    op = as_operator(A)
-    k = _check_at_most("k", k, op.n, "the dimension n")
-    steps = min(op.n, max(2 * k + 1, 30)) if steps is None else steps
-    m = _check_at_most("steps", steps, op.n, "the dimension n")
-    if k > m:
-        raise ValueError(f"k = {k} is larger than steps ({m}): m Lanczos steps give m Ritz values")
-    result = lanczos(op, m, seed, v0, check_symmetry, callback)
+def _ritz_pairs(krylov: _Krylov, tol: float):
+    """θ (host, ascending), S, the residuals |β_m s_{m,i}| (host) and whether each is at most
+    max(tol·|θ_i|, n·eps·‖T‖) (the rounding floor)."""
+    result = krylov.result()
     theta, S = _ritz(result)
     theta_h = to_host(theta)
-    res = to_host(xp.abs(result.beta_last * S[m - 1, :]))
-    tnorm = float(abs(theta_h).max())
-    tol = math.sqrt(_eps(op)) * tnorm
+    res = to_host(xp.abs(result.beta_last * S[krylov.m - 1, :]))
+    floor = krylov.breakdown * max(krylov.anorm, float(abs(theta_h).max()))
+    converged = [bool(r <= max(tol * abs(t), floor)) for r, t in zip(res, theta_h)]
+    return result, theta_h, S, res, converged
+
+
+def lanczos_eigenpairs(A, k: int = 1, steps=None, seed=0, v0=None, check_symmetry: bool = True, callback=None,
+                       tol=None, max_steps=None, which: str = "both") -> LanczosEigenpairs:
+    """The k largest (descending) and k smallest (ascending) Ritz pairs, algebraic, of one Lanczos run, with
+    residuals |β_m s_{m,i}| (module docs). ``steps``: exactly that many steps; None (the default): steps until
+    the k pairs at the ``which`` end(s) ("largest", "smallest", "both") have residuals ≤ ``tol``·|θ_i|
+    (default √eps), checked after max(2k + 1, 20) steps and then every quarter more, or ``max_steps`` (default
+    min(n, 3000)). ``callback(j, total)`` after each step, total = ``steps`` or ``max_steps``."""
+    op = as_operator(A)
+    k = _check_at_most("k", k, op.n, "the dimension n")
+    tol = math.sqrt(_eps(op)) if tol is None else check_nonnegative("tol", tol)
+    which = check_choice("which", which, LANCZOS_ENDS)
+    if steps is not None:
+        cap = _check_at_most("steps", steps, op.n, "the dimension n")
+    elif max_steps is not None:
+        cap = _check_at_most("max_steps", max_steps, op.n, "the dimension n")
+    else:
+        cap = min(op.n, MAX_LANCZOS_STEPS)
+    if k > cap:
+        what = "steps" if steps is not None else "max_steps"
+        raise ValueError(f"k = {k} is larger than {what} ({cap}): m Lanczos steps give m Ritz values")
+    start = op.nmatvec
+    q = _start(op, seed, v0)
+    if check_symmetry:
+        check_symmetric(op)
+    krylov = _Krylov(op, q, cap, start)
+    check_at = cap if steps is not None else min(cap, max(2 * k + 1, 20))
+    while True:
+        while krylov.m < check_at:
+            krylov.step()
+            if callback is not None:
+                callback(krylov.m, cap)
+        result, theta, S, res, converged = _ritz_pairs(krylov, tol)
+        m = krylov.m
+        top, bottom = list(range(m - 1, m - 1 - k, -1)), list(range(k))
+        wanted = {"largest": top, "smallest": bottom, "both": top + bottom}[which]
+        if m == cap or all(converged[i] for i in wanted):
+            break
+        check_at = min(cap, max(m + 10, math.ceil(1.25 * m)))
 
     def pick(idx):
-        idx = list(idx)
-        vectors = result.basis @ S[:, idx]
-        r = res[idx]
-        return Eigenpairs(theta_h[idx], vectors, r, (m,) * len(idx), tuple(bool(x <= tol) for x in r),
-                          result.nmatvec)
-    return LanczosEigenpairs(pick(range(m - 1, m - 1 - k, -1)), pick(range(k)))
+        return Eigenpairs(theta[idx], result.basis @ S[:, idx], res[idx], (m,) * len(idx),
+                          tuple(converged[i] for i in idx), result.nmatvec)
+    return LanczosEigenpairs(pick(top), pick(bottom), m, m == op.n, tol)
 
 
 # --- the trace ----------------------------------------------------------------------------------------------
@@ -396,12 +490,12 @@ def hutchinson_trace(A, probes: int = 100, seed=0, distribution: str = "rademach
     the probes. ``callback(j, N)`` after each probe. Symmetry is not needed."""
     op = as_operator(A)
     start = op.nmatvec
-    Z, distribution = _probes(op, probes, seed, distribution, vectors)
+    count, distribution, Z = _probes(op, probes, seed, distribution, vectors)
     samples = []
     for j, z in enumerate(Z):
         samples.append(_dot(z, op.matvec(z)))
         if callback is not None:
-            callback(j + 1, len(Z))
+            callback(j + 1, count)
     s = xp.asarray(samples, dtype=xp.float64)
     N = len(samples)
     mean = float(xp.mean(s))
@@ -417,7 +511,7 @@ def slq(A, steps: int, probes: int = 1, seed=0, distribution: str = "rademacher"
     op = as_operator(A)
     m = _check_at_most("steps", steps, op.n, "the dimension n")
     start = op.nmatvec
-    Z, distribution = _probes(op, probes, seed, distribution, vectors)
+    count, distribution, Z = _probes(op, probes, seed, distribution, vectors)
     if check_symmetry:
         check_symmetric(op)
     nodes, weights = [], []
@@ -427,6 +521,6 @@ def slq(A, steps: int, probes: int = 1, seed=0, distribution: str = "rademacher"
         nodes.append(theta)
         weights.append(S[0, :] ** 2)
         if callback is not None:
-            callback(j + 1, len(Z))
-    return SLQResult(to_host(xp.stack(nodes)), to_host(xp.stack(weights)), m, len(Z), distribution,
+            callback(j + 1, count)
+    return SLQResult(to_host(xp.stack(nodes)), to_host(xp.stack(weights)), m, count, distribution,
                      op.nmatvec - start)

@@ -65,7 +65,7 @@ from ..nn.mlp import ACTIVATIONS
 from ..oracle import Oracle
 from ..optim import OPTIMIZERS, make_optimizer, optimizer_class
 from ..optim.base import MAX_DRAWS, MAX_SEED, check_int
-from ..serialize import MAX_INT, load_npz, savez_atomic
+from ..serialize import MAX_INT, load_npz, savez_atomic, short_repr as _short
 
 __all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names", "num_parameters", "describe_match",
@@ -306,11 +306,6 @@ def _check_meta(meta, path: str) -> dict:
     if spec.get("name") is not None and not isinstance(spec["name"], str):
         _fail(path, f"problem name must be a string or null, got {_short(spec['name'])}")
     return spec
-
-
-def _short(obj, limit: int = 60) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_array(path, files, key, shape, kinds="f", what="a float32/float64 array"):
