@@ -68,11 +68,15 @@ def cmd_train(args) -> int:
     from .problems.tuned import tuned_hyperparameters  # noqa: PLC0415
     from .runner import Interrupted, RunConfig, describe_hyperparameters, run  # noqa: PLC0415
 
+    from .optim import optimizer_class  # noqa: PLC0415
+
+    # what the user typed is checked before the problem (and its data set) is built
+    optimizer_class(args.optimizer)
+    given = parse_hyperparameters(args.hp)
     check_seed(args.seed)
     divergence_factor = parse_divergence_factor(args.divergence_factor)
     problem = problem_from_args(args)  # a built-in --problem, or --data with --sizes, --loss, ...
     args.problem = problem.name  # "data:<file>" for --data: what the summary, the settings and a checkpoint name
-    given = parse_hyperparameters(args.hp)
     # compare's settings for this problem (refopt/problems/tuned.py), the NAME=VALUE pairs on top
     hyperparameters = {**tuned_hyperparameters(problem, args.optimizer), **given}
     config = RunConfig(args.optimizer, hyperparameters, args.problem, args.steps, args.batch_size,

@@ -172,6 +172,7 @@ def test_table_has_no_held_out_columns_without_held_out_examples_and_counts_dens
     assert "val loss" not in head and "val acc" not in head
     row = format_table(entries).splitlines()[2].split()
     assert row[0] == "newton" and int(row[-2]) == 3  # nhev: one dense Hessian per Newton step
+    pytest.importorskip("sklearn")  # the digits data set
     auto = compare(["sgd"], problem="digits_autoencoder", steps=1)  # Gaussian loss: a val loss, no accuracy
     head = format_table(auto).splitlines()[0]
     assert "val loss" in head and "val acc" not in head
