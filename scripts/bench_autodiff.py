@@ -35,21 +35,11 @@ from __future__ import annotations
 import os
 import sys
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench as B  # noqa: E402  (the shared thread, timing and peak helpers)
 
-
-def _threads_from_argv(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return None
-
-
-if __name__ == "__main__" and _threads_from_argv(sys.argv[1:]) is not None:
-    for _var in _THREAD_VARS:  # before NumPy is imported: the BLAS reads its thread count when it loads
-        os.environ[_var] = _threads_from_argv(sys.argv[1:])
+if __name__ == "__main__":  # --threads N, before NumPy is imported: the BLAS reads its thread count when it loads
+    B.preset_threads()
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
@@ -83,19 +73,8 @@ PRODUCTS = {"grad": (2, 3), "hvp": (3, 8), "hvp_op": (2, 6), "hvp_rec": (4, 9), 
 # ---------------------------------------------------------------------------------------------------
 # Environment.
 def blas_threads() -> str:
-    """The BLAS thread count in effect: threadpoolctl's report, else the environment, else "unknown"."""
-    try:
-        from threadpoolctl import threadpool_info  # noqa: PLC0415 (optional)
-    except ImportError:
-        threadpool_info = None
-    if threadpool_info is not None:
-        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if blas:
-            return ", ".join(f"{i.get('internal_api')} {i.get('version')}: {i.get('num_threads')}" for i in blas)
-    for var in _THREAD_VARS:
-        if os.environ.get(var):
-            return f"{os.environ[var]} ({var})"
-    return "unknown"
+    """The BLAS thread count in effect (``_bench.blas_threads``: threadpoolctl's, else the environment's)."""
+    return B.blas_threads()
 
 
 def set_threads(n: int):

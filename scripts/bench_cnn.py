@@ -31,21 +31,11 @@ from __future__ import annotations
 import os
 import sys
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench as B  # noqa: E402  (the shared thread, timing and peak helpers)
 
-
-def _threads_from_argv(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return None
-
-
-if __name__ == "__main__" and _threads_from_argv(sys.argv[1:]) is not None:
-    for _var in _THREAD_VARS:  # before NumPy is imported: the BLAS reads its thread count when it loads
-        os.environ[_var] = _threads_from_argv(sys.argv[1:])
+if __name__ == "__main__":  # --threads N, before NumPy is imported: the BLAS reads its thread count when it loads
+    B.preset_threads()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -63,18 +53,8 @@ from refopt.problems.registry import CNNOracle, digits_cnn_model  # noqa: E402
 
 
 def blas_threads() -> str:
-    """The BLAS thread count in effect: threadpoolctl's when importable, else the environment's."""
-    try:
-        from threadpoolctl import threadpool_info  # noqa: PLC0415
-        counts = sorted({str(p["num_threads"]) for p in threadpool_info() if p.get("user_api") == "blas"})
-        if counts:
-            return "/".join(counts) + " (threadpoolctl)"
-    except ImportError:
-        pass
-    for var in _THREAD_VARS:
-        if var in os.environ:
-            return f"{os.environ[var]} ({var})"
-    return "unknown (BLAS default)"
+    """The BLAS thread count in effect (``_bench.blas_threads``: threadpoolctl's, else the environment's)."""
+    return B.blas_threads()
 
 
 # ---------------------------------------------------------------------------------------------------

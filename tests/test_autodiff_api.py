@@ -709,7 +709,9 @@ def test_the_rest_of_numpy_still_names_itself(call, name):
     with pytest.raises(TypeError) as err:
         ad.grad(lambda z: call(z))(np.array([1.0, 2.0]))
     msg = str(err.value)
-    assert name in msg and all(f in msg for f in ("max", "prod", "clip", "stack", "concatenate", "logaddexp"))
+    # NumPy < 1.25 names np.max "amax" (np.max is an alias of it there)
+    assert (name in msg or name.replace("numpy.max", "numpy.amax") in msg) \
+        and all(f in msg for f in ("max", "prod", "clip", "stack", "concatenate", "logaddexp"))
     assert {"max", "amax", "min", "amin", "prod", "clip", "stack", "concatenate", "minimum", "logaddexp",
             "less_equal"} <= set(ad.NUMPY_SUPPORTED)
 
