@@ -372,7 +372,7 @@ def big_model(args, baseline, threads) -> float:
     ]
     report(rows, times, peak, BIG, BIG_BATCH)
     _load_warning(times["peak"])
-    _targets(times, [("refopt gradient / hand-written", "grad", "hand", 1.05)])
+    _targets(times, [("refopt gradient / hand-written", "grad", "hand", 1.05)], f"MLP {'-'.join(map(str, BIG))}")
     if "base_grad" in times:
         _targets(times, [("refopt gradient / baseline's", "grad", "base_grad", None)])
     libraries = (("HIPS autograd", "autograd"), ("torch", "torch"), ("jax", "jax"))
@@ -418,7 +418,7 @@ def tiny_model(args, baseline, threads, peak) -> None:
     t_grad, t_hand = statistics.median(times["grad"]), statistics.median(times["hand"])
     print(f"  refopt records {nodes} nodes per gradient: {t_grad / nodes * 1e6:.1f} µs per node in all, "
           f"{(t_grad - t_hand) / nodes * 1e6:.1f} µs per node above the hand-written backprop")
-    _targets(times, [("tiny gradient / hand-written", "grad", "hand", 3.0)])
+    _targets(times, [("tiny gradient / hand-written", "grad", "hand", 3.0)], f"MLP {'-'.join(map(str, TINY))}")
     if "base_grad" in times:
         _targets(times, [("tiny gradient / baseline's", "grad", "base_grad", None)])
     if args.profile:
@@ -432,12 +432,18 @@ def _load_warning(peak_times) -> None:
               "other work was competing for the cores, and the ratios above are unreliable")
 
 
-def _targets(times, checks) -> None:
+MEASUREMENTS: list = []  # what --json writes: one entry per target line ({what, unit, median, range, target, ...})
+
+
+def _targets(times, checks, what: str = "") -> None:
     for label, a, b, target in checks:
         r = statistics.median(times[a]) / statistics.median(times[b])
         lo, hi = min(times[a]) / max(times[b]), max(times[a]) / min(times[b])
         verdict = "" if target is None else f"  target <= {target:g}: {'met' if r <= target else 'MISSED'}"
         print(f"  {label}: {r:.3f} (ratio of medians; {lo:.2f}-{hi:.2f} from the ranges){verdict}")
+        MEASUREMENTS.append({"what": f"{label} ({what})" if what else label, "unit": {"hand": "× hand-written"}.get(b, f"× {b}"), "median": r,
+                             "range": [lo, hi], "target": target, "bound": None,
+                             "met": None if target is None else r <= target})
 
 
 def profile_tiny(model, loss, params, X, y, args) -> None:
@@ -486,6 +492,7 @@ def main(argv=None) -> None:
                         help="BLAS threads (1: stable ratios on a shared machine)")
     parser.add_argument("--baseline", default=None, help="a checkout whose refopt is timed beside this one")
     parser.add_argument("--profile", action="store_true", help="where the tiny model's gradient time goes")
+    parser.add_argument("--json", default=None, help="write the target measurements to this file (bench_all.py)")
     args = parser.parse_args(argv)
     for name in ("rounds", "inner", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -499,6 +506,7 @@ def main(argv=None) -> None:
           + (f"; baseline: {args.baseline}" if baseline else ""))
     peak = big_model(args, baseline, args.threads)
     tiny_model(args, baseline, args.threads, peak)
+    B.write_json(args.json, {"threads": blas_threads(), "measurements": MEASUREMENTS})
 
 
 if __name__ == "__main__":
