@@ -441,7 +441,8 @@ def _targets(times, checks, what: str = "") -> None:
         lo, hi = min(times[a]) / max(times[b]), max(times[a]) / min(times[b])
         verdict = "" if target is None else f"  target <= {target:g}: {'met' if r <= target else 'MISSED'}"
         print(f"  {label}: {r:.3f} (ratio of medians; {lo:.2f}-{hi:.2f} from the ranges){verdict}")
-        MEASUREMENTS.append({"what": f"{label} ({what})" if what else label, "unit": {"hand": "× hand-written"}.get(b, f"× {b}"), "median": r,
+        unit = "× hand-written" if b == "hand" else f"× {b}"
+        MEASUREMENTS.append({"what": f"{label} ({what})" if what else label, "unit": unit, "median": r,
                              "range": [lo, hi], "target": target, "bound": None,
                              "met": None if target is None else r <= target})
 
