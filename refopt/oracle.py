@@ -43,6 +43,7 @@ from . import curvature as C
 from .curvature import kronecker
 from . import tree as T
 from .backend import as_array, is_floating, to_device, to_host, xp
+from .nn.conv import CNN, cnn_layer_statistics
 from .nn.mlp import layer_statistics
 
 __all__ = ["Counts", "GNBEstimate", "Oracle", "FunctionOracle", "new_batch_token", "batch_digest", "function_token",
@@ -60,7 +61,10 @@ CAPABILITIES: dict[str, str] = {
     "fisher": "true, Monte-Carlo and empirical Fisher products (fisher_vp)",
     "jacobian": "network Jacobian products (jvp, vjp)",
     "dense_curvature": "dense GGN and Fisher matrices (dense_ggn, dense_fisher)",
-    "layer_statistics": "per-layer inputs and output gradients of dense layers (layer_stats), for K-FAC",
+    "layer_statistics": "per-layer inputs and output gradients (layer_stats, kfac_statistics; a conv layer's "
+                        "patches and its output gradients at every location), for K-FAC",
+    "dense_layer_statistics": "layer statistics of dense layers only: the block-tridiagonal K-FAC's cross-layer "
+                              "factors and K-BFGS's secant pairs have no convolutional form here",
     "labels": "labels sampled from the model's predictive distribution (sample_labels, grad_at_labels)",
     "gnb": "the Gauss-Newton-Bartlett diagonal estimate (gnb_diag, gnb_estimate)",
 }
@@ -315,7 +319,8 @@ class Oracle:
     def layer_stats(self, params, targets=None):
         """Loss, gradient, and per-layer (a_{l-1}, g_l) at the data labels or at ``targets``."""
         self.counts.nstats += 1
-        return layer_statistics(self.model, self.loss, params, self.X, self.y if targets is None else targets)
+        stats = cnn_layer_statistics if isinstance(self.model, CNN) else layer_statistics
+        return stats(self.model, self.loss, params, self.X, self.y if targets is None else targets)
 
     def kfac_statistics(self, params, fisher="mc", samples=1, seed=None, labels=None, gradient=True):
         """Loss, gradient, layer inputs and G-probes of K-FAC from one pass (``curvature.kronecker.

@@ -337,3 +337,65 @@ def test_chunks_change_no_bit(kw, monkeypatch):
     for a, b in zip(T.leaves((x1, s1.m, s1.v)), T.leaves((x2, s2.m, s2.v))):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(n1, n2, rtol=1e-15)
+
+
+# --- convolution kernels: the paper's spatial averaging over (kh, kw) (Yao et al. 2021 §3.3) ---------------
+def _by_hand_kernel_mean(D):
+    """Each (o, i) kernel's kh × kw entries replaced by their mean, by loops."""
+    out = np.empty_like(D)
+    O, I, kh, kw = D.shape
+    for o in range(O):
+        for i in range(I):
+            out[o, i] = sum(D[o, i, a, b] for a in range(kh) for b in range(kw)) / (kh * kw)
+    return out
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_a_4d_kernel_is_averaged_over_its_spatial_dims_by_hand(absolute):
+    g = np.random.default_rng(5)
+    params = [{"W": g.standard_normal((2, 3, 2, 3)), "b": g.standard_normal(2)}]
+    grads = [{"W": g.standard_normal((2, 3, 2, 3)), "b": g.standard_normal(2)}]
+    D = [{"W": g.standard_normal((2, 3, 2, 3)), "b": g.standard_normal(2)}]
+    lr, eps = 0.1, 1e-4
+    opt = AdaHessian(lr=lr, eps=eps, absolute=absolute)
+    new, _, _ = opt.apply_gradients(grads, opt.init(params), params, hessian_diagonal=D)
+    DW = np.abs(D[0]["W"]) if absolute else D[0]["W"]
+    Ds = _by_hand_kernel_mean(DW)
+    # first step with bias correction: m̂ = g, v̂ = (D^s)², so θ₁ = θ₀ − η g / (|D^s| + ε)
+    np.testing.assert_allclose(new[0]["W"], params[0]["W"] - lr * grads[0]["W"] / (np.abs(Ds) + eps), rtol=1e-13)
+    Db = np.abs(D[0]["b"])   # biases are never averaged; |·| is the same as squaring enters
+    np.testing.assert_allclose(new[0]["b"], params[0]["b"] - lr * grads[0]["b"] / (Db + eps), rtol=1e-13)
+    # averaging first and |·| afterwards (absolute=False) is not the official |·| first, in general
+    assert not np.allclose(np.abs(_by_hand_kernel_mean(D[0]["W"])), _by_hand_kernel_mean(np.abs(D[0]["W"])))
+    # kernel_average="none": the kernel is an ordinary leaf (spatial_block 1: no averaging)
+    opt = AdaHessian(lr=lr, eps=eps, absolute=absolute, kernel_average="none")
+    new, _, _ = opt.apply_gradients(grads, opt.init(params), params, hessian_diagonal=D)
+    np.testing.assert_allclose(new[0]["W"], params[0]["W"] - lr * grads[0]["W"] / (np.abs(DW) + eps), rtol=1e-13)
+
+
+def test_kernel_average_on_a_cnn_uses_the_probes_hutchinson_diagonal():
+    from refopt.nn import CNN, Conv2d, Flatten, Dense, SoftmaxCrossEntropy
+    from refopt.problems.registry import network_oracle
+    model = CNN((1, 4, 4), [Conv2d(1, 2, 3), "tanh", Flatten(), Dense(8, 3)])
+    g = np.random.default_rng(2)
+    X, y = g.standard_normal((5, 16)), g.integers(0, 3, 5)
+    oracle = network_oracle(model, SoftmaxCrossEntropy(), X, y)
+    params = model.init(0)
+    z = [[{"W": g.choice([-1.0, 1.0], size=p["W"].shape), "b": g.choice([-1.0, 1.0], size=p["b"].shape)}
+          for p in params]]
+    opt = AdaHessian(lr=0.1, absolute=True)
+    new, _, info = opt.update(params, opt.init(params), oracle, draws=z)
+    hz = oracle.hvp(params, z[0])
+    Ds = _by_hand_kernel_mean(np.abs(z[0][0]["W"] * hz[0]["W"]))   # official: mean over dims [2, 3] of |z ⊙ Hz|
+    gW = oracle.grad(params)[0]["W"]
+    np.testing.assert_allclose(new[0]["W"], params[0]["W"] - 0.1 * gW / (Ds + 1e-4), rtol=1e-10)
+    # the dense layer (2-D) is not kernel-averaged
+    D1 = np.abs(z[0][1]["W"] * hz[1]["W"])
+    np.testing.assert_allclose(new[1]["W"], params[1]["W"] - 0.1 * oracle.grad(params)[1]["W"] / (D1 + 1e-4),
+                               rtol=1e-10)
+
+
+def test_bad_kernel_average_is_refused_naming_it():
+    for bad in ("mean", True, None, 2):
+        with pytest.raises(ValueError, match="kernel_average"):
+            AdaHessian(kernel_average=bad)

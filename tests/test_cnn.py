@@ -289,13 +289,14 @@ def test_bad_parameters_and_inputs_name_the_argument():
 
 
 def test_dense_shaped_perturbations_are_refused_with_the_reason():
-    """K-FAC's statistics pass (curvature.kronecker) perturbs each layer by zeros of shape (B, sizes[l+1]); a
-    conv layer refuses that layout instead of computing something else."""
+    """A statistics pass written for dense layers perturbs each layer by zeros of shape (B, sizes[l+1]); a conv
+    layer refuses that layout instead of computing something else."""
     model = tiny_cnn()
     params = model.init(0)
     X = np.zeros((3, 16))
     with pytest.raises(ValueError, match=r"perturbations\[0\]: expected shape \(3, 9, 2\) .*got \(3, 18\); "
-                                         r"K-FAC's statistics of dense layers do not support convolutional layers yet"):
+                                         r"a conv layer's statistics are per location: build the perturbations from "
+                                         r"perturbation_shapes"):
         model.apply(params, X, perturbations=[np.zeros((3, n)) for n in model.sizes[1:]])
     with pytest.raises(ValueError, match=r"perturbations\[1\]: expected shape \(3, 3\), got \(3, 4\)"):
         model.apply(params, X, perturbations=[np.zeros((3, 9, 2)), np.zeros((3, 4))])
@@ -373,31 +374,37 @@ def _tiny_problem():
     return NetworkProblem("tiny_cnn", model, SoftmaxCrossEntropy(), X.reshape(12, -1), y)
 
 
-K_FAC_FAMILY = {"kfac", "kfac_tridiag", "ekfac", "kbfgs"}
+DENSE_ONLY = {"kfac_tridiag", "kbfgs"}   # refused on CNNs: no convolutional form of their statistics
 
 
 def test_every_optimizer_runs_on_a_cnn_or_is_refused_for_its_layer_statistics():
     from refopt.compare import compare
     prob = _tiny_problem()
     oracle = prob.oracle()
-    assert isinstance(oracle, CNNOracle) and "layer_statistics" not in oracle.provides
+    assert isinstance(oracle, CNNOracle) and "layer_statistics" in oracle.provides
+    assert "dense_layer_statistics" not in oracle.provides
     assert isinstance(oracle.with_batch(prob.X[:4], prob.y[:4]), CNNOracle)
     assert isinstance(prob.batch_oracle([0, 1, 2]), CNNOracle)
     entries = compare(sorted(OPTIMIZERS), problem=prob, steps=2, tuned=False)
     for e in entries:
-        if e.name in K_FAC_FAMILY:
-            assert e.result is None and "needs layer_statistics" in e.error, (e.name, e.error)
+        if e.name in DENSE_ONLY:
+            assert e.result is None and "needs dense_layer_statistics" in e.error, (e.name, e.error)
         else:
             assert e.error is None and np.isfinite(e.result.final_loss), (e.name, e.error)
     start = float(oracle.value(prob.init_params(0)))
     assert next(e for e in entries if e.name == "newton_cg").result.final_loss < start
-    for name in sorted(K_FAC_FAMILY):
-        with pytest.raises(ValueError, match=f"{name} needs layer_statistics .*which CNNOracle does not provide"):
+    for name in sorted(DENSE_ONLY):
+        with pytest.raises(ValueError, match=f"{name} needs dense_layer_statistics .*no convolutional form.*"
+                                             "which CNNOracle does not provide"):
             make_optimizer(name).check_oracle(oracle)
-    with pytest.raises(ValueError, match="do not support convolutional layers yet"):
-        oracle.layer_stats(prob.init_params(0))
-    with pytest.raises(ValueError, match="do not support convolutional layers yet"):
-        oracle.kfac_statistics(prob.init_params(0), seed=0)
+    for name in ("kfac", "ekfac"):
+        make_optimizer(name).check_oracle(oracle)
+    # the oracle's layer statistics of a CNN are cnn_layer_statistics' (patches, spatial gradients)
+    params = prob.init_params(0)
+    got, want = oracle.layer_stats(params), cnn_layer_statistics(prob.model, prob.loss, params, prob.X, prob.y)
+    assert got.loss == want.loss
+    for a, b in zip(got.inputs + got.output_grads, want.inputs + want.output_grads):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_digits_cnn_problem():
@@ -425,13 +432,15 @@ def test_train_and_compare_on_digits_cnn(capsys, tmp_path, monkeypatch):
     assert main(["train", "adam", "--problem", "digits_cnn", "--steps", "5", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "adam on digits_cnn: completed after 5 steps" in out
-    assert main(["train", "kfac", "--problem", "digits_cnn", "--steps", "1", "--no-progress"]) == 2
+    assert main(["train", "kfac", "--problem", "digits_cnn", "--steps", "2", "--no-progress"]) == 0
+    assert "kfac on digits_cnn: completed after 2 steps" in capsys.readouterr().out
+    assert main(["train", "kbfgs", "--problem", "digits_cnn", "--steps", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "kfac needs layer_statistics" in err and "CNNOracle does not provide" in err and err.count("\n") == 1
+    assert "kbfgs needs dense_layer_statistics" in err and "CNNOracle does not provide" in err and err.count("\n") == 1
     # (README.md's compare of adam, sgd and newton_cg on digits_cnn runs in tests/test_readme.py)
-    assert main(["compare", "--problem", "digits_cnn", "--steps", "1", "--optimizers", "sgd,kfac", "--plot", ""]) == 0
+    assert main(["compare", "--problem", "digits_cnn", "--steps", "1", "--optimizers", "sgd,kbfgs", "--plot", ""]) == 0
     table = capsys.readouterr().out
-    assert "kfac" in table and "not applicable: needs layer_statistics" in table
+    assert "kbfgs" in table and "not applicable: needs dense_layer_statistics" in table
     rows = [line for line in table.splitlines() if line.split()[:1] == ["sgd"]]
     assert len(rows) == 1 and "not applicable" not in rows[0]
 

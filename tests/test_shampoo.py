@@ -587,3 +587,42 @@ def test_the_scheduled_lr_is_rounded_to_float32_under_lr_dtype():
             np.testing.assert_allclose((a - p) * n_info["lr"], (b - p) * eta, rtol=1e-12, atol=1e-17)
         params = new
         n_state = state   # both continue from the same state
+
+
+# --- 4-D conv kernels: order-4 statistics, or the (O, I·kh·kw) matrix view ------------------------------------
+def test_order4_kernel_step_is_the_dense_kronecker_product_of_its_four_roots():
+    g = np.random.default_rng(11)
+    shape = (2, 3, 2, 2)                    # OIHW
+    grads = [g.standard_normal(shape) for _ in range(2)]
+    x, state, _ = run(Shampoo(lr=1.0, eps=0.05), np.zeros(shape), grads)
+    x1, _, _ = run(Shampoo(lr=1.0, eps=0.05), np.zeros(shape), grads[:1])
+    # the second step by hand: R_i = (Σ_t G_t,(i) G_t,(i)ᵀ + εI)^(−1/8), step (R_1 ⊗ R_2 ⊗ R_3 ⊗ R_4) vec(G_2)
+    roots = [psd_power(sum(unfold(G, i) @ unfold(G, i).T for G in grads), -1.0 / 8, 0.05) for i in range(4)]
+    K = reduce(np.kron, roots)
+    assert K.shape == (24, 24)
+    np.testing.assert_allclose(x1 - x, (K @ grads[1].ravel()).reshape(shape), rtol=1e-10, atol=1e-12)
+    assert [h.shape for h in state.stats[0][0]] == [(2, 2), (3, 3), (2, 2), (2, 2)]
+
+
+def test_matrix_view_of_a_kernel_is_matrix_shampoo_on_o_by_i_kh_kw():
+    g = np.random.default_rng(12)
+    shape = (3, 2, 3, 3)
+    grads = [g.standard_normal(shape) for _ in range(2)]
+    x, state, _ = run(Shampoo(lr=1.0, eps=0.05, tensor_view="matrix"), np.zeros(shape), grads)
+    x1, _, _ = run(Shampoo(lr=1.0, eps=0.05, tensor_view="matrix"), np.zeros(shape), grads[:1])
+    M = [G.reshape(3, 18) for G in grads]
+    L = psd_power(sum(G @ G.T for G in M), -0.25, 0.05)
+    R = psd_power(sum(G.T @ G for G in M), -0.25, 0.05)
+    np.testing.assert_allclose(x1 - x, (L @ M[1] @ R).reshape(shape), rtol=1e-10, atol=1e-12)
+    assert [h.shape for h in state.stats[0][0]] == [(3, 3), (18, 18)]
+    # matrices and vectors are unaffected by the view
+    G2 = [g.standard_normal((3, 4)) for _ in range(2)]
+    a, _, _ = run(Shampoo(lr=1.0, tensor_view="matrix"), np.zeros((3, 4)), G2)
+    b, _, _ = run(Shampoo(lr=1.0), np.zeros((3, 4)), G2)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_tensor_view_is_refused_naming_it():
+    for bad in ("flat", True, None):
+        with pytest.raises(ValueError, match="tensor_view"):
+            Shampoo(tensor_view=bad)

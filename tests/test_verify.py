@@ -89,7 +89,8 @@ def test_search_answers_the_smallest_set_and_drops_no_op_switches():
     `absolute` alone changes nothing (v averages D²) but does with spatial averaging: it stays."""
     found = search_conventions(_relabelled("amirgholami/adahessian"))
     assert found == [{"spatial_block": -1, "absolute": True}]
-    assert found.no_effect == ("probe_distribution", "weight_decay_mode") and found.diagnosis is None
+    # kernel_average acts on 4-D conv kernels only, so on this MLP's trace it is a no-op too
+    assert found.no_effect == ("kernel_average", "probe_distribution", "weight_decay_mode") and found.diagnosis is None
 
 
 def test_search_lists_equivalent_settings_once():
@@ -160,7 +161,7 @@ def test_cli_search_prints_no_effect_and_diagnosis(tmp_path, capsys):
     assert main(["verify", "check", str(path), "--search"]) == 1
     out = capsys.readouterr().out
     assert "  matches refopt with spatial_block=-1, absolute=True\n" in out
-    assert "  has no effect on this trace: probe_distribution, weight_decay_mode" in out
+    assert "  has no effect on this trace: kernel_average, probe_distribution, weight_decay_mode" in out
     trace = make_trace("sgd", {"lr": 0.2}, "tiny_mlp", steps=5)
     trace.meta["hyperparameters"]["lr"] = 0.1
     export_trace(trace, str(path))

@@ -237,8 +237,11 @@ def _layer_matrices(v, params) -> list:
     return [K.layer_matrix(layer) for layer in T.unravel(v, params)]
 
 
-def _flat_layers(V) -> object:
-    return xp.concatenate([xp.reshape(x, (-1,)) for x in V])
+def _flat_layers(V, params) -> object:
+    """The per-layer matrices W̄_l = [W_l; b_l] (K-FAC's layout) as one flat vector in the parameters' order:
+    each folded back to its layer's {"W", "b"} (a conv kernel to OIHW) and raveled as ``tree.ravel`` does.
+    For a dense layer this is W̄_l's rows in order; for a conv layer W̄_l[:-1] is the kernel's transpose."""
+    return T.ravel([K.layer_tree(Vl, p["W"].shape) for Vl, p in zip(V, params)])
 
 
 def _check_network(oracle, params, what: str):
@@ -318,7 +321,7 @@ def kfac_operator(oracle, params, damping: float = 0.0, damping_scheme: str = "e
     power = _check_power(power, damping)
     apply = _kronecker_apply(oracle, params, "kfac", fisher, damping, damping_scheme, bias_block, samples, seed,
                              labels, output_grad_scale)
-    return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power)), T.size(params),
+    return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power), params), T.size(params),
                              _params_dtype(params), f"kfac^{power:g}")
 
 
@@ -329,7 +332,7 @@ def ekfac_operator(oracle, params, damping: float = 0.0, power=1, fisher: str = 
     damping = check_nonnegative("damping", damping)
     power = _check_power(power, damping)
     apply = _kronecker_apply(oracle, params, "ekfac", fisher, damping, "eigen", bias_block, samples, seed, labels)
-    return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power)), T.size(params),
+    return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power), params), T.size(params),
                              _params_dtype(params), f"ekfac^{power:g}")
 
 
@@ -351,7 +354,7 @@ def kfac_preconditioned_ggn_operator(oracle, params, damping: float = 1e-3, damp
     apply = _kronecker_apply(oracle, params, curvature, fisher, damping, scheme, bias_block, samples, seed, labels)
 
     def half(v):
-        return _flat_layers(apply(_layer_matrices(v, params), -0.5))
+        return _flat_layers(apply(_layer_matrices(v, params), -0.5), params)
 
     def product(v):
         x = half(v)

@@ -25,8 +25,8 @@ the pre-activation at every location. The inputs are the patches P_l (N, L, K) (
 For code written for MLPs: ``sizes`` = [C·H·W, n_1, ..., n_L] with n_l the number of pre-activations per
 example of parametrised layer l (L·O for a conv layer), and ``activations[l]`` the activation that directly
 follows layer l ("identity" if none); ``config()`` describes the whole architecture. A conv layer refuses a
-perturbation of the dense shape (B, n_l), so K-FAC's dense-layer statistics fail with a clear error instead
-of computing something else.
+perturbation of the dense shape (B, n_l), so a statistics pass written for dense layers fails with a clear
+error instead of computing something else (K-FAC's pass, ``curvature.kronecker``, uses ``perturbation_shapes``).
 """
 from __future__ import annotations
 
@@ -349,7 +349,8 @@ class CNN:
         for l, (e, shape) in enumerate(zip(perturbations, expected)):
             got = tuple(ad.shape_of(e))
             if got != shape:
-                hint = ("; K-FAC's statistics of dense layers do not support convolutional layers yet (issue 15)"
+                hint = ("; a conv layer's statistics are per location: build the perturbations from "
+                        "perturbation_shapes (as cnn_layer_statistics and K-FAC's statistics pass do)"
                         if len(shape) == 3 and got == (batch, self.sizes[l + 1]) else "")
                 raise ValueError(f"perturbations[{l}]: expected shape {shape} (batch, locations, channels of the "
                                  f"convolution's pre-activation), got {got}{hint}" if len(shape) == 3 else

@@ -17,6 +17,14 @@ averages over the inputs that feed one output unit: PyTorch's ``dim=1`` of ``nn.
 which is what the official code does for matrices by default (b = −1). Leaves of order ≤ 1 (biases)
 are never averaged.
 
+Convolution kernels (``kernel_average``; the paper's §3.3 "spatial averaging" for convolutions): a 4-D leaf
+(O, I, kh, kw) (PyTorch's OIHW, refopt's conv layout) has D averaged over its kh × kw spatial entries, one
+value per (o, i) pair broadcast back, instead of the rule above ("spatial", default); "none" treats it as
+any other leaf. The official code (amirgholami/adahessian, image_classification/optim_adahessian.py and
+instruction/adahessian.py) does ``torch.mean(hv.abs(), dim=[2, 3], keepdim=True)`` for every 4-D parameter:
+the mean over dims 2 and 3 (kh, kw), of the absolute values, taken BEFORE averaging (its hv is Hz, and
+|Hz| = |z ⊙ Hz| for Rademacher z); that is ``kernel_average="spatial"`` with ``absolute=True``.
+
 Switches (the paper's Algorithm 1 first):
 * ``spatial_block`` 1 (Eq. 10 with b = 1, the layer-wise setting for dense layers) | b | −1 (official
   code's matrix default, with ``spatial_axis=0``); ``spatial_axis`` 0.
@@ -60,7 +68,7 @@ from .gradients import given_estimate
 from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, flat, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
-           "spatial_average", "PROBE_DISTRIBUTION"]
+           "spatial_average", "kernel_average", "PROBE_DISTRIBUTION"]
 
 # Shared with Sophia-H.
 PROBE_DISTRIBUTION = Switch("probe_distribution", PROBE_DISTRIBUTIONS, "rademacher",
@@ -129,6 +137,14 @@ def spatial_average(D, block: int, axis: int):
     return xp.ascontiguousarray(xp.moveaxis(out, -1, axis))
 
 
+def kernel_average(D):
+    """A 4-D kernel's D (O, I, kh, kw) replaced by its mean over the kernel's spatial axes (kh, kw), broadcast
+    back to the kernel's shape (module docs); other leaves unchanged."""
+    if D.ndim != 4:
+        return D
+    return xp.ascontiguousarray(xp.broadcast_to(xp.mean(D, axis=(2, 3), keepdims=True), D.shape))
+
+
 @register_state
 class AdaHessianState(NamedTuple):
     """AdaHessian's state: the step count, the moments m and v, and the probes' base seed."""
@@ -149,6 +165,10 @@ class AdaHessian(Optimizer):
                check=_check_spatial_block),
         Switch("absolute", (False, True), False, "average |z ⊙ Hz| instead of z ⊙ Hz (identical for b = 1)",
                "Yao et al. 2021 Eq. 10 (False); the official code (True)"),
+        Switch("kernel_average", ("spatial", "none"), "spatial",
+               "4-D conv kernels (O, I, kh, kw): D averaged over each kernel's kh × kw entries (after |·| when "
+               "absolute), or averaged as other leaves (spatial_block along spatial_axis)",
+               "Yao et al. 2021 §3.3; the official code's torch.mean(hv.abs(), dim=[2, 3]) (spatial)"),
         Switch("bias_correction", (True, False), True, "divide m and v by 1 − βᵗ", "Yao et al. 2021 Algorithm 1 (True)"),
         Switch("eps_mode", ("outside", "inside"), "outside", "(v̂)^{k/2} + ε, or (v̂ + ε)^{k/2}",
                "Algorithm 1 and the official code (outside)"),
@@ -164,7 +184,8 @@ class AdaHessian(Optimizer):
                  hessian_power: float = 1.0, spatial_block: int = 1, spatial_axis: int = 0,
                  absolute: bool = False, bias_correction: bool = True, eps_mode: str = "outside",
                  probe_distribution: str = "rademacher", probes: int = 1, weight_decay: float = 0.0,
-                 weight_decay_mode: str = "decoupled", seed: int = 0, schedule=None):
+                 weight_decay_mode: str = "decoupled", seed: int = 0, schedule=None,
+                 kernel_average: str = "spatial"):
         self.lr = check_positive("lr", lr)
         self.set_schedule(schedule)
         self.beta1 = check_unit_interval("beta1", beta1)
@@ -174,6 +195,7 @@ class AdaHessian(Optimizer):
         self.set_switch("spatial_block", spatial_block)
         self.spatial_axis = check_int("spatial_axis", spatial_axis, minimum=0, maximum=MAX_AXIS)
         self.set_switch("absolute", absolute)
+        self.set_switch("kernel_average", kernel_average)
         self.set_switch("bias_correction", bias_correction)
         self.set_switch("eps_mode", eps_mode)
         self.set_switch("probe_distribution", probe_distribution)
@@ -186,10 +208,17 @@ class AdaHessian(Optimizer):
         """Zero moments m, v, step 0 and the probe seed; refuses empty leaves and a missing ``spatial_axis``."""
         check_nonempty_leaves(params)
         for leaf in T.leaves(params):
-            if leaf.ndim >= 2 and self.spatial_block != 1 and self.spatial_axis >= leaf.ndim:
+            if leaf.ndim >= 2 and self.spatial_block != 1 and self.spatial_axis >= leaf.ndim and not (
+                    leaf.ndim == 4 and self.kernel_average == "spatial"):
                 raise ValueError(f"spatial_axis={self.spatial_axis} does not exist for a leaf of shape "
                                  f"{tuple(leaf.shape)}")
         return AdaHessianState(0, T.zeros_like(params), T.zeros_like(params), self.seed)
+
+    def _average(self, d):
+        """D^s of one leaf: a conv kernel's kernel average ("spatial"), else ``spatial_average``."""
+        if d.ndim == 4 and self.kernel_average == "spatial":
+            return kernel_average(d)
+        return spatial_average(d, self.spatial_block, self.spatial_axis)
 
     def estimates_needed(self, state) -> tuple:
         """Every step uses D_t: ("hessian_diagonal",)."""
@@ -219,7 +248,7 @@ class AdaHessian(Optimizer):
             return refuse(params, state, loss, "non-finite Hessian-diagonal estimate: step refused", g)
         if self.absolute:
             D = T.tree_map(xp.abs, D)
-        D = T.tree_map(lambda d: spatial_average(d, self.spatial_block, self.spatial_axis), D)   # D_t^s
+        D = T.tree_map(self._average, D)   # D_t^s
         lam = self.weight_decay
         if lam and self.weight_decay_mode == "l2":   # ½λ‖θ‖² in the loss: its gradient λθ, its Hessian diagonal λ
             g = l2_decay(g, params, lam)

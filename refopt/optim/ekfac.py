@@ -19,7 +19,8 @@ eigenvalues Λ_A ⊗ Λ_G and the running average restarts (ε_k = min(1 − 1/k
 None = ``decay``), k counting estimates since the refresh, so the first re-estimate replaces the
 restart value). Damping is added to ŝ (the paper's ε), the exact-damping analogue of K-FAC's "eigen" scheme. Every other switch
 (factor running averages, T₁/T₂, KL clip, momentum, weight decay, label draws, Levenberg–Marquardt,
-bad-statistics handling) is ``KFAC``'s. The maths above is ``refopt.curvature.eigenbasis``
+bad-statistics handling, ``kfac_approx`` for conv layers' basis) is ``KFAC``'s; a conv layer's s is its
+per-example gradients' diagonal in the basis (``curvature.eigenbasis``). The maths above is ``refopt.curvature.eigenbasis``
 (``EigenbasisBlocks``: refresh, ``eigenbasis_scaling``, the ŝ average and Q [(Qᵀ V) / (ŝ + λ)]); this
 file is the optimizer over it.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from ..curvature.eigenbasis import EigenbasisBlocks
 from .base import check_unit_interval
-from .kfac import ADAPT_DAMPING, FACTOR_INIT, FISHER, KFAC, WEIGHT_DECAY_MODE
+from .kfac import ADAPT_DAMPING, FACTOR_INIT, FISHER, KFAC, KFAC_APPROX, WEIGHT_DECAY_MODE
 
 __all__ = ["EKFAC"]
 
@@ -36,17 +37,18 @@ class EKFAC(KFAC):
     """Eigenvalue-corrected K-FAC: ``KFAC``'s step over ``curvature.eigenbasis.EigenbasisBlocks`` (module docs)."""
 
     name = "ekfac"
-    conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE, ADAPT_DAMPING)   # damping_scheme, inverse fixed (eigen, eig)
+    conventions = (FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE, ADAPT_DAMPING, KFAC_APPROX)   # damping_scheme, inverse fixed (eigen, eig)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
                  scale_decay: float | None = None, kl_clip: float | None = 1e-3, weight_decay: float = 0.0,
                  weight_decay_mode: str = "decoupled", fisher: str = "mc", samples: int = 1, seed: int = 0,
-                 adapt_damping: bool = False, damping_interval: int = 5, schedule=None):
+                 adapt_damping: bool = False, damping_interval: int = 5, schedule=None, kfac_approx: str = "expand"):
         super().__init__(lr=lr, damping=damping, momentum=momentum, decay=decay, factor_init=factor_init,
                          factor_interval=factor_interval, inverse_interval=inverse_interval, inverse="eig",
                          damping_scheme="eigen", kl_clip=kl_clip, weight_decay=weight_decay,
                          weight_decay_mode=weight_decay_mode, fisher=fisher, samples=samples, seed=seed,
-                         adapt_damping=adapt_damping, damping_interval=damping_interval, schedule=schedule)
+                         adapt_damping=adapt_damping, damping_interval=damping_interval, schedule=schedule,
+                         kfac_approx=kfac_approx)
         self.scale_decay = self.decay if scale_decay is None else check_unit_interval("scale_decay", scale_decay)
-        self._blocks = EigenbasisBlocks(self.scale_decay)
+        self._blocks = EigenbasisBlocks(self.scale_decay, kfac_approx=self.kfac_approx)

@@ -92,7 +92,9 @@ class KBFGS(Optimizer):
                "weight decay as an L2 term before preconditioning, or in parameter space after it",
                "Goldfarb, Ren & Bahamou 2020 (l2; unlike K-FAC's decoupled default)"),
     )
-    requires = oracle_needs(None)   # layer statistics at the data labels only (no Fisher probes)
+    # layer statistics at the data labels only (no Fisher probes), of dense layers: the secant pairs s, y
+    # of a layer's factors are formed from its inputs a and g (B, fan), which a conv layer does not have
+    requires = oracle_needs(None) | {"dense_layer_statistics"}
     gradient_in_reason = ("it needs the network's per-layer statistics at θ and a second pass at θ⁺ for its "
                           "secant pairs: use a network Oracle")
 

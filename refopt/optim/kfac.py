@@ -74,6 +74,12 @@ Kronecker approximation). The one-factor bias block is damped as its G factor is
 (G + γI)⁻¹ for "tikhonov", (G + λI)⁻¹ for "eigen" (exact); "separate" does not support "pi" (π balances
 two factors; curvlinops' heuristic damping also needs two).
 
+Convolutions (``kfac_approx``; KFC, Grosse & Martens 2016, and Eschenhagen et al. 2023): a conv layer's block
+is A ⊗ G over W̄ = [W.reshape(O, K)ᵀ; b] with A, G from its patches and spatial output gradients, "expand"
+(default: the locations as extra rows, A = (1/(N·L)) Σ āāᵀ, G = (1/scale) Σ_{n,l} g gᵀ) or "reduce" (patches
+averaged and gradients summed per example); ``kronecker`` module docs. Dense layers are unaffected, so the
+switch changes nothing on an MLP.
+
 Bad statistics: non-finite factor estimates skip the factor update and keep the old factors (info
 says so); with no factors yet (first estimate, except ``factor_init="identity"``) the step is refused.
 A non-finite loss or gradient refuses the step. Not implemented from the paper: the re-scaling and
@@ -103,7 +109,7 @@ from .base import (MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonn
 from .update_rules import WEIGHT_DECAY_MODES, chunks, ema_into, flat, l2_decay
 
 __all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_CHOICES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
-           "ADAPT_DAMPING", "oracle_needs", "draws_kind"]
+           "ADAPT_DAMPING", "KFAC_APPROX", "oracle_needs", "draws_kind"]
 
 # update_rules' modes with "decoupled" (the source article's) first: the order of a Switch's choices decides
 # ties in the convention search, so the K-FAC family keeps it.
@@ -127,6 +133,13 @@ ADAPT_DAMPING = Switch("adapt_damping", (False, True), False,
                        "adapt λ every damping_interval steps by the reduction ratio ρ of the exact-Fisher model "
                        "(λ·ω if ρ > ¾, λ/ω if ρ < ¼), or keep λ fixed",
                        "Martens & Grosse 2015 §6.5 (True); kfac-jax use_adaptive_damping (default False)")
+
+
+KFAC_APPROX = Switch("kfac_approx", K.KFAC_APPROXIMATIONS, "expand",
+                     "conv layers: the L output locations as extra rows of A (÷ N·L) and G (summed), or each "
+                     "example's patches averaged and its output gradients summed over locations first",
+                     "Grosse & Martens 2016 KFC, Eschenhagen et al. 2023 (expand); Eschenhagen et al. 2023, "
+                     "curvlinops kfac_approx='reduce' (reduce)")
 
 
 def draws_kind(fisher: str):
@@ -186,7 +199,7 @@ def _axpy_fresh(alpha: float, x, y):
 def _check_params(params) -> None:
     if not isinstance(params, (list, tuple)) or not params or not all(
             isinstance(p, dict) and set(p) == {"W", "b"} for p in params):
-        raise ValueError("params: K-FAC needs MLP parameters, a list of {'W', 'b'} layer dicts")
+        raise ValueError("params: K-FAC needs network parameters, a list of {'W', 'b'} layer dicts")
 
 
 class KFAC(Optimizer):
@@ -216,6 +229,7 @@ class KFAC(Optimizer):
                "the empirical G as the other estimators' (batch average of per-example outer products), or × "
                "scale (÷ B for a mean loss; only with fisher='empirical')",
                "Martens & Grosse 2015 (per_example); kfac-jax fisher_empirical, vjp ÷ √B (batch)"),
+        KFAC_APPROX,
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
     draws = "labels"                # "mc" label sets, "curvature_prop" signs, else None (__init__, draws_kind)
@@ -228,7 +242,7 @@ class KFAC(Optimizer):
                  weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
                  samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5,
                  output_grad_scale: str = "per_example", bias_block: str = "joint", burnin: int = 0,
-                 empirical_scale: str = "per_example", schedule=None):
+                 empirical_scale: str = "per_example", schedule=None, kfac_approx: str = "expand"):
         self.lr = check_positive("lr", lr)
         self.set_schedule(schedule)
         self.damping = check_positive("damping", damping)
@@ -257,6 +271,7 @@ class KFAC(Optimizer):
         self.set_switch("empirical_scale", empirical_scale)
         if self.empirical_scale == "batch" and self.fisher != "empirical":
             raise ValueError("empirical_scale='batch' needs fisher='empirical' (it rescales the empirical G only)")
+        self.set_switch("kfac_approx", kfac_approx)
         self.requires = oracle_needs(self.fisher, self.adapt_damping)
         self.draws = draws_kind(self.fisher)
         if self.bias_block == "separate" and self.damping_scheme == "pi":
@@ -264,7 +279,8 @@ class KFAC(Optimizer):
                              "balances two factors and the bias block has one")
         # The curvature: estimate, refresh and precondition live in refopt.curvature.blocks; a variant
         # sets another block object after this constructor (underscored: not a hyperparameter).
-        self._blocks = KroneckerBlocks(self.damping_scheme, self.inverse, self.bias_block, self.output_grad_scale)
+        self._blocks = KroneckerBlocks(self.damping_scheme, self.inverse, self.bias_block, self.output_grad_scale,
+                                       self.kfac_approx)
 
     def init(self, params) -> KFACState:
         """Identity factors, no preconditioner yet, zero momentum, λ = ``damping`` and step 0; needs MLP layer dicts."""
@@ -348,7 +364,7 @@ class KFAC(Optimizer):
         nu = 1.0
         if self.kl_clip is not None and vg > 0 and lr > 0:
             nu = min(1.0, math.sqrt(self.kl_clip / (lr ** 2 * vg)))
-        natural = [K.layer_tree(v if nu == 1.0 else nu * v) for v in V]   # 1·V is V
+        natural = [K.layer_tree(v if nu == 1.0 else nu * v, p["W"].shape) for v, p in zip(V, params)]   # 1·V is V
         ps, treedef = T.flatten(params)
         c = -lr * self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0
         lm = self.adapt_damping and (t + 1) % self.damping_interval == 0 and lr > 0

@@ -53,6 +53,7 @@ class KFACTridiag(KFAC):
                "Martens & Grosse 2015 §6.3 (pi, before Ψ and Σ are formed)"),
         FACTOR_INIT, FISHER, WEIGHT_DECAY_MODE, ADAPT_DAMPING,
     )
+    requires = KFAC.requires | {"dense_layer_statistics"}   # with the default arguments (__init__ below)
 
     def __init__(self, lr: float = 0.1, damping: float = 1e-3, momentum: float = 0.9, decay: float = 0.95,
                  factor_init: str = "mean", factor_interval: int = 1, inverse_interval: int = 20,
@@ -65,3 +66,6 @@ class KFACTridiag(KFAC):
                          weight_decay_mode=weight_decay_mode, fisher=fisher, samples=samples, seed=seed,
                          adapt_damping=adapt_damping, damping_interval=damping_interval, schedule=schedule)
         self._blocks = TridiagonalBlocks(self.damping_scheme)
+        # the cross-layer factors A_{l,l+1} = (1/B) Σ ā_l ā_{l+1}ᵀ pair one input row per example of two
+        # neighbouring layers; a conv layer's L locations have no such pairing, so CNNs are refused
+        self.requires = self.requires | {"dense_layer_statistics"}

@@ -37,6 +37,11 @@ Options (defaults: the paper's Shampoo):
   (Agarwal et al. 2020 "layer-wise grafting"; Anil et al. 2020).
 * ``merge_dims`` m: adjacent modes are merged while their product stays ≤ m (Anil et al. 2020), so
   a (3, 3, 64, 64) kernel with m = 64·9 becomes (9, 4096)… and the exponent uses the merged order.
+* ``tensor_view`` "native" (the paper's order-k Shampoo: a conv kernel (O, I, kh, kw) gets four statistics
+  and the exponent −1/8) | "matrix" (a leaf of order > 2 is viewed as the matrix (shape[0], ∏ rest), a
+  kernel's (O, I·kh·kw), before ``merge_dims`` and ``block_size``, exponent −1/4: what
+  facebookresearch/distributed_shampoo's merge_small_dims reaches with target_tensor_dimensionality=2, as it
+  merges from the last mode while the product stays under its threshold).
 * ``block_size`` b: after merging, every mode longer than b is cut into chunks of ≤ b; each block of
   the resulting grid gets its own statistics and roots (Anil et al. 2020, "blocking").
 * ``vector_diagonal``: order-1 leaves (biases) get a full n×n statistic (False, the paper's order-1
@@ -188,6 +193,11 @@ class Shampoo(Optimizer):
         Switch("factor_dtype", ("native", "float32"), "native",
                "H_i and R_i kept in the gradient's dtype, or stored, rooted and applied in float32",
                "facebookresearch/distributed_shampoo factor_matrix_dtype, inv_factor_matrix_dtype (float32)"),
+        Switch("tensor_view", ("native", "matrix"), "native",
+               "a leaf of order k > 2 (a conv kernel (O, I, kh, kw)) keeps its k modes, or is viewed as the matrix "
+               "(shape[0], ∏ rest), (O, I·kh·kw), before merge_dims and blocking",
+               "Gupta et al. 2018 (native, order-k); facebookresearch/distributed_shampoo merge_small_dims with "
+               "target_tensor_dimensionality=2, which merges from the last mode (matrix)"),
     )
 
     gradient_in = ()   # gradients only (optim/gradients.py)
@@ -199,7 +209,8 @@ class Shampoo(Optimizer):
                  vector_diagonal: bool = False, momentum: float = 0.0, precondition: str = "gradient",
                  weight_decay: float = 0.0, weight_decay_mode: str = "l2", nesterov: bool = False,
                  filter_beta: float = 0.0, root: str = "eigh", refresh: str = "from_start",
-                 lr_dtype: str = "native", factor_dtype: str = "native", schedule=None):
+                 lr_dtype: str = "native", factor_dtype: str = "native", schedule=None,
+                 tensor_view: str = "native"):
         self.lr = check_positive("lr", lr)
         self.set_schedule(schedule)
         self.eps = check_positive("eps", eps)
@@ -238,6 +249,7 @@ class Shampoo(Optimizer):
         self.set_switch("refresh", refresh)
         self.set_switch("lr_dtype", lr_dtype)
         self.set_switch("factor_dtype", factor_dtype)
+        self.set_switch("tensor_view", tensor_view)
         # η as it multiplies the step: float32(η) is Meta's lr tensor (the nearest float32, as a Python float)
         try:
             self._eta = self._rounded(self.lr)
@@ -264,7 +276,10 @@ class Shampoo(Optimizer):
             raise ValueError(f"Shampoo: a parameter of shape {tuple(shape)} has a zero-length mode")
         if len(shape) == 1 and self.vector_diagonal:
             return tuple(shape), [(slice(0, shape[0]),)], True
-        merged = merge_dims(tuple(shape), self.merge_dims)
+        view = tuple(shape)
+        if self.tensor_view == "matrix" and len(view) > 2:
+            view = (view[0], math.prod(view[1:]))
+        merged = merge_dims(view, self.merge_dims)
         return merged, block_slices(merged, self.block_size), False
 
     def _power(self, order: int) -> float:

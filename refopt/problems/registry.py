@@ -4,8 +4,9 @@ A problem gives initial parameters from a seed and oracles: the full-batch one, 
 (network problems only). ``PROBLEMS`` maps names to factories; ``make_problem(name)`` builds one.
 
 A network problem's model is an MLP or a CNN (``refopt.nn.conv``); a CNN's oracle is a ``CNNOracle``, which
-provides everything an ``Oracle`` does except the dense-layer statistics of the K-FAC family (issue 15), so
-those optimizers are refused when a run is set up, with the capability named. Its images are stored
+provides everything an ``Oracle`` does (K-FAC's layer statistics of conv layers included) except
+"dense_layer_statistics", so the block-tridiagonal K-FAC and K-BFGS are refused when a run is set up, with
+the capability and the reason named. Its images are stored
 flattened, (N, C·H·W) in C order, as every ``Oracle`` takes its inputs; the CNN reads them as (N, C, H, W).
 """
 from __future__ import annotations
@@ -22,24 +23,15 @@ __all__ = ["NetworkProblem", "FunctionProblem", "CNNOracle", "network_oracle", "
 
 
 class CNNOracle(Oracle):
-    """The ``Oracle`` of a CNN: values, gradients, every curvature product, labels and the diagonal estimators,
-    but not "layer_statistics", the dense-layer inputs and output gradients that the K-FAC family reads (K-FAC
-    for convolutions is issue 15's next part), so ``check_oracle`` refuses those optimizers by name."""
+    """The ``Oracle`` of a CNN: everything an ``Oracle`` gives (values, gradients, every curvature product,
+    labels, the diagonal estimators, K-FAC's layer statistics with conv layers' patches and spatial gradients)
+    but "dense_layer_statistics", so ``check_oracle`` refuses kfac_tridiag and K-BFGS by name."""
 
-    provides = Oracle.provides - {"layer_statistics"}
+    provides = Oracle.provides - {"dense_layer_statistics"}
 
     def with_batch(self, X, y) -> "CNNOracle":
         """The same model and loss on another batch, sharing this oracle's counts."""
         return CNNOracle(self.model, self.loss, X, y, counts=self.counts)
-
-    def layer_stats(self, params, targets=None):
-        """Always a ValueError: the dense-layer statistics do not apply to a CNN (``nn.cnn_layer_statistics``
-        computes a CNN's own)."""
-        raise ValueError("K-FAC's dense-layer statistics do not support convolutional layers yet (issue 15)")
-
-    def kfac_statistics(self, params, *args, **kwargs):
-        """Always a ValueError, as ``layer_stats``."""
-        raise ValueError("K-FAC's dense-layer statistics do not support convolutional layers yet (issue 15)")
 
 
 def network_oracle(model, loss, X, y, counts: Counts | None = None) -> Oracle:
