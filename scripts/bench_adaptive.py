@@ -348,7 +348,7 @@ def main(argv=None) -> dict:
         b, flops = bound[name]
         to_bound = [r / b for r in ratios]
         _, _, target, against = CONFIGS[name]
-        judged = ratios if against == "sgd" else to_bound
+        judged = to_bound if against == "bound" else ratios  # untargeted rows: against the SGD step
         med = statistics.median(judged)
         met = None if target is None else med <= target
         frac = flops / statistics.median(ts) / (peak * 1e9)

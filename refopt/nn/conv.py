@@ -37,7 +37,7 @@ from typing import Sequence
 from .. import autodiff as ad
 from ..autodiff.core import getval
 from ..backend import as_array, default_dtype, is_floating, rng, xp
-from .mlp import ACTIVATIONS, LayerStats
+from .mlp import ACTIVATIONS, LayerStats, perturbed_statistics
 
 __all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics"]
 
@@ -402,14 +402,4 @@ def cnn_layer_statistics(model: CNN, loss, params, X, targets) -> LayerStats:
     """Loss, gradient and the per-layer (inputs, g_l) of a CNN in one forward and one reverse pass: for a conv
     layer the patches (N, L, K) and g_l (N, L, O) at every location, for a dense layer a_{l−1} and g_l as
     ``mlp.layer_statistics`` (module docs)."""
-    dtype = getval(params[0]["W"]).dtype
-    zeros = [xp.zeros(shape, dtype=dtype) for shape in model.perturbation_shapes(ad.shape_of(X)[0])]
-    inputs: list = []
-
-    def f(pe):
-        p, e = pe
-        inputs.clear()
-        return loss(model.apply(p, X, perturbations=e, record_inputs=inputs), targets)
-
-    value, (g_params, g_s) = ad.value_and_grad(f)((params, zeros))
-    return LayerStats(float(value), g_params, [getval(a) for a in inputs], list(g_s))
+    return perturbed_statistics(model, loss, params, X, targets, model.perturbation_shapes(ad.shape_of(X)[0]))

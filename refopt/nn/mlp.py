@@ -22,7 +22,7 @@ from .. import autodiff as ad
 from ..backend import as_array, default_dtype, is_floating, rng, xp
 from ..autodiff.core import getval
 
-__all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics"]
+__all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics", "perturbed_statistics"]
 
 
 def _identity(x):
@@ -164,7 +164,13 @@ class LayerStats(NamedTuple):
 def layer_statistics(model: MLP, loss, params, X, targets) -> LayerStats:
     """Loss, gradient and the per-layer (a_{l-1}, g_l) in one forward and one reverse pass."""
     B = X.shape[0]
-    zeros = [xp.zeros((B, n), dtype=getval(params[0]["W"]).dtype) for n in model.sizes[1:]]
+    return perturbed_statistics(model, loss, params, X, targets, [(B, n) for n in model.sizes[1:]])
+
+
+def perturbed_statistics(model, loss, params, X, targets, shapes) -> LayerStats:
+    """``LayerStats`` of any model whose ``apply`` takes ``perturbations`` and ``record_inputs``: zero
+    perturbations of the given ``shapes`` added to the pre-activations, g_l = ∂L/∂e_l at e = 0 (module docs)."""
+    zeros = [xp.zeros(shape, dtype=getval(params[0]["W"]).dtype) for shape in shapes]
     inputs: list = []
 
     def f(pe):
