@@ -170,8 +170,10 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_los
         t0 = time.perf_counter()
         missing = sorted(opt.requires - provides)
         if missing:  # e.g. a network-only method on a test function
-            entry = ComparisonEntry(name, hp, None, f"not applicable: needs {', '.join(missing)}, which a {prob.kind} "
-                                                    "problem does not provide")
+            what = "convolutional network" if "conv" in getattr(getattr(prob, "model", None), "layer_kinds", ()) \
+                else f"{prob.kind} problem"
+            entry = ComparisonEntry(name, hp, None, f"not applicable: needs {', '.join(missing)}, which a {what} "
+                                                    "does not provide")
         else:
             try:
                 result = run(config, problem=prob)

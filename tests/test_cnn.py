@@ -471,3 +471,14 @@ def test_a_checkpointed_cnn_run_resumes_to_the_uninterrupted_result(tmp_path):
                                                          Dense(2, 3)]), SoftmaxCrossEntropy(), prob.X, prob.y)
     with pytest.raises(ValueError, match="checkpoint"):
         run(RunConfig("adam", {"lr": 0.05}, prob.name, steps=4), problem=other, resume=path)
+
+
+def test_compare_names_the_convolutional_network_in_a_not_applicable_row():
+    from refopt.compare import compare
+    g = np.random.default_rng(0)
+    model = CNN((1, 4, 4), [Conv2d(1, 2, 3), "tanh", Flatten(), Dense(8, 3)])
+    prob = NetworkProblem("tiny_cnn", model, SoftmaxCrossEntropy(), g.standard_normal((6, 16)), g.integers(0, 3, 6))
+    entries = compare(["kbfgs", "sgd"], problem=prob, steps=1)
+    assert entries[0].error == ("not applicable: needs dense_layer_statistics, which a convolutional network "
+                                "does not provide")
+    assert entries[1].error is None
