@@ -160,18 +160,6 @@ def gradient_flops(model, batch) -> int:
     return flops
 
 
-def matmul_peak(repeats=5) -> float:
-    """FLOP/s of a 512³ float64 matmul (the median of ``repeats``)."""
-    a = np.random.default_rng(0).standard_normal((512, 512))
-    a @ a
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t0)
-    return 2 * 512 ** 3 / statistics.median(times)
-
-
 def bench(batch, rounds, seed=0):
     """Median and range of refopt's gradient time over the hand-written one's, and the two medians."""
     model = digits_cnn_model()
@@ -201,7 +189,7 @@ def main():
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args()
     rounds = args.rounds or (7 if args.quick else 31)
-    threads, peak, model = blas_threads(), matmul_peak(), digits_cnn_model()
+    threads, peak, model = blas_threads(), 1e9 * B.matmul_peak(), digits_cnn_model()  # FLOP/s
     print(f"digits_cnn network ({model.num_params} parameters), float64, NumPy {np.__version__}, BLAS threads "
           f"{threads}, {rounds} interleaved rounds; matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"{'batch':>6} {'refopt ms':>10} {'by hand ms':>11} {'ratio':>6} {'range':>13} {'peak':>6}   target ≤ 1.3")

@@ -35,9 +35,8 @@ import numbers
 from typing import Sequence
 
 from .. import autodiff as ad
-from ..autodiff.core import getval
 from ..backend import as_array, default_dtype, is_floating, rng, xp
-from .mlp import ACTIVATIONS, LayerStats, perturbed_statistics
+from .mlp import ACTIVATIONS, LayerStats, check_dtypes, perturbed_statistics
 
 __all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics"]
 
@@ -326,17 +325,7 @@ class CNN:
             if tuple(ad.shape_of(p["W"])) != wshape or tuple(ad.shape_of(p["b"])) != bshape:
                 raise ValueError(f"params[{l}]: expected W of shape {wshape} and b of shape {bshape}, got "
                                  f"{tuple(ad.shape_of(p['W']))} and {tuple(ad.shape_of(p['b']))}")
-        dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
-        dtype = getval(params[0]["W"]).dtype
-        if len(dtypes) > 1 or not is_floating(dtype):
-            raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
-                            f"{sorted(str(d) for d in dtypes)}")
-        Xv = getval(X)
-        if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
-            raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
-        if Xv.dtype != dtype:  # mixing would silently promote a float32 model to float64
-            raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
-                            f"(e.g. as_array(X, dtype))")
+        Xv = check_dtypes(params, X)
         flat = math.prod(self.input_shape)
         if not ((Xv.ndim == 4 and tuple(Xv.shape[1:]) == self.input_shape) or (Xv.ndim == 2 and Xv.shape[1] == flat)):
             raise ValueError(f"X: expected images of shape (batch, {', '.join(map(str, self.input_shape))}) or "

@@ -44,6 +44,28 @@ def _floating(dtype) -> bool:
     return known
 
 
+def check_dtypes(params, X):
+    """The value of ``X`` after checking that every W and b share one float dtype and ``X`` has it too
+    (TypeError otherwise: mixing would silently promote a float32 model to float64). Runs on every forward
+    pass of an MLP or a CNN: the dtypes are compared, a box reading its value's."""
+    dtype = params[0]["W"].dtype
+    mixed = False
+    for p in params:
+        if p["W"].dtype != dtype or p["b"].dtype != dtype:
+            mixed = True
+    if mixed or not _floating(dtype):
+        dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
+        raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
+                        f"{sorted(str(d) for d in dtypes)}")
+    Xv = getval(X)
+    if not hasattr(Xv, "dtype") or not _floating(Xv.dtype):
+        raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
+    if Xv.dtype != dtype:
+        raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
+                        f"(e.g. as_array(X, dtype))")
+    return Xv
+
+
 class MLP:
     """Dense network with layer sizes ``sizes = [d_in, h_1, ..., d_out]``.
 
@@ -117,21 +139,7 @@ class MLP:
             if ad.shape_of(p["W"]) != (fan_in, fan_out) or ad.shape_of(p["b"]) != (fan_out,):
                 raise ValueError(f"params[{l}]: expected W of shape {(fan_in, fan_out)} and b of shape "
                                  f"{(fan_out,)}, got {ad.shape_of(p['W'])} and {ad.shape_of(p['b'])}")
-        dtype = params[0]["W"].dtype  # this runs on every forward pass: dtypes compared (a box reads its value's)
-        mixed = False
-        for p in params:
-            if p["W"].dtype != dtype or p["b"].dtype != dtype:
-                mixed = True
-        if mixed or not _floating(dtype):
-            dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
-            raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
-                            f"{sorted(str(d) for d in dtypes)}")
-        Xv = getval(X)
-        if not hasattr(Xv, "dtype") or not _floating(Xv.dtype):
-            raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
-        if Xv.dtype != dtype:  # mixing would silently promote a float32 model to float64
-            raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
-                            f"(e.g. as_array(X, dtype))")
+        Xv = check_dtypes(params, X)
         if Xv.ndim != 2 or Xv.shape[1] != sizes[0]:
             raise ValueError(f"X: expected shape (batch, {sizes[0]}), got {tuple(Xv.shape)}")
 
