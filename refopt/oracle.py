@@ -157,6 +157,18 @@ def _as_float(value) -> float:
     return float(ad.getval(value))
 
 
+def _recorded_hvp(counts: Counts, f, x):
+    """(∇f(x), v ↦ ∇²f(x) v) from one recording of the autodiff gradient (``autodiff.hvp_operator``): one
+    ngev for the recording, one nhvp per product, counted in ``counts``."""
+    counts.ngev += 1
+    g, hv = ad.hvp_operator(f, x)
+
+    def product(v):
+        counts.nhvp += 1
+        return hv(v)
+    return g, product
+
+
 class Oracle:
     """Model + loss + batch. ``X`` (B, d_in) float; ``y`` as the loss expects."""
 
@@ -241,13 +253,7 @@ class Oracle:
 
     def hvp_operator(self, params):
         """(∇L, v ↦ ∇²L v) with the gradient recorded once; each product is one reverse sweep."""
-        self.counts.ngev += 1
-        g, hv = ad.hvp_operator(self._objective, params)
-
-        def product(v):
-            self.counts.nhvp += 1
-            return hv(v)
-        return g, product
+        return _recorded_hvp(self.counts, self._objective, params)
 
     def hessian_operator(self, params):
         """v ↦ ∇²L v at ``params`` for repeated products (Newton-CG): ``hvp_operator``'s, whose recorded
@@ -472,13 +478,7 @@ class FunctionOracle:
 
     def _recorded(self, x):
         """(∇f(x), counted v ↦ ∇²f(x) v) from one recording of the autodiff gradient."""
-        self.counts.ngev += 1
-        g, hv = ad.hvp_operator(self.f, x)
-
-        def product(v):
-            self.counts.nhvp += 1
-            return hv(v)
-        return g, product
+        return _recorded_hvp(self.counts, self.f, x)
 
     def value_and_hvp_operator(self, x):
         """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``."""

@@ -115,11 +115,16 @@ def _plain_unbroadcast(g, shape):
     gshape = _shape(g)
     if gshape == tuple(shape):
         return g
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and gshape[lead + i] != 1)
+    axes = _broadcast_axes(gshape, shape)
     if axes:
         g = _plain_sum(g, axis=axes, keepdims=True)
     return _reshape(g, tuple(shape))
+
+
+def _broadcast_axes(gshape, shape) -> tuple:
+    """The axes of ``gshape`` that broadcasting ``shape`` to it created or stretched (``unbroadcast`` sums them)."""
+    lead = len(gshape) - len(shape)
+    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and gshape[lead + i] != 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,8 +173,7 @@ def unbroadcast(g, shape):
     gshape = shape_of(g)
     if gshape == tuple(shape):
         return g
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and gshape[lead + i] != 1)
+    axes = _broadcast_axes(gshape, shape)
     if axes:
         g = sum(g, axis=axes, keepdims=True)
     return reshape(g, tuple(shape))
