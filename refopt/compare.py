@@ -176,7 +176,7 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_los
                                                     "does not provide")
         else:
             try:
-                result = run(config, problem=prob)
+                result = run(config, problem=prob, optimizer=opt)  # the optimizer built (and checked) above
                 entry = ComparisonEntry(name, hp, result, _divergence_text(result, divergence_factor)
                                         if result.status == "diverged" else None)
             except (ValueError, NotImplementedError) as exc:

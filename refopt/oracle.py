@@ -169,6 +169,24 @@ def _recorded_hvp(counts: Counts, f, x):
     return g, product
 
 
+def _recorded_value_hvp(counts: Counts, f, x):
+    """(f(x), ∇f(x), v ↦ ∇²f(x) v) from one recording of the gradient that also keeps the value: one nfev and
+    one ngev, then one nhvp per product (a reverse sweep of the recorded gradient), counted in ``counts``."""
+    counts.nfev += 1
+    counts.ngev += 1
+    seen = {}
+
+    def gradient(p):
+        seen["value"], g = ad.value_and_grad(f)(p)
+        return g
+    g, hv = ad.vjp(gradient, x)
+
+    def product(v):
+        counts.nhvp += 1
+        return hv(v)
+    return _as_float(seen["value"]), g, product
+
+
 class Oracle:
     """Model + loss + batch. ``X`` (B, d_in) float; ``y`` as the loss expects."""
 
@@ -263,19 +281,7 @@ class Oracle:
     def value_and_hvp_operator(self, params):
         """(L, ∇L, v ↦ ∇²L v) from one recording: ``hvp_operator`` that also returns the loss, which
         saves the extra forward pass of a separate ``value`` (AdaHessian needs all three every step)."""
-        self.counts.nfev += 1
-        self.counts.ngev += 1
-        seen = {}
-
-        def gradient(p):
-            seen["value"], g = ad.value_and_grad(self._objective)(p)
-            return g
-        g, hv = ad.vjp(gradient, params)
-
-        def product(v):
-            self.counts.nhvp += 1
-            return hv(v)
-        return _as_float(seen["value"]), g, product
+        return _recorded_value_hvp(self.counts, self._objective, params)
 
     def jvp(self, params, v):
         """J v (batch, C)."""
@@ -481,7 +487,11 @@ class FunctionOracle:
         return _recorded_hvp(self.counts, self.f, x)
 
     def value_and_hvp_operator(self, x):
-        """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``."""
+        """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``: by autodiff from one recording (each
+        product one reverse sweep, not a forward-over-reverse pass that recomputes ∇f), else with the analytic
+        gradient and products."""
+        if self._hvp is None and self._hess is None:
+            return _recorded_value_hvp(self.counts, self.f, x)
         value, g = self.value_and_grad(x)
         return value, g, lambda v: self.hvp(x, v)
 

@@ -295,6 +295,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     # L₀ of the divergence rule and the step-0 metrics, recomputed on resume (the log has no step-0 record)
     initial_loss, initial_accuracy = _evaluate(full, init)
     initial_val = _evaluate(val, init) if val is not None else (None, None)
+    factor = config.divergence_factor   # the divergence rule's bound, fixed by L₀ for the whole run
+    bound = divergence_bound(initial_loss, factor) if factor is not None else None
     if resume:  # the fresh run's params and state fix what the checkpoint must look like
         start, params, state, history, counts = load_checkpoint(resume, config, problem, init, opt.init(init), opt)
     else:
@@ -353,10 +355,9 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             if tl is not None and not math.isfinite(tl):
                 status, message = "diverged", f"training loss became {tl} at step {step}"
                 break
-            factor = config.divergence_factor
-            if factor is not None and tl is not None and tl > divergence_bound(initial_loss, factor):
+            if bound is not None and tl is not None and tl > bound:
                 status, message = "diverged", (f"training loss {tl:.3g} at step {step} exceeds "
-                                               f"{divergence_bound(initial_loss, factor):.3g} = L₀ + {factor - 1:g} × "
+                                               f"{bound:.3g} = L₀ + {factor - 1:g} × "
                                                f"max(|L₀|, 1), L₀ = {initial_loss:.3g}")
                 break
             gn = rec.get("grad_norm")

@@ -332,3 +332,19 @@ def test_function_oracle_records_its_autodiff_gradient_once_for_products():
     for v in np.eye(3):
         np.testing.assert_allclose(hv(v), H @ v, rtol=1e-14, atol=1e-15)
     assert calls[0] == 1 and o.counts.ngev == 1 and o.counts.nhvp == 3
+
+
+def test_function_oracle_value_and_hvp_operator_records_the_gradient_once():
+    """Without analytic derivatives the products are reverse sweeps of one recorded gradient: one nfev and
+    one ngev however many products, each product the Hessian's (Rosenbrock's, written out here)."""
+    f = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2  # noqa: E731
+    x = np.array([-1.2, 1.0])
+    H = np.array([[2 - 400 * (x[1] - 3 * x[0] ** 2), -400 * x[0]], [-400 * x[0], 200.0]])
+    o = FunctionOracle(f)
+    value, g, hv = o.value_and_hvp_operator(x)
+    assert value == f(x)
+    np.testing.assert_allclose(g, [-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)],
+                                rtol=1e-14)
+    for v in np.eye(2):
+        np.testing.assert_allclose(hv(v), H @ v, rtol=1e-14)
+    assert (o.counts.nfev, o.counts.ngev, o.counts.nhvp) == (1, 1, 2)

@@ -329,11 +329,23 @@ class SophiaH(_Sophia):
         self.probes = check_int("probes", probes, maximum=MAX_DRAWS)
         self.set_switch("probe_distribution", probe_distribution)
 
-    def _estimate(self, params, oracle, generator, draws):
+    def _probes(self, params, oracle, generator, draws):
         if draws is None:
-            probes = oracle_probes(oracle, params, generator, self.probes, self.probe_distribution)
-        else:
-            probes = check_probes(draws, params)
+            return oracle_probes(oracle, params, generator, self.probes, self.probe_distribution)
+        return check_probes(draws, params)
+
+    def _value_grad_and_estimate(self, params, oracle, state, draws):
+        """On a refresh at θ_t: the loss, the gradient and the products from one recording
+        (``value_and_hvp_operator``, as AdaHessian), instead of a gradient and then Hutchinson's estimate
+        recording the gradient again."""
+        if "hvp" not in oracle.provides or given_estimate(oracle, "hessian_diagonal", params) is not None:
+            return None
+        probes = self._probes(params, oracle, step_generator(state.seed, state.step), draws)
+        loss, g, hv = oracle.value_and_hvp_operator(params)
+        return loss, g, hutchinson_estimate(hv, probes), probes
+
+    def _estimate(self, params, oracle, generator, draws):
+        probes = self._probes(params, oracle, generator, draws)
         if "hutchinson" in oracle.provides:  # a network oracle: the core estimator
             return oracle.hutchinson_diag(params, probes=probes), probes
         _, hv = oracle.hvp_operator(params)
