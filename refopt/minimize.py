@@ -30,7 +30,8 @@ scipy's spelling works too: ``minimize(fun, x0, args=(a, b), method="BFGS", jac=
 * ``args``: extra arguments, passed as scipy passes them: ``fun(x, *args)``, ``jac(x, *args)``,
   ``hess(x, *args)``, ``hessp(x, p, *args)`` (a non-tuple is one argument). Note that refopt's third
   positional parameter is ``method``, scipy's is ``args``: a tuple there is refused.
-* ``jac=True``: ``fun`` returns ``(f, g)``; it is called once per point (the last point's pair is kept).
+* ``jac=True``: ``fun`` returns ``(f, g)``; it is called once per point (the last point's pair is kept), and
+  again for each autodiff Hessian-vector product of its value (Newton-CG without ``hessp``).
   ``jac=False`` or None: refopt's autodiff; scipy's finite-difference strings ("2-point", ...) are refused.
 * ``tol``: what scipy's ``minimize`` sets from it (``options.setdefault``, scipy/optimize/_minimize.py),
   unless ``gtol`` / ``xtol`` are given. BFGS, L-BFGS-B and trust-ncg: ``gtol = tol`` (scipy's L-BFGS-B
@@ -282,7 +283,8 @@ def method_name(method, bounds=None) -> str:
 
 class _ValueAndGradient:
     """``fun(x) -> (f, g)`` (scipy's ``jac=True``) as a value and a gradient function, calling ``fun`` once per
-    point: the last point (a copy) and its pair are kept. A traced point is never kept (it is no point)."""
+    untraced point: the last point (a copy) and its pair are kept. A traced point is never kept (it is no
+    point): each traced evaluation (the autodiff's Hessian-vector products of the value) calls ``fun`` again."""
 
     def __init__(self, fun):
         self.fun, self._x, self._pair = fun, None, None

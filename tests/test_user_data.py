@@ -372,6 +372,19 @@ def test_more_numbers_than_the_cap_are_refused_while_reading(tmp_path, monkeypat
              _npz(tmp_path, X=np.zeros((5, 2), bool), y=np.zeros(5)))
 
 
+def test_one_line_wider_than_half_the_cap_is_refused_before_the_csv_module_splits_it(tmp_path, monkeypatch):
+    """A single 128 MiB line of "1,1,1,..." would have the csv module build ~43 million strings before the
+    numbers cap is checked; the line is refused first, by counting its separators."""
+    monkeypatch.setattr(U, "MAX_CELLS", 12)
+    split = []
+    real = U.csv.reader
+    monkeypatch.setattr(U.csv, "reader", lambda lines, **kw: real((split.append(l) or l for l in lines), **kw))
+    _refused("d.csv: line 2 has more than 6 cells; a data file holds at most 12 numbers in at least 2 rows",
+             _write(tmp_path, "1,2,0\n" + ",".join(["1"] * 7) + "\n"))
+    assert split == ["1,2,0\n"]  # the wide line never reached the csv module
+    assert load_data(_write(tmp_path, "1,2,3,4,5,0\n" * 2))[0].shape == (2, 5)  # 6 cells: allowed
+
+
 def test_a_network_over_the_parameter_cap_is_refused_before_it_is_built(tmp_path, monkeypatch):
     """--sizes 2,10⁹,3 used to end in a MemoryError; a wide file's default sizes the same. The count is checked
     from the sizes, (fan_in + 1) × fan_out per layer, before the MLP exists."""

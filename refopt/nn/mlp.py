@@ -49,10 +49,7 @@ def check_dtypes(params, X):
     (TypeError otherwise: mixing would silently promote a float32 model to float64). Runs on every forward
     pass of an MLP or a CNN: the dtypes are compared, a box reading its value's."""
     dtype = params[0]["W"].dtype
-    mixed = False
-    for p in params:
-        if p["W"].dtype != dtype or p["b"].dtype != dtype:
-            mixed = True
+    mixed = any(p["W"].dtype != dtype or p["b"].dtype != dtype for p in params)
     if mixed or not _floating(dtype):
         dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
         raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "

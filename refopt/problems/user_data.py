@@ -75,12 +75,23 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _bounded_lines(fh, name: str):
+    """The file's lines, each refused before the csv module splits it when it has more cells than a data file
+    may hold in a row (at least 2 rows of at most ``MAX_CELLS`` numbers: ``MAX_CELLS // 2``), so one long
+    line cannot make the reader build tens of millions of Python strings first."""
+    for number, line in enumerate(fh, start=1):
+        if line.count(",") >= MAX_CELLS // 2:
+            raise ValueError(f"{name}: line {number} has more than {MAX_CELLS // 2} cells; a data file holds at "
+                             f"most {MAX_CELLS} numbers in at least 2 rows")
+        yield line
+
+
 def _read_csv(path: str, name: str):
     """The numeric rows of the csv at ``path`` as a float64 array (n, columns), streamed (module docs)."""
     buf, n, width, first, blank = None, 0, 0, None, None
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, strict=True)
+            reader = csv.reader(_bounded_lines(fh, name), strict=True)
             for row in reader:
                 cells = [c.strip() for c in row] if row else row
                 if not any(cells):  # blank: an error only if a row follows (trailing blanks are ignored)
