@@ -36,11 +36,10 @@ from typing import Sequence
 
 from .. import autodiff as ad
 from ..backend import as_array, default_dtype, is_floating, rng, xp
-from .mlp import ACTIVATIONS, LayerStats, check_dtypes, perturbed_statistics
+from .mlp import _INITS, ACTIVATIONS, LayerStats, check_dtypes, draw_weights, perturbed_statistics
 
 __all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics"]
 
-_INITS = ("glorot", "he", "lecun", "normal")
 _LARGE = (1 << 30, 1 << 30)  # an input size at which only the arguments themselves can be wrong
 
 
@@ -302,15 +301,7 @@ class CNN:
                 fan_in, fan_out = wshape[1] * receptive, wshape[0] * receptive
             else:
                 fan_in, fan_out = wshape
-            if self.init_name == "glorot":
-                lim = math.sqrt(6.0 / (fan_in + fan_out))
-                W = gen.uniform(-lim, lim, size=wshape)
-            elif self.init_name == "he":
-                W = gen.standard_normal(wshape) * math.sqrt(2.0 / fan_in)
-            elif self.init_name == "lecun":
-                W = gen.standard_normal(wshape) * math.sqrt(1.0 / fan_in)
-            else:
-                W = gen.standard_normal(wshape) * self.init_scale
+            W = draw_weights(gen, self.init_name, wshape, fan_in, fan_out, self.init_scale)
             params.append({"W": as_array(W, dtype), "b": as_array([0.0] * bshape[0], dtype)})
         return params
 

@@ -63,6 +63,19 @@ def check_dtypes(params, X):
     return Xv
 
 
+def draw_weights(gen, init: str, shape, fan_in: int, fan_out: int, scale: float):
+    """A weight array of ``shape`` drawn from ``gen`` by the scheme ``init`` (``MLP``'s docs) with the given fans
+    (a conv kernel's count its receptive field, as PyTorch's)."""
+    if init == "glorot":
+        lim = math.sqrt(6.0 / (fan_in + fan_out))
+        return gen.uniform(-lim, lim, size=shape)
+    if init == "he":
+        return gen.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    if init == "lecun":
+        return gen.standard_normal(shape) * math.sqrt(1.0 / fan_in)
+    return gen.standard_normal(shape) * scale
+
+
 class MLP:
     """Dense network with layer sizes ``sizes = [d_in, h_1, ..., d_out]``.
 
@@ -112,15 +125,7 @@ class MLP:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         params = []
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
-            if self.init_name == "glorot":
-                lim = math.sqrt(6.0 / (fan_in + fan_out))
-                W = gen.uniform(-lim, lim, size=(fan_in, fan_out))
-            elif self.init_name == "he":
-                W = gen.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
-            elif self.init_name == "lecun":
-                W = gen.standard_normal((fan_in, fan_out)) * math.sqrt(1.0 / fan_in)
-            else:
-                W = gen.standard_normal((fan_in, fan_out)) * self.init_scale
+            W = draw_weights(gen, self.init_name, (fan_in, fan_out), fan_in, fan_out, self.init_scale)
             params.append({"W": as_array(W, dtype), "b": as_array([0.0] * fan_out, dtype)})
         return params
 
