@@ -275,15 +275,18 @@ def _need_problem(problem) -> None:
                          f"{short_repr(problem)}")
 
 
-def load_checkpoint(path: str, config, problem, params_like=None, state_like=None, optimizer=None):
+def load_checkpoint(path: str, config, problem, params_like=None, state_like=None, optimizer=None,
+                    problem_identity=None):
     """(step, params, state, history, counts) from ``path``, refusing one that the run of ``config`` (with
     ``optimizer``; None: the one ``config`` makes) on ``problem`` cannot resume (module docs). ``params_like``
     / ``state_like`` (a fresh run's initial params and state) fix the structure, shapes and dtypes the
-    checkpoint must have; without them only the dtypes are checked. Every refusal is a one-line ValueError."""
+    checkpoint must have; without them only the dtypes are checked. ``problem_identity``: ``problem.identity()``
+    when the caller already has it (it digests the data). Every refusal is a one-line ValueError."""
     _need_problem(problem)
     optimizer_class(config.optimizer)  # imports the module whose state classes the file may name
     identity = run_identity(config, optimizer)
-    step, params, state, history, counts, _ = _load_checked(path, identity, problem, params_like, state_like)
+    step, params, state, history, counts, _ = _load_checked(path, identity, problem, params_like, state_like,
+                                                            problem_identity)
     return step, params, state, history, counts
 
 
@@ -316,10 +319,11 @@ def _check_run_names(path: str, meta: dict) -> None:
     optimizer_class(name)
 
 
-def _load_checked(path: str, identity, problem, params_like, state_like):
+def _load_checked(path: str, identity, problem, params_like, state_like, want=None):
     """The reading and checks of ``load_checkpoint`` (``identity`` None: ``load_checkpoint_params``'s, the meta
-    naming the optimizer); returns (step, params, state, history, counts, meta)."""
-    want = problem.identity()
+    naming the optimizer; ``want``: the problem's identity if known); returns (step, params, state, history,
+    counts, meta)."""
+    want = problem.identity() if want is None else want
 
     def check(meta):
         if identity is None:

@@ -298,7 +298,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     factor = config.divergence_factor   # the divergence rule's bound, fixed by L₀ for the whole run
     bound = divergence_bound(initial_loss, factor) if factor is not None else None
     if resume:  # the fresh run's params and state fix what the checkpoint must look like
-        start, params, state, history, counts = load_checkpoint(resume, config, problem, init, opt.init(init), opt)
+        start, params, state, history, counts = load_checkpoint(resume, config, problem, init, opt.init(init), opt,
+                                                                 problem_identity=identity)
     else:
         start, params, history = 0, init, []
         state = opt.init(params)
