@@ -78,6 +78,18 @@ def test_conv_factors_against_a_loop_construction(approx, fisher):
     np.testing.assert_allclose(A[0], A_want, rtol=RTOL, atol=1e-14)
     np.testing.assert_allclose(G[0], G_want, rtol=RTOL, atol=1e-16)
     assert A[0].shape == (19, 19) and G[0].shape == (3, 3)
+    if fisher == "empirical":  # the probes themselves, not only their sums: ∂L/∂S by HIPS autograd of the net
+        import autograd                                                # written here on the loop patches
+        import autograd.numpy as anp
+
+        def loss_of_preactivation(S):                                  # S (N, L, O): the conv layer's
+            a = anp.reshape(anp.transpose(anp.tanh(S), (0, 2, 1)), (N, -1))
+            z = anp.dot(a, params[1]["W"]) + params[1]["b"]
+            zmax = anp.max(z, axis=1, keepdims=True)
+            lse = anp.log(anp.sum(anp.exp(z - zmax), axis=1)) + zmax[:, 0]
+            return anp.mean(lse - z[np.arange(N), y])
+        S0 = np.einsum("nlk,ok->nlo", P, params[0]["W"].reshape(3, -1)) + params[0]["b"]
+        np.testing.assert_allclose(probes[0], autograd.grad(loss_of_preactivation)(S0), rtol=1e-12, atol=1e-16)
     # the dense layer after the flatten is an ordinary K-FAC layer
     a1 = np.tanh(np.einsum("nlk,ok->nlo", P, params[0]["W"].reshape(3, -1)) + params[0]["b"])
     a1 = a1.transpose(0, 2, 1).reshape(N, -1)                          # NCHW flatten: (o, location)
