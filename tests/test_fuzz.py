@@ -224,7 +224,7 @@ VALID_ARGUMENTS = {
     "cg_maxiter": [5, 1, 50], "cg_tol": [1e-6, 0.1], "curvature": SWITCHES, "curvature_skip": [1e-8, 0.0],
     "curvature_skip_rule": SWITCHES, "damping": [1e-3, 0.1, 1.0], "damping_decrease": [0.5, 0.9],
     "damping_increase": [3.0, 1.1], "damping_interval": [1, 10], "dampening": [0.5, 0.0, 1.0], "damping_scheme": SWITCHES, "decay": [0.5, 0.0, 0.99],
-    "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12], "empirical_scale": SWITCHES, "kfac_approx": SWITCHES, "kernel_average": SWITCHES, "tensor_view": SWITCHES,
+    "dense_max_size": [1, 10, 1000], "descent_check": SWITCHES, "eigenvalue_floor": [1e-4, 1e-12], "empirical_scale": SWITCHES, "kfac_approx": SWITCHES, "conv_row_scale": SWITCHES, "kernel_average": SWITCHES, "tensor_view": SWITCHES,
     "eps": Scaled((0.01, 100.0)), "eps_mode": SWITCHES, "eps_root": [1e-8, 1e-3, 0.0], "eta": [0.1, 0.0, 0.25],
     "exponent": [-0.25, -0.5, -1.0, None], "factor_dtype": SWITCHES, "factor_init": SWITCHES, "factor_interval": [2, 1, 3],
     "filter_beta": [0.5, 0.0, 0.9], "first_step": SWITCHES, "fisher": SWITCHES, "forcing": ["linear", "sqrt", 0.5, 0.1],

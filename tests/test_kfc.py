@@ -2,7 +2,9 @@
 
 The factors are checked against the same expectations built here from patches unfolded by a loop over
 examples and locations; with one location (the kernel covering the image) both approximations are a dense
-layer's K-FAC and, for one example, A ⊗ G is the layer's true Fisher block exactly.
+layer's K-FAC and, for one example, A ⊗ G is the layer's true Fisher block exactly. K-FAC's
+conv_row_scale="inverse_locations" (kfac-pytorch's rows ÷ L) is checked against its definition on a strided,
+padded convolution's loop patches.
 """
 from __future__ import annotations
 
@@ -253,3 +255,92 @@ def test_the_analysis_kfac_operator_of_a_cnn_is_the_dense_kfac_matrix_in_the_par
     F = np.outer(grad[:n0], grad[:n0])
     got = kfac_operator(o1, p1, fisher="empirical").to_dense()[:n0, :n0]
     np.testing.assert_allclose(got, F, rtol=0, atol=1e-12 * np.abs(F).max())
+
+
+# --- conv_row_scale="inverse_locations": kfac-pytorch's rows divided by L ------------------------------------
+def _strided_loop_patches(X, k, stride, pad):
+    """(N, L, C·k·k) patches of a k×k convolution with the given stride and zero padding, by loops over
+    examples and output locations (row-major), entries in (c, i, j) order: kfac-pytorch's _extract_patches
+    (pad, then Tensor.unfold over rows and columns) written out."""
+    N, C, H, W = X.shape
+    Xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
+    Xp[:, :, pad:pad + H, pad:pad + W] = X
+    Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    return np.array([[Xp[n, :, y * stride:y * stride + k, x * stride:x * stride + k].reshape(-1)
+                      for y in range(Ho) for x in range(Wo)] for n in range(N)])
+
+
+def test_inverse_locations_rows_give_kfac_pytorch_s_conv_factors_from_the_definition():
+    """kfac-pytorch (kfac/layers/modules.py, Conv2dModuleHelper): A = get_cov(append_bias_ones(P)/L) and
+    G = get_cov(g/L) over the N·L rows (get_cov: XᵀX / rows), g the reduced loss's output gradients. Built
+    here from loop patches and HIPS autograd's ∂L/∂S of the network written on them; refopt's first factor
+    estimate ("mean": taken as is) under output_grad_scale="reduced_loss" must be exactly that."""
+    import autograd
+    import autograd.numpy as anp
+
+    model = CNN((2, 5, 5), [Conv2d(2, 3, 3, stride=2, padding=1), "tanh", Flatten(), Dense(27, 3)])
+    g = np.random.default_rng(4)
+    N = 4
+    X, y = g.standard_normal((N, 2, 5, 5)), g.integers(0, 3, N)
+    params = model.init(2)
+    params[0]["b"] = 0.5 * g.standard_normal(3)
+    oracle = network_oracle(model, SoftmaxCrossEntropy(), X.reshape(N, -1), y)
+    P = _strided_loop_patches(X, 3, 2, 1)                                 # (N, 9, 18)
+    L = P.shape[1]
+    assert L == 9
+
+    def loss_of_preactivation(S):                                         # S (N, L, O)
+        a = anp.reshape(anp.transpose(anp.tanh(S), (0, 2, 1)), (N, -1))   # NCHW flatten: (o, location)
+        z = anp.dot(a, params[1]["W"]) + params[1]["b"]
+        zmax = anp.max(z, axis=1, keepdims=True)
+        lse = anp.log(anp.sum(anp.exp(z - zmax), axis=1)) + zmax[:, 0]
+        return anp.mean(lse - z[np.arange(N), y])
+    S0 = np.einsum("nlk,ok->nlo", P, params[0]["W"].reshape(3, -1)) + params[0]["b"]
+    gS = autograd.grad(loss_of_preactivation)(S0)                         # (N, L, O), reduced-loss scale
+    rows_a = [np.append(P[n, l], 1.0) / L for n in range(N) for l in range(L)]
+    rows_g = [gS[n, l] / L for n in range(N) for l in range(L)]
+    A_want = sum(np.outer(r, r) for r in rows_a) / (N * L)
+    G_want = sum(np.outer(r, r) for r in rows_g) / (N * L)
+    assert A_want[-1, -1] == pytest.approx(1.0 / L ** 2)                  # the bias's 1 is divided too
+
+    hp = dict(fisher="empirical", output_grad_scale="reduced_loss", factor_init="mean", inverse="eig",
+              damping_scheme="eigen", kl_clip=None, momentum=0.0)
+    opt = KFAC(conv_row_scale="inverse_locations", **hp)
+    _, state, _ = opt.update(params, opt.init(params), oracle)
+    np.testing.assert_allclose(state.factors["A"][0], A_want, rtol=RTOL, atol=1e-16)
+    np.testing.assert_allclose(state.factors["G"][0], G_want, rtol=RTOL, atol=1e-20)
+    # the dense head and "none" are the plain expand factors: 1/L² apart on the conv layer, equal on the dense
+    plain = KFAC(**hp)
+    _, s0, _ = plain.update(params, plain.init(params), oracle)
+    np.testing.assert_allclose(s0.factors["A"][0], L ** 2 * A_want, rtol=RTOL, atol=1e-14)
+    np.testing.assert_allclose(s0.factors["G"][0], L ** 2 * G_want, rtol=RTOL, atol=1e-18)
+    for name in ("A", "G"):
+        np.testing.assert_array_equal(state.factors[name][1], s0.factors[name][1])
+
+
+def test_inverse_locations_changes_nothing_on_an_mlp_and_is_refused_when_misspelt():
+    _, pc, om, pm = _one_location_pair()
+    runs = []
+    for row_scale in ("none", "inverse_locations"):
+        opt = KFAC(conv_row_scale=row_scale, fisher="empirical", lr=0.5)
+        params, state = pm, opt.init(pm)
+        for _ in range(3):
+            params, state, _ = opt.update(params, state, om)
+        runs.append(params)
+    for a, b in zip(T.leaves(runs[0]), T.leaves(runs[1])):
+        np.testing.assert_array_equal(a, b)
+    # one location (L = 1): the conv layer's factors are unchanged too
+    oc = _one_location_pair()[0]
+    stats = oc.kfac_statistics(pc, "empirical", gradient=False)
+    est = factor_estimates(stats)
+    scaled = K.scale_conv_factors(est, stats.inputs, "inverse_locations")
+    for name in ("A", "G"):
+        for a, b in zip(est[name], scaled[name]):
+            np.testing.assert_array_equal(a, b)
+    for bad in ("inverse", None, "Inverse_locations"):
+        with pytest.raises(ValueError, match="conv_row_scale"):
+            KFAC(conv_row_scale=bad)
+        with pytest.raises(ValueError, match="conv_row_scale"):
+            K.scale_conv_factors(est, stats.inputs, bad)
+    assert KFAC.switch("conv_row_scale").default == "none"
+    assert "conv_row_scale" not in EKFAC.switches   # kfac-pytorch has no EKFAC: not offered there

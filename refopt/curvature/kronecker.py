@@ -65,6 +65,19 @@ These are curvlinops' KFACLinearOperator(kfac_approx=...) scalings with its defa
 (Ω = Σ_l E[āāᵀ], Γ = (1/L) Σ_l E[g gᵀ]): the same A ⊗ G, but not the same split under per-factor damping.
 ``conv_input_rows`` / ``conv_grad_rows`` turn the statistics into those rows; dense layers pass through.
 
+Rows divided by L (``conv_row_scale``, ``scale_conv_factors``; K-FAC's switch): "none" (default, the
+scalings above) or "inverse_locations", gpauloski/kfac-pytorch's: every row of a conv layer, the augmented
+patch ā_{n,l} (the bias's 1 included) and the output gradient g_{n,l}, is divided by L before its
+second moment is taken (kfac/layers/modules.py, Conv2dModuleHelper.get_a_factor / get_g_factor:
+``a / spatial_size`` after ``append_bias_ones``, ``g / spatial_size``, then kfac/layers/utils.py ``get_cov``
+divides by the row count N·L), so
+
+    A = (1/(N·L)) Σ_{n,l} (ā_{n,l}/L)(ā_{n,l}/L)ᵀ = (1/L²) A_expand,   G = (1/L²) G_expand
+
+(with output_grad_scale="reduced_loss": G = (1/(N·L³)) Σ_{n,l} g_{n,l} g_{n,l}ᵀ, kfac-pytorch's own). A ⊗ G
+shrinks by L⁴ per conv layer, which moves the damping's balance layer by layer (λ is not rescaled) and, with
+an identity start of the running averages, the split between A and G; dense layers (L = 1) are unchanged.
+
 Source: Martens & Grosse 2015, sections 2-3 (Kronecker factorisation, eq. (1) and section 3.1), and
 section 5 for the label sampling; Martens, Sutskever & Swersky 2012, "Estimating the Hessian by
 back-propagating curvature" (ICML), for curvature propagation.
@@ -84,13 +97,15 @@ __all__ = [
     "cross_input_factor", "cross_grad_factor", "kron_matvec", "dense_kron", "block_diagonal",
     "pi_correction", "output_fisher_factor", "LayerCapture", "capture_layers", "KFACStatistics",
     "kfac_statistics", "statistics_pass", "factor_weight", "OUTPUT_GRAD_SCALES", "output_hessian_sqrt_vp",
-    "draw_signs", "KFAC_APPROXIMATIONS", "conv_input_rows", "conv_grad_rows", "layer_dims",
+    "draw_signs", "KFAC_APPROXIMATIONS", "conv_input_rows", "conv_grad_rows", "layer_dims", "CONV_ROW_SCALES",
+    "scale_conv_factors",
 ]
 
 FISHER_ESTIMATES = ("mc", "empirical", "true", "curvature_prop")
 OUTPUT_GRAD_SCALES = ("per_example", "reduced_loss")
 FACTOR_INITS = ("mean", "debiased", "identity")
 KFAC_APPROXIMATIONS = ("expand", "reduce")
+CONV_ROW_SCALES = ("none", "inverse_locations")
 
 
 # --- the layer as a matrix ------------------------------------------------------------------------
@@ -139,6 +154,21 @@ def conv_grad_rows(g, approx: str = "expand"):
         return g
     require_approx(approx)
     return g.reshape(-1, g.shape[2]) if approx == "expand" else xp.sum(g, axis=1)
+
+
+def scale_conv_factors(estimate: dict, inputs: Sequence, row_scale: str = "none") -> dict:
+    """This batch's {"A": [A_l], "G": [G_l], ...} with a conv layer's A_l and G_l divided by L_l² under
+    ``row_scale="inverse_locations"`` (each row ā_{n,l}, g_{n,l} ÷ L: kfac-pytorch; module docs); ``inputs``
+    are the statistics' layer inputs (a conv layer's patches (N, L, K) give L). Dense layers, other statistics
+    and row_scale="none" are returned as they are (the same arrays)."""
+    if row_scale not in CONV_ROW_SCALES:
+        raise ValueError(f"conv_row_scale must be one of {CONV_ROW_SCALES}, got {row_scale!r}"[:200])
+    if row_scale == "none" or all(a.ndim == 2 for a in inputs):
+        return estimate
+    out = dict(estimate)
+    for name in ("A", "G"):
+        out[name] = [F if a.ndim == 2 else F / (a.shape[1] * a.shape[1]) for F, a in zip(estimate[name], inputs)]
+    return out
 
 
 def require_approx(approx) -> None:

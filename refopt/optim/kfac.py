@@ -78,7 +78,12 @@ Convolutions (``kfac_approx``; KFC, Grosse & Martens 2016, and Eschenhagen et al
 is A ⊗ G over W̄ = [W.reshape(O, K)ᵀ; b] with A, G from its patches and spatial output gradients, "expand"
 (default: the locations as extra rows, A = (1/(N·L)) Σ āāᵀ, G = (1/scale) Σ_{n,l} g gᵀ) or "reduce" (patches
 averaged and gradients summed per example); ``kronecker`` module docs. Dense layers are unaffected, so the
-switch changes nothing on an MLP.
+switch changes nothing on an MLP. ``conv_row_scale``: "none" (default) or "inverse_locations"
+(gpauloski/kfac-pytorch, kfac/layers/modules.py Conv2dModuleHelper: each patch row, bias 1 included, and each
+output-gradient row divided by the L locations before the second moment, so a conv layer's A and G are 1/L²
+of the above; ``kronecker.scale_conv_factors``); nothing changes on dense layers either. With
+``output_grad_scale="reduced_loss"``, ``damping_scheme="eigen"`` and ``factor_init="identity"`` this is
+kfac-pytorch's KFACPreconditioner on Conv2d layers (scripts/verify_with_kfac_pytorch.py).
 
 Bad statistics: non-finite factor estimates skip the factor update and keep the old factors (info
 says so); with no factors yet (first estimate, except ``factor_init="identity"``) the step is refused.
@@ -109,7 +114,7 @@ from .base import (MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonn
 from .update_rules import WEIGHT_DECAY_MODES, chunks, ema_into, flat, l2_decay
 
 __all__ = ["KFAC", "KFACState", "WEIGHT_DECAY_CHOICES", "FACTOR_INIT", "FISHER", "WEIGHT_DECAY_MODE",
-           "ADAPT_DAMPING", "KFAC_APPROX", "oracle_needs", "draws_kind"]
+           "ADAPT_DAMPING", "KFAC_APPROX", "CONV_ROW_SCALE", "oracle_needs", "draws_kind"]
 
 # update_rules' modes with "decoupled" (the source article's) first: the order of a Switch's choices decides
 # ties in the convention search, so the K-FAC family keeps it.
@@ -140,6 +145,13 @@ KFAC_APPROX = Switch("kfac_approx", K.KFAC_APPROXIMATIONS, "expand",
                      "example's patches averaged and its output gradients summed over locations first",
                      "Grosse & Martens 2016 KFC, Eschenhagen et al. 2023 (expand); Eschenhagen et al. 2023, "
                      "curvlinops kfac_approx='reduce' (reduce)")
+
+
+CONV_ROW_SCALE = Switch("conv_row_scale", K.CONV_ROW_SCALES, "none",
+                        "conv layers: the factors' rows as they are, or each patch row (bias 1 included) and each "
+                        "output-gradient row divided by the L output locations (A and G ÷ L²)",
+                        "Grosse & Martens 2016, Eschenhagen et al. 2023 (none); gpauloski/kfac-pytorch "
+                        "Conv2dModuleHelper get_a_factor / get_g_factor (inverse_locations)")
 
 
 def draws_kind(fisher: str):
@@ -230,6 +242,7 @@ class KFAC(Optimizer):
                "scale (÷ B for a mean loss; only with fisher='empirical')",
                "Martens & Grosse 2015 (per_example); kfac-jax fisher_empirical, vjp ÷ √B (batch)"),
         KFAC_APPROX,
+        CONV_ROW_SCALE,
     )
     requires = oracle_needs("mc")   # with the default arguments; __init__ sets it from fisher and adapt_damping
     draws = "labels"                # "mc" label sets, "curvature_prop" signs, else None (__init__, draws_kind)
@@ -242,7 +255,8 @@ class KFAC(Optimizer):
                  weight_decay: float = 0.0, weight_decay_mode: str = "decoupled", fisher: str = "mc",
                  samples: int = 1, seed: int = 0, adapt_damping: bool = False, damping_interval: int = 5,
                  output_grad_scale: str = "per_example", bias_block: str = "joint", burnin: int = 0,
-                 empirical_scale: str = "per_example", schedule=None, kfac_approx: str = "expand"):
+                 empirical_scale: str = "per_example", schedule=None, kfac_approx: str = "expand",
+                 conv_row_scale: str = "none"):
         self.lr = check_positive("lr", lr)
         self.set_schedule(schedule)
         self.damping = check_positive("damping", damping)
@@ -272,6 +286,7 @@ class KFAC(Optimizer):
         if self.empirical_scale == "batch" and self.fisher != "empirical":
             raise ValueError("empirical_scale='batch' needs fisher='empirical' (it rescales the empirical G only)")
         self.set_switch("kfac_approx", kfac_approx)
+        self.set_switch("conv_row_scale", conv_row_scale)
         self.requires = oracle_needs(self.fisher, self.adapt_damping)
         self.draws = draws_kind(self.fisher)
         if self.bias_block == "separate" and self.damping_scheme == "pi":
@@ -300,9 +315,14 @@ class KFAC(Optimizer):
             stats = stats._replace(probes=[[w * g for g in probe] for probe in stats.probes])
         return stats
 
+    def _estimate(self, stats) -> dict:
+        """This pass's factor estimates: the blocks' own, a conv layer's A and G ÷ L² under
+        conv_row_scale="inverse_locations" (``kronecker.scale_conv_factors``)."""
+        return K.scale_conv_factors(self._blocks.estimate(stats), stats.inputs, self.conv_row_scale)
+
     def _fold(self, factors, k, stats):
         """(factors, k, updated): the running averages with this pass's estimate, if it is finite."""
-        estimate = self._blocks.estimate(stats)
+        estimate = self._estimate(stats)
         if not self._blocks.all_finite(estimate):
             return factors, k, False
         eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
@@ -340,7 +360,7 @@ class KFAC(Optimizer):
         message = ""
         factors_updated = False
         if refresh_factors:
-            estimate = self._blocks.estimate(stats)
+            estimate = self._estimate(stats)
             if self._blocks.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
                 factors = {name: ema_into(factors[name], tuple(estimate[name]), eps) for name in factors}
