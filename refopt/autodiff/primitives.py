@@ -849,11 +849,12 @@ def _unfold_impl(x, geom, pad_value=0.0):
     if top or bottom or left or right:
         x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
     # Each offset's block is copied whole (contiguous writes), then one transposing copy makes the (N, L, K)
-    # layout: about 3× faster than writing every offset strided into that layout.
+    # layout: about 3× faster than writing every offset strided into that layout. The copy is made here, C
+    # order, so that the (N·L, K) views of the conv layer's matmul and of K-FAC's factors need no other one.
     cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
     for i, j, rows, columns in _offsets(geom):
         cols[:, :, i, j] = x[:, :, rows, columns]
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(N, Ho * Wo, C * kh * kw)
+    return xp.ascontiguousarray(cols.transpose(0, 4, 5, 1, 2, 3)).reshape(N, Ho * Wo, C * kh * kw)
 
 
 def _fold_impl(cols, channels, geom):
