@@ -1,5 +1,5 @@
-"""Replay every golden trace in tests/data/golden and report the largest difference from the recorded
-parameters; with the default ``--rtol 0`` any difference at all is a failure.
+"""Replay every golden trace in tests/data/golden (and its tiny_cnn/ subfolder) and report the largest
+difference from the recorded parameters; with the default ``--rtol 0`` any difference at all is a failure.
 
 On the machine (and BLAS kernel) that exported the traces a refactor that keeps behaviour replays them
 bit-identically; elsewhere use ``--rtol`` (the suite's test_golden.py uses 1e-10).
@@ -24,7 +24,8 @@ def main() -> int:
     parser.add_argument("--rtol", type=float, default=0.0)
     args = parser.parse_args()
     bad = 0
-    files = sorted(f for f in os.listdir(args.folder) if f.endswith(".npz"))
+    files = sorted(os.path.relpath(os.path.join(root, f), args.folder)  # tiny_cnn/ holds the CNN traces
+                   for root, _, names in os.walk(args.folder) for f in names if f.endswith(".npz"))
     for name in files:
         theirs = load_trace(os.path.join(args.folder, name))
         divergence, ours = check_trace(theirs, rtol=args.rtol, atol=0.0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Conformance of refopt's profiles with the real libraries: every installed library, ≥ 30 steps, three problems.
+"""Conformance of refopt's profiles with the real libraries: every installed library, ≥ 30 steps, four problems.
 
 For each case (a real optimizer with library-side arguments, and the refopt profile that claims to
 reproduce it, with the same settings in refopt's names) the script drives the real optimizer through the
@@ -7,8 +7,9 @@ adapters of ``refopt.verify.adapters`` — ``check_torch`` for torch.optim and p
 ``check_optax`` for optax (optax.lbfgs with refopt's loss as its ``value_fn``), the ``Harness`` with a
 callback for scipy.optimize — on refopt's gradients (computed by refopt at the library's own iterate,
 line-search trial points included) and refopt's draws, for ``--steps`` steps (30) on the trace problems
-tiny_mlp (tanh MLP, softmax cross-entropy: nonconvex), tiny_regression (linear least squares: convex) and
-tiny_logistic (logistic regression: convex). Each profile runs with the library's defaults and a second,
+tiny_mlp (tanh MLP, softmax cross-entropy: nonconvex), tiny_regression (linear least squares: convex),
+tiny_logistic (logistic regression: convex) and tiny_cnn (two conv layers, max pooling: 4-D kernels, which
+Shampoo preconditions by their four dimensions). Each profile runs with the library's defaults and a second,
 exaggerated setting (larger lr, ε, decay; AMSGrad; lr = 0.5 for torch's L-BFGS, so that its strong-Wolfe
 search brackets and zooms); the line-search methods also start from 10·θ_0, where first trials fail.
 
@@ -49,9 +50,9 @@ import numpy as np
 
 from refopt import tree as T
 from refopt.optim import make_optimizer
-from refopt.oracle import Oracle
 from refopt.verify import PROFILES, TRACE_PROBLEMS
 from refopt.verify.adapters import Harness, check_optax, check_torch
+from refopt.verify.trace import problem_oracle
 
 HARD = ("θ0×10", {}, {}, 10.0)  # a setting: (label, refopt overrides, library extras, start scale)
 
@@ -162,9 +163,7 @@ def _trials(report) -> str:
     meta = report.ours.meta
     if "line_search" not in meta["hyperparameters"] or meta["hyperparameters"]["line_search"] == "none":
         return "-"
-    from refopt.verify.trace import _build  # noqa: PLC0415 - the trace problem's network and loss
-    model, loss = _build(meta["problem"])
-    oracle = Oracle(model, loss, report.ours.X, report.ours.y)
+    oracle = problem_oracle(meta["problem"], report.ours.X, report.ours.y)
     opt = make_optimizer(meta["optimizer"], **meta["hyperparameters"])
     params, state, more = report.ours.params[0], None, []
     state = opt.init(params)

@@ -7,7 +7,8 @@ The authors' code is not part of refopt: point ``--source DIR`` (or $ADAHESSIAN_
 that file's ``Adahessian`` as it is; the "amirgholami/adahessian" profile runs the same class with
 ``get_trace`` replaced by instruction/adahessian.py's (whose own step() refers to undefined names), with
 spatial_average_block_size = (-1, -1, -1, -1). Parameters are given to torch in torch's layout (W as
-(out, in), as nn.Linear), so "the entire row" is an output unit's inputs. ``p.grad`` holds refopt's
+(out, in), as nn.Linear; conv kernels OIHW, as nn.Conv2d and refopt), so "the entire row" is an output unit's
+inputs, and on the tiny_cnn problem the authors' averaging of 4-D kernels over their kernel window is checked. ``p.grad`` holds refopt's
 gradient as a differentiable tensor whose backward is refopt's Hessian-vector product, and
 ``torch.randint_like`` returns refopt's probes of the step, so both sides see the same ∇L, Hz and z.
 Each profile runs with its defaults and with exaggerated settings. Prints "matches" with the largest
@@ -55,13 +56,14 @@ def run(modules, reference, problem, steps, overrides):
     oracle = h._oracle  # refopt's oracle of the trace problem (its Hessian-vector products)
     layers = h.params0
 
-    def to_torch(tree):   # refopt tree -> [W (out, in), b, ...] in torch's layout
-        return [torch.tensor(np.ascontiguousarray(leaf.T) if k == "W" else leaf)
+    def to_torch(tree):   # refopt tree -> [W, b, ...] in torch's layout: dense W as (out, in), conv OIHW as it is
+        return [torch.tensor(np.ascontiguousarray(leaf.T) if k == "W" and leaf.ndim == 2 else np.ascontiguousarray(leaf))
                 for layer in tree for k, leaf in sorted(layer.items(), key=lambda kv: kv[0] != "W")]
 
     def to_tree(tensors):
         arrays = [t.detach().numpy().copy() for t in tensors]
-        return [{"W": arrays[2 * i].T.copy(), "b": arrays[2 * i + 1]} for i in range(len(layers))]
+        return [{"W": arrays[2 * i].T.copy() if arrays[2 * i].ndim == 2 else arrays[2 * i], "b": arrays[2 * i + 1]}
+                for i in range(len(layers))]
 
     class Gradient(torch.autograd.Function):   # ∇L(θ) with backward v ↦ H(θ)v, both refopt's
         @staticmethod

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Check the gpauloski/kfac-pytorch profile against the real kfac-pytorch, step by step.
+"""Check the gpauloski/kfac-pytorch profile against the real kfac-pytorch, step by step: dense MLPs and a CNN.
 
-For every trace problem (``refopt.verify.TRACE_PROBLEMS``) the script takes refopt's trace of the
+For every MLP trace problem (``refopt.verify.TRACE_PROBLEMS``) the script takes refopt's trace of the
 ``gpauloski/kfac-pytorch`` profile (``make_trace``: data, θ_0, hyperparameters, with the overrides below),
 rebuilds the MLP in PyTorch (float64 ``nn.Linear`` layers, weight = Wᵀ), and runs the library as its
 README does: ``loss.backward(); preconditioner.step(); optimizer.step()`` with
@@ -23,6 +23,21 @@ damping 1e-2, factor_decay 0.9, kl_clip 1e-2; and the profile's defaults lr 0.1,
 tiny_logistic ≤ 8.9e-16; the library's float32 eigh ≤ 6.6e-7. A refopt run with damping_scheme='tikhonov'
 instead of 'eigen' differs by 1.1 (the check can fail). Without kfac (pip install kfac-pytorch
 --no-deps) or torch it prints a message and exits 0.
+
+The CNN check (``avgpool_cnn`` below: its own network, not the tiny_cnn trace problem, with average pooling; 2@5×5 images →
+Conv2d(2, 3, 3, stride 2, padding 1), L = 9 locations → tanh → Conv2d(3, 4, 2), L = 4 → tanh →
+AvgPool2d(2, stride 1) → Flatten → Linear(4, 3), softmax cross-entropy mean over 6 examples) builds the
+network in refopt (``refopt.nn.CNN``, glorot init, seed 0), copies θ_0 into torch (conv kernels OIHW in
+both, the Linear weight transposed) and runs the profile with ``conv_row_scale`` "none" (refopt's
+default, which must differ) and "inverse_locations" (the profile's setting: kfac-pytorch's Conv2dModuleHelper: every patch row, bias 1 included,
+and every output-gradient row ÷ L before get_cov, so a conv layer's A = (1/(N·L³)) Σ āāᵀ and
+G = (1/(N·L³)) Σ g gᵀ). Besides θ_t it compares kfac-pytorch's running factors (``layer.a_factor`` /
+``layer.g_factor``, bias last like refopt's ā) with refopt's ``state.factors`` after every step; only
+"inverse_locations" with the float64 eigh is checked against ``--rtol``.
+
+Last CNN run (same versions, 40 steps, both settings): "inverse_locations" float64 eigh θ ≤ 3.0e-15, factors
+≤ 1.0e-15; the library's float32 eigh θ ≤ 9.1e-7, factors ≤ 7.2e-8; "none" θ 1.0 and 1.5 (defaults,
+non-default), factors 0.88 and 0.98 (its conv factors are L² = 81 and 16 times kfac-pytorch's).
 
     python scripts/verify_with_kfac_pytorch.py [--steps 40] [--rtol 1e-10]
 """
@@ -47,8 +62,12 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 import numpy as np  # noqa: E402
 
+from refopt.nn import CNN, AvgPool2d, Conv2d, Dense, Flatten, SoftmaxCrossEntropy  # noqa: E402
+from refopt.optim import make_optimizer  # noqa: E402
+from refopt.problems.registry import network_oracle  # noqa: E402
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
 from refopt.verify.external import torch_mlp  # noqa: E402
+from refopt.verify.profiles import get_profile  # noqa: E402
 
 PROFILE = "gpauloski/kfac-pytorch"
 SETTINGS = {
@@ -97,6 +116,84 @@ def kfac_pytorch_run(spec, trace, steps, hp):
     return out
 
 
+def avgpool_cnn():
+    """The CNN of the conv check (module docs): two conv layers with L = 9 and 4 output locations, so the
+    division by L is visible, a stride and a padding (kfac-pytorch's _extract_patches pads and strides; it
+    ignores dilation, so there is none), an average pooling and a dense head."""
+    return CNN((2, 5, 5), [Conv2d(2, 3, 3, stride=2, padding=1), "tanh", Conv2d(3, 4, 2), "tanh",
+                           AvgPool2d(2, stride=1), Flatten(), Dense(4, 3)])
+
+
+def torch_cnn(params):
+    """``avgpool_cnn`` as a float64 torch.nn.Sequential holding refopt's ``params`` (OIHW kernels as they are,
+    the dense W (fan_in, fan_out) transposed to Linear's (out, in))."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, stride=2, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv2d(3, 4, 2), torch.nn.Tanh(), torch.nn.AvgPool2d(2, stride=1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        for m, p in zip(layers, params):
+            W = np.asarray(p["W"])
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(W if W.ndim == 4 else W.T)))
+            m.bias.copy_(torch.from_numpy(np.asarray(p["b"])))
+    return net, layers
+
+
+def cnn_data(seed=0, n=6):
+    g = np.random.default_rng([seed, 11])
+    return g.standard_normal((n, 2, 5, 5)), g.integers(0, 3, size=n).astype(np.int64)
+
+
+def refopt_cnn_run(hp, row_scale, steps, seed=0):
+    """(θ_1..θ_T, [(A_l, G_l) per layer] after each step) of the profile with ``conv_row_scale`` on the CNN."""
+    model = avgpool_cnn()
+    X, y = cnn_data(seed)
+    oracle = network_oracle(model, SoftmaxCrossEntropy(), X.reshape(X.shape[0], -1), y)
+    opt = make_optimizer("kfac", **{**get_profile(PROFILE).hyperparameters, **hp, "conv_row_scale": row_scale})
+    params = model.init(seed)
+    state = opt.init(params)
+    thetas, factors = [], []
+    for _ in range(steps):
+        params, state, _ = opt.update(params, state, oracle)
+        thetas.append(params)
+        factors.append(list(zip(state.factors["A"], state.factors["G"])))
+    return model.init(seed), thetas, factors
+
+
+def kfac_pytorch_cnn_run(params0, steps, hp, seed=0):
+    """The same for KFACPreconditioner + SGD on ``torch_cnn`` from θ_0 (the factors are its running averages)."""
+    net, layers = torch_cnn(params0)
+    X, y = (torch.from_numpy(a) for a in cnn_data(seed))
+    opt = torch.optim.SGD(net.parameters(), lr=hp["lr"], momentum=hp["momentum"])
+    pre = KFACPreconditioner(net, factor_update_steps=1, inv_update_steps=1, damping=hp["damping"],
+                             factor_decay=hp["decay"], kl_clip=hp["kl_clip"], lr=hp["lr"],
+                             compute_method="eigen", factor_dtype=torch.float64, inv_dtype=torch.float64)
+    kfac_layers = [layer for _, layer in pre._layers.values()]   # registration order = the modules' order
+    thetas, factors = [], []
+    for _ in range(steps):
+        opt.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            torch.nn.functional.cross_entropy(net(X), y).backward()
+        pre.step()
+        opt.step()
+        thetas.append([{"W": (m.weight.detach().numpy() if m.weight.ndim == 4 else m.weight.detach().numpy().T).copy(),
+                        "b": m.bias.detach().numpy().copy()} for m in layers])
+        factors.append([(lay.a_factor.numpy().copy(), lay.g_factor.numpy().copy()) for lay in kfac_layers])
+    return thetas, factors
+
+
+def max_rel_factors(ours, theirs) -> float:
+    """max over steps, layers and {A, G} of ‖ours − theirs‖∞ / ‖ours‖∞."""
+    worst = 0.0
+    for o_t, t_t in zip(ours, theirs):
+        for o_pair, t_pair in zip(o_t, t_t):
+            for o, t in zip(o_pair, t_pair):
+                o = np.asarray(o)
+                worst = max(worst, float(np.max(np.abs(o - t)) / max(np.max(np.abs(o)), 1e-300)))
+    return worst
+
+
 def max_rel(ours, theirs) -> float:
     worst = 0.0
     for o_t, t_t in zip(ours, theirs):
@@ -116,6 +213,8 @@ def main(argv=None) -> int:
     failed = False
     for setting, hp in SETTINGS.items():
         for problem, spec in TRACE_PROBLEMS.items():
+            if spec.get("type", "mlp") != "mlp":   # CNN trace problems: the conv check below builds its own
+                continue
             trace = make_trace("kfac", {**hp}, problem, args.steps, 0, PROFILE)
             for eig_dtype in ("float64", "float32"):
                 kfac_eigen.torch = _Float64Torch("torch") if eig_dtype == "float64" else torch
@@ -126,6 +225,20 @@ def main(argv=None) -> int:
                 failed |= bad
                 print(f"{setting:12s} {problem:16s} eigh {eig_dtype}: max rel diff {d:.2e}"
                       f"{'  FAIL' if bad else ''}")
+    for setting, hp in SETTINGS.items():
+        for row_scale in ("inverse_locations", "none"):
+            params0, ours, our_factors = refopt_cnn_run(hp, row_scale, args.steps)
+            for eig_dtype in ("float64", "float32"):
+                kfac_eigen.torch = _Float64Torch("torch") if eig_dtype == "float64" else torch
+                theirs, their_factors = kfac_pytorch_cnn_run(params0, args.steps, hp)
+                kfac_eigen.torch = torch
+                d, f = max_rel(ours, theirs), max_rel_factors(our_factors, their_factors)
+                checked = row_scale == "inverse_locations" and eig_dtype == "float64"
+                bad = checked and not (d <= args.rtol and f <= args.rtol)
+                failed |= bad
+                note = "  FAIL" if bad else ("" if row_scale == "inverse_locations" else "  (expected to differ)")
+                print(f"{setting:12s} avgpool_cnn conv_row_scale={row_scale:17s} eigh {eig_dtype}: max rel diff "
+                      f"θ {d:.2e}, factors {f:.2e}{note}")
     return 1 if failed else 0
 
 

@@ -3,7 +3,8 @@
 
 For every optax profile (refopt.verify.profiles) and every trace problem (refopt.verify.TRACE_PROBLEMS),
 the script takes refopt's golden trace of that profile (``make_trace``: data, initial parameters,
-hyperparameters), rebuilds the network in JAX (W of shape (fan_in, fan_out), s = a @ W + b), runs the
+hyperparameters), rebuilds the network in JAX (W of shape (fan_in, fan_out), s = a @ W + b; the tiny_cnn
+problem with lax.conv_general_dilated on NCHW/OIHW and lax.reduce_window pools), runs the
 optax transformation on it for the same number of steps, writes optax's parameter sequence (and, for
 optax.contrib.sophia, the Rademacher probes optax drew, recomputed from its PRNG key exactly as its
 Hutchinson estimator does) into a trace, and checks that trace with ``refopt.verify.check_trace`` (the
@@ -62,18 +63,70 @@ SETUPS = {
 }
 
 
+ACT_FNS = {"tanh": jnp.tanh, "identity": lambda s: s, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
+
+
+def _pads(layer) -> list:
+    """A conv or pool layer's (before, after) zero padding of H and W, as refopt's conv_geometry sets it."""
+    padding = layer.get("padding", [0, 0])
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":  # total d(k − 1) split ⌊·/2⌋ before, the rest after (PyTorch's and refopt's rule)
+        totals = [d * (k - 1) for d, k in zip(layer["dilation"], layer["kernel_size"])]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(p, p) for p in padding]
+
+
+def jax_network(spec):
+    """The trace problem's network as a function (params, X) -> logits written with JAX's own operations: dense
+    layers a @ W + b; for a "cnn" problem lax.conv_general_dilated with NCHW/OIHW dimension numbers and
+    lax.reduce_window pools (average pooling counts zero padding, as PyTorch and refopt), so that JAX's autodiff,
+    not refopt's, differentiates the convolutions."""
+    if spec["type"] == "mlp":
+        def mlp(params, a):
+            for layer, act in zip(params, spec["activations"]):
+                a = ACT_FNS[act](a @ layer["W"] + layer["b"])
+            return a
+        return mlp
+
+    def cnn(params, a):
+        l = 0
+        for layer in spec["layers"]:
+            if isinstance(layer, str):
+                a = ACT_FNS[layer](a)
+                continue
+            kind = layer["layer"]
+            if kind == "Conv2d":
+                a = jax.lax.conv_general_dilated(a, params[l]["W"], tuple(layer["stride"]), _pads(layer),
+                                                 rhs_dilation=tuple(layer["dilation"]),
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+                a = a + params[l]["b"][None, :, None, None]
+                l += 1
+            elif kind == "Dense":
+                a = a @ params[l]["W"] + params[l]["b"]
+                l += 1
+            elif kind in ("MaxPool2d", "AvgPool2d"):
+                window, strides = (1, 1, *layer["kernel_size"]), (1, 1, *layer["stride"])
+                pads = [(0, 0), (0, 0), *_pads(layer)]
+                if kind == "MaxPool2d":
+                    a = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, strides, pads,
+                                              window_dilation=(1, 1, *layer["dilation"]))
+                else:
+                    a = jax.lax.reduce_window(a, 0.0, jax.lax.add, window, strides, pads) / float(np.prod(window))
+            else:  # Flatten, C order
+                a = a.reshape(a.shape[0], -1)
+        return a
+    return cnn
+
+
 def jax_loss_fn(spec, X, y):
     """The trace problem's reduced loss as a function of a JAX params tree [{"W", "b"}, ...]."""
-    acts = spec["activations"]
-    act_fns = {"tanh": jnp.tanh, "identity": lambda s: s, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
+    net = jax_network(spec)
     Xj = jnp.asarray(np.asarray(X))
     yj = jnp.asarray(np.asarray(y))
 
     def loss(params):
-        a = Xj
-        for layer, act in zip(params, acts):
-            a = act_fns[act](a @ layer["W"] + layer["b"])
-        z = a
+        z = net(params, Xj)
         if spec["loss"] == "softmax_cross_entropy":
             per = -jnp.take_along_axis(jax.nn.log_softmax(z, axis=1), yj[:, None], axis=1)[:, 0]
         elif spec["loss"] == "gaussian":
@@ -130,10 +183,8 @@ def expected_gap(profile: str, trace: Trace, divergence) -> str | None:
     spec = trace.meta["problem"]
     if profile.startswith("optax.lbfgs"):
         from refopt.optim import make_optimizer  # noqa: PLC0415
-        from refopt.oracle import Oracle  # noqa: PLC0415
-        from refopt.verify.trace import _build  # noqa: PLC0415
-        model, loss = _build(spec)
-        oracle = Oracle(model, loss, trace.X, trace.y)
+        from refopt.verify.trace import problem_oracle  # noqa: PLC0415
+        oracle = problem_oracle(spec, trace.X, trace.y)
         opt = make_optimizer("lbfgs", **trace.meta["hyperparameters"])
         params, state = trace.params[0], opt.init(trace.params[0])
         for _ in range(divergence.step):

@@ -3,8 +3,9 @@
 
 For every torch profile (refopt.verify.profiles) and every trace problem (refopt.verify.TRACE_PROBLEMS),
 the script takes refopt's golden trace of that profile (``make_trace``: data, initial parameters,
-hyperparameters), rebuilds the network in PyTorch (float64, W of shape (fan_in, fan_out), s = a @ W + b),
-runs the torch optimizer on it for the same number of steps, writes torch's parameter sequence into a
+hyperparameters), rebuilds the network in PyTorch (float64, W of shape (fan_in, fan_out), s = a @ W + b; the
+tiny_cnn problem with torch.nn.functional's conv2d and max_pool2d on OIHW kernels, so torch's autodiff of the
+convolutions is checked too), runs the torch optimizer on it for the same number of steps, writes torch's parameter sequence into a
 trace, and checks that trace with ``refopt.verify.check_trace`` (the same check ``refopt verify check``
 runs on a file). It prints, per profile, setting and problem, "matches" (with the largest relative
 difference seen) or the first divergence. Each profile runs twice: with its library defaults, and with
@@ -76,10 +77,47 @@ SETUPS = {
 }
 
 
+def torch_network(spec):
+    """The trace problem's network as a function (params list [W0, b0, W1, ...], X) -> logits, written with
+    torch's own operations: dense layers a @ W + b (W is (fan_in, fan_out)); for a "cnn" problem
+    torch.nn.functional's conv2d (OIHW kernels as they are), max_pool2d, avg_pool2d and flatten, so that torch's
+    autodiff, not refopt's, differentiates the convolutions."""
+    F = torch.nn.functional
+    act_fns = {"tanh": torch.tanh, "identity": lambda s: s, "relu": torch.relu, "sigmoid": torch.sigmoid}
+    if spec["type"] == "mlp":
+        def mlp(ps, a):
+            for l, act in enumerate(spec["activations"]):
+                a = act_fns[act](a @ ps[2 * l] + ps[2 * l + 1])
+            return a
+        return mlp
+
+    def cnn(ps, a):
+        l = 0
+        for layer in spec["layers"]:
+            if isinstance(layer, str):
+                a = act_fns[layer](a)
+                continue
+            kind, args = layer["layer"], {k: v for k, v in layer.items() if k != "layer"}
+            if kind == "Conv2d":
+                a = F.conv2d(a, ps[2 * l], ps[2 * l + 1], stride=args["stride"], padding=args["padding"],
+                             dilation=args["dilation"])
+                l += 1
+            elif kind == "Dense":
+                a = a @ ps[2 * l] + ps[2 * l + 1]
+                l += 1
+            elif kind == "MaxPool2d":
+                a = F.max_pool2d(a, args["kernel_size"], args["stride"], args["padding"], args["dilation"])
+            elif kind == "AvgPool2d":
+                a = F.avg_pool2d(a, args["kernel_size"], args["stride"], args["padding"])
+            else:  # Flatten
+                a = torch.flatten(a, 1)
+        return a
+    return cnn
+
+
 def torch_loss_fn(spec, X, y):
     """The trace problem's reduced loss as a function of a list of torch parameters [W0, b0, W1, ...]."""
-    acts = spec["activations"]
-    act_fns = {"tanh": torch.tanh, "identity": lambda s: s, "relu": torch.relu, "sigmoid": torch.sigmoid}
+    net = torch_network(spec)
     Xt = torch.as_tensor(np.asarray(X))
     if spec["loss"] == "softmax_cross_entropy":
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
@@ -87,10 +125,7 @@ def torch_loss_fn(spec, X, y):
         yt = torch.as_tensor(np.asarray(y), dtype=torch.float64)
 
     def loss(ps):
-        a = Xt
-        for l, act in enumerate(acts):
-            a = act_fns[act](a @ ps[2 * l] + ps[2 * l + 1])
-        z = a
+        z = net(ps, Xt)
         if spec["loss"] == "softmax_cross_entropy":
             per = torch.nn.functional.cross_entropy(z, yt, reduction="none")
         elif spec["loss"] == "gaussian":

@@ -322,6 +322,29 @@ def test_repr_and_config_describe_the_architecture():
     assert other.sizes == model.sizes and other.config() != config and repr(other) != repr(model)
 
 
+def test_cnn_from_config_reads_back_what_config_writes_and_nothing_else():
+    from refopt.nn.conv import cnn_from_config
+    model = small_cnn()
+    again = cnn_from_config(json.loads(json.dumps(model.config())))
+    assert repr(again) == repr(model) and again.config() == model.config()
+    params = model.init(3)
+    X = np.random.default_rng(0).standard_normal((2,) + model.input_shape)
+    np.testing.assert_array_equal(again.apply(again.init(3), X), model.apply(params, X))
+    # entries per example: the input, every layer's output and every conv layer's patches (L·K), counted by hand
+    tiny = CNN((2, 5, 5), [Conv2d(2, 3, 3, stride=2, padding=1), "tanh", MaxPool2d(3), Flatten(), Dense(3, 2)])
+    assert tiny.entries_per_example == 50 + 27 + 9 * 18 + 27 + 3 + 3 + 2
+    for bad, match in [([], "a CNN config must be a dict"), ({"layers": []}, "needs 'input_shape'"),
+                       ({"input_shape": [1, 4, 4], "layers": [], "code": "x"}, "not 'code'"),
+                       ({"input_shape": [1, 4, 4], "layers": []}, "layers must be a list of 1 to 256"),
+                       ({"input_shape": [1, 4, 4], "layers": [{"layer": "Flatten", "start_dim": 2}]},
+                        "unknown key 'start_dim'; a Flatten takes none"),
+                       ({"input_shape": [1, 4, 4], "layers": [{"layer": "AvgPool2d", "kernel_size": 2,
+                                                                "dilation": [2, 2]}]}, "unknown key 'dilation'"),
+                       ({"input_shape": [1, 4, 4], "layers": [{"layer": "Flatten"}], "init": 3}, "init must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            cnn_from_config(bad)
+
+
 def test_float32_network_keeps_float32_and_agrees_with_float64():
     """float32 outputs and gradients equal float64's within the float32 rounding of the network's sums (at most
     a few hundred O(1) terms per entry: 1e-4 relative leaves a margin over 300 · 2⁻²⁴ ≈ 2e-5)."""
@@ -399,6 +422,10 @@ def test_every_optimizer_runs_on_a_cnn_or_is_refused_for_its_layer_statistics():
             make_optimizer(name).check_oracle(oracle)
     for name in ("kfac", "ekfac"):
         make_optimizer(name).check_oracle(oracle)
+    # driven directly, without the runner's check, they refuse a conv layer at init, naming it
+    for name in sorted(DENSE_ONLY):
+        with pytest.raises(ValueError, match="supports dense layers only: layer 0 is a convolution"):
+            make_optimizer(name).init(prob.init_params(0))
     # the oracle's layer statistics of a CNN are cnn_layer_statistics' (patches, spatial gradients)
     params = prob.init_params(0)
     got, want = oracle.layer_stats(params), cnn_layer_statistics(prob.model, prob.loss, params, prob.X, prob.y)

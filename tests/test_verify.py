@@ -516,3 +516,205 @@ def test_load_refuses_a_given_that_is_not_an_object(tmp_path):
     export_trace(trace, str(tmp_path / "t.npz"))
     with pytest.raises(ValueError, match="meta given must be an object"):
         load_trace(str(tmp_path / "t.npz"))
+
+
+# --- CNN traces (issue 15): the layout, an independent rebuild from the meta, the search, bad descriptions -----
+
+
+def test_cnn_trace_layout_round_trip_and_self_check(tmp_path):
+    trace = make_trace("kfac", {}, "tiny_cnn", steps=3)
+    path = tmp_path / "cnn.npz"
+    export_trace(trace, str(path))
+    with np.load(path) as f:
+        meta = json.loads(str(f["meta"]))
+        assert f["problem/X"].shape == (6, 2, 5, 5)                      # images, NCHW
+        assert f["params/0.W"].shape == (4, 3, 2, 3, 3)                  # T+1 OIHW kernels
+        assert f["params/1.W"].shape == (4, 4, 3, 2, 2) and f["params/1.b"].shape == (4, 4)
+        assert f["params/2.W"].shape == (4, 4, 3)                        # the dense head, (fan_in, fan_out)
+        assert f["draws/1/labels"].shape == (1, 6)                       # K-FAC's Monte-Carlo labels
+    assert meta["problem"]["type"] == "cnn" and meta["problem"]["input_shape"] == [2, 5, 5]
+    assert meta["param_names"] == ["0.W", "0.b", "1.W", "1.b", "2.W", "2.b"]
+    loaded = load_trace(str(path))
+    for a, b in zip(trace.params, loaded.params):
+        assert all(np.array_equal(x, y) for x, y in zip(T.leaves(a), T.leaves(b)))
+    divergence, _ = check_trace(str(path), rtol=0, atol=0)
+    assert divergence is None
+
+
+def _autograd_cnn_loss(problem, X, y):
+    """The loss of the trace's CNN written from docs/verify.md's description alone with HIPS autograd's numpy:
+    convolutions as a sum over kernel offsets of strided slices of the zero-padded input, pools as maxima over
+    the window's slices, Flatten in C order, dense layers a @ W + b."""
+    import autograd.numpy as anp
+
+    def conv(a, W, b, stride, padding, dilation):
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        a = anp.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant")
+        O, C, kh, kw = W.shape
+        Ho = (a.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        Wo = (a.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        out = 0.0
+        for i in range(kh):
+            for j in range(kw):
+                window = a[:, :, i * dh:i * dh + sh * (Ho - 1) + 1:sh, j * dw:j * dw + sw * (Wo - 1) + 1:sw]
+                out = out + anp.einsum("nchw,oc->nohw", window, W[:, :, i, j])
+        return out + b[None, :, None, None]
+
+    def maxpool(a, k, s):
+        Ho, Wo = (a.shape[2] - k[0]) // s[0] + 1, (a.shape[3] - k[1]) // s[1] + 1
+        slices = [a[:, :, i:i + s[0] * (Ho - 1) + 1:s[0], j:j + s[1] * (Wo - 1) + 1:s[1]]
+                  for i in range(k[0]) for j in range(k[1])]
+        return anp.max(anp.stack(slices), axis=0)
+
+    def loss(params):
+        a, l = X, 0
+        for layer in problem["layers"]:
+            if layer == "tanh":
+                a = anp.tanh(a)
+            elif layer["layer"] == "Conv2d":
+                a = conv(a, params[l]["W"], params[l]["b"], layer["stride"], layer["padding"], layer["dilation"])
+                l += 1
+            elif layer["layer"] == "MaxPool2d":
+                assert layer["padding"] == [0, 0] and layer["dilation"] == [1, 1]
+                a = maxpool(a, layer["kernel_size"], layer["stride"])
+            elif layer["layer"] == "Flatten":
+                a = anp.reshape(a, (a.shape[0], -1))
+            else:
+                a = anp.dot(a, params[l]["W"]) + params[l]["b"]
+                l += 1
+        z = a - anp.max(a, axis=1, keepdims=True)
+        logp = z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True))
+        return -anp.mean(logp[anp.arange(len(y)), y])
+    return loss
+
+
+def test_cnn_trace_loss_and_gradient_match_a_network_rebuilt_from_the_meta():
+    import autograd
+    trace = make_trace("sgd", {"lr": 0.1}, "tiny_cnn", steps=2)
+    X, y = np.asarray(trace.X), np.asarray(trace.y)
+    loss = _autograd_cnn_loss(trace.meta["problem"], X, y)
+    for t in range(2):
+        params = [{k: np.asarray(v) for k, v in layer.items()} for layer in trace.params[t]]
+        assert abs(loss(params) - trace.loss[t]) <= 1e-14 * abs(trace.loss[t])
+        expected = autograd.grad(loss)(params)
+        for a, b in zip(T.leaves(trace.grads[t]), T.leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-15)
+
+
+def _restated(trace, path, **stated):
+    trace.meta["hyperparameters"].update(stated)
+    trace.meta["given"] = {}
+    export_trace(trace, str(path))
+    return str(path)
+
+
+def test_search_names_reduce_for_a_k_fac_that_reduces(tmp_path):
+    import warnings
+    path = _restated(make_trace("ekfac", {"kfac_approx": "reduce"}, "tiny_cnn", 4), tmp_path / "e.npz",
+                       kfac_approx="expand")
+    assert check_trace(path)[0] is not None
+    assert list(search_conventions(path)) == [{"kfac_approx": "reduce"}]
+    path = _restated(make_trace("kfac", {}, "tiny_cnn", 4), tmp_path / "k.npz", kfac_approx="reduce")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # K-FAC has more switch combinations than the search's cap
+        matches = search_conventions(path, max_combinations=40)
+    assert matches[0] == {"kfac_approx": "expand"}
+    # on an MLP the two approximations are one: the switch is reported as having no effect
+    path = _restated(make_trace("ekfac", {}, "tiny_mlp", 3), tmp_path / "m.npz", kfac_approx="reduce")
+    assert check_trace(path)[0] is None
+    assert "kfac_approx" in search_conventions(path).no_effect
+
+
+@pytest.mark.parametrize("optimizer", ["kbfgs", "kfac_tridiag"])
+def test_dense_only_optimizers_refuse_a_cnn_trace_by_name(optimizer):
+    with pytest.raises(ValueError, match="supports dense layers only: layer 0 is a convolution"):
+        make_trace(optimizer, {}, "tiny_cnn", 2)
+
+
+def test_check_update_drives_a_plain_update_on_the_cnn():
+    from refopt.verify import check_update
+
+    def init(params):
+        return None
+
+    def update(grads, state):
+        return [{k: -0.1 * g for k, g in layer.items()} for layer in grads], state
+    report = check_update(update, init, ("sgd", {"lr": 0.1}), problem="tiny_cnn", steps=5)
+    assert report.passed, report
+    report = check_update(update, init, ("sgd", {"lr": 0.2}), problem="tiny_cnn", steps=5)
+    assert not report.passed and "lr=0.1" in report.diagnosis.replace(" ", ""), report.diagnosis
+
+
+def _conv_layer(**kw):
+    return {"layer": "Conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": [3, 3], "stride": [2, 2],
+            "padding": [1, 1], "dilation": [1, 1], **kw}
+
+
+def _cnn_meta(**problem):
+    def edit(m):
+        return _with(m, problem=_with(m["problem"], **problem))
+    return edit
+
+
+def _first_layer(entry):
+    def edit(m):
+        return _with(m, problem=_with(m["problem"], layers=[entry] + m["problem"]["layers"][1:]))
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_first_layer({"layer": "Lambda", "function": "os.system"}), "whose 'layer' is one of"),
+    (_first_layer("__import__('os').system('true')"), "unknown activation"),
+    (_first_layer(_conv_layer(kernel_size="3")), "kernel_size must be an integer or a pair"),
+    (_first_layer(_conv_layer(kernel_size=[3, True])), "kernel_size must be an integer or a pair"),
+    (_first_layer(_conv_layer(stride=1.5)), "stride must be an integer or a pair"),
+    (_first_layer(_conv_layer(stride=[0, 1])), "stride must be ≥ 1"),
+    (_first_layer(_conv_layer(padding="full")), "padding must be an integer or a pair"),
+    (_first_layer(_conv_layer(in_channels=5)), "Conv2d expects 5 input channels, got 2"),
+    (_first_layer(_conv_layer(kernel_size=[9, 9])), "larger than the padded input"),
+    (_first_layer(_conv_layer(groups=2)), "unknown key 'groups'"),
+    (_cnn_meta(layers=[_conv_layer(out_channels=10 ** 6), {"layer": "Flatten"},
+                       {"layer": "Dense", "in_features": 9 * 10 ** 6, "out_features": 3}]), "more than 1000000 (the cap"),
+    # 69 parameters, but a forward pass over 6 images padded by 3000 would hold 2·10⁹ entries (patches included)
+    (lambda m: _with(_cnn_meta(layers=[_conv_layer(padding=[3000, 3000], stride=[1, 1]),
+                       {"layer": "MaxPool2d", "kernel_size": [6003, 6003], "stride": [6003, 6003], "padding": [0, 0],
+                        "dilation": [1, 1]}, {"layer": "Flatten"},
+                       {"layer": "Dense", "in_features": 3, "out_features": 3}])(m),
+                     param_names=["0.W", "0.b", "1.W", "1.b"]), "more than 16777216"),
+    (_cnn_meta(layers=["tanh"] * 300), "layers must be a list of 1 to 256"),
+    (_cnn_meta(layers={"layer": "Flatten"}), "layers must be a list"),
+    (_cnn_meta(input_shape=[2, 5]), "input_shape must be a list of three integers"),
+    (_cnn_meta(input_shape=[2, 5, 5.0]), "input_shape must be a list of three integers"),
+    (_cnn_meta(sizes=[50, 3]), "unknown keys 'sizes'"),
+    (_cnn_meta(init="eval"), "init must be one of"),
+    (_cnn_meta(init_scale=float("nan")), "init_scale must be a positive finite number"),
+    (lambda m: _with(m, problem=_without(m["problem"], "layers")), "meta problem has no 'layers'"),
+    (_cnn_meta(type="rnn"), "problem type 'rnn' is not supported"),
+])
+def test_malformed_cnn_trace_meta_is_refused_before_building(tmp_path, monkeypatch, edit, message):
+    import refopt.verify.trace as tr
+    from refopt.nn.conv import CNN
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_cnn", steps=2), str(path))
+    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
+
+    def no_build(*a, **k):
+        raise AssertionError("arrays were built from an unchecked trace")
+    monkeypatch.setattr(tr, "_build", no_build)
+    monkeypatch.setattr(CNN, "init", no_build)
+    with pytest.raises(ValueError) as info:
+        load_trace(str(bad))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"problem/X": np.zeros((6, 50))}, "problem/X has shape (6, 50), expected (·, 2, 5, 5)"),
+    # a kernel written HWIO (flax's layout) instead of OIHW
+    ({"params/0.W": np.zeros((3, 3, 3, 2, 3))}, "params/0.W has shape (3, 3, 3, 2, 3), expected (3, 3, 2, 3, 3)"),
+])
+def test_malformed_cnn_trace_arrays_are_refused(tmp_path, change, message):
+    import re
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_cnn", steps=2), str(path))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_trace(_rewrite(path, tmp_path / "bad.npz", **change))

@@ -44,13 +44,22 @@ from .dense import dense_from_product
 
 __all__ = [
     "DAMPING_SCHEMES", "INVERSE_METHODS", "BIAS_BLOCKS", "CurvatureBlocks", "KroneckerBlocks", "KroneckerInverse",
-    "require_choice", "eigh_psd", "damped_factors", "kronecker_inverse", "kronecker_precondition",
+    "require_choice", "require_dense", "eigh_psd", "damped_factors", "kronecker_inverse", "kronecker_precondition",
     "bias_precondition", "factor_estimates",
 ]
 
 DAMPING_SCHEMES = ("pi", "tikhonov", "eigen")
 INVERSE_METHODS = ("eig", "inverse")
 BIAS_BLOCKS = ("joint", "separate")
+
+
+def require_dense(params, who: str, why: str) -> None:
+    """ValueError when a layer of ``params`` is a convolution (a 4-D kernel): ``who`` supports dense layers only,
+    for the reason ``why``. Raised at ``init``, before any statistics pass, so the refusal names the layer."""
+    for l, p in enumerate(params):
+        if len(getattr(p["W"], "shape", ())) != 2:
+            raise ValueError(f"{who} supports dense layers only: layer {l} is a convolution (W of shape "
+                             f"{tuple(p['W'].shape)}); {why}")
 
 
 def require_choice(name: str, value, choices) -> None:

@@ -15,7 +15,7 @@ from ..backend import xp
 from ..linalg import shifted_symmetric, symmetrize
 from ..serialize import register_state
 from . import kronecker as K
-from .blocks import KroneckerBlocks, require_choice, damped_factors
+from .blocks import KroneckerBlocks, damped_factors, require_choice, require_dense
 
 __all__ = ["TridiagonalBlocks", "TridiagonalBlock", "generalized_eigh", "tridiagonal_blocks",
            "tridiagonal_precondition"]
@@ -96,6 +96,8 @@ class TridiagonalBlocks(KroneckerBlocks):
 
     def init(self, params) -> dict:
         """Identity A_l, G_l and zero cross factors A_{l,l+1}, G_{l,l+1}."""
+        require_dense(params, "the block-tridiagonal K-FAC", "its cross-layer factors A_{l,l+1} pair one input row "
+                      "per example of two neighbouring layers, and a conv layer's L locations have no such pairing")
         factors = super().init(params)
         dtype = params[0]["W"].dtype
         factors["A_cross"] = tuple(xp.zeros((p["W"].shape[0] + 1, q["W"].shape[0] + 1), dtype=dtype)

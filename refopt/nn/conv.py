@@ -38,7 +38,8 @@ from .. import autodiff as ad
 from ..backend import as_array, default_dtype, is_floating, rng, xp
 from .mlp import _INITS, ACTIVATIONS, LayerStats, check_dtypes, draw_weights, perturbed_statistics
 
-__all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics"]
+__all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics", "cnn_from_config",
+           "MAX_CONFIG_LAYERS"]
 
 _LARGE = (1 << 30, 1 << 30)  # an input size at which only the arguments themselves can be wrong
 
@@ -282,8 +283,20 @@ class CNN:
                 out.append((batch, layer.out_features))
         return out
 
+    @property
+    def entries_per_example(self) -> int:
+        """The array entries one example's forward pass holds: every layer's output and every conv layer's
+        patches (L·K); what a caller that reads an architecture from a file caps before running it."""
+        total = math.prod(self.input_shape)
+        for layer, geom, out in self._plan:
+            total += math.prod(out)
+            if getattr(layer, "kind", None) == "conv":
+                total += geom.output[0] * geom.output[1] * layer.in_channels * math.prod(layer.kernel_size)
+        return total
+
     def config(self) -> dict:
-        """The architecture as a JSON-ready dict (what a checkpoint's problem identity records)."""
+        """The architecture as a JSON-ready dict (what a checkpoint's problem identity records and what
+        ``cnn_from_config`` reads back)."""
         return {"input_shape": list(self.input_shape),
                 "layers": [layer if isinstance(layer, str) else layer.config() for layer in self.layers],
                 "init": self.init_name, "init_scale": self.init_scale}
@@ -383,3 +396,66 @@ def cnn_layer_statistics(model: CNN, loss, params, X, targets) -> LayerStats:
     layer the patches (N, L, K) and g_l (N, L, O) at every location, for a dense layer a_{l−1} and g_l as
     ``mlp.layer_statistics`` (module docs)."""
     return perturbed_statistics(model, loss, params, X, targets, model.perturbation_shapes(ad.shape_of(X)[0]))
+
+
+MAX_CONFIG_LAYERS = 256  # cap on the layers of an architecture read by ``cnn_from_config``
+# The keys each layer's config may hold besides "layer" (``config()``), and the constructor that takes them.
+_CONFIG_LAYERS = {"Conv2d": (Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")),
+                  "Dense": (Dense, ("in_features", "out_features")),
+                  "AvgPool2d": (AvgPool2d, ("kernel_size", "stride", "padding")),
+                  "MaxPool2d": (MaxPool2d, ("kernel_size", "stride", "padding", "dilation")),
+                  "Flatten": (Flatten, ())}
+
+
+def _config_layer(entry, where: str):
+    if isinstance(entry, str):
+        return entry  # an activation name: CNN checks it
+    if not isinstance(entry, dict) or entry.get("layer") not in _CONFIG_LAYERS:
+        raise ValueError(f"{where}: expected an activation name or a dict whose 'layer' is one of "
+                         f"{sorted(_CONFIG_LAYERS)}, got {entry!r}"[:240])
+    cls, keys = _CONFIG_LAYERS[entry["layer"]]
+    args = {k: v for k, v in entry.items() if k != "layer"}
+    if entry["layer"] == "AvgPool2d" and args.get("dilation", [1, 1]) in ([1, 1], (1, 1), 1):
+        args.pop("dilation", None)  # config() writes the window's dilation for both pools; average pooling has none
+    unknown = sorted(set(args) - set(keys))
+    if unknown:
+        raise ValueError(f"{where} ({entry['layer']}): unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; a {entry['layer']} takes {', '.join(keys) or 'none'}"[:240])
+    for k, v in args.items():  # JSON gives lists for pairs; only integers, pairs of them and padding names pass
+        ok = (isinstance(v, int) or (isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) for i in v))
+              or (k == "padding" and v in ("same", "valid")))
+        if isinstance(v, bool) or not ok:
+            raise ValueError(f"{where} ({entry['layer']}): {k} must be an integer or a pair of integers, got {v!r}"[:240])
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+
+
+def cnn_from_config(config) -> CNN:
+    """The ``CNN`` that ``config`` describes, in the form ``CNN.config()`` writes: {"input_shape": [C, H, W],
+    "layers": [activation names and {"layer": "Conv2d", "in_channels": ..., ...} dicts], "init", "init_scale"}.
+    Everything is checked (known layer names and keys only, integers where integers go, at most
+    ``MAX_CONFIG_LAYERS`` layers, the shapes as ``CNN`` checks them); ValueError names the first bad entry.
+    Nothing is evaluated: a config read from a file can only describe a network."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a CNN config must be a dict with 'input_shape' and 'layers', got {type(config).__name__}")
+    unknown = sorted(set(config) - {"input_shape", "layers", "init", "init_scale"})
+    if unknown:
+        raise ValueError(f"a CNN config takes input_shape, layers, init and init_scale, not {', '.join(map(repr, unknown))}"[:240])
+    for key in ("input_shape", "layers"):
+        if key not in config:
+            raise ValueError(f"a CNN config needs {key!r}")
+    shape, layers = config["input_shape"], config["layers"]
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in shape):
+        raise ValueError(f"input_shape must be a list of three integers [C, H, W], got {shape!r}"[:240])
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_CONFIG_LAYERS:
+        raise ValueError(f"layers must be a list of 1 to {MAX_CONFIG_LAYERS} layers, got "
+                         f"{type(layers).__name__ if not isinstance(layers, list) else f'{len(layers)} layers'}")
+    init_scale = config.get("init_scale", 0.01)
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not math.isfinite(init_scale) \
+            or init_scale <= 0:
+        raise ValueError(f"init_scale must be a positive finite number, got {init_scale!r}"[:240])
+    init = config.get("init", "glorot")
+    if not isinstance(init, str):
+        raise ValueError(f"init must be one of {_INITS}, got {init!r}"[:240])
+    return CNN(tuple(shape), [_config_layer(entry, f"layers[{i}]") for i, entry in enumerate(layers)], init=init,
+               init_scale=float(init_scale))

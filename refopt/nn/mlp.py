@@ -113,6 +113,11 @@ class MLP:
         return len(self.sizes) - 1
 
     @property
+    def output_size(self) -> int:
+        """The number of network outputs per example (``sizes[-1]``)."""
+        return self.sizes[-1]
+
+    @property
     def num_params(self) -> int:
         """The number of parameters, Σ_l (fan_in_l + 1) · fan_out_l (weights and biases)."""
         return sum((i + 1) * o for i, o in zip(self.sizes[:-1], self.sizes[1:]))

@@ -52,6 +52,7 @@ from typing import NamedTuple
 from .. import tree as T
 from ..backend import xp
 from ..curvature import kronecker as K
+from ..curvature.blocks import require_dense
 from ..curvature.secant import bfgs_factor_update, double_damping, hessian_action_update, lbfgs_apply, secant_pair
 from ..linalg import symmetrize
 from ..serialize import register_state
@@ -119,6 +120,9 @@ class KBFGS(Optimizer):
     def init(self, params) -> KBFGSState:
         """Identity Â, H_a, H_g (or empty L-BFGS memories), zero secant pairs and momentum, step 0; needs MLP params."""
         _check_params(params)
+        require_dense(params, "K-BFGS", "its secant pairs for H_g come from each example's pre-activations at θ and "
+                      "θ⁺, defined by Goldfarb et al. 2020 for dense layers (their extension to convolutions, Ren, "
+                      "Bahamou & Goldfarb 2021, is not implemented)")
         dtype = params[0]["W"].dtype
         ins = [p["W"].shape[0] + 1 for p in params]
         outs = [p["W"].shape[1] for p in params]

@@ -38,10 +38,10 @@ import numpy as np
 
 from .. import tree as T
 from ..backend import as_array, to_host
-from ..oracle import Oracle
 from .external import max_relative_difference
 from .profiles import get_profile
-from .trace import TRACE_PROBLEMS, Divergence, Trace, _build, check_trace, describe_match, make_trace, search_conventions
+from .trace import (TRACE_PROBLEMS, Divergence, Trace, check_trace, describe_match, make_trace, problem_oracle,
+                    search_conventions)
 
 __all__ = ["Harness", "Report", "check_update", "check_torch", "check_optax", "reference_trace"]
 
@@ -110,8 +110,7 @@ class Harness:
             seed_trace = Trace(self.trace.meta, self.trace.X, self.trace.y, [start] * (steps + 1), [], [],
                                list(self.trace.draws))   # probes do not depend on θ; labels are injected as drawn
             _, self.trace = check_trace(seed_trace)
-        model, loss = _build(self.trace.meta["problem"])
-        self._oracle = Oracle(model, loss, self.trace.X, self.trace.y)
+        self._oracle = problem_oracle(self.trace.meta["problem"], self.trace.X, self.trace.y)
         self.names = self.trace.meta["param_names"]
 
     @property
@@ -194,7 +193,7 @@ def _search(theirs: Trace, rtol: float, atol: float) -> list:
 
 
 def _host_tree(tree) -> list:
-    return [{k: np.array(to_host(v)) for k, v in layer.items()} for layer in tree]
+    return [{k: np.array(to_host(v), order="C") for k, v in layer.items()} for layer in tree]
 
 
 def _device_tree(tree) -> list:

@@ -205,23 +205,26 @@ _add(Profile("Liuhong99/Sophia.SophiaH", "sophia_h",
              "(after the step, iter % k == k − 1) and that p.grad holds z⊙Hz when update_hessian() runs"))
 _add(Profile("amirgholami/adahessian", "adahessian",
              {"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "hessian_power": 1.0, "spatial_block": -1,
-              "spatial_axis": 0, "absolute": True, "bias_correction": True, "eps_mode": "outside",
-              "weight_decay": 0.0, "weight_decay_mode": "decoupled", "probes": 1,
+              "spatial_axis": 0, "absolute": True, "kernel_average": "spatial", "bias_correction": True,
+              "eps_mode": "outside", "weight_decay": 0.0, "weight_decay_mode": "decoupled", "probes": 1,
               "probe_distribution": "rademacher"},
              "abs(Hz) (not z⊙Hz) is averaged over each output unit's inputs (a row of torch's (out, in) weight, "
-             "spatial_average_block_size=-1), biases are not averaged, and a decoupled decay θ − ηλθ is added",
-             "amirgholami/adahessian instruction/adahessian.py (get_trace, step)",
+             "spatial_average_block_size=-1), a 4-D convolution kernel's over its kernel window (mean over dims "
+             "2, 3), biases are not averaged, and a decoupled decay θ − ηλθ is added",
+             "amirgholami/adahessian instruction/adahessian.py (get_trace, step; its 4-D branch with the default "
+             "block size -1)",
              "instruction/adahessian.py's step() refers to undefined names (gradsH, hut_trace): refopt follows its "
              "get_trace() averaging with the update rule of image_classification/optim_adahessian.py; "
              "block sizes other than -1 that do not divide fan_in (torch's view(-1, b) then crosses rows)"))
 _add(Profile("amirgholami/adahessian+image_classification", "adahessian",
              {"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "hessian_power": 1.0, "spatial_block": 1,
-              "absolute": True, "bias_correction": True, "eps_mode": "outside", "weight_decay": 0.0,
-              "weight_decay_mode": "decoupled", "probes": 1, "probe_distribution": "rademacher"},
-             "dense weights and biases are not averaged (Eq. 10 with b = 1; convolution kernels are averaged over "
-             "the kernel window) and a decoupled decay θ − ηλθ is added (the paper has none)",
-             "amirgholami/adahessian image_classification/optim_adahessian.py (Adahessian)",
-             "the averaging of 4-D convolution kernels (refopt's networks are dense)"))
+              "absolute": True, "kernel_average": "spatial", "bias_correction": True, "eps_mode": "outside",
+              "weight_decay": 0.0, "weight_decay_mode": "decoupled", "probes": 1, "probe_distribution": "rademacher"},
+             "dense weights and biases are not averaged (Eq. 10 with b = 1), 4-D convolution kernels are: abs(Hz) "
+             "averaged over the kernel window (torch.mean(hv.abs(), dim=[2, 3])), and a decoupled decay θ − ηλθ "
+             "is added (the paper has none)",
+             "amirgholami/adahessian image_classification/optim_adahessian.py (Adahessian.get_trace, step)",
+             ""))
 
 _add(Profile("pytorch_optimizer.SophiaH", "sophia_h",
              {"lr": 6e-4, "beta1": 0.96, "beta2": 0.99, "gamma": 1e-2, "eps": 1e-14, "weight_decay": 0.0, "k": 10,
@@ -238,9 +241,10 @@ _add(Profile("pytorch_optimizer.SophiaH", "sophia_h",
              "with draws=)"))
 _add(Profile("pytorch_optimizer.AdaHessian", "adahessian",
              {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-16, "hessian_power": 1.0, "spatial_block": 1,
-              "absolute": False, "bias_correction": True, "eps_mode": "outside", "weight_decay": 0.0,
+              "absolute": False, "kernel_average": "none", "bias_correction": True, "eps_mode": "outside", "weight_decay": 0.0,
               "weight_decay_mode": "decoupled", "probes": 1, "probe_distribution": "rademacher"},
-             "Algorithm 1 without spatial averaging (z⊙Hz as it is, no abs), ε = 1e-16 outside (v̂)^{k/2} and a "
+             "Algorithm 1 without spatial averaging, of dense weights or of convolution kernels (z⊙Hz as it is, "
+             "no abs), ε = 1e-16 outside (v̂)^{k/2} and a "
              "decoupled decay θ(1 − ηλ) taken before the step (refopt's θ − η(d + λθ), equal up to rounding)",
              "kozistr/pytorch_optimizer pytorch_optimizer/optimizer/adahessian.py (AdaHessian.step), "
              "pytorch_optimizer/base/optimizer.py (compute_hutchinson_hessian, apply_weight_decay)",
@@ -319,42 +323,67 @@ _add(Profile("google-deepmind/kfac-jax", "kfac",
              "π-adjusted damping uses the factors' average traces, and the learning rate and momentum may come "
              "from the exact quadratic model; fisher_empirical is fisher='empirical', empirical_scale='batch'",
              "google-deepmind/kfac-jax kfac_jax/_src/curvature_blocks/kronecker_factored.py "
-             "(DenseTwoKroneckerFactored), kfac_jax/_src/utils/math.py (pi_adjusted_kronecker_factors), "
+             "(DenseTwoKroneckerFactored, Conv2DTwoKroneckerFactored), kfac_jax/_src/patches_second_moment.py "
+             "(patches_moments), kfac_jax/_src/utils/math.py (pi_adjusted_kronecker_factors), "
              "kfac_jax/_src/optimizer.py (Optimizer: curvature_ema, inverse_update_period, norm_constraint)",
              "burn-in batches come from its data iterator (refopt's burn-in uses step 0's batch); "
              "use_adaptive_learning_rate/momentum (M&G §7, not in refopt); "
              "use_adaptive_damping's rule (×0.9^5 every 5 steps) differs from refopt's (19/20)^interval; l2_reg "
              "is added to the damping (identity_weight = l2_reg + damping) while the user adds the L2 term to the "
-             "loss"))
+             "loss; a conv layer is KFC's expand (its A = Σ āāᵀ/(N·L) over (kh, kw, c)-ordered patches, refopt's "
+             "(c, kh, kw) permuted, and G = L·Σ ggᵀ/(N·L) through fixed_scale() = L: the same A ⊗ G, and with π "
+             "damping the same step, scripts/verify_with_kfac_jax.py); kfac-jax has no 'reduce'; kfac-jax 0.0.8 "
+             "passes no dilation to patches_moments, so a dilated conv gets the undilated kernel's factors"))
 _add(Profile("gpauloski/kfac-pytorch", "kfac",
              {"lr": 0.1, "damping": 1e-3, "decay": 0.95, "factor_init": "identity", "damping_scheme": "eigen",
               "inverse": "eig", "factor_interval": 1, "inverse_interval": 1, "fisher": "empirical",
-              "kl_clip": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "output_grad_scale": "reduced_loss"},
+              "kl_clip": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "output_grad_scale": "reduced_loss",
+              "conv_row_scale": "inverse_locations"},
              "factors start at the identity with a constant-weight average (α = 0.95), G = (1/B) Σ g gᵀ of the "
              "output gradients the user's reduced loss backpropagates (empirical Fisher, B² smaller than the "
              "per-example G for a mean loss), damping is exact in the eigenbasis (dG dAᵀ + λ), and the step ν·V "
-             "is handed to the user's torch.optim.SGD (momentum 0.9 in the examples)",
+             "is handed to the user's torch.optim.SGD (momentum 0.9 in the examples); a Conv2d layer's patch rows "
+             "(bias 1 included) and output-gradient rows are each divided by the L output locations before "
+             "their covariance over the N·L rows, A = (1/(N·L³)) Σ āāᵀ, G likewise (KFC's expand ÷ L²)",
              "gpauloski/kfac-pytorch kfac/layers/base.py (update_a_factor), kfac/layers/modules.py "
-             "(LinearModuleHelper), kfac/layers/utils.py (get_cov, append_bias_ones), kfac/layers/eigen.py, "
+             "(LinearModuleHelper, Conv2dModuleHelper), kfac/layers/utils.py (get_cov, append_bias_ones), kfac/layers/eigen.py, "
              "kfac/layers/inverse.py, kfac/base_preconditioner.py (_compute_grad_scale), kfac/preconditioner.py",
              "compute_method='inverse' (+λ on each factor) is damping_scheme='tikhonov' with damping=λ²; SGD's "
              "weight decay is added after preconditioning inside the momentum; eigendecompositions in float32 "
              "(kfac/layers/eigen.py casts each factor to float32 before eigh whatever inv_dtype is: relative "
-             "differences ~1e-6 over 40 steps, 1e-15 with a float64 eigh; scripts/verify_with_kfac_pytorch.py)"))
+             "differences ~1e-6 over 40 steps, 1e-15 with a float64 eigh; scripts/verify_with_kfac_pytorch.py); "
+             "its Conv2d patches ignore dilation and groups and take no string padding ('same'), so match it only on "
+             "convolutions without those"))
 _add(Profile("f-dangel/curvlinops", "kfac",
              {"lr": 1.0, "momentum": 0.0, "decay": 0.0, "factor_init": "mean", "kl_clip": None,
               "factor_interval": 1, "inverse_interval": 1, "fisher": "mc", "samples": 1,
               "damping_scheme": "tikhonov", "inverse": "inverse", "bias_block": "separate"},
              "KFACLinearOperator is one pass over the data (no running average) with weight and bias in separate "
              "blocks by default, and its inverse(damping=δ) adds δ to each factor (π-heuristic and exact damping "
-             "optional)",
-             "f-dangel/curvlinops curvlinops/kfac.py (KFACLinearOperator), curvlinops/computers/kfac_hooks.py, "
+             "optional); a conv layer is kfac_approx='expand' by default (Eschenhagen et al. 2023: A = Σ āāᵀ/(N·L) "
+             "over every location's patch, G = Σ ggᵀ·c with c = N for a mean loss, refopt's expand)",
+             "f-dangel/curvlinops curvlinops/kfac.py (KFACLinearOperator), curvlinops/kfac_utils.py "
+             "(extract_patches), curvlinops/computers/kfac_hooks.py, "
              "curvlinops/computers/kfac_math.py (compute_loss_correction), curvlinops/kronecker.py (inverse)",
              "separate_weight_and_bias=False is bias_block='joint'; inverse(damping=δ) is refopt's damping=δ² (the "
              "'tikhonov' γ is √λ); "
              "min_damping floor of the π heuristic; the step (lr, momentum) is the user's; its MSELoss is "
              "(1/(BC)) Σ‖y − z‖² (GGN 2/C × refopt's Gaussian σ² = 1, labels z + √½ ε; no variance σ²: "
              "scripts/verify_with_curvlinops.py rescales G by that factor)"))
+_add(Profile("f-dangel/curvlinops+reduce", "kfac",
+             {"lr": 1.0, "momentum": 0.0, "decay": 0.0, "factor_init": "mean", "kl_clip": None,
+              "factor_interval": 1, "inverse_interval": 1, "fisher": "mc", "samples": 1,
+              "damping_scheme": "tikhonov", "inverse": "inverse", "bias_block": "separate",
+              "kfac_approx": "reduce"},
+             "KFACLinearOperator(kfac_approx='reduce') (Eschenhagen et al. 2023): a conv layer's patches are averaged "
+             "over its L output locations and its output gradients summed over them before the outer products, "
+             "A = Σ_n x̄x̄ᵀ/N, G = Σ_n (Σ_l g)(Σ_l g)ᵀ·c (c = N for a mean loss); otherwise as f-dangel/curvlinops "
+             "(one pass, separate bias block, inverse(damping=δ) adds δ to each factor); dense layers (L = 1) are "
+             "unaffected",
+             "f-dangel/curvlinops curvlinops/kfac.py (KFACLinearOperator._hook_accumulate_input_covariance, "
+             "_accumulate_gradient_covariance), curvlinops/kfac_utils.py (extract_averaged_patches)",
+             "as f-dangel/curvlinops; padding='same' with an even kernel (curvlinops' unfold refuses unequal padding; "
+             "refopt pads one more at the bottom and right)"))
 _add(Profile("tensorflow/kfac", "kfac",
              {"factor_init": "debiased", "decay": 0.95, "damping_scheme": "pi", "inverse": "inverse",
               "factor_interval": 1, "inverse_interval": 10, "fisher": "mc", "samples": 1, "kl_clip": None,

@@ -12,8 +12,8 @@ key                       content
                           given explicitly; optional), ``profile`` (or null), ``problem`` (see below),
                           ``steps`` T, ``seed``, ``param_names`` (tree order, e.g. "0.W", "0.b"),
                           ``dtype``
-``problem/X``,            the data of the problem (inputs (B, d) and targets)
-``problem/y``
+``problem/X``,            the data of the problem: inputs (B, d) of an MLP, images (B, C, H, W) (NCHW)
+``problem/y``             of a CNN; targets (B,) class labels or (B, C_out)
 ``params/<name>``         shape (T+1, *leaf shape): parameters before step 1 (index 0) and after each step
 ``loss``                  (T,) loss at the incoming parameters of each step (optional in theirs)
 ``grad/<name>``           (T, *leaf shape) gradient at the incoming parameters (optional in theirs)
@@ -25,10 +25,20 @@ key                       content
 
 ``meta.problem`` is ``{"type": "mlp", "sizes": [...], "activations": [...], "loss": "...",
 "reduction": "...", "variance": σ²}``: a dense network s = a @ W + b as in ``refopt.nn``, so a JAX or
-PyTorch user can rebuild it (note W has shape (fan_in, fan_out)).
+PyTorch user can rebuild it (note W has shape (fan_in, fan_out)); or ``{"type": "cnn", "input_shape":
+[C, H, W], "layers": [...], "init": ..., "init_scale": ..., "loss", "reduction", "variance"}``: a
+``refopt.nn.conv.CNN`` in the form ``CNN.config()`` writes and ``cnn_from_config`` reads (layers are
+activation names and dicts such as ``{"layer": "Conv2d", "in_channels": 2, "out_channels": 3,
+"kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "dilation": [1, 1]}``, ``"AvgPool2d"``,
+``"MaxPool2d"``, ``"Flatten"``, ``{"layer": "Dense", "in_features": ..., "out_features": ...}``). A CNN's
+parameters are named as an MLP's, one ``l.W`` and ``l.b`` per conv or dense layer in order: a conv kernel
+in PyTorch's OIHW layout (O, C, kh, kw) with bias (O,), a dense W as (fan_in, fan_out) (PyTorch's Linear
+weight transposed). docs/verify.md shows the loop that rebuilds the network in PyTorch and JAX.
 
 Loading (``load_trace``) checks the meta (types, names, the profile, the problem's sizes: at most
-``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; at most ``MAX_TRACE_STEPS`` = 10⁴ steps), that every entry of
+``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; a CNN's layers as ``cnn_from_config`` checks them and at most
+``MAX_TRACE_ENTRIES`` = 2²⁴ array entries in one forward pass over the batch, patches included; at most
+``MAX_TRACE_STEPS`` = 10⁴ steps), that every entry of
 the file is one of the layout above (an unknown entry, such as a mistyped ``grad/0.w``, is refused rather
 than ignored) and every array's dtype and shape before it builds the network or moves anything to the
 backend; each refusal is a one-line ValueError (docs/verify.md lists the checks).
@@ -60,26 +70,34 @@ from .. import __version__
 from .. import tree as T
 from ..backend import as_array, rng, to_host, xp
 from ..nn import MLP, make_loss
+from ..nn.conv import cnn_from_config
 from ..nn.losses import LOSSES
 from ..nn.mlp import ACTIVATIONS
-from ..oracle import Oracle
 from ..optim import OPTIMIZERS, make_optimizer, optimizer_class
 from ..optim.base import MAX_DRAWS, MAX_SEED, check_int
+from ..problems.registry import network_oracle
 from ..serialize import MAX_INT, load_npz, savez_atomic, short_repr as _short
 
-__all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
+__all__ = ["TRACE_FORMAT", "MAX_TRACE_PARAMETERS", "MAX_TRACE_STEPS", "MAX_TRACE_ENTRIES", "TRACE_PROBLEMS",
+           "MLP_TRACE_PROBLEMS", "Trace", "Divergence", "make_trace", "export_trace", "load_trace",
            "compare_traces", "check_trace", "search_conventions", "param_names", "num_parameters", "describe_match",
-           "ConventionMatches", "Diagnosis", "diagnose_divergence"]
+           "ConventionMatches", "Diagnosis", "diagnose_divergence", "problem_oracle"]
 
 TRACE_FORMAT = "refopt-trace/1"
 MAX_TRACE_PARAMETERS = 10 ** 6  # cap on Σ (d_{l−1} + 1)·d_l of a trace's MLP, checked before it is built
 MAX_TRACE_STEPS = 10 ** 4       # cap on a trace's T: checking replays every step (a search up to 1026 times)
+MAX_TRACE_ENTRIES = 1 << 24     # cap on B × a CNN's entries per example (CNN.entries_per_example): its memory
+
+
+def _input_shape(spec: dict) -> tuple:
+    """One example's input shape: (d,) for an MLP, (C, H, W) for a CNN."""
+    return tuple(spec["input_shape"]) if spec["type"] == "cnn" else (spec["sizes"][0],)
 
 
 def _tiny_data(spec: dict, seed: int):
     g = rng([seed, 7])
-    B, d, C = spec["batch"], spec["sizes"][0], spec["sizes"][-1]
-    X = g.standard_normal((B, d))
+    B, C = spec["batch"], _model(spec).output_size
+    X = g.standard_normal((B, *_input_shape(spec)))
     if spec["loss"] == "softmax_cross_entropy":
         y = g.integers(0, C, size=B).astype(np.int64)
     elif spec["loss"] == "bernoulli":
@@ -97,17 +115,58 @@ TRACE_PROBLEMS: dict[str, dict] = {
                         "reduction": "mean", "variance": 1.0, "batch": 8},
     "tiny_logistic": {"type": "mlp", "sizes": [3, 2], "activations": ["identity"], "loss": "bernoulli",
                       "reduction": "sum", "batch": 5},
+    # Two conv layers with several output locations each (L = 9 and 4, so "expand" and "reduce" differ), max
+    # pooling and a dense head: 124 parameters, few enough for the dense methods.
+    "tiny_cnn": {"type": "cnn", "input_shape": [2, 5, 5],
+                 "layers": [{"layer": "Conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": [3, 3],
+                             "stride": [2, 2], "padding": [1, 1], "dilation": [1, 1]}, "tanh",
+                            {"layer": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": [2, 2],
+                             "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}, "tanh",
+                            {"layer": "MaxPool2d", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                             "dilation": [1, 1]},
+                            {"layer": "Flatten"}, {"layer": "Dense", "in_features": 4, "out_features": 3}],
+                 "init": "glorot", "init_scale": 0.01, "loss": "softmax_cross_entropy", "reduction": "mean",
+                 "batch": 6},
 }
+# The dense ones, for code that rebuilds a trace problem's network from "sizes" (the scripts that run other libraries).
+MLP_TRACE_PROBLEMS = tuple(name for name, spec in TRACE_PROBLEMS.items() if spec["type"] == "mlp")
+_CNN_KEYS = ("input_shape", "layers", "init", "init_scale")
+
+
+def _model(spec: dict):
+    """The network of a (checked) problem spec: an ``MLP`` or a ``CNN``; builds no arrays."""
+    if spec["type"] == "cnn":
+        return cnn_from_config({k: spec[k] for k in _CNN_KEYS if k in spec})
+    acts = spec["activations"]
+    return MLP(spec["sizes"], activation=acts[:-1], output_activation=acts[-1])
+
+
+def _parameter_shapes(spec: dict, model) -> dict:
+    """{name: shape} of the problem's parameters ("0.W": (fan_in, fan_out) or OIHW, "0.b": (fan_out,)); ``model``
+    is the CNN of a "cnn" problem (None for an MLP, whose sizes say it all)."""
+    if spec["type"] == "cnn":
+        pairs = model.parameter_shapes()
+    else:
+        pairs = [((a, b), (b,)) for a, b in zip(spec["sizes"][:-1], spec["sizes"][1:])]
+    out = {}
+    for l, (w, b) in enumerate(pairs):
+        out[f"{l}.W"], out[f"{l}.b"] = tuple(w), tuple(b)
+    return out
 
 
 def _build(spec: dict):
-    sizes = spec["sizes"]
-    acts = spec["activations"]
-    model = MLP(sizes, activation=acts[:-1], output_activation=acts[-1])
+    model = _model(spec)
     kwargs = {"reduction": spec["reduction"]}
     if spec["loss"] == "gaussian":
         kwargs["variance"] = spec.get("variance", 1.0)
     return model, make_loss(spec["loss"], **kwargs)
+
+
+def problem_oracle(spec: dict, X, y):
+    """The oracle of a trace problem on (X, y): an ``Oracle`` for an MLP, a ``CNNOracle`` for a CNN, whose images
+    (B, C, H, W) it takes flattened in C order."""
+    model, loss = _build(spec)
+    return network_oracle(model, loss, xp.reshape(X, (X.shape[0], -1)), y)
 
 
 def param_names(params) -> list[str]:
@@ -162,7 +221,7 @@ def make_trace(optimizer: str, hyperparameters: dict | None = None, problem: str
 def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profile, replay_draws, problem_name=None):
     """Run the optimizer, recording its draws (``info["draws"]``) or injecting ``replay_draws``, which must be
     of the kind the optimizer declares (``Optimizer.draws``: labels or probes; none for one that does not draw)."""
-    model, loss = _build(spec)
+    model = _model(spec)
     opt = make_optimizer(optimizer, **hyperparameters)
     for t, step_draws in enumerate(replay_draws or (), start=1):
         kind = None if step_draws is None else "probes" if isinstance(step_draws, (list, tuple)) else "labels"
@@ -173,8 +232,9 @@ def _replay(optimizer, hyperparameters, spec, X, y, params0, steps, seed, profil
             raise ValueError(f"the trace's draws of step {t} are {kind}, but {optimizer} {does}")
     params = model.init(seed) if params0 is None else params0
     state = opt.init(params)
-    oracle = Oracle(model, loss, X, y)
-    recorder = Oracle(model, loss, X, y)  # the trace's loss and gradient, kept out of the optimizer's counts
+    oracle = problem_oracle(spec, X, y)
+    recorder = problem_oracle(spec, X, y)  # the trace's loss and gradient, kept out of the optimizer's counts
+    opt.check_oracle(oracle)  # K-BFGS and the block-tridiagonal K-FAC refuse a CNN by name
     out_params, losses, grads, draws = [params], [], [], []
     for t in range(steps):
         value, g = recorder.value_and_grad(params)
@@ -245,8 +305,9 @@ def num_parameters(sizes) -> int:
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def _check_meta(meta, path: str) -> dict:
-    """Validate a trace's meta (types, names, the problem and its size) before anything is built."""
+def _check_meta(meta, path: str):
+    """Validate a trace's meta (types, names, the problem and its size) before any array is built;
+    (the problem spec, its CNN or None for an MLP: a CNN object describes shapes and holds no arrays)."""
     if not isinstance(meta, dict):
         _fail(path, f"meta must be a JSON object, got {type(meta).__name__}")
     for key in ("optimizer", "problem", "param_names"):
@@ -281,11 +342,27 @@ def _check_meta(meta, path: str) -> dict:
     spec = meta["problem"]
     if not isinstance(spec, dict):
         _fail(path, f"meta problem must be an object (type, sizes, activations, loss, reduction), got {_short(spec)}")
-    if spec.get("type") != "mlp":
-        _fail(path, f"problem type {_short(spec.get('type'))} is not supported (expected 'mlp')")
-    for key in ("sizes", "activations", "loss", "reduction"):
+    if spec.get("type") not in ("mlp", "cnn"):
+        _fail(path, f"problem type {_short(spec.get('type'))} is not supported (expected 'mlp' or 'cnn')")
+    for key in ("sizes", "activations", "loss", "reduction") if spec["type"] == "mlp" else \
+            ("input_shape", "layers", "loss", "reduction"):
         if key not in spec:
             _fail(path, f"meta problem has no {key!r}")
+    model = None if spec["type"] == "mlp" else _check_cnn(spec, path)
+    if spec["type"] == "mlp":
+        _check_mlp(spec, path)
+    if not isinstance(spec["loss"], str) or spec["loss"] not in LOSSES:
+        _fail(path, f"problem loss must be one of {sorted(LOSSES)}, got {_short(spec['loss'])}")
+    if spec["reduction"] not in ("mean", "mean_all", "sum"):
+        _fail(path, f"problem reduction must be 'mean', 'mean_all' or 'sum', got {_short(spec['reduction'])}")
+    if "variance" in spec and not (_is_real(spec["variance"]) and spec["variance"] > 0):
+        _fail(path, f"problem variance must be a positive number, got {_short(spec['variance'])}")
+    if spec.get("name") is not None and not isinstance(spec["name"], str):
+        _fail(path, f"problem name must be a string or null, got {_short(spec['name'])}")
+    return spec, model
+
+
+def _check_mlp(spec: dict, path: str):
     sizes = spec["sizes"]
     if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(s) and s >= 1 for s in sizes):
         _fail(path, f"problem sizes must be a list of at least two positive integers, got {_short(sizes)}")
@@ -297,15 +374,20 @@ def _check_meta(meta, path: str) -> dict:
             or not all(isinstance(a, str) and a in ACTIVATIONS for a in acts):
         _fail(path, f"problem activations must list {len(sizes) - 1} names from {sorted(ACTIVATIONS)}, "
                     f"got {_short(acts)}")
-    if not isinstance(spec["loss"], str) or spec["loss"] not in LOSSES:
-        _fail(path, f"problem loss must be one of {sorted(LOSSES)}, got {_short(spec['loss'])}")
-    if spec["reduction"] not in ("mean", "mean_all", "sum"):
-        _fail(path, f"problem reduction must be 'mean', 'mean_all' or 'sum', got {_short(spec['reduction'])}")
-    if "variance" in spec and not (_is_real(spec["variance"]) and spec["variance"] > 0):
-        _fail(path, f"problem variance must be a positive number, got {_short(spec['variance'])}")
-    if spec.get("name") is not None and not isinstance(spec["name"], str):
-        _fail(path, f"problem name must be a string or null, got {_short(spec['name'])}")
-    return spec
+
+
+def _check_cnn(spec: dict, path: str):
+    unknown = sorted(set(spec) - {"type", "name", "loss", "reduction", "variance", *_CNN_KEYS})
+    if unknown:
+        _fail(path, f"meta problem of type 'cnn' has unknown keys {', '.join(_short(k, 40) for k in unknown[:5])}")
+    try:
+        model = _model(spec)  # cnn_from_config checks every layer and shape; it evaluates nothing
+    except (ValueError, TypeError) as exc:
+        _fail(path, f"problem (cnn): {exc}")
+    if model.num_params > MAX_TRACE_PARAMETERS:
+        _fail(path, f"the problem's CNN has {model.num_params} parameters, more than {MAX_TRACE_PARAMETERS} "
+                    "(the cap on a trace's problem)")
+    return model
 
 
 def _check_array(path, files, key, shape, kinds="f", what="a float32/float64 array"):
@@ -363,18 +445,18 @@ def load_trace(path: str) -> Trace:
         _fail(path, "'meta' is nested too deeply to read")
     except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
         _fail(path, f"'meta' is not JSON ({' '.join(str(exc).split())})")
-    spec = _check_meta(meta, path)
+    spec, model = _check_meta(meta, path)
     names = meta["param_names"]
-    sizes = spec["sizes"]
-    expected = {}
-    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        expected[f"{l}.W"], expected[f"{l}.b"] = (fan_in, fan_out), (fan_out,)
+    expected = _parameter_shapes(spec, model)
     if sorted(names) != sorted(expected):
         _fail(path, f"param_names {_short(names)} do not match the problem's parameters {sorted(expected)}")
-    X = _check_array(path, files, "problem/X", (None, sizes[0]))
-    B, C = X.shape[0], sizes[-1]
+    X = _check_array(path, files, "problem/X", (None, *_input_shape(spec)))
+    B, C = X.shape[0], spec["sizes"][-1] if model is None else model.output_size
     if B < 1:
         _fail(path, "problem/X has no examples")
+    if spec["type"] == "cnn" and B * model.entries_per_example > MAX_TRACE_ENTRIES:
+        _fail(path, f"a forward pass of the problem's CNN over {B} examples holds {B * model.entries_per_example} "
+                    f"array entries, more than {MAX_TRACE_ENTRIES} (the cap on a trace's problem)")
     classes = spec["loss"] == "softmax_cross_entropy"
     if classes:
         y = _check_array(path, files, "problem/y", (B,), "iu", "integer class labels")
