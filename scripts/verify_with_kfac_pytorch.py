@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check the gpauloski/kfac-pytorch profile against the real kfac-pytorch, step by step: dense MLPs and a CNN.
 
-For every MLP trace problem (``refopt.verify.TRACE_PROBLEMS``) the script takes refopt's trace of the
+For every MLP trace problem (``refopt.verify.trace.MLP_TRACE_PROBLEMS``) the script takes refopt's trace of the
 ``gpauloski/kfac-pytorch`` profile (``make_trace``: data, θ_0, hyperparameters, with the overrides below),
 rebuilds the MLP in PyTorch (float64 ``nn.Linear`` layers, weight = Wᵀ), and runs the library as its
 README does: ``loss.backward(); preconditioner.step(); optimizer.step()`` with
@@ -66,6 +66,7 @@ from refopt.nn import CNN, AvgPool2d, Conv2d, Dense, Flatten, SoftmaxCrossEntrop
 from refopt.optim import make_optimizer  # noqa: E402
 from refopt.problems.registry import network_oracle  # noqa: E402
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
+from refopt.verify.trace import MLP_TRACE_PROBLEMS  # noqa: E402
 from refopt.verify.external import torch_mlp  # noqa: E402
 from refopt.verify.profiles import get_profile  # noqa: E402
 
@@ -212,9 +213,8 @@ def main(argv=None) -> int:
     print(f"kfac-pytorch {getattr(kfac, '__version__', '?')}, torch {torch.__version__}, {args.steps} steps")
     failed = False
     for setting, hp in SETTINGS.items():
-        for problem, spec in TRACE_PROBLEMS.items():
-            if spec.get("type", "mlp") != "mlp":   # CNN trace problems: the conv check below builds its own
-                continue
+        for problem in MLP_TRACE_PROBLEMS:   # the conv check below builds its own CNN
+            spec = TRACE_PROBLEMS[problem]
             trace = make_trace("kfac", {**hp}, problem, args.steps, 0, PROFILE)
             for eig_dtype in ("float64", "float32"):
                 kfac_eigen.torch = _Float64Torch("torch") if eig_dtype == "float64" else torch

@@ -39,12 +39,11 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from refopt.oracle import Oracle  # noqa: E402
 from refopt.verify import Trace  # noqa: E402
 from refopt.verify.external import max_relative_difference  # noqa: E402
 from refopt.backend import as_array, to_host  # noqa: E402
 from refopt.verify.profiles import get_profile  # noqa: E402
-from refopt.verify.trace import TRACE_PROBLEMS, _build, _replay, check_trace, make_trace  # noqa: E402
+from refopt.verify.trace import TRACE_PROBLEMS, _replay, check_trace, make_trace, problem_oracle  # noqa: E402
 
 PROFILE = "optax.contrib.sophia"
 # (label, overrides of the profile's hyperparameters)
@@ -106,8 +105,7 @@ def run_optax(trace: Trace) -> Trace:
     hp = trace.meta["hyperparameters"]
     tx = optax.contrib.sophia(hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"],
                               weight_decay=hp["weight_decay"], gamma=hp["gamma"], update_interval=hp["k"])
-    model, loss = _build(trace.meta["problem"])
-    oracle = Oracle(model, loss, trace.X, trace.y)
+    oracle = problem_oracle(trace.meta["problem"], trace.X, trace.y)
     params = [{k: jnp.asarray(np.asarray(v)) for k, v in layer.items()} for layer in host(trace.params[0])]
     obj_fn = refopt_objective(oracle, params)
     state = tx.init(params)

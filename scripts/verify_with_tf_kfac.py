@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check the tensorflow/kfac profile against the real tensorflow/kfac (``pip install kfac``), step by step.
 
-For every trace problem (``refopt.verify.TRACE_PROBLEMS``) the script takes refopt's trace of the
+For every MLP trace problem (``refopt.verify.trace.MLP_TRACE_PROBLEMS``; the script builds dense networks) the script takes refopt's trace of the
 ``tensorflow/kfac`` profile (``make_trace``: data, θ_0, hyperparameters, the model-sampled labels of every
 step), rebuilds the MLP as a TF1 graph (``tf.compat.v1``, float64 variables W, b), registers the layers
 (``register_fully_connected``) and the loss (softmax CE / normal predictive distribution with var 1 /
@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 import numpy as np  # noqa: E402
 
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
+from refopt.verify.trace import MLP_TRACE_PROBLEMS  # noqa: E402
 
 PROFILE = "tensorflow/kfac"
 SETTINGS = {
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rtol", type=float, default=1e-9)
-    ap.add_argument("--problems", nargs="*", default=list(TRACE_PROBLEMS))
+    ap.add_argument("--problems", nargs="*", default=list(MLP_TRACE_PROBLEMS), choices=MLP_TRACE_PROBLEMS)
     args = ap.parse_args(argv)
     print(f"kfac {metadata.version('kfac')}, tensorflow {tf.__version__}, {args.steps} steps")
     failed = False

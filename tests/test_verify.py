@@ -327,14 +327,23 @@ def _without(d, key):
 ])
 def test_malformed_trace_meta_is_refused_before_building(tmp_path, monkeypatch, edit, message):
     import refopt.verify.trace as tr
-    path = tmp_path / "t.npz"
-    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_mlp", steps=4), str(path))
-    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
+    _assert_refused_before_building(tmp_path, monkeypatch, "tiny_mlp", 4, edit, message, forbid=[(tr, "MLP")])
 
-    def no_build(*a, **k):
-        raise AssertionError("the network was built from an unchecked trace")
-    monkeypatch.setattr(tr, "_build", no_build)
-    monkeypatch.setattr(tr, "MLP", no_build)
+
+def _no_build(*a, **k):
+    raise AssertionError("the network or its arrays were built from an unchecked trace")
+
+
+def _assert_refused_before_building(tmp_path, monkeypatch, problem, steps, edit, message, forbid=()):
+    """An SGD trace of ``problem`` with its meta edited by ``edit`` is refused by load_trace with ``message``
+    in one line, before a network's arrays are built (``_build`` and the ``forbid`` (object, name) pairs fail
+    when called)."""
+    import refopt.verify.trace as tr
+    path = tmp_path / "t.npz"
+    export_trace(make_trace("sgd", {"lr": 0.1}, problem, steps=steps), str(path))
+    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
+    for obj, name in [(tr, "_build"), *forbid]:
+        monkeypatch.setattr(obj, name, _no_build)
     with pytest.raises(ValueError) as info:
         load_trace(str(bad))
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
@@ -692,19 +701,8 @@ def _first_layer(entry):
     (_cnn_meta(type="rnn"), "problem type 'rnn' is not supported"),
 ])
 def test_malformed_cnn_trace_meta_is_refused_before_building(tmp_path, monkeypatch, edit, message):
-    import refopt.verify.trace as tr
-    from refopt.nn.conv import CNN
-    path = tmp_path / "t.npz"
-    export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_cnn", steps=2), str(path))
-    bad = _meta_edit(path, tmp_path / "bad.npz", edit)
-
-    def no_build(*a, **k):
-        raise AssertionError("arrays were built from an unchecked trace")
-    monkeypatch.setattr(tr, "_build", no_build)
-    monkeypatch.setattr(CNN, "init", no_build)
-    with pytest.raises(ValueError) as info:
-        load_trace(str(bad))
-    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    from refopt.nn.conv import CNN   # a CNN object only describes shapes; its init makes the arrays
+    _assert_refused_before_building(tmp_path, monkeypatch, "tiny_cnn", 2, edit, message, forbid=[(CNN, "init")])
 
 
 @pytest.mark.parametrize("change,message", [
