@@ -330,16 +330,23 @@ def test_cnn_from_config_reads_back_what_config_writes_and_nothing_else():
     params = model.init(3)
     X = np.random.default_rng(0).standard_normal((2,) + model.input_shape)
     np.testing.assert_array_equal(again.apply(again.init(3), X), model.apply(params, X))
-    # entries per example: the input, every layer's output and every conv layer's patches (L·K), counted by hand
+    # entries per example, counted by hand: the input 2·5·5; the conv's output 3·3·3, its padded input 2·7·7 and
+    # twice its patches (L = 9) × (K = 18); tanh 27; the pool's output 3, its input 3·3·3 (no padding) and three
+    # times its windows 3 channels × 1 location × 9; Flatten 3; Dense 2
     tiny = CNN((2, 5, 5), [Conv2d(2, 3, 3, stride=2, padding=1), "tanh", MaxPool2d(3), Flatten(), Dense(3, 2)])
-    assert tiny.entries_per_example == 50 + 27 + 9 * 18 + 27 + 3 + 3 + 2
+    assert tiny.entries_per_example == 50 + (27 + 98 + 2 * 9 * 18) + 27 + (3 + 27 + 3 * 27) + 3 + 2
+    # a strided conv that pads a 1×1 image by 2000 holds a 4001² padded input, though its output is 1×1
+    wide = CNN((1, 1, 1), [Conv2d(1, 1, 1, stride=5000, padding=2000), Flatten(), Dense(1, 1)])
+    assert wide.entries_per_example > 4001 ** 2
     for bad, match in [([], "a CNN config must be a dict"), ({"layers": []}, "needs 'input_shape'"),
                        ({"input_shape": [1, 4, 4], "layers": [], "code": "x"}, "not 'code'"),
                        ({"input_shape": [1, 4, 4], "layers": []}, "layers must be a list of 1 to 256"),
                        ({"input_shape": [1, 4, 4], "layers": [{"layer": "Flatten", "start_dim": 2}]},
                         "unknown key 'start_dim'; a Flatten takes none"),
                        ({"input_shape": [1, 4, 4], "layers": [{"layer": "AvgPool2d", "kernel_size": 2,
-                                                                "dilation": [2, 2]}]}, "unknown key 'dilation'"),
+                                                                "dilation": [2, 2]}]}, "dilation must be \\[1, 1\\]"),
+                       ({"input_shape": [1, 4, 4], "layers": [{"layer": "AvgPool2d", "kernel_size": 2,
+                                                                "dilation": True}]}, "dilation must be \\[1, 1\\]"),
                        ({"input_shape": [1, 4, 4], "layers": [{"layer": "Flatten"}], "init": 3}, "init must be one of")]:
         with pytest.raises(ValueError, match=match):
             cnn_from_config(bad)

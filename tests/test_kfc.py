@@ -256,6 +256,19 @@ def test_the_analysis_kfac_operator_of_a_cnn_is_the_dense_kfac_matrix_in_the_par
     got = kfac_operator(o1, p1, fisher="empirical").to_dense()[:n0, :n0]
     np.testing.assert_allclose(got, F, rtol=0, atol=1e-12 * np.abs(F).max())
 
+    # the operator takes both conv switches: with kfac_approx="reduce" and conv_row_scale it is kfac_matrix's
+    # of the same settings (the conv block of conv_net has L = 4 locations: ÷ L² = ÷ 16 on each factor)
+    for approx, row_scale in (("reduce", "none"), ("expand", "inverse_locations")):
+        dense = kfac_matrix(oracle, params, fisher="empirical", kfac_approx=approx,
+                            conv_row_scale=row_scale)[np.ix_(perm, perm)]
+        op = kfac_operator(oracle, params, fisher="empirical", kfac_approx=approx, conv_row_scale=row_scale).to_dense()
+        np.testing.assert_allclose(op, dense, rtol=0, atol=1e-12 * np.abs(dense).max())
+    A, G = layer_factors(oracle, params, fisher="empirical")
+    A16, G16 = layer_factors(oracle, params, fisher="empirical", conv_row_scale="inverse_locations")
+    np.testing.assert_allclose(A16[0] * 16, A[0], rtol=1e-14)
+    np.testing.assert_allclose(G16[0] * 16, G[0], rtol=1e-14)
+    np.testing.assert_array_equal(A16[1], A[1])   # the dense layer: unchanged
+
 
 # --- conv_row_scale="inverse_locations": kfac-pytorch's rows divided by L ------------------------------------
 def _strided_loop_patches(X, k, stride, pad):

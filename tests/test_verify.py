@@ -674,11 +674,11 @@ def _first_layer(entry):
 @pytest.mark.parametrize("edit,message", [
     (_first_layer({"layer": "Lambda", "function": "os.system"}), "whose 'layer' is one of"),
     (_first_layer("__import__('os').system('true')"), "unknown activation"),
-    (_first_layer(_conv_layer(kernel_size="3")), "kernel_size must be an integer or a pair"),
-    (_first_layer(_conv_layer(kernel_size=[3, True])), "kernel_size must be an integer or a pair"),
-    (_first_layer(_conv_layer(stride=1.5)), "stride must be an integer or a pair"),
+    (_first_layer(_conv_layer(kernel_size="3")), "kernel_size must be an integer in [0, 2³¹] or a pair"),
+    (_first_layer(_conv_layer(kernel_size=[3, True])), "kernel_size must be an integer in [0, 2³¹] or a pair"),
+    (_first_layer(_conv_layer(stride=1.5)), "stride must be an integer in [0, 2³¹] or a pair"),
     (_first_layer(_conv_layer(stride=[0, 1])), "stride must be ≥ 1"),
-    (_first_layer(_conv_layer(padding="full")), "padding must be an integer or a pair"),
+    (_first_layer(_conv_layer(padding="full")), "padding must be an integer in [0, 2³¹] or a pair"),
     (_first_layer(_conv_layer(in_channels=5)), "Conv2d expects 5 input channels, got 2"),
     (_first_layer(_conv_layer(kernel_size=[9, 9])), "larger than the padded input"),
     (_first_layer(_conv_layer(groups=2)), "unknown key 'groups'"),
@@ -690,6 +690,24 @@ def _first_layer(entry):
                         "dilation": [1, 1]}, {"layer": "Flatten"},
                        {"layer": "Dense", "in_features": 3, "out_features": 3}])(m),
                      param_names=["0.W", "0.b", "1.W", "1.b"]), "more than 16777216"),
+    (_first_layer(_conv_layer(stride=[0, 1])), "layers[0]: Conv2d: stride must be ≥ 1"),
+    (_first_layer({"layer": ["Conv2d"]}), "whose 'layer' is one of"),
+    (_first_layer(_conv_layer(out_channels=10 ** 4000)), "an integer of 4001 digits"),
+    (_cnn_meta(input_shape=[2, 10 ** 4000, 5]), "input_shape must be a list of three integers"),
+    (_cnn_meta(init_scale=10 ** 400), "init_scale must be a positive finite number"),
+    (_cnn_meta(variance=10 ** 400), "problem variance must be a positive number"),
+    # 69 parameters, but 2×5×5 images padded by 2000 with stride 5000 (1×1 outputs) make a padded input of
+    # 2·4005² entries per example, which the cap counts
+    (lambda m: _with(_cnn_meta(layers=[_conv_layer(stride=[5000, 5000], padding=[2000, 2000]), {"layer": "Flatten"},
+                                       {"layer": "Dense", "in_features": 3, "out_features": 3}])(m),
+                     param_names=["0.W", "0.b", "1.W", "1.b"]), "more than 16777216"),
+    # a stride-1 max pooling of 64×64 windows on a 128×128 image unfolds 65²·64² entries (5·10⁷ with its mask and
+    # selection): refused for one example, before problem/X is read
+    (lambda m: _with(_cnn_meta(input_shape=[1, 128, 128],
+                               layers=[{"layer": "MaxPool2d", "kernel_size": [64, 64], "stride": [1, 1],
+                                        "padding": [0, 0], "dilation": [1, 1]}, {"layer": "Flatten"},
+                                       {"layer": "Dense", "in_features": 65 * 65, "out_features": 3}])(m),
+                     param_names=["0.W", "0.b"]), "more than 16777216"),
     (_cnn_meta(layers=["tanh"] * 300), "layers must be a list of 1 to 256"),
     (_cnn_meta(layers={"layer": "Flatten"}), "layers must be a list"),
     (_cnn_meta(input_shape=[2, 5]), "input_shape must be a list of three integers"),
@@ -716,3 +734,32 @@ def test_malformed_cnn_trace_arrays_are_refused(tmp_path, change, message):
     export_trace(make_trace("sgd", {"lr": 0.1}, "tiny_cnn", steps=2), str(path))
     with pytest.raises(ValueError, match=re.escape(message)):
         load_trace(_rewrite(path, tmp_path / "bad.npz", **change))
+
+
+def _doc_blocks(marker: str) -> list:
+    """The Python blocks of docs/verify.md that contain ``marker``."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "verify.md").read_text(encoding="utf-8")
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+
+
+@pytest.mark.parametrize("library,output", [("torch", "theirs_torch_cnn.npz"), ("jax", "theirs_jax_cnn.npz")])
+def test_docs_cnn_rebuild_scripts_run_and_match(tmp_path, monkeypatch, library, output):
+    """docs/verify.md's PyTorch and JAX loops that rebuild tiny_cnn from a trace's meta run as written, and
+    refopt accepts their runs at rtol 1e-12 (skipped where the library is absent, as in CI)."""
+    pytest.importorskip(library)
+    if library == "jax":
+        pytest.importorskip("optax")
+    blocks = [b for b in _doc_blocks('np.load("adam_cnn.npz")') if output in b]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    export_trace(make_trace("adam", {}, "tiny_cnn", 5, profile="torch.optim.Adam"), "adam_cnn.npz")
+    exec(compile(blocks[0], f"docs/verify.md ({library} CNN)", "exec"), {"__name__": "__docs__"})
+    divergence, _ = check_trace(output, rtol=1e-12, atol=1e-14)
+    assert divergence is None, divergence
+
+
+def test_docs_cnn_rebuild_scripts_are_found():
+    # the two scripts above exist (so that a rename in the docs cannot turn their test into a skip)
+    assert len(_doc_blocks('np.load("adam_cnn.npz")')) == 2

@@ -292,13 +292,14 @@ def _eigenbasis_power(V, pre, damping: float, bias_block: str, p: float) -> list
 
 
 def _kronecker_apply(oracle, params, curvature: str, fisher: str, damping: float, damping_scheme: str,
-                     bias_block: str, samples: int, seed, labels, output_grad_scale: str = "per_example"):
+                     bias_block: str, samples: int, seed, labels, output_grad_scale: str = "per_example",
+                     kfac_approx: str = "expand", conv_row_scale: str = "none"):
     """V ↦ (damped C)^p V over layer matrices, for C the one-batch K-FAC or EKFAC matrix."""
     damping = check_nonnegative("damping", damping)
     if curvature == "ekfac":
-        blocks = EigenbasisBlocks(0.0, bias_block)
+        blocks = EigenbasisBlocks(0.0, bias_block, kfac_approx)
     else:
-        blocks = B.KroneckerBlocks(damping_scheme, "eig", bias_block, output_grad_scale)
+        blocks = B.KroneckerBlocks(damping_scheme, "eig", bias_block, output_grad_scale, kfac_approx, conv_row_scale)
     stats = _statistics(oracle, params, fisher, samples, seed, labels)
     factors = blocks.estimate(stats)
     pre = blocks.update_estimate(blocks.refresh(factors, damping), stats)   # EKFAC's ŝ from this batch
@@ -314,24 +315,28 @@ def _kronecker_apply(oracle, params, curvature: str, fisher: str, damping: float
 
 def kfac_operator(oracle, params, damping: float = 0.0, damping_scheme: str = "eigen", power=1,
                   fisher: str = "true", samples: int = 1, seed=None, labels=None, bias_block: str = "joint",
-                  output_grad_scale: str = "per_example") -> CurvatureOperator:
-    """(damped K-FAC matrix)^power of this batch (module docs); ``fisher`` as ``curvature.kfac_matrices``."""
+                  output_grad_scale: str = "per_example", kfac_approx: str = "expand",
+                  conv_row_scale: str = "none") -> CurvatureOperator:
+    """(damped K-FAC matrix)^power of this batch (module docs); ``fisher``, ``kfac_approx`` (a conv layer's
+    "expand" | "reduce") and ``conv_row_scale`` as ``curvature.kfac_matrices``."""
     _check_network(oracle, params, "K-FAC")
     damping = check_nonnegative("damping", damping)
     power = _check_power(power, damping)
     apply = _kronecker_apply(oracle, params, "kfac", fisher, damping, damping_scheme, bias_block, samples, seed,
-                             labels, output_grad_scale)
+                             labels, output_grad_scale, kfac_approx, conv_row_scale)
     return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power), params), T.size(params),
                              _params_dtype(params), f"kfac^{power:g}")
 
 
 def ekfac_operator(oracle, params, damping: float = 0.0, power=1, fisher: str = "true", samples: int = 1,
-                   seed=None, labels=None, bias_block: str = "joint") -> CurvatureOperator:
-    """(EKFAC matrix + λI)^power of this batch: Q diag(s + λ)^power Qᵀ per layer (module docs)."""
+                   seed=None, labels=None, bias_block: str = "joint", kfac_approx: str = "expand") -> CurvatureOperator:
+    """(EKFAC matrix + λI)^power of this batch: Q diag(s + λ)^power Qᵀ per layer (module docs; ``kfac_approx``
+    a conv layer's basis, as EKFAC's switch)."""
     _check_network(oracle, params, "EKFAC")
     damping = check_nonnegative("damping", damping)
     power = _check_power(power, damping)
-    apply = _kronecker_apply(oracle, params, "ekfac", fisher, damping, "eigen", bias_block, samples, seed, labels)
+    apply = _kronecker_apply(oracle, params, "ekfac", fisher, damping, "eigen", bias_block, samples, seed, labels,
+                             kfac_approx=kfac_approx)
     return CurvatureOperator(lambda v: _flat_layers(apply(_layer_matrices(v, params), power), params), T.size(params),
                              _params_dtype(params), f"ekfac^{power:g}")
 

@@ -133,11 +133,14 @@ def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str):
 
 
 def factor_estimates(stats: K.KFACStatistics, bias_block: str = "joint",
-                     output_grad_scale: str = "per_example", kfac_approx: str = "expand") -> dict:
+                     output_grad_scale: str = "per_example", kfac_approx: str = "expand",
+                     conv_row_scale: str = "none") -> dict:
     """This batch's {"A": [A_l], "G": [G_l]} from one statistics pass (``kronecker.kfac_statistics``).
 
     A_l = (1/B) Σ ā āᵀ ("joint") or (1/B) Σ a aᵀ ("separate"); G_l = ``kronecker.grad_factor`` of the probes;
-    a conv layer's statistics first become rows by ``kfac_approx`` (B = N·L for "expand", N for "reduce").
+    a conv layer's statistics first become rows by ``kfac_approx`` (B = N·L for "expand", N for "reduce"),
+    and its A_l and G_l are divided by L² under ``conv_row_scale="inverse_locations"`` (kfac-pytorch's rows ÷ L,
+    ``kronecker.scale_conv_factors``).
     """
     require_choice("bias_block", bias_block, BIAS_BLOCKS)
     K.require_approx(kfac_approx)
@@ -148,8 +151,9 @@ def factor_estimates(stats: K.KFACStatistics, bias_block: str = "joint",
             A_l /= a.shape[0]   # in place on the fresh product: the rounding of aᵀa / B
     else:
         A = [K.input_factor(a) for a in inputs]
-    return {"A": A, "G": [K.grad_factor([K.conv_grad_rows(p[l], kfac_approx) for p in stats.probes], stats.scale,
-                                        output_grad_scale) for l in range(len(inputs))]}
+    estimate = {"A": A, "G": [K.grad_factor([K.conv_grad_rows(p[l], kfac_approx) for p in stats.probes], stats.scale,
+                                            output_grad_scale) for l in range(len(inputs))]}
+    return K.scale_conv_factors(estimate, stats.inputs, conv_row_scale)
 
 
 # --- the interface ------------------------------------------------------------------------------------
@@ -219,9 +223,10 @@ class KroneckerBlocks(CurvatureBlocks):
     """Block-diagonal A_l ⊗ G_l with the damping rules "pi" | "tikhonov" | "eigen" (module docs)."""
 
     kfac_approx = "expand"
+    conv_row_scale = "none"
 
     def __init__(self, damping_scheme: str = "pi", inverse: str = "inverse", bias_block: str = "joint",
-                 output_grad_scale: str = "per_example", kfac_approx: str = "expand"):
+                 output_grad_scale: str = "per_example", kfac_approx: str = "expand", conv_row_scale: str = "none"):
         require_choice("damping_scheme", damping_scheme, DAMPING_SCHEMES)
         require_choice("inverse", inverse, INVERSE_METHODS)
         require_choice("bias_block", bias_block, BIAS_BLOCKS)
@@ -234,11 +239,12 @@ class KroneckerBlocks(CurvatureBlocks):
         self.damping_scheme, self.inverse = damping_scheme, inverse
         self.bias_block, self.output_grad_scale = bias_block, output_grad_scale
         K.require_approx(kfac_approx)
-        self.kfac_approx = kfac_approx
+        require_choice("conv_row_scale", conv_row_scale, K.CONV_ROW_SCALES)
+        self.kfac_approx, self.conv_row_scale = kfac_approx, conv_row_scale
 
     def estimate(self, stats: K.KFACStatistics) -> dict:
         """{"A", "G"} of this batch (``factor_estimates``)."""
-        return factor_estimates(stats, self.bias_block, self.output_grad_scale, self.kfac_approx)
+        return factor_estimates(stats, self.bias_block, self.output_grad_scale, self.kfac_approx, self.conv_row_scale)
 
     def all_finite(self, estimate: dict) -> bool:
         """A and G are Gram matrices XᵀX / c, so a NaN or Inf in X, or an overflow of the sums, shows on the

@@ -7,7 +7,8 @@ Q_lᵀ)), ``kfac_inverse_vp`` and ``ekfac_inverse_vp`` (the damped inverse appli
 the block object of ``blocks`` / ``eigenbasis`` applied once, so the optimizers' first step can be checked
 against them; dense matrices are indexed like the flattened params (vec(W̄) per layer, row-major), except a
 conv layer's, which are indexed by vec(W̄) with W̄ = [W.reshape(O, K)ᵀ; b] (the OIHW leaf flattens as vec(W̄[:-1]ᵀ)).
-``kfac_approx`` ("expand" | "reduce") chooses the conv layers' factors (``kronecker`` module docs).
+``kfac_approx`` ("expand" | "reduce") chooses the conv layers' factors, ``conv_row_scale`` ("none" |
+"inverse_locations", kfac-pytorch's) their scaling (``kronecker`` module docs); K-FAC's switches of those names.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _statistics(oracle, params, fisher: str, samples: int, seed, labels) -> K.KF
 
 def layer_factors(oracle, params, fisher: str = "true", samples: int = 1, seed=None, labels=None,
                   bias_block: str = "joint", output_grad_scale: str = "per_example",
-                  kfac_approx: str = "expand") -> tuple:
+                  kfac_approx: str = "expand", conv_row_scale: str = "none") -> tuple:
     """(A, G): lists over layers of this batch's K-FAC factors at ``params`` (``factor_estimates``).
 
     ``fisher`` "true" | "mc" (``labels`` (k, ...) injected, or ``samples`` sets drawn with ``seed``) |
@@ -36,7 +37,7 @@ def layer_factors(oracle, params, fisher: str = "true", samples: int = 1, seed=N
     ("joint") or by vec(W) with the bias block G apart ("separate").
     """
     est = factor_estimates(_statistics(oracle, params, fisher, samples, seed, labels), bias_block,
-                           output_grad_scale, kfac_approx)
+                           output_grad_scale, kfac_approx, conv_row_scale)
     return est["A"], est["G"]
 
 
@@ -49,12 +50,12 @@ def _one_batch(blocks: CurvatureBlocks, oracle, params, damping, fisher, samples
 
 def kfac_matrix(oracle, params, damping: float = 0.0, damping_scheme: str = "eigen", fisher: str = "true",
                 samples: int = 1, seed=None, labels=None, bias_block: str = "joint",
-                output_grad_scale: str = "per_example", kfac_approx: str = "expand"):
+                output_grad_scale: str = "per_example", kfac_approx: str = "expand", conv_row_scale: str = "none"):
     """The dense K-FAC matrix blockdiag_l(damped A_l ⊗ G_l) over the flattened params (damping 0: A ⊗ G).
 
     "separate" orders each layer's block as [vec(W), b], like the flattened params; its bias block is G.
     """
-    blocks = KroneckerBlocks(damping_scheme, "eig", bias_block, output_grad_scale, kfac_approx)
+    blocks = KroneckerBlocks(damping_scheme, "eig", bias_block, output_grad_scale, kfac_approx, conv_row_scale)
     factors, pre = _one_batch(blocks, oracle, params, damping, fisher, samples, seed, labels)
     return blocks.to_dense(factors, pre, damping, power=1)
 
@@ -77,9 +78,9 @@ def _apply_inverse(blocks, vector, oracle, params, damping, fisher, samples, see
 def kfac_inverse_vp(oracle, params, vector: Sequence, damping: float, damping_scheme: str = "pi",
                     inverse: str = "inverse", fisher: str = "true", samples: int = 1, seed=None, labels=None,
                     bias_block: str = "joint", output_grad_scale: str = "per_example",
-                    kfac_approx: str = "expand") -> list:
+                    kfac_approx: str = "expand", conv_row_scale: str = "none") -> list:
     """(damped K-FAC matrix)⁻¹ v for ``vector`` a params-shaped tree (K-FAC's step before clip and momentum)."""
-    blocks = KroneckerBlocks(damping_scheme, inverse, bias_block, output_grad_scale, kfac_approx)
+    blocks = KroneckerBlocks(damping_scheme, inverse, bias_block, output_grad_scale, kfac_approx, conv_row_scale)
     return _apply_inverse(blocks, vector, oracle, params, damping, fisher, samples, seed, labels)
 
 

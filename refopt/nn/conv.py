@@ -285,13 +285,20 @@ class CNN:
 
     @property
     def entries_per_example(self) -> int:
-        """The array entries one example's forward pass holds: every layer's output and every conv layer's
-        patches (L·K); what a caller that reads an architecture from a file caps before running it."""
-        total = math.prod(self.input_shape)
+        """An upper estimate of the array entries one example's forward pass allocates: every layer's output
+        and, for a conv or pooling layer, its zero-padded input C·Hp·Wp and its unfolded windows (a conv layer's
+        patches L·K twice, im2col's block copy and its transposed copy; a pooling's C·L·kh·kw windows three
+        times, with max pooling's mask and selection), whether or not the windows tile the input. What a caller
+        that reads an architecture from a file caps before running it (the trace loader's MAX_TRACE_ENTRIES)."""
+        total, shape = math.prod(self.input_shape), self.input_shape
         for layer, geom, out in self._plan:
             total += math.prod(out)
-            if getattr(layer, "kind", None) == "conv":
-                total += geom.output[0] * geom.output[1] * layer.in_channels * math.prod(layer.kernel_size)
+            if geom is not None:   # conv and pooling layers
+                top, bottom, left, right = geom.padding
+                total += shape[0] * (geom.input[0] + top + bottom) * (geom.input[1] + left + right)
+                windows = geom.output[0] * geom.output[1] * shape[0] * math.prod(geom.kernel)
+                total += 2 * windows if layer.kind == "conv" else 3 * windows
+            shape = out
         return total
 
     def config(self) -> dict:
@@ -399,6 +406,7 @@ def cnn_layer_statistics(model: CNN, loss, params, X, targets) -> LayerStats:
 
 
 MAX_CONFIG_LAYERS = 256  # cap on the layers of an architecture read by ``cnn_from_config``
+MAX_CONFIG_INT = 1 << 31  # cap on every integer of such an architecture (sizes, kernels, strides, padding)
 # The keys each layer's config may hold besides "layer" (``config()``), and the constructor that takes them.
 _CONFIG_LAYERS = {"Conv2d": (Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")),
                   "Dense": (Dense, ("in_features", "out_features")),
@@ -407,55 +415,77 @@ _CONFIG_LAYERS = {"Conv2d": (Conv2d, ("in_channels", "out_channels", "kernel_siz
                   "Flatten": (Flatten, ())}
 
 
+def _config_int(v) -> bool:
+    """An integer of a config: a (non-bool) int in [0, MAX_CONFIG_INT] (the layers refuse 0 where it is wrong)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CONFIG_INT
+
+
 def _config_layer(entry, where: str):
     if isinstance(entry, str):
         return entry  # an activation name: CNN checks it
-    if not isinstance(entry, dict) or entry.get("layer") not in _CONFIG_LAYERS:
+    name = entry.get("layer") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or name not in _CONFIG_LAYERS:
         raise ValueError(f"{where}: expected an activation name or a dict whose 'layer' is one of "
-                         f"{sorted(_CONFIG_LAYERS)}, got {entry!r}"[:240])
-    cls, keys = _CONFIG_LAYERS[entry["layer"]]
+                         f"{sorted(_CONFIG_LAYERS)}, got {_shown(entry)}")
+    cls, keys = _CONFIG_LAYERS[name]
     args = {k: v for k, v in entry.items() if k != "layer"}
-    if entry["layer"] == "AvgPool2d" and args.get("dilation", [1, 1]) in ([1, 1], (1, 1), 1):
-        args.pop("dilation", None)  # config() writes the window's dilation for both pools; average pooling has none
-    unknown = sorted(set(args) - set(keys))
+    if name == "AvgPool2d" and "dilation" in args:
+        # config() writes the window's dilation for both pools; average pooling has none, so only 1 passes
+        if args["dilation"] != [1, 1] or not all(_config_int(v) for v in args["dilation"]):
+            raise ValueError(f"{where} (AvgPool2d): dilation must be [1, 1] (average pooling has no dilation), "
+                             f"got {_shown(args['dilation'])}")
+        del args["dilation"]
+    unknown = sorted(map(str, set(args) - set(keys)))
     if unknown:
-        raise ValueError(f"{where} ({entry['layer']}): unknown key{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(map(repr, unknown))}; a {entry['layer']} takes {', '.join(keys) or 'none'}"[:240])
+        raise ValueError(f"{where} ({name}): unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; a {name} takes {', '.join(keys) or 'none'}"[:240])
     for k, v in args.items():  # JSON gives lists for pairs; only integers, pairs of them and padding names pass
-        ok = (isinstance(v, int) or (isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) for i in v))
+        ok = (_config_int(v) or (isinstance(v, list) and len(v) == 2 and all(_config_int(i) for i in v))
               or (k == "padding" and v in ("same", "valid")))
-        if isinstance(v, bool) or not ok:
-            raise ValueError(f"{where} ({entry['layer']}): {k} must be an integer or a pair of integers, got {v!r}"[:240])
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+        if not ok:
+            names = " (or 'same' / 'valid')" if k == "padding" else ""
+            raise ValueError(f"{where} ({name}): {k} must be an integer in [0, 2³¹] or a pair of them{names}, "
+                             f"got {_shown(v)}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    except ValueError as exc:   # the constructors' own checks (a stride of 0, ...), named by position
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _shown(value) -> str:
+    """A short repr for an error message (a file's value can be long)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def cnn_from_config(config) -> CNN:
     """The ``CNN`` that ``config`` describes, in the form ``CNN.config()`` writes: {"input_shape": [C, H, W],
     "layers": [activation names and {"layer": "Conv2d", "in_channels": ..., ...} dicts], "init", "init_scale"}.
-    Everything is checked (known layer names and keys only, integers where integers go, at most
-    ``MAX_CONFIG_LAYERS`` layers, the shapes as ``CNN`` checks them); ValueError names the first bad entry.
+    Everything is checked (known layer names and keys only, integers in [0, ``MAX_CONFIG_INT``] where integers
+    go, at most ``MAX_CONFIG_LAYERS`` layers, the shapes as ``CNN`` checks them); ValueError, one short line,
+    names the first bad entry (``layers[i]``).
     Nothing is evaluated: a config read from a file can only describe a network."""
     if not isinstance(config, dict):
         raise ValueError(f"a CNN config must be a dict with 'input_shape' and 'layers', got {type(config).__name__}")
-    unknown = sorted(set(config) - {"input_shape", "layers", "init", "init_scale"})
+    unknown = sorted(map(str, set(config) - {"input_shape", "layers", "init", "init_scale"}))
     if unknown:
         raise ValueError(f"a CNN config takes input_shape, layers, init and init_scale, not {', '.join(map(repr, unknown))}"[:240])
     for key in ("input_shape", "layers"):
         if key not in config:
             raise ValueError(f"a CNN config needs {key!r}")
     shape, layers = config["input_shape"], config["layers"]
-    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                                  for v in shape):
-        raise ValueError(f"input_shape must be a list of three integers [C, H, W], got {shape!r}"[:240])
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_config_int(v) for v in shape):
+        raise ValueError(f"input_shape must be a list of three integers [C, H, W] in [1, 2³¹], got {_shown(shape)}")
     if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_CONFIG_LAYERS:
         raise ValueError(f"layers must be a list of 1 to {MAX_CONFIG_LAYERS} layers, got "
                          f"{type(layers).__name__ if not isinstance(layers, list) else f'{len(layers)} layers'}")
     init_scale = config.get("init_scale", 0.01)
-    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not math.isfinite(init_scale) \
-            or init_scale <= 0:
-        raise ValueError(f"init_scale must be a positive finite number, got {init_scale!r}"[:240])
+    if isinstance(init_scale, int) and not isinstance(init_scale, bool) and _config_int(init_scale):
+        init_scale = float(init_scale)   # a JSON integer; a huge one would overflow float()
+    if not isinstance(init_scale, float) or not math.isfinite(init_scale) or init_scale <= 0:
+        raise ValueError(f"init_scale must be a positive finite number, got {_shown(init_scale)}")
     init = config.get("init", "glorot")
     if not isinstance(init, str):
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}"[:240])
+        raise ValueError(f"init must be one of {_INITS}, got {_shown(init)}")
     return CNN(tuple(shape), [_config_layer(entry, f"layers[{i}]") for i, entry in enumerate(layers)], init=init,
                init_scale=float(init_scale))

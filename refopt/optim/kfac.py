@@ -295,7 +295,7 @@ class KFAC(Optimizer):
         # The curvature: estimate, refresh and precondition live in refopt.curvature.blocks; a variant
         # sets another block object after this constructor (underscored: not a hyperparameter).
         self._blocks = KroneckerBlocks(self.damping_scheme, self.inverse, self.bias_block, self.output_grad_scale,
-                                       self.kfac_approx)
+                                       self.kfac_approx, self.conv_row_scale)
 
     def init(self, params) -> KFACState:
         """Identity factors, no preconditioner yet, zero momentum, λ = ``damping`` and step 0; needs MLP layer dicts."""
@@ -315,14 +315,9 @@ class KFAC(Optimizer):
             stats = stats._replace(probes=[[w * g for g in probe] for probe in stats.probes])
         return stats
 
-    def _estimate(self, stats) -> dict:
-        """This pass's factor estimates: the blocks' own, a conv layer's A and G ÷ L² under
-        conv_row_scale="inverse_locations" (``kronecker.scale_conv_factors``)."""
-        return K.scale_conv_factors(self._blocks.estimate(stats), stats.inputs, self.conv_row_scale)
-
     def _fold(self, factors, k, stats):
         """(factors, k, updated): the running averages with this pass's estimate, if it is finite."""
-        estimate = self._estimate(stats)
+        estimate = self._blocks.estimate(stats)
         if not self._blocks.all_finite(estimate):
             return factors, k, False
         eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
@@ -360,7 +355,7 @@ class KFAC(Optimizer):
         message = ""
         factors_updated = False
         if refresh_factors:
-            estimate = self._estimate(stats)
+            estimate = self._blocks.estimate(stats)
             if self._blocks.all_finite(estimate):
                 eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
                 factors = {name: ema_into(factors[name], tuple(estimate[name]), eps) for name in factors}

@@ -37,7 +37,8 @@ weight transposed). docs/verify.md shows the loop that rebuilds the network in P
 
 Loading (``load_trace``) checks the meta (types, names, the profile, the problem's sizes: at most
 ``MAX_TRACE_PARAMETERS`` = 10⁶ parameters; a CNN's layers as ``cnn_from_config`` checks them and at most
-``MAX_TRACE_ENTRIES`` = 2²⁴ array entries in one forward pass over the batch, patches included; at most
+``MAX_TRACE_ENTRIES`` = 2²⁴ array entries in one forward pass over the batch, padded inputs and unfolded
+windows included (``CNN.entries_per_example``); at most
 ``MAX_TRACE_STEPS`` = 10⁴ steps), that every entry of
 the file is one of the layout above (an unknown entry, such as a mistyped ``grad/0.w``, is refused rather
 than ignored) and every array's dtype and shape before it builds the network or moves anything to the
@@ -297,7 +298,13 @@ def _is_int(v) -> bool:
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number (not a bool); an integer too large for a float (JSON's 10**400) is not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def num_parameters(sizes) -> int:
@@ -387,6 +394,9 @@ def _check_cnn(spec: dict, path: str):
     if model.num_params > MAX_TRACE_PARAMETERS:
         _fail(path, f"the problem's CNN has {model.num_params} parameters, more than {MAX_TRACE_PARAMETERS} "
                     "(the cap on a trace's problem)")
+    if model.entries_per_example > MAX_TRACE_ENTRIES:  # already for one example; load_trace checks B of them
+        _fail(path, f"a forward pass of the problem's CNN over one example holds {model.entries_per_example} array "
+                    f"entries, more than {MAX_TRACE_ENTRIES} (the cap on a trace's problem)")
     return model
 
 
