@@ -65,7 +65,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 import numpy as np  # noqa: E402
 
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
-from refopt.verify.external import torch_mlp  # noqa: E402
+from refopt.verify.external import torch_network  # noqa: E402
 
 PROFILE = "f-dangel/curvlinops"
 SETTINGS = {"lr 0.5, delta 0.1": (0.5, 0.1), "lr 1.0, delta 0.3": (1.0, 0.3)}
@@ -89,9 +89,9 @@ def loss_and_scale(spec):
 
 def curvlinops_step(spec, theta, X, y, labels, lr, delta, approx="expand"):
     """θ − η K⁻¹ g with curvlinops' K-FAC at θ (refopt's labels injected), and its factors (A, G) per layer;
-    a CNN trace problem's network is built by ``torch_cnn`` and its conv factors by ``kfac_approx=approx``."""
+    a CNN trace problem's network is built by ``external.torch_network`` and its conv factors by ``kfac_approx=approx``."""
     cnn = spec.get("type") == "cnn"
-    model = torch_cnn(layers_from_config(spec["layers"]), theta) if cnn else torch_mlp(spec, theta)
+    model = torch_network(spec, theta)
     params = [p for p in model.parameters()]
     loss_func, c, ref_loss = loss_and_scale(spec)
     lab = torch.from_numpy(np.asarray(labels))
@@ -130,7 +130,7 @@ def rel(ours, theirs) -> float:
 # gradient and G are N times the mean's, and at lr 0.5 its "reduce" run diverges, 16 → 9e3 in three steps,
 # where the comparison would measure rounding in factors of 1e-120). A layer is ("conv", C, O, k, stride, padding,
 # dilation), ("avg", k, stride), ("max", k, stride), "flatten", ("dense", in, out) or an activation name;
-# ``refopt_cnn`` and ``torch_cnn`` build the same network from it in either library.
+# ``refopt_cnn`` builds refopt's network from it, ``external.torch_network`` torch's from that network's config.
 CNN_CASES = {
     "conv-s2": ((2, 5, 5), [("conv", 2, 3, 3, 2, 1, 1), "tanh", ("avg", 2, 1), "flatten", ("dense", 12, 4)],
                 "mean", 1.0),
@@ -160,31 +160,6 @@ def refopt_cnn(shape, layers):
     return CNN(shape, out)
 
 
-def torch_cnn(layers, params):
-    """The same network as a float64 torch.nn.Sequential holding refopt's ``params`` (conv kernels are OIHW in
-    both libraries; a dense W is (fan_in, fan_out) in refopt, torch's Linear.weight its transpose)."""
-    mods, leaves = [], iter(params)
-    for layer in layers:
-        if isinstance(layer, str):
-            mods.append({"flatten": torch.nn.Flatten(), "tanh": torch.nn.Tanh(), "relu": torch.nn.ReLU()}[layer])
-            continue
-        if layer[0] in ("avg", "max"):
-            mods.append((torch.nn.AvgPool2d if layer[0] == "avg" else torch.nn.MaxPool2d)(layer[1], stride=layer[2]))
-            continue
-        p = next(leaves)
-        if layer[0] == "conv":
-            m = torch.nn.Conv2d(*layer[1:4], stride=layer[4], padding=layer[5], dilation=layer[6]).double()
-            W = np.asarray(p["W"])
-        else:
-            m = torch.nn.Linear(*layer[1:]).double()
-            W = np.asarray(p["W"]).T
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(W.copy()))
-            m.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
-        mods.append(m)
-    return torch.nn.Sequential(*mods)
-
-
 def cnn_problem(case, point):
     """(refopt model, loss, oracle, params, X images (torch), y (torch)) of a case at parameter point ``point``:
     refopt's glorot init of seed ``point`` with small random biases (zero biases would leave the bias rows of
@@ -204,35 +179,10 @@ def cnn_problem(case, point):
     return model, loss, oracle, params, torch.from_numpy(Ximg), torch.from_numpy(y)
 
 
-def layers_from_config(config):
-    """A trace problem's CNN layers (``CNN.config()`` form: dicts and activation names) as a case's layer list."""
-    out = []
-    for layer in config:
-        kind = layer if isinstance(layer, str) else layer["layer"]
-        if kind == "Conv2d":
-            if layer["stride"][0] != layer["stride"][1] or layer["padding"][0] != layer["padding"][1] or \
-                    layer["kernel_size"][0] != layer["kernel_size"][1] or layer["dilation"][0] != layer["dilation"][1]:
-                raise ValueError(f"layers_from_config: only square geometries are mapped, got {layer}")
-            out.append(("conv", layer["in_channels"], layer["out_channels"], layer["kernel_size"][0],
-                        layer["stride"][0], layer["padding"][0], layer["dilation"][0]))
-        elif kind in ("AvgPool2d", "MaxPool2d"):
-            if any(layer[k][0] != layer[k][1] for k in ("kernel_size", "stride")) or any(layer["padding"]) or \
-                    any(d != 1 for d in layer.get("dilation", [1, 1])):
-                raise ValueError(f"layers_from_config: only square unpadded poolings are mapped, got {layer}")
-            out.append(("avg" if kind == "AvgPool2d" else "max", layer["kernel_size"][0], layer["stride"][0]))
-        elif kind == "Flatten":
-            out.append("flatten")
-        elif kind == "Dense":
-            out.append(("dense", layer["in_features"], layer["out_features"]))
-        else:
-            out.append(kind)   # an activation name
-    return out
-
-
-def curvlinops_cnn_operator(layers, params, reduction, X, y, labels, fisher_type, approx, separate):
+def curvlinops_cnn_operator(config, params, reduction, X, y, labels, fisher_type, approx, separate):
     """(torch model, its parameters, KFACLinearOperator with its factors computed; refopt's labels injected
     for "mc")."""
-    model = torch_cnn(layers, params)
+    model = torch_network({"type": "cnn", **config}, params)
     ps = list(model.parameters())
     K = KFACLinearOperator(model, torch.nn.CrossEntropyLoss(reduction=reduction), ps, [(X, y)],
                            fisher_type=fisher_type, mc_samples=1, kfac_approx=approx,
@@ -258,7 +208,7 @@ def cnn_factor_checks(points: int) -> dict:
                 lab = labels if ftype == "mc" else None
                 for approx in ("expand", "reduce"):
                     for separate in (True, False):
-                        _, _, K = curvlinops_cnn_operator(layers, params, reduction, X, y,
+                        _, _, K = curvlinops_cnn_operator(model.config(), params, reduction, X, y,
                                                           None if lab is None else lab[0], ftype, approx, separate)
                         A_o, G_o = layer_factors(oracle, params, fisher=fisher, labels=lab,
                                                  bias_block="separate" if separate else "joint",
@@ -270,7 +220,7 @@ def cnn_factor_checks(points: int) -> dict:
                                     max([r[1]] + [rel(g_, K._gradient_covariances[n].numpy())
                                                   for g_, n in zip(G_o, names)]))
             # negative control: the two approximations really differ on these conv layers
-            _, _, K = curvlinops_cnn_operator(layers, params, reduction, X, y, None, "empirical", "reduce", True)
+            _, _, K = curvlinops_cnn_operator(model.config(), params, reduction, X, y, None, "empirical", "reduce", True)
             A_o, G_o = layer_factors(oracle, params, fisher="empirical", bias_block="separate", kfac_approx="expand")
             n0 = list(K._mapping)[0]
             r = res.get("cross", (0.0, 0.0))
@@ -288,7 +238,7 @@ def cnn_step_checks(steps: int, lr: float, delta: float) -> dict:
     from refopt.verify.profiles import get_profile  # noqa: PLC0415
     res = {}
     for case, (shape, layers, reduction, factor) in CNN_CASES.items():
-        _, _, oracle, params0, X, y = cnn_problem(case, 0)
+        cnn, _, oracle, params0, X, y = cnn_problem(case, 0)
         lr_case = lr * factor
         for approx in ("expand", "reduce"):
             for bias in ("separate", "joint"):
@@ -298,7 +248,7 @@ def cnn_step_checks(steps: int, lr: float, delta: float) -> dict:
                 params, state, worst = params0, opt.init(params0), 0.0
                 for _ in range(steps):
                     new, state, info = opt.update(params, state, oracle)
-                    model, ps, K = curvlinops_cnn_operator(layers, params, reduction, X, y, info["draws"][0], "mc",
+                    model, ps, K = curvlinops_cnn_operator(cnn.config(), params, reduction, X, y, info["draws"][0], "mc",
                                                            approx, bias == "separate")
                     inv = KFACInverseLinearOperator(K, damping=delta)
                     model.zero_grad()

@@ -67,7 +67,7 @@ from refopt.optim import make_optimizer  # noqa: E402
 from refopt.problems.registry import network_oracle  # noqa: E402
 from refopt.verify import TRACE_PROBLEMS, make_trace  # noqa: E402
 from refopt.verify.trace import MLP_TRACE_PROBLEMS  # noqa: E402
-from refopt.verify.external import torch_mlp  # noqa: E402
+from refopt.verify.external import torch_network  # noqa: E402
 from refopt.verify.profiles import get_profile  # noqa: E402
 
 PROFILE = "gpauloski/kfac-pytorch"
@@ -97,7 +97,7 @@ def torch_loss(spec, z, y):
 
 def kfac_pytorch_run(spec, trace, steps, hp):
     """θ_1..θ_T of KFACPreconditioner + SGD from the trace's θ_0 on its full batch."""
-    model = torch_mlp(spec, trace.params[0])
+    model = torch_network(spec, trace.params[0])
     X = torch.from_numpy(np.asarray(trace.X))
     y = torch.from_numpy(np.asarray(trace.y))
     opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"])
@@ -126,18 +126,10 @@ def avgpool_cnn():
 
 
 def torch_cnn(params):
-    """``avgpool_cnn`` as a float64 torch.nn.Sequential holding refopt's ``params`` (OIHW kernels as they are,
-    the dense W (fan_in, fan_out) transposed to Linear's (out, in))."""
-    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, stride=2, padding=1), torch.nn.Tanh(),
-                              torch.nn.Conv2d(3, 4, 2), torch.nn.Tanh(), torch.nn.AvgPool2d(2, stride=1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
-    layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        for m, p in zip(layers, params):
-            W = np.asarray(p["W"])
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(W if W.ndim == 4 else W.T)))
-            m.bias.copy_(torch.from_numpy(np.asarray(p["b"])))
-    return net, layers
+    """(``avgpool_cnn`` as a float64 torch.nn.Sequential holding refopt's ``params``
+    (``external.torch_network``), its Conv2d and Linear modules)."""
+    net = torch_network({"type": "cnn", **avgpool_cnn().config()}, params)
+    return net, [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
 
 
 def cnn_data(seed=0, n=6):

@@ -763,3 +763,17 @@ def test_docs_cnn_rebuild_scripts_run_and_match(tmp_path, monkeypatch, library, 
 def test_docs_cnn_rebuild_scripts_are_found():
     # the two scripts above exist (so that a rename in the docs cannot turn their test into a skip)
     assert len(_doc_blocks('np.load("adam_cnn.npz")')) == 2
+
+
+@pytest.mark.parametrize("problem", ["tiny_cnn", "tiny_mlp"])
+def test_external_torch_network_computes_the_trace_problem_s_outputs(problem):
+    """``verify.external.torch_network`` (the scripts' torch modules of a trace problem) gives refopt's logits
+    (skipped without torch)."""
+    torch = pytest.importorskip("torch")
+    from refopt.verify.external import torch_network
+    from refopt.verify.trace import _model
+    trace = make_trace("sgd", {"lr": 0.1}, problem, 1)
+    spec, X = trace.meta["problem"], np.asarray(trace.X)
+    ours = _model(spec).apply(trace.params[0], X.reshape(len(X), -1))
+    theirs = torch_network(spec, trace.params[0])(torch.from_numpy(X)).detach().numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=1e-13, atol=1e-15)

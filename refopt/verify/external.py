@@ -17,7 +17,7 @@ from ..backend import to_host
 from .profiles import get_profile
 from .trace import TRACE_PROBLEMS, Trace, check_trace, export_trace, make_trace
 
-__all__ = ["max_relative_difference", "check_profiles", "parse_arguments", "torch_mlp"]
+__all__ = ["max_relative_difference", "check_profiles", "parse_arguments", "torch_network"]
 
 
 def parse_arguments(description: str, library: str, argv=None) -> argparse.Namespace:
@@ -31,23 +31,46 @@ def parse_arguments(description: str, library: str, argv=None) -> argparse.Names
     return ap.parse_args(argv)
 
 
-def torch_mlp(spec: dict, params):
-    """The trace problem's MLP as a float64 ``torch.nn.Sequential`` holding ``params`` (refopt's W is
-    (fan_in, fan_out), torch's Linear.weight its transpose). torch is imported here: only the scripts that
-    check a torch library call this."""
+def torch_network(spec: dict, params):
+    """A trace problem's network (``spec``: its meta's "mlp" or "cnn" problem, or ``{"type": "cnn",
+    **CNN.config()}``) as a float64 ``torch.nn.Sequential`` holding ``params``: dense W is (fan_in, fan_out) in
+    refopt, torch's Linear.weight its transpose; conv kernels are OIHW in both; Conv2d and the pools take the
+    config's arguments by the same names (average pooling has no dilation), Flatten is torch's (C order on
+    NCHW). Modules for the libraries that hook them (curvlinops, kfac-pytorch); torch is imported here, only
+    the scripts that check a torch library call this."""
     import numpy as np  # noqa: PLC0415  (host copies for torch; this module is for the scripts)
     import torch  # noqa: PLC0415
 
-    layers = []
-    for l, p in enumerate(params):
-        lin = torch.nn.Linear(p["W"].shape[0], p["W"].shape[1]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.array(to_host(p["W"])).T))
-            lin.bias.copy_(torch.from_numpy(np.array(to_host(p["b"]))))
-        layers.append(lin)
-        if spec["activations"][l] == "tanh":
-            layers.append(torch.nn.Tanh())
-    return torch.nn.Sequential(*layers)
+    nn = torch.nn
+    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "identity": nn.Identity}
+    if spec["type"] == "mlp":
+        layers = []
+        for p, act in zip(params, spec["activations"]):
+            layers += [{"layer": "Dense", "in_features": p["W"].shape[0], "out_features": p["W"].shape[1]}, act]
+    else:
+        layers = spec["layers"]
+    modules, leaves = [], iter(params)
+    for layer in layers:
+        if isinstance(layer, str):
+            modules.append(acts[layer]())
+            continue
+        kind, args = layer["layer"], {k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()
+                                      if k != "layer"}
+        if kind == "Flatten":
+            modules.append(nn.Flatten())
+        elif kind in ("AvgPool2d", "MaxPool2d"):
+            if kind == "AvgPool2d":
+                args.pop("dilation", None)
+            modules.append(getattr(nn, kind)(**args))
+        else:
+            p = next(leaves)
+            m = (nn.Conv2d(**args) if kind == "Conv2d" else nn.Linear(args["in_features"], args["out_features"])).double()
+            W = np.array(to_host(p["W"]))
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(np.ascontiguousarray(W if kind == "Conv2d" else W.T)))
+                m.bias.copy_(torch.from_numpy(np.array(to_host(p["b"]))))
+            modules.append(m)
+    return nn.Sequential(*modules)
 
 
 def max_relative_difference(ours: Trace, theirs: Trace) -> float:
