@@ -692,7 +692,7 @@ def _first_layer(entry):
                      param_names=["0.W", "0.b", "1.W", "1.b"]), "more than 16777216"),
     (_first_layer(_conv_layer(stride=[0, 1])), "layers[0]: Conv2d: stride must be ≥ 1"),
     (_first_layer({"layer": ["Conv2d"]}), "whose 'layer' is one of"),
-    (_first_layer(_conv_layer(out_channels=10 ** 4000)), "an integer of 4001 digits"),
+    (_first_layer(_conv_layer(out_channels=10 ** 4000)), "an integer of about 4001 digits"),
     (_cnn_meta(input_shape=[2, 10 ** 4000, 5]), "input_shape must be a list of three integers"),
     (_cnn_meta(init_scale=10 ** 400), "init_scale must be a positive finite number"),
     (_cnn_meta(variance=10 ** 400), "problem variance must be a positive number"),

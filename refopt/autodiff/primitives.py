@@ -41,7 +41,8 @@ __all__ = [
     "cos", "absolute", "maximum", "where", "take_labels", "logsumexp", "log_softmax", "softmax", "dot",
     "greater", "onehot", "stop_gradient", "shape_of", "unbroadcast", "square", "getitem", "scatter",
     "softmax_cross_entropy",
-    "ConvGeometry", "conv_geometry", "unfold", "fold", "conv2d", "avg_pool2d", "max_pool2d", "flatten",
+    "ConvGeometry", "conv_geometry", "unfold", "fold", "conv2d", "conv2d_locations", "locations_to_nchw",
+    "avg_pool2d", "max_pool2d", "flatten",
     "nhwc_to_nchw", "nchw_to_nhwc", "hwio_to_oihw", "oihw_to_hwio",
     "NUMPY_SUPPORTED",
 ]
@@ -926,11 +927,26 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"conv2d: b must have shape ({O},), one bias per output channel, got {tuple(shape_of(b))}")
     _check_floating("conv2d", **({"x": x, "W": W} if b is None else {"x": x, "W": W, "b": b}))
     geom = conv_geometry((H, Wd), (kh, kw), stride, padding, dilation, "conv2d")
-    (Ho, Wo), K = geom.output, C * kh * kw
-    rows = reshape(unfold(x, geom), (N * Ho * Wo, K))
+    return locations_to_nchw(conv2d_locations(x, W, b, geom)[1], geom)
+
+
+def conv2d_locations(x, W, b, geom):
+    """``conv2d`` at every output location, before the NCHW layout: (patches (N, L, K), s (N, L, O)) with
+    s[n, l] = patches[n, l] W.reshape(O, K)ᵀ + b, for x, W, b already checked and ``geom`` their
+    ``conv_geometry``. What a network needs that records the patches or perturbs s (``nn.conv.CNN``)."""
+    N, O = shape_of(x)[0], shape_of(W)[0]
+    patches = unfold(x, geom)
+    L, K = shape_of(patches)[1:]
+    rows = reshape(patches, (N * L, K))
     kernel = transpose(reshape(W, (O, K)))  # (K, O)
     s = matmul(rows, kernel) if b is None else affine(rows, kernel, b)
-    return transpose(reshape(s, (N, Ho, Wo, O)), (0, 3, 1, 2))
+    return patches, reshape(s, (N, L, O))
+
+
+def locations_to_nchw(s, geom):
+    """s (N, L, O) at the L = Ho·Wo output locations of ``geom`` (row-major) as images (N, O, Ho, Wo)."""
+    N, _, O = shape_of(s)
+    return transpose(reshape(s, (N, *geom.output, O)), (0, 3, 1, 2))
 
 
 def _pool_windows(x, kernel_size, stride, padding, dilation, what, pad_value):

@@ -370,17 +370,12 @@ class CNN:
             if isinstance(layer, str):
                 a = ACTIVATIONS[layer](a)
             elif layer.kind == "conv":
-                p = params[l]
-                (Ho, Wo), O = geom.output, layer.out_channels
-                patches = ad.unfold(a, geom)  # (N, L, K)
+                patches, s = ad.conv2d_locations(a, params[l]["W"], params[l]["b"], geom)  # (N, L, K), (N, L, O)
                 if record_inputs is not None:
                     record_inputs.append(patches)
-                K = ad.shape_of(patches)[2]
-                s = ad.affine(ad.reshape(patches, (N * Ho * Wo, K)), ad.transpose(ad.reshape(p["W"], (O, K))), p["b"])
-                s = ad.reshape(s, (N, Ho * Wo, O))
                 if perturbations is not None:
                     s = ad.add(s, perturbations[l])
-                a = ad.transpose(ad.reshape(s, (N, Ho, Wo, O)), (0, 3, 1, 2))
+                a = ad.locations_to_nchw(s, geom)
                 l += 1
             elif layer.kind == "dense":
                 if record_inputs is not None:
@@ -454,7 +449,9 @@ def _config_layer(entry, where: str):
 
 def _shown(value) -> str:
     """A short repr for an error message (a file's value can be long)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, int) and abs(value) >= 10 ** 30:   # its digits, without str() (Python limits that)
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -469,7 +466,8 @@ def cnn_from_config(config) -> CNN:
         raise ValueError(f"a CNN config must be a dict with 'input_shape' and 'layers', got {type(config).__name__}")
     unknown = sorted(map(str, set(config) - {"input_shape", "layers", "init", "init_scale"}))
     if unknown:
-        raise ValueError(f"a CNN config takes input_shape, layers, init and init_scale, not {', '.join(map(repr, unknown))}"[:240])
+        raise ValueError(f"a CNN config takes input_shape, layers, init and init_scale, not "
+                         f"{', '.join(map(repr, unknown))}"[:240])
     for key in ("input_shape", "layers"):
         if key not in config:
             raise ValueError(f"a CNN config needs {key!r}")
