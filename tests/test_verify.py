@@ -777,3 +777,12 @@ def test_external_torch_network_computes_the_trace_problem_s_outputs(problem):
     ours = _model(spec).apply(trace.params[0], X.reshape(len(X), -1))
     theirs = torch_network(spec, trace.params[0])(torch.from_numpy(X)).detach().numpy()
     np.testing.assert_allclose(theirs, ours, rtol=1e-13, atol=1e-15)
+
+
+def test_export_help_names_every_trace_problem(capsys):
+    from refopt.cli import main
+    from refopt.verify import TRACE_PROBLEMS
+    with pytest.raises(SystemExit):
+        main(["verify", "export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in TRACE_PROBLEMS), text

@@ -75,7 +75,8 @@ def add_verify_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--optimizer", default=None)
     e.add_argument("hp", nargs="*", metavar="NAME=VALUE")
     e.add_argument("--profile", default=None, help="a library profile (see `refopt verify profiles`)")
-    e.add_argument("--problem", default="tiny_mlp")
+    e.add_argument("--problem", default="tiny_mlp", help="a trace problem: tiny_mlp (default), tiny_regression, "
+                   "tiny_logistic or tiny_cnn (docs/verify.md)")
     e.add_argument("--steps", type=int, default=5)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--all", action="store_true", help="every optimizer and profile, into the folder --out")
