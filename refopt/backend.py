@@ -29,6 +29,7 @@ see bit-identical draws, and a verifier can reproduce them with plain NumPy.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -129,6 +130,15 @@ def _set_module(module, name: str) -> None:
 
 def is_floating(dtype) -> bool:
     """True for the dtypes refopt computes in (float32, float64)."""
+    try:
+        return _floating_dtype(dtype)
+    except TypeError:  # unhashable (a list of fields) or not a dtype at all: uncached, NumPy's own error
+        return _np.dtype(dtype).name in SUPPORTED_DTYPES
+
+
+@functools.lru_cache(maxsize=256)
+def _floating_dtype(dtype) -> bool:
+    # Cached: asked on every forward pass, and np.dtype(...).name builds a string each time.
     return _np.dtype(dtype).name in SUPPORTED_DTYPES
 
 

@@ -93,11 +93,13 @@ def shorten(text: str, limit: int = SHORT) -> str:
 
 
 def short_repr(obj, limit: int = SHORT) -> str:
-    """The repr of ``obj`` for an error message, cut to ``limit`` characters: an integer of more than 256 bits by
-    its number of digits (the repr of one over 4300 digits is itself an error), a broken ``__repr__`` as
-    ``<TypeName>``."""
-    if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj).bit_length() > 256:
-        return f"an integer of about {int(abs(obj).bit_length() * 0.30103) + 1} digits"
+    """The repr of ``obj`` for an error message, cut to ``limit`` characters; refopt's one value-display helper.
+    An integer of more than 256 bits (78 digits) is shown by its number of digits, estimated from
+    ``bit_length`` (repr() of one over 4300 digits is itself an error); a broken ``__repr__`` as ``<TypeName>``."""
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        bits = abs(obj).bit_length()
+        if bits > 256:   # log10(2) digits per bit
+            return f"{'a negative' if obj < 0 else 'an'} integer of about {int(bits * 0.30103) + 1} digits"
     try:
         text = repr(obj)
     except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the message it is part of

@@ -32,8 +32,11 @@ What it imitates (checked against CuPy's ``cupy/_core/core.pyx``, ``_routines_in
   returns the lower triangle of a partial factorisation, finite, with the failing pivot (≤ 0) on the
   diagonal (LAPACK's potrf convention), not a ``LinAlgError`` and not NaNs; ``solve``, ``inv``,
   ``eigh``, ``eigvalsh`` of singular or non-finite input return NaNs.
-* **Binary operators defer** to an operand whose ``__array_ufunc__`` is None (refopt's tracer boxes),
-  as CuPy's ``_should_use_rop`` does.
+* **Binary operators dispatch as CuPy's** (``_should_use_rop``): with a device array or a scalar they
+  compute; they defer (``NotImplemented``) to an operand whose ``__array_ufunc__`` is None (or, lacking
+  one, whose ``__array_priority__`` is higher); with any other operand they call the NumPy ufunc, so
+  ``device * box`` reaches this array's ``__array_ufunc__`` (which declines a type it does not know)
+  and then the other operand's (refopt's tracer boxes implement it), and ``device * host`` is refused.
 
 What it does not imitate: asynchronous execution and streams, memory pools, device placement,
 integer-index wrap-around and duplicate-index scatter order, CuPy's own kernels' rounding (the
@@ -226,7 +229,8 @@ class ndarray:
 
     # --- the NumPy protocols: dispatch to this module, refuse host operands ------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if method != "__call__" or ufunc.__name__ not in _UFUNCS:
+        # CuPy looks the ufunc's name up among its own functions (matmul is a NumPy ufunc, a CuPy function).
+        if method != "__call__" or ufunc.__name__ not in _FUNCS:
             return NotImplemented
         for x in inputs + tuple(kwargs.get("out", ())):
             if not isinstance(x, (ndarray, _np.ndarray) + _SCALARS):
@@ -251,11 +255,22 @@ def _rebuild(host):
 
 # --- operators --------------------------------------------------------------------------------------
 def _binary(op, reflected=False):
+    # CuPy's operators (cupy/_core/core.pyx): another device array or a scalar is computed directly;
+    # otherwise _should_use_rop reads the other operand's __array_ufunc__: None defers (NotImplemented),
+    # anything else goes through the NumPy ufunc, so NumPy's dispatch asks this array's __array_ufunc__
+    # (which refuses host arrays and returns NotImplemented for unknown types) and then the other's.
+    # Without __array_ufunc__, CuPy compares __array_priority__.
     def method(self, other):
-        if not isinstance(other, ndarray):
-            ufunc = getattr(other, "__array_ufunc__", 0)
-            if ufunc is None:  # CuPy's _should_use_rop: defer to the other operand
-                return NotImplemented
+        if not isinstance(other, (ndarray,) + _SCALARS):
+            try:
+                other_ufunc = other.__array_ufunc__
+            except AttributeError:
+                if getattr(other, "__array_priority__", 0) > ndarray.__array_priority__:
+                    return NotImplemented
+            else:
+                if other_ufunc is None:
+                    return NotImplemented
+                return op(other, self) if reflected else op(self, other)
         b = _operand(other)
         return _wrap(op(b, self._a) if reflected else op(self._a, b))
     return method

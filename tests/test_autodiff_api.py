@@ -721,3 +721,22 @@ def test_comparisons_le_and_ge_are_masks():
     np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(z >= 0, z ** 2, -z)))(x), [-1, 0, 4])
     np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(z <= 0, z ** 2, -z)))(x), [-2, 0, -1])
     np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.where(np.ones(3) <= z, z, 0.0)))(x), [0, 0, 1])
+
+
+@pytest.mark.parametrize("axis", [np.int64(0), np.int32(-1), (np.int64(1), 0), np.intp(1)])
+def test_a_numpy_integer_axis_is_an_axis(axis):
+    """NumPy integers (a shape entry, an argmax) are axes: sum, mean and logsumexp's rules read them as the
+    Python int, through the plain sweep (grad) and the primitive rules (hvp) alike."""
+    X = np.arange(6.0).reshape(2, 3) / 7
+    V = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    as_int = tuple(int(a) for a in axis) if isinstance(axis, tuple) else int(axis)
+    for f in (lambda z, a: np.sum(np.sum(z * z * z, axis=a) ** 2),
+              lambda z, a: np.sum(np.mean(z * z * z, axis=a) ** 2),
+              lambda z, a: np.sum(ad.logsumexp(z * z, axis=a) ** 2),
+              lambda z, a: np.sum(np.sum(z * z * z, axis=a, keepdims=True) ** 2)):
+        np.testing.assert_array_equal(ad.grad(lambda z: f(z, axis))(X), ad.grad(lambda z: f(z, as_int))(X))
+        np.testing.assert_array_equal(ad.hvp(lambda z: f(z, axis), X, V), ad.hvp(lambda z: f(z, as_int), X, V))
+    reduced = np.prod([X.shape[a] for a in np.atleast_1d(as_int)])
+    np.testing.assert_array_equal(ad.grad(lambda z: np.sum(np.mean(z, axis=axis)))(X), np.full(X.shape, 1 / reduced))
+    with pytest.raises(ValueError, match="out of bounds"):
+        ad.grad(lambda z: np.sum(np.mean(z, axis=np.int64(2))))(X)

@@ -61,6 +61,19 @@ def test_default_dtype_float64_and_float32():
     assert B.default_dtype() is np.float64
 
 
+def test_is_floating_is_cached_and_takes_any_dtype_description():
+    """Asked on every forward pass: answered from a cache after the first time; unhashable descriptions (a
+    list of fields) and non-dtypes still get NumPy's answer and error, uncached."""
+    d = np.dtype("float32")
+    B.is_floating(d)
+    hits = B._floating_dtype.cache_info().hits
+    assert B.is_floating(d) and B._floating_dtype.cache_info().hits == hits + 1
+    assert [B.is_floating(t) for t in (np.float64, "float64", "f4", np.int64, "float16", [("a", "f8")])] == \
+        [True, True, True, False, False, False]
+    with pytest.raises(TypeError, match="data type"):
+        B.is_floating(object())
+
+
 @pytest.mark.parametrize("bad", ["float16", "int32", np.int64, "complex128", "no-such-type"])
 def test_unsupported_default_dtypes_are_type_errors(bad):
     with pytest.raises(TypeError, match="dtype"):

@@ -306,7 +306,9 @@ def test_max_pool_padding_never_wins_and_nan_propagates():
     x = -np.ones((1, 1, 2, 2)) * 5.0
     out = ad.max_pool2d(x, 3, 1, 1)  # every window holds padding (−inf) and real entries −5
     np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), -5.0))
-    assert np.isfinite(ad.grad(lambda z: ad.sum(ad.max_pool2d(z, 3, 1, 1)))(x)).all()
+    # each of the four padded 3×3 windows covers the whole 2×2 input: its first maximum, x[0, 0], takes
+    # every window's cotangent
+    np.testing.assert_array_equal(ad.grad(lambda z: ad.sum(ad.max_pool2d(z, 3, 1, 1)))(x)[0, 0], [[4, 0], [0, 0]])
     x = np.zeros((1, 1, 2, 2))
     x[0, 0, 1, 0] = np.nan
     assert np.isnan(ad.max_pool2d(x, 2)[0, 0, 0, 0])
@@ -348,7 +350,8 @@ def test_nhwc_and_hwio_conversions_and_their_inverses():
     _close(ad.nchw_to_nhwc(ad.conv2d(x, W, b)), _nhwc_loop_conv(x_nhwc, W_hwio, b), RTOL, "flax-layout conv")
     # derivatives pass through the conversions (they are transposes)
     gx = ad.grad(lambda z: ad.sum(ad.square(ad.conv2d(ad.nhwc_to_nchw(z), W, b))))(x_nhwc)
-    assert gx.shape == x_nhwc.shape
+    g_nchw = ad.grad(lambda z: ad.sum(ad.square(ad.conv2d(z, W, b))))(x)
+    np.testing.assert_array_equal(gx, ad.nchw_to_nhwc(g_nchw))
     # a dense layer after flax's flatten of NHWC reads (h, w, c); after refopt's of NCHW it reads (c, h, w):
     # its weight rows permute as W_nchw = W_nhwc.reshape(H, W, C, out).transpose(2, 0, 1, 3).reshape(-1, out)
     D_nhwc = g.standard_normal((5 * 4 * 3, 6))
@@ -413,8 +416,9 @@ def test_wrong_dtypes_are_type_errors(call, match):
 
 
 def test_float32_stays_float32_and_agrees_with_float64():
-    """float32 inputs give float32 values and derivatives, equal to the float64 ones within the float32
-    rounding of sums of K = 27 products of O(1) terms: 27 · 2⁻²⁴ ≈ 2e-6 relative; 1e-5 leaves a margin."""
+    """float32 inputs give float32 values, derivatives and Hessian-vector products, equal to the float64 ones
+    within the float32 rounding of sums of K = 27 products of O(1) terms: 27 · 2⁻²⁴ ≈ 2e-6 relative; 1e-5
+    leaves a margin (the HVP's measured error is 2e-7)."""
     g = np.random.default_rng(8)
     x, W, b = g.standard_normal((2, 3, 5, 5)), g.standard_normal((4, 3, 3, 3)), g.standard_normal(4)
 
@@ -431,6 +435,8 @@ def test_float32_stays_float32_and_agrees_with_float64():
         _close(a, b_, 1e-5)
     hv = ad.hvp(f, p32, tuple(np.ones_like(a) for a in p32))
     assert all(a.dtype == np.float32 for a in hv)
+    for a, b_ in zip(hv, ad.hvp(f, p64, tuple(np.ones_like(a) for a in p64))):
+        _close(a, b_, 1e-5)
 
 
 def test_plain_and_traced_sweeps_agree_bit_for_bit():

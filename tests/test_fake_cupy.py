@@ -110,6 +110,22 @@ def test_stand_in_refuses_implicit_conversion_and_host_operands(fake):
     np.testing.assert_array_equal(np.exp(x).get(), np.exp(np.arange(6.0).reshape(2, 3)))  # dispatched
 
 
+def test_device_array_on_the_left_of_a_traced_value_dispatches_to_the_box(fake):
+    # CuPy's _should_use_rop sees the Box's (non-None) __array_ufunc__ and calls the NumPy ufunc; CuPy's own
+    # __array_ufunc__ declines the Box, so NumPy hands the operation to the Box's.
+    import refopt.autodiff as ad
+    c, x = B.as_array(np.array([1.0, 2.0, 3.0])), B.as_array(np.array([0.5, -1.0, 2.0]))
+    cases = {"c * z": (lambda z: ad.sum(c * z), [1.0, 2.0, 3.0]), "c + z": (lambda z: ad.sum(c + z), [1.0] * 3),
+             "c - z": (lambda z: ad.sum(c - z), [-1.0] * 3), "c / z": (lambda z: ad.sum(c / z), [-4.0, -2.0, -0.75]),
+             "c @ z": (lambda z: c @ z, [1.0, 2.0, 3.0]), "z * c": (lambda z: ad.sum(z * c), [1.0, 2.0, 3.0])}
+    for name, (f, expected) in cases.items():
+        g = ad.grad(f)(x)
+        assert isinstance(g, fake.ndarray), name
+        np.testing.assert_array_equal(B.to_host(g), expected, err_msg=name)
+    with pytest.raises(TypeError, match="Unsupported type"):  # a host array still refused on the left side too
+        x @ np.ones(3)
+
+
 def test_stand_in_offers_only_what_cupy_has(fake):
     for name in ("random", "errstate", "seterr", "frompyfunc", "asfarray"):
         with pytest.raises(AttributeError):

@@ -107,6 +107,34 @@ def test_initialisation_is_seeded_and_follows_each_scheme():
     np.testing.assert_array_equal(a[1]["W"], g.uniform(-lim2, lim2, (300, 10)))
 
 
+
+def test_mlp_and_cnn_share_their_parameter_code():
+    """MLP.parameter_shapes as CNN's; the dense CNN with the MLP's layers draws the MLP's parameters bit for bit
+    (one init_layer_params) and refuses wrong ones with the same messages (one check_layer_params)."""
+    from refopt.nn.conv import CNN, Dense, Flatten
+    from refopt.nn.mlp import check_layer_params, init_layer_params
+    mlp = MLP([12, 5, 3], init="he")
+    cnn = CNN((3, 2, 2), [Flatten(), Dense(12, 5), "tanh", Dense(5, 3)], init="he")
+    assert mlp.parameter_shapes() == cnn.parameter_shapes() == [((12, 5), (5,)), ((5, 3), (3,))]
+    for dtype in (np.float64, np.float32):
+        a, b = mlp.init(7, dtype), cnn.init(7, dtype)
+        assert all(x.dtype == dtype and np.array_equal(x, y) for x, y in zip(T.leaves(a), T.leaves(b)))
+    assert T.size(mlp.init(0)) == mlp.num_params
+    p = mlp.init(0)
+    X = np.zeros((2, 12))
+    bad = [p[:1], [p[0], {"W": p[1]["W"]}], [p[0], {"W": p[1]["W"].T, "b": p[1]["b"]}]]
+    for params in bad:
+        with pytest.raises(ValueError) as m_err:
+            mlp.check(params, X)
+        with pytest.raises(ValueError) as c_err:
+            cnn.check(params, X)
+        assert str(m_err.value) == str(c_err.value)
+    with pytest.raises(ValueError, match=r"params\[1\]: expected W of shape \(5, 3\) and b of shape \(3,\), got "
+                                         r"\(3, 5\) and \(3,\)"):
+        check_layer_params(bad[2], mlp.parameter_shapes())
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        init_layer_params(0, np.int64, "glorot", 0.01, [((2, 2), (2,), 2, 2)])
+
 def test_float32_model_end_to_end():
     model = MLP([3, 4, 2])
     params = model.init(0, dtype=np.float32)
@@ -496,6 +524,27 @@ def test_fused_cross_entropy_is_the_composition_bit_for_bit(dtype, reduction):
             assert _bits(rof_f) == _bits(rof_c)
     assert _top_primitive(loss, z, y) is ad.softmax_cross_entropy  # one node, not the composition
     assert _top_primitive(_ComposedCE(reduction), z, y) is not ad.softmax_cross_entropy
+
+
+def test_fused_cross_entropy_sweeps_reuse_the_forward_logsumexp(monkeypatch):
+    """A plain node keeps the forward's per-example logsumexp (``impl_saving``): a gradient computes it once, and
+    each hvp_operator product none, instead of once more per sweep (the same bits: the tests above)."""
+    from refopt.autodiff import primitives as P
+    calls = []
+    impl = P._logsumexp_impl
+    monkeypatch.setattr(P, "_logsumexp_impl", lambda *a, **k: calls.append(1) or impl(*a, **k))
+    gen = np.random.default_rng(3)
+    z, y = gen.standard_normal((6, 4)), gen.integers(0, 4, 6)
+    f = lambda zz: ad.softmax_cross_entropy(zz, y)  # noqa: E731
+    for reduction in ("mean", "sum"):
+        calls.clear()
+        ad.grad(lambda zz: ad.softmax_cross_entropy(zz, y, reduction=reduction))(z)
+        assert len(calls) == 1, reduction
+    _, product = ad.hvp_operator(f, z)
+    calls.clear()
+    product(z)
+    product(z)
+    assert not calls
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

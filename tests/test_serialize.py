@@ -358,8 +358,18 @@ def test_one_seed_cap_and_one_short_repr_for_every_module():
     from refopt.verify import trace
     assert base.MAX_SEED is S.MAX_SEED == 2 ** 63 - 1 and user_data.MAX_SEED is S.MAX_SEED
     assert trace._short is S.short_repr and gradients._short is S.shorten
+    from refopt.autodiff import primitives
+    from refopt.nn import conv
+    assert base.show_value is S.short_repr and primitives._show is S.short_repr and conv._shown is S.short_repr
     assert S.short_repr("x" * 200) == repr("x" * 200)[:77] + "..." and len(S.short_repr("x" * 200)) == 80
     assert S.short_repr(10 ** 5000) == "an integer of about 5001 digits"  # repr() itself would raise
+    assert S.short_repr(-10 ** 5000) == "a negative integer of about 5001 digits"
+    assert S.short_repr(2 ** 256 - 1) == repr(2 ** 256 - 1)  # 78 digits: fits, shown in full
+    # a huge argument of a primitive is named in one short line, not an error from repr()
+    import refopt.autodiff as ad
+    with pytest.raises(ValueError) as err:
+        ad.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 2)), stride=-10 ** 5000)
+    assert str(err.value) == "conv2d: stride must be ≥ 1, got a negative integer of about 5001 digits"
 
     class Broken:
         def __repr__(self):

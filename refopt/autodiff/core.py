@@ -23,7 +23,8 @@ so the sweep may use the primitive's *plain* vjp rule (``defvjp_plain``) instead
 raw arrays, without the primitives' dispatch, returning the same bits. A plain rule may write in place
 only into arrays it allocated itself in that call (never into ``g``, ``ans`` or the arguments, which
 the user or other nodes may hold), and only with the correctly rounded ufuncs (+, −, ×, ÷), whose bits
-do not depend on the loop NumPy picks.
+do not depend on the loop NumPy picks. A primitive with ``impl_saving`` also keeps, on a plain node,
+what its forward computed and its rules would recompute (``saved=``; softmax cross-entropy's logsumexp).
 
 Constants and conversions. A box never turns into a plain number: ``float(box)``, ``int``, ``complex``,
 ``operator.index``, ``math.exp(box)`` (math's functions call ``__float__``), and ``np.asarray(box)``,
@@ -70,7 +71,10 @@ class Box:
 
     __slots__ = ("value", "trace", "node", "tangent")
     # NumPy's dispatch protocols: primitives.py installs __array_ufunc__ and __array_function__, so
-    # ndarray + Box and np.exp(Box) call the primitives; the priority makes CuPy defer to Box.__radd__.
+    # ndarray + Box and np.exp(Box) call the primitives. CuPy's cupy_array * Box sees a non-None
+    # __array_ufunc__ and calls numpy.multiply, whose dispatch asks CuPy's __array_ufunc__ first (it
+    # returns NotImplemented for a Box) and then the Box's. NumPy and CuPy find __array_ufunc__ before
+    # they read the priority; it stays for libraries that know only the older protocol.
     __array_priority__ = 1000.0
 
     def __init__(self, value, trace, node=None, tangent=None):
@@ -169,16 +173,21 @@ def getval(x):
 class Primitive:
     """A differentiable operation with a vjp and a jvp rule per differentiable argument.
 
+    ``impl_saving``, if given, returns ``(impl's value, saved)`` with the same bits as ``impl``; a reverse
+    trace recording a plain node (raw inputs) calls it instead and passes ``saved=`` to that node's vjp
+    rules, which must also work without it (nested nodes and direct calls do not have it).
+
     ``lazy_shape``, if given, maps the primitive's arguments to its output shape and declares that no
     jvp rule reads ``ans``. A forward trace then defers the primal value (a ``LazyBox``) and computes
     it only when something reads it. In a forward-over-reverse Hessian-vector product the primal of
     each parameter's gradient (a matmul per layer) is never read, so it is never computed.
     """
 
-    def __init__(self, name: str, impl, lazy_shape=None):
+    def __init__(self, name: str, impl, lazy_shape=None, impl_saving=None):
         self.name = name
         self.impl = impl
         self.lazy_shape = lazy_shape
+        self.impl_saving = impl_saving  # optional: (ans, saved) for a plain node's rules (``defvjp_plain``)
         self.vjps: dict[int, object] = {}
         self.jvps: dict[int, object] = {}
         self.plain_vjps: dict[int, object] = {}  # optional fast rules on raw arrays (see the module docs)
@@ -206,7 +215,13 @@ class Primitive:
                 else:
                     plain = False
         if args[traced[0]].node is not None:  # reverse trace: record a node
-            ans = self.impl(*vals, **kwargs) if plain else self(*vals, **kwargs)
+            if not plain:
+                ans = self(*vals, **kwargs)
+            elif self.impl_saving is None:
+                ans = self.impl(*vals, **kwargs)
+            else:  # keep what the forward computed and the rules would recompute: their kwarg ``saved``
+                ans, saved = self.impl_saving(*vals, **kwargs)
+                kwargs = {**kwargs, "saved": saved}
             vjps = self.vjps
             parents = []
             for i in traced:

@@ -39,31 +39,15 @@ import numbers
 
 from ..backend import xp
 from .core import Box, Primitive, defjvp, defjvp_variadic, defvjp, defvjp_variadic, getval
-from .primitives import (_fit, _mask, _np_dot, _weak, broadcast_to, divide, exp, getitem, greater_equal, maximum,
-                         mean, multiply, reshape, scatter, shape_of, subtract, sum, transpose, unbroadcast, where)
+from .primitives import (_fit, _mask, _np_dot, _reduced_axes, _weak, broadcast_to, divide, exp, getitem, greater_equal,
+                         maximum, mean, multiply, reshape, scatter, shape_of, subtract, sum, transpose, unbroadcast,
+                         where)
 
 __all__ = ["amax", "amin", "prod", "minimum", "clip", "concatenate", "stack", "logaddexp", "UFUNCS", "FUNCTIONS"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Reductions over any axes, as a reduction over the last axis of a transposed, reshaped view.
-def _reduced_axes(shape, axis) -> tuple:
-    nd = len(shape)
-    if axis is None:
-        return tuple(range(nd))
-    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-    out = []
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
-            raise TypeError(f"axis must be an integer, a tuple of integers or None, got {a!r}")
-        if not -nd <= a < nd:
-            raise ValueError(f"axis {a} is out of bounds for an array of dimension {nd}")
-        out.append(int(a) % nd)
-    if len(set(out)) != len(out):
-        raise ValueError(f"repeated axis in {axis!r}")
-    return tuple(sorted(out))
-
-
 def _reduce(last_axis_op, x, axis, keepdims):
     """``last_axis_op`` (a reduction over the last axis) applied over ``axis`` of ``x``, NumPy's shapes."""
     shape = tuple(shape_of(x))

@@ -33,6 +33,7 @@ import numbers
 from typing import NamedTuple
 
 from ..backend import xp
+from ..serialize import short_repr
 from .core import Box, NonDifferentiable, Primitive, defjvp, defvjp, defvjp_plain, getval, set_add
 
 __all__ = [
@@ -143,14 +144,26 @@ def _sum_impl(x, axis=None, keepdims=False):
 sum = Primitive("sum", _sum_impl)  # noqa: A001 - mirrors numpy.sum
 
 
-def _keepdims_shape(xshape, axis):
+def _reduced_axes(shape, axis) -> tuple:
+    """``axis`` of a reduction (None, any integer type or a tuple of them) as sorted non-negative axes."""
+    nd = len(shape)
     if axis is None:
-        return (1,) * len(xshape)
-    if isinstance(axis, int):
-        a = axis % len(xshape)
-        return tuple(xshape[:a]) + (1,) + tuple(xshape[a + 1:])
-    axes = axis
-    axes = {a % len(xshape) for a in axes}
+        return tuple(range(nd))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    out = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"axis must be an integer, a tuple of integers or None, got {a!r}")
+        if not -nd <= a < nd:
+            raise ValueError(f"axis {a} is out of bounds for an array of dimension {nd}")
+        out.append(int(a) % nd)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _keepdims_shape(xshape, axis):
+    axes = _reduced_axes(xshape, axis)
     return tuple(1 if i in axes else d for i, d in enumerate(xshape))
 
 
@@ -432,10 +445,7 @@ defvjp_plain(matmul, _matmul_vjp_a_plain, _matmul_vjp_b_plain)
 # A dense layer's pre-activation a @ W + b as one node: the rules are matmul's and add's, composed (so
 # every result is what matmul followed by add gives, bit for bit), with one node to record instead of two.
 def _affine_impl(a, W, b):
-    try:
-        s = a @ W  # numpy.matmul, as the operator of arrays (and of an array and a list)
-    except TypeError:
-        s = xp.matmul(a, W)
+    s = a @ W  # the arrays' matmul (every caller passes arrays: the layers and conv2d)
     if _fresh(s) and _fits(b, s):
         s += b  # the product is fresh: add the bias in place, no temporary
         return s
@@ -670,7 +680,7 @@ def softmax(x, axis=-1):
 def mean(x, axis=None, keepdims=False):
     """Arithmetic mean over ``axis`` (a composite of sum and divide)."""
     shape = shape_of(x)
-    axes = range(len(shape)) if axis is None else ((axis,) if isinstance(axis, int) else axis)
+    axes = _reduced_axes(shape, axis)
     return divide(sum(x, axis=axis, keepdims=keepdims), float(math.prod(shape[a] for a in axes)))
 
 
@@ -691,14 +701,21 @@ stop_gradient = NonDifferentiable("stop_gradient", _stop_gradient_impl)
 _SCE_REDUCTIONS = ("mean", "sum")
 
 
-def _sce_impl(z, labels, reduction="mean"):
+def _sce_impl_saving(z, labels, reduction="mean"):
+    """(the loss, the per-example logsumexp (B,)): a plain node keeps the latter for its vjp rules."""
     if reduction not in _SCE_REDUCTIONS:
         raise ValueError(f"softmax_cross_entropy: reduction must be one of {_SCE_REDUCTIONS}, got {reduction!r}")
-    total = _sum_impl(xp.subtract(_logsumexp_impl(z, axis=1), _take_labels_impl(z, labels)))
-    return xp.divide(*_weak(total, float(z.shape[0]))) if reduction == "mean" else total
+    lse = _logsumexp_impl(z, axis=1)
+    total = _sum_impl(xp.subtract(lse, _take_labels_impl(z, labels)))
+    return (xp.divide(*_weak(total, float(z.shape[0]))) if reduction == "mean" else total), lse
 
 
-softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_impl)  # (z (B, C), integer labels (B,), reduction)
+def _sce_impl(z, labels, reduction="mean"):
+    return _sce_impl_saving(z, labels, reduction)[0]
+
+
+# (z (B, C), integer labels (B,), reduction); a plain node keeps logsumexp(z) for its sweeps (``impl_saving``)
+softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_impl, impl_saving=_sce_impl_saving)
 
 
 def _sce_chain(rule, s, ans, z, labels, lse):
@@ -712,25 +729,27 @@ def _sce_chain(rule, s, ans, z, labels, lse):
     return add(picked, rule(logsumexp, 0)(rule(subtract, 0)(s, lse, lse, lse), lse, z, axis=1))
 
 
-def _sce_vjp(g, ans, z, labels, reduction="mean"):
+def _sce_vjp(g, ans, z, labels, reduction="mean", saved=None):
+    # saved (the raw forward logsumexp) only on a plain node, where z is raw and logsumexp(z) gives those bits
     s = divide.vjps[0](g, ans, ans, float(shape_of(z)[0])) if reduction == "mean" else g
-    return _sce_chain(lambda prim, i: prim.vjps[i], s, ans, z, labels, logsumexp(z, axis=1))
+    return _sce_chain(lambda prim, i: prim.vjps[i], s, ans, z, labels,
+                      logsumexp(z, axis=1) if saved is None else saved)
 
 
-def _sce_vjp_plain(g, ans, z, labels, reduction="mean"):
+def _sce_vjp_plain(g, ans, z, labels, reduction="mean", saved=None):
     s = _divide_vjp_x_plain(g, ans, ans, float(z.shape[0])) if reduction == "mean" else g
+    lse = _logsumexp_impl(z, axis=1) if saved is None else saved  # the forward's: the same bits, not recomputed
     if getattr(s, "dtype", None) == z.dtype and _shape(s) == () and not hasattr(s, "get") and 0.0 < s < math.inf:
         # A positive finite host scalar (an ordinary gradient; CuPy's .get() marks a device value, whose
         # comparison would wait for the device): the composition's onehot·(−s) + s·p is then s·p − s at the
         # labels and −0 + s·p = s·p elsewhere, bit for bit, so it is made in one buffer. With s ≤ 0, ±inf
         # or NaN the onehot's zeros matter (−s·0 = +0 for s < 0, and +0 + −0 = +0; ∞·0 = NaN), and the
         # parts' plain rules run.
-        p = xp.exp(z - _logsumexp_impl(z, axis=1, keepdims=True))  # softmax(z), as logsumexp's plain rule
+        p = xp.exp(z - _reshape(lse, (z.shape[0], 1)))  # softmax(z), as logsumexp's plain rule
         xp.multiply(s, p, out=p)
         p[xp.arange(z.shape[0]), labels] -= s
         return p
-    return _sce_chain(lambda prim, i: prim.plain_vjps.get(i) or prim.vjps[i], s, ans, z, labels,
-                      _logsumexp_impl(z, axis=1))
+    return _sce_chain(lambda prim, i: prim.plain_vjps.get(i) or prim.vjps[i], s, ans, z, labels, lse)
 
 
 def _sce_jvp(t, ans, z, labels, reduction="mean"):
@@ -770,9 +789,7 @@ class ConvGeometry(NamedTuple):
     output: tuple    # (Ho, Wo) = (⌊(H + top + bottom − dh(kh − 1) − 1) / sh⌋ + 1, likewise for W)
 
 
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+_show = short_repr  # the one value-display helper (a huge integer by its digits)
 
 
 def _int_pair(value, name: str, what: str, minimum: int) -> tuple:
@@ -1096,7 +1113,7 @@ _UFUNCS = {  # NumPy ufunc name -> primitive (ufuncs called plainly: no out=, wh
 }
 _FUNCTIONS = {  # NumPy function name -> (implementation, keyword arguments it accepts)
     "sum": (sum, ("axis", "keepdims")), "mean": (mean, ("axis", "keepdims")), "dot": (_np_dot, ()),
-    "matmul": (matmul, ()), "reshape": (lambda a, *shape, **kw: _np_reshape(a, *shape, **kw), ("newshape", "shape")),
+    "matmul": (matmul, ()), "reshape": (_np_reshape, ("newshape", "shape")),
     "transpose": (transpose, ("axes",)), "where": (where, ()), "broadcast_to": (broadcast_to, ("shape",)),
     "square": (square, ()), "sqrt": (sqrt, ()), "exp": (exp, ()), "log": (log, ()), "tanh": (tanh, ()),
     "abs": (absolute, ()), "absolute": (absolute, ()), "maximum": (maximum, ()),

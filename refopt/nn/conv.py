@@ -35,8 +35,9 @@ import numbers
 from typing import Sequence
 
 from .. import autodiff as ad
-from ..backend import as_array, default_dtype, is_floating, rng, xp
-from .mlp import _INITS, ACTIVATIONS, LayerStats, check_dtypes, draw_weights, perturbed_statistics
+from ..serialize import short_repr as _shown  # a file's value can be long or a huge integer
+from .mlp import (_INITS, ACTIVATIONS, LayerStats, check_dtypes, check_layer_params, init_layer_params,
+                  perturbed_statistics)
 
 __all__ = ["Conv2d", "Dense", "AvgPool2d", "MaxPool2d", "Flatten", "CNN", "cnn_layer_statistics", "cnn_from_config",
            "MAX_CONFIG_LAYERS"]
@@ -133,6 +134,12 @@ class AvgPool2d(_Pool):
     def __call__(self, a):
         """The pooled batch (N, C, Ho, Wo)."""
         return ad.avg_pool2d(a, self.kernel_size, self.stride, self.padding)
+
+    def config(self) -> dict:
+        """The layer as a JSON-ready dict (no dilation: average pooling has none, the constructor takes none)."""
+        out = super().config()
+        del out["dilation"]
+        return out
 
     def __repr__(self):
         return f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
@@ -310,32 +317,18 @@ class CNN:
 
     def init(self, seed, dtype=None) -> list[dict]:
         """Seeded initial parameters (drawn on the host, so identical on every backend)."""
-        gen = rng(seed)
-        dtype = dtype or default_dtype()
-        if not is_floating(dtype):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        params = []
-        for (wshape, bshape) in self.parameter_shapes():
-            if len(wshape) == 4:
+        layers = []
+        for wshape, bshape in self.parameter_shapes():
+            if len(wshape) == 4:   # PyTorch's fans of a conv kernel: channels × receptive field
                 receptive = wshape[2] * wshape[3]
-                fan_in, fan_out = wshape[1] * receptive, wshape[0] * receptive
+                layers.append((wshape, bshape, wshape[1] * receptive, wshape[0] * receptive))
             else:
-                fan_in, fan_out = wshape
-            W = draw_weights(gen, self.init_name, wshape, fan_in, fan_out, self.init_scale)
-            params.append({"W": as_array(W, dtype), "b": as_array([0.0] * bshape[0], dtype)})
-        return params
+                layers.append((wshape, bshape) + wshape)
+        return init_layer_params(seed, dtype, self.init_name, self.init_scale, layers)
 
     def check(self, params, X) -> None:
         """Raise ValueError/TypeError when ``params`` or ``X`` do not fit this network."""
-        shapes = self.parameter_shapes()
-        if not isinstance(params, (list, tuple)) or len(params) != len(shapes):
-            raise ValueError(f"params: expected a list of {len(shapes)} layer dicts with keys 'W' and 'b'")
-        for l, (p, (wshape, bshape)) in enumerate(zip(params, shapes)):
-            if not isinstance(p, dict) or len(p) != 2 or "W" not in p or "b" not in p:
-                raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
-            if tuple(ad.shape_of(p["W"])) != wshape or tuple(ad.shape_of(p["b"])) != bshape:
-                raise ValueError(f"params[{l}]: expected W of shape {wshape} and b of shape {bshape}, got "
-                                 f"{tuple(ad.shape_of(p['W']))} and {tuple(ad.shape_of(p['b']))}")
+        check_layer_params(params, self.parameter_shapes())
         Xv = check_dtypes(params, X)
         flat = math.prod(self.input_shape)
         if not ((Xv.ndim == 4 and tuple(Xv.shape[1:]) == self.input_shape) or (Xv.ndim == 2 and Xv.shape[1] == flat)):
@@ -424,12 +417,6 @@ def _config_layer(entry, where: str):
                          f"{sorted(_CONFIG_LAYERS)}, got {_shown(entry)}")
     cls, keys = _CONFIG_LAYERS[name]
     args = {k: v for k, v in entry.items() if k != "layer"}
-    if name == "AvgPool2d" and "dilation" in args:
-        # config() writes the window's dilation for both pools; average pooling has none, so only 1 passes
-        if args["dilation"] != [1, 1] or not all(_config_int(v) for v in args["dilation"]):
-            raise ValueError(f"{where} (AvgPool2d): dilation must be [1, 1] (average pooling has no dilation), "
-                             f"got {_shown(args['dilation'])}")
-        del args["dilation"]
     unknown = sorted(map(str, set(args) - set(keys)))
     if unknown:
         raise ValueError(f"{where} ({name}): unknown key{'s' if len(unknown) > 1 else ''} "
@@ -445,14 +432,6 @@ def _config_layer(entry, where: str):
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     except ValueError as exc:   # the constructors' own checks (a stride of 0, ...), named by position
         raise ValueError(f"{where}: {exc}") from None
-
-
-def _shown(value) -> str:
-    """A short repr for an error message (a file's value can be long)."""
-    if isinstance(value, int) and abs(value) >= 10 ** 30:   # its digits, without str() (Python limits that)
-        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def cnn_from_config(config) -> CNN:

@@ -22,7 +22,8 @@ from .. import autodiff as ad
 from ..backend import as_array, default_dtype, is_floating, rng, xp
 from ..autodiff.core import getval
 
-__all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics", "perturbed_statistics"]
+__all__ = ["MLP", "ACTIVATIONS", "LayerStats", "layer_statistics", "perturbed_statistics", "init_layer_params",
+           "check_layer_params"]
 
 
 def _identity(x):
@@ -34,28 +35,18 @@ ACTIVATIONS = {"tanh": ad.tanh, "relu": ad.relu, "sigmoid": ad.sigmoid, "softplu
 
 _INITS = ("glorot", "he", "lecun", "normal")
 
-_FLOATING: dict = {}  # dtype -> is_floating(dtype), which is slow (it builds the dtype's name) and is asked per pass
-
-
-def _floating(dtype) -> bool:
-    known = _FLOATING.get(dtype)
-    if known is None:
-        known = _FLOATING[dtype] = is_floating(dtype)
-    return known
-
-
 def check_dtypes(params, X):
     """The value of ``X`` after checking that every W and b share one float dtype and ``X`` has it too
     (TypeError otherwise: mixing would silently promote a float32 model to float64). Runs on every forward
     pass of an MLP or a CNN: the dtypes are compared, a box reading its value's."""
     dtype = params[0]["W"].dtype
     mixed = any(p["W"].dtype != dtype or p["b"].dtype != dtype for p in params)
-    if mixed or not _floating(dtype):
+    if mixed or not is_floating(dtype):
         dtypes = {getval(p[k]).dtype for p in params for k in ("W", "b")}
         raise TypeError(f"params: expected every W and b in one dtype, float32 or float64, got "
                         f"{sorted(str(d) for d in dtypes)}")
     Xv = getval(X)
-    if not hasattr(Xv, "dtype") or not _floating(Xv.dtype):
+    if not hasattr(Xv, "dtype") or not is_floating(Xv.dtype):
         raise TypeError(f"X: expected a float32 or float64 array, got {getattr(Xv, 'dtype', type(Xv))}")
     if Xv.dtype != dtype:
         raise TypeError(f"X: dtype {Xv.dtype} differs from the parameters' {dtype}; convert one of them "
@@ -74,6 +65,33 @@ def draw_weights(gen, init: str, shape, fan_in: int, fan_out: int, scale: float)
     if init == "lecun":
         return gen.standard_normal(shape) * math.sqrt(1.0 / fan_in)
     return gen.standard_normal(shape) * scale
+
+
+def init_layer_params(seed, dtype, init: str, scale: float, layers) -> list[dict]:
+    """Seeded {"W", "b"} per layer, ``layers`` = [(W's shape, b's shape, fan_in, fan_out), ...]: one host
+    generator from ``seed`` draws each W in order (``draw_weights``), biases start at zero, all moved to the
+    backend in ``dtype`` (default: the backend's), so every backend sees the same draws."""
+    gen = rng(seed)
+    dtype = dtype or default_dtype()
+    if not is_floating(dtype):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    params = []
+    for wshape, bshape, fan_in, fan_out in layers:
+        W = draw_weights(gen, init, wshape, fan_in, fan_out, scale)
+        params.append({"W": as_array(W, dtype), "b": as_array([0.0] * bshape[0], dtype)})
+    return params
+
+
+def check_layer_params(params, shapes) -> None:
+    """ValueError unless ``params`` is one {"W", "b"} dict per (W's shape, b's shape) of ``shapes``."""
+    if not isinstance(params, (list, tuple)) or len(params) != len(shapes):
+        raise ValueError(f"params: expected a list of {len(shapes)} layer dicts with keys 'W' and 'b'")
+    for l, (p, (wshape, bshape)) in enumerate(zip(params, shapes)):
+        if not isinstance(p, dict) or len(p) != 2 or "W" not in p or "b" not in p:
+            raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
+        if tuple(ad.shape_of(p["W"])) != wshape or tuple(ad.shape_of(p["b"])) != bshape:
+            raise ValueError(f"params[{l}]: expected W of shape {wshape} and b of shape {bshape}, got "
+                             f"{tuple(ad.shape_of(p['W']))} and {tuple(ad.shape_of(p['b']))}")
 
 
 class MLP:
@@ -122,30 +140,19 @@ class MLP:
         """The number of parameters, Σ_l (fan_in_l + 1) · fan_out_l (weights and biases)."""
         return sum((i + 1) * o for i, o in zip(self.sizes[:-1], self.sizes[1:]))
 
+    def parameter_shapes(self) -> list:
+        """(W's shape, b's shape) of each layer: (fan_in, fan_out), (fan_out,)."""
+        return [((fan_in, fan_out), (fan_out,)) for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:])]
+
     def init(self, seed, dtype=None) -> list[dict]:
         """Seeded initial parameters (drawn on the host, so identical on every backend)."""
-        gen = rng(seed)
-        dtype = dtype or default_dtype()
-        if not is_floating(dtype):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        params = []
-        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
-            W = draw_weights(gen, self.init_name, (fan_in, fan_out), fan_in, fan_out, self.init_scale)
-            params.append({"W": as_array(W, dtype), "b": as_array([0.0] * fan_out, dtype)})
-        return params
+        return init_layer_params(seed, dtype, self.init_name, self.init_scale,
+                                 [(w, b) + w for w, b in self.parameter_shapes()])  # W is (fan_in, fan_out)
 
     def check(self, params, X) -> None:
         """Raise ValueError/TypeError when ``params`` or ``X`` do not fit this network."""
         sizes = self.sizes
-        if not isinstance(params, (list, tuple)) or len(params) != len(sizes) - 1:
-            raise ValueError(f"params: expected a list of {self.num_layers} layer dicts with keys 'W' and 'b'")
-        for l, p in enumerate(params):
-            fan_in, fan_out = sizes[l], sizes[l + 1]
-            if not isinstance(p, dict) or len(p) != 2 or "W" not in p or "b" not in p:
-                raise ValueError(f"params[{l}]: expected a dict with keys 'W' and 'b'")
-            if ad.shape_of(p["W"]) != (fan_in, fan_out) or ad.shape_of(p["b"]) != (fan_out,):
-                raise ValueError(f"params[{l}]: expected W of shape {(fan_in, fan_out)} and b of shape "
-                                 f"{(fan_out,)}, got {ad.shape_of(p['W'])} and {ad.shape_of(p['b'])}")
+        check_layer_params(params, self.parameter_shapes())
         Xv = check_dtypes(params, X)
         if Xv.ndim != 2 or Xv.shape[1] != sizes[0]:
             raise ValueError(f"X: expected shape (batch, {sizes[0]}), got {tuple(Xv.shape)}")

@@ -252,6 +252,7 @@ def _is_bool(value) -> bool:
 # Upper bounds of the integer hyperparameters (a larger value would mean unbounded work, memory or a
 # number no file format holds); the table in CONTRIBUTING.md ("Bad input") lists which argument has which.
 from ..serialize import MAX_SEED  # noqa: E402,F401 (seeds: an int64 in every file; defined in serialize.py)
+from ..serialize import short_repr  # noqa: E402
 MAX_DRAWS = 1000                # probes and label samples per step (each is one more pass)
 MAX_ITERATIONS = 10_000         # inner iterations: CG iterations, line-search evaluations, damping trials
 MAX_MEMORY = 10_000             # stored curvature pairs (L-BFGS, K-BFGS's L-BFGS variant)
@@ -261,16 +262,7 @@ MAX_DENSE_SIZE = 2 ** 16        # size caps of dense n×n matrices (max_size): n
 MAX_AXIS = 63                   # array axes (NumPy arrays have at most 64)
 
 
-def show_value(value) -> str:
-    """A short repr for error messages: a huge integer by its number of digits (str() of an int over
-    4300 digits is itself an error), anything else cut at 80 characters."""
-    if isinstance(value, numbers.Integral) and not _is_bool(value) and abs(int(value)) > 10 ** 18:
-        return f"an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not hide the argument's name
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
+show_value = short_repr  # the one value-display helper, serialize's (a huge integer by its digits)
 
 
 def as_real(value):

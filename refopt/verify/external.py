@@ -35,7 +35,7 @@ def torch_network(spec: dict, params):
     """A trace problem's network (``spec``: its meta's "mlp" or "cnn" problem, or ``{"type": "cnn",
     **CNN.config()}``) as a float64 ``torch.nn.Sequential`` holding ``params``: dense W is (fan_in, fan_out) in
     refopt, torch's Linear.weight its transpose; conv kernels are OIHW in both; Conv2d and the pools take the
-    config's arguments by the same names (average pooling has no dilation), Flatten is torch's (C order on
+    config's arguments by the same names, Flatten is torch's (C order on
     NCHW). Modules for the libraries that hook them (curvlinops, kfac-pytorch); torch is imported here, only
     the scripts that check a torch library call this."""
     import numpy as np  # noqa: PLC0415  (host copies for torch; this module is for the scripts)
@@ -59,8 +59,6 @@ def torch_network(spec: dict, params):
         if kind == "Flatten":
             modules.append(nn.Flatten())
         elif kind in ("AvgPool2d", "MaxPool2d"):
-            if kind == "AvgPool2d":
-                args.pop("dilation", None)
             modules.append(getattr(nn, kind)(**args))
         else:
             p = next(leaves)
