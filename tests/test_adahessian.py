@@ -322,18 +322,10 @@ def test_chunks_change_no_bit(kw, monkeypatch):
     27, 3 entries) chunks of 7 give the bits of one chunk per leaf over four steps; the step norms, summed chunk
     by chunk, agree to rounding."""
     from _helpers import mlp_problem  # noqa: PLC0415
-    from refopt.optim import update_rules  # noqa: PLC0415
+    from _kfac_helpers import run_chunked  # noqa: PLC0415
     _, params, orc = mlp_problem([5, 9, 3], 16, seed=5)
-    runs = []
-    for size in (10 ** 9, 7):
-        monkeypatch.setattr(update_rules, "CHUNK", size)
-        opt = AdaHessian(lr=0.05, seed=2, **kw)
-        x, s, norms = params, opt.init(params), []
-        for _ in range(4):
-            x, s, info = opt.update(x, s, orc)
-            norms.append((info["grad_norm"], info["step_norm"]))
-        runs.append((x, s, norms))
-    (x1, s1, n1), (x2, s2, n2) = runs
+    (x1, s1, n1), (x2, s2, n2) = run_chunked(monkeypatch, lambda: AdaHessian(lr=0.05, seed=2, **kw), params, orc, 4,
+                                             lambda info: (info["grad_norm"], info["step_norm"]))
     for a, b in zip(T.leaves((x1, s1.m, s1.v)), T.leaves((x2, s2.m, s2.v))):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(n1, n2, rtol=1e-15)

@@ -346,17 +346,10 @@ def test_chunks_change_no_bit(cls, kw, monkeypatch):
     """The update is elementwise, so its chunking changes nothing: a 5-9-3 MLP (leaves of 45, 9, 27 and 3 entries)
     with chunks of 7 gives the very bits of one chunk per leaf, params and state, over four steps; the reported
     norms, summed chunk by chunk, agree to rounding."""
+    from _kfac_helpers import run_chunked  # noqa: PLC0415
     model, params, orc = _mlp_problem()
-    runs = []
-    for size in (10 ** 9, 7):
-        monkeypatch.setattr(update_rules, "CHUNK", size)
-        opt = cls(lr=0.01, **kw)
-        x, s, norms = params, opt.init(params), []
-        for _ in range(4):
-            x, s, info = opt.update(x, s, orc)
-            norms.append((info["grad_norm"], info["step_norm"]))
-        runs.append((x, s, norms))
-    (x1, s1, n1), (x2, s2, n2) = runs
+    (x1, s1, n1), (x2, s2, n2) = run_chunked(monkeypatch, lambda: cls(lr=0.01, **kw), params, orc, 4,
+                                             lambda info: (info["grad_norm"], info["step_norm"]))
     assert_same_values(x1, x2)
     assert_same_values(s1, s2)
     np.testing.assert_allclose(n1, n2, rtol=1e-15)

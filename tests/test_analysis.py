@@ -31,6 +31,8 @@ from refopt.curvature import kfac_matrices as KM
 from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.oracle import FunctionOracle, Oracle
 
+from _kfac_helpers import dense_kfac as kron_blocks
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (3, 4, 2)
 BATCH = 8
@@ -182,33 +184,12 @@ def test_each_matvec_is_one_oracle_product(net):
     assert o.counts.as_dict() == made and K.nmatvec == 5
 
 
-def _pi(A_, G_):
-    return math.sqrt((np.trace(A_) / len(A_)) / (np.trace(G_) / len(G_)))
-
-
 def dense_kfac(o, params, damping, scheme, bias_block="joint", fisher="true"):
-    """blockdiag_l of the damped Kronecker products, from the layer factors with np.kron (module docs of
-    refopt.curvature.blocks: "pi" / "tikhonov" (A + πγI) ⊗ (G + γ/π I), "eigen" A ⊗ G + λI; "separate" adds
-    the bias block G + γI / G + λI after each layer's weight block)."""
+    """blockdiag_l of the damped Kronecker products of the oracle's layer factors (``_kfac_helpers.dense_kfac``,
+    np.kron: "pi" / "tikhonov" (A + πγI) ⊗ (G + γ/π I), "eigen" A ⊗ G + λI; "separate" adds the bias block
+    G + γI / G + λI after each layer's weight block)."""
     As, Gs = KM.layer_factors(o, params, fisher, bias_block=bias_block)
-    g = math.sqrt(damping)
-    blocks = []
-    for A_, G_ in zip(As, Gs):
-        if scheme == "eigen":
-            blocks.append(np.kron(A_, G_) + damping * np.eye(len(A_) * len(G_)))
-            bias = G_ + damping * np.eye(len(G_))
-        else:
-            pi = _pi(A_, G_) if scheme == "pi" else 1.0
-            blocks.append(np.kron(A_ + pi * g * np.eye(len(A_)), G_ + g / pi * np.eye(len(G_))))
-            bias = G_ + g * np.eye(len(G_))
-        if bias_block == "separate":
-            blocks.append(bias)
-    n = sum(len(b) for b in blocks)
-    out, i = np.zeros((n, n)), 0
-    for b in blocks:
-        out[i:i + len(b), i:i + len(b)] = b
-        i += len(b)
-    return out
+    return kron_blocks(As, Gs, damping, scheme, bias_block)
 
 
 def matrix_power_sym(M, p):
@@ -235,13 +216,17 @@ def test_kfac_operator_powers_against_a_dense_kronecker_construction(net, scheme
     np.testing.assert_allclose(half.matvec(half.matvec(v)), inv, rtol=1e-11, atol=1e-11 * np.abs(inv).max())
 
 
-def dense_ekfac(o, params, damping, dense_fisher):
+def dense_ekfac(o, params, damping, dense_fisher, bias_block="joint"):
     """blockdiag_l(Q diag(diag(Qᵀ F_ll Q) + λ) Qᵀ), Q = Q_A ⊗ Q_G: the EKFAC of the true Fisher is K-FAC's
-    eigenbasis with the exact Fisher block's diagonal in it (George et al. 2018)."""
-    As, Gs = KM.layer_factors(o, params, "true")
+    eigenbasis with the exact Fisher block's diagonal in it (George et al. 2018); "separate": Q =
+    blockdiag(Q_A ⊗ Q_G, Q_G) with A = (1/B) Σ a aᵀ, the bias rows in Q_G alone."""
+    As, Gs = KM.layer_factors(o, params, "true", bias_block=bias_block)
     out, i = np.zeros((N, N)), 0
     for A_, G_ in zip(As, Gs):
-        Q = np.kron(np.linalg.eigh(A_)[1], np.linalg.eigh(G_)[1])
+        QG = np.linalg.eigh(G_)[1]
+        Q = np.kron(np.linalg.eigh(A_)[1], QG)
+        if bias_block == "separate":
+            Q = np.block([[Q, np.zeros((len(Q), len(QG)))], [np.zeros((len(QG), len(Q))), QG]])
         k = len(Q)
         s = np.diag(Q.T @ dense_fisher[i:i + k, i:i + k] @ Q)
         out[i:i + k, i:i + k] = (Q * (s + damping)) @ Q.T
@@ -252,21 +237,18 @@ def dense_ekfac(o, params, damping, dense_fisher):
 def test_ekfac_operator_against_the_fisher_diagonal_in_the_kfac_eigenbasis(net, dense):
     o, params = make_oracle(net)
     lam = 0.05
-    E = dense_ekfac(o, params, lam, dense["G"])       # softmax: the true Fisher is the GGN
-    np.testing.assert_allclose(E, KM.ekfac_matrix(o, params, lam), atol=1e-12)
-    for power in (1, -1, -0.5):
-        op = A.ekfac_operator(o, params, damping=lam, power=power)
-        expected = matrix_power_sym(E, power)
-        np.testing.assert_allclose(op.to_dense(), expected, rtol=0, atol=1e-11 * np.abs(expected).max())
-    # and EKFAC is not K-FAC (else the test above could not tell them apart)
-    assert np.abs(E - dense_kfac(o, params, lam, "eigen")).max() > 1e-4
-    # "separate" (the bias rows in Q_G alone): the powers of the library's one-batch matrix
-    Es = KM.ekfac_matrix(o, params, lam, bias_block="separate")
-    assert np.abs(Es - E).max() > 1e-4
-    for power in (1, -1, 0.5, -0.5):
-        op = A.ekfac_operator(o, params, damping=lam, power=power, bias_block="separate")
-        expected = matrix_power_sym(Es, power)
-        np.testing.assert_allclose(op.to_dense(), expected, rtol=0, atol=1e-11 * np.abs(expected).max())
+    for bias_block, powers in (("joint", (1, -1, -0.5)), ("separate", (1, -1, 0.5, -0.5))):
+        E = dense_ekfac(o, params, lam, dense["G"], bias_block)       # softmax: the true Fisher is the GGN
+        np.testing.assert_allclose(E, KM.ekfac_matrix(o, params, lam, bias_block=bias_block), atol=1e-12)
+        for power in powers:
+            op = A.ekfac_operator(o, params, damping=lam, power=power, bias_block=bias_block)
+            expected = matrix_power_sym(E, power)
+            np.testing.assert_allclose(op.to_dense(), expected, rtol=0, atol=1e-11 * np.abs(expected).max(),
+                                       err_msg=f"{bias_block}, power {power}")
+        # and EKFAC is not K-FAC (else the test above could not tell them apart)
+        assert np.abs(E - dense_kfac(o, params, lam, "eigen", bias_block)).max() > 1e-4
+    # the bias rows apart are another matrix than the joint block's
+    assert np.abs(dense_ekfac(o, params, lam, dense["G"], "separate") - dense_ekfac(o, params, lam, dense["G"])).max() > 1e-4
 
 
 @pytest.mark.parametrize("curvature", ["kfac", "ekfac"])
@@ -287,6 +269,65 @@ def test_preconditioned_ggn_is_symmetric_with_the_eigenvalues_of_the_nonsymmetri
     pairs = A.lanczos_eigenpairs(op, 1, steps=N)
     w = np.linalg.eigvalsh(M)
     assert abs(pairs.largest.values[0] / pairs.smallest.values[0] - w[-1] / w[0]) <= 1e-9 * w[-1] / w[0]
+
+
+def test_preconditioned_ggn_takes_kfac_operators_switches_and_a_given_ggn(net):
+    """P of the preconditioned GGN is kfac_operator's of the same switches (a CNN's kfac_approx and
+    conv_row_scale, the MLP's output_grad_scale), each of which changes P; a GGN operator passed as ``ggn``
+    is used (no second one is made) and one of another size is refused."""
+    from refopt.nn import CNN, Conv2d, Dense, Flatten  # noqa: PLC0415
+    from refopt.problems.registry import network_oracle  # noqa: PLC0415
+    cnn = CNN((2, 4, 4), [Conv2d(2, 3, 3), "tanh", Flatten(), Dense(12, 3)])
+    g = np.random.default_rng(3)
+    X, y = g.standard_normal((5, 32)), g.integers(0, 3, 5)
+    oc, pc = network_oracle(cnn, SoftmaxCrossEntropy(), X, y), cnn.init(2)
+    om, pm = make_oracle(net)
+    lam, mu = 0.05, 0.02
+    cases = [(oc, pc, dict(kfac_approx="reduce")), (oc, pc, dict(conv_row_scale="inverse_locations")),
+             (om, pm, dict(output_grad_scale="reduced_loss"))]
+    for o, params, kw in cases:
+        n = T.size(params)
+        Gd = A.ggn_operator(o, params).to_dense()
+        dense_of = {}
+        for options in ({}, kw):
+            Ph = matrix_power_sym(A.kfac_operator(o, params, lam, "pi", fisher="empirical", **options).to_dense(), -0.5)
+            dense_of[bool(options)] = Ph @ (Gd + mu * np.eye(n)) @ Ph
+        M = dense_of[True]
+        assert np.abs(M - dense_of[False]).max() > 1e-6 * spectral_norm(M), kw        # the switch matters
+        op = A.kfac_preconditioned_ggn_operator(o, params, lam, fisher="empirical", ggn_damping=mu, **kw)
+        np.testing.assert_allclose(op.to_dense(), M, rtol=0, atol=1e-11 * spectral_norm(M), err_msg=str(kw))
+    ggn = A.ggn_operator(om, pm)
+    made = []
+    real = om.curvature_operator
+    om.curvature_operator = lambda *a, **k: made.append(a) or real(*a, **k)
+    try:
+        op = A.kfac_preconditioned_ggn_operator(om, pm, lam, ggn=ggn)
+        op.matvec(np.ones(N))
+        assert made == [] and ggn.nmatvec == 1
+    finally:
+        del om.curvature_operator
+    with pytest.raises(ValueError, match="ggn must be the GGN operator of these params"):
+        A.kfac_preconditioned_ggn_operator(om, pm, lam, ggn=A.as_operator(np.eye(N + 1)))
+
+
+def test_analyze_builds_one_ggn_operator_for_ggn_top_and_the_condition_estimate(net, monkeypatch):
+    o, params = make_oracle(net)
+    made = []
+    real = o.curvature_operator
+    monkeypatch.setattr(o, "curvature_operator", lambda p, kind="ggn", *a, **k: made.append(kind) or real(p, kind, *a, **k))
+    A.analyze(o, params, k=1, analyses=("ggn_top", "kfac_condition"), damping=0.05)
+    assert made == ["ggn"]
+
+
+def test_operators_share_the_optimizers_bound_on_draws(net, monkeypatch):
+    """The Fisher and K-FAC operators bound ``samples`` by ``optim.base.MAX_DRAWS``, the optimizers' bound."""
+    from refopt.analysis import operators as Op  # noqa: PLC0415
+    monkeypatch.setattr(Op, "MAX_DRAWS", 5)
+    o, params = make_oracle(net)
+    for call in (lambda: A.fisher_operator(o, params, "mc", samples=6, seed=0),
+                 lambda: A.kfac_operator(o, params, samples=6)):
+        with pytest.raises(ValueError, match=r"samples must be an integer in \[1, 5\]"):
+            call()
 
 
 def test_scipy_eigsh_on_refopt_operators_agrees_with_eigvalsh(net, dense):
@@ -345,7 +386,11 @@ def test_power_iteration_pyhessian_defaults_stop_on_the_relative_change(net, den
     r = A.top_eigenpairs(A.hessian_operator(o, params), 1)          # tol 1e-3, max_iter 100
     assert r.converged == (True,) and r.iterations[0] < 100
     top = by_magnitude(dense["H"])[0]
-    assert abs(r.values[0] - top) < 1e-2 * abs(top)
+    # the docs' claim: an eigenvalue lies within the residual ‖Av − λv‖ of the Rayleigh quotient (plus rounding)
+    assert abs(r.values[0] - top) <= r.residuals[0] + 1e-13 * abs(top)
+    assert abs(r.values[0] - top) < 1e-2 * abs(top)     # tighter here: the residual is 1.2e-2, the error 1.2e-3
+    v = r.vectors[:, 0]                                  # and the value is v's Rayleigh quotient
+    assert r.values[0] == pytest.approx(v @ dense["H"] @ v / (v @ v), rel=1e-13)
 
 
 def test_power_iteration_with_injected_starts_reproduces_the_seeded_run(net):
@@ -630,8 +675,8 @@ def test_bad_inputs_are_clear_value_errors(net):
         (lambda: A.lanczos(H, 0), "steps must be at least 1"),
         (lambda: A.lanczos(H, N + 1), "steps = 27 is larger than the dimension"),
         (lambda: A.slq(H, 0), "steps must be at least 1"),
-        (lambda: A.slq(H, 3, probes=0), "probes must be at least 1"),
-        (lambda: A.hutchinson_trace(H, 0), "probes must be at least 1"),
+        (lambda: A.slq(H, 3, probes=0), r"probes must be an integer in \[1,"),
+        (lambda: A.hutchinson_trace(H, 0), r"probes must be an integer in \[1,"),
         (lambda: A.hutchinson_trace(H, 2.5), "probes must be an integer"),
         (lambda: A.hutchinson_trace(H, 3, distribution="uniform"), "distribution must be one of"),
         (lambda: A.top_eigenpairs(H, 1, max_iter=0), "max_iter must be an integer"),
@@ -655,6 +700,7 @@ def test_bad_inputs_are_clear_value_errors(net):
         (lambda: A.kfac_operator(o, params, fisher="mc"), "needs seed= or labels="),
         (lambda: A.kfac_preconditioned_ggn_operator(o, params, 0.0), "damping must be positive"),
         (lambda: A.kfac_preconditioned_ggn_operator(o, params, 0.1, curvature="shampoo"), "curvature must be one of"),
+        (lambda: A.kfac_operator(o, [params[0]["W"]]), r"needs network params, a list of \{'W', 'b'\} layer dicts"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -5,7 +5,6 @@ output-to-pre-activation Jacobian, the softmax output Fisher diag(p) − ppᵀ a
 computed below in NumPy, and A, G, A ⊗ G (np.kron), π, the EKFAC diagonal and the solves are formed
 from them.
 """
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from refopt import curvature as CB
 from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.oracle import Oracle
 from refopt.optim.kfac import KFAC
+
+from _kfac_helpers import blockdiag, dense_kfac
 
 FISHERS = ("true", "mc", "empirical")
 BIAS = ("joint", "separate")
@@ -78,34 +79,6 @@ def dense_factors(params, oracle, fisher, labels=None, bias_block="joint"):
         G.append(B * scale * Dg2.mean(axis=0))
         F.append(scale * sum(np.kron(np.outer(x, x), d) for x, d in zip(abar, Dg2)))
     return A, G, F
-
-
-def blockdiag(mats):
-    n = sum(len(m) for m in mats)
-    out, i = np.zeros((n, n)), 0
-    for m in mats:
-        out[i:i + len(m), i:i + len(m)] = m
-        i += len(m)
-    return out
-
-
-def damped_kron(A, G, damping, scheme):
-    """(A + πγI) ⊗ (G + γ/πI) with π = sqrt((tr A/dim A)/(tr G/dim G)) (Martens & Grosse 2015, §6.3), π = 1
-    for "tikhonov"; A ⊗ G + λI for "eigen"."""
-    if scheme == "eigen":
-        return np.kron(A, G) + damping * np.eye(len(A) * len(G))
-    ta, tg = np.trace(A) / len(A), np.trace(G) / len(G)
-    pi = math.sqrt(ta / tg) if scheme == "pi" and ta > 0 and tg > 0 else 1.0   # a zero-trace factor: π = 1
-    gamma = math.sqrt(damping)
-    return np.kron(A + pi * gamma * np.eye(len(A)), G + gamma / pi * np.eye(len(G)))
-
-
-def dense_kfac(A, G, damping, scheme, bias_block):
-    if bias_block == "joint":
-        return blockdiag([damped_kron(a, g, damping, scheme) for a, g in zip(A, G)])
-    bias_d = damping if scheme == "eigen" else math.sqrt(damping)
-    return blockdiag([m for a, g in zip(A, G) for m in (damped_kron(a, g, damping, scheme),
-                                                         g + bias_d * np.eye(len(g)))])
 
 
 def dense_ekfac(A, G, F, damping, bias_block):
@@ -215,6 +188,26 @@ def test_powers_minus_one_and_one_are_inverse(blocks):
     np.testing.assert_allclose(M, M.T, atol=1e-10 * np.abs(M).max())
     with pytest.raises(ValueError, match="power"):
         blocks.multiply([], factors, pre, 0.05, power=2)
+
+
+@pytest.mark.parametrize("blocks", _block_objects(), ids=lambda b: type(b).__name__)
+def test_half_powers_square_to_the_matrix_and_its_inverse(blocks):
+    """multiply(power=±½) from the eigenpairs: (C^½)² = C and C^-½ C C^-½ = I, symmetric; blocks without
+    eigenpairs (the damped inverses of inverse="inverse", the tridiagonal chain) refuse ±½ by name."""
+    from refopt.curvature import kronecker as K
+    params, oracle = problem(sizes=(3, 4, 3, 2), seed=7)
+    stats = K.kfac_statistics(oracle, params, "true")
+    factors = blocks.estimate(stats)
+    pre = blocks.update_estimate(blocks.refresh(factors, 0.05), stats)
+    if isinstance(blocks, CB.TridiagonalBlocks) or getattr(blocks, "inverse", "eig") == "inverse":
+        with pytest.raises(ValueError, match="power"):
+            blocks.to_dense(factors, pre, 0.05, 0.5)
+        return
+    M, H, Hinv = (blocks.to_dense(factors, pre, 0.05, power) for power in (1, 0.5, -0.5))
+    scale = np.abs(M).max()
+    np.testing.assert_allclose(H @ H, M, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(Hinv @ M @ Hinv, np.eye(len(M)), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-13 * np.abs(H).max())
 
 
 @pytest.mark.parametrize("kwargs", [dict(damping_scheme="levenberg"), dict(inverse="cholesky"),

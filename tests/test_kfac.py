@@ -506,21 +506,31 @@ def test_burnin_folds_extra_estimates_before_step_0(fisher):
 def test_chunks_change_no_bit(kw, monkeypatch):
     """The step's tail (momentum, −η·m, decay, θ + δ) and the factor averages run chunk by chunk; on a 5-9-3 MLP
     chunks of 7 give the bits of one chunk per leaf over four steps, and the step norms agree to rounding."""
-    from refopt.optim import update_rules  # noqa: PLC0415
+    from _kfac_helpers import run_chunked  # noqa: PLC0415
     _, params, orc = mlp_problem([5, 9, 3], 16, seed=6)
-    runs = []
-    for size in (10 ** 9, 7):
-        monkeypatch.setattr(update_rules, "CHUNK", size)
-        opt = KFAC(lr=0.05, inverse_interval=2, **kw)
-        x, s, norms = params, opt.init(params), []
-        for _ in range(4):
-            x, s, info = opt.update(x, s, orc)
-            norms.append(info["step_norm"])
-        runs.append((x, s, norms))
-    (x1, s1, n1), (x2, s2, n2) = runs
+    (x1, s1, n1), (x2, s2, n2) = run_chunked(monkeypatch, lambda: KFAC(lr=0.05, inverse_interval=2, **kw), params,
+                                             orc, 4, lambda info: info["step_norm"])
     for a, b in zip(T.leaves((x1, s1.velocity, s1.factors)), T.leaves((x2, s2.velocity, s2.factors))):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(n1, n2, rtol=1e-15)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(momentum=0.0), dict(weight_decay=0.1, kl_clip=None)])
+def test_the_levenberg_marquardt_step_runs_the_plain_tail(kw, monkeypatch):
+    """A step that applies the Levenberg–Marquardt rule moves θ and m exactly as the same step without it (the
+    rule changes λ for later steps only), and its step norm is the plain step's, summed chunk by chunk."""
+    from refopt.optim import update_rules  # noqa: PLC0415
+    monkeypatch.setattr(update_rules, "CHUNK", 7)
+    _, params, orc = mlp_problem([5, 9, 3], 16, seed=6)
+    runs = []
+    for adapt in (False, True):
+        opt = KFAC(lr=0.05, fisher="true", adapt_damping=adapt, damping_interval=1, **kw)
+        runs.append(opt.update(params, opt.init(params), orc))
+    (x1, s1, i1), (x2, s2, i2) = runs
+    assert "rho" in i2 and s2.damping != s1.damping
+    for a, b in zip(T.leaves((x1, s1.velocity)), T.leaves((x2, s2.velocity))):
+        np.testing.assert_array_equal(a, b)
+    assert i1["step_norm"] == i2["step_norm"]
 
 
 def test_the_gram_factors_finite_check_reads_their_diagonals():

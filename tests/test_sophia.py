@@ -511,18 +511,11 @@ def test_chunks_change_no_bit(cls, kw, monkeypatch):
     chunks of 7 give the bits of one chunk per leaf over five steps (two refreshes), clipped counts included;
     the reported norms, summed chunk by chunk, agree to rounding."""
     from _helpers import mlp_problem  # noqa: PLC0415
-    from refopt.optim import update_rules  # noqa: PLC0415
+    from _kfac_helpers import run_chunked  # noqa: PLC0415
     _, params, orc = mlp_problem([5, 9, 3], 16, seed=4)
-    runs = []
-    for size in (10 ** 9, 7):
-        monkeypatch.setattr(update_rules, "CHUNK", size)
-        opt = cls(lr=0.05, k=3, gamma=5.0, **kw)   # ρ large enough that the clip acts on some entries only
-        x, s, infos = params, opt.init(params), []
-        for _ in range(5):
-            x, s, info = opt.update(x, s, orc)
-            infos.append(info)
-        runs.append((x, s, infos))
-    (x1, s1, i1), (x2, s2, i2) = runs
+    # ρ large enough that the clip acts on some entries only
+    (x1, s1, i1), (x2, s2, i2) = run_chunked(monkeypatch, lambda: cls(lr=0.05, k=3, gamma=5.0, **kw), params, orc, 5,
+                                             lambda info: info)
     for a, b in zip(T.leaves((x1, s1.m, s1.h)), T.leaves((x2, s2.m, s2.h))):
         np.testing.assert_array_equal(a, b)
     assert [i["clipped_fraction"] for i in i1] == [i["clipped_fraction"] for i in i2]

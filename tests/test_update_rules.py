@@ -187,3 +187,20 @@ def test_flat_views_a_contiguous_array_and_copies_any_other():
     assert a[1, 1] == -1.0                                       # a view: a fused update writes through it
     f = np.asfortranarray(a)
     assert np.array_equal(flat(f), a.reshape(-1))               # row-major order, whatever the layout
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ema_chunk_is_ema_bit_for_bit_in_each_buffer_arrangement(dtype):
+    """The fused updates' chunk form of the moving average: into a fresh out with a scratch, into out with x's
+    own buffer as the scratch (ema_into), and in place over x (Adam's v over g ⊙ g), each ``ema``'s bits."""
+    from refopt.optim.update_rules import ema_chunk  # noqa: PLC0415
+    g = np.random.default_rng(4)
+    m, x = (g.standard_normal(257).astype(dtype) for _ in range(2))
+    want = ema(m, x, 0.9)
+    out, tmp = np.empty_like(m), np.empty_like(m)
+    np.testing.assert_array_equal(ema_chunk(m, x, 0.9, out, tmp), want)
+    xs = x.copy()
+    np.testing.assert_array_equal(ema_chunk(m, xs, 0.9, out, xs), want)
+    xs = x.copy()
+    np.testing.assert_array_equal(ema_chunk(m, xs, 0.9, xs, tmp), want)
+    assert want.dtype == dtype

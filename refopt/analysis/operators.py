@@ -38,8 +38,6 @@ whenever the batch is smaller than a layer).
 """
 from __future__ import annotations
 
-import math
-
 from .. import tree as T
 from ..backend import default_dtype, is_floating, to_device, to_host, xp
 from ..curvature import blocks as B
@@ -47,14 +45,14 @@ from ..curvature import kronecker as K
 from ..curvature.dense import check_dense_size
 from ..curvature.eigenbasis import EigenbasisBlocks
 from ..curvature.products import FISHER_KINDS
-from ..optim.base import as_real, check_choice, check_int, check_nonnegative, show_value
+from ..optim.base import MAX_DRAWS, as_real, check_choice, check_int, check_nonnegative, show_value
 
 __all__ = ["CurvatureOperator", "as_operator", "hessian_operator", "ggn_operator", "fisher_operator",
            "kfac_operator", "ekfac_operator", "kfac_preconditioned_ggn_operator", "make_operator",
            "OPERATOR_KINDS", "KFAC_POWERS"]
 
 OPERATOR_KINDS = ("hessian", "ggn", "true", "mc", "empirical", "kfac", "ekfac", "kfac_preconditioned_ggn")
-KFAC_POWERS = (1, -1, 0.5, -0.5)
+KFAC_POWERS = B.POWERS
 
 
 class CurvatureOperator:
@@ -215,7 +213,7 @@ def fisher_operator(oracle, params, kind: str = "true", samples: int = 1, seed=N
     """The Fisher ``kind`` "true" | "mc" | "empirical" (one nfvp per product); "mc" draws its ``samples``
     label sets once from ``seed`` (or takes ``labels``), so every product uses the same matrix."""
     kind = check_choice("kind", kind, FISHER_KINDS)
-    samples = check_int("samples", samples, 1, 1000)
+    samples = check_int("samples", samples, 1, MAX_DRAWS)
     _require(oracle, "fisher", f"{kind} Fisher")
     if kind == "mc" and seed is None and labels is None:
         raise ValueError("the Monte-Carlo Fisher needs seed= or labels=")
@@ -248,47 +246,16 @@ def _check_network(oracle, params, what: str):
     _require(oracle, "layer_statistics", what)
     if not isinstance(params, (list, tuple)) or not all(isinstance(p, dict) and set(p) == {"W", "b"}
                                                         for p in params):
-        raise ValueError(f"the {what} operator needs MLP params [{{'W', 'b'}}, ...]")
+        raise ValueError(f"the {what} operator needs network params, a list of {{'W', 'b'}} layer dicts "
+                         "(dense or convolution layers)")
 
 
 def _statistics(oracle, params, fisher: str, samples: int, seed, labels):
     fisher = check_choice("fisher", fisher, K.FISHER_ESTIMATES)
-    samples = check_int("samples", samples, 1, 1000)
+    samples = check_int("samples", samples, 1, MAX_DRAWS)
     if fisher in ("mc", "curvature_prop") and seed is None and labels is None:
         raise ValueError(f"fisher={fisher!r} needs seed= or labels=")
     return oracle.kfac_statistics(params, fisher, samples, seed, labels, gradient=False)
-
-
-def _kronecker_power(V, pre, damping: float, scheme: str, bias_block: str, p: float) -> list:
-    """(damped A ⊗ G)^p per layer from the undamped factors' eigenpairs (``KroneckerInverse`` of "eig")."""
-    gamma = math.sqrt(damping)
-    out = []
-    for v, inv in zip(V, pre):
-        if scheme == "eigen":
-            D = inv.dA[:, None] * inv.dG[None, :] + damping
-            d_bias = inv.dG + damping
-        else:
-            D = (inv.dA + inv.pi * gamma)[:, None] * (inv.dG + gamma / inv.pi)[None, :]
-            d_bias = inv.dG + gamma        # separate bias block (G + γI); "pi" is refused with "separate"
-        w = v if bias_block == "joint" else v[:-1]
-        x = inv.QA @ ((inv.QA.T @ w @ inv.QG) * D ** p) @ inv.QG.T
-        if bias_block == "separate":
-            x = xp.concatenate([x, ((v[-1:] @ inv.QG) * d_bias ** p) @ inv.QG.T], axis=0)
-        out.append(x)
-    return out
-
-
-def _eigenbasis_power(V, pre, damping: float, bias_block: str, p: float) -> list:
-    """EKFAC's Q diag((ŝ + λ)^p) Qᵀ per layer (the bias row in Q_G alone for "separate")."""
-    out = []
-    for v, ec in zip(V, pre):
-        if bias_block == "joint":
-            out.append(ec.QA @ ((ec.QA.T @ v @ ec.QG) * (ec.s + damping) ** p) @ ec.QG.T)
-        else:
-            w = ec.QA @ ((ec.QA.T @ v[:-1] @ ec.QG) * (ec.s[:-1] + damping) ** p) @ ec.QG.T
-            b = ((v[-1:] @ ec.QG) * (ec.s[-1:] + damping) ** p) @ ec.QG.T
-            out.append(xp.concatenate([w, b], axis=0))
-    return out
 
 
 def _kronecker_apply(oracle, params, curvature: str, fisher: str, damping: float, damping_scheme: str,
@@ -305,11 +272,7 @@ def _kronecker_apply(oracle, params, curvature: str, fisher: str, damping: float
     pre = blocks.update_estimate(blocks.refresh(factors, damping), stats)   # EKFAC's ŝ from this batch
 
     def apply(V, p):
-        if p in (1, -1):
-            return blocks.multiply(V, factors, pre, damping, int(p))    # the optimizers' own products
-        if curvature == "ekfac":
-            return _eigenbasis_power(V, pre, damping, bias_block, p)
-        return _kronecker_power(V, pre, damping, blocks.damping_scheme, bias_block, p)
+        return blocks.multiply(V, factors, pre, damping, p)    # ±1: the optimizers' own products
     return apply
 
 
@@ -343,20 +306,27 @@ def ekfac_operator(oracle, params, damping: float = 0.0, power=1, fisher: str = 
 
 def kfac_preconditioned_ggn_operator(oracle, params, damping: float = 1e-3, damping_scheme: str = "pi",
                                      curvature: str = "kfac", fisher: str = "true", ggn_damping=None,
-                                     samples: int = 1, seed=None, labels=None,
-                                     bias_block: str = "joint") -> CurvatureOperator:
+                                     samples: int = 1, seed=None, labels=None, bias_block: str = "joint",
+                                     output_grad_scale: str = "per_example", kfac_approx: str = "expand",
+                                     conv_row_scale: str = "none", ggn=None) -> CurvatureOperator:
     """P^{-1/2} (G + μI) P^{-1/2}: the GGN damped by μ = ``ggn_damping`` (default ``damping``) preconditioned
     by the damped K-FAC (``curvature="ekfac"``: EKFAC) matrix P of this batch. Symmetric, with the
-    eigenvalues of P⁻¹(G + μI) (module docs). Defaults: K-FAC's (damping 1e-3, "pi")."""
+    eigenvalues of P⁻¹(G + μI) (module docs). Defaults: K-FAC's (damping 1e-3, "pi"); the P options as
+    ``kfac_operator`` (``ekfac_operator`` for "ekfac", which has no ``output_grad_scale`` or
+    ``conv_row_scale``); ``ggn``: the GGN operator at these params and batch if already made (else one is)."""
     curvature = check_choice("curvature", curvature, ("kfac", "ekfac"))
     _check_network(oracle, params, "K-FAC-preconditioned GGN")
     damping = check_nonnegative("damping", damping)
     if not damping > 0:
         raise ValueError("damping must be positive: P^{-1/2} of the undamped factors can be singular")
     mu = damping if ggn_damping is None else check_nonnegative("ggn_damping", ggn_damping)
-    G = ggn_operator(oracle, params)
+    G = ggn_operator(oracle, params) if ggn is None else ggn
+    if not isinstance(G, CurvatureOperator) or G.n != T.size(params) or G.dtype != _params_dtype(params):
+        raise ValueError(f"ggn must be the GGN operator of these params ({T.size(params)} "
+                         f"{_params_dtype(params)} entries), got {show_value(G)}")
     scheme = "eigen" if curvature == "ekfac" else damping_scheme
-    apply = _kronecker_apply(oracle, params, curvature, fisher, damping, scheme, bias_block, samples, seed, labels)
+    apply = _kronecker_apply(oracle, params, curvature, fisher, damping, scheme, bias_block, samples, seed, labels,
+                             output_grad_scale, kfac_approx, conv_row_scale)
 
     def half(v):
         return _flat_layers(apply(_layer_matrices(v, params), -0.5), params)

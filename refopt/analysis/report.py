@@ -107,7 +107,7 @@ def analyze(problem, params=None, k: int = 3, method: str = "lanczos", tol=None,
     max_iter = check_int("max_iter", max_iter, 1, S.MAX_ITERATIONS)
     tol = TOP_TOL[method] if tol is None else check_nonnegative("tol", tol)
     if tol is None:
-        tol = math.sqrt(S.dtype_eps(T.leaves(params)[0].dtype))
+        tol = math.sqrt(S.machine_epsilon(T.leaves(params)[0].dtype))
     max_steps = min(n, S.MAX_LANCZOS_STEPS) if max_steps is None else check_int("max_steps", max_steps, 1, n)
     if method == "lanczos" and k > max_steps:
         raise ValueError(f"k = {k} is larger than max_steps ({max_steps}): m Lanczos steps give m Ritz values")
@@ -144,7 +144,8 @@ def analyze(problem, params=None, k: int = 3, method: str = "lanczos", tol=None,
         elif name in ("hessian_trace", "ggn_trace"):
             report[name] = _trace_entry(S.hutchinson_trace(op(_MATRIX[name]), probes, seed=seed, callback=stage(name)))
         elif name == "kfac_condition":
-            pre = O.kfac_preconditioned_ggn_operator(oracle, params, damping, damping_scheme, fisher=fisher, seed=seed)
+            pre = O.kfac_preconditioned_ggn_operator(oracle, params, damping, damping_scheme, fisher=fisher, seed=seed,
+                                                     ggn=op("ggn"))   # one GGN, shared with ggn_top
             damped = O.CurvatureOperator(lambda v: op("ggn").matvec(v) + damping * v, pre.n, pre.dtype,
                                          "damped ggn")
             report[name] = {"damping": damping, "damping_scheme": damping_scheme, "fisher": fisher,
@@ -161,7 +162,6 @@ def analyze(problem, params=None, k: int = 3, method: str = "lanczos", tol=None,
     return report
 
 
-_EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23}
 MAX_DIGITS = 15
 
 
@@ -192,7 +192,7 @@ def _up(bound: float) -> str:
 
 def _floor(report: dict, scale: float) -> float:
     """The rounding level n·eps·scale below which a residual says nothing more."""
-    return report["n"] * _EPS.get(report["dtype"], 2.0 ** -52) * scale
+    return report["n"] * S.machine_epsilon(report["dtype"]) * scale
 
 
 def _top_line(report: dict, e: dict, label: str) -> str:

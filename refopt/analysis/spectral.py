@@ -77,7 +77,7 @@ from .operators import CurvatureOperator, as_operator
 
 __all__ = ["Eigenpairs", "LanczosResult", "LanczosEigenpairs", "TraceEstimate", "SLQResult", "check_symmetric",
            "top_eigenpairs", "lanczos", "lanczos_eigenpairs", "hutchinson_trace", "slq", "gaussian_density",
-           "MAX_PROBES", "MAX_LANCZOS_STEPS", "LANCZOS_ENDS", "dtype_eps"]
+           "MAX_PROBES", "MAX_LANCZOS_STEPS", "LANCZOS_ENDS", "machine_epsilon"]
 
 MAX_PROBES = 10_000     # probes of Hutchinson and SLQ (each is one or m more products)
 MAX_LANCZOS_STEPS = 3000   # lanczos_eigenpairs' default cap on adaptive steps: the basis is n × m floats
@@ -186,13 +186,13 @@ class SLQResult(NamedTuple):
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-def dtype_eps(dtype) -> float:
-    """The machine epsilon of a float dtype."""
+def machine_epsilon(dtype) -> float:
+    """The machine epsilon of a float dtype (or its name); ``minimize.dtype_eps`` takes params instead."""
     return float(xp.finfo(dtype).eps)
 
 
 def _eps(op: CurvatureOperator) -> float:
-    return dtype_eps(op.dtype)
+    return machine_epsilon(op.dtype)
 
 
 def _norm(v) -> float:
@@ -249,8 +249,6 @@ def _probes(op: CurvatureOperator, probes, seed, distribution: str, vectors):
     if vectors is not None:
         count, columns = _columns(op, vectors, "vectors")
         return count, distribution, columns
-    if isinstance(probes, int) and not isinstance(probes, bool) and probes < 1:
-        raise ValueError(f"probes must be at least 1, got {probes}")
     probes = check_int("probes", probes, 1, MAX_PROBES)
     gen = rng(seed)
     return probes, distribution, (_draw(op, gen, distribution) for _ in range(probes))
@@ -421,16 +419,11 @@ def lanczos(A, steps: int, seed=0, v0=None, check_symmetry: bool = True, callbac
     return krylov.result()
 
 
-def _ritz(result: LanczosResult):
-    theta, S = xp.linalg.eigh(result.tridiagonal())
-    return theta, S
-
-
 def _ritz_pairs(krylov: _Krylov, tol: float):
     """θ (host, ascending), S, the residuals |β_m s_{m,i}| (host) and whether each is at most
     max(tol·|θ_i|, n·eps·‖T‖) (the rounding floor)."""
     result = krylov.result()
-    theta, S = _ritz(result)
+    theta, S = xp.linalg.eigh(result.tridiagonal())   # the Ritz pairs
     theta_h = to_host(theta)
     res = to_host(xp.abs(result.beta_last * S[krylov.m - 1, :]))
     floor = krylov.breakdown * max(krylov.anorm, float(abs(theta_h).max()))
@@ -517,7 +510,7 @@ def slq(A, steps: int, probes: int = 1, seed=0, distribution: str = "rademacher"
     nodes, weights = [], []
     for j, z in enumerate(Z):
         result = lanczos(op, m, v0=z, check_symmetry=False)
-        theta, S = _ritz(result)
+        theta, S = xp.linalg.eigh(result.tridiagonal())   # the Ritz pairs
         nodes.append(theta)
         weights.append(S[0, :] ** 2)
         if callback is not None:

@@ -8,7 +8,8 @@ shape; curvlinops' ``KFACLinearOperator`` is the same idea as a linear operator)
     estimate(stats)                        this batch's statistics: dict name -> list over layers
     refresh(factors, damping)              what preconditioning needs: damped inverses or eigenpairs
     update_estimate(precond, stats)        statistics that live in the refreshed basis (EKFAC's ŝ)
-    multiply(V, factors, precond, λ, p)    (damped C)^p V for p = −1 (``precondition``) or 1 (``matvec``)
+    multiply(V, factors, precond, λ, p)    (damped C)^p V for p = −1 (``precondition``), 1 (``matvec``)
+                                           or ±½ (``power``, blocks with eigenpairs)
     to_dense(factors, precond, λ, p)       the dense (damped C)^p, indexed like the flattened params
 
 with V a list over layers of (fan_in + 1, fan_out) matrices V_l = W̄_l (``kronecker.layer_matrix``;
@@ -44,13 +45,14 @@ from .dense import dense_from_product
 
 __all__ = [
     "DAMPING_SCHEMES", "INVERSE_METHODS", "BIAS_BLOCKS", "CurvatureBlocks", "KroneckerBlocks", "KroneckerInverse",
-    "require_choice", "require_dense", "eigh_psd", "damped_factors", "kronecker_inverse", "kronecker_precondition",
-    "bias_precondition", "factor_estimates",
+    "require_choice", "require_dense", "eigh_psd", "damped_factors", "damped_eigenvalues", "kronecker_inverse",
+    "kronecker_precondition", "bias_precondition", "factor_estimates", "POWERS",
 ]
 
 DAMPING_SCHEMES = ("pi", "tikhonov", "eigen")
 INVERSE_METHODS = ("eig", "inverse")
 BIAS_BLOCKS = ("joint", "separate")
+POWERS = (1, -1, 0.5, -0.5)   # the powers of ``multiply``: ±½ only for blocks with eigenpairs (``power``)
 
 
 def require_dense(params, who: str, why: str) -> None:
@@ -110,26 +112,41 @@ def kronecker_inverse(A, G, damping: float, scheme: str = "pi", method: str = "i
     return KroneckerInverse(None, None, None, None, A_inv, G_inv, pi)
 
 
-def kronecker_precondition(V, inv: KroneckerInverse, damping: float, scheme: str):
-    """(damped A ⊗ G)⁻¹ vec(V) for one layer: A⁻¹ V G⁻¹, or Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ from the eigenpairs."""
+def damped_eigenvalues(inv: KroneckerInverse, damping: float, scheme: str):
+    """(D, d): the damped eigenvalues of one layer's weight block, D_ij = d_A,i d_G,j + λ ("eigen") or
+    (d_A,i + πγ)(d_G,j + γ/π), and of a separate bias block, d = d_G + λ ("eigen") or d_G + γ (γ = √λ),
+    from the undamped factors' eigenpairs (``kronecker_inverse`` with method "eig")."""
+    if scheme == "eigen":
+        return inv.dA[:, None] * inv.dG[None, :] + damping, inv.dG + damping
+    gamma = math.sqrt(damping)
+    return (inv.dA + inv.pi * gamma)[:, None] * (inv.dG + gamma / inv.pi)[None, :], inv.dG + gamma
+
+
+def _eigen_power(X, D, power):
+    # power −1 divides: the optimizers' step keeps the rounding of X / D
+    return X / D if power == -1 else X * D ** power
+
+
+def kronecker_precondition(V, inv: KroneckerInverse, damping: float, scheme: str, power=-1):
+    """(damped A ⊗ G)^power vec(V) for one layer: A⁻¹ V G⁻¹ (power −1), or Q_A [(Q_Aᵀ V Q_G) ⊙ D^power] Q_Gᵀ
+    from the eigenpairs (``damped_eigenvalues``; any power)."""
     if inv.A_inv is not None:
+        if power != -1:
+            raise ValueError(f"power {power} needs the eigenpairs (inverse='eig'); the damped inverses give −1 only")
         return inv.A_inv @ V @ inv.G_inv
     Vt = inv.QA.T @ V @ inv.QG
-    if scheme == "eigen":
-        D = inv.dA[:, None] * inv.dG[None, :] + damping
-    else:
-        gamma = math.sqrt(damping)
-        D = (inv.dA + inv.pi * gamma)[:, None] * (inv.dG + gamma / inv.pi)[None, :]
-    return inv.QA @ (Vt / D) @ inv.QG.T
+    return inv.QA @ _eigen_power(Vt, damped_eigenvalues(inv, damping, scheme)[0], power) @ inv.QG.T
 
 
-def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str):
-    """The separate bias block's (damped G)⁻¹ applied to the bias rows Vb (1, fan_out), from the weight
-    block's refreshed G: (G + γI)⁻¹ ("tikhonov", γ = √λ) or (G + λI)⁻¹ ("eigen")."""
+def bias_precondition(Vb, inv: KroneckerInverse, damping: float, scheme: str, power=-1):
+    """The separate bias block's (damped G)^power applied to the bias rows Vb (1, fan_out), from the weight
+    block's refreshed G: G + γI ("tikhonov", γ = √λ) or G + λI ("eigen")."""
     if inv.G_inv is not None:          # "tikhonov" with method "inverse": G_inv = (G + γI)⁻¹ (π = 1)
+        if power != -1:
+            raise ValueError(f"power {power} needs the eigenpairs (inverse='eig'); the damped inverses give −1 only")
         return Vb @ inv.G_inv
-    d = inv.dG + (damping if scheme == "eigen" else math.sqrt(damping))
-    return ((Vb @ inv.QG) / d) @ inv.QG.T
+    d = damped_eigenvalues(inv, damping, scheme)[1]
+    return _eigen_power(Vb @ inv.QG, d, power) @ inv.QG.T
 
 
 def factor_estimates(stats: K.KFACStatistics, bias_block: str = "joint",
@@ -197,13 +214,19 @@ class CurvatureBlocks:
         """(damped C) V."""
         raise NotImplementedError
 
-    def multiply(self, V: list, factors: dict, preconditioner: tuple, damping: float, power: int = -1) -> list:
-        """(damped C)^power V for power −1 (preconditioning) or 1 (the matrix itself)."""
+    def power(self, V: list, preconditioner: tuple, damping: float, power: float) -> list:
+        """(damped C)^power V for power ±½ from eigenpairs; a block without them (this base) refuses."""
+        raise ValueError(f"{type(self).__name__}: power must be -1 or 1, got {power!r}")
+
+    def multiply(self, V: list, factors: dict, preconditioner: tuple, damping: float, power=-1) -> list:
+        """(damped C)^power V for power −1 (preconditioning), 1 (the matrix itself) or ±½ (``power``)."""
         if power == -1:
             return self.precondition(V, preconditioner, damping)
         if power == 1:
             return self.matvec(V, factors, preconditioner, damping)
-        raise ValueError(f"power must be -1 or 1, got {power!r}")
+        if power in POWERS:
+            return self.power(V, preconditioner, damping, power)
+        raise ValueError(f"power must be one of {POWERS}, got {power!r}")
 
     def shapes(self, factors: dict) -> list:
         """The W̄_l shapes (fan_in + 1, fan_out) of the layers the factors describe."""
@@ -221,9 +244,6 @@ class CurvatureBlocks:
 
 class KroneckerBlocks(CurvatureBlocks):
     """Block-diagonal A_l ⊗ G_l with the damping rules "pi" | "tikhonov" | "eigen" (module docs)."""
-
-    kfac_approx = "expand"
-    conv_row_scale = "none"
 
     def __init__(self, damping_scheme: str = "pi", inverse: str = "inverse", bias_block: str = "joint",
                  output_grad_scale: str = "per_example", kfac_approx: str = "expand", conv_row_scale: str = "none"):
@@ -265,12 +285,16 @@ class KroneckerBlocks(CurvatureBlocks):
 
     def precondition(self, V: list, preconditioner: tuple, damping: float) -> list:
         """Each layer's (damped A ⊗ G)⁻¹ V_l; "separate": the weight rows and the bias row apart."""
+        return self.power(V, preconditioner, damping, -1)
+
+    def power(self, V: list, preconditioner: tuple, damping: float, power: float) -> list:
+        """Each layer's (damped A ⊗ G)^power V_l (``kronecker_precondition``; ±½ need inverse "eig")."""
         s = self.damping_scheme
         if self.bias_block == "separate":
-            return [xp.concatenate([kronecker_precondition(v[:-1], inv, damping, s),
-                                    bias_precondition(v[-1:], inv, damping, s)], axis=0)
+            return [xp.concatenate([kronecker_precondition(v[:-1], inv, damping, s, power),
+                                    bias_precondition(v[-1:], inv, damping, s, power)], axis=0)
                     for v, inv in zip(V, preconditioner)]
-        return [kronecker_precondition(v, inv, damping, s) for v, inv in zip(V, preconditioner)]
+        return [kronecker_precondition(v, inv, damping, s, power) for v, inv in zip(V, preconditioner)]
 
     def matvec(self, V: list, factors: dict, preconditioner: tuple, damping: float) -> list:
         """Each layer's (damped A ⊗ G) V_l from the factors: (A + γ_A I) V (G + γ_G I), or A V G + λV."""

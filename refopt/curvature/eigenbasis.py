@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ..backend import xp
 from ..serialize import register_state
 from . import kronecker as K
-from .blocks import KroneckerBlocks, eigh_psd
+from .blocks import KroneckerBlocks, _eigen_power, eigh_psd
 
 __all__ = ["EigenbasisBlocks", "EigenCorrection", "eigenbasis_scaling"]
 
@@ -98,9 +98,9 @@ class EigenbasisBlocks(KroneckerBlocks):
                 out.append(xp.concatenate([w, f(v[-1:] @ ec.QG, ec.s[-1:]) @ ec.QG.T], axis=0))
         return out
 
-    def precondition(self, V: list, preconditioner: tuple, damping: float) -> list:
-        """Q_A [(Q_Aᵀ V Q_G) / (ŝ + λ)] Q_Gᵀ per layer."""
-        return self._rotate(V, preconditioner, lambda x, s: x / (s + damping))
+    def power(self, V: list, preconditioner: tuple, damping: float, power: float) -> list:
+        """Q_A [(Q_Aᵀ V Q_G) ⊙ (ŝ + λ)^power] Q_Gᵀ per layer (``precondition`` is power −1, a division)."""
+        return self._rotate(V, preconditioner, lambda x, s: _eigen_power(x, s + damping, power))
 
     def matvec(self, V: list, factors: dict, preconditioner: tuple, damping: float) -> list:
         """Q_A [(Q_Aᵀ V Q_G) ⊙ (ŝ + λ)] Q_Gᵀ per layer."""

@@ -15,7 +15,7 @@ from ..backend import xp
 from ..linalg import shifted_symmetric, symmetrize
 from ..serialize import register_state
 from . import kronecker as K
-from .blocks import KroneckerBlocks, damped_factors, require_choice, require_dense
+from .blocks import CurvatureBlocks, KroneckerBlocks, damped_factors, require_choice, require_dense
 
 __all__ = ["TridiagonalBlocks", "TridiagonalBlock", "generalized_eigh", "tridiagonal_blocks",
            "tridiagonal_precondition"]
@@ -123,6 +123,8 @@ class TridiagonalBlocks(KroneckerBlocks):
     def precondition(self, V: list, preconditioner: tuple, damping: float) -> list:
         """F̂⁻¹ V (``tridiagonal_precondition``)."""
         return tridiagonal_precondition(V, preconditioner)
+
+    power = CurvatureBlocks.power   # no eigenpairs of F̂: powers −1 and 1 only
 
     def matvec(self, V: list, factors: dict, preconditioner: tuple, damping: float) -> list:
         """F̂ V = Ξ⁻¹ Λ⁻¹ Ξ⁻ᵀ V: y = Ξ⁻ᵀv (y_{l+1} = v_{l+1} + Ψ_lᵀ y_l), w_l = Σ_{l|l+1} y_l, x = Ξ⁻¹w."""

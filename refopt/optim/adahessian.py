@@ -65,7 +65,7 @@ from ..serialize import register_state
 from .base import (MAX_AXIS, MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative,
                    check_positive, check_unit_interval, refuse, show_value, step_info)
 from .gradients import given_estimate
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, flat, l2_decay
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, ema_chunk, flat, l2_decay
 
 __all__ = ["AdaHessian", "AdaHessianState", "step_generator", "hutchinson_estimate", "check_probes", "oracle_probes",
            "spatial_average", "kernel_average", "PROBE_DISTRIBUTION"]
@@ -273,9 +273,7 @@ class AdaHessian(Optimizer):
             scratch = xp.empty(pieces[0].stop, dtype=x.dtype)
             for sl in pieces:
                 d, Mc, Vc, Dc = scratch[:sl.stop - sl.start], M[sl], V[sl], Df[sl]
-                xp.multiply(mf[sl], b1, out=Mc)
-                xp.multiply(gf[sl], 1.0 - b1, out=d)
-                Mc += d
+                ema_chunk(mf[sl], gf[sl], b1, Mc, d)
                 xp.multiply(vf[sl], b2, out=Vc)
                 xp.multiply(Dc, 1.0 - b2, out=d)
                 d *= Dc

@@ -42,7 +42,7 @@ from .. import tree as T
 from ..backend import xp
 from ..serialize import register_state
 from .base import Optimizer, Switch, check_nonnegative, check_positive, check_unit_interval, refuse, step_info
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, flat
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, ema_chunk, flat
 
 __all__ = ["Adam", "AdamW", "AdamState", "EPS_MODES", "AMSGRAD_MODES"]
 
@@ -172,13 +172,9 @@ class Adam(Optimizer):
                     gc = xp.multiply(xc, wd, out=spare[:k])
                     gc += gf[sl]
                     sq_g += float(xp.vdot(gc, gc))
-                xp.multiply(mf[sl], b1, out=mc)                  # m_t = β₁ m_{t−1} ...
-                xp.multiply(gc, 1.0 - b1, out=d)
-                mc += d                                          # ... + (1 − β₁) g_t
+                ema_chunk(mf[sl], gc, b1, mc, d)                 # m_t = β₁ m_{t−1} + (1 − β₁) g_t
                 xp.multiply(gc, gc, out=vc)
-                vc *= 1.0 - b2                                   # v_t = (1 − β₂) g_t² ...
-                xp.multiply(vf[sl], b2, out=d)
-                vc += d                                          # ... + β₂ v_{t−1}
+                ema_chunk(vf[sl], vc, b2, vc, d)                 # v_t = β₂ v_{t−1} + (1 − β₂) g_t²
                 u = vc
                 if self.amsgrad == "max_v":                      # u = max(v_max, v_t), kept
                     u = xp.maximum(vmf[sl], vc, out=U[sl])

@@ -178,18 +178,20 @@ class KFACState(NamedTuple):
     damping: float         # λ (changed only by the Levenberg–Marquardt rule)
 
 
-def _tail(m, n, x, mu: float, lr: float, c: float):
-    """(m', θ', ‖δ‖²) of one leaf: m' = μm + n (n itself when μ = 0), δ = −η·m' (+ cθ), θ' = θ + δ, each in the
+def _tail(m, n, x, mu: float, lr: float, c: float, keep_delta: bool = False):
+    """(m', θ', ‖δ‖², δ) of one leaf: m' = μm + n (n itself when μ = 0), δ = −η·m' (+ cθ), θ' = θ + δ, each in the
     rounding order of ``momentum``, ``tree.scale``, ``decoupled_decay`` and ``tree.add``, run chunk by chunk
-    (``update_rules.chunks``) into the fresh m' and θ' (so ‖δ‖² is summed chunk by chunk)."""
+    (``update_rules.chunks``) into the fresh m' and θ' (so ‖δ‖² is summed chunk by chunk). δ is a scratch
+    buffer, returned (whole) only with ``keep_delta`` (the Levenberg–Marquardt rule reads it), else None."""
     vel = xp.empty(n.shape, dtype=xp.result_type(m, n)) if mu else n
     new = xp.empty(x.shape, dtype=x.dtype)
     Vf, N, mf, nf, xf = flat(vel), flat(new), flat(m), flat(n), flat(x)
     pieces = chunks(N.size)
-    d_all = xp.empty(pieces[0].stop, dtype=x.dtype)
+    delta = xp.empty(x.shape, dtype=x.dtype) if keep_delta else None
+    d_all = flat(delta) if keep_delta else xp.empty(pieces[0].stop, dtype=x.dtype)
     sq = 0.0
     for sl in pieces:
-        d = d_all[:sl.stop - sl.start]
+        d = d_all[sl] if keep_delta else d_all[:sl.stop - sl.start]
         if mu:
             vs = xp.multiply(mf[sl], mu, out=Vf[sl])
             vs += nf[sl]                                  # μm + n
@@ -198,14 +200,7 @@ def _tail(m, n, x, mu: float, lr: float, c: float):
             d += c * xf[sl]
         sq += float(xp.vdot(d, d))
         xp.add(d, xf[sl], out=N[sl])                      # θ + δ
-    return vel, new, sq
-
-
-def _axpy_fresh(alpha: float, x, y):
-    """α·x + y as one fresh array (``tree.axpy``'s rounding, the sum formed in the product's buffer)."""
-    out = alpha * x
-    out += y
-    return out
+    return vel, new, sq, delta
 
 
 def _check_params(params) -> None:
@@ -355,16 +350,11 @@ class KFAC(Optimizer):
         message = ""
         factors_updated = False
         if refresh_factors:
-            estimate = self._blocks.estimate(stats)
-            if self._blocks.all_finite(estimate):
-                eps = K.factor_weight(k + 1, self.decay, self.factor_init, self.burnin)
-                factors = {name: ema_into(factors[name], tuple(estimate[name]), eps) for name in factors}
-                k += 1
-                factors_updated = True
-            elif k == 0 and self.factor_init != "identity":
+            factors, k, factors_updated = self._fold(factors, k, stats)
+            if not factors_updated and k == 0 and self.factor_init != "identity":
                 return refuse(params, state, loss, "non-finite factor statistics and no earlier factors to keep: "
                               "step refused", grad)
-            else:
+            if not factors_updated:
                 message = "non-finite factor statistics: factor update skipped, old factors kept"
         damping = state.damping
         precond = self._blocks.refresh(factors, damping) if refresh else state.preconditioner
@@ -383,28 +373,18 @@ class KFAC(Optimizer):
         ps, treedef = T.flatten(params)
         c = -lr * self.weight_decay if self.weight_decay_mode == "decoupled" else 0.0
         lm = self.adapt_damping and (t + 1) % self.damping_interval == 0 and lr > 0
-        if lm:   # the Levenberg–Marquardt rule reads δ: the tail leaf by leaf, δ kept
-            velocity = T.unflatten(treedef, [_axpy_fresh(self.momentum, m, n) for m, n in
-                                             zip(T.leaves(state.velocity), T.leaves(natural))]) if self.momentum \
-                else natural
-            delta = [-lr * m for m in T.leaves(velocity)]
-            if c:
-                for d, x in zip(delta, ps):
-                    d += c * x                   # δ + cθ (decoupled_decay's rounding)
-            step_norm = T.norm(delta)
-            delta = T.unflatten(treedef, delta)
-            new = T.add(params, delta)
-        else:
-            velocity, new, sq = [], [], 0.0
-            for m, n, x in zip(T.leaves(state.velocity), T.leaves(natural), ps):
-                vel, theta, part = _tail(m, n, x, self.momentum, lr, c)
-                velocity.append(vel)
-                new.append(theta)
-                sq += part
-            velocity, new, step_norm = T.unflatten(treedef, velocity), T.unflatten(treedef, new), math.sqrt(sq)
+        velocity, new, delta, sq = [], [], [], 0.0
+        for m, n, x in zip(T.leaves(state.velocity), T.leaves(natural), ps):
+            vel, theta, part, d = _tail(m, n, x, self.momentum, lr, c, keep_delta=lm)   # LM reads δ
+            velocity.append(vel)
+            new.append(theta)
+            delta.append(d)
+            sq += part
+        velocity, new, step_norm = T.unflatten(treedef, velocity), T.unflatten(treedef, new), math.sqrt(sq)
 
         extra = {}
         if lm:
+            delta = T.unflatten(treedef, delta)
             damping, extra["rho"] = self._levenberg_marquardt(oracle, params, new, delta, loss, grad, damping)
         new_state = KFACState(t + 1, k, factors, precond, velocity, damping)
         info = step_info(loss, (), lr=lr, step_norm=step_norm, grad_norm=grad_norm, damping=state.damping, kl_nu=nu,

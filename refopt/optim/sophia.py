@@ -77,7 +77,7 @@ from .adahessian import PROBE_DISTRIBUTION, check_probes, hutchinson_estimate, o
 from .base import (MAX_DIMENSION, MAX_DRAWS, MAX_SEED, Optimizer, Switch, check_int, check_nonnegative, check_positive,
                    check_unit_interval, refuse, step_info)
 from .gradients import given_estimate
-from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, ema, flat
+from .update_rules import NON_FINITE_GRADIENT, bias_correction, check_nonempty_leaves, chunks, ema, ema_chunk, flat
 
 __all__ = ["SophiaG", "SophiaH", "SophiaState"]
 
@@ -231,9 +231,7 @@ class _Sophia(Optimizer):
                 sq_g += part
                 if not math.isfinite(part) and not bool(xp.all(xp.isfinite(gc))):
                     return refuse(params, state, loss, NON_FINITE_GRADIENT)
-                xp.multiply(mf[sl], b1, out=mc)                # m_t = β₁m ...
-                xp.multiply(gc, 1.0 - b1, out=d)
-                mc += d                                        # ... + (1 − β₁)g_t
+                ema_chunk(mf[sl], gc, b1, mc, d)               # m_t = β₁m + (1 − β₁)g_t
                 step_size = self._ratio_into(mc, hf[sl], d, e, t, oracle, lr)
                 xp.abs(d, out=e)
                 clipped += int(xp.count_nonzero(e >= 1.0))

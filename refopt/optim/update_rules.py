@@ -31,7 +31,7 @@ from .. import tree as T
 from ..backend import backend_name, xp
 
 __all__ = ["WEIGHT_DECAY_MODES", "NON_FINITE_GRADIENT", "check_nonempty_leaves", "l2_decay", "decayed_gradient",
-           "decoupled_decay", "descent_step", "ema", "ema_into", "bias_correction", "momentum", "graft", "CHUNK", "chunks",
+           "decoupled_decay", "descent_step", "ema", "ema_chunk", "ema_into", "bias_correction", "momentum", "graft", "CHUNK", "chunks",
            "flat"]
 
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -100,18 +100,25 @@ def ema(average, x, beta: float):
     return T.tree_map2(lambda m, xi: beta * m + (1.0 - beta) * xi, average, x)
 
 
+def ema_chunk(m, x, beta: float, out, tmp):
+    """``ema`` of one chunk (arrays of one shape) into ``out``: (1 − β)·x formed in ``out`` (which may be x
+    itself), then β·m formed in ``tmp`` (a scratch, or x's buffer when out is not x) and added. (1 − β)x + βm
+    is ``ema``'s βm + (1 − β)x bit for bit: IEEE addition commutes. The fused updates' moving averages."""
+    xp.multiply(x, 1.0 - beta, out=out)
+    xp.multiply(m, beta, out=tmp)
+    out += tmp
+    return out
+
+
 def ema_into(average, x, beta: float):
-    """``ema(average, x, beta)`` computed without temporaries, chunk by chunk: each result leaf is β·m, fresh,
-    plus (1 − β)·x formed in x's own buffer. The caller owns x (a fresh estimate) and does not read it again;
+    """``ema(average, x, beta)`` computed without temporaries, chunk by chunk (``ema_chunk``): each result leaf
+    is fresh, β·m formed in x's own buffer. The caller owns x (a fresh estimate) and does not read it again;
     the rounding is ``ema``'s."""
     def one(m, xi):
         out = xp.empty(m.shape, dtype=xp.result_type(m, xi))
         O, mf, xf = flat(out), flat(m), flat(xi)
         for sl in chunks(O.size):
-            xp.multiply(mf[sl], beta, out=O[sl])
-            xs = xf[sl]
-            xs *= 1.0 - beta
-            O[sl] += xs
+            ema_chunk(mf[sl], xf[sl], beta, O[sl], xf[sl])
         return out
     return T.tree_map2(one, average, x)
 
