@@ -23,11 +23,7 @@ __all__ = ["parse_value", "parse_hyperparameters", "check_output_path", "check_p
            "problem_name_from_args", "problem_from_args", "DEFAULT_PROBLEM", "DEFAULT_VAL_FRACTION"]
 
 DEFAULT_PROBLEM = "digits_mlp"  # --problem when neither it nor --data is given
-DEFAULT_VAL_FRACTION = 0.2      # --val-fraction of a --data file
-# the options that describe the user's own data and network: each needs --data
-_DATA_OPTIONS = (("sizes", "--sizes"), ("activation", "--activation"), ("loss", "--loss"),
-                 ("val_fraction", "--val-fraction"), ("standardize", "--standardize/--no-standardize"),
-                 ("split_seed", "--split-seed"))
+DEFAULT_VAL_FRACTION = 0.2      # --val-fraction of a --data file: data_problem's default, for the help text
 
 
 def parse_value(text: str):
@@ -190,7 +186,7 @@ def problem_name_from_args(args) -> str:
     """The name of the problem ``add_data_arguments``' options name, without building it: ``--problem``
     (default ``DEFAULT_PROBLEM``) or "data:<file name>" for ``--data`` (``data_problem``'s name). ValueError
     (naming the option) for ``--data`` with ``--problem`` or a data option without ``--data``."""
-    given = [option for attr, option in _DATA_OPTIONS if getattr(args, attr, None) is not None]
+    given = [option for attr, option, _ in _DATA_OPTIONS if getattr(args, attr, None) is not None]
     if args.data is None:
         if given:
             raise ValueError(f"{given[0]} needs --data (the built-in problems have their own data and network)")
@@ -209,9 +205,18 @@ def _number_or_text(text: str, kind):
         return text
 
 
-# data_problem's argument names, and the options that set them (its errors are reported under the options')
-_RENAMED = (("sizes", "--sizes"), ("activation", "--activation"), ("loss", "--loss"),
-            ("val_fraction", "--val-fraction"), ("split_seed", "--split-seed"), ("standardize", "--standardize"))
+def _parse_activation(text: str):
+    names = [a.strip() for a in text.split(",")]
+    return names[0] if len(names) == 1 else names
+
+
+# The options that describe the user's own data and network (each needs --data): data_problem's argument
+# (also the attribute argparse sets), the option that sets it (its errors are reported under the option's
+# name) and how its text is read. Only the options given are passed, so the defaults are data_problem's.
+_DATA_OPTIONS = (("sizes", "--sizes", _parse_sizes), ("activation", "--activation", _parse_activation),
+                 ("loss", "--loss", str), ("val_fraction", "--val-fraction", lambda t: _number_or_text(t, float)),
+                 ("standardize", "--standardize/--no-standardize", bool),
+                 ("split_seed", "--split-seed", lambda t: _number_or_text(t, int)))
 
 
 def problem_from_args(args):
@@ -223,21 +228,12 @@ def problem_from_args(args):
         from .problems.registry import make_problem  # noqa: PLC0415 (imports the array backend; module docs)
         return make_problem(name)
     from .problems.user_data import data_problem  # noqa: PLC0415
-    sizes = _parse_sizes(args.sizes) if args.sizes is not None else None
-    activation = "tanh"
-    if args.activation is not None:
-        names = [a.strip() for a in args.activation.split(",")]
-        activation = names[0] if len(names) == 1 else names
+    given = {attr: read(getattr(args, attr)) for attr, _, read in _DATA_OPTIONS if getattr(args, attr) is not None}
     try:
-        return data_problem(args.data, sizes=sizes, activation=activation,
-                            loss=args.loss if args.loss is not None else "softmax",
-                            val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None
-                            else _number_or_text(args.val_fraction, float),
-                            standardize=True if args.standardize is None else args.standardize,
-                            split_seed=0 if args.split_seed is None else _number_or_text(args.split_seed, int))
+        return data_problem(args.data, **given)
     except ValueError as exc:  # the argument names of data_problem as the options that set them
         text = str(exc)
-        for word, option in _RENAMED:
+        for word, option, _ in _DATA_OPTIONS:
             if text.startswith(word + " ") or text.startswith(word + ":"):
                 text = option + text[len(word):]
         if text.startswith(str(args.data) + ":"):  # about the path itself: missing, not a regular file

@@ -159,21 +159,24 @@ def compare(names, problem="digits_mlp", steps=200, max_seconds=None, target_los
                          divergence_factor=divergence_factor) for n in names]
     # a misspelt or out-of-range hyperparameter is an error, not a row of the table
     opts = [make_optimizer(config.optimizer, **config.hyperparameters) for config in configs]
-    provides = prob.oracle().provides
+    oracle = prob.oracle()  # what the problem provides, against each optimizer's requires
+    applicable = {}
+    for name, opt in zip(names, opts):
+        try:
+            opt.check_oracle(oracle)
+            applicable[name] = None
+        except ValueError as exc:  # e.g. a network-only method on a test function, or K-BFGS on a CNN
+            applicable[name] = f"not applicable: {exc}"
     source = hyperparameter_source(prob) if tuned else "the optimizers' defaults"
     entries = Comparison(problem=prob.name, source=source + (" and the given overrides" if overrides else ""),
                          steps=steps, max_seconds=max_seconds, target_loss=target_loss,
                          divergence_factor=divergence_factor,
-                         untuned=[n for n in names if tuned and not has_setting(prob, n)])
+                         untuned=[n for n in names if tuned and applicable[n] is None and not has_setting(prob, n)])
     for name, config, opt in zip(names, configs, opts):
         hp = config.hyperparameters
         t0 = time.perf_counter()
-        missing = sorted(opt.requires - provides)
-        if missing:  # e.g. a network-only method on a test function
-            what = "convolutional network" if "conv" in getattr(getattr(prob, "model", None), "layer_kinds", ()) \
-                else f"{prob.kind} problem"
-            entry = ComparisonEntry(name, hp, None, f"not applicable: needs {', '.join(missing)}, which a {what} "
-                                                    "does not provide")
+        if applicable[name] is not None:
+            entry = ComparisonEntry(name, hp, None, applicable[name])
         else:
             try:
                 result = run(config, problem=prob, optimizer=opt)  # the optimizer built (and checked) above
@@ -306,10 +309,11 @@ def _style(i: int) -> dict:
 
 def comparison_figure(entries, title: str | None = None):
     """The matplotlib figure of the module docs (ImportError without matplotlib)."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional, from the 'scripts' extra)
     from .optim import FAMILIES  # noqa: PLC0415
 
-    plt.switch_backend("Agg")  # as plotting.pyplot: no window, whatever backend the caller's matplotlib chose
+    plt = pyplot("figure")
+    if plt is None:
+        raise ImportError("comparison_figure needs matplotlib (pip install 'refopt[scripts]')")
     family_of = {n: f for f, members in FAMILIES.items() for n in members}
     drawn = [e for e in entries if e.history]
     present = {family_of.get(e.name, "other") for e in drawn}

@@ -43,7 +43,6 @@ from . import curvature as C
 from .curvature import kronecker
 from . import tree as T
 from .backend import as_array, is_floating, to_device, to_host, xp
-from .nn.conv import CNN, cnn_layer_statistics
 from .nn.mlp import layer_statistics
 
 __all__ = ["Counts", "GNBEstimate", "Oracle", "FunctionOracle", "new_batch_token", "batch_digest", "function_token",
@@ -230,8 +229,9 @@ class Oracle:
         return int(self.X.shape[0])
 
     def with_batch(self, X, y) -> "Oracle":
-        """The same model and loss on another batch, sharing this oracle's counts (the token: that batch's digest)."""
-        return Oracle(self.model, self.loss, X, y, counts=self.counts)
+        """The same model and loss on another batch, in this oracle's class (a subclass keeps what it provides),
+        sharing its counts (the token: that batch's digest)."""
+        return type(self)(self.model, self.loss, X, y, counts=self.counts)
 
     # --- values and gradients -------------------------------------------------------------
     def _objective(self, params, y=None):
@@ -245,6 +245,13 @@ class Oracle:
         """The reduced loss L(θ) on the batch as a float (one nfev)."""
         self.counts.nfev += 1
         return _as_float(self._objective(params))
+
+    def evaluate(self, params):
+        """(L(θ), z): ``value``'s loss, bit for bit, and the outputs z = f(X; θ) it was computed from (one nfev),
+        for a caller that also wants something of z (the runner's accuracy)."""
+        self.counts.nfev += 1
+        z = self.outputs(params)
+        return _as_float(self.loss(z, self.y, check=False)), z
 
     def value_and_grad(self, params):
         """(L(θ), ∇L(θ)) from one reverse pass (one nfev and one ngev)."""
@@ -329,10 +336,10 @@ class Oracle:
 
     # --- statistics and estimators --------------------------------------------------------
     def layer_stats(self, params, targets=None):
-        """Loss, gradient, and per-layer (a_{l-1}, g_l) at the data labels or at ``targets``."""
+        """Loss, gradient, and per-layer (a_{l-1}, g_l) of a dense network at the data labels or at ``targets``
+        (``problems.registry.CNNOracle`` overrides it for a CNN's)."""
         self.counts.nstats += 1
-        stats = cnn_layer_statistics if isinstance(self.model, CNN) else layer_statistics
-        return stats(self.model, self.loss, params, self.X, self.y if targets is None else targets)
+        return layer_statistics(self.model, self.loss, params, self.X, self.y if targets is None else targets)
 
     def kfac_statistics(self, params, fisher="mc", samples=1, seed=None, labels=None, gradient=True):
         """Loss, gradient, layer inputs and G-probes of K-FAC from one pass (``curvature.kronecker.
@@ -440,6 +447,10 @@ class FunctionOracle:
         self.counts.nfev += 1
         return _as_float(self.f(x))
 
+    def evaluate(self, x):
+        """(f(x), None), as ``Oracle.evaluate`` (a function has no outputs): one nfev."""
+        return self.value(x), None
+
     def value_and_grad(self, x):
         """(f(x), ∇f(x)), the analytic gradient if given, else by autodiff (one nfev and one ngev)."""
         self.counts.nfev += 1
@@ -468,9 +479,11 @@ class FunctionOracle:
 
     def hvp_operator(self, x):
         """(∇f(x), v ↦ ∇²f(x) v): each product a call of the analytic ``hvp`` (or Hessian) when there is one,
-        else one reverse sweep of ∇f recorded once (``autodiff.hvp_operator``, as ``Oracle.hvp_operator``)."""
+        else one reverse sweep of ∇f recorded once (``autodiff.hvp_operator``, as ``Oracle.hvp_operator``);
+        ∇f the given ``grad`` when there is one (one ngev more than the recording's), else the recording's."""
         if self._hvp is None and self._hess is None:
-            return self._recorded(x)
+            g, product = self._recorded(x)
+            return (self.grad(x) if self._grad is not None else g), product
         g = self.grad(x)
         return g, lambda v: self.hvp(x, v)
 
@@ -489,9 +502,13 @@ class FunctionOracle:
     def value_and_hvp_operator(self, x):
         """(f, ∇f, v ↦ ∇²f v), as ``Oracle.value_and_hvp_operator``: by autodiff from one recording (each
         product one reverse sweep, not a forward-over-reverse pass that recomputes ∇f), else with the analytic
-        gradient and products."""
+        gradient and products; f and ∇f from ``value_and_grad`` (the given ``grad``) whenever ``grad`` is given,
+        the recording then serving the products alone."""
         if self._hvp is None and self._hess is None:
-            return _recorded_value_hvp(self.counts, self.f, x)
+            if self._grad is None:
+                return _recorded_value_hvp(self.counts, self.f, x)
+            value, g = self.value_and_grad(x)
+            return value, g, self._recorded(x)[1]
         value, g = self.value_and_grad(x)
         return value, g, lambda v: self.hvp(x, v)
 

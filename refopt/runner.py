@@ -12,7 +12,8 @@ really uses, and the problem's; a run with ``checkpoint_path`` writes one at the
 ``checkpoint_every`` steps), and one on Ctrl-C.
 
 Each record of the log holds: step, loss (at the incoming parameters, on the step's batch), train_loss
-(full-batch loss, every ``eval_every`` steps and at the end), grad_norm, step_norm, lr, skipped,
+(full-batch loss, every ``eval_every`` steps and at a run's last step, whether its budget or a stop rule
+ends it), grad_norm, step_norm, lr, skipped,
 message, the oracle's cumulative counts (nfev, ngev, nhvp, ...) and elapsed seconds; the dense methods' records
 also hold nhev, that step's dense matrices (``RunResult.nhev`` adds them up). Where train_loss is recorded,
 so are train_accuracy, val_loss and val_accuracy: the loss and accuracy (``Loss.accuracy``) on the
@@ -54,9 +55,12 @@ A full-batch run stops with status "precision" (converged as far as the dtype re
 step's line search reports "precision", or when ``minimize.StallMonitor`` sees, for 10 steps, every line
 search work at the rounding level of the loss, the loss not fall by more than the noise it showed in this
 run, and the gradient norm not halve; the message says which (optimizers without a line search never stop
-this way). A resumed run replays
-its history through the monitor, so it stops where an uninterrupted one does. Mini-batch runs do not
-apply this rule (each step sees another batch).
+this way). Mini-batch runs do not apply this rule (each step sees another batch).
+
+Resumption: a resumed run replays its history through the monitor and applies every stop rule but the time
+limit (diverged, converged, precision, target_reached) to the checkpoint's last record, so it stops where an
+uninterrupted run with its config does; the time limit is not replayed, since extending it is what a resume
+is for. ``max_seconds`` is checked after each update, before the step's evaluations.
 
 ``describe_hyperparameters`` states every hyperparameter an optimizer runs with on a problem, grouped by
 origin (given, the problem's setting of ``problems.tuned``, defaults); ``refopt train`` and ``refopt
@@ -72,11 +76,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import tree as T
-from .autodiff.core import getval
 from .backend import rng
 from .checkpoint import (CHECKPOINT_FORMAT, MAX_COUNT, MAX_ELAPSED, load_checkpoint, load_checkpoint_params,
                          run_identity, save_checkpoint)
-from .oracle import Counts, Oracle
+from .oracle import Counts
 from .minimize import StallMonitor, at_rounding_level, dtype_eps
 from .optim import make_optimizer
 from .optim.base import (MAX_DIMENSION, MAX_SEED, as_real, check_int, check_nonnegative, check_positive,
@@ -283,8 +286,8 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
         raise ValueError("batch_size: only network problems have mini-batches")
     if config.batch_size is not None and not 1 <= config.batch_size <= problem.num_examples:
         raise ValueError(f"batch_size must lie in [1, {problem.num_examples}], got {config.batch_size}")
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every)
     if checkpoint_every and not checkpoint_path:
         raise ValueError("checkpoint_every needs a checkpoint path (--checkpoint PATH)")
     counts = Counts()
@@ -295,8 +298,6 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     # L₀ of the divergence rule and the step-0 metrics, recomputed on resume (the log has no step-0 record)
     initial_loss, initial_accuracy = _evaluate(full, init)
     initial_val = _evaluate(val, init) if val is not None else (None, None)
-    factor = config.divergence_factor   # the divergence rule's bound, fixed by L₀ for the whole run
-    bound = divergence_bound(initial_loss, factor) if factor is not None else None
     if resume:  # the fresh run's params and state fix what the checkpoint must look like
         start, params, state, history, counts = load_checkpoint(resume, config, problem, init, opt.init(init), opt,
                                                                  problem_identity=identity)
@@ -311,17 +312,19 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     status, message = "completed", ""
     step = start
     whole = problem.oracle(counts=counts) if config.batch_size is None else None  # validated once, reused
-    # Full batch: the "precision" stop (module docs); replaying the history makes a resumed run stop where
-    # an uninterrupted one does.
+    # Full batch: the "precision" stop (module docs). A resumed run replays its history through the monitor
+    # and applies every stop rule but the time limit (extending it is what resuming is for) to its last
+    # record, so it stops where an uninterrupted run does.
     monitor = StallMonitor(dtype_eps(params)) if whole is not None else None
     reason = None
     for rec in history if monitor is not None else ():
         reason = _precision_stop(rec, monitor)
-    if reason:
-        status, message = "precision", reason
-    if status == "completed" and config.target_loss is not None and initial_loss <= config.target_loss:
-        status, message = "target_reached", (f"the initial training loss {initial_loss:.6g} is already at or below "
-                                             f"the target {config.target_loss:g}")
+    stop = _stop(history[-1], config, initial_loss, reason) if history else None
+    if stop is None and config.target_loss is not None and initial_loss <= config.target_loss:
+        stop = "target_reached", (f"the initial training loss {initial_loss:.6g} is already at or below the target "
+                                  f"{config.target_loss:g}")
+    if stop is not None:
+        status, message = stop
     try:
         while step < config.steps and status == "completed":
             if whole is not None:
@@ -332,8 +335,12 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
             new_params, new_state, info = opt.update(params, state, oracle)
             # The log keeps scalars; the step's random draws (info["draws"]) belong in a trace, not a log.
             rec = {"step": step + 1, **{k: _plain(v) for k, v in info.items() if k != "draws"}}
-            last = step + 1 == config.steps
-            evaluate = (step + 1) % config.eval_every == 0 or last
+            # The rules that need no training loss decide first, so a run that stops here evaluates its
+            # final iterate whatever eval_every says (the monitor observes each record once).
+            reason = _precision_stop(rec, monitor) if monitor is not None else None
+            elapsed = time.perf_counter() - t0
+            evaluate = (step + 1) % config.eval_every == 0 or step + 1 == config.steps \
+                or _stop(rec, config, initial_loss, reason, elapsed) is not None
             rec["train_loss"], rec["train_accuracy"] = _evaluate(full, new_params) if evaluate else (None, None)
             rec["val_loss"], rec["val_accuracy"] = _evaluate(val, new_params) if evaluate and val else (None, None)
             if config.analyze_every is not None:  # on ``full``: its counts are not the optimizer's
@@ -352,28 +359,9 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
                 progress(rec)
             if checkpoint_path and checkpoint_every and step % checkpoint_every == 0:
                 save_checkpoint(checkpoint_path, config, step, params, state, history, counts, identity, opt)
-            tl = rec["train_loss"]
-            if tl is not None and not math.isfinite(tl):
-                status, message = "diverged", f"training loss became {tl} at step {step}"
-                break
-            if bound is not None and tl is not None and tl > bound:
-                status, message = "diverged", (f"training loss {tl:.3g} at step {step} exceeds "
-                                               f"{bound:.3g} = L₀ + {factor - 1:g} × "
-                                               f"max(|L₀|, 1), L₀ = {initial_loss:.3g}")
-                break
-            gn = rec.get("grad_norm")
-            if gn is not None and gn <= config.gtol:
-                status = "converged"
-                break
-            reason = _precision_stop(rec, monitor) if monitor is not None else None
-            if reason:
-                status, message = "precision", reason
-                break
-            if config.target_loss is not None and tl is not None and tl <= config.target_loss:
-                status = "target_reached"
-                break
-            if config.max_seconds is not None and rec["elapsed"] > config.max_seconds:
-                status = "time_limit"
+            stop = _stop(rec, config, initial_loss, reason, elapsed)
+            if stop is not None:
+                status, message = stop
                 break
     except KeyboardInterrupt:
         path = checkpoint_path or "interrupted.ckpt.npz"
@@ -387,38 +375,72 @@ def run(config: RunConfig, problem=None, resume: str | None = None, log_path: st
     return RunResult(config, params, state, history, status, message, initial_loss, initial_accuracy, *initial_val)
 
 
+def _stop(rec: dict, config: RunConfig, initial_loss: float, precision: str | None = None,
+          elapsed: float | None = None) -> tuple[str, str] | None:
+    """(status, message) of the first stop rule that fires at record ``rec``, or None; in order: diverged
+    (train_loss not finite, or above ``divergence_bound``), converged (grad_norm ≤ gtol), precision
+    (``precision``: the monitor's reason for ``rec``, which the caller computes, the monitor keeping state),
+    target_reached, time_limit (``elapsed`` seconds beyond max_seconds; None: not applied). A record without
+    train_loss can stop only by the rules that need none."""
+    tl = rec.get("train_loss")
+    if tl is not None and not math.isfinite(tl):
+        return "diverged", f"training loss became {tl} at step {rec.get('step')}"
+    factor = config.divergence_factor
+    if factor is not None and tl is not None and tl > divergence_bound(initial_loss, factor):
+        return "diverged", (f"training loss {tl:.3g} at step {rec.get('step')} exceeds "
+                            f"{divergence_bound(initial_loss, factor):.3g} = L₀ + {factor - 1:g} × "
+                            f"max(|L₀|, 1), L₀ = {initial_loss:.3g}")
+    gn = rec.get("grad_norm")
+    if gn is not None and gn <= config.gtol:
+        return "converged", ""
+    if precision:
+        return "precision", precision
+    if config.target_loss is not None and tl is not None and tl <= config.target_loss:
+        return "target_reached", ""
+    if config.max_seconds is not None and elapsed is not None and elapsed > config.max_seconds:
+        return "time_limit", ""
+    return None
+
+
 def _evaluate(oracle, params):
-    """(loss, accuracy) of ``params`` on ``oracle``'s examples: for a network, both from one forward pass (the
-    loss computed as ``Oracle.value`` does, so equal to it bit for bit), accuracy None for a loss without one
-    (``Loss.has_accuracy``); for a function, (value, None). NumPy's overflow and invalid-value warnings are
-    silenced: a loss that overflows here is non-finite, and the run reports it as diverged."""
+    """(loss, accuracy) of ``params`` on ``oracle``'s examples: both from one forward pass (``evaluate``, whose
+    loss equals ``value``'s bit for bit), accuracy None for a function or a loss without one
+    (``Loss.has_accuracy``). NumPy's overflow and invalid-value warnings are silenced: a loss that overflows
+    here is non-finite, and the run reports it as diverged."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if not isinstance(oracle, Oracle):  # a FunctionOracle: no outputs, no accuracy
-            return oracle.value(params), None
-        oracle.counts.nfev += 1
-        z = oracle.outputs(params)
-        value = float(getval(oracle.loss(z, oracle.y, check=False)))
-        accuracy = oracle.loss.accuracy(z, oracle.y) if getattr(oracle.loss, "has_accuracy", False) else None
+        value, z = oracle.evaluate(params)
+        has = z is not None and getattr(oracle.loss, "has_accuracy", False)
+        accuracy = oracle.loss.accuracy(z, oracle.y) if has else None
     return value, accuracy
 
 
 _SHARPNESS = ("hessian_max", "hessian_max_residual", "stability_threshold")
 
 
+class _CurvatureOverflow(Exception):
+    """A Hessian product of ``_sharpness`` is not finite: the curvature overflows at the step's parameters."""
+
+
 def _sharpness(oracle, params, threshold) -> dict:
     """hessian_max (the algebraic largest eigenvalue of ``oracle``'s Hessian at ``params``, by Lanczos), its
     residual, and the step's stability threshold ``threshold`` (``stability_threshold``; module docs)."""
-    from .analysis import hessian_operator, lanczos_eigenpairs  # noqa: PLC0415 (only runs that ask need it)
+    from .analysis import CurvatureOperator, lanczos_eigenpairs  # noqa: PLC0415 (only runs that ask need it)
 
     value = residual = math.nan
     if T.all_finite(params):
-        H = hessian_operator(oracle, params)
+        hessian = oracle.hessian_operator(params)  # the gradient recorded once, one reverse sweep per product
+
+        def product(v):  # an overflow is refused by a class of its own, so nothing else is caught with it
+            out = T.ravel(hessian(T.unravel(v, params)))
+            if not T.all_finite(out):
+                raise _CurvatureOverflow
+            return out
+        H = CurvatureOperator(product, T.size(params), T.leaves(params)[0].dtype, "hessian")
         try:
             top = lanczos_eigenpairs(H, 1, steps=min(ANALYZE_LANCZOS_STEPS, H.n), seed=0).largest
             value, residual = float(top.values[0]), float(top.residuals[0])
-        except ValueError as exc:  # the operator refuses a product that is not finite (curvature overflows)
-            if "not finite" not in str(exc):
-                raise
+        except _CurvatureOverflow:
+            pass
     return {"hessian_max": value, "hessian_max_residual": residual, "stability_threshold": threshold}
 
 

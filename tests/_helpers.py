@@ -12,6 +12,17 @@ from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
 from refopt.oracle import FunctionOracle, Oracle
 
 
+def one_error_line(capsys, output: bool = False) -> str:
+    """The one line ``refopt: error: ...`` that a refused ``refopt`` command wrote to stderr (checked here),
+    for the test's own checks of its text; stdout must be empty (refused before any work or output) unless
+    ``output`` (a command refused after it printed, as a full disk at its last write)."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refopt: error: "), captured.err
+    assert output or captured.out == "", captured.out
+    return lines[0]
+
+
 class ScriptedOracle:
     """Returns the given gradients one after another (the loss is 0), whatever the params."""
 

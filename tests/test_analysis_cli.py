@@ -26,6 +26,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
+from _helpers import one_error_line
 from refopt.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,14 +127,6 @@ def _preconditioned_dense(oracle, params, damping):
     from refopt.analysis import kfac_preconditioned_ggn_operator
     M = kfac_preconditioned_ggn_operator(oracle, params, damping).to_dense()
     return (M + M.T) / 2
-
-
-def _one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refopt: error: "), captured.err
-    assert captured.out == "", captured.out  # refused before any work or output
-    return lines[0]
 
 
 # --- refopt analyze --------------------------------------------------------------------------------------------
@@ -264,13 +257,13 @@ def test_analyze_a_checkpoint_of_a_built_in_problem_needs_no_problem_option(tmp_
     assert main(["analyze", "--checkpoint", ck, "--analyses", "hessian_top", "-k", "1", "--no-progress"]) == 0
     assert f"logistic at the parameters of {ck} (step 2 of sgd)" in capsys.readouterr().out
     assert main(["analyze", "--checkpoint", ck, "--problem", "synthetic_mlp", "--no-progress"]) == 2
-    assert "checkpoint was written for another problem" in _one_error_line(capsys)   # an explicit one is checked
+    assert "checkpoint was written for another problem" in one_error_line(capsys)   # an explicit one is checked
     data_ck = str(tmp_path / "data.npz")
     assert main(["train", "sgd", *NET, "--steps", "1", "--checkpoint", data_ck, "--checkpoint-every", "1",
                  "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["analyze", "--checkpoint", data_ck, "--no-progress"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert f"--checkpoint {data_ck} was written for your own data ('data:blobs.csv'): give --data" in line
 
 
@@ -287,13 +280,13 @@ def test_analyze_refuses_a_checkpoint_of_other_data_or_network(tmp_path, capsys)
                           (["--data", str(data), "--sizes", "4,3,3", "--split-seed", "1"], "its data"),
                           (["--problem", "synthetic_mlp"], "checkpoint was written for another problem")]:
         assert main(common + extra) == 2
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
         assert needle in line and ck in line, line
     lines = data.read_text().splitlines()
     lines[1] = "9.5" + lines[1][lines[1].index(","):]                 # one value of one example changed
     data.write_text("\n".join(lines) + "\n")
     assert main(common + net) == 2
-    assert "its data (training or held-out arrays) differ" in _one_error_line(capsys)
+    assert "its data (training or held-out arrays) differ" in one_error_line(capsys)
 
 
 def test_analyze_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
@@ -302,7 +295,7 @@ def test_analyze_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
     for path, needle in [(str(bogus), "not a refopt file"), (str(tmp_path / "none.npz"), "No such file"),
                          (str(tmp_path), "is a directory")]:
         assert main(["analyze", *NET, "--checkpoint", path, "--no-progress"]) == 2
-        assert needle in _one_error_line(capsys)
+        assert needle in one_error_line(capsys)
     from refopt.serialize import write_npz_atomic
     other = str(tmp_path / "other.npz")  # refopt's container, but not a checkpoint (or of an older format)
     for meta, needle in [({"format": "something"}, "not a refopt checkpoint (format 'something')"),
@@ -310,7 +303,7 @@ def test_analyze_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
                          ({"format": "refopt-checkpoint/2", "version": "0.0"}, "written by refopt '0.0'")]:
         write_npz_atomic(other, meta, params=[np.zeros(2)])
         assert main(["analyze", *NET, "--checkpoint", other, "--no-progress"]) == 2
-        assert needle in _one_error_line(capsys)
+        assert needle in one_error_line(capsys)
 
 
 def test_analyze_refuses_a_hostile_or_inconsistent_checkpoint_and_runs_nothing(tmp_path, monkeypatch, capsys):
@@ -331,7 +324,7 @@ def test_analyze_refuses_a_hostile_or_inconsistent_checkpoint_and_runs_nothing(t
         changed["skeleton"] = np.array(json.dumps({**skeleton, **(skeleton_change or {})}))
         np.savez("bad.npz", **changed)
         assert main(["analyze", *NET, "--checkpoint", "bad.npz", "--no-progress"]) == 2
-        return _one_error_line(capsys)
+        return one_error_line(capsys)
 
     touch = {"namedtuple": "refopt.serialize:os.system", "fields": {"command": "touch marker"}}
     assert "unknown state class" in variant(skeleton_change={"state": touch})
@@ -371,7 +364,7 @@ def test_analyze_refuses_a_hostile_or_inconsistent_checkpoint_and_runs_nothing(t
 ])
 def test_bad_analyze_options_exit_2_with_one_line(extra, needle, capsys):
     assert main(["analyze", *NET, "--no-progress", *extra]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert needle in line, line
 
 
@@ -383,7 +376,7 @@ def test_bad_analyze_options_exit_2_with_one_line(extra, needle, capsys):
 ])
 def test_bad_problems_exit_2_with_one_line(argv, needle, capsys):
     assert main(["analyze", "--no-progress", *argv]) == 2
-    assert needle in _one_error_line(capsys)
+    assert needle in one_error_line(capsys)
 
 
 def test_analyze_a_function_problem_reports_the_hessian_and_skips_the_ggn(capsys):

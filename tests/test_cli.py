@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from _helpers import one_error_line
 from refopt.cli import main, parse_value
 
 
@@ -30,9 +31,8 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     assert "after 6 steps" in capsys.readouterr().out
     rc = main(["train", "sgd", "lr=0.4", "--problem", "synthetic_mlp", "--no-progress", "--resume", str(ck)])
     assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refopt: error:") and \
-        "hyperparameters differ: checkpoint has lr=0.5, this run has lr=0.4" in err[0]
+    # refused by run, after the hyperparameters line
+    assert "hyperparameters differ: checkpoint has lr=0.5, this run has lr=0.4" in one_error_line(capsys, output=True)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -66,8 +66,8 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
+    assert needle in one_error_line(capsys, output="--checkpoint-every" in argv)  # refused by run, after the
+    # hyperparameters line
 
 
 def test_compare_two_optimizers_writes_plot(tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_verify_check_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, meta=np.array(json.dumps({"optimizer": "sgd"})))
     assert main(["verify", "check", str(bad)]) == 2
-    assert "meta has no 'problem'" in capsys.readouterr().err
+    assert "meta has no 'problem'" in one_error_line(capsys)
 
 
 def test_list(capsys):
@@ -123,8 +123,7 @@ def test_missing_optional_package_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     assert main(["train", "sgd", "--problem", "digits_mlp", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "scikit-learn" in err[0]
+    assert "scikit-learn" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("script,hidden", [("verify_with_torch.py", ["torch"]),
@@ -184,8 +183,7 @@ def test_unwritable_paths_are_refused_before_any_step(argv, needle, tmp_path, ca
     argv = [a.format(**fill) for a in argv] + (["--log", str(log)] if argv[0] == "train" and "--log" not in argv
                                                  else [])
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refopt: error:") and needle.format(**fill) in err[0], err
+    assert needle.format(**fill) in one_error_line(capsys)
     assert not log.exists()
 
 
@@ -199,8 +197,7 @@ def test_os_errors_of_a_running_command_are_one_line(tmp_path, capsys, monkeypat
     csv_path = str(tmp_path / "out.csv")
     assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--steps", "2", "--plot", "",
                  "--csv", csv_path, "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"refopt: error: {csv_path}: No space left on device" and len(err) == 1, err
+    assert one_error_line(capsys, output=True) == f"refopt: error: {csv_path}: No space left on device"
 
 
 @pytest.mark.parametrize("option,value,needle", [
@@ -215,26 +212,24 @@ def test_os_errors_of_a_running_command_are_one_line(tmp_path, capsys, monkeypat
 ])
 def test_non_finite_stopping_rules_are_refused(option, value, needle, capsys):
     assert main(TRAIN + [option, value]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
+    assert needle in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("option,value", [("--target-loss", "nan"), ("--max-seconds", "inf")])
 def test_compare_refuses_non_finite_budgets(option, value, capsys):
     assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", option, value]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and option[2:].replace("-", "_") in err[0], err
+    assert option[2:].replace("-", "_") in one_error_line(capsys)
 
 
 def test_verify_check_refuses_nan_tolerances(tmp_path, capsys):
     assert main(["verify", "check", str(tmp_path / "t.npz"), "--rtol", "nan"]) == 2
-    assert "--rtol must be a non-negative finite number" in capsys.readouterr().err
+    assert "--rtol must be a non-negative finite number" in one_error_line(capsys)
 
 
 def test_huge_integer_hyperparameter_is_one_line(capsys):
     assert main(TRAIN[:2] + [f"lr={10 ** 400}"] + TRAIN[2:]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["refopt: error: lr must be a positive finite number, got an integer of about 401 digits"]
+    assert one_error_line(capsys) == ("refopt: error: lr must be a positive finite number, got an integer of about "
+                                      "401 digits")
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -286,8 +281,7 @@ def test_seed_is_bounded_and_named_by_every_command(argv, seed, tmp_path, capsys
     """verify export --seed 10**23 wrote a trace that load_trace refuses; --seed -1 did not name --seed."""
     out, d = tmp_path / "t.npz", tmp_path / "traces"
     assert main([a.format(out=out, dir=d) for a in argv] + ["--seed", seed]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--seed must be an integer in [0, 9223372036854775807]" in err[0], err
+    assert "--seed must be an integer in [0, 9223372036854775807]" in one_error_line(capsys)
     assert not out.exists() and not d.exists()
 
 
@@ -304,8 +298,7 @@ def test_resume_from_a_device_or_pipe_says_it_is_not_a_regular_file(tmp_path, ca
     os.mkfifo(fifo)  # opening it for reading would block: it must be refused before it is opened
     for path in ("/dev/zero", str(fifo)):
         assert main(TRAIN + ["--resume", path]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"refopt: error: --resume {path}: is not a regular file"], err
+        assert one_error_line(capsys) == f"refopt: error: --resume {path}: is not a regular file"
 
 
 @pytest.mark.parametrize("value,needle", [
@@ -316,18 +309,15 @@ def test_resume_from_a_device_or_pipe_says_it_is_not_a_regular_file(tmp_path, ca
 ])
 def test_invalid_hp_json_names_the_option(value, needle, capsys):
     assert main(["compare", "--optimizers", "sgd", "--problem", "rosenbrock", "--plot", "", "--hp-json", value]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
+    assert needle in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("value", ["", ",", "sgd,", " , adam", "sgd,,adam"])
 def test_empty_optimizer_list_is_refused(value, capsys):
     """--optimizers '' silently ran the whole default set."""
     assert main(["compare", "--optimizers", value, "--problem", "rosenbrock", "--plot", "", "--steps", "1"]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "--optimizers: expected a comma-separated list of optimizer names" in err[0], err
-    assert "optimizer" not in captured.out  # no table: nothing ran
+    # no table either (stdout empty): nothing ran
+    assert "--optimizers: expected a comma-separated list of optimizer names" in one_error_line(capsys)
 
 
 # --- issue 12: export --all lists what it wrote; train reports the dense matrices -------------------------------
@@ -421,7 +411,7 @@ def test_train_plot_writes_a_png(tmp_path, capsys):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = tmp_path / "witness.jsonl"
     assert main(TRAIN + ["--plot", str(tmp_path), "--log", str(log)]) == 2  # a directory: refused before step 1
-    assert f"--plot {tmp_path}: is a directory" in capsys.readouterr().err and not log.exists()
+    assert f"--plot {tmp_path}: is a directory" in one_error_line(capsys) and not log.exists()
 
 
 # --- issue 12, Deliver 1 and 2: --data, --sizes, --activation, --loss, the split; the validation summary ----------
@@ -521,8 +511,7 @@ def test_compare_on_a_csv(tmp_path, capsys):
 def test_bad_data_options_exit_2_with_one_line(tmp_path, capsys, extra, needle, command):
     head = ["train", "sgd", "--no-progress"] if command == "train" else ["compare", "--optimizers", "sgd", "--plot", ""]
     assert main(head + ["--data", _blobs_csv(tmp_path), "--steps", "1"] + extra) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refopt: error: ") and needle in err[0], err
+    assert needle in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -537,8 +526,7 @@ def test_bad_data_options_exit_2_with_one_line(tmp_path, capsys, extra, needle, 
 def test_data_options_without_data_exit_2(capsys, extra, needle, command):
     head = ["train", "sgd", "--no-progress"] if command == "train" else ["compare", "--optimizers", "sgd", "--plot", ""]
     assert main(head + ["--problem", "synthetic_mlp", "--steps", "1"] + extra) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
+    assert needle in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -552,11 +540,10 @@ def test_bad_data_files_exit_2_with_one_line(tmp_path, capsys, text, needle):
     path = tmp_path / "bad.csv"
     path.write_text(text)
     assert main(["train", "sgd", "--data", str(path), "--steps", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
+    assert needle in one_error_line(capsys)
     assert main(["train", "sgd", "--data", str(tmp_path / "none.csv"), "--steps", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "refopt: error: --data " in err and "none.csv: No such file" in err, err
+    line = one_error_line(capsys)
+    assert line.startswith("refopt: error: --data ") and "none.csv: No such file" in line, line
 
 
 def test_resume_refuses_a_checkpoint_of_other_data_or_sizes(tmp_path, capsys):
@@ -569,15 +556,16 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_sizes(tmp_path, capsys):
     for extra, needle in [(["--sizes", "4,8,3"], "its sizes differ"), (["--split-seed", "1"], "its data"),
                           (["--no-standardize"], "its data"), (["--activation", "relu"], "its activations differ")]:
         assert main(common + ["--steps", "4", "--resume", ck] + extra) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "checkpoint was written for another problem" in err[0] and needle in err[0], err
+        line = one_error_line(capsys, output=True)  # refused by run, after the hyperparameters line
+        assert "checkpoint was written for another problem" in line and needle in line, line
     with open(path) as fh:
         text = fh.read().splitlines()
     text[1] = text[1].replace(text[1].split(",")[0], "9.5", 1)  # one value of one example changed
     with open(path, "w") as fh:
         fh.write("\n".join(text) + "\n")
     assert main(common + ["--steps", "4", "--resume", ck]) == 2
-    assert "its data (training or held-out arrays) differ" in capsys.readouterr().err
+    # refused by run, after the hyperparameters line
+    assert "its data (training or held-out arrays) differ" in one_error_line(capsys, output=True)
 
 
 def test_analyze_reads_the_data_options_as_train_does(tmp_path, capsys):
@@ -590,8 +578,7 @@ def test_analyze_reads_the_data_options_as_train_does(tmp_path, capsys):
     assert main(common + ["--val-fraction", "0"]) == 0
     assert "on all 90 training examples" in capsys.readouterr().out
     assert main(common + ["--activation", "bogus"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refopt: error: unknown activation 'bogus'"), err
+    assert one_error_line(capsys).startswith("refopt: error: unknown activation 'bogus'")
 
 
 def test_train_analyze_every_prints_the_last_lambda_max(capsys):
@@ -645,8 +632,7 @@ def test_the_plot_format_is_checked_before_any_run(tmp_path, monkeypatch, capsys
     for argv in (["compare", "--optimizers", "sgd", "--problem", "synthetic_mlp", "--plot", str(tmp_path / "c.txt")],
                  ["train", "sgd", "--problem", "synthetic_mlp", "--no-progress", "--plot", str(tmp_path / "t.doc")]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "is not one refopt writes; use one of png, pdf, svg" in err[0], err
+        assert "is not one refopt writes; use one of png, pdf, svg" in one_error_line(capsys)
 
 
 def test_python_warnings_print_as_one_line(capsys):
@@ -683,9 +669,8 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
         raise MemoryError("Unable to allocate 7.45 GiB")
     monkeypatch.setattr(cli, "cmd_list", huge)
     assert main(["list"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["refopt: error: out of memory (Unable to allocate 7.45 GiB): a smaller network, batch or data set "
-                   "needs less"]
+    assert one_error_line(capsys) == ("refopt: error: out of memory (Unable to allocate 7.45 GiB): a smaller network, "
+                                      "batch or data set needs less")
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch, capsys):
@@ -729,3 +714,48 @@ def test_train_does_not_import_compare():
             "print(rc, 'refopt.compare' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "0 False", out
+
+
+def test_problem_from_args_passes_only_the_data_options_given(tmp_path, monkeypatch):
+    """data_problem's defaults are stated once, in its signature: the command passes what was typed, read."""
+    import argparse
+    import refopt.problems.user_data as U
+    from refopt.cli_args import add_data_arguments, problem_from_args
+    seen = []
+    monkeypatch.setattr(U, "data_problem", lambda path, **kw: seen.append(kw))
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    data = _blobs_csv(tmp_path)
+    problem_from_args(parser.parse_args(["--data", data]))
+    problem_from_args(parser.parse_args(["--data", data, "--loss", "gaussian", "--activation", "relu,tanh",
+                                         "--val-fraction", "0.25", "--no-standardize", "--split-seed", "4"]))
+    assert seen == [{}, {"loss": "gaussian", "activation": ["relu", "tanh"], "val_fraction": 0.25,
+                         "standardize": False, "split_seed": 4}]
+
+
+def test_the_data_options_help_states_data_problems_defaults():
+    import argparse
+    import inspect
+    from refopt.cli_args import DEFAULT_VAL_FRACTION, add_data_arguments
+    from refopt.problems.user_data import data_problem
+    defaults = {k: p.default for k, p in inspect.signature(data_problem).parameters.items()}
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert DEFAULT_VAL_FRACTION == defaults["val_fraction"]
+    assert f"default {DEFAULT_VAL_FRACTION}" in helps["val_fraction"]
+    assert f"(default {defaults['activation']})" in helps["activation"]
+    assert f"(default {defaults['split_seed']})" in helps["split_seed"]
+    assert defaults["standardize"] is True and "(default: on)" in helps["standardize"]
+    assert defaults["loss"] == "softmax" and "softmax cross-entropy (integer labels; the default)" in helps["loss"]
+    assert defaults["sizes"] is None and "(default: features,32,classes or targets)" in helps["sizes"]
+
+
+def test_verify_export_help_lists_the_trace_problems_from_their_table(monkeypatch, capsys):
+    """The names come from TRACE_PROBLEMS when the parser is built: a problem added there is named at once."""
+    from refopt.verify import trace
+    monkeypatch.setitem(trace.TRACE_PROBLEMS, "tiny_added", {})
+    with pytest.raises(SystemExit):
+        main(["verify", "export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a trace problem: tiny_mlp (default), tiny_regression, tiny_logistic, tiny_cnn, tiny_added" in text, text

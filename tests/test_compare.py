@@ -109,9 +109,26 @@ def test_every_tuned_setting_builds_and_names_a_default_optimizer():
         assert set(table) <= set(DEFAULT_OPTIMIZERS)
         for name, hp in table.items():
             make_optimizer(name, **hp)
-    for problem, table in TUNED.items():  # every default optimizer with a step size has a tuned one
-        assert {n for n in DEFAULT_OPTIMIZERS if "lr" in table.get(n, {})} == set(table), problem
-        assert len(table) >= 12, problem
+    # every default optimizer that the problem serves and that has a step size and no line search (those keep
+    # their defaults) has a tuned setting; one the problem refuses has none (it could not have been tuned)
+    for problem, table in TUNED.items():
+        provides = make_problem(problem).oracle().provides
+        opts = {n: make_optimizer(n) for n in DEFAULT_OPTIMIZERS}
+        tunable = {n for n, opt in opts.items() if opt.requires <= provides
+                   and "lr" in opt.hyperparameters() and "line_search" not in opt.hyperparameters()}
+        assert tunable == set(table), problem
+
+
+def test_a_not_applicable_row_states_check_oracles_refusal_and_is_not_counted_untuned():
+    """The row of an optimizer the problem refuses gives Optimizer.check_oracle's message; it ran at no
+    setting, so the footer does not list it among those that ran at their defaults."""
+    prob = make_problem("digits_cnn")
+    entries = compare(["kbfgs", "kfac_tridiag"], problem=prob, steps=1)
+    for e in entries:
+        with pytest.raises(ValueError) as refusal:
+            make_optimizer(e.name).check_oracle(prob.oracle())
+        assert e.result is None and e.error == f"not applicable: {refusal.value}"
+    assert entries.untuned == [] and "no setting for" not in format_table(entries)
 
 
 def test_a_problem_object_runs_like_its_name():
@@ -326,3 +343,10 @@ def test_plot_comparison_refuses_a_format_matplotlib_does_not_write(tmp_path):
         C.plot_comparison(entries, str(tmp_path / "x.txt"))
     assert list(tmp_path.iterdir()) == []
     assert C.plot_comparison(entries, str(tmp_path / "x.svg")) and (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_the_comparison_figure_takes_pyplot_from_plotting(monkeypatch):
+    """One import of matplotlib for every figure (plotting.pyplot, Agg): without it the figure is refused."""
+    monkeypatch.setattr(C, "pyplot", lambda what="plot": None)
+    with pytest.raises(ImportError, match="comparison_figure needs matplotlib"):
+        C.comparison_figure([])

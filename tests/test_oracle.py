@@ -332,6 +332,16 @@ def test_function_oracle_records_its_autodiff_gradient_once_for_products():
     for v in np.eye(3):
         np.testing.assert_allclose(hv(v), H @ v, rtol=1e-14, atol=1e-15)
     assert calls[0] == 1 and o.counts.ngev == 1 and o.counts.nhvp == 3
+    # a given gradient (here half the true one, so the two cannot be confused) is the one returned, by
+    # hvp_operator and value_and_hvp_operator alike; the products still sweep the recording of f's gradient
+    half = lambda p: 0.5 * (p ** 3 + np.concatenate([p[1:2], p[:-2] + p[2:], p[-2:-1]]))  # noqa: E731
+    o = FunctionOracle(f, grad=half)
+    for g, hv in [o.hvp_operator(x), o.value_and_hvp_operator(x)[1:]]:
+        np.testing.assert_array_equal(g, half(x))
+        for v in np.eye(3):
+            np.testing.assert_allclose(hv(v), H @ v, rtol=1e-14, atol=1e-15)
+    assert (o.counts.nfev, o.counts.ngev, o.counts.nhvp) == (1, 4, 6)  # each: the given grad and the recording
+    assert o.value_and_hvp_operator(x)[0] == f(x)
 
 
 def test_function_oracle_value_and_hvp_operator_records_the_gradient_once():

@@ -685,3 +685,85 @@ def test_batch_indices_are_the_epochs_permutation_cut_in_batches():
         epoch, pos = divmod(step, 3)
         want = np.random.default_rng([5, epoch]).permutation(10)[3 * pos:3 * pos + 3]
         np.testing.assert_array_equal(batch_indices(10, 3, 5, step), want)
+
+
+# --- review R3: stops on resume, the final evaluation, argument checks -----------------------------------------
+
+@pytest.mark.parametrize("config", [
+    RunConfig("sgd", {"lr": 30.0}, "synthetic_mlp", steps=50, divergence_factor=1.5),      # diverges at step 1
+    RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=50, target_loss=0.1),              # reached at step 3
+    RunConfig("lbfgs", {}, "rosenbrock", steps=100, gtol=1e-6),                              # converges at step 37
+    RunConfig("lbfgs", {}, "rosenbrock", steps=100, eval_every=7, gtol=1e-6),
+], ids=["diverged", "target_reached", "converged", "converged_eval_every_7"])
+def test_resuming_the_final_checkpoint_of_a_stopped_run_stops_there_again(tmp_path, config):
+    """The final checkpoint of a run that a stop rule ended resumes to the same status, message and history:
+    every rule is applied to the checkpoint's last record (before, only "precision" was, so these took more
+    steps)."""
+    ckpt = str(tmp_path / "c.npz")
+    first = run(config, checkpoint_path=ckpt)
+    assert first.status != "completed" and len(first.history) < config.steps
+    resumed = run(config, resume=ckpt)
+    assert (resumed.status, resumed.message) == (first.status, first.message)
+    assert resumed.history == first.history and _leaves_equal(resumed.params, first.params)
+
+
+def test_a_resumed_run_extends_its_time_limit(tmp_path):
+    """The time limit is the one rule not replayed: a run stopped by it continues when resumed with more time."""
+    ckpt = str(tmp_path / "c.npz")
+    cfg = RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=4, max_seconds=1e-9)
+    assert run(cfg, checkpoint_path=ckpt).status == "time_limit"
+    resumed = run(RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=4), resume=ckpt)
+    assert resumed.status == "completed" and len(resumed.history) == 4
+
+
+@pytest.mark.parametrize("config", [
+    RunConfig("sgd", {"lr": 0.5}, "synthetic_mlp", steps=50, eval_every=10, max_seconds=1e-9),   # time_limit
+    RunConfig("lbfgs", {}, "rosenbrock", steps=100, eval_every=7, gtol=1e-6),                  # converged
+], ids=["time_limit", "converged"])
+def test_an_early_stop_evaluates_the_final_iterate_whatever_eval_every_says(config):
+    """A run that stops between evaluations records train_loss (and the held-out metrics) of its final
+    parameters, computed independently here; before, final_loss was NaN or an earlier step's."""
+    res = run(config)
+    problem = make_problem(config.problem)
+    last = res.history[-1]
+    assert res.status != "completed" and last["step"] % config.eval_every != 0
+    assert last["train_loss"] == res.final_loss == problem.oracle().value(res.params)
+    if problem.kind == "network":
+        assert last["val_loss"] == problem.validation_oracle().value(res.params)
+        assert last["train_accuracy"] is not None and last["val_accuracy"] is not None
+    steps = [r["step"] for r in res.history if r["train_loss"] is not None]
+    assert steps == [s for s in range(1, last["step"]) if s % config.eval_every == 0] + [last["step"]]
+
+
+def test_a_precision_stop_between_evaluations_evaluates_the_final_iterate():
+    from types import SimpleNamespace  # noqa: PLC0415
+    from _helpers import rounding_floor_oracle  # noqa: PLC0415
+    from refopt.problems.registry import FunctionProblem  # noqa: PLC0415
+    oracle, x0 = rounding_floor_oracle(grad_noise=1e-9)
+    fn = SimpleNamespace(x0=x0, f=oracle.f, grad=oracle._grad, hess=None, hvp=None)
+    res = run(RunConfig("lbfgs", {}, "rounding_floor", steps=200, eval_every=1000),
+              problem=FunctionProblem("rounding_floor", lambda: fn))
+    assert res.status == "precision" and res.history[-1]["train_loss"] == oracle.f(res.params)
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, 0, "2"])
+def test_checkpoint_every_must_be_a_positive_integer(tmp_path, bad):
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer in"):
+        run(RunConfig("sgd", {"lr": 0.1}, "rosenbrock", steps=1), checkpoint_path=str(tmp_path / "c.npz"),
+            checkpoint_every=bad)
+
+
+def test_sharpness_turns_an_overflowing_product_into_nan_and_lets_other_errors_through():
+    """A Hessian product that overflows at finite parameters gives NaN; a ValueError of another origin whose text
+    happens to say "not finite" is not swallowed (the overflow is caught by its class, not by its message)."""
+    from refopt.backend import as_array  # noqa: PLC0415
+    from refopt.oracle import FunctionOracle  # noqa: PLC0415
+    from refopt.runner import _sharpness  # noqa: PLC0415
+    f = lambda x: float(x[0] ** 2)  # noqa: E731
+    overflowing = FunctionOracle(f, grad=lambda x: 2 * x, hvp=lambda x, v: v * np.inf)
+    assert np.isnan(_sharpness(overflowing, as_array([1.0]), None)["hessian_max"])
+
+    def refusing(x, v):
+        raise ValueError("this input is not finite enough")
+    with pytest.raises(ValueError, match="not finite enough"):
+        _sharpness(FunctionOracle(f, grad=lambda x: 2 * x, hvp=refusing), as_array([1.0]), None)

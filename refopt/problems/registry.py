@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..backend import xp
-from ..nn import CNN, MLP, AvgPool2d, Bernoulli, Conv2d, Dense, Flatten, Gaussian, SoftmaxCrossEntropy
+from ..nn import (CNN, MLP, AvgPool2d, Bernoulli, Conv2d, Dense, Flatten, Gaussian, SoftmaxCrossEntropy,
+                  cnn_layer_statistics)
 from ..oracle import Counts, FunctionOracle, Oracle, batch_digest
 from .datasets import digits, synthetic_classification
 
@@ -29,9 +30,11 @@ class CNNOracle(Oracle):
 
     provides = Oracle.provides - {"dense_layer_statistics"}
 
-    def with_batch(self, X, y) -> "CNNOracle":
-        """The same model and loss on another batch, sharing this oracle's counts."""
-        return CNNOracle(self.model, self.loss, X, y, counts=self.counts)
+    def layer_stats(self, params, targets=None):
+        """Loss, gradient, and per-layer statistics at the data labels or at ``targets``: a conv layer's patches
+        and its output gradients at every location (``nn.conv.cnn_layer_statistics``)."""
+        self.counts.nstats += 1
+        return cnn_layer_statistics(self.model, self.loss, params, self.X, self.y if targets is None else targets)
 
 
 def network_oracle(model, loss, X, y, counts: Counts | None = None) -> Oracle:

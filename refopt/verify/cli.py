@@ -70,13 +70,16 @@ def _profiles(args) -> int:
 
 def add_verify_commands(parser: argparse.ArgumentParser) -> None:
     """Add the ``export``, ``check`` and ``profiles`` subcommands of ``refopt verify`` to ``parser``."""
+    from .trace import TRACE_PROBLEMS  # noqa: PLC0415 (loaded with refopt.verify already: costs nothing here)
+
     sub = parser.add_subparsers(dest="verify_command", required=True)
     e = sub.add_parser("export", help="write golden traces (.npz)")
     e.add_argument("--optimizer", default=None)
     e.add_argument("hp", nargs="*", metavar="NAME=VALUE")
     e.add_argument("--profile", default=None, help="a library profile (see `refopt verify profiles`)")
-    e.add_argument("--problem", default="tiny_mlp", help="a trace problem: tiny_mlp (default), tiny_regression, "
-                   "tiny_logistic or tiny_cnn (docs/verify.md)")
+    default = "tiny_mlp"
+    names = ", ".join([f"{default} (default)", *(name for name in TRACE_PROBLEMS if name != default)])
+    e.add_argument("--problem", default=default, help=f"a trace problem: {names} (docs/verify.md)")
     e.add_argument("--steps", type=int, default=5)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--all", action="store_true", help="every optimizer and profile, into the folder --out")
