@@ -7,9 +7,12 @@ Conventions (every ``scripts/bench_*.py`` that imports this module follows them)
   caller's environment already sets them; ``apply_threads(n)`` limits a running process through
   threadpoolctl when it is importable. ``blas_threads()`` reports the count in effect: threadpoolctl's
   (if importable), else the environment variable, else "unknown". No new runtime dependency.
-* Timing. ``interleaved(fns, rounds)`` times the functions round robin (each round calls every function
-  once, in turn), so a load spike on a shared machine hits all of them alike; ratios are taken round by
-  round (``per_round_ratios``) and reported as the median with the range (min–max) over the rounds.
+* Options. ``common_arguments(parser)`` adds --quick, --rounds, --threads and --json to a script's parser;
+  --rounds and --threads below 1 are the parser's error.
+* Timing. ``interleaved(fns, rounds, inner=...)`` times the functions round robin (each round calls every
+  function once, or ``inner[name]`` times in a loop, in turn), after ``warmup`` calls of each, so a load
+  spike on a shared machine hits all of them alike; ratios are taken round by round (``per_round_ratios``)
+  and reported as the median with the range (min–max) over the rounds (``spread``).
 * Peak. ``matmul_peak()`` times a 512³ float64 matmul in the calling process (the fastest of several,
   before and after the measurements) and returns GFLOP/s = 2·512³ / t: the "achieved fraction of peak" of
   a measurement is its counted flops / its time / that rate.
@@ -24,6 +27,7 @@ Conventions (every ``scripts/bench_*.py`` that imports this module follows them)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -49,6 +53,30 @@ def threads_argument(argv=None):
         if text is not None:   # a bad value is left to the script's argument parser (check_threads) to refuse
             return int(text) if text.isdigit() and int(text) >= 1 else None
     return None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a bad value is the parser's one-line error, exit status 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def common_arguments(parser, quick: str = "fewer rounds", rounds: str | None = "interleaved rounds per measurement"):
+    """Add the options every benchmark script shares: --quick, --rounds (unless ``rounds`` is None), --threads
+    and --json; --rounds and --threads must be integers ≥ 1 (None when not given, so the script's default
+    applies)."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=positive_int, default=None, help=rounds)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="BLAS threads (set before NumPy loads; 1: the steadiest ratios on a shared machine)")
+    parser.add_argument("--json", default=None, help="write the results to this file (bench_all.py reads it)")
+    return parser
 
 
 def check_threads(parser, n) -> None:
@@ -88,6 +116,15 @@ def apply_threads(n) -> bool:
 _LIMITS = None   # keeps threadpoolctl's limiter alive for the life of the process
 
 
+def torch_threads(torch) -> int:
+    """Give torch's intra-op pool the BLAS thread count in effect (1 when unknown), so that its timings beside
+    refopt's use as many cores; returns the count set."""
+    threads = blas_threads()
+    n = int(threads) if threads.isdigit() else 1
+    torch.set_num_threads(n)
+    return n
+
+
 def blas_threads() -> str:
     """The BLAS thread count in effect: threadpoolctl's report, else the environment variable, else "unknown"."""
     try:
@@ -103,17 +140,21 @@ def blas_threads() -> str:
     return "unknown"
 
 
-def interleaved(fns: dict, rounds: int, warmup: int = 1) -> dict:
-    """{name: [seconds of each round]}: every ``fn()`` called once per round, in turn (round robin)."""
-    for fn in fns.values():
-        for _ in range(warmup):
+def interleaved(fns: dict, rounds: int, warmup: int = 1, inner: dict | None = None) -> dict:
+    """{name: [seconds per call, one per round]}: every ``fn()`` called once per round, in turn (round robin),
+    or ``inner[name]`` times in a loop for functions too short to time alone (the loop's time ÷ its calls)."""
+    inner = inner or {}
+    for name, fn in fns.items():
+        for _ in range(warmup * inner.get(name, 1)):
             fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            n = inner.get(name, 1)
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
     return times
 
 

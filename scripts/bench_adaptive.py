@@ -191,22 +191,13 @@ def _torch_steps(X, y, params0):
     torch = B.optional("torch")
     if torch is None:
         return {}
-    threads = B.blas_threads()
-    torch.set_num_threads(int(threads) if threads.isdigit() else 1)   # the BLAS threads refopt runs with
+    from refopt.verify.external import torch_network  # noqa: PLC0415 (imports torch)
+    B.torch_threads(torch)   # the BLAS threads refopt runs with
     Xt, yt = torch.tensor(X), torch.tensor(y)
-
-    def model_and_params():
-        layers = []
-        for p in params0:
-            lin = torch.nn.Linear(*p["W"].shape, dtype=torch.float64)
-            with torch.no_grad():
-                lin.weight.copy_(torch.tensor(p["W"].T))
-                lin.bias.copy_(torch.tensor(p["b"]))
-            layers += [lin, torch.nn.Tanh()]
-        return torch.nn.Sequential(*layers[:-1])
+    spec = {"type": "mlp", "activations": ["tanh"] * (len(params0) - 1) + ["identity"]}
 
     def stepper(make, create_graph=False):
-        net = model_and_params()
+        net = torch_network(spec, params0)
         opt = make(net.parameters())
 
         def step():
@@ -306,13 +297,9 @@ def time_references(X, y, params0, rounds: int) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 5 (about 20 s)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of 10 steps per optimizer")
+    B.common_arguments(ap, quick="3 rounds instead of 5 (about 20 s)", rounds="rounds of 10 steps per optimizer")
     ap.add_argument("--only", nargs="*", default=None, help="subset of the configurations")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy loads)")
-    ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
-    B.check_threads(ap, args.threads)
     B.apply_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 5)
     names = args.only or list(CONFIGS)

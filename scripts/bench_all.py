@@ -4,8 +4,8 @@ Each script runs as a subprocess with ``--quick`` (and ``--threads N`` when give
 OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS in its environment): bench_autodiff.py,
 bench_adaptive.py, bench_kfac.py --parts cost, bench_quasi_newton.py and bench_cnn.py. Their output is shown as it
 comes; the summary is built from the ``--json`` file each writes (a list of measurements with a median, a
-range over interleaved rounds, a target and a bound). A script that has no ``--json`` option (its
-``--help`` does not list one) is run without it and its printed output is included verbatim instead.
+range over interleaved rounds, a target and a bound). A script that exits without writing its file is
+reported as such, its printed output above being the record.
 
     python scripts/bench_all.py --quick                 # under about 2 minutes on 2 cores
     python scripts/bench_all.py --quick --threads 1     # one BLAS thread (the steadiest on a shared machine)
@@ -42,13 +42,6 @@ SCRIPTS = [
 ]
 
 
-def has_option(script: str, option: str) -> bool:
-    """Whether ``script --help`` lists ``option``."""
-    out = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True,
-                         timeout=120)
-    return option in out.stdout
-
-
 def run_script(label: str, script: str, extra: list, quick: bool, threads, folder: str) -> dict:
     """Run one script (output streamed), return {"label", "seconds", "returncode", "json" or None, "output"}."""
     cmd = [sys.executable, os.path.join(HERE, script)] + (["--quick"] if quick else []) + extra
@@ -57,10 +50,8 @@ def run_script(label: str, script: str, extra: list, quick: bool, threads, folde
         cmd += ["--threads", str(threads)]
         for var in B.THREAD_VARS:
             env[var] = str(threads)
-    path = None
-    if has_option(script, "--json"):
-        path = os.path.join(folder, f"{label}.json")
-        cmd += ["--json", path]
+    path = os.path.join(folder, f"{label}.json")   # every script in SCRIPTS takes --json (B.common_arguments)
+    cmd += ["--json", path]
     print(f"\n=== {' '.join(os.path.relpath(c) if c.endswith('.py') else c for c in cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -71,7 +62,7 @@ def run_script(label: str, script: str, extra: list, quick: bool, threads, folde
     proc.wait()
     seconds = time.perf_counter() - t0
     data = None
-    if path and os.path.exists(path):
+    if os.path.exists(path):
         with open(path) as fh:
             data = json.load(fh)
     return {"label": label, "script": script, "seconds": seconds, "returncode": proc.returncode, "json": data,
@@ -135,8 +126,12 @@ def markdown(rows: list, results: list, threads, quick: bool) -> str:
             measured = f"{m['median']:.2f}{unit} ({rng[0]:.2f}–{rng[1]:.2f})"
         else:
             measured = f"{m['median']:.3g} {unit} ({rng[0]:.3g}–{rng[1]:.3g})"
-        if m.get("bound") is not None and unit == "× bound":
-            measured += f"; bound {m['bound']:.2f}× an SGD step"
+        if m.get("bound") is not None:   # a "× bound" row's bound is in SGD steps, a ratio's in its own unit
+            measured += (f"; bound {m['bound']:.2f}× an SGD step" if unit == "× bound"
+                         else f"; flop bound {m['bound']:.2f}{unit}" if unit.startswith("×")
+                         else f"; bound {m['bound']:.2f}")
+        elif m.get("bound_note"):
+            measured += f"; {m['bound_note']}"
         if m.get("peak_fraction") is not None:
             measured += f"; {100 * m['peak_fraction']:.0f} % of matmul peak"
         if m.get("target") is None:
@@ -147,19 +142,16 @@ def markdown(rows: list, results: list, threads, quick: bool) -> str:
         out.append(f"| {m['what']} | {measured} | {target} |")
     for r in results:
         if r["json"] is None:
-            out.append(f"| {r['script']} | (no --json: see its output above) | |")
+            out.append(f"| {r['script']} | (no results written: see its output above) | |")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="each script with --quick (under about 2 minutes in all)")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads for every script")
+    B.common_arguments(ap, quick="each script with --quick (under about 2 minutes in all)", rounds=None)
     ap.add_argument("--only", nargs="*", default=None, help=f"a subset of {[s[0] for s in SCRIPTS]}")
     ap.add_argument("--markdown", action="store_true", help="print the README 'Measured speed' rows")
-    ap.add_argument("--json", default=None, help="write every script's results and the summary to this file")
     args = ap.parse_args(argv)
-    B.check_threads(ap, args.threads)
     unknown = sorted(set(args.only or ()) - {s[0] for s in SCRIPTS})
     if unknown:
         ap.error(f"--only: unknown script(s) {unknown}; choose from {[s[0] for s in SCRIPTS]}")
@@ -172,7 +164,7 @@ def main(argv=None) -> int:
     print(summary_table(rows))
     for r in results:
         state = "ok" if r["returncode"] == 0 else f"exit status {r['returncode']}"
-        note = "" if r["json"] is not None else "; no --json option: its printed output above is the record"
+        note = "" if r["json"] is not None else "; it wrote no results: its printed output above is the record"
         print(f"  {r['script']}: {r['seconds']:.0f} s, {state}{note}")
     if args.markdown:
         print("\n" + markdown(rows, results, args.threads, args.quick))

@@ -8,7 +8,8 @@ model's calls in short loops), so load from other processes hits all of them ali
 median and the range (min–max) over the rounds. Columns:
 
 * ratio: to the hand-written backprop for gradients, to refopt's gradient for HVP / GGN products;
-* bound: time / (matmul flops / peak), where peak is a 512³ float64 matmul timed in the same rounds and
+* bound: time / (matmul flops / peak), where peak is a 512³ float64 matmul timed before and after the
+  rounds (``_bench.matmul_peak``, the faster of the two) and
   the flops are those of the model's matrix products only, 2·B·fan_in·fan_out each. Per layer l
   (0 = first; its input X needs no cotangent, so the first layer skips the products that would make one):
   gradient 3 products (2 for l = 0): forward, weight gradient, input cotangent; one-shot HVP
@@ -17,6 +18,12 @@ median and the range (min–max) over the rounds. Columns:
   9 (4); GGN-vector product (one jvp, one pullback) 5 (3). Elementwise work is not in the bound, so 1.0
   is out of reach; the bound says how far from the matrix products' own time a measurement is;
 * peak: the fraction of the measured matmul peak achieved (flops / time / peak).
+
+``--json`` (bench_all.py's summary) writes, per round's ratios (median, range): the gradient against the
+hand-written backprop (target ≤ 1.05, with its peak fraction) and the tiny model's (target ≤ 3); the one-shot
+HVP, the ``hvp_operator`` product, the one-shot GGN-vector product and the GGN operator's product against
+refopt's gradient, each with its flop ratio to the gradient as the bound (PRODUCTS: 2.38, 1.75, 1.63, 1.63
+on this MLP); HIPS autograd's gradients against the hand-written ones when it is installed.
 
 The thread count in effect is read from threadpoolctl when it is installed, else from the environment.
 torch (eager), jax (jit) and HIPS autograd are timed on the same model when they are importable;
@@ -49,7 +56,6 @@ import io  # noqa: E402
 import platform  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -66,28 +72,13 @@ BIG, BIG_BATCH = [256, 512, 512, 10], 512
 TINY, TINY_BATCH = [10, 32, 32, 3], 32
 PEAK_N = 512
 
-# Matrix products per layer (first layer, later layers) for each kind of measurement (module docs).
-PRODUCTS = {"grad": (2, 3), "hvp": (3, 8), "hvp_op": (2, 6), "hvp_rec": (4, 9), "ggn": (3, 5)}
+# Matrix products per layer (first layer, later layers) for each kind of measurement (module docs); the
+# gradient's (2, 3) are _bench.mlp_flops's.
+PRODUCTS = {"hvp": (3, 8), "hvp_op": (2, 6), "hvp_rec": (4, 9), "ggn": (3, 5)}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Environment.
-def blas_threads() -> str:
-    """The BLAS thread count in effect (``_bench.blas_threads``: threadpoolctl's, else the environment's)."""
-    return B.blas_threads()
-
-
-def set_threads(n: int):
-    """Limit the BLAS threads now (threadpoolctl), for callers that imported NumPy before the script did."""
-    try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
-    except ImportError:
-        if os.environ.get("OPENBLAS_NUM_THREADS") != str(n):
-            print(f"warning: --threads {n} needs threadpoolctl once NumPy is loaded; BLAS threads: {blas_threads()}")
-        return None
-    return threadpool_limits(n)
-
-
 def load_refopt(root: str, name: str = "refopt_baseline"):
     """The refopt package under ``root`` (a checkout's top folder) imported as ``name``, beside this one."""
     init = os.path.join(root, "refopt", "__init__.py")
@@ -101,36 +92,20 @@ def load_refopt(root: str, name: str = "refopt_baseline"):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Timing.
-def interleaved(fns: dict, rounds: int, inner: dict | None = None, warmup: int = 1) -> dict:
-    """{name: [seconds per call, one per round]}: each round times every function once (or ``inner[name]``
-    calls in a loop, for functions too short to time alone), in a fixed order."""
-    inner = inner or {}
-    for name, fn in fns.items():
-        for _ in range(warmup * inner.get(name, 1)):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n = inner.get(name, 1)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return times
-
-
+# Flops.
 def matmul_flops(sizes, batch, kind) -> float:
-    """Flops of the matrix products of one ``kind`` of measurement on an MLP (see PRODUCTS)."""
+    """Flops of the matrix products of one ``kind`` of measurement on an MLP (see PRODUCTS); the gradient's
+    are ``_bench.mlp_flops``'s."""
+    if kind == "grad":
+        return B.mlp_flops(sizes, batch)["gradient"]
     first, later = PRODUCTS[kind]
     layers = enumerate(zip(sizes[:-1], sizes[1:]))
     return sum(2.0 * batch * i * o * (first if l == 0 else later) for l, (i, o) in layers)
 
 
-def peak_fn():
-    gen = np.random.default_rng(0)
-    A, B = gen.standard_normal((PEAK_N, PEAK_N)), gen.standard_normal((PEAK_N, PEAK_N))
-    return lambda: A @ B
+def flop_ratio(sizes, batch, kind) -> float:
+    """The flop bound of a ``kind`` measurement in gradients: its matrix products' flops ÷ the gradient's."""
+    return matmul_flops(sizes, batch, kind) / matmul_flops(sizes, batch, "grad")
 
 
 def report(rows, times, peak, sizes, batch, unit="ms") -> None:
@@ -228,8 +203,7 @@ def torch_fns(params, X, y, v, threads):
         import torch  # noqa: PLC0415 (optional)
     except ImportError:
         return {}
-    if threads is not None:
-        torch.set_num_threads(threads)
+    B.torch_threads(torch)   # the BLAS threads refopt runs with
     P = [torch.tensor(p[k], requires_grad=True) for p in params for k in ("W", "b")]
     V = [torch.tensor(u[k]) for u in v for k in ("W", "b")] if v is not None else None
     Xt, yt = torch.tensor(X), torch.tensor(y)
@@ -333,7 +307,7 @@ def big_model(args, baseline, threads) -> float:
 
     _, hv = ad.hvp_operator(f, params)
     op = oracle.curvature_operator(params, "ggn")
-    fns = {"peak": peak_fn(), "hand": lambda: handwritten_value_and_grad(params, X, y)}
+    fns = {"hand": lambda: handwritten_value_and_grad(params, X, y)}
     fns.update(refopt_fns(sys.modules["refopt"], model, params, X, y, v, big=True))
     fns.update({
         "hvp_op": lambda: hv(v),
@@ -345,8 +319,10 @@ def big_model(args, baseline, threads) -> float:
         fns.update({f"base_{k}": fn for k, fn in refopt_fns(baseline, model, params, X, y, v, big=True).items()})
     others = {**autograd_fns(params, X, y, v), **torch_fns(params, X, y, v, threads), **jax_fns(params, X, y, v)}
     fns.update(others)
-    times = interleaved(fns, args.rounds)
-    peak = 2.0 * PEAK_N ** 3 / statistics.median(times["peak"])
+    peaks = [B.matmul_peak(PEAK_N)]
+    times = B.interleaved(fns, args.rounds)
+    peaks.append(B.matmul_peak(PEAK_N))
+    peak = 1e9 * max(peaks)   # FLOP/s
     print(f"MLP {'-'.join(map(str, BIG))}, tanh, softmax CE (mean), batch {BIG_BATCH}, float64; "
           f"{args.rounds} interleaved rounds")
     flops = matmul_flops(BIG, BIG_BATCH, "grad")
@@ -371,10 +347,19 @@ def big_model(args, baseline, threads) -> float:
         ("jax.jit jvp(grad) HVP", "jax_hvp", "hvp", ("jax", "jax")),
     ]
     report(rows, times, peak, BIG, BIG_BATCH)
-    _load_warning(times["peak"])
-    _targets(times, [("refopt gradient / hand-written", "grad", "hand", 1.05)], f"MLP {'-'.join(map(str, BIG))}")
+    _load_warning(peaks)
+    where = f"MLP {'-'.join(map(str, BIG))}"
+    _measure(times, "refopt gradient / hand-written", "grad", "hand", where, target=1.05,
+             peak_fraction=flops / statistics.median(times["grad"]) / peak)
+    for label, name, kind in (("refopt hvp one-shot (fwd-over-rev) / refopt gradient", "hvp", "hvp"),
+                              ("refopt hvp_operator per product / refopt gradient", "hvp_op", "hvp_op"),
+                              ("refopt ggn_vp one-shot / refopt gradient", "ggn", "ggn"),
+                              ("refopt GGN operator per product / refopt gradient", "ggn_op", "ggn")):
+        _measure(times, label, name, "grad", where, bound=flop_ratio(BIG, BIG_BATCH, kind))
+    if "autograd" in times:
+        _measure(times, "HIPS autograd gradient / hand-written", "autograd", "hand", where)
     if "base_grad" in times:
-        _targets(times, [("refopt gradient / baseline's", "grad", "base_grad", None)])
+        _measure(times, "refopt gradient / baseline's", "grad", "base_grad")
     libraries = (("HIPS autograd", "autograd"), ("torch", "torch"), ("jax", "jax"))
     missing = [lib for lib, key in libraries if key not in times]
     if missing:
@@ -398,7 +383,7 @@ def tiny_model(args, baseline, threads, peak) -> None:
     fns.update({**autograd_fns(params, X, y, None), **torch_fns(params, X, y, None, threads),
                 **jax_fns(params, X, y, None)})
     inner = {name: args.inner for name in fns}
-    times = interleaved(fns, args.rounds, inner)
+    times = B.interleaved(fns, args.rounds, inner=inner)
     nodes = count_nodes(f, params)
     print(f"\nMLP {'-'.join(map(str, TINY))}, batch {TINY_BATCH}; {args.rounds} interleaved rounds of "
           f"{args.inner} calls each")
@@ -418,33 +403,39 @@ def tiny_model(args, baseline, threads, peak) -> None:
     t_grad, t_hand = statistics.median(times["grad"]), statistics.median(times["hand"])
     print(f"  refopt records {nodes} nodes per gradient: {t_grad / nodes * 1e6:.1f} µs per node in all, "
           f"{(t_grad - t_hand) / nodes * 1e6:.1f} µs per node above the hand-written backprop")
-    _targets(times, [("tiny gradient / hand-written", "grad", "hand", 3.0)], f"MLP {'-'.join(map(str, TINY))}")
+    where = f"MLP {'-'.join(map(str, TINY))}"
+    _measure(times, "tiny gradient / hand-written", "grad", "hand", where, target=3.0)
+    if "autograd" in times:
+        _measure(times, "HIPS autograd tiny gradient / hand-written", "autograd", "hand", where)
     if "base_grad" in times:
-        _targets(times, [("tiny gradient / baseline's", "grad", "base_grad", None)])
+        _measure(times, "tiny gradient / baseline's", "grad", "base_grad")
     if args.profile:
         profile_tiny(model, loss, params, X, y, args)
 
 
-def _load_warning(peak_times) -> None:
-    spread = max(peak_times) / min(peak_times)
+def _load_warning(peaks) -> None:
+    """Warn when the matmul peak measured before and after the rounds differ by more than 30 %."""
+    spread = max(peaks) / min(peaks)
     if spread > 1.3:
-        print(f"  warning: the {PEAK_N}³ matmul took {spread:.1f}x longer in its slowest round than in its fastest: "
+        print(f"  warning: the {PEAK_N}³ matmul peak differed {spread:.1f}x between before and after the rounds: "
               "other work was competing for the cores, and the ratios above are unreliable")
 
 
-MEASUREMENTS: list = []  # what --json writes: one entry per target line ({what, unit, median, range, target, ...})
+MEASUREMENTS: list = []  # what --json writes: one entry per summary line ({what, unit, median, range, target, ...})
+UNITS = {"hand": "× hand-written", "grad": "× refopt gradient"}
 
 
-def _targets(times, checks, what: str = "") -> None:
-    for label, a, b, target in checks:
-        r = statistics.median(times[a]) / statistics.median(times[b])
-        lo, hi = min(times[a]) / max(times[b]), max(times[a]) / min(times[b])
-        verdict = "" if target is None else f"  target <= {target:g}: {'met' if r <= target else 'MISSED'}"
-        print(f"  {label}: {r:.3f} (ratio of medians; {lo:.2f}-{hi:.2f} from the ranges){verdict}")
-        unit = "× hand-written" if b == "hand" else f"× {b}"
-        MEASUREMENTS.append({"what": f"{label} ({what})" if what else label, "unit": unit, "median": r,
-                             "range": [lo, hi], "target": target, "bound": None,
-                             "met": None if target is None else r <= target})
+def _measure(times, label, a, b, what: str = "", target=None, bound=None, peak_fraction=None) -> None:
+    """Print and record times[a] ÷ times[b], round by round (median, range), against ``target`` (≤) if given;
+    ``bound`` is the flop ratio of the two measurements (the same unit)."""
+    r = B.spread(B.per_round_ratios(times[a], times[b]))
+    verdict = "" if target is None else f"  target <= {target:g}: {'met' if r['median'] <= target else 'MISSED'}"
+    extra = "" if bound is None else f"; flop bound {bound:.2f}, {r['median'] / bound:.2f}x it"
+    print(f"  {label}: {r['median']:.3f} (per-round ratios, range {B.fmt_range(r)}){extra}{verdict}")
+    MEASUREMENTS.append({"what": f"{label} ({what})" if what else label, "unit": UNITS.get(b, f"× {b}"),
+                         "median": r["median"], "range": [r["min"], r["max"]], "target": target, "bound": bound,
+                         "met": None if target is None else r["median"] <= target,
+                         "peak_fraction": peak_fraction})
 
 
 def profile_tiny(model, loss, params, X, y, args) -> None:
@@ -458,7 +449,7 @@ def profile_tiny(model, loss, params, X, y, args) -> None:
     fns = {"grad": lambda: vg(params), "hand": lambda: handwritten_value_and_grad(params, X, y),
            "hand_mm": lambda: handwritten_products(params, X, y), "forward": lambda: f(params),
            "record": lambda: ad.vjp(f, params), "sweep": lambda: back(one)}
-    times = interleaved(fns, args.rounds, {k: args.inner for k in fns})
+    times = B.interleaved(fns, args.rounds, inner={k: args.inner for k in fns})
     m = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     print(f"\n  where the tiny gradient's {m['grad']:.0f} µs go (medians, µs):")
     print(f"    hand-written backprop {m['hand']:.0f}, of which its {len(params) * 3 - 1} matrix products "
@@ -486,28 +477,25 @@ def profile_tiny(model, loss, params, X, y, args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, well under 30 s)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per measurement")
-    parser.add_argument("--inner", type=int, default=None, help="calls per round for the tiny model")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS threads (1: stable ratios on a shared machine)")
+    B.common_arguments(parser, quick="fewer rounds (a smoke run, well under 30 s)")
+    parser.add_argument("--inner", type=B.positive_int, default=None, help="calls per round for the tiny model")
     parser.add_argument("--baseline", default=None, help="a checkout whose refopt is timed beside this one")
     parser.add_argument("--profile", action="store_true", help="where the tiny model's gradient time goes")
-    parser.add_argument("--json", default=None, help="write the target measurements to this file (bench_all.py)")
     args = parser.parse_args(argv)
-    for name in ("rounds", "inner", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     args.rounds = args.rounds or (5 if args.quick else 15)
     args.inner = args.inner or (20 if args.quick else 50)
-    limit = set_threads(args.threads) if args.threads is not None else None  # noqa: F841 (kept alive)
+    if args.threads is not None and not B.apply_threads(args.threads) \
+            and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        print(f"warning: --threads {args.threads} needs threadpoolctl once NumPy is loaded; "
+              f"BLAS threads: {B.blas_threads()}")
     baseline = load_refopt(args.baseline) if args.baseline else None
-    print(f"refopt autodiff benchmark: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, NumPy {np.__version__}; BLAS threads: {blas_threads()}"
+    print(f"refopt autodiff benchmark: {platform.machine()} {platform.processor() or ''}, {B.available_cpus()} CPUs, "
+          f"Python {platform.python_version()}, NumPy {np.__version__}; BLAS threads: {B.blas_threads()}"
           + (f"; baseline: {args.baseline}" if baseline else ""))
+    MEASUREMENTS.clear()
     peak = big_model(args, baseline, args.threads)
     tiny_model(args, baseline, args.threads, peak)
-    B.write_json(args.json, {"threads": blas_threads(), "measurements": MEASUREMENTS})
+    B.write_json(args.json, {"threads": B.blas_threads(), "measurements": MEASUREMENTS})
 
 
 if __name__ == "__main__":

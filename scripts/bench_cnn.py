@@ -76,7 +76,6 @@ if __name__ == "__main__":  # --threads N, before NumPy is imported: the BLAS re
     B.preset_threads()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -84,15 +83,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
-from refopt import autodiff as ad  # noqa: E402
 from refopt import tree as T  # noqa: E402
 from refopt.nn import SoftmaxCrossEntropy  # noqa: E402
 from refopt.problems.registry import CNNOracle, digits_cnn_model  # noqa: E402
-
-
-def blas_threads() -> str:
-    """The BLAS thread count in effect (``_bench.blas_threads``: threadpoolctl's, else the environment's)."""
-    return B.blas_threads()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,17 +169,6 @@ def handwritten(params, X, y):
     return loss, [{"W": dW1, "b": db1}, {"W": dW2, "b": db2}, {"W": dW3, "b": db3}]
 
 
-def interleaved(fns, rounds):
-    """Seconds of each function per round, the functions called in turn within every round."""
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
 def gradient_flops(model, batch) -> int:
     """The matrix-product flops of one gradient (module docs)."""
     flops = 0
@@ -214,8 +196,10 @@ def bench(batch, rounds, seed=0):
     assert abs(value - hand_value) <= 1e-12 * abs(value), (value, hand_value)
     err = float(np.max(np.abs(T.ravel(grad) - T.ravel(hand_grad))))
     assert err <= 1e-12 * (1 + float(np.max(np.abs(T.ravel(hand_grad))))), err
-    ours, hand = interleaved([lambda: oracle.value_and_grad(params), lambda: handwritten(params, X4, y)], rounds)
-    ratios = [a / b for a, b in zip(ours, hand)]
+    times = B.interleaved({"ours": lambda: oracle.value_and_grad(params), "hand": lambda: handwritten(params, X4, y)},
+                          rounds)   # one warm-up call of each first
+    ours, hand = times["ours"], times["hand"]
+    ratios = B.per_round_ratios(ours, hand)
     return statistics.median(ratios), min(ratios), max(ratios), statistics.median(ours), statistics.median(hand)
 
 
@@ -330,6 +314,13 @@ def factor_sizes(dims) -> list:
     return [K + 1 for _, _, K, _ in dims] + [O for _, _, _, O in dims]
 
 
+def take_step(r, oracle) -> None:
+    """One K-FAC step of the run ``r`` (its params, state and last info updated), counting a refused step or a
+    skipped factor update (a cheaper step than the ones the bound describes)."""
+    r["params"], r["state"], r["info"] = r["opt"].update(r["params"], r["state"], oracle)
+    r["refused"] += bool(r["info"].get("skipped") or r["info"].get("message"))
+
+
 def bench_kfac(rounds, breakdown_rounds, log=print) -> dict:
     """The K-FAC part: per batch size, the gradient and K-FAC (each kfac_approx) in interleaved rounds of T₂ steps,
     the bounds, and the breakdown of each step into its parts."""
@@ -365,8 +356,7 @@ def bench_kfac(rounds, breakdown_rounds, log=print) -> dict:
         def kfac_steps(r):
             def fn():
                 for _ in range(T2):
-                    r["params"], r["state"], r["info"] = r["opt"].update(r["params"], r["state"], oracle)
-                    r["refused"] += bool(r["info"].get("skipped") or r["info"].get("message"))   # a cheaper step
+                    take_step(r, oracle)
             return fn
         fns = {"gradient": gradient_steps} | {a: kfac_steps(runs[a]) for a in KFAC_APPROXES}
         times = {k: [t / T2 for t in v] for k, v in B.interleaved(fns, rounds).items()}   # warm-up: one round, T₂ steps
@@ -428,8 +418,7 @@ def bench_kfac(rounds, breakdown_rounds, log=print) -> dict:
 
             def step(r=r):   # T₂ steps, so that the step's time holds one refresh, as the parts' sum does
                 for _ in range(T2):
-                    r["params"], r["state"], r["info"] = r["opt"].update(r["params"], r["state"], oracle)
-                    r["refused"] += bool(r["info"].get("skipped") or r["info"].get("message"))
+                    take_step(r, oracle)
             pieces = {"gradient": lambda: oracle.value_and_grad(params0), "statistics": stats_pass, "empirical": empirical_pass, "estimate": estimate, "fold": fold, "refresh": refresh,
                       "precondition": precondition, "step": step}
             bt = B.interleaved(pieces, breakdown_rounds)
@@ -476,7 +465,7 @@ def format_kfac(res) -> str:
     lines = [f"K-FAC on the digits_cnn network, data: {res['data']}; fisher={s['fisher']!r} ({s['samples']} label "
              f"set), T1={s['factor_interval']}, T2={s['inverse_interval']}, inverse={s['inverse']!r}, damping "
              f"{s['damping_scheme']!r} {s['damping']:g}; {res['rounds']} interleaved rounds of {s['inverse_interval']} "
-             f"steps; BLAS threads {blas_threads()}; 512³ matmul {res['peak_gflops']:.1f} GFLOP/s",
+             f"steps; BLAS threads {B.blas_threads()}; 512³ matmul {res['peak_gflops']:.1f} GFLOP/s",
              "| batch | kfac_approx | ms / step | × gradient (range) | bound × gradient | ÷ bound | MFLOP / step | "
              "time bound ms | % of time bound (range) | % of 512³ peak |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -526,21 +515,17 @@ def kfac_measurements(res) -> list:
     return rows
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds (under 30 s)")
+    B.common_arguments(ap, quick="fewer rounds (under 30 s)", rounds="timing rounds per batch size")
     ap.add_argument("--parts", default="gradient,kfac", help="comma-separated: gradient, kfac")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds per batch size")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy loads)")
-    ap.add_argument("--json", default=None, help="write the measurements to this file")
-    args = ap.parse_args()
-    B.check_threads(ap, args.threads)
+    args = ap.parse_args(argv)
     B.apply_threads(args.threads)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = sorted(parts - {"gradient", "kfac"})
-    if unknown:
-        ap.error(f"--parts: unknown part(s) {unknown}; choose from gradient, kfac")
-    measurements, result = [], {"threads": blas_threads()}
+    if unknown or not parts:
+        ap.error(f"--parts: unknown part(s) {unknown or [args.parts]}; choose from gradient, kfac")
+    measurements, result = [], {"threads": B.blas_threads()}
     if "gradient" in parts:
         measurements += gradient_part(args.rounds or (7 if args.quick else 31))
     if "kfac" in parts:
@@ -551,14 +536,11 @@ def main():
         measurements += kfac_measurements(res)
         result["kfac"] = res
     result["measurements"] = measurements
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
-    _ = ad  # refopt's autodiff is what the oracle's value_and_grad runs
+    B.write_json(args.json, result)
 
 
 def gradient_part(rounds) -> list:
-    threads, peak, model = blas_threads(), 1e9 * B.matmul_peak(), digits_cnn_model()  # FLOP/s
+    threads, peak, model = B.blas_threads(), 1e9 * B.matmul_peak(), digits_cnn_model()  # FLOP/s
     print(f"digits_cnn network ({model.num_params} parameters), float64, NumPy {np.__version__}, BLAS threads "
           f"{threads}, {rounds} interleaved rounds; matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"{'batch':>6} {'refopt ms':>10} {'by hand ms':>11} {'ratio':>6} {'range':>13} {'peak':>6}   target ≤ 1.3")

@@ -19,19 +19,21 @@ T₁, T₂, one label sample (fisher="mc") and the joint [W; b] block is
 
 so the gradient's flops stand for the measured SGD step and every other product is assumed to run at the
 gradient's rate; the decompositions enter at their measured time (a flop count of a LAPACK inverse or
-eigendecomposition is ambiguous: for the peak fraction they count 2n³ and 9n³). Target (issue 13): K-FAC
+eigendecomposition is ambiguous: for the peak fraction they count 2n³ and 9n³). The block-tridiagonal
+K-FAC, EKFAC and K-BFGS rows have no bound counted (they print "no bound counted"): only their ratio to the
+SGD step. Target (issue 13): K-FAC
 with T₁ = 1, T₂ = 10 at most 1.1× its bound. When torch is importable, its SGD step on the same model is
 timed alongside as a reference gradient step.
 
 Parts "digits" and "autoencoder": full-batch training on scikit-learn's digits (their 1437 × 64 training
-split; docs/kfac.md's table is from all 1797, before the split), the registered problems ``digits_mlp``
+split), the registered problems ``digits_mlp``
 (MLP 64-32-10 tanh, softmax cross-entropy) and ``digits_autoencoder`` (64-32-8-32-64 tanh, Gaussian loss).
 Every optimizer is tuned over a small grid; the table reports, for the best setting, the iterations and the
 seconds spent in ``update`` until the full-batch training loss first reaches each target, and the loss at
 the end.
 
-    python scripts/bench_kfac.py                 # everything (about 10 minutes on 2 busy cores)
-    python scripts/bench_kfac.py --quick         # smaller grids and caps (a few minutes)
+    python scripts/bench_kfac.py                 # everything (about 2½ minutes with --threads 1 on 2 cores)
+    python scripts/bench_kfac.py --quick         # smaller grids and caps (about 35 s)
     python scripts/bench_kfac.py --parts cost --quick --threads 1 --json out.json   # about 30 s
 """
 from __future__ import annotations
@@ -51,7 +53,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from refopt.nn import MLP, SoftmaxCrossEntropy  # noqa: E402
 from refopt.optim import make_optimizer  # noqa: E402
@@ -87,14 +88,17 @@ def kfac_bound(spec, sgd_ms: float, decomposition_ms: dict, sizes=SIZES, batch=B
     if inverse == "eig":
         precondition *= 2
     matmul = grad["gradient"] + statistics_flops / T1 + precondition
-    factor_sizes = [i + 1 for i, _ in layers] + [o for _, o in layers]
     count = B.eigh_flops if inverse == "eig" else B.inv_flops
-    flops = matmul + sum(count(n) for n in factor_sizes) / T2
+    flops = matmul + sum(count(n) for n in factor_sizes(sizes)) / T2
     return matmul / grad["gradient"] + decomposition_ms[inverse] / T2 / sgd_ms, flops
 
 
 def factor_sizes(sizes=SIZES) -> list:
+    """The sizes of K-FAC's factors: A_l of (fan_in + 1) for the joint [W; b] block, then G_l of fan_out."""
     return [i + 1 for i in sizes[:-1]] + list(sizes[1:])
+
+
+TORCH_SPEC = {"type": "mlp", "activations": ["tanh"] * (len(SIZES) - 2) + ["identity"]}
 
 
 def torch_sgd_step(X, y, model, params):
@@ -102,16 +106,9 @@ def torch_sgd_step(X, y, model, params):
     torch = B.optional("torch")
     if torch is None:
         return None
-    threads = B.blas_threads()
-    torch.set_num_threads(int(threads) if threads.isdigit() else 1)
-    layers = []
-    for p in params:
-        lin = torch.nn.Linear(*p["W"].shape, dtype=torch.float64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.tensor(p["W"].T))
-            lin.bias.copy_(torch.tensor(p["b"]))
-        layers += [lin, torch.nn.Tanh()]
-    net = torch.nn.Sequential(*layers[:-1])
+    from refopt.verify.external import torch_network  # noqa: PLC0415 (imports torch)
+    B.torch_threads(torch)   # the BLAS threads refopt runs with
+    net = torch_network(TORCH_SPEC, params)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     Xt, yt = torch.tensor(X), torch.tensor(y)
 
@@ -138,18 +135,20 @@ def bench_cost(rounds: int, steps: int = 10) -> dict:
         runs.append({"label": label, "opt": opt, "params": params, "state": state, "times": [], "spec": spec,
                      "target": target})
     reference = torch_sgd_step(data.X, data.y, model, model.init(0))
-    ref_times = []
-    for _ in range(rounds):
-        for r in runs:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                r["params"], r["state"], _ = r["opt"].update(r["params"], r["state"], oracle)
-            r["times"].append((time.perf_counter() - t0) / steps)
-        if reference is not None:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                reference()
-            ref_times.append((time.perf_counter() - t0) / steps)
+
+    def take_steps(r):
+        def fn():
+            r["params"], r["state"], _ = r["opt"].update(r["params"], r["state"], oracle)
+        return fn
+    fns = {k: take_steps(r) for k, r in enumerate(runs)}
+    if reference is not None:
+        reference()   # the refopt runs are warm already (their first step above)
+        fns["reference"] = reference
+    # rounds of ``steps`` calls of each in turn, so a T₂ = 10 refresh falls once in every round
+    times = B.interleaved(fns, rounds, warmup=0, inner={k: steps for k in fns})
+    for k, r in enumerate(runs):
+        r["times"] = times[k]
+    ref_times = times.get("reference", [])
     peak = max(peak, B.matmul_peak())
     base = runs[0]["times"]
     sgd_ms = 1e3 * statistics.median(base)
@@ -161,8 +160,8 @@ def bench_cost(rounds: int, steps: int = 10) -> dict:
                "ms": B.spread([1e3 * t for t in r["times"]]), "ratio_to_gradient_step": statistics.median(ratios),
                "ratio": B.spread(ratios), "bound": None, "to_bound": None, "peak_fraction": None,
                "target": r["target"], "target_on": "bound" if r["target"] else None, "met": None,
-               "unit": "× SGD step"}
-        flops = grad_flops if r["spec"] is None and r is runs[0] else None
+               "unit": "× SGD step", "bound_note": None if r["spec"] is not None or r is runs[0] else "no bound counted"}
+        flops = grad_flops if r is runs[0] else None   # the SGD step: the gradient's flops
         if r["spec"] is not None:
             bound, flops = kfac_bound(r["spec"], sgd_ms, decomposition_ms)
             to_bound = [x / bound for x in ratios]
@@ -271,7 +270,7 @@ def format_cost(cost: dict) -> str:
              "| optimizer | ms / step | × gradient step (range) | bound | ÷ bound (range) | % of matmul peak | target |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in cost["measurements"]:
-        bound = "—" if r["bound"] is None else f"{r['bound']:.2f}"
+        bound = (r.get("bound_note") or "—") if r["bound"] is None else f"{r['bound']:.2f}"
         tb = "—" if r["to_bound"] is None else f"{r['to_bound']['median']:.2f} ({B.fmt_range(r['to_bound'])})"
         peak = "—" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f} %"
         target = "" if r["target"] is None else f"≤ {r['target']:g}× bound {'met' if r['met'] else 'MISSED'}"
@@ -297,17 +296,19 @@ def format_convergence(rows) -> str:
     return "\n".join(lines)
 
 
+PARTS = ("cost", "digits", "autoencoder")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller grids, fewer rounds and iterations")
-    ap.add_argument("--parts", default="cost,digits,autoencoder", help="comma-separated: cost, digits, autoencoder")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of 10 steps in the cost part")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy loads)")
-    ap.add_argument("--json", default=None, help="write the results to this file")
+    B.common_arguments(ap, quick="smaller grids, fewer rounds and iterations", rounds="rounds of 10 steps in the cost part")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
     args = ap.parse_args(argv)
-    B.check_threads(ap, args.threads)
     B.apply_threads(args.threads)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts: unknown part(s) {unknown or [args.parts]}; choose from {', '.join(PARTS)}")
     results = {}
     if "cost" in parts:
         rounds = args.rounds or (3 if args.quick else 6)
@@ -326,8 +327,7 @@ def main(argv=None) -> int:
             for i, t in enumerate(kfac["targets"]):
                 if kfac["hits"][i] and adam["hits"][i]:
                     print(f"Adam / K-FAC iterations to {t:g}: {adam['hits'][i][0] / max(kfac['hits'][i][0], 1):.1f}×")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    B.write_json(args.json, results)
     return 0
 
 

@@ -208,20 +208,38 @@ FUNCTIONS: dict[str, dict] = {{
 {END}"""
 
 
-def main():
+def check_choices(ap, args) -> tuple:
+    """(optimizers, problems) of --only / --problems; the parser's error for a name without a grid (the line
+    searches keep their defaults: nothing to tune), an unknown problem, or --write with either."""
+    names = [n for n in args.only.split(",") if n] if args.only else [n for n in DEFAULT_OPTIMIZERS if n in GRIDS]
+    bad = [n for n in names if n not in GRIDS]
+    if bad or not names:
+        ap.error(f"--only: no grid for {bad or [args.only]} (an optimizer without a grid keeps its defaults); "
+                 f"choose from {', '.join(GRIDS)}")
+    problems = [p for p in args.problems.split(",") if p] if args.problems else \
+        sorted(p for p in PROBLEMS if p not in UNTUNED)
+    bad = [p for p in problems if p not in PROBLEMS]
+    if bad or not problems:
+        ap.error(f"--problems: not a built-in network problem: {bad or [args.problems]}; choose from "
+                 f"{', '.join(sorted(PROBLEMS))}")
+    if args.write and (args.only or args.problems):
+        ap.error("--write needs the full run (no --only, no --problems)")
+    return names, problems
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="comma-separated optimizers (default: every one with a grid)")
     ap.add_argument("--problems", default=None, help="comma-separated network problems (default: every built-in)")
     ap.add_argument("--write", action="store_true", help="write refopt/problems/tuned.py (a full run only)")
-    args = ap.parse_args()
-    names = args.only.split(",") if args.only else [n for n in DEFAULT_OPTIMIZERS if n in GRIDS]
-    problems = args.problems.split(",") if args.problems else sorted(p for p in PROBLEMS if p not in UNTUNED)
-    if args.write and (args.only or args.problems):
-        sys.exit("--write needs the full run (no --only, no --problems)")
+    args = ap.parse_args(argv)
+    names, problems = check_choices(ap, args)
     t0 = time.process_time()
     losses = tune_networks(names, problems)
-    tuned = {p: {n: GRIDS[n][best(losses[p][n])] for n in names if best(losses[p][n]) is not None} for p in problems}
-    generic_table = {n: GRIDS[n][generic(n, losses)] for n in names if generic(n, losses) is not None}
+    winners = {p: {n: best(losses[p][n]) for n in names} for p in problems}
+    tuned = {p: {n: GRIDS[n][i] for n, i in row.items() if i is not None} for p, row in winners.items()}
+    generic_index = {n: generic(n, losses) for n in names}
+    generic_table = {n: GRIDS[n][i] for n, i in generic_index.items() if i is not None}
     functions, notes = tune_functions([n for n in DEFAULT_OPTIMIZERS if args.only is None or n in names])
     text = module_text(tuned, generic_table, functions, notes, time.process_time() - t0)
     print(text)

@@ -77,7 +77,7 @@ SETUPS = {
 }
 
 
-def torch_network(spec):
+def torch_forward(spec):
     """The trace problem's network as a function (params list [W0, b0, W1, ...], X) -> logits, written with
     torch's own operations: dense layers a @ W + b (W is (fan_in, fan_out)); for a "cnn" problem
     torch.nn.functional's conv2d (OIHW kernels as they are), max_pool2d, avg_pool2d and flatten, so that torch's
@@ -117,7 +117,7 @@ def torch_network(spec):
 
 def torch_loss_fn(spec, X, y):
     """The trace problem's reduced loss as a function of a list of torch parameters [W0, b0, W1, ...]."""
-    net = torch_network(spec)
+    net = torch_forward(spec)
     Xt = torch.as_tensor(np.asarray(X))
     if spec["loss"] == "softmax_cross_entropy":
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
