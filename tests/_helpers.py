@@ -7,6 +7,8 @@ import itertools
 
 import numpy as np
 
+import fake_cupy
+from refopt import backend as B
 from refopt import tree as T
 from refopt.nn import MLP, Gaussian, SoftmaxCrossEntropy
 from refopt.oracle import FunctionOracle, Oracle
@@ -167,3 +169,44 @@ def rounding_floor_oracle(lam=(1.0, 3.0, 10.0, 30.0), grad_noise: float = 0.0):
             g = g + grad_noise * signs
         return g
     return FunctionOracle(f, grad=grad), x0
+
+
+# --- one computation on NumPy and on the CuPy stand-in (tests/fake_cupy.py) -----------------------------------
+
+
+def host(obj):
+    """A host (NumPy) copy of a nested result, made while its backend is active."""
+    if isinstance(obj, dict):
+        return {k: host(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(host(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host(v) for v in obj)
+    if isinstance(obj, (fake_cupy.ndarray, np.ndarray, np.generic)):
+        return B.to_host(obj)
+    return obj
+
+
+def host_arrays_in(obj, path="result"):
+    """Paths of NumPy arrays inside a result made on the device (state or params left on the host: a leak)."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in host_arrays_in(v, f"{path}[{k!r}]")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in host_arrays_in(v, f"{path}[{i}]")]
+    return [path] if isinstance(obj, np.ndarray) else []
+
+
+def on_both(fn, host_ok=False):
+    """(NumPy result, fake-CuPy result) of ``fn()``, each copied to the host; the device run must leave no
+    NumPy array in its result (``host_ok``: the result holds host arrays by nature, e.g. read back from files
+    or small summaries such as eigenvalues)."""
+    B.set_backend("numpy")
+    ref = host(fn())
+    B._use_array_module(fake_cupy, "cupy")
+    try:
+        out = fn()
+        assert host_ok or not host_arrays_in(out), host_arrays_in(out)
+        dev = host(out)
+    finally:
+        B.set_backend("numpy")
+    return ref, dev

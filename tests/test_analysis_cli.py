@@ -554,8 +554,7 @@ def test_analyze_every_is_validated(capsys):
 def test_analyze_every_and_analyze_run_on_the_cupy_stand_in_with_numpys_numbers(tmp_path, capsys):
     """The stand-in refuses implicit host/device conversions (tests/fake_cupy.py); its numbers are NumPy's
     to rounding (reductions may add in another order): 1e-10 relative."""
-    fake_cupy = pytest.importorskip("fake_cupy")
-    from refopt import backend
+    from _helpers import on_both
     from refopt.runner import RunConfig, run
 
     def both():
@@ -568,12 +567,7 @@ def test_analyze_every_and_analyze_run_on_the_cupy_stand_in_with_numpys_numbers(
         report = json.loads((tmp_path / "r.json").read_text())
         return [r["hessian_max"] for r in result.history if r["hessian_max"] is not None], \
             report["hessian_top"]["values"] + report["ggn_top"]["values"] + [report["hessian_trace"]["estimate"]]
-    ref = both()
-    backend._use_array_module(fake_cupy, "cupy")
-    try:
-        got = both()
-    finally:
-        backend.set_backend("numpy")
+    ref, got = on_both(both)
     for a, b in zip(ref, got):
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(b, a, rtol=1e-10)

@@ -18,6 +18,7 @@ from refopt import tree as T
 from refopt.nn import MLP, SoftmaxCrossEntropy
 from refopt.optim import OPTIMIZERS, make_optimizer, optimizer_class
 from refopt.oracle import FunctionOracle, Oracle
+from _helpers import host, host_arrays_in, on_both
 
 RTOL = 1e-10  # relative; see the module docstring
 ATOL = 1e-12  # for entries that are 0 on one backend
@@ -29,43 +30,6 @@ def fake():
     fake_cupy.reset_counts()
     yield fake_cupy
     B.set_backend("numpy")
-
-
-def host(obj):
-    """A host (NumPy) copy of a nested result, made while its backend is active."""
-    if isinstance(obj, dict):
-        return {k: host(v) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(host(v) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(host(v) for v in obj)
-    if isinstance(obj, (fake_cupy.ndarray, np.ndarray, np.generic)):
-        return B.to_host(obj)
-    return obj
-
-
-def host_arrays_in(obj, path="result"):
-    """Paths of NumPy arrays inside a result made on the device (state or params left on the host: a leak)."""
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in host_arrays_in(v, f"{path}[{k!r}]")]
-    if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in host_arrays_in(v, f"{path}[{i}]")]
-    return [path] if isinstance(obj, np.ndarray) else []
-
-
-def on_both(fn, files=False):
-    """(NumPy result, fake-CuPy result) of ``fn()``, each copied to the host; the device run must leave no
-    NumPy array in its result (``files``: the result holds arrays read back from files, host by nature)."""
-    B.set_backend("numpy")
-    ref = host(fn())
-    B._use_array_module(fake_cupy, "cupy")
-    try:
-        out = fn()
-        assert files or not host_arrays_in(out), host_arrays_in(out)
-        dev = host(out)
-    finally:
-        B.set_backend("numpy")
-    return ref, dev
 
 
 def assert_close(a, b, path="result"):
@@ -302,7 +266,7 @@ def test_trace_export_and_check_on_the_stand_in_match_numpy(tmp_path, optimizer)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files if k != "meta"}
         return arrays, divergence, replay.params, replay.loss
-    ref, dev = on_both(go, files=True)
+    ref, dev = on_both(go, host_ok=True)
     assert ref[1] is None and dev[1] is None, dev[1]  # each backend's trace checks against a replay on the same backend
     assert_close(ref[0], dev[0])
 
